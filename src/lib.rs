@@ -1,1 +1,11 @@
+//! An end-to-end encrypted chat over gRPC.
+//!
+//! - [`proto`]: the generated types of the public contract, `proto/chat/v1/chat.proto`.
+//! - [`protocol`]: rules both sides share: names, limits, the JSON envelope.
+//! - [`crypto`]: identity keys, sender keys, and what they are bound to.
+//! - [`server`]: the relay, which only ever handles ciphertext.
+//! - [`client`]: connecting, joining a room, sealing and opening messages.
+
+pub mod crypto;
 pub mod proto;
+pub mod protocol;

@@ -12,4 +12,5 @@ mod chat {
 }
 
 /// The encoded `FileDescriptorSet` of the proto, served through gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/chat_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/chat_descriptor.bin"));

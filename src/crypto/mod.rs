@@ -1,0 +1,46 @@
+//! The end-to-end cryptography, all of it client-side.
+//!
+//! - [`IdentityKey`] / [`PublicEncryptionKey`]: a user's long-term RSA key pair, used
+//!   to wrap sender keys for that user with RSA-OAEP (SHA-256).
+//! - [`OutboundSenderKey`] / [`SenderKey`]: a member's AES-256-GCM key for one room
+//!   ("sender keys", as Signal does for groups): the member seals every message it
+//!   sends to the room with it, and every other member holds a copy to open them.
+//! - [`binding`]: the exact bytes each key and message is bound to (the AES-GCM
+//!   associated data and the OAEP label), specified in docs/PROTOCOL.md.
+//!
+//! The relay only uses [`PublicEncryptionKey::from_der`], to refuse malformed keys.
+//! All randomness comes from the operating system's RNG.
+
+pub mod binding;
+mod identity;
+mod sender_key;
+
+pub use identity::{ALLOWED_KEY_BITS, DEFAULT_KEY_BITS, IdentityKey, PublicEncryptionKey};
+pub use sender_key::{MAX_MESSAGES_PER_KEY, OutboundSenderKey, SenderKey};
+
+/// Why a cryptographic operation failed. Deliberately vague where detail would help an
+/// attacker: a failed unwrap or open never says why.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("RSA key size must be one of 2048, 3072 or 4096 bits, not {0}")]
+    UnsupportedKeyBits(usize),
+    #[error("the public key is not a DER SubjectPublicKeyInfo RSA key of 2048 to 4096 bits")]
+    BadPublicKey,
+    #[error("the private key is not a PKCS#8 PEM RSA key of 2048 to 4096 bits")]
+    BadPrivateKey,
+    #[error("could not wrap the key: {0}")]
+    Wrap(String),
+    #[error("the wrapped sender key could not be unwrapped")]
+    Unwrap,
+    #[error("the message failed authentication: tampered, corrupted, or not for this key")]
+    Open,
+    #[error("the sender key has sealed its maximum number of messages and must be rotated")]
+    KeyExhausted,
+    #[error("the operating system's random number generator failed: {0}")]
+    Rng(String),
+}
+
+/// The operating system's RNG, for the crates that take one explicitly.
+fn os_rng() -> getrandom::rand_core::UnwrapErr<getrandom::SysRng> {
+    getrandom::rand_core::UnwrapErr(getrandom::SysRng)
+}

@@ -1,0 +1,24 @@
+//! Rules of the wire protocol shared by the client and the server: what a valid user or
+//! room name is, the size limits both sides enforce, and the JSON envelope that is
+//! encrypted inside every message.
+
+mod envelope;
+mod names;
+
+pub use envelope::{Envelope, EnvelopeError, MessageKind};
+pub use names::{NameError, validate_room, validate_user};
+
+/// The request metadata key that names the user of a `Chat` stream.
+pub const USER_METADATA_KEY: &str = "chat-user";
+
+/// The length of an AES-GCM nonce, in bytes.
+pub const NONCE_LEN: usize = 12;
+
+/// The largest RSA-OAEP ciphertext a peer may send: the size of a 4096-bit modulus.
+pub const MAX_WRAPPED_KEY_LEN: usize = 512;
+
+/// The longest message text a client accepts to send, in bytes of UTF-8.
+///
+/// With the envelope and the AES-GCM tag it stays well under the server's default
+/// frame limit, so a message typed by a person is never refused by the relay.
+pub const MAX_TEXT_BYTES: usize = 16 * 1024;
