@@ -6,6 +6,8 @@
 //! - [`server`]: the relay, which only ever handles ciphertext.
 //! - [`client`]: connecting, joining a room, sealing and opening messages.
 
+pub mod client;
 pub mod crypto;
 pub mod proto;
 pub mod protocol;
+pub mod server;

@@ -1,0 +1,61 @@
+//! The client side: everything a chat program needs to talk through the relay.
+//!
+//! - [`home`]: the identity key file in the client's home directory (PKCS#8, 0600).
+//! - [`RoomKeys`]: the end-to-end state of one room — members' public keys, our sender
+//!   key, theirs — turning frames into plaintext and back. No I/O.
+//! - [`ChatSession`]: a connection to the relay, joined to one room, that drives
+//!   `RoomKeys` (distributing and rotating keys as members come and go).
+//!
+//! The `chat-client` binary, the tests and the benchmarks all use these types.
+
+pub mod home;
+mod room;
+mod session;
+
+pub use room::{MAX_WAITING_MESSAGES, RoomEvent, RoomKeys};
+pub use session::{ChatSession, Event, connect};
+
+use std::path::PathBuf;
+
+use crate::crypto::CryptoError;
+
+/// Why the client could not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid server URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: String },
+    #[error("cannot connect to {url}: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("the server refused: {}: {}", .0.code(), .0.message())]
+    Refused(tonic::Status),
+    #[error("the server ended the session: {}: {}", .0.code(), .0.message())]
+    Ended(tonic::Status),
+    #[error("the connection to the server was closed")]
+    Disconnected,
+    #[error("cannot read identity key {path}: {reason}")]
+    IdentityUnreadable { path: PathBuf, reason: String },
+    #[error("cannot write identity key {path}: {source}")]
+    IdentityUnwritable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the message is {len} bytes long; the limit is {max} bytes")]
+    MessageTooLong { len: usize, max: usize },
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+}
+
+/// The full text of an error and its sources, on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,501 @@
+//! The end-to-end state of one room, without any I/O.
+//!
+//! It holds the members' public keys, our outbound sender key, and the sender keys
+//! the others gave us. It tells its owner what to send (key distributions) when the
+//! membership changes, and turns message deliveries into plaintext. A message whose
+//! sender key has not arrived yet waits for it: the relay can deliver a member's
+//! message to a newcomer before that member has handed the newcomer its key.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::ClientError;
+use crate::crypto::{IdentityKey, OutboundSenderKey, PublicEncryptionKey, SenderKey};
+use crate::proto::{
+    DistributeSenderKey, MessageDelivery, PublicIdentity, SendMessage, SenderKeyDelivery,
+    WrappedSenderKey,
+};
+use crate::protocol::{Envelope, MAX_TEXT_BYTES, MessageKind};
+
+/// Messages kept while their sender key is on its way; beyond that the oldest is dropped.
+pub const MAX_WAITING_MESSAGES: usize = 1024;
+
+/// Sender keys kept per member: the newest, plus a few older ones for messages that
+/// were sealed before a rotation and are still in flight.
+const KEYS_KEPT_PER_MEMBER: usize = 4;
+
+/// What a delivery produced for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomEvent {
+    /// A message, decrypted and authenticated.
+    Message {
+        sender: String,
+        text: String,
+        sent_at_ms: u64,
+    },
+    /// Something was dropped; the text says what and why.
+    Warning(String),
+}
+
+/// The end-to-end state of one room.
+pub struct RoomKeys {
+    room: String,
+    me: String,
+    identity: Arc<IdentityKey>,
+    members: BTreeMap<String, PublicEncryptionKey>,
+    outbound: OutboundSenderKey,
+    inbound: HashMap<String, VecDeque<SenderKey>>,
+    waiting: VecDeque<MessageDelivery>,
+}
+
+impl RoomKeys {
+    /// The state right after joining `room` as `me`, with the other `members` the relay
+    /// listed, and a fresh sender key. Members whose key is malformed are left out with
+    /// a warning.
+    pub fn new(
+        room: &str,
+        me: &str,
+        identity: Arc<IdentityKey>,
+        members: Vec<PublicIdentity>,
+    ) -> Result<(Self, Vec<RoomEvent>), ClientError> {
+        let mut keys = Self {
+            room: room.to_owned(),
+            me: me.to_owned(),
+            identity,
+            members: BTreeMap::new(),
+            outbound: OutboundSenderKey::generate()?,
+            inbound: HashMap::new(),
+            waiting: VecDeque::new(),
+        };
+        let warnings = members
+            .into_iter()
+            .filter_map(|member| keys.add_member(member).err())
+            .collect();
+        Ok((keys, warnings))
+    }
+
+    /// The room's name.
+    pub fn room(&self) -> &str {
+        &self.room
+    }
+
+    /// The other members, sorted by name.
+    pub fn members(&self) -> impl Iterator<Item = &str> {
+        self.members.keys().map(String::as_str)
+    }
+
+    /// Messages still waiting for their sender key.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Our current sender key, wrapped for every other member; `None` when alone.
+    pub fn distribute_to_all(&self) -> Result<Option<DistributeSenderKey>, ClientError> {
+        let recipients: Vec<&String> = self.members.keys().collect();
+        self.distribution(&recipients)
+    }
+
+    /// A member joined: it gets our current sender key.
+    pub fn member_joined(
+        &mut self,
+        member: PublicIdentity,
+    ) -> Result<(Option<DistributeSenderKey>, Vec<RoomEvent>), ClientError> {
+        let user = member.user.clone();
+        if let Err(warning) = self.add_member(member) {
+            return Ok((None, vec![warning]));
+        }
+        Ok((self.distribution(&[&user])?, Vec::new()))
+    }
+
+    /// A member left: forget its keys and rotate ours, so it cannot read what we send
+    /// next. Returns the new key for the remaining members.
+    pub fn member_left(
+        &mut self,
+        user: &str,
+    ) -> Result<(Option<DistributeSenderKey>, Vec<RoomEvent>), ClientError> {
+        self.members.remove(user);
+        self.inbound.remove(user);
+        let before = self.waiting.len();
+        self.waiting.retain(|message| message.sender != user);
+        let dropped = before - self.waiting.len();
+        let mut events = Vec::new();
+        if dropped > 0 {
+            events.push(RoomEvent::Warning(format!(
+                "dropped {dropped} message(s) from {user} in {}: its sender key never arrived",
+                self.room
+            )));
+        }
+        self.outbound = OutboundSenderKey::generate()?;
+        Ok((self.distribute_to_all()?, events))
+    }
+
+    /// Seals a text message. If our key has sealed all it may, it is rotated first and
+    /// the new key's distribution must be sent before the message.
+    pub fn seal_text(
+        &mut self,
+        text: &str,
+    ) -> Result<(Option<DistributeSenderKey>, SendMessage), ClientError> {
+        if text.len() > MAX_TEXT_BYTES {
+            return Err(ClientError::MessageTooLong {
+                len: text.len(),
+                max: MAX_TEXT_BYTES,
+            });
+        }
+        let rotation = if self.outbound.is_exhausted() {
+            self.outbound = OutboundSenderKey::generate()?;
+            self.distribute_to_all()?
+        } else {
+            None
+        };
+        let envelope = zeroize::Zeroizing::new(Envelope::text(&self.me, text).to_json());
+        let sealed = self.outbound.seal(&self.room, &self.me, &envelope)?;
+        let send = SendMessage {
+            room: self.room.clone(),
+            sealed: Some(sealed),
+        };
+        Ok((rotation, send))
+    }
+
+    /// Takes a sender key another member wrapped for us, then opens the messages that
+    /// were waiting for it.
+    pub fn accept_sender_key(&mut self, delivery: SenderKeyDelivery) -> Vec<RoomEvent> {
+        let sender = delivery.sender;
+        if !self.members.contains_key(&sender) {
+            return vec![self.warning(format!(
+                "ignored a sender key from {sender}, who is not a member"
+            ))];
+        }
+        let key = match SenderKey::unwrap(
+            &self.identity,
+            &delivery.wrapped_key,
+            &self.room,
+            &sender,
+            &self.me,
+            delivery.key_id,
+        ) {
+            Ok(key) => key,
+            Err(error) => {
+                return vec![self.warning(format!("rejected the sender key of {sender}: {error}"))];
+            }
+        };
+        let ring = self.inbound.entry(sender.clone()).or_default();
+        ring.retain(|known| known.id() != key.id());
+        if ring.len() == KEYS_KEPT_PER_MEMBER {
+            ring.pop_front();
+        }
+        ring.push_back(key);
+
+        let (ready, still_waiting): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.waiting)
+            .into_iter()
+            .partition(|message| {
+                message.sender == sender
+                    && message.sealed.as_ref().map(|sealed| sealed.key_id) == Some(delivery.key_id)
+            });
+        self.waiting = still_waiting;
+        ready
+            .into_iter()
+            .flat_map(|message| self.open(message))
+            .collect()
+    }
+
+    /// Opens a message from another member, or keeps it until its key arrives.
+    pub fn open(&mut self, delivery: MessageDelivery) -> Vec<RoomEvent> {
+        let sender = delivery.sender.as_str();
+        let Some(sealed) = delivery.sealed.as_ref() else {
+            return vec![self.warning(format!("dropped an empty message from {sender}"))];
+        };
+        if !self.members.contains_key(sender) {
+            return vec![self.warning(format!(
+                "dropped a message from {sender}, who is not a member"
+            ))];
+        }
+        let Some(key) = self
+            .inbound
+            .get(sender)
+            .and_then(|ring| ring.iter().find(|key| key.id() == sealed.key_id))
+        else {
+            return self.wait_for_key(delivery);
+        };
+        let opened = key
+            .open(&self.room, sender, sealed)
+            .map_err(|error| error.to_string())
+            .and_then(|plaintext| {
+                Envelope::from_json(&plaintext).map_err(|error| error.to_string())
+            });
+        match opened {
+            Err(error) => vec![self.warning(format!("dropped a message from {sender}: {error}"))],
+            Ok(envelope) if envelope.sender != sender => vec![self.warning(format!(
+                "dropped a message from {sender} that claims to be from {}",
+                envelope.sender
+            ))],
+            Ok(envelope) if envelope.kind == MessageKind::Unknown => vec![self.warning(format!(
+                "{sender} sent a kind of message this version cannot show"
+            ))],
+            Ok(envelope) => vec![RoomEvent::Message {
+                sender: envelope.sender,
+                text: envelope.text,
+                sent_at_ms: envelope.sent_at_ms,
+            }],
+        }
+    }
+
+    fn wait_for_key(&mut self, delivery: MessageDelivery) -> Vec<RoomEvent> {
+        let mut events = Vec::new();
+        if self.waiting.len() == MAX_WAITING_MESSAGES {
+            if let Some(oldest) = self.waiting.pop_front() {
+                events.push(self.warning(format!(
+                    "dropped a message from {}: its sender key never arrived",
+                    oldest.sender
+                )));
+            }
+        }
+        self.waiting.push_back(delivery);
+        events
+    }
+
+    fn add_member(&mut self, member: PublicIdentity) -> Result<(), RoomEvent> {
+        match PublicEncryptionKey::from_der(&member.encryption_public_key) {
+            Ok(key) => {
+                self.members.insert(member.user, key);
+                Ok(())
+            }
+            Err(error) => Err(self.warning(format!(
+                "cannot send to {} in {}: {error}",
+                member.user, self.room
+            ))),
+        }
+    }
+
+    fn distribution(
+        &self,
+        recipients: &[&String],
+    ) -> Result<Option<DistributeSenderKey>, ClientError> {
+        if recipients.is_empty() {
+            return Ok(None);
+        }
+        let keys = recipients
+            .iter()
+            .map(|recipient| {
+                let public = &self.members[*recipient];
+                Ok(WrappedSenderKey {
+                    recipient: (*recipient).clone(),
+                    wrapped_key: self
+                        .outbound
+                        .wrap_for(public, &self.room, &self.me, recipient)?,
+                })
+            })
+            .collect::<Result<_, ClientError>>()?;
+        Ok(Some(DistributeSenderKey {
+            room: self.room.clone(),
+            key_id: self.outbound.id(),
+            keys,
+        }))
+    }
+
+    fn warning(&self, text: String) -> RoomEvent {
+        RoomEvent::Warning(format!("[{}] {text}", self.room))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::SealedMessage;
+    use std::sync::OnceLock;
+
+    /// Three members' identities, generated once for all these tests.
+    fn identities() -> &'static [Arc<IdentityKey>; 3] {
+        static IDS: OnceLock<[Arc<IdentityKey>; 3]> = OnceLock::new();
+        IDS.get_or_init(|| std::array::from_fn(|_| Arc::new(IdentityKey::generate(2048).unwrap())))
+    }
+
+    fn public(name: &str, index: usize) -> PublicIdentity {
+        PublicIdentity {
+            user: name.to_owned(),
+            encryption_public_key: identities()[index].public_key().to_der().to_vec().into(),
+        }
+    }
+
+    /// What the relay would deliver to `recipient` from a distribution by `sender`.
+    fn deliver_key(dist: &DistributeSenderKey, sender: &str, recipient: &str) -> SenderKeyDelivery {
+        let wrapped = dist
+            .keys
+            .iter()
+            .find(|key| key.recipient == recipient)
+            .unwrap();
+        SenderKeyDelivery {
+            room: dist.room.clone(),
+            sender: sender.to_owned(),
+            key_id: dist.key_id,
+            wrapped_key: wrapped.wrapped_key.clone(),
+        }
+    }
+
+    fn deliver_message(send: &SendMessage, sender: &str) -> MessageDelivery {
+        MessageDelivery {
+            room: send.room.clone(),
+            sender: sender.to_owned(),
+            sealed: send.sealed.clone(),
+        }
+    }
+
+    fn text(sender: &str, text: &str) -> RoomEvent {
+        RoomEvent::Message {
+            sender: sender.to_owned(),
+            text: text.to_owned(),
+            sent_at_ms: 0,
+        }
+    }
+
+    fn without_time(events: Vec<RoomEvent>) -> Vec<RoomEvent> {
+        events
+            .into_iter()
+            .map(|event| match event {
+                RoomEvent::Message { sender, text, .. } => RoomEvent::Message {
+                    sender,
+                    text,
+                    sent_at_ms: 0,
+                },
+                other => other,
+            })
+            .collect()
+    }
+
+    fn alice_and_bob() -> (RoomKeys, RoomKeys) {
+        let (alice, _) = RoomKeys::new("lobby", "alice", identities()[0].clone(), vec![]).unwrap();
+        let (mut bob, _) = RoomKeys::new(
+            "lobby",
+            "bob",
+            identities()[1].clone(),
+            vec![public("alice", 0)],
+        )
+        .unwrap();
+        let mut alice = alice;
+        let (to_bob, _) = alice.member_joined(public("bob", 1)).unwrap();
+        bob.accept_sender_key(deliver_key(&to_bob.unwrap(), "alice", "bob"));
+        let to_alice = bob.distribute_to_all().unwrap().unwrap();
+        alice.accept_sender_key(deliver_key(&to_alice, "bob", "alice"));
+        (alice, bob)
+    }
+
+    #[test]
+    fn members_read_each_other() {
+        let (mut alice, mut bob) = alice_and_bob();
+        let (_, send) = alice.seal_text("hi bob").unwrap();
+        assert_eq!(
+            without_time(bob.open(deliver_message(&send, "alice"))),
+            [text("alice", "hi bob")]
+        );
+        let (_, send) = bob.seal_text("hi alice").unwrap();
+        assert_eq!(
+            without_time(alice.open(deliver_message(&send, "bob"))),
+            [text("bob", "hi alice")]
+        );
+    }
+
+    #[test]
+    fn a_message_waits_for_its_key() {
+        let (mut alice, _) =
+            RoomKeys::new("lobby", "alice", identities()[0].clone(), vec![]).unwrap();
+        let (mut carol, _) = RoomKeys::new(
+            "lobby",
+            "carol",
+            identities()[2].clone(),
+            vec![public("alice", 0)],
+        )
+        .unwrap();
+        // The relay delivers alice's message before alice has heard that carol joined.
+        let (_, send) = alice.seal_text("early").unwrap();
+        assert!(carol.open(deliver_message(&send, "alice")).is_empty());
+        assert_eq!(carol.waiting(), 1);
+        let (to_carol, _) = alice.member_joined(public("carol", 2)).unwrap();
+        let events = carol.accept_sender_key(deliver_key(&to_carol.unwrap(), "alice", "carol"));
+        assert_eq!(without_time(events), [text("alice", "early")]);
+        assert_eq!(carol.waiting(), 0);
+    }
+
+    #[test]
+    fn after_a_member_leaves_its_old_keys_do_not_open_new_messages() {
+        let (mut alice, mut bob) = alice_and_bob();
+        let (rotation, _) = alice.member_left("bob").unwrap();
+        assert!(rotation.is_none(), "nobody is left to receive the new key");
+        let (_, send) = alice.seal_text("after bob left").unwrap();
+        // bob still has alice's old key, and alice as a member, yet cannot open it.
+        let events = bob.open(deliver_message(&send, "alice"));
+        assert!(events.is_empty(), "{events:?}");
+        assert_eq!(bob.waiting(), 1, "no key bob holds opens it");
+    }
+
+    #[test]
+    fn tampering_is_reported_not_shown() {
+        let (mut alice, mut bob) = alice_and_bob();
+        let (_, send) = alice.seal_text("original").unwrap();
+        let mut delivery = deliver_message(&send, "alice");
+        let sealed = delivery.sealed.as_mut().unwrap();
+        let mut bytes = sealed.ciphertext.to_vec();
+        bytes[3] ^= 0x40;
+        sealed.ciphertext = bytes.into();
+        let events = bob.open(delivery);
+        assert!(
+            matches!(&events[..], [RoomEvent::Warning(w)] if w.contains("failed authentication")),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn a_relay_cannot_reattribute_a_message() {
+        let (mut alice, _) =
+            RoomKeys::new("lobby", "alice", identities()[0].clone(), vec![]).unwrap();
+        let (mut carol, _) = RoomKeys::new(
+            "lobby",
+            "carol",
+            identities()[2].clone(),
+            vec![public("alice", 0), public("bob", 1)],
+        )
+        .unwrap();
+        let (to_carol, _) = alice.member_joined(public("carol", 2)).unwrap();
+        carol.accept_sender_key(deliver_key(&to_carol.unwrap(), "alice", "carol"));
+        let (_, send) = alice.seal_text("from alice").unwrap();
+        // Claiming the message is bob's leaves carol no key to open it with.
+        assert!(carol.open(deliver_message(&send, "bob")).is_empty());
+        // A key wrapped for carol as alice's, relabelled as bob's, does not unwrap.
+        let (to_carol, _) = alice.member_joined(public("carol", 2)).unwrap();
+        let events = carol.accept_sender_key(deliver_key(&to_carol.unwrap(), "bob", "carol"));
+        assert!(
+            matches!(&events[..], [RoomEvent::Warning(w)] if w.contains("rejected")),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn waiting_messages_are_bounded() {
+        let (_, mut bob) = alice_and_bob();
+        let unknown_key = SealedMessage {
+            key_id: 1,
+            counter: 0,
+            nonce: vec![0; 12].into(),
+            ciphertext: vec![0; 32].into(),
+        };
+        let mut warnings = 0;
+        for _ in 0..MAX_WAITING_MESSAGES + 3 {
+            warnings += bob
+                .open(MessageDelivery {
+                    room: "lobby".into(),
+                    sender: "alice".into(),
+                    sealed: Some(unknown_key.clone()),
+                })
+                .len();
+        }
+        assert_eq!(bob.waiting(), MAX_WAITING_MESSAGES);
+        assert_eq!(warnings, 3);
+    }
+
+    #[test]
+    fn too_long_a_message_is_refused_before_sealing() {
+        let (mut alice, _) = alice_and_bob();
+        assert!(matches!(
+            alice.seal_text(&"x".repeat(MAX_TEXT_BYTES + 1)),
+            Err(ClientError::MessageTooLong { .. })
+        ));
+    }
+}

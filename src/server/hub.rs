@@ -1,0 +1,449 @@
+//! The relay's shared state: published identities, open sessions and rooms.
+//!
+//! Everything sits behind one mutex that is never held across an `.await`: frames are
+//! handed to each session's bounded [`Outbound`] queue with `try_send`, so one slow
+//! client can never stall the others. A session whose queue is full is disconnected
+//! with RESOURCE_EXHAUSTED, and the rooms it was in are told it left.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+use tonic::Status;
+
+use super::Limits;
+use super::outbound::{Outbound, outbound};
+use crate::proto::{
+    Ack, Joined, LeaveReason, MemberJoined, MemberLeft, MessageDelivery, PublicIdentity,
+    SealedMessage, SenderKeyDelivery, ServerFrame, WrappedSenderKey, server_frame::Kind,
+};
+
+/// Identifies one `Chat` stream for the life of the server.
+pub(crate) type SessionId = u64;
+
+/// The state shared by every RPC of the relay.
+pub(crate) struct Hub {
+    state: Mutex<State>,
+    limits: Limits,
+}
+
+#[derive(Default)]
+struct State {
+    /// User name → DER public key, bound on first publication.
+    identities: HashMap<String, Bytes>,
+    sessions: HashMap<SessionId, Session>,
+    /// User name → its open session.
+    online: HashMap<String, SessionId>,
+    rooms: HashMap<String, Room>,
+    next_session_id: SessionId,
+    shutting_down: bool,
+    /// Sessions whose queue overflowed during the current operation.
+    overflowed: Vec<SessionId>,
+}
+
+struct Session {
+    user: String,
+    frames: mpsc::Sender<ServerFrame>,
+    close: Option<oneshot::Sender<Status>>,
+    rooms: BTreeSet<String>,
+    reader: Option<AbortHandle>,
+}
+
+#[derive(Default)]
+struct Room {
+    /// User name → session, sorted so member lists come out sorted.
+    members: BTreeMap<String, SessionId>,
+}
+
+impl Hub {
+    pub(crate) fn new(limits: Limits) -> Self {
+        Self {
+            state: Mutex::default(),
+            limits,
+        }
+    }
+
+    /// Binds `identity.user` to its key, or checks that it is already bound to it.
+    pub(crate) fn publish(&self, identity: &PublicIdentity) -> Result<(), Status> {
+        let mut state = self.lock();
+        match state.identities.get(&identity.user) {
+            Some(known) if *known == identity.encryption_public_key => Ok(()),
+            Some(_) => Err(Status::already_exists(format!(
+                "the user name {:?} is already registered with a different key; choose another name",
+                identity.user
+            ))),
+            None if state.identities.len() >= self.limits.max_identities => {
+                Err(Status::resource_exhausted(format!(
+                    "the server holds its maximum of {} identities; try again later",
+                    self.limits.max_identities
+                )))
+            }
+            None => {
+                state.identities.insert(
+                    identity.user.clone(),
+                    identity.encryption_public_key.clone(),
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// The members of `room` other than `except`, sorted by name.
+    pub(crate) fn room_members(&self, room: &str, except: &str) -> Vec<PublicIdentity> {
+        self.lock().members_except(room, except)
+    }
+
+    /// Opens the session of `user`, who must have published a key and have no other.
+    pub(crate) fn open_session(&self, user: &str) -> Result<(SessionId, Outbound), Status> {
+        let mut state = self.lock();
+        if state.shutting_down {
+            return Err(Status::unavailable("the server is shutting down"));
+        }
+        if !state.identities.contains_key(user) {
+            return Err(Status::failed_precondition(format!(
+                "user {user:?} has not published a key; call KeyExchange first"
+            )));
+        }
+        if state.online.contains_key(user) {
+            return Err(Status::already_exists(format!(
+                "user {user:?} already has an open session; close it first"
+            )));
+        }
+        if state.sessions.len() >= self.limits.max_sessions {
+            return Err(Status::resource_exhausted(format!(
+                "the server is full ({} sessions); try again later",
+                self.limits.max_sessions
+            )));
+        }
+        state.next_session_id += 1;
+        let id = state.next_session_id;
+        let (handle, stream) = outbound(self.limits.outbound_queue);
+        state.sessions.insert(
+            id,
+            Session {
+                user: user.to_owned(),
+                frames: handle.frames,
+                close: Some(handle.close),
+                rooms: BTreeSet::new(),
+                reader: None,
+            },
+        );
+        state.online.insert(user.to_owned(), id);
+        tracing::info!(user, session = id, "session opened");
+        Ok((id, stream))
+    }
+
+    /// Remembers the task reading the session's frames, to stop it if the session is
+    /// closed by the server.
+    pub(crate) fn set_reader(&self, id: SessionId, reader: AbortHandle) {
+        match self.lock().sessions.get_mut(&id) {
+            Some(session) => session.reader = Some(reader),
+            None => reader.abort(),
+        }
+    }
+
+    /// Whether the session is still open.
+    pub(crate) fn is_open(&self, id: SessionId) -> bool {
+        self.lock().sessions.contains_key(&id)
+    }
+
+    /// Adds the session's user to `room` (creating it), answers `Joined`, and tells the
+    /// other members.
+    pub(crate) fn join(&self, id: SessionId, request_id: u64, room: &str) -> Result<(), Status> {
+        self.operate(|state| {
+            let session = state.session(id)?;
+            let user = session.user.clone();
+            if session.rooms.contains(room) {
+                return Err(Status::already_exists(format!(
+                    "you are already in room {room:?}"
+                )));
+            }
+            if session.rooms.len() >= self.limits.max_rooms_per_session {
+                return Err(Status::resource_exhausted(format!(
+                    "a session may be in at most {} rooms; leave one first",
+                    self.limits.max_rooms_per_session
+                )));
+            }
+            match state.rooms.get(room) {
+                None if state.rooms.len() >= self.limits.max_rooms => {
+                    return Err(Status::resource_exhausted(format!(
+                        "the server holds its maximum of {} rooms; try again later",
+                        self.limits.max_rooms
+                    )));
+                }
+                Some(existing) if existing.members.len() >= self.limits.max_room_members => {
+                    return Err(Status::resource_exhausted(format!(
+                        "room {room:?} is full ({} members)",
+                        self.limits.max_room_members
+                    )));
+                }
+                _ => {}
+            }
+            // The answer is queued before anyone learns of the newcomer, so it reaches
+            // the newcomer ahead of the sender keys the others send it in response.
+            let members = state.members_except(room, &user);
+            state.deliver(
+                id,
+                request_id,
+                Kind::Joined(Joined {
+                    room: room.to_owned(),
+                    members,
+                }),
+            );
+            let newcomer = state.identity_of(&user);
+            state.broadcast(
+                room,
+                &user,
+                Kind::MemberJoined(MemberJoined {
+                    room: room.to_owned(),
+                    member: Some(newcomer),
+                }),
+            );
+            state
+                .rooms
+                .entry(room.to_owned())
+                .or_default()
+                .members
+                .insert(user.clone(), id);
+            if let Some(session) = state.sessions.get_mut(&id) {
+                session.rooms.insert(room.to_owned());
+            }
+            tracing::info!(user, room, "joined");
+            Ok(())
+        })
+    }
+
+    /// Removes the session's user from `room`, acknowledges, and tells the others.
+    pub(crate) fn leave(&self, id: SessionId, request_id: u64, room: &str) -> Result<(), Status> {
+        self.operate(|state| {
+            let user = state.member_of(id, room)?;
+            state.remove_member(room, &user, LeaveReason::Left);
+            if let Some(session) = state.sessions.get_mut(&id) {
+                session.rooms.remove(room);
+            }
+            state.deliver(id, request_id, Kind::Ack(Ack {}));
+            Ok(())
+        })
+    }
+
+    /// Fans a sealed message out to the other members of `room`, then acknowledges.
+    pub(crate) fn send(
+        &self,
+        id: SessionId,
+        request_id: u64,
+        room: &str,
+        sealed: SealedMessage,
+    ) -> Result<(), Status> {
+        self.operate(|state| {
+            let sender = state.member_of(id, room)?;
+            let delivery = Kind::Message(MessageDelivery {
+                room: room.to_owned(),
+                sender: sender.clone(),
+                sealed: Some(sealed),
+            });
+            state.broadcast(room, &sender, delivery);
+            state.deliver(id, request_id, Kind::Ack(Ack {}));
+            Ok(())
+        })
+    }
+
+    /// Hands each wrapped key to its recipient, if a member of `room`, then acknowledges.
+    pub(crate) fn distribute(
+        &self,
+        id: SessionId,
+        request_id: u64,
+        room: &str,
+        key_id: u64,
+        keys: Vec<WrappedSenderKey>,
+    ) -> Result<(), Status> {
+        self.operate(|state| {
+            let sender = state.member_of(id, room)?;
+            let members = state.rooms.get(room).map(|room| &room.members);
+            let deliveries: Vec<(SessionId, Bytes)> = keys
+                .into_iter()
+                .filter_map(|wrapped| {
+                    let recipient = *members?.get(&wrapped.recipient)?;
+                    (recipient != id).then_some((recipient, wrapped.wrapped_key))
+                })
+                .collect();
+            for (recipient, wrapped_key) in deliveries {
+                let delivery = Kind::SenderKey(SenderKeyDelivery {
+                    room: room.to_owned(),
+                    sender: sender.clone(),
+                    key_id,
+                    wrapped_key,
+                });
+                state.deliver(recipient, 0, delivery);
+            }
+            state.deliver(id, request_id, Kind::Ack(Ack {}));
+            Ok(())
+        })
+    }
+
+    /// Queues an answer for the session itself (a rejection of one of its frames).
+    pub(crate) fn reply(&self, id: SessionId, request_id: u64, kind: Kind) {
+        self.operate(|state| state.deliver(id, request_id, kind));
+    }
+
+    /// The client ended its session: it leaves every room.
+    pub(crate) fn close_session(&self, id: SessionId) {
+        self.operate(|state| state.remove_session(id, LeaveReason::Disconnected, None));
+    }
+
+    /// The server ends a session, sending `status` to the client.
+    pub(crate) fn end_session(&self, id: SessionId, status: Status) {
+        self.operate(|state| state.remove_session(id, LeaveReason::Disconnected, Some(status)));
+    }
+
+    /// Refuses new sessions and ends every open one with UNAVAILABLE, so that the
+    /// server's graceful shutdown does not wait for clients that would never leave.
+    pub(crate) fn shutdown(&self) {
+        self.operate(|state| {
+            state.shutting_down = true;
+            let ids: Vec<SessionId> = state.sessions.keys().copied().collect();
+            for id in ids {
+                let status = Status::unavailable("the server is shutting down; reconnect later");
+                state.remove_session(id, LeaveReason::Disconnected, Some(status));
+            }
+        });
+    }
+
+    /// Runs `operation` under the lock, then disconnects the sessions it overflowed.
+    fn operate<R>(&self, operation: impl FnOnce(&mut State) -> R) -> R {
+        let mut state = self.lock();
+        let result = operation(&mut state);
+        state.evict_overflowed();
+        result
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No operation leaves the state half-updated at a panic point, so a poisoned
+        // lock is still consistent; refusing service would help nobody.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl State {
+    fn session(&self, id: SessionId) -> Result<&Session, Status> {
+        self.sessions
+            .get(&id)
+            .ok_or_else(|| Status::unavailable("the session was closed"))
+    }
+
+    /// The session's user, if it is a member of `room`.
+    fn member_of(&self, id: SessionId, room: &str) -> Result<String, Status> {
+        let session = self.session(id)?;
+        if session.rooms.contains(room) {
+            Ok(session.user.clone())
+        } else {
+            Err(Status::permission_denied(format!(
+                "you are not a member of room {room:?}; join it first"
+            )))
+        }
+    }
+
+    fn identity_of(&self, user: &str) -> PublicIdentity {
+        PublicIdentity {
+            user: user.to_owned(),
+            encryption_public_key: self.identities.get(user).cloned().unwrap_or_default(),
+        }
+    }
+
+    fn members_except(&self, room: &str, except: &str) -> Vec<PublicIdentity> {
+        self.rooms.get(room).map_or_else(Vec::new, |room| {
+            room.members
+                .keys()
+                .filter(|member| *member != except)
+                .map(|member| self.identity_of(member))
+                .collect()
+        })
+    }
+
+    /// Queues a frame for one session without waiting; a full queue marks it for
+    /// disconnection.
+    fn deliver(&mut self, id: SessionId, request_id: u64, kind: Kind) {
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        let frame = ServerFrame {
+            request_id,
+            kind: Some(kind),
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = session.frames.try_send(frame) {
+            if !self.overflowed.contains(&id) {
+                self.overflowed.push(id);
+            }
+        }
+        // A closed queue means tonic dropped the stream: the reader task is ending and
+        // will close the session itself.
+    }
+
+    /// Queues a frame for every member of `room` but `except`.
+    fn broadcast(&mut self, room: &str, except: &str, kind: Kind) {
+        let Some(members) = self.rooms.get(room) else {
+            return;
+        };
+        let recipients: Vec<SessionId> = members
+            .members
+            .iter()
+            .filter(|(member, _)| *member != except)
+            .map(|(_, id)| *id)
+            .collect();
+        for id in recipients {
+            self.deliver(id, 0, kind.clone());
+        }
+    }
+
+    fn remove_member(&mut self, room: &str, user: &str, reason: LeaveReason) {
+        let Some(members) = self.rooms.get_mut(room) else {
+            return;
+        };
+        members.members.remove(user);
+        if members.members.is_empty() {
+            self.rooms.remove(room);
+            return;
+        }
+        let left = Kind::MemberLeft(MemberLeft {
+            room: room.to_owned(),
+            user: user.to_owned(),
+            reason: reason.into(),
+        });
+        self.broadcast(room, user, left);
+        tracing::info!(user, room, reason = reason.as_str_name(), "left");
+    }
+
+    fn remove_session(&mut self, id: SessionId, reason: LeaveReason, status: Option<Status>) {
+        let Some(mut session) = self.sessions.remove(&id) else {
+            return;
+        };
+        if self.online.get(&session.user) == Some(&id) {
+            self.online.remove(&session.user);
+        }
+        for room in std::mem::take(&mut session.rooms) {
+            self.remove_member(&room, &session.user, reason);
+        }
+        if let Some(status) = status {
+            tracing::info!(user = session.user, code = ?status.code(), "session ended by the server");
+            if let Some(close) = session.close.take() {
+                let _ = close.send(status);
+            }
+            if let Some(reader) = session.reader.take() {
+                reader.abort();
+            }
+        } else {
+            tracing::info!(user = session.user, "session closed");
+        }
+    }
+
+    fn evict_overflowed(&mut self) {
+        while let Some(id) = self.overflowed.pop() {
+            let status = Status::resource_exhausted(
+                "disconnected: your client did not read its messages fast enough and its queue \
+                 on the server filled up; reconnect",
+            );
+            self.remove_session(id, LeaveReason::TooSlow, Some(status));
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The relay: a tonic gRPC server that routes ciphertext between the members of each
+//! room and never sees a key or a plaintext.
+//!
+//! - [`serve`] runs `chat.v1.ChatService` with gRPC reflection (v1 and v1alpha) and
+//!   `grpc.health.v1.Health`, until a shutdown signal.
+//! - `hub`: the shared state (identities, sessions, rooms) and the fan-out.
+//! - `session`: reads and checks one client's frames.
+//! - `outbound`: the bounded queue of frames to one client.
+
+mod hub;
+mod outbound;
+mod service;
+mod session;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+pub use outbound::Outbound;
+
+use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::proto::chat_service_server::ChatServiceServer;
+use hub::Hub;
+use service::ChatRelay;
+
+/// What the relay allows a peer, so that no peer can grow its memory without bound.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Limits {
+    /// Largest frame a client may send, in bytes; a larger one ends its stream with
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CHAT_MAX_FRAME_BYTES", default_value_t = Limits::DEFAULT.max_frame_bytes)]
+    pub max_frame_bytes: usize,
+    /// Frames queued for one client before it counts as too slow and is disconnected.
+    #[arg(long, env = "CHAT_OUTBOUND_QUEUE", default_value_t = Limits::DEFAULT.outbound_queue)]
+    pub outbound_queue: usize,
+    /// Sessions (connected clients) at once.
+    #[arg(long, env = "CHAT_MAX_SESSIONS", default_value_t = Limits::DEFAULT.max_sessions)]
+    pub max_sessions: usize,
+    /// Rooms at once.
+    #[arg(long, env = "CHAT_MAX_ROOMS", default_value_t = Limits::DEFAULT.max_rooms)]
+    pub max_rooms: usize,
+    /// Members of one room.
+    #[arg(long, env = "CHAT_MAX_ROOM_MEMBERS", default_value_t = Limits::DEFAULT.max_room_members)]
+    pub max_room_members: usize,
+    /// Rooms one session may be in.
+    #[arg(long, env = "CHAT_MAX_ROOMS_PER_SESSION", default_value_t = Limits::DEFAULT.max_rooms_per_session)]
+    pub max_rooms_per_session: usize,
+    /// Published identities (user name and key) the server keeps.
+    #[arg(long, env = "CHAT_MAX_IDENTITIES", default_value_t = Limits::DEFAULT.max_identities)]
+    pub max_identities: usize,
+}
+
+impl Limits {
+    /// The limits of a server started without flags.
+    pub const DEFAULT: Self = Self {
+        max_frame_bytes: 64 * 1024,
+        outbound_queue: 1024,
+        max_sessions: 10_000,
+        max_rooms: 10_000,
+        max_room_members: 1_000,
+        max_rooms_per_session: 32,
+        max_identities: 100_000,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot use data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot set up gRPC reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Creates the data directory (mode 0700) if needed and checks that it is writable.
+pub fn prepare_data_dir(path: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+
+    let fail = |source| ServerError::DataDir {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(fail)?;
+    let metadata = std::fs::metadata(path).map_err(fail)?;
+    if !metadata.is_dir() {
+        return Err(fail(std::io::Error::other("not a directory")));
+    }
+    if metadata.permissions().mode() & 0o200 == 0 {
+        return Err(fail(std::io::Error::from(
+            std::io::ErrorKind::PermissionDenied,
+        )));
+    }
+    let probe = path.join(".write-test");
+    std::fs::write(&probe, b"").map_err(fail)?;
+    std::fs::remove_file(&probe).map_err(fail)
+}
+
+/// Serves the relay on `listener` until `shutdown` completes, then ends every session
+/// with UNAVAILABLE and returns once the connections have closed.
+pub async fn serve(
+    listener: TcpListener,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let hub = Arc::new(Hub::new(limits.clone()));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<ChatServiceServer<ChatRelay>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let chat = ChatServiceServer::new(ChatRelay::new(hub.clone()))
+        .max_decoding_message_size(limits.max_frame_bytes);
+
+    let stop = async move {
+        shutdown.await;
+        tracing::info!("shutting down: ending every session");
+        health
+            .set_not_serving::<ChatServiceServer<ChatRelay>>()
+            .await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        hub.shutdown();
+    };
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(chat)
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await?;
+    Ok(())
+}
+
+/// Concurrent RPCs on one HTTP/2 connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 64;
