@@ -1,1 +1,112 @@
-fn main() {}
+//! `chat-server`: the end-to-end encrypted chat relay.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use e2ee_chat::server::{self, Limits};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing_subscriber::EnvFilter;
+
+/// How long a shutdown waits for connections to close before the process exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The relay of an end-to-end encrypted chat: it routes ciphertext between the members
+/// of each room and never sees a key or a plaintext.
+///
+/// Serves chat.v1.ChatService, gRPC reflection (v1 and v1alpha) and grpc.health.v1.Health.
+/// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change how much.
+/// Stops gracefully on Ctrl-C or SIGTERM.
+#[derive(Debug, Parser)]
+#[command(name = "chat-server", version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:5555")]
+    listen: SocketAddr,
+    /// Directory for the server's data, created with mode 0700 if missing. Nothing is
+    /// stored in it yet: the relay keeps its state in memory.
+    #[arg(long, env = "CHAT_DATA_DIR", default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    limits: Limits,
+}
+
+fn default_data_dir() -> PathBuf {
+    dirs::data_local_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("e2ee-chat")
+        .join("server")
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(format!("cannot start the async runtime: {error}")),
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fail(message),
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    server::prepare_data_dir(&args.data_dir).map_err(|error| error.to_string())?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
+    let address = listener.local_addr().map_err(|error| error.to_string())?;
+    tracing::info!(%address, data_dir = %args.data_dir.display(), "listening on {address}");
+
+    let (stopping_tx, mut stopping) = watch::channel(false);
+    let signal = async move {
+        wait_for_signal().await;
+        let _ = stopping_tx.send(true);
+    };
+    let serve = server::serve(listener, args.limits, signal);
+    let deadline = async {
+        let _ = stopping.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        result = serve => result.map_err(|error| error.to_string())?,
+        () = deadline => tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => tokio::select! {
+                _ = ctrl_c => {}
+                _ = terminate.recv() => {}
+            },
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn fail(message: String) -> ExitCode {
+    eprintln!("chat-server: error: {message}");
+    ExitCode::FAILURE
+}

@@ -33,25 +33,25 @@ use service::ChatRelay;
 pub struct Limits {
     /// Largest frame a client may send, in bytes; a larger one ends its stream with
     /// RESOURCE_EXHAUSTED.
-    #[arg(long, env = "CHAT_MAX_FRAME_BYTES", default_value_t = Limits::DEFAULT.max_frame_bytes)]
+    #[arg(long, env = "CHAT_MAX_FRAME_BYTES", value_parser = positive, default_value_t = Limits::DEFAULT.max_frame_bytes)]
     pub max_frame_bytes: usize,
     /// Frames queued for one client before it counts as too slow and is disconnected.
-    #[arg(long, env = "CHAT_OUTBOUND_QUEUE", default_value_t = Limits::DEFAULT.outbound_queue)]
+    #[arg(long, env = "CHAT_OUTBOUND_QUEUE", value_parser = positive, default_value_t = Limits::DEFAULT.outbound_queue)]
     pub outbound_queue: usize,
     /// Sessions (connected clients) at once.
-    #[arg(long, env = "CHAT_MAX_SESSIONS", default_value_t = Limits::DEFAULT.max_sessions)]
+    #[arg(long, env = "CHAT_MAX_SESSIONS", value_parser = positive, default_value_t = Limits::DEFAULT.max_sessions)]
     pub max_sessions: usize,
     /// Rooms at once.
-    #[arg(long, env = "CHAT_MAX_ROOMS", default_value_t = Limits::DEFAULT.max_rooms)]
+    #[arg(long, env = "CHAT_MAX_ROOMS", value_parser = positive, default_value_t = Limits::DEFAULT.max_rooms)]
     pub max_rooms: usize,
     /// Members of one room.
-    #[arg(long, env = "CHAT_MAX_ROOM_MEMBERS", default_value_t = Limits::DEFAULT.max_room_members)]
+    #[arg(long, env = "CHAT_MAX_ROOM_MEMBERS", value_parser = positive, default_value_t = Limits::DEFAULT.max_room_members)]
     pub max_room_members: usize,
     /// Rooms one session may be in.
-    #[arg(long, env = "CHAT_MAX_ROOMS_PER_SESSION", default_value_t = Limits::DEFAULT.max_rooms_per_session)]
+    #[arg(long, env = "CHAT_MAX_ROOMS_PER_SESSION", value_parser = positive, default_value_t = Limits::DEFAULT.max_rooms_per_session)]
     pub max_rooms_per_session: usize,
     /// Published identities (user name and key) the server keeps.
-    #[arg(long, env = "CHAT_MAX_IDENTITIES", default_value_t = Limits::DEFAULT.max_identities)]
+    #[arg(long, env = "CHAT_MAX_IDENTITIES", value_parser = positive, default_value_t = Limits::DEFAULT.max_identities)]
     pub max_identities: usize,
 }
 
@@ -71,6 +71,15 @@ impl Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self::DEFAULT
+    }
+}
+
+/// Parses a limit, which must be at least 1.
+fn positive(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(value) => Ok(value),
+        Err(error) => Err(error.to_string()),
     }
 }
 

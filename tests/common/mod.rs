@@ -1,0 +1,416 @@
+//! Test harness: a real relay on 127.0.0.1:0, real clients over real gRPC.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use e2ee_chat::client::{self, ChatSession, ClientError, Event, RoomKeys};
+use e2ee_chat::crypto::IdentityKey;
+use e2ee_chat::proto::chat_service_client::ChatServiceClient;
+use e2ee_chat::proto::{
+    ClientFrame, JoinRoom, KeyExchangeRequest, PublicIdentity, ServerFrame, client_frame,
+    server_frame,
+};
+use e2ee_chat::server::{self, Limits, ServerError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::Channel;
+
+/// How long a test waits for something that should happen in milliseconds.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A relay running in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with_limits(Limits::default()).await
+    }
+
+    pub async fn with_limits(limits: Limits) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server::serve(listener, limits, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            url: format!("http://{addr}"),
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        client::connect(&self.url).await.unwrap()
+    }
+
+    /// Triggers a graceful shutdown and waits for the server to return.
+    pub async fn shut_down(mut self) -> Result<(), ServerError> {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(PATIENCE, &mut self.task)
+            .await
+            .expect("the server did not shut down in time")
+            .unwrap()
+    }
+}
+
+/// A 2048-bit identity per user name, generated once per test binary.
+pub fn identity(user: &str) -> Arc<IdentityKey> {
+    static IDENTITIES: OnceLock<Mutex<HashMap<String, Arc<IdentityKey>>>> = OnceLock::new();
+    let mut known = IDENTITIES.get_or_init(Default::default).lock().unwrap();
+    known
+        .entry(user.to_owned())
+        .or_insert_with(|| Arc::new(IdentityKey::generate(2048).unwrap()))
+        .clone()
+}
+
+/// A well-behaved member, its session driven by a task as a chat program would.
+pub struct Member {
+    pub name: String,
+    commands: mpsc::UnboundedSender<Command>,
+    events: mpsc::UnboundedReceiver<Event>,
+    frames: mpsc::UnboundedReceiver<ServerFrame>,
+    task: JoinHandle<Result<(), ClientError>>,
+}
+
+enum Command {
+    Send(String, oneshot::Sender<u64>),
+    Leave,
+    Inject(ServerFrame, oneshot::Sender<Vec<Event>>),
+    Members(oneshot::Sender<Vec<String>>),
+}
+
+impl Member {
+    /// Joins `room` through `server` and starts answering the relay.
+    pub async fn join(server: &TestServer, user: &str, room: &str) -> Self {
+        Self::join_via(&server.url, user, room).await
+    }
+
+    pub async fn join_via(url: &str, user: &str, room: &str) -> Self {
+        let channel = client::connect(url).await.unwrap();
+        let (session, warnings) = ChatSession::join(channel, identity(user), user, room)
+            .await
+            .unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let (commands, command_rx) = mpsc::unbounded_channel();
+        let (event_tx, events) = mpsc::unbounded_channel();
+        let (frame_tx, frames) = mpsc::unbounded_channel();
+        let task = tokio::spawn(drive(session, command_rx, event_tx, frame_tx));
+        Self {
+            name: user.to_owned(),
+            commands,
+            events,
+            frames,
+            task,
+        }
+    }
+
+    pub async fn send(&self, text: &str) -> u64 {
+        let (reply, id) = oneshot::channel();
+        self.commands
+            .send(Command::Send(text.to_owned(), reply))
+            .unwrap();
+        id.await.expect("the member's session ended")
+    }
+
+    pub fn leave(&self) {
+        self.commands.send(Command::Leave).unwrap();
+    }
+
+    /// Applies a frame as if the relay had sent it (a relay that lies or tampers).
+    pub async fn inject(&self, frame: ServerFrame) -> Vec<Event> {
+        let (reply, events) = oneshot::channel();
+        self.commands.send(Command::Inject(frame, reply)).unwrap();
+        events.await.unwrap()
+    }
+
+    pub async fn members(&self) -> Vec<String> {
+        let (reply, members) = oneshot::channel();
+        self.commands.send(Command::Members(reply)).unwrap();
+        members.await.unwrap()
+    }
+
+    /// Waits for an event matching `wanted` and returns it with every event before it.
+    pub async fn wait_for(&mut self, mut wanted: impl FnMut(&Event) -> bool) -> Vec<Event> {
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Ok(Some(event)) => {
+                    let done = wanted(&event);
+                    seen.push(event);
+                    if done {
+                        return seen;
+                    }
+                }
+                Ok(None) => panic!("{}'s session ended; events so far: {seen:?}", self.name),
+                Err(_) => panic!("{} waited in vain; events so far: {seen:?}", self.name),
+            }
+        }
+    }
+
+    /// Waits for `count` messages and returns them as (sender, text).
+    pub async fn messages(&mut self, count: usize) -> Vec<(String, String)> {
+        let mut messages = Vec::new();
+        while messages.len() < count {
+            let events = self
+                .wait_for(|event| matches!(event, Event::Message { .. }))
+                .await;
+            for event in events {
+                if let Event::Message { sender, text, .. } = event {
+                    messages.push((sender, text));
+                }
+            }
+        }
+        messages
+    }
+
+    /// Waits until `user` joined this member's room.
+    pub async fn sees_join(&mut self, user: &str) {
+        self.wait_for(|event| matches!(event, Event::MemberJoined { user: u, .. } if u == user))
+            .await;
+    }
+
+    /// Every event so far, without waiting.
+    pub fn drain_events(&mut self) -> Vec<Event> {
+        std::iter::from_fn(|| self.events.try_recv().ok()).collect()
+    }
+
+    /// Every raw frame received so far, without waiting.
+    pub fn drain_frames(&mut self) -> Vec<ServerFrame> {
+        std::iter::from_fn(|| self.frames.try_recv().ok()).collect()
+    }
+
+    /// Ends the session and returns how it ended.
+    pub async fn quit(self) -> Result<(), ClientError> {
+        drop(self.commands);
+        tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Waits for the relay to end the session, and returns the error it ended with.
+    pub async fn ended(self) -> ClientError {
+        let result = tokio::time::timeout(PATIENCE, self.task)
+            .await
+            .unwrap()
+            .unwrap();
+        result.expect_err("the session should have been ended by the relay")
+    }
+}
+
+async fn drive(
+    mut session: ChatSession,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    events: mpsc::UnboundedSender<Event>,
+    frames: mpsc::UnboundedSender<ServerFrame>,
+) -> Result<(), ClientError> {
+    loop {
+        tokio::select! {
+            frame = session.next_frame() => {
+                let Some(frame) = frame? else { return Err(ClientError::Disconnected) };
+                let _ = frames.send(frame.clone());
+                for event in session.handle(frame).await? {
+                    let _ = events.send(event);
+                }
+            }
+            command = commands.recv() => match command {
+                Some(Command::Send(text, reply)) => {
+                    let _ = reply.send(session.send_text(&text).await?);
+                }
+                Some(Command::Leave) => {
+                    session.leave().await?;
+                }
+                Some(Command::Inject(frame, reply)) => {
+                    let _ = reply.send(session.handle(frame).await?);
+                }
+                Some(Command::Members(reply)) => {
+                    let _ = reply.send(session.members());
+                }
+                None => return Ok(()),
+            },
+        }
+    }
+}
+
+/// A client that speaks raw frames: for peers that misbehave or never read.
+pub struct RawClient {
+    pub frames: mpsc::Sender<ClientFrame>,
+    pub incoming: Streaming<ServerFrame>,
+    pub client: ChatServiceClient<Channel>,
+}
+
+impl RawClient {
+    /// Publishes `user`'s identity and opens its `Chat` stream, without joining.
+    pub async fn open(server: &TestServer, user: &str) -> Self {
+        let mut client = ChatServiceClient::new(server.channel().await);
+        publish(&mut client, user, "lobby").await.unwrap();
+        let (frames, outbound) = mpsc::channel(1024);
+        let mut request = tonic::Request::new(ReceiverStream::new(outbound));
+        request
+            .metadata_mut()
+            .insert("chat-user", user.parse().unwrap());
+        let incoming = client.chat(request).await.unwrap().into_inner();
+        Self {
+            frames,
+            incoming,
+            client,
+        }
+    }
+
+    /// Joins `room` and returns the `Joined` answer's members.
+    pub async fn join(&mut self, room: &str) -> Vec<PublicIdentity> {
+        self.send(
+            1,
+            client_frame::Kind::Join(JoinRoom {
+                room: room.to_owned(),
+            }),
+        )
+        .await;
+        match self.answer(1).await.kind {
+            Some(server_frame::Kind::Joined(joined)) => joined.members,
+            other => panic!("expected Joined, got {other:?}"),
+        }
+    }
+
+    pub async fn send(&self, request_id: u64, kind: client_frame::Kind) {
+        self.send_frame(ClientFrame {
+            request_id,
+            kind: Some(kind),
+        })
+        .await;
+    }
+
+    pub async fn send_frame(&self, frame: ClientFrame) {
+        self.frames.send(frame).await.unwrap();
+    }
+
+    /// The next frame answering `request_id`, skipping events.
+    pub async fn answer(&mut self, request_id: u64) -> ServerFrame {
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                let frame = self
+                    .incoming
+                    .message()
+                    .await
+                    .unwrap()
+                    .expect("stream ended");
+                if frame.request_id == request_id {
+                    return frame;
+                }
+            }
+        })
+        .await
+        .expect("no answer")
+    }
+
+    /// Reads until the relay ends the stream, and returns the status it ended with.
+    pub async fn final_status(&mut self) -> tonic::Status {
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                match self.incoming.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => panic!("the stream ended without an error status"),
+                    Err(status) => return status,
+                }
+            }
+        })
+        .await
+        .expect("the stream did not end")
+    }
+}
+
+/// Publishes `user`'s identity with `KeyExchange`.
+pub async fn publish(
+    client: &mut ChatServiceClient<Channel>,
+    user: &str,
+    room: &str,
+) -> Result<Vec<PublicIdentity>, tonic::Status> {
+    let identity = PublicIdentity {
+        user: user.to_owned(),
+        encryption_public_key: identity(user).public_key().to_der().to_vec().into(),
+    };
+    client
+        .key_exchange(KeyExchangeRequest {
+            identity: Some(identity),
+            room: room.to_owned(),
+        })
+        .await
+        .map(|response| response.into_inner().members)
+}
+
+/// Room keys for a raw client, as a real member would hold them.
+pub fn room_keys(room: &str, user: &str, members: Vec<PublicIdentity>) -> RoomKeys {
+    RoomKeys::new(room, user, identity(user), members)
+        .unwrap()
+        .0
+}
+
+/// A TCP proxy on 127.0.0.1:0 that records every byte it forwards, both ways.
+pub struct RecordingProxy {
+    pub url: String,
+    pub recorded: Arc<Mutex<Vec<u8>>>,
+}
+
+impl RecordingProxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let recorded = Arc::new(Mutex::new(Vec::new()));
+        let log = recorded.clone();
+        tokio::spawn(async move {
+            while let Ok((downstream, _)) = listener.accept().await {
+                let upstream = TcpStream::connect(upstream).await.unwrap();
+                let (down_read, down_write) = downstream.into_split();
+                let (up_read, up_write) = upstream.into_split();
+                tokio::spawn(pump(down_read, up_write, log.clone()));
+                tokio::spawn(pump(up_read, down_write, log.clone()));
+            }
+        });
+        Self { url, recorded }
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        self.recorded.lock().unwrap().clone()
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    log: Arc<Mutex<Vec<u8>>>,
+) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                log.lock().unwrap().extend_from_slice(&buffer[..n]);
+                if to.write_all(&buffer[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Whether `needle` occurs in `haystack`.
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}

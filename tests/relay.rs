@@ -1,0 +1,724 @@
+//! The relay and the client library together, over real gRPC on loopback.
+
+mod common;
+
+use common::{
+    Member, PATIENCE, RawClient, RecordingProxy, TestServer, contains, publish, room_keys,
+};
+use e2ee_chat::client::Event;
+use e2ee_chat::proto::chat_service_client::ChatServiceClient;
+use e2ee_chat::proto::{
+    ClientFrame, LeaveReason, MessageDelivery, PublicIdentity, SealedMessage, SendMessage,
+    ServerFrame, client_frame, server_frame,
+};
+use e2ee_chat::server::Limits;
+use tonic::Code;
+
+fn texts(messages: &[(String, String)]) -> Vec<(&str, &str)> {
+    let mut pairs: Vec<(&str, &str)> = messages
+        .iter()
+        .map(|(sender, text)| (sender.as_str(), text.as_str()))
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+#[tokio::test]
+async fn three_members_read_each_other_including_right_after_a_join() {
+    let server = TestServer::start().await;
+    let mut alice = Member::join(&server, "alice", "lobby").await;
+    let mut bob = Member::join(&server, "bob", "lobby").await;
+    alice.sees_join("bob").await;
+    let mut carol = Member::join(&server, "carol", "lobby").await;
+    // Sent the moment carol is in, before alice or bob may have handed her their keys.
+    alice.send("hello carol, from alice").await;
+    bob.send("hello carol, from bob").await;
+    carol.send("hi all, carol here").await;
+
+    assert_eq!(
+        texts(&carol.messages(2).await),
+        [
+            ("alice", "hello carol, from alice"),
+            ("bob", "hello carol, from bob")
+        ]
+    );
+    assert_eq!(
+        texts(&alice.messages(2).await),
+        [
+            ("bob", "hello carol, from bob"),
+            ("carol", "hi all, carol here")
+        ]
+    );
+    assert_eq!(
+        texts(&bob.messages(2).await),
+        [
+            ("alice", "hello carol, from alice"),
+            ("carol", "hi all, carol here")
+        ]
+    );
+    assert_eq!(carol.members().await, ["alice", "bob"]);
+
+    // Nobody sees a message twice, or their own.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    for member in [&mut alice, &mut bob, &mut carol] {
+        let extra: Vec<Event> = member
+            .drain_events()
+            .into_iter()
+            .filter(|event| matches!(event, Event::Message { .. }))
+            .collect();
+        assert!(extra.is_empty(), "{}: {extra:?}", member.name);
+    }
+}
+
+#[tokio::test]
+async fn messages_arrive_in_the_order_they_were_sent() {
+    let server = TestServer::start().await;
+    let alice = Member::join(&server, "alice", "ordered").await;
+    let mut bob = Member::join(&server, "bob", "ordered").await;
+    for n in 0..50 {
+        alice.send(&format!("message {n}")).await;
+    }
+    let received = bob.messages(50).await;
+    let expected: Vec<(String, String)> = (0..50)
+        .map(|n| ("alice".to_owned(), format!("message {n}")))
+        .collect();
+    assert_eq!(received, expected);
+}
+
+#[tokio::test]
+async fn the_wire_never_carries_a_plaintext() {
+    let server = TestServer::start().await;
+    let proxy = RecordingProxy::start(server.addr).await;
+    let mut alice = Member::join_via(&proxy.url, "alice", "wiretap-room").await;
+    let mut bob = Member::join_via(&proxy.url, "bob", "wiretap-room").await;
+    alice.sees_join("bob").await;
+    let marker = "MARKER-7f3a9c-do-not-leak";
+    alice.send(&format!("alice says {marker}")).await;
+    bob.send(&format!("bob says {marker}")).await;
+    assert_eq!(bob.messages(1).await[0].1, format!("alice says {marker}"));
+    assert_eq!(alice.messages(1).await[0].1, format!("bob says {marker}"));
+
+    let wire = proxy.bytes();
+    assert!(
+        wire.len() > 2_000,
+        "the proxy saw only {} bytes",
+        wire.len()
+    );
+    // The recording does hold what travels in the clear: the room name.
+    assert!(contains(&wire, b"wiretap-room"));
+    assert!(
+        !contains(&wire, marker.as_bytes()),
+        "the marker crossed the wire in the clear"
+    );
+    assert!(!contains(&wire, b"alice says"));
+}
+
+#[tokio::test]
+async fn a_member_who_left_cannot_read_what_is_said_after() {
+    let server = TestServer::start().await;
+    let mut alice = Member::join(&server, "alice", "lobby").await;
+    let mut bob = Member::join(&server, "bob", "lobby").await;
+    let mut carol = Member::join(&server, "carol", "lobby").await;
+    alice.send("before bob left").await;
+    assert_eq!(bob.messages(1).await[0].1, "before bob left");
+    assert_eq!(carol.messages(1).await[0].1, "before bob left");
+
+    bob.leave();
+    bob.wait_for(|event| matches!(event, Event::Left { .. }))
+        .await;
+    for member in [&mut alice, &mut carol] {
+        member
+            .wait_for(|event| {
+                matches!(event, Event::MemberLeft { user, reason: LeaveReason::Left, .. } if user == "bob")
+            })
+            .await;
+    }
+    bob.drain_frames();
+    carol.drain_frames();
+    alice.send("after bob left").await;
+    assert_eq!(carol.messages(1).await[0].1, "after bob left");
+
+    // The relay does not send it to bob...
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        bob.drain_frames()
+            .iter()
+            .all(|frame| !matches!(frame.kind, Some(server_frame::Kind::Message(_)))),
+        "bob received a message after leaving"
+    );
+    // ...and a relay that did could not make bob read it: alice rotated her key.
+    let delivery = carol
+        .drain_frames()
+        .into_iter()
+        .find(|frame| matches!(frame.kind, Some(server_frame::Kind::Message(_))))
+        .expect("carol received alice's message");
+    let events = bob.inject(delivery).await;
+    assert!(
+        !events
+            .iter()
+            .any(|event| matches!(event, Event::Message { .. })),
+        "bob decrypted a message sent after he left: {events:?}"
+    );
+}
+
+#[tokio::test]
+async fn tampered_messages_are_dropped_with_a_warning() {
+    let server = TestServer::start().await;
+    let mut bob = Member::join(&server, "bob", "lobby").await;
+    // mallory is a member who sends a correctly keyed message with one bit flipped.
+    let mut mallory = RawClient::open(&server, "mallory").await;
+    let members = mallory.join("lobby").await;
+    let mut keys = room_keys("lobby", "mallory", members);
+    let distribution = keys.distribute_to_all().unwrap().unwrap();
+    mallory
+        .send(2, client_frame::Kind::DistributeKey(distribution))
+        .await;
+    let (_, mut tampered) = keys.seal_text("you will never see this").unwrap();
+    let sealed = tampered.sealed.as_mut().unwrap();
+    let mut ciphertext = sealed.ciphertext.to_vec();
+    ciphertext[0] ^= 0x01;
+    sealed.ciphertext = ciphertext.into();
+    mallory.send(3, client_frame::Kind::Send(tampered)).await;
+    let (_, genuine) = keys.seal_text("but you will see this").unwrap();
+    mallory.send(4, client_frame::Kind::Send(genuine)).await;
+
+    let events = bob
+        .wait_for(|event| matches!(event, Event::Message { .. }))
+        .await;
+    let warnings: Vec<&String> = events
+        .iter()
+        .filter_map(|event| match event {
+            Event::Warning(text) => Some(text),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(warnings.len(), 1, "{events:?}");
+    assert!(warnings[0].contains("mallory") && warnings[0].contains("failed authentication"));
+    assert!(
+        matches!(events.last(), Some(Event::Message { text, .. }) if text == "but you will see this")
+    );
+
+    // A relay that tampers is caught the same way.
+    let (_, sealed) = keys.seal_text("relay-tampered").unwrap();
+    let mut sealed = sealed.sealed.unwrap();
+    sealed.nonce = vec![0u8; 12].into();
+    let forged = ServerFrame {
+        request_id: 0,
+        kind: Some(server_frame::Kind::Message(MessageDelivery {
+            room: "lobby".into(),
+            sender: "mallory".into(),
+            sealed: Some(sealed),
+        })),
+    };
+    let events = bob.inject(forged).await;
+    assert!(
+        matches!(&events[..], [Event::Warning(text)] if text.contains("failed authentication"))
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_frame_ends_that_stream_only() {
+    let limits = Limits {
+        max_frame_bytes: 8 * 1024,
+        ..Limits::default()
+    };
+    let server = TestServer::with_limits(limits).await;
+    let alice = Member::join(&server, "alice", "lobby").await;
+    let mut bob = Member::join(&server, "bob", "lobby").await;
+    let mut big = RawClient::open(&server, "big").await;
+    big.join("lobby").await;
+    let oversized = SendMessage {
+        room: "lobby".into(),
+        sealed: Some(SealedMessage {
+            key_id: 1,
+            counter: 0,
+            nonce: vec![0; 12].into(),
+            ciphertext: vec![0; 9 * 1024].into(),
+        }),
+    };
+    big.send(2, client_frame::Kind::Send(oversized)).await;
+    let status = big.final_status().await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("too large"), "{status:?}");
+
+    bob.wait_for(|event| matches!(event, Event::MemberLeft { user, .. } if user == "big"))
+        .await;
+    alice.send("still here").await;
+    assert_eq!(bob.messages(1).await[0].1, "still here");
+}
+
+/// Bytes that are not a protobuf message, sent on the `Chat` method.
+async fn send_garbage(server: &TestServer, user: &str) -> tonic::Status {
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+    #[derive(Default)]
+    struct RawBytes;
+    impl Codec for RawBytes {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = RawBytes;
+        type Decoder = RawBytes;
+        fn encoder(&mut self) -> RawBytes {
+            RawBytes
+        }
+        fn decoder(&mut self) -> RawBytes {
+            RawBytes
+        }
+    }
+    impl Encoder for RawBytes {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+            bytes::BufMut::put_slice(dst, &item);
+            Ok(())
+        }
+    }
+    impl Decoder for RawBytes {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+            let bytes = bytes::Buf::copy_to_bytes(src, bytes::Buf::remaining(src));
+            Ok(Some(bytes.to_vec()))
+        }
+    }
+
+    let mut typed = ChatServiceClient::new(server.channel().await);
+    publish(&mut typed, user, "lobby").await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    grpc.ready().await.unwrap();
+    // Field 1 as a varint, cut off in the middle.
+    let frames = tokio_stream::iter(vec![vec![0x08, 0xff]]);
+    let mut request = tonic::Request::new(frames);
+    request
+        .metadata_mut()
+        .insert("chat-user", user.parse().unwrap());
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/chat.v1.ChatService/Chat");
+    let response = grpc.streaming(request, path, RawBytes).await;
+    let mut stream = match response {
+        Ok(response) => response.into_inner(),
+        Err(status) => return status,
+    };
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without an error"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn undecodable_bytes_end_that_stream_with_invalid_argument() {
+    let server = TestServer::start().await;
+    let alice = Member::join(&server, "alice", "lobby").await;
+    let mut bob = Member::join(&server, "bob", "lobby").await;
+    let status = send_garbage(&server, "garbage").await;
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("could not decode"), "{status:?}");
+    alice.send("unaffected").await;
+    assert_eq!(bob.messages(1).await[0].1, "unaffected");
+}
+
+#[tokio::test]
+async fn malformed_frames_are_refused_one_by_one_and_the_stream_goes_on() {
+    let server = TestServer::start().await;
+    let mut raw = RawClient::open(&server, "sloppy").await;
+    raw.join("lobby").await;
+
+    let mut refusals = Vec::new();
+    let bad_frames = [
+        ClientFrame {
+            request_id: 7,
+            kind: None,
+        },
+        ClientFrame {
+            request_id: 8,
+            kind: Some(client_frame::Kind::Send(SendMessage {
+                room: "lobby".into(),
+                sealed: Some(SealedMessage {
+                    key_id: 1,
+                    counter: 0,
+                    nonce: vec![0; 5].into(),
+                    ciphertext: vec![0; 32].into(),
+                }),
+            })),
+        },
+        ClientFrame {
+            request_id: 9,
+            kind: Some(client_frame::Kind::Send(SendMessage {
+                room: "bad room/name".into(),
+                sealed: None,
+            })),
+        },
+        ClientFrame {
+            request_id: 10,
+            kind: Some(client_frame::Kind::Send(SendMessage {
+                room: "lobby".into(),
+                sealed: None,
+            })),
+        },
+    ];
+    for frame in bad_frames {
+        let id = frame.request_id;
+        raw.send_frame(frame).await;
+        match raw.answer(id).await.kind {
+            Some(server_frame::Kind::Rejection(rejection)) => refusals.push(rejection),
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+    assert!(
+        refusals
+            .iter()
+            .all(|r| r.code == Code::InvalidArgument as i32),
+        "{refusals:?}"
+    );
+    assert!(refusals[0].message.contains("no kind"));
+    assert!(refusals[1].message.contains("nonce is 5 bytes"));
+    assert!(refusals[2].message.contains("room name"));
+    assert!(refusals[3].message.contains("sealed is missing"));
+
+    // request_id 0 cannot be answered by id, but is still refused, and the stream lives.
+    raw.send(
+        0,
+        client_frame::Kind::Leave(e2ee_chat::proto::LeaveRoom {
+            room: "lobby".into(),
+        }),
+    )
+    .await;
+    let frame = raw.answer(0).await;
+    assert!(
+        matches!(frame.kind, Some(server_frame::Kind::Rejection(r)) if r.message.contains("non-zero"))
+    );
+    raw.send(
+        11,
+        client_frame::Kind::Leave(e2ee_chat::proto::LeaveRoom {
+            room: "lobby".into(),
+        }),
+    )
+    .await;
+    assert!(matches!(
+        raw.answer(11).await.kind,
+        Some(server_frame::Kind::Ack(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_does_not_hold_up_the_others() {
+    let limits = Limits {
+        outbound_queue: 64,
+        ..Limits::default()
+    };
+    let server = TestServer::with_limits(limits).await;
+    let mut alice = Member::join(&server, "alice", "lobby").await;
+    let mut bob = Member::join(&server, "bob", "lobby").await;
+    // stuck joins and then never reads a frame again.
+    let mut stuck = RawClient::open(&server, "stuck").await;
+    stuck.join("lobby").await;
+    alice.sees_join("stuck").await;
+
+    // Batches small enough for bob's queue: only a client that does not read falls behind.
+    let text = "x".repeat(4_000);
+    for _batch in 0..30 {
+        for _ in 0..20 {
+            alice.send(&text).await;
+        }
+        assert_eq!(bob.messages(20).await.len(), 20);
+    }
+    alice
+        .wait_for(|event| {
+            matches!(event, Event::MemberLeft { user, reason: LeaveReason::TooSlow, .. } if user == "stuck")
+        })
+        .await;
+    assert_eq!(alice.members().await, ["bob"]);
+    drop(stuck);
+}
+
+#[tokio::test]
+async fn only_members_send_to_or_hear_from_a_room() {
+    let server = TestServer::start().await;
+    let alice = Member::join(&server, "alice", "private").await;
+    let mut bob = Member::join(&server, "bob", "private").await;
+    let mut outsider = RawClient::open(&server, "outsider").await;
+    outsider.join("elsewhere").await;
+
+    let intrusion = SendMessage {
+        room: "private".into(),
+        sealed: Some(SealedMessage {
+            key_id: 1,
+            counter: 0,
+            nonce: vec![0; 12].into(),
+            ciphertext: vec![0; 32].into(),
+        }),
+    };
+    outsider.send(2, client_frame::Kind::Send(intrusion)).await;
+    match outsider.answer(2).await.kind {
+        Some(server_frame::Kind::Rejection(rejection)) => {
+            assert_eq!(rejection.code, Code::PermissionDenied as i32);
+            assert!(rejection.message.contains("not a member"));
+        }
+        other => panic!("expected PERMISSION_DENIED, got {other:?}"),
+    }
+    alice.send("members only").await;
+    assert_eq!(bob.messages(1).await[0].1, "members only");
+    // The outsider's stream carried nothing of the room.
+    outsider
+        .send(
+            3,
+            client_frame::Kind::Leave(e2ee_chat::proto::LeaveRoom {
+                room: "elsewhere".into(),
+            }),
+        )
+        .await;
+    let mut seen = Vec::new();
+    loop {
+        let frame = outsider.incoming.message().await.unwrap().unwrap();
+        if frame.request_id == 3 {
+            break;
+        }
+        seen.push(frame);
+    }
+    assert!(seen.is_empty(), "the outsider received {seen:?}");
+}
+
+#[tokio::test]
+async fn key_exchange_binds_a_name_to_one_key_and_checks_its_input() {
+    let server = TestServer::start().await;
+    let mut client = ChatServiceClient::new(server.channel().await);
+    assert_eq!(
+        publish(&mut client, "alice", "lobby").await.unwrap(),
+        vec![]
+    );
+    // Publishing the same key again is harmless.
+    publish(&mut client, "alice", "lobby").await.unwrap();
+
+    let _bob = Member::join(&server, "bob", "lobby").await;
+    let members = publish(&mut client, "alice", "lobby").await.unwrap();
+    assert_eq!(members.len(), 1);
+    assert_eq!(members[0].user, "bob");
+    assert_eq!(
+        &members[0].encryption_public_key[..],
+        common::identity("bob").public_key().to_der()
+    );
+
+    let impostor = PublicIdentity {
+        user: "alice".into(),
+        encryption_public_key: common::identity("eve")
+            .public_key()
+            .to_der()
+            .to_vec()
+            .into(),
+    };
+    let status = key_exchange(&mut client, Some(impostor), "lobby").await;
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+
+    let garbage_key = PublicIdentity {
+        user: "carol".into(),
+        encryption_public_key: b"not a key".to_vec().into(),
+    };
+    let status = key_exchange(&mut client, Some(garbage_key), "lobby").await;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().contains("encryption_public_key"),
+        "{status:?}"
+    );
+
+    let bad_name = PublicIdentity {
+        user: "../root".into(),
+        encryption_public_key: common::identity("carol")
+            .public_key()
+            .to_der()
+            .to_vec()
+            .into(),
+    };
+    let status = key_exchange(&mut client, Some(bad_name), "lobby").await;
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("user name"), "{status:?}");
+
+    let status = key_exchange(&mut client, None, "lobby").await;
+    assert_eq!(status.code(), Code::InvalidArgument);
+}
+
+async fn key_exchange(
+    client: &mut ChatServiceClient<tonic::transport::Channel>,
+    identity: Option<PublicIdentity>,
+    room: &str,
+) -> tonic::Status {
+    client
+        .key_exchange(e2ee_chat::proto::KeyExchangeRequest {
+            identity,
+            room: room.into(),
+        })
+        .await
+        .expect_err("the key exchange should fail")
+}
+
+#[tokio::test]
+async fn opening_a_session_needs_a_published_name_and_only_one_session() {
+    let server = TestServer::start().await;
+    let mut client = ChatServiceClient::new(server.channel().await);
+    let status = open_chat(&server, None).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("chat-user"));
+
+    let status = open_chat(&server, Some("nobody")).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(status.message().contains("KeyExchange"));
+
+    let _alice = Member::join(&server, "alice", "lobby").await;
+    publish(&mut client, "alice", "lobby").await.unwrap();
+    let status = open_chat(&server, Some("alice")).await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists);
+}
+
+async fn open_chat(server: &TestServer, user: Option<&str>) -> Result<(), tonic::Status> {
+    let mut client = ChatServiceClient::new(server.channel().await);
+    let (_frames, outbound) = tokio::sync::mpsc::channel::<ClientFrame>(1);
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outbound));
+    if let Some(user) = user {
+        request
+            .metadata_mut()
+            .insert("chat-user", user.parse().unwrap());
+    }
+    client.chat(request).await.map(|_| ())
+}
+
+#[tokio::test]
+async fn health_and_reflection_answer() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
+
+    let server = TestServer::start().await;
+    let mut health = HealthClient::new(server.channel().await);
+    for service in ["", "chat.v1.ChatService"] {
+        let response = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.status(), ServingStatus::Serving, "{service:?}");
+    }
+
+    let v1 = reflection_v1_services(&server).await;
+    let v1alpha = reflection_v1alpha_services(&server).await;
+    for (services, itself) in [
+        (&v1, "grpc.reflection.v1.ServerReflection"),
+        (&v1alpha, "grpc.reflection.v1alpha.ServerReflection"),
+    ] {
+        for expected in ["chat.v1.ChatService", "grpc.health.v1.Health", itself] {
+            assert!(
+                services.iter().any(|s| s == expected),
+                "{expected} missing from {services:?}"
+            );
+        }
+    }
+    assert!(
+        describe_v1(&server, "chat.v1.ChatService")
+            .await
+            .contains(&"ChatService".to_owned())
+    );
+}
+
+/// What `grpcurl describe SYMBOL` asks: the file that defines it, whose service names
+/// this returns.
+async fn describe_v1(server: &TestServer, symbol: &str) -> Vec<String> {
+    use prost::Message;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let mut client = ServerReflectionClient::new(server.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::FileContainingSymbol(symbol.to_owned())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    match responses.message().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::FileDescriptorResponse(files)) => files
+            .file_descriptor_proto
+            .iter()
+            .map(|bytes| prost_types::FileDescriptorProto::decode(&bytes[..]).unwrap())
+            .flat_map(|file| {
+                file.service
+                    .into_iter()
+                    .map(|service| service.name().to_owned())
+            })
+            .collect(),
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+async fn reflection_v1_services(server: &TestServer) -> Vec<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let mut client = ServerReflectionClient::new(server.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    match responses.message().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+async fn reflection_v1alpha_services(server: &TestServer) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+
+    let mut client = ServerReflectionClient::new(server.channel().await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    match responses.message().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn shutdown_ends_every_session_with_unavailable() {
+    let server = TestServer::start().await;
+    let alice = Member::join(&server, "alice", "lobby").await;
+    let bob = Member::join(&server, "bob", "lobby").await;
+    server.shut_down().await.unwrap();
+    for member in [alice, bob] {
+        match member.ended().await {
+            e2ee_chat::client::ClientError::Ended(status) => {
+                assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+                assert!(status.message().contains("shutting down"));
+            }
+            other => panic!("unexpected end: {other:?}"),
+        }
+    }
+}
