@@ -120,14 +120,14 @@ async fn run(args: Args) -> Result<(), String> {
     tokio::pin!(closing_deadline);
 
     loop {
-        if let Some(end) = ending {
-            if session.unanswered() == 0 {
-                if end == Ending::Quit || leave_sent {
-                    break;
-                }
-                session.leave().await.map_err(describe)?;
-                leave_sent = true;
+        if let Some(end) = ending
+            && session.unanswered() == 0
+        {
+            if end == Ending::Quit || leave_sent {
+                break;
             }
+            session.leave().await.map_err(describe)?;
+            leave_sent = true;
         }
         tokio::select! {
             frame = session.next_frame() => {

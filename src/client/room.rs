@@ -241,13 +241,13 @@ impl RoomKeys {
 
     fn wait_for_key(&mut self, delivery: MessageDelivery) -> Vec<RoomEvent> {
         let mut events = Vec::new();
-        if self.waiting.len() == MAX_WAITING_MESSAGES {
-            if let Some(oldest) = self.waiting.pop_front() {
-                events.push(self.warning(format!(
-                    "dropped a message from {}: its sender key never arrived",
-                    oldest.sender
-                )));
-            }
+        if self.waiting.len() == MAX_WAITING_MESSAGES
+            && let Some(oldest) = self.waiting.pop_front()
+        {
+            events.push(self.warning(format!(
+                "dropped a message from {}: its sender key never arrived",
+                oldest.sender
+            )));
         }
         self.waiting.push_back(delivery);
         events

@@ -371,10 +371,10 @@ impl State {
             request_id,
             kind: Some(kind),
         };
-        if let Err(mpsc::error::TrySendError::Full(_)) = session.frames.try_send(frame) {
-            if !self.overflowed.contains(&id) {
-                self.overflowed.push(id);
-            }
+        if let Err(mpsc::error::TrySendError::Full(_)) = session.frames.try_send(frame)
+            && !self.overflowed.contains(&id)
+        {
+            self.overflowed.push(id);
         }
         // A closed queue means tonic dropped the stream: the reader task is ending and
         // will close the session itself.

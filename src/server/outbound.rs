@@ -17,6 +17,8 @@ use crate::proto::ServerFrame;
 pub struct Outbound {
     frames: mpsc::Receiver<ServerFrame>,
     closed: Option<oneshot::Receiver<Status>>,
+    /// Set once the closing status has been yielded: nothing follows it.
+    ended: bool,
 }
 
 /// The relay's handle on an [`Outbound`] stream.
@@ -38,6 +40,7 @@ pub(crate) fn outbound(capacity: usize) -> (OutboundHandle, Outbound) {
         Outbound {
             frames,
             closed: Some(closed),
+            ended: false,
         },
     )
 }
@@ -46,15 +49,19 @@ impl Stream for Outbound {
     type Item = Result<ServerFrame, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if let Some(closed) = self.closed.as_mut() {
-            if let Poll::Ready(result) = Pin::new(closed).poll(cx) {
-                self.closed = None;
-                if let Ok(status) = result {
-                    // Closing wins over queued frames: the client is gone for the relay.
-                    self.frames.close();
-                    return Poll::Ready(Some(Err(status)));
-                }
+        if let Some(closed) = self.closed.as_mut()
+            && let Poll::Ready(result) = Pin::new(closed).poll(cx)
+        {
+            self.closed = None;
+            if let Ok(status) = result {
+                // Closing wins over queued frames: the client is gone for the relay.
+                self.frames.close();
+                self.ended = true;
+                return Poll::Ready(Some(Err(status)));
             }
+        }
+        if self.ended {
+            return Poll::Ready(None);
         }
         self.frames.poll_recv(cx).map(|frame| frame.map(Ok))
     }
