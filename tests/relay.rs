@@ -586,6 +586,35 @@ async fn open_chat(server: &TestServer, user: Option<&str>) -> Result<(), tonic:
     client.chat(request).await.map(|_| ())
 }
 
+/// What `grpcurl list` asks, in one version of the reflection protocol.
+macro_rules! list_services {
+    ($version:ident, $server:expr) => {{
+        use tonic_reflection::pb::$version::ServerReflectionRequest;
+        use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::$version::server_reflection_response::MessageResponse;
+
+        let mut client = ServerReflectionClient::new($server.channel().await);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut responses = client
+            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .await
+            .unwrap()
+            .into_inner();
+        match responses.message().await.unwrap().unwrap().message_response {
+            Some(MessageResponse::ListServicesResponse(list)) => list
+                .service
+                .into_iter()
+                .map(|service| service.name)
+                .collect::<Vec<String>>(),
+            other => panic!("unexpected reflection answer {other:?}"),
+        }
+    }};
+}
+
 #[tokio::test]
 async fn health_and_reflection_answer() {
     use tonic_health::pb::health_client::HealthClient;
@@ -604,8 +633,8 @@ async fn health_and_reflection_answer() {
         assert_eq!(response.status(), ServingStatus::Serving, "{service:?}");
     }
 
-    let v1 = reflection_v1_services(&server).await;
-    let v1alpha = reflection_v1alpha_services(&server).await;
+    let v1 = list_services!(v1, server);
+    let v1alpha = list_services!(v1alpha, server);
     for (services, itself) in [
         (&v1, "grpc.reflection.v1.ServerReflection"),
         (&v1alpha, "grpc.reflection.v1alpha.ServerReflection"),
@@ -654,54 +683,6 @@ async fn describe_v1(server: &TestServer, symbol: &str) -> Vec<String> {
                     .map(|service| service.name().to_owned())
             })
             .collect(),
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
-}
-
-async fn reflection_v1_services(server: &TestServer) -> Vec<String> {
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-
-    let mut client = ServerReflectionClient::new(server.channel().await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = client
-        .server_reflection_info(tokio_stream::iter(vec![request]))
-        .await
-        .unwrap()
-        .into_inner();
-    match responses.message().await.unwrap().unwrap().message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect()
-        }
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
-}
-
-async fn reflection_v1alpha_services(server: &TestServer) -> Vec<String> {
-    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
-
-    let mut client = ServerReflectionClient::new(server.channel().await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = client
-        .server_reflection_info(tokio_stream::iter(vec![request]))
-        .await
-        .unwrap()
-        .into_inner();
-    match responses.message().await.unwrap().unwrap().message_response {
-        Some(MessageResponse::ListServicesResponse(list)) => {
-            list.service.into_iter().map(|s| s.name).collect()
-        }
         other => panic!("unexpected reflection answer {other:?}"),
     }
 }

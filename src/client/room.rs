@@ -316,6 +316,14 @@ mod tests {
         }
     }
 
+    /// `user` (identity `index`) just joined a room where `others` already are.
+    fn member(user: &str, index: usize, others: &[(&str, usize)]) -> RoomKeys {
+        let members = others.iter().map(|(name, i)| public(name, *i)).collect();
+        RoomKeys::new("lobby", user, identities()[index].clone(), members)
+            .unwrap()
+            .0
+    }
+
     /// What the relay would deliver to `recipient` from a distribution by `sender`.
     fn deliver_key(dist: &DistributeSenderKey, sender: &str, recipient: &str) -> SenderKeyDelivery {
         let wrapped = dist
@@ -362,14 +370,8 @@ mod tests {
     }
 
     fn alice_and_bob() -> (RoomKeys, RoomKeys) {
-        let (alice, _) = RoomKeys::new("lobby", "alice", identities()[0].clone(), vec![]).unwrap();
-        let (mut bob, _) = RoomKeys::new(
-            "lobby",
-            "bob",
-            identities()[1].clone(),
-            vec![public("alice", 0)],
-        )
-        .unwrap();
+        let alice = member("alice", 0, &[]);
+        let mut bob = member("bob", 1, &[("alice", 0)]);
         let mut alice = alice;
         let (to_bob, _) = alice.member_joined(public("bob", 1)).unwrap();
         bob.accept_sender_key(deliver_key(&to_bob.unwrap(), "alice", "bob"));
@@ -395,15 +397,8 @@ mod tests {
 
     #[test]
     fn a_message_waits_for_its_key() {
-        let (mut alice, _) =
-            RoomKeys::new("lobby", "alice", identities()[0].clone(), vec![]).unwrap();
-        let (mut carol, _) = RoomKeys::new(
-            "lobby",
-            "carol",
-            identities()[2].clone(),
-            vec![public("alice", 0)],
-        )
-        .unwrap();
+        let mut alice = member("alice", 0, &[]);
+        let mut carol = member("carol", 2, &[("alice", 0)]);
         // The relay delivers alice's message before alice has heard that carol joined.
         let (_, send) = alice.seal_text("early").unwrap();
         assert!(carol.open(deliver_message(&send, "alice")).is_empty());
@@ -444,15 +439,8 @@ mod tests {
 
     #[test]
     fn a_relay_cannot_reattribute_a_message() {
-        let (mut alice, _) =
-            RoomKeys::new("lobby", "alice", identities()[0].clone(), vec![]).unwrap();
-        let (mut carol, _) = RoomKeys::new(
-            "lobby",
-            "carol",
-            identities()[2].clone(),
-            vec![public("alice", 0), public("bob", 1)],
-        )
-        .unwrap();
+        let mut alice = member("alice", 0, &[]);
+        let mut carol = member("carol", 2, &[("alice", 0), ("bob", 1)]);
         let (to_carol, _) = alice.member_joined(public("carol", 2)).unwrap();
         carol.accept_sender_key(deliver_key(&to_carol.unwrap(), "alice", "carol"));
         let (_, send) = alice.seal_text("from alice").unwrap();
