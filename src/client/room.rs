@@ -370,9 +370,8 @@ mod tests {
     }
 
     fn alice_and_bob() -> (RoomKeys, RoomKeys) {
-        let alice = member("alice", 0, &[]);
+        let mut alice = member("alice", 0, &[]);
         let mut bob = member("bob", 1, &[("alice", 0)]);
-        let mut alice = alice;
         let (to_bob, _) = alice.member_joined(public("bob", 1)).unwrap();
         bob.accept_sender_key(deliver_key(&to_bob.unwrap(), "alice", "bob"));
         let to_alice = bob.distribute_to_all().unwrap().unwrap();
