@@ -169,7 +169,7 @@ async fn tampered_messages_are_dropped_with_a_warning() {
     let mut mallory = RawClient::open(&server, "mallory").await;
     let members = mallory.join("lobby").await;
     let mut keys = room_keys("lobby", "mallory", members);
-    let distribution = keys.distribute_to_all().unwrap().unwrap();
+    let distribution = keys.distribute_to_all().unwrap().remove(0);
     mallory
         .send(2, client_frame::Kind::DistributeKey(distribution))
         .await;

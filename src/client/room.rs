@@ -15,10 +15,14 @@ use crate::proto::{
     DistributeSenderKey, MessageDelivery, PublicIdentity, SendMessage, SenderKeyDelivery,
     WrappedSenderKey,
 };
-use crate::protocol::{Envelope, MAX_TEXT_BYTES, MessageKind};
+use crate::protocol::{Envelope, MAX_ENVELOPE_BYTES, MessageKind};
 
 /// Messages kept while their sender key is on its way; beyond that the oldest is dropped.
 pub const MAX_WAITING_MESSAGES: usize = 1024;
+
+/// Wrapped keys per `DistributeSenderKey` frame: 64 keys of at most 512 bytes stay well
+/// under the relay's default 64 KiB frame limit, whatever the room's size.
+const MAX_KEYS_PER_DISTRIBUTION: usize = 64;
 
 /// Sender keys kept per member: the newest, plus a few older ones for messages that
 /// were sealed before a rotation and are still in flight.
@@ -89,22 +93,26 @@ impl RoomKeys {
         self.waiting.len()
     }
 
-    /// Our current sender key, wrapped for every other member; `None` when alone.
-    pub fn distribute_to_all(&self) -> Result<Option<DistributeSenderKey>, ClientError> {
+    /// Our current sender key, wrapped for every other member, in as many frames as
+    /// the frame size limit needs; none when alone.
+    pub fn distribute_to_all(&self) -> Result<Vec<DistributeSenderKey>, ClientError> {
         let recipients: Vec<&String> = self.members.keys().collect();
-        self.distribution(&recipients)
+        recipients
+            .chunks(MAX_KEYS_PER_DISTRIBUTION)
+            .map(|chunk| self.distribution(chunk))
+            .collect()
     }
 
     /// A member joined: it gets our current sender key.
     pub fn member_joined(
         &mut self,
         member: PublicIdentity,
-    ) -> Result<(Option<DistributeSenderKey>, Vec<RoomEvent>), ClientError> {
+    ) -> Result<(Vec<DistributeSenderKey>, Vec<RoomEvent>), ClientError> {
         let user = member.user.clone();
         if let Err(warning) = self.add_member(member) {
-            return Ok((None, vec![warning]));
+            return Ok((Vec::new(), vec![warning]));
         }
-        Ok((self.distribution(&[&user])?, Vec::new()))
+        Ok((vec![self.distribution(&[&user])?], Vec::new()))
     }
 
     /// A member left: forget its keys and rotate ours, so it cannot read what we send
@@ -112,7 +120,7 @@ impl RoomKeys {
     pub fn member_left(
         &mut self,
         user: &str,
-    ) -> Result<(Option<DistributeSenderKey>, Vec<RoomEvent>), ClientError> {
+    ) -> Result<(Vec<DistributeSenderKey>, Vec<RoomEvent>), ClientError> {
         self.members.remove(user);
         self.inbound.remove(user);
         let before = self.waiting.len();
@@ -134,20 +142,20 @@ impl RoomKeys {
     pub fn seal_text(
         &mut self,
         text: &str,
-    ) -> Result<(Option<DistributeSenderKey>, SendMessage), ClientError> {
-        if text.len() > MAX_TEXT_BYTES {
+    ) -> Result<(Vec<DistributeSenderKey>, SendMessage), ClientError> {
+        let envelope = zeroize::Zeroizing::new(Envelope::text(&self.me, text).to_json());
+        if envelope.len() > MAX_ENVELOPE_BYTES {
             return Err(ClientError::MessageTooLong {
-                len: text.len(),
-                max: MAX_TEXT_BYTES,
+                len: envelope.len(),
+                max: MAX_ENVELOPE_BYTES,
             });
         }
         let rotation = if self.outbound.is_exhausted() {
             self.outbound = OutboundSenderKey::generate()?;
             self.distribute_to_all()?
         } else {
-            None
+            Vec::new()
         };
-        let envelope = zeroize::Zeroizing::new(Envelope::text(&self.me, text).to_json());
         let sealed = self.outbound.seal(&self.room, &self.me, &envelope)?;
         let send = SendMessage {
             room: self.room.clone(),
@@ -266,13 +274,7 @@ impl RoomKeys {
         }
     }
 
-    fn distribution(
-        &self,
-        recipients: &[&String],
-    ) -> Result<Option<DistributeSenderKey>, ClientError> {
-        if recipients.is_empty() {
-            return Ok(None);
-        }
+    fn distribution(&self, recipients: &[&String]) -> Result<DistributeSenderKey, ClientError> {
         let keys = recipients
             .iter()
             .map(|recipient| {
@@ -285,11 +287,11 @@ impl RoomKeys {
                 })
             })
             .collect::<Result<_, ClientError>>()?;
-        Ok(Some(DistributeSenderKey {
+        Ok(DistributeSenderKey {
             room: self.room.clone(),
             key_id: self.outbound.id(),
             keys,
-        }))
+        })
     }
 
     fn warning(&self, text: String) -> RoomEvent {
@@ -373,9 +375,9 @@ mod tests {
         let mut alice = member("alice", 0, &[]);
         let mut bob = member("bob", 1, &[("alice", 0)]);
         let (to_bob, _) = alice.member_joined(public("bob", 1)).unwrap();
-        bob.accept_sender_key(deliver_key(&to_bob.unwrap(), "alice", "bob"));
-        let to_alice = bob.distribute_to_all().unwrap().unwrap();
-        alice.accept_sender_key(deliver_key(&to_alice, "bob", "alice"));
+        bob.accept_sender_key(deliver_key(&to_bob[0], "alice", "bob"));
+        let to_alice = bob.distribute_to_all().unwrap();
+        alice.accept_sender_key(deliver_key(&to_alice[0], "bob", "alice"));
         (alice, bob)
     }
 
@@ -403,7 +405,7 @@ mod tests {
         assert!(carol.open(deliver_message(&send, "alice")).is_empty());
         assert_eq!(carol.waiting(), 1);
         let (to_carol, _) = alice.member_joined(public("carol", 2)).unwrap();
-        let events = carol.accept_sender_key(deliver_key(&to_carol.unwrap(), "alice", "carol"));
+        let events = carol.accept_sender_key(deliver_key(&to_carol[0], "alice", "carol"));
         assert_eq!(without_time(events), [text("alice", "early")]);
         assert_eq!(carol.waiting(), 0);
     }
@@ -412,7 +414,7 @@ mod tests {
     fn after_a_member_leaves_its_old_keys_do_not_open_new_messages() {
         let (mut alice, mut bob) = alice_and_bob();
         let (rotation, _) = alice.member_left("bob").unwrap();
-        assert!(rotation.is_none(), "nobody is left to receive the new key");
+        assert!(rotation.is_empty(), "nobody is left to receive the new key");
         let (_, send) = alice.seal_text("after bob left").unwrap();
         // bob still has alice's old key, and alice as a member, yet cannot open it.
         let events = bob.open(deliver_message(&send, "alice"));
@@ -441,17 +443,38 @@ mod tests {
         let mut alice = member("alice", 0, &[]);
         let mut carol = member("carol", 2, &[("alice", 0), ("bob", 1)]);
         let (to_carol, _) = alice.member_joined(public("carol", 2)).unwrap();
-        carol.accept_sender_key(deliver_key(&to_carol.unwrap(), "alice", "carol"));
+        carol.accept_sender_key(deliver_key(&to_carol[0], "alice", "carol"));
         let (_, send) = alice.seal_text("from alice").unwrap();
         // Claiming the message is bob's leaves carol no key to open it with.
         assert!(carol.open(deliver_message(&send, "bob")).is_empty());
         // A key wrapped for carol as alice's, relabelled as bob's, does not unwrap.
         let (to_carol, _) = alice.member_joined(public("carol", 2)).unwrap();
-        let events = carol.accept_sender_key(deliver_key(&to_carol.unwrap(), "bob", "carol"));
+        let events = carol.accept_sender_key(deliver_key(&to_carol[0], "bob", "carol"));
         assert!(
             matches!(&events[..], [RoomEvent::Warning(w)] if w.contains("rejected")),
             "{events:?}"
         );
+    }
+
+    #[test]
+    fn a_big_room_gets_our_key_in_frames_under_the_size_limit() {
+        let mut others: Vec<(String, usize)> = (0..150).map(|n| (format!("m{n}"), n % 3)).collect();
+        others.push(("alice".into(), 0));
+        let names: Vec<(&str, usize)> = others.iter().map(|(n, i)| (n.as_str(), *i)).collect();
+        let newcomer = member("newcomer", 1, &names);
+        let frames = newcomer.distribute_to_all().unwrap();
+        assert_eq!(frames.len(), 3);
+        assert_eq!(
+            frames.iter().map(|frame| frame.keys.len()).sum::<usize>(),
+            151
+        );
+        for frame in &frames {
+            let size = prost::Message::encoded_len(frame);
+            assert!(
+                size < crate::server::Limits::DEFAULT.max_frame_bytes / 2,
+                "{size} bytes"
+            );
+        }
     }
 
     #[test]
@@ -480,8 +503,18 @@ mod tests {
     #[test]
     fn too_long_a_message_is_refused_before_sealing() {
         let (mut alice, _) = alice_and_bob();
+        // Control characters take 6 bytes each in JSON: the limit is on the envelope.
         assert!(matches!(
-            alice.seal_text(&"x".repeat(MAX_TEXT_BYTES + 1)),
+            alice.seal_text(&"\u{1}".repeat(MAX_ENVELOPE_BYTES / 5)),
+            Err(ClientError::MessageTooLong { .. })
+        ));
+        assert!(
+            alice
+                .seal_text(&"x".repeat(MAX_ENVELOPE_BYTES - 100))
+                .is_ok()
+        );
+        assert!(matches!(
+            alice.seal_text(&"x".repeat(MAX_ENVELOPE_BYTES)),
             Err(ClientError::MessageTooLong { .. })
         ));
     }

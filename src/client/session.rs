@@ -310,9 +310,9 @@ impl ChatSession {
 
     async fn distribute(
         &mut self,
-        distribution: Option<DistributeSenderKey>,
+        distributions: Vec<DistributeSenderKey>,
     ) -> Result<(), ClientError> {
-        if let Some(distribution) = distribution {
+        for distribution in distributions {
             self.submit(
                 client_frame::Kind::DistributeKey(distribution),
                 Pending::KeyDistribution,

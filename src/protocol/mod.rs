@@ -17,8 +17,7 @@ pub const NONCE_LEN: usize = 12;
 /// The largest RSA-OAEP ciphertext a peer may send: the size of a 4096-bit modulus.
 pub const MAX_WRAPPED_KEY_LEN: usize = 512;
 
-/// The longest message text a client accepts to send, in bytes of UTF-8.
-///
-/// With the envelope and the AES-GCM tag it stays well under the server's default
-/// frame limit, so a message typed by a person is never refused by the relay.
-pub const MAX_TEXT_BYTES: usize = 16 * 1024;
+/// The largest JSON envelope a client seals, in bytes: about 32 000 characters of
+/// ordinary text. Sealed and framed, it stays well under the relay's default 64 KiB
+/// frame limit, so a message that a client accepts is never refused by the relay.
+pub const MAX_ENVELOPE_BYTES: usize = 32 * 1024;
