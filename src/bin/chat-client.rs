@@ -253,7 +253,10 @@ fn show(event: &Event) {
             eprintln!("* {user} {how} {room}; your sender key was rotated");
         }
         Event::Refused { message, code, .. } => {
-            eprintln!("warning: the server refused a message: {code:?}: {message}");
+            eprintln!(
+                "warning: the server refused a message: {}: {message}",
+                client::code_name(*code)
+            );
         }
         Event::Left { room } => eprintln!("left {room}"),
         Event::Warning(text) => eprintln!("warning: {text}"),

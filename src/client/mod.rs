@@ -26,9 +26,9 @@ pub enum ClientError {
     BadUrl { url: String, reason: String },
     #[error("cannot connect to {url}: {reason}")]
     Unreachable { url: String, reason: String },
-    #[error("the server refused: {}: {}", .0.code(), .0.message())]
+    #[error("the server refused: {}: {}", code_name(.0.code()), .0.message())]
     Refused(tonic::Status),
-    #[error("the server ended the session: {}: {}", .0.code(), .0.message())]
+    #[error("the server ended the session: {}: {}", code_name(.0.code()), .0.message())]
     Ended(tonic::Status),
     #[error("the connection to the server was closed")]
     Disconnected,
@@ -45,6 +45,18 @@ pub enum ClientError {
     Crypto(#[from] CryptoError),
 }
 
+/// The canonical name of a gRPC status code, as in `ALREADY_EXISTS`.
+pub fn code_name(code: tonic::Code) -> String {
+    let mut name = String::new();
+    for (index, letter) in format!("{code:?}").chars().enumerate() {
+        if letter.is_ascii_uppercase() && index > 0 {
+            name.push('_');
+        }
+        name.push(letter.to_ascii_uppercase());
+    }
+    name
+}
+
 /// The full text of an error and its sources, on one line.
 pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -58,4 +70,19 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_names_are_canonical() {
+        assert_eq!(code_name(tonic::Code::AlreadyExists), "ALREADY_EXISTS");
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
+        assert_eq!(
+            code_name(tonic::Code::ResourceExhausted),
+            "RESOURCE_EXHAUSTED"
+        );
+    }
 }
