@@ -703,3 +703,52 @@ async fn shutdown_ends_every_session_with_unavailable() {
         }
     }
 }
+
+#[tokio::test]
+async fn connections_beyond_the_limit_are_closed() {
+    let limits = Limits {
+        max_connections: 2,
+        ..Limits::default()
+    };
+    let server = TestServer::with_limits(limits).await;
+    let mut alice = Member::join(&server, "alice", "lobby").await;
+    let bob = Member::join(&server, "bob", "lobby").await;
+
+    let third = async {
+        let channel = e2ee_chat::client::connect(&server.url).await?;
+        let mut client = ChatServiceClient::new(channel);
+        publish(&mut client, "carol", "lobby")
+            .await
+            .map_err(e2ee_chat::client::ClientError::Refused)
+    };
+    let refused = third.await.expect_err("a third connection was served");
+    assert!(
+        matches!(
+            refused,
+            e2ee_chat::client::ClientError::Unreachable { .. }
+                | e2ee_chat::client::ClientError::Refused(_)
+        ),
+        "{refused:?}"
+    );
+
+    bob.quit().await.unwrap();
+    alice
+        .wait_for(|event| matches!(event, Event::MemberLeft { user, .. } if user == "bob"))
+        .await;
+    // bob's connection closes shortly after his session: then carol gets in.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match e2ee_chat::client::connect(&server.url).await {
+            Ok(channel) => {
+                let mut client = ChatServiceClient::new(channel);
+                if publish(&mut client, "carol", "lobby").await.is_ok() {
+                    break;
+                }
+            }
+            Err(_) if tokio::time::Instant::now() < deadline => {}
+            Err(error) => panic!("carol never got in: {error}"),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "carol never got in");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

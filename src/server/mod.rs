@@ -7,6 +7,7 @@
 //! - `session`: reads and checks one client's frames.
 //! - `outbound`: the bounded queue of frames to one client.
 
+mod connections;
 mod hub;
 mod outbound;
 mod service;
@@ -38,6 +39,9 @@ pub struct Limits {
     /// Frames queued for one client before it counts as too slow and is disconnected.
     #[arg(long, env = "CHAT_OUTBOUND_QUEUE", value_parser = positive, default_value_t = Limits::DEFAULT.outbound_queue)]
     pub outbound_queue: usize,
+    /// Open TCP connections at once; one more is closed as soon as it is accepted.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", value_parser = positive, default_value_t = Limits::DEFAULT.max_connections)]
+    pub max_connections: usize,
     /// Sessions (connected clients) at once.
     #[arg(long, env = "CHAT_MAX_SESSIONS", value_parser = positive, default_value_t = Limits::DEFAULT.max_sessions)]
     pub max_sessions: usize,
@@ -60,6 +64,7 @@ impl Limits {
     pub const DEFAULT: Self = Self {
         max_frame_bytes: 64 * 1024,
         outbound_queue: 1024,
+        max_connections: 10_000,
         max_sessions: 10_000,
         max_rooms: 10_000,
         max_room_members: 1_000,
@@ -156,7 +161,10 @@ pub async fn serve(
             .await;
         hub.shutdown();
     };
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = connections::limit(
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        limits.max_connections,
+    );
     Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
