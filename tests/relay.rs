@@ -752,3 +752,100 @@ async fn connections_beyond_the_limit_are_closed() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A small deterministic generator, so a failure can be replayed.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn bytes(&mut self, max: u64) -> bytes::Bytes {
+        let len = self.below(max + 1);
+        (0..len)
+            .map(|_| self.next() as u8)
+            .collect::<Vec<u8>>()
+            .into()
+    }
+
+    fn name(&mut self) -> String {
+        let names = [
+            "lobby",
+            "alice",
+            "",
+            "x".repeat(80).leak(),
+            "a/b",
+            "other",
+            "ünï",
+            "bob",
+        ];
+        names[self.below(names.len() as u64) as usize].to_owned()
+    }
+}
+
+#[tokio::test]
+async fn random_frames_get_answers_and_never_disturb_the_others() {
+    use e2ee_chat::proto::{DistributeSenderKey, JoinRoom, LeaveRoom, WrappedSenderKey};
+
+    let server = TestServer::start().await;
+    let alice = Member::join(&server, "alice", "lobby").await;
+    let mut bob = Member::join(&server, "bob", "lobby").await;
+    let mut fuzzer = RawClient::open(&server, "fuzzer").await;
+    let mut random = XorShift(0x9e37_79b9_7f4a_7c15);
+    for request_id in 1..=300u64 {
+        let kind = match random.below(5) {
+            0 => Some(client_frame::Kind::Join(JoinRoom {
+                room: random.name(),
+            })),
+            1 => Some(client_frame::Kind::Leave(LeaveRoom {
+                room: random.name(),
+            })),
+            2 => Some(client_frame::Kind::Send(SendMessage {
+                room: random.name(),
+                sealed: (random.below(4) > 0).then(|| SealedMessage {
+                    key_id: random.next(),
+                    counter: random.next(),
+                    nonce: random.bytes(16),
+                    ciphertext: random.bytes(64),
+                }),
+            })),
+            3 => Some(client_frame::Kind::DistributeKey(DistributeSenderKey {
+                room: random.name(),
+                key_id: random.next(),
+                keys: (0..random.below(3))
+                    .map(|_| WrappedSenderKey {
+                        recipient: random.name(),
+                        wrapped_key: random.bytes(600),
+                    })
+                    .collect(),
+            })),
+            _ => None,
+        };
+        fuzzer.send_frame(ClientFrame { request_id, kind }).await;
+        let answer = fuzzer.answer(request_id).await;
+        assert!(
+            matches!(
+                answer.kind,
+                Some(
+                    server_frame::Kind::Ack(_)
+                        | server_frame::Kind::Joined(_)
+                        | server_frame::Kind::Rejection(_)
+                )
+            ),
+            "frame {request_id}: {answer:?}"
+        );
+    }
+    alice.send("still fine").await;
+    let events = bob
+        .wait_for(|event| matches!(event, Event::Message { .. }))
+        .await;
+    assert!(matches!(events.last(), Some(Event::Message { text, .. }) if text == "still fine"));
+}
