@@ -361,6 +361,22 @@ async fn malformed_frames_are_refused_one_by_one_and_the_stream_goes_on() {
                 sealed: None,
             })),
         },
+        ClientFrame {
+            request_id: 12,
+            kind: Some(client_frame::Kind::DistributeKey(
+                e2ee_chat::proto::DistributeSenderKey {
+                    room: "lobby".into(),
+                    key_id: 1,
+                    keys: vec![
+                        e2ee_chat::proto::WrappedSenderKey {
+                            recipient: "victim".into(),
+                            wrapped_key: vec![0; 256].into(),
+                        };
+                        2
+                    ],
+                },
+            )),
+        },
     ];
     for frame in bad_frames {
         let id = frame.request_id;
@@ -380,6 +396,10 @@ async fn malformed_frames_are_refused_one_by_one_and_the_stream_goes_on() {
     assert!(refusals[1].message.contains("nonce is 5 bytes"));
     assert!(refusals[2].message.contains("room name"));
     assert!(refusals[3].message.contains("sealed is missing"));
+    assert!(
+        refusals[4].message.contains("\"victim\" twice"),
+        "{refusals:?}"
+    );
 
     // request_id 0 cannot be answered by id, but is still refused, and the stream lives.
     raw.send(

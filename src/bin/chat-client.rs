@@ -264,18 +264,28 @@ fn show(event: &Event) {
     }
 }
 
-/// The text with control characters escaped, so a message is always one line and
-/// cannot drive the terminal.
+/// The text with control characters, line and paragraph separators and bidirectional
+/// controls escaped, so a message is always one line, shows what it says, and cannot
+/// drive the terminal.
 fn one_line(text: &str) -> String {
-    text.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
+    let needs_escape = |c: char| {
+        c.is_control()
+            || matches!(
+                c,
+                '\u{2028}' | '\u{2029}' | '\u{061c}' | '\u{200e}' | '\u{200f}'
+            )
+            || ('\u{202a}'..='\u{202e}').contains(&c)
+            || ('\u{2066}'..='\u{2069}').contains(&c)
+    };
+    let mut line = String::with_capacity(text.len());
+    for c in text.chars() {
+        if needs_escape(c) {
+            line.extend(c.escape_unicode());
+        } else {
+            line.push(c);
+        }
+    }
+    line
 }
 
 /// Reads stdin on a plain thread (tokio's stdin would hold up the exit), one line at a
@@ -300,4 +310,18 @@ fn spawn_stdin_reader() -> mpsc::Receiver<String> {
         }
     });
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn one_line_escapes_what_could_forge_or_split_a_line() {
+        assert_eq!(one_line("plain ünïcödé 'text'"), "plain ünïcödé 'text'");
+        assert_eq!(one_line("a\nb"), "a\\u{a}b");
+        assert_eq!(one_line("\u{1b}[31mred"), "\\u{1b}[31mred");
+        assert_eq!(one_line("abc\u{202e}fed"), "abc\\u{202e}fed");
+        assert_eq!(one_line("x\u{2028}y"), "x\\u{2028}y");
+    }
 }

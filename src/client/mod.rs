@@ -9,6 +9,7 @@
 //! The `chat-client` binary, the tests and the benchmarks all use these types.
 
 pub mod home;
+mod replay;
 mod room;
 mod session;
 

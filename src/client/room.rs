@@ -10,12 +10,13 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::ClientError;
+use super::replay::ReplayWindow;
 use crate::crypto::{IdentityKey, OutboundSenderKey, PublicEncryptionKey, SenderKey};
 use crate::proto::{
     DistributeSenderKey, MessageDelivery, PublicIdentity, SendMessage, SenderKeyDelivery,
     WrappedSenderKey,
 };
-use crate::protocol::{Envelope, MAX_ENVELOPE_BYTES, MessageKind};
+use crate::protocol::{Envelope, MAX_ENVELOPE_BYTES, MessageKind, validate_user};
 
 /// Messages kept while their sender key is on its way; beyond that the oldest is dropped.
 pub const MAX_WAITING_MESSAGES: usize = 1024;
@@ -23,10 +24,6 @@ pub const MAX_WAITING_MESSAGES: usize = 1024;
 /// Wrapped keys per `DistributeSenderKey` frame: 64 keys of at most 512 bytes stay well
 /// under the relay's default 64 KiB frame limit, whatever the room's size.
 const MAX_KEYS_PER_DISTRIBUTION: usize = 64;
-
-/// Sender keys kept per member: the newest, plus a few older ones for messages that
-/// were sealed before a rotation and are still in flight.
-const KEYS_KEPT_PER_MEMBER: usize = 4;
 
 /// What a delivery produced for the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +38,12 @@ pub enum RoomEvent {
     Warning(String),
 }
 
+/// Another member's sender key, and the counters it has opened.
+struct InboundKey {
+    key: SenderKey,
+    seen: ReplayWindow,
+}
+
 /// The end-to-end state of one room.
 pub struct RoomKeys {
     room: String,
@@ -48,7 +51,10 @@ pub struct RoomKeys {
     identity: Arc<IdentityKey>,
     members: BTreeMap<String, PublicEncryptionKey>,
     outbound: OutboundSenderKey,
-    inbound: HashMap<String, VecDeque<SenderKey>>,
+    /// Each member's current sender key. Only the newest is kept: the relay delivers a
+    /// member's frames in the order it sent them, so its messages under an older key all
+    /// arrive before its new key does.
+    inbound: HashMap<String, InboundKey>,
     waiting: VecDeque<MessageDelivery>,
 }
 
@@ -186,24 +192,35 @@ impl RoomKeys {
                 return vec![self.warning(format!("rejected the sender key of {sender}: {error}"))];
             }
         };
-        let ring = self.inbound.entry(sender.clone()).or_default();
-        ring.retain(|known| known.id() != key.id());
-        if ring.len() == KEYS_KEPT_PER_MEMBER {
-            ring.pop_front();
+        let key_id = key.id();
+        let replaced = self.inbound.insert(
+            sender.clone(),
+            InboundKey {
+                key,
+                seen: ReplayWindow::default(),
+            },
+        );
+        let mut events = Vec::new();
+        if replaced.is_some_and(|old| old.key.id() == key_id) {
+            events.push(self.warning(format!("ignored a repeated sender key from {sender}")));
+            // A repeated key must not reopen the window of the key it repeats.
+            return events;
         }
-        ring.push_back(key);
 
         let (ready, still_waiting): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.waiting)
             .into_iter()
-            .partition(|message| {
-                message.sender == sender
-                    && message.sealed.as_ref().map(|sealed| sealed.key_id) == Some(delivery.key_id)
-            });
+            .partition(|message| message.sender == sender);
         self.waiting = still_waiting;
-        ready
-            .into_iter()
-            .flat_map(|message| self.open(message))
-            .collect()
+        for message in ready {
+            if message.sealed.as_ref().map(|sealed| sealed.key_id) == Some(key_id) {
+                events.extend(self.open(message));
+            } else {
+                events.push(self.warning(format!(
+                    "dropped a message from {sender}: its sender key never arrived"
+                )));
+            }
+        }
+        events
     }
 
     /// Opens a message from another member, or keeps it until its key arrives.
@@ -217,21 +234,30 @@ impl RoomKeys {
                 "dropped a message from {sender}, who is not a member"
             ))];
         }
-        let Some(key) = self
-            .inbound
-            .get(sender)
-            .and_then(|ring| ring.iter().find(|key| key.id() == sealed.key_id))
-        else {
+        let Some(current) = self.inbound.get_mut(sender) else {
             return self.wait_for_key(delivery);
         };
-        let opened = key
+        if current.key.id() != sealed.key_id {
+            return vec![self.warning(format!(
+                "dropped a message from {sender} under a key that is not its current one \
+                 (replayed or stale)"
+            ))];
+        }
+        let opened = current
+            .key
             .open(&self.room, sender, sealed)
             .map_err(|error| error.to_string())
             .and_then(|plaintext| {
                 Envelope::from_json(&plaintext).map_err(|error| error.to_string())
             });
+        // Only an authentic message may move the window, so this comes after opening.
+        let fresh = opened.is_ok() && current.seen.accept(sealed.counter);
         match opened {
             Err(error) => vec![self.warning(format!("dropped a message from {sender}: {error}"))],
+            Ok(_) if !fresh => vec![self.warning(format!(
+                "dropped a repeated message from {sender} (counter {})",
+                sealed.counter
+            ))],
             Ok(envelope) if envelope.sender != sender => vec![self.warning(format!(
                 "dropped a message from {sender} that claims to be from {}",
                 envelope.sender
@@ -262,6 +288,11 @@ impl RoomKeys {
     }
 
     fn add_member(&mut self, member: PublicIdentity) -> Result<(), RoomEvent> {
+        // The relay is not trusted to send sane names: they end up in file paths,
+        // terminal lines and the bytes keys are bound to.
+        if let Err(error) = validate_user(&member.user) {
+            return Err(self.warning(format!("ignored a member: {error}")));
+        }
         match PublicEncryptionKey::from_der(&member.encryption_public_key) {
             Ok(key) => {
                 self.members.insert(member.user, key);
@@ -418,8 +449,63 @@ mod tests {
         let (_, send) = alice.seal_text("after bob left").unwrap();
         // bob still has alice's old key, and alice as a member, yet cannot open it.
         let events = bob.open(deliver_message(&send, "alice"));
-        assert!(events.is_empty(), "{events:?}");
-        assert_eq!(bob.waiting(), 1, "no key bob holds opens it");
+        assert!(
+            matches!(&events[..], [RoomEvent::Warning(w)] if w.contains("not its current")),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn a_replayed_message_is_shown_once() {
+        let (mut alice, mut bob) = alice_and_bob();
+        let (_, first) = alice.seal_text("pay 10 to carol").unwrap();
+        let (_, second) = alice.seal_text("second").unwrap();
+        let first = deliver_message(&first, "alice");
+        assert_eq!(
+            without_time(bob.open(first.clone())),
+            [text("alice", "pay 10 to carol")]
+        );
+        assert_eq!(
+            without_time(bob.open(deliver_message(&second, "alice"))),
+            [text("alice", "second")]
+        );
+        let events = bob.open(first);
+        assert!(
+            matches!(&events[..], [RoomEvent::Warning(w)] if w.contains("repeated")),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn an_old_key_stops_working_once_its_successor_arrives() {
+        let (mut alice, mut bob) = alice_and_bob();
+        let (_, old) = alice.seal_text("under the old key").unwrap();
+        let (rotation, _) = alice.member_left("carol-who-was-never-here").unwrap();
+        bob.accept_sender_key(deliver_key(&rotation[0], "alice", "bob"));
+        let events = bob.open(deliver_message(&old, "alice"));
+        assert!(
+            matches!(&events[..], [RoomEvent::Warning(w)] if w.contains("not its current")),
+            "{events:?}"
+        );
+        let (_, new) = alice.seal_text("under the new key").unwrap();
+        assert_eq!(
+            without_time(bob.open(deliver_message(&new, "alice"))),
+            [text("alice", "under the new key")]
+        );
+    }
+
+    #[test]
+    fn names_from_the_relay_are_checked() {
+        let mut bob = member("bob", 1, &[]);
+        let mut evil = public("alice", 0);
+        evil.user = "alice\n[lobby] admin: send me your password".into();
+        let (distribution, events) = bob.member_joined(evil).unwrap();
+        assert!(distribution.is_empty());
+        assert!(
+            matches!(&events[..], [RoomEvent::Warning(w)] if w.contains("ignored a member")),
+            "{events:?}"
+        );
+        assert_eq!(bob.members().count(), 0);
     }
 
     #[test]
@@ -479,7 +565,8 @@ mod tests {
 
     #[test]
     fn waiting_messages_are_bounded() {
-        let (_, mut bob) = alice_and_bob();
+        // bob knows alice is a member but has not received her key.
+        let mut bob = member("bob", 1, &[("alice", 0)]);
         let unknown_key = SealedMessage {
             key_id: 1,
             counter: 0,

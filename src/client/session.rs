@@ -82,7 +82,7 @@ pub enum Event {
     },
     /// The relay accepted one of our messages (the id [`ChatSession::send_text`] gave).
     Delivered { request_id: u64 },
-    /// The relay refused one of our frames.
+    /// The relay refused one of our messages.
     Refused {
         request_id: u64,
         code: Code,
@@ -109,6 +109,9 @@ pub struct ChatSession {
     incoming: Streaming<ServerFrame>,
     last_request_id: u64,
     unanswered: BTreeMap<u64, Pending>,
+    /// Set by `leave`: membership changes no longer call for key distributions, which
+    /// the relay would refuse once we are out.
+    leaving: bool,
 }
 
 impl ChatSession {
@@ -179,6 +182,7 @@ impl ChatSession {
             incoming,
             last_request_id: 1,
             unanswered: BTreeMap::new(),
+            leaving: false,
         };
         let distribution = session.keys.distribute_to_all()?;
         session.distribute(distribution).await?;
@@ -220,6 +224,7 @@ impl ChatSession {
 
     /// Leaves the room; its `Left` event follows once the relay has answered.
     pub async fn leave(&mut self) -> Result<u64, ClientError> {
+        self.leaving = true;
         let leave = LeaveRoom {
             room: self.keys.room().to_owned(),
         };
@@ -248,18 +253,32 @@ impl ChatSession {
                 Some(Pending::KeyDistribution) | None => {}
             },
             Some(Kind::Rejection(rejection)) => {
-                self.unanswered.remove(&frame.request_id);
-                events.push(Event::Refused {
-                    request_id: frame.request_id,
-                    code: Code::from_i32(rejection.code),
-                    message: rejection.message,
+                let code = Code::from_i32(rejection.code);
+                events.push(match self.unanswered.remove(&frame.request_id) {
+                    Some(Pending::Message) => Event::Refused {
+                        request_id: frame.request_id,
+                        code,
+                        message: rejection.message,
+                    },
+                    what => Event::Warning(format!(
+                        "the server refused {}: {}: {}",
+                        match what {
+                            Some(Pending::KeyDistribution) => "our sender key",
+                            Some(Pending::Leave) => "to let us leave",
+                            _ => "a frame",
+                        },
+                        super::code_name(code),
+                        rejection.message
+                    )),
                 });
             }
             Some(Kind::MemberJoined(joined)) if joined.room == room => {
                 if let Some(member) = joined.member {
                     let user = member.user.clone();
                     let (distribution, warnings) = self.keys.member_joined(member)?;
-                    self.distribute(distribution).await?;
+                    if !self.leaving {
+                        self.distribute(distribution).await?;
+                    }
                     events.push(Event::MemberJoined {
                         room: room.clone(),
                         user,
@@ -269,7 +288,9 @@ impl ChatSession {
             }
             Some(Kind::MemberLeft(left)) if left.room == room => {
                 let (rotation, warnings) = self.keys.member_left(&left.user)?;
-                self.distribute(rotation).await?;
+                if !self.leaving {
+                    self.distribute(rotation).await?;
+                }
                 events.push(Event::MemberLeft {
                     room: room.clone(),
                     user: left.user.clone(),

@@ -36,7 +36,7 @@ impl IdentityKey {
     /// Reads a PKCS#8 PEM private key.
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self, CryptoError> {
         let private = PrivateKey::from_pkcs8_pem(pem).map_err(|_| CryptoError::BadPrivateKey)?;
-        if !key_bits_allowed(private.size()) {
+        if !key_bits_allowed(private.n()) {
             return Err(CryptoError::BadPrivateKey);
         }
         Ok(Self::from_private(private))
@@ -99,7 +99,7 @@ impl PublicEncryptionKey {
     /// Parses a DER X.509 SubjectPublicKeyInfo, as carried by `PublicIdentity`.
     pub fn from_der(der: &[u8]) -> Result<Self, CryptoError> {
         let key = PublicKey::from_public_key_der(der).map_err(|_| CryptoError::BadPublicKey)?;
-        if !key_bits_allowed(key.size()) {
+        if !key_bits_allowed(key.n()) {
             return Err(CryptoError::BadPublicKey);
         }
         Ok(Self::from_rsa(key))
@@ -126,8 +126,9 @@ impl PublicEncryptionKey {
     }
 }
 
-fn key_bits_allowed(modulus_bytes: usize) -> bool {
-    (2048..=4096).contains(&(modulus_bytes * 8))
+/// Whether the modulus has 2048 to 4096 significant bits.
+fn key_bits_allowed(modulus: &rsa::BoxedUint) -> bool {
+    (2048..=4096).contains(&modulus.bit_width_vartime())
 }
 
 #[cfg(test)]

@@ -34,6 +34,8 @@ pub enum CryptoError {
     Unwrap,
     #[error("the message failed authentication: tampered, corrupted, or not for this key")]
     Open,
+    #[error("AES-GCM refused to seal the message")]
+    Seal,
     #[error("the sender key has sealed its maximum number of messages and must be rotated")]
     KeyExhausted,
     #[error("the operating system's random number generator failed: {0}")]

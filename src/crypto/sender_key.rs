@@ -148,7 +148,7 @@ impl OutboundSenderKey {
                     aad: &aad,
                 },
             )
-            .map_err(|_| CryptoError::Open)?;
+            .map_err(|_| CryptoError::Seal)?;
         self.next_counter += 1;
         Ok(SealedMessage {
             key_id: self.id(),

@@ -14,7 +14,13 @@ pub const USER_METADATA_KEY: &str = "chat-user";
 /// The length of an AES-GCM nonce, in bytes.
 pub const NONCE_LEN: usize = 12;
 
-/// The largest RSA-OAEP ciphertext a peer may send: the size of a 4096-bit modulus.
+/// The length of the AES-GCM tag that ends every ciphertext.
+pub const TAG_LEN: usize = 16;
+
+/// The smallest RSA-OAEP ciphertext: the size of a 2048-bit modulus.
+pub const MIN_WRAPPED_KEY_LEN: usize = 256;
+
+/// The largest RSA-OAEP ciphertext: the size of a 4096-bit modulus.
 pub const MAX_WRAPPED_KEY_LEN: usize = 512;
 
 /// The largest JSON envelope a client seals, in bytes: about 32 000 characters of

@@ -9,12 +9,11 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tonic::Status;
 
 use super::Limits;
-use super::outbound::{Outbound, outbound};
+use super::outbound::{Outbound, OutboundHandle, Refusal, outbound};
 use crate::proto::{
     Ack, Joined, LeaveReason, MemberJoined, MemberLeft, MessageDelivery, PublicIdentity,
     SealedMessage, SenderKeyDelivery, ServerFrame, WrappedSenderKey, server_frame::Kind,
@@ -45,8 +44,7 @@ struct State {
 
 struct Session {
     user: String,
-    frames: mpsc::Sender<ServerFrame>,
-    close: Option<oneshot::Sender<Status>>,
+    frames: OutboundHandle,
     rooms: BTreeSet<String>,
     reader: Option<AbortHandle>,
 }
@@ -119,13 +117,13 @@ impl Hub {
         }
         state.next_session_id += 1;
         let id = state.next_session_id;
-        let (handle, stream) = outbound(self.limits.outbound_queue);
+        let (frames, stream) =
+            outbound(self.limits.outbound_queue, self.limits.outbound_queue_bytes);
         state.sessions.insert(
             id,
             Session {
                 user: user.to_owned(),
-                frames: handle.frames,
-                close: Some(handle.close),
+                frames,
                 rooms: BTreeSet::new(),
                 reader: None,
             },
@@ -371,7 +369,7 @@ impl State {
             request_id,
             kind: Some(kind),
         };
-        if let Err(mpsc::error::TrySendError::Full(_)) = session.frames.try_send(frame)
+        if let Err(Refusal::Full) = session.frames.push(frame)
             && !self.overflowed.contains(&id)
         {
             self.overflowed.push(id);
@@ -415,21 +413,19 @@ impl State {
     }
 
     fn remove_session(&mut self, id: SessionId, reason: LeaveReason, status: Option<Status>) {
-        let Some(mut session) = self.sessions.remove(&id) else {
+        let Some(session) = self.sessions.remove(&id) else {
             return;
         };
         if self.online.get(&session.user) == Some(&id) {
             self.online.remove(&session.user);
         }
-        for room in std::mem::take(&mut session.rooms) {
-            self.remove_member(&room, &session.user, reason);
+        for room in &session.rooms {
+            self.remove_member(room, &session.user, reason);
         }
         if let Some(status) = status {
             tracing::info!(user = session.user, code = ?status.code(), "session ended by the server");
-            if let Some(close) = session.close.take() {
-                let _ = close.send(status);
-            }
-            if let Some(reader) = session.reader.take() {
+            let _ = session.frames.close.send(status);
+            if let Some(reader) = session.reader {
                 reader.abort();
             }
         } else {

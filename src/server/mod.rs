@@ -36,9 +36,14 @@ pub struct Limits {
     /// RESOURCE_EXHAUSTED.
     #[arg(long, env = "CHAT_MAX_FRAME_BYTES", value_parser = positive, default_value_t = Limits::DEFAULT.max_frame_bytes)]
     pub max_frame_bytes: usize,
-    /// Frames queued for one client before it counts as too slow and is disconnected.
+    /// Frames queued for one client before it counts as too slow and is disconnected
+    /// with RESOURCE_EXHAUSTED.
     #[arg(long, env = "CHAT_OUTBOUND_QUEUE", value_parser = positive, default_value_t = Limits::DEFAULT.outbound_queue)]
     pub outbound_queue: usize,
+    /// Bytes queued for one client before it counts as too slow (a single frame larger
+    /// than this is still delivered to an otherwise empty queue).
+    #[arg(long, env = "CHAT_OUTBOUND_QUEUE_BYTES", value_parser = positive, default_value_t = Limits::DEFAULT.outbound_queue_bytes)]
+    pub outbound_queue_bytes: usize,
     /// Open TCP connections at once; one more is closed as soon as it is accepted.
     #[arg(long, env = "CHAT_MAX_CONNECTIONS", value_parser = positive, default_value_t = Limits::DEFAULT.max_connections)]
     pub max_connections: usize,
@@ -64,6 +69,7 @@ impl Limits {
     pub const DEFAULT: Self = Self {
         max_frame_bytes: 64 * 1024,
         outbound_queue: 1024,
+        outbound_queue_bytes: 1024 * 1024,
         max_connections: 10_000,
         max_sessions: 10_000,
         max_rooms: 10_000,

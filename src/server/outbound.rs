@@ -5,7 +5,11 @@
 //! early with a status when the session is closed by the server.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+
+use prost::Message;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
@@ -16,6 +20,7 @@ use crate::proto::ServerFrame;
 /// The response stream of one `Chat` call.
 pub struct Outbound {
     frames: mpsc::Receiver<ServerFrame>,
+    queued_bytes: Arc<AtomicUsize>,
     closed: Option<oneshot::Receiver<Status>>,
     /// Set once the closing status has been yielded: nothing follows it.
     ended: bool,
@@ -23,22 +28,56 @@ pub struct Outbound {
 
 /// The relay's handle on an [`Outbound`] stream.
 pub(crate) struct OutboundHandle {
-    pub(crate) frames: mpsc::Sender<ServerFrame>,
+    frames: mpsc::Sender<ServerFrame>,
+    queued_bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
     pub(crate) close: oneshot::Sender<Status>,
 }
 
-/// A queue that holds at most `capacity` frames.
-pub(crate) fn outbound(capacity: usize) -> (OutboundHandle, Outbound) {
-    let (frames_tx, frames) = mpsc::channel(capacity);
+/// Why a frame was not queued.
+pub(crate) enum Refusal {
+    /// The client is not keeping up: the queue holds its maximum of frames or bytes.
+    Full,
+    /// The stream is gone.
+    Closed,
+}
+
+impl OutboundHandle {
+    /// Queues `frame` without waiting. A frame larger than the byte budget is still
+    /// taken when nothing else is queued, so no frame is undeliverable.
+    pub(crate) fn push(&self, frame: ServerFrame) -> Result<(), Refusal> {
+        let size = frame.encoded_len();
+        let queued = self.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        if queued > 0 && queued + size > self.max_bytes {
+            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            return Err(Refusal::Full);
+        }
+        self.frames.try_send(frame).map_err(|error| {
+            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            match error {
+                mpsc::error::TrySendError::Full(_) => Refusal::Full,
+                mpsc::error::TrySendError::Closed(_) => Refusal::Closed,
+            }
+        })
+    }
+}
+
+/// A queue that holds at most `max_frames` frames and about `max_bytes` bytes.
+pub(crate) fn outbound(max_frames: usize, max_bytes: usize) -> (OutboundHandle, Outbound) {
+    let (frames_tx, frames) = mpsc::channel(max_frames);
     let (close, closed) = oneshot::channel();
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
     let handle = OutboundHandle {
         frames: frames_tx,
+        queued_bytes: queued_bytes.clone(),
+        max_bytes,
         close,
     };
     (
         handle,
         Outbound {
             frames,
+            queued_bytes,
             closed: Some(closed),
             ended: false,
         },
@@ -63,6 +102,62 @@ impl Stream for Outbound {
         if self.ended {
             return Poll::Ready(None);
         }
-        self.frames.poll_recv(cx).map(|frame| frame.map(Ok))
+        let frame = self.frames.poll_recv(cx);
+        if let Poll::Ready(Some(frame)) = &frame {
+            self.queued_bytes
+                .fetch_sub(frame.encoded_len(), Ordering::Relaxed);
+        }
+        frame.map(|frame| frame.map(Ok))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{Ack, Rejection, server_frame::Kind};
+    use tokio_stream::StreamExt;
+
+    fn frame(text_len: usize) -> ServerFrame {
+        ServerFrame {
+            request_id: 1,
+            kind: Some(Kind::Rejection(Rejection {
+                code: 3,
+                message: "x".repeat(text_len),
+            })),
+        }
+    }
+
+    #[tokio::test]
+    async fn bounds_frames_and_bytes_and_frees_what_is_sent() {
+        let (handle, mut stream) = outbound(3, 1_000);
+        // A frame over the byte budget still goes into an empty queue.
+        assert!(handle.push(frame(5_000)).is_ok());
+        assert!(matches!(handle.push(frame(10)), Err(Refusal::Full)));
+        assert!(stream.next().await.unwrap().is_ok());
+        assert!(handle.push(frame(400)).is_ok());
+        assert!(handle.push(frame(400)).is_ok());
+        assert!(
+            matches!(handle.push(frame(400)), Err(Refusal::Full)),
+            "bytes"
+        );
+        let small = ServerFrame {
+            request_id: 2,
+            kind: Some(Kind::Ack(Ack {})),
+        };
+        assert!(handle.push(small.clone()).is_ok());
+        assert!(matches!(handle.push(small), Err(Refusal::Full)), "frames");
+    }
+
+    #[tokio::test]
+    async fn closing_ends_the_stream_with_the_status_first() {
+        let (handle, mut stream) = outbound(4, 1_000);
+        handle.push(frame(1)).ok().unwrap();
+        handle
+            .close
+            .send(Status::resource_exhausted("too slow"))
+            .unwrap();
+        let first = stream.next().await.unwrap();
+        assert_eq!(first.unwrap_err().code(), tonic::Code::ResourceExhausted);
+        assert!(stream.next().await.is_none());
     }
 }

@@ -10,12 +10,9 @@ use crate::proto::{
     ClientFrame, DistributeSenderKey, Rejection, SealedMessage, SendMessage, client_frame,
     server_frame,
 };
-use crate::protocol::{MAX_WRAPPED_KEY_LEN, NONCE_LEN, validate_room, validate_user};
-
-/// The length of the AES-GCM tag that ends every ciphertext.
-const TAG_LEN: usize = 16;
-/// The size of an RSA-OAEP ciphertext under the smallest allowed key, 2048 bits.
-const MIN_WRAPPED_KEY_LEN: usize = 256;
+use crate::protocol::{
+    MAX_WRAPPED_KEY_LEN, MIN_WRAPPED_KEY_LEN, NONCE_LEN, TAG_LEN, validate_room, validate_user,
+};
 
 /// Reads the session's frames until the client ends the stream or breaks the protocol.
 pub(crate) async fn run(hub: Arc<Hub>, id: SessionId, mut frames: Streaming<ClientFrame>) {
@@ -109,7 +106,14 @@ fn carry_out(hub: &Hub, id: SessionId, frame: ClientFrame) -> Result<(), Status>
             if keys.is_empty() {
                 return Err(Status::invalid_argument("distribute_key.keys is empty"));
             }
+            let mut recipients = std::collections::HashSet::new();
             for wrapped in &keys {
+                if !recipients.insert(&wrapped.recipient) {
+                    return Err(Status::invalid_argument(format!(
+                        "distribute_key names recipient {:?} twice",
+                        wrapped.recipient
+                    )));
+                }
                 validate_user(&wrapped.recipient).map_err(|error| {
                     Status::invalid_argument(format!("distribute_key recipient: {error}"))
                 })?;
