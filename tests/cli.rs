@@ -1,159 +1,12 @@
 //! The command-line contract of `chat-server` and `chat-client`, with the real binaries.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
-use std::time::{Duration, Instant};
+use std::process::{Command, ExitStatus, Stdio};
 
-const PATIENCE: Duration = Duration::from_secs(20);
-
-/// Reads a pipe line by line on a thread.
-fn lines_of(pipe: impl std::io::Read + Send + 'static) -> Receiver<String> {
-    let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// Waits for a line containing `needle`; returns every line read up to it.
-fn wait_for_line(lines: &Receiver<String>, needle: &str) -> Vec<String> {
-    let deadline = Instant::now() + PATIENCE;
-    let mut seen = Vec::new();
-    loop {
-        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(line) => {
-                let found = line.contains(needle);
-                seen.push(line);
-                if found {
-                    return seen;
-                }
-            }
-            Err(RecvTimeoutError::Timeout) => panic!("no line with {needle:?}; got {seen:?}"),
-            Err(RecvTimeoutError::Disconnected) => {
-                panic!("pipe closed before {needle:?}; got {seen:?}")
-            }
-        }
-    }
-}
-
-fn wait_for_exit(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the process did not exit in time");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-struct ServerProcess {
-    child: Child,
-    url: String,
-    stderr: Receiver<String>,
-}
-
-impl ServerProcess {
-    fn start(data_dir: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = lines_of(child.stderr.take().unwrap());
-        let lines = wait_for_line(&stderr, "listening on ");
-        let address = lines
-            .last()
-            .unwrap()
-            .split("listening on ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_owned();
-        Self {
-            child,
-            url: format!("http://{address}"),
-            stderr,
-        }
-    }
-
-    fn terminate(&mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(killed.success());
-        wait_for_exit(&mut self.child)
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct ClientProcess {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: Receiver<String>,
-    stderr: Receiver<String>,
-}
-
-impl ClientProcess {
-    fn start(url: &str, user: &str, room: &str, home: &Path) -> Self {
-        let mut child = client_command(url, user, room, home)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        Self {
-            stdin: child.stdin.take(),
-            stdout: lines_of(child.stdout.take().unwrap()),
-            stderr: lines_of(child.stderr.take().unwrap()),
-            child,
-        }
-    }
-
-    /// Starts the client and waits until it says it joined.
-    fn joined(url: &str, user: &str, room: &str, home: &Path) -> Self {
-        let client = Self::start(url, user, room, home);
-        wait_for_line(&client.stderr, &format!("joined {room}"));
-        client
-    }
-
-    fn say(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    fn expect_stdout(&self, line: &str) {
-        let seen = wait_for_line(&self.stdout, line);
-        assert_eq!(seen, [line], "unexpected output before {line:?}");
-    }
-
-    /// Closes stdin and waits for the exit.
-    fn finish(mut self) -> (ExitStatus, Vec<String>, Vec<String>) {
-        drop(self.stdin.take());
-        let status = wait_for_exit(&mut self.child);
-        let stdout = self.stdout.try_iter().collect();
-        let stderr = self.stderr.try_iter().collect();
-        (status, stdout, stderr)
-    }
-}
+use common::process::{ClientProcess, ServerProcess, wait_for_line};
 
 fn client_command(url: &str, user: &str, room: &str, home: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_chat-client"));
@@ -213,10 +66,17 @@ fn three_people_chat_through_the_binaries() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&dir.path().join("data"));
     let home = dir.path().join("home");
-    let mut alice = ClientProcess::joined(&server.url, "alice", "lobby", &home);
-    let mut bob = ClientProcess::joined(&server.url, "bob", "lobby", &home);
+    let mut alice = ClientProcess::joined(
+        client_command(&server.url, "alice", "lobby", &home),
+        "lobby",
+    );
+    let mut bob =
+        ClientProcess::joined(client_command(&server.url, "bob", "lobby", &home), "lobby");
     wait_for_line(&alice.stderr, "bob joined lobby");
-    let mut carol = ClientProcess::joined(&server.url, "carol", "lobby", &home);
+    let mut carol = ClientProcess::joined(
+        client_command(&server.url, "carol", "lobby", &home),
+        "lobby",
+    );
 
     alice.say("hello, this is alice");
     bob.expect_stdout("[lobby] alice: hello, this is alice");
@@ -246,7 +106,7 @@ fn piped_input_is_sent_and_acknowledged_before_exit() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&dir.path().join("data"));
     let home = dir.path().join("home");
-    let bob = ClientProcess::joined(&server.url, "bob", "lobby", &home);
+    let bob = ClientProcess::joined(client_command(&server.url, "bob", "lobby", &home), "lobby");
     let input: String = (1..=20).map(|n| format!("line {n}\n")).collect();
     let (status, stdout, stderr) = run_client(
         &mut client_command(&server.url, "alice", "lobby", &home),
@@ -362,7 +222,10 @@ fn server_refuses_an_unusable_data_dir_and_a_taken_address() {
 fn sigterm_shuts_the_server_down_and_tells_the_clients() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::start(&dir.path().join("data"));
-    let client = ClientProcess::joined(&server.url, "alice", "lobby", &dir.path().join("home"));
+    let client = ClientProcess::joined(
+        client_command(&server.url, "alice", "lobby", &dir.path().join("home")),
+        "lobby",
+    );
     let status = server.terminate();
     assert!(status.success(), "{status:?}");
     wait_for_line(&server.stderr, "stopped");

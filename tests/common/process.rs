@@ -1,0 +1,160 @@
+//! Real processes for the tests: `chat-server` and chat clients, driven through their
+//! command-line contract.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+/// How long a process test waits for a line or an exit.
+pub const PROCESS_PATIENCE: Duration = Duration::from_secs(20);
+
+/// Reads a pipe line by line on a thread.
+pub fn lines_of(pipe: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits for a line containing `needle`; returns every line read up to it.
+pub fn wait_for_line(lines: &Receiver<String>, needle: &str) -> Vec<String> {
+    let deadline = Instant::now() + PROCESS_PATIENCE;
+    let mut seen = Vec::new();
+    loop {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => {
+                let found = line.contains(needle);
+                seen.push(line);
+                if found {
+                    return seen;
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => panic!("no line with {needle:?}; got {seen:?}"),
+            Err(RecvTimeoutError::Disconnected) => {
+                panic!("pipe closed before {needle:?}; got {seen:?}")
+            }
+        }
+    }
+}
+
+pub fn wait_for_exit(child: &mut Child) -> ExitStatus {
+    let deadline = Instant::now() + PROCESS_PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process did not exit in time");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct ServerProcess {
+    child: Child,
+    pub url: String,
+    pub stderr: Receiver<String>,
+}
+
+impl ServerProcess {
+    /// Starts `chat-server` on 127.0.0.1:0 and waits until it listens.
+    pub fn start(data_dir: &Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = lines_of(child.stderr.take().unwrap());
+        let lines = wait_for_line(&stderr, "listening on ");
+        let address = lines
+            .last()
+            .unwrap()
+            .split("listening on ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned();
+        Self {
+            child,
+            url: format!("http://{address}"),
+            stderr,
+        }
+    }
+
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(killed.success());
+        wait_for_exit(&mut self.child)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A chat client process (of any language) with piped stdin, stdout and stderr.
+pub struct ClientProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    pub stdout: Receiver<String>,
+    pub stderr: Receiver<String>,
+}
+
+impl ClientProcess {
+    pub fn start(mut command: Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Self {
+            stdin: child.stdin.take(),
+            stdout: lines_of(child.stdout.take().unwrap()),
+            stderr: lines_of(child.stderr.take().unwrap()),
+            child,
+        }
+    }
+
+    /// Starts the client and waits until it says it joined `room`.
+    pub fn joined(command: Command, room: &str) -> Self {
+        let client = Self::start(command);
+        wait_for_line(&client.stderr, &format!("joined {room}"));
+        client
+    }
+
+    pub fn say(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    pub fn expect_stdout(&self, line: &str) {
+        let seen = wait_for_line(&self.stdout, line);
+        assert_eq!(seen, [line], "unexpected output before {line:?}");
+    }
+
+    /// Closes stdin and waits for the exit.
+    pub fn finish(mut self) -> (ExitStatus, Vec<String>, Vec<String>) {
+        drop(self.stdin.take());
+        let status = wait_for_exit(&mut self.child);
+        let stdout = self.stdout.try_iter().collect();
+        let stderr = self.stderr.try_iter().collect();
+        (status, stdout, stderr)
+    }
+}
