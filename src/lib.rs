@@ -5,7 +5,9 @@
 //! - [`crypto`]: identity keys, sender keys, and what they are bound to.
 //! - [`server`]: the relay, which only ever handles ciphertext.
 //! - [`client`]: connecting, joining a room, sealing and opening messages.
+//! - [`bench`]: the load `chat-bench` runs, and the baseline relay it compares against.
 
+pub mod bench;
 pub mod client;
 pub mod crypto;
 pub mod proto;

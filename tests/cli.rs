@@ -271,3 +271,46 @@ fn help_documents_the_flags() {
         assert!(help.contains(flag), "chat-client --help lacks {flag}");
     }
 }
+
+#[test]
+fn chat_bench_checks_every_delivery_and_ends_with_the_summary_line() {
+    let output = Command::new(env!("CARGO_BIN_EXE_chat-bench"))
+        .args([
+            "--clients",
+            "6",
+            "--rooms",
+            "2",
+            "--messages",
+            "20",
+            "--size",
+            "64",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let summary = stdout.lines().last().unwrap();
+    let fields: Vec<(&str, &str)> = summary
+        .split(' ')
+        .map(|field| field.split_once('=').unwrap())
+        .collect();
+    let names: Vec<&str> = fields.iter().map(|(name, _)| *name).collect();
+    assert_eq!(
+        names,
+        [
+            "delivered",
+            "msgs_per_sec",
+            "p50_ms",
+            "p99_ms",
+            "baseline_msgs_per_sec",
+            "ratio"
+        ]
+    );
+    // 2 rooms of 3: each of the 6 clients gets 20 messages from each of 2 others.
+    assert_eq!(fields[0].1, "240");
+    for (name, value) in &fields[1..] {
+        let number: f64 = value.parse().unwrap();
+        assert!(number > 0.0, "{name}={value}");
+    }
+}

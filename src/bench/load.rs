@@ -1,0 +1,291 @@
+//! The load: every client sends its messages to its room while reading everyone else's,
+//! and checks that it gets each message of its room exactly once and in order.
+//!
+//! The same driver runs two kinds of client: [`E2eeClient`], the real client library
+//! (sealing and opening every message), and [`PlainClient`], which puts the text in the
+//! frame as is, for the baseline relay.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::{Barrier, mpsc};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::Channel;
+
+use super::BenchError;
+use crate::client::{ChatSession, Event};
+use crate::proto::chat_service_client::ChatServiceClient;
+use crate::proto::{
+    ClientFrame, JoinRoom, SealedMessage, SendMessage, ServerFrame, client_frame, server_frame,
+};
+use crate::protocol::USER_METADATA_KEY;
+
+/// Messages a client may have sent and not yet seen acknowledged.
+const WINDOW: usize = 64;
+
+/// A client the driver can load.
+pub trait LoadClient: Send {
+    /// Sends one text to the room.
+    fn send(&mut self, text: String) -> impl Future<Output = Result<(), BenchError>> + Send;
+    /// The next frame from the relay. Cancel-safe.
+    fn recv(&mut self) -> impl Future<Output = Result<ServerFrame, BenchError>> + Send;
+    /// Applies a frame; returns the texts it delivered.
+    fn process(
+        &mut self,
+        frame: ServerFrame,
+    ) -> impl Future<Output = Result<Vec<String>, BenchError>> + Send;
+    /// Sent messages not acknowledged yet.
+    fn in_flight(&self) -> usize;
+}
+
+/// The real client: every message sealed and opened.
+pub struct E2eeClient(pub ChatSession);
+
+impl LoadClient for E2eeClient {
+    async fn send(&mut self, text: String) -> Result<(), BenchError> {
+        self.0.send_text(&text).await?;
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> Result<ServerFrame, BenchError> {
+        self.0.next_frame().await?.ok_or(BenchError::Closed)
+    }
+
+    async fn process(&mut self, frame: ServerFrame) -> Result<Vec<String>, BenchError> {
+        let mut texts = Vec::new();
+        for event in self.0.handle(frame).await? {
+            match event {
+                Event::Message { text, .. } => texts.push(text),
+                Event::Warning(warning) => return Err(BenchError::Unexpected(warning)),
+                Event::Refused { message, .. } => return Err(BenchError::Unexpected(message)),
+                _ => {}
+            }
+        }
+        Ok(texts)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.0.unanswered()
+    }
+}
+
+/// A client that sends its text in the clear, for the baseline relay.
+pub struct PlainClient {
+    room: String,
+    frames: mpsc::Sender<ClientFrame>,
+    incoming: Streaming<ServerFrame>,
+    last_request_id: u64,
+    in_flight: usize,
+}
+
+impl PlainClient {
+    /// Opens a stream as `user` and joins `room`.
+    pub async fn join(channel: Channel, user: &str, room: &str) -> Result<Self, BenchError> {
+        let (frames, outbound) = mpsc::channel(256);
+        let mut request = tonic::Request::new(ReceiverStream::new(outbound));
+        let user = user
+            .parse()
+            .map_err(|_| BenchError::Unexpected(format!("bad user name {user}")))?;
+        request.metadata_mut().insert(USER_METADATA_KEY, user);
+        let join = ClientFrame {
+            request_id: 1,
+            kind: Some(client_frame::Kind::Join(JoinRoom {
+                room: room.to_owned(),
+            })),
+        };
+        frames.send(join).await.map_err(|_| BenchError::Closed)?;
+        let mut incoming = ChatServiceClient::new(channel)
+            .chat(request)
+            .await?
+            .into_inner();
+        incoming.message().await?.ok_or(BenchError::Closed)?;
+        Ok(Self {
+            room: room.to_owned(),
+            frames,
+            incoming,
+            last_request_id: 1,
+            in_flight: 0,
+        })
+    }
+}
+
+impl LoadClient for PlainClient {
+    async fn send(&mut self, text: String) -> Result<(), BenchError> {
+        self.last_request_id += 1;
+        let frame = ClientFrame {
+            request_id: self.last_request_id,
+            kind: Some(client_frame::Kind::Send(SendMessage {
+                room: self.room.clone(),
+                sealed: Some(SealedMessage {
+                    ciphertext: text.into_bytes().into(),
+                    ..SealedMessage::default()
+                }),
+            })),
+        };
+        self.frames
+            .send(frame)
+            .await
+            .map_err(|_| BenchError::Closed)?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    async fn recv(&mut self) -> Result<ServerFrame, BenchError> {
+        self.incoming.message().await?.ok_or(BenchError::Closed)
+    }
+
+    async fn process(&mut self, frame: ServerFrame) -> Result<Vec<String>, BenchError> {
+        match frame.kind {
+            Some(server_frame::Kind::Ack(_)) => {
+                self.in_flight -= 1;
+                Ok(Vec::new())
+            }
+            Some(server_frame::Kind::Message(delivery)) => {
+                let sealed = delivery.sealed.unwrap_or_default();
+                let text = String::from_utf8(sealed.ciphertext.to_vec())
+                    .map_err(|_| BenchError::Unexpected("a message that is not UTF-8".into()))?;
+                Ok(vec![text])
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+}
+
+/// What every client of a run shares.
+pub struct Plan {
+    /// Index of each client's room.
+    pub room_of: Vec<usize>,
+    pub messages: u64,
+    pub size: usize,
+    /// Messages per second per client, if paced.
+    pub per_client_rate: Option<f64>,
+    /// Released once every client has finished its warm-up.
+    pub start: Barrier,
+    /// When the barrier released the clients.
+    pub started: Arc<OnceLock<Instant>>,
+    /// Times in messages are measured from here.
+    pub epoch: Instant,
+}
+
+impl Plan {
+    fn peers(&self, me: usize) -> usize {
+        self.room_of
+            .iter()
+            .filter(|room| **room == self.room_of[me])
+            .count()
+            - 1
+    }
+}
+
+/// What one client saw.
+pub struct Outcome {
+    pub received: u64,
+    pub latencies_us: Vec<u64>,
+    pub finished: Instant,
+}
+
+/// Runs one client through warm-up (which proves every key is in place), the barrier,
+/// and the measured load.
+pub async fn drive<C: LoadClient>(
+    mut client: C,
+    me: usize,
+    plan: Arc<Plan>,
+) -> Result<Outcome, BenchError> {
+    let peers = plan.peers(me);
+    client.send(format!("warmup:{me}")).await?;
+    let mut warmed = 0;
+    while warmed < peers {
+        let frame = client.recv().await?;
+        for text in client.process(frame).await? {
+            if !text.starts_with("warmup:") {
+                return Err(BenchError::Unexpected(format!(
+                    "client {me} got {text:?} during warm-up"
+                )));
+            }
+            warmed += 1;
+        }
+    }
+    if plan.start.wait().await.is_leader() {
+        let _ = plan.started.set(Instant::now());
+    }
+
+    let expected = peers as u64 * plan.messages;
+    let mut next_from: HashMap<usize, u64> = HashMap::new();
+    let mut latencies_us = Vec::with_capacity(expected as usize);
+    let mut sent = 0u64;
+    let mut pace = plan.per_client_rate.map(|rate| {
+        let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval
+    });
+    while sent < plan.messages || (latencies_us.len() as u64) < expected || client.in_flight() > 0 {
+        let may_send = sent < plan.messages && client.in_flight() < WINDOW;
+        let next_tick = async {
+            match pace.as_mut() {
+                Some(interval) => {
+                    interval.tick().await;
+                }
+                None => std::future::ready(()).await,
+            }
+        };
+        tokio::select! {
+            frame = client.recv() => {
+                let frame = frame?;
+                let now = plan.epoch.elapsed().as_micros() as u64;
+                for text in client.process(frame).await? {
+                    let (sender, seq, sent_us) = parse(&text)?;
+                    if plan.room_of.get(sender) != Some(&plan.room_of[me]) || sender == me {
+                        return Err(BenchError::Unexpected(format!("client {me} got a message from {sender}")));
+                    }
+                    let next = next_from.entry(sender).or_default();
+                    if seq != *next {
+                        return Err(BenchError::Unexpected(format!(
+                            "client {me} got message {seq} of client {sender} when {next} was due: \
+                             lost, repeated or out of order"
+                        )));
+                    }
+                    *next += 1;
+                    latencies_us.push(now.saturating_sub(sent_us));
+                }
+            }
+            () = next_tick, if may_send => {
+                let sent_us = plan.epoch.elapsed().as_micros() as u64;
+                client.send(message_text(me, sent, sent_us, plan.size)).await?;
+                sent += 1;
+            }
+        }
+    }
+    Ok(Outcome {
+        received: latencies_us.len() as u64,
+        latencies_us,
+        finished: Instant::now(),
+    })
+}
+
+/// `sender:seq:sent_us:` padded with `x` to `size` bytes.
+fn message_text(sender: usize, seq: u64, sent_us: u64, size: usize) -> String {
+    let mut text = format!("{sender}:{seq}:{sent_us}:");
+    if text.len() < size {
+        text.extend(std::iter::repeat_n('x', size - text.len()));
+    }
+    text
+}
+
+fn parse(text: &str) -> Result<(usize, u64, u64), BenchError> {
+    let mut fields = text.splitn(4, ':');
+    let mut next = || fields.next().and_then(|field| field.parse::<u64>().ok());
+    match (next(), next(), next()) {
+        (Some(sender), Some(seq), Some(sent_us)) => Ok((sender as usize, seq, sent_us)),
+        _ => Err(BenchError::Unexpected(format!(
+            "unparsable message {text:?}"
+        ))),
+    }
+}

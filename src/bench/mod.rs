@@ -1,0 +1,224 @@
+//! What `chat-bench` measures: real clients with real crypto through the relay, then the
+//! same load of plaintext clients through [`PlainRelay`], a minimal broadcast relay, so
+//! that the two can be compared as a ratio measured in one run on one machine.
+//!
+//! Both runs check what they deliver: every member must get every message of its room
+//! exactly once and in order, or the run fails.
+
+mod baseline;
+mod load;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{Barrier, oneshot};
+use tokio::time::Instant;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+
+pub use baseline::PlainRelay;
+pub use load::{E2eeClient, LoadClient, PlainClient};
+
+use crate::client::{self, ChatSession, ClientError};
+use crate::crypto::IdentityKey;
+use crate::server::{self, Limits, ServerError};
+use load::{Outcome, Plan, drive};
+
+/// How long a run may take before it counts as failed.
+const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("gRPC: {}: {}", client::code_name(.0.code()), .0.message())]
+    Status(#[from] tonic::Status),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error("cannot start a relay: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the relay closed a stream")]
+    Closed,
+    #[error("the run did not finish within {RUN_TIMEOUT:?}")]
+    Timeout,
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+/// The shape of a load.
+#[derive(Debug, Clone)]
+pub struct Load {
+    pub clients: usize,
+    pub rooms: usize,
+    /// Messages each client sends.
+    pub messages: u64,
+    /// Bytes of text per message.
+    pub size: usize,
+    /// Messages per second across all clients; as fast as possible if `None`.
+    pub rate: Option<f64>,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    /// Messages received, summed over all recipients.
+    pub delivered: u64,
+    pub seconds: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+impl Measurement {
+    pub fn msgs_per_sec(&self) -> f64 {
+        self.delivered as f64 / self.seconds
+    }
+}
+
+/// A relay running in this process until its handle is dropped.
+pub struct LocalRelay {
+    pub url: String,
+    _stop: oneshot::Sender<()>,
+}
+
+/// Starts the real relay on 127.0.0.1:0.
+pub async fn start_relay(limits: Limits) -> Result<LocalRelay, BenchError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server::serve(listener, limits, async {
+        let _ = stopped.await;
+    }));
+    Ok(LocalRelay { url, _stop: stop })
+}
+
+/// Starts the baseline relay on 127.0.0.1:0.
+pub async fn start_plain_relay() -> Result<LocalRelay, BenchError> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tokio::spawn(
+        Server::builder()
+            .add_service(PlainRelay::default().service())
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stopped.await;
+            }),
+    );
+    Ok(LocalRelay { url, _stop: stop })
+}
+
+/// Runs `load` with real clients through the relay at `url`.
+pub async fn measure_e2ee(url: &str, load: &Load) -> Result<Measurement, BenchError> {
+    let mut clients = Vec::with_capacity(load.clients);
+    for index in 0..load.clients {
+        let identity = tokio::task::spawn_blocking(|| IdentityKey::generate(2048))
+            .await
+            .map_err(|error| BenchError::Unexpected(error.to_string()))?
+            .map_err(ClientError::from)?;
+        let channel = client::connect(url).await?;
+        let (session, _) = ChatSession::join(
+            channel,
+            Arc::new(identity),
+            &user_name(index),
+            &room_name(index, load),
+        )
+        .await?;
+        clients.push(E2eeClient(session));
+    }
+    measure(clients, load).await
+}
+
+/// Runs `load` with plaintext clients through the baseline relay at `url`.
+pub async fn measure_plain(url: &str, load: &Load) -> Result<Measurement, BenchError> {
+    let mut clients = Vec::with_capacity(load.clients);
+    for index in 0..load.clients {
+        let channel = client::connect(url).await?;
+        clients.push(PlainClient::join(channel, &user_name(index), &room_name(index, load)).await?);
+    }
+    measure(clients, load).await
+}
+
+fn user_name(index: usize) -> String {
+    format!("bench-{index}")
+}
+
+fn room_name(index: usize, load: &Load) -> String {
+    format!("bench-room-{}", index % load.rooms)
+}
+
+async fn measure<C: LoadClient + 'static>(
+    clients: Vec<C>,
+    load: &Load,
+) -> Result<Measurement, BenchError> {
+    let started = Arc::new(OnceLock::new());
+    let plan = Arc::new(Plan {
+        room_of: (0..load.clients).map(|index| index % load.rooms).collect(),
+        messages: load.messages,
+        size: load.size,
+        per_client_rate: load.rate.map(|rate| rate / load.clients as f64),
+        start: Barrier::new(load.clients),
+        started: started.clone(),
+        epoch: Instant::now(),
+    });
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .enumerate()
+        .map(|(index, client)| tokio::spawn(drive(client, index, plan.clone())))
+        .collect();
+    let outcomes = tokio::time::timeout(RUN_TIMEOUT, async {
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(
+                task.await
+                    .map_err(|error| BenchError::Unexpected(error.to_string()))??,
+            );
+        }
+        Ok::<Vec<Outcome>, BenchError>(outcomes)
+    })
+    .await
+    .map_err(|_| BenchError::Timeout)??;
+
+    let expected: u64 = (0..load.clients)
+        .map(|index| {
+            (plan
+                .room_of
+                .iter()
+                .filter(|room| **room == plan.room_of[index])
+                .count() as u64
+                - 1)
+                * load.messages
+        })
+        .sum();
+    let delivered: u64 = outcomes.iter().map(|outcome| outcome.received).sum();
+    if delivered != expected {
+        return Err(BenchError::Unexpected(format!(
+            "delivered {delivered} messages, expected {expected}"
+        )));
+    }
+    let start = *started
+        .get()
+        .ok_or_else(|| BenchError::Unexpected("no client started".into()))?;
+    let finished = outcomes
+        .iter()
+        .map(|outcome| outcome.finished)
+        .max()
+        .unwrap_or(start);
+    let mut latencies: Vec<u64> = outcomes
+        .into_iter()
+        .flat_map(|outcome| outcome.latencies_us)
+        .collect();
+    latencies.sort_unstable();
+    let percentile = |p: usize| {
+        latencies
+            .get((latencies.len() * p / 100).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |us| *us as f64 / 1000.0)
+    };
+    Ok(Measurement {
+        delivered,
+        seconds: finished.duration_since(start).as_secs_f64().max(1e-9),
+        p50_ms: percentile(50),
+        p99_ms: percentile(99),
+    })
+}
