@@ -10,7 +10,9 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::{Barrier, mpsc};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::{Barrier, Notify, mpsc};
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
@@ -18,14 +20,19 @@ use tonic::transport::Channel;
 
 use super::BenchError;
 use crate::client::{ChatSession, Event};
+use crate::crypto::IdentityKey;
 use crate::proto::chat_service_client::ChatServiceClient;
 use crate::proto::{
-    ClientFrame, JoinRoom, SealedMessage, SendMessage, ServerFrame, client_frame, server_frame,
+    ClientFrame, JoinRoom, KeyExchangeRequest, PublicIdentity, SealedMessage, SendMessage,
+    ServerFrame, client_frame, server_frame,
 };
-use crate::protocol::USER_METADATA_KEY;
+use crate::protocol::{NONCE_LEN, USER_METADATA_KEY};
 
-/// Messages a client may have sent and not yet seen acknowledged.
-const WINDOW: usize = 64;
+/// Message frames a recipient may have queued at the relay, summed over its room's
+/// senders. The relay disconnects a client that falls 1024 frames behind; an open loop
+/// that sends as fast as acknowledgements come back would get slow readers disconnected
+/// instead of measuring throughput.
+const RECIPIENT_BACKLOG: u64 = 512;
 
 /// A client the driver can load.
 pub trait LoadClient: Send {
@@ -83,8 +90,25 @@ pub struct PlainClient {
 }
 
 impl PlainClient {
-    /// Opens a stream as `user` and joins `room`.
-    pub async fn join(channel: Channel, user: &str, room: &str) -> Result<Self, BenchError> {
+    /// Publishes `identity` as `user` (the real relay wants a key; the baseline ignores
+    /// it), opens a stream and joins `room`.
+    pub async fn join(
+        channel: Channel,
+        identity: &IdentityKey,
+        user: &str,
+        room: &str,
+    ) -> Result<Self, BenchError> {
+        let mut client = ChatServiceClient::new(channel);
+        let published = PublicIdentity {
+            user: user.to_owned(),
+            encryption_public_key: identity.public_key().to_der().to_vec().into(),
+        };
+        client
+            .key_exchange(KeyExchangeRequest {
+                identity: Some(published),
+                room: room.to_owned(),
+            })
+            .await?;
         let (frames, outbound) = mpsc::channel(256);
         let mut request = tonic::Request::new(ReceiverStream::new(outbound));
         let user = user
@@ -98,10 +122,7 @@ impl PlainClient {
             })),
         };
         frames.send(join).await.map_err(|_| BenchError::Closed)?;
-        let mut incoming = ChatServiceClient::new(channel)
-            .chat(request)
-            .await?
-            .into_inner();
+        let mut incoming = client.chat(request).await?.into_inner();
         incoming.message().await?.ok_or(BenchError::Closed)?;
         Ok(Self {
             room: room.to_owned(),
@@ -121,6 +142,8 @@ impl LoadClient for PlainClient {
             kind: Some(client_frame::Kind::Send(SendMessage {
                 room: self.room.clone(),
                 sealed: Some(SealedMessage {
+                    // A well-formed frame, so the real relay takes it too.
+                    nonce: vec![0; NONCE_LEN].into(),
                     ciphertext: text.into_bytes().into(),
                     ..SealedMessage::default()
                 }),
@@ -143,6 +166,9 @@ impl LoadClient for PlainClient {
             Some(server_frame::Kind::Ack(_)) => {
                 self.in_flight -= 1;
                 Ok(Vec::new())
+            }
+            Some(server_frame::Kind::Rejection(rejection)) => {
+                Err(BenchError::Unexpected(rejection.message))
             }
             Some(server_frame::Kind::Message(delivery)) => {
                 let sealed = delivery.sealed.unwrap_or_default();
@@ -173,6 +199,10 @@ pub struct Plan {
     pub started: Arc<OnceLock<Instant>>,
     /// Times in messages are measured from here.
     pub epoch: Instant,
+    /// `received[recipient][sender]`: how many of `sender`'s messages `recipient` has.
+    pub received: Vec<Vec<AtomicU64>>,
+    /// Per sender: signalled when one of its messages is received.
+    pub progress: Vec<Notify>,
 }
 
 impl Plan {
@@ -200,7 +230,12 @@ pub async fn drive<C: LoadClient>(
     plan: Arc<Plan>,
 ) -> Result<Outcome, BenchError> {
     let peers = plan.peers(me);
-    client.send(format!("warmup:{me}")).await?;
+    let mut warmup = format!("warmup:{me}:");
+    warmup.extend(std::iter::repeat_n(
+        'x',
+        plan.size.saturating_sub(warmup.len()),
+    ));
+    client.send(warmup).await?;
     let mut warmed = 0;
     while warmed < peers {
         let frame = client.recv().await?;
@@ -218,6 +253,18 @@ pub async fn drive<C: LoadClient>(
     }
 
     let expected = peers as u64 * plan.messages;
+    // Each sender stays at most `window` messages ahead of its slowest peer.
+    let window = (RECIPIENT_BACKLOG / peers as u64).max(1);
+    let my_peers: Vec<usize> = (0..plan.room_of.len())
+        .filter(|other| *other != me && plan.room_of[*other] == plan.room_of[me])
+        .collect();
+    let slowest_peer_has = |plan: &Plan| {
+        my_peers
+            .iter()
+            .map(|peer| plan.received[*peer][me].load(Ordering::Acquire))
+            .min()
+            .unwrap_or(u64::MAX)
+    };
     let mut next_from: HashMap<usize, u64> = HashMap::new();
     let mut latencies_us = Vec::with_capacity(expected as usize);
     let mut sent = 0u64;
@@ -227,7 +274,9 @@ pub async fn drive<C: LoadClient>(
         interval
     });
     while sent < plan.messages || (latencies_us.len() as u64) < expected || client.in_flight() > 0 {
-        let may_send = sent < plan.messages && client.in_flight() < WINDOW;
+        let may_send =
+            sent < plan.messages && sent.saturating_sub(slowest_peer_has(&plan)) < window;
+        let waiting_for_peers = sent < plan.messages && !may_send;
         let next_tick = async {
             match pace.as_mut() {
                 Some(interval) => {
@@ -254,6 +303,8 @@ pub async fn drive<C: LoadClient>(
                     }
                     *next += 1;
                     latencies_us.push(now.saturating_sub(sent_us));
+                    plan.received[me][sender].fetch_add(1, Ordering::Release);
+                    plan.progress[sender].notify_one();
                 }
             }
             () = next_tick, if may_send => {
@@ -261,6 +312,7 @@ pub async fn drive<C: LoadClient>(
                 client.send(message_text(me, sent, sent_us, plan.size)).await?;
                 sent += 1;
             }
+            () = plan.progress[me].notified(), if waiting_for_peers => {}
         }
     }
     Ok(Outcome {

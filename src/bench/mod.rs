@@ -6,18 +6,23 @@
 //! exactly once and in order, or the run fails.
 
 mod baseline;
+mod idle;
 mod load;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use std::sync::atomic::AtomicU64;
 use tokio::net::TcpListener;
-use tokio::sync::{Barrier, oneshot};
+
+use tokio::sync::{Barrier, Notify, oneshot};
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 pub use baseline::PlainRelay;
+pub use idle::{IdleReport, measure_idle};
 pub use load::{E2eeClient, LoadClient, PlainClient};
 
 use crate::client::{self, ChatSession, ClientError};
@@ -130,12 +135,18 @@ pub async fn measure_e2ee(url: &str, load: &Load) -> Result<Measurement, BenchEr
     measure(clients, load).await
 }
 
-/// Runs `load` with plaintext clients through the baseline relay at `url`.
+/// Runs `load` with plaintext clients (no sealing, no opening) through the relay at `url`:
+/// the baseline relay, or the real one to tell its cost from the clients'.
 pub async fn measure_plain(url: &str, load: &Load) -> Result<Measurement, BenchError> {
+    let identity = tokio::task::spawn_blocking(|| IdentityKey::generate(2048))
+        .await
+        .map_err(|error| BenchError::Unexpected(error.to_string()))?
+        .map_err(ClientError::from)?;
     let mut clients = Vec::with_capacity(load.clients);
     for index in 0..load.clients {
         let channel = client::connect(url).await?;
-        clients.push(PlainClient::join(channel, &user_name(index), &room_name(index, load)).await?);
+        let (user, room) = (user_name(index), room_name(index, load));
+        clients.push(PlainClient::join(channel, &identity, &user, &room).await?);
     }
     measure(clients, load).await
 }
@@ -161,19 +172,20 @@ async fn measure<C: LoadClient + 'static>(
         start: Barrier::new(load.clients),
         started: started.clone(),
         epoch: Instant::now(),
+        received: (0..load.clients)
+            .map(|_| (0..load.clients).map(|_| AtomicU64::new(0)).collect())
+            .collect(),
+        progress: (0..load.clients).map(|_| Notify::new()).collect(),
     });
-    let tasks: Vec<_> = clients
-        .into_iter()
-        .enumerate()
-        .map(|(index, client)| tokio::spawn(drive(client, index, plan.clone())))
-        .collect();
+    let mut tasks = JoinSet::new();
+    for (index, client) in clients.into_iter().enumerate() {
+        tasks.spawn(drive(client, index, plan.clone()));
+    }
+    // The first client that fails fails the run: the others would wait for it forever.
     let outcomes = tokio::time::timeout(RUN_TIMEOUT, async {
         let mut outcomes = Vec::new();
-        for task in tasks {
-            outcomes.push(
-                task.await
-                    .map_err(|error| BenchError::Unexpected(error.to_string()))??,
-            );
+        while let Some(joined) = tasks.join_next().await {
+            outcomes.push(joined.map_err(|error| BenchError::Unexpected(error.to_string()))??);
         }
         Ok::<Vec<Outcome>, BenchError>(outcomes)
     })

@@ -35,6 +35,10 @@ struct Args {
     /// Load a running relay instead of one started in this process.
     #[arg(long)]
     server: Option<String>,
+    /// Instead of a load: start chat-server (the binary next to this one) as a child,
+    /// connect this many idle clients, and report the server's memory (Linux).
+    #[arg(long)]
+    idle: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -50,7 +54,11 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
-    match runtime.block_on(run(&args)) {
+    let result = match args.idle {
+        Some(clients) => runtime.block_on(run_idle(clients)),
+        None => runtime.block_on(run(&args)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("chat-bench: error: {error}");
@@ -73,20 +81,23 @@ async fn run(args: &Args) -> Result<(), BenchError> {
     let url = match &args.server {
         Some(url) => url.clone(),
         None => {
-            let limits = Limits {
-                max_sessions: Limits::DEFAULT.max_sessions.max(args.clients),
-                ..Limits::default()
-            };
-            local = bench::start_relay(limits).await?;
+            local = bench::start_relay(Limits::default()).await?;
             local.url.clone()
         }
     };
     let ours = bench::measure_e2ee(&url, &load).await?;
-    report("relay (end-to-end encrypted clients)", &ours);
+    report("relay, end-to-end encrypted clients", &ours);
+    if args.server.is_none() {
+        // The same relay with clients that neither seal nor open: what the relay costs
+        // by itself. (A fresh relay, since user names are bound to keys.)
+        let relay = bench::start_relay(Limits::default()).await?;
+        let relay_only = bench::measure_plain(&relay.url, &load).await?;
+        report("relay, plaintext clients", &relay_only);
+    }
 
     let plain_relay = bench::start_plain_relay().await?;
     let baseline = bench::measure_plain(&plain_relay.url, &load).await?;
-    report("baseline (plaintext clients, minimal relay)", &baseline);
+    report("baseline relay, plaintext clients", &baseline);
 
     println!(
         "delivered={} msgs_per_sec={:.0} p50_ms={:.2} p99_ms={:.2} baseline_msgs_per_sec={:.0} ratio={:.2}",
@@ -96,6 +107,24 @@ async fn run(args: &Args) -> Result<(), BenchError> {
         ours.p99_ms,
         baseline.msgs_per_sec(),
         ours.msgs_per_sec() / baseline.msgs_per_sec()
+    );
+    Ok(())
+}
+
+async fn run_idle(clients: usize) -> Result<(), BenchError> {
+    let server_binary = std::env::current_exe()?.with_file_name("chat-server");
+    eprintln!(
+        "connecting {clients} idle clients to {}",
+        server_binary.display()
+    );
+    let report = bench::measure_idle(&server_binary, clients).await?;
+    println!(
+        "idle_clients={} server_rss_kib={} server_peak_rss_kib={} rss_before_kib={} per_client_kib={:.1}",
+        report.clients,
+        report.rss_kib,
+        report.peak_rss_kib,
+        report.rss_before_kib,
+        report.rss_kib.saturating_sub(report.rss_before_kib) as f64 / report.clients as f64
     );
     Ok(())
 }
