@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::process::ServerProcess;
+use common::process::{ClientProcess, ServerProcess, wait_for_line};
 
 fn python_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -70,4 +70,160 @@ fn grpcurl_style_probe_lists_describes_and_checks_health() {
     }
     assert_eq!(report["health"][""], "SERVING");
     assert_eq!(report["health"]["chat.v1.ChatService"], "SERVING");
+}
+
+fn python_client(url: &str, user: &str, room: &str, home: &Path) -> Command {
+    let mut command = Command::new(python());
+    command
+        .arg(python_dir().join("chat_client.py"))
+        .args([
+            "--server",
+            url,
+            "--user",
+            user,
+            "--room",
+            room,
+            "--key-bits",
+            "2048",
+            "--home",
+        ])
+        .arg(home);
+    command
+}
+
+fn rust_client(url: &str, user: &str, room: &str, home: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chat-client"));
+    command
+        .args([
+            "--server",
+            url,
+            "--user",
+            user,
+            "--room",
+            room,
+            "--key-bits",
+            "2048",
+            "--home",
+        ])
+        .arg(home);
+    command
+}
+
+#[test]
+fn python_and_rust_users_read_each_other_including_a_newcomer() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let home = dir.path().join("home");
+    let mut bob = ClientProcess::joined(rust_client(&server.url, "bob", "lobby", &home), "lobby");
+    let mut alice =
+        ClientProcess::joined(python_client(&server.url, "alice", "lobby", &home), "lobby");
+    wait_for_line(&bob.stderr, "alice joined lobby");
+
+    alice.say("hello from Python: ünïcödé 'quotes' \"doubles\"");
+    bob.expect_stdout("[lobby] alice: hello from Python: ünïcödé 'quotes' \"doubles\"");
+    bob.say("hello from Rust\ttabbed");
+    alice.expect_stdout("[lobby] bob: hello from Rust\\u{9}tabbed");
+
+    let mut carol =
+        ClientProcess::joined(python_client(&server.url, "carol", "lobby", &home), "lobby");
+    bob.say("right after carol joined");
+    carol.expect_stdout("[lobby] bob: right after carol joined");
+    alice.expect_stdout("[lobby] bob: right after carol joined");
+    carol.say("carol, in Python too");
+    bob.expect_stdout("[lobby] carol: carol, in Python too");
+    alice.expect_stdout("[lobby] carol: carol, in Python too");
+
+    for client in [alice, bob, carol] {
+        let (status, stdout, stderr) = client.finish();
+        assert!(status.success(), "{stderr:?}");
+        assert!(stdout.is_empty(), "{stdout:?}");
+    }
+}
+
+#[test]
+fn a_member_leaving_makes_both_languages_rotate() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let home = dir.path().join("home");
+    let mut alice =
+        ClientProcess::joined(python_client(&server.url, "alice", "lobby", &home), "lobby");
+    let mut bob = ClientProcess::joined(rust_client(&server.url, "bob", "lobby", &home), "lobby");
+    let mut carol =
+        ClientProcess::joined(python_client(&server.url, "carol", "lobby", &home), "lobby");
+    wait_for_line(&alice.stderr, "carol joined lobby");
+    wait_for_line(&bob.stderr, "carol joined lobby");
+    alice.say("before bob leaves");
+    bob.expect_stdout("[lobby] alice: before bob leaves");
+    carol.expect_stdout("[lobby] alice: before bob leaves");
+
+    bob.say("/leave");
+    let (status, _, stderr) = bob.finish();
+    assert!(status.success(), "{stderr:?}");
+    wait_for_line(&alice.stderr, "bob left lobby");
+    wait_for_line(&carol.stderr, "bob left lobby");
+    // Both Python members now seal under new keys, and still read each other.
+    alice.say("after bob left");
+    carol.expect_stdout("[lobby] alice: after bob left");
+    carol.say("me too");
+    alice.expect_stdout("[lobby] carol: me too");
+
+    // A Rust member joining now gets the new keys.
+    let dave = ClientProcess::joined(rust_client(&server.url, "dave", "lobby", &home), "lobby");
+    wait_for_line(&alice.stderr, "dave joined lobby");
+    alice.say("hello dave");
+    dave.expect_stdout("[lobby] alice: hello dave");
+    for client in [alice, carol, dave] {
+        assert!(client.finish().0.success());
+    }
+}
+
+#[test]
+fn tampered_messages_are_refused_across_languages() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let home = dir.path().join("home");
+    let address = server.url.trim_start_matches("http://");
+
+    // Python tampers, Rust reads.
+    let bob = ClientProcess::joined(rust_client(&server.url, "bob", "lobby", &home), "lobby");
+    let status = Command::new(python())
+        .arg(python_dir().join("tamper_send.py"))
+        .args([address, "mallory", "lobby", "the genuine one"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    bob.expect_stdout("[lobby] mallory: the genuine one");
+    let warnings = wait_for_line(&bob.stderr, "failed authentication");
+    assert!(warnings.last().unwrap().contains("mallory"), "{warnings:?}");
+
+    // Rust tampers, Python reads.
+    let carol = ClientProcess::joined(python_client(&server.url, "carol", "other", &home), "other");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use e2ee_chat::proto::client_frame::Kind;
+        let mut mallory = common::RawClient::open_url(&server.url, "eve").await;
+        let members = mallory.join("other").await;
+        let mut keys = common::room_keys("other", "eve", members);
+        let distribution = keys.distribute_to_all().unwrap().remove(0);
+        mallory.send(2, Kind::DistributeKey(distribution)).await;
+        let (_, mut tampered) = keys.seal_text("the genuine one").unwrap();
+        let sealed = tampered.sealed.as_mut().unwrap();
+        let mut ciphertext = sealed.ciphertext.to_vec();
+        ciphertext[0] ^= 0x01;
+        sealed.ciphertext = ciphertext.into();
+        mallory.send(3, Kind::Send(tampered)).await;
+        let (_, genuine) = keys.seal_text("the genuine one").unwrap();
+        mallory.send(4, Kind::Send(genuine)).await;
+        for id in 2..=4 {
+            mallory.answer(id).await;
+        }
+    });
+    carol.expect_stdout("[other] eve: the genuine one");
+    let warnings = wait_for_line(&carol.stderr, "tampered with or corrupted");
+    let warning = warnings.last().unwrap();
+    assert!(
+        warning.starts_with("warning:") && warning.contains("eve"),
+        "{warnings:?}"
+    );
+    assert!(bob.finish().0.success());
+    assert!(carol.finish().0.success());
 }

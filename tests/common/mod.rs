@@ -257,7 +257,12 @@ pub struct RawClient {
 impl RawClient {
     /// Publishes `user`'s identity and opens its `Chat` stream, without joining.
     pub async fn open(server: &TestServer, user: &str) -> Self {
-        let mut client = ChatServiceClient::new(server.channel().await);
+        Self::open_url(&server.url, user).await
+    }
+
+    /// The same, with the relay at `url`.
+    pub async fn open_url(url: &str, user: &str) -> Self {
+        let mut client = ChatServiceClient::new(client::connect(url).await.unwrap());
         publish(&mut client, user, "lobby").await.unwrap();
         let (frames, outbound) = mpsc::channel(1024);
         let mut request = tonic::Request::new(ReceiverStream::new(outbound));

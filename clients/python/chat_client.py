@@ -1,0 +1,1160 @@
+#!/usr/bin/env python3
+"""A command-line client for the chat.v1 end-to-end encrypted relay.
+
+Written from docs/PROTOCOL.md and proto/chat/v1/chat.proto alone, to show that they are
+enough to build a compatible client. The file has two layers:
+
+* the protocol and crypto (names, key encodings, OAEP labels, associated data, the JSON
+  envelope, the replay window and :class:`RoomState`), which do no I/O and can be used
+  from tests without the CLI;
+* the CLI (:class:`ChatClient` and :func:`main`), which drives one room over gRPC with
+  the same command line and stdin/stdout/stderr contract as the Rust ``chat-client``.
+
+Usage::
+
+    chat_client.py --server http://127.0.0.1:5555 --user NAME --room ROOM \\
+                   --home DIR [--key-bits 2048|3072|4096]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import json
+import os
+import queue
+import re
+import stat
+import struct
+import sys
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Optional
+
+# The generated stubs live next to this file (clients/python/generated), made by setup.sh.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "generated"))
+
+import grpc  # noqa: E402
+from cryptography.exceptions import InvalidTag  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import padding, rsa  # noqa: E402
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
+
+from chat.v1 import chat_pb2 as pb  # noqa: E402
+from chat.v1 import chat_pb2_grpc as pb_grpc  # noqa: E402
+
+PROG = "chat_client"
+
+# ---------------------------------------------------------------------------------------
+# Constants from PROTOCOL.md
+# ---------------------------------------------------------------------------------------
+
+SENDER_KEY_LABEL_PREFIX = b"chat.v1/sender-key"
+MESSAGE_AD_PREFIX = b"chat.v1/message"
+SENDER_KEY_BYTES = 32
+NONCE_BYTES = 12
+TAG_BYTES = 16
+#: Recipients per DistributeSenderKey frame, so a frame stays under the relay's limit.
+MAX_KEYS_PER_DISTRIBUTION = 64
+#: A key seals at most this many messages; then its owner rotates.
+MAX_MESSAGES_PER_KEY = 1 << 24
+#: Largest JSON envelope (the sealed plaintext) a client sends.
+MAX_ENVELOPE_BYTES = 32 * 1024
+#: Width of the replay window (as in IPsec).
+REPLAY_WINDOW = 64
+#: Messages kept while their sender's key has not arrived (like the Rust client).
+MAX_PENDING_MESSAGES = 1024
+#: Frames from the relay can be this large (a Joined lists every member's key).
+MAX_INBOUND_FRAME_BYTES = 4 * 1024 * 1024
+ENVELOPE_VERSION = 1
+KEY_BITS_ALLOWED = (2048, 3072, 4096)
+MIN_PEER_KEY_BITS = 2048
+MAX_PEER_KEY_BITS = 4096
+
+_USER_RE = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
+_ROOM_RE = re.compile(r"[A-Za-z0-9_.#\-]{1,64}")
+
+# ---------------------------------------------------------------------------------------
+# Names
+# ---------------------------------------------------------------------------------------
+
+
+def is_valid_user_name(name: str) -> bool:
+    """1 to 32 of ``A-Z a-z 0-9 _ . -``; the relay and every client refuse anything else."""
+    return isinstance(name, str) and _USER_RE.fullmatch(name) is not None
+
+
+def is_valid_room_name(name: str) -> bool:
+    """1 to 64 of ``A-Z a-z 0-9 _ . # -``."""
+    return isinstance(name, str) and _ROOM_RE.fullmatch(name) is not None
+
+
+# ---------------------------------------------------------------------------------------
+# Byte encodings that bind keys and messages to their context
+# ---------------------------------------------------------------------------------------
+
+
+def _u16_prefixed(text: str) -> bytes:
+    data = text.encode("utf-8")
+    if len(data) > 0xFFFF:
+        raise ValueError("field too long for a u16 length prefix")
+    return struct.pack(">H", len(data)) + data
+
+
+def sender_key_label(room: str, sender: str, recipient: str, key_id: int) -> bytes:
+    """The OAEP label: binds a wrapped key to its room, owner, recipient and id.
+
+    Without it a relay could present alice's key to bob as carol's, or move it to
+    another room.
+    """
+    return (
+        SENDER_KEY_LABEL_PREFIX
+        + _u16_prefixed(room)
+        + _u16_prefixed(sender)
+        + _u16_prefixed(recipient)
+        + struct.pack(">Q", key_id)
+    )
+
+
+def message_ad(room: str, sender: str, key_id: int, counter: int) -> bytes:
+    """AES-GCM associated data: a message cannot be moved to another room, sender,
+    key or counter without its tag failing."""
+    return (
+        MESSAGE_AD_PREFIX
+        + _u16_prefixed(room)
+        + _u16_prefixed(sender)
+        + struct.pack(">QQ", key_id, counter)
+    )
+
+
+def _oaep(label: bytes) -> padding.OAEP:
+    return padding.OAEP(
+        mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=label
+    )
+
+
+def wrap_sender_key(
+    recipient_key: rsa.RSAPublicKey,
+    key: bytes,
+    room: str,
+    sender: str,
+    recipient: str,
+    key_id: int,
+) -> bytes:
+    """RSA-OAEP(SHA-256) of the raw 32-byte sender key under the recipient's key."""
+    return recipient_key.encrypt(key, _oaep(sender_key_label(room, sender, recipient, key_id)))
+
+
+def unwrap_sender_key(
+    own_key: rsa.RSAPrivateKey,
+    wrapped: bytes,
+    room: str,
+    sender: str,
+    recipient: str,
+    key_id: int,
+) -> bytes:
+    """Inverse of :func:`wrap_sender_key`; raises ``ValueError`` if it does not open
+    or is not 32 bytes."""
+    key = own_key.decrypt(wrapped, _oaep(sender_key_label(room, sender, recipient, key_id)))
+    if len(key) != SENDER_KEY_BYTES:
+        raise ValueError(f"unwrapped key is {len(key)} bytes, not {SENDER_KEY_BYTES}")
+    return key
+
+
+def public_key_der(key: rsa.RSAPrivateKey | rsa.RSAPublicKey) -> bytes:
+    """The wire form of an identity public key: DER X.509 SubjectPublicKeyInfo."""
+    public = key.public_key() if isinstance(key, rsa.RSAPrivateKey) else key
+    return public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def parse_public_key(der: bytes) -> rsa.RSAPublicKey:
+    """Parses a peer's identity key; ``ValueError`` unless it is RSA of 2048..4096 bits."""
+    key = serialization.load_der_public_key(der)
+    if not isinstance(key, rsa.RSAPublicKey):
+        raise ValueError("not an RSA key")
+    if not MIN_PEER_KEY_BITS <= key.key_size <= MAX_PEER_KEY_BITS:
+        raise ValueError(f"{key.key_size}-bit key is outside 2048..4096 bits")
+    return key
+
+
+# ---------------------------------------------------------------------------------------
+# The JSON envelope and how a text is shown
+# ---------------------------------------------------------------------------------------
+
+_BIDI_CONTROLS = frozenset(
+    [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+)
+
+
+def _must_escape(ch: str) -> bool:
+    cp = ord(ch)
+    return cp < 0x20 or 0x7F <= cp <= 0x9F or cp in (0x2028, 0x2029) or cp in _BIDI_CONTROLS
+
+
+def escape_text(text: str) -> str:
+    """Escapes control characters, line separators and bidi controls as ``\\u{hex}``
+    (Rust's ``char::escape_unicode``), so one message is one line that cannot drive the
+    terminal and shows what it says."""
+    return "".join(f"\\u{{{ord(c):x}}}" if _must_escape(c) else c for c in text)
+
+
+def format_line(room: str, sender: str, text: str) -> str:
+    """The stdout line for a received message (without the newline)."""
+    return f"[{room}] {sender}: {escape_text(text)}"
+
+
+def encode_envelope(sender: str, text: str, sent_at_ms: int) -> bytes:
+    """The plaintext of a text message, compact UTF-8 JSON."""
+    envelope = {
+        "v": ENVELOPE_VERSION,
+        "type": "text",
+        "sender": sender,
+        "text": text,
+        "sent_at_ms": sent_at_ms,
+    }
+    return json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class EnvelopeError(ValueError):
+    """The decrypted plaintext is not a valid envelope: the message is dropped."""
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _reject_constant(name: str) -> object:
+    raise EnvelopeError(f"{name} is not JSON")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result:
+            raise EnvelopeError(f"duplicate field {key!r}")
+        result[key] = value
+    return result
+
+
+def _check_encodable(value: str, field: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate from a \ud800 escape
+        raise EnvelopeError(f"{field} is not valid Unicode") from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class Envelope:
+    """A decoded envelope. Only ``kind == "text"`` can be shown by this version."""
+
+    version: int
+    kind: str
+    sender: str
+    text: str
+    sent_at_ms: int
+
+
+def decode_envelope(plaintext: bytes, expected_sender: str) -> Envelope:
+    """Parses and checks an envelope; raises :class:`EnvelopeError` for anything to drop.
+
+    The ``sender`` inside must equal the delivery's, so a member cannot make its message
+    appear under someone else's name within the ciphertext either. Unknown fields are
+    ignored: later versions may add some.
+    """
+    try:
+        data = json.loads(
+            plaintext.decode("utf-8"),
+            parse_constant=_reject_constant,
+            object_pairs_hook=_no_duplicate_keys,
+        )
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise EnvelopeError(f"not UTF-8 JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise EnvelopeError("not a JSON object")
+    version = data.get("v")
+    if not _is_int(version) or not 0 <= version < 1 << 32:
+        raise EnvelopeError("missing or invalid v")
+    if version != ENVELOPE_VERSION:
+        raise EnvelopeError(f"unsupported envelope version {version}")
+    kind, sender = data.get("type"), data.get("sender")
+    if not isinstance(kind, str):
+        raise EnvelopeError("missing or non-string type")
+    if not isinstance(sender, str):
+        raise EnvelopeError("missing or non-string sender")
+    if sender != expected_sender:
+        raise EnvelopeError(f"envelope claims sender {sender!r}")
+    # Every field is required whatever the type (as the Rust client does); sent_at_ms
+    # is an unsigned 64-bit integer.
+    sent_at_ms = data.get("sent_at_ms")
+    if not _is_int(sent_at_ms) or not 0 <= sent_at_ms < 1 << 64:
+        raise EnvelopeError("missing or invalid sent_at_ms")
+    text = data.get("text")
+    if not isinstance(text, str):
+        raise EnvelopeError("missing or non-string text")
+    for field, value in (("type", kind), ("sender", sender), ("text", text)):
+        _check_encodable(value, field)
+    return Envelope(version, kind, sender, text, sent_at_ms)
+
+
+# ---------------------------------------------------------------------------------------
+# Sender keys and the replay window
+# ---------------------------------------------------------------------------------------
+
+
+class ReplayWindow:
+    """Which counters under one sender key were opened: the highest, and a bitmap of the
+    64 counters at and below it. Catches a relay that delivers a message twice."""
+
+    def __init__(self) -> None:
+        self.highest: Optional[int] = None
+        self._bits = 0  # bit i set: counter highest - i was opened
+
+    def would_accept(self, counter: int) -> bool:
+        """True if ``counter`` was not opened yet and is inside the window."""
+        if self.highest is None or counter > self.highest:
+            return True
+        offset = self.highest - counter
+        return offset < REPLAY_WINDOW and not (self._bits >> offset) & 1
+
+    def mark(self, counter: int) -> None:
+        """Records ``counter`` as opened; call only for a message that decrypted."""
+        if self.highest is None:
+            self.highest, self._bits = counter, 1
+        elif counter > self.highest:
+            shift = counter - self.highest
+            self._bits = ((self._bits << shift) | 1) & ((1 << REPLAY_WINDOW) - 1)
+            self.highest = counter
+        else:
+            self._bits |= 1 << (self.highest - counter)
+
+
+@dataclasses.dataclass
+class OwnSenderKey:
+    """This client's current sender key for a room, with its message counter."""
+
+    key: bytes
+    key_id: int
+    next_counter: int = 0
+
+    @classmethod
+    def generate(cls, rng: Callable[[int], bytes] = os.urandom) -> "OwnSenderKey":
+        return cls(key=rng(SENDER_KEY_BYTES), key_id=int.from_bytes(rng(8), "big"))
+
+
+@dataclasses.dataclass
+class PeerSenderKey:
+    """Another member's current sender key, as unwrapped, with its replay window."""
+
+    key: bytes
+    key_id: int
+    window: ReplayWindow = dataclasses.field(default_factory=ReplayWindow)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReceivedMessage:
+    """A message that opened and checked out, ready to show."""
+
+    room: str
+    sender: str
+    envelope: Envelope
+
+    @property
+    def showable(self) -> bool:
+        """False for a kind of message this version does not know (not a ``text``)."""
+        return self.envelope.kind == "text"
+
+    @property
+    def text(self) -> str:
+        return self.envelope.text
+
+    def line(self) -> str:
+        """The stdout line, ``[ROOM] SENDER: TEXT``, escaped (for a showable message)."""
+        return format_line(self.room, self.sender, self.envelope.text)
+
+
+class MessageTooLong(ValueError):
+    """The envelope would exceed :data:`MAX_ENVELOPE_BYTES`; nothing was sent."""
+
+
+# ---------------------------------------------------------------------------------------
+# RoomState: the end-to-end state of one room, no I/O
+# ---------------------------------------------------------------------------------------
+
+
+class RoomState:
+    """Everything end-to-end about one room for one user, and nothing about transport.
+
+    Inputs are the relay's events (protobuf messages); outputs are the protobuf frames to
+    send (``SendMessage``, ``DistributeSenderKey``) and the messages to show. Anything
+    dropped is reported through ``warn`` (by default appended to ``self.warnings``) and
+    never to the relay.
+    """
+
+    def __init__(
+        self,
+        room: str,
+        user: str,
+        identity: rsa.RSAPrivateKey,
+        *,
+        rng: Callable[[int], bytes] = os.urandom,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        warn: Optional[Callable[[str], None]] = None,
+        max_pending: int = MAX_PENDING_MESSAGES,
+    ) -> None:
+        if not is_valid_room_name(room):
+            raise ValueError(f"invalid room name {room!r}")
+        if not is_valid_user_name(user):
+            raise ValueError(f"invalid user name {user!r}")
+        self.room = room
+        self.user = user
+        self.identity = identity
+        self._rng = rng
+        self._clock_ms = clock_ms
+        self.warnings: list[str] = []
+        self._warn = warn if warn is not None else self.warnings.append
+        self.max_pending = max_pending
+        #: Other members and their identity public keys.
+        self.members: dict[str, rsa.RSAPublicKey] = {}
+        #: Each other member's current sender key (only the current one is kept).
+        self.peer_keys: dict[str, PeerSenderKey] = {}
+        #: Messages whose sender's key has not arrived yet, oldest first.
+        self.pending: collections.deque[pb.MessageDelivery] = collections.deque()
+        self.own_key = OwnSenderKey.generate(rng)
+
+    # -- distributing our key ---------------------------------------------------------
+
+    def _distributions(self, recipients: Iterable[str]) -> list[pb.DistributeSenderKey]:
+        """Wraps the current key for ``recipients``, in frames of at most 64 copies."""
+        names = sorted(set(recipients))
+        frames = []
+        for start in range(0, len(names), MAX_KEYS_PER_DISTRIBUTION):
+            frame = pb.DistributeSenderKey(room=self.room, key_id=self.own_key.key_id)
+            for name in names[start : start + MAX_KEYS_PER_DISTRIBUTION]:
+                wrapped = wrap_sender_key(
+                    self.members[name],
+                    self.own_key.key,
+                    self.room,
+                    self.user,
+                    name,
+                    self.own_key.key_id,
+                )
+                frame.keys.add(recipient=name, wrapped_key=wrapped)
+            frames.append(frame)
+        return frames
+
+    def rotate(self) -> list[pb.DistributeSenderKey]:
+        """Makes a new sender key and wraps it for every current member.
+
+        The frames must be sent before any message sealed under the new key.
+        """
+        self.own_key = OwnSenderKey.generate(self._rng)
+        return self._distributions(self.members)
+
+    def _add_member(self, identity: pb.PublicIdentity, what: str) -> Optional[str]:
+        """Validates a member named by the relay; returns its name, or None if ignored."""
+        name = identity.user
+        if not is_valid_user_name(name):
+            self._warn(f"ignoring a member with an invalid name {escape_text(name)!r} in {what}")
+            return None
+        if name == self.user:
+            return None
+        try:
+            self.members[name] = parse_public_key(identity.encryption_public_key)
+        except (ValueError, TypeError) as exc:
+            self._warn(f"ignoring member {name} in {what}: unusable public key ({exc})")
+            self.members.pop(name, None)
+            return None
+        return name
+
+    # -- membership events ------------------------------------------------------------
+
+    def on_joined(self, joined: pb.Joined) -> list[pb.DistributeSenderKey]:
+        """Our join was accepted: record the members and give each our sender key."""
+        for identity in joined.members:
+            self._add_member(identity, "Joined")
+        return self._distributions(self.members)
+
+    def member_joined(self, identity: pb.PublicIdentity) -> list[pb.DistributeSenderKey]:
+        """A newcomer: wrap our *current* key for it alone. No one rotates on a join."""
+        name = self._add_member(identity, "MemberJoined")
+        if name is None:
+            return []
+        return self._distributions([name])
+
+    def member_left(self, user: str) -> list[pb.DistributeSenderKey]:
+        """Someone left: forget its keys and rotate ours, so it cannot read what follows.
+
+        Returns the distributions of the new key, to send before any further message.
+        """
+        self.members.pop(user, None)
+        self.peer_keys.pop(user, None)
+        self.pending = collections.deque(m for m in self.pending if m.sender != user)
+        return self.rotate()
+
+    # -- sealing ----------------------------------------------------------------------
+
+    def seal_plaintext(self, plaintext: bytes) -> tuple[pb.SendMessage, list[pb.DistributeSenderKey]]:
+        """Encrypts raw envelope bytes under the current key.
+
+        Returns the SendMessage and any key distributions that must be sent *before* it
+        (when the key reached its message limit and was rotated).
+        """
+        distributions: list[pb.DistributeSenderKey] = []
+        if self.own_key.next_counter >= MAX_MESSAGES_PER_KEY:
+            distributions = self.rotate()
+        key = self.own_key
+        counter = key.next_counter
+        nonce = self._rng(NONCE_BYTES)
+        ad = message_ad(self.room, self.user, key.key_id, counter)
+        ciphertext = AESGCM(key.key).encrypt(nonce, plaintext, ad)
+        key.next_counter += 1
+        sealed = pb.SealedMessage(key_id=key.key_id, counter=counter, nonce=nonce, ciphertext=ciphertext)
+        return pb.SendMessage(room=self.room, sealed=sealed), distributions
+
+    def seal_text(self, text: str) -> tuple[pb.SendMessage, list[pb.DistributeSenderKey]]:
+        """Seals a text message; raises :class:`MessageTooLong` past 32 KiB of envelope."""
+        plaintext = encode_envelope(self.user, text, self._clock_ms())
+        if len(plaintext) > MAX_ENVELOPE_BYTES:
+            raise MessageTooLong(
+                f"the message is {len(plaintext)} bytes long; the limit is {MAX_ENVELOPE_BYTES} bytes"
+            )
+        return self.seal_plaintext(plaintext)
+
+    # -- receiving keys ---------------------------------------------------------------
+
+    def accept_sender_key(self, delivery: pb.SenderKeyDelivery) -> list[ReceivedMessage]:
+        """Unwraps a member's sender key and makes it that member's current key.
+
+        Returns the buffered messages from that sender that now open, in arrival order.
+        A key that does not unwrap is dropped with a warning.
+        """
+        sender = delivery.sender
+        if delivery.room != self.room:
+            self._warn(f"dropped a sender key for another room ({escape_text(delivery.room)!r})")
+            return []
+        if not is_valid_user_name(sender) or sender == self.user:
+            self._warn(f"dropped a sender key from an invalid sender {escape_text(sender)!r}")
+            return []
+        if sender not in self.members:
+            self._warn(f"dropped a sender key from {sender}, who is not a member of {self.room}")
+            return []
+        try:
+            key = unwrap_sender_key(
+                self.identity, delivery.wrapped_key, self.room, sender, self.user, delivery.key_id
+            )
+        except ValueError as exc:
+            self._warn(f"dropped a sender key from {sender} in {self.room}: it does not unwrap ({exc})")
+            return []
+        self.peer_keys[sender] = PeerSenderKey(key=key, key_id=delivery.key_id)
+        return self._release_pending(sender)
+
+    def _release_pending(self, sender: str) -> list[ReceivedMessage]:
+        waiting = [m for m in self.pending if m.sender == sender]
+        if not waiting:
+            return []
+        self.pending = collections.deque(m for m in self.pending if m.sender != sender)
+        opened = []
+        for delivery in waiting:
+            message = self.open(delivery)
+            if message is not None:
+                opened.append(message)
+        return opened
+
+    # -- opening ----------------------------------------------------------------------
+
+    def _buffer(self, delivery: pb.MessageDelivery) -> None:
+        if self.max_pending <= 0:
+            self._warn(f"dropped a message from {delivery.sender}: its sender key has not arrived")
+            return
+        if len(self.pending) >= self.max_pending:
+            oldest = self.pending.popleft()
+            self._warn(
+                f"dropped a message from {oldest.sender} in {self.room}: "
+                f"too many messages waiting for their sender's key"
+            )
+        self.pending.append(delivery)
+
+    def open(self, delivery: pb.MessageDelivery) -> Optional[ReceivedMessage]:
+        """Opens a delivery. Returns the message to show, or None if it was dropped
+        (with a warning) or buffered until its sender's key arrives."""
+        sender, sealed = delivery.sender, delivery.sealed
+        if delivery.room != self.room:
+            self._warn(f"dropped a message for another room ({escape_text(delivery.room)!r})")
+            return None
+        if not is_valid_user_name(sender) or sender == self.user:
+            self._warn(f"dropped a message from an invalid sender {escape_text(sender)!r}")
+            return None
+        if sender not in self.members:
+            self._warn(f"dropped a message from {sender}, who is not a member of {self.room}")
+            return None
+        peer = self.peer_keys.get(sender)
+        if peer is None:
+            self._buffer(delivery)
+            return None
+        if sealed.key_id != peer.key_id:
+            self._warn(f"dropped a message from {sender} in {self.room}: stale or unknown sender key")
+            return None
+        if len(sealed.nonce) != NONCE_BYTES or len(sealed.ciphertext) < TAG_BYTES:
+            self._warn(f"dropped a malformed message from {sender} in {self.room}")
+            return None
+        if not peer.window.would_accept(sealed.counter):
+            self._warn(f"dropped a replayed or too old message from {sender} in {self.room}")
+            return None
+        ad = message_ad(self.room, sender, sealed.key_id, sealed.counter)
+        try:
+            plaintext = AESGCM(peer.key).decrypt(sealed.nonce, sealed.ciphertext, ad)
+        except InvalidTag:
+            self._warn(
+                f"dropped a message from {sender} in {self.room}: it was tampered with or corrupted"
+            )
+            return None
+        peer.window.mark(sealed.counter)
+        try:
+            envelope = decode_envelope(plaintext, sender)
+        except EnvelopeError as exc:
+            self._warn(f"dropped an invalid message from {sender} in {self.room}: {exc}")
+            return None
+        return ReceivedMessage(room=self.room, sender=sender, envelope=envelope)
+
+
+# ---------------------------------------------------------------------------------------
+# Identity key file
+# ---------------------------------------------------------------------------------------
+
+
+class ClientError(Exception):
+    """A fatal error: printed as one ``chat_client: error: ...`` line, exit status 1."""
+
+
+def identity_path(home: Path, user: str) -> Path:
+    return home / user / "identity.pem"
+
+
+def load_or_create_identity(
+    home: Path, user: str, bits: int, log: Callable[[str], None] = lambda _m: None
+) -> rsa.RSAPrivateKey:
+    """Loads HOME/USER/identity.pem, or generates it once (PKCS#8 PEM, 0600 in 0700).
+
+    A key file other users can access is refused: the key is the user's identity.
+    """
+    path = identity_path(home, user)
+    if path.exists():
+        return _load_identity(path)
+    if bits not in KEY_BITS_ALLOWED:
+        raise ClientError(f"invalid key size {bits}; use 2048, 3072 or 4096")
+    log(f"generating a {bits}-bit RSA identity key for {user} in {path} (this takes a few seconds)...")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    try:
+        _make_private_dirs(path.parent)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+    except FileExistsError:  # another process made it meanwhile: use that one
+        return _load_identity(path)
+    except OSError as exc:
+        raise ClientError(f"cannot write identity key {path}: {exc.strerror or exc}") from exc
+    return key
+
+
+def _make_private_dirs(directory: Path) -> None:
+    """Creates ``directory`` and any missing parents with mode 0700; the user's own
+    directory is set to 0700 even if it already existed."""
+    missing = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        path.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+    os.chmod(directory, 0o700)
+
+
+def _load_identity(path: Path) -> rsa.RSAPrivateKey:
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise ClientError(
+                f"cannot read identity key {path}: it is accessible by other users "
+                f"(mode {mode:o}); run: chmod 600 {path}"
+            )
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ClientError(f"cannot read identity key {path}: {exc.strerror or exc}") from exc
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ClientError(f"cannot read identity key {path}: not an unencrypted PKCS#8 PEM key") from exc
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ClientError(f"cannot read identity key {path}: not an RSA key")
+    if not MIN_PEER_KEY_BITS <= key.key_size <= MAX_PEER_KEY_BITS:
+        raise ClientError(f"cannot read identity key {path}: {key.key_size} bits is outside 2048..4096")
+    return key
+
+
+# ---------------------------------------------------------------------------------------
+# Transport helpers
+# ---------------------------------------------------------------------------------------
+
+
+def parse_server_url(url: str) -> tuple[str, bool]:
+    """``http://HOST:PORT`` -> (gRPC target, use TLS). Raises :class:`ClientError`."""
+    if "://" not in url:
+        raise ClientError(f'invalid server URL "{url}": missing scheme; use http://HOST:PORT')
+    parsed = urllib.parse.urlsplit(url)
+    scheme = parsed.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ClientError(f'invalid server URL "{url}": unsupported scheme {parsed.scheme!r}; use http://HOST:PORT')
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError as exc:
+        raise ClientError(f'invalid server URL "{url}": {exc}') from exc
+    if not host:
+        raise ClientError(f'invalid server URL "{url}": missing host; use http://HOST:PORT')
+    if parsed.path not in ("", "/") or parsed.query or parsed.fragment or parsed.username:
+        raise ClientError(f'invalid server URL "{url}": only http://HOST:PORT is supported')
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    host_part = f"[{host}]" if ":" in host else host
+    return f"{host_part}:{port}", scheme == "https"
+
+
+_STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+def status_name(code: int) -> str:
+    return _STATUS_NAMES.get(code, f"code {code}")
+
+
+def describe_rpc_error(error: grpc.RpcError) -> str:
+    code = error.code() if hasattr(error, "code") else None
+    details = error.details() if hasattr(error, "details") else None
+    name = code.name if code is not None else "UNKNOWN"
+    return f"{name}: {details}" if details else name
+
+
+# ---------------------------------------------------------------------------------------
+# The CLI session
+# ---------------------------------------------------------------------------------------
+
+HELP_TEXT = """commands:
+  /who    list the members of the room
+  /leave  leave the room and exit
+  /quit   disconnect and exit
+  /help   show this list
+start a message with // to send a line that begins with /"""
+
+_CLOSE = object()  # ends the request iterator (half-closes the stream)
+
+
+class ChatClient:
+    """Drives one room over one Chat stream.
+
+    Two threads only feed ``self.events`` (stdin lines, server frames); all state lives
+    in the thread running :meth:`run`, so nothing needs a lock.
+    """
+
+    def __init__(self, server: str, user: str, room: str, home: Path, key_bits: int) -> None:
+        self.server = server
+        self.user = user
+        self.room_name = room
+        self.home = home
+        self.key_bits = key_bits
+        self.events: queue.Queue[tuple] = queue.Queue()
+        self.outbound: queue.Queue[object] = queue.Queue()
+        self.next_request_id = 1
+        #: request_id -> what the frame was, for every frame not answered yet.
+        self.unanswered: dict[int, str] = {}
+        self.initial_distributions: set[int] = set()
+        self.room: Optional[RoomState] = None
+        self.ready = False
+        self.backlog: collections.deque[tuple] = collections.deque()
+        self.finishing: Optional[str] = None  # "leave" or "quit"
+        self.leave_request: Optional[int] = None
+        self.left = False
+        self.joined_seen = False
+        self.closing = False
+        self.call = None
+        self.channel: Optional[grpc.Channel] = None
+
+    # -- output -----------------------------------------------------------------------
+
+    @staticmethod
+    def info(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    def warn(self, message: str) -> None:
+        self.info(f"warning: {message}")
+
+    def show(self, message: ReceivedMessage) -> None:
+        """One stdout line per text; other kinds only get a note on stderr (like the
+        Rust client), so stdout stays exactly the received texts."""
+        if not message.showable:
+            self.warn(f"[{message.room}] {message.sender} sent a kind of message this version cannot show")
+            return
+        sys.stdout.write(message.line() + "\n")
+        sys.stdout.flush()
+
+    # -- setup ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Connects, joins, chats until stdin ends or a command ends it; returns 0."""
+        target, tls = parse_server_url(self.server)
+        if not is_valid_user_name(self.user):
+            raise ClientError(
+                f'user name "{self.user}" is invalid; use 1 to 32 of letters, digits and _ . -'
+            )
+        if not is_valid_room_name(self.room_name):
+            raise ClientError(
+                f'room name "{self.room_name}" is invalid; use 1 to 64 of letters, digits and _ . # -'
+            )
+        identity = load_or_create_identity(self.home, self.user, self.key_bits, self.info)
+        self.room = RoomState(self.room_name, self.user, identity, warn=self.warn)
+        options = [
+            ("grpc.max_receive_message_length", MAX_INBOUND_FRAME_BYTES),
+            ("grpc.max_send_message_length", MAX_INBOUND_FRAME_BYTES),
+        ]
+        if tls:
+            self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        try:
+            return self._session(identity)
+        finally:
+            self.channel.close()
+
+    def _session(self, identity: rsa.RSAPrivateKey) -> int:
+        stub = pb_grpc.ChatServiceStub(self.channel)
+        request = pb.KeyExchangeRequest(
+            identity=pb.PublicIdentity(user=self.user, encryption_public_key=public_key_der(identity)),
+            room=self.room_name,
+        )
+        try:
+            stub.KeyExchange(request, timeout=30)
+        except grpc.RpcError as exc:
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise ClientError(f"cannot connect to {self.server}: {describe_rpc_error(exc)}") from exc
+            raise ClientError(f"the relay refused the identity key: {describe_rpc_error(exc)}") from exc
+        self.call = stub.Chat(self._requests(), metadata=(("chat-user", self.user),))
+        threading.Thread(target=self._read_responses, name="responses", daemon=True).start()
+        self._send_frame("join", join=pb.JoinRoom(room=self.room_name))
+        threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
+        return self._event_loop()
+
+    # -- the two feeder threads -------------------------------------------------------
+
+    def _requests(self) -> Iterator[pb.ClientFrame]:
+        """The request side of the stream: whatever the main thread queues, in order."""
+        while True:
+            frame = self.outbound.get()
+            if frame is _CLOSE:
+                return
+            yield frame
+
+    def _read_responses(self) -> None:
+        try:
+            for frame in self.call:
+                self.events.put(("frame", frame))
+            self.events.put(("stream_end", None))
+        except grpc.RpcError as exc:
+            self.events.put(("stream_end", exc))
+        except Exception as exc:  # noqa: BLE001 - reported as a lost connection
+            self.events.put(("stream_end", exc))
+
+    def _read_stdin(self) -> None:
+        stream = sys.stdin.buffer
+        while True:
+            raw = stream.readline()
+            if not raw:
+                self.events.put(("eof",))
+                return
+            line = raw.decode("utf-8", errors="replace")
+            if line.endswith("\n"):
+                line = line[:-1]
+                if line.endswith("\r"):
+                    line = line[:-1]
+            self.events.put(("line", line))
+
+    # -- frames out -------------------------------------------------------------------
+
+    def _send_frame(self, what: str, **kind: object) -> int:
+        request_id = self.next_request_id
+        self.next_request_id += 1
+        self.unanswered[request_id] = what
+        self.outbound.put(pb.ClientFrame(request_id=request_id, **kind))
+        return request_id
+
+    def _send_distributions(self, frames: list[pb.DistributeSenderKey]) -> list[int]:
+        return [self._send_frame("key distribution", distribute_key=f) for f in frames]
+
+    # -- the main loop ----------------------------------------------------------------
+
+    def _event_loop(self) -> int:
+        while True:
+            event = self.events.get()
+            kind = event[0]
+            if kind == "frame":
+                self._on_frame(event[1])
+            elif kind == "stream_end":
+                return self._on_stream_end(event[1])
+            elif kind in ("line", "eof"):
+                if self.ready:
+                    self._on_input(event)
+                else:
+                    self.backlog.append(event)
+            if self._maybe_finish():
+                return 0
+
+    def _on_stream_end(self, error: Optional[BaseException]) -> int:
+        if self.closing:
+            return 0
+        if isinstance(error, grpc.RpcError):
+            if not self.joined_seen:  # the stream never opened properly
+                raise ClientError(f"cannot open the chat session: {describe_rpc_error(error)}")
+            raise ClientError(f"lost the connection to the relay: {describe_rpc_error(error)}")
+        if error is not None:
+            raise ClientError(f"lost the connection to the relay: {error}")
+        raise ClientError("lost the connection to the relay: the stream ended")
+
+    def _maybe_finish(self) -> bool:
+        """After EOF, /leave or /quit: once every frame is answered, leave (unless
+        quitting), then close the stream. Returns True when the session is over."""
+        if self.finishing is None or self.unanswered:
+            return False
+        if self.finishing == "leave" and not self.left:
+            if self.leave_request is None:
+                self.leave_request = self._send_frame("leave", leave=pb.LeaveRoom(room=self.room_name))
+            return False
+        self._close_stream()
+        return True
+
+    def _close_stream(self) -> None:
+        """Half-closes the stream and gives the relay a moment to end it cleanly."""
+        self.closing = True
+        self.outbound.put(_CLOSE)
+        deadline = time.monotonic() + 5
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                event = self.events.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if event[0] == "stream_end":
+                return
+        self.call.cancel()
+
+    # -- frames in --------------------------------------------------------------------
+
+    def _on_frame(self, frame: pb.ServerFrame) -> None:
+        which = frame.WhichOneof("kind")
+        if frame.request_id != 0:
+            self._on_answer(frame, which)
+            return
+        if self.left:  # after leaving, events for the room no longer matter
+            return
+        handler = {
+            "member_joined": self._on_member_joined,
+            "member_left": self._on_member_left,
+            "message": self._on_message,
+            "sender_key": self._on_sender_key,
+        }.get(which)
+        if handler is None:
+            self.warn(f"ignoring an unexpected frame from the relay ({which})")
+            return
+        handler(getattr(frame, which))
+
+    def _on_answer(self, frame: pb.ServerFrame, which: Optional[str]) -> None:
+        what = self.unanswered.pop(frame.request_id, None)
+        if what is None:
+            self.warn(f"ignoring an answer to unknown request {frame.request_id}")
+            return
+        if which == "rejection":
+            rejection = frame.rejection
+            reason = f"{status_name(rejection.code)}: {rejection.message}"
+            if what == "join":
+                raise ClientError(f"cannot join {self.room_name}: {reason}")
+            raise ClientError(f"the relay refused a {what}: {reason}")
+        if what == "join":
+            if which != "joined":
+                raise ClientError(f"unexpected answer to JoinRoom: {which}")
+            self._on_joined(frame.joined)
+            return
+        if which != "ack":
+            raise ClientError(f"unexpected answer to a {what}: {which}")
+        if frame.request_id == self.leave_request:
+            self.left = True
+            self.info(f"left {self.room_name}")
+        self.initial_distributions.discard(frame.request_id)
+        if not self.ready and self.joined_seen and not self.initial_distributions:
+            self._become_ready()
+
+    def _on_joined(self, joined: pb.Joined) -> None:
+        assert self.room is not None
+        self.joined_seen = True
+        frames = self.room.on_joined(joined)
+        self.initial_distributions = set(self._send_distributions(frames))
+        if not self.initial_distributions:
+            self._become_ready()
+
+    def _become_ready(self) -> None:
+        """Our key is with every member: announce it and handle what was typed meanwhile."""
+        self.ready = True
+        self.info(f"joined {self.room_name} as {self.user} ({self._members_text(joined=True)})")
+        while self.backlog and self.finishing is None:
+            self._on_input(self.backlog.popleft())
+
+    def _members_text(self, joined: bool = False) -> str:
+        assert self.room is not None
+        names = sorted(self.room.members)
+        if not names and joined:
+            return f"you are alone in {self.room_name}"
+        return f"members of {self.room_name}: " + ", ".join(["you", *names])
+
+    def _on_member_joined(self, event: pb.MemberJoined) -> None:
+        assert self.room is not None
+        if event.room != self.room_name or self.leave_request is not None:
+            return
+        frames = self.room.member_joined(event.member)
+        if frames:
+            self.info(f"* {event.member.user} joined {self.room_name}")
+            self._send_distributions(frames)
+
+    def _on_member_left(self, event: pb.MemberLeft) -> None:
+        assert self.room is not None
+        if event.room != self.room_name or self.leave_request is not None:
+            return
+        if not is_valid_user_name(event.user) or event.user == self.user:
+            self.warn(f"ignoring a MemberLeft for an invalid member {escape_text(event.user)!r}")
+            return
+        if event.user not in self.room.members:
+            return
+        frames = self.room.member_left(event.user)
+        self._send_distributions(frames)
+        verb = "left" if event.reason == pb.LEAVE_REASON_LEFT else "disconnected from"
+        self.info(f"* {event.user} {verb} {self.room_name}; your sender key was rotated")
+
+    def _on_message(self, delivery: pb.MessageDelivery) -> None:
+        assert self.room is not None
+        message = self.room.open(delivery)
+        if message is not None:
+            self.show(message)
+
+    def _on_sender_key(self, delivery: pb.SenderKeyDelivery) -> None:
+        assert self.room is not None
+        for message in self.room.accept_sender_key(delivery):
+            self.show(message)
+
+    # -- input ------------------------------------------------------------------------
+
+    def _on_input(self, event: tuple) -> None:
+        if self.finishing is not None:
+            return
+        if event[0] == "eof":
+            self.finishing = "leave"
+            return
+        line: str = event[1]
+        if not line.strip():
+            return
+        if line.startswith("//"):
+            self._send_text(line[1:])
+        elif line.startswith("/"):
+            self._command(line)
+        else:
+            self._send_text(line)
+
+    def _command(self, line: str) -> None:
+        command = line.split()[0]
+        if command == "/who":
+            self.info(self._members_text())
+        elif command == "/leave":
+            self.finishing = "leave"
+        elif command == "/quit":
+            self.finishing = "quit"
+        elif command == "/help":
+            self.info(HELP_TEXT)
+        else:
+            self.info(f"unknown command {command}; type /help for the list")
+
+    def _send_text(self, text: str) -> None:
+        assert self.room is not None
+        try:
+            message, distributions = self.room.seal_text(text)
+        except MessageTooLong as exc:
+            self.info(f"not sent: {exc}")
+            return
+        self._send_distributions(distributions)
+        self._send_frame("message", send=message)
+
+
+# ---------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------
+
+
+def default_home() -> str:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return str(base / "e2ee-chat")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, like every other error
+        self.exit(2, f"{PROG}: error: {message}\n")
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    env = os.environ
+    parser = _Parser(
+        prog=PROG,
+        description="Chat in one room of an end-to-end encrypted relay.",
+        epilog="stdin: one line = one message; /who /leave /quit /help; // sends a leading /. "
+        "stdout: [ROOM] SENDER: TEXT per received message. stderr: everything else.",
+    )
+    parser.add_argument("--server", default=env.get("CHAT_SERVER", "http://127.0.0.1:5555"),
+                        help="the relay's URL [env CHAT_SERVER]")
+    parser.add_argument("--user", default=env.get("CHAT_USER"), help="your user name [env CHAT_USER]")
+    parser.add_argument("--room", default=env.get("CHAT_ROOM", "lobby"), help="the room [env CHAT_ROOM]")
+    parser.add_argument("--home", default=env.get("CHAT_HOME") or default_home(),
+                        help="where identity keys are kept [env CHAT_HOME]")
+    parser.add_argument("--key-bits", default=env.get("CHAT_KEY_BITS", "3072"),
+                        help="size of a new identity key: 2048, 3072 or 4096 [env CHAT_KEY_BITS]")
+    args = parser.parse_args(argv)
+    if not args.user:
+        parser.error("--user is required (or set CHAT_USER)")
+    bits = str(args.key_bits).strip()
+    if not bits.isdigit() or int(bits) not in KEY_BITS_ALLOWED:
+        parser.error(f"invalid --key-bits {bits!r}: must be 2048, 3072 or 4096")
+    args.key_bits = int(bits)
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(encoding="utf-8", errors="replace")  # type: ignore[union-attr]
+    client = ChatClient(args.server, args.user, args.room, Path(args.home).expanduser(), args.key_bits)
+    try:
+        code = client.run()
+    except ClientError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Daemon threads may sit in a blocking stdin read or inside gRPC; do not wait for them.
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()
