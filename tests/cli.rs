@@ -3,28 +3,9 @@
 mod common;
 
 use std::io::Write;
-use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 
-use common::process::{ClientProcess, ServerProcess, wait_for_line};
-
-fn client_command(url: &str, user: &str, room: &str, home: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chat-client"));
-    command
-        .args([
-            "--server",
-            url,
-            "--user",
-            user,
-            "--room",
-            room,
-            "--key-bits",
-            "2048",
-            "--home",
-        ])
-        .arg(home);
-    command
-}
+use common::process::{ClientProcess, ServerProcess, rust_client, wait_for_line};
 
 /// Runs a client to completion with `input` on stdin.
 fn run_client(command: &mut Command, input: &str) -> (ExitStatus, String, String) {
@@ -66,17 +47,12 @@ fn three_people_chat_through_the_binaries() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&dir.path().join("data"));
     let home = dir.path().join("home");
-    let mut alice = ClientProcess::joined(
-        client_command(&server.url, "alice", "lobby", &home),
-        "lobby",
-    );
-    let mut bob =
-        ClientProcess::joined(client_command(&server.url, "bob", "lobby", &home), "lobby");
+    let mut alice =
+        ClientProcess::joined(rust_client(&server.url, "alice", "lobby", &home), "lobby");
+    let mut bob = ClientProcess::joined(rust_client(&server.url, "bob", "lobby", &home), "lobby");
     wait_for_line(&alice.stderr, "bob joined lobby");
-    let mut carol = ClientProcess::joined(
-        client_command(&server.url, "carol", "lobby", &home),
-        "lobby",
-    );
+    let mut carol =
+        ClientProcess::joined(rust_client(&server.url, "carol", "lobby", &home), "lobby");
 
     alice.say("hello, this is alice");
     bob.expect_stdout("[lobby] alice: hello, this is alice");
@@ -106,10 +82,10 @@ fn piped_input_is_sent_and_acknowledged_before_exit() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&dir.path().join("data"));
     let home = dir.path().join("home");
-    let bob = ClientProcess::joined(client_command(&server.url, "bob", "lobby", &home), "lobby");
+    let bob = ClientProcess::joined(rust_client(&server.url, "bob", "lobby", &home), "lobby");
     let input: String = (1..=20).map(|n| format!("line {n}\n")).collect();
     let (status, stdout, stderr) = run_client(
-        &mut client_command(&server.url, "alice", "lobby", &home),
+        &mut rust_client(&server.url, "alice", "lobby", &home),
         &input,
     );
     assert!(status.success(), "{stderr}");
@@ -131,7 +107,7 @@ fn piped_input_is_sent_and_acknowledged_before_exit() {
 
     // The second run reuses the key instead of generating one.
     let (status, _, stderr) = run_client(
-        &mut client_command(&server.url, "alice", "lobby", &home),
+        &mut rust_client(&server.url, "alice", "lobby", &home),
         "again\n",
     );
     assert!(status.success(), "{stderr}");
@@ -144,19 +120,18 @@ fn clear_errors_for_a_bad_url_an_unreachable_server_and_a_bad_key() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path();
 
-    let (status, _, stderr) =
-        run_client(&mut client_command("not a url", "alice", "lobby", home), "");
+    let (status, _, stderr) = run_client(&mut rust_client("not a url", "alice", "lobby", home), "");
     assert_one_line_error(status, &stderr, "invalid server URL");
 
     let (status, _, stderr) = run_client(
-        &mut client_command("ftp://127.0.0.1:5555", "alice", "lobby", home),
+        &mut rust_client("ftp://127.0.0.1:5555", "alice", "lobby", home),
         "",
     );
     assert_one_line_error(status, &stderr, "unsupported scheme");
 
     // Port 1 on loopback: nothing listens there.
     let (status, _, stderr) = run_client(
-        &mut client_command("http://127.0.0.1:1", "alice", "lobby", home),
+        &mut rust_client("http://127.0.0.1:1", "alice", "lobby", home),
         "",
     );
     assert_one_line_error(status, &stderr, "cannot connect to http://127.0.0.1:1");
@@ -167,20 +142,20 @@ fn clear_errors_for_a_bad_url_an_unreachable_server_and_a_bad_key() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let (status, _, stderr) = run_client(
-        &mut client_command("http://127.0.0.1:1", "mallory", "lobby", home),
+        &mut rust_client("http://127.0.0.1:1", "mallory", "lobby", home),
         "",
     );
     assert_one_line_error(status, &stderr, "cannot read identity key");
 
     std::fs::create_dir_all(home.join("dir").join("identity.pem")).unwrap();
     let (status, _, stderr) = run_client(
-        &mut client_command("http://127.0.0.1:1", "dir", "lobby", home),
+        &mut rust_client("http://127.0.0.1:1", "dir", "lobby", home),
         "",
     );
     assert_one_line_error(status, &stderr, "cannot read identity key");
 
     let (status, _, stderr) = run_client(
-        &mut client_command("http://127.0.0.1:1", "bad/name", "lobby", home),
+        &mut rust_client("http://127.0.0.1:1", "bad/name", "lobby", home),
         "",
     );
     assert_one_line_error(status, &stderr, "user name");
@@ -223,7 +198,7 @@ fn sigterm_shuts_the_server_down_and_tells_the_clients() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::start(&dir.path().join("data"));
     let client = ClientProcess::joined(
-        client_command(&server.url, "alice", "lobby", &dir.path().join("home")),
+        rust_client(&server.url, "alice", "lobby", &dir.path().join("home")),
         "lobby",
     );
     let status = server.terminate();

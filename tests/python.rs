@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::process::{ClientProcess, ServerProcess, wait_for_line};
+use common::process::{ClientProcess, ServerProcess, chat_client, rust_client, wait_for_line};
 
 fn python_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -73,40 +73,8 @@ fn grpcurl_style_probe_lists_describes_and_checks_health() {
 }
 
 fn python_client(url: &str, user: &str, room: &str, home: &Path) -> Command {
-    let mut command = Command::new(python());
-    command
-        .arg(python_dir().join("chat_client.py"))
-        .args([
-            "--server",
-            url,
-            "--user",
-            user,
-            "--room",
-            room,
-            "--key-bits",
-            "2048",
-            "--home",
-        ])
-        .arg(home);
-    command
-}
-
-fn rust_client(url: &str, user: &str, room: &str, home: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_chat-client"));
-    command
-        .args([
-            "--server",
-            url,
-            "--user",
-            user,
-            "--room",
-            room,
-            "--key-bits",
-            "2048",
-            "--home",
-        ])
-        .arg(home);
-    command
+    let script = python_dir().join("chat_client.py");
+    chat_client(python(), &[script.as_os_str()], url, user, room, home)
 }
 
 #[test]

@@ -14,6 +14,16 @@ use e2ee_chat::proto::{
 use e2ee_chat::server::Limits;
 use tonic::Code;
 
+/// A well-formed sealed message under a key nobody holds.
+fn unknown_key_message() -> SealedMessage {
+    SealedMessage {
+        key_id: 1,
+        counter: 0,
+        nonce: vec![0; 12].into(),
+        ciphertext: vec![0; 32].into(),
+    }
+}
+
 fn texts(messages: &[(String, String)]) -> Vec<(&str, &str)> {
     let mut pairs: Vec<(&str, &str)> = messages
         .iter()
@@ -230,10 +240,8 @@ async fn an_oversized_frame_ends_that_stream_only() {
     let oversized = SendMessage {
         room: "lobby".into(),
         sealed: Some(SealedMessage {
-            key_id: 1,
-            counter: 0,
-            nonce: vec![0; 12].into(),
             ciphertext: vec![0; 9 * 1024].into(),
+            ..unknown_key_message()
         }),
     };
     big.send(2, client_frame::Kind::Send(oversized)).await;
@@ -467,12 +475,7 @@ async fn only_members_send_to_or_hear_from_a_room() {
 
     let intrusion = SendMessage {
         room: "private".into(),
-        sealed: Some(SealedMessage {
-            key_id: 1,
-            counter: 0,
-            nonce: vec![0; 12].into(),
-            ciphertext: vec![0; 32].into(),
-        }),
+        sealed: Some(unknown_key_message()),
     };
     outsider.send(2, client_frame::Kind::Send(intrusion)).await;
     match outsider.answer(2).await.kind {

@@ -14,19 +14,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::{Barrier, Notify, mpsc};
 use tokio::time::Instant;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::transport::Channel;
 
 use super::BenchError;
-use crate::client::{ChatSession, Event};
+use crate::client::{self, ChatSession, Event};
 use crate::crypto::IdentityKey;
-use crate::proto::chat_service_client::ChatServiceClient;
 use crate::proto::{
-    ClientFrame, JoinRoom, KeyExchangeRequest, PublicIdentity, SealedMessage, SendMessage,
-    ServerFrame, client_frame, server_frame,
+    ClientFrame, SealedMessage, SendMessage, ServerFrame, client_frame, server_frame,
 };
-use crate::protocol::{NONCE_LEN, USER_METADATA_KEY};
+use crate::protocol::NONCE_LEN;
 
 /// Message frames a recipient may have queued at the relay, summed over its room's
 /// senders. The relay disconnects a client that falls 1024 frames behind; an open loop
@@ -98,31 +95,7 @@ impl PlainClient {
         user: &str,
         room: &str,
     ) -> Result<Self, BenchError> {
-        let mut client = ChatServiceClient::new(channel);
-        let published = PublicIdentity {
-            user: user.to_owned(),
-            encryption_public_key: identity.public_key().to_der().to_vec().into(),
-        };
-        client
-            .key_exchange(KeyExchangeRequest {
-                identity: Some(published),
-                room: room.to_owned(),
-            })
-            .await?;
-        let (frames, outbound) = mpsc::channel(256);
-        let mut request = tonic::Request::new(ReceiverStream::new(outbound));
-        let user = user
-            .parse()
-            .map_err(|_| BenchError::Unexpected(format!("bad user name {user}")))?;
-        request.metadata_mut().insert(USER_METADATA_KEY, user);
-        let join = ClientFrame {
-            request_id: 1,
-            kind: Some(client_frame::Kind::Join(JoinRoom {
-                room: room.to_owned(),
-            })),
-        };
-        frames.send(join).await.map_err(|_| BenchError::Closed)?;
-        let mut incoming = client.chat(request).await?.into_inner();
+        let (frames, mut incoming) = client::open_stream(channel, identity, user, room).await?;
         incoming.message().await?.ok_or(BenchError::Closed)?;
         Ok(Self {
             room: room.to_owned(),

@@ -14,7 +14,7 @@ mod room;
 mod session;
 
 pub use room::{MAX_WAITING_MESSAGES, RoomEvent, RoomKeys};
-pub use session::{ChatSession, Event, connect};
+pub use session::{ChatSession, Event, connect, open_stream};
 
 use std::path::PathBuf;
 

@@ -62,6 +62,52 @@ pub async fn connect(url: &str) -> Result<Channel, ClientError> {
         })
 }
 
+/// Publishes `identity` as `user` with `KeyExchange`, then opens the `Chat` stream as
+/// `user` with a first frame (request id 1) that joins `room`. Returns where to send
+/// further frames and the frames from the relay, the answer to the join first.
+pub async fn open_stream(
+    channel: Channel,
+    identity: &IdentityKey,
+    user: &str,
+    room: &str,
+) -> Result<(mpsc::Sender<ClientFrame>, Streaming<ServerFrame>), ClientError> {
+    let mut client = ChatServiceClient::new(channel).max_decoding_message_size(MAX_INBOUND_FRAME);
+    let published = PublicIdentity {
+        user: user.to_owned(),
+        encryption_public_key: identity.public_key().to_der().to_vec().into(),
+    };
+    client
+        .key_exchange(KeyExchangeRequest {
+            identity: Some(published),
+            room: room.to_owned(),
+        })
+        .await
+        .map_err(ClientError::Refused)?;
+
+    let (frames, outbound) = mpsc::channel(OUTBOUND_FRAMES);
+    let mut request = Request::new(ReceiverStream::new(outbound));
+    let user_value = MetadataValue::try_from(user).map_err(|_| {
+        ClientError::Refused(Status::invalid_argument("the user name is not ASCII"))
+    })?;
+    request.metadata_mut().insert(USER_METADATA_KEY, user_value);
+    let join = ClientFrame {
+        request_id: 1,
+        kind: Some(client_frame::Kind::Join(JoinRoom {
+            room: room.to_owned(),
+        })),
+    };
+    frames
+        .send(join)
+        .await
+        .map_err(|_| ClientError::Disconnected)?;
+    let incoming = client
+        .chat(request)
+        .await
+        .map_err(ClientError::Refused)?
+        .into_inner();
+    Ok((frames, incoming))
+}
+
 /// What happened in the room, for the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -124,42 +170,7 @@ impl ChatSession {
         user: &str,
         room: &str,
     ) -> Result<(Self, Vec<Event>), ClientError> {
-        let mut client =
-            ChatServiceClient::new(channel).max_decoding_message_size(MAX_INBOUND_FRAME);
-        let published = PublicIdentity {
-            user: user.to_owned(),
-            encryption_public_key: identity.public_key().to_der().to_vec().into(),
-        };
-        client
-            .key_exchange(KeyExchangeRequest {
-                identity: Some(published),
-                room: room.to_owned(),
-            })
-            .await
-            .map_err(ClientError::Refused)?;
-
-        let (frames, outbound) = mpsc::channel(OUTBOUND_FRAMES);
-        let mut request = Request::new(ReceiverStream::new(outbound));
-        let user_value = MetadataValue::try_from(user).map_err(|_| {
-            ClientError::Refused(Status::invalid_argument("the user name is not ASCII"))
-        })?;
-        request.metadata_mut().insert(USER_METADATA_KEY, user_value);
-        let join = ClientFrame {
-            request_id: 1,
-            kind: Some(client_frame::Kind::Join(JoinRoom {
-                room: room.to_owned(),
-            })),
-        };
-        frames
-            .send(join)
-            .await
-            .map_err(|_| ClientError::Disconnected)?;
-        let mut incoming = client
-            .chat(request)
-            .await
-            .map_err(ClientError::Refused)?
-            .into_inner();
-
+        let (frames, mut incoming) = open_stream(channel, &identity, user, room).await?;
         let joined = loop {
             let frame = incoming
                 .message()

@@ -1,6 +1,7 @@
 //! Real processes for the tests: `chat-server` and chat clients, driven through their
 //! command-line contract.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -157,4 +158,44 @@ impl ClientProcess {
         let stderr = self.stderr.try_iter().collect();
         (status, stdout, stderr)
     }
+}
+
+/// `program` (after `leading` arguments) run as a chat client with the command-line
+/// contract: `--server URL --user USER --room ROOM --key-bits 2048 --home HOME`.
+pub fn chat_client(
+    program: impl AsRef<OsStr>,
+    leading: &[&OsStr],
+    url: &str,
+    user: &str,
+    room: &str,
+    home: &Path,
+) -> Command {
+    let mut command = Command::new(program);
+    command
+        .args(leading)
+        .args([
+            "--server",
+            url,
+            "--user",
+            user,
+            "--room",
+            room,
+            "--key-bits",
+            "2048",
+            "--home",
+        ])
+        .arg(home);
+    command
+}
+
+/// The Rust `chat-client` for `user` in `room`.
+pub fn rust_client(url: &str, user: &str, room: &str, home: &Path) -> Command {
+    chat_client(
+        env!("CARGO_BIN_EXE_chat-client"),
+        &[],
+        url,
+        user,
+        room,
+        home,
+    )
 }
