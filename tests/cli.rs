@@ -3,18 +3,13 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 
-use common::process::{ClientProcess, ServerProcess, rust_client, wait_for_line};
+use common::process::{ClientProcess, ServerProcess, rust_client, spawn_piped, wait_for_line};
 
 /// Runs a client to completion with `input` on stdin.
 fn run_client(command: &mut Command, input: &str) -> (ExitStatus, String, String) {
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_piped(command);
     child
         .stdin
         .take()

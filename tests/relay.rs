@@ -527,14 +527,7 @@ async fn key_exchange_binds_a_name_to_one_key_and_checks_its_input() {
         common::identity("bob").public_key().to_der()
     );
 
-    let impostor = PublicIdentity {
-        user: "alice".into(),
-        encryption_public_key: common::identity("eve")
-            .public_key()
-            .to_der()
-            .to_vec()
-            .into(),
-    };
+    let impostor = common::public_identity("alice", "eve");
     let status = key_exchange(&mut client, Some(impostor), "lobby").await;
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
 
@@ -549,14 +542,7 @@ async fn key_exchange_binds_a_name_to_one_key_and_checks_its_input() {
         "{status:?}"
     );
 
-    let bad_name = PublicIdentity {
-        user: "../root".into(),
-        encryption_public_key: common::identity("carol")
-            .public_key()
-            .to_der()
-            .to_vec()
-            .into(),
-    };
+    let bad_name = common::public_identity("../root", "carol");
     let status = key_exchange(&mut client, Some(bad_name), "lobby").await;
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("user name"), "{status:?}");

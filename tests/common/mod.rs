@@ -339,16 +339,21 @@ impl RawClient {
     }
 }
 
+/// `user` presenting the public key of `key_owner`'s test identity.
+pub fn public_identity(user: &str, key_owner: &str) -> PublicIdentity {
+    PublicIdentity {
+        user: user.to_owned(),
+        encryption_public_key: identity(key_owner).public_key().to_der().to_vec().into(),
+    }
+}
+
 /// Publishes `user`'s identity with `KeyExchange`.
 pub async fn publish(
     client: &mut ChatServiceClient<Channel>,
     user: &str,
     room: &str,
 ) -> Result<Vec<PublicIdentity>, tonic::Status> {
-    let identity = PublicIdentity {
-        user: user.to_owned(),
-        encryption_public_key: identity(user).public_key().to_der().to_vec().into(),
-    };
+    let identity = public_identity(user, user);
     client
         .key_exchange(KeyExchangeRequest {
             identity: Some(identity),

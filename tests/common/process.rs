@@ -116,14 +116,19 @@ pub struct ClientProcess {
     pub stderr: Receiver<String>,
 }
 
+/// Spawns `command` with stdin, stdout and stderr piped.
+pub fn spawn_piped(command: &mut Command) -> Child {
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 impl ClientProcess {
     pub fn start(mut command: Command) -> Self {
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_piped(&mut command);
         Self {
             stdin: child.stdin.take(),
             stdout: lines_of(child.stdout.take().unwrap()),
