@@ -595,9 +595,11 @@ async fn open_chat(server: &TestServer, user: Option<&str>) -> Result<(), tonic:
     client.chat(request).await.map(|_| ())
 }
 
-/// What `grpcurl list` asks, in one version of the reflection protocol.
-macro_rules! list_services {
-    ($version:ident, $server:expr) => {{
+/// One reflection request and its answer, in one version of the reflection protocol
+/// (`v1` or `v1alpha`): `$request` is a `MessageRequest` variant, `$answer` the
+/// `MessageResponse` variant expected back, and the macro yields its content.
+macro_rules! reflect {
+    ($version:ident, $server:expr, $request:ident($argument:expr), $answer:ident) => {{
         use tonic_reflection::pb::$version::ServerReflectionRequest;
         use tonic_reflection::pb::$version::server_reflection_client::ServerReflectionClient;
         use tonic_reflection::pb::$version::server_reflection_request::MessageRequest;
@@ -606,7 +608,7 @@ macro_rules! list_services {
         let mut client = ServerReflectionClient::new($server.channel().await);
         let request = ServerReflectionRequest {
             host: String::new(),
-            message_request: Some(MessageRequest::ListServices(String::new())),
+            message_request: Some(MessageRequest::$request($argument)),
         };
         let mut responses = client
             .server_reflection_info(tokio_stream::iter(vec![request]))
@@ -614,14 +616,26 @@ macro_rules! list_services {
             .unwrap()
             .into_inner();
         match responses.message().await.unwrap().unwrap().message_response {
-            Some(MessageResponse::ListServicesResponse(list)) => list
-                .service
-                .into_iter()
-                .map(|service| service.name)
-                .collect::<Vec<String>>(),
+            Some(MessageResponse::$answer(answer)) => answer,
             other => panic!("unexpected reflection answer {other:?}"),
         }
     }};
+}
+
+/// What `grpcurl list` asks.
+macro_rules! list_services {
+    ($version:ident, $server:expr) => {
+        reflect!(
+            $version,
+            $server,
+            ListServices(String::new()),
+            ListServicesResponse
+        )
+        .service
+        .into_iter()
+        .map(|service| service.name)
+        .collect::<Vec<String>>()
+    };
 }
 
 #[tokio::test]
@@ -666,34 +680,23 @@ async fn health_and_reflection_answer() {
 /// this returns.
 async fn describe_v1(server: &TestServer, symbol: &str) -> Vec<String> {
     use prost::Message;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-    let mut client = ServerReflectionClient::new(server.channel().await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::FileContainingSymbol(symbol.to_owned())),
-    };
-    let mut responses = client
-        .server_reflection_info(tokio_stream::iter(vec![request]))
-        .await
-        .unwrap()
-        .into_inner();
-    match responses.message().await.unwrap().unwrap().message_response {
-        Some(MessageResponse::FileDescriptorResponse(files)) => files
-            .file_descriptor_proto
-            .iter()
-            .map(|bytes| prost_types::FileDescriptorProto::decode(&bytes[..]).unwrap())
-            .flat_map(|file| {
-                file.service
-                    .into_iter()
-                    .map(|service| service.name().to_owned())
-            })
-            .collect(),
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
+    let files = reflect!(
+        v1,
+        server,
+        FileContainingSymbol(symbol.to_owned()),
+        FileDescriptorResponse
+    );
+    files
+        .file_descriptor_proto
+        .iter()
+        .map(|bytes| prost_types::FileDescriptorProto::decode(&bytes[..]).unwrap())
+        .flat_map(|file| {
+            file.service
+                .into_iter()
+                .map(|service| service.name().to_owned())
+        })
+        .collect()
 }
 
 #[tokio::test]
