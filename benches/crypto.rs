@@ -1,14 +1,14 @@
-//! Client-side crypto costs: sealing and opening messages, wrapping and unwrapping sender
-//! keys, generating identities. Run with `cargo bench --bench crypto`; docs/BENCHMARKS.md
+//! Client-side crypto costs: sealing and opening messages, signing and verifying them,
+//! wrapping and unwrapping sender keys, generating keys. Run with `cargo bench --bench crypto`; docs/BENCHMARKS.md
 //! compares the numbers with `openssl speed` on the same machine.
 
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use e2ee_chat::crypto::{IdentityKey, OutboundSenderKey, SenderKey};
+use e2ee_chat::crypto::{EncryptionKey, OutboundSenderKey, SenderKey, SigningKey};
 
 fn seal_and_open(c: &mut Criterion) {
-    let recipient = IdentityKey::generate(2048).unwrap();
+    let recipient = EncryptionKey::generate(2048).unwrap();
     let mut outbound = OutboundSenderKey::generate().unwrap();
     let wrapped = outbound
         .wrap_for(recipient.public_key(), "lobby", "alice", "bob")
@@ -42,7 +42,7 @@ fn seal_and_open(c: &mut Criterion) {
 fn wrap_and_unwrap(c: &mut Criterion) {
     let mut group = c.benchmark_group("rsa-oaep-sha256");
     for bits in [2048usize, 3072] {
-        let recipient = IdentityKey::generate(bits).unwrap();
+        let recipient = EncryptionKey::generate(bits).unwrap();
         let outbound = OutboundSenderKey::generate().unwrap();
         group.bench_function(BenchmarkId::new("wrap", bits), |b| {
             b.iter(|| {
@@ -71,16 +71,43 @@ fn wrap_and_unwrap(c: &mut Criterion) {
     group.finish();
 }
 
-fn generate_identity(c: &mut Criterion) {
-    let mut group = c.benchmark_group("rsa-keygen");
-    group.sample_size(10);
+fn sign_and_verify(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rsa-pss-sha256");
+    // What a sender signs for a short message: the tag, names, counters and ciphertext.
+    let message = vec![0x61u8; 200];
     for bits in [2048usize, 3072] {
-        group.bench_function(BenchmarkId::from_parameter(bits), |b| {
-            b.iter(|| IdentityKey::generate(bits).unwrap())
+        let key = SigningKey::generate(bits).unwrap();
+        group.bench_function(BenchmarkId::new("sign", bits), |b| {
+            b.iter(|| key.sign(black_box(&message)).unwrap())
+        });
+        let signature = key.sign(&message).unwrap();
+        group.bench_function(BenchmarkId::new("verify", bits), |b| {
+            b.iter(|| {
+                key.public_key()
+                    .verify(black_box(&message), &signature)
+                    .unwrap()
+            })
         });
     }
     group.finish();
 }
 
-criterion_group!(benches, seal_and_open, wrap_and_unwrap, generate_identity);
+fn generate_identity(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rsa-keygen");
+    group.sample_size(10);
+    for bits in [2048usize, 3072] {
+        group.bench_function(BenchmarkId::from_parameter(bits), |b| {
+            b.iter(|| EncryptionKey::generate(bits).unwrap())
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(
+    benches,
+    seal_and_open,
+    sign_and_verify,
+    wrap_and_unwrap,
+    generate_identity
+);
 criterion_main!(benches);

@@ -85,20 +85,22 @@ fn piped_input_is_sent_and_acknowledged_before_exit() {
     );
     assert!(status.success(), "{stderr}");
     assert!(stdout.is_empty());
-    assert!(
-        stderr.contains("generating a 2048-bit RSA identity key"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("generating 2048-bit RSA keys"), "{stderr}");
+    assert!(stderr.contains("registered alice"), "{stderr}");
+    assert!(stderr.contains("pinned the keys of bob"), "{stderr}");
     assert!(stderr.contains("joined lobby"), "{stderr}");
     for n in 1..=20 {
         bob.expect_stdout(&format!("[lobby] alice: line {n}"));
     }
-    let key = home.join("alice").join("identity.pem");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    for file in ["signing.pem", "encryption.pem", "contacts.json"] {
+        let path = home.join("alice").join(file);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "{file}"
+        );
+    }
 
     // The second run reuses the key instead of generating one.
     let (status, _, stderr) = run_client(
@@ -107,6 +109,8 @@ fn piped_input_is_sent_and_acknowledged_before_exit() {
     );
     assert!(status.success(), "{stderr}");
     assert!(!stderr.contains("generating"), "{stderr}");
+    assert!(!stderr.contains("registered"), "{stderr}");
+    assert!(!stderr.contains("pinned"), "{stderr}");
     bob.expect_stdout("[lobby] alice: again");
 }
 
@@ -132,17 +136,19 @@ fn clear_errors_for_a_bad_url_an_unreachable_server_and_a_bad_key() {
     assert_one_line_error(status, &stderr, "cannot connect to http://127.0.0.1:1");
 
     std::fs::create_dir_all(home.join("mallory")).unwrap();
-    let key = home.join("mallory").join("identity.pem");
-    std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nnot base64\n").unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for file in ["signing.pem", "encryption.pem"] {
+        let key = home.join("mallory").join(file);
+        std::fs::write(&key, "-----BEGIN PRIVATE KEY-----\nnot base64\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let (status, _, stderr) = run_client(
         &mut rust_client("http://127.0.0.1:1", "mallory", "lobby", home),
         "",
     );
     assert_one_line_error(status, &stderr, "cannot read identity key");
 
-    std::fs::create_dir_all(home.join("dir").join("identity.pem")).unwrap();
+    std::fs::create_dir_all(home.join("dir").join("signing.pem")).unwrap();
     let (status, _, stderr) = run_client(
         &mut rust_client("http://127.0.0.1:1", "dir", "lobby", home),
         "",
@@ -220,6 +226,7 @@ fn help_documents_the_flags() {
         "--data-dir",
         "--max-frame-bytes",
         "--outbound-queue",
+        "--token-ttl-secs",
         "CHAT_LISTEN",
     ] {
         assert!(help.contains(flag), "chat-server --help lacks {flag}");
@@ -235,6 +242,11 @@ fn help_documents_the_flags() {
         "--room",
         "--home",
         "--key-bits",
+        "--private",
+        "/invite NAME",
+        "/trust NAME",
+        "/verify NAME",
+        "fingerprint",
         "CHAT_USER",
         "[ROOM] SENDER: TEXT",
     ] {

@@ -53,16 +53,22 @@ fn grpcurl_style_probe_lists_describes_and_checks_health() {
         let listed = &report["list"][version];
         assert_eq!(
             *listed,
-            serde_json::json!(["chat.v1.ChatService", "grpc.health.v1.Health", itself]),
+            serde_json::json!([
+                "chat.v1.AuthService",
+                "chat.v1.ChatService",
+                "grpc.health.v1.Health",
+                itself
+            ]),
             "{version}"
         );
         let methods = &report["describe"][version]["methods"];
         assert_eq!(report["describe"][version]["file"], "chat/v1/chat.proto");
         assert_eq!(
-            methods["KeyExchange"]["input"],
-            "chat.v1.KeyExchangeRequest"
+            methods["GetIdentity"]["input"],
+            "chat.v1.GetIdentityRequest"
         );
-        assert_eq!(methods["KeyExchange"]["server_streaming"], false);
+        assert_eq!(methods["GetIdentity"]["output"], "chat.v1.PublicIdentity");
+        assert_eq!(methods["GetIdentity"]["server_streaming"], false);
         assert_eq!(methods["Chat"]["input"], "chat.v1.ClientFrame");
         assert_eq!(methods["Chat"]["output"], "chat.v1.ServerFrame");
         assert_eq!(methods["Chat"]["client_streaming"], true);

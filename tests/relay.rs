@@ -2,14 +2,11 @@
 
 mod common;
 
-use common::{
-    Member, PATIENCE, RawClient, RecordingProxy, TestServer, contains, publish, room_keys,
-};
+use common::{Member, PATIENCE, RawClient, RecordingProxy, TestServer, contains, room_keys};
 use e2ee_chat::client::Event;
-use e2ee_chat::proto::chat_service_client::ChatServiceClient;
 use e2ee_chat::proto::{
-    ClientFrame, LeaveReason, MessageDelivery, PublicIdentity, SealedMessage, SendMessage,
-    ServerFrame, client_frame, server_frame,
+    ClientFrame, LeaveReason, MessageDelivery, SealedMessage, SendMessage, ServerFrame,
+    client_frame, server_frame,
 };
 use e2ee_chat::server::Limits;
 use tonic::Code;
@@ -21,6 +18,7 @@ fn unknown_key_message() -> SealedMessage {
         counter: 0,
         nonce: vec![0; 12].into(),
         ciphertext: vec![0; 32].into(),
+        signature: vec![0; 256].into(),
     }
 }
 
@@ -188,9 +186,23 @@ async fn tampered_messages_are_dropped_with_a_warning() {
     let mut ciphertext = sealed.ciphertext.to_vec();
     ciphertext[0] ^= 0x01;
     sealed.ciphertext = ciphertext.into();
-    mallory.send(3, client_frame::Kind::Send(tampered)).await;
+    mallory
+        .send(3, client_frame::Kind::Send(tampered.clone()))
+        .await;
+    // Signed again after the flip, it passes the signature check and fails AES-GCM.
+    let sealed = tampered.sealed.as_mut().unwrap();
+    let signed = e2ee_chat::crypto::binding::message_signed_bytes(
+        "lobby",
+        "mallory",
+        sealed.key_id,
+        sealed.counter,
+        &sealed.nonce,
+        &sealed.ciphertext,
+    );
+    sealed.signature = common::identity("mallory").sign(&signed).unwrap().into();
+    mallory.send(4, client_frame::Kind::Send(tampered)).await;
     let (_, genuine) = keys.seal_text("but you will see this").unwrap();
-    mallory.send(4, client_frame::Kind::Send(genuine)).await;
+    mallory.send(5, client_frame::Kind::Send(genuine)).await;
 
     let events = bob
         .wait_for(|event| matches!(event, Event::Message { .. }))
@@ -202,13 +214,14 @@ async fn tampered_messages_are_dropped_with_a_warning() {
             _ => None,
         })
         .collect();
-    assert_eq!(warnings.len(), 1, "{events:?}");
-    assert!(warnings[0].contains("mallory") && warnings[0].contains("failed authentication"));
+    assert_eq!(warnings.len(), 2, "{events:?}");
+    assert!(warnings[0].contains("mallory") && warnings[0].contains("signature does not verify"));
+    assert!(warnings[1].contains("mallory") && warnings[1].contains("failed authentication"));
     assert!(
         matches!(events.last(), Some(Event::Message { text, .. }) if text == "but you will see this")
     );
 
-    // A relay that tampers is caught the same way.
+    // A relay that tampers is caught by the signature.
     let (_, sealed) = keys.seal_text("relay-tampered").unwrap();
     let mut sealed = sealed.sealed.unwrap();
     sealed.nonce = vec![0u8; 12].into();
@@ -222,7 +235,8 @@ async fn tampered_messages_are_dropped_with_a_warning() {
     };
     let events = bob.inject(forged).await;
     assert!(
-        matches!(&events[..], [Event::Warning(text)] if text.contains("failed authentication"))
+        matches!(&events[..], [Event::Warning(text)] if text.contains("signature does not verify")),
+        "{events:?}"
     );
 }
 
@@ -290,16 +304,12 @@ async fn send_garbage(server: &TestServer, user: &str) -> tonic::Status {
         }
     }
 
-    let mut typed = ChatServiceClient::new(server.channel().await);
-    publish(&mut typed, user, "lobby").await.unwrap();
-    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    let (channel, credentials) = common::log_in(&server.url, user).await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(credentials.authorize(channel));
     grpc.ready().await.unwrap();
     // Field 1 as a varint, cut off in the middle.
     let frames = tokio_stream::iter(vec![vec![0x08, 0xff]]);
-    let mut request = tonic::Request::new(frames);
-    request
-        .metadata_mut()
-        .insert("chat-user", user.parse().unwrap());
+    let request = tonic::Request::new(frames);
     let path = tonic::codegen::http::uri::PathAndQuery::from_static("/chat.v1.ChatService/Chat");
     let response = grpc.streaming(request, path, RawBytes).await;
     let mut stream = match response {
@@ -352,6 +362,7 @@ async fn malformed_frames_are_refused_one_by_one_and_the_stream_goes_on() {
                     counter: 0,
                     nonce: vec![0; 5].into(),
                     ciphertext: vec![0; 32].into(),
+                    signature: vec![0; 256].into(),
                 }),
             })),
         },
@@ -379,6 +390,7 @@ async fn malformed_frames_are_refused_one_by_one_and_the_stream_goes_on() {
                         e2ee_chat::proto::WrappedSenderKey {
                             recipient: "victim".into(),
                             wrapped_key: vec![0; 256].into(),
+                            signature: vec![0; 256].into(),
                         };
                         2
                     ],
@@ -505,94 +517,6 @@ async fn only_members_send_to_or_hear_from_a_room() {
         seen.push(frame);
     }
     assert!(seen.is_empty(), "the outsider received {seen:?}");
-}
-
-#[tokio::test]
-async fn key_exchange_binds_a_name_to_one_key_and_checks_its_input() {
-    let server = TestServer::start().await;
-    let mut client = ChatServiceClient::new(server.channel().await);
-    assert_eq!(
-        publish(&mut client, "alice", "lobby").await.unwrap(),
-        vec![]
-    );
-    // Publishing the same key again is harmless.
-    publish(&mut client, "alice", "lobby").await.unwrap();
-
-    let _bob = Member::join(&server, "bob", "lobby").await;
-    let members = publish(&mut client, "alice", "lobby").await.unwrap();
-    assert_eq!(members.len(), 1);
-    assert_eq!(members[0].user, "bob");
-    assert_eq!(
-        &members[0].encryption_public_key[..],
-        common::identity("bob").public_key().to_der()
-    );
-
-    let impostor = common::public_identity("alice", "eve");
-    let status = key_exchange(&mut client, Some(impostor), "lobby").await;
-    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
-
-    let garbage_key = PublicIdentity {
-        user: "carol".into(),
-        encryption_public_key: b"not a key".to_vec().into(),
-    };
-    let status = key_exchange(&mut client, Some(garbage_key), "lobby").await;
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(
-        status.message().contains("encryption_public_key"),
-        "{status:?}"
-    );
-
-    let bad_name = common::public_identity("../root", "carol");
-    let status = key_exchange(&mut client, Some(bad_name), "lobby").await;
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("user name"), "{status:?}");
-
-    let status = key_exchange(&mut client, None, "lobby").await;
-    assert_eq!(status.code(), Code::InvalidArgument);
-}
-
-async fn key_exchange(
-    client: &mut ChatServiceClient<tonic::transport::Channel>,
-    identity: Option<PublicIdentity>,
-    room: &str,
-) -> tonic::Status {
-    client
-        .key_exchange(e2ee_chat::proto::KeyExchangeRequest {
-            identity,
-            room: room.into(),
-        })
-        .await
-        .expect_err("the key exchange should fail")
-}
-
-#[tokio::test]
-async fn opening_a_session_needs_a_published_name_and_only_one_session() {
-    let server = TestServer::start().await;
-    let mut client = ChatServiceClient::new(server.channel().await);
-    let status = open_chat(&server, None).await.unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("chat-user"));
-
-    let status = open_chat(&server, Some("nobody")).await.unwrap_err();
-    assert_eq!(status.code(), Code::FailedPrecondition);
-    assert!(status.message().contains("KeyExchange"));
-
-    let _alice = Member::join(&server, "alice", "lobby").await;
-    publish(&mut client, "alice", "lobby").await.unwrap();
-    let status = open_chat(&server, Some("alice")).await.unwrap_err();
-    assert_eq!(status.code(), Code::AlreadyExists);
-}
-
-async fn open_chat(server: &TestServer, user: Option<&str>) -> Result<(), tonic::Status> {
-    let mut client = ChatServiceClient::new(server.channel().await);
-    let (_frames, outbound) = tokio::sync::mpsc::channel::<ClientFrame>(1);
-    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outbound));
-    if let Some(user) = user {
-        request
-            .metadata_mut()
-            .insert("chat-user", user.parse().unwrap());
-    }
-    client.chat(request).await.map(|_| ())
 }
 
 /// One reflection request and its answer, in one version of the reflection protocol
@@ -726,14 +650,9 @@ async fn connections_beyond_the_limit_are_closed() {
     let mut alice = Member::join(&server, "alice", "lobby").await;
     let bob = Member::join(&server, "bob", "lobby").await;
 
-    let third = async {
-        let channel = e2ee_chat::client::connect(&server.url).await?;
-        let mut client = ChatServiceClient::new(channel);
-        publish(&mut client, "carol", "lobby")
-            .await
-            .map_err(e2ee_chat::client::ClientError::Refused)
-    };
-    let refused = third.await.expect_err("a third connection was served");
+    let refused = common::log_in(&server.url, "carol")
+        .await
+        .expect_err("a third connection was served");
     assert!(
         matches!(
             refused,
@@ -750,13 +669,8 @@ async fn connections_beyond_the_limit_are_closed() {
     // bob's connection closes shortly after his session: then carol gets in.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        match e2ee_chat::client::connect(&server.url).await {
-            Ok(channel) => {
-                let mut client = ChatServiceClient::new(channel);
-                if publish(&mut client, "carol", "lobby").await.is_ok() {
-                    break;
-                }
-            }
+        match common::log_in(&server.url, "carol").await {
+            Ok(_) => break,
             Err(_) if tokio::time::Instant::now() < deadline => {}
             Err(error) => panic!("carol never got in: {error}"),
         }
@@ -805,7 +719,9 @@ impl XorShift {
 
 #[tokio::test]
 async fn random_frames_get_answers_and_never_disturb_the_others() {
-    use e2ee_chat::proto::{DistributeSenderKey, JoinRoom, LeaveRoom, WrappedSenderKey};
+    use e2ee_chat::proto::{
+        DistributeSenderKey, InviteMember, JoinRoom, KickMember, LeaveRoom, WrappedSenderKey,
+    };
 
     let server = TestServer::start().await;
     let alice = Member::join(&server, "alice", "lobby").await;
@@ -813,8 +729,9 @@ async fn random_frames_get_answers_and_never_disturb_the_others() {
     let mut fuzzer = RawClient::open(&server, "fuzzer").await;
     let mut random = XorShift(0x9e37_79b9_7f4a_7c15);
     for request_id in 1..=300u64 {
-        let kind = match random.below(5) {
+        let kind = match random.below(7) {
             0 => Some(client_frame::Kind::Join(JoinRoom {
+                create_private: random.below(2) == 0,
                 room: random.name(),
             })),
             1 => Some(client_frame::Kind::Leave(LeaveRoom {
@@ -827,6 +744,7 @@ async fn random_frames_get_answers_and_never_disturb_the_others() {
                     counter: random.next(),
                     nonce: random.bytes(16),
                     ciphertext: random.bytes(64),
+                    signature: random.bytes(300),
                 }),
             })),
             3 => Some(client_frame::Kind::DistributeKey(DistributeSenderKey {
@@ -836,8 +754,17 @@ async fn random_frames_get_answers_and_never_disturb_the_others() {
                     .map(|_| WrappedSenderKey {
                         recipient: random.name(),
                         wrapped_key: random.bytes(600),
+                        signature: random.bytes(300),
                     })
                     .collect(),
+            })),
+            4 => Some(client_frame::Kind::Invite(InviteMember {
+                room: random.name(),
+                user: random.name(),
+            })),
+            5 => Some(client_frame::Kind::Kick(KickMember {
+                room: random.name(),
+                user: random.name(),
             })),
             _ => None,
         };

@@ -1,6 +1,7 @@
 //! The baseline the relay is measured against: the smallest tonic bidi broadcast relay
-//! that speaks the same proto. No crypto, no checks, no limits, no storage: it forwards
-//! each `SendMessage` to the other members of the room and acknowledges it.
+//! that speaks the same proto. No crypto, no checks, no limits, no storage, no login (it
+//! takes the bearer token as the user's name): it forwards each `SendMessage` to the
+//! other members of the room and acknowledges it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,10 +12,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::proto::chat_service_server::{ChatService, ChatServiceServer};
 use crate::proto::{
-    Ack, ClientFrame, Joined, KeyExchangeRequest, KeyExchangeResponse, MessageDelivery,
-    ServerFrame, client_frame, server_frame,
+    Ack, ClientFrame, GetIdentityRequest, Joined, MessageDelivery, PublicIdentity, ServerFrame,
+    client_frame, server_frame,
 };
-use crate::protocol::USER_METADATA_KEY;
+use crate::protocol::AUTHORIZATION_METADATA_KEY;
 
 type Outbox = mpsc::UnboundedSender<Result<ServerFrame, Status>>;
 /// Room → its members' names and outboxes.
@@ -35,11 +36,13 @@ impl PlainRelay {
 
 #[tonic::async_trait]
 impl ChatService for PlainRelay {
-    async fn key_exchange(
+    async fn get_identity(
         &self,
-        _: Request<KeyExchangeRequest>,
-    ) -> Result<Response<KeyExchangeResponse>, Status> {
-        Ok(Response::new(KeyExchangeResponse::default()))
+        _: Request<GetIdentityRequest>,
+    ) -> Result<Response<PublicIdentity>, Status> {
+        Err(Status::unimplemented(
+            "the baseline relay keeps no identities",
+        ))
     }
 
     type ChatStream = UnboundedReceiverStream<Result<ServerFrame, Status>>;
@@ -50,8 +53,9 @@ impl ChatService for PlainRelay {
     ) -> Result<Response<Self::ChatStream>, Status> {
         let user = request
             .metadata()
-            .get(USER_METADATA_KEY)
+            .get(AUTHORIZATION_METADATA_KEY)
             .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
             .unwrap_or_default()
             .to_owned();
         let (outbox, frames) = mpsc::unbounded_channel();
@@ -74,7 +78,7 @@ impl ChatService for PlainRelay {
                             .push((user.clone(), outbox.clone()));
                         reply(server_frame::Kind::Joined(Joined {
                             room: join.room,
-                            members: Vec::new(),
+                            ..Joined::default()
                         }));
                     }
                     Some(client_frame::Kind::Send(send)) => {

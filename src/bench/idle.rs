@@ -5,12 +5,9 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::BenchError;
-use crate::client::{self, ChatSession};
-use crate::crypto::IdentityKey;
 
 /// Members per room of the idle clients.
 const ROOM_SIZE: usize = 10;
@@ -52,13 +49,12 @@ pub async fn measure_idle(server_binary: &Path, clients: usize) -> Result<IdleRe
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_before_kib = memory_kib(pid, "VmRSS")?;
 
-    let identity = Arc::new(IdentityKey::generate(2048).map_err(client::ClientError::from)?);
+    let identity = super::bench_identity().await?;
     let mut readers = Vec::with_capacity(clients);
     for index in 0..clients {
-        let channel = client::connect(&url).await?;
         let room = format!("idle-{}", index / ROOM_SIZE);
-        let (mut session, _) =
-            ChatSession::join(channel, identity.clone(), &format!("idle-{index}"), &room).await?;
+        let mut session =
+            super::join_room(&url, identity.clone(), &format!("idle-{index}"), &room).await?;
         readers.push(tokio::spawn(async move {
             while let Ok(Some(events)) = session.next_events().await {
                 drop(events);

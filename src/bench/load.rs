@@ -15,15 +15,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{Barrier, Notify, mpsc};
 use tokio::time::Instant;
 use tonic::Streaming;
-use tonic::transport::Channel;
 
 use super::BenchError;
-use crate::client::{self, ChatSession, Event};
-use crate::crypto::IdentityKey;
+use crate::client::{self, AuthorizedClient, ChatSession, Event};
 use crate::proto::{
-    ClientFrame, SealedMessage, SendMessage, ServerFrame, client_frame, server_frame,
+    ClientFrame, JoinRoom, SealedMessage, SendMessage, ServerFrame, client_frame, server_frame,
 };
-use crate::protocol::NONCE_LEN;
+use crate::protocol::{MIN_SIGNATURE_LEN, NONCE_LEN};
 
 /// Message frames a recipient may have queued at the relay, summed over its room's
 /// senders. The relay disconnects a client that falls 1024 frames behind; an open loop
@@ -87,15 +85,13 @@ pub struct PlainClient {
 }
 
 impl PlainClient {
-    /// Publishes `identity` as `user` (the real relay wants a key; the baseline ignores
-    /// it), opens a stream and joins `room`.
-    pub async fn join(
-        channel: Channel,
-        identity: &IdentityKey,
-        user: &str,
-        room: &str,
-    ) -> Result<Self, BenchError> {
-        let (frames, mut incoming) = client::open_stream(channel, identity, user, room).await?;
+    /// Opens a stream as the client's user and joins `room`.
+    pub async fn join(mut client: AuthorizedClient, room: &str) -> Result<Self, BenchError> {
+        let join = JoinRoom {
+            room: room.to_owned(),
+            create_private: false,
+        };
+        let (frames, mut incoming) = client::open_stream(&mut client, join).await?;
         incoming.message().await?.ok_or(BenchError::Closed)?;
         Ok(Self {
             room: room.to_owned(),
@@ -118,6 +114,7 @@ impl LoadClient for PlainClient {
                     // A well-formed frame, so the real relay takes it too.
                     nonce: vec![0; NONCE_LEN].into(),
                     ciphertext: text.into_bytes().into(),
+                    signature: vec![0; MIN_SIGNATURE_LEN].into(),
                     ..SealedMessage::default()
                 }),
             })),

@@ -25,8 +25,10 @@ pub use baseline::PlainRelay;
 pub use idle::{IdleReport, measure_idle};
 pub use load::{E2eeClient, LoadClient, PlainClient};
 
-use crate::client::{self, ChatSession, ClientError};
-use crate::crypto::IdentityKey;
+use crate::client::{self, BearerToken, ChatSession, ClientError, Contacts, login};
+use crate::crypto::Identity;
+use crate::proto::JoinRoom;
+use crate::proto::chat_service_client::ChatServiceClient;
 use crate::server::{self, Limits, ServerError};
 use load::{Outcome, Plan, drive};
 
@@ -116,16 +118,12 @@ pub async fn start_plain_relay() -> Result<LocalRelay, BenchError> {
 
 /// Runs `load` with real clients through the relay at `url`.
 pub async fn measure_e2ee(url: &str, load: &Load) -> Result<Measurement, BenchError> {
+    let identity = bench_identity().await?;
     let mut clients = Vec::with_capacity(load.clients);
     for index in 0..load.clients {
-        let identity = tokio::task::spawn_blocking(|| IdentityKey::generate(2048))
-            .await
-            .map_err(|error| BenchError::Unexpected(error.to_string()))?
-            .map_err(ClientError::from)?;
-        let channel = client::connect(url).await?;
-        let (session, _) = ChatSession::join(
-            channel,
-            Arc::new(identity),
+        let session = join_room(
+            url,
+            identity.clone(),
             &user_name(index),
             &room_name(index, load),
         )
@@ -135,20 +133,64 @@ pub async fn measure_e2ee(url: &str, load: &Load) -> Result<Measurement, BenchEr
     measure(clients, load).await
 }
 
+/// Whether the relay a plaintext load runs through wants a login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Login {
+    /// Ours: log in as each user.
+    Required,
+    /// The baseline: it takes the token as the user's name.
+    None,
+}
+
 /// Runs `load` with plaintext clients (no sealing, no opening) through the relay at `url`:
 /// the baseline relay, or the real one to tell its cost from the clients'.
-pub async fn measure_plain(url: &str, load: &Load) -> Result<Measurement, BenchError> {
-    let identity = tokio::task::spawn_blocking(|| IdentityKey::generate(2048))
-        .await
-        .map_err(|error| BenchError::Unexpected(error.to_string()))?
-        .map_err(ClientError::from)?;
+pub async fn measure_plain(
+    url: &str,
+    load: &Load,
+    login: Login,
+) -> Result<Measurement, BenchError> {
+    let identity = bench_identity().await?;
     let mut clients = Vec::with_capacity(load.clients);
     for index in 0..load.clients {
         let channel = client::connect(url).await?;
         let (user, room) = (user_name(index), room_name(index, load));
-        clients.push(PlainClient::join(channel, &identity, &user, &room).await?);
+        let chat = match login {
+            Login::Required => self::login(channel.clone(), &identity, &user)
+                .await?
+                .chat_client(channel),
+            Login::None => ChatServiceClient::with_interceptor(channel, BearerToken::new(&user)?),
+        };
+        clients.push(PlainClient::join(chat, &room).await?);
     }
     measure(clients, load).await
+}
+
+/// One identity that every simulated user shares: each still signs, wraps and verifies
+/// as a real one would, and the run does not wait for a hundred RSA key generations.
+async fn bench_identity() -> Result<Arc<Identity>, BenchError> {
+    tokio::task::spawn_blocking(|| Identity::generate(2048))
+        .await
+        .map_err(|error| BenchError::Unexpected(error.to_string()))?
+        .map(Arc::new)
+        .map_err(|error| ClientError::from(error).into())
+}
+
+/// Logs in to the relay at `url` as `user` and joins `room`, pinning nothing to disk.
+async fn join_room(
+    url: &str,
+    identity: Arc<Identity>,
+    user: &str,
+    room: &str,
+) -> Result<ChatSession, BenchError> {
+    let channel = client::connect(url).await?;
+    let credentials = login(channel.clone(), &identity, user).await?;
+    let join = JoinRoom {
+        room: room.to_owned(),
+        create_private: false,
+    };
+    let (session, _) =
+        ChatSession::join(channel, identity, &credentials, join, Contacts::in_memory()).await?;
+    Ok(session)
 }
 
 fn user_name(index: usize) -> String {

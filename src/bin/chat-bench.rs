@@ -91,12 +91,12 @@ async fn run(args: &Args) -> Result<(), BenchError> {
         // The same relay with clients that neither seal nor open: what the relay costs
         // by itself. (A fresh relay, since user names are bound to keys.)
         let relay = bench::start_relay(Limits::default()).await?;
-        let relay_only = bench::measure_plain(&relay.url, &load).await?;
+        let relay_only = bench::measure_plain(&relay.url, &load, bench::Login::Required).await?;
         report("relay, plaintext clients", &relay_only);
     }
 
     let plain_relay = bench::start_plain_relay().await?;
-    let baseline = bench::measure_plain(&plain_relay.url, &load).await?;
+    let baseline = bench::measure_plain(&plain_relay.url, &load, bench::Login::None).await?;
     report("baseline relay, plaintext clients", &baseline);
 
     println!(

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
-use e2ee_chat::client::{self, ChatSession, ClientError, Event, home};
-use e2ee_chat::crypto::{ALLOWED_KEY_BITS, DEFAULT_KEY_BITS};
-use e2ee_chat::proto::LeaveReason;
+use clap::{Parser, Subcommand};
+use e2ee_chat::client::{self, ChatSession, ClientError, Contacts, Event, home};
+use e2ee_chat::crypto::{ALLOWED_KEY_BITS, DEFAULT_KEY_BITS, Identity};
+use e2ee_chat::proto::{JoinRoom, LeaveReason};
 use e2ee_chat::protocol::{validate_room, validate_user};
 use tokio::sync::mpsc;
 
@@ -23,32 +23,83 @@ Input and output:
   stdout  one line per message received: [ROOM] SENDER: TEXT
   stderr  everything else; a line containing \"joined ROOM\" once it can send
 
-Commands: /who lists the members, /leave leaves the room and exits, /quit disconnects
-and exits, /help lists the commands.
+Commands:
+  /who             list the members
+  /fingerprint     show your fingerprint
+  /verify NAME     show the safety number you share with NAME, to compare out of band
+  /verify NAME confirm   mark NAME verified once the numbers match
+  /trust NAME      accept the new keys the server presents for NAME
+  /invite NAME     let NAME join this private room (owner only)
+  /kick NAME       remove NAME from this private room (owner only)
+  /leave           leave the room and exit
+  /quit            disconnect and exit (you stay a member until then)
+  /help            list the commands
+
+Keys: the first time you meet someone, their keys are pinned in HOME/USER/contacts.json.
+If the server later presents other keys for them, nothing is sent to or accepted from
+them until you run /trust NAME (or chat-client trust NAME).
 
 At end of input the client leaves the room and exits 0 once the server has acknowledged
 every message; otherwise it exits non-zero with a one-line error.";
 
 /// Chat in one room of an end-to-end encrypted relay: messages are encrypted for the
-/// room's members before they leave this machine.
+/// room's members and signed before they leave this machine.
+///
+/// Without a command, logs in and chats in --room. The commands manage trust in other
+/// users' keys.
 #[derive(Debug, Parser)]
 #[command(name = "chat-client", version, after_long_help = HELP_AFTER)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// The relay's URL.
-    #[arg(long, env = "CHAT_SERVER", default_value = "http://127.0.0.1:5555")]
+    #[arg(
+        long,
+        global = true,
+        env = "CHAT_SERVER",
+        default_value = "http://127.0.0.1:5555"
+    )]
     server: String,
-    /// Your user name: 1 to 32 characters from A-Z a-z 0-9 _ . -
-    #[arg(long, env = "CHAT_USER")]
-    user: String,
+    /// Your user name: 1 to 32 characters from A-Z a-z 0-9 _ . - (required). The first
+    /// login registers it on the server to your keys.
+    #[arg(long, global = true, env = "CHAT_USER")]
+    user: Option<String>,
     /// The room to join: 1 to 64 characters from A-Z a-z 0-9 _ . # -
     #[arg(long, env = "CHAT_ROOM", default_value = "lobby")]
     room: String,
-    /// Where identity keys are kept: HOME/USER/identity.pem (PKCS#8 PEM, mode 0600).
-    #[arg(long, env = "CHAT_HOME", default_value_os_t = home::default_home())]
+    /// Create the room private if it does not exist: only you and the users you /invite
+    /// can join it.
+    #[arg(long, env = "CHAT_PRIVATE")]
+    private: bool,
+    /// Where your keys and pinned contacts are kept: HOME/USER/signing.pem and
+    /// encryption.pem (PKCS#8 PEM, mode 0600), HOME/USER/contacts.json.
+    #[arg(long, global = true, env = "CHAT_HOME", default_value_os_t = home::default_home())]
     home: PathBuf,
-    /// Size of a new identity key in bits (2048, 3072 or 4096); an existing key is kept.
-    #[arg(long, env = "CHAT_KEY_BITS", default_value_t = DEFAULT_KEY_BITS, value_parser = key_bits)]
+    /// Size of new identity keys in bits (2048, 3072 or 4096); existing keys are kept.
+    #[arg(long, global = true, env = "CHAT_KEY_BITS", default_value_t = DEFAULT_KEY_BITS, value_parser = key_bits)]
     key_bits: usize,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print your fingerprint (the SHA-256 of your two public keys), for others to check.
+    Fingerprint,
+    /// Print the safety number you share with NAME, from the keys pinned for NAME.
+    /// Compare it with NAME out of band (in person, on a call); it is the same on both
+    /// sides.
+    Verify {
+        /// The contact.
+        name: String,
+        /// Mark NAME as verified: you compared the numbers and they match.
+        #[arg(long)]
+        confirm: bool,
+    },
+    /// Accept the keys the server now has for NAME: logs in, fetches them and pins them.
+    /// Do this only once you know NAME really changed keys.
+    Trust {
+        /// The contact.
+        name: String,
+    },
 }
 
 fn key_bits(text: &str) -> Result<usize, String> {
@@ -95,20 +146,104 @@ enum Ending {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    validate_user(&args.user).map_err(|error| error.to_string())?;
-    validate_room(&args.room).map_err(|error| error.to_string())?;
-    let identity = Arc::new(load_or_create_identity(&args)?);
+    let user = args
+        .user
+        .clone()
+        .ok_or("--user is required (or set CHAT_USER)")?;
+    validate_user(&user).map_err(|error| error.to_string())?;
+    let identity = load_or_create_identity(&args, &user)?;
+    let contacts = Contacts::open(&home::contacts_path(&args.home, &user)).map_err(describe)?;
+    match &args.command {
+        None => chat(&args, &user, Arc::new(identity), contacts).await,
+        Some(Command::Fingerprint) => {
+            println!("{user}: {}", identity.fingerprint());
+            Ok(())
+        }
+        Some(Command::Verify { name, confirm }) => {
+            verify(&identity, &user, contacts, name, *confirm)
+        }
+        Some(Command::Trust { name }) => trust(&args, &user, &identity, contacts, name).await,
+    }
+}
+
+fn verify(
+    identity: &Identity,
+    user: &str,
+    mut contacts: Contacts,
+    name: &str,
+    confirm: bool,
+) -> Result<(), String> {
+    validate_user(name).map_err(|error| error.to_string())?;
+    let number = client::safety_number(identity, user, &contacts, name).map_err(describe)?;
+    println!("safety number of {user} and {name}: {number}");
+    if confirm {
+        contacts.mark_verified(name).map_err(describe)?;
+        eprintln!("marked {name} as verified");
+    } else {
+        eprintln!(
+            "compare it with {name} out of band; if it matches, run: chat-client verify {name} --confirm"
+        );
+    }
+    Ok(())
+}
+
+async fn trust(
+    args: &Args,
+    user: &str,
+    identity: &Identity,
+    mut contacts: Contacts,
+    name: &str,
+) -> Result<(), String> {
+    validate_user(name).map_err(|error| error.to_string())?;
     let channel = client::connect(&args.server).await.map_err(describe)?;
-    let (mut session, warnings) = ChatSession::join(channel, identity, &args.user, &args.room)
+    let credentials = client::login(channel.clone(), identity, user)
         .await
         .map_err(describe)?;
-    for warning in warnings {
-        show(&warning);
+    let mut chat = credentials.chat_client(channel);
+    let presented = client::fetch_identity(&mut chat, name)
+        .await
+        .map_err(describe)?;
+    contacts
+        .trust(name, &presented.fingerprint)
+        .map_err(describe)?;
+    println!("now trusting {name}: {}", presented.fingerprint);
+    Ok(())
+}
+
+async fn chat(
+    args: &Args,
+    user: &str,
+    identity: Arc<Identity>,
+    contacts: Contacts,
+) -> Result<(), String> {
+    validate_room(&args.room).map_err(|error| error.to_string())?;
+    let channel = client::connect(&args.server).await.map_err(describe)?;
+    let credentials = client::login(channel.clone(), &identity, user)
+        .await
+        .map_err(describe)?;
+    if credentials.registered {
+        eprintln!(
+            "registered {user} on the server with fingerprint {}",
+            identity.fingerprint()
+        );
     }
+    let join = JoinRoom {
+        room: args.room.clone(),
+        create_private: args.private,
+    };
+    let (mut session, notices) = ChatSession::join(channel, identity, &credentials, join, contacts)
+        .await
+        .map_err(describe)?;
+    for notice in notices {
+        show(&notice);
+    }
+    let privacy = match session.owner() {
+        Some(owner) => format!("; private, owned by {owner}"),
+        None => String::new(),
+    };
     eprintln!(
-        "joined {} as {} ({})",
+        "joined {} as {user} ({}{privacy})",
         args.room,
-        args.user,
         members_line(&session)
     );
 
@@ -135,8 +270,12 @@ async fn run(args: Args) -> Result<(), String> {
                     .map_err(|error| lost_connection(&session, error))?
                     .ok_or_else(|| lost_connection(&session, ClientError::Disconnected))?;
                 for event in session.handle(frame).await.map_err(describe)? {
-                    if matches!(event, Event::Refused { .. }) {
-                        refused += 1;
+                    match &event {
+                        Event::Refused { .. } => refused += 1,
+                        Event::Removed { room } => {
+                            return Err(format!("the owner of {room} removed you from it"));
+                        }
+                        _ => {}
                     }
                     show(&event);
                 }
@@ -171,18 +310,23 @@ async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-fn load_or_create_identity(args: &Args) -> Result<e2ee_chat::crypto::IdentityKey, String> {
-    let path = home::identity_path(&args.home, &args.user);
-    if let Some(identity) = home::load_identity(&path).map_err(describe)? {
-        return Ok(identity);
+fn load_or_create_identity(args: &Args, user: &str) -> Result<Identity, String> {
+    let (identity, provenance) =
+        home::load_or_create_identity(&args.home, user, args.key_bits, |path| {
+            eprintln!(
+                "generating {}-bit RSA keys for {user} in {} (this takes a few seconds)...",
+                args.key_bits,
+                path.display()
+            );
+        })
+        .map_err(describe)?;
+    if provenance == home::Provenance::Migrated {
+        eprintln!(
+            "upgraded the identity of {user}: its key is now the encryption key, and a new \
+             signing key was made; on a server that knew the old key, log in under a new name"
+        );
     }
-    eprintln!(
-        "generating a {}-bit RSA identity key for {} in {} (this takes a few seconds)...",
-        args.key_bits,
-        args.user,
-        path.display()
-    );
-    home::create_identity(&path, args.key_bits).map_err(describe)
+    Ok(identity)
 }
 
 fn lost_connection(session: &ChatSession, error: ClientError) -> String {
@@ -198,19 +342,13 @@ fn lost_connection(session: &ChatSession, error: ClientError) -> String {
 async fn on_line(session: &mut ChatSession, line: &str) -> Result<Option<Ending>, String> {
     let text = match line.trim() {
         "" => return Ok(None),
-        "/who" => {
-            eprintln!("{}", members_line(session));
-            return Ok(None);
-        }
         "/leave" => return Ok(Some(Ending::Leave)),
         "/quit" => return Ok(Some(Ending::Quit)),
-        "/help" => {
-            eprintln!("{HELP_AFTER}");
-            return Ok(None);
-        }
         _ if line.starts_with("//") => &line[1..],
         command if command.starts_with('/') => {
-            eprintln!("unknown command {command}; type /help for the list");
+            if let Err(error) = on_command(session, command).await {
+                eprintln!("{command}: {}", describe(error));
+            }
             return Ok(None);
         }
         _ => line,
@@ -223,6 +361,40 @@ async fn on_line(session: &mut ChatSession, line: &str) -> Result<Option<Ending>
         }
         Err(error) => Err(describe(error)),
     }
+}
+
+/// Carries out a command other than /leave and /quit; errors are the command's own.
+async fn on_command(session: &mut ChatSession, command: &str) -> Result<(), ClientError> {
+    let words: Vec<&str> = command.split_whitespace().collect();
+    match words[..] {
+        ["/who"] => eprintln!("{}", members_line(session)),
+        ["/help"] => eprintln!("{HELP_AFTER}"),
+        ["/fingerprint"] => eprintln!("your fingerprint: {}", session.fingerprint()),
+        ["/verify", name] => {
+            let number = session.safety_number(name)?;
+            eprintln!(
+                "safety number with {name}: {number}\ncompare it with {name} out of band; if it \
+                 matches, type /verify {name} confirm"
+            );
+        }
+        ["/verify", name, "confirm"] => {
+            session.mark_verified(name)?;
+            eprintln!("marked {name} as verified");
+        }
+        ["/trust", name] => {
+            for event in session.trust(name).await? {
+                show(&event);
+            }
+        }
+        ["/invite", name] => {
+            session.invite(name).await?;
+        }
+        ["/kick", name] => {
+            session.kick(name).await?;
+        }
+        _ => eprintln!("unknown command or wrong arguments: {command}; type /help for the list"),
+    }
+    Ok(())
 }
 
 fn members_line(session: &ChatSession) -> String {
@@ -247,6 +419,7 @@ fn show(event: &Event) {
         Event::MemberLeft { room, user, reason } => {
             let how = match reason {
                 LeaveReason::Left => "left",
+                LeaveReason::Kicked => "was removed by the owner from",
                 LeaveReason::TooSlow => "was dropped by the server (too slow) from",
                 LeaveReason::Disconnected | LeaveReason::Unspecified => "disconnected from",
             };
@@ -259,6 +432,29 @@ fn show(event: &Event) {
             );
         }
         Event::Left { room } => eprintln!("left {room}"),
+        Event::Removed { room } => eprintln!("* the owner removed you from {room}"),
+        Event::Pinned { user, fingerprint } => eprintln!(
+            "* pinned the keys of {user} (fingerprint {fingerprint}); compare your safety \
+             number with /verify {user}"
+        ),
+        Event::KeysChanged {
+            room,
+            user,
+            pinned,
+            presented,
+            was_verified,
+        } => eprintln!(
+            "WARNING: the server presented NEW KEYS for {user} in {room}{}: pinned {pinned}, \
+             presented {presented}. Nothing is sent to or accepted from {user} until you check \
+             the safety number with {user} (/verify {user}) and run /trust {user}. If {user} \
+             did not change keys, someone may be impersonating them.",
+            if *was_verified {
+                ", whom you had VERIFIED"
+            } else {
+                ""
+            }
+        ),
+        Event::Notice(text) => eprintln!("* {text}"),
         Event::Warning(text) => eprintln!("warning: {text}"),
         Event::Delivered { .. } => {}
     }

@@ -1,20 +1,28 @@
 //! The client side: everything a chat program needs to talk through the relay.
 //!
-//! - [`home`]: the identity key file in the client's home directory (PKCS#8, 0600).
-//! - [`RoomKeys`]: the end-to-end state of one room — members' public keys, our sender
-//!   key, theirs — turning frames into plaintext and back. No I/O.
+//! - [`home`]: the identity key files in the client's home directory (PKCS#8, 0600).
+//! - [`Contacts`]: contacts' pinned fingerprints (trust on first use).
+//! - [`login`]: challenge-response login, and the clients that carry the token.
+//! - [`RoomKeys`]: the end-to-end state of one room — members' identities, our sender
+//!   key, theirs — turning frames into plaintext and back, signatures checked first.
+//!   No I/O.
 //! - [`ChatSession`]: a connection to the relay, joined to one room, that drives
-//!   `RoomKeys` (distributing and rotating keys as members come and go).
+//!   `RoomKeys` (distributing and rotating keys as members come and go) and checks
+//!   members' keys against the pinned ones.
 //!
 //! The `chat-client` binary, the tests and the benchmarks all use these types.
 
+mod contacts;
 pub mod home;
+mod login;
 mod replay;
 mod room;
 mod session;
 
+pub use contacts::{Contacts, Pin};
+pub use login::{AuthorizedClient, BearerToken, Credentials, fetch_identity, login};
 pub use room::{MAX_WAITING_MESSAGES, RoomEvent, RoomKeys};
-pub use session::{ChatSession, Event, connect, open_stream};
+pub use session::{ChatSession, Event, connect, open_stream, safety_number};
 
 use std::path::PathBuf;
 
@@ -37,6 +45,24 @@ pub enum ClientError {
     IdentityUnreadable { path: PathBuf, reason: String },
     #[error("cannot write identity key {path}: {source}")]
     IdentityUnwritable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the user name {user:?} is taken on this server: it is registered to other keys; \
+         choose another --user, or use the --home that holds {user}'s keys"
+    )]
+    NameTaken { user: String },
+    #[error("the server sent an invalid identity for {user}: {reason}")]
+    BadIdentity { user: String, reason: String },
+    #[error(
+        "no keys are pinned for {user} yet: chat with {user} first, or run `chat-client trust {user}`"
+    )]
+    NotPinned { user: String },
+    #[error("cannot read pinned contacts {path}: {reason}")]
+    ContactsUnreadable { path: PathBuf, reason: String },
+    #[error("cannot save pinned contacts {path}: {source}")]
+    ContactsUnwritable {
         path: PathBuf,
         source: std::io::Error,
     },

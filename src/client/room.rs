@@ -1,34 +1,45 @@
 //! The end-to-end state of one room, without any I/O.
 //!
-//! It holds the members' public keys, our outbound sender key, and the sender keys
-//! the others gave us. It tells its owner what to send (key distributions) when the
-//! membership changes, and turns message deliveries into plaintext. A message whose
-//! sender key has not arrived yet waits for it: the relay can deliver a member's
-//! message to a newcomer before that member has handed the newcomer its key.
+//! It holds the members' verified identities, our outbound sender key, and the sender
+//! keys the others gave us. It tells its owner what to send (key distributions) when
+//! the membership changes, and turns message deliveries into plaintext. Every sender
+//! key and message is checked against its sender's signing key before anything is
+//! decrypted. A message whose sender key has not arrived yet waits for it: the relay
+//! can deliver a member's message to a newcomer before that member has handed the
+//! newcomer its key.
+//!
+//! A member can be untrusted: the relay presented keys for it that differ from the ones
+//! pinned (see [`Contacts`](super::Contacts)). Nothing is wrapped for an untrusted
+//! member and nothing from it is opened until [`RoomKeys::trust`] is called.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use super::ClientError;
 use super::replay::ReplayWindow;
-use crate::crypto::{IdentityKey, OutboundSenderKey, PublicEncryptionKey, SenderKey};
+use crate::crypto::binding::{message_signed_bytes, sender_key_signed_bytes};
+use crate::crypto::{Identity, OutboundSenderKey, SenderKey, VerifiedIdentity};
 use crate::proto::{
-    DistributeSenderKey, MessageDelivery, PublicIdentity, SendMessage, SenderKeyDelivery,
-    WrappedSenderKey,
+    DistributeSenderKey, MessageDelivery, PublicIdentity, SealedMessage, SendMessage,
+    SenderKeyDelivery, WrappedSenderKey,
 };
 use crate::protocol::{Envelope, MAX_ENVELOPE_BYTES, MessageKind, validate_user};
 
 /// Messages kept while their sender key is on its way; beyond that the oldest is dropped.
 pub const MAX_WAITING_MESSAGES: usize = 1024;
 
-/// Wrapped keys per `DistributeSenderKey` frame: 64 keys of at most 512 bytes stay well
-/// under the relay's default 64 KiB frame limit, whatever the room's size.
-const MAX_KEYS_PER_DISTRIBUTION: usize = 64;
+/// Wrapped keys per `DistributeSenderKey` frame: 32 keys and signatures of at most 512
+/// bytes each (4096-bit RSA) stay well under the relay's default 64 KiB frame limit,
+/// whatever the room's size.
+const MAX_KEYS_PER_DISTRIBUTION: usize = 32;
+
+/// Sender key ids remembered per member, so that an old key is never accepted again.
+const REMEMBERED_KEY_IDS: usize = 256;
 
 /// What a delivery produced for the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoomEvent {
-    /// A message, decrypted and authenticated.
+    /// A message, signed by its sender, decrypted and authenticated.
     Message {
         sender: String,
         text: String,
@@ -38,50 +49,42 @@ pub enum RoomEvent {
     Warning(String),
 }
 
-/// Another member's sender key, and the counters it has opened.
-struct InboundKey {
-    key: SenderKey,
-    seen: ReplayWindow,
+/// What a membership change calls for: key distributions to send, and what to show.
+pub type KeyUpdate = (Vec<DistributeSenderKey>, Vec<RoomEvent>);
+
+/// Another member of the room, as far as we know it.
+struct Member {
+    identity: VerifiedIdentity,
+    trusted: bool,
+    /// Its current sender key, and the counters opened under it.
+    key: Option<(SenderKey, ReplayWindow)>,
+    /// Key ids accepted from it, oldest first.
+    accepted_key_ids: VecDeque<u64>,
+    /// While untrusted: its latest sender key, signature checked, not yet unwrapped.
+    held_key: Option<SenderKeyDelivery>,
 }
 
 /// The end-to-end state of one room.
 pub struct RoomKeys {
     room: String,
     me: String,
-    identity: Arc<IdentityKey>,
-    members: BTreeMap<String, PublicEncryptionKey>,
+    identity: Arc<Identity>,
+    members: BTreeMap<String, Member>,
     outbound: OutboundSenderKey,
-    /// Each member's current sender key. Only the newest is kept: the relay delivers a
-    /// member's frames in the order it sent them, so its messages under an older key all
-    /// arrive before its new key does.
-    inbound: HashMap<String, InboundKey>,
     waiting: VecDeque<MessageDelivery>,
 }
 
 impl RoomKeys {
-    /// The state right after joining `room` as `me`, with the other `members` the relay
-    /// listed, and a fresh sender key. Members whose key is malformed are left out with
-    /// a warning.
-    pub fn new(
-        room: &str,
-        me: &str,
-        identity: Arc<IdentityKey>,
-        members: Vec<PublicIdentity>,
-    ) -> Result<(Self, Vec<RoomEvent>), ClientError> {
-        let mut keys = Self {
+    /// The state of `me` in `room`, with a fresh sender key and no other member yet.
+    pub fn new(room: &str, me: &str, identity: Arc<Identity>) -> Result<Self, ClientError> {
+        Ok(Self {
             room: room.to_owned(),
             me: me.to_owned(),
             identity,
             members: BTreeMap::new(),
             outbound: OutboundSenderKey::generate()?,
-            inbound: HashMap::new(),
             waiting: VecDeque::new(),
-        };
-        let warnings = members
-            .into_iter()
-            .filter_map(|member| keys.add_member(member).err())
-            .collect();
-        Ok((keys, warnings))
+        })
     }
 
     /// The room's name.
@@ -94,57 +97,114 @@ impl RoomKeys {
         self.members.keys().map(String::as_str)
     }
 
+    /// The verified identity of a member.
+    pub fn member_identity(&self, user: &str) -> Option<&VerifiedIdentity> {
+        self.members.get(user).map(|member| &member.identity)
+    }
+
+    /// Whether `user` is a member whose keys we use.
+    pub fn is_trusted(&self, user: &str) -> bool {
+        self.members.get(user).is_some_and(|member| member.trusted)
+    }
+
     /// Messages still waiting for their sender key.
     pub fn waiting(&self) -> usize {
         self.waiting.len()
     }
 
-    /// Our current sender key, wrapped for every other member, in as many frames as
-    /// the frame size limit needs; none when alone.
+    /// Checks a member the relay announced: a valid name, and an identity whose
+    /// signature verifies. The relay is not trusted to send sane names: they end up in
+    /// file paths, terminal lines and the bytes keys are bound to.
+    pub fn vet(&self, member: &PublicIdentity) -> Result<VerifiedIdentity, RoomEvent> {
+        if let Err(error) = validate_user(&member.user) {
+            return Err(self.warning(format!("ignored a member: {error}")));
+        }
+        VerifiedIdentity::verify(member).map_err(|error| {
+            self.warning(format!(
+                "ignored member {}: its identity is invalid: {error}",
+                member.user
+            ))
+        })
+    }
+
+    /// Adds a member without giving it our key (see [`distribute_to_all`](Self::distribute_to_all)).
+    pub fn insert_member(&mut self, identity: VerifiedIdentity, trusted: bool) {
+        self.members.insert(
+            identity.user.clone(),
+            Member {
+                identity,
+                trusted,
+                key: None,
+                accepted_key_ids: VecDeque::new(),
+                held_key: None,
+            },
+        );
+    }
+
+    /// Our current sender key, wrapped for every trusted member, in as many frames as
+    /// the frame size limit needs; none when nobody is.
     pub fn distribute_to_all(&self) -> Result<Vec<DistributeSenderKey>, ClientError> {
-        let recipients: Vec<&String> = self.members.keys().collect();
+        let recipients: Vec<&String> = self
+            .members
+            .iter()
+            .filter(|(_, member)| member.trusted)
+            .map(|(user, _)| user)
+            .collect();
         recipients
             .chunks(MAX_KEYS_PER_DISTRIBUTION)
             .map(|chunk| self.distribution(chunk))
             .collect()
     }
 
-    /// A member joined: it gets our current sender key.
+    /// A member joined: it gets our current sender key if it is trusted.
     pub fn member_joined(
         &mut self,
-        member: PublicIdentity,
-    ) -> Result<(Vec<DistributeSenderKey>, Vec<RoomEvent>), ClientError> {
-        let user = member.user.clone();
-        if let Err(warning) = self.add_member(member) {
-            return Ok((Vec::new(), vec![warning]));
+        identity: VerifiedIdentity,
+        trusted: bool,
+    ) -> Result<Vec<DistributeSenderKey>, ClientError> {
+        let user = identity.user.clone();
+        self.insert_member(identity, trusted);
+        if trusted {
+            Ok(vec![self.distribution(&[&user])?])
+        } else {
+            Ok(Vec::new())
         }
-        Ok((vec![self.distribution(&[&user])?], Vec::new()))
+    }
+
+    /// The user accepted `user`'s keys: it gets our key, and the key it sent while it
+    /// was untrusted is taken. `None` if `user` is not a member.
+    pub fn trust(&mut self, user: &str) -> Result<Option<KeyUpdate>, ClientError> {
+        let Some(member) = self.members.get_mut(user) else {
+            return Ok(None);
+        };
+        member.trusted = true;
+        let held = member.held_key.take();
+        let distribution = vec![self.distribution(&[&user.to_owned()])?];
+        let events = held
+            .map(|delivery| self.accept_sender_key(delivery))
+            .unwrap_or_default();
+        Ok(Some((distribution, events)))
     }
 
     /// A member left: forget its keys and rotate ours, so it cannot read what we send
     /// next. Returns the new key for the remaining members.
-    pub fn member_left(
-        &mut self,
-        user: &str,
-    ) -> Result<(Vec<DistributeSenderKey>, Vec<RoomEvent>), ClientError> {
+    pub fn member_left(&mut self, user: &str) -> Result<KeyUpdate, ClientError> {
         self.members.remove(user);
-        self.inbound.remove(user);
         let before = self.waiting.len();
         self.waiting.retain(|message| message.sender != user);
         let dropped = before - self.waiting.len();
         let mut events = Vec::new();
         if dropped > 0 {
-            events.push(RoomEvent::Warning(format!(
-                "dropped {dropped} message(s) from {user} in {}: its sender key never arrived",
-                self.room
+            events.push(self.warning(format!(
+                "dropped {dropped} message(s) from {user}: its sender key never arrived"
             )));
         }
         self.outbound = OutboundSenderKey::generate()?;
         Ok((self.distribute_to_all()?, events))
     }
 
-    /// Seals a text message. If our key has sealed all it may, it is rotated first and
-    /// the new key's distribution must be sent before the message.
+    /// Seals and signs a text message. If our key has sealed all it may, it is rotated
+    /// first and the new key's distribution must be sent before the message.
     pub fn seal_text(
         &mut self,
         text: &str,
@@ -162,7 +222,11 @@ impl RoomKeys {
         } else {
             Vec::new()
         };
-        let sealed = self.outbound.seal(&self.room, &self.me, &envelope)?;
+        let mut sealed = self.outbound.seal(&self.room, &self.me, &envelope)?;
+        sealed.signature = self
+            .identity
+            .sign(&signed_message(&self.room, &self.me, &sealed))?
+            .into();
         let send = SendMessage {
             room: self.room.clone(),
             sealed: Some(sealed),
@@ -170,17 +234,45 @@ impl RoomKeys {
         Ok((rotation, send))
     }
 
-    /// Takes a sender key another member wrapped for us, then opens the messages that
-    /// were waiting for it.
+    /// Takes a sender key another member wrapped and signed for us, then opens the
+    /// messages that were waiting for it.
     pub fn accept_sender_key(&mut self, delivery: SenderKeyDelivery) -> Vec<RoomEvent> {
-        let sender = delivery.sender;
-        if !self.members.contains_key(&sender) {
+        let sender = delivery.sender.clone();
+        let Some(member) = self.members.get_mut(&sender) else {
             return vec![self.warning(format!(
                 "ignored a sender key from {sender}, who is not a member"
             ))];
+        };
+        // Checked before the RSA decryption, so that nobody but the member can make us
+        // decrypt anything (RUSTSEC-2023-0071).
+        let signed = sender_key_signed_bytes(
+            &self.room,
+            &sender,
+            &self.me,
+            delivery.key_id,
+            &delivery.wrapped_key,
+        );
+        if member
+            .identity
+            .signing
+            .verify(&signed, &delivery.signature)
+            .is_err()
+        {
+            return vec![self.warning(format!(
+                "rejected a sender key from {sender}: its signature does not verify"
+            ))];
+        }
+        if !member.trusted {
+            member.held_key = Some(delivery);
+            return vec![self.warning(untrusted(&sender, "held its sender key"))];
+        }
+        if member.accepted_key_ids.contains(&delivery.key_id) {
+            return vec![self.warning(format!(
+                "ignored a sender key from {sender} that was already used (replayed)"
+            ))];
         }
         let key = match SenderKey::unwrap(
-            &self.identity,
+            self.identity.encryption_key(),
             &delivery.wrapped_key,
             &self.room,
             &sender,
@@ -192,27 +284,19 @@ impl RoomKeys {
                 return vec![self.warning(format!("rejected the sender key of {sender}: {error}"))];
             }
         };
-        let key_id = key.id();
-        let replaced = self.inbound.insert(
-            sender.clone(),
-            InboundKey {
-                key,
-                seen: ReplayWindow::default(),
-            },
-        );
-        let mut events = Vec::new();
-        if replaced.is_some_and(|old| old.key.id() == key_id) {
-            events.push(self.warning(format!("ignored a repeated sender key from {sender}")));
-            // A repeated key must not reopen the window of the key it repeats.
-            return events;
+        if member.accepted_key_ids.len() == REMEMBERED_KEY_IDS {
+            member.accepted_key_ids.pop_front();
         }
+        member.accepted_key_ids.push_back(delivery.key_id);
+        member.key = Some((key, ReplayWindow::default()));
 
         let (ready, still_waiting): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.waiting)
             .into_iter()
             .partition(|message| message.sender == sender);
         self.waiting = still_waiting;
+        let mut events = Vec::new();
         for message in ready {
-            if message.sealed.as_ref().map(|sealed| sealed.key_id) == Some(key_id) {
+            if message.sealed.as_ref().map(|sealed| sealed.key_id) == Some(delivery.key_id) {
                 events.extend(self.open(message));
             } else {
                 events.push(self.warning(format!(
@@ -229,29 +313,42 @@ impl RoomKeys {
         let Some(sealed) = delivery.sealed.as_ref() else {
             return vec![self.warning(format!("dropped an empty message from {sender}"))];
         };
-        if !self.members.contains_key(sender) {
+        let Some(member) = self.members.get_mut(sender) else {
             return vec![self.warning(format!(
                 "dropped a message from {sender}, who is not a member"
             ))];
+        };
+        if !member.trusted {
+            return vec![self.warning(untrusted(sender, "dropped a message"))];
         }
-        let Some(current) = self.inbound.get_mut(sender) else {
+        let signed = signed_message(&self.room, sender, sealed);
+        if member
+            .identity
+            .signing
+            .verify(&signed, &sealed.signature)
+            .is_err()
+        {
+            return vec![self.warning(format!(
+                "dropped a message from {sender}: its signature does not verify"
+            ))];
+        }
+        let Some((key, seen)) = member.key.as_mut() else {
             return self.wait_for_key(delivery);
         };
-        if current.key.id() != sealed.key_id {
+        if key.id() != sealed.key_id {
             return vec![self.warning(format!(
                 "dropped a message from {sender} under a key that is not its current one \
                  (replayed or stale)"
             ))];
         }
-        let opened = current
-            .key
+        let opened = key
             .open(&self.room, sender, sealed)
             .map_err(|error| error.to_string())
             .and_then(|plaintext| {
                 Envelope::from_json(&plaintext).map_err(|error| error.to_string())
             });
         // Only an authentic message may move the window, so this comes after opening.
-        let fresh = opened.is_ok() && current.seen.accept(sealed.counter);
+        let fresh = opened.is_ok() && seen.accept(sealed.counter);
         match opened {
             Err(error) => vec![self.warning(format!("dropped a message from {sender}: {error}"))],
             Ok(_) if !fresh => vec![self.warning(format!(
@@ -287,40 +384,30 @@ impl RoomKeys {
         events
     }
 
-    fn add_member(&mut self, member: PublicIdentity) -> Result<(), RoomEvent> {
-        // The relay is not trusted to send sane names: they end up in file paths,
-        // terminal lines and the bytes keys are bound to.
-        if let Err(error) = validate_user(&member.user) {
-            return Err(self.warning(format!("ignored a member: {error}")));
-        }
-        match PublicEncryptionKey::from_der(&member.encryption_public_key) {
-            Ok(key) => {
-                self.members.insert(member.user, key);
-                Ok(())
-            }
-            Err(error) => Err(self.warning(format!(
-                "cannot send to {} in {}: {error}",
-                member.user, self.room
-            ))),
-        }
-    }
-
     fn distribution(&self, recipients: &[&String]) -> Result<DistributeSenderKey, ClientError> {
+        let key_id = self.outbound.id();
         let keys = recipients
             .iter()
             .map(|recipient| {
-                let public = &self.members[*recipient];
+                let member = &self.members[*recipient];
+                let wrapped_key = self.outbound.wrap_for(
+                    &member.identity.encryption,
+                    &self.room,
+                    &self.me,
+                    recipient,
+                )?;
+                let signed =
+                    sender_key_signed_bytes(&self.room, &self.me, recipient, key_id, &wrapped_key);
                 Ok(WrappedSenderKey {
                     recipient: (*recipient).clone(),
-                    wrapped_key: self
-                        .outbound
-                        .wrap_for(public, &self.room, &self.me, recipient)?,
+                    signature: self.identity.sign(&signed)?.into(),
+                    wrapped_key,
                 })
             })
             .collect::<Result<_, ClientError>>()?;
         Ok(DistributeSenderKey {
             room: self.room.clone(),
-            key_id: self.outbound.id(),
+            key_id,
             keys,
         })
     }
@@ -330,31 +417,52 @@ impl RoomKeys {
     }
 }
 
+/// What the sender of `sealed` signs.
+fn signed_message(room: &str, sender: &str, sealed: &SealedMessage) -> Vec<u8> {
+    message_signed_bytes(
+        room,
+        sender,
+        sealed.key_id,
+        sealed.counter,
+        &sealed.nonce,
+        &sealed.ciphertext,
+    )
+}
+
+fn untrusted(user: &str, what: &str) -> String {
+    format!(
+        "{what} from {user}: the server presented keys for {user} that differ from the ones \
+         you pinned; compare the safety number (/verify {user}) and run /trust {user} if \
+         {user} really has new keys"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::SealedMessage;
     use std::sync::OnceLock;
 
     /// Three members' identities, generated once for all these tests.
-    fn identities() -> &'static [Arc<IdentityKey>; 3] {
-        static IDS: OnceLock<[Arc<IdentityKey>; 3]> = OnceLock::new();
-        IDS.get_or_init(|| std::array::from_fn(|_| Arc::new(IdentityKey::generate(2048).unwrap())))
+    fn identities() -> &'static [Arc<Identity>; 3] {
+        static IDS: OnceLock<[Arc<Identity>; 3]> = OnceLock::new();
+        IDS.get_or_init(|| std::array::from_fn(|_| Arc::new(Identity::generate(2048).unwrap())))
     }
 
     fn public(name: &str, index: usize) -> PublicIdentity {
-        PublicIdentity {
-            user: name.to_owned(),
-            encryption_public_key: identities()[index].public_key().to_der().to_vec().into(),
-        }
+        identities()[index].publish(name).unwrap()
+    }
+
+    fn verified(name: &str, index: usize) -> VerifiedIdentity {
+        VerifiedIdentity::verify(&public(name, index)).unwrap()
     }
 
     /// `user` (identity `index`) just joined a room where `others` already are.
     fn member(user: &str, index: usize, others: &[(&str, usize)]) -> RoomKeys {
-        let members = others.iter().map(|(name, i)| public(name, *i)).collect();
-        RoomKeys::new("lobby", user, identities()[index].clone(), members)
-            .unwrap()
-            .0
+        let mut keys = RoomKeys::new("lobby", user, identities()[index].clone()).unwrap();
+        for (name, i) in others {
+            keys.insert_member(verified(name, *i), true);
+        }
+        keys
     }
 
     /// What the relay would deliver to `recipient` from a distribution by `sender`.
@@ -369,6 +477,7 @@ mod tests {
             sender: sender.to_owned(),
             key_id: dist.key_id,
             wrapped_key: wrapped.wrapped_key.clone(),
+            signature: wrapped.signature.clone(),
         }
     }
 
@@ -405,7 +514,7 @@ mod tests {
     fn alice_and_bob() -> (RoomKeys, RoomKeys) {
         let mut alice = member("alice", 0, &[]);
         let mut bob = member("bob", 1, &[("alice", 0)]);
-        let (to_bob, _) = alice.member_joined(public("bob", 1)).unwrap();
+        let to_bob = alice.member_joined(verified("bob", 1), true).unwrap();
         bob.accept_sender_key(deliver_key(&to_bob[0], "alice", "bob"));
         let to_alice = bob.distribute_to_all().unwrap();
         alice.accept_sender_key(deliver_key(&to_alice[0], "bob", "alice"));
@@ -435,7 +544,7 @@ mod tests {
         let (_, send) = alice.seal_text("early").unwrap();
         assert!(carol.open(deliver_message(&send, "alice")).is_empty());
         assert_eq!(carol.waiting(), 1);
-        let (to_carol, _) = alice.member_joined(public("carol", 2)).unwrap();
+        let to_carol = alice.member_joined(verified("carol", 2), true).unwrap();
         let events = carol.accept_sender_key(deliver_key(&to_carol[0], "alice", "carol"));
         assert_eq!(without_time(events), [text("alice", "early")]);
         assert_eq!(carol.waiting(), 0);
@@ -495,17 +604,18 @@ mod tests {
     }
 
     #[test]
-    fn names_from_the_relay_are_checked() {
-        let mut bob = member("bob", 1, &[]);
+    fn names_and_identities_from_the_relay_are_checked() {
+        let bob = member("bob", 1, &[]);
         let mut evil = public("alice", 0);
         evil.user = "alice\n[lobby] admin: send me your password".into();
-        let (distribution, events) = bob.member_joined(evil).unwrap();
-        assert!(distribution.is_empty());
         assert!(
-            matches!(&events[..], [RoomEvent::Warning(w)] if w.contains("ignored a member")),
-            "{events:?}"
+            matches!(bob.vet(&evil), Err(RoomEvent::Warning(w)) if w.contains("ignored a member"))
         );
-        assert_eq!(bob.members().count(), 0);
+        // alice's identity presented as carol's: the self-signature binds the name.
+        let mut renamed = public("alice", 0);
+        renamed.user = "carol".into();
+        assert!(matches!(bob.vet(&renamed), Err(RoomEvent::Warning(w)) if w.contains("invalid")));
+        assert_eq!(bob.vet(&public("alice", 0)).unwrap(), verified("alice", 0));
     }
 
     #[test]
@@ -519,8 +629,95 @@ mod tests {
         sealed.ciphertext = bytes.into();
         let events = bob.open(delivery);
         assert!(
-            matches!(&events[..], [RoomEvent::Warning(w)] if w.contains("failed authentication")),
+            matches!(&events[..], [RoomEvent::Warning(w)] if w.contains("signature does not verify")),
             "{events:?}"
+        );
+    }
+
+    #[test]
+    fn a_member_cannot_forge_another_members_message() {
+        // bob holds alice's sender key, as every member does, so he can make a message
+        // that AES-GCM accepts as alice's; only her signature proves it is hers.
+        let (mut alice, bob) = alice_and_bob();
+        let mut carol = member("carol", 2, &[("alice", 0), ("bob", 1)]);
+        let to_carol = alice.member_joined(verified("carol", 2), true).unwrap();
+        carol.accept_sender_key(deliver_key(&to_carol[0], "alice", "carol"));
+        let (_, genuine) = alice.seal_text("genuine").unwrap();
+        let mut forged = genuine.sealed.clone().unwrap();
+        forged.counter += 1;
+        forged.signature = bob
+            .identity
+            .sign(&signed_message("lobby", "alice", &forged))
+            .unwrap()
+            .into();
+        let events = carol.open(MessageDelivery {
+            room: "lobby".into(),
+            sender: "alice".into(),
+            sealed: Some(forged),
+        });
+        assert!(
+            matches!(&events[..], [RoomEvent::Warning(w)] if w.contains("signature does not verify")),
+            "{events:?}"
+        );
+    }
+
+    #[test]
+    fn an_untrusted_member_gets_nothing_until_trusted() {
+        let mut alice = member("alice", 0, &[]);
+        let mut bob = member("bob", 1, &[]);
+        assert!(
+            alice
+                .member_joined(verified("bob", 1), false)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(!alice.is_trusted("bob"));
+        bob.insert_member(verified("alice", 0), true);
+        assert!(alice.distribute_to_all().unwrap().is_empty());
+
+        // bob's key is held (signature checked), his messages dropped.
+        let to_alice = bob.distribute_to_all().unwrap();
+        let events = alice.accept_sender_key(deliver_key(&to_alice[0], "bob", "alice"));
+        assert!(
+            matches!(&events[..], [RoomEvent::Warning(w)] if w.contains("/trust bob")),
+            "{events:?}"
+        );
+        let (_, early) = bob.seal_text("before trust").unwrap();
+        let events = alice.open(deliver_message(&early, "bob"));
+        assert!(matches!(&events[..], [RoomEvent::Warning(_)]), "{events:?}");
+
+        let (to_bob, events) = alice.trust("bob").unwrap().unwrap();
+        assert!(events.is_empty(), "{events:?}");
+        assert_eq!(to_bob.len(), 1);
+        bob.accept_sender_key(deliver_key(&to_bob[0], "alice", "bob"));
+        let (_, later) = bob.seal_text("after trust").unwrap();
+        assert_eq!(
+            without_time(alice.open(deliver_message(&later, "bob"))),
+            [text("bob", "after trust")]
+        );
+        let (_, reply) = alice.seal_text("welcome back").unwrap();
+        assert_eq!(
+            without_time(bob.open(deliver_message(&reply, "alice"))),
+            [text("alice", "welcome back")]
+        );
+    }
+
+    #[test]
+    fn an_old_sender_key_is_never_accepted_again() {
+        let (mut alice, mut bob) = alice_and_bob();
+        let first = alice.distribute_to_all().unwrap();
+        let (rotation, _) = alice.member_left("someone").unwrap();
+        bob.accept_sender_key(deliver_key(&rotation[0], "alice", "bob"));
+        // The relay brings back alice's first key.
+        let events = bob.accept_sender_key(deliver_key(&first[0], "alice", "bob"));
+        assert!(
+            matches!(&events[..], [RoomEvent::Warning(w)] if w.contains("already used")),
+            "{events:?}"
+        );
+        let (_, send) = alice.seal_text("still readable").unwrap();
+        assert_eq!(
+            without_time(bob.open(deliver_message(&send, "alice"))),
+            [text("alice", "still readable")]
         );
     }
 
@@ -528,13 +725,17 @@ mod tests {
     fn a_relay_cannot_reattribute_a_message() {
         let mut alice = member("alice", 0, &[]);
         let mut carol = member("carol", 2, &[("alice", 0), ("bob", 1)]);
-        let (to_carol, _) = alice.member_joined(public("carol", 2)).unwrap();
+        let to_carol = alice.member_joined(verified("carol", 2), true).unwrap();
         carol.accept_sender_key(deliver_key(&to_carol[0], "alice", "carol"));
         let (_, send) = alice.seal_text("from alice").unwrap();
-        // Claiming the message is bob's leaves carol no key to open it with.
-        assert!(carol.open(deliver_message(&send, "bob")).is_empty());
+        // Claiming the message is bob's fails bob's signature.
+        let events = carol.open(deliver_message(&send, "bob"));
+        assert!(
+            matches!(&events[..], [RoomEvent::Warning(w)] if w.contains("signature")),
+            "{events:?}"
+        );
         // A key wrapped for carol as alice's, relabelled as bob's, does not unwrap.
-        let (to_carol, _) = alice.member_joined(public("carol", 2)).unwrap();
+        let to_carol = alice.member_joined(verified("carol", 2), true).unwrap();
         let events = carol.accept_sender_key(deliver_key(&to_carol[0], "bob", "carol"));
         assert!(
             matches!(&events[..], [RoomEvent::Warning(w)] if w.contains("rejected")),
@@ -549,12 +750,13 @@ mod tests {
         let names: Vec<(&str, usize)> = others.iter().map(|(n, i)| (n.as_str(), *i)).collect();
         let newcomer = member("newcomer", 1, &names);
         let frames = newcomer.distribute_to_all().unwrap();
-        assert_eq!(frames.len(), 3);
+        assert_eq!(frames.len(), 5);
         assert_eq!(
             frames.iter().map(|frame| frame.keys.len()).sum::<usize>(),
             151
         );
         for frame in &frames {
+            // These are 2048-bit keys: 4096-bit ones take twice the room.
             let size = prost::Message::encoded_len(frame);
             assert!(
                 size < crate::server::Limits::DEFAULT.max_frame_bytes / 2,
@@ -567,21 +769,11 @@ mod tests {
     fn waiting_messages_are_bounded() {
         // bob knows alice is a member but has not received her key.
         let mut bob = member("bob", 1, &[("alice", 0)]);
-        let unknown_key = SealedMessage {
-            key_id: 1,
-            counter: 0,
-            nonce: vec![0; 12].into(),
-            ciphertext: vec![0; 32].into(),
-        };
+        let mut alice = member("alice", 0, &[("bob", 1)]);
+        let (_, send) = alice.seal_text("under a key bob lacks").unwrap();
         let mut warnings = 0;
         for _ in 0..MAX_WAITING_MESSAGES + 3 {
-            warnings += bob
-                .open(MessageDelivery {
-                    room: "lobby".into(),
-                    sender: "alice".into(),
-                    sealed: Some(unknown_key.clone()),
-                })
-                .len();
+            warnings += bob.open(deliver_message(&send, "alice")).len();
         }
         assert_eq!(bob.waiting(), MAX_WAITING_MESSAGES);
         assert_eq!(warnings, 3);

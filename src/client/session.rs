@@ -1,10 +1,10 @@
 //! A connection to the relay, joined to one room.
 //!
-//! [`ChatSession::join`] publishes the identity, opens the `Chat` stream, joins the room
-//! and hands our sender key to its members. From then on each frame from the relay goes
-//! through [`ChatSession::handle`], which keeps the room's keys in step (answering
-//! newcomers with our key, rotating it when someone leaves) and returns what the user
-//! should see.
+//! [`ChatSession::join`] opens the `Chat` stream as a logged-in user, joins the room,
+//! checks every member's keys against the pinned ones, and hands our sender key to the
+//! members it trusts. From then on each frame from the relay goes through
+//! [`ChatSession::handle`], which keeps the room's keys in step (answering newcomers
+//! with our key, rotating it when someone leaves) and returns what the user should see.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,24 +12,21 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Status, Streaming};
 
+use super::contacts::{Contacts, Pin};
+use super::login::{AuthorizedClient, Credentials, fetch_identity};
 use super::room::{RoomEvent, RoomKeys};
 use super::{ClientError, error_chain};
-use crate::crypto::IdentityKey;
-use crate::proto::chat_service_client::ChatServiceClient;
+use crate::crypto::{Fingerprint, Identity, SafetyNumber, VerifiedIdentity};
 use crate::proto::{
-    ClientFrame, DistributeSenderKey, JoinRoom, KeyExchangeRequest, LeaveReason, LeaveRoom,
+    ClientFrame, DistributeSenderKey, InviteMember, JoinRoom, KickMember, LeaveReason, LeaveRoom,
     PublicIdentity, ServerFrame, client_frame, server_frame,
 };
-use crate::protocol::USER_METADATA_KEY;
 
 /// Frames the client queues for the relay before `send` waits.
 const OUTBOUND_FRAMES: usize = 256;
-/// The largest frame accepted from the relay: a `Joined` lists every member's key.
-const MAX_INBOUND_FRAME: usize = 4 * 1024 * 1024;
 
 /// Connects to the relay at `url` (`http://host:port`).
 pub async fn connect(url: &str) -> Result<Channel, ClientError> {
@@ -62,46 +59,24 @@ pub async fn connect(url: &str) -> Result<Channel, ClientError> {
         })
 }
 
-/// Publishes `identity` as `user` with `KeyExchange`, then opens the `Chat` stream as
-/// `user` with a first frame (request id 1) that joins `room`. Returns where to send
-/// further frames and the frames from the relay, the answer to the join first.
+/// Opens the `Chat` stream as the logged-in user with a first frame (request id 1)
+/// that joins a room. Returns where to send further frames and the frames from the
+/// relay, the answer to the join first.
 pub async fn open_stream(
-    channel: Channel,
-    identity: &IdentityKey,
-    user: &str,
-    room: &str,
+    client: &mut AuthorizedClient,
+    join: JoinRoom,
 ) -> Result<(mpsc::Sender<ClientFrame>, Streaming<ServerFrame>), ClientError> {
-    let mut client = ChatServiceClient::new(channel).max_decoding_message_size(MAX_INBOUND_FRAME);
-    let published = PublicIdentity {
-        user: user.to_owned(),
-        encryption_public_key: identity.public_key().to_der().to_vec().into(),
-    };
-    client
-        .key_exchange(KeyExchangeRequest {
-            identity: Some(published),
-            room: room.to_owned(),
-        })
-        .await
-        .map_err(ClientError::Refused)?;
-
     let (frames, outbound) = mpsc::channel(OUTBOUND_FRAMES);
-    let mut request = Request::new(ReceiverStream::new(outbound));
-    let user_value = MetadataValue::try_from(user).map_err(|_| {
-        ClientError::Refused(Status::invalid_argument("the user name is not ASCII"))
-    })?;
-    request.metadata_mut().insert(USER_METADATA_KEY, user_value);
     let join = ClientFrame {
         request_id: 1,
-        kind: Some(client_frame::Kind::Join(JoinRoom {
-            room: room.to_owned(),
-        })),
+        kind: Some(client_frame::Kind::Join(join)),
     };
     frames
         .send(join)
         .await
         .map_err(|_| ClientError::Disconnected)?;
     let incoming = client
-        .chat(request)
+        .chat(Request::new(ReceiverStream::new(outbound)))
         .await
         .map_err(ClientError::Refused)?
         .into_inner();
@@ -111,7 +86,7 @@ pub async fn open_stream(
 /// What happened in the room, for the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// A message from another member, decrypted and authenticated.
+    /// A message from another member, signed, decrypted and authenticated.
     Message {
         room: String,
         sender: String,
@@ -120,11 +95,27 @@ pub enum Event {
     },
     /// Someone joined.
     MemberJoined { room: String, user: String },
-    /// Someone left; our sender key has been rotated.
+    /// Someone left or was removed; our sender key has been rotated.
     MemberLeft {
         room: String,
         user: String,
         reason: LeaveReason,
+    },
+    /// The owner of the room removed us from it.
+    Removed { room: String },
+    /// First sight of a contact: its keys are now pinned.
+    Pinned {
+        user: String,
+        fingerprint: Fingerprint,
+    },
+    /// The relay presented keys for a contact that are not the pinned ones: nothing is
+    /// sent to or accepted from it until the user trusts the new keys.
+    KeysChanged {
+        room: String,
+        user: String,
+        pinned: Fingerprint,
+        presented: Fingerprint,
+        was_verified: bool,
     },
     /// The relay accepted one of our messages (the id [`ChatSession::send_text`] gave).
     Delivered { request_id: u64 },
@@ -136,41 +127,54 @@ pub enum Event {
     },
     /// We left the room.
     Left { room: String },
+    /// Something the user asked for was done; the text says what.
+    Notice(String),
     /// Something was dropped or looks wrong; the text says what.
     Warning(String),
 }
 
 /// What an unanswered frame was, to report its answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Pending {
     Message,
     KeyDistribution,
     Leave,
+    Invite(String),
+    Kick(String),
 }
 
 /// A connection to the relay, joined to one room.
 pub struct ChatSession {
     keys: RoomKeys,
+    identity: Arc<Identity>,
+    user: String,
+    contacts: Contacts,
+    client: AuthorizedClient,
+    private_room: bool,
+    owner: Option<String>,
     frames: mpsc::Sender<ClientFrame>,
     incoming: Streaming<ServerFrame>,
     last_request_id: u64,
     unanswered: BTreeMap<u64, Pending>,
-    /// Set by `leave`: membership changes no longer call for key distributions, which
-    /// the relay would refuse once we are out.
+    /// Set by `leave` or a kick: membership changes no longer call for key
+    /// distributions, which the relay would refuse once we are out.
     leaving: bool,
 }
 
 impl ChatSession {
-    /// Publishes `identity` as `user`, opens the session, joins `room` and gives our
-    /// sender key to its members. Also returns warnings about members whose key is
-    /// unusable.
+    /// Opens the session of the logged-in user, joins a room, checks the members' keys
+    /// against `contacts` and gives our sender key to those it trusts. Also returns what
+    /// the user should know at once (pins, changed keys, unusable members).
     pub async fn join(
         channel: Channel,
-        identity: Arc<IdentityKey>,
-        user: &str,
-        room: &str,
+        identity: Arc<Identity>,
+        credentials: &Credentials,
+        join: JoinRoom,
+        contacts: Contacts,
     ) -> Result<(Self, Vec<Event>), ClientError> {
-        let (frames, mut incoming) = open_stream(channel, &identity, user, room).await?;
+        let mut client = credentials.chat_client(channel);
+        let room = join.room.clone();
+        let (frames, mut incoming) = open_stream(&mut client, join).await?;
         let joined = loop {
             let frame = incoming
                 .message()
@@ -186,22 +190,30 @@ impl ChatSession {
                 _ => {}
             }
         };
-        let (keys, warnings) = RoomKeys::new(room, user, identity, joined.members)?;
+        let user = credentials.user().to_owned();
         let mut session = Self {
-            keys,
+            keys: RoomKeys::new(&room, &user, identity.clone())?,
+            identity,
+            user,
+            contacts,
+            client,
+            private_room: joined.private_room,
+            owner: (!joined.owner.is_empty()).then_some(joined.owner),
             frames,
             incoming,
             last_request_id: 1,
             unanswered: BTreeMap::new(),
             leaving: false,
         };
+        let mut events = Vec::new();
+        for member in joined.members {
+            if let Some((identity, trusted)) = session.admit(&member, &mut events)? {
+                session.keys.insert_member(identity, trusted);
+            }
+        }
         let distribution = session.keys.distribute_to_all()?;
         session.distribute(distribution).await?;
-        let warnings = warnings
-            .into_iter()
-            .map(|event| event.into_event(room))
-            .collect();
-        Ok((session, warnings))
+        Ok((session, events))
     }
 
     /// The room.
@@ -209,9 +221,23 @@ impl ChatSession {
         self.keys.room()
     }
 
+    /// The owner of the room if it is private.
+    pub fn owner(&self) -> Option<&str> {
+        self.private_room.then_some(self.owner.as_deref()).flatten()
+    }
+
     /// The other members, sorted by name.
     pub fn members(&self) -> Vec<String> {
         self.keys.members().map(str::to_owned).collect()
+    }
+
+    /// Members whose keys changed and are not trusted.
+    pub fn untrusted_members(&self) -> Vec<String> {
+        self.keys
+            .members()
+            .filter(|user| !self.keys.is_trusted(user))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// How many of our frames the relay has not answered yet.
@@ -243,6 +269,85 @@ impl ChatSession {
             .await
     }
 
+    /// Lets `user` join this private room (owner only; the relay decides).
+    pub async fn invite(&mut self, user: &str) -> Result<u64, ClientError> {
+        let invite = InviteMember {
+            room: self.keys.room().to_owned(),
+            user: user.to_owned(),
+        };
+        self.submit(
+            client_frame::Kind::Invite(invite),
+            Pending::Invite(user.to_owned()),
+        )
+        .await
+    }
+
+    /// Removes `user` from this private room (owner only; the relay decides).
+    pub async fn kick(&mut self, user: &str) -> Result<u64, ClientError> {
+        let kick = KickMember {
+            room: self.keys.room().to_owned(),
+            user: user.to_owned(),
+        };
+        self.submit(
+            client_frame::Kind::Kick(kick),
+            Pending::Kick(user.to_owned()),
+        )
+        .await
+    }
+
+    /// Accepts the keys the relay now presents for `user` as theirs: pins them and,
+    /// if `user` is in the room, starts exchanging keys with it.
+    pub async fn trust(&mut self, user: &str) -> Result<Vec<Event>, ClientError> {
+        let identity = match self.keys.member_identity(user) {
+            Some(identity) => identity.clone(),
+            None => fetch_identity(&mut self.client, user).await?,
+        };
+        self.contacts.trust(user, &identity.fingerprint)?;
+        let mut events = vec![Event::Notice(format!(
+            "now trusting the keys of {user} (fingerprint {}); compare the safety number \
+             with /verify {user}",
+            identity.fingerprint
+        ))];
+        if !self.keys.is_trusted(user)
+            && let Some((distribution, opened)) = self.keys.trust(user)?
+        {
+            self.distribute(distribution).await?;
+            events.extend(self.room_events(opened));
+        }
+        Ok(events)
+    }
+
+    /// Our own fingerprint.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.identity.fingerprint()
+    }
+
+    /// The safety number of this user and `user`: from the keys `user` has in this
+    /// room (the ones to check before trusting them, if they changed), or else from the
+    /// pinned keys.
+    pub fn safety_number(&self, user: &str) -> Result<SafetyNumber, ClientError> {
+        match self.keys.member_identity(user) {
+            Some(member) => Ok(SafetyNumber::of(
+                &self.user,
+                &self.identity.fingerprint(),
+                user,
+                &member.fingerprint,
+            )),
+            None => safety_number(&self.identity, &self.user, &self.contacts, user),
+        }
+    }
+
+    /// Records that the user compared the safety number with `user` and it matched.
+    pub fn mark_verified(&mut self, user: &str) -> Result<(), ClientError> {
+        if self.contacts.mark_verified(user)? {
+            Ok(())
+        } else {
+            Err(ClientError::NotPinned {
+                user: user.to_owned(),
+            })
+        }
+    }
+
     /// The next frame from the relay, or `None` when it closed the stream cleanly.
     /// Cancel-safe, so it can sit in a `select!` beside other input.
     pub async fn next_frame(&mut self) -> Result<Option<ServerFrame>, ClientError> {
@@ -261,6 +366,12 @@ impl ChatSession {
                     request_id: frame.request_id,
                 }),
                 Some(Pending::Leave) => events.push(Event::Left { room }),
+                Some(Pending::Invite(user)) => events.push(Event::Notice(format!(
+                    "invited {user} to {room}: they can join it now"
+                ))),
+                Some(Pending::Kick(user)) => {
+                    events.push(Event::Notice(format!("removed {user} from {room}")));
+                }
                 Some(Pending::KeyDistribution) | None => {}
             },
             Some(Kind::Rejection(rejection)) => {
@@ -274,9 +385,11 @@ impl ChatSession {
                     what => Event::Warning(format!(
                         "the server refused {}: {}: {}",
                         match what {
-                            Some(Pending::KeyDistribution) => "our sender key",
-                            Some(Pending::Leave) => "to let us leave",
-                            _ => "a frame",
+                            Some(Pending::KeyDistribution) => "our sender key".to_owned(),
+                            Some(Pending::Leave) => "to let us leave".to_owned(),
+                            Some(Pending::Invite(user)) => format!("to invite {user}"),
+                            Some(Pending::Kick(user)) => format!("to remove {user}"),
+                            _ => "a frame".to_owned(),
                         },
                         super::code_name(code),
                         rejection.message
@@ -284,18 +397,27 @@ impl ChatSession {
                 });
             }
             Some(Kind::MemberJoined(joined)) if joined.room == room => {
-                if let Some(member) = joined.member {
-                    let user = member.user.clone();
-                    let (distribution, warnings) = self.keys.member_joined(member)?;
+                if let Some(member) = joined.member
+                    && let Some((identity, trusted)) = self.admit(&member, &mut events)?
+                {
+                    let user = identity.user.clone();
+                    let distribution = self.keys.member_joined(identity, trusted)?;
                     if !self.leaving {
                         self.distribute(distribution).await?;
                     }
-                    events.push(Event::MemberJoined {
-                        room: room.clone(),
-                        user,
-                    });
-                    events.extend(warnings.into_iter().map(|event| event.into_event(&room)));
+                    events.insert(
+                        0,
+                        Event::MemberJoined {
+                            room: room.clone(),
+                            user,
+                        },
+                    );
                 }
+            }
+            Some(Kind::MemberLeft(left)) if left.room == room && left.user == self.user => {
+                // The relay sends this only when the owner removed us.
+                self.leaving = true;
+                events.push(Event::Removed { room });
             }
             Some(Kind::MemberLeft(left)) if left.room == room => {
                 let (rotation, warnings) = self.keys.member_left(&left.user)?;
@@ -307,23 +429,15 @@ impl ChatSession {
                     user: left.user.clone(),
                     reason: left.reason(),
                 });
-                events.extend(warnings.into_iter().map(|event| event.into_event(&room)));
+                events.extend(self.room_events(warnings));
             }
             Some(Kind::Message(message)) if message.room == room => {
-                events.extend(
-                    self.keys
-                        .open(message)
-                        .into_iter()
-                        .map(|event| event.into_event(&room)),
-                );
+                let opened = self.keys.open(message);
+                events.extend(self.room_events(opened));
             }
             Some(Kind::SenderKey(key)) if key.room == room => {
-                events.extend(
-                    self.keys
-                        .accept_sender_key(key)
-                        .into_iter()
-                        .map(|event| event.into_event(&room)),
-                );
+                let opened = self.keys.accept_sender_key(key);
+                events.extend(self.room_events(opened));
             }
             // Frames for other rooms, a repeated `Joined`, or kinds newer than this client.
             _ => {}
@@ -338,6 +452,66 @@ impl ChatSession {
             Some(frame) => self.handle(frame).await.map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Checks a member the relay announced and decides whether to trust its keys:
+    /// pinned ones or first sight, yes; different from the pinned ones, no.
+    fn admit(
+        &mut self,
+        member: &PublicIdentity,
+        events: &mut Vec<Event>,
+    ) -> Result<Option<(VerifiedIdentity, bool)>, ClientError> {
+        let identity = match self.keys.vet(member) {
+            Ok(identity) => identity,
+            Err(warning) => {
+                events.extend(self.room_events(vec![warning]));
+                return Ok(None);
+            }
+        };
+        let trusted = match self.contacts.check(&identity.user, &identity.fingerprint)? {
+            Pin::FirstUse => {
+                events.push(Event::Pinned {
+                    user: identity.user.clone(),
+                    fingerprint: identity.fingerprint,
+                });
+                true
+            }
+            Pin::Known { .. } => true,
+            Pin::Changed {
+                pinned,
+                was_verified,
+            } => {
+                events.push(Event::KeysChanged {
+                    room: self.keys.room().to_owned(),
+                    user: identity.user.clone(),
+                    pinned,
+                    presented: identity.fingerprint,
+                    was_verified,
+                });
+                false
+            }
+        };
+        Ok(Some((identity, trusted)))
+    }
+
+    fn room_events(&self, events: Vec<RoomEvent>) -> Vec<Event> {
+        let room = self.keys.room();
+        events
+            .into_iter()
+            .map(|event| match event {
+                RoomEvent::Message {
+                    sender,
+                    text,
+                    sent_at_ms,
+                } => Event::Message {
+                    room: room.to_owned(),
+                    sender,
+                    text,
+                    sent_at_ms,
+                },
+                RoomEvent::Warning(text) => Event::Warning(text),
+            })
+            .collect()
     }
 
     async fn distribute(
@@ -374,20 +548,18 @@ impl ChatSession {
     }
 }
 
-impl RoomEvent {
-    fn into_event(self, room: &str) -> Event {
-        match self {
-            RoomEvent::Message {
-                sender,
-                text,
-                sent_at_ms,
-            } => Event::Message {
-                room: room.to_owned(),
-                sender,
-                text,
-                sent_at_ms,
-            },
-            RoomEvent::Warning(text) => Event::Warning(text),
-        }
-    }
+/// The safety number of `me` (holding `identity`) and `user`, from the keys pinned for
+/// `user`.
+pub fn safety_number(
+    identity: &Identity,
+    me: &str,
+    contacts: &Contacts,
+    user: &str,
+) -> Result<SafetyNumber, ClientError> {
+    let (theirs, _) = contacts
+        .pinned(user)
+        .ok_or_else(|| ClientError::NotPinned {
+            user: user.to_owned(),
+        })?;
+    Ok(SafetyNumber::of(me, &identity.fingerprint(), user, &theirs))
 }

@@ -1,9 +1,10 @@
-//! What keys and messages are cryptographically bound to.
+//! What keys, messages and signatures are cryptographically bound to.
 //!
-//! Both encodings are a fixed ASCII domain tag followed by length-prefixed fields
-//! (a big-endian `u16` length, then the UTF-8 bytes) and big-endian integers, so no
-//! two different contexts produce the same bytes, and a message or a wrapped key moved
-//! to another room, sender or recipient fails to decrypt.
+//! Every encoding is a fixed ASCII domain tag followed by length-prefixed fields and
+//! big-endian integers: a name is a `u16` length then its UTF-8 bytes, a byte string a
+//! `u32` length then the bytes. So no two different contexts produce the same bytes:
+//! a signature made for one purpose never verifies for another, and a message or a
+//! wrapped key moved to another room, sender or recipient fails to decrypt.
 
 /// The AES-GCM associated data of a message:
 /// `"chat.v1/message" || str(room) || str(sender) || u64(key_id) || u64(counter)`.
@@ -27,6 +28,93 @@ pub fn sender_key_label(room: &str, sender: &str, recipient: &str, key_id: u64) 
     push_str(&mut out, recipient);
     out.extend_from_slice(&key_id.to_be_bytes());
     out
+}
+
+/// What a user's signing key signs to vouch for its identity:
+/// `"chat.v1/identity" || str(user) || bytes(signing_key_der) || bytes(encryption_key_der)`.
+pub fn identity_signed_bytes(user: &str, signing_key: &[u8], encryption_key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + signing_key.len() + encryption_key.len());
+    out.extend_from_slice(b"chat.v1/identity");
+    push_str(&mut out, user);
+    push_bytes(&mut out, signing_key);
+    push_bytes(&mut out, encryption_key);
+    out
+}
+
+/// What a user signs to log in: `"chat.v1/login" || str(user) || bytes(challenge)`.
+pub fn login_signed_bytes(user: &str, challenge: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + challenge.len());
+    out.extend_from_slice(b"chat.v1/login");
+    push_str(&mut out, user);
+    push_bytes(&mut out, challenge);
+    out
+}
+
+/// What a sender signs for each message: `"chat.v1/message-signature" || str(room) ||
+/// str(sender) || u64(key_id) || u64(counter) || bytes(nonce) || bytes(ciphertext)`.
+pub fn message_signed_bytes(
+    room: &str,
+    sender: &str,
+    key_id: u64,
+    counter: u64,
+    nonce: &[u8],
+    ciphertext: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96 + room.len() + sender.len() + ciphertext.len());
+    out.extend_from_slice(b"chat.v1/message-signature");
+    push_str(&mut out, room);
+    push_str(&mut out, sender);
+    out.extend_from_slice(&key_id.to_be_bytes());
+    out.extend_from_slice(&counter.to_be_bytes());
+    push_bytes(&mut out, nonce);
+    push_bytes(&mut out, ciphertext);
+    out
+}
+
+/// What a sender signs for each wrapped copy of its key:
+/// `"chat.v1/sender-key-signature" || str(room) || str(sender) || str(recipient) ||
+/// u64(key_id) || bytes(wrapped_key)`.
+pub fn sender_key_signed_bytes(
+    room: &str,
+    sender: &str,
+    recipient: &str,
+    key_id: u64,
+    wrapped_key: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96 + room.len() + wrapped_key.len());
+    out.extend_from_slice(b"chat.v1/sender-key-signature");
+    push_str(&mut out, room);
+    push_str(&mut out, sender);
+    push_str(&mut out, recipient);
+    out.extend_from_slice(&key_id.to_be_bytes());
+    push_bytes(&mut out, wrapped_key);
+    out
+}
+
+/// What a fingerprint is the SHA-256 of:
+/// `"chat.v1/fingerprint" || bytes(signing_key_der) || bytes(encryption_key_der)`.
+pub fn fingerprint_input(signing_key: &[u8], encryption_key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + signing_key.len() + encryption_key.len());
+    out.extend_from_slice(b"chat.v1/fingerprint");
+    push_bytes(&mut out, signing_key);
+    push_bytes(&mut out, encryption_key);
+    out
+}
+
+/// What one user's half of a safety number is the SHA-256 of:
+/// `"chat.v1/safety-number" || str(user) || fingerprint` (the 32 raw bytes).
+pub fn safety_number_input(user: &str, fingerprint: &[u8; 32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96);
+    out.extend_from_slice(b"chat.v1/safety-number");
+    push_str(&mut out, user);
+    out.extend_from_slice(fingerprint);
+    out
+}
+
+fn push_bytes(out: &mut Vec<u8>, field: &[u8]) {
+    let len = u32::try_from(field.len()).expect("frames are far smaller than 4 GiB");
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(field);
 }
 
 fn push_str(out: &mut Vec<u8>, field: &str) {
@@ -57,6 +145,29 @@ mod tests {
         expected.extend_from_slice(b"\x00\x01r\x00\x01a\x00\x01b");
         expected.extend_from_slice(&u64::MAX.to_be_bytes());
         assert_eq!(sender_key_label("r", "a", "b", u64::MAX), expected);
+    }
+
+    #[test]
+    fn signed_bytes_are_the_documented_bytes() {
+        let mut expected = b"chat.v1/login".to_vec();
+        expected.extend_from_slice(b"\x00\x03bob\x00\x00\x00\x02\xca\xfe");
+        assert_eq!(login_signed_bytes("bob", &[0xca, 0xfe]), expected);
+
+        let mut expected = b"chat.v1/message-signature".to_vec();
+        expected.extend_from_slice(b"\x00\x01r\x00\x01a");
+        expected.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 6]);
+        expected.extend_from_slice(b"\x00\x00\x00\x01n\x00\x00\x00\x02ct");
+        assert_eq!(message_signed_bytes("r", "a", 5, 6, b"n", b"ct"), expected);
+
+        let mut expected = b"chat.v1/sender-key-signature".to_vec();
+        expected.extend_from_slice(b"\x00\x01r\x00\x01a\x00\x01b");
+        expected.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 9]);
+        expected.extend_from_slice(b"\x00\x00\x00\x01w");
+        assert_eq!(sender_key_signed_bytes("r", "a", "b", 9, b"w"), expected);
+
+        let mut expected = b"chat.v1/identity".to_vec();
+        expected.extend_from_slice(b"\x00\x01u\x00\x00\x00\x01s\x00\x00\x00\x01e");
+        assert_eq!(identity_signed_bytes("u", b"s", b"e"), expected);
     }
 
     #[test]

@@ -1,22 +1,33 @@
 //! The end-to-end cryptography, all of it client-side.
 //!
-//! - [`IdentityKey`] / [`PublicEncryptionKey`]: a user's long-term RSA key pair, used
-//!   to wrap sender keys for that user with RSA-OAEP (SHA-256).
+//! - [`Identity`]: a user's two long-term RSA key pairs, one job each:
+//!   [`SigningKey`] / [`PublicSigningKey`] sign with RSA-PSS (SHA-256) everything the
+//!   user sends, and [`EncryptionKey`] / [`PublicEncryptionKey`] let others wrap sender
+//!   keys for the user with RSA-OAEP (SHA-256). [`VerifiedIdentity`] is someone else's,
+//!   checked; [`Fingerprint`] and [`SafetyNumber`] are what people compare.
 //! - [`OutboundSenderKey`] / [`SenderKey`]: a member's AES-256-GCM key for one room
 //!   ("sender keys", as Signal does for groups): the member seals every message it
 //!   sends to the room with it, and every other member holds a copy to open them.
-//! - [`binding`]: the exact bytes each key and message is bound to (the AES-GCM
-//!   associated data and the OAEP label), specified in docs/PROTOCOL.md.
+//! - [`binding`]: the exact bytes each key, message and signature is bound to (the
+//!   AES-GCM associated data, the OAEP label, what is signed), specified in
+//!   docs/PROTOCOL.md.
 //!
-//! The relay only uses [`PublicEncryptionKey::from_der`], to refuse malformed keys.
+//! The relay only verifies identities and login signatures; it never holds a private
+//! key.
 //! All randomness comes from the operating system's RNG.
 
 pub mod binding;
+mod encryption;
 mod identity;
+mod rsa_keys;
 mod sender_key;
+mod signing;
 
-pub use identity::{ALLOWED_KEY_BITS, DEFAULT_KEY_BITS, IdentityKey, PublicEncryptionKey};
+pub use encryption::{EncryptionKey, PublicEncryptionKey};
+pub use identity::{Fingerprint, Identity, SafetyNumber, VerifiedIdentity};
+pub use rsa_keys::{ALLOWED_KEY_BITS, DEFAULT_KEY_BITS};
 pub use sender_key::{MAX_MESSAGES_PER_KEY, OutboundSenderKey, SenderKey};
+pub use signing::{PublicSigningKey, SigningKey};
 
 /// Why a cryptographic operation failed. Deliberately vague where detail would help an
 /// attacker: a failed unwrap or open never says why.
@@ -30,6 +41,12 @@ pub enum CryptoError {
     BadPrivateKey,
     #[error("could not wrap the key: {0}")]
     Wrap(String),
+    #[error("the signature does not verify")]
+    BadSignature,
+    #[error("the signing key and the encryption key must be two different keys")]
+    SameKeyTwice,
+    #[error("could not sign: {0}")]
+    Sign(String),
     #[error("the wrapped sender key could not be unwrapped")]
     Unwrap,
     #[error("the message failed authentication: tampered, corrupted, or not for this key")]

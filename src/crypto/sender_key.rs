@@ -12,7 +12,7 @@ use bytes::Bytes;
 use zeroize::Zeroizing;
 
 use super::binding::{message_associated_data, sender_key_label};
-use super::{CryptoError, IdentityKey, PublicEncryptionKey};
+use super::{CryptoError, EncryptionKey, PublicEncryptionKey};
 use crate::proto::SealedMessage;
 use crate::protocol::NONCE_LEN;
 
@@ -35,7 +35,7 @@ impl SenderKey {
 
     /// Unwraps a key that `sender` wrapped for `recipient` (the holder of `identity`).
     pub fn unwrap(
-        identity: &IdentityKey,
+        identity: &EncryptionKey,
         wrapped: &[u8],
         room: &str,
         sender: &str,
@@ -124,7 +124,7 @@ impl OutboundSenderKey {
             .map(Bytes::from)
     }
 
-    /// Seals `plaintext` as the next message of `sender` in `room`.
+    /// Seals `plaintext` as the next message of `sender` in `room`, unsigned.
     pub fn seal(
         &mut self,
         room: &str,
@@ -155,6 +155,8 @@ impl OutboundSenderKey {
             counter,
             nonce: Bytes::copy_from_slice(&nonce),
             ciphertext: Bytes::from(ciphertext),
+            // The sender signs the sealed message with its identity; see `RoomKeys`.
+            signature: Bytes::new(),
         })
     }
 }
@@ -226,8 +228,8 @@ mod tests {
 
     #[test]
     fn wrapped_key_opens_only_for_its_recipient_and_context() {
-        let bob = IdentityKey::generate(2048).unwrap();
-        let carol = IdentityKey::generate(2048).unwrap();
+        let bob = EncryptionKey::generate(2048).unwrap();
+        let carol = EncryptionKey::generate(2048).unwrap();
         let mut key = OutboundSenderKey::generate().unwrap();
         let wrapped = key
             .wrap_for(bob.public_key(), "lobby", "alice", "bob")

@@ -8,8 +8,11 @@ mod names;
 pub use envelope::{Envelope, EnvelopeError, MessageKind};
 pub use names::{NameError, validate_room, validate_user};
 
-/// The request metadata key that names the user of a `Chat` stream.
-pub const USER_METADATA_KEY: &str = "chat-user";
+/// The request metadata that carries the session token, as `Bearer <token>`.
+pub const AUTHORIZATION_METADATA_KEY: &str = "authorization";
+
+/// The length of a login challenge, in bytes.
+pub const CHALLENGE_LEN: usize = 32;
 
 /// The length of an AES-GCM nonce, in bytes.
 pub const NONCE_LEN: usize = 12;
@@ -22,6 +25,12 @@ pub const MIN_WRAPPED_KEY_LEN: usize = 256;
 
 /// The largest RSA-OAEP ciphertext: the size of a 4096-bit modulus.
 pub const MAX_WRAPPED_KEY_LEN: usize = 512;
+
+/// The smallest RSA-PSS signature: the size of a 2048-bit modulus.
+pub const MIN_SIGNATURE_LEN: usize = 256;
+
+/// The largest RSA-PSS signature: the size of a 4096-bit modulus.
+pub const MAX_SIGNATURE_LEN: usize = 512;
 
 /// The largest JSON envelope a client seals, in bytes: about 32 000 characters of
 /// ordinary text. Sealed and framed, it stays well under the relay's default 64 KiB

@@ -1,4 +1,4 @@
-//! The relay's shared state: published identities, open sessions and rooms.
+//! The relay's shared state: open sessions and rooms.
 //!
 //! Everything sits behind one mutex that is never held across an `.await`: frames are
 //! handed to each session's bounded [`Outbound`] queue with `try_send`, so one slow
@@ -19,6 +19,12 @@ use crate::proto::{
     SealedMessage, SenderKeyDelivery, ServerFrame, WrappedSenderKey, server_frame::Kind,
 };
 
+/// What a `JoinRoom` asks for.
+pub(crate) struct JoinRequest<'a> {
+    pub room: &'a str,
+    pub create_private: bool,
+}
+
 /// Identifies one `Chat` stream for the life of the server.
 pub(crate) type SessionId = u64;
 
@@ -30,8 +36,6 @@ pub(crate) struct Hub {
 
 #[derive(Default)]
 struct State {
-    /// User name → DER public key, bound on first publication.
-    identities: HashMap<String, Bytes>,
     sessions: HashMap<SessionId, Session>,
     /// User name → its open session.
     online: HashMap<String, SessionId>,
@@ -44,6 +48,8 @@ struct State {
 
 struct Session {
     user: String,
+    /// The user's registered identity, handed to the members of its rooms.
+    identity: PublicIdentity,
     frames: OutboundHandle,
     rooms: BTreeSet<String>,
     reader: Option<AbortHandle>,
@@ -53,6 +59,19 @@ struct Session {
 struct Room {
     /// User name → session, sorted so member lists come out sorted.
     members: BTreeMap<String, SessionId>,
+    /// The owner of a private room; `None` for an open room.
+    owner: Option<String>,
+    /// Who besides the owner may join a private room.
+    invited: BTreeSet<String>,
+}
+
+impl Room {
+    fn may_join(&self, user: &str) -> bool {
+        match &self.owner {
+            None => true,
+            Some(owner) => owner == user || self.invited.contains(user),
+        }
+    }
 }
 
 impl Hub {
@@ -63,46 +82,15 @@ impl Hub {
         }
     }
 
-    /// Binds `identity.user` to its key, or checks that it is already bound to it.
-    pub(crate) fn publish(&self, identity: &PublicIdentity) -> Result<(), Status> {
-        let mut state = self.lock();
-        match state.identities.get(&identity.user) {
-            Some(known) if *known == identity.encryption_public_key => Ok(()),
-            Some(_) => Err(Status::already_exists(format!(
-                "the user name {:?} is already registered with a different key; choose another name",
-                identity.user
-            ))),
-            None if state.identities.len() >= self.limits.max_identities => {
-                Err(Status::resource_exhausted(format!(
-                    "the server holds its maximum of {} identities; try again later",
-                    self.limits.max_identities
-                )))
-            }
-            None => {
-                state.identities.insert(
-                    identity.user.clone(),
-                    identity.encryption_public_key.clone(),
-                );
-                Ok(())
-            }
-        }
-    }
-
-    /// The members of `room` other than `except`, sorted by name.
-    pub(crate) fn room_members(&self, room: &str, except: &str) -> Vec<PublicIdentity> {
-        self.lock().members_except(room, except)
-    }
-
-    /// Opens the session of `user`, who must have published a key and have no other.
-    pub(crate) fn open_session(&self, user: &str) -> Result<(SessionId, Outbound), Status> {
+    /// Opens the session of the logged-in user `identity.user`, who must have no other.
+    pub(crate) fn open_session(
+        &self,
+        identity: PublicIdentity,
+    ) -> Result<(SessionId, Outbound), Status> {
+        let user = identity.user.as_str();
         let mut state = self.lock();
         if state.shutting_down {
             return Err(Status::unavailable("the server is shutting down"));
-        }
-        if !state.identities.contains_key(user) {
-            return Err(Status::failed_precondition(format!(
-                "user {user:?} has not published a key; call KeyExchange first"
-            )));
         }
         if state.online.contains_key(user) {
             return Err(Status::already_exists(format!(
@@ -123,6 +111,7 @@ impl Hub {
             id,
             Session {
                 user: user.to_owned(),
+                identity: identity.clone(),
                 frames,
                 rooms: BTreeSet::new(),
                 reader: None,
@@ -147,12 +136,19 @@ impl Hub {
         self.lock().sessions.contains_key(&id)
     }
 
-    /// Adds the session's user to `room` (creating it), answers `Joined`, and tells the
+    /// Adds the session's user to a room (creating it), answers `Joined`, and tells the
     /// other members.
-    pub(crate) fn join(&self, id: SessionId, request_id: u64, room: &str) -> Result<(), Status> {
+    pub(crate) fn join(
+        &self,
+        id: SessionId,
+        request_id: u64,
+        request: JoinRequest<'_>,
+    ) -> Result<(), Status> {
+        let room = request.room;
         self.operate(|state| {
             let session = state.session(id)?;
             let user = session.user.clone();
+            let newcomer = session.identity.clone();
             if session.rooms.contains(room) {
                 return Err(Status::already_exists(format!(
                     "you are already in room {room:?}"
@@ -171,6 +167,17 @@ impl Hub {
                         self.limits.max_rooms
                     )));
                 }
+                Some(existing) if !existing.may_join(&user) => {
+                    return Err(Status::permission_denied(format!(
+                        "room {room:?} is private; ask its owner to invite you"
+                    )));
+                }
+                Some(existing) if existing.owner.is_none() && request.create_private => {
+                    return Err(Status::already_exists(format!(
+                        "room {room:?} already exists and is open to anyone; choose another \
+                         name for a private room"
+                    )));
+                }
                 Some(existing) if existing.members.len() >= self.limits.max_room_members => {
                     return Err(Status::resource_exhausted(format!(
                         "room {room:?} is full ({} members)",
@@ -179,6 +186,11 @@ impl Hub {
                 }
                 _ => {}
             }
+            let entry = state.rooms.entry(room.to_owned()).or_insert_with(|| Room {
+                owner: request.create_private.then(|| user.clone()),
+                ..Room::default()
+            });
+            let owner = entry.owner.clone();
             // The answer is queued before anyone learns of the newcomer, so it reaches
             // the newcomer ahead of the sender keys the others send it in response.
             let members = state.members_except(room, &user);
@@ -188,9 +200,10 @@ impl Hub {
                 Kind::Joined(Joined {
                     room: room.to_owned(),
                     members,
+                    private_room: owner.is_some(),
+                    owner: owner.unwrap_or_default(),
                 }),
             );
-            let newcomer = state.identity_of(&user);
             state.broadcast(
                 room,
                 &user,
@@ -199,12 +212,9 @@ impl Hub {
                     member: Some(newcomer),
                 }),
             );
-            state
-                .rooms
-                .entry(room.to_owned())
-                .or_default()
-                .members
-                .insert(user.clone(), id);
+            if let Some(joined) = state.rooms.get_mut(room) {
+                joined.members.insert(user.clone(), id);
+            }
             if let Some(session) = state.sessions.get_mut(&id) {
                 session.rooms.insert(room.to_owned());
             }
@@ -221,6 +231,75 @@ impl Hub {
             if let Some(session) = state.sessions.get_mut(&id) {
                 session.rooms.remove(room);
             }
+            state.deliver(id, request_id, Kind::Ack(Ack {}));
+            Ok(())
+        })
+    }
+
+    /// Lets `user` join the private `room` owned by the session's user.
+    pub(crate) fn invite(
+        &self,
+        id: SessionId,
+        request_id: u64,
+        room: &str,
+        user: &str,
+    ) -> Result<(), Status> {
+        self.operate(|state| {
+            let owner = state.session(id)?.user.clone();
+            let room_state = state.owned_room(room, &owner)?;
+            if room_state.invited.len() >= self.limits.max_room_members {
+                return Err(Status::resource_exhausted(format!(
+                    "room {room:?} has its maximum of {} invitations; kick someone first",
+                    self.limits.max_room_members
+                )));
+            }
+            if user != owner {
+                room_state.invited.insert(user.to_owned());
+            }
+            tracing::info!(owner, room, user, "invited");
+            state.deliver(id, request_id, Kind::Ack(Ack {}));
+            Ok(())
+        })
+    }
+
+    /// Removes `user` from the private `room` owned by the session's user, members and
+    /// invitations alike.
+    pub(crate) fn kick(
+        &self,
+        id: SessionId,
+        request_id: u64,
+        room: &str,
+        user: &str,
+    ) -> Result<(), Status> {
+        self.operate(|state| {
+            let owner = state.session(id)?.user.clone();
+            if user == owner {
+                return Err(Status::invalid_argument(
+                    "you own this room and cannot kick yourself; leave it instead",
+                ));
+            }
+            let room_state = state.owned_room(room, &owner)?;
+            let was_invited = room_state.invited.remove(user);
+            let kicked = room_state.members.get(user).copied();
+            if !was_invited && kicked.is_none() {
+                return Err(Status::not_found(format!(
+                    "{user:?} is neither a member of nor invited to room {room:?}"
+                )));
+            }
+            if let Some(kicked) = kicked {
+                // The kicked member learns it is out from the same frame the others get.
+                let removed = Kind::MemberLeft(MemberLeft {
+                    room: room.to_owned(),
+                    user: user.to_owned(),
+                    reason: LeaveReason::Kicked.into(),
+                });
+                state.deliver(kicked, 0, removed);
+                state.remove_member(room, user, LeaveReason::Kicked);
+                if let Some(session) = state.sessions.get_mut(&kicked) {
+                    session.rooms.remove(room);
+                }
+            }
+            tracing::info!(owner, room, user, "kicked");
             state.deliver(id, request_id, Kind::Ack(Ack {}));
             Ok(())
         })
@@ -259,19 +338,20 @@ impl Hub {
         self.operate(|state| {
             let sender = state.member_of(id, room)?;
             let members = state.rooms.get(room).map(|room| &room.members);
-            let deliveries: Vec<(SessionId, Bytes)> = keys
+            let deliveries: Vec<(SessionId, Bytes, Bytes)> = keys
                 .into_iter()
                 .filter_map(|wrapped| {
                     let recipient = *members?.get(&wrapped.recipient)?;
-                    (recipient != id).then_some((recipient, wrapped.wrapped_key))
+                    (recipient != id).then_some((recipient, wrapped.wrapped_key, wrapped.signature))
                 })
                 .collect();
-            for (recipient, wrapped_key) in deliveries {
+            for (recipient, wrapped_key, signature) in deliveries {
                 let delivery = Kind::SenderKey(SenderKeyDelivery {
                     room: room.to_owned(),
                     sender: sender.clone(),
                     key_id,
                     wrapped_key,
+                    signature,
                 });
                 state.deliver(recipient, 0, delivery);
             }
@@ -342,19 +422,28 @@ impl State {
         }
     }
 
-    fn identity_of(&self, user: &str) -> PublicIdentity {
-        PublicIdentity {
-            user: user.to_owned(),
-            encryption_public_key: self.identities.get(user).cloned().unwrap_or_default(),
+    /// The private `room`, if `owner` owns it.
+    fn owned_room(&mut self, room: &str, owner: &str) -> Result<&mut Room, Status> {
+        let Some(found) = self.rooms.get_mut(room) else {
+            return Err(Status::not_found(format!("there is no room {room:?}")));
+        };
+        match &found.owner {
+            None => Err(Status::failed_precondition(format!(
+                "room {room:?} is open to anyone: there is nobody to invite or kick"
+            ))),
+            Some(actual) if actual != owner => Err(Status::permission_denied(format!(
+                "only the owner of room {room:?} ({actual}) can invite or kick"
+            ))),
+            Some(_) => Ok(found),
         }
     }
 
     fn members_except(&self, room: &str, except: &str) -> Vec<PublicIdentity> {
         self.rooms.get(room).map_or_else(Vec::new, |room| {
             room.members
-                .keys()
-                .filter(|member| *member != except)
-                .map(|member| self.identity_of(member))
+                .iter()
+                .filter(|(member, _)| *member != except)
+                .filter_map(|(_, id)| Some(self.sessions.get(id)?.identity.clone()))
                 .collect()
         })
     }
@@ -400,7 +489,10 @@ impl State {
         };
         members.members.remove(user);
         if members.members.is_empty() {
-            self.rooms.remove(room);
+            // A private room outlives its members, so nobody else can take its name.
+            if members.owner.is_none() {
+                self.rooms.remove(room);
+            }
             return;
         }
         let left = Kind::MemberLeft(MemberLeft {

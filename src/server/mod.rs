@@ -1,12 +1,16 @@
 //! The relay: a tonic gRPC server that routes ciphertext between the members of each
 //! room and never sees a key or a plaintext.
 //!
-//! - [`serve`] runs `chat.v1.ChatService` with gRPC reflection (v1 and v1alpha) and
-//!   `grpc.health.v1.Health`, until a shutdown signal.
-//! - `hub`: the shared state (identities, sessions, rooms) and the fan-out.
+//! - [`serve`] runs `chat.v1.AuthService` and `chat.v1.ChatService` with gRPC
+//!   reflection (v1 and v1alpha) and `grpc.health.v1.Health`, until a shutdown signal.
+//! - `accounts`: registered identities, login challenges and session tokens.
+//! - `auth`: the login RPCs, and the interceptor that requires a token for the rest.
+//! - `hub`: the shared state (sessions, rooms) and the fan-out.
 //! - `session`: reads and checks one client's frames.
 //! - `outbound`: the bounded queue of frames to one client.
 
+mod accounts;
+mod auth;
 mod connections;
 mod hub;
 mod outbound;
@@ -19,15 +23,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 pub use outbound::Outbound;
 
 use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::proto::auth_service_server::AuthServiceServer;
 use crate::proto::chat_service_server::ChatServiceServer;
+use accounts::Accounts;
+use auth::{Login, require_token};
 use hub::Hub;
 use service::ChatRelay;
+use session::Relay;
 
 /// What the relay allows a peer, so that no peer can grow its memory without bound.
 #[derive(Debug, Clone, clap::Args)]
@@ -59,9 +68,13 @@ pub struct Limits {
     /// Rooms one session may be in.
     #[arg(long, env = "CHAT_MAX_ROOMS_PER_SESSION", value_parser = positive, default_value_t = Limits::DEFAULT.max_rooms_per_session)]
     pub max_rooms_per_session: usize,
-    /// Published identities (user name and key) the server keeps.
+    /// Registered identities (user names and their keys) the server keeps.
     #[arg(long, env = "CHAT_MAX_IDENTITIES", value_parser = positive, default_value_t = Limits::DEFAULT.max_identities)]
     pub max_identities: usize,
+    /// How long a session token from a login is valid, in seconds. An open chat
+    /// stream is not cut when its token expires; new RPCs need a new login.
+    #[arg(long, env = "CHAT_TOKEN_TTL_SECS", value_parser = positive_u64, default_value_t = Limits::DEFAULT.token_ttl_secs)]
+    pub token_ttl_secs: u64,
 }
 
 impl Limits {
@@ -76,6 +89,7 @@ impl Limits {
         max_room_members: 1_000,
         max_rooms_per_session: 32,
         max_identities: 100_000,
+        token_ttl_secs: 12 * 60 * 60,
     };
 }
 
@@ -92,6 +106,11 @@ fn positive(text: &str) -> Result<usize, String> {
         Ok(value) => Ok(value),
         Err(error) => Err(error.to_string()),
     }
+}
+
+/// Parses a duration in seconds, which must be at least 1.
+fn positive_u64(text: &str) -> Result<u64, String> {
+    positive(text).map(|value| value as u64)
 }
 
 /// Why the server could not start or stopped with an error.
@@ -143,6 +162,11 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let hub = Arc::new(Hub::new(limits.clone()));
+    let accounts = Arc::new(Accounts::new(&limits));
+    let relay = Arc::new(Relay {
+        hub: hub.clone(),
+        accounts: accounts.clone(),
+    });
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ChatServiceServer<ChatRelay>>().await;
@@ -153,8 +177,12 @@ pub async fn serve(
     };
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
-    let chat = ChatServiceServer::new(ChatRelay::new(hub.clone()))
-        .max_decoding_message_size(limits.max_frame_bytes);
+    let chat = InterceptedService::new(
+        ChatServiceServer::new(ChatRelay::new(relay))
+            .max_decoding_message_size(limits.max_frame_bytes),
+        require_token(accounts.clone()),
+    );
+    let login = AuthServiceServer::new(Login::new(accounts));
 
     let stop = async move {
         shutdown.await;
@@ -178,6 +206,7 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
+        .add_service(login)
         .add_service(chat)
         .serve_with_incoming_shutdown(incoming, stop)
         .await?;

@@ -5,21 +5,30 @@ use std::sync::Arc;
 
 use tonic::{Code, Status, Streaming};
 
-use super::hub::{Hub, SessionId};
+use super::accounts::Accounts;
+use super::hub::{Hub, JoinRequest, SessionId};
 use crate::proto::{
-    ClientFrame, DistributeSenderKey, Rejection, SealedMessage, SendMessage, client_frame,
-    server_frame,
+    ClientFrame, DistributeSenderKey, InviteMember, JoinRoom, KickMember, Rejection, SealedMessage,
+    SendMessage, client_frame, server_frame,
 };
 use crate::protocol::{
-    MAX_WRAPPED_KEY_LEN, MIN_WRAPPED_KEY_LEN, NONCE_LEN, TAG_LEN, validate_room, validate_user,
+    MAX_SIGNATURE_LEN, MAX_WRAPPED_KEY_LEN, MIN_SIGNATURE_LEN, MIN_WRAPPED_KEY_LEN, NONCE_LEN,
+    TAG_LEN, validate_room, validate_user,
 };
 
+/// What a session's frames act on.
+pub(crate) struct Relay {
+    pub hub: Arc<Hub>,
+    pub accounts: Arc<Accounts>,
+}
+
 /// Reads the session's frames until the client ends the stream or breaks the protocol.
-pub(crate) async fn run(hub: Arc<Hub>, id: SessionId, mut frames: Streaming<ClientFrame>) {
-    let _close = CloseOnDrop { hub: &hub, id };
+pub(crate) async fn run(relay: Arc<Relay>, id: SessionId, mut frames: Streaming<ClientFrame>) {
+    let hub = &relay.hub;
+    let _close = CloseOnDrop { hub, id };
     loop {
         match frames.message().await {
-            Ok(Some(frame)) => handle(&hub, id, frame),
+            Ok(Some(frame)) => handle(&relay, id, frame),
             Ok(None) => return,
             Err(status) => {
                 if let Some(status) = protocol_violation(&status) {
@@ -65,32 +74,57 @@ fn protocol_violation(status: &Status) -> Option<Status> {
     }
 }
 
-fn handle(hub: &Hub, id: SessionId, frame: ClientFrame) {
+fn handle(relay: &Relay, id: SessionId, frame: ClientFrame) {
     let request_id = frame.request_id;
-    if let Err(status) = carry_out(hub, id, frame) {
+    if let Err(status) = carry_out(relay, id, frame) {
         tracing::debug!(session = id, request_id, code = ?status.code(), "frame rejected");
         let rejection = Rejection {
             code: status.code() as i32,
             message: status.message().to_owned(),
         };
-        hub.reply(id, request_id, server_frame::Kind::Rejection(rejection));
+        relay
+            .hub
+            .reply(id, request_id, server_frame::Kind::Rejection(rejection));
     }
 }
 
-fn carry_out(hub: &Hub, id: SessionId, frame: ClientFrame) -> Result<(), Status> {
+fn carry_out(relay: &Relay, id: SessionId, frame: ClientFrame) -> Result<(), Status> {
     use client_frame::Kind;
 
+    let hub = &relay.hub;
     let request_id = frame.request_id;
     if request_id == 0 {
         return Err(Status::invalid_argument("request_id must be non-zero"));
     }
     match frame.kind {
         None => Err(Status::invalid_argument(
-            "the frame has no kind; set one of join, leave, send or distribute_key",
+            "the frame has no kind; set one of join, leave, send, distribute_key, invite or kick",
         )),
-        Some(Kind::Join(join)) => {
-            check_room(&join.room)?;
-            hub.join(id, request_id, &join.room)
+        Some(Kind::Join(JoinRoom {
+            room,
+            create_private,
+        })) => {
+            check_room(&room)?;
+            let request = JoinRequest {
+                room: &room,
+                create_private,
+            };
+            hub.join(id, request_id, request)
+        }
+        Some(Kind::Invite(InviteMember { room, user })) => {
+            check_room(&room)?;
+            check_user(&user)?;
+            if relay.accounts.identity(&user).is_none() {
+                return Err(Status::not_found(format!(
+                    "no user named {user:?} is registered; they must log in once first"
+                )));
+            }
+            hub.invite(id, request_id, &room, &user)
+        }
+        Some(Kind::Kick(KickMember { room, user })) => {
+            check_room(&room)?;
+            check_user(&user)?;
+            hub.kick(id, request_id, &room, &user)
         }
         Some(Kind::Leave(leave)) => {
             check_room(&leave.room)?;
@@ -117,6 +151,13 @@ fn carry_out(hub: &Hub, id: SessionId, frame: ClientFrame) -> Result<(), Status>
                 validate_user(&wrapped.recipient).map_err(|error| {
                     Status::invalid_argument(format!("distribute_key recipient: {error}"))
                 })?;
+                check_signature(
+                    &wrapped.signature,
+                    &format!(
+                        "the signature of the key wrapped for {:?}",
+                        wrapped.recipient
+                    ),
+                )?;
                 if !(MIN_WRAPPED_KEY_LEN..=MAX_WRAPPED_KEY_LEN).contains(&wrapped.wrapped_key.len())
                 {
                     return Err(Status::invalid_argument(format!(
@@ -136,6 +177,24 @@ fn check_room(room: &str) -> Result<(), Status> {
     validate_room(room).map_err(|error| Status::invalid_argument(error.to_string()))
 }
 
+fn check_user(user: &str) -> Result<(), Status> {
+    validate_user(user).map_err(|error| Status::invalid_argument(error.to_string()))
+}
+
+/// The relay cannot check signatures it has no reason to trust, but it refuses what
+/// cannot be one, so clients are not handed garbage to verify.
+fn check_signature(signature: &[u8], what: &str) -> Result<(), Status> {
+    if (MIN_SIGNATURE_LEN..=MAX_SIGNATURE_LEN).contains(&signature.len()) {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "{what} is {} bytes; an RSA-PSS signature is {MIN_SIGNATURE_LEN} to \
+             {MAX_SIGNATURE_LEN} bytes",
+            signature.len()
+        )))
+    }
+}
+
 fn check_sealed(sealed: Option<SealedMessage>) -> Result<SealedMessage, Status> {
     let sealed = sealed.ok_or_else(|| Status::invalid_argument("send.sealed is missing"))?;
     if sealed.nonce.len() != NONCE_LEN {
@@ -150,5 +209,6 @@ fn check_sealed(sealed: Option<SealedMessage>) -> Result<SealedMessage, Status> 
             sealed.ciphertext.len()
         )));
     }
+    check_signature(&sealed.signature, "send.sealed.signature")?;
     Ok(sealed)
 }

@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use e2ee_chat::client::{self, ChatSession, ClientError, Event, RoomKeys};
-use e2ee_chat::crypto::IdentityKey;
-use e2ee_chat::proto::chat_service_client::ChatServiceClient;
+use e2ee_chat::client::{
+    self, AuthorizedClient, ChatSession, ClientError, Contacts, Credentials, Event, RoomKeys,
+};
+use e2ee_chat::crypto::{Identity, SafetyNumber, VerifiedIdentity};
 use e2ee_chat::proto::{
-    ClientFrame, JoinRoom, KeyExchangeRequest, PublicIdentity, ServerFrame, client_frame,
-    server_frame,
+    ClientFrame, JoinRoom, PublicIdentity, ServerFrame, client_frame, server_frame,
 };
 use e2ee_chat::server::{self, Limits, ServerError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -68,13 +68,20 @@ impl TestServer {
 }
 
 /// A 2048-bit identity per user name, generated once per test binary.
-pub fn identity(user: &str) -> Arc<IdentityKey> {
-    static IDENTITIES: OnceLock<Mutex<HashMap<String, Arc<IdentityKey>>>> = OnceLock::new();
+pub fn identity(user: &str) -> Arc<Identity> {
+    static IDENTITIES: OnceLock<Mutex<HashMap<String, Arc<Identity>>>> = OnceLock::new();
     let mut known = IDENTITIES.get_or_init(Default::default).lock().unwrap();
     known
         .entry(user.to_owned())
-        .or_insert_with(|| Arc::new(IdentityKey::generate(2048).unwrap()))
+        .or_insert_with(|| Arc::new(Identity::generate(2048).unwrap()))
         .clone()
+}
+
+/// Logs in to the relay at `url` as `user` with its test identity.
+pub async fn log_in(url: &str, user: &str) -> Result<(Channel, Credentials), ClientError> {
+    let channel = client::connect(url).await?;
+    let credentials = client::login(channel.clone(), &identity(user), user).await?;
+    Ok((channel, credentials))
 }
 
 /// A well-behaved member, its session driven by a task as a chat program would.
@@ -89,6 +96,10 @@ pub struct Member {
 enum Command {
     Send(String, oneshot::Sender<u64>),
     Leave,
+    Invite(String),
+    Kick(String),
+    Trust(String, oneshot::Sender<Result<Vec<Event>, ClientError>>),
+    SafetyNumber(String, oneshot::Sender<Result<SafetyNumber, ClientError>>),
     Inject(ServerFrame, oneshot::Sender<Vec<Event>>),
     Members(oneshot::Sender<Vec<String>>),
 }
@@ -100,11 +111,38 @@ impl Member {
     }
 
     pub async fn join_via(url: &str, user: &str, room: &str) -> Self {
-        let channel = client::connect(url).await.unwrap();
-        let (session, warnings) = ChatSession::join(channel, identity(user), user, room)
+        let (member, notices) = Self::try_join(url, user, room, false, Contacts::in_memory())
             .await
             .unwrap();
-        assert!(warnings.is_empty(), "{warnings:?}");
+        assert!(
+            notices
+                .iter()
+                .all(|notice| matches!(notice, Event::Pinned { .. })),
+            "{notices:?}"
+        );
+        member
+    }
+
+    /// Logs in and joins, with the given pinned contacts; also returns what the join
+    /// told the user.
+    pub async fn try_join(
+        url: &str,
+        user: &str,
+        room: &str,
+        create_private: bool,
+        contacts: Contacts,
+    ) -> Result<(Self, Vec<Event>), ClientError> {
+        let (channel, credentials) = log_in(url, user).await?;
+        let join = JoinRoom {
+            room: room.to_owned(),
+            create_private,
+        };
+        let (session, notices) =
+            ChatSession::join(channel, identity(user), &credentials, join, contacts).await?;
+        Ok((Self::start(user, session), notices))
+    }
+
+    fn start(user: &str, session: ChatSession) -> Self {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (event_tx, events) = mpsc::unbounded_channel();
         let (frame_tx, frames) = mpsc::unbounded_channel();
@@ -128,6 +166,32 @@ impl Member {
 
     pub fn leave(&self) {
         self.commands.send(Command::Leave).unwrap();
+    }
+
+    pub fn invite(&self, user: &str) {
+        self.commands
+            .send(Command::Invite(user.to_owned()))
+            .unwrap();
+    }
+
+    pub fn kick(&self, user: &str) {
+        self.commands.send(Command::Kick(user.to_owned())).unwrap();
+    }
+
+    pub async fn trust(&self, user: &str) -> Result<Vec<Event>, ClientError> {
+        let (reply, events) = oneshot::channel();
+        self.commands
+            .send(Command::Trust(user.to_owned(), reply))
+            .unwrap();
+        events.await.unwrap()
+    }
+
+    pub async fn safety_number(&self, user: &str) -> Result<SafetyNumber, ClientError> {
+        let (reply, number) = oneshot::channel();
+        self.commands
+            .send(Command::SafetyNumber(user.to_owned(), reply))
+            .unwrap();
+        number.await.unwrap()
     }
 
     /// Applies a frame as if the relay had sent it (a relay that lies or tampers).
@@ -235,6 +299,18 @@ async fn drive(
                 Some(Command::Leave) => {
                     session.leave().await?;
                 }
+                Some(Command::Invite(user)) => {
+                    session.invite(&user).await?;
+                }
+                Some(Command::Kick(user)) => {
+                    session.kick(&user).await?;
+                }
+                Some(Command::Trust(user, reply)) => {
+                    let _ = reply.send(session.trust(&user).await);
+                }
+                Some(Command::SafetyNumber(user, reply)) => {
+                    let _ = reply.send(session.safety_number(&user));
+                }
                 Some(Command::Inject(frame, reply)) => {
                     let _ = reply.send(session.handle(frame).await?);
                 }
@@ -251,24 +327,21 @@ async fn drive(
 pub struct RawClient {
     pub frames: mpsc::Sender<ClientFrame>,
     pub incoming: Streaming<ServerFrame>,
-    pub client: ChatServiceClient<Channel>,
+    pub client: AuthorizedClient,
 }
 
 impl RawClient {
-    /// Publishes `user`'s identity and opens its `Chat` stream, without joining.
+    /// Logs in as `user` and opens its `Chat` stream, without joining.
     pub async fn open(server: &TestServer, user: &str) -> Self {
         Self::open_url(&server.url, user).await
     }
 
     /// The same, with the relay at `url`.
     pub async fn open_url(url: &str, user: &str) -> Self {
-        let mut client = ChatServiceClient::new(client::connect(url).await.unwrap());
-        publish(&mut client, user, "lobby").await.unwrap();
+        let (channel, credentials) = log_in(url, user).await.unwrap();
+        let mut client = credentials.chat_client(channel);
         let (frames, outbound) = mpsc::channel(1024);
-        let mut request = tonic::Request::new(ReceiverStream::new(outbound));
-        request
-            .metadata_mut()
-            .insert("chat-user", user.parse().unwrap());
+        let request = tonic::Request::new(ReceiverStream::new(outbound));
         let incoming = client.chat(request).await.unwrap().into_inner();
         Self {
             frames,
@@ -283,6 +356,7 @@ impl RawClient {
             1,
             client_frame::Kind::Join(JoinRoom {
                 room: room.to_owned(),
+                create_private: false,
             }),
         )
         .await;
@@ -339,35 +413,18 @@ impl RawClient {
     }
 }
 
-/// `user` presenting the public key of `key_owner`'s test identity.
+/// `user` presenting the keys of `key_owner`'s test identity, self-signed by them.
 pub fn public_identity(user: &str, key_owner: &str) -> PublicIdentity {
-    PublicIdentity {
-        user: user.to_owned(),
-        encryption_public_key: identity(key_owner).public_key().to_der().to_vec().into(),
-    }
+    identity(key_owner).publish(user).unwrap()
 }
 
-/// Publishes `user`'s identity with `KeyExchange`.
-pub async fn publish(
-    client: &mut ChatServiceClient<Channel>,
-    user: &str,
-    room: &str,
-) -> Result<Vec<PublicIdentity>, tonic::Status> {
-    let identity = public_identity(user, user);
-    client
-        .key_exchange(KeyExchangeRequest {
-            identity: Some(identity),
-            room: room.to_owned(),
-        })
-        .await
-        .map(|response| response.into_inner().members)
-}
-
-/// Room keys for a raw client, as a real member would hold them.
+/// Room keys for a raw client, as a real member would hold them, trusting every member.
 pub fn room_keys(room: &str, user: &str, members: Vec<PublicIdentity>) -> RoomKeys {
-    RoomKeys::new(room, user, identity(user), members)
-        .unwrap()
-        .0
+    let mut keys = RoomKeys::new(room, user, identity(user)).unwrap();
+    for member in members {
+        keys.insert_member(VerifiedIdentity::verify(&member).unwrap(), true);
+    }
+    keys
 }
 
 /// A TCP proxy on 127.0.0.1:0 that records every byte it forwards, both ways.

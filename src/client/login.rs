@@ -1,0 +1,148 @@
+//! Logging in to the relay, and the clients that carry the session token.
+
+use std::fmt;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+use zeroize::Zeroizing;
+
+use super::ClientError;
+use crate::crypto::{Identity, VerifiedIdentity};
+use crate::proto::auth_service_client::AuthServiceClient;
+use crate::proto::chat_service_client::ChatServiceClient;
+use crate::proto::{CreateChallengeRequest, GetIdentityRequest, LoginRequest};
+use crate::protocol::AUTHORIZATION_METADATA_KEY;
+
+/// The largest frame accepted from the relay: a `Joined` lists every member's keys.
+const MAX_INBOUND_FRAME: usize = 4 * 1024 * 1024;
+
+/// A `ChatService` client whose every request carries the session token.
+pub type AuthorizedClient = ChatServiceClient<InterceptedService<Channel, BearerToken>>;
+
+/// A logged-in user: who, and the token that proves it.
+#[derive(Clone)]
+pub struct Credentials {
+    user: String,
+    bearer: BearerToken,
+    /// When the token expires, in milliseconds since the Unix epoch (server clock).
+    pub expires_at_ms: u64,
+    /// Whether this login registered the user name.
+    pub registered: bool,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Credentials {
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// A `ChatService` client on `channel` acting as this user.
+    pub fn chat_client(&self, channel: Channel) -> AuthorizedClient {
+        ChatServiceClient::new(self.authorize(channel)).max_decoding_message_size(MAX_INBOUND_FRAME)
+    }
+
+    /// `channel`, with this user's token on every request.
+    pub fn authorize(&self, channel: Channel) -> InterceptedService<Channel, BearerToken> {
+        InterceptedService::new(channel, self.bearer.clone())
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every request. The token is never printed.
+#[derive(Clone)]
+pub struct BearerToken(MetadataValue<Ascii>);
+
+impl BearerToken {
+    /// The metadata for `token`, marked sensitive so that HTTP/2 never indexes it.
+    pub fn new(token: &str) -> Result<Self, ClientError> {
+        let header = Zeroizing::new(format!("Bearer {token}"));
+        let mut value = MetadataValue::try_from(header.as_str()).map_err(|_| {
+            ClientError::Refused(Status::internal("the server sent a malformed token"))
+        })?;
+        value.set_sensitive(true);
+        Ok(Self(value))
+    }
+}
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert(AUTHORIZATION_METADATA_KEY, self.0.clone());
+        Ok(request)
+    }
+}
+
+/// Logs in as `user`: signs the relay's challenge with the identity's signing key. The
+/// first login of a name registers it to this identity.
+pub async fn login(
+    channel: Channel,
+    identity: &Identity,
+    user: &str,
+) -> Result<Credentials, ClientError> {
+    let mut auth = AuthServiceClient::new(channel);
+    let challenge = auth
+        .create_challenge(CreateChallengeRequest {
+            user: user.to_owned(),
+        })
+        .await
+        .map_err(ClientError::Refused)?
+        .into_inner()
+        .challenge;
+    let signature = identity.sign_login(user, &challenge)?;
+    let answer = auth
+        .login(LoginRequest {
+            identity: Some(identity.publish(user)?),
+            challenge,
+            signature: signature.into(),
+        })
+        .await
+        .map_err(|status| match status.code() {
+            Code::AlreadyExists => ClientError::NameTaken {
+                user: user.to_owned(),
+            },
+            _ => ClientError::Refused(status),
+        })?
+        .into_inner();
+    let token = Zeroizing::new(answer.session_token);
+    Ok(Credentials {
+        user: user.to_owned(),
+        bearer: BearerToken::new(&token)?,
+        expires_at_ms: answer.expires_at_ms,
+        registered: answer.registered,
+    })
+}
+
+/// The identity the relay has registered for `user`, checked.
+pub async fn fetch_identity(
+    client: &mut AuthorizedClient,
+    user: &str,
+) -> Result<VerifiedIdentity, ClientError> {
+    let published = client
+        .get_identity(GetIdentityRequest {
+            user: user.to_owned(),
+        })
+        .await
+        .map_err(ClientError::Refused)?
+        .into_inner();
+    if published.user != user {
+        return Err(ClientError::BadIdentity {
+            user: user.to_owned(),
+            reason: format!("the server answered with {:?}'s", published.user),
+        });
+    }
+    VerifiedIdentity::verify(&published).map_err(|error| ClientError::BadIdentity {
+        user: user.to_owned(),
+        reason: error.to_string(),
+    })
+}
