@@ -481,4 +481,5 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         .windows(needle.len())
         .any(|window| window == needle)
 }
+pub mod malicious;
 pub mod process;

@@ -1,0 +1,453 @@
+//! Identity, login and key trust over real gRPC: who may log in under a name, what a
+//! token admits, private rooms, and a relay that lies about keys.
+
+mod common;
+
+use std::time::Duration;
+
+use common::malicious::KeySwappingRelay;
+use common::{Member, TestServer, identity, log_in};
+use e2ee_chat::client::{ClientError, Contacts, Event};
+use e2ee_chat::proto::auth_service_client::AuthServiceClient;
+use e2ee_chat::proto::chat_service_client::ChatServiceClient;
+use e2ee_chat::proto::{
+    ClientFrame, CreateChallengeRequest, GetIdentityRequest, LeaveReason, LoginRequest,
+    client_frame,
+};
+use e2ee_chat::server::Limits;
+use tonic::{Code, Request};
+
+fn authorized<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// Logs in as `user` with `key_owner`'s keys, the raw way; returns the token.
+async fn raw_login(
+    server: &TestServer,
+    user: &str,
+    key_owner: &str,
+) -> Result<String, tonic::Status> {
+    let mut auth = AuthServiceClient::new(server.channel().await);
+    let challenge = auth
+        .create_challenge(CreateChallengeRequest { user: user.into() })
+        .await?
+        .into_inner()
+        .challenge;
+    let keys = identity(key_owner);
+    let login = LoginRequest {
+        identity: Some(keys.publish(user).unwrap()),
+        signature: keys.sign_login(user, &challenge).unwrap().into(),
+        challenge,
+    };
+    Ok(auth.login(login).await?.into_inner().session_token)
+}
+
+#[tokio::test]
+async fn the_first_login_registers_a_name_and_other_keys_cannot_take_it() {
+    let server = TestServer::start().await;
+    let (_, first) = log_in(&server.url, "alice").await.unwrap();
+    assert!(first.registered);
+    let (_, again) = log_in(&server.url, "alice").await.unwrap();
+    assert!(
+        !again.registered,
+        "a second login with the same keys is just a login"
+    );
+
+    let status = raw_login(&server, "alice", "eve").await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert!(status.message().contains("taken"), "{status:?}");
+
+    let channel = server.channel().await;
+    let error = e2ee_chat::client::login(channel, &identity("eve"), "alice")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ClientError::NameTaken { .. }), "{error:?}");
+    assert!(error.to_string().contains("is taken"), "{error}");
+}
+
+#[tokio::test]
+async fn a_challenge_is_single_use_bound_to_its_user_and_must_be_signed() {
+    let server = TestServer::start().await;
+    let mut auth = AuthServiceClient::new(server.channel().await);
+    let keys = identity("alice");
+    let challenge = || async {
+        AuthServiceClient::new(server.channel().await)
+            .create_challenge(CreateChallengeRequest {
+                user: "alice".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .challenge
+    };
+
+    // Signed by the wrong key.
+    let fresh = challenge().await;
+    let forged = LoginRequest {
+        identity: Some(keys.publish("alice").unwrap()),
+        signature: identity("eve").sign_login("alice", &fresh).unwrap().into(),
+        challenge: fresh,
+    };
+    let status = auth.login(forged).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+
+    // A good answer works once.
+    let fresh = challenge().await;
+    let login = LoginRequest {
+        identity: Some(keys.publish("alice").unwrap()),
+        signature: keys.sign_login("alice", &fresh).unwrap().into(),
+        challenge: fresh,
+    };
+    auth.login(login.clone()).await.unwrap();
+    let status = auth.login(login).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "replayed: {status:?}");
+    assert!(status.message().contains("challenge"), "{status:?}");
+
+    // A challenge issued for bob does not log alice in.
+    let for_bob = AuthServiceClient::new(server.channel().await)
+        .create_challenge(CreateChallengeRequest { user: "bob".into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .challenge;
+    let login = LoginRequest {
+        identity: Some(keys.publish("alice").unwrap()),
+        signature: keys.sign_login("alice", &for_bob).unwrap().into(),
+        challenge: for_bob,
+    };
+    assert_eq!(
+        auth.login(login).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+
+    // An identity whose self-signature does not cover its name.
+    let fresh = AuthServiceClient::new(server.channel().await)
+        .create_challenge(CreateChallengeRequest {
+            user: "alice2".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .challenge;
+    let mut renamed = identity("carol").publish("carol").unwrap();
+    renamed.user = "alice2".into();
+    let login = LoginRequest {
+        identity: Some(renamed),
+        signature: identity("carol")
+            .sign_login("alice2", &fresh)
+            .unwrap()
+            .into(),
+        challenge: fresh,
+    };
+    assert_eq!(
+        auth.login(login).await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+}
+
+#[tokio::test]
+async fn chat_service_needs_a_valid_unexpired_token() {
+    let limits = Limits {
+        token_ttl_secs: 1,
+        ..Limits::default()
+    };
+    let server = TestServer::with_limits(limits).await;
+    let mut chat = ChatServiceClient::new(server.channel().await);
+    let lookup = || GetIdentityRequest {
+        user: "alice".into(),
+    };
+
+    let status = chat.get_identity(lookup()).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "missing: {status:?}");
+    let status = chat
+        .get_identity(authorized(lookup(), &"0".repeat(64)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "forged: {status:?}");
+    let mut not_bearer = Request::new(lookup());
+    not_bearer
+        .metadata_mut()
+        .insert("authorization", "Basic YWxpY2U6".parse().unwrap());
+    assert_eq!(
+        chat.get_identity(not_bearer).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let (_frames, outbound) = tokio::sync::mpsc::channel::<ClientFrame>(1);
+    let status = chat
+        .chat(tokio_stream::wrappers::ReceiverStream::new(outbound))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "stream: {status:?}");
+
+    let token = raw_login(&server, "alice", "alice").await.unwrap();
+    let found = chat
+        .get_identity(authorized(lookup(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let expected = identity("alice").publish("alice").unwrap();
+    assert_eq!(found.user, "alice");
+    assert_eq!(found.signing_public_key, expected.signing_public_key);
+    assert_eq!(found.encryption_public_key, expected.encryption_public_key);
+    let status = chat
+        .get_identity(authorized(
+            GetIdentityRequest {
+                user: "nobody".into(),
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let status = chat
+        .get_identity(authorized(lookup(), &token))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "expired: {status:?}");
+    assert!(status.message().contains("expired"), "{status:?}");
+}
+
+#[tokio::test]
+async fn private_rooms_admit_only_the_owner_and_invited_users() {
+    let server = TestServer::start().await;
+    let join_private = |user: &'static str| {
+        let url = server.url.clone();
+        async move { Member::try_join(&url, user, "#plans", true, Contacts::in_memory()).await }
+    };
+    let (mut alice, _) = join_private("alice").await.unwrap();
+    // carol is registered but not invited.
+    log_in(&server.url, "carol").await.unwrap();
+    let refused = join_private("carol").await.err().unwrap();
+    assert!(
+        matches!(&refused, ClientError::Refused(status) if status.code() == Code::PermissionDenied),
+        "{refused:?}"
+    );
+    // Nor can an outsider post to it or hear it.
+    let mut outsider = common::RawClient::open(&server, "dave").await;
+    outsider
+        .send(
+            2,
+            client_frame::Kind::Invite(e2ee_chat::proto::InviteMember {
+                room: "#plans".into(),
+                user: "dave".into(),
+            }),
+        )
+        .await;
+    match outsider.answer(2).await.kind {
+        Some(e2ee_chat::proto::server_frame::Kind::Rejection(rejection)) => {
+            assert_eq!(
+                rejection.code,
+                Code::PermissionDenied as i32,
+                "{rejection:?}"
+            );
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+
+    log_in(&server.url, "bob").await.unwrap();
+    alice.invite("bob");
+    alice
+        .wait_for(|event| matches!(event, Event::Notice(text) if text.contains("invited bob")))
+        .await;
+    let (mut bob, _) = join_private("bob").await.unwrap();
+    alice.sees_join("bob").await;
+    alice.send("for members only").await;
+    assert_eq!(
+        bob.messages(1).await,
+        [("alice".to_owned(), "for members only".to_owned())]
+    );
+
+    // Only the owner invites and kicks.
+    bob.invite("carol");
+    bob.wait_for(
+        |event| matches!(event, Event::Warning(text) if text.contains("PERMISSION_DENIED")),
+    )
+    .await;
+
+    alice.kick("bob");
+    bob.wait_for(|event| matches!(event, Event::Removed { .. }))
+        .await;
+    alice
+        .wait_for(|event| {
+            matches!(event, Event::MemberLeft { user, reason: LeaveReason::Kicked, .. } if user == "bob")
+        })
+        .await;
+    // bob's old keys do not open what alice says next; the relay does not even send it.
+    alice.send("after bob").await;
+    alice
+        .wait_for(|event| matches!(event, Event::Delivered { .. }))
+        .await;
+    use e2ee_chat::proto::server_frame::Kind;
+    let frames = bob.drain_frames();
+    let kicked = frames
+        .iter()
+        .position(|frame| matches!(frame.kind, Some(Kind::MemberLeft(_))))
+        .expect("bob was told");
+    assert!(
+        !frames[kicked..]
+            .iter()
+            .any(|frame| matches!(frame.kind, Some(Kind::Message(_)))),
+        "{frames:?}"
+    );
+    drop(bob);
+    let refused = join_private("bob").await.err().unwrap();
+    assert!(
+        matches!(&refused, ClientError::Refused(status) if status.code() == Code::PermissionDenied),
+        "bob was kicked, his invitation with him: {refused:?}"
+    );
+
+    // An open room cannot be taken private, and has nobody to invite or kick.
+    let open = Member::join(&server, "erin", "lobby").await;
+    let refused = Member::try_join(&server.url, "frank", "lobby", true, Contacts::in_memory())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&refused, ClientError::Refused(status) if status.code() == Code::AlreadyExists),
+        "{refused:?}"
+    );
+    let mut open = open;
+    open.invite("alice");
+    open.wait_for(
+        |event| matches!(event, Event::Warning(text) if text.contains("FAILED_PRECONDITION")),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_relay_that_swaps_keys_is_caught_and_learns_nothing() {
+    let server = TestServer::start().await;
+    let home = tempfile::tempdir().unwrap();
+    let pins = home.path().join("alice").join("contacts.json");
+
+    // Through the honest relay, alice meets bob and pins his keys; their safety numbers
+    // agree.
+    let (mut alice, _) = Member::try_join(
+        &server.url,
+        "alice",
+        "lobby",
+        false,
+        Contacts::open(&pins).unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut bob = Member::join(&server, "bob", "lobby").await;
+    alice
+        .wait_for(|event| matches!(event, Event::Pinned { user, .. } if user == "bob"))
+        .await;
+    let honest = alice.safety_number("bob").await.unwrap();
+    assert_eq!(honest, bob.safety_number("alice").await.unwrap());
+    alice.quit().await.unwrap();
+    bob.wait_for(|event| matches!(event, Event::MemberLeft { .. }))
+        .await;
+
+    // Then alice comes back through a relay that presents mallory's keys as bob's,
+    // properly self-signed under bob's name.
+    let impostor = identity("mallory").publish("bob").unwrap();
+    let evil = KeySwappingRelay::start(&server.url, "bob", impostor).await;
+    let (mut alice, notices) = Member::try_join(
+        &evil.url,
+        "alice",
+        "lobby",
+        false,
+        Contacts::open(&pins).unwrap(),
+    )
+    .await
+    .unwrap();
+    let mallory = identity("mallory").fingerprint();
+    assert!(
+        notices.iter().any(|notice| matches!(
+            notice,
+            Event::KeysChanged { user, presented, .. } if user == "bob" && *presented == mallory
+        )),
+        "alice was not told: {notices:?}"
+    );
+    alice.send("for bob's eyes only").await;
+    alice
+        .wait_for(|event| matches!(event, Event::Delivered { .. }))
+        .await;
+
+    // alice wrapped her key for nobody, so neither the impostor nor anyone holding
+    // mallory's keys can read what she sent.
+    let sent = evil.sent();
+    assert!(
+        sent.iter()
+            .any(|frame| matches!(frame.kind, Some(client_frame::Kind::Send(_)))),
+        "{sent:?}"
+    );
+    let wrapped_for_bob = sent.iter().any(|frame| {
+        matches!(&frame.kind, Some(client_frame::Kind::DistributeKey(distribution))
+            if distribution.keys.iter().any(|key| key.recipient == "bob"))
+    });
+    assert!(
+        !wrapped_for_bob,
+        "alice gave the impostor her key: {sent:?}"
+    );
+
+    // What the real bob sends does not verify against the impostor's keys either, and
+    // the safety numbers now differ, for the two of them to notice.
+    bob.send("it is really me").await;
+    alice
+        .wait_for(|event| matches!(event, Event::Warning(text) if text.contains("bob")))
+        .await;
+    let now = alice.safety_number("bob").await.unwrap();
+    assert_ne!(now, bob.safety_number("alice").await.unwrap());
+    assert_ne!(now, honest);
+}
+
+#[tokio::test]
+async fn a_replayed_message_is_shown_once_and_late_ones_within_the_window_still_are() {
+    use e2ee_chat::proto::{MessageDelivery, ServerFrame, server_frame};
+
+    let server = TestServer::start().await;
+    let mut bob = Member::join(&server, "bob", "lobby").await;
+    let mut dave = common::RawClient::open(&server, "dave").await;
+    let members = dave.join("lobby").await;
+    let mut keys = common::room_keys("lobby", "dave", members);
+    let distribution = keys.distribute_to_all().unwrap().remove(0);
+    dave.send(2, client_frame::Kind::DistributeKey(distribution))
+        .await;
+    dave.answer(2).await;
+    bob.sees_join("dave").await;
+
+    // A relay holding three of dave's messages delivers them out of order, then one again.
+    let deliveries: Vec<ServerFrame> = ["one", "two", "three"]
+        .into_iter()
+        .map(|text| {
+            let (_, send) = keys.seal_text(text).unwrap();
+            ServerFrame {
+                request_id: 0,
+                kind: Some(server_frame::Kind::Message(MessageDelivery {
+                    room: "lobby".into(),
+                    sender: "dave".into(),
+                    sealed: send.sealed,
+                })),
+            }
+        })
+        .collect();
+    // Wait until bob holds dave's key: a message through the relay proves it.
+    let (_, hello) = keys.seal_text("hello").unwrap();
+    dave.send(3, client_frame::Kind::Send(hello)).await;
+    assert_eq!(bob.messages(1).await[0].1, "hello");
+
+    let mut shown = Vec::new();
+    for index in [2, 0, 1, 0, 2] {
+        for event in bob.inject(deliveries[index].clone()).await {
+            match event {
+                Event::Message { text, .. } => shown.push(text),
+                Event::Warning(warning) => {
+                    assert!(warning.contains("repeated"), "{warning}");
+                    shown.push("(dropped)".to_owned());
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_eq!(shown, ["three", "one", "two", "(dropped)", "(dropped)"]);
+}
