@@ -171,15 +171,17 @@ impl RoomKeys {
         }
     }
 
-    /// The user accepted `user`'s keys: it gets our key, and the key it sent while it
-    /// was untrusted is taken. `None` if `user` is not a member.
+    /// The user accepted `user`'s keys: the key it sent while it was untrusted is taken,
+    /// and ours is rotated for everyone, so that what we sent while it was untrusted
+    /// stays out of its reach. `None` if `user` is not a member.
     pub fn trust(&mut self, user: &str) -> Result<Option<KeyUpdate>, ClientError> {
         let Some(member) = self.members.get_mut(user) else {
             return Ok(None);
         };
         member.trusted = true;
         let held = member.held_key.take();
-        let distribution = vec![self.distribution(&[&user.to_owned()])?];
+        self.outbound = OutboundSenderKey::generate()?;
+        let distribution = self.distribute_to_all()?;
         let events = held
             .map(|delivery| self.accept_sender_key(delivery))
             .unwrap_or_default();

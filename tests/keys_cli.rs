@@ -1,0 +1,219 @@
+//! Identities, key trust and private rooms through the real `chat-client` and
+//! `chat-server` binaries.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::process::{ClientProcess, ServerProcess, rust_client, wait_for_line};
+
+/// `chat-client --home HOME --user USER ARGS...`, run to completion.
+fn client_command(url: &str, home: &Path, user: &str, args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_chat-client"))
+        .args([
+            "--server",
+            url,
+            "--key-bits",
+            "2048",
+            "--user",
+            user,
+            "--home",
+        ])
+        .arg(home)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn safety_number(stdout: &str) -> String {
+    stdout.rsplit(": ").next().unwrap().trim().replace(' ', "")
+}
+
+#[test]
+fn names_are_taken_keys_are_pinned_verified_and_trusted_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let (alice_home, bob_home) = (dir.path().join("alice"), dir.path().join("bob"));
+    let alice = ClientProcess::joined(
+        rust_client(&server.url, "alice", "lobby", &alice_home),
+        "lobby",
+    );
+    let bob = ClientProcess::joined(rust_client(&server.url, "bob", "lobby", &bob_home), "lobby");
+    wait_for_line(&alice.stderr, "pinned the keys of bob");
+
+    // Someone else's keys cannot log in as alice.
+    let (ok, _, stderr) = client_command(&server.url, &dir.path().join("eve"), "alice", &[]);
+    assert!(!ok);
+    let last = stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("chat-client: error: ") && last.contains("is taken"),
+        "{stderr}"
+    );
+
+    // Both sides compute the same safety number from their own pins.
+    let (ok, alice_says, stderr) =
+        client_command(&server.url, &alice_home, "alice", &["verify", "bob"]);
+    assert!(ok, "{stderr}");
+    let (ok, bob_says, stderr) =
+        client_command(&server.url, &bob_home, "bob", &["verify", "alice"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(safety_number(&alice_says), safety_number(&bob_says));
+    assert_eq!(safety_number(&alice_says).len(), 60);
+    let (ok, _, _) = client_command(
+        &server.url,
+        &alice_home,
+        "alice",
+        &["verify", "bob", "--confirm"],
+    );
+    assert!(ok);
+    let pins = std::fs::read_to_string(alice_home.join("alice").join("contacts.json")).unwrap();
+    assert!(pins.contains("\"verified\": true"), "{pins}");
+    let (ok, _, stderr) = client_command(&server.url, &alice_home, "alice", &["verify", "nobody"]);
+    assert!(
+        !ok && stderr.contains("no keys are pinned for nobody"),
+        "{stderr}"
+    );
+
+    let (ok, fingerprint, _) = client_command(&server.url, &alice_home, "alice", &["fingerprint"]);
+    assert!(ok);
+    assert!(fingerprint.starts_with("alice: "), "{fingerprint}");
+    assert_eq!(fingerprint.trim().len(), "alice: ".len() + 16 * 4 + 15);
+    for client in [alice, bob] {
+        assert!(client.finish().0.success());
+    }
+
+    // The server is replaced (it keeps accounts in memory), and bob comes back with new
+    // keys: alice is warned, and nothing she sends is for the new keys...
+    drop(server);
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let new_bob_home = dir.path().join("bob-new");
+    let mut bob = ClientProcess::joined(
+        rust_client(&server.url, "bob", "lobby", &new_bob_home),
+        "lobby",
+    );
+    let mut alice = ClientProcess::start(rust_client(&server.url, "alice", "lobby", &alice_home));
+    let warned = wait_for_line(&alice.stderr, "joined lobby");
+    assert!(
+        warned
+            .iter()
+            .any(|line| line.contains("NEW KEYS for bob") && line.contains("VERIFIED")),
+        "{warned:?}"
+    );
+    alice.say("not for the new keys");
+    bob.say("hello from new bob");
+    wait_for_line(&alice.stderr, "dropped a message from bob");
+    // ...until she accepts them.
+    alice.say("/trust bob");
+    wait_for_line(&alice.stderr, "now trusting the keys of bob");
+    bob.say("can you read me now");
+    alice.expect_stdout("[lobby] bob: can you read me now");
+    alice.say("yes");
+    bob.expect_stdout("[lobby] alice: yes");
+    let (status, _, stderr) = alice.finish();
+    assert!(status.success(), "{stderr:?}");
+    let (status, stdout, _) = bob.finish();
+    assert!(status.success());
+    // "yes" was read above; what alice sent before trusting bob's keys never is.
+    assert!(stdout.is_empty(), "bob read {stdout:?}");
+
+    // The offline command pins what the server now has, so the next session is quiet.
+    let (ok, stdout, stderr) = client_command(&server.url, &alice_home, "alice", &["trust", "bob"]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("now trusting bob: "), "{stdout}");
+}
+
+#[test]
+fn a_private_room_through_the_binaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let home = dir.path().join("home");
+    let mut private = rust_client(&server.url, "alice", "#team", &home);
+    private.arg("--private");
+    let mut alice = ClientProcess::joined(private, "#team");
+
+    let (ok, _, stderr) = client_command(&server.url, &home, "bob", &["--room", "#team"]);
+    assert!(!ok);
+    assert!(
+        stderr.lines().last().unwrap().contains("PERMISSION_DENIED"),
+        "{stderr}"
+    );
+    alice.say("/invite bob");
+    wait_for_line(&alice.stderr, "invited bob to #team");
+    let bob = ClientProcess::joined(rust_client(&server.url, "bob", "#team", &home), "#team");
+    alice.say("welcome");
+    bob.expect_stdout("[#team] alice: welcome");
+    alice.say("/kick bob");
+    wait_for_line(&alice.stderr, "bob was removed by the owner from #team");
+    let (status, _, stderr) = bob.finish();
+    assert!(!status.success());
+    assert!(
+        stderr
+            .last()
+            .unwrap()
+            .contains("the owner of #team removed you"),
+        "{stderr:?}"
+    );
+    alice.say("/kick bob");
+    wait_for_line(&alice.stderr, "NOT_FOUND");
+    assert!(alice.finish().0.success());
+}
+
+#[test]
+fn the_server_never_logs_a_token() {
+    use e2ee_chat::proto::auth_service_client::AuthServiceClient;
+    use e2ee_chat::proto::chat_service_client::ChatServiceClient;
+    use e2ee_chat::proto::{CreateChallengeRequest, GetIdentityRequest, LoginRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start_with(&dir.path().join("data"), &[("RUST_LOG", "trace")]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let token = runtime.block_on(async {
+        let channel = e2ee_chat::client::connect(&server.url).await.unwrap();
+        let mut auth = AuthServiceClient::new(channel.clone());
+        let challenge = auth
+            .create_challenge(CreateChallengeRequest {
+                user: "alice".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .challenge;
+        let keys = common::identity("alice");
+        let token = auth
+            .login(LoginRequest {
+                identity: Some(keys.publish("alice").unwrap()),
+                signature: keys.sign_login("alice", &challenge).unwrap().into(),
+                challenge,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .session_token;
+        let mut request = tonic::Request::new(GetIdentityRequest {
+            user: "alice".into(),
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        ChatServiceClient::new(channel)
+            .get_identity(request)
+            .await
+            .unwrap();
+        token
+    });
+    // Everything the server wrote, at its most verbose, until it exited.
+    assert!(server.terminate().success());
+    let lines: Vec<String> = server.stderr.iter().collect();
+    assert!(
+        lines.iter().any(|line| line.contains("logged in")),
+        "the server logged nothing useful: {lines:?}"
+    );
+    let leaks: Vec<&String> = lines.iter().filter(|line| line.contains(&token)).collect();
+    assert!(leaks.is_empty(), "the token was logged: {leaks:?}");
+}
