@@ -42,7 +42,7 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve(listener, limits, async {
+        let task = tokio::spawn(server::serve(listener, limits, None, async {
             let _ = stopped.await;
         }));
         Self {
