@@ -25,7 +25,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, Parser)]
 #[command(name = "chat-server", version)]
 struct Args {
-    /// Address to listen on.
+    /// Address to listen on. Without TLS it must be a loopback address (see
+    /// --insecure-plaintext).
     #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:5555")]
     listen: SocketAddr,
     /// Serve TLS with the certificate chain in this PEM file, the server's own
@@ -36,6 +37,17 @@ struct Args {
     /// encrypted). Needs --tls-cert.
     #[arg(long, env = "CHAT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve plaintext on an address that is not loopback. Without TLS, user and room
+    /// names, any session credentials and every message's metadata cross the network in
+    /// clear, and anyone on the path can pose as the relay; so the server refuses unless
+    /// this is given. Use it only when a TLS-terminating proxy sits in front.
+    #[arg(
+        long,
+        env = "CHAT_INSECURE_PLAINTEXT",
+        conflicts_with = "tls_cert",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    insecure_plaintext: bool,
     /// Directory for the server's data, created with mode 0700 if missing. Nothing is
     /// stored in it yet: the relay keeps its state in memory.
     #[arg(long, env = "CHAT_DATA_DIR", default_value_os_t = default_data_dir())]
@@ -72,6 +84,21 @@ fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), String> {
     let plaintext = args.tls_cert.is_none();
+    if plaintext && !args.listen.ip().is_loopback() {
+        if !args.insecure_plaintext {
+            return Err(format!(
+                "refusing to serve plaintext on {}, which is not a loopback address: user and \
+                 room names, any session credentials and every message's metadata would cross \
+                 the network in clear; pass --tls-cert and --tls-key, or --insecure-plaintext \
+                 if a TLS-terminating proxy sits in front",
+                args.listen
+            ));
+        }
+        tracing::warn!(
+            "serving plaintext on {} (--insecure-plaintext): only safe behind a TLS-terminating proxy",
+            args.listen
+        );
+    }
     server::prepare_data_dir(&args.data_dir).map_err(|error| error.to_string())?;
     let tls = load_tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
     let listener = TcpListener::bind(args.listen)
