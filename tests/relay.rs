@@ -727,7 +727,7 @@ async fn connections_beyond_the_limit_are_closed() {
     let bob = Member::join(&server, "bob", "lobby").await;
 
     let third = async {
-        let channel = e2ee_chat::client::connect(&server.url).await?;
+        let channel = e2ee_chat::client::connect(&server.url, None).await?;
         let mut client = ChatServiceClient::new(channel);
         publish(&mut client, "carol", "lobby")
             .await
@@ -750,7 +750,7 @@ async fn connections_beyond_the_limit_are_closed() {
     // bob's connection closes shortly after his session: then carol gets in.
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
-        match e2ee_chat::client::connect(&server.url).await {
+        match e2ee_chat::client::connect(&server.url, None).await {
             Ok(channel) => {
                 let mut client = ChatServiceClient::new(channel);
                 if publish(&mut client, "carol", "lobby").await.is_ok() {

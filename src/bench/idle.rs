@@ -55,7 +55,7 @@ pub async fn measure_idle(server_binary: &Path, clients: usize) -> Result<IdleRe
     let identity = Arc::new(IdentityKey::generate(2048).map_err(client::ClientError::from)?);
     let mut readers = Vec::with_capacity(clients);
     for index in 0..clients {
-        let channel = client::connect(&url).await?;
+        let channel = client::connect(&url, None).await?;
         let room = format!("idle-{}", index / ROOM_SIZE);
         let (mut session, _) =
             ChatSession::join(channel, identity.clone(), &format!("idle-{index}"), &room).await?;

@@ -122,7 +122,7 @@ pub async fn measure_e2ee(url: &str, load: &Load) -> Result<Measurement, BenchEr
             .await
             .map_err(|error| BenchError::Unexpected(error.to_string()))?
             .map_err(ClientError::from)?;
-        let channel = client::connect(url).await?;
+        let channel = client::connect(url, None).await?;
         let (session, _) = ChatSession::join(
             channel,
             Arc::new(identity),
@@ -144,7 +144,7 @@ pub async fn measure_plain(url: &str, load: &Load) -> Result<Measurement, BenchE
         .map_err(ClientError::from)?;
     let mut clients = Vec::with_capacity(load.clients);
     for index in 0..load.clients {
-        let channel = client::connect(url).await?;
+        let channel = client::connect(url, None).await?;
         let (user, room) = (user_name(index), room_name(index, load));
         clients.push(PlainClient::join(channel, &identity, &user, &room).await?);
     }

@@ -34,9 +34,14 @@ every message; otherwise it exits non-zero with a one-line error.";
 #[derive(Debug, Parser)]
 #[command(name = "chat-client", version, after_long_help = HELP_AFTER)]
 struct Args {
-    /// The relay's URL.
+    /// The relay's URL: https://HOST:PORT for TLS, or http://HOST:PORT for plaintext
+    /// (only safe to a relay on this machine).
     #[arg(long, env = "CHAT_SERVER", default_value = "http://127.0.0.1:5555")]
     server: String,
+    /// Trust the CA certificate(s) in this PEM file for an https:// server, instead of
+    /// the public web roots built in; for a self-signed or private-CA server certificate.
+    #[arg(long, env = "CHAT_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
     /// Your user name: 1 to 32 characters from A-Z a-z 0-9 _ . -
     #[arg(long, env = "CHAT_USER")]
     user: String,
@@ -98,7 +103,9 @@ async fn run(args: Args) -> Result<(), String> {
     validate_user(&args.user).map_err(|error| error.to_string())?;
     validate_room(&args.room).map_err(|error| error.to_string())?;
     let identity = Arc::new(load_or_create_identity(&args)?);
-    let channel = client::connect(&args.server).await.map_err(describe)?;
+    let channel = client::connect(&args.server, args.ca_cert.as_deref())
+        .await
+        .map_err(describe)?;
     let (mut session, warnings) = ChatSession::join(channel, identity, &args.user, &args.room)
         .await
         .map_err(describe)?;

@@ -1,5 +1,6 @@
 //! The client side: everything a chat program needs to talk through the relay.
 //!
+//! - [`connect`]: the channel to the relay, plaintext or TLS.
 //! - [`home`]: the identity key file in the client's home directory (PKCS#8, 0600).
 //! - [`RoomKeys`]: the end-to-end state of one room — members' public keys, our sender
 //!   key, theirs — turning frames into plaintext and back. No I/O.
@@ -8,13 +9,15 @@
 //!
 //! The `chat-client` binary, the tests and the benchmarks all use these types.
 
+mod connect;
 pub mod home;
 mod replay;
 mod room;
 mod session;
 
+pub use connect::connect;
 pub use room::{MAX_WAITING_MESSAGES, RoomEvent, RoomKeys};
-pub use session::{ChatSession, Event, connect, open_stream};
+pub use session::{ChatSession, Event, open_stream};
 
 use std::path::PathBuf;
 
@@ -25,6 +28,8 @@ use crate::crypto::CryptoError;
 pub enum ClientError {
     #[error("invalid server URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
+    #[error("cannot use CA certificate {path}: {reason}")]
+    CaCertUnusable { path: PathBuf, reason: String },
     #[error("cannot connect to {url}: {reason}")]
     Unreachable { url: String, reason: String },
     #[error("the server refused: {}: {}", code_name(.0.code()), .0.message())]

@@ -8,16 +8,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status, Streaming};
 
+use super::ClientError;
 use super::room::{RoomEvent, RoomKeys};
-use super::{ClientError, error_chain};
 use crate::crypto::IdentityKey;
 use crate::proto::chat_service_client::ChatServiceClient;
 use crate::proto::{
@@ -30,37 +29,6 @@ use crate::protocol::USER_METADATA_KEY;
 const OUTBOUND_FRAMES: usize = 256;
 /// The largest frame accepted from the relay: a `Joined` lists every member's key.
 const MAX_INBOUND_FRAME: usize = 4 * 1024 * 1024;
-
-/// Connects to the relay at `url` (`http://host:port`).
-pub async fn connect(url: &str) -> Result<Channel, ClientError> {
-    let bad_url = |reason: String| ClientError::BadUrl {
-        url: url.to_owned(),
-        reason,
-    };
-    let endpoint =
-        Endpoint::from_shared(url.to_owned()).map_err(|error| bad_url(error_chain(&error)))?;
-    match endpoint.uri().scheme_str() {
-        Some("http") => {}
-        Some(scheme) => {
-            return Err(bad_url(format!(
-                "unsupported scheme {scheme:?}; use http://"
-            )));
-        }
-        None => return Err(bad_url("missing scheme; use http://HOST:PORT".to_owned())),
-    }
-    if endpoint.uri().host().is_none() {
-        return Err(bad_url("missing host; use http://HOST:PORT".to_owned()));
-    }
-    endpoint
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|error| ClientError::Unreachable {
-            url: url.to_owned(),
-            reason: error_chain(&error),
-        })
-}
 
 /// Publishes `identity` as `user` with `KeyExchange`, then opens the `Chat` stream as
 /// `user` with a first frame (request id 1) that joins `room`. Returns where to send

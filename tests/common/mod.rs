@@ -54,7 +54,7 @@ impl TestServer {
     }
 
     pub async fn channel(&self) -> Channel {
-        client::connect(&self.url).await.unwrap()
+        client::connect(&self.url, None).await.unwrap()
     }
 
     /// Triggers a graceful shutdown and waits for the server to return.
@@ -100,7 +100,7 @@ impl Member {
     }
 
     pub async fn join_via(url: &str, user: &str, room: &str) -> Self {
-        let channel = client::connect(url).await.unwrap();
+        let channel = client::connect(url, None).await.unwrap();
         let (session, warnings) = ChatSession::join(channel, identity(user), user, room)
             .await
             .unwrap();
@@ -262,7 +262,7 @@ impl RawClient {
 
     /// The same, with the relay at `url`.
     pub async fn open_url(url: &str, user: &str) -> Self {
-        let mut client = ChatServiceClient::new(client::connect(url).await.unwrap());
+        let mut client = ChatServiceClient::new(client::connect(url, None).await.unwrap());
         publish(&mut client, user, "lobby").await.unwrap();
         let (frames, outbound) = mpsc::channel(1024);
         let mut request = tonic::Request::new(ReceiverStream::new(outbound));
