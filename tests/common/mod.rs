@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ServerTlsConfig};
 
 /// How long a test waits for something that should happen in milliseconds.
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -39,15 +39,28 @@ impl TestServer {
     }
 
     pub async fn with_limits(limits: Limits) -> Self {
+        Self::serving(limits, None).await
+    }
+
+    /// A relay serving TLS with `tls`, whose `url` is `https://localhost:PORT`.
+    pub async fn with_tls(tls: ServerTlsConfig) -> Self {
+        Self::serving(Limits::default(), Some(tls)).await
+    }
+
+    async fn serving(limits: Limits, tls: Option<ServerTlsConfig>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let url = match tls {
+            Some(_) => format!("https://localhost:{}", addr.port()),
+            None => format!("http://{addr}"),
+        };
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve(listener, limits, None, async {
+        let task = tokio::spawn(server::serve(listener, limits, tls, async {
             let _ = stopped.await;
         }));
         Self {
             addr,
-            url: format!("http://{addr}"),
+            url,
             stop: Some(stop),
             task,
         }
@@ -100,7 +113,11 @@ impl Member {
     }
 
     pub async fn join_via(url: &str, user: &str, room: &str) -> Self {
-        let channel = client::connect(url, None).await.unwrap();
+        Self::join_on(client::connect(url, None).await.unwrap(), user, room).await
+    }
+
+    /// Joins `room` over a channel the test opened itself (over TLS, say).
+    pub async fn join_on(channel: Channel, user: &str, room: &str) -> Self {
         let (session, warnings) = ChatSession::join(channel, identity(user), user, room)
             .await
             .unwrap();
