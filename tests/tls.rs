@@ -56,7 +56,7 @@ impl TestCert {
 
 /// `chat-server` serving TLS with `cert` on 127.0.0.1:0, and its https:// URL.
 fn tls_server(data_dir: &Path, cert: &TestCert) -> (ServerProcess, String) {
-    let server = ServerProcess::start_with(data_dir, &cert.server_args());
+    let server = ServerProcess::start_with_args(data_dir, &cert.server_args());
     let url = format!("https://localhost:{}", server.addr.port());
     (server, url)
 }

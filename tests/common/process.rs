@@ -71,11 +71,11 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `chat-server` on 127.0.0.1:0 and waits until it listens.
     pub fn start(data_dir: &Path) -> Self {
-        Self::start_with(data_dir, &[])
+        Self::start_with_args(data_dir, &[])
     }
 
     /// The same, with `extra` arguments (such as --tls-cert and --tls-key).
-    pub fn start_with(data_dir: &Path, extra: &[&OsStr]) -> Self {
+    pub fn start_with_args(data_dir: &Path, extra: &[&OsStr]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
