@@ -171,10 +171,11 @@ fn the_server_never_logs_a_token() {
     use e2ee_chat::proto::{CreateChallengeRequest, GetIdentityRequest, LoginRequest};
 
     let dir = tempfile::tempdir().unwrap();
-    let mut server = ServerProcess::start_with(&dir.path().join("data"), &[("RUST_LOG", "trace")]);
+    let mut server =
+        ServerProcess::start_with(&dir.path().join("data"), &[], &[("RUST_LOG", "trace")]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let token = runtime.block_on(async {
-        let channel = e2ee_chat::client::connect(&server.url).await.unwrap();
+        let channel = e2ee_chat::client::connect(&server.url, None).await.unwrap();
         let mut auth = AuthServiceClient::new(channel.clone());
         let challenge = auth
             .create_challenge(CreateChallengeRequest {

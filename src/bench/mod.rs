@@ -94,7 +94,7 @@ pub async fn start_relay(limits: Limits) -> Result<LocalRelay, BenchError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server::serve(listener, limits, async {
+    tokio::spawn(server::serve(listener, limits, None, async {
         let _ = stopped.await;
     }));
     Ok(LocalRelay { url, _stop: stop })
@@ -152,7 +152,7 @@ pub async fn measure_plain(
     let identity = bench_identity().await?;
     let mut clients = Vec::with_capacity(load.clients);
     for index in 0..load.clients {
-        let channel = client::connect(url).await?;
+        let channel = client::connect(url, None).await?;
         let (user, room) = (user_name(index), room_name(index, load));
         let chat = match login {
             Login::Required => self::login(channel.clone(), &identity, &user)
@@ -182,7 +182,7 @@ async fn join_room(
     user: &str,
     room: &str,
 ) -> Result<ChatSession, BenchError> {
-    let channel = client::connect(url).await?;
+    let channel = client::connect(url, None).await?;
     let credentials = login(channel.clone(), &identity, user).await?;
     let join = JoinRoom {
         room: room.to_owned(),

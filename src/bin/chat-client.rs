@@ -52,7 +52,8 @@ every message; otherwise it exits non-zero with a one-line error.";
 struct Args {
     #[command(subcommand)]
     command: Option<Command>,
-    /// The relay's URL.
+    /// The relay's URL: https://HOST:PORT for TLS, or http://HOST:PORT for plaintext
+    /// (only safe to a relay on this machine).
     #[arg(
         long,
         global = true,
@@ -60,6 +61,10 @@ struct Args {
         default_value = "http://127.0.0.1:5555"
     )]
     server: String,
+    /// Trust the CA certificate(s) in this PEM file for an https:// server, instead of
+    /// the public web roots built in; for a self-signed or private-CA server certificate.
+    #[arg(long, global = true, env = "CHAT_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
     /// Your user name: 1 to 32 characters from A-Z a-z 0-9 _ . - (required). The first
     /// login registers it on the server to your keys.
     #[arg(long, global = true, env = "CHAT_USER")]
@@ -195,7 +200,9 @@ async fn trust(
     name: &str,
 ) -> Result<(), String> {
     validate_user(name).map_err(|error| error.to_string())?;
-    let channel = client::connect(&args.server).await.map_err(describe)?;
+    let channel = client::connect(&args.server, args.ca_cert.as_deref())
+        .await
+        .map_err(describe)?;
     let credentials = client::login(channel.clone(), identity, user)
         .await
         .map_err(describe)?;
@@ -217,7 +224,9 @@ async fn chat(
     contacts: Contacts,
 ) -> Result<(), String> {
     validate_room(&args.room).map_err(|error| error.to_string())?;
-    let channel = client::connect(&args.server).await.map_err(describe)?;
+    let channel = client::connect(&args.server, args.ca_cert.as_deref())
+        .await
+        .map_err(describe)?;
     let credentials = client::login(channel.clone(), &identity, user)
         .await
         .map_err(describe)?;

@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -10,6 +10,7 @@ use clap::Parser;
 use e2ee_chat::server::{self, Limits};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::transport::ServerTlsConfig;
 use tracing_subscriber::EnvFilter;
 
 /// How long a shutdown waits for connections to close before the process exits anyway.
@@ -24,9 +25,29 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 #[derive(Debug, Parser)]
 #[command(name = "chat-server", version)]
 struct Args {
-    /// Address to listen on.
+    /// Address to listen on. Without TLS it must be a loopback address (see
+    /// --insecure-plaintext).
     #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:5555")]
     listen: SocketAddr,
+    /// Serve TLS with the certificate chain in this PEM file, the server's own
+    /// certificate first. Needs --tls-key.
+    #[arg(long, env = "CHAT_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert, a PEM file (PKCS#8, PKCS#1 or SEC1; not
+    /// encrypted). Needs --tls-cert.
+    #[arg(long, env = "CHAT_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve plaintext on an address that is not loopback. Without TLS, user and room
+    /// names, any session credentials and every message's metadata cross the network in
+    /// clear, and anyone on the path can pose as the relay; so the server refuses unless
+    /// this is given. Use it only when a TLS-terminating proxy sits in front.
+    #[arg(
+        long,
+        env = "CHAT_INSECURE_PLAINTEXT",
+        conflicts_with = "tls_cert",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    insecure_plaintext: bool,
     /// Directory for the server's data, created with mode 0700 if missing. Nothing is
     /// stored in it yet: the relay keeps its state in memory.
     #[arg(long, env = "CHAT_DATA_DIR", default_value_os_t = default_data_dir())]
@@ -62,19 +83,36 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    let plaintext = args.tls_cert.is_none();
+    if plaintext && !args.listen.ip().is_loopback() {
+        if !args.insecure_plaintext {
+            return Err(format!(
+                "refusing to serve plaintext on {}, which is not a loopback address: user and \
+                 room names, any session credentials and every message's metadata would cross \
+                 the network in clear; pass --tls-cert and --tls-key, or --insecure-plaintext \
+                 if a TLS-terminating proxy sits in front",
+                args.listen
+            ));
+        }
+        tracing::warn!(
+            "serving plaintext on {} (--insecure-plaintext): only safe behind a TLS-terminating proxy",
+            args.listen
+        );
+    }
     server::prepare_data_dir(&args.data_dir).map_err(|error| error.to_string())?;
+    let tls = load_tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
     let address = listener.local_addr().map_err(|error| error.to_string())?;
-    tracing::info!(%address, data_dir = %args.data_dir.display(), "listening on {address}");
+    tracing::info!(%address, tls = !plaintext, data_dir = %args.data_dir.display(), "listening on {address}");
 
     let (stopping_tx, mut stopping) = watch::channel(false);
     let signal = async move {
         wait_for_signal().await;
         let _ = stopping_tx.send(true);
     };
-    let serve = server::serve(listener, args.limits, signal);
+    let serve = server::serve(listener, args.limits, tls, signal);
     let deadline = async {
         let _ = stopping.wait_for(|stopping| *stopping).await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
@@ -85,6 +123,17 @@ async fn run(args: Args) -> Result<(), String> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The TLS configuration, if the flags ask for one (clap has made sure that both or
+/// neither are given).
+fn load_tls(cert: Option<&Path>, key: Option<&Path>) -> Result<Option<ServerTlsConfig>, String> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => server::tls::load(cert, key)
+            .map(Some)
+            .map_err(|error| error.to_string()),
+        _ => Ok(None),
+    }
 }
 
 async fn wait_for_signal() {

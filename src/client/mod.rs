@@ -1,5 +1,6 @@
 //! The client side: everything a chat program needs to talk through the relay.
 //!
+//! - [`connect`]: the channel to the relay, plaintext or TLS.
 //! - [`home`]: the identity key files in the client's home directory (PKCS#8, 0600).
 //! - [`Contacts`]: contacts' pinned fingerprints (trust on first use).
 //! - [`login`]: challenge-response login, and the clients that carry the token.
@@ -12,6 +13,7 @@
 //!
 //! The `chat-client` binary, the tests and the benchmarks all use these types.
 
+mod connect;
 mod contacts;
 pub mod home;
 mod login;
@@ -19,10 +21,11 @@ mod replay;
 mod room;
 mod session;
 
+pub use connect::connect;
 pub use contacts::{Contacts, Pin};
 pub use login::{AuthorizedClient, BearerToken, Credentials, fetch_identity, login};
 pub use room::{MAX_WAITING_MESSAGES, RoomEvent, RoomKeys};
-pub use session::{ChatSession, Event, connect, open_stream, safety_number};
+pub use session::{ChatSession, Event, open_stream, safety_number};
 
 use std::path::PathBuf;
 
@@ -33,6 +36,8 @@ use crate::crypto::CryptoError;
 pub enum ClientError {
     #[error("invalid server URL {url:?}: {reason}")]
     BadUrl { url: String, reason: String },
+    #[error("cannot use CA certificate {path}: {reason}")]
+    CaCertUnusable { path: PathBuf, reason: String },
     #[error("cannot connect to {url}: {reason}")]
     Unreachable { url: String, reason: String },
     #[error("the server refused: {}: {}", code_name(.0.code()), .0.message())]

@@ -8,17 +8,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Status, Streaming};
 
+use super::ClientError;
 use super::contacts::{Contacts, Pin};
 use super::login::{AuthorizedClient, Credentials, fetch_identity};
 use super::room::{RoomEvent, RoomKeys};
-use super::{ClientError, error_chain};
 use crate::crypto::{Fingerprint, Identity, SafetyNumber, VerifiedIdentity};
 use crate::proto::{
     ClientFrame, DistributeSenderKey, InviteMember, JoinRoom, KickMember, LeaveReason, LeaveRoom,
@@ -27,37 +26,6 @@ use crate::proto::{
 
 /// Frames the client queues for the relay before `send` waits.
 const OUTBOUND_FRAMES: usize = 256;
-
-/// Connects to the relay at `url` (`http://host:port`).
-pub async fn connect(url: &str) -> Result<Channel, ClientError> {
-    let bad_url = |reason: String| ClientError::BadUrl {
-        url: url.to_owned(),
-        reason,
-    };
-    let endpoint =
-        Endpoint::from_shared(url.to_owned()).map_err(|error| bad_url(error_chain(&error)))?;
-    match endpoint.uri().scheme_str() {
-        Some("http") => {}
-        Some(scheme) => {
-            return Err(bad_url(format!(
-                "unsupported scheme {scheme:?}; use http://"
-            )));
-        }
-        None => return Err(bad_url("missing scheme; use http://HOST:PORT".to_owned())),
-    }
-    if endpoint.uri().host().is_none() {
-        return Err(bad_url("missing host; use http://HOST:PORT".to_owned()));
-    }
-    endpoint
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|error| ClientError::Unreachable {
-            url: url.to_owned(),
-            reason: error_chain(&error),
-        })
-}
 
 /// Opens the `Chat` stream as the logged-in user with a first frame (request id 1)
 /// that joins a room. Returns where to send further frames and the frames from the

@@ -8,6 +8,7 @@
 //! - `hub`: the shared state (sessions, rooms) and the fan-out.
 //! - `session`: reads and checks one client's frames.
 //! - `outbound`: the bounded queue of frames to one client.
+//! - [`tls`]: the certificate and key the relay serves TLS with.
 
 mod accounts;
 mod auth;
@@ -16,6 +17,7 @@ mod hub;
 mod outbound;
 mod service;
 mod session;
+pub mod tls;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -24,8 +26,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
 
 pub use outbound::Outbound;
 
@@ -121,6 +123,13 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot use the TLS {what} {path}: {reason}")]
+    Tls {
+        /// "certificate" or "private key".
+        what: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("cannot set up gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("the gRPC server failed: {0}")]
@@ -155,10 +164,12 @@ pub fn prepare_data_dir(path: &Path) -> Result<(), ServerError> {
 }
 
 /// Serves the relay on `listener` until `shutdown` completes, then ends every session
-/// with UNAVAILABLE and returns once the connections have closed.
+/// with UNAVAILABLE and returns once the connections have closed. With `tls` (see
+/// [`tls::load`]) every connection is TLS; without it, plaintext HTTP/2.
 pub async fn serve(
     listener: TcpListener,
     limits: Limits,
+    tls: Option<ServerTlsConfig>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let hub = Arc::new(Hub::new(limits.clone()));
@@ -199,7 +210,13 @@ pub async fn serve(
         TcpIncoming::from(listener).with_nodelay(Some(true)),
         limits.max_connections,
     );
-    Server::builder()
+    // tonic wraps each connection from `incoming` in its TLS acceptor, so a connection
+    // still counts against the limit while it handshakes.
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    builder
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))

@@ -32,7 +32,7 @@ impl KeySwappingRelay {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let sent = Arc::new(Mutex::new(Vec::new()));
         let forward = Forward {
-            upstream: e2ee_chat::client::connect(upstream).await.unwrap(),
+            upstream: e2ee_chat::client::connect(upstream, None).await.unwrap(),
             victim: victim.to_owned(),
             impostor,
             sent: sent.clone(),

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, ServerTlsConfig};
 
 /// How long a test waits for something that should happen in milliseconds.
 pub const PATIENCE: Duration = Duration::from_secs(10);
@@ -39,22 +39,35 @@ impl TestServer {
     }
 
     pub async fn with_limits(limits: Limits) -> Self {
+        Self::serving(limits, None).await
+    }
+
+    /// A relay serving TLS with `tls`, whose `url` is `https://localhost:PORT`.
+    pub async fn with_tls(tls: ServerTlsConfig) -> Self {
+        Self::serving(Limits::default(), Some(tls)).await
+    }
+
+    async fn serving(limits: Limits, tls: Option<ServerTlsConfig>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let url = match tls {
+            Some(_) => format!("https://localhost:{}", addr.port()),
+            None => format!("http://{addr}"),
+        };
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve(listener, limits, async {
+        let task = tokio::spawn(server::serve(listener, limits, tls, async {
             let _ = stopped.await;
         }));
         Self {
             addr,
-            url: format!("http://{addr}"),
+            url,
             stop: Some(stop),
             task,
         }
     }
 
     pub async fn channel(&self) -> Channel {
-        client::connect(&self.url).await.unwrap()
+        client::connect(&self.url, None).await.unwrap()
     }
 
     /// Triggers a graceful shutdown and waits for the server to return.
@@ -79,7 +92,7 @@ pub fn identity(user: &str) -> Arc<Identity> {
 
 /// Logs in to the relay at `url` as `user` with its test identity.
 pub async fn log_in(url: &str, user: &str) -> Result<(Channel, Credentials), ClientError> {
-    let channel = client::connect(url).await?;
+    let channel = client::connect(url, None).await?;
     let credentials = client::login(channel.clone(), &identity(user), user).await?;
     Ok((channel, credentials))
 }
@@ -111,9 +124,15 @@ impl Member {
     }
 
     pub async fn join_via(url: &str, user: &str, room: &str) -> Self {
-        let (member, notices) = Self::try_join(url, user, room, false, Contacts::in_memory())
-            .await
-            .unwrap();
+        Self::join_on(client::connect(url, None).await.unwrap(), user, room).await
+    }
+
+    /// Joins `room` over a channel the test opened itself (over TLS, say).
+    pub async fn join_on(channel: Channel, user: &str, room: &str) -> Self {
+        let (member, notices) =
+            Self::try_join_on(channel, user, room, false, Contacts::in_memory())
+                .await
+                .unwrap();
         assert!(
             notices
                 .iter()
@@ -132,7 +151,19 @@ impl Member {
         create_private: bool,
         contacts: Contacts,
     ) -> Result<(Self, Vec<Event>), ClientError> {
-        let (channel, credentials) = log_in(url, user).await?;
+        let channel = client::connect(url, None).await?;
+        Self::try_join_on(channel, user, room, create_private, contacts).await
+    }
+
+    /// The same, over a channel the test opened itself.
+    pub async fn try_join_on(
+        channel: Channel,
+        user: &str,
+        room: &str,
+        create_private: bool,
+        contacts: Contacts,
+    ) -> Result<(Self, Vec<Event>), ClientError> {
+        let credentials = client::login(channel.clone(), &identity(user), user).await?;
         let join = JoinRoom {
             room: room.to_owned(),
             create_private,

@@ -3,6 +3,7 @@
 
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
@@ -61,6 +62,8 @@ pub fn wait_for_exit(child: &mut Child) -> ExitStatus {
 
 pub struct ServerProcess {
     child: Child,
+    pub addr: SocketAddr,
+    /// `http://ADDR`: a server started with TLS needs an https:// URL instead.
     pub url: String,
     pub stderr: Receiver<String>,
 }
@@ -68,21 +71,27 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `chat-server` on 127.0.0.1:0 and waits until it listens.
     pub fn start(data_dir: &Path) -> Self {
-        Self::start_with(data_dir, &[])
+        Self::start_with(data_dir, &[], &[])
     }
 
-    /// The same, with environment variables set for the server.
-    pub fn start_with(data_dir: &Path, env: &[(&str, &str)]) -> Self {
+    /// The same, with `extra` arguments (such as --tls-cert and --tls-key).
+    pub fn start_with_args(data_dir: &Path, extra: &[&OsStr]) -> Self {
+        Self::start_with(data_dir, extra, &[])
+    }
+
+    /// The same, with `extra` arguments and environment variables for the server.
+    pub fn start_with(data_dir: &Path, extra: &[&OsStr], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
             .args(["--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let stderr = lines_of(child.stderr.take().unwrap());
         let lines = wait_for_line(&stderr, "listening on ");
-        let address = lines
+        let addr: SocketAddr = lines
             .last()
             .unwrap()
             .split("listening on ")
@@ -91,10 +100,12 @@ impl ServerProcess {
             .split_whitespace()
             .next()
             .unwrap()
-            .to_owned();
+            .parse()
+            .unwrap();
         Self {
             child,
-            url: format!("http://{address}"),
+            addr,
+            url: format!("http://{addr}"),
             stderr,
         }
     }

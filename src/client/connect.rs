@@ -1,0 +1,149 @@
+//! Opening the channel to the relay: `http://` in clear, `https://` over TLS with the
+//! server's certificate checked against a CA file the user names or, without one, the
+//! public web PKI roots. Every failure, a handshake refused included, comes back as a
+//! one-line [`ClientError`] rather than a hang.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::{self, PemObject};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use super::{ClientError, error_chain};
+
+/// How long TCP connect, and then the TLS handshake, may each take: a peer that accepts
+/// but never answers would otherwise hold the client forever.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to the relay at `url`: `http://host:port`, or `https://host:port` with the
+/// server's certificate checked against the PEM certificates in `ca_cert` if given, else
+/// against the web PKI roots built into the client.
+pub async fn connect(url: &str, ca_cert: Option<&Path>) -> Result<Channel, ClientError> {
+    let bad_url = |reason: &str| ClientError::BadUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let endpoint =
+        Endpoint::from_shared(url.to_owned()).map_err(|error| bad_url(&error_chain(&error)))?;
+    let uri = endpoint.uri().clone();
+    let use_tls = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        Some(scheme) => {
+            return Err(bad_url(&format!(
+                "unsupported scheme {scheme:?}; use https:// or http://"
+            )));
+        }
+        None => {
+            return Err(bad_url(
+                "missing scheme; use https://HOST:PORT or http://HOST:PORT",
+            ));
+        }
+    };
+    let Some(host) = uri.host() else {
+        return Err(bad_url(
+            "missing host; use https://HOST:PORT or http://HOST:PORT",
+        ));
+    };
+    let endpoint = if use_tls {
+        // The URI keeps an IPv6 host in brackets; a certificate names it without.
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        endpoint
+            .tls_config(tls_config(host, ca_cert)?)
+            .map_err(|error| bad_url(&error_chain(&error)))?
+    } else if ca_cert.is_some() {
+        return Err(bad_url(
+            "a CA certificate (--ca-cert) only applies to TLS, and http:// is plaintext; \
+             use https://",
+        ));
+    } else {
+        endpoint
+    };
+    endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|error| {
+            let mut reason = error_chain(&error);
+            if let Some(hint) = tls_hint(&error) {
+                reason.push_str("; ");
+                reason.push_str(hint);
+            }
+            ClientError::Unreachable {
+                url: url.to_owned(),
+                reason,
+            }
+        })
+}
+
+/// What to do about a refused handshake whose own text does not say it.
+fn tls_hint(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        // tokio-rustls hands rustls' error up inside an io::Error, whose `source` skips it.
+        let tls = error.downcast_ref::<rustls::Error>().or_else(|| {
+            error
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        match tls {
+            // BadSignature: a trusted CA has the issuer's name but not its key.
+            Some(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer | rustls::CertificateError::BadSignature,
+            )) => {
+                return Some(
+                    "the server's certificate is not signed by a CA this client trusts; \
+                     pass that CA with --ca-cert",
+                );
+            }
+            Some(rustls::Error::InvalidMessage(_)) => {
+                return Some("the server does not speak TLS; is its URL http://?");
+            }
+            _ => cause = error.source(),
+        }
+    }
+    None
+}
+
+fn tls_config(host: &str, ca_cert: Option<&Path>) -> Result<ClientTlsConfig, ClientError> {
+    let config = ClientTlsConfig::new()
+        .domain_name(host)
+        .timeout(CONNECT_TIMEOUT);
+    Ok(match ca_cert {
+        Some(path) => config.ca_certificate(read_ca(path)?),
+        None => config.with_webpki_roots(),
+    })
+}
+
+/// Reads a CA file, checking that it holds at least one certificate: tonic would take
+/// any other file as an empty set of roots, and every handshake would then fail with a
+/// message that does not point at the file.
+fn read_ca(path: &Path) -> Result<Certificate, ClientError> {
+    let unusable = |reason: String| ClientError::CaCertUnusable {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|error| unusable(error.to_string()))?;
+    let mut certificates = 0;
+    for certificate in CertificateDer::pem_slice_iter(&pem) {
+        certificate.map_err(|error| unusable(pem_problem(&error)))?;
+        certificates += 1;
+    }
+    if certificates == 0 {
+        return Err(unusable(
+            "no PEM certificate (-----BEGIN CERTIFICATE-----) in it".to_owned(),
+        ));
+    }
+    Ok(Certificate::from_pem(pem))
+}
+
+fn pem_problem(error: &pem::Error) -> String {
+    match error {
+        // Its own text prints the marker as a list of bytes.
+        pem::Error::MissingSectionEnd { .. } => "a PEM section has no END line".to_owned(),
+        other => format!("not valid PEM: {other}"),
+    }
+}
