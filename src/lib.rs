@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod client;
 pub mod crypto;
+mod pem;
 pub mod proto;
 pub mod protocol;
 pub mod server;

@@ -328,15 +328,21 @@ async fn a_relay_that_swaps_keys_is_caught_and_learns_nothing() {
 
     // Through the honest relay, alice meets bob and pins his keys; their safety numbers
     // agree.
-    let (mut alice, _) = Member::try_join(
-        &server.url,
-        "alice",
-        "lobby",
-        false,
-        Contacts::open(&pins).unwrap(),
-    )
-    .await
-    .unwrap();
+    let alice_joins = |url: String| {
+        let pins = pins.clone();
+        async move {
+            Member::try_join(
+                &url,
+                "alice",
+                "lobby",
+                false,
+                Contacts::open(&pins).unwrap(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let (mut alice, _) = alice_joins(server.url.clone()).await;
     let mut bob = Member::join(&server, "bob", "lobby").await;
     alice
         .wait_for(|event| matches!(event, Event::Pinned { user, .. } if user == "bob"))
@@ -351,15 +357,7 @@ async fn a_relay_that_swaps_keys_is_caught_and_learns_nothing() {
     // properly self-signed under bob's name.
     let impostor = identity("mallory").publish("bob").unwrap();
     let evil = KeySwappingRelay::start(&server.url, "bob", impostor).await;
-    let (mut alice, notices) = Member::try_join(
-        &evil.url,
-        "alice",
-        "lobby",
-        false,
-        Contacts::open(&pins).unwrap(),
-    )
-    .await
-    .unwrap();
+    let (mut alice, notices) = alice_joins(evil.url.clone()).await;
     let mallory = identity("mallory").fingerprint();
     assert!(
         notices.iter().any(|notice| matches!(
@@ -450,4 +448,98 @@ async fn a_replayed_message_is_shown_once_and_late_ones_within_the_window_still_
         }
     }
     assert_eq!(shown, ["three", "one", "two", "(dropped)", "(dropped)"]);
+}
+
+#[tokio::test]
+async fn asking_for_challenges_never_crowds_out_a_login() {
+    let server = TestServer::start().await;
+    let mut auth = AuthServiceClient::new(server.channel().await);
+    let ask = || CreateChallengeRequest {
+        user: "alice".into(),
+    };
+    let mine = auth.create_challenge(ask()).await.unwrap().into_inner();
+    // Someone else asks for many challenges in alice's name.
+    for _ in 0..50 {
+        auth.create_challenge(ask()).await.unwrap();
+    }
+    let keys = identity("alice");
+    let login = LoginRequest {
+        identity: Some(keys.publish("alice").unwrap()),
+        signature: keys.sign_login("alice", &mine.challenge).unwrap().into(),
+        challenge: mine.challenge,
+    };
+    auth.login(login).await.unwrap();
+}
+
+#[tokio::test]
+async fn an_empty_private_room_ends_with_its_owners_session_and_owners_are_bounded() {
+    let limits = Limits {
+        max_owned_rooms: 2,
+        ..Limits::default()
+    };
+    let server = TestServer::with_limits(limits).await;
+    let mut owner = common::RawClient::open(&server, "owner").await;
+    let mut request_id = 1;
+    let mut join = |room: &str, create_private: bool| {
+        request_id += 1;
+        (
+            request_id,
+            client_frame::Kind::Join(e2ee_chat::proto::JoinRoom {
+                room: room.into(),
+                create_private,
+            }),
+        )
+    };
+    let leave = |request_id: u64, room: &str| {
+        (
+            request_id,
+            client_frame::Kind::Leave(e2ee_chat::proto::LeaveRoom { room: room.into() }),
+        )
+    };
+    use e2ee_chat::proto::server_frame::Kind;
+    for room in ["#a", "#b"] {
+        let (id, frame) = join(room, true);
+        owner.send(id, frame).await;
+        assert!(matches!(owner.answer(id).await.kind, Some(Kind::Joined(_))));
+        let (id, frame) = leave(id + 100, room);
+        owner.send(id, frame).await;
+        assert!(matches!(owner.answer(id).await.kind, Some(Kind::Ack(_))));
+    }
+    // Empty, but kept while their owner is here: nobody else takes the names...
+    let refused = Member::try_join(&server.url, "squatter", "#a", false, Contacts::in_memory())
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&refused, ClientError::Refused(status) if status.code() == Code::PermissionDenied),
+        "{refused:?}"
+    );
+    // ...and the owner cannot hoard more than its share.
+    let (id, frame) = join("#c", true);
+    owner.send(id, frame).await;
+    match owner.answer(id).await.kind {
+        Some(Kind::Rejection(rejection)) => {
+            assert_eq!(
+                rejection.code,
+                Code::ResourceExhausted as i32,
+                "{rejection:?}"
+            );
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    // Once the owner is gone, the empty rooms are forgotten and their names free again.
+    drop(owner);
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    loop {
+        match Member::try_join(&server.url, "newcomer", "#a", true, Contacts::in_memory()).await {
+            Ok((member, _)) => {
+                member.quit().await.unwrap();
+                break;
+            }
+            Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(error) => panic!("the room was never freed: {error}"),
+        }
+    }
 }

@@ -5,7 +5,9 @@ mod common;
 use std::io::Write;
 use std::process::{Command, ExitStatus};
 
-use common::process::{ClientProcess, ServerProcess, rust_client, spawn_piped, wait_for_line};
+use common::process::{
+    ClientProcess, ServerProcess, assert_one_line_error, rust_client, spawn_piped, wait_for_line,
+};
 
 /// Runs a client to completion with `input` on stdin.
 fn run_client(command: &mut Command, input: &str) -> (ExitStatus, String, String) {
@@ -22,19 +24,6 @@ fn run_client(command: &mut Command, input: &str) -> (ExitStatus, String, String
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
-}
-
-/// The client failed with exactly one error line, the last one.
-fn assert_one_line_error(status: ExitStatus, stderr: &str, expected: &str) {
-    assert!(!status.success(), "expected a failure; stderr: {stderr}");
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|line| line.contains("error"))
-        .collect();
-    assert_eq!(errors.len(), 1, "{stderr}");
-    let last = stderr.lines().last().unwrap();
-    assert!(last.starts_with("chat-client: error: "), "{stderr}");
-    assert!(last.contains(expected), "{last:?} lacks {expected:?}");
 }
 
 #[test]
@@ -120,20 +109,25 @@ fn clear_errors_for_a_bad_url_an_unreachable_server_and_a_bad_key() {
     let home = dir.path();
 
     let (status, _, stderr) = run_client(&mut rust_client("not a url", "alice", "lobby", home), "");
-    assert_one_line_error(status, &stderr, "invalid server URL");
+    assert_one_line_error("chat-client", status, &stderr, "invalid server URL");
 
     let (status, _, stderr) = run_client(
         &mut rust_client("ftp://127.0.0.1:5555", "alice", "lobby", home),
         "",
     );
-    assert_one_line_error(status, &stderr, "unsupported scheme");
+    assert_one_line_error("chat-client", status, &stderr, "unsupported scheme");
 
     // Port 1 on loopback: nothing listens there.
     let (status, _, stderr) = run_client(
         &mut rust_client("http://127.0.0.1:1", "alice", "lobby", home),
         "",
     );
-    assert_one_line_error(status, &stderr, "cannot connect to http://127.0.0.1:1");
+    assert_one_line_error(
+        "chat-client",
+        status,
+        &stderr,
+        "cannot connect to http://127.0.0.1:1",
+    );
 
     std::fs::create_dir_all(home.join("mallory")).unwrap();
     for file in ["signing.pem", "encryption.pem"] {
@@ -146,20 +140,20 @@ fn clear_errors_for_a_bad_url_an_unreachable_server_and_a_bad_key() {
         &mut rust_client("http://127.0.0.1:1", "mallory", "lobby", home),
         "",
     );
-    assert_one_line_error(status, &stderr, "cannot read identity key");
+    assert_one_line_error("chat-client", status, &stderr, "cannot read identity key");
 
     std::fs::create_dir_all(home.join("dir").join("signing.pem")).unwrap();
     let (status, _, stderr) = run_client(
         &mut rust_client("http://127.0.0.1:1", "dir", "lobby", home),
         "",
     );
-    assert_one_line_error(status, &stderr, "cannot read identity key");
+    assert_one_line_error("chat-client", status, &stderr, "cannot read identity key");
 
     let (status, _, stderr) = run_client(
         &mut rust_client("http://127.0.0.1:1", "bad/name", "lobby", home),
         "",
     );
-    assert_one_line_error(status, &stderr, "user name");
+    assert_one_line_error("chat-client", status, &stderr, "user name");
 }
 
 #[test]

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
 use common::process::{
-    ClientProcess, ServerProcess, lines_of, rust_client, spawn_piped, wait_for_exit, wait_for_line,
+    ClientProcess, ServerProcess, assert_one_line_error, lines_of, rust_client, spawn_piped,
+    wait_for_exit, wait_for_line,
 };
 use common::{Member, RecordingProxy, TestServer, contains};
 use e2ee_chat::client::{self, ClientError};
@@ -76,19 +77,6 @@ fn run_to_exit(mut command: Command) -> (ExitStatus, String) {
     let stderr = lines_of(child.stderr.take().unwrap());
     let status = wait_for_exit(&mut child);
     (status, stderr.iter().collect::<Vec<_>>().join("\n"))
-}
-
-/// `program` failed with exactly one error line, the last one, containing `expected`.
-fn assert_one_line_error(program: &str, status: ExitStatus, stderr: &str, expected: &str) {
-    assert!(!status.success(), "expected a failure; stderr: {stderr}");
-    let errors: Vec<&str> = stderr
-        .lines()
-        .filter(|line| line.contains("error"))
-        .collect();
-    assert_eq!(errors.len(), 1, "{stderr}");
-    let last = stderr.lines().last().unwrap();
-    assert!(last.starts_with(&format!("{program}: error: ")), "{stderr}");
-    assert!(last.contains(expected), "{last:?} lacks {expected:?}");
 }
 
 #[test]

@@ -151,6 +151,14 @@ enum Ending {
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    let connects = matches!(args.command, None | Some(Command::Trust { .. }));
+    if connects && client::is_plaintext_beyond_loopback(&args.server) {
+        eprintln!(
+            "warning: {} is plaintext: your session token and who you talk to cross the \
+             network in clear (messages stay end-to-end encrypted); use https://",
+            args.server
+        );
+    }
     let user = args
         .user
         .clone()

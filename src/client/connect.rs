@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::pem::PemObject;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use super::{ClientError, error_chain};
@@ -15,6 +15,24 @@ use super::{ClientError, error_chain};
 /// How long TCP connect, and then the TLS handshake, may each take: a peer that accepts
 /// but never answers would otherwise hold the client forever.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Whether `url` is plaintext `http://` to a host that is not this machine: the login,
+/// the session token and all metadata would then cross the network in clear.
+pub fn is_plaintext_beyond_loopback(url: &str) -> bool {
+    let Ok(uri) = url.parse::<tonic::codegen::http::Uri>() else {
+        return false;
+    };
+    if uri.scheme_str() != Some("http") {
+        return false;
+    }
+    let host = uri.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback());
+    !loopback
+}
 
 /// Connects to the relay at `url`: `http://host:port`, or `https://host:port` with the
 /// server's certificate checked against the PEM certificates in `ca_cert` if given, else
@@ -129,7 +147,7 @@ fn read_ca(path: &Path) -> Result<Certificate, ClientError> {
     let pem = std::fs::read(path).map_err(|error| unusable(error.to_string()))?;
     let mut certificates = 0;
     for certificate in CertificateDer::pem_slice_iter(&pem) {
-        certificate.map_err(|error| unusable(pem_problem(&error)))?;
+        certificate.map_err(|error| unusable(crate::pem::describe(&error)))?;
         certificates += 1;
     }
     if certificates == 0 {
@@ -140,10 +158,19 @@ fn read_ca(path: &Path) -> Result<Certificate, ClientError> {
     Ok(Certificate::from_pem(pem))
 }
 
-fn pem_problem(error: &pem::Error) -> String {
-    match error {
-        // Its own text prints the marker as a list of bytes.
-        pem::Error::MissingSectionEnd { .. } => "a PEM section has no END line".to_owned(),
-        other => format!("not valid PEM: {other}"),
+#[cfg(test)]
+mod tests {
+    use super::is_plaintext_beyond_loopback;
+
+    #[test]
+    fn plaintext_is_flagged_only_beyond_this_machine() {
+        assert!(is_plaintext_beyond_loopback("http://chat.example.org:5555"));
+        assert!(is_plaintext_beyond_loopback("http://10.0.0.2:5555"));
+        assert!(!is_plaintext_beyond_loopback("http://127.0.0.1:5555"));
+        assert!(!is_plaintext_beyond_loopback("http://[::1]:5555"));
+        assert!(!is_plaintext_beyond_loopback("http://localhost:5555"));
+        assert!(!is_plaintext_beyond_loopback(
+            "https://chat.example.org:5555"
+        ));
     }
 }

@@ -27,7 +27,7 @@ pub enum Pin {
     },
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct ContactsFile {
     version: u32,
     contacts: BTreeMap<String, Contact>,
@@ -50,38 +50,47 @@ pub struct Contacts {
     file: ContactsFile,
 }
 
+/// Reads the contacts file at `path`; an empty one if there is none.
+fn read(path: &Path) -> Result<ContactsFile, ClientError> {
+    let unreadable = |reason: String| ClientError::ContactsUnreadable {
+        path: path.to_owned(),
+        reason,
+    };
+    let text = match super::home::read_private_file(path) {
+        Ok(Some(text)) => text,
+        Ok(None) => return Ok(ContactsFile::empty()),
+        Err(ClientError::IdentityUnreadable { reason, .. }) => return Err(unreadable(reason)),
+        Err(other) => return Err(other),
+    };
+    let file: ContactsFile = serde_json::from_str(&text).map_err(|error| {
+        unreadable(format!(
+            "{error}; fix it or move it away to forget all pins"
+        ))
+    })?;
+    if file.version != VERSION {
+        return Err(unreadable(format!(
+            "version {} is not the supported {VERSION}",
+            file.version
+        )));
+    }
+    Ok(file)
+}
+
+impl ContactsFile {
+    fn empty() -> Self {
+        Self {
+            version: VERSION,
+            contacts: BTreeMap::new(),
+        }
+    }
+}
+
 impl Contacts {
     /// The contacts saved at `path`; none yet if the file does not exist.
     pub fn open(path: &Path) -> Result<Self, ClientError> {
-        let unreadable = |reason: String| ClientError::ContactsUnreadable {
-            path: path.to_owned(),
-            reason,
-        };
-        let file = match super::home::read_private_file(path) {
-            Ok(Some(text)) => {
-                let file: ContactsFile = serde_json::from_str(&text).map_err(|error| {
-                    unreadable(format!(
-                        "{error}; fix it or move it away to forget all pins"
-                    ))
-                })?;
-                if file.version != VERSION {
-                    return Err(unreadable(format!(
-                        "version {} is not the supported {VERSION}",
-                        file.version
-                    )));
-                }
-                file
-            }
-            Ok(None) => ContactsFile {
-                version: VERSION,
-                contacts: BTreeMap::new(),
-            },
-            Err(ClientError::IdentityUnreadable { reason, .. }) => return Err(unreadable(reason)),
-            Err(other) => return Err(other),
-        };
         Ok(Self {
             path: Some(path.to_owned()),
-            file,
+            file: read(path)?,
         })
     }
 
@@ -89,10 +98,7 @@ impl Contacts {
     pub fn in_memory() -> Self {
         Self {
             path: None,
-            file: ContactsFile {
-                version: VERSION,
-                contacts: BTreeMap::new(),
-            },
+            file: ContactsFile::empty(),
         }
     }
 
@@ -139,6 +145,11 @@ impl Contacts {
         fingerprint: &Fingerprint,
         verified: bool,
     ) -> Result<(), ClientError> {
+        // Another process (`chat-client trust`, a second chat) may have changed the file
+        // since it was read: change only this contact in what is saved now.
+        if let Some(path) = &self.path {
+            self.file = read(path)?;
+        }
         self.file.contacts.insert(
             user.to_owned(),
             Contact {
@@ -212,6 +223,20 @@ mod tests {
             contacts.check("bob", &impostor).unwrap(),
             Pin::Known { verified: false }
         );
+    }
+
+    #[test]
+    fn two_processes_pinning_at_once_keep_both_pins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("contacts.json");
+        let fingerprint = Identity::generate(2048).unwrap().fingerprint();
+        let mut chat = Contacts::open(&path).unwrap();
+        let mut command = Contacts::open(&path).unwrap();
+        command.trust("bob", &fingerprint).unwrap();
+        chat.check("carol", &fingerprint).unwrap();
+        let reread = Contacts::open(&path).unwrap();
+        assert!(reread.pinned("bob").is_some());
+        assert!(reread.pinned("carol").is_some());
     }
 
     #[test]

@@ -21,7 +21,7 @@ mod replay;
 mod room;
 mod session;
 
-pub use connect::connect;
+pub use connect::{connect, is_plaintext_beyond_loopback};
 pub use contacts::{Contacts, Pin};
 pub use login::{AuthorizedClient, BearerToken, Credentials, fetch_identity, login};
 pub use room::{MAX_WAITING_MESSAGES, RoomEvent, RoomKeys};
@@ -64,6 +64,8 @@ pub enum ClientError {
         "no keys are pinned for {user} yet: chat with {user} first, or run `chat-client trust {user}`"
     )]
     NotPinned { user: String },
+    #[error("the keys {user} has now are not the pinned ones: /trust {user} first, then verify")]
+    NotTrusted { user: String },
     #[error("cannot read pinned contacts {path}: {reason}")]
     ContactsUnreadable { path: PathBuf, reason: String },
     #[error("cannot save pinned contacts {path}: {source}")]

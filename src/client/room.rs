@@ -12,7 +12,7 @@
 //! pinned (see [`Contacts`](super::Contacts)). Nothing is wrapped for an untrusted
 //! member and nothing from it is opened until [`RoomKeys::trust`] is called.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use super::ClientError;
@@ -33,8 +33,10 @@ pub const MAX_WAITING_MESSAGES: usize = 1024;
 /// whatever the room's size.
 const MAX_KEYS_PER_DISTRIBUTION: usize = 32;
 
-/// Sender key ids remembered per member, so that an old key is never accepted again.
+/// Sender key ids remembered per sender, so that an old key is never accepted again.
 const REMEMBERED_KEY_IDS: usize = 256;
+/// Senders whose key ids are remembered; a relay inventing members cannot grow it further.
+const REMEMBERED_SENDERS: usize = 4096;
 
 /// What a delivery produced for the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,8 +60,6 @@ struct Member {
     trusted: bool,
     /// Its current sender key, and the counters opened under it.
     key: Option<(SenderKey, ReplayWindow)>,
-    /// Key ids accepted from it, oldest first.
-    accepted_key_ids: VecDeque<u64>,
     /// While untrusted: its latest sender key, signature checked, not yet unwrapped.
     held_key: Option<SenderKeyDelivery>,
 }
@@ -70,6 +70,9 @@ pub struct RoomKeys {
     me: String,
     identity: Arc<Identity>,
     members: BTreeMap<String, Member>,
+    /// Key ids accepted from each sender, oldest first. Kept when a member leaves, so
+    /// that a relay faking a leave and a join cannot bring an old key back.
+    accepted_key_ids: HashMap<String, VecDeque<u64>>,
     outbound: OutboundSenderKey,
     waiting: VecDeque<MessageDelivery>,
 }
@@ -82,6 +85,7 @@ impl RoomKeys {
             me: me.to_owned(),
             identity,
             members: BTreeMap::new(),
+            accepted_key_ids: HashMap::new(),
             outbound: OutboundSenderKey::generate()?,
             waiting: VecDeque::new(),
         })
@@ -119,6 +123,13 @@ impl RoomKeys {
         if let Err(error) = validate_user(&member.user) {
             return Err(self.warning(format!("ignored a member: {error}")));
         }
+        if member.user == self.me {
+            // Our own name with keys that may not be ours: never wrap our key for it.
+            return Err(self.warning(format!(
+                "ignored a member the server announced under your own name, {}",
+                self.me
+            )));
+        }
         VerifiedIdentity::verify(member).map_err(|error| {
             self.warning(format!(
                 "ignored member {}: its identity is invalid: {error}",
@@ -135,7 +146,6 @@ impl RoomKeys {
                 identity,
                 trusted,
                 key: None,
-                accepted_key_ids: VecDeque::new(),
                 held_key: None,
             },
         );
@@ -268,7 +278,8 @@ impl RoomKeys {
             member.held_key = Some(delivery);
             return vec![self.warning(untrusted(&sender, "held its sender key"))];
         }
-        if member.accepted_key_ids.contains(&delivery.key_id) {
+        let accepted = self.accepted_key_ids.get(&sender);
+        if accepted.is_some_and(|ids| ids.contains(&delivery.key_id)) {
             return vec![self.warning(format!(
                 "ignored a sender key from {sender} that was already used (replayed)"
             ))];
@@ -286,11 +297,8 @@ impl RoomKeys {
                 return vec![self.warning(format!("rejected the sender key of {sender}: {error}"))];
             }
         };
-        if member.accepted_key_ids.len() == REMEMBERED_KEY_IDS {
-            member.accepted_key_ids.pop_front();
-        }
-        member.accepted_key_ids.push_back(delivery.key_id);
         member.key = Some((key, ReplayWindow::default()));
+        self.remember_key_id(&sender, delivery.key_id);
 
         let (ready, still_waiting): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.waiting)
             .into_iter()
@@ -370,6 +378,27 @@ impl RoomKeys {
                 sent_at_ms: envelope.sent_at_ms,
             }],
         }
+    }
+
+    fn remember_key_id(&mut self, sender: &str, key_id: u64) {
+        if !self.accepted_key_ids.contains_key(sender)
+            && self.accepted_key_ids.len() >= REMEMBERED_SENDERS
+        {
+            // Only a relay inventing members gets here: forget a departed sender.
+            let departed = self
+                .accepted_key_ids
+                .keys()
+                .find(|known| !self.members.contains_key(*known))
+                .cloned();
+            if let Some(departed) = departed {
+                self.accepted_key_ids.remove(&departed);
+            }
+        }
+        let ids = self.accepted_key_ids.entry(sender.to_owned()).or_default();
+        if ids.len() == REMEMBERED_KEY_IDS {
+            ids.pop_front();
+        }
+        ids.push_back(key_id);
     }
 
     fn wait_for_key(&mut self, delivery: MessageDelivery) -> Vec<RoomEvent> {
@@ -702,6 +731,42 @@ mod tests {
             without_time(bob.open(deliver_message(&reply, "alice"))),
             [text("alice", "welcome back")]
         );
+    }
+
+    #[test]
+    fn a_fake_leave_and_join_does_not_bring_an_old_key_back() {
+        let (mut alice, mut bob) = alice_and_bob();
+        let first = alice.distribute_to_all().unwrap();
+        let (_, said) = alice.seal_text("pay 10 to carol").unwrap();
+        assert_eq!(
+            without_time(bob.open(deliver_message(&said, "alice"))),
+            [text("alice", "pay 10 to carol")]
+        );
+        // The relay tells bob that alice left and came back, then replays.
+        bob.member_left("alice").unwrap();
+        bob.insert_member(verified("alice", 0), true);
+        let events = bob.accept_sender_key(deliver_key(&first[0], "alice", "bob"));
+        assert!(
+            matches!(&events[..], [RoomEvent::Warning(w)] if w.contains("already used")),
+            "{events:?}"
+        );
+        assert!(
+            !bob.open(deliver_message(&said, "alice"))
+                .iter()
+                .any(|event| matches!(event, RoomEvent::Message { .. }))
+        );
+    }
+
+    #[test]
+    fn a_member_under_my_own_name_is_refused() {
+        let bob = member("bob", 1, &[]);
+        assert!(
+            matches!(bob.vet(&public("bob", 0)), Err(RoomEvent::Warning(w)) if w.contains("your own name"))
+        );
+        assert!(matches!(
+            bob.vet(&public("bob", 1)),
+            Err(RoomEvent::Warning(_))
+        ));
     }
 
     #[test]

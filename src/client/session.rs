@@ -150,7 +150,7 @@ impl ChatSession {
                 .map_err(ClientError::Ended)?
                 .ok_or(ClientError::Disconnected)?;
             match frame.kind {
-                Some(server_frame::Kind::Joined(joined)) => break joined,
+                Some(server_frame::Kind::Joined(joined)) if joined.room == room => break joined,
                 Some(server_frame::Kind::Rejection(rejection)) if frame.request_id == 1 => {
                     let code = Code::from_i32(rejection.code);
                     return Err(ClientError::Refused(Status::new(code, rejection.message)));
@@ -305,8 +305,19 @@ impl ChatSession {
         }
     }
 
-    /// Records that the user compared the safety number with `user` and it matched.
+    /// Records that the user compared the safety number with `user` and it matched. If
+    /// `user` is in the room with keys that are not the pinned ones, the user must trust
+    /// them first: the number shown was for those keys.
     pub fn mark_verified(&mut self, user: &str) -> Result<(), ClientError> {
+        if self
+            .keys
+            .member_identity(user)
+            .is_some_and(|_| !self.keys.is_trusted(user))
+        {
+            return Err(ClientError::NotTrusted {
+                user: user.to_owned(),
+            });
+        }
         if self.contacts.mark_verified(user)? {
             Ok(())
         } else {
@@ -365,7 +376,17 @@ impl ChatSession {
                 });
             }
             Some(Kind::MemberJoined(joined)) if joined.room == room => {
-                if let Some(member) = joined.member
+                let already = joined
+                    .member
+                    .as_ref()
+                    .is_some_and(|member| self.keys.member_identity(&member.user).is_some());
+                if already {
+                    // Accepting it would reset what we know of that member's keys.
+                    events.push(Event::Warning(format!(
+                        "[{room}] ignored a second join of a current member: the server is \
+                         misbehaving"
+                    )));
+                } else if let Some(member) = joined.member
                     && let Some((identity, trusted)) = self.admit(&member, &mut events)?
                 {
                     let user = identity.user.clone();

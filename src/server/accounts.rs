@@ -1,37 +1,48 @@
-//! Who may use the relay: registered identities, outstanding login challenges and
-//! session tokens.
+//! Who may use the relay: registered identities, login challenges and session tokens.
 //!
 //! The first login of a user name registers it to the identity that proved it holds
-//! the signing key; afterwards only that identity can log in under it. Tokens are 32
-//! random bytes; only their SHA-256 is kept, so the table says nothing an attacker could
-//! replay, and lookups do not compare secrets.
+//! the signing key; afterwards only that identity can log in under it.
+//!
+//! Challenges are stateless: the relay MACs the user name, an expiry and a random nonce
+//! with a secret of its own, so handing them out costs it no memory and nobody can crowd
+//! out someone else's login. A challenge is remembered only once used, until it expires,
+//! so that it cannot be used twice.
+//!
+//! Tokens are 32 random bytes; only their SHA-256 is kept, so the table holds nothing an
+//! attacker could replay, and lookups do not compare secrets.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
 use tonic::Status;
+use zeroize::Zeroizing;
 
 use super::Limits;
-use crate::crypto::VerifiedIdentity;
+use crate::crypto::{Fingerprint, VerifiedIdentity};
 use crate::proto::PublicIdentity;
 use crate::protocol::CHALLENGE_LEN;
 
 /// How long a challenge may be answered.
-pub(crate) const CHALLENGE_TTL: Duration = Duration::from_secs(60);
-/// Outstanding challenges at once, over all users.
-const MAX_CHALLENGES: usize = 10_000;
-/// Outstanding challenges per user; a new one replaces the oldest.
-const MAX_CHALLENGES_PER_USER: usize = 4;
+const CHALLENGE_TTL: Duration = Duration::from_secs(60);
 /// Live tokens per user; a new login revokes the oldest beyond this.
-pub(crate) const MAX_TOKENS_PER_USER: usize = 16;
+const MAX_TOKENS_PER_USER: usize = 16;
 
+/// A challenge is `u64be(expiry in ms since the Unix epoch) || nonce || tag`.
+const EXPIRY_LEN: usize = 8;
+const NONCE_LEN: usize = 8;
+const ISSUED_LEN: usize = EXPIRY_LEN + NONCE_LEN;
+
+type Challenge = [u8; CHALLENGE_LEN];
 type Digest32 = [u8; 32];
 
 /// The relay's accounts.
 pub(crate) struct Accounts {
     state: Mutex<State>,
+    /// Authenticates the challenges this relay issued; never leaves memory.
+    challenge_key: Zeroizing<[u8; 32]>,
     max_identities: usize,
     token_ttl: Duration,
 }
@@ -39,8 +50,8 @@ pub(crate) struct Accounts {
 #[derive(Default)]
 struct State {
     identities: HashMap<String, Registered>,
-    challenges: HashMap<[u8; CHALLENGE_LEN], Challenge>,
-    challenges_by_user: HashMap<String, VecDeque<[u8; CHALLENGE_LEN]>>,
+    /// Challenges already used → their expiry (ms since the Unix epoch).
+    used_challenges: HashMap<Challenge, u64>,
     /// SHA-256 of a token → what it grants.
     tokens: HashMap<Digest32, Token>,
     tokens_by_user: HashMap<String, VecDeque<Digest32>>,
@@ -49,12 +60,7 @@ struct State {
 struct Registered {
     /// As first published: what others are given.
     published: PublicIdentity,
-    identity: VerifiedIdentity,
-}
-
-struct Challenge {
-    user: String,
-    expires: Instant,
+    fingerprint: Fingerprint,
 }
 
 struct Token {
@@ -70,44 +76,30 @@ pub(crate) struct Session {
 }
 
 impl Accounts {
-    pub(crate) fn new(limits: &Limits) -> Self {
-        Self {
+    /// The accounts of a relay started with `limits`, with a fresh challenge key.
+    pub(crate) fn new(limits: &Limits) -> Result<Self, getrandom::Error> {
+        let mut challenge_key = Zeroizing::new([0u8; 32]);
+        getrandom::fill(challenge_key.as_mut())?;
+        Ok(Self {
             state: Mutex::default(),
+            challenge_key,
             max_identities: limits.max_identities,
             token_ttl: Duration::from_secs(limits.token_ttl_secs),
-        }
+        })
     }
 
     /// A fresh challenge for `user` to sign.
-    pub(crate) fn create_challenge(&self, user: &str) -> Result<[u8; CHALLENGE_LEN], Status> {
+    pub(crate) fn create_challenge(&self, user: &str) -> Result<Challenge, Status> {
         let mut challenge = [0u8; CHALLENGE_LEN];
-        getrandom::fill(&mut challenge)
+        let expires = unix_ms(SystemTime::now()).saturating_add(CHALLENGE_TTL.as_millis() as u64);
+        challenge[..EXPIRY_LEN].copy_from_slice(&expires.to_be_bytes());
+        getrandom::fill(&mut challenge[EXPIRY_LEN..ISSUED_LEN])
             .map_err(|error| Status::internal(format!("the server's RNG failed: {error}")))?;
-        let now = Instant::now();
-        let mut state = self.lock();
-        if state.challenges.len() >= MAX_CHALLENGES {
-            state.forget_expired_challenges(now);
-        }
-        if state.challenges.len() >= MAX_CHALLENGES {
-            return Err(Status::resource_exhausted(
-                "too many logins are in progress; try again in a minute",
-            ));
-        }
-        let pending = state.challenges_by_user.entry(user.to_owned()).or_default();
-        let replaced = (pending.len() >= MAX_CHALLENGES_PER_USER)
-            .then(|| pending.pop_front())
-            .flatten();
-        pending.push_back(challenge);
-        if let Some(replaced) = replaced {
-            state.challenges.remove(&replaced);
-        }
-        state.challenges.insert(
-            challenge,
-            Challenge {
-                user: user.to_owned(),
-                expires: now + CHALLENGE_TTL,
-            },
-        );
+        let tag = self
+            .challenge_mac(user, &challenge[..ISSUED_LEN])
+            .finalize();
+        let tag_len = CHALLENGE_LEN - ISSUED_LEN;
+        challenge[ISSUED_LEN..].copy_from_slice(&tag.into_bytes()[..tag_len]);
         Ok(challenge)
     }
 
@@ -120,23 +112,19 @@ impl Accounts {
         signature: &[u8],
     ) -> Result<Session, Status> {
         let user = published.user.clone();
-        self.take_challenge(&user, challenge)?;
+        let (challenge, expires) = self.check_challenge(&user, challenge)?;
         // Signatures are checked without the lock: they take a fraction of a millisecond
         // each, and other logins should not wait for them.
         let identity = VerifiedIdentity::verify(&published)
             .map_err(|error| Status::invalid_argument(format!("identity: {error}")))?;
-        identity.verify_login(challenge, signature).map_err(|_| {
+        identity.verify_login(&challenge, signature).map_err(|_| {
             Status::unauthenticated("the login signature does not verify for this identity")
         })?;
 
         let mut state = self.lock();
+        state.use_challenge(challenge, expires)?;
         let registered = match state.identities.get(&user) {
-            Some(known)
-                if known.identity.signing == identity.signing
-                    && known.identity.encryption == identity.encryption =>
-            {
-                false
-            }
+            Some(known) if known.fingerprint == identity.fingerprint => false,
             Some(_) => {
                 return Err(Status::already_exists(format!(
                     "the user name {user:?} is taken: it is registered to other keys; choose \
@@ -150,11 +138,12 @@ impl Accounts {
                 )));
             }
             None => {
+                let fingerprint = identity.fingerprint;
                 state.identities.insert(
                     user.clone(),
                     Registered {
                         published,
-                        identity,
+                        fingerprint,
                     },
                 );
                 tracing::info!(user, "registered");
@@ -196,26 +185,32 @@ impl Accounts {
             .map(|registered| registered.published.clone())
     }
 
-    fn take_challenge(&self, user: &str, challenge: &[u8]) -> Result<(), Status> {
-        let refused = || {
-            Status::unauthenticated(
-                "the challenge is unknown, used or expired; ask for a new one with \
-                 CreateChallenge",
-            )
-        };
-        let challenge: [u8; CHALLENGE_LEN] = challenge.try_into().map_err(|_| refused())?;
-        let mut state = self.lock();
-        let issued = state.challenges.remove(&challenge).ok_or_else(refused)?;
-        if let Some(pending) = state.challenges_by_user.get_mut(&issued.user) {
-            pending.retain(|other| *other != challenge);
-            if pending.is_empty() {
-                state.challenges_by_user.remove(&issued.user);
-            }
-        }
-        if issued.user != user || issued.expires <= Instant::now() {
+    /// Checks that this relay issued `challenge` for `user` and that it has not expired;
+    /// returns it and its expiry.
+    fn check_challenge(&self, user: &str, challenge: &[u8]) -> Result<(Challenge, u64), Status> {
+        let challenge: Challenge = challenge.try_into().map_err(|_| refused())?;
+        let (issued, tag) = challenge.split_at(ISSUED_LEN);
+        self.challenge_mac(user, issued)
+            .verify_truncated_left(tag)
+            .map_err(|_| refused())?;
+        let mut expiry = [0u8; EXPIRY_LEN];
+        expiry.copy_from_slice(&issued[..EXPIRY_LEN]);
+        let expires = u64::from_be_bytes(expiry);
+        if expires <= unix_ms(SystemTime::now()) {
             return Err(refused());
         }
-        Ok(())
+        Ok((challenge, expires))
+    }
+
+    /// HMAC-SHA256 over the user name and the issued part of a challenge.
+    fn challenge_mac(&self, user: &str, issued: &[u8]) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(self.challenge_key.as_ref())
+            .expect("HMAC takes keys of any length");
+        mac.update(b"chat.v1/challenge");
+        mac.update(&(user.len() as u64).to_be_bytes());
+        mac.update(user.as_bytes());
+        mac.update(issued);
+        mac
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -224,10 +219,28 @@ impl Accounts {
     }
 }
 
+fn refused() -> Status {
+    Status::unauthenticated(
+        "the challenge is not one this server issued for you, or it was used or has expired; \
+         ask for a new one with CreateChallenge",
+    )
+}
+
 impl State {
+    /// Marks a checked challenge as used; refuses one used before. Only challenges that
+    /// came with a valid signature get here, so this table grows with real logins only.
+    fn use_challenge(&mut self, challenge: Challenge, expires: u64) -> Result<(), Status> {
+        let now = unix_ms(SystemTime::now());
+        self.used_challenges.retain(|_, expiry| *expiry > now);
+        match self.used_challenges.insert(challenge, expires) {
+            Some(_) => Err(refused()),
+            None => Ok(()),
+        }
+    }
+
     fn issue_token(&mut self, user: &str, ttl: Duration) -> Result<(String, SystemTime), Status> {
-        let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret)
+        let mut secret = Zeroizing::new([0u8; 32]);
+        getrandom::fill(secret.as_mut())
             .map_err(|error| Status::internal(format!("the server's RNG failed: {error}")))?;
         let token: String = secret.iter().map(|byte| format!("{byte:02x}")).collect();
         let digest: Digest32 = Sha256::digest(token.as_bytes()).into();
@@ -270,16 +283,6 @@ impl State {
                 tokens.remove(digest);
                 false
             }
-        });
-    }
-
-    fn forget_expired_challenges(&mut self, now: Instant) {
-        self.challenges
-            .retain(|_, challenge| challenge.expires > now);
-        let challenges = &self.challenges;
-        self.challenges_by_user.retain(|_, pending| {
-            pending.retain(|challenge| challenges.contains_key(challenge));
-            !pending.is_empty()
         });
     }
 }

@@ -40,6 +40,8 @@ struct State {
     /// User name → its open session.
     online: HashMap<String, SessionId>,
     rooms: HashMap<String, Room>,
+    /// User name → the private rooms it owns.
+    owned: HashMap<String, BTreeSet<String>>,
     next_session_id: SessionId,
     shutting_down: bool,
     /// Sessions whose queue overflowed during the current operation.
@@ -186,6 +188,20 @@ impl Hub {
                 }
                 _ => {}
             }
+            if request.create_private && !state.rooms.contains_key(room) {
+                let owned = state.owned.get(&user).map_or(0, BTreeSet::len);
+                if owned >= self.limits.max_owned_rooms {
+                    return Err(Status::resource_exhausted(format!(
+                        "you own {owned} private rooms, the most a user may; leave one empty \
+                         and disconnect to free it"
+                    )));
+                }
+                state
+                    .owned
+                    .entry(user.clone())
+                    .or_default()
+                    .insert(room.to_owned());
+            }
             let entry = state.rooms.entry(room.to_owned()).or_insert_with(|| Room {
                 owner: request.create_private.then(|| user.clone()),
                 ..Room::default()
@@ -273,12 +289,12 @@ impl Hub {
     ) -> Result<(), Status> {
         self.operate(|state| {
             let owner = state.session(id)?.user.clone();
+            let room_state = state.owned_room(room, &owner)?;
             if user == owner {
                 return Err(Status::invalid_argument(
                     "you own this room and cannot kick yourself; leave it instead",
                 ));
             }
-            let room_state = state.owned_room(room, &owner)?;
             let was_invited = room_state.invited.remove(user);
             let kicked = room_state.members.get(user).copied();
             if !was_invited && kicked.is_none() {
@@ -489,9 +505,14 @@ impl State {
         };
         members.members.remove(user);
         if members.members.is_empty() {
-            // A private room outlives its members, so nobody else can take its name.
-            if members.owner.is_none() {
-                self.rooms.remove(room);
+            // An empty private room lasts while its owner is connected, so that nobody
+            // else takes its name while the owner steps out.
+            let owner_online = members
+                .owner
+                .as_ref()
+                .is_some_and(|owner| self.online.contains_key(owner));
+            if !owner_online {
+                self.remove_room(room);
             }
             return;
         }
@@ -514,6 +535,16 @@ impl State {
         for room in &session.rooms {
             self.remove_member(room, &session.user, reason);
         }
+        let owned = self.owned.get(&session.user).cloned().unwrap_or_default();
+        for room in owned {
+            if self
+                .rooms
+                .get(&room)
+                .is_some_and(|found| found.members.is_empty())
+            {
+                self.remove_room(&room);
+            }
+        }
         if let Some(status) = status {
             tracing::info!(user = session.user, code = ?status.code(), "session ended by the server");
             let _ = session.frames.close.send(status);
@@ -522,6 +553,20 @@ impl State {
             }
         } else {
             tracing::info!(user = session.user, "session closed");
+        }
+    }
+
+    fn remove_room(&mut self, room: &str) {
+        let Some(removed) = self.rooms.remove(room) else {
+            return;
+        };
+        if let Some(owner) = removed.owner
+            && let Some(owned) = self.owned.get_mut(&owner)
+        {
+            owned.remove(room);
+            if owned.is_empty() {
+                self.owned.remove(&owner);
+            }
         }
     }
 

@@ -70,12 +70,16 @@ pub struct Limits {
     /// Rooms one session may be in.
     #[arg(long, env = "CHAT_MAX_ROOMS_PER_SESSION", value_parser = positive, default_value_t = Limits::DEFAULT.max_rooms_per_session)]
     pub max_rooms_per_session: usize,
+    /// Private rooms one user may own at once. An empty private room is forgotten when
+    /// its owner disconnects.
+    #[arg(long, env = "CHAT_MAX_OWNED_ROOMS", value_parser = positive, default_value_t = Limits::DEFAULT.max_owned_rooms)]
+    pub max_owned_rooms: usize,
     /// Registered identities (user names and their keys) the server keeps.
     #[arg(long, env = "CHAT_MAX_IDENTITIES", value_parser = positive, default_value_t = Limits::DEFAULT.max_identities)]
     pub max_identities: usize,
-    /// How long a session token from a login is valid, in seconds. An open chat
-    /// stream is not cut when its token expires; new RPCs need a new login.
-    #[arg(long, env = "CHAT_TOKEN_TTL_SECS", value_parser = positive_u64, default_value_t = Limits::DEFAULT.token_ttl_secs)]
+    /// How long a session token from a login is valid, in seconds (at most 30 days). An
+    /// open chat stream is not cut when its token expires; new RPCs need a new login.
+    #[arg(long, env = "CHAT_TOKEN_TTL_SECS", value_parser = token_ttl, default_value_t = Limits::DEFAULT.token_ttl_secs)]
     pub token_ttl_secs: u64,
 }
 
@@ -90,6 +94,7 @@ impl Limits {
         max_rooms: 10_000,
         max_room_members: 1_000,
         max_rooms_per_session: 32,
+        max_owned_rooms: 32,
         max_identities: 100_000,
         token_ttl_secs: 12 * 60 * 60,
     };
@@ -110,9 +115,17 @@ fn positive(text: &str) -> Result<usize, String> {
     }
 }
 
-/// Parses a duration in seconds, which must be at least 1.
-fn positive_u64(text: &str) -> Result<u64, String> {
-    positive(text).map(|value| value as u64)
+/// The longest token lifetime: 30 days. A session outlives its token anyway.
+const MAX_TOKEN_TTL_SECS: u64 = 30 * 24 * 60 * 60;
+
+/// Parses a token lifetime in seconds: 1 to 30 days' worth.
+fn token_ttl(text: &str) -> Result<u64, String> {
+    match positive(text)? as u64 {
+        secs if secs > MAX_TOKEN_TTL_SECS => {
+            Err(format!("must be at most {MAX_TOKEN_TTL_SECS} (30 days)"))
+        }
+        secs => Ok(secs),
+    }
 }
 
 /// Why the server could not start or stopped with an error.
@@ -130,6 +143,8 @@ pub enum ServerError {
         path: PathBuf,
         reason: String,
     },
+    #[error("the operating system's random number generator failed: {0}")]
+    Rng(getrandom::Error),
     #[error("cannot set up gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("the gRPC server failed: {0}")]
@@ -173,7 +188,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let hub = Arc::new(Hub::new(limits.clone()));
-    let accounts = Arc::new(Accounts::new(&limits));
+    let accounts = Arc::new(Accounts::new(&limits).map_err(ServerError::Rng)?);
     let relay = Arc::new(Relay {
         hub: hub.clone(),
         accounts: accounts.clone(),

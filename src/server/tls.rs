@@ -32,7 +32,7 @@ pub fn load(cert: &Path, key: &Path) -> Result<ServerTlsConfig, ServerError> {
 
     let chain = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| invalid(cert, CERTIFICATE, pem_problem(&error)))?;
+        .map_err(|error| invalid(cert, CERTIFICATE, crate::pem::describe(&error)))?;
     if chain.is_empty() {
         return Err(invalid(
             cert,
@@ -45,7 +45,7 @@ pub fn load(cert: &Path, key: &Path) -> Result<ServerTlsConfig, ServerError> {
             pem::Error::NoItemsFound => "no PEM private key (-----BEGIN PRIVATE KEY-----, \
                  RSA PRIVATE KEY or EC PRIVATE KEY; not encrypted) in it"
                 .to_owned(),
-            other => pem_problem(&other),
+            other => crate::pem::describe(&other),
         };
         invalid(key, PRIVATE_KEY, reason)
     })?;
@@ -88,14 +88,6 @@ fn invalid(path: &Path, what: &'static str, reason: String) -> ServerError {
         what,
         path: path.to_owned(),
         reason,
-    }
-}
-
-fn pem_problem(error: &pem::Error) -> String {
-    match error {
-        // Its own text prints the marker as a list of bytes.
-        pem::Error::MissingSectionEnd { .. } => "a PEM section has no END line".to_owned(),
-        other => format!("not valid PEM: {other}"),
     }
 }
 

@@ -221,3 +221,16 @@ pub fn rust_client(url: &str, user: &str, room: &str, home: &Path) -> Command {
         home,
     )
 }
+
+/// `program` failed with exactly one error line, the last one, containing `expected`.
+pub fn assert_one_line_error(program: &str, status: ExitStatus, stderr: &str, expected: &str) {
+    assert!(!status.success(), "expected a failure; stderr: {stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|line| line.contains("error"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    let last = stderr.lines().last().unwrap();
+    assert!(last.starts_with(&format!("{program}: error: ")), "{stderr}");
+    assert!(last.contains(expected), "{last:?} lacks {expected:?}");
+}
