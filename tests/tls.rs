@@ -121,11 +121,11 @@ fn clients_that_do_not_trust_the_certificate_or_speak_plaintext_fail_in_one_line
     assert_one_line_error("chat-client", status, &stderr, "invalid peer certificate");
     assert!(stderr.contains("--ca-cert"), "{stderr}");
 
-    // The relay's TLS port drops a plaintext HTTP/2 client at its first bytes. The
-    // reason is whatever HTTP/2 makes of that; one line and an exit are what count.
+    // The relay's TLS port drops a plaintext HTTP/2 client at its first bytes; the client
+    // says what it likely means.
     let plain_url = format!("http://127.0.0.1:{}", server.addr.port());
     let (status, stderr) = run_to_exit(rust_client(&plain_url, "alice", "lobby", &home));
-    assert_one_line_error("chat-client", status, &stderr, "");
+    assert_one_line_error("chat-client", status, &stderr, "use an https:// URL");
 
     // The server is still there for a client that trusts it.
     let client = ClientProcess::joined(trusting_client(&url, "bob", &home, &cert.cert), "lobby");

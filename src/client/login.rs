@@ -96,7 +96,17 @@ pub async fn login(
             user: user.to_owned(),
         })
         .await
-        .map_err(ClientError::Refused)?
+        .map_err(|status| {
+            // The first RPC is where a server that is not speaking plaintext gRPC (a TLS
+            // port reached with http://, say) shows up, as an HTTP/2 framing error.
+            if status.code() == Code::Cancelled || status.message().contains("h2 protocol error") {
+                ClientError::NotGrpc {
+                    reason: status.message().to_owned(),
+                }
+            } else {
+                ClientError::Refused(status)
+            }
+        })?
         .into_inner()
         .challenge;
     let signature = identity.sign_login(user, &challenge)?;

@@ -40,6 +40,11 @@ pub enum ClientError {
     CaCertUnusable { path: PathBuf, reason: String },
     #[error("cannot connect to {url}: {reason}")]
     Unreachable { url: String, reason: String },
+    #[error(
+        "the server does not answer plaintext gRPC ({reason}); if it serves TLS, use an \
+         https:// URL"
+    )]
+    NotGrpc { reason: String },
     #[error("the server refused: {}: {}", code_name(.0.code()), .0.message())]
     Refused(tonic::Status),
     #[error("the server ended the session: {}: {}", code_name(.0.code()), .0.message())]
