@@ -759,7 +759,12 @@ class RoomState:
 
     def trust_member(self, user: str) -> list[pb.DistributeSenderKey]:
         """The user accepted the keys presented for ``user`` (already re-pinned by the
-        caller): give it our current key and use the sender key it sent meanwhile."""
+        caller): use the sender key it sent meanwhile, and rotate our key.
+
+        Rotating (rather than giving ``user`` the current key) means the member never
+        gets a key that sealed what was said while it was not trusted. Returns the
+        distributions of the new key, for every trusted member.
+        """
         member = self.members.get(user)
         if member is None:
             raise KeyError(user)
@@ -769,7 +774,7 @@ class RoomState:
         held, member.held_key = member.held_key, None
         if held is not None:
             self.accept_sender_key(held)
-        return self._distributions([user])
+        return self.rotate()
 
     def untrusted_members(self) -> list[str]:
         return sorted(n for n, m in self.members.items() if not m.trusted)

@@ -368,9 +368,13 @@ class Rooms(unittest.TestCase):
         self.assertIsNone(alice.open(delivery("bob", message)))
         self.assertIn("keys changed", alice.warnings[-1])
         self.assertEqual(alice.untrusted_members(), ["bob"])
-        # The user accepts the keys: bob gets alice's key, and the held key is used.
+        # The user accepts the keys: alice rotates, bob gets only the new key, and the
+        # held key is used.
+        old_id = alice.own_key.key_id
         frames = alice.trust_member("bob")
-        self.assertEqual([c.recipient for f in frames for c in f.keys], ["bob"])
+        self.assertNotEqual(alice.own_key.key_id, old_id)
+        self.assertEqual([c.recipient for f in frames for c in f.keys], ["bob", "carol"])
+        self.assertEqual({f.key_id for f in frames}, {alice.own_key.key_id})
         message, _ = bob.seal_text("now")
         self.assertEqual(alice.open(delivery("bob", message)).text, "now")
 
