@@ -70,7 +70,7 @@ TAG_BYTES = 16
 #: RSA-PSS salt length of every signature.
 PSS_SALT_BYTES = 32
 #: Recipients per DistributeSenderKey frame, so a frame stays under the relay's limit.
-MAX_KEYS_PER_DISTRIBUTION = 64
+MAX_KEYS_PER_DISTRIBUTION = 32
 #: A key seals at most this many messages; then its owner rotates.
 MAX_MESSAGES_PER_KEY = 1 << 24
 #: Largest JSON envelope (the sealed plaintext) a client sends.
@@ -675,7 +675,7 @@ class RoomState:
 
     def _distributions(self, recipients: Iterable[str]) -> list[pb.DistributeSenderKey]:
         """Wraps and signs the current key for the trusted ``recipients``, in frames of
-        at most 64 copies."""
+        at most 32 copies (a frame stays under 64 KiB even with 4096-bit keys)."""
         names = sorted({n for n in recipients if n in self.members and self.members[n].trusted})
         key = self.own_key
         frames = []

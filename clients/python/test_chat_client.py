@@ -378,11 +378,11 @@ class Rooms(unittest.TestCase):
         message, _ = bob.seal_text("now")
         self.assertEqual(alice.open(delivery("bob", message)).text, "now")
 
-    def test_frames_hold_at_most_64_copies(self) -> None:
+    def test_frames_hold_at_most_32_copies(self) -> None:
         alice = self.room("alice")
         members = [cc.Identity(f"u{i}", key(0), key(1)).public_identity() for i in range(130)]
         frames = alice.on_joined(pb.Joined(room="lobby", members=members))
-        self.assertEqual([len(f.keys) for f in frames], [64, 64, 2])
+        self.assertEqual([len(f.keys) for f in frames], [32, 32, 32, 32, 2])
 
 
 class Home(unittest.TestCase):
