@@ -1220,6 +1220,13 @@ class ContactBook:
 
     def pin(self, user: str, fingerprint_hex: str) -> None:
         """Pins ``user`` to ``fingerprint_hex``, unverified, and saves the file."""
+        self._update(user, fingerprint_hex, verified=False)
+
+    def set_verified(self, user: str, fingerprint_hex: str) -> None:
+        """Marks ``user`` verified, pinned to ``fingerprint_hex``, and saves the file."""
+        self._update(user, fingerprint_hex, verified=True)
+
+    def _update(self, user: str, fingerprint_hex: str, verified: bool) -> None:
         if not _is_fingerprint_hex(fingerprint_hex):
             raise ValueError("a fingerprint is 64 lowercase hex digits")
         try:
@@ -1228,7 +1235,7 @@ class ContactBook:
             data = self._data
         entry = dict(data["contacts"].get(user) or {})
         entry["fingerprint"] = fingerprint_hex
-        entry["verified"] = False
+        entry["verified"] = verified
         data["contacts"][user] = entry
         self._data = data
         _make_private_dirs(self.path.parent)
@@ -1340,12 +1347,16 @@ def describe_rpc_error(error: grpc.RpcError) -> str:
 # ---------------------------------------------------------------------------------------
 
 HELP_TEXT = """commands:
-  /who          list the members of the room
-  /safety NAME  show the safety number to compare with NAME out of band
-  /trust NAME   accept the new keys the relay presents for NAME (after comparing)
-  /leave        leave the room and exit
-  /quit         disconnect and exit
-  /help         show this list
+  /who                 list the members of the room
+  /fingerprint         show your own fingerprint
+  /verify NAME         show the safety number to compare with NAME out of band
+  /verify NAME confirm mark NAME's keys verified (after comparing the safety number)
+  /trust NAME          accept the new keys the relay presents for NAME
+  /invite NAME         let NAME join this private room (owner only)
+  /kick NAME           remove NAME from this private room (owner only)
+  /leave               leave the room and exit
+  /quit                disconnect and exit
+  /help                show this list
 start a message with // to send a line that begins with /"""
 
 _CLOSE = object()  # ends the request iterator (half-closes the stream)
@@ -1366,8 +1377,10 @@ class ChatClient:
         home: Path,
         key_bits: int,
         ca_cert: Optional[Path] = None,
+        private: bool = False,
     ) -> None:
         self.server = server
+        self.private = private
         self.user = user
         self.room_name = room
         self.home = home
@@ -1391,6 +1404,10 @@ class ChatClient:
         self.closing = False
         self.call = None
         self.channel: Optional[grpc.Channel] = None
+        #: request_id -> (command, user) of /invite and /kick frames not answered yet.
+        self.owner_requests: dict[int, tuple[str, str]] = {}
+        #: Set when a refusal that does not end the session happened: the exit is 1.
+        self.failed = False
 
     # -- output -----------------------------------------------------------------------
 
@@ -1459,7 +1476,7 @@ class ChatClient:
         stub = pb_grpc.ChatServiceStub(self.channel)
         self.call = stub.Chat(self._requests(), metadata=auth_metadata(token))
         threading.Thread(target=self._read_responses, name="responses", daemon=True).start()
-        self._send_frame("join", join=pb.JoinRoom(room=self.room_name))
+        self._send_frame("join", join=pb.JoinRoom(room=self.room_name, create_private=self.private))
         threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
         return self._event_loop()
 
@@ -1483,7 +1500,7 @@ class ChatClient:
             return True
         pinned = self.contacts.fingerprint_of(peer.user) or ""
         self.warn(
-            f"!!! {peer.user}'s keys changed !!! The relay presents keys for {peer.user} "
+            f"!!! {peer.user}'s keys changed !!! The relay presented NEW KEYS for {peer.user} "
             f"(fingerprint {format_fingerprint(peer.fingerprint)}) that differ from the ones "
             f"pinned (fingerprint {format_fingerprint(bytes.fromhex(pinned))}). Someone may be "
             f"impersonating {peer.user}, or {peer.user} made new keys. Nothing is sent to or "
@@ -1554,7 +1571,7 @@ class ChatClient:
                 else:
                     self.backlog.append(event)
             if self._maybe_finish():
-                return 0
+                return 1 if self.failed else 0
 
     def _on_stream_end(self, error: Optional[BaseException]) -> int:
         if self.closing:
@@ -1621,6 +1638,10 @@ class ChatClient:
         if what is None:
             self.warn(f"ignoring an answer to unknown request {frame.request_id}")
             return
+        owner_request = self.owner_requests.pop(frame.request_id, None)
+        if owner_request is not None:
+            self._on_owner_answer(owner_request, frame, which)
+            return
         if which == "rejection":
             rejection = frame.rejection
             reason = f"{status_name(rejection.code)}: {rejection.message}"
@@ -1641,9 +1662,28 @@ class ChatClient:
         if not self.ready and self.joined_seen and not self.initial_distributions:
             self._become_ready()
 
+    def _on_owner_answer(self, request: tuple[str, str], frame: pb.ServerFrame, which: Optional[str]) -> None:
+        """The answer to /invite or /kick: a refusal is reported, and the session goes on."""
+        command, user = request
+        if which == "rejection":
+            self.failed = True
+            rejection = frame.rejection
+            self.info(
+                f"the relay refused {command} {user}: {status_name(rejection.code)}: {rejection.message}"
+            )
+        elif command == "/invite":
+            self.info(f"{user} may now join {self.room_name}")
+        else:
+            self.info(f"{user} is no longer a member of {self.room_name} nor invited")
+
     def _on_joined(self, joined: pb.Joined) -> None:
         assert self.room is not None
         self.joined_seen = True
+        if joined.private_room:
+            owner = "you" if joined.owner == self.user else escape_text(joined.owner)
+            self.info(f"{self.room_name} is a private room owned by {owner}")
+        elif self.private:
+            self.warn(f"{self.room_name} is an open room: anyone can join it")
         frames = self.room.on_joined(joined)
         self.initial_distributions = set(self._send_distributions(frames))
         if not self.initial_distributions:
@@ -1741,13 +1781,21 @@ class ChatClient:
             self.finishing = "quit"
         elif command == "/help":
             self.info(HELP_TEXT)
-        elif command in ("/trust", "/safety"):
+        elif command == "/fingerprint":
+            assert self.identity is not None
+            self.info(f"your fingerprint ({self.user}): {format_fingerprint(self.identity.fingerprint)}")
+        elif command == "/verify" and len(args) == 2 and args[1] == "confirm":
+            self._confirm(args[0])
+        elif command in ("/trust", "/verify", "/invite", "/kick"):
             if len(args) != 1:
-                self.info(f"usage: {command} NAME")
+                usage = "/verify NAME [confirm]" if command == "/verify" else f"{command} NAME"
+                self.info(f"usage: {usage}")
             elif command == "/trust":
                 self._trust(args[0])
-            else:
+            elif command == "/verify":
                 self._safety(args[0])
+            else:
+                self._owner_command(command, args[0])
         else:
             self.info(f"unknown command {command}; type /help for the list")
 
@@ -1758,8 +1806,39 @@ class ChatClient:
             self.info(f"{name} is not a member of {self.room_name}")
             return
         number = safety_number(self.user, self.identity.fingerprint, name, member.identity.fingerprint)
-        note = "" if member.trusted else " (these keys are NOT trusted: they changed)"
+        if not member.trusted:
+            note = " (these keys are NOT trusted: they changed)"
+        elif self.contacts is not None and self.contacts.verified(name):
+            note = " (verified)"
+        else:
+            note = f" (compare it with {name}, then /verify {name} confirm)"
         self.info(f"safety number with {name}: {number}{note}")
+
+    def _confirm(self, name: str) -> None:
+        assert self.room is not None and self.contacts is not None
+        member = self.room.members.get(name)
+        if member is None:
+            self.info(f"{name} is not a member of {self.room_name}")
+            return
+        if not member.trusted:
+            self.info(f"the keys presented for {name} are not trusted; /trust {name} first")
+            return
+        try:
+            self.contacts.set_verified(name, member.identity.fingerprint_hex)
+        except (OSError, ValueError) as exc:
+            self.warn(f"cannot save the contact {name} to {self.contacts.path}: {exc}")
+            return
+        self.info(f"the keys of {name} are now marked verified")
+
+    def _owner_command(self, command: str, name: str) -> None:
+        if not is_valid_user_name(name):
+            self.info(f"invalid user name {escape_text(name)!r}")
+            return
+        if command == "/invite":
+            request_id = self._send_frame("invite", invite=pb.InviteMember(room=self.room_name, user=name))
+        else:
+            request_id = self._send_frame("kick", kick=pb.KickMember(room=self.room_name, user=name))
+        self.owner_requests[request_id] = (command, name)
 
     def _trust(self, name: str) -> None:
         assert self.room is not None and self.contacts is not None
@@ -1811,7 +1890,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = _Parser(
         prog=PROG,
         description="Chat in one room of an end-to-end encrypted relay.",
-        epilog="stdin: one line = one message; /who /safety /trust /leave /quit /help; "
+        epilog="stdin: one line = one message; /who /fingerprint /verify /trust /invite /kick "
+        "/leave /quit /help; "
         "// sends a leading /. stdout: [ROOM] SENDER: TEXT per received message. "
         "stderr: everything else.",
     )
@@ -1823,6 +1903,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="where your keys and pinned contacts are kept [env CHAT_HOME]")
     parser.add_argument("--key-bits", default=env.get("CHAT_KEY_BITS", str(DEFAULT_KEY_BITS)),
                         help="size of new identity keys: 2048, 3072 or 4096 [env CHAT_KEY_BITS]")
+    parser.add_argument("--private", action="store_true",
+                        help="create the room private, owned by you, if it does not exist")
     parser.add_argument("--ca-cert", default=env.get("CHAT_CA_CERT") or None,
                         help="PEM file of the CA certificates to trust for an https:// relay "
                         "(default: the system's) [env CHAT_CA_CERT]")
@@ -1847,6 +1929,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         Path(args.home).expanduser(),
         args.key_bits,
         Path(args.ca_cert).expanduser() if args.ca_cert else None,
+        private=args.private,
     )
     try:
         code = client.run()

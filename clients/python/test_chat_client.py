@@ -481,6 +481,8 @@ class Home(unittest.TestCase):
         entry = json.loads(path.read_text())["contacts"]["bob"]
         self.assertEqual(entry, {"fingerprint": impostor.fingerprint_hex, "verified": False, "note": "kept"})
         self.assertEqual(sorted(p.name for p in path.parent.iterdir()), ["contacts.json"])
+        book.set_verified("bob", impostor.fingerprint_hex)
+        self.assertTrue(cc.ContactBook(path).verified("bob"))
 
     def test_contacts_of_another_version_are_refused(self) -> None:
         path = self.home / "contacts.json"
