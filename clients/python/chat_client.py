@@ -38,6 +38,10 @@ import urllib.parse
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
+# gRPC core logs some connection failures (a refused TLS handshake) on stderr by itself;
+# this client reports them in its own one error line. GRPC_VERBOSITY=INFO shows them again.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 # The generated stubs live next to this file (clients/python/generated), made by setup.sh.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "generated"))
 
@@ -1460,7 +1464,13 @@ class ChatClient:
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise ClientError(f"cannot connect to {self.server}: {describe_rpc_error(exc)}") from exc
+                details = describe_rpc_error(exc)
+                if "CERTIFICATE_VERIFY_FAILED" in details:
+                    hint = "" if self.ca_cert else " (for a self-signed certificate or a private CA, pass --ca-cert FILE)"
+                    raise ClientError(
+                        f"cannot connect to {self.server}: the server's certificate is not trusted{hint}: {details}"
+                    ) from exc
+                raise ClientError(f"cannot connect to {self.server}: {details}") from exc
             if code == grpc.StatusCode.ALREADY_EXISTS:
                 raise ClientError(
                     f'the user name "{self.user}" is taken: the relay has it registered to other keys; '
