@@ -714,8 +714,17 @@ class RoomState:
         self.pending = collections.deque(m for m in self.pending if m.sender != name)
 
     def _add_member(self, identity: pb.PublicIdentity, what: str) -> Optional[str]:
-        """Checks a member presented by the relay; returns its name, or None if ignored."""
+        """Checks a member presented by the relay; returns its name, or None if ignored.
+
+        Ignored (with a warning): an identity that does not verify, a member under our
+        own name (never trusted, whatever its keys), and a second announcement of a
+        current member (it could otherwise reset what we know of that member's keys).
+        """
         if identity.user == self.user:
+            self._warn(f"ignoring a member under your own name ({self.user}) in {what} of {self.room}")
+            return None
+        if identity.user in self.members:
+            self._warn(f"ignoring a second announcement of member {identity.user} in {what} of {self.room}")
             return None
         try:
             peer = PeerIdentity.from_public(identity)
@@ -723,9 +732,6 @@ class RoomState:
             self._warn(f"ignoring member {escape_text(identity.user)!r} in {what} of {self.room}: {exc}")
             return None
         name = peer.user
-        previous = self.members.get(name)
-        if previous is not None and previous.identity.fingerprint != peer.fingerprint:
-            self._forget_keys_of(name)  # another identity: nothing of the old one applies
         self.members[name] = Member(identity=peer, trusted=bool(self._trust(peer)))
         return name
 
@@ -747,8 +753,6 @@ class RoomState:
         name = self._add_member(identity, "MemberJoined")
         if name is None:
             return None
-        # A new session of that member: it makes a new sender key and sends it to us.
-        self._forget_keys_of(name)
         return self._distributions([name])
 
     def member_left(self, user: str) -> list[pb.DistributeSenderKey]:

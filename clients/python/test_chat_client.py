@@ -94,6 +94,17 @@ class Vectors(unittest.TestCase):
         )
         self.assertEqual(cc.enc_str("ü"), b"\x00\x02\xc3\xbc")
 
+    def test_fingerprint_example(self) -> None:
+        self.assertEqual(
+            cc.fingerprint(b"s", b"e").hex(),
+            "301d4b63196a2c69e9c2ba7a405c7548c708d8f74e6b875fb9f67a5898074e02",
+        )
+
+    def test_safety_number_example(self) -> None:
+        expected = "08940 22870 87407 56001 96721 49985 24506 87332 60637 75593 12840 20400"
+        self.assertEqual(cc.safety_number("alice", bytes(32), "bob", b"\x01" * 32), expected)
+        self.assertEqual(cc.safety_number("bob", b"\x01" * 32, "alice", bytes(32)), expected)
+
     def test_fingerprint_and_safety_number(self) -> None:
         fp = cc.fingerprint(b"S", b"E")
         import hashlib
@@ -377,6 +388,25 @@ class Rooms(unittest.TestCase):
         self.assertEqual({f.key_id for f in frames}, {alice.own_key.key_id})
         message, _ = bob.seal_text("now")
         self.assertEqual(alice.open(delivery("bob", message)).text, "now")
+
+    def test_own_name_and_second_announcements_are_ignored(self) -> None:
+        alice = self.room("alice")
+        impostor = cc.Identity("alice", key(4), key(5)).public_identity()
+        self.assertEqual(alice.on_joined(pb.Joined(room="lobby", members=[impostor])), [])
+        self.assertEqual(alice.members, {})
+        self.assertIn("your own name", alice.warnings[-1])
+        self.assertIsNone(alice.member_joined(impostor))
+        # bob, with a key accepted; the relay announces bob again (other keys or not).
+        bob = self.room("bob")
+        frames = bob.on_joined(pb.Joined(room="lobby", members=[self.ids["alice"].public_identity()]))
+        self.assertIsNotNone(alice.member_joined(self.ids["bob"].public_identity()))
+        (d,) = deliveries_for("alice", "bob", frames)
+        alice.accept_sender_key(d)
+        for again in (self.ids["bob"].public_identity(), cc.Identity("bob", key(4), key(5)).public_identity()):
+            self.assertIsNone(alice.member_joined(again))
+            self.assertIn("second announcement", alice.warnings[-1])
+        self.assertEqual(alice.members["bob"].identity.fingerprint, self.ids["bob"].fingerprint)
+        self.assertEqual(alice.peer_keys["bob"].key_id, d.key_id)
 
     def test_frames_hold_at_most_32_copies(self) -> None:
         alice = self.room("alice")
