@@ -24,6 +24,7 @@ import argparse
 import collections
 import dataclasses
 import hashlib
+import ipaddress
 import json
 import os
 import queue
@@ -1296,6 +1297,17 @@ def parse_server_url(url: str) -> tuple[str, bool]:
     return f"{host_part}:{port}", scheme == "https"
 
 
+def is_loopback_host(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1 (a plaintext relay there is on this machine)."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_INBOUND_FRAME_BYTES),
     ("grpc.max_send_message_length", MAX_INBOUND_FRAME_BYTES),
@@ -1440,7 +1452,13 @@ class ChatClient:
     def run(self) -> int:
         """Connects, logs in, joins, chats until stdin ends or a command ends it;
         returns 0."""
-        parse_server_url(self.server)  # a bad URL is reported before any key is made
+        target, tls = parse_server_url(self.server)  # a bad URL is reported before any key is made
+        if not tls and not is_loopback_host(target.rsplit(":", 1)[0]):
+            self.warn(
+                f"{self.server} is plaintext to another machine: user and room names, what you "
+                f"send when, and your session token cross the network in clear (messages stay "
+                f"end-to-end encrypted); use https:// unless a TLS proxy is on the path"
+            )
         if not is_valid_user_name(self.user):
             raise ClientError(
                 f'user name "{self.user}" is invalid; use 1 to 32 of letters, digits and _ . -'

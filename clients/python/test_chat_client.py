@@ -129,6 +129,20 @@ class Vectors(unittest.TestCase):
         self.assertIn(half, number.replace(" ", ""))
 
 
+class Urls(unittest.TestCase):
+    def test_parse_and_loopback(self) -> None:
+        self.assertEqual(cc.parse_server_url("http://127.0.0.1:5555"), ("127.0.0.1:5555", False))
+        self.assertEqual(cc.parse_server_url("https://[::1]:5555"), ("[::1]:5555", True))
+        self.assertEqual(cc.parse_server_url("https://chat.example.org"), ("chat.example.org:443", True))
+        for url in ("127.0.0.1:5555", "ftp://x:1", "http://x:1/path"):
+            with self.subTest(url), self.assertRaises(cc.ClientError):
+                cc.parse_server_url(url)
+        for host in ("127.0.0.1", "127.1.2.3", "[::1]", "localhost", "LOCALHOST"):
+            self.assertTrue(cc.is_loopback_host(host), host)
+        for host in ("10.0.0.1", "0.0.0.0", "example.org", "[::]"):
+            self.assertFalse(cc.is_loopback_host(host), host)
+
+
 class Identities(unittest.TestCase):
     def test_sign_and_verify(self) -> None:
         me = identity("alice", 0)
