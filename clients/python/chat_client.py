@@ -1492,6 +1492,8 @@ class ChatClient:
                     raise ClientError(
                         f"cannot connect to {self.server}: the server's certificate is not trusted{hint}: {details}"
                     ) from exc
+                if self.server.lower().startswith("http://") and "Socket closed" in details:
+                    details += " (if the relay serves TLS, use https://)"
                 raise ClientError(f"cannot connect to {self.server}: {details}") from exc
             if code == grpc.StatusCode.ALREADY_EXISTS:
                 raise ClientError(
