@@ -167,7 +167,8 @@ fn tampered_messages_are_refused_across_languages() {
         .unwrap();
     assert!(status.success());
     bob.expect_stdout("[lobby] mallory: the genuine one");
-    let warnings = wait_for_line(&bob.stderr, "failed authentication");
+    // Flipped after signing: the signature check drops it before any decryption.
+    let warnings = wait_for_line(&bob.stderr, "signature does not verify");
     assert!(warnings.last().unwrap().contains("mallory"), "{warnings:?}");
 
     // Rust tampers, Python reads.
@@ -192,7 +193,7 @@ fn tampered_messages_are_refused_across_languages() {
         }
     });
     carol.expect_stdout("[other] eve: the genuine one");
-    let warnings = wait_for_line(&carol.stderr, "tampered with or corrupted");
+    let warnings = wait_for_line(&carol.stderr, "signature does not verify");
     let warning = warnings.last().unwrap();
     assert!(
         warning.starts_with("warning:") && warning.contains("eve"),
@@ -200,4 +201,20 @@ fn tampered_messages_are_refused_across_languages() {
     );
     assert!(bob.finish().0.success());
     assert!(carol.finish().0.success());
+}
+
+#[test]
+fn the_python_clients_own_checks_of_the_spec_pass() {
+    // Byte strings, safety numbers and home files, checked against docs/PROTOCOL.md's
+    // examples from the Python side.
+    let output = Command::new(python())
+        .args(["-m", "unittest", "-q", "test_chat_client"])
+        .current_dir(python_dir())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

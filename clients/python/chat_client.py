@@ -2,18 +2,20 @@
 """A command-line client for the chat.v1 end-to-end encrypted relay.
 
 Written from docs/PROTOCOL.md and proto/chat/v1/chat.proto alone, to show that they are
-enough to build a compatible client. The file has two layers:
+enough to build a compatible client. The file has three layers:
 
-* the protocol and crypto (names, key encodings, OAEP labels, associated data, the JSON
-  envelope, the replay window and :class:`RoomState`), which do no I/O and can be used
-  from tests without the CLI;
-* the CLI (:class:`ChatClient` and :func:`main`), which drives one room over gRPC with
-  the same command line and stdin/stdout/stderr contract as the Rust ``chat-client``.
+* the protocol and crypto (names, key encodings, signed byte strings, OAEP labels,
+  associated data, the JSON envelope, the replay window, identities and
+  :class:`RoomState`), which do no I/O and can be used from tests without the CLI;
+* the files of a user's home: the two identity keys and the pinned contacts;
+* the CLI (:class:`ChatClient` and :func:`main`), which logs in and drives one room over
+  gRPC with the same command line and stdin/stdout/stderr contract as the Rust
+  ``chat-client``.
 
 Usage::
 
     chat_client.py --server http://127.0.0.1:5555 --user NAME --room ROOM \\
-                   --home DIR [--key-bits 2048|3072|4096]
+                   --home DIR [--key-bits 2048|3072|4096] [--ca-cert FILE]
 """
 
 from __future__ import annotations
@@ -21,10 +23,13 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import hashlib
+import ipaddress
 import json
 import os
 import queue
 import re
+import secrets
 import stat
 import struct
 import sys
@@ -34,11 +39,15 @@ import urllib.parse
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional
 
+# gRPC core logs some connection failures (a refused TLS handshake) on stderr by itself;
+# this client reports them in its own one error line. GRPC_VERBOSITY=INFO shows them again.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 # The generated stubs live next to this file (clients/python/generated), made by setup.sh.
 sys.path.insert(0, str(Path(__file__).resolve().parent / "generated"))
 
 import grpc  # noqa: E402
-from cryptography.exceptions import InvalidTag  # noqa: E402
+from cryptography.exceptions import InvalidSignature, InvalidTag  # noqa: E402
 from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import padding, rsa  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
@@ -54,11 +63,19 @@ PROG = "chat_client"
 
 SENDER_KEY_LABEL_PREFIX = b"chat.v1/sender-key"
 MESSAGE_AD_PREFIX = b"chat.v1/message"
+IDENTITY_SIGNATURE_PREFIX = b"chat.v1/identity"
+LOGIN_SIGNATURE_PREFIX = b"chat.v1/login"
+MESSAGE_SIGNATURE_PREFIX = b"chat.v1/message-signature"
+SENDER_KEY_SIGNATURE_PREFIX = b"chat.v1/sender-key-signature"
+FINGERPRINT_PREFIX = b"chat.v1/fingerprint"
+SAFETY_NUMBER_PREFIX = b"chat.v1/safety-number"
 SENDER_KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
+#: RSA-PSS salt length of every signature.
+PSS_SALT_BYTES = 32
 #: Recipients per DistributeSenderKey frame, so a frame stays under the relay's limit.
-MAX_KEYS_PER_DISTRIBUTION = 64
+MAX_KEYS_PER_DISTRIBUTION = 32
 #: A key seals at most this many messages; then its owner rotates.
 MAX_MESSAGES_PER_KEY = 1 << 24
 #: Largest JSON envelope (the sealed plaintext) a client sends.
@@ -67,12 +84,17 @@ MAX_ENVELOPE_BYTES = 32 * 1024
 REPLAY_WINDOW = 64
 #: Messages kept while their sender's key has not arrived (like the Rust client).
 MAX_PENDING_MESSAGES = 1024
+#: Sender key ids remembered per sender, never to be accepted again (like the Rust client).
+ACCEPTED_KEY_IDS_KEPT = 256
 #: Frames from the relay can be this large (a Joined lists every member's key).
 MAX_INBOUND_FRAME_BYTES = 4 * 1024 * 1024
 ENVELOPE_VERSION = 1
 KEY_BITS_ALLOWED = (2048, 3072, 4096)
+DEFAULT_KEY_BITS = 3072
 MIN_PEER_KEY_BITS = 2048
 MAX_PEER_KEY_BITS = 4096
+#: Seconds to wait for a unary RPC (CreateChallenge, Login).
+RPC_TIMEOUT_SECONDS = 30
 
 _USER_RE = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
 _ROOM_RE = re.compile(r"[A-Za-z0-9_.#\-]{1,64}")
@@ -93,15 +115,33 @@ def is_valid_room_name(name: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------
-# Byte encodings that bind keys and messages to their context
+# Byte encodings that bind keys, messages and signatures to their context
 # ---------------------------------------------------------------------------------------
 
 
-def _u16_prefixed(text: str) -> bytes:
+def enc_str(text: str) -> bytes:
+    """``str(x)`` of PROTOCOL.md: ``u16be(len) || UTF-8``."""
     data = text.encode("utf-8")
     if len(data) > 0xFFFF:
         raise ValueError("field too long for a u16 length prefix")
     return struct.pack(">H", len(data)) + data
+
+
+def enc_bytes(data: bytes) -> bytes:
+    """``bytes(x)`` of PROTOCOL.md: ``u32be(len) || x``."""
+    data = bytes(data)
+    if len(data) > 0xFFFFFFFF:
+        raise ValueError("field too long for a u32 length prefix")
+    return struct.pack(">I", len(data)) + data
+
+
+def enc_u64(n: int) -> bytes:
+    """``u64be(n)``: 8 bytes, big-endian."""
+    return struct.pack(">Q", n)
+
+
+# Kept under its old name: the README documents it.
+_u16_prefixed = enc_str
 
 
 def sender_key_label(room: str, sender: str, recipient: str, key_id: int) -> bytes:
@@ -112,22 +152,77 @@ def sender_key_label(room: str, sender: str, recipient: str, key_id: int) -> byt
     """
     return (
         SENDER_KEY_LABEL_PREFIX
-        + _u16_prefixed(room)
-        + _u16_prefixed(sender)
-        + _u16_prefixed(recipient)
-        + struct.pack(">Q", key_id)
+        + enc_str(room)
+        + enc_str(sender)
+        + enc_str(recipient)
+        + enc_u64(key_id)
     )
 
 
 def message_ad(room: str, sender: str, key_id: int, counter: int) -> bytes:
     """AES-GCM associated data: a message cannot be moved to another room, sender,
     key or counter without its tag failing."""
+    return MESSAGE_AD_PREFIX + enc_str(room) + enc_str(sender) + enc_u64(key_id) + enc_u64(counter)
+
+
+def identity_signed_bytes(user: str, signing_public_der: bytes, encryption_public_der: bytes) -> bytes:
+    """What ``PublicIdentity.signature`` signs."""
     return (
-        MESSAGE_AD_PREFIX
-        + _u16_prefixed(room)
-        + _u16_prefixed(sender)
-        + struct.pack(">QQ", key_id, counter)
+        IDENTITY_SIGNATURE_PREFIX
+        + enc_str(user)
+        + enc_bytes(signing_public_der)
+        + enc_bytes(encryption_public_der)
     )
+
+
+def login_signed_bytes(user: str, challenge: bytes) -> bytes:
+    """What ``LoginRequest.signature`` signs."""
+    return LOGIN_SIGNATURE_PREFIX + enc_str(user) + enc_bytes(challenge)
+
+
+def message_signed_bytes(
+    room: str, sender: str, key_id: int, counter: int, nonce: bytes, ciphertext: bytes
+) -> bytes:
+    """What ``SealedMessage.signature`` signs."""
+    return (
+        MESSAGE_SIGNATURE_PREFIX
+        + enc_str(room)
+        + enc_str(sender)
+        + enc_u64(key_id)
+        + enc_u64(counter)
+        + enc_bytes(nonce)
+        + enc_bytes(ciphertext)
+    )
+
+
+def sender_key_signed_bytes(room: str, sender: str, recipient: str, key_id: int, wrapped_key: bytes) -> bytes:
+    """What ``WrappedSenderKey.signature`` (delivered as ``SenderKeyDelivery.signature``) signs."""
+    return (
+        SENDER_KEY_SIGNATURE_PREFIX
+        + enc_str(room)
+        + enc_str(sender)
+        + enc_str(recipient)
+        + enc_u64(key_id)
+        + enc_bytes(wrapped_key)
+    )
+
+
+def _pss() -> padding.PSS:
+    return padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=PSS_SALT_BYTES)
+
+
+def sign(signing_key: rsa.RSAPrivateKey, data: bytes) -> bytes:
+    """RSASSA-PSS, SHA-256, MGF1-SHA-256, 32-byte salt."""
+    return signing_key.sign(data, _pss(), hashes.SHA256())
+
+
+def verify_signature(signing_public_key: rsa.RSAPublicKey, signature: bytes, data: bytes) -> bool:
+    """True if ``signature`` is a valid RSA-PSS signature of ``data``; never raises."""
+    try:
+        signing_public_key.verify(bytes(signature), data, _pss(), hashes.SHA256())
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
 
 
 def _oaep(label: bytes) -> padding.OAEP:
@@ -144,7 +239,7 @@ def wrap_sender_key(
     recipient: str,
     key_id: int,
 ) -> bytes:
-    """RSA-OAEP(SHA-256) of the raw 32-byte sender key under the recipient's key."""
+    """RSA-OAEP(SHA-256) of the raw 32-byte sender key under the recipient's encryption key."""
     return recipient_key.encrypt(key, _oaep(sender_key_label(room, sender, recipient, key_id)))
 
 
@@ -165,7 +260,7 @@ def unwrap_sender_key(
 
 
 def public_key_der(key: rsa.RSAPrivateKey | rsa.RSAPublicKey) -> bytes:
-    """The wire form of an identity public key: DER X.509 SubjectPublicKeyInfo."""
+    """The wire form of a public key: DER X.509 SubjectPublicKeyInfo."""
     public = key.public_key() if isinstance(key, rsa.RSAPrivateKey) else key
     return public.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -173,13 +268,141 @@ def public_key_der(key: rsa.RSAPrivateKey | rsa.RSAPublicKey) -> bytes:
 
 
 def parse_public_key(der: bytes) -> rsa.RSAPublicKey:
-    """Parses a peer's identity key; ``ValueError`` unless it is RSA of 2048..4096 bits."""
-    key = serialization.load_der_public_key(der)
+    """Parses a peer's public key; ``ValueError`` unless it is RSA of 2048..4096 bits."""
+    try:
+        key = serialization.load_der_public_key(bytes(der))
+    except Exception as exc:  # noqa: BLE001 - cryptography raises several kinds
+        raise ValueError(f"not a DER SubjectPublicKeyInfo ({exc})") from exc
     if not isinstance(key, rsa.RSAPublicKey):
         raise ValueError("not an RSA key")
     if not MIN_PEER_KEY_BITS <= key.key_size <= MAX_PEER_KEY_BITS:
         raise ValueError(f"{key.key_size}-bit key is outside 2048..4096 bits")
     return key
+
+
+# ---------------------------------------------------------------------------------------
+# Fingerprints and safety numbers
+# ---------------------------------------------------------------------------------------
+
+
+def fingerprint(signing_public_der: bytes, encryption_public_der: bytes) -> bytes:
+    """The 32-byte fingerprint of an identity (both public keys, DER)."""
+    return hashlib.sha256(
+        FINGERPRINT_PREFIX + enc_bytes(signing_public_der) + enc_bytes(encryption_public_der)
+    ).digest()
+
+
+def format_fingerprint(fp: bytes) -> str:
+    """As the Rust client shows it: 64 upper-case hex digits in 16 groups of 4."""
+    digits = fp.hex().upper()
+    return " ".join(digits[i : i + 4] for i in range(0, len(digits), 4))
+
+
+def _safety_half(user: str, fp: bytes) -> str:
+    h = hashlib.sha256(SAFETY_NUMBER_PREFIX + enc_str(user) + fp).digest()
+    return "".join(f"{int.from_bytes(h[i : i + 5], 'big') % 100000:05d}" for i in range(0, 30, 5))
+
+
+def safety_number(user_a: str, fp_a: bytes, user_b: str, fp_b: bytes) -> str:
+    """The safety number of a pair of users: 60 digits in 12 groups of 5, the same
+    whichever of the two computes it."""
+    halves = sorted([_safety_half(user_a, fp_a), _safety_half(user_b, fp_b)])
+    digits = "".join(halves)
+    return " ".join(digits[i : i + 5] for i in range(0, 60, 5))
+
+
+# ---------------------------------------------------------------------------------------
+# Identities
+# ---------------------------------------------------------------------------------------
+
+
+class IdentityError(ValueError):
+    """A public identity that must not be used (bad name, bad key, bad signature)."""
+
+
+def _same_key(a: rsa.RSAPublicKey, b: rsa.RSAPublicKey) -> bool:
+    return a.public_numbers().n == b.public_numbers().n
+
+
+class Identity:
+    """This user's identity: a signing key pair (RSA-PSS) and a different encryption
+    key pair (RSA-OAEP), bound to the user name by a self-signature."""
+
+    def __init__(self, user: str, signing_key: rsa.RSAPrivateKey, encryption_key: rsa.RSAPrivateKey) -> None:
+        if not is_valid_user_name(user):
+            raise ValueError(f"invalid user name {user!r}")
+        if _same_key(signing_key.public_key(), encryption_key.public_key()):
+            raise ValueError("the signing and encryption keys are the same key")
+        self.user = user
+        self.signing_key = signing_key
+        self.encryption_key = encryption_key
+        self.signing_public_der = public_key_der(signing_key)
+        self.encryption_public_der = public_key_der(encryption_key)
+        self.fingerprint = fingerprint(self.signing_public_der, self.encryption_public_der)
+        self._signature = self.sign(
+            identity_signed_bytes(user, self.signing_public_der, self.encryption_public_der)
+        )
+
+    @classmethod
+    def generate(cls, user: str, bits: int = DEFAULT_KEY_BITS) -> "Identity":
+        return cls(
+            user,
+            rsa.generate_private_key(public_exponent=65537, key_size=bits),
+            rsa.generate_private_key(public_exponent=65537, key_size=bits),
+        )
+
+    def sign(self, data: bytes) -> bytes:
+        return sign(self.signing_key, data)
+
+    def public_identity(self) -> pb.PublicIdentity:
+        """The self-signed ``PublicIdentity`` sent at login."""
+        return pb.PublicIdentity(
+            user=self.user,
+            signing_public_key=self.signing_public_der,
+            encryption_public_key=self.encryption_public_der,
+            signature=self._signature,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerIdentity:
+    """Another user's public identity, checked: keys parse, differ, and the
+    self-signature verifies."""
+
+    user: str
+    signing_key: rsa.RSAPublicKey
+    encryption_key: rsa.RSAPublicKey
+    fingerprint: bytes
+
+    @classmethod
+    def from_public(cls, identity: pb.PublicIdentity) -> "PeerIdentity":
+        """Checks a ``PublicIdentity`` from the relay; raises :class:`IdentityError`."""
+        user = identity.user
+        if not is_valid_user_name(user):
+            raise IdentityError(f"invalid user name {escape_text(user)!r}")
+        try:
+            signing_key = parse_public_key(identity.signing_public_key)
+        except ValueError as exc:
+            raise IdentityError(f"unusable signing key ({exc})") from exc
+        try:
+            encryption_key = parse_public_key(identity.encryption_public_key)
+        except ValueError as exc:
+            raise IdentityError(f"unusable encryption key ({exc})") from exc
+        if _same_key(signing_key, encryption_key):
+            raise IdentityError("its signing and encryption keys are the same key")
+        signed = identity_signed_bytes(user, identity.signing_public_key, identity.encryption_public_key)
+        if not verify_signature(signing_key, identity.signature, signed):
+            raise IdentityError("its signature does not verify")
+        return cls(
+            user=user,
+            signing_key=signing_key,
+            encryption_key=encryption_key,
+            fingerprint=fingerprint(identity.signing_public_key, identity.encryption_public_key),
+        )
+
+    @property
+    def fingerprint_hex(self) -> str:
+        return self.fingerprint.hex()
 
 
 # ---------------------------------------------------------------------------------------
@@ -322,7 +545,8 @@ class ReplayWindow:
         return offset < REPLAY_WINDOW and not (self._bits >> offset) & 1
 
     def mark(self, counter: int) -> None:
-        """Records ``counter`` as opened; call only for a message that decrypted."""
+        """Records ``counter`` as opened; call only for a message that decrypted and
+        whose envelope parsed."""
         if self.highest is None:
             self.highest, self._bits = counter, 1
         elif counter > self.highest:
@@ -353,6 +577,22 @@ class PeerSenderKey:
     key: bytes
     key_id: int
     window: ReplayWindow = dataclasses.field(default_factory=ReplayWindow)
+
+
+@dataclasses.dataclass
+class Member:
+    """Another member of the room, as the relay presented it.
+
+    ``trusted`` is False when the relay presents keys that differ from the ones pinned
+    for that user: then nothing is wrapped for it and nothing from it is used, until
+    the user accepts the new keys (:meth:`RoomState.trust_member`).
+    """
+
+    identity: PeerIdentity
+    trusted: bool = True
+    #: The latest sender key delivery from an untrusted member, kept (not unwrapped)
+    #: so that it can be used if the user accepts the member's new keys.
+    held_key: Optional[pb.SenderKeyDelivery] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -386,6 +626,10 @@ class MessageTooLong(ValueError):
 # ---------------------------------------------------------------------------------------
 
 
+def _trust_everyone(_peer: PeerIdentity) -> bool:
+    return True
+
+
 class RoomState:
     """Everything end-to-end about one room for one user, and nothing about transport.
 
@@ -393,113 +637,161 @@ class RoomState:
     send (``SendMessage``, ``DistributeSenderKey``) and the messages to show. Anything
     dropped is reported through ``warn`` (by default appended to ``self.warnings``) and
     never to the relay.
+
+    ``trust(peer)`` decides whether a member's presented keys may be used (key pinning
+    lives outside, in the CLI); by default every identity that verifies is trusted.
     """
 
     def __init__(
         self,
         room: str,
-        user: str,
-        identity: rsa.RSAPrivateKey,
+        identity: Identity,
         *,
         rng: Callable[[int], bytes] = os.urandom,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         warn: Optional[Callable[[str], None]] = None,
         max_pending: int = MAX_PENDING_MESSAGES,
+        trust: Callable[[PeerIdentity], bool] = _trust_everyone,
     ) -> None:
         if not is_valid_room_name(room):
             raise ValueError(f"invalid room name {room!r}")
-        if not is_valid_user_name(user):
-            raise ValueError(f"invalid user name {user!r}")
         self.room = room
-        self.user = user
+        self.user = identity.user
         self.identity = identity
         self._rng = rng
         self._clock_ms = clock_ms
+        self._trust = trust
         self.warnings: list[str] = []
         self._warn = warn if warn is not None else self.warnings.append
         self.max_pending = max_pending
-        #: Other members and their identity public keys.
-        self.members: dict[str, rsa.RSAPublicKey] = {}
+        #: Other members, with their checked identities.
+        self.members: dict[str, Member] = {}
         #: Each other member's current sender key (only the current one is kept).
         self.peer_keys: dict[str, PeerSenderKey] = {}
-        #: Messages whose sender's key has not arrived yet, oldest first.
+        #: Per sender, the key ids already accepted (the last 256): never accepted again.
+        #: Kept when a member leaves, so that a relay cannot bring an old key back.
+        self.accepted_key_ids: dict[str, collections.deque[int]] = {}
+        #: Messages whose sender's key has not arrived yet, oldest first (signatures
+        #: already checked).
         self.pending: collections.deque[pb.MessageDelivery] = collections.deque()
         self.own_key = OwnSenderKey.generate(rng)
 
     # -- distributing our key ---------------------------------------------------------
 
     def _distributions(self, recipients: Iterable[str]) -> list[pb.DistributeSenderKey]:
-        """Wraps the current key for ``recipients``, in frames of at most 64 copies."""
-        names = sorted(set(recipients))
+        """Wraps and signs the current key for the trusted ``recipients``, in frames of
+        at most 32 copies (a frame stays under 64 KiB even with 4096-bit keys)."""
+        names = sorted({n for n in recipients if n in self.members and self.members[n].trusted})
+        key = self.own_key
         frames = []
         for start in range(0, len(names), MAX_KEYS_PER_DISTRIBUTION):
-            frame = pb.DistributeSenderKey(room=self.room, key_id=self.own_key.key_id)
+            frame = pb.DistributeSenderKey(room=self.room, key_id=key.key_id)
             for name in names[start : start + MAX_KEYS_PER_DISTRIBUTION]:
                 wrapped = wrap_sender_key(
-                    self.members[name],
-                    self.own_key.key,
+                    self.members[name].identity.encryption_key,
+                    key.key,
                     self.room,
                     self.user,
                     name,
-                    self.own_key.key_id,
+                    key.key_id,
                 )
-                frame.keys.add(recipient=name, wrapped_key=wrapped)
+                signature = self.identity.sign(
+                    sender_key_signed_bytes(self.room, self.user, name, key.key_id, wrapped)
+                )
+                frame.keys.add(recipient=name, wrapped_key=wrapped, signature=signature)
             frames.append(frame)
         return frames
 
     def rotate(self) -> list[pb.DistributeSenderKey]:
-        """Makes a new sender key and wraps it for every current member.
+        """Makes a new sender key and wraps it for every current (trusted) member.
 
         The frames must be sent before any message sealed under the new key.
         """
         self.own_key = OwnSenderKey.generate(self._rng)
         return self._distributions(self.members)
 
+    def _forget_keys_of(self, name: str) -> None:
+        self.peer_keys.pop(name, None)
+        self.pending = collections.deque(m for m in self.pending if m.sender != name)
+
     def _add_member(self, identity: pb.PublicIdentity, what: str) -> Optional[str]:
-        """Validates a member named by the relay; returns its name, or None if ignored."""
-        name = identity.user
-        if not is_valid_user_name(name):
-            self._warn(f"ignoring a member with an invalid name {escape_text(name)!r} in {what}")
+        """Checks a member presented by the relay; returns its name, or None if ignored.
+
+        Ignored (with a warning): an identity that does not verify, a member under our
+        own name (never trusted, whatever its keys), and a second announcement of a
+        current member (it could otherwise reset what we know of that member's keys).
+        """
+        if identity.user == self.user:
+            self._warn(f"ignoring a member under your own name ({self.user}) in {what} of {self.room}")
             return None
-        if name == self.user:
+        if identity.user in self.members:
+            self._warn(f"ignoring a second announcement of member {identity.user} in {what} of {self.room}")
             return None
         try:
-            self.members[name] = parse_public_key(identity.encryption_public_key)
-        except (ValueError, TypeError) as exc:
-            self._warn(f"ignoring member {name} in {what}: unusable public key ({exc})")
-            self.members.pop(name, None)
+            peer = PeerIdentity.from_public(identity)
+        except IdentityError as exc:
+            self._warn(f"ignoring member {escape_text(identity.user)!r} in {what} of {self.room}: {exc}")
             return None
+        name = peer.user
+        self.members[name] = Member(identity=peer, trusted=bool(self._trust(peer)))
         return name
 
     # -- membership events ------------------------------------------------------------
 
     def on_joined(self, joined: pb.Joined) -> list[pb.DistributeSenderKey]:
-        """Our join was accepted: record the members and give each our sender key."""
+        """Our join was accepted: record the members and give each trusted one our
+        sender key."""
         for identity in joined.members:
             self._add_member(identity, "Joined")
         return self._distributions(self.members)
 
-    def member_joined(self, identity: pb.PublicIdentity) -> list[pb.DistributeSenderKey]:
-        """A newcomer: wrap our *current* key for it alone. No one rotates on a join."""
+    def member_joined(self, identity: pb.PublicIdentity) -> Optional[list[pb.DistributeSenderKey]]:
+        """A newcomer: wrap our *current* key for it alone. No one rotates on a join.
+
+        Returns None when the newcomer is ignored (its identity does not verify), else
+        the distributions to send (none for a member whose keys are not trusted).
+        """
         name = self._add_member(identity, "MemberJoined")
         if name is None:
-            return []
+            return None
         return self._distributions([name])
 
     def member_left(self, user: str) -> list[pb.DistributeSenderKey]:
-        """Someone left: forget its keys and rotate ours, so it cannot read what follows.
+        """Someone left (or was kicked, or disconnected): forget its keys and rotate
+        ours, so it cannot read what follows.
 
         Returns the distributions of the new key, to send before any further message.
         """
         self.members.pop(user, None)
-        self.peer_keys.pop(user, None)
-        self.pending = collections.deque(m for m in self.pending if m.sender != user)
+        self._forget_keys_of(user)
         return self.rotate()
+
+    def trust_member(self, user: str) -> list[pb.DistributeSenderKey]:
+        """The user accepted the keys presented for ``user`` (already re-pinned by the
+        caller): use the sender key it sent meanwhile, and rotate our key.
+
+        Rotating (rather than giving ``user`` the current key) means the member never
+        gets a key that sealed what was said while it was not trusted. Returns the
+        distributions of the new key, for every trusted member.
+        """
+        member = self.members.get(user)
+        if member is None:
+            raise KeyError(user)
+        if member.trusted:
+            return []
+        member.trusted = True
+        held, member.held_key = member.held_key, None
+        if held is not None:
+            self.accept_sender_key(held)
+        return self.rotate()
+
+    def untrusted_members(self) -> list[str]:
+        return sorted(n for n, m in self.members.items() if not m.trusted)
 
     # -- sealing ----------------------------------------------------------------------
 
     def seal_plaintext(self, plaintext: bytes) -> tuple[pb.SendMessage, list[pb.DistributeSenderKey]]:
-        """Encrypts raw envelope bytes under the current key.
+        """Encrypts and signs raw envelope bytes under the current key.
 
         Returns the SendMessage and any key distributions that must be sent *before* it
         (when the key reached its message limit and was rotated).
@@ -513,7 +805,12 @@ class RoomState:
         ad = message_ad(self.room, self.user, key.key_id, counter)
         ciphertext = AESGCM(key.key).encrypt(nonce, plaintext, ad)
         key.next_counter += 1
-        sealed = pb.SealedMessage(key_id=key.key_id, counter=counter, nonce=nonce, ciphertext=ciphertext)
+        signature = self.identity.sign(
+            message_signed_bytes(self.room, self.user, key.key_id, counter, nonce, ciphertext)
+        )
+        sealed = pb.SealedMessage(
+            key_id=key.key_id, counter=counter, nonce=nonce, ciphertext=ciphertext, signature=signature
+        )
         return pb.SendMessage(room=self.room, sealed=sealed), distributions
 
     def seal_text(self, text: str) -> tuple[pb.SendMessage, list[pb.DistributeSenderKey]]:
@@ -527,29 +824,68 @@ class RoomState:
 
     # -- receiving keys ---------------------------------------------------------------
 
+    def _member_for(self, room: str, sender: str, what: str) -> Optional[Member]:
+        """The member a delivery claims to come from, or None (with a warning)."""
+        if room != self.room:
+            self._warn(f"dropped {what} for another room ({escape_text(room)!r})")
+            return None
+        if not is_valid_user_name(sender) or sender == self.user:
+            self._warn(f"dropped {what} from an invalid sender {escape_text(sender)!r}")
+            return None
+        member = self.members.get(sender)
+        if member is None:
+            self._warn(f"dropped {what} from {sender}, who is not a member of {self.room}")
+            return None
+        return member
+
     def accept_sender_key(self, delivery: pb.SenderKeyDelivery) -> list[ReceivedMessage]:
-        """Unwraps a member's sender key and makes it that member's current key.
+        """Verifies, then unwraps a member's sender key and makes it that member's
+        current key.
 
         Returns the buffered messages from that sender that now open, in arrival order.
-        A key that does not unwrap is dropped with a warning.
+        A key whose signature does not verify, that was accepted before, or that does
+        not unwrap is dropped with a warning.
         """
         sender = delivery.sender
-        if delivery.room != self.room:
-            self._warn(f"dropped a sender key for another room ({escape_text(delivery.room)!r})")
+        member = self._member_for(delivery.room, sender, "a sender key")
+        if member is None:
             return []
-        if not is_valid_user_name(sender) or sender == self.user:
-            self._warn(f"dropped a sender key from an invalid sender {escape_text(sender)!r}")
+        if not member.trusted:
+            member.held_key = delivery
+            self._warn(
+                f"dropped a sender key from {sender} in {self.room}: {sender}'s keys changed "
+                f"and are not trusted (/trust {sender} to accept them)"
+            )
             return []
-        if sender not in self.members:
-            self._warn(f"dropped a sender key from {sender}, who is not a member of {self.room}")
+        signed = sender_key_signed_bytes(self.room, sender, self.user, delivery.key_id, delivery.wrapped_key)
+        if not verify_signature(member.identity.signing_key, delivery.signature, signed):
+            self._warn(
+                f"dropped a sender key from {sender} in {self.room}: its signature does not verify "
+                f"(tampered with, or not made by {sender})"
+            )
+            return []
+        accepted = self.accepted_key_ids.setdefault(
+            sender, collections.deque(maxlen=ACCEPTED_KEY_IDS_KEPT)
+        )
+        if delivery.key_id in accepted:
+            self._warn(
+                f"dropped a sender key from {sender} in {self.room}: key id {delivery.key_id:016x} "
+                f"was already accepted once (replayed)"
+            )
             return []
         try:
             key = unwrap_sender_key(
-                self.identity, delivery.wrapped_key, self.room, sender, self.user, delivery.key_id
+                self.identity.encryption_key,
+                delivery.wrapped_key,
+                self.room,
+                sender,
+                self.user,
+                delivery.key_id,
             )
-        except ValueError as exc:
-            self._warn(f"dropped a sender key from {sender} in {self.room}: it does not unwrap ({exc})")
+        except ValueError:
+            self._warn(f"dropped a sender key from {sender} in {self.room}: it does not unwrap")
             return []
+        accepted.append(delivery.key_id)
         self.peer_keys[sender] = PeerSenderKey(key=key, key_id=delivery.key_id)
         return self._release_pending(sender)
 
@@ -560,7 +896,7 @@ class RoomState:
         self.pending = collections.deque(m for m in self.pending if m.sender != sender)
         opened = []
         for delivery in waiting:
-            message = self.open(delivery)
+            message = self._open_verified(delivery)
             if message is not None:
                 opened.append(message)
         return opened
@@ -581,26 +917,43 @@ class RoomState:
 
     def open(self, delivery: pb.MessageDelivery) -> Optional[ReceivedMessage]:
         """Opens a delivery. Returns the message to show, or None if it was dropped
-        (with a warning) or buffered until its sender's key arrives."""
+        (with a warning) or buffered until its sender's key arrives.
+
+        The sender's signature is checked before anything is decrypted.
+        """
         sender, sealed = delivery.sender, delivery.sealed
-        if delivery.room != self.room:
-            self._warn(f"dropped a message for another room ({escape_text(delivery.room)!r})")
+        member = self._member_for(delivery.room, sender, "a message")
+        if member is None:
             return None
-        if not is_valid_user_name(sender) or sender == self.user:
-            self._warn(f"dropped a message from an invalid sender {escape_text(sender)!r}")
+        if not member.trusted:
+            self._warn(
+                f"dropped a message from {sender} in {self.room}: {sender}'s keys changed "
+                f"and are not trusted (/trust {sender} to accept them)"
+            )
             return None
-        if sender not in self.members:
-            self._warn(f"dropped a message from {sender}, who is not a member of {self.room}")
+        if len(sealed.nonce) != NONCE_BYTES or len(sealed.ciphertext) < TAG_BYTES:
+            self._warn(f"dropped a malformed message from {sender} in {self.room}")
             return None
+        signed = message_signed_bytes(
+            self.room, sender, sealed.key_id, sealed.counter, sealed.nonce, sealed.ciphertext
+        )
+        if not verify_signature(member.identity.signing_key, sealed.signature, signed):
+            self._warn(
+                f"dropped a message from {sender} in {self.room}: its signature does not verify, "
+                f"it was tampered with or corrupted, or not sent by {sender}"
+            )
+            return None
+        return self._open_verified(delivery)
+
+    def _open_verified(self, delivery: pb.MessageDelivery) -> Optional[ReceivedMessage]:
+        """Opens a delivery whose signature verified."""
+        sender, sealed = delivery.sender, delivery.sealed
         peer = self.peer_keys.get(sender)
         if peer is None:
             self._buffer(delivery)
             return None
         if sealed.key_id != peer.key_id:
             self._warn(f"dropped a message from {sender} in {self.room}: stale or unknown sender key")
-            return None
-        if len(sealed.nonce) != NONCE_BYTES or len(sealed.ciphertext) < TAG_BYTES:
-            self._warn(f"dropped a malformed message from {sender} in {self.room}")
             return None
         if not peer.window.would_accept(sealed.counter):
             self._warn(f"dropped a replayed or too old message from {sender} in {self.room}")
@@ -613,17 +966,17 @@ class RoomState:
                 f"dropped a message from {sender} in {self.room}: it was tampered with or corrupted"
             )
             return None
-        peer.window.mark(sealed.counter)
         try:
             envelope = decode_envelope(plaintext, sender)
         except EnvelopeError as exc:
             self._warn(f"dropped an invalid message from {sender} in {self.room}: {exc}")
             return None
+        peer.window.mark(sealed.counter)
         return ReceivedMessage(room=self.room, sender=sender, envelope=envelope)
 
 
 # ---------------------------------------------------------------------------------------
-# Identity key file
+# The files of a user's home: identity keys and pinned contacts
 # ---------------------------------------------------------------------------------------
 
 
@@ -631,37 +984,29 @@ class ClientError(Exception):
     """A fatal error: printed as one ``chat_client: error: ...`` line, exit status 1."""
 
 
-def identity_path(home: Path, user: str) -> Path:
-    return home / user / "identity.pem"
+def user_dir(home: Path, user: str) -> Path:
+    return home / user
 
 
-def load_or_create_identity(
-    home: Path, user: str, bits: int, log: Callable[[str], None] = lambda _m: None
-) -> rsa.RSAPrivateKey:
-    """Loads HOME/USER/identity.pem, or generates it once (PKCS#8 PEM, 0600 in 0700).
+def signing_key_path(home: Path, user: str) -> Path:
+    return user_dir(home, user) / "signing.pem"
 
-    A key file other users can access is refused: the key is the user's identity.
-    """
-    path = identity_path(home, user)
-    if path.exists():
-        return _load_identity(path)
-    if bits not in KEY_BITS_ALLOWED:
-        raise ClientError(f"invalid key size {bits}; use 2048, 3072 or 4096")
-    log(f"generating a {bits}-bit RSA identity key for {user} in {path} (this takes a few seconds)...")
-    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    try:
-        _make_private_dirs(path.parent)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pem)
-    except FileExistsError:  # another process made it meanwhile: use that one
-        return _load_identity(path)
-    except OSError as exc:
-        raise ClientError(f"cannot write identity key {path}: {exc.strerror or exc}") from exc
-    return key
+
+def encryption_key_path(home: Path, user: str) -> Path:
+    return user_dir(home, user) / "encryption.pem"
+
+
+def legacy_identity_path(home: Path, user: str) -> Path:
+    """The single key of the previous protocol version; it becomes the encryption key."""
+    return user_dir(home, user) / "identity.pem"
+
+
+def contacts_path(home: Path, user: str) -> Path:
+    return user_dir(home, user) / "contacts.json"
+
+
+# Kept under its old name: the README documents it.
+identity_path = encryption_key_path
 
 
 def _make_private_dirs(directory: Path) -> None:
@@ -678,26 +1023,251 @@ def _make_private_dirs(directory: Path) -> None:
     os.chmod(directory, 0o700)
 
 
-def _load_identity(path: Path) -> rsa.RSAPrivateKey:
+def _write_new_file(path: Path, data: bytes) -> bool:
+    """Creates ``path`` with ``data``, mode 0600, all at once: written to a temporary
+    file, then linked in place. Returns False (and writes nothing) if ``path`` already
+    exists, for instance because another process made it meanwhile."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Replaces ``path`` atomically (temporary file in the same directory, fsync,
+    rename), mode 0600."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def _pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _load_private_key(path: Path, what: str) -> rsa.RSAPrivateKey:
+    """Reads a PKCS#8 PEM RSA key, refusing a file that group or others can access."""
     try:
         mode = stat.S_IMODE(path.stat().st_mode)
         if mode & 0o077:
             raise ClientError(
-                f"cannot read identity key {path}: it is accessible by other users "
+                f"cannot read {what} {path}: it is accessible by other users "
                 f"(mode {mode:o}); run: chmod 600 {path}"
             )
         data = path.read_bytes()
     except OSError as exc:
-        raise ClientError(f"cannot read identity key {path}: {exc.strerror or exc}") from exc
+        raise ClientError(f"cannot read {what} {path}: {exc.strerror or exc}") from exc
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
-        raise ClientError(f"cannot read identity key {path}: not an unencrypted PKCS#8 PEM key") from exc
+        raise ClientError(f"cannot read {what} {path}: not an unencrypted PKCS#8 PEM key") from exc
     if not isinstance(key, rsa.RSAPrivateKey):
-        raise ClientError(f"cannot read identity key {path}: not an RSA key")
+        raise ClientError(f"cannot read {what} {path}: not an RSA key")
     if not MIN_PEER_KEY_BITS <= key.key_size <= MAX_PEER_KEY_BITS:
-        raise ClientError(f"cannot read identity key {path}: {key.key_size} bits is outside 2048..4096")
+        raise ClientError(f"cannot read {what} {path}: {key.key_size} bits is outside 2048..4096")
     return key
+
+
+def _load_or_generate(path: Path, what: str, bits: int, user: str, log: Callable[[str], None]) -> rsa.RSAPrivateKey:
+    if path.exists():
+        return _load_private_key(path, what)
+    log(f"generating a {bits}-bit RSA {what} for {user} in {path} (this takes a few seconds)...")
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    try:
+        _make_private_dirs(path.parent)
+        if not _write_new_file(path, _pem(key)):  # another process made it meanwhile
+            return _load_private_key(path, what)
+    except OSError as exc:
+        raise ClientError(f"cannot write {what} {path}: {exc.strerror or exc}") from exc
+    return key
+
+
+def load_or_create_identity(
+    home: Path, user: str, bits: int = DEFAULT_KEY_BITS, log: Callable[[str], None] = lambda _m: None
+) -> Identity:
+    """Loads HOME/USER/signing.pem and encryption.pem, making what is missing.
+
+    - Both keys are PKCS#8 PEM, mode 0600, in a 0700 directory; a key file that other
+      users can access is refused (the keys are the user's identity).
+    - An old home (``identity.pem`` and no ``encryption.pem``) is migrated: the old key
+      becomes the encryption key, and a new signing key of the same size is made.
+    - An encryption key without a signing key gets a new signing key of its size (what
+      an interrupted migration leaves). A signing key without an encryption key is
+      refused: a new encryption key would not match what the relay registered.
+    - New keys are ``bits`` long.
+    """
+    if not is_valid_user_name(user):
+        raise ClientError(f'user name "{user}" is invalid; use 1 to 32 of letters, digits and _ . -')
+    signing_path = signing_key_path(home, user)
+    encryption_path = encryption_key_path(home, user)
+    legacy_path = legacy_identity_path(home, user)
+
+    if not encryption_path.exists() and legacy_path.exists():
+        old = _load_private_key(legacy_path, "identity key")  # checks its mode first
+        try:
+            os.chmod(legacy_path.parent, 0o700)
+            # link + unlink rather than rename: never replaces an encryption.pem that
+            # another process made meanwhile.
+            os.link(legacy_path, encryption_path)
+            os.unlink(legacy_path)
+        except FileExistsError:
+            pass
+        except OSError as exc:
+            raise ClientError(f"cannot migrate {legacy_path} to {encryption_path}: {exc.strerror or exc}") from exc
+        else:
+            log(
+                f"migrated the identity of {user} to signing and encryption keys: "
+                f"{legacy_path} is now {encryption_path}"
+            )
+        if not signing_path.exists():
+            bits = old.key_size  # a signing key the size of the old identity key
+    elif encryption_path.exists() and not signing_path.exists():
+        bits = _load_private_key(encryption_path, "encryption key").key_size
+    elif signing_path.exists() and not encryption_path.exists():
+        raise ClientError(
+            f"found the signing key {signing_path} but no encryption key {encryption_path}: "
+            f"restore it from a backup, or delete {signing_path} to make a new identity "
+            f"(the relay keeps the name {user} bound to the old keys)"
+        )
+    if bits not in KEY_BITS_ALLOWED:
+        raise ClientError(f"invalid key size {bits}; use 2048, 3072 or 4096")
+
+    # The encryption key first: an interruption then leaves a state handled above.
+    encryption_key = _load_or_generate(encryption_path, "encryption key", bits, user, log)
+    signing_key = _load_or_generate(signing_path, "signing key", bits, user, log)
+    try:
+        return Identity(user, signing_key, encryption_key)
+    except ValueError as exc:
+        raise ClientError(f"cannot use the keys of {user} in {user_dir(home, user)}: {exc}") from exc
+
+
+class ContactsError(Exception):
+    """contacts.json cannot be read or has a format this client does not know."""
+
+
+class ContactBook:
+    """The pinned keys of other users: ``HOME/USER/contacts.json``, shared with the Rust
+    client::
+
+        {"version": 1, "contacts": {"bob": {"fingerprint": "<64 lowercase hex>", "verified": false}}}
+
+    Every change re-reads the file, changes one contact, and replaces the file
+    atomically (mode 0600). Fields this client does not know are kept.
+    """
+
+    VERSION = 1
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._data = self._read()
+
+    def _read(self) -> dict:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return {"version": self.VERSION, "contacts": {}}
+        except OSError as exc:
+            raise ContactsError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ContactsError(f"cannot read {self.path}: not valid JSON ({exc})") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("contacts"), dict):
+            raise ContactsError(f"cannot read {self.path}: not a contacts file")
+        if data.get("version") != self.VERSION or isinstance(data.get("version"), bool):
+            raise ContactsError(
+                f"cannot read {self.path}: version {data.get('version')!r} is not supported (expected 1)"
+            )
+        for name, entry in data["contacts"].items():
+            if not isinstance(entry, dict) or not _is_fingerprint_hex(entry.get("fingerprint")):
+                raise ContactsError(f"cannot read {self.path}: the entry of {name!r} has no valid fingerprint")
+        return data
+
+    def fingerprint_of(self, user: str) -> Optional[str]:
+        entry = self._data["contacts"].get(user)
+        return entry["fingerprint"] if entry is not None else None
+
+    def verified(self, user: str) -> bool:
+        entry = self._data["contacts"].get(user)
+        return bool(entry is not None and entry.get("verified") is True)
+
+    def pin(self, user: str, fingerprint_hex: str) -> None:
+        """Pins ``user`` to ``fingerprint_hex``, unverified, and saves the file."""
+        self._update(user, fingerprint_hex, verified=False)
+
+    def set_verified(self, user: str, fingerprint_hex: str) -> None:
+        """Marks ``user`` verified, pinned to ``fingerprint_hex``, and saves the file."""
+        self._update(user, fingerprint_hex, verified=True)
+
+    def _update(self, user: str, fingerprint_hex: str, verified: bool) -> None:
+        if not _is_fingerprint_hex(fingerprint_hex):
+            raise ValueError("a fingerprint is 64 lowercase hex digits")
+        try:
+            data = self._read()  # what another process may have written meanwhile
+        except ContactsError:
+            data = self._data
+        entry = dict(data["contacts"].get(user) or {})
+        entry["fingerprint"] = fingerprint_hex
+        entry["verified"] = verified
+        data["contacts"][user] = entry
+        self._data = data
+        _make_private_dirs(self.path.parent)
+        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+        _replace_file(self.path, text.encode("utf-8"))
+
+    def check(self, peer: PeerIdentity) -> str:
+        """``"new"`` (not pinned before: pinned now), ``"same"`` or ``"changed"``."""
+        pinned = self.fingerprint_of(peer.user)
+        if pinned is None:
+            try:
+                self._data = self._read()  # pinned by another process meanwhile?
+            except ContactsError:
+                pass
+            pinned = self.fingerprint_of(peer.user)
+        if pinned is None:
+            self.pin(peer.user, peer.fingerprint_hex)
+            return "new"
+        return "same" if pinned == peer.fingerprint_hex else "changed"
+
+
+def _is_fingerprint_hex(value: object) -> bool:
+    return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) is not None
 
 
 # ---------------------------------------------------------------------------------------
@@ -727,6 +1297,57 @@ def parse_server_url(url: str) -> tuple[str, bool]:
     return f"{host_part}:{port}", scheme == "https"
 
 
+def is_loopback_host(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1 (a plaintext relay there is on this machine)."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_INBOUND_FRAME_BYTES),
+    ("grpc.max_send_message_length", MAX_INBOUND_FRAME_BYTES),
+]
+
+
+def open_channel(server: str, ca_cert: Optional[Path] = None) -> grpc.Channel:
+    """A channel to ``http://`` (plaintext) or ``https://`` (TLS, checked against the
+    system's roots or the PEM certificates in ``ca_cert``)."""
+    target, tls = parse_server_url(server)
+    if not tls:
+        return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+    roots = None
+    if ca_cert is not None:
+        try:
+            roots = Path(ca_cert).read_bytes()
+        except OSError as exc:
+            raise ClientError(f"cannot read the CA certificate {ca_cert}: {exc.strerror or exc}") from exc
+    credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+    return grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+
+
+def login(channel: grpc.Channel, identity: Identity, timeout: float = RPC_TIMEOUT_SECONDS) -> pb.LoginResponse:
+    """``CreateChallenge`` then ``Login`` with the signed challenge. Raises
+    ``grpc.RpcError``; ALREADY_EXISTS means the user name is registered to other keys."""
+    auth = pb_grpc.AuthServiceStub(channel)
+    challenge = auth.CreateChallenge(pb.CreateChallengeRequest(user=identity.user), timeout=timeout).challenge
+    request = pb.LoginRequest(
+        identity=identity.public_identity(),
+        challenge=challenge,
+        signature=identity.sign(login_signed_bytes(identity.user, challenge)),
+    )
+    return auth.Login(request, timeout=timeout)
+
+
+def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    """The request metadata every ``ChatService`` RPC carries."""
+    return (("authorization", f"Bearer {token}"),)
+
+
 _STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
 
 
@@ -746,10 +1367,16 @@ def describe_rpc_error(error: grpc.RpcError) -> str:
 # ---------------------------------------------------------------------------------------
 
 HELP_TEXT = """commands:
-  /who    list the members of the room
-  /leave  leave the room and exit
-  /quit   disconnect and exit
-  /help   show this list
+  /who                 list the members of the room
+  /fingerprint         show your own fingerprint
+  /verify NAME         show the safety number to compare with NAME out of band
+  /verify NAME confirm mark NAME's keys verified (after comparing the safety number)
+  /trust NAME          accept the new keys the relay presents for NAME
+  /invite NAME         let NAME join this private room (owner only)
+  /kick NAME           remove NAME from this private room (owner only)
+  /leave               leave the room and exit
+  /quit                disconnect and exit
+  /help                show this list
 start a message with // to send a line that begins with /"""
 
 _CLOSE = object()  # ends the request iterator (half-closes the stream)
@@ -762,18 +1389,31 @@ class ChatClient:
     in the thread running :meth:`run`, so nothing needs a lock.
     """
 
-    def __init__(self, server: str, user: str, room: str, home: Path, key_bits: int) -> None:
+    def __init__(
+        self,
+        server: str,
+        user: str,
+        room: str,
+        home: Path,
+        key_bits: int,
+        ca_cert: Optional[Path] = None,
+        private: bool = False,
+    ) -> None:
         self.server = server
+        self.private = private
         self.user = user
         self.room_name = room
         self.home = home
         self.key_bits = key_bits
+        self.ca_cert = ca_cert
         self.events: queue.Queue[tuple] = queue.Queue()
         self.outbound: queue.Queue[object] = queue.Queue()
         self.next_request_id = 1
         #: request_id -> what the frame was, for every frame not answered yet.
         self.unanswered: dict[int, str] = {}
         self.initial_distributions: set[int] = set()
+        self.identity: Optional[Identity] = None
+        self.contacts: Optional[ContactBook] = None
         self.room: Optional[RoomState] = None
         self.ready = False
         self.backlog: collections.deque[tuple] = collections.deque()
@@ -784,6 +1424,10 @@ class ChatClient:
         self.closing = False
         self.call = None
         self.channel: Optional[grpc.Channel] = None
+        #: request_id -> (command, user) of /invite and /kick frames not answered yet.
+        self.owner_requests: dict[int, tuple[str, str]] = {}
+        #: Set when a refusal that does not end the session happened: the exit is 1.
+        self.failed = False
 
     # -- output -----------------------------------------------------------------------
 
@@ -806,8 +1450,15 @@ class ChatClient:
     # -- setup ------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Connects, joins, chats until stdin ends or a command ends it; returns 0."""
-        target, tls = parse_server_url(self.server)
+        """Connects, logs in, joins, chats until stdin ends or a command ends it;
+        returns 0."""
+        target, tls = parse_server_url(self.server)  # a bad URL is reported before any key is made
+        if not tls and not is_loopback_host(target.rsplit(":", 1)[0]):
+            self.warn(
+                f"{self.server} is plaintext to another machine: user and room names, what you "
+                f"send when, and your session token cross the network in clear (messages stay "
+                f"end-to-end encrypted); use https:// unless a TLS proxy is on the path"
+            )
         if not is_valid_user_name(self.user):
             raise ClientError(
                 f'user name "{self.user}" is invalid; use 1 to 32 of letters, digits and _ . -'
@@ -816,38 +1467,81 @@ class ChatClient:
             raise ClientError(
                 f'room name "{self.room_name}" is invalid; use 1 to 64 of letters, digits and _ . # -'
             )
-        identity = load_or_create_identity(self.home, self.user, self.key_bits, self.info)
-        self.room = RoomState(self.room_name, self.user, identity, warn=self.warn)
-        options = [
-            ("grpc.max_receive_message_length", MAX_INBOUND_FRAME_BYTES),
-            ("grpc.max_send_message_length", MAX_INBOUND_FRAME_BYTES),
-        ]
-        if tls:
-            self.channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
-        else:
-            self.channel = grpc.insecure_channel(target, options=options)
+        self.identity = load_or_create_identity(self.home, self.user, self.key_bits, self.info)
         try:
-            return self._session(identity)
+            self.contacts = ContactBook(contacts_path(self.home, self.user))
+        except ContactsError as exc:
+            raise ClientError(f"{exc}; fix or move the file (it holds the keys you pinned)") from exc
+        self.room = RoomState(self.room_name, self.identity, warn=self.warn, trust=self._check_trust)
+        self.channel = open_channel(self.server, self.ca_cert)
+        try:
+            return self._session()
         finally:
             self.channel.close()
 
-    def _session(self, identity: rsa.RSAPrivateKey) -> int:
-        stub = pb_grpc.ChatServiceStub(self.channel)
-        request = pb.KeyExchangeRequest(
-            identity=pb.PublicIdentity(user=self.user, encryption_public_key=public_key_der(identity)),
-            room=self.room_name,
-        )
+    def _login(self) -> str:
+        assert self.identity is not None and self.channel is not None
         try:
-            stub.KeyExchange(request, timeout=30)
+            response = login(self.channel, self.identity)
         except grpc.RpcError as exc:
-            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise ClientError(f"cannot connect to {self.server}: {describe_rpc_error(exc)}") from exc
-            raise ClientError(f"the relay refused the identity key: {describe_rpc_error(exc)}") from exc
-        self.call = stub.Chat(self._requests(), metadata=(("chat-user", self.user),))
+            code = exc.code() if hasattr(exc, "code") else None
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                details = describe_rpc_error(exc)
+                if "CERTIFICATE_VERIFY_FAILED" in details:
+                    hint = "" if self.ca_cert else " (for a self-signed certificate or a private CA, pass --ca-cert FILE)"
+                    raise ClientError(
+                        f"cannot connect to {self.server}: the server's certificate is not trusted{hint}: {details}"
+                    ) from exc
+                if self.server.lower().startswith("http://") and "Socket closed" in details:
+                    details += " (if the relay serves TLS, use https://)"
+                raise ClientError(f"cannot connect to {self.server}: {details}") from exc
+            if code == grpc.StatusCode.ALREADY_EXISTS:
+                raise ClientError(
+                    f'the user name "{self.user}" is taken: the relay has it registered to other keys; '
+                    f"choose another name (or use the home directory that holds its keys)"
+                ) from exc
+            raise ClientError(f"the relay refused the login of {self.user}: {describe_rpc_error(exc)}") from exc
+        if response.registered:
+            self.info(f"registered {self.user} on the relay with your keys")
+        return response.session_token
+
+    def _session(self) -> int:
+        token = self._login()
+        stub = pb_grpc.ChatServiceStub(self.channel)
+        self.call = stub.Chat(self._requests(), metadata=auth_metadata(token))
         threading.Thread(target=self._read_responses, name="responses", daemon=True).start()
-        self._send_frame("join", join=pb.JoinRoom(room=self.room_name))
+        self._send_frame("join", join=pb.JoinRoom(room=self.room_name, create_private=self.private))
         threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
         return self._event_loop()
+
+    # -- key pinning ------------------------------------------------------------------
+
+    def _check_trust(self, peer: PeerIdentity) -> bool:
+        """Trust on first use: pins an unknown user; refuses keys that differ from the
+        pinned ones, loudly."""
+        assert self.contacts is not None
+        try:
+            status = self.contacts.check(peer)
+        except (OSError, ValueError) as exc:
+            self.warn(f"cannot save the keys of {peer.user} to {self.contacts.path}: {exc}")
+            return True
+        if status == "new":
+            self.info(
+                f"pinned the keys of {peer.user} on first use (fingerprint {format_fingerprint(peer.fingerprint)})"
+            )
+            return True
+        if status == "same":
+            return True
+        pinned = self.contacts.fingerprint_of(peer.user) or ""
+        self.warn(
+            f"!!! {peer.user}'s keys changed !!! The relay presented NEW KEYS for {peer.user} "
+            f"(fingerprint {format_fingerprint(peer.fingerprint)}) that differ from the ones "
+            f"pinned (fingerprint {format_fingerprint(bytes.fromhex(pinned))}). Someone may be "
+            f"impersonating {peer.user}, or {peer.user} made new keys. Nothing is sent to or "
+            f"accepted from {peer.user} until you compare safety numbers with {peer.user} out "
+            f"of band and type /trust {peer.user}."
+        )
+        return False
 
     # -- the two feeder threads -------------------------------------------------------
 
@@ -911,7 +1605,7 @@ class ChatClient:
                 else:
                     self.backlog.append(event)
             if self._maybe_finish():
-                return 0
+                return 1 if self.failed else 0
 
     def _on_stream_end(self, error: Optional[BaseException]) -> int:
         if self.closing:
@@ -978,6 +1672,10 @@ class ChatClient:
         if what is None:
             self.warn(f"ignoring an answer to unknown request {frame.request_id}")
             return
+        owner_request = self.owner_requests.pop(frame.request_id, None)
+        if owner_request is not None:
+            self._on_owner_answer(owner_request, frame, which)
+            return
         if which == "rejection":
             rejection = frame.rejection
             reason = f"{status_name(rejection.code)}: {rejection.message}"
@@ -998,9 +1696,28 @@ class ChatClient:
         if not self.ready and self.joined_seen and not self.initial_distributions:
             self._become_ready()
 
+    def _on_owner_answer(self, request: tuple[str, str], frame: pb.ServerFrame, which: Optional[str]) -> None:
+        """The answer to /invite or /kick: a refusal is reported, and the session goes on."""
+        command, user = request
+        if which == "rejection":
+            self.failed = True
+            rejection = frame.rejection
+            self.info(
+                f"the relay refused {command} {user}: {status_name(rejection.code)}: {rejection.message}"
+            )
+        elif command == "/invite":
+            self.info(f"{user} may now join {self.room_name}")
+        else:
+            self.info(f"{user} is no longer a member of {self.room_name} nor invited")
+
     def _on_joined(self, joined: pb.Joined) -> None:
         assert self.room is not None
         self.joined_seen = True
+        if joined.private_room:
+            owner = "you" if joined.owner == self.user else escape_text(joined.owner)
+            self.info(f"{self.room_name} is a private room owned by {owner}")
+        elif self.private:
+            self.warn(f"{self.room_name} is an open room: anyone can join it")
         frames = self.room.on_joined(joined)
         self.initial_distributions = set(self._send_distributions(frames))
         if not self.initial_distributions:
@@ -1018,30 +1735,45 @@ class ChatClient:
         names = sorted(self.room.members)
         if not names and joined:
             return f"you are alone in {self.room_name}"
-        return f"members of {self.room_name}: " + ", ".join(["you", *names])
+        untrusted = set(self.room.untrusted_members())
+        shown = [f"{n} (keys changed, not trusted)" if n in untrusted else n for n in names]
+        return f"members of {self.room_name}: " + ", ".join(["you", *shown])
 
     def _on_member_joined(self, event: pb.MemberJoined) -> None:
         assert self.room is not None
         if event.room != self.room_name or self.leave_request is not None:
             return
         frames = self.room.member_joined(event.member)
-        if frames:
-            self.info(f"* {event.member.user} joined {self.room_name}")
-            self._send_distributions(frames)
+        if frames is None:
+            return
+        self.info(f"* {event.member.user} joined {self.room_name}")
+        self._send_distributions(frames)
 
     def _on_member_left(self, event: pb.MemberLeft) -> None:
         assert self.room is not None
         if event.room != self.room_name or self.leave_request is not None:
             return
-        if not is_valid_user_name(event.user) or event.user == self.user:
+        if event.user == self.user:
+            if event.reason == pb.LEAVE_REASON_KICKED:
+                raise ClientError(f"you were removed from {self.room_name} by its owner")
+            self.warn(f"ignoring a MemberLeft about yourself in {self.room_name}")
+            return
+        if not is_valid_user_name(event.user):
             self.warn(f"ignoring a MemberLeft for an invalid member {escape_text(event.user)!r}")
             return
         if event.user not in self.room.members:
             return
         frames = self.room.member_left(event.user)
         self._send_distributions(frames)
-        verb = "left" if event.reason == pb.LEAVE_REASON_LEFT else "disconnected from"
-        self.info(f"* {event.user} {verb} {self.room_name}; your sender key was rotated")
+        if event.reason == pb.LEAVE_REASON_LEFT:
+            what = f"{event.user} left {self.room_name}"
+        elif event.reason == pb.LEAVE_REASON_KICKED:
+            what = f"{event.user} left {self.room_name} (removed by the owner)"
+        elif event.reason == pb.LEAVE_REASON_TOO_SLOW:
+            what = f"{event.user} disconnected from {self.room_name} (too slow)"
+        else:
+            what = f"{event.user} disconnected from {self.room_name}"
+        self.info(f"* {what}; your sender key was rotated")
 
     def _on_message(self, delivery: pb.MessageDelivery) -> None:
         assert self.room is not None
@@ -1073,7 +1805,8 @@ class ChatClient:
             self._send_text(line)
 
     def _command(self, line: str) -> None:
-        command = line.split()[0]
+        words = line.split()
+        command, args = words[0], words[1:]
         if command == "/who":
             self.info(self._members_text())
         elif command == "/leave":
@@ -1082,8 +1815,82 @@ class ChatClient:
             self.finishing = "quit"
         elif command == "/help":
             self.info(HELP_TEXT)
+        elif command == "/fingerprint":
+            assert self.identity is not None
+            self.info(f"your fingerprint ({self.user}): {format_fingerprint(self.identity.fingerprint)}")
+        elif command == "/verify" and len(args) == 2 and args[1] == "confirm":
+            self._confirm(args[0])
+        elif command in ("/trust", "/verify", "/invite", "/kick"):
+            if len(args) != 1:
+                usage = "/verify NAME [confirm]" if command == "/verify" else f"{command} NAME"
+                self.info(f"usage: {usage}")
+            elif command == "/trust":
+                self._trust(args[0])
+            elif command == "/verify":
+                self._safety(args[0])
+            else:
+                self._owner_command(command, args[0])
         else:
             self.info(f"unknown command {command}; type /help for the list")
+
+    def _safety(self, name: str) -> None:
+        assert self.room is not None and self.identity is not None
+        member = self.room.members.get(name)
+        if member is None:
+            self.info(f"{name} is not a member of {self.room_name}")
+            return
+        number = safety_number(self.user, self.identity.fingerprint, name, member.identity.fingerprint)
+        if not member.trusted:
+            note = " (these keys are NOT trusted: they changed)"
+        elif self.contacts is not None and self.contacts.verified(name):
+            note = " (verified)"
+        else:
+            note = f" (compare it with {name}, then /verify {name} confirm)"
+        self.info(f"safety number with {name}: {number}{note}")
+
+    def _confirm(self, name: str) -> None:
+        assert self.room is not None and self.contacts is not None
+        member = self.room.members.get(name)
+        if member is None:
+            self.info(f"{name} is not a member of {self.room_name}")
+            return
+        if not member.trusted:
+            self.info(f"the keys presented for {name} are not trusted; /trust {name} first")
+            return
+        try:
+            self.contacts.set_verified(name, member.identity.fingerprint_hex)
+        except (OSError, ValueError) as exc:
+            self.warn(f"cannot save the contact {name} to {self.contacts.path}: {exc}")
+            return
+        self.info(f"the keys of {name} are now marked verified")
+
+    def _owner_command(self, command: str, name: str) -> None:
+        if not is_valid_user_name(name):
+            self.info(f"invalid user name {escape_text(name)!r}")
+            return
+        if command == "/invite":
+            request_id = self._send_frame("invite", invite=pb.InviteMember(room=self.room_name, user=name))
+        else:
+            request_id = self._send_frame("kick", kick=pb.KickMember(room=self.room_name, user=name))
+        self.owner_requests[request_id] = (command, name)
+
+    def _trust(self, name: str) -> None:
+        assert self.room is not None and self.contacts is not None
+        member = self.room.members.get(name)
+        if member is None:
+            self.info(f"{name} is not a member of {self.room_name}")
+            return
+        if member.trusted:
+            self.info(f"the keys of {name} are already trusted")
+            return
+        try:
+            self.contacts.pin(name, member.identity.fingerprint_hex)
+        except (OSError, ValueError) as exc:
+            self.warn(f"cannot save the keys of {name} to {self.contacts.path}: {exc}")
+        self._send_distributions(self.room.trust_member(name))
+        self.info(
+            f"now trusting the keys of {name} (fingerprint {format_fingerprint(member.identity.fingerprint)})"
+        )
 
     def _send_text(self, text: str) -> None:
         assert self.room is not None
@@ -1117,17 +1924,24 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = _Parser(
         prog=PROG,
         description="Chat in one room of an end-to-end encrypted relay.",
-        epilog="stdin: one line = one message; /who /leave /quit /help; // sends a leading /. "
-        "stdout: [ROOM] SENDER: TEXT per received message. stderr: everything else.",
+        epilog="stdin: one line = one message; /who /fingerprint /verify /trust /invite /kick "
+        "/leave /quit /help; "
+        "// sends a leading /. stdout: [ROOM] SENDER: TEXT per received message. "
+        "stderr: everything else.",
     )
     parser.add_argument("--server", default=env.get("CHAT_SERVER", "http://127.0.0.1:5555"),
-                        help="the relay's URL [env CHAT_SERVER]")
+                        help="the relay's URL, http:// or https:// [env CHAT_SERVER]")
     parser.add_argument("--user", default=env.get("CHAT_USER"), help="your user name [env CHAT_USER]")
     parser.add_argument("--room", default=env.get("CHAT_ROOM", "lobby"), help="the room [env CHAT_ROOM]")
     parser.add_argument("--home", default=env.get("CHAT_HOME") or default_home(),
-                        help="where identity keys are kept [env CHAT_HOME]")
-    parser.add_argument("--key-bits", default=env.get("CHAT_KEY_BITS", "3072"),
-                        help="size of a new identity key: 2048, 3072 or 4096 [env CHAT_KEY_BITS]")
+                        help="where your keys and pinned contacts are kept [env CHAT_HOME]")
+    parser.add_argument("--key-bits", default=env.get("CHAT_KEY_BITS", str(DEFAULT_KEY_BITS)),
+                        help="size of new identity keys: 2048, 3072 or 4096 [env CHAT_KEY_BITS]")
+    parser.add_argument("--private", action="store_true",
+                        help="create the room private, owned by you, if it does not exist")
+    parser.add_argument("--ca-cert", default=env.get("CHAT_CA_CERT") or None,
+                        help="PEM file of the CA certificates to trust for an https:// relay "
+                        "(default: the system's) [env CHAT_CA_CERT]")
     args = parser.parse_args(argv)
     if not args.user:
         parser.error("--user is required (or set CHAT_USER)")
@@ -1142,7 +1956,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(encoding="utf-8", errors="replace")  # type: ignore[union-attr]
-    client = ChatClient(args.server, args.user, args.room, Path(args.home).expanduser(), args.key_bits)
+    client = ChatClient(
+        args.server,
+        args.user,
+        args.room,
+        Path(args.home).expanduser(),
+        args.key_bits,
+        Path(args.ca_cert).expanduser() if args.ca_cert else None,
+        private=args.private,
+    )
     try:
         code = client.run()
     except ClientError as exc:

@@ -1,0 +1,540 @@
+"""Unit checks of the Python client's protocol layer and home files, without a relay.
+
+Run: clients/python/.venv/bin/python -m unittest discover -s clients/python -p 'test_*.py'
+(after clients/python/setup.sh). The end-to-end tests against the Rust relay and client
+are in tests/python.rs (`cargo test --test python`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import tempfile
+import unittest
+from pathlib import Path
+from unittest import mock
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+import chat_client as cc
+from chat_client import pb
+
+_KEYS: list[rsa.RSAPrivateKey] = []
+
+
+def key(i: int) -> rsa.RSAPrivateKey:
+    """The i-th 2048-bit test key, made once (key generation is slow)."""
+    while len(_KEYS) <= i:
+        _KEYS.append(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    return _KEYS[i]
+
+
+def identity(user: str, i: int) -> cc.Identity:
+    """``user`` with test keys 2i (signing) and 2i+1 (encryption)."""
+    return cc.Identity(user, key(2 * i), key(2 * i + 1))
+
+
+def deliveries_for(recipient: str, sender: str, frames: list[pb.DistributeSenderKey]) -> list[pb.SenderKeyDelivery]:
+    """What the relay gives ``recipient`` for ``sender``'s key distributions."""
+    out = []
+    for frame in frames:
+        for copy in frame.keys:
+            if copy.recipient == recipient:
+                out.append(
+                    pb.SenderKeyDelivery(
+                        room=frame.room,
+                        sender=sender,
+                        key_id=frame.key_id,
+                        wrapped_key=copy.wrapped_key,
+                        signature=copy.signature,
+                    )
+                )
+    return out
+
+
+def delivery(sender: str, message: pb.SendMessage) -> pb.MessageDelivery:
+    return pb.MessageDelivery(room=message.room, sender=sender, sealed=message.sealed)
+
+
+class Vectors(unittest.TestCase):
+    """The byte strings of docs/PROTOCOL.md, byte for byte."""
+
+    def test_login_string(self) -> None:
+        expected = bytes.fromhex("636861742e76312f6c6f67696e" "0003" "626f62" "00000002" "cafe")
+        self.assertEqual(cc.login_signed_bytes("bob", bytes.fromhex("cafe")), expected)
+
+    def test_sender_key_label(self) -> None:
+        expected = bytes.fromhex(
+            "636861742e76312f73656e6465722d6b6579" "0001" "72" "0001" "61" "0001" "62" "ffffffffffffffff"
+        )
+        self.assertEqual(cc.sender_key_label("r", "a", "b", 2**64 - 1), expected)
+
+    def test_message_ad(self) -> None:
+        expected = bytes.fromhex(
+            "636861742e76312f6d657373616765" "0005" "6c6f626279" "0005" "616c696365"
+            "0000000000000102" "0000000000000007"
+        )
+        self.assertEqual(cc.message_ad("lobby", "alice", 0x102, 7), expected)
+
+    def test_signed_strings_are_built_from_str_bytes_and_u64(self) -> None:
+        self.assertEqual(
+            cc.identity_signed_bytes("al", b"S", b"EE"),
+            b"chat.v1/identity" + b"\x00\x02al" + b"\x00\x00\x00\x01S" + b"\x00\x00\x00\x02EE",
+        )
+        self.assertEqual(
+            cc.message_signed_bytes("r", "a", 1, 2, b"n" * 12, b"c" * 3),
+            b"chat.v1/message-signature" + b"\x00\x01r" + b"\x00\x01a"
+            + (1).to_bytes(8, "big") + (2).to_bytes(8, "big")
+            + b"\x00\x00\x00\x0c" + b"n" * 12 + b"\x00\x00\x00\x03ccc",
+        )
+        self.assertEqual(
+            cc.sender_key_signed_bytes("r", "a", "b", 2**64 - 1, b"w"),
+            b"chat.v1/sender-key-signature" + b"\x00\x01r\x00\x01a\x00\x01b" + b"\xff" * 8 + b"\x00\x00\x00\x01w",
+        )
+        self.assertEqual(cc.enc_str("ü"), b"\x00\x02\xc3\xbc")
+
+    def test_fingerprint_example(self) -> None:
+        self.assertEqual(
+            cc.fingerprint(b"s", b"e").hex(),
+            "301d4b63196a2c69e9c2ba7a405c7548c708d8f74e6b875fb9f67a5898074e02",
+        )
+
+    def test_safety_number_example(self) -> None:
+        expected = "08940 22870 87407 56001 96721 49985 24506 87332 60637 75593 12840 20400"
+        self.assertEqual(cc.safety_number("alice", bytes(32), "bob", b"\x01" * 32), expected)
+        self.assertEqual(cc.safety_number("bob", b"\x01" * 32, "alice", bytes(32)), expected)
+
+    def test_fingerprint_and_safety_number(self) -> None:
+        fp = cc.fingerprint(b"S", b"E")
+        import hashlib
+
+        self.assertEqual(
+            fp, hashlib.sha256(b"chat.v1/fingerprint\x00\x00\x00\x01S\x00\x00\x00\x01E").digest()
+        )
+        shown = cc.format_fingerprint(fp)
+        self.assertEqual(len(shown.split(" ")), 16)
+        self.assertEqual(shown.replace(" ", ""), fp.hex().upper())
+
+        other = cc.fingerprint(b"S2", b"E")
+        number = cc.safety_number("alice", fp, "bob", other)
+        self.assertEqual(number, cc.safety_number("bob", other, "alice", fp))
+        groups = number.split(" ")
+        self.assertEqual([len(g) for g in groups], [5] * 12)
+        self.assertTrue(number.replace(" ", "").isdigit())
+        self.assertNotEqual(number, cc.safety_number("alice", fp, "bob", cc.fingerprint(b"S3", b"E")))
+        # Each half by the definition: SHA-256(tag || str(user) || fp), six 5-byte integers mod 100000.
+        h = hashlib.sha256(b"chat.v1/safety-number\x00\x05alice" + fp).digest()
+        half = "".join(f"{int.from_bytes(h[i:i + 5], 'big') % 100000:05d}" for i in range(0, 30, 5))
+        self.assertIn(half, number.replace(" ", ""))
+
+
+class Urls(unittest.TestCase):
+    def test_parse_and_loopback(self) -> None:
+        self.assertEqual(cc.parse_server_url("http://127.0.0.1:5555"), ("127.0.0.1:5555", False))
+        self.assertEqual(cc.parse_server_url("https://[::1]:5555"), ("[::1]:5555", True))
+        self.assertEqual(cc.parse_server_url("https://chat.example.org"), ("chat.example.org:443", True))
+        for url in ("127.0.0.1:5555", "ftp://x:1", "http://x:1/path"):
+            with self.subTest(url), self.assertRaises(cc.ClientError):
+                cc.parse_server_url(url)
+        for host in ("127.0.0.1", "127.1.2.3", "[::1]", "localhost", "LOCALHOST"):
+            self.assertTrue(cc.is_loopback_host(host), host)
+        for host in ("10.0.0.1", "0.0.0.0", "example.org", "[::]"):
+            self.assertFalse(cc.is_loopback_host(host), host)
+
+
+class Identities(unittest.TestCase):
+    def test_sign_and_verify(self) -> None:
+        me = identity("alice", 0)
+        data = b"anything"
+        signature = me.sign(data)
+        self.assertEqual(len(signature), 256)
+        self.assertTrue(cc.verify_signature(me.signing_key.public_key(), signature, data))
+        self.assertFalse(cc.verify_signature(me.signing_key.public_key(), signature, data + b"!"))
+        self.assertFalse(cc.verify_signature(me.encryption_key.public_key(), signature, data))
+        self.assertFalse(cc.verify_signature(me.signing_key.public_key(), b"", data))
+
+    def test_public_identity_verifies(self) -> None:
+        me = identity("alice", 0)
+        peer = cc.PeerIdentity.from_public(me.public_identity())
+        self.assertEqual(peer.user, "alice")
+        self.assertEqual(peer.fingerprint, me.fingerprint)
+        self.assertEqual(len(peer.fingerprint_hex), 64)
+
+    def test_bad_identities_are_refused(self) -> None:
+        good = identity("alice", 0).public_identity()
+        cases = {}
+        renamed = pb.PublicIdentity(); renamed.CopyFrom(good); renamed.user = "mallory"
+        cases["another name"] = renamed
+        swapped = pb.PublicIdentity(); swapped.CopyFrom(good)
+        swapped.signing_public_key, swapped.encryption_public_key = good.encryption_public_key, good.signing_public_key
+        cases["keys swapped"] = swapped
+        flipped = pb.PublicIdentity(); flipped.CopyFrom(good)
+        flipped.signature = bytes([good.signature[0] ^ 1]) + good.signature[1:]
+        cases["signature flipped"] = flipped
+        bad_name = pb.PublicIdentity(); bad_name.CopyFrom(good); bad_name.user = "al ice"
+        cases["invalid name"] = bad_name
+        # Same key twice, correctly self-signed.
+        same_der = cc.public_key_der(key(0))
+        same = pb.PublicIdentity(
+            user="alice", signing_public_key=same_der, encryption_public_key=same_der,
+            signature=cc.sign(key(0), cc.identity_signed_bytes("alice", same_der, same_der)),
+        )
+        cases["same key"] = same
+        small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+        small_der = cc.public_key_der(small)
+        enc_der = cc.public_key_der(key(1))
+        cases["1024-bit signing key"] = pb.PublicIdentity(
+            user="alice", signing_public_key=small_der, encryption_public_key=enc_der,
+            signature=cc.sign(small, cc.identity_signed_bytes("alice", small_der, enc_der)),
+        )
+        cases["garbage key"] = pb.PublicIdentity(
+            user="alice", signing_public_key=b"junk", encryption_public_key=enc_der, signature=good.signature
+        )
+        for what, bad in cases.items():
+            with self.subTest(what), self.assertRaises(cc.IdentityError):
+                cc.PeerIdentity.from_public(bad)
+        with self.assertRaises(ValueError):
+            cc.Identity("alice", key(0), key(0))
+
+
+class Rooms(unittest.TestCase):
+    """Three members, with the relay played by hand."""
+
+    def setUp(self) -> None:
+        self.ids = {name: identity(name, i) for i, name in enumerate(["alice", "bob", "carol"])}
+
+    def room(self, name: str, **kw) -> cc.RoomState:
+        return cc.RoomState("lobby", self.ids[name], **kw)
+
+    def pair(self):
+        """alice in the room first, then bob joins; both hold each other's key."""
+        alice, bob = self.room("alice"), self.room("bob")
+        self.assertEqual(alice.on_joined(pb.Joined(room="lobby")), [])
+        bob_frames = bob.on_joined(pb.Joined(room="lobby", members=[self.ids["alice"].public_identity()]))
+        alice_frames = alice.member_joined(self.ids["bob"].public_identity())
+        for d in deliveries_for("alice", "bob", bob_frames):
+            self.assertEqual(alice.accept_sender_key(d), [])
+        for d in deliveries_for("bob", "alice", alice_frames):
+            self.assertEqual(bob.accept_sender_key(d), [])
+        return alice, bob
+
+    def test_messages_open_both_ways(self) -> None:
+        alice, bob = self.pair()
+        message, extra = alice.seal_text("hello")
+        self.assertEqual(extra, [])
+        self.assertEqual(len(message.sealed.signature), 256)
+        opened = bob.open(delivery("alice", message))
+        self.assertEqual(opened.line(), "[lobby] alice: hello")
+        message, _ = bob.seal_text("hi\tthere")
+        self.assertEqual(alice.open(delivery("bob", message)).line(), "[lobby] bob: hi\\u{9}there")
+        self.assertEqual(alice.warnings + bob.warnings, [])
+
+    def test_a_bit_flipped_after_signing_fails_the_signature_before_decryption(self) -> None:
+        alice, bob = self.pair()
+        message, _ = alice.seal_text("hello")
+        message.sealed.ciphertext = bytes([message.sealed.ciphertext[0] ^ 1]) + message.sealed.ciphertext[1:]
+        with mock.patch.object(cc, "AESGCM", side_effect=AssertionError("decrypted before verifying")):
+            self.assertIsNone(bob.open(delivery("alice", message)))
+        self.assertIn("signature does not verify", bob.warnings[-1])
+        self.assertIn("tampered with or corrupted", bob.warnings[-1])
+        # The genuine next message still opens.
+        message, _ = alice.seal_text("again")
+        self.assertEqual(bob.open(delivery("alice", message)).text, "again")
+
+    def test_a_message_claimed_for_another_member_fails(self) -> None:
+        alice, bob = self.pair()
+        carol = self.room("carol")
+        carol.on_joined(pb.Joined(room="lobby", members=[self.ids["alice"].public_identity(),
+                                                         self.ids["bob"].public_identity()]))
+        bob.member_joined(self.ids["carol"].public_identity())
+        message, _ = alice.seal_text("from alice")
+        self.assertIsNone(bob.open(delivery("carol", message)))
+        self.assertIn("signature does not verify", bob.warnings[-1])
+
+    def test_re_signed_tampering_fails_the_tag(self) -> None:
+        alice, bob = self.pair()
+        message, _ = alice.seal_text("hello")
+        s = message.sealed
+        s.ciphertext = bytes([s.ciphertext[0] ^ 1]) + s.ciphertext[1:]
+        s.signature = self.ids["alice"].sign(
+            cc.message_signed_bytes("lobby", "alice", s.key_id, s.counter, s.nonce, s.ciphertext))
+        self.assertIsNone(bob.open(delivery("alice", message)))
+        self.assertIn("tampered with or corrupted", bob.warnings[-1])
+
+    def test_replayed_message_is_dropped(self) -> None:
+        alice, bob = self.pair()
+        message, _ = alice.seal_text("once")
+        self.assertIsNotNone(bob.open(delivery("alice", message)))
+        self.assertIsNone(bob.open(delivery("alice", message)))
+        self.assertIn("replayed", bob.warnings[-1])
+
+    def test_sender_key_signature_is_checked_before_the_unwrap(self) -> None:
+        alice, bob = self.room("alice"), self.room("bob")
+        alice.on_joined(pb.Joined(room="lobby"))
+        bob_frames = bob.on_joined(pb.Joined(room="lobby", members=[self.ids["alice"].public_identity()]))
+        (d,) = deliveries_for("alice", "bob", bob_frames)
+        alice.member_joined(self.ids["bob"].public_identity())
+        bad = pb.SenderKeyDelivery(); bad.CopyFrom(d)
+        bad.signature = bytes([d.signature[0] ^ 1]) + d.signature[1:]
+        with mock.patch.object(cc, "unwrap_sender_key", side_effect=AssertionError("unwrapped first")):
+            self.assertEqual(alice.accept_sender_key(bad), [])
+        self.assertIn("signature does not verify", alice.warnings[-1])
+        self.assertNotIn("bob", alice.peer_keys)
+        # The signature covers the key id too.
+        other = pb.SenderKeyDelivery(); other.CopyFrom(d); other.key_id ^= 1
+        self.assertEqual(alice.accept_sender_key(other), [])
+        self.assertEqual(alice.accept_sender_key(d), [])
+        self.assertIn("bob", alice.peer_keys)
+
+    def test_a_key_id_is_never_accepted_twice(self) -> None:
+        alice, bob = self.room("alice"), self.room("bob")
+        alice.on_joined(pb.Joined(room="lobby"))
+        first = bob.on_joined(pb.Joined(room="lobby", members=[self.ids["alice"].public_identity()]))
+        alice.member_joined(self.ids["bob"].public_identity())
+        (old,) = deliveries_for("alice", "bob", first)
+        alice.accept_sender_key(old)
+        message, _ = bob.seal_text("one")
+        self.assertIsNotNone(alice.open(delivery("bob", message)))
+        # The same delivery again would reset the replay window: refused.
+        self.assertEqual(alice.accept_sender_key(old), [])
+        self.assertIn("already accepted", alice.warnings[-1])
+        self.assertIsNone(alice.open(delivery("bob", message)))
+        # bob rotates; the relay then brings back the old key: refused.
+        (new,) = deliveries_for("alice", "bob", bob.rotate())
+        alice.accept_sender_key(new)
+        self.assertEqual(alice.accept_sender_key(old), [])
+        self.assertEqual(alice.peer_keys["bob"].key_id, new.key_id)
+        # Remembered even after bob leaves and comes back.
+        alice.member_left("bob")
+        alice.member_joined(self.ids["bob"].public_identity())
+        self.assertEqual(alice.accept_sender_key(old), [])
+        self.assertNotIn("bob", alice.peer_keys)
+
+    def test_history_of_key_ids_is_bounded(self) -> None:
+        alice = self.room("alice")
+        alice.on_joined(pb.Joined(room="lobby", members=[self.ids["bob"].public_identity()]))
+        bob = self.room("bob")
+        bob.on_joined(pb.Joined(room="lobby", members=[self.ids["alice"].public_identity()]))
+        first = None
+        for _ in range(cc.ACCEPTED_KEY_IDS_KEPT + 1):
+            (d,) = deliveries_for("alice", "bob", bob.rotate())
+            first = first or d
+            alice.accept_sender_key(d)
+        self.assertEqual(len(alice.accepted_key_ids["bob"]), cc.ACCEPTED_KEY_IDS_KEPT)
+        self.assertNotIn(first.key_id, alice.accepted_key_ids["bob"])
+
+    def test_message_before_key_is_buffered_then_opened(self) -> None:
+        alice, bob = self.room("alice"), self.room("bob")
+        alice.on_joined(pb.Joined(room="lobby"))
+        bob_frames = bob.on_joined(pb.Joined(room="lobby", members=[self.ids["alice"].public_identity()]))
+        alice.member_joined(self.ids["bob"].public_identity())
+        message, _ = bob.seal_text("early")
+        self.assertIsNone(alice.open(delivery("bob", message)))
+        self.assertEqual(len(alice.pending), 1)
+        (d,) = deliveries_for("alice", "bob", bob_frames)
+        opened = alice.accept_sender_key(d)
+        self.assertEqual([m.text for m in opened], ["early"])
+
+    def test_a_forged_message_is_not_buffered(self) -> None:
+        alice, bob = self.room("alice"), self.room("bob")
+        alice.on_joined(pb.Joined(room="lobby"))
+        bob.on_joined(pb.Joined(room="lobby", members=[self.ids["alice"].public_identity()]))
+        alice.member_joined(self.ids["bob"].public_identity())
+        message, _ = bob.seal_text("early")
+        message.sealed.signature = b"\x00" * 256
+        self.assertIsNone(alice.open(delivery("bob", message)))
+        self.assertEqual(len(alice.pending), 0)
+
+    def test_leave_rotates_and_the_leaver_cannot_read(self) -> None:
+        alice, bob = self.pair()
+        carol = self.room("carol")
+        carol_frames = carol.on_joined(pb.Joined(room="lobby", members=[
+            self.ids["alice"].public_identity(), self.ids["bob"].public_identity()]))
+        for d in deliveries_for("carol", "alice", alice.member_joined(self.ids["carol"].public_identity())):
+            carol.accept_sender_key(d)
+        for d in deliveries_for("alice", "carol", carol_frames):
+            alice.accept_sender_key(d)
+        old_id = alice.own_key.key_id
+        frames = alice.member_left("bob")
+        self.assertNotEqual(alice.own_key.key_id, old_id)
+        self.assertEqual([c.recipient for f in frames for c in f.keys], ["carol"])
+        for d in deliveries_for("carol", "alice", frames):
+            carol.accept_sender_key(d)
+        message, _ = alice.seal_text("after bob")
+        self.assertEqual(carol.open(delivery("alice", message)).text, "after bob")
+        self.assertIsNone(bob.open(delivery("alice", message)))
+        self.assertIn("stale or unknown sender key", bob.warnings[-1])
+
+    def test_unverifiable_member_is_ignored(self) -> None:
+        alice = self.room("alice")
+        forged = self.ids["bob"].public_identity()
+        forged.signature = b"\x01" * 256
+        self.assertEqual(alice.on_joined(pb.Joined(room="lobby", members=[forged])), [])
+        self.assertEqual(alice.members, {})
+        self.assertIn("signature does not verify", alice.warnings[-1])
+        self.assertIsNone(alice.member_joined(forged))
+
+    def test_untrusted_member_gets_nothing_and_is_not_heard_until_trusted(self) -> None:
+        trusted = {"bob": False}
+        alice = self.room("alice", trust=lambda peer: trusted.get(peer.user, True))
+        bob = self.room("bob")
+        frames = alice.on_joined(pb.Joined(room="lobby", members=[
+            self.ids["bob"].public_identity(), self.ids["carol"].public_identity()]))
+        self.assertEqual([c.recipient for f in frames for c in f.keys], ["carol"])
+        frames = alice.rotate()
+        self.assertEqual([c.recipient for f in frames for c in f.keys], ["carol"])
+        bob_frames = bob.on_joined(pb.Joined(room="lobby", members=[self.ids["alice"].public_identity()]))
+        (d,) = deliveries_for("alice", "bob", bob_frames)
+        with mock.patch.object(cc, "unwrap_sender_key", side_effect=AssertionError("unwrapped")):
+            self.assertEqual(alice.accept_sender_key(d), [])
+        self.assertIn("keys changed", alice.warnings[-1])
+        message, _ = bob.seal_text("hello")
+        self.assertIsNone(alice.open(delivery("bob", message)))
+        self.assertIn("keys changed", alice.warnings[-1])
+        self.assertEqual(alice.untrusted_members(), ["bob"])
+        # The user accepts the keys: alice rotates, bob gets only the new key, and the
+        # held key is used.
+        old_id = alice.own_key.key_id
+        frames = alice.trust_member("bob")
+        self.assertNotEqual(alice.own_key.key_id, old_id)
+        self.assertEqual([c.recipient for f in frames for c in f.keys], ["bob", "carol"])
+        self.assertEqual({f.key_id for f in frames}, {alice.own_key.key_id})
+        message, _ = bob.seal_text("now")
+        self.assertEqual(alice.open(delivery("bob", message)).text, "now")
+
+    def test_own_name_and_second_announcements_are_ignored(self) -> None:
+        alice = self.room("alice")
+        impostor = cc.Identity("alice", key(4), key(5)).public_identity()
+        self.assertEqual(alice.on_joined(pb.Joined(room="lobby", members=[impostor])), [])
+        self.assertEqual(alice.members, {})
+        self.assertIn("your own name", alice.warnings[-1])
+        self.assertIsNone(alice.member_joined(impostor))
+        # bob, with a key accepted; the relay announces bob again (other keys or not).
+        bob = self.room("bob")
+        frames = bob.on_joined(pb.Joined(room="lobby", members=[self.ids["alice"].public_identity()]))
+        self.assertIsNotNone(alice.member_joined(self.ids["bob"].public_identity()))
+        (d,) = deliveries_for("alice", "bob", frames)
+        alice.accept_sender_key(d)
+        for again in (self.ids["bob"].public_identity(), cc.Identity("bob", key(4), key(5)).public_identity()):
+            self.assertIsNone(alice.member_joined(again))
+            self.assertIn("second announcement", alice.warnings[-1])
+        self.assertEqual(alice.members["bob"].identity.fingerprint, self.ids["bob"].fingerprint)
+        self.assertEqual(alice.peer_keys["bob"].key_id, d.key_id)
+
+    def test_frames_hold_at_most_32_copies(self) -> None:
+        alice = self.room("alice")
+        members = [cc.Identity(f"u{i}", key(0), key(1)).public_identity() for i in range(130)]
+        frames = alice.on_joined(pb.Joined(room="lobby", members=members))
+        self.assertEqual([len(f.keys) for f in frames], [32, 32, 32, 32, 2])
+
+
+class Home(unittest.TestCase):
+    def setUp(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory()
+        self.home = Path(self.tmp.name) / "home"
+        self.log: list[str] = []
+
+    def tearDown(self) -> None:
+        self.tmp.cleanup()
+
+    def mode(self, path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    def test_new_home(self) -> None:
+        me = cc.load_or_create_identity(self.home, "alice", 2048, self.log.append)
+        user = self.home / "alice"
+        self.assertEqual(self.mode(user), 0o700)
+        for name in ("signing.pem", "encryption.pem"):
+            self.assertEqual(self.mode(user / name), 0o600)
+            self.assertTrue((user / name).read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----"))
+        self.assertEqual(me.signing_key.key_size, 2048)
+        self.assertEqual(sorted(p.name for p in user.iterdir()), ["encryption.pem", "signing.pem"])
+        again = cc.load_or_create_identity(self.home, "alice", 4096)
+        self.assertEqual(again.fingerprint, me.fingerprint)
+
+    def test_open_key_file_is_refused(self) -> None:
+        cc.load_or_create_identity(self.home, "alice", 2048)
+        path = self.home / "alice" / "signing.pem"
+        os.chmod(path, 0o640)
+        with self.assertRaises(cc.ClientError) as caught:
+            cc.load_or_create_identity(self.home, "alice", 2048)
+        self.assertIn("chmod 600", str(caught.exception))
+
+    def test_migration_of_an_old_home(self) -> None:
+        user = self.home / "alice"
+        user.mkdir(parents=True, mode=0o755)
+        old = key(3)
+        pem = cc._pem(old)
+        (user / "identity.pem").write_bytes(pem)
+        os.chmod(user / "identity.pem", 0o600)
+        me = cc.load_or_create_identity(self.home, "alice", 4096, self.log.append)
+        self.assertFalse((user / "identity.pem").exists())
+        self.assertEqual((user / "encryption.pem").read_bytes(), pem)
+        self.assertEqual(me.encryption_public_der, cc.public_key_der(old))
+        self.assertEqual(me.signing_key.key_size, 2048)  # the old key's size, not --key-bits
+        self.assertEqual(self.mode(user / "signing.pem"), 0o600)
+        self.assertEqual(self.mode(user), 0o700)
+        self.assertTrue(any("migrated" in line for line in self.log), self.log)
+
+    def test_migration_refuses_an_open_old_key(self) -> None:
+        user = self.home / "alice"
+        user.mkdir(parents=True)
+        (user / "identity.pem").write_bytes(cc._pem(key(3)))
+        os.chmod(user / "identity.pem", 0o644)
+        with self.assertRaises(cc.ClientError) as caught:
+            cc.load_or_create_identity(self.home, "alice", 2048)
+        self.assertIn("chmod 600", str(caught.exception))
+        self.assertTrue((user / "identity.pem").exists())
+
+    def test_interrupted_migration_gets_a_signing_key(self) -> None:
+        user = self.home / "alice"
+        user.mkdir(parents=True, mode=0o700)
+        path = user / "encryption.pem"
+        path.write_bytes(cc._pem(key(3)))
+        os.chmod(path, 0o600)
+        me = cc.load_or_create_identity(self.home, "alice", 3072)
+        self.assertEqual(me.signing_key.key_size, 2048)
+
+    def test_signing_key_alone_is_refused(self) -> None:
+        cc.load_or_create_identity(self.home, "alice", 2048)
+        (self.home / "alice" / "encryption.pem").unlink()
+        with self.assertRaises(cc.ClientError):
+            cc.load_or_create_identity(self.home, "alice", 2048)
+
+    def test_contacts(self) -> None:
+        path = self.home / "alice" / "contacts.json"
+        book = cc.ContactBook(path)
+        bob = cc.PeerIdentity.from_public(identity("bob", 1).public_identity())
+        self.assertEqual(book.check(bob), "new")
+        self.assertEqual(self.mode(path), 0o600)
+        self.assertEqual(
+            json.loads(path.read_text()),
+            {"version": 1, "contacts": {"bob": {"fingerprint": bob.fingerprint_hex, "verified": False}}},
+        )
+        self.assertEqual(cc.ContactBook(path).check(bob), "same")
+        impostor = cc.PeerIdentity.from_public(cc.Identity("bob", key(4), key(5)).public_identity())
+        self.assertEqual(book.check(impostor), "changed")
+        # A verified contact, with a field this client does not know, re-pinned.
+        data = json.loads(path.read_text())
+        data["contacts"]["bob"].update(verified=True, note="kept")
+        path.write_text(json.dumps(data))
+        book = cc.ContactBook(path)
+        self.assertTrue(book.verified("bob"))
+        book.pin("bob", impostor.fingerprint_hex)
+        entry = json.loads(path.read_text())["contacts"]["bob"]
+        self.assertEqual(entry, {"fingerprint": impostor.fingerprint_hex, "verified": False, "note": "kept"})
+        self.assertEqual(sorted(p.name for p in path.parent.iterdir()), ["contacts.json"])
+        book.set_verified("bob", impostor.fingerprint_hex)
+        self.assertTrue(cc.ContactBook(path).verified("bob"))
+
+    def test_contacts_of_another_version_are_refused(self) -> None:
+        path = self.home / "contacts.json"
+        path.parent.mkdir(parents=True)
+        path.write_text('{"version": 2, "contacts": {}}')
+        with self.assertRaises(cc.ContactsError):
+            cc.ContactBook(path)
+
+
+if __name__ == "__main__":
+    unittest.main()
