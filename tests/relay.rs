@@ -657,6 +657,7 @@ async fn connections_beyond_the_limit_are_closed() {
         matches!(
             refused,
             e2ee_chat::client::ClientError::Unreachable { .. }
+                | e2ee_chat::client::ClientError::ClosedAtOnce { .. }
                 | e2ee_chat::client::ClientError::Refused(_)
         ),
         "{refused:?}"

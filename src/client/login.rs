@@ -97,10 +97,10 @@ pub async fn login(
         })
         .await
         .map_err(|status| {
-            // The first RPC is where a server that is not speaking plaintext gRPC (a TLS
-            // port reached with http://, say) shows up, as an HTTP/2 framing error.
+            // The first RPC is where a server that drops the connection unanswered shows
+            // up: a TLS port reached with http://, or a server at its connection limit.
             if status.code() == Code::Cancelled || status.message().contains("h2 protocol error") {
-                ClientError::NotGrpc {
+                ClientError::ClosedAtOnce {
                     reason: status.message().to_owned(),
                 }
             } else {

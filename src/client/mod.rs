@@ -41,10 +41,10 @@ pub enum ClientError {
     #[error("cannot connect to {url}: {reason}")]
     Unreachable { url: String, reason: String },
     #[error(
-        "the server does not answer plaintext gRPC ({reason}); if it serves TLS, use an \
-         https:// URL"
+        "the server closed the connection without answering ({reason}): it may be full, or \
+         serve TLS, and then you must use an https:// URL"
     )]
-    NotGrpc { reason: String },
+    ClosedAtOnce { reason: String },
     #[error("the server refused: {}: {}", code_name(.0.code()), .0.message())]
     Refused(tonic::Status),
     #[error("the server ended the session: {}: {}", code_name(.0.code()), .0.message())]
