@@ -14,3 +14,4 @@ mod pem;
 pub mod proto;
 pub mod protocol;
 pub mod server;
+pub mod store;

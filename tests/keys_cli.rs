@@ -88,10 +88,10 @@ fn names_are_taken_keys_are_pinned_verified_and_trusted_anew() {
         assert!(client.finish().0.success());
     }
 
-    // The server is replaced (it keeps accounts in memory), and bob comes back with new
+    // The server loses its data (a fresh data directory), and bob comes back with new
     // keys: alice is warned, and nothing she sends is for the new keys...
     drop(server);
-    let server = ServerProcess::start(&dir.path().join("data"));
+    let server = ServerProcess::start(&dir.path().join("data-lost"));
     let new_bob_home = dir.path().join("bob-new");
     let mut bob = ClientProcess::joined(
         rust_client(&server.url, "bob", "lobby", &new_bob_home),
@@ -217,4 +217,54 @@ fn the_server_never_logs_a_token() {
     );
     let leaks: Vec<&String> = lines.iter().filter(|line| line.contains(&token)).collect();
     assert!(leaks.is_empty(), "the token was logged: {leaks:?}");
+}
+
+#[test]
+fn a_restart_keeps_every_name_bound_to_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = ServerProcess::start(&data);
+    let home = dir.path().join("home");
+    let alice = ClientProcess::joined(rust_client(&server.url, "alice", "lobby", &home), "lobby");
+    assert!(alice.finish().0.success());
+    drop(server);
+
+    // Killed and started again on the same data directory: alice is still alice, and
+    // nobody else's keys can take her name.
+    let server = ServerProcess::start(&data);
+    let (ok, _, stderr) = client_command(&server.url, &dir.path().join("eve"), "alice", &[]);
+    assert!(!ok);
+    assert!(stderr.contains("is taken"), "{stderr}");
+    let mut alice = ClientProcess::start(rust_client(&server.url, "alice", "lobby", &home));
+    let joined = wait_for_line(&alice.stderr, "joined lobby");
+    assert!(
+        !joined.iter().any(|line| line.contains("registered")),
+        "alice was registered anew: {joined:?}"
+    );
+    alice.say("still me");
+    assert!(alice.finish().0.success());
+}
+
+#[test]
+fn a_database_that_is_not_one_stops_the_server_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    std::fs::write(
+        dir.path().join("data").join("chat.sqlite3"),
+        vec![7u8; 4096],
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("chat-server: error: cannot open the database")
+            && last.contains("chat.sqlite3"),
+        "{stderr}"
+    );
 }

@@ -94,9 +94,13 @@ pub async fn start_relay(limits: Limits) -> Result<LocalRelay, BenchError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server::serve(listener, limits, None, async {
-        let _ = stopped.await;
-    }));
+    tokio::spawn(server::serve(
+        listener,
+        server::Config::ephemeral(limits),
+        async {
+            let _ = stopped.await;
+        },
+    ));
     Ok(LocalRelay { url, _stop: stop })
 }
 

@@ -4,10 +4,12 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
 use e2ee_chat::server::{self, Limits};
+use e2ee_chat::store::{SqliteStore, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::ServerTlsConfig;
@@ -49,8 +51,9 @@ struct Args {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     insecure_plaintext: bool,
-    /// Directory for the server's data, created with mode 0700 if missing. Nothing is
-    /// stored in it yet: the relay keeps its state in memory.
+    /// Directory for the server's data, created with mode 0700 if missing: the SQLite
+    /// database chat.sqlite3 of registered identities (public keys only). Rooms,
+    /// sessions and messages are kept in memory for now.
     #[arg(long, env = "CHAT_DATA_DIR", default_value_os_t = default_data_dir())]
     data_dir: PathBuf,
     #[command(flatten)]
@@ -101,6 +104,8 @@ async fn run(args: Args) -> Result<(), String> {
         );
     }
     server::prepare_data_dir(&args.data_dir).map_err(|error| error.to_string())?;
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&args.data_dir).map_err(|error| error.to_string())?);
     let tls = load_tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
     let listener = TcpListener::bind(args.listen)
         .await
@@ -113,7 +118,12 @@ async fn run(args: Args) -> Result<(), String> {
         wait_for_signal().await;
         let _ = stopping_tx.send(true);
     };
-    let serve = server::serve(listener, args.limits, tls, signal);
+    let config = server::Config {
+        limits: args.limits,
+        tls,
+        store,
+    };
+    let serve = server::serve(listener, config, signal);
     let deadline = async {
         let _ = stopping.wait_for(|stopping| *stopping).await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;

@@ -12,7 +12,7 @@
 //! attacker could replay, and lookups do not compare secrets.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -20,10 +20,11 @@ use sha2::{Digest, Sha256};
 use tonic::Status;
 use zeroize::Zeroizing;
 
-use super::Limits;
+use super::{Limits, ServerError};
 use crate::crypto::{Fingerprint, VerifiedIdentity};
 use crate::proto::PublicIdentity;
 use crate::protocol::CHALLENGE_LEN;
+use crate::store::Store;
 
 /// How long a challenge may be answered.
 const CHALLENGE_TTL: Duration = Duration::from_secs(60);
@@ -41,6 +42,8 @@ type Digest32 = [u8; 32];
 /// The relay's accounts.
 pub(crate) struct Accounts {
     state: Mutex<State>,
+    /// Where registrations are kept across restarts.
+    store: Arc<dyn Store>,
     /// Authenticates the challenges this relay issued; never leaves memory.
     challenge_key: Zeroizing<[u8; 32]>,
     max_identities: usize,
@@ -76,12 +79,28 @@ pub(crate) struct Session {
 }
 
 impl Accounts {
-    /// The accounts of a relay started with `limits`, with a fresh challenge key.
-    pub(crate) fn new(limits: &Limits) -> Result<Self, getrandom::Error> {
+    /// The accounts of a relay started with `limits`, with the registrations in `store`
+    /// and a fresh challenge key.
+    pub(crate) fn new(limits: &Limits, store: Arc<dyn Store>) -> Result<Self, ServerError> {
         let mut challenge_key = Zeroizing::new([0u8; 32]);
-        getrandom::fill(challenge_key.as_mut())?;
+        getrandom::fill(challenge_key.as_mut()).map_err(ServerError::Rng)?;
+        let mut state = State::default();
+        for published in store.identities()? {
+            let identity = VerifiedIdentity::verify(&published).map_err(|error| {
+                ServerError::BadStoredIdentity {
+                    user: published.user.clone(),
+                    reason: error.to_string(),
+                }
+            })?;
+            let registered = Registered {
+                fingerprint: identity.fingerprint,
+                published,
+            };
+            state.identities.insert(identity.user, registered);
+        }
         Ok(Self {
-            state: Mutex::default(),
+            state: Mutex::new(state),
+            store,
             challenge_key,
             max_identities: limits.max_identities,
             token_ttl: Duration::from_secs(limits.token_ttl_secs),
@@ -138,6 +157,13 @@ impl Accounts {
                 )));
             }
             None => {
+                // Durable before anyone is told: a restart must not free the name.
+                self.store.register(&published).map_err(|error| {
+                    tracing::error!(user, %error, "could not store a registration");
+                    Status::unavailable(
+                        "the server could not store your registration; try again later",
+                    )
+                })?;
                 let fingerprint = identity.fingerprint;
                 state.identities.insert(
                     user.clone(),

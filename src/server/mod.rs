@@ -34,6 +34,7 @@ pub use outbound::Outbound;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::auth_service_server::AuthServiceServer;
 use crate::proto::chat_service_server::ChatServiceServer;
+use crate::store::{MemoryStore, Store, StoreError};
 use accounts::Accounts;
 use auth::{Login, require_token};
 use hub::Hub;
@@ -128,6 +129,25 @@ fn token_ttl(text: &str) -> Result<u64, String> {
     }
 }
 
+/// How a relay runs: its limits, its TLS identity, where it keeps what must last.
+pub struct Config {
+    pub limits: Limits,
+    /// `None` serves plaintext.
+    pub tls: Option<ServerTlsConfig>,
+    pub store: Arc<dyn Store>,
+}
+
+impl Config {
+    /// A plaintext relay that keeps its state in memory (tests, benchmarks).
+    pub fn ephemeral(limits: Limits) -> Self {
+        Self {
+            limits,
+            tls: None,
+            store: Arc::new(MemoryStore::default()),
+        }
+    }
+}
+
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -145,6 +165,10 @@ pub enum ServerError {
     },
     #[error("the operating system's random number generator failed: {0}")]
     Rng(getrandom::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the stored identity of {user:?} does not verify: {reason}")]
+    BadStoredIdentity { user: String, reason: String },
     #[error("cannot set up gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("the gRPC server failed: {0}")]
@@ -183,12 +207,12 @@ pub fn prepare_data_dir(path: &Path) -> Result<(), ServerError> {
 /// [`tls::load`]) every connection is TLS; without it, plaintext HTTP/2.
 pub async fn serve(
     listener: TcpListener,
-    limits: Limits,
-    tls: Option<ServerTlsConfig>,
+    config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let Config { limits, tls, store } = config;
     let hub = Arc::new(Hub::new(limits.clone()));
-    let accounts = Arc::new(Accounts::new(&limits).map_err(ServerError::Rng)?);
+    let accounts = Arc::new(Accounts::new(&limits, store)?);
     let relay = Arc::new(Relay {
         hub: hub.clone(),
         accounts: accounts.clone(),

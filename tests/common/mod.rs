@@ -55,7 +55,11 @@ impl TestServer {
             None => format!("http://{addr}"),
         };
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(server::serve(listener, limits, tls, async {
+        let config = server::Config {
+            tls,
+            ..server::Config::ephemeral(limits)
+        };
+        let task = tokio::spawn(server::serve(listener, config, async {
             let _ = stopped.await;
         }));
         Self {
