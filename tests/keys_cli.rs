@@ -80,6 +80,12 @@ fn names_are_taken_keys_are_pinned_verified_and_trusted_anew() {
         "{stderr}"
     );
 
+    let (ok, _, stderr) = client_command(&server.url, &alice_home, "alcie", &["fingerprint"]);
+    assert!(!ok && stderr.contains("no identity for alcie"), "{stderr}");
+    assert!(
+        !alice_home.join("alcie").exists(),
+        "a typo made an identity"
+    );
     let (ok, fingerprint, _) = client_command(&server.url, &alice_home, "alice", &["fingerprint"]);
     assert!(ok);
     assert!(fingerprint.starts_with("alice: "), "{fingerprint}");

@@ -164,6 +164,17 @@ async fn run(args: Args) -> Result<(), String> {
         .clone()
         .ok_or("--user is required (or set CHAT_USER)")?;
     validate_user(&user).map_err(|error| error.to_string())?;
+    let offline = matches!(
+        args.command,
+        Some(Command::Fingerprint | Command::Verify { .. })
+    );
+    if offline && !home::has_identity(&args.home, &user) {
+        return Err(format!(
+            "there is no identity for {user} in {}: check --user and --home, or chat once to \
+             make one",
+            args.home.display()
+        ));
+    }
     let identity = load_or_create_identity(&args, &user)?;
     let contacts = Contacts::open(&home::contacts_path(&args.home, &user)).map_err(describe)?;
     match &args.command {

@@ -39,6 +39,14 @@ const ENCRYPTION_FILE: &str = "encryption.pem";
 /// The single key of a home made before identities had two.
 const OLD_IDENTITY_FILE: &str = "identity.pem";
 
+/// Whether `home` holds an identity of `user` (possibly one still to migrate).
+pub fn has_identity(home: &Path, user: &str) -> bool {
+    let dir = user_dir(home, user);
+    [SIGNING_FILE, ENCRYPTION_FILE, OLD_IDENTITY_FILE]
+        .iter()
+        .any(|file| dir.join(file).exists())
+}
+
 /// What [`load_or_create_identity`] did besides loading.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Provenance {
