@@ -89,6 +89,7 @@ impl ChatService for PlainRelay {
                                     room: send.room.clone(),
                                     sender: user.clone(),
                                     sealed: send.sealed.clone(),
+                                    ..Default::default()
                                 };
                                 let _ = member_outbox.send(Ok(ServerFrame {
                                     request_id: 0,
@@ -97,9 +98,9 @@ impl ChatService for PlainRelay {
                             }
                         }
                         drop(rooms);
-                        reply(server_frame::Kind::Ack(Ack {}));
+                        reply(server_frame::Kind::Ack(Ack::default()));
                     }
-                    _ => reply(server_frame::Kind::Ack(Ack {})),
+                    _ => reply(server_frame::Kind::Ack(Ack::default())),
                 }
             }
             for members in rooms.lock().unwrap().values_mut() {

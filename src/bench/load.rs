@@ -90,6 +90,7 @@ impl PlainClient {
         let join = JoinRoom {
             room: room.to_owned(),
             create_private: false,
+            ..Default::default()
         };
         let (frames, mut incoming) = client::open_stream(&mut client, join).await?;
         incoming.message().await?.ok_or(BenchError::Closed)?;

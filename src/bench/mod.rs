@@ -191,6 +191,7 @@ async fn join_room(
     let join = JoinRoom {
         room: room.to_owned(),
         create_private: false,
+        ..Default::default()
     };
     let (session, _) =
         ChatSession::join(channel, identity, &credentials, join, Contacts::in_memory()).await?;

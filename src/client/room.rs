@@ -509,6 +509,7 @@ mod tests {
             key_id: dist.key_id,
             wrapped_key: wrapped.wrapped_key.clone(),
             signature: wrapped.signature.clone(),
+            ..Default::default()
         }
     }
 
@@ -517,6 +518,7 @@ mod tests {
             room: send.room.clone(),
             sender: sender.to_owned(),
             sealed: send.sealed.clone(),
+            ..Default::default()
         }
     }
 
@@ -685,6 +687,7 @@ mod tests {
             room: "lobby".into(),
             sender: "alice".into(),
             sealed: Some(forged),
+            ..Default::default()
         });
         assert!(
             matches!(&events[..], [RoomEvent::Warning(w)] if w.contains("signature does not verify")),

@@ -218,6 +218,7 @@ impl Hub {
                     members,
                     private_room: owner.is_some(),
                     owner: owner.unwrap_or_default(),
+                    ..Default::default()
                 }),
             );
             state.broadcast(
@@ -247,7 +248,7 @@ impl Hub {
             if let Some(session) = state.sessions.get_mut(&id) {
                 session.rooms.remove(room);
             }
-            state.deliver(id, request_id, Kind::Ack(Ack {}));
+            state.deliver(id, request_id, Kind::Ack(Ack::default()));
             Ok(())
         })
     }
@@ -273,7 +274,7 @@ impl Hub {
                 room_state.invited.insert(user.to_owned());
             }
             tracing::info!(owner, room, user, "invited");
-            state.deliver(id, request_id, Kind::Ack(Ack {}));
+            state.deliver(id, request_id, Kind::Ack(Ack::default()));
             Ok(())
         })
     }
@@ -316,7 +317,7 @@ impl Hub {
                 }
             }
             tracing::info!(owner, room, user, "kicked");
-            state.deliver(id, request_id, Kind::Ack(Ack {}));
+            state.deliver(id, request_id, Kind::Ack(Ack::default()));
             Ok(())
         })
     }
@@ -335,9 +336,10 @@ impl Hub {
                 room: room.to_owned(),
                 sender: sender.clone(),
                 sealed: Some(sealed),
+                ..Default::default()
             });
             state.broadcast(room, &sender, delivery);
-            state.deliver(id, request_id, Kind::Ack(Ack {}));
+            state.deliver(id, request_id, Kind::Ack(Ack::default()));
             Ok(())
         })
     }
@@ -368,10 +370,11 @@ impl Hub {
                     key_id,
                     wrapped_key,
                     signature,
+                    ..Default::default()
                 });
                 state.deliver(recipient, 0, delivery);
             }
-            state.deliver(id, request_id, Kind::Ack(Ack {}));
+            state.deliver(id, request_id, Kind::Ack(Ack::default()));
             Ok(())
         })
     }

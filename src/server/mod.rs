@@ -34,7 +34,7 @@ pub use outbound::Outbound;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::auth_service_server::AuthServiceServer;
 use crate::proto::chat_service_server::ChatServiceServer;
-use crate::store::{MemoryStore, Store, StoreError};
+use crate::store::{SqliteStore, Store, StoreError};
 use accounts::Accounts;
 use auth::{Login, require_token};
 use hub::Hub;
@@ -143,7 +143,7 @@ impl Config {
         Self {
             limits,
             tls: None,
-            store: Arc::new(MemoryStore::default()),
+            store: Arc::new(SqliteStore::in_memory().expect("an in-memory SQLite database opens")),
         }
     }
 }

@@ -142,7 +142,9 @@ mod tests {
         );
         let small = ServerFrame {
             request_id: 2,
-            kind: Some(Kind::Ack(Ack {})),
+            kind: Some(Kind::Ack(Ack {
+                ..Default::default()
+            })),
         };
         assert!(handle.push(small.clone()).is_ok());
         assert!(matches!(handle.push(small), Err(Refusal::Full)), "frames");

@@ -103,6 +103,7 @@ fn carry_out(relay: &Relay, id: SessionId, frame: ClientFrame) -> Result<(), Sta
         Some(Kind::Join(JoinRoom {
             room,
             create_private,
+            ..
         })) => {
             check_room(&room)?;
             let request = JoinRequest {
@@ -121,6 +122,7 @@ fn carry_out(relay: &Relay, id: SessionId, frame: ClientFrame) -> Result<(), Sta
             }
             hub.invite(id, request_id, &room, &user)
         }
+        Some(Kind::History(_)) => Err(Status::unimplemented("WIP")),
         Some(Kind::Kick(KickMember { room, user })) => {
             check_room(&room)?;
             check_user(&user)?;

@@ -171,6 +171,7 @@ impl Member {
         let join = JoinRoom {
             room: room.to_owned(),
             create_private,
+            after_seq: None,
         };
         let (session, notices) =
             ChatSession::join(channel, identity(user), &credentials, join, contacts).await?;
@@ -392,6 +393,7 @@ impl RawClient {
             client_frame::Kind::Join(JoinRoom {
                 room: room.to_owned(),
                 create_private: false,
+                after_seq: None,
             }),
         )
         .await;
