@@ -425,6 +425,7 @@ async fn a_replayed_message_is_shown_once_and_late_ones_within_the_window_still_
                     room: "lobby".into(),
                     sender: "dave".into(),
                     sealed: send.sealed,
+                    seq: 0,
                 })),
             }
         })
@@ -487,6 +488,7 @@ async fn an_empty_private_room_ends_with_its_owners_session_and_owners_are_bound
             client_frame::Kind::Join(e2ee_chat::proto::JoinRoom {
                 room: room.into(),
                 create_private,
+                after_seq: None,
             }),
         )
     };
