@@ -231,6 +231,7 @@ async fn tampered_messages_are_dropped_with_a_warning() {
             room: "lobby".into(),
             sender: "mallory".into(),
             sealed: Some(sealed),
+            seq: 0,
         })),
     };
     let events = bob.inject(forged).await;
@@ -734,6 +735,7 @@ async fn random_frames_get_answers_and_never_disturb_the_others() {
             0 => Some(client_frame::Kind::Join(JoinRoom {
                 create_private: random.below(2) == 0,
                 room: random.name(),
+                after_seq: None,
             })),
             1 => Some(client_frame::Kind::Leave(LeaveRoom {
                 room: random.name(),
