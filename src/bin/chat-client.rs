@@ -258,6 +258,7 @@ async fn chat(
     let join = JoinRoom {
         room: args.room.clone(),
         create_private: args.private,
+        after_seq: None,
     };
     let (mut session, notices) = ChatSession::join(channel, identity, &credentials, join, contacts)
         .await
