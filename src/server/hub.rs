@@ -1,37 +1,121 @@
-//! The relay's shared state: open sessions and rooms.
+//! The relay's shared state: open sessions and rooms, and the order of everything that
+//! happens in a room.
 //!
-//! Everything sits behind one mutex that is never held across an `.await`: frames are
-//! handed to each session's bounded [`Outbound`] queue with `try_send`, so one slow
-//! client can never stall the others. A session whose queue is full is disconnected
-//! with RESOURCE_EXHAUSTED, and the rooms it was in are told it left.
+//! Everything sits behind one mutex that is never held across an `.await`. A frame that
+//! changes a room is checked and numbered under the lock (its room's next sequence
+//! number) and handed, as an [`Op`], to the store's writer (`writer`), which commits ops
+//! in batches. Only once an op is committed does [`Hub::committed`] answer the client
+//! and fan the entry out, so nobody ever sees what a crash could take back, and every
+//! member receives the entries of a room in sequence order.
+//!
+//! Membership outlives sessions: a session *attaches* to the rooms its user is a member
+//! of (`JoinRoom`), and a member that comes back catches up (`catch_up`) on what it
+//! missed while live entries for it wait in a buffer.
+//!
+//! Live frames go to each session's bounded [`Outbound`] queue with `try_send`, so one
+//! slow client can never stall the others: a session whose queue is full is
+//! disconnected with RESOURCE_EXHAUSTED, and catches up when it comes back.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::mpsc::Sender;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use bytes::Bytes;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
 use tonic::Status;
 
 use super::Limits;
-use super::outbound::{Outbound, OutboundHandle, Refusal, outbound};
+use super::outbound::{Closer, Outbound, OutboundHandle, Refusal, outbound};
+use super::room::{Member, Room};
+use super::writer::Command;
 use crate::proto::{
-    Ack, Joined, LeaveReason, MemberJoined, MemberLeft, MessageDelivery, PublicIdentity,
-    SealedMessage, SenderKeyDelivery, ServerFrame, WrappedSenderKey, server_frame::Kind,
+    Ack, CaughtUp, Joined, LeaveReason, MemberJoined, MemberLeft, MessageDelivery, PublicIdentity,
+    SealedMessage, SenderKeyDelivery, ServerFrame, server_frame::Kind,
 };
+use crate::store::{Applied, Change, StoreError, StoredRoom, WrappedKey};
 
 /// What a `JoinRoom` asks for.
 pub(crate) struct JoinRequest<'a> {
     pub room: &'a str,
     pub create_private: bool,
+    pub after_seq: Option<u64>,
 }
 
 /// Identifies one `Chat` stream for the life of the server.
 pub(crate) type SessionId = u64;
 
+/// A change to a room on its way to the store, and what to do once it is committed.
+pub(crate) struct Op {
+    pub changes: Vec<Change>,
+    pub effect: Effect,
+    /// Held until the op is committed: bounds what one session has in flight.
+    pub _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// What to tell whom once an [`Op`] is committed.
+pub(crate) enum Effect {
+    /// A first join: answer the newcomer, tell the others.
+    Joined {
+        session: SessionId,
+        request_id: u64,
+        room: String,
+        user: String,
+        seq: u64,
+    },
+    /// A member left or was removed.
+    Left {
+        reply: Option<(SessionId, u64)>,
+        /// The session of a member removed by the owner, told with `MemberLeft` too.
+        removed: Option<SessionId>,
+        room: String,
+        user: String,
+        seq: u64,
+        reason: LeaveReason,
+    },
+    Message {
+        session: SessionId,
+        request_id: u64,
+        room: String,
+        seq: u64,
+        sender: String,
+        sealed: SealedMessage,
+    },
+    SenderKeys {
+        session: SessionId,
+        request_id: u64,
+        room: String,
+        seq: u64,
+        sender: String,
+        key_id: u64,
+        keys: Vec<WrappedKey>,
+    },
+    /// Only an acknowledgement (an invitation, the removal of an invitation).
+    Ack { session: SessionId, request_id: u64 },
+    /// Housekeeping nobody waits for.
+    Nothing,
+}
+
+/// A member coming back to a room: what its catch-up needs.
+pub(crate) struct CatchUp {
+    pub session: SessionId,
+    pub room: String,
+    pub user: String,
+    /// What the client says it has; `None` for nothing in particular.
+    pub after: Option<u64>,
+    /// The last committed sequence number when it attached: the catch-up reads up to
+    /// it, and live entries after it wait in the session's buffer.
+    pub head: u64,
+    /// The answer to send first (without `former_members`, which needs the store).
+    pub joined: Joined,
+    pub request_id: u64,
+    pub frames: OutboundHandle,
+}
+
 /// The state shared by every RPC of the relay.
 pub(crate) struct Hub {
     state: Mutex<State>,
     limits: Limits,
+    writer: Sender<Command>,
 }
 
 #[derive(Default)]
@@ -40,12 +124,18 @@ struct State {
     /// User name → its open session.
     online: HashMap<String, SessionId>,
     rooms: HashMap<String, Room>,
+    /// User name → the rooms it is a member of.
+    memberships: HashMap<String, BTreeSet<String>>,
     /// User name → the private rooms it owns.
     owned: HashMap<String, BTreeSet<String>>,
     next_session_id: SessionId,
     shutting_down: bool,
+    /// Why the store failed, once it has: nothing more is accepted that would need it.
+    store_failed: Option<String>,
     /// Sessions whose queue overflowed during the current operation.
     overflowed: Vec<SessionId>,
+    /// Live frames one room of a catching-up session may have waiting.
+    max_waiting: usize,
 }
 
 struct Session {
@@ -53,34 +143,79 @@ struct Session {
     /// The user's registered identity, handed to the members of its rooms.
     identity: PublicIdentity,
     frames: OutboundHandle,
-    rooms: BTreeSet<String>,
+    close: Option<Closer>,
+    /// The rooms this stream joined, and how far each is.
+    rooms: HashMap<String, Attachment>,
     reader: Option<AbortHandle>,
 }
 
-#[derive(Default)]
-struct Room {
-    /// User name → session, sorted so member lists come out sorted.
-    members: BTreeMap<String, SessionId>,
-    /// The owner of a private room; `None` for an open room.
-    owner: Option<String>,
-    /// Who besides the owner may join a private room.
-    invited: BTreeSet<String>,
-}
-
-impl Room {
-    fn may_join(&self, user: &str) -> bool {
-        match &self.owner {
-            None => true,
-            Some(owner) => owner == user || self.invited.contains(user),
-        }
-    }
+/// How far a session is with one room.
+enum Attachment {
+    /// A first join, waiting for its commit.
+    Joining,
+    /// Reading what it missed from the store; live frames wait here, in order.
+    CatchingUp(Vec<ServerFrame>),
+    Live,
 }
 
 impl Hub {
-    pub(crate) fn new(limits: Limits) -> Self {
+    /// The hub of a relay whose store holds `rooms`; `identity` finds a member's
+    /// registered identity. Ops go to `writer`.
+    pub(crate) fn new(
+        limits: Limits,
+        rooms: Vec<StoredRoom>,
+        identity: impl Fn(&str) -> Option<PublicIdentity>,
+        writer: Sender<Command>,
+    ) -> Self {
+        let mut state = State {
+            max_waiting: limits.outbound_queue,
+            ..State::default()
+        };
+        for stored in rooms {
+            let mut room = Room {
+                owner: stored.owner.clone(),
+                invited: stored.invited.into_iter().collect(),
+                assigned_seq: stored.last_seq,
+                committed_seq: stored.last_seq,
+                messages: stored.messages,
+                ..Room::default()
+            };
+            for (user, joined_seq) in stored.members {
+                let Some(identity) = identity(&user) else {
+                    tracing::warn!(
+                        user,
+                        room = stored.name,
+                        "a stored member is not registered; dropped"
+                    );
+                    continue;
+                };
+                state
+                    .memberships
+                    .entry(user.clone())
+                    .or_default()
+                    .insert(stored.name.clone());
+                room.members.insert(
+                    user,
+                    Member {
+                        identity,
+                        joined_seq,
+                        left_seq: None,
+                    },
+                );
+            }
+            if let Some(owner) = &stored.owner {
+                state
+                    .owned
+                    .entry(owner.clone())
+                    .or_default()
+                    .insert(stored.name.clone());
+            }
+            state.rooms.insert(stored.name, room);
+        }
         Self {
-            state: Mutex::default(),
+            state: Mutex::new(state),
             limits,
+            writer,
         }
     }
 
@@ -107,7 +242,7 @@ impl Hub {
         }
         state.next_session_id += 1;
         let id = state.next_session_id;
-        let (frames, stream) =
+        let (frames, close, stream) =
             outbound(self.limits.outbound_queue, self.limits.outbound_queue_bytes);
         state.sessions.insert(
             id,
@@ -115,7 +250,8 @@ impl Hub {
                 user: user.to_owned(),
                 identity: identity.clone(),
                 frames,
-                rooms: BTreeSet::new(),
+                close: Some(close),
+                rooms: HashMap::new(),
                 reader: None,
             },
         );
@@ -138,36 +274,74 @@ impl Hub {
         self.lock().sessions.contains_key(&id)
     }
 
-    /// Adds the session's user to a room (creating it), answers `Joined`, and tells the
-    /// other members.
+    /// Joins the session's user to a room (creating it), or attaches the session to a
+    /// room its user is a member of. A first join is answered once committed; a member
+    /// coming back gets a [`CatchUp`] to run.
     pub(crate) fn join(
         &self,
         id: SessionId,
         request_id: u64,
         request: JoinRequest<'_>,
-    ) -> Result<(), Status> {
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Option<CatchUp>, Status> {
         let room = request.room;
         self.operate(|state| {
             let session = state.session(id)?;
             let user = session.user.clone();
             let newcomer = session.identity.clone();
-            if session.rooms.contains(room) {
+            if session.rooms.contains_key(room) {
                 return Err(Status::already_exists(format!(
-                    "you are already in room {room:?}"
+                    "you are already in room {room:?} on this stream"
                 )));
             }
-            if session.rooms.len() >= self.limits.max_rooms_per_session {
+            if let Some(existing) = state.rooms.get(room)
+                && existing.is_active_member(&user)
+            {
+                return Ok(Some(state.attach(id, request_id, room, request.after_seq)));
+            }
+            state.writable()?;
+            let memberships = state.memberships.get(&user).map_or(0, BTreeSet::len);
+            if memberships >= self.limits.max_rooms_per_user {
                 return Err(Status::resource_exhausted(format!(
-                    "a session may be in at most {} rooms; leave one first",
-                    self.limits.max_rooms_per_session
+                    "you are a member of {memberships} rooms, the most a user may; leave one \
+                     first"
                 )));
             }
+            let mut changes = Vec::new();
             match state.rooms.get(room) {
                 None if state.rooms.len() >= self.limits.max_rooms => {
                     return Err(Status::resource_exhausted(format!(
                         "the server holds its maximum of {} rooms; try again later",
                         self.limits.max_rooms
                     )));
+                }
+                None => {
+                    let owner = request.create_private.then(|| user.clone());
+                    if owner.is_some() {
+                        let owned = state.owned.get(&user).map_or(0, BTreeSet::len);
+                        if owned >= self.limits.max_owned_rooms {
+                            return Err(Status::resource_exhausted(format!(
+                                "you own {owned} private rooms, the most a user may; leave one \
+                                 to free it"
+                            )));
+                        }
+                        state
+                            .owned
+                            .entry(user.clone())
+                            .or_default()
+                            .insert(room.to_owned());
+                    }
+                    changes.push(Change::CreateRoom {
+                        room: room.to_owned(),
+                        owner: owner.clone(),
+                    });
+                    state.rooms.insert(
+                        room.to_owned(),
+                        Room {
+                            owner,
+                            ..Room::default()
+                        },
+                    );
                 }
                 Some(existing) if !existing.may_join(&user) => {
                     return Err(Status::permission_denied(format!(
@@ -180,76 +354,93 @@ impl Hub {
                          name for a private room"
                     )));
                 }
-                Some(existing) if existing.members.len() >= self.limits.max_room_members => {
+                Some(existing) if existing.active_members() >= self.limits.max_room_members => {
                     return Err(Status::resource_exhausted(format!(
                         "room {room:?} is full ({} members)",
                         self.limits.max_room_members
                     )));
                 }
-                _ => {}
+                Some(_) => {}
             }
-            if request.create_private && !state.rooms.contains_key(room) {
-                let owned = state.owned.get(&user).map_or(0, BTreeSet::len);
-                if owned >= self.limits.max_owned_rooms {
-                    return Err(Status::resource_exhausted(format!(
-                        "you own {owned} private rooms, the most a user may; leave one empty \
-                         and disconnect to free it"
-                    )));
-                }
-                state
-                    .owned
-                    .entry(user.clone())
-                    .or_default()
-                    .insert(room.to_owned());
-            }
-            let entry = state.rooms.entry(room.to_owned()).or_insert_with(|| Room {
-                owner: request.create_private.then(|| user.clone()),
-                ..Room::default()
-            });
-            let owner = entry.owner.clone();
-            // The answer is queued before anyone learns of the newcomer, so it reaches
-            // the newcomer ahead of the sender keys the others send it in response.
-            let members = state.members_except(room, &user);
-            state.deliver(
-                id,
-                request_id,
-                Kind::Joined(Joined {
-                    room: room.to_owned(),
-                    members,
-                    private_room: owner.is_some(),
-                    owner: owner.unwrap_or_default(),
-                    ..Default::default()
-                }),
+            let joined = state.rooms.get_mut(room).expect("present or just created");
+            let seq = joined.next_seq();
+            joined.members.insert(
+                user.clone(),
+                Member {
+                    identity: newcomer,
+                    joined_seq: seq,
+                    left_seq: None,
+                },
             );
-            state.broadcast(
-                room,
-                &user,
-                Kind::MemberJoined(MemberJoined {
-                    room: room.to_owned(),
-                    member: Some(newcomer),
-                }),
-            );
-            if let Some(joined) = state.rooms.get_mut(room) {
-                joined.members.insert(user.clone(), id);
-            }
+            state
+                .memberships
+                .entry(user.clone())
+                .or_default()
+                .insert(room.to_owned());
             if let Some(session) = state.sessions.get_mut(&id) {
-                session.rooms.insert(room.to_owned());
+                session.rooms.insert(room.to_owned(), Attachment::Joining);
             }
-            tracing::info!(user, room, "joined");
-            Ok(())
+            changes.push(Change::AddMember {
+                room: room.to_owned(),
+                user: user.clone(),
+                seq,
+            });
+            let effect = Effect::Joined {
+                session: id,
+                request_id,
+                room: room.to_owned(),
+                user,
+                seq,
+            };
+            self.submit(state, changes, effect, Some(permit))?;
+            Ok(None)
         })
     }
 
-    /// Removes the session's user from `room`, acknowledges, and tells the others.
-    pub(crate) fn leave(&self, id: SessionId, request_id: u64, room: &str) -> Result<(), Status> {
+    /// The catch-up of `room` is over: tells the session, hands it the live frames that
+    /// waited, and from now on delivers to it directly.
+    pub(crate) fn finish_catch_up(&self, id: SessionId, room: &str, seq: u64) {
         self.operate(|state| {
-            let user = state.member_of(id, room)?;
-            state.remove_member(room, &user, LeaveReason::Left);
+            let Some(session) = state.sessions.get_mut(&id) else {
+                return;
+            };
+            let Some(Attachment::CatchingUp(waiting)) =
+                session.rooms.insert(room.to_owned(), Attachment::Live)
+            else {
+                return;
+            };
+            let caught_up = Kind::CaughtUp(CaughtUp {
+                room: room.to_owned(),
+                seq,
+            });
+            state.deliver(id, 0, caught_up);
+            for frame in waiting {
+                state.push(id, frame);
+            }
+        });
+    }
+
+    /// Removes the session's user from `room` for good.
+    pub(crate) fn leave(
+        &self,
+        id: SessionId,
+        request_id: u64,
+        room: &str,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), Status> {
+        self.operate(|state| {
+            let user = state.attached_member(id, room)?;
+            state.writable()?;
             if let Some(session) = state.sessions.get_mut(&id) {
                 session.rooms.remove(room);
             }
-            state.deliver(id, request_id, Kind::Ack(Ack::default()));
-            Ok(())
+            let effect = state.start_leaving(room, &user, Some((id, request_id)), None, false);
+            let changes = vec![Change::RemoveMember {
+                room: room.to_owned(),
+                user,
+                seq: effect.seq(),
+            }];
+            self.submit(state, changes, effect, Some(permit))
         })
     }
 
@@ -260,9 +451,11 @@ impl Hub {
         request_id: u64,
         room: &str,
         user: &str,
+        permit: OwnedSemaphorePermit,
     ) -> Result<(), Status> {
         self.operate(|state| {
             let owner = state.session(id)?.user.clone();
+            state.writable()?;
             let room_state = state.owned_room(room, &owner)?;
             if room_state.invited.len() >= self.limits.max_room_members {
                 return Err(Status::resource_exhausted(format!(
@@ -270,12 +463,19 @@ impl Hub {
                     self.limits.max_room_members
                 )));
             }
-            if user != owner {
-                room_state.invited.insert(user.to_owned());
+            let mut changes = Vec::new();
+            if user != owner && room_state.invited.insert(user.to_owned()) {
+                changes.push(Change::Invite {
+                    room: room.to_owned(),
+                    user: user.to_owned(),
+                });
             }
             tracing::info!(owner, room, user, "invited");
-            state.deliver(id, request_id, Kind::Ack(Ack::default()));
-            Ok(())
+            let effect = Effect::Ack {
+                session: id,
+                request_id,
+            };
+            self.submit(state, changes, effect, Some(permit))
         })
     }
 
@@ -287,9 +487,11 @@ impl Hub {
         request_id: u64,
         room: &str,
         user: &str,
+        permit: OwnedSemaphorePermit,
     ) -> Result<(), Status> {
         self.operate(|state| {
             let owner = state.session(id)?.user.clone();
+            state.writable()?;
             let room_state = state.owned_room(room, &owner)?;
             if user == owner {
                 return Err(Status::invalid_argument(
@@ -297,86 +499,182 @@ impl Hub {
                 ));
             }
             let was_invited = room_state.invited.remove(user);
-            let kicked = room_state.members.get(user).copied();
-            if !was_invited && kicked.is_none() {
+            let is_member = room_state.is_active_member(user);
+            if !was_invited && !is_member {
                 return Err(Status::not_found(format!(
                     "{user:?} is neither a member of nor invited to room {room:?}"
                 )));
             }
-            if let Some(kicked) = kicked {
-                // The kicked member learns it is out from the same frame the others get.
-                let removed = Kind::MemberLeft(MemberLeft {
-                    room: room.to_owned(),
-                    user: user.to_owned(),
-                    reason: LeaveReason::Kicked.into(),
-                });
-                state.deliver(kicked, 0, removed);
-                state.remove_member(room, user, LeaveReason::Kicked);
-                if let Some(session) = state.sessions.get_mut(&kicked) {
-                    session.rooms.remove(room);
-                }
-            }
             tracing::info!(owner, room, user, "kicked");
-            state.deliver(id, request_id, Kind::Ack(Ack::default()));
-            Ok(())
+            let mut changes = vec![Change::Uninvite {
+                room: room.to_owned(),
+                user: user.to_owned(),
+            }];
+            if !is_member {
+                let effect = Effect::Ack {
+                    session: id,
+                    request_id,
+                };
+                return self.submit(state, changes, effect, Some(permit));
+            }
+            // The kicked member's frames for the room are refused from now on.
+            let removed = state.online.get(user).copied();
+            if let Some(session) = removed.and_then(|kicked| state.sessions.get_mut(&kicked)) {
+                session.rooms.remove(room);
+            }
+            let effect = state.start_leaving(room, user, Some((id, request_id)), removed, true);
+            changes.push(Change::RemoveMember {
+                room: room.to_owned(),
+                user: user.to_owned(),
+                seq: effect.seq(),
+            });
+            self.submit(state, changes, effect, Some(permit))
         })
     }
 
-    /// Fans a sealed message out to the other members of `room`, then acknowledges.
+    /// Stores a sealed message for the other members of `room`; they get it, and the
+    /// sender its acknowledgement, once it is committed.
     pub(crate) fn send(
         &self,
         id: SessionId,
         request_id: u64,
         room: &str,
         sealed: SealedMessage,
+        permit: OwnedSemaphorePermit,
     ) -> Result<(), Status> {
         self.operate(|state| {
-            let sender = state.member_of(id, room)?;
-            let delivery = Kind::Message(MessageDelivery {
+            let sender = state.attached_member(id, room)?;
+            state.writable()?;
+            let room_state = state.rooms.get_mut(room).expect("a member's room exists");
+            let seq = room_state.next_seq();
+            room_state.messages += 1;
+            let mut changes = vec![Change::AppendMessage {
                 room: room.to_owned(),
+                seq,
                 sender: sender.clone(),
-                sealed: Some(sealed),
-                ..Default::default()
-            });
-            state.broadcast(room, &sender, delivery);
-            state.deliver(id, request_id, Kind::Ack(Ack::default()));
-            Ok(())
+                sealed: sealed.clone(),
+            }];
+            let excess = room_state
+                .messages
+                .saturating_sub(self.limits.max_messages_per_room);
+            if excess > 0 {
+                room_state.messages -= excess;
+                changes.push(Change::TrimMessages {
+                    room: room.to_owned(),
+                    count: excess,
+                });
+            }
+            let effect = Effect::Message {
+                session: id,
+                request_id,
+                room: room.to_owned(),
+                seq,
+                sender,
+                sealed,
+            };
+            self.submit(state, changes, effect, Some(permit))
         })
     }
 
-    /// Hands each wrapped key to its recipient, if a member of `room`, then acknowledges.
+    /// Stores the wrapped keys meant for members of `room` (and the sender's own copy);
+    /// each recipient gets its own, and the sender its acknowledgement, once committed.
     pub(crate) fn distribute(
         &self,
         id: SessionId,
         request_id: u64,
         room: &str,
         key_id: u64,
-        keys: Vec<WrappedSenderKey>,
+        keys: Vec<WrappedKey>,
+        permit: OwnedSemaphorePermit,
     ) -> Result<(), Status> {
         self.operate(|state| {
-            let sender = state.member_of(id, room)?;
-            let members = state.rooms.get(room).map(|room| &room.members);
-            let deliveries: Vec<(SessionId, Bytes, Bytes)> = keys
+            let sender = state.attached_member(id, room)?;
+            state.writable()?;
+            let room_state = state.rooms.get_mut(room).expect("a member's room exists");
+            let keys: Vec<WrappedKey> = keys
                 .into_iter()
-                .filter_map(|wrapped| {
-                    let recipient = *members?.get(&wrapped.recipient)?;
-                    (recipient != id).then_some((recipient, wrapped.wrapped_key, wrapped.signature))
-                })
+                .filter(|key| room_state.is_active_member(&key.recipient))
                 .collect();
-            for (recipient, wrapped_key, signature) in deliveries {
-                let delivery = Kind::SenderKey(SenderKeyDelivery {
-                    room: room.to_owned(),
-                    sender: sender.clone(),
-                    key_id,
-                    wrapped_key,
-                    signature,
-                    ..Default::default()
-                });
-                state.deliver(recipient, 0, delivery);
+            if keys.is_empty() {
+                state.deliver(id, request_id, Kind::Ack(Ack::default()));
+                return Ok(());
             }
-            state.deliver(id, request_id, Kind::Ack(Ack::default()));
-            Ok(())
+            let seq = room_state.next_seq();
+            let changes = vec![Change::AppendSenderKeys {
+                room: room.to_owned(),
+                seq,
+                sender: sender.clone(),
+                key_id,
+                keys: keys.clone(),
+            }];
+            let effect = Effect::SenderKeys {
+                session: id,
+                request_id,
+                room: room.to_owned(),
+                seq,
+                sender,
+                key_id,
+                keys,
+            };
+            self.submit(state, changes, effect, Some(permit))
         })
+    }
+
+    /// The session's user and the sequence number it joined `room` at, for a history
+    /// request.
+    pub(crate) fn history_scope(&self, id: SessionId, room: &str) -> Result<(String, u64), Status> {
+        let state = self.lock();
+        let user = state.attached_member(id, room)?;
+        let joined_seq = state.rooms[room].members[&user].joined_seq;
+        Ok((user, joined_seq))
+    }
+
+    /// The users who are active members of `room` now.
+    pub(crate) fn active_members(&self, room: &str) -> BTreeSet<String> {
+        self.lock()
+            .rooms
+            .get(room)
+            .map_or_else(BTreeSet::new, |room| {
+                room.members
+                    .iter()
+                    .filter(|(_, member)| member.is_active())
+                    .map(|(user, _)| user.clone())
+                    .collect()
+            })
+    }
+
+    /// Applies what the writer committed (or failed to), in commit order: answers the
+    /// clients and fans each entry out to the members that receive it.
+    pub(crate) fn committed(&self, batch: Vec<(Op, Vec<Applied>)>, failure: Option<&StoreError>) {
+        self.operate(|state| {
+            if let Some(error) = failure
+                && state.store_failed.is_none()
+            {
+                tracing::error!(%error, "the store failed; refusing changes until restarted");
+                state.store_failed = Some(error.to_string());
+            }
+            for (op, applied) in batch {
+                match failure {
+                    None => state.apply(op.effect, &applied, &self.writer),
+                    Some(error) => state.fail(op.effect, error),
+                }
+            }
+        });
+    }
+
+    /// Takes the rooms' message counts from the store again, after pruning.
+    pub(crate) fn recount_messages(&self, rooms: &[StoredRoom]) {
+        let mut state = self.lock();
+        for stored in rooms {
+            if let Some(room) = state.rooms.get_mut(&stored.name) {
+                room.messages = stored.messages;
+            }
+        }
+    }
+
+    /// Tells the writer to commit what it has and stop.
+    pub(crate) fn stop_writer(&self) {
+        let _ = self.writer.send(Command::Stop);
     }
 
     /// Queues an answer for the session itself (a rejection of one of its frames).
@@ -384,14 +682,14 @@ impl Hub {
         self.operate(|state| state.deliver(id, request_id, kind));
     }
 
-    /// The client ended its session: it leaves every room.
+    /// The client ended its session. Its user stays a member of its rooms.
     pub(crate) fn close_session(&self, id: SessionId) {
-        self.operate(|state| state.remove_session(id, LeaveReason::Disconnected, None));
+        self.operate(|state| state.remove_session(id, None));
     }
 
     /// The server ends a session, sending `status` to the client.
     pub(crate) fn end_session(&self, id: SessionId, status: Status) {
-        self.operate(|state| state.remove_session(id, LeaveReason::Disconnected, Some(status)));
+        self.operate(|state| state.remove_session(id, Some(status)));
     }
 
     /// Refuses new sessions and ends every open one with UNAVAILABLE, so that the
@@ -402,9 +700,30 @@ impl Hub {
             let ids: Vec<SessionId> = state.sessions.keys().copied().collect();
             for id in ids {
                 let status = Status::unavailable("the server is shutting down; reconnect later");
-                state.remove_session(id, LeaveReason::Disconnected, Some(status));
+                state.remove_session(id, Some(status));
             }
         });
+    }
+
+    /// Hands `op` to the writer.
+    fn submit(
+        &self,
+        state: &mut State,
+        changes: Vec<Change>,
+        effect: Effect,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<(), Status> {
+        let op = Op {
+            changes,
+            effect,
+            _permit: permit,
+        };
+        self.writer
+            .send(Command::Commit(Box::new(op)))
+            .map_err(|_| {
+                state.store_failed = Some("the writer stopped".to_owned());
+                Status::unavailable("the server is not storing anything any more; try again later")
+            })
     }
 
     /// Runs `operation` under the lock, then disconnects the sessions it overflowed.
@@ -422,6 +741,16 @@ impl Hub {
     }
 }
 
+impl Effect {
+    /// The sequence number of a leaving (0 for other effects).
+    fn seq(&self) -> u64 {
+        match self {
+            Self::Left { seq, .. } => *seq,
+            _ => 0,
+        }
+    }
+}
+
 impl State {
     fn session(&self, id: SessionId) -> Result<&Session, Status> {
         self.sessions
@@ -429,15 +758,104 @@ impl State {
             .ok_or_else(|| Status::unavailable("the session was closed"))
     }
 
-    /// The session's user, if it is a member of `room`.
-    fn member_of(&self, id: SessionId, room: &str) -> Result<String, Status> {
+    fn writable(&self) -> Result<(), Status> {
+        match &self.store_failed {
+            None => Ok(()),
+            Some(error) => Err(Status::unavailable(format!(
+                "the server cannot store anything ({error}); nothing was stored; try again \
+                 after the server has been restarted"
+            ))),
+        }
+    }
+
+    /// The session's user, if this stream joined `room` and the user is still a member.
+    fn attached_member(&self, id: SessionId, room: &str) -> Result<String, Status> {
         let session = self.session(id)?;
-        if session.rooms.contains(room) {
+        let member = self
+            .rooms
+            .get(room)
+            .is_some_and(|found| found.is_active_member(&session.user));
+        if session.rooms.contains_key(room) && member {
             Ok(session.user.clone())
         } else {
             Err(Status::permission_denied(format!(
-                "you are not a member of room {room:?}; join it first"
+                "you are not a member of room {room:?} on this stream; join it first"
             )))
+        }
+    }
+
+    /// Attaches the session to a room its user is a member of, to catch up from
+    /// `after` (or from now).
+    fn attach(
+        &mut self,
+        id: SessionId,
+        request_id: u64,
+        room: &str,
+        after: Option<u64>,
+    ) -> CatchUp {
+        let session = self.sessions.get_mut(&id).expect("checked by the caller");
+        session
+            .rooms
+            .insert(room.to_owned(), Attachment::CatchingUp(Vec::new()));
+        let user = session.user.clone();
+        let frames = session.frames.clone();
+        let found = &self.rooms[room];
+        let head = found.committed_seq;
+        let joined = Joined {
+            room: room.to_owned(),
+            members: found.members_at(head, &user),
+            private_room: found.owner.is_some(),
+            owner: found.owner.clone().unwrap_or_default(),
+            last_seq: head,
+            resumed: true,
+            former_members: Vec::new(),
+        };
+        tracing::info!(user, room, after, head, "catching up");
+        CatchUp {
+            session: id,
+            room: room.to_owned(),
+            user,
+            after,
+            head,
+            joined,
+            request_id,
+            frames,
+        }
+    }
+
+    /// Numbers the leaving of `user` from `room`; it stops being an active member now
+    /// and is removed once that is committed.
+    fn start_leaving(
+        &mut self,
+        room: &str,
+        user: &str,
+        reply: Option<(SessionId, u64)>,
+        removed: Option<SessionId>,
+        kicked: bool,
+    ) -> Effect {
+        let found = self.rooms.get_mut(room).expect("a member's room exists");
+        let seq = found.next_seq();
+        if let Some(member) = found.members.get_mut(user) {
+            member.left_seq = Some(seq);
+        }
+        if let Some(rooms) = self.memberships.get_mut(user) {
+            rooms.remove(room);
+            if rooms.is_empty() {
+                self.memberships.remove(user);
+            }
+        }
+        let reason = if removed.is_some() || kicked {
+            LeaveReason::Kicked
+        } else {
+            LeaveReason::Left
+        };
+        Effect::Left {
+            reply,
+            removed,
+            room: room.to_owned(),
+            user: user.to_owned(),
+            seq,
+            reason,
         }
     }
 
@@ -457,25 +875,264 @@ impl State {
         }
     }
 
-    fn members_except(&self, room: &str, except: &str) -> Vec<PublicIdentity> {
-        self.rooms.get(room).map_or_else(Vec::new, |room| {
-            room.members
-                .iter()
-                .filter(|(member, _)| *member != except)
-                .filter_map(|(_, id)| Some(self.sessions.get(id)?.identity.clone()))
-                .collect()
-        })
+    /// Carries out what a committed op calls for.
+    fn apply(&mut self, effect: Effect, applied: &[Applied], writer: &Sender<Command>) {
+        match effect {
+            Effect::Joined {
+                session,
+                request_id,
+                room,
+                user,
+                seq,
+            } => {
+                self.advance(&room, seq);
+                let Some(found) = self.rooms.get(&room) else {
+                    return;
+                };
+                let joined = Joined {
+                    room: room.clone(),
+                    members: found.members_at(seq, &user),
+                    private_room: found.owner.is_some(),
+                    owner: found.owner.clone().unwrap_or_default(),
+                    last_seq: seq,
+                    resumed: false,
+                    former_members: Vec::new(),
+                };
+                let newcomer = found.members.get(&user).map(|m| m.identity.clone());
+                let attached = self
+                    .sessions
+                    .get_mut(&session)
+                    .and_then(|s| s.rooms.get_mut(&room))
+                    .map(|attachment| *attachment = Attachment::Live)
+                    .is_some();
+                if attached {
+                    self.deliver(session, request_id, Kind::Joined(joined));
+                    let caught_up = Kind::CaughtUp(CaughtUp {
+                        room: room.clone(),
+                        seq,
+                    });
+                    self.deliver(session, 0, caught_up);
+                }
+                let announcement = Kind::MemberJoined(MemberJoined {
+                    room: room.clone(),
+                    member: newcomer,
+                });
+                self.fan_out(&room, seq, &user, &announcement);
+                tracing::info!(user, room, seq, "joined");
+            }
+            Effect::Left {
+                reply,
+                removed,
+                room,
+                user,
+                seq,
+                reason,
+            } => {
+                self.advance(&room, seq);
+                let left = Kind::MemberLeft(MemberLeft {
+                    room: room.clone(),
+                    user: user.clone(),
+                    reason: reason.into(),
+                });
+                if let Some(removed) = removed {
+                    self.deliver(removed, 0, left.clone());
+                }
+                self.fan_out(&room, seq, &user, &left);
+                if let Some((session, request_id)) = reply {
+                    self.deliver(session, request_id, Kind::Ack(Ack::default()));
+                }
+                tracing::info!(user, room, reason = reason.as_str_name(), "left");
+                let empty = self.rooms.get_mut(&room).is_some_and(|found| {
+                    found.members.remove(&user);
+                    found.members.is_empty()
+                });
+                if empty {
+                    self.remove_room(&room);
+                    let op = Op {
+                        changes: vec![Change::DeleteRoom { room }],
+                        effect: Effect::Nothing,
+                        _permit: None,
+                    };
+                    // If the writer is gone, the empty room is deleted from memory and
+                    // comes back empty at the next start; nothing is lost.
+                    let _ = writer.send(Command::Commit(Box::new(op)));
+                }
+            }
+            Effect::Message {
+                session,
+                request_id,
+                room,
+                seq,
+                sender,
+                sealed,
+            } => {
+                self.advance(&room, seq);
+                let stored_seq = match applied.first() {
+                    Some(Applied::Duplicate { seq: first }) => {
+                        // Resent after a lost acknowledgement: the members have it.
+                        if let Some(found) = self.rooms.get_mut(&room) {
+                            found.messages = found.messages.saturating_sub(1);
+                        }
+                        *first
+                    }
+                    _ => {
+                        let delivery = Kind::Message(MessageDelivery {
+                            room: room.clone(),
+                            sender: sender.clone(),
+                            sealed: Some(sealed),
+                            seq,
+                        });
+                        self.fan_out(&room, seq, &sender, &delivery);
+                        seq
+                    }
+                };
+                self.deliver(session, request_id, Kind::Ack(Ack { seq: stored_seq }));
+            }
+            Effect::SenderKeys {
+                session,
+                request_id,
+                room,
+                seq,
+                sender,
+                key_id,
+                keys,
+            } => {
+                self.advance(&room, seq);
+                for key in keys {
+                    // The sender's own copy is for its history only.
+                    if key.recipient == sender {
+                        continue;
+                    }
+                    let delivery = Kind::SenderKey(SenderKeyDelivery {
+                        room: room.clone(),
+                        sender: sender.clone(),
+                        key_id,
+                        wrapped_key: key.wrapped_key,
+                        signature: key.signature,
+                        seq,
+                    });
+                    self.deliver_entry(&room, seq, &key.recipient, delivery);
+                }
+                self.deliver(session, request_id, Kind::Ack(Ack { seq }));
+            }
+            Effect::Ack {
+                session,
+                request_id,
+            } => self.deliver(session, request_id, Kind::Ack(Ack::default())),
+            Effect::Nothing => {}
+        }
+    }
+
+    /// Tells the client whose op could not be committed; nothing of it happened.
+    fn fail(&mut self, effect: Effect, error: &StoreError) {
+        let reply = match effect {
+            Effect::Joined {
+                session,
+                request_id,
+                room,
+                ..
+            } => {
+                if let Some(found) = self.sessions.get_mut(&session) {
+                    found.rooms.remove(&room);
+                }
+                Some((session, request_id))
+            }
+            Effect::Left { reply, .. } => reply,
+            Effect::Message {
+                session,
+                request_id,
+                ..
+            }
+            | Effect::SenderKeys {
+                session,
+                request_id,
+                ..
+            }
+            | Effect::Ack {
+                session,
+                request_id,
+            } => Some((session, request_id)),
+            Effect::Nothing => None,
+        };
+        if let Some((session, request_id)) = reply {
+            let rejection = crate::proto::Rejection {
+                code: tonic::Code::Unavailable as i32,
+                message: format!(
+                    "the server could not store this ({error}); nothing was stored; try again \
+                     later"
+                ),
+            };
+            self.deliver(session, request_id, Kind::Rejection(rejection));
+        }
+    }
+
+    /// Records that `room` is committed up to `seq`.
+    fn advance(&mut self, room: &str, seq: u64) {
+        if let Some(found) = self.rooms.get_mut(room) {
+            found.committed_seq = found.committed_seq.max(seq);
+        }
+    }
+
+    /// Delivers the entry numbered `seq` to every member of `room` that receives it but
+    /// `except`.
+    fn fan_out(&mut self, room: &str, seq: u64, except: &str, kind: &Kind) {
+        let Some(found) = self.rooms.get(room) else {
+            return;
+        };
+        for user in found.recipients(seq, except) {
+            self.deliver_entry(room, seq, &user, kind.clone());
+        }
+    }
+
+    /// Delivers an entry of `room` to `user` if it receives it and has a session on the
+    /// room: at once when live, after its catch-up otherwise.
+    fn deliver_entry(&mut self, room: &str, seq: u64, user: &str, kind: Kind) {
+        let receives = self
+            .rooms
+            .get(room)
+            .and_then(|found| found.members.get(user))
+            .is_some_and(|member| member.receives(seq));
+        let Some(&id) = self.online.get(user) else {
+            return;
+        };
+        if !receives {
+            return;
+        }
+        let frame = ServerFrame {
+            request_id: 0,
+            kind: Some(kind),
+        };
+        let limit = self.max_waiting;
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        match session.rooms.get_mut(room) {
+            Some(Attachment::Live) => self.push(id, frame),
+            Some(Attachment::CatchingUp(waiting)) => {
+                waiting.push(frame);
+                if waiting.len() > limit && !self.overflowed.contains(&id) {
+                    self.overflowed.push(id);
+                }
+            }
+            Some(Attachment::Joining) | None => {}
+        }
     }
 
     /// Queues a frame for one session without waiting; a full queue marks it for
     /// disconnection.
     fn deliver(&mut self, id: SessionId, request_id: u64, kind: Kind) {
+        self.push(
+            id,
+            ServerFrame {
+                request_id,
+                kind: Some(kind),
+            },
+        );
+    }
+
+    fn push(&mut self, id: SessionId, frame: ServerFrame) {
         let Some(session) = self.sessions.get(&id) else {
             return;
-        };
-        let frame = ServerFrame {
-            request_id,
-            kind: Some(kind),
         };
         if let Err(Refusal::Full) = session.frames.push(frame)
             && !self.overflowed.contains(&id)
@@ -486,71 +1143,18 @@ impl State {
         // will close the session itself.
     }
 
-    /// Queues a frame for every member of `room` but `except`.
-    fn broadcast(&mut self, room: &str, except: &str, kind: Kind) {
-        let Some(members) = self.rooms.get(room) else {
-            return;
-        };
-        let recipients: Vec<SessionId> = members
-            .members
-            .iter()
-            .filter(|(member, _)| *member != except)
-            .map(|(_, id)| *id)
-            .collect();
-        for id in recipients {
-            self.deliver(id, 0, kind.clone());
-        }
-    }
-
-    fn remove_member(&mut self, room: &str, user: &str, reason: LeaveReason) {
-        let Some(members) = self.rooms.get_mut(room) else {
-            return;
-        };
-        members.members.remove(user);
-        if members.members.is_empty() {
-            // An empty private room lasts while its owner is connected, so that nobody
-            // else takes its name while the owner steps out.
-            let owner_online = members
-                .owner
-                .as_ref()
-                .is_some_and(|owner| self.online.contains_key(owner));
-            if !owner_online {
-                self.remove_room(room);
-            }
-            return;
-        }
-        let left = Kind::MemberLeft(MemberLeft {
-            room: room.to_owned(),
-            user: user.to_owned(),
-            reason: reason.into(),
-        });
-        self.broadcast(room, user, left);
-        tracing::info!(user, room, reason = reason.as_str_name(), "left");
-    }
-
-    fn remove_session(&mut self, id: SessionId, reason: LeaveReason, status: Option<Status>) {
-        let Some(session) = self.sessions.remove(&id) else {
+    fn remove_session(&mut self, id: SessionId, status: Option<Status>) {
+        let Some(mut session) = self.sessions.remove(&id) else {
             return;
         };
         if self.online.get(&session.user) == Some(&id) {
             self.online.remove(&session.user);
         }
-        for room in &session.rooms {
-            self.remove_member(room, &session.user, reason);
-        }
-        let owned = self.owned.get(&session.user).cloned().unwrap_or_default();
-        for room in owned {
-            if self
-                .rooms
-                .get(&room)
-                .is_some_and(|found| found.members.is_empty())
-            {
-                self.remove_room(&room);
-            }
-        }
         if let Some(status) = status {
             tracing::info!(user = session.user, code = ?status.code(), "session ended by the server");
-            let _ = session.frames.close.send(status);
+            if let Some(close) = session.close.take() {
+                let _ = close.send(status);
+            }
             if let Some(reader) = session.reader {
                 reader.abort();
             }
@@ -577,9 +1181,9 @@ impl State {
         while let Some(id) = self.overflowed.pop() {
             let status = Status::resource_exhausted(
                 "disconnected: your client did not read its messages fast enough and its queue \
-                 on the server filled up; reconnect",
+                 on the server filled up; reconnect to catch up",
             );
-            self.remove_session(id, LeaveReason::TooSlow, Some(status));
+            self.remove_session(id, Some(status));
         }
     }
 }

@@ -5,19 +5,25 @@
 //!   reflection (v1 and v1alpha) and `grpc.health.v1.Health`, until a shutdown signal.
 //! - `accounts`: registered identities, login challenges and session tokens.
 //! - `auth`: the login RPCs, and the interceptor that requires a token for the rest.
-//! - `hub`: the shared state (sessions, rooms) and the fan-out.
+//! - `hub`: the shared state (sessions, rooms), sequence numbers and the fan-out.
+//! - `room`: one room's members, numbered like its log.
+//! - `writer`: the thread that commits the hub's changes to the store in batches.
+//! - `catch_up`: a returning member's missed entries, and history, read from the store.
 //! - `session`: reads and checks one client's frames.
 //! - `outbound`: the bounded queue of frames to one client.
 //! - [`tls`]: the certificate and key the relay serves TLS with.
 
 mod accounts;
 mod auth;
+mod catch_up;
 mod connections;
 mod hub;
 mod outbound;
+mod room;
 mod service;
 mod session;
 pub mod tls;
+mod writer;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -34,7 +40,7 @@ pub use outbound::Outbound;
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::auth_service_server::AuthServiceServer;
 use crate::proto::chat_service_server::ChatServiceServer;
-use crate::store::{SqliteStore, Store, StoreError};
+use crate::store::{Retention, SqliteStore, Store, StoreError};
 use accounts::Accounts;
 use auth::{Login, require_token};
 use hub::Hub;
@@ -68,13 +74,24 @@ pub struct Limits {
     /// Members of one room.
     #[arg(long, env = "CHAT_MAX_ROOM_MEMBERS", value_parser = positive, default_value_t = Limits::DEFAULT.max_room_members)]
     pub max_room_members: usize,
-    /// Rooms one session may be in.
-    #[arg(long, env = "CHAT_MAX_ROOMS_PER_SESSION", value_parser = positive, default_value_t = Limits::DEFAULT.max_rooms_per_session)]
-    pub max_rooms_per_session: usize,
-    /// Private rooms one user may own at once. An empty private room is forgotten when
-    /// its owner disconnects.
+    /// Rooms one user may be a member of.
+    #[arg(long, env = "CHAT_MAX_ROOMS_PER_USER", value_parser = positive, default_value_t = Limits::DEFAULT.max_rooms_per_user)]
+    pub max_rooms_per_user: usize,
+    /// Private rooms one user may own at once. A room is forgotten when its last member
+    /// leaves.
     #[arg(long, env = "CHAT_MAX_OWNED_ROOMS", value_parser = positive, default_value_t = Limits::DEFAULT.max_owned_rooms)]
     pub max_owned_rooms: usize,
+    /// Messages each room keeps; the oldest beyond are deleted as new ones arrive.
+    #[arg(long, env = "CHAT_MAX_MESSAGES_PER_ROOM", value_parser = positive_u64, default_value_t = Limits::DEFAULT.max_messages_per_room)]
+    pub max_messages_per_room: u64,
+    /// Days a message is kept; older ones are deleted (checked every minute). Members
+    /// away longer miss them.
+    #[arg(long, env = "CHAT_RETENTION_DAYS", value_parser = positive_u64, default_value_t = Limits::DEFAULT.retention_days)]
+    pub retention_days: u64,
+    /// Most changes committed to the store in one transaction (one fsync). 1 commits
+    /// every message on its own: only useful to measure what group commit saves.
+    #[arg(long, env = "CHAT_MAX_COMMIT_BATCH", value_parser = positive, default_value_t = Limits::DEFAULT.max_commit_batch)]
+    pub max_commit_batch: usize,
     /// Registered identities (user names and their keys) the server keeps.
     #[arg(long, env = "CHAT_MAX_IDENTITIES", value_parser = positive, default_value_t = Limits::DEFAULT.max_identities)]
     pub max_identities: usize,
@@ -94,8 +111,11 @@ impl Limits {
         max_sessions: 10_000,
         max_rooms: 10_000,
         max_room_members: 1_000,
-        max_rooms_per_session: 32,
+        max_rooms_per_user: 32,
         max_owned_rooms: 32,
+        max_messages_per_room: 10_000,
+        retention_days: 30,
+        max_commit_batch: 1024,
         max_identities: 100_000,
         token_ttl_secs: 12 * 60 * 60,
     };
@@ -105,6 +125,22 @@ impl Default for Limits {
     fn default() -> Self {
         Self::DEFAULT
     }
+}
+
+impl Limits {
+    /// What the store keeps.
+    pub fn retention(&self) -> Retention {
+        Retention {
+            max_age: Some(Duration::from_secs(
+                self.retention_days.saturating_mul(86_400),
+            )),
+            max_messages_per_room: self.max_messages_per_room,
+        }
+    }
+}
+
+fn positive_u64(text: &str) -> Result<u64, String> {
+    positive(text).map(|value| value as u64)
 }
 
 /// Parses a limit, which must be at least 1.
@@ -171,6 +207,8 @@ pub enum ServerError {
     BadStoredIdentity { user: String, reason: String },
     #[error("cannot set up gRPC reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot start the store's writer thread: {0}")]
+    Writer(std::io::Error),
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -211,12 +249,28 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let Config { limits, tls, store } = config;
-    let hub = Arc::new(Hub::new(limits.clone()));
-    let accounts = Arc::new(Accounts::new(&limits, store)?);
+    let accounts = Arc::new(Accounts::new(&limits, store.clone())?);
+    let (commands, received) = std::sync::mpsc::channel();
+    let hub = Arc::new(Hub::new(
+        limits.clone(),
+        store.rooms()?,
+        |user| accounts.identity(user),
+        commands,
+    ));
+    let writer = writer::spawn(
+        store.clone(),
+        hub.clone(),
+        received,
+        limits.max_commit_batch,
+        limits.retention(),
+    )
+    .map_err(ServerError::Writer)?;
     let relay = Arc::new(Relay {
         hub: hub.clone(),
         accounts: accounts.clone(),
+        store,
     });
+    let stopping_hub = hub.clone();
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<ChatServiceServer<ChatRelay>>().await;
@@ -243,7 +297,7 @@ pub async fn serve(
         health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
-        hub.shutdown();
+        stopping_hub.shutdown();
     };
     let incoming = connections::limit(
         TcpIncoming::from(listener).with_nodelay(Some(true)),
@@ -266,6 +320,9 @@ pub async fn serve(
         .add_service(chat)
         .serve_with_incoming_shutdown(incoming, stop)
         .await?;
+    // Everything acknowledged is committed already; this commits what is in flight.
+    hub.stop_writer();
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     Ok(())
 }
 

@@ -1,8 +1,10 @@
 //! The bounded queue of frames waiting to be written to one client.
 //!
-//! The relay never blocks on a client: frames are pushed with `try_send`, and a client
-//! whose queue is full is disconnected (see `Hub`). The stream handed to tonic ends
-//! early with a status when the session is closed by the server.
+//! The relay never blocks on a client for live traffic: frames are pushed with
+//! `try_send`, and a client whose queue is full is disconnected (see `Hub`). Catch-up
+//! frames, read from the store, instead wait for the client to read, leaving room for
+//! live frames. The stream handed to tonic ends early with a status when the session is
+//! closed by the server.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -10,6 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use prost::Message;
+
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::Stream;
@@ -26,13 +30,17 @@ pub struct Outbound {
     ended: bool,
 }
 
-/// The relay's handle on an [`Outbound`] stream.
+/// The relay's handle on an [`Outbound`] stream, to queue frames.
+#[derive(Clone)]
 pub(crate) struct OutboundHandle {
     frames: mpsc::Sender<ServerFrame>,
     queued_bytes: Arc<AtomicUsize>,
+    max_frames: usize,
     max_bytes: usize,
-    pub(crate) close: oneshot::Sender<Status>,
 }
+
+/// Ends an [`Outbound`] stream with a status, ahead of the frames still queued.
+pub(crate) type Closer = oneshot::Sender<Status>;
 
 /// Why a frame was not queued.
 pub(crate) enum Refusal {
@@ -60,21 +68,46 @@ impl OutboundHandle {
             }
         })
     }
+
+    /// Queues `frame` once at least half the queue, in frames and in bytes, is free:
+    /// catch-up goes as fast as the client reads and never crowds out live frames.
+    /// `Err` when the stream is gone.
+    pub(crate) async fn push_patiently(&self, frame: ServerFrame) -> Result<(), Refusal> {
+        let headroom = (self.max_frames / 2).max(1);
+        loop {
+            // Waits until `headroom` slots are free, then gives them back.
+            drop(
+                self.frames
+                    .reserve_many(headroom)
+                    .await
+                    .map_err(|_| Refusal::Closed)?,
+            );
+            if self.queued_bytes.load(Ordering::Relaxed) <= self.max_bytes / 2 {
+                match self.push(frame.clone()) {
+                    Err(Refusal::Full) => {}
+                    done => return done,
+                }
+            }
+            // Bytes drain as the client reads; there is nothing to wait on but time.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 /// A queue that holds at most `max_frames` frames and about `max_bytes` bytes.
-pub(crate) fn outbound(max_frames: usize, max_bytes: usize) -> (OutboundHandle, Outbound) {
+pub(crate) fn outbound(max_frames: usize, max_bytes: usize) -> (OutboundHandle, Closer, Outbound) {
     let (frames_tx, frames) = mpsc::channel(max_frames);
     let (close, closed) = oneshot::channel();
     let queued_bytes = Arc::new(AtomicUsize::new(0));
     let handle = OutboundHandle {
         frames: frames_tx,
         queued_bytes: queued_bytes.clone(),
+        max_frames,
         max_bytes,
-        close,
     };
     (
         handle,
+        close,
         Outbound {
             frames,
             queued_bytes,
@@ -129,7 +162,7 @@ mod tests {
 
     #[tokio::test]
     async fn bounds_frames_and_bytes_and_frees_what_is_sent() {
-        let (handle, mut stream) = outbound(3, 1_000);
+        let (handle, _close, mut stream) = outbound(3, 1_000);
         // A frame over the byte budget still goes into an empty queue.
         assert!(handle.push(frame(5_000)).is_ok());
         assert!(matches!(handle.push(frame(10)), Err(Refusal::Full)));
@@ -151,13 +184,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn patient_pushes_wait_until_half_the_queue_is_free() {
+        let (handle, _close, mut stream) = outbound(4, 1_000);
+        for _ in 0..3 {
+            handle.push(frame(1)).ok().unwrap();
+        }
+        let patient = handle.clone();
+        let waiting = tokio::spawn(async move { patient.push_patiently(frame(2)).await.is_ok() });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "3 of 4 slots are taken");
+        stream.next().await.unwrap().unwrap();
+        stream.next().await.unwrap().unwrap();
+        assert!(waiting.await.unwrap());
+        let frames: Vec<_> = [stream.next().await, stream.next().await]
+            .into_iter()
+            .map(|frame| frame.unwrap().unwrap().encoded_len())
+            .collect();
+        assert_eq!(frames[1], frame(2).encoded_len(), "queued last");
+    }
+
+    #[tokio::test]
     async fn closing_ends_the_stream_with_the_status_first() {
-        let (handle, mut stream) = outbound(4, 1_000);
+        let (handle, close, mut stream) = outbound(4, 1_000);
         handle.push(frame(1)).ok().unwrap();
-        handle
-            .close
-            .send(Status::resource_exhausted("too slow"))
-            .unwrap();
+        close.send(Status::resource_exhausted("too slow")).unwrap();
         let first = stream.next().await.unwrap();
         assert_eq!(first.unwrap_err().code(), tonic::Code::ResourceExhausted);
         assert!(stream.next().await.is_none());

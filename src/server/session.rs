@@ -1,34 +1,49 @@
 //! One client's `Chat` stream, read frame by frame: each frame is checked, carried out
 //! on the [`Hub`], and answered.
+//!
+//! A session may have [`MAX_IN_FLIGHT`] frames waiting for the store; beyond that its
+//! stream is not read until some are committed, so a fast sender is slowed down rather
+//! than buffered without bound.
 
 use std::sync::Arc;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, Status, Streaming};
 
 use super::accounts::Accounts;
+use super::catch_up::{self, MAX_HISTORY_MESSAGES};
 use super::hub::{Hub, JoinRequest, SessionId};
 use crate::proto::{
-    ClientFrame, DistributeSenderKey, InviteMember, JoinRoom, KickMember, Rejection, SealedMessage,
-    SendMessage, client_frame, server_frame,
+    ClientFrame, DistributeSenderKey, GetHistory, InviteMember, JoinRoom, KickMember, Rejection,
+    SealedMessage, SendMessage, client_frame, server_frame,
 };
 use crate::protocol::{
     MAX_SIGNATURE_LEN, MAX_WRAPPED_KEY_LEN, MIN_SIGNATURE_LEN, MIN_WRAPPED_KEY_LEN, NONCE_LEN,
     TAG_LEN, validate_room, validate_user,
 };
+use crate::store::{Store, WrappedKey};
+
+/// Frames of one session that may wait for the store at once.
+const MAX_IN_FLIGHT: usize = 64;
 
 /// What a session's frames act on.
 pub(crate) struct Relay {
     pub hub: Arc<Hub>,
     pub accounts: Arc<Accounts>,
+    pub store: Arc<dyn Store>,
 }
 
 /// Reads the session's frames until the client ends the stream or breaks the protocol.
 pub(crate) async fn run(relay: Arc<Relay>, id: SessionId, mut frames: Streaming<ClientFrame>) {
     let hub = &relay.hub;
     let _close = CloseOnDrop { hub, id };
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
         match frames.message().await {
-            Ok(Some(frame)) => handle(&relay, id, frame),
+            Ok(Some(frame)) => handle(&relay, id, frame, permit),
             Ok(None) => return,
             Err(status) => {
                 if let Some(status) = protocol_violation(&status) {
@@ -74,9 +89,9 @@ fn protocol_violation(status: &Status) -> Option<Status> {
     }
 }
 
-fn handle(relay: &Relay, id: SessionId, frame: ClientFrame) {
+fn handle(relay: &Arc<Relay>, id: SessionId, frame: ClientFrame, permit: OwnedSemaphorePermit) {
     let request_id = frame.request_id;
-    if let Err(status) = carry_out(relay, id, frame) {
+    if let Err(status) = carry_out(relay, id, frame, permit) {
         tracing::debug!(session = id, request_id, code = ?status.code(), "frame rejected");
         let rejection = Rejection {
             code: status.code() as i32,
@@ -88,7 +103,12 @@ fn handle(relay: &Relay, id: SessionId, frame: ClientFrame) {
     }
 }
 
-fn carry_out(relay: &Relay, id: SessionId, frame: ClientFrame) -> Result<(), Status> {
+fn carry_out(
+    relay: &Arc<Relay>,
+    id: SessionId,
+    frame: ClientFrame,
+    permit: OwnedSemaphorePermit,
+) -> Result<(), Status> {
     use client_frame::Kind;
 
     let hub = &relay.hub;
@@ -98,19 +118,43 @@ fn carry_out(relay: &Relay, id: SessionId, frame: ClientFrame) -> Result<(), Sta
     }
     match frame.kind {
         None => Err(Status::invalid_argument(
-            "the frame has no kind; set one of join, leave, send, distribute_key, invite or kick",
+            "the frame has no kind; set one of join, leave, send, distribute_key, invite, kick \
+             or history",
         )),
         Some(Kind::Join(JoinRoom {
             room,
             create_private,
-            ..
+            after_seq,
         })) => {
             check_room(&room)?;
             let request = JoinRequest {
                 room: &room,
                 create_private,
+                after_seq,
             };
-            hub.join(id, request_id, request)
+            if let Some(catching_up) = hub.join(id, request_id, request, permit)? {
+                tokio::spawn(catch_up::run(relay.clone(), catching_up));
+            }
+            Ok(())
+        }
+        Some(Kind::History(GetHistory { room, limit })) => {
+            check_room(&room)?;
+            if !(1..=MAX_HISTORY_MESSAGES).contains(&limit) {
+                return Err(Status::invalid_argument(format!(
+                    "history.limit is {limit}; ask for 1 to {MAX_HISTORY_MESSAGES} messages"
+                )));
+            }
+            let (user, since) = hub.history_scope(id, &room)?;
+            tokio::spawn(catch_up::history(
+                relay.clone(),
+                id,
+                request_id,
+                room,
+                user,
+                since,
+                limit,
+            ));
+            Ok(())
         }
         Some(Kind::Invite(InviteMember { room, user })) => {
             check_room(&room)?;
@@ -120,22 +164,21 @@ fn carry_out(relay: &Relay, id: SessionId, frame: ClientFrame) -> Result<(), Sta
                     "no user named {user:?} is registered; they must log in once first"
                 )));
             }
-            hub.invite(id, request_id, &room, &user)
+            hub.invite(id, request_id, &room, &user, permit)
         }
-        Some(Kind::History(_)) => Err(Status::unimplemented("WIP")),
         Some(Kind::Kick(KickMember { room, user })) => {
             check_room(&room)?;
             check_user(&user)?;
-            hub.kick(id, request_id, &room, &user)
+            hub.kick(id, request_id, &room, &user, permit)
         }
         Some(Kind::Leave(leave)) => {
             check_room(&leave.room)?;
-            hub.leave(id, request_id, &leave.room)
+            hub.leave(id, request_id, &leave.room, permit)
         }
         Some(Kind::Send(SendMessage { room, sealed })) => {
             check_room(&room)?;
             let sealed = check_sealed(sealed)?;
-            hub.send(id, request_id, &room, sealed)
+            hub.send(id, request_id, &room, sealed, permit)
         }
         Some(Kind::DistributeKey(DistributeSenderKey { room, key_id, keys })) => {
             check_room(&room)?;
@@ -170,7 +213,15 @@ fn carry_out(relay: &Relay, id: SessionId, frame: ClientFrame) -> Result<(), Sta
                     )));
                 }
             }
-            hub.distribute(id, request_id, &room, key_id, keys)
+            let keys = keys
+                .into_iter()
+                .map(|wrapped| WrappedKey {
+                    recipient: wrapped.recipient,
+                    wrapped_key: wrapped.wrapped_key,
+                    signature: wrapped.signature,
+                })
+                .collect();
+            hub.distribute(id, request_id, &room, key_id, keys, permit)
         }
     }
 }

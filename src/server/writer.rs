@@ -1,0 +1,131 @@
+//! The store's one writer: a thread that commits the hub's ops in batches.
+//!
+//! Group commit: while one transaction waits for its fsync, the ops that arrive queue up,
+//! and the next transaction takes them all (up to `max_batch`), so a busy relay pays one
+//! fsync per batch rather than per message. Once a batch is durable the hub answers and
+//! fans it out ([`Hub::committed`]); if the commit fails, nothing of it is acknowledged.
+//!
+//! The writer also prunes what the retention policy no longer keeps, at start-up and
+//! every minute.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::hub::{Hub, Op};
+use crate::store::{Retention, Store};
+
+/// How often the retention policy is applied.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// What the writer is sent.
+pub(crate) enum Command {
+    Commit(Box<Op>),
+    /// Commit what has arrived, then stop.
+    Stop,
+}
+
+/// Starts the writer thread.
+pub(crate) fn spawn(
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    commands: Receiver<Command>,
+    max_batch: usize,
+    retention: Retention,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("store-writer".to_owned())
+        .spawn(move || run(&*store, &hub, &commands, max_batch.max(1), &retention))
+}
+
+fn run(
+    store: &dyn Store,
+    hub: &Hub,
+    commands: &Receiver<Command>,
+    max_batch: usize,
+    retention: &Retention,
+) {
+    let mut next_prune = Instant::now();
+    loop {
+        let now = Instant::now();
+        if now >= next_prune {
+            prune(store, hub, retention);
+            next_prune = now + PRUNE_EVERY;
+        }
+        let first = match commands.recv_timeout(next_prune.saturating_duration_since(now)) {
+            Ok(Command::Commit(op)) => *op,
+            Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Err(RecvTimeoutError::Timeout) => continue,
+        };
+        let mut batch = vec![first];
+        let mut stop = false;
+        while batch.len() < max_batch {
+            match commands.try_recv() {
+                Ok(Command::Commit(op)) => batch.push(*op),
+                Ok(Command::Stop) => {
+                    stop = true;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        commit(store, hub, batch);
+        if stop {
+            return;
+        }
+    }
+}
+
+/// Commits a batch in one transaction and hands the outcome to the hub.
+fn commit(store: &dyn Store, hub: &Hub, mut batch: Vec<Op>) {
+    let started = Instant::now();
+    let mut changes = Vec::new();
+    let mut counts = Vec::with_capacity(batch.len());
+    for op in &mut batch {
+        counts.push(op.changes.len());
+        changes.append(&mut op.changes);
+    }
+    let result = if changes.is_empty() {
+        Ok(Vec::new())
+    } else {
+        store.commit(&changes)
+    };
+    tracing::debug!(ops = batch.len(), changes = changes.len(), elapsed = ?started.elapsed(), "committed");
+    match result {
+        Ok(applied) => {
+            let mut applied = applied.into_iter();
+            let done = batch
+                .into_iter()
+                .zip(counts)
+                .map(|(op, count)| (op, applied.by_ref().take(count).collect()))
+                .collect();
+            hub.committed(done, None);
+        }
+        Err(error) => {
+            let failed = batch.into_iter().map(|op| (op, Vec::new())).collect();
+            hub.committed(failed, Some(&error));
+        }
+    }
+}
+
+fn prune(store: &dyn Store, hub: &Hub, retention: &Retention) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    match store.prune(retention, now) {
+        Ok(pruned) if pruned.messages > 0 || pruned.sender_keys > 0 => {
+            tracing::info!(
+                messages = pruned.messages,
+                sender_keys = pruned.sender_keys,
+                "pruned what the retention policy no longer keeps"
+            );
+            match store.rooms() {
+                Ok(rooms) => hub.recount_messages(&rooms),
+                Err(error) => tracing::warn!(%error, "cannot recount the rooms' messages"),
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "pruning failed; will try again"),
+    }
+}
