@@ -219,7 +219,7 @@ impl Hub {
         }
     }
 
-    /// Opens the session of the logged-in user `identity.user`, who must have no other.
+    /// Opens the session of the logged-in user `identity.user`, closing any other it has.
     pub(crate) fn open_session(
         &self,
         identity: PublicIdentity,
@@ -229,10 +229,14 @@ impl Hub {
         if state.shutting_down {
             return Err(Status::unavailable("the server is shutting down"));
         }
-        if state.online.contains_key(user) {
-            return Err(Status::already_exists(format!(
-                "user {user:?} already has an open session; close it first"
-            )));
+        if let Some(&previous) = state.online.get(user) {
+            // The newer one wins: the older is most likely a connection that died without
+            // the relay noticing yet, and its user should not wait for it to time out.
+            let status = Status::aborted(
+                "you opened another session elsewhere; this one is closed (only one session \
+                 per user at a time)",
+            );
+            state.remove_session(previous, Some(status));
         }
         if state.sessions.len() >= self.limits.max_sessions {
             return Err(Status::resource_exhausted(format!(

@@ -42,23 +42,37 @@ impl TestServer {
         Self::serving(limits, None).await
     }
 
+    /// A relay keeping its state in `data_dir`, as `chat-server` does.
+    pub async fn on_disk(data_dir: &std::path::Path, limits: Limits) -> Self {
+        let store = e2ee_chat::store::SqliteStore::open(data_dir).unwrap();
+        let config = server::Config {
+            store: Arc::new(store),
+            ..server::Config::ephemeral(limits)
+        };
+        Self::serving_config(config).await
+    }
+
     /// A relay serving TLS with `tls`, whose `url` is `https://localhost:PORT`.
     pub async fn with_tls(tls: ServerTlsConfig) -> Self {
         Self::serving(Limits::default(), Some(tls)).await
     }
 
     async fn serving(limits: Limits, tls: Option<ServerTlsConfig>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let url = match tls {
-            Some(_) => format!("https://localhost:{}", addr.port()),
-            None => format!("http://{addr}"),
-        };
-        let (stop, stopped) = oneshot::channel::<()>();
         let config = server::Config {
             tls,
             ..server::Config::ephemeral(limits)
         };
+        Self::serving_config(config).await
+    }
+
+    async fn serving_config(config: server::Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let url = match config.tls {
+            Some(_) => format!("https://localhost:{}", addr.port()),
+            None => format!("http://{addr}"),
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server::serve(listener, config, async {
             let _ = stopped.await;
         }));

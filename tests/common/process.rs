@@ -81,8 +81,18 @@ impl ServerProcess {
 
     /// The same, with `extra` arguments and environment variables for the server.
     pub fn start_with(data_dir: &Path, extra: &[&OsStr], env: &[(&str, &str)]) -> Self {
+        Self::listening(data_dir, "127.0.0.1:0", extra, env)
+    }
+
+    /// Starts `chat-server` on `listen` (such as the address of a killed one).
+    pub fn listening(
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&OsStr],
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .envs(env.iter().copied())
@@ -108,6 +118,12 @@ impl ServerProcess {
             url: format!("http://{addr}"),
             stderr,
         }
+    }
+
+    /// Kills the server with SIGKILL: no chance to finish anything.
+    pub fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     pub fn terminate(&mut self) -> ExitStatus {
