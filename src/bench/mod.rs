@@ -9,10 +9,11 @@ mod baseline;
 mod idle;
 mod load;
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use std::sync::atomic::AtomicU64;
 use tokio::net::TcpListener;
 
 use tokio::sync::{Barrier, Notify, oneshot};
@@ -30,6 +31,7 @@ use crate::crypto::Identity;
 use crate::proto::JoinRoom;
 use crate::proto::chat_service_client::ChatServiceClient;
 use crate::server::{self, Limits, ServerError};
+use crate::store::SqliteStore;
 use load::{Outcome, Plan, drive};
 
 /// How long a run may take before it counts as failed.
@@ -87,21 +89,52 @@ impl Measurement {
 pub struct LocalRelay {
     pub url: String,
     _stop: oneshot::Sender<()>,
+    _data_dir: Option<DataDir>,
 }
 
-/// Starts the real relay on 127.0.0.1:0.
+/// A fresh data directory under the system's temporary directory, deleted on drop.
+struct DataDir(PathBuf);
+
+impl DataDir {
+    fn create() -> Result<Self, BenchError> {
+        static COUNT: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "chat-bench-{}-{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = std::env::temp_dir().join(name);
+        server::prepare_data_dir(&path)?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for DataDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts the real relay on 127.0.0.1:0, keeping its state on disk in a temporary data
+/// directory as `chat-server` does (every acknowledgement waits for an fsync).
 pub async fn start_relay(limits: Limits) -> Result<LocalRelay, BenchError> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
+    let data_dir = DataDir::create()?;
+    let store = SqliteStore::open(&data_dir.0).map_err(ServerError::from)?;
+    let config = server::Config {
+        store: Arc::new(store),
+        ..server::Config::ephemeral(limits)
+    };
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server::serve(
-        listener,
-        server::Config::ephemeral(limits),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    Ok(LocalRelay { url, _stop: stop })
+    tokio::spawn(server::serve(listener, config, async {
+        let _ = stopped.await;
+    }));
+    Ok(LocalRelay {
+        url,
+        _stop: stop,
+        _data_dir: Some(data_dir),
+    })
 }
 
 /// Starts the baseline relay on 127.0.0.1:0.
@@ -117,7 +150,11 @@ pub async fn start_plain_relay() -> Result<LocalRelay, BenchError> {
                 let _ = stopped.await;
             }),
     );
-    Ok(LocalRelay { url, _stop: stop })
+    Ok(LocalRelay {
+        url,
+        _stop: stop,
+        _data_dir: None,
+    })
 }
 
 /// Runs `load` with real clients through the relay at `url`.

@@ -39,6 +39,12 @@ struct Args {
     /// connect this many idle clients, and report the server's memory (Linux).
     #[arg(long)]
     idle: Option<usize>,
+    /// Instead of the usual comparison: the same load of plaintext clients through the
+    /// relay with group commit (its default), then with one commit (one fsync) per
+    /// message. The summary line is then:
+    /// group_msgs_per_sec=G single_msgs_per_sec=S ratio=G/S
+    #[arg(long, conflicts_with_all = ["server", "idle"])]
+    group_commit: bool,
 }
 
 fn main() -> ExitCode {
@@ -56,6 +62,7 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Runtime::new().expect("a tokio runtime");
     let result = match args.idle {
         Some(clients) => runtime.block_on(run_idle(clients)),
+        None if args.group_commit => runtime.block_on(run_group_commit(&load(&args))),
         None => runtime.block_on(run(&args)),
     };
     match result {
@@ -67,14 +74,18 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: &Args) -> Result<(), BenchError> {
-    let load = Load {
+fn load(args: &Args) -> Load {
+    Load {
         clients: args.clients,
         rooms: args.rooms,
         messages: args.messages,
         size: args.size,
         rate: args.rate,
-    };
+    }
+}
+
+async fn run(args: &Args) -> Result<(), BenchError> {
+    let load = load(args);
     eprintln!("load: {load:?}");
 
     let local;
@@ -107,6 +118,27 @@ async fn run(args: &Args) -> Result<(), BenchError> {
         ours.p99_ms,
         baseline.msgs_per_sec(),
         ours.msgs_per_sec() / baseline.msgs_per_sec()
+    );
+    Ok(())
+}
+
+async fn run_group_commit(load: &Load) -> Result<(), BenchError> {
+    eprintln!("load: {load:?}");
+    let grouped = bench::start_relay(Limits::default()).await?;
+    let group = bench::measure_plain(&grouped.url, load, bench::Login::Required).await?;
+    report("relay, plaintext clients, group commit", &group);
+    let one_by_one = Limits {
+        max_commit_batch: 1,
+        ..Limits::default()
+    };
+    let single_relay = bench::start_relay(one_by_one).await?;
+    let single = bench::measure_plain(&single_relay.url, load, bench::Login::Required).await?;
+    report("relay, plaintext clients, one commit per change", &single);
+    println!(
+        "group_msgs_per_sec={:.0} single_msgs_per_sec={:.0} ratio={:.2}",
+        group.msgs_per_sec(),
+        single.msgs_per_sec(),
+        group.msgs_per_sec() / single.msgs_per_sec()
     );
     Ok(())
 }
