@@ -17,6 +17,7 @@ mod connect;
 mod contacts;
 pub mod home;
 mod login;
+pub mod progress;
 mod replay;
 mod room;
 mod session;
@@ -75,6 +76,16 @@ pub enum ClientError {
     ContactsUnreadable { path: PathBuf, reason: String },
     #[error("cannot save pinned contacts {path}: {source}")]
     ContactsUnwritable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot read saved progress {path}: {reason}; fix it, or move it away to start from \
+         the latest messages"
+    )]
+    ProgressUnreadable { path: PathBuf, reason: String },
+    #[error("cannot save progress {path}: {source}")]
+    ProgressUnwritable {
         path: PathBuf,
         source: std::io::Error,
     },
