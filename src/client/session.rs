@@ -492,6 +492,7 @@ impl ChatSession {
                     sender,
                     text,
                     sent_at_ms,
+                    ..
                 } => Event::Message {
                     room: room.to_owned(),
                     sender,
