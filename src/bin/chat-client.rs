@@ -485,7 +485,8 @@ fn show(event: &Event) {
         ),
         Event::Notice(text) => eprintln!("* {text}"),
         Event::Warning(text) => eprintln!("warning: {text}"),
-        Event::Delivered { .. } => {}
+        // Shown by the next version of this client.
+        Event::Delivered { .. } | Event::CaughtUp { .. } | Event::History { .. } => {}
     }
 }
 
