@@ -578,9 +578,13 @@ impl ChatSession {
                 events.extend(self.room_events(warnings));
             }
             // One at or below what was processed is not new: the relay sent it again (a
-            // catch-up overlapping what we saw), and it was shown then.
-            Some(Kind::Message(message)) if message.room == room && message.seq > self.last_seq => {
-                self.last_seq = message.seq;
+            // catch-up overlapping what we saw), and it was shown then. Number 0 is a
+            // relay that does not number its entries: nothing to go by but the replay
+            // windows, which still catch a repeat.
+            Some(Kind::Message(message))
+                if message.room == room && (message.seq == 0 || message.seq > self.last_seq) =>
+            {
+                self.last_seq = self.last_seq.max(message.seq);
                 let opened = self.keys.open(message);
                 events.extend(self.room_events(opened));
             }
