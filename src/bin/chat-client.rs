@@ -7,14 +7,36 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use e2ee_chat::client::{self, ChatSession, ClientError, Contacts, Event, home};
+use e2ee_chat::client::{
+    self, ChatSession, ClientError, Contacts, Credentials, Event, HistoryMessage, MAX_HISTORY,
+    home, progress,
+};
 use e2ee_chat::crypto::{ALLOWED_KEY_BITS, DEFAULT_KEY_BITS, Identity};
-use e2ee_chat::proto::{JoinRoom, LeaveReason};
+use e2ee_chat::proto::{JoinRoom, LeaveReason, ServerFrame};
 use e2ee_chat::protocol::{validate_room, validate_user};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::Code;
+use tonic::transport::Channel;
 
-/// How long the client waits, at the end, for the server to acknowledge what it sent.
+/// How long the client waits, at the end, for the server to acknowledge what it sent
+/// (reconnecting if need be).
 const CLOSING_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The wait before the first attempt to reconnect; it doubles after every failed
+/// attempt, up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const MAX_RETRY: Duration = Duration::from_secs(10);
+
+/// How long a login may take before the attempt counts as failed.
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Frames applied in a row before the progress is saved: a burst (a catch-up) costs one
+/// write, not one per message.
+const MAX_BATCH: usize = 256;
+
+/// How many messages `/history` shows without a number.
+const DEFAULT_HISTORY: u32 = 20;
 
 const HELP_AFTER: &str = "\
 Input and output:
@@ -31,16 +53,28 @@ Commands:
   /trust NAME      accept the new keys the server presents for NAME
   /invite NAME     let NAME join this private room (owner only)
   /kick NAME       remove NAME from this private room (owner only)
-  /leave           leave the room and exit
-  /quit            disconnect and exit (you stay a member until then)
+  /pending         list the messages sent but not yet acknowledged by the server
+  /history [N]     show the room's last N messages (1 to 100, default 20) on stderr:
+                   history [ROOM] SENDER (YYYY-MM-DD HH:MM:SS UTC): TEXT
+  /leave           leave the room for good and exit
+  /quit            disconnect and exit; you stay a member (as at end of input)
   /help            list the commands
 
 Keys: the first time you meet someone, their keys are pinned in HOME/USER/contacts.json.
 If the server later presents other keys for them, nothing is sent to or accepted from
 them until you run /trust NAME (or chat-client trust NAME).
 
-At end of input the client leaves the room and exits 0 once the server has acknowledged
-every message; otherwise it exits non-zero with a one-line error.";
+Delivery: the server keeps what is said in the room for its members. End of input and
+/quit only disconnect: you stay a member until /leave (or the owner removes you), and
+the next run in the room first shows, on stdout, what was said meanwhile. Where you
+were is saved per server and room in HOME/USER/progress.json. If the connection is
+lost, the client reconnects by itself (waiting 0.5 s, doubling up to 10 s) and sends
+again the messages the server had not acknowledged; a message the server refused is
+reported as: failed to send \"TEXT\": CODE: reason.
+
+At end of input the client exits 0 once the server has acknowledged every message;
+otherwise (a message refused, or not acknowledged within 15 s) it lists the messages
+not delivered and exits non-zero with a one-line error.";
 
 /// Chat in one room of an end-to-end encrypted relay: messages are encrypted for the
 /// room's members and signed before they leave this machine.
@@ -76,8 +110,9 @@ struct Args {
     /// can join it.
     #[arg(long, env = "CHAT_PRIVATE")]
     private: bool,
-    /// Where your keys and pinned contacts are kept: HOME/USER/signing.pem and
-    /// encryption.pem (PKCS#8 PEM, mode 0600), HOME/USER/contacts.json.
+    /// Where your keys, pinned contacts and progress are kept: HOME/USER/signing.pem and
+    /// encryption.pem (PKCS#8 PEM, mode 0600), HOME/USER/contacts.json, and
+    /// HOME/USER/progress.json (the last message seen per server and room).
     #[arg(long, global = true, env = "CHAT_HOME", default_value_os_t = home::default_home())]
     home: PathBuf,
     /// Size of new identity keys in bits (2048, 3072 or 4096); existing keys are kept.
@@ -144,10 +179,10 @@ fn describe(error: ClientError) -> String {
 /// What ends the session once everything sent has been answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ending {
-    /// Leave the room (end of input or /leave), then exit.
+    /// Disconnect, staying a member (end of input or /quit).
+    Disconnect,
+    /// Leave the room for good (/leave), then exit.
     Leave,
-    /// Exit without leaving (/quit).
-    Quit,
 }
 
 async fn run(args: Args) -> Result<(), String> {
@@ -243,12 +278,9 @@ async fn chat(
     contacts: Contacts,
 ) -> Result<(), String> {
     validate_room(&args.room).map_err(|error| error.to_string())?;
-    let channel = client::connect(&args.server, args.ca_cert.as_deref())
-        .await
-        .map_err(describe)?;
-    let credentials = client::login(channel.clone(), &identity, user)
-        .await
-        .map_err(describe)?;
+    let progress = progress::progress_path(&args.home, user);
+    let after_seq = progress::last_seq(&progress, &args.server, &args.room).map_err(describe)?;
+    let (channel, credentials) = log_in(args, &identity, user).await.map_err(describe)?;
     if credentials.registered {
         eprintln!(
             "registered {user} on the server with fingerprint {}",
@@ -258,11 +290,12 @@ async fn chat(
     let join = JoinRoom {
         room: args.room.clone(),
         create_private: args.private,
-        after_seq: None,
+        after_seq,
     };
-    let (mut session, notices) = ChatSession::join(channel, identity, &credentials, join, contacts)
-        .await
-        .map_err(describe)?;
+    let (session, notices) =
+        ChatSession::join(channel, identity.clone(), &credentials, join, contacts)
+            .await
+            .map_err(describe)?;
     for notice in notices {
         show(&notice);
     }
@@ -275,68 +308,350 @@ async fn chat(
         args.room,
         members_line(&session)
     );
+    let mut chat = Chat {
+        session,
+        args,
+        identity,
+        user,
+        progress,
+        saved_seq: after_seq,
+        refused: 0,
+        membership_ended: false,
+    };
+    let result = chat.run(spawn_stdin_reader()).await;
+    chat.finish(result)
+}
 
-    let mut lines = spawn_stdin_reader();
-    let mut ending: Option<Ending> = None;
-    let mut leave_sent = false;
-    let mut refused = 0usize;
-    let closing_deadline = tokio::time::sleep(Duration::MAX);
-    tokio::pin!(closing_deadline);
+/// Connects to the server and logs in.
+async fn log_in(
+    args: &Args,
+    identity: &Identity,
+    user: &str,
+) -> Result<(Channel, Credentials), ClientError> {
+    let channel = client::connect(&args.server, args.ca_cert.as_deref()).await?;
+    let credentials = tokio::time::timeout(
+        LOGIN_TIMEOUT,
+        client::login(channel.clone(), identity, user),
+    )
+    .await
+    .map_err(|_| ClientError::NoAnswer {
+        what: "the login".to_owned(),
+        seconds: LOGIN_TIMEOUT.as_secs(),
+    })??;
+    Ok((channel, credentials))
+}
 
-    loop {
-        if let Some(end) = ending
-            && session.unanswered() == 0
-        {
-            if end == Ending::Quit || leave_sent {
-                break;
-            }
-            session.leave().await.map_err(describe)?;
-            leave_sent = true;
-        }
-        tokio::select! {
-            frame = session.next_frame() => {
-                let frame = frame
-                    .map_err(|error| lost_connection(&session, error))?
-                    .ok_or_else(|| lost_connection(&session, ClientError::Disconnected))?;
-                for event in session.handle(frame).await.map_err(describe)? {
-                    match &event {
-                        Event::Refused { .. } => refused += 1,
-                        Event::Removed { room } => {
-                            return Err(format!("the owner of {room} removed you from it"));
-                        }
-                        _ => {}
+/// A chat in one room, and what the client keeps about it across connections.
+struct Chat<'a> {
+    session: ChatSession,
+    args: &'a Args,
+    identity: Arc<Identity>,
+    user: &'a str,
+    /// Where the last sequence number processed is saved.
+    progress: PathBuf,
+    /// What was last saved there for this room.
+    saved_seq: Option<u64>,
+    /// Messages the server refused.
+    refused: usize,
+    /// We left the room or were removed: nothing to catch up on next time.
+    membership_ended: bool,
+}
+
+/// What became of the stream after some frames.
+enum Stream {
+    Open,
+    Lost(ClientError),
+}
+
+impl Chat<'_> {
+    /// Chats until the input ends (or /quit, /leave) and everything sent is answered.
+    async fn run(&mut self, mut lines: mpsc::Receiver<String>) -> Result<(), String> {
+        let mut ending: Option<Ending> = None;
+        let mut leave_sent = false;
+        let mut connected = true;
+        let mut backoff = Backoff::default();
+        let retry = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(retry);
+        let closing_deadline = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(closing_deadline);
+
+        loop {
+            if let Some(end) = ending
+                && self.is_settled(end, connected)
+            {
+                if end == Ending::Disconnect || self.membership_ended {
+                    return Ok(());
+                }
+                if !leave_sent {
+                    match self.session.leave().await {
+                        Ok(_) => leave_sent = true,
+                        // The lost stream shows below; the leave is sent after reconnecting.
+                        Err(ClientError::Disconnected) => {}
+                        Err(error) => return Err(describe(error)),
                     }
-                    show(&event);
                 }
             }
-            line = lines.recv(), if ending.is_none() => {
-                let command = match line {
-                    Some(line) => on_line(&mut session, &line).await?,
-                    None => Some(Ending::Leave),
-                };
-                if let Some(end) = command {
-                    ending = Some(end);
-                    closing_deadline.as_mut().reset(tokio::time::Instant::now() + CLOSING_TIMEOUT);
+            tokio::select! {
+                frame = self.session.next_frame(), if connected => {
+                    let stream = match frame {
+                        Ok(Some(frame)) => self.on_frames(frame).await?,
+                        Ok(None) => Stream::Lost(ClientError::Disconnected),
+                        Err(error) => Stream::Lost(error),
+                    };
+                    if let Stream::Lost(error) = stream {
+                        connected = false;
+                        self.save_progress();
+                        let delay = backoff.next_delay();
+                        eprintln!(
+                            "lost the connection to the server: {}; {} message(s) pending; \
+                             reconnecting in {delay:?}",
+                            describe(error),
+                            self.session.pending().len()
+                        );
+                        retry.as_mut().reset(Instant::now() + delay);
+                    }
                 }
-            }
-            () = &mut closing_deadline => {
-                return Err(format!(
-                    "timed out after {CLOSING_TIMEOUT:?} waiting for the server to acknowledge {} frame(s)",
-                    session.unanswered()
-                ));
+                line = lines.recv(), if ending.is_none() => {
+                    let command = match line {
+                        Some(line) => on_line(&mut self.session, &line).await?,
+                        None => Some(Ending::Disconnect),
+                    };
+                    if let Some(end) = command {
+                        ending = Some(end);
+                        closing_deadline.as_mut().reset(Instant::now() + CLOSING_TIMEOUT);
+                    }
+                }
+                () = &mut retry, if !connected => {
+                    // Past the closing deadline, a slow attempt is not waited for.
+                    let attempt = tokio::select! {
+                        attempt = self.reconnect() => attempt,
+                        () = &mut closing_deadline => return Err(self.closing_timeout(false)),
+                    };
+                    match attempt {
+                        Ok(()) => {
+                            connected = true;
+                            backoff = Backoff::default();
+                        }
+                        Err(error) if is_permanent(&error) => {
+                            let error = describe(error.into_inner());
+                            return Err(format!("cannot reconnect: {error}"));
+                        }
+                        Err(error) => {
+                            let delay = backoff.next_delay();
+                            eprintln!(
+                                "could not reconnect: {}; trying again in {delay:?}",
+                                describe(error.into_inner())
+                            );
+                            retry.as_mut().reset(Instant::now() + delay);
+                        }
+                    }
+                }
+                () = &mut closing_deadline => return Err(self.closing_timeout(connected)),
             }
         }
     }
-    if session.undecryptable() > 0 {
+
+    /// The error when the closing deadline passed.
+    fn closing_timeout(&self, connected: bool) -> String {
+        if connected {
+            format!(
+                "timed out after {CLOSING_TIMEOUT:?} waiting for the server to acknowledge {} \
+                 frame(s)",
+                self.session.unanswered()
+            )
+        } else {
+            format!(
+                "gave up: could not reconnect to the server within {CLOSING_TIMEOUT:?} after \
+                 the end of input"
+            )
+        }
+    }
+
+    /// Whether the session can end as `end` asks: everything answered; or, offline and
+    /// only disconnecting, no message left unacknowledged (what else was unanswered died
+    /// with the stream and is not needed any more).
+    fn is_settled(&self, end: Ending, connected: bool) -> bool {
+        if connected {
+            self.session.unanswered() == 0
+        } else {
+            end == Ending::Disconnect && self.session.pending().is_empty()
+        }
+    }
+
+    /// Applies `first` and the frames that have already arrived after it, then saves
+    /// the progress once for all of them.
+    async fn on_frames(&mut self, first: ServerFrame) -> Result<Stream, String> {
+        let mut frame = first;
+        let mut stream = Stream::Open;
+        for _ in 0..MAX_BATCH {
+            self.on_frame(frame).await?;
+            // Only what is ready now: a zero timeout polls the (cancel-safe) read once.
+            match tokio::time::timeout(Duration::ZERO, self.session.next_frame()).await {
+                Ok(Ok(Some(next))) => frame = next,
+                Ok(Ok(None)) => {
+                    stream = Stream::Lost(ClientError::Disconnected);
+                    break;
+                }
+                Ok(Err(error)) => {
+                    stream = Stream::Lost(error);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        self.save_progress();
+        Ok(stream)
+    }
+
+    async fn on_frame(&mut self, frame: ServerFrame) -> Result<(), String> {
+        for event in self.session.handle(frame).await.map_err(describe)? {
+            show(&event);
+            match event {
+                Event::Refused { .. } => self.refused += 1,
+                Event::Left { .. } => self.membership_ended = true,
+                Event::Removed { room } => {
+                    self.membership_ended = true;
+                    return Err(format!("the owner of {room} removed you from it"));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Logs in again and takes the session to a new stream.
+    async fn reconnect(&mut self) -> Result<(), Attempt> {
+        let (channel, credentials) = log_in(self.args, &self.identity, self.user)
+            .await
+            .map_err(Attempt::Login)?;
+        let events = self
+            .session
+            .reconnect(channel, &credentials)
+            .await
+            .map_err(Attempt::Join)?;
+        for event in &events {
+            show(event);
+        }
         eprintln!(
-            "warning: {} message(s) could not be decrypted: their sender key never arrived",
-            session.undecryptable()
+            "reconnected; resent {} pending message(s)",
+            self.session.pending().len()
         );
+        Ok(())
     }
-    if refused > 0 {
-        return Err(format!("{refused} message(s) were refused by the server"));
+
+    /// Saves the last sequence number processed, if it moved.
+    fn save_progress(&mut self) {
+        let seq = self.session.last_seq();
+        if self.saved_seq == Some(seq) {
+            return;
+        }
+        let room = self.session.room();
+        match progress::save_last_seq(&self.progress, &self.args.server, room, seq) {
+            Ok(()) => self.saved_seq = Some(seq),
+            Err(error) => eprintln!("warning: {}", describe(error)),
+        }
     }
-    Ok(())
+
+    /// Saves (or, out of the room, forgets) the progress and reports what was left
+    /// undone; then the result of the chat.
+    fn finish(&mut self, result: Result<(), String>) -> Result<(), String> {
+        if self.membership_ended {
+            let forgotten =
+                progress::forget_room(&self.progress, &self.args.server, self.session.room());
+            if let Err(error) = forgotten {
+                eprintln!("warning: {}", describe(error));
+            }
+        } else {
+            self.save_progress();
+        }
+        if self.session.undecryptable() > 0 {
+            eprintln!(
+                "warning: {} message(s) could not be decrypted: their sender key never arrived",
+                self.session.undecryptable()
+            );
+        }
+        for text in self.session.pending() {
+            eprintln!("not delivered: \"{}\"", one_line(text));
+        }
+        result?;
+        if self.refused > 0 {
+            return Err(format!(
+                "{} message(s) were refused by the server",
+                self.refused
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A failed reconnection attempt, by the step that failed.
+#[derive(Debug)]
+enum Attempt {
+    Login(ClientError),
+    Join(ClientError),
+}
+
+impl Attempt {
+    fn into_inner(self) -> ClientError {
+        match self {
+            Self::Login(error) | Self::Join(error) => error,
+        }
+    }
+}
+
+/// Whether retrying cannot help: the server refused the login or the room, or
+/// something is wrong on this machine. Lost connections, timeouts and a busy or
+/// restarting server are worth another try; so is a session the server still
+/// thinks is open (ALREADY_EXISTS on the stream).
+fn is_permanent(attempt: &Attempt) -> bool {
+    let (error, permanent_codes): (&ClientError, &[Code]) = match attempt {
+        Attempt::Login(error) => (
+            error,
+            &[
+                Code::Unauthenticated,
+                Code::InvalidArgument,
+                Code::PermissionDenied,
+            ],
+        ),
+        Attempt::Join(error) => (
+            error,
+            &[
+                Code::PermissionDenied,
+                Code::NotFound,
+                Code::InvalidArgument,
+                Code::FailedPrecondition,
+            ],
+        ),
+    };
+    match error {
+        ClientError::Unreachable { .. }
+        | ClientError::ClosedAtOnce { .. }
+        | ClientError::Disconnected
+        | ClientError::NoAnswer { .. } => false,
+        ClientError::Refused(status) | ClientError::Ended(status) => {
+            permanent_codes.contains(&status.code())
+        }
+        _ => true,
+    }
+}
+
+/// The waits between reconnection attempts: 0.5 s, doubling up to 10 s.
+struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: FIRST_RETRY }
+    }
+}
+
+impl Backoff {
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (delay * 2).min(MAX_RETRY);
+        delay
+    }
 }
 
 fn load_or_create_identity(args: &Args, user: &str) -> Result<Identity, String> {
@@ -358,21 +673,12 @@ fn load_or_create_identity(args: &Args, user: &str) -> Result<Identity, String> 
     Ok(identity)
 }
 
-fn lost_connection(session: &ChatSession, error: ClientError) -> String {
-    let unanswered = session.unanswered();
-    let mut message = format!("lost the connection to the server: {}", describe(error));
-    if unanswered > 0 {
-        message.push_str(&format!("; {unanswered} frame(s) were not acknowledged"));
-    }
-    message
-}
-
 /// Carries out one line of input; returns how to end the session if it asks to.
 async fn on_line(session: &mut ChatSession, line: &str) -> Result<Option<Ending>, String> {
     let text = match line.trim() {
         "" => return Ok(None),
         "/leave" => return Ok(Some(Ending::Leave)),
-        "/quit" => return Ok(Some(Ending::Quit)),
+        "/quit" => return Ok(Some(Ending::Disconnect)),
         _ if line.starts_with("//") => &line[1..],
         command if command.starts_with('/') => {
             if let Err(error) = on_command(session, command).await {
@@ -421,6 +727,19 @@ async fn on_command(session: &mut ChatSession, command: &str) -> Result<(), Clie
         ["/kick", name] => {
             session.kick(name).await?;
         }
+        ["/pending"] => {
+            for line in pending_lines(&session.pending()) {
+                eprintln!("{line}");
+            }
+        }
+        ["/history", ref count @ ..] if count.len() <= 1 => {
+            match history_limit(count.first().copied()) {
+                Ok(limit) => {
+                    session.history(limit).await?;
+                }
+                Err(error) => eprintln!("{command}: {error}"),
+            }
+        }
         _ => eprintln!("unknown command or wrong arguments: {command}; type /help for the list"),
     }
     Ok(())
@@ -447,18 +766,32 @@ fn show(event: &Event) {
         Event::MemberJoined { room, user } => eprintln!("* {user} joined {room}"),
         Event::MemberLeft { room, user, reason } => {
             let how = match reason {
-                LeaveReason::Left => "left",
+                LeaveReason::Left | LeaveReason::Unspecified => "left",
                 LeaveReason::Kicked => "was removed by the owner from",
+                // Only from servers that ended memberships with the connection.
                 LeaveReason::TooSlow => "was dropped by the server (too slow) from",
-                LeaveReason::Disconnected | LeaveReason::Unspecified => "disconnected from",
+                LeaveReason::Disconnected => "disconnected from",
             };
             eprintln!("* {user} {how} {room}; your sender key was rotated");
         }
-        Event::Refused { message, code, .. } => {
-            eprintln!(
-                "warning: the server refused a message: {}: {message}",
-                client::code_name(*code)
-            );
+        Event::Refused {
+            message,
+            code,
+            text,
+            ..
+        } => eprintln!(
+            "failed to send \"{}\": {}: {message}",
+            one_line(text),
+            client::code_name(*code)
+        ),
+        Event::CaughtUp { room, .. } => eprintln!("caught up on {room}"),
+        Event::History { room, messages } => {
+            if messages.is_empty() {
+                eprintln!("history [{room}]: no messages");
+            }
+            for message in messages {
+                eprintln!("{}", history_line(room, message));
+            }
         }
         Event::Left { room } => eprintln!("left {room}"),
         Event::Removed { room } => eprintln!("* the owner removed you from {room}"),
@@ -487,6 +820,80 @@ fn show(event: &Event) {
         Event::Warning(text) => eprintln!("warning: {text}"),
         Event::Delivered { .. } => {}
     }
+}
+
+/// What `/pending` prints.
+fn pending_lines(pending: &[&str]) -> Vec<String> {
+    if pending.is_empty() {
+        return vec!["no message is waiting for the server's acknowledgement".to_owned()];
+    }
+    let mut lines = vec![format!(
+        "{} message(s) sent but not acknowledged yet:",
+        pending.len()
+    )];
+    lines.extend(
+        pending
+            .iter()
+            .map(|text| format!("  \"{}\"", one_line(text))),
+    );
+    lines
+}
+
+/// The number of messages `/history` asks for: `DEFAULT_HISTORY` without an argument,
+/// else 1 to `MAX_HISTORY`.
+fn history_limit(argument: Option<&str>) -> Result<u32, String> {
+    let Some(argument) = argument else {
+        return Ok(DEFAULT_HISTORY);
+    };
+    argument
+        .parse::<u32>()
+        .ok()
+        .filter(|limit| (1..=MAX_HISTORY).contains(limit))
+        .ok_or_else(|| format!("the number of messages must be 1 to {MAX_HISTORY}"))
+}
+
+/// One message of the history, for stderr.
+fn history_line(room: &str, message: &HistoryMessage) -> String {
+    format!(
+        "history [{room}] {} ({}): {}",
+        message.sender,
+        utc_time(message.sent_at_ms),
+        one_line(&message.text)
+    )
+}
+
+/// A time in milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+fn utc_time(ms: u64) -> String {
+    let seconds = ms / 1000;
+    let (days, second_of_day) = (seconds / 86_400, seconds % 86_400);
+    // At most about 2^44 days: no overflow below.
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        second_of_day / 3600,
+        second_of_day % 3600 / 60,
+        second_of_day % 60
+    )
+}
+
+/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let shifted_month = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * shifted_month + 2) / 5 + 1;
+    let month = if shifted_month < 10 {
+        shifted_month + 3
+    } else {
+        shifted_month - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 /// The text with control characters, line and paragraph separators and bidirectional
@@ -539,7 +946,7 @@ fn spawn_stdin_reader() -> mpsc::Receiver<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::one_line;
+    use super::*;
 
     #[test]
     fn one_line_escapes_what_could_forge_or_split_a_line() {
@@ -548,5 +955,84 @@ mod tests {
         assert_eq!(one_line("\u{1b}[31mred"), "\\u{1b}[31mred");
         assert_eq!(one_line("abc\u{202e}fed"), "abc\\u{202e}fed");
         assert_eq!(one_line("x\u{2028}y"), "x\\u{2028}y");
+    }
+
+    #[test]
+    fn history_lines_show_the_time_in_utc_and_escape_the_text() {
+        assert_eq!(utc_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc_time(1_700_000_000_999), "2023-11-14 22:13:20 UTC");
+        assert_eq!(utc_time(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(utc_time(4_102_444_799_000), "2099-12-31 23:59:59 UTC");
+        // Whatever a sender claims, no panic.
+        assert!(utc_time(u64::MAX).ends_with(" UTC"));
+        let message = HistoryMessage {
+            seq: 7,
+            sender: "alice".into(),
+            text: "two\nlines".into(),
+            sent_at_ms: 1_700_000_000_000,
+        };
+        assert_eq!(
+            history_line("lobby", &message),
+            "history [lobby] alice (2023-11-14 22:13:20 UTC): two\\u{a}lines"
+        );
+    }
+
+    #[test]
+    fn history_takes_1_to_100_messages_and_20_by_default() {
+        assert_eq!(history_limit(None), Ok(20));
+        assert_eq!(history_limit(Some("1")), Ok(1));
+        assert_eq!(history_limit(Some("100")), Ok(100));
+        for wrong in ["0", "101", "-3", "ten", ""] {
+            assert!(history_limit(Some(wrong)).is_err(), "{wrong}");
+        }
+    }
+
+    #[test]
+    fn pending_lists_each_text_on_one_line() {
+        assert_eq!(pending_lines(&[]).len(), 1);
+        assert_eq!(
+            pending_lines(&["hi", "a\nb"]),
+            [
+                "2 message(s) sent but not acknowledged yet:",
+                "  \"hi\"",
+                "  \"a\\u{a}b\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn reconnecting_waits_half_a_second_doubling_up_to_ten() {
+        let mut backoff = Backoff::default();
+        let delays: Vec<u64> = (0..7)
+            .map(|_| backoff.next_delay().as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 10_000, 10_000]);
+    }
+
+    #[test]
+    fn only_refusals_that_retrying_cannot_change_are_permanent() {
+        let refused = |code| ClientError::Refused(tonic::Status::new(code, "no"));
+        assert!(is_permanent(&Attempt::Login(refused(
+            Code::Unauthenticated
+        ))));
+        assert!(is_permanent(&Attempt::Login(ClientError::NameTaken {
+            user: "alice".into()
+        })));
+        assert!(is_permanent(&Attempt::Join(refused(
+            Code::PermissionDenied
+        ))));
+        assert!(!is_permanent(&Attempt::Login(refused(Code::Unavailable))));
+        assert!(!is_permanent(&Attempt::Join(refused(Code::AlreadyExists))));
+        assert!(!is_permanent(&Attempt::Join(refused(
+            Code::Unauthenticated
+        ))));
+        assert!(!is_permanent(&Attempt::Join(ClientError::Ended(
+            tonic::Status::unavailable("shutting down")
+        ))));
+        assert!(!is_permanent(&Attempt::Login(ClientError::Unreachable {
+            url: "http://127.0.0.1:1".into(),
+            reason: "refused".into()
+        })));
+        assert!(!is_permanent(&Attempt::Join(ClientError::Disconnected)));
     }
 }

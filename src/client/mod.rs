@@ -8,8 +8,11 @@
 //!   key, theirs — turning frames into plaintext and back, signatures checked first.
 //!   No I/O.
 //! - [`ChatSession`]: a connection to the relay, joined to one room, that drives
-//!   `RoomKeys` (distributing and rotating keys as members come and go) and checks
-//!   members' keys against the pinned ones.
+//!   `RoomKeys` (distributing and rotating keys as members come and go), checks
+//!   members' keys against the pinned ones, follows the room's sequence numbers and
+//!   sends unacknowledged messages again after a reconnect.
+//! - [`progress`]: the last sequence number seen per server and room, saved in the
+//!   home directory, so that a restarted client catches up on exactly what it missed.
 //!
 //! The `chat-client` binary, the tests and the benchmarks all use these types.
 
@@ -17,6 +20,7 @@ mod connect;
 mod contacts;
 pub mod home;
 mod login;
+pub mod progress;
 mod replay;
 mod room;
 mod session;
@@ -25,7 +29,7 @@ pub use connect::{connect, is_plaintext_beyond_loopback};
 pub use contacts::{Contacts, Pin};
 pub use login::{AuthorizedClient, BearerToken, Credentials, fetch_identity, login};
 pub use room::{MAX_WAITING_MESSAGES, RoomEvent, RoomKeys};
-pub use session::{ChatSession, Event, open_stream, safety_number};
+pub use session::{ChatSession, Event, HistoryMessage, MAX_HISTORY, open_stream, safety_number};
 
 use std::path::PathBuf;
 
@@ -51,6 +55,8 @@ pub enum ClientError {
     Ended(tonic::Status),
     #[error("the connection to the server was closed")]
     Disconnected,
+    #[error("the server did not answer {what} within {seconds} s")]
+    NoAnswer { what: String, seconds: u64 },
     #[error("cannot read identity key {path}: {reason}")]
     IdentityUnreadable { path: PathBuf, reason: String },
     #[error("cannot write identity key {path}: {source}")]
@@ -75,6 +81,16 @@ pub enum ClientError {
     ContactsUnreadable { path: PathBuf, reason: String },
     #[error("cannot save pinned contacts {path}: {source}")]
     ContactsUnwritable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot read saved progress {path}: {reason}; fix it, or move it away to start from \
+         the latest messages"
+    )]
+    ProgressUnreadable { path: PathBuf, reason: String },
+    #[error("cannot save progress {path}: {source}")]
+    ProgressUnwritable {
         path: PathBuf,
         source: std::io::Error,
     },

@@ -11,17 +11,27 @@
 //! A member can be untrusted: the relay presented keys for it that differ from the ones
 //! pinned (see [`Contacts`](super::Contacts)). Nothing is wrapped for an untrusted
 //! member and nothing from it is opened until [`RoomKeys::trust`] is called.
+//!
+//! Delivery is durable, so two more kinds of sender matter:
+//! - former members ([`RoomKeys::insert_former_member`]): users who left while we were
+//!   away, whose entries we still catch up on. Their entries are checked and opened,
+//!   but nothing is wrapped for them, and they are forgotten once caught up.
+//! - ourselves: every distribution carries a copy of our key wrapped for us, which the
+//!   relay only ever hands back in a `History` answer, so that
+//!   [`RoomKeys::open_history`] can show our own messages too.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use super::ClientError;
 use super::replay::ReplayWindow;
 use crate::crypto::binding::{message_signed_bytes, sender_key_signed_bytes};
-use crate::crypto::{Identity, OutboundSenderKey, SenderKey, VerifiedIdentity};
+use crate::crypto::{
+    Fingerprint, Identity, OutboundSenderKey, PublicEncryptionKey, SenderKey, VerifiedIdentity,
+};
 use crate::proto::{
-    DistributeSenderKey, MessageDelivery, PublicIdentity, SealedMessage, SendMessage,
-    SenderKeyDelivery, WrappedSenderKey,
+    DistributeSenderKey, HistoryEntry, MessageDelivery, PublicIdentity, SealedMessage, SendMessage,
+    SenderKeyDelivery, WrappedSenderKey, history_entry,
 };
 use crate::protocol::{Envelope, MAX_ENVELOPE_BYTES, MessageKind, validate_user};
 
@@ -43,6 +53,8 @@ const REMEMBERED_SENDERS: usize = 4096;
 pub enum RoomEvent {
     /// A message, signed by its sender, decrypted and authenticated.
     Message {
+        /// Its sequence number in the room (0 if the relay gave none).
+        seq: u64,
         sender: String,
         text: String,
         sent_at_ms: u64,
@@ -58,6 +70,9 @@ pub type KeyUpdate = (Vec<DistributeSenderKey>, Vec<RoomEvent>);
 struct Member {
     identity: VerifiedIdentity,
     trusted: bool,
+    /// No longer a member: known only so that the entries it left behind, which we are
+    /// catching up on, can be checked and opened. Nothing is wrapped for it.
+    former: bool,
     /// Its current sender key, and the counters opened under it.
     key: Option<(SenderKey, ReplayWindow)>,
     /// While untrusted: its latest sender key, signature checked, not yet unwrapped.
@@ -96,12 +111,20 @@ impl RoomKeys {
         &self.room
     }
 
-    /// The other members, sorted by name.
+    /// The other members, sorted by name; former members are not listed.
     pub fn members(&self) -> impl Iterator<Item = &str> {
-        self.members.keys().map(String::as_str)
+        self.members
+            .iter()
+            .filter(|(_, member)| !member.former)
+            .map(|(user, _)| user.as_str())
     }
 
-    /// The verified identity of a member.
+    /// Whether `user` is a current member (not a former one).
+    pub fn is_member(&self, user: &str) -> bool {
+        self.members.get(user).is_some_and(|member| !member.former)
+    }
+
+    /// The verified identity of a member, current or former.
     pub fn member_identity(&self, user: &str) -> Option<&VerifiedIdentity> {
         self.members.get(user).map(|member| &member.identity)
     }
@@ -114,6 +137,11 @@ impl RoomKeys {
     /// Messages still waiting for their sender key.
     pub fn waiting(&self) -> usize {
         self.waiting.len()
+    }
+
+    /// The id of our current sender key.
+    pub fn key_id(&self) -> u64 {
+        self.outbound.id()
     }
 
     /// Checks a member the relay announced: a valid name, and an identity whose
@@ -139,31 +167,86 @@ impl RoomKeys {
     }
 
     /// Adds a member without giving it our key (see [`distribute_to_all`](Self::distribute_to_all)).
+    /// A former member of that name becomes a current one.
     pub fn insert_member(&mut self, identity: VerifiedIdentity, trusted: bool) {
+        self.insert(identity, trusted, false);
+    }
+
+    /// Adds a user who is no longer a member but whose messages and keys are among the
+    /// entries being caught up on: they can be checked and opened, but nothing is
+    /// wrapped for it and it is not listed. A current member of that name stays one.
+    pub fn insert_former_member(&mut self, identity: VerifiedIdentity, trusted: bool) {
+        if !self.is_member(&identity.user) {
+            self.insert(identity, trusted, true);
+        }
+    }
+
+    fn insert(&mut self, identity: VerifiedIdentity, trusted: bool, former: bool) {
         self.members.insert(
             identity.user.clone(),
             Member {
                 identity,
                 trusted,
+                former,
                 key: None,
                 held_key: None,
             },
         );
     }
 
-    /// Our current sender key, wrapped for every trusted member, in as many frames as
-    /// the frame size limit needs; none when nobody is.
-    pub fn distribute_to_all(&self) -> Result<Vec<DistributeSenderKey>, ClientError> {
-        let recipients: Vec<&String> = self
+    /// Drops the former members, once their entries have been caught up on.
+    pub fn forget_former_members(&mut self) -> Vec<RoomEvent> {
+        let former: Vec<String> = self
             .members
             .iter()
-            .filter(|(_, member)| member.trusted)
-            .map(|(user, _)| user)
+            .filter(|(_, member)| member.former)
+            .map(|(user, _)| user.clone())
             .collect();
-        recipients
-            .chunks(MAX_KEYS_PER_DISTRIBUTION)
-            .map(|chunk| self.distribution(chunk))
+        former
+            .iter()
+            .flat_map(|user| self.remove_member(user))
             .collect()
+    }
+
+    /// Forgets a member's keys (and the messages of its still waiting for a key),
+    /// without rotating ours: for a member that turned out to be gone while we were
+    /// away, when a rotation follows anyway. See [`member_left`](Self::member_left).
+    pub fn remove_member(&mut self, user: &str) -> Vec<RoomEvent> {
+        self.members.remove(user);
+        let before = self.waiting.len();
+        self.waiting.retain(|message| message.sender != user);
+        let dropped = before - self.waiting.len();
+        if dropped == 0 {
+            return Vec::new();
+        }
+        vec![self.warning(format!(
+            "dropped {dropped} message(s) from {user}: its sender key never arrived"
+        ))]
+    }
+
+    /// Our current sender key, wrapped for every trusted member and for ourselves, in as
+    /// many frames as the frame size limit needs (at least one: our own copy).
+    pub fn distribute_to_all(&self) -> Result<Vec<DistributeSenderKey>, ClientError> {
+        let users: Vec<&str> = self.members().collect();
+        self.distribute_to(&users)
+    }
+
+    /// Our current sender key, wrapped for those of `users` who are trusted current
+    /// members, and for ourselves.
+    pub fn distribute_to(&self, users: &[&str]) -> Result<Vec<DistributeSenderKey>, ClientError> {
+        let recipients: Vec<&VerifiedIdentity> = users
+            .iter()
+            .filter_map(|user| self.members.get(*user))
+            .filter(|member| member.trusted && !member.former)
+            .map(|member| &member.identity)
+            .collect();
+        self.distributions(&recipients)
+    }
+
+    /// Makes a fresh sender key and returns its distribution to every trusted member.
+    pub fn rotate(&mut self) -> Result<Vec<DistributeSenderKey>, ClientError> {
+        self.outbound = OutboundSenderKey::generate()?;
+        self.distribute_to_all()
     }
 
     /// A member joined: it gets our current sender key if it is trusted.
@@ -175,7 +258,7 @@ impl RoomKeys {
         let user = identity.user.clone();
         self.insert_member(identity, trusted);
         if trusted {
-            Ok(vec![self.distribution(&[&user])?])
+            self.distribute_to(&[&user])
         } else {
             Ok(Vec::new())
         }
@@ -190,8 +273,7 @@ impl RoomKeys {
         };
         member.trusted = true;
         let held = member.held_key.take();
-        self.outbound = OutboundSenderKey::generate()?;
-        let distribution = self.distribute_to_all()?;
+        let distribution = self.rotate()?;
         let events = held
             .map(|delivery| self.accept_sender_key(delivery))
             .unwrap_or_default();
@@ -201,18 +283,8 @@ impl RoomKeys {
     /// A member left: forget its keys and rotate ours, so it cannot read what we send
     /// next. Returns the new key for the remaining members.
     pub fn member_left(&mut self, user: &str) -> Result<KeyUpdate, ClientError> {
-        self.members.remove(user);
-        let before = self.waiting.len();
-        self.waiting.retain(|message| message.sender != user);
-        let dropped = before - self.waiting.len();
-        let mut events = Vec::new();
-        if dropped > 0 {
-            events.push(self.warning(format!(
-                "dropped {dropped} message(s) from {user}: its sender key never arrived"
-            )));
-        }
-        self.outbound = OutboundSenderKey::generate()?;
-        Ok((self.distribute_to_all()?, events))
+        let events = self.remove_member(user);
+        Ok((self.rotate()?, events))
     }
 
     /// Seals and signs a text message. If our key has sealed all it may, it is rotated
@@ -229,8 +301,7 @@ impl RoomKeys {
             });
         }
         let rotation = if self.outbound.is_exhausted() {
-            self.outbound = OutboundSenderKey::generate()?;
-            self.distribute_to_all()?
+            self.rotate()?
         } else {
             Vec::new()
         };
@@ -255,24 +326,17 @@ impl RoomKeys {
                 "ignored a sender key from {sender}, who is not a member"
             ))];
         };
-        // Checked before the RSA decryption, so that nobody but the member can make us
-        // decrypt anything (RUSTSEC-2023-0071).
-        let signed = sender_key_signed_bytes(
-            &self.room,
-            &sender,
-            &self.me,
-            delivery.key_id,
-            &delivery.wrapped_key,
-        );
         if member
-            .identity
-            .signing
-            .verify(&signed, &delivery.signature)
-            .is_err()
+            .key
+            .as_ref()
+            .is_some_and(|(key, _)| key.id() == delivery.key_id)
         {
-            return vec![self.warning(format!(
-                "rejected a sender key from {sender}: its signature does not verify"
-            ))];
+            // A catch-up starts with the keys in force, which we may hold already.
+            // Nothing is taken from it, so it needs no check either.
+            return Vec::new();
+        }
+        if let Err(reason) = check_sender_key(&self.room, &self.me, &member.identity, &delivery) {
+            return vec![self.warning(format!("rejected a sender key from {sender}: {reason}"))];
         }
         if !member.trusted {
             member.held_key = Some(delivery);
@@ -284,14 +348,7 @@ impl RoomKeys {
                 "ignored a sender key from {sender} that was already used (replayed)"
             ))];
         }
-        let key = match SenderKey::unwrap(
-            self.identity.encryption_key(),
-            &delivery.wrapped_key,
-            &self.room,
-            &sender,
-            &self.me,
-            delivery.key_id,
-        ) {
+        let key = match unwrap_sender_key(&self.identity, &self.room, &self.me, &delivery) {
             Ok(key) => key,
             Err(error) => {
                 return vec![self.warning(format!("rejected the sender key of {sender}: {error}"))];
@@ -331,16 +388,8 @@ impl RoomKeys {
         if !member.trusted {
             return vec![self.warning(untrusted(sender, "dropped a message"))];
         }
-        let signed = signed_message(&self.room, sender, sealed);
-        if member
-            .identity
-            .signing
-            .verify(&signed, &sealed.signature)
-            .is_err()
-        {
-            return vec![self.warning(format!(
-                "dropped a message from {sender}: its signature does not verify"
-            ))];
+        if let Err(reason) = check_message(&self.room, &member.identity, sealed) {
+            return vec![self.warning(format!("dropped a message from {sender}: {reason}"))];
         }
         let Some((key, seen)) = member.key.as_mut() else {
             return self.wait_for_key(delivery);
@@ -351,32 +400,133 @@ impl RoomKeys {
                  (replayed or stale)"
             ))];
         }
-        let opened = key
-            .open(&self.room, sender, sealed)
-            .map_err(|error| error.to_string())
-            .and_then(|plaintext| {
-                Envelope::from_json(&plaintext).map_err(|error| error.to_string())
-            });
+        let opened = open_envelope(key, &self.room, sender, sealed);
         // Only an authentic message may move the window, so this comes after opening.
         let fresh = opened.is_ok() && seen.accept(sealed.counter);
-        match opened {
-            Err(error) => vec![self.warning(format!("dropped a message from {sender}: {error}"))],
-            Ok(_) if !fresh => vec![self.warning(format!(
+        let shown = match opened {
+            Err(error) => Err(format!("dropped a message from {sender}: {error}")),
+            Ok(_) if !fresh => Err(format!(
                 "dropped a repeated message from {sender} (counter {})",
                 sealed.counter
-            ))],
-            Ok(envelope) if envelope.sender != sender => vec![self.warning(format!(
-                "dropped a message from {sender} that claims to be from {}",
-                envelope.sender
-            ))],
-            Ok(envelope) if envelope.kind == MessageKind::Unknown => vec![self.warning(format!(
-                "{sender} sent a kind of message this version cannot show"
-            ))],
-            Ok(envelope) => vec![RoomEvent::Message {
-                sender: envelope.sender,
-                text: envelope.text,
-                sent_at_ms: envelope.sent_at_ms,
-            }],
+            )),
+            Ok(envelope) => message_event(delivery.seq, sender, envelope),
+        };
+        vec![shown.unwrap_or_else(|reason| self.warning(reason))]
+    }
+
+    /// Opens the entries of a `History` answer: messages in sequence order, then at most
+    /// one warning summing up what could not be read.
+    ///
+    /// It works on its own keys, taken from the entries, and leaves the live state alone
+    /// (current keys, accepted key ids, replay windows): history is shown again, not
+    /// received again. Each entry is checked against its sender's signing key before
+    /// anything is unwrapped or decrypted, as live ones are. Senders are ourselves (our
+    /// own key copies), the trusted members, and `former_members`: the identities of
+    /// the answer's former members, vetted and trusted by the caller.
+    pub fn open_history(
+        &self,
+        entries: Vec<HistoryEntry>,
+        former_members: &[VerifiedIdentity],
+    ) -> Vec<RoomEvent> {
+        let own = self.own_identity();
+        let signer = |user: &str| -> Option<&VerifiedIdentity> {
+            if user == self.me {
+                return Some(&own);
+            }
+            match self.members.get(user) {
+                Some(member) => member.trusted.then_some(&member.identity),
+                None => former_members.iter().find(|former| former.user == user),
+            }
+        };
+        let mut keys: HashMap<(String, u64), SenderKey> = HashMap::new();
+        let mut seen = HashSet::new();
+        let mut messages = Vec::new();
+        let (mut unreadable, mut rejected_keys) = (0usize, 0usize);
+        for entry in entries {
+            match entry.kind {
+                Some(history_entry::Kind::SenderKey(delivery)) => {
+                    match self.history_key(&delivery, signer(&delivery.sender)) {
+                        Some(key) => {
+                            keys.insert((delivery.sender, delivery.key_id), key);
+                        }
+                        None => rejected_keys += 1,
+                    }
+                }
+                Some(history_entry::Kind::Message(delivery)) => {
+                    let opened = self.history_message(&delivery, &keys, signer(&delivery.sender));
+                    match opened {
+                        // A relay repeating an entry does not get it shown twice.
+                        Some((id, message)) if !seen.contains(&id) => {
+                            seen.insert(id);
+                            messages.push(message);
+                        }
+                        _ => unreadable += 1,
+                    }
+                }
+                None => {}
+            }
+        }
+        messages.sort_by_key(|message| match message {
+            RoomEvent::Message { seq, .. } => *seq,
+            RoomEvent::Warning(_) => u64::MAX,
+        });
+        messages.extend(self.history_summary(unreadable, rejected_keys));
+        messages
+    }
+
+    /// A sender key from a history answer, checked then unwrapped; `None` if it is not
+    /// usable, for whatever reason (counted, not reported one by one).
+    fn history_key(
+        &self,
+        delivery: &SenderKeyDelivery,
+        signer: Option<&VerifiedIdentity>,
+    ) -> Option<SenderKey> {
+        check_sender_key(&self.room, &self.me, signer?, delivery).ok()?;
+        unwrap_sender_key(&self.identity, &self.room, &self.me, delivery).ok()
+    }
+
+    /// A message from a history answer, checked then opened with `keys`; with what
+    /// identifies it (sender, key id, counter).
+    fn history_message(
+        &self,
+        delivery: &MessageDelivery,
+        keys: &HashMap<(String, u64), SenderKey>,
+        signer: Option<&VerifiedIdentity>,
+    ) -> Option<((String, u64, u64), RoomEvent)> {
+        let sender = delivery.sender.as_str();
+        let sealed = delivery.sealed.as_ref()?;
+        check_message(&self.room, signer?, sealed).ok()?;
+        let key = keys.get(&(sender.to_owned(), sealed.key_id))?;
+        let envelope = open_envelope(key, &self.room, sender, sealed).ok()?;
+        let event = message_event(delivery.seq, sender, envelope).ok()?;
+        Some(((sender.to_owned(), sealed.key_id, sealed.counter), event))
+    }
+
+    fn history_summary(&self, unreadable: usize, rejected_keys: usize) -> Option<RoomEvent> {
+        let mut parts = Vec::new();
+        if unreadable > 0 {
+            parts.push(format!(
+                "{unreadable} older message(s) could not be verified or decrypted"
+            ));
+        }
+        if rejected_keys > 0 {
+            parts.push(format!(
+                "{rejected_keys} sender key(s) were rejected (bad signature, unknown sender \
+                 or not for you)"
+            ));
+        }
+        (!parts.is_empty()).then(|| self.warning(format!("history: {}", parts.join("; "))))
+    }
+
+    /// Our own identity as others see it, to check our own entries in a history.
+    fn own_identity(&self) -> VerifiedIdentity {
+        let signing = self.identity.signing_key().public_key();
+        let encryption = self.identity.encryption_key().public_key();
+        VerifiedIdentity {
+            user: self.me.clone(),
+            signing: signing.clone(),
+            encryption: encryption.clone(),
+            fingerprint: Fingerprint::of(signing, encryption),
         }
     }
 
@@ -415,37 +565,136 @@ impl RoomKeys {
         events
     }
 
-    fn distribution(&self, recipients: &[&String]) -> Result<DistributeSenderKey, ClientError> {
-        let key_id = self.outbound.id();
-        let keys = recipients
-            .iter()
-            .map(|recipient| {
-                let member = &self.members[*recipient];
-                let wrapped_key = self.outbound.wrap_for(
-                    &member.identity.encryption,
-                    &self.room,
-                    &self.me,
-                    recipient,
-                )?;
-                let signed =
-                    sender_key_signed_bytes(&self.room, &self.me, recipient, key_id, &wrapped_key);
-                Ok(WrappedSenderKey {
-                    recipient: (*recipient).clone(),
-                    signature: self.identity.sign(&signed)?.into(),
-                    wrapped_key,
-                })
+    /// Our current key wrapped for `recipients`, and for ourselves in the first frame,
+    /// split into frames under the size limit.
+    fn distributions(
+        &self,
+        recipients: &[&VerifiedIdentity],
+    ) -> Result<Vec<DistributeSenderKey>, ClientError> {
+        let own_key = self.identity.encryption_key().public_key();
+        let mut keys = vec![self.wrap_for(&self.me, own_key)?];
+        for recipient in recipients {
+            keys.push(self.wrap_for(&recipient.user, &recipient.encryption)?);
+        }
+        Ok(keys
+            .chunks(MAX_KEYS_PER_DISTRIBUTION)
+            .map(|chunk| DistributeSenderKey {
+                room: self.room.clone(),
+                key_id: self.outbound.id(),
+                keys: chunk.to_vec(),
             })
-            .collect::<Result<_, ClientError>>()?;
-        Ok(DistributeSenderKey {
-            room: self.room.clone(),
-            key_id,
-            keys,
+            .collect())
+    }
+
+    /// Our current key wrapped for `recipient` and signed.
+    fn wrap_for(
+        &self,
+        recipient: &str,
+        encryption_key: &PublicEncryptionKey,
+    ) -> Result<WrappedSenderKey, ClientError> {
+        let key_id = self.outbound.id();
+        let wrapped_key =
+            self.outbound
+                .wrap_for(encryption_key, &self.room, &self.me, recipient)?;
+        let signed = sender_key_signed_bytes(&self.room, &self.me, recipient, key_id, &wrapped_key);
+        Ok(WrappedSenderKey {
+            recipient: recipient.to_owned(),
+            signature: self.identity.sign(&signed)?.into(),
+            wrapped_key,
         })
     }
 
     fn warning(&self, text: String) -> RoomEvent {
         RoomEvent::Warning(format!("[{}] {text}", self.room))
     }
+}
+
+/// Checks that `signer` signed `delivery`, a sender key wrapped for `recipient`. Done
+/// before the RSA decryption, so that nobody but the sender can make us decrypt
+/// anything (RUSTSEC-2023-0071).
+fn check_sender_key(
+    room: &str,
+    recipient: &str,
+    signer: &VerifiedIdentity,
+    delivery: &SenderKeyDelivery,
+) -> Result<(), String> {
+    let signed = sender_key_signed_bytes(
+        room,
+        &signer.user,
+        recipient,
+        delivery.key_id,
+        &delivery.wrapped_key,
+    );
+    signer
+        .signing
+        .verify(&signed, &delivery.signature)
+        .map_err(|_| "its signature does not verify".to_owned())
+}
+
+/// Unwraps a sender key whose signature [`check_sender_key`] accepted.
+fn unwrap_sender_key(
+    identity: &Identity,
+    room: &str,
+    recipient: &str,
+    delivery: &SenderKeyDelivery,
+) -> Result<SenderKey, crate::crypto::CryptoError> {
+    SenderKey::unwrap(
+        identity.encryption_key(),
+        &delivery.wrapped_key,
+        room,
+        &delivery.sender,
+        recipient,
+        delivery.key_id,
+    )
+}
+
+/// Checks that `signer` signed `sealed`, before anything is decrypted.
+fn check_message(
+    room: &str,
+    signer: &VerifiedIdentity,
+    sealed: &SealedMessage,
+) -> Result<(), String> {
+    signer
+        .signing
+        .verify(
+            &signed_message(room, &signer.user, sealed),
+            &sealed.signature,
+        )
+        .map_err(|_| "its signature does not verify".to_owned())
+}
+
+/// Decrypts a message whose signature [`check_message`] accepted, and parses it.
+fn open_envelope(
+    key: &SenderKey,
+    room: &str,
+    sender: &str,
+    sealed: &SealedMessage,
+) -> Result<Envelope, String> {
+    let plaintext = key
+        .open(room, sender, sealed)
+        .map_err(|error| error.to_string())?;
+    Envelope::from_json(&plaintext).map_err(|error| error.to_string())
+}
+
+/// What an opened envelope shows, or why it is dropped.
+fn message_event(seq: u64, sender: &str, envelope: Envelope) -> Result<RoomEvent, String> {
+    if envelope.sender != sender {
+        return Err(format!(
+            "dropped a message from {sender} that claims to be from {}",
+            envelope.sender
+        ));
+    }
+    if envelope.kind == MessageKind::Unknown {
+        return Err(format!(
+            "{sender} sent a kind of message this version cannot show"
+        ));
+    }
+    Ok(RoomEvent::Message {
+        seq,
+        sender: envelope.sender,
+        text: envelope.text,
+        sent_at_ms: envelope.sent_at_ms,
+    })
 }
 
 /// What the sender of `sealed` signs.
@@ -524,6 +773,7 @@ mod tests {
 
     fn text(sender: &str, text: &str) -> RoomEvent {
         RoomEvent::Message {
+            seq: 0,
             sender: sender.to_owned(),
             text: text.to_owned(),
             sent_at_ms: 0,
@@ -534,13 +784,25 @@ mod tests {
         events
             .into_iter()
             .map(|event| match event {
-                RoomEvent::Message { sender, text, .. } => RoomEvent::Message {
+                RoomEvent::Message {
+                    seq, sender, text, ..
+                } => RoomEvent::Message {
+                    seq,
                     sender,
                     text,
                     sent_at_ms: 0,
                 },
                 other => other,
             })
+            .collect()
+    }
+
+    /// Who the distributions wrap a key for, in order.
+    fn recipients(distributions: &[DistributeSenderKey]) -> Vec<&str> {
+        distributions
+            .iter()
+            .flat_map(|distribution| &distribution.keys)
+            .map(|key| key.recipient.as_str())
             .collect()
     }
 
@@ -587,7 +849,11 @@ mod tests {
     fn after_a_member_leaves_its_old_keys_do_not_open_new_messages() {
         let (mut alice, mut bob) = alice_and_bob();
         let (rotation, _) = alice.member_left("bob").unwrap();
-        assert!(rotation.is_empty(), "nobody is left to receive the new key");
+        assert_eq!(
+            recipients(&rotation),
+            ["alice"],
+            "only our own copy is left"
+        );
         let (_, send) = alice.seal_text("after bob left").unwrap();
         // bob still has alice's old key, and alice as a member, yet cannot open it.
         let events = bob.open(deliver_message(&send, "alice"));
@@ -707,7 +973,7 @@ mod tests {
         );
         assert!(!alice.is_trusted("bob"));
         bob.insert_member(verified("alice", 0), true);
-        assert!(alice.distribute_to_all().unwrap().is_empty());
+        assert_eq!(recipients(&alice.distribute_to_all().unwrap()), ["alice"]);
 
         // bob's key is held (signature checked), his messages dropped.
         let to_alice = bob.distribute_to_all().unwrap();
@@ -823,8 +1089,10 @@ mod tests {
         assert_eq!(frames.len(), 5);
         assert_eq!(
             frames.iter().map(|frame| frame.keys.len()).sum::<usize>(),
-            151
+            152,
+            "every member and our own copy"
         );
+        assert_eq!(frames[0].keys[0].recipient, "newcomer");
         for frame in &frames {
             // These are 2048-bit keys: 4096-bit ones take twice the room.
             let size = prost::Message::encoded_len(frame);
@@ -866,5 +1134,232 @@ mod tests {
             alice.seal_text(&"x".repeat(MAX_ENVELOPE_BYTES)),
             Err(ClientError::MessageTooLong { .. })
         ));
+    }
+
+    fn key_entry(delivery: SenderKeyDelivery, seq: u64) -> HistoryEntry {
+        HistoryEntry {
+            kind: Some(history_entry::Kind::SenderKey(SenderKeyDelivery {
+                seq,
+                ..delivery
+            })),
+        }
+    }
+
+    fn message_entry(delivery: MessageDelivery, seq: u64) -> HistoryEntry {
+        HistoryEntry {
+            kind: Some(history_entry::Kind::Message(MessageDelivery {
+                seq,
+                ..delivery
+            })),
+        }
+    }
+
+    fn with_seq(seq: u64, sender: &str, body: &str) -> RoomEvent {
+        match text(sender, body) {
+            RoomEvent::Message {
+                sender,
+                text,
+                sent_at_ms,
+                ..
+            } => RoomEvent::Message {
+                seq,
+                sender,
+                text,
+                sent_at_ms,
+            },
+            other => other,
+        }
+    }
+
+    #[test]
+    fn the_current_key_delivered_again_is_ignored_silently() {
+        let (mut alice, mut bob) = alice_and_bob();
+        let (_, first) = alice.seal_text("before the catch-up").unwrap();
+        let first = deliver_message(&first, "alice");
+        assert_eq!(bob.open(first.clone()).len(), 1);
+        // A catch-up starts with the key in force: bob holds it already.
+        let again = alice.distribute_to_all().unwrap();
+        assert!(
+            bob.accept_sender_key(deliver_key(&again[0], "alice", "bob"))
+                .is_empty()
+        );
+        // Nothing was reset: the window still knows what was shown.
+        assert!(matches!(&bob.open(first)[..], [RoomEvent::Warning(w)] if w.contains("repeated")));
+        let (_, next) = alice.seal_text("after").unwrap();
+        assert_eq!(
+            without_time(bob.open(deliver_message(&next, "alice"))),
+            [text("alice", "after")]
+        );
+    }
+
+    #[test]
+    fn every_distribution_carries_our_own_copy_once() {
+        let (mut alice, _) = alice_and_bob();
+        alice.insert_member(verified("carol", 2), true);
+        let frames = alice.distribute_to_all().unwrap();
+        assert_eq!(recipients(&frames), ["alice", "bob", "carol"]);
+        let own = deliver_key(&frames[0], "alice", "alice");
+        // Signed like the others, with our own signing key, for our own name.
+        assert!(check_sender_key("lobby", "alice", &alice.own_identity(), &own).is_ok());
+        assert!(unwrap_sender_key(&identities()[0], "lobby", "alice", &own).is_ok());
+        let joined = alice.member_joined(verified("dave", 1), true).unwrap();
+        assert_eq!(recipients(&joined), ["alice", "dave"]);
+    }
+
+    #[test]
+    fn former_members_are_read_but_get_nothing_and_are_not_listed() {
+        let mut alice = member("alice", 0, &[("bob", 1)]);
+        alice.insert_former_member(verified("carol", 2), true);
+        // A current member stays current.
+        alice.insert_former_member(verified("bob", 1), true);
+        assert_eq!(alice.members().collect::<Vec<_>>(), ["bob"]);
+        assert!(!alice.is_member("carol"));
+        assert_eq!(
+            recipients(&alice.distribute_to_all().unwrap()),
+            ["alice", "bob"]
+        );
+        assert_eq!(
+            recipients(&alice.distribute_to(&["carol", "bob"]).unwrap()),
+            ["alice", "bob"]
+        );
+
+        // carol's entries from before she left still open.
+        let mut carol = member("carol", 2, &[("alice", 0)]);
+        let to_alice = carol.distribute_to_all().unwrap();
+        assert!(
+            alice
+                .accept_sender_key(deliver_key(&to_alice[0], "carol", "alice"))
+                .is_empty()
+        );
+        let (_, said) = carol.seal_text("said before leaving").unwrap();
+        assert_eq!(
+            without_time(alice.open(deliver_message(&said, "carol"))),
+            [text("carol", "said before leaving")]
+        );
+
+        // Caught up: carol is forgotten.
+        assert!(alice.forget_former_members().is_empty());
+        let (_, later) = carol.seal_text("later").unwrap();
+        assert!(matches!(
+            &alice.open(deliver_message(&later, "carol"))[..],
+            [RoomEvent::Warning(w)] if w.contains("not a member")
+        ));
+        assert!(alice.member_identity("bob").is_some());
+    }
+
+    #[test]
+    fn a_former_member_who_joins_again_is_a_member() {
+        let mut alice = member("alice", 0, &[]);
+        alice.insert_former_member(verified("carol", 2), true);
+        let to_carol = alice.member_joined(verified("carol", 2), true).unwrap();
+        assert_eq!(recipients(&to_carol), ["alice", "carol"]);
+        assert!(alice.is_member("carol"));
+        assert!(alice.forget_former_members().is_empty());
+        assert_eq!(alice.members().collect::<Vec<_>>(), ["carol"]);
+    }
+
+    /// alice's view of a history: her own message, bob's, and carol's, who has left.
+    #[test]
+    fn history_shows_our_own_messages_and_former_members_without_touching_live_state() {
+        let (mut alice, mut bob) = alice_and_bob();
+        let mut carol = member("carol", 2, &[("alice", 0)]);
+        let own_key = alice.distribute_to_all().unwrap();
+        let bob_key = bob.distribute_to_all().unwrap();
+        let carol_key = carol.distribute_to_all().unwrap();
+        let (_, mine) = alice.seal_text("my own words").unwrap();
+        let (_, bobs) = bob.seal_text("bob speaks").unwrap();
+        let (_, carols) = carol.seal_text("carol, now gone").unwrap();
+        let bobs = deliver_message(&bobs, "bob");
+        let entries = vec![
+            key_entry(deliver_key(&own_key[0], "alice", "alice"), 3),
+            key_entry(deliver_key(&bob_key[0], "bob", "alice"), 4),
+            key_entry(deliver_key(&carol_key[0], "carol", "alice"), 5),
+            message_entry(deliver_message(&mine, "alice"), 6),
+            message_entry(bobs.clone(), 7),
+            message_entry(deliver_message(&carols, "carol"), 9),
+        ];
+        let shown = alice.open_history(entries, &[verified("carol", 2)]);
+        assert_eq!(
+            without_time(shown),
+            [
+                with_seq(6, "alice", "my own words"),
+                with_seq(7, "bob", "bob speaks"),
+                with_seq(9, "carol", "carol, now gone"),
+            ]
+        );
+        // The live state is as it was: bob's message is still new to the live path.
+        assert_eq!(
+            without_time(alice.open(bobs.clone())),
+            [text("bob", "bob speaks")]
+        );
+        assert!(!alice.is_member("carol") && alice.member_identity("carol").is_none());
+        // Without carol's identity, her message cannot be checked: one summary.
+        let entries = vec![
+            key_entry(deliver_key(&carol_key[0], "carol", "alice"), 5),
+            message_entry(deliver_message(&carols, "carol"), 9),
+        ];
+        let shown = alice.open_history(entries, &[]);
+        assert!(
+            matches!(&shown[..], [RoomEvent::Warning(w)] if w.contains("1 older message")),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn history_checks_signatures_before_unwrapping_or_decrypting() {
+        let (alice, mut bob) = alice_and_bob();
+        // Two keys of bob's: the second properly wrapped for alice, but presented with
+        // the signature of the first. Unwrapping it would work; it must not be tried.
+        let first = bob.distribute_to_all().unwrap();
+        let second = bob.rotate().unwrap();
+        let mut forged = deliver_key(&second[0], "bob", "alice");
+        forged.signature = deliver_key(&first[0], "bob", "alice").signature;
+        let (_, under_second) = bob.seal_text("under the forged key").unwrap();
+        // A key claiming to be our own copy, but made and signed by bob.
+        let mut not_mine = deliver_key(&second[0], "bob", "alice");
+        not_mine.sender = "alice".into();
+        // A tampered message under a good key.
+        let (_, tampered) = bob.seal_text("tampered").unwrap();
+        let mut tampered = deliver_message(&tampered, "bob");
+        let sealed = tampered.sealed.as_mut().unwrap();
+        let mut bytes = sealed.ciphertext.to_vec();
+        bytes[0] ^= 1;
+        sealed.ciphertext = bytes.into();
+        let (_, fine) = bob.seal_text("fine").unwrap();
+
+        let entries = vec![
+            key_entry(forged, 10),
+            key_entry(not_mine, 11),
+            key_entry(deliver_key(&second[0], "bob", "alice"), 12),
+            message_entry(deliver_message(&under_second, "bob"), 13),
+            message_entry(tampered, 14),
+            message_entry(deliver_message(&fine, "bob"), 15),
+            // The relay repeats an entry: shown once.
+            message_entry(deliver_message(&fine, "bob"), 16),
+        ];
+        let shown = without_time(alice.open_history(entries, &[]));
+        assert_eq!(shown.len(), 3, "{shown:?}");
+        assert_eq!(shown[0], with_seq(13, "bob", "under the forged key"));
+        assert_eq!(shown[1], with_seq(15, "bob", "fine"));
+        assert!(
+            matches!(&shown[2], RoomEvent::Warning(w)
+                if w.contains("2 older message(s)") && w.contains("2 sender key(s)")),
+            "{shown:?}"
+        );
+
+        // Without the genuine copy, the forged one opens nothing.
+        let mut forged = deliver_key(&second[0], "bob", "alice");
+        forged.signature = deliver_key(&first[0], "bob", "alice").signature;
+        let shown = alice.open_history(
+            vec![
+                key_entry(forged, 10),
+                message_entry(deliver_message(&under_second, "bob"), 13),
+            ],
+            &[],
+        );
+        assert!(
+            matches!(&shown[..], [RoomEvent::Warning(w)] if w.contains("1 older message")),
+            "{shown:?}"
+        );
     }
 }
