@@ -20,7 +20,10 @@ use crate::proto::PublicIdentity;
 pub const DATABASE_FILE: &str = "chat.sqlite3";
 
 /// The migrations, in order: the schema version after each is its position + 1.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_identities.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_identities.sql"),
+    include_str!("../../migrations/0002_rooms.sql"),
+];
 
 /// The relay's database.
 pub struct SqliteStore {
@@ -238,5 +241,27 @@ mod tests {
         std::fs::write(dir.path().join(DATABASE_FILE), vec![7u8; 4096]).unwrap();
         let error = SqliteStore::open(dir.path()).err().unwrap().to_string();
         assert!(error.contains("chat.sqlite3"), "{error}");
+    }
+
+    #[test]
+    fn a_database_of_the_first_schema_is_upgraded_keeping_its_identities() {
+        let dir = tempfile::tempdir().unwrap();
+        let connection = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+        connection.execute_batch(MIGRATIONS[0]).unwrap();
+        connection.pragma_update(None, "user_version", 1).unwrap();
+        connection
+            .execute(
+                "INSERT INTO identities VALUES ('alice', ?1, 0)",
+                [identity("alice").encode_to_vec()],
+            )
+            .unwrap();
+        drop(connection);
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.identities().unwrap(), [identity("alice")]);
+        let version: i64 = store
+            .connection()
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
     }
 }
