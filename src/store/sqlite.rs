@@ -1,7 +1,7 @@
 //! A [`Store`] in an embedded SQLite database, `chat.sqlite3` in the data directory.
 //!
-//! WAL journal, `synchronous = FULL`: a change is on disk when `register` or `commit`
-//! returns. The schema is created and upgraded by the numbered migrations in
+//! WAL journal, `synchronous = FULL`: a change is on disk when `register`, `commit` or
+//! `prune` returns. The schema is created and upgraded by the numbered migrations in
 //! `migrations/`, run at start-up; `PRAGMA user_version` records how far a database has
 //! come.
 //!
@@ -42,6 +42,15 @@ const STATEMENT_CACHE: usize = 64;
 /// up by key: the work grows with what is deleted, not with the room.
 const TRIM_MESSAGES: &str = "DELETE FROM messages WHERE room = ?1 AND seq IN \
      (SELECT seq FROM messages WHERE room = ?1 ORDER BY seq LIMIT ?2)";
+
+/// Forgets the sender keys of room `?1` below sequence number `?2` (the oldest message
+/// kept), but the latest one below it for each sender and recipient: the key in force
+/// there, which the messages from `?2` on may still be sealed with. A key rotated
+/// before `?2` is superseded there, so no remaining message needs the one before it.
+const PRUNE_SENDER_KEYS: &str = "DELETE FROM sender_keys AS old \
+     WHERE room = ?1 AND seq < ?2 AND seq < \
+     (SELECT MAX(seq) FROM sender_keys \
+      WHERE room = ?1 AND recipient = old.recipient AND sender = old.sender AND seq < ?2)";
 
 /// The columns [`message`] reads, in its order.
 macro_rules! message_columns {
@@ -497,6 +506,55 @@ fn apply(
     Ok(Applied::Done)
 }
 
+/// Forgets the messages of `room` beyond the latest `keep`, then the sender keys no
+/// remaining message needs; adds what it forgot to `pruned`.
+fn prune_room(
+    transaction: &Transaction<'_>,
+    room: &str,
+    last_seq: i64,
+    keep: u64,
+    pruned: &mut Pruned,
+) -> Result<(), StoreError> {
+    let operation = format!("prune room {room:?}");
+    // The newest message beyond the limit: walks `keep` entries of the index, not the
+    // room.
+    let beyond = select(
+        transaction,
+        "SELECT seq FROM messages WHERE room = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2",
+        params![room, saturating(keep)],
+        &operation,
+        |row| Ok(row.get::<_, i64>(0)?),
+    )?;
+    if let Some(&newest) = beyond.first() {
+        pruned.messages += execute(
+            transaction,
+            "DELETE FROM messages WHERE room = ?1 AND seq <= ?2",
+            params![room, newest],
+            &operation,
+        )?;
+    }
+    let oldest = select(
+        transaction,
+        "SELECT MIN(seq) FROM messages WHERE room = ?1",
+        [room],
+        &operation,
+        |row| Ok(row.get::<_, Option<i64>>(0)?),
+    )?;
+    // With no message left, every key up to the last number is a candidate.
+    let floor = oldest
+        .first()
+        .copied()
+        .flatten()
+        .unwrap_or_else(|| last_seq.saturating_add(1));
+    pruned.sender_keys += execute(
+        transaction,
+        PRUNE_SENDER_KEYS,
+        params![room, floor],
+        &operation,
+    )?;
+    Ok(())
+}
+
 impl Store for SqliteStore {
     fn identities(&self) -> Result<Vec<PublicIdentity>, StoreError> {
         let connection = self.reader();
@@ -750,8 +808,36 @@ impl Store for SqliteStore {
         Ok(in_sequence(keys, messages, usize::MAX))
     }
 
-    fn prune(&self, _retention: &Retention, _now: Duration) -> Result<Pruned, StoreError> {
-        unimplemented!("WIP")
+    fn prune(&self, retention: &Retention, now: Duration) -> Result<Pruned, StoreError> {
+        let mut connection = self.writer();
+        let transaction = write(&mut connection)?;
+        let mut pruned = Pruned::default();
+        if let Some(max_age) = retention.max_age {
+            pruned.messages += execute(
+                &transaction,
+                "DELETE FROM messages WHERE stored_ms < ?1",
+                [millis(now.saturating_sub(max_age))],
+                "prune the messages older than the retention",
+            )?;
+        }
+        let rooms = select(
+            &transaction,
+            "SELECT name, last_seq FROM rooms",
+            [],
+            "read the rooms to prune",
+            |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)),
+        )?;
+        for (room, last_seq) in rooms {
+            prune_room(
+                &transaction,
+                &room,
+                last_seq,
+                retention.max_messages_per_room,
+                &mut pruned,
+            )?;
+        }
+        transaction.commit().map_err(failed("commit the pruning"))?;
+        Ok(pruned)
     }
 }
 
@@ -1375,6 +1461,132 @@ mod tests {
             plan.iter().all(|step| !step.starts_with("SCAN")),
             "{plan:?}"
         );
+    }
+
+    const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+    fn since_epoch() -> Duration {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap()
+    }
+
+    #[test]
+    fn pruning_by_age_forgets_old_messages_and_keeps_the_keys_in_force() {
+        on_each_store(|store| {
+            busy_room(store);
+            store
+                .commit(&[wrap("r", 11, "alice", K2, &["bob"])])
+                .unwrap();
+            let retention = Retention {
+                max_age: Some(DAY),
+                max_messages_per_room: 100,
+            };
+            // Nothing is a day old yet.
+            assert_eq!(
+                store.prune(&retention, since_epoch()).unwrap(),
+                Pruned::default()
+            );
+            let pruned = store.prune(&retention, since_epoch() + 2 * DAY).unwrap();
+            // Only alice's first key for bob is superseded (by the one at 11).
+            assert_eq!(
+                pruned,
+                Pruned {
+                    messages: 4,
+                    sender_keys: 1
+                }
+            );
+            let room = &store.rooms().unwrap()[0];
+            assert_eq!((room.messages, room.last_seq), (0, 11));
+            assert_eq!(
+                lines("r", &store.keys_in_force("r", "bob", 11).unwrap()),
+                [format!("11 key alice {K2} for bob")]
+            );
+            assert_eq!(
+                lines("r", &store.keys_in_force("r", "carol", 11).unwrap()),
+                [
+                    format!("4 key alice {K1} for carol"),
+                    format!("6 key bob {K2} for carol")
+                ]
+            );
+            assert_eq!(count(store, "sender_keys", "r"), 7);
+        });
+    }
+
+    #[test]
+    fn pruning_by_count_keeps_the_latest_messages_and_the_keys_they_need() {
+        on_each_store(|store| {
+            store
+                .commit(&[
+                    create("r", None),
+                    join("r", "alice", 1),
+                    join("r", "bob", 2),
+                    wrap("r", 3, "alice", K1, &["alice", "bob"]),
+                    send("r", 4, "alice", K1, 0),
+                    send("r", 5, "alice", K1, 1),
+                    send("r", 6, "alice", K1, 2),
+                    wrap("r", 7, "alice", K2, &["alice", "bob"]),
+                    send("r", 8, "alice", K2, 0),
+                    wrap("r", 9, "bob", K3, &["alice", "bob"]),
+                    send("r", 10, "bob", K3, 0),
+                ])
+                .unwrap();
+            let keep = |max_messages_per_room| Retention {
+                max_age: None,
+                max_messages_per_room,
+            };
+            // Message 6 is still sealed with K1, rotated at 7: K1 stays although a
+            // later key of alice's is in force.
+            assert_eq!(
+                store.prune(&keep(3), since_epoch()).unwrap(),
+                Pruned {
+                    messages: 2,
+                    sender_keys: 0
+                }
+            );
+            assert_eq!(
+                lines("r", &store.history("r", "bob", 0, 100).unwrap()),
+                [
+                    format!("3 key alice {K1} for bob"),
+                    format!("6 message alice {K1}/2"),
+                    format!("7 key alice {K2} for bob"),
+                    format!("8 message alice {K2}/0"),
+                    format!("9 key bob {K3} for bob"),
+                    format!("10 message bob {K3}/0"),
+                ]
+            );
+            // Now no message needs K1.
+            assert_eq!(
+                store.prune(&keep(1), since_epoch()).unwrap(),
+                Pruned {
+                    messages: 2,
+                    sender_keys: 2
+                }
+            );
+            assert_eq!(
+                lines("r", &store.entries_after("r", "alice", 0, 10, 100).unwrap()),
+                [
+                    format!("9 key bob {K3} for alice"),
+                    format!("10 message bob {K3}/0")
+                ]
+            );
+            assert_eq!(
+                lines("r", &store.keys_in_force("r", "bob", 10).unwrap()),
+                [format!("7 key alice {K2} for bob")]
+            );
+            assert_eq!(
+                store.prune(&keep(1), since_epoch()).unwrap(),
+                Pruned::default()
+            );
+            // A room whose messages are all gone keeps only its keys in force.
+            assert_eq!(
+                store.prune(&keep(0), since_epoch()).unwrap(),
+                Pruned {
+                    messages: 1,
+                    sender_keys: 0
+                }
+            );
+            assert_eq!(count(store, "sender_keys", "r"), 4);
+            assert_eq!(store.rooms().unwrap()[0].last_seq, 10);
+        });
     }
 
     #[test]
