@@ -28,6 +28,14 @@ pub enum StoreError {
     Database(String),
     #[error("the stored identity of {user:?} is unreadable: {reason}")]
     Corrupt { user: String, reason: String },
+    #[error(
+        "entry {seq} of room {room:?} in the database is unreadable ({reason}); restore the database from a backup, or delete the room"
+    )]
+    CorruptEntry {
+        room: String,
+        seq: u64,
+        reason: String,
+    },
 }
 
 /// One change to the relay's durable state. [`Store::commit`] applies a batch of them,
