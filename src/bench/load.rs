@@ -112,7 +112,9 @@ impl LoadClient for PlainClient {
             kind: Some(client_frame::Kind::Send(SendMessage {
                 room: self.room.clone(),
                 sealed: Some(SealedMessage {
-                    // A well-formed frame, so the real relay takes it too.
+                    // A well-formed frame, so the real relay takes it too; numbered, or
+                    // the relay would take each for a resend of the first.
+                    counter: self.last_request_id,
                     nonce: vec![0; NONCE_LEN].into(),
                     ciphertext: text.into_bytes().into(),
                     signature: vec![0; MIN_SIGNATURE_LEN].into(),

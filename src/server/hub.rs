@@ -947,7 +947,14 @@ impl State {
                 }
                 tracing::info!(user, room, reason = reason.as_str_name(), "left");
                 let empty = self.rooms.get_mut(&room).is_some_and(|found| {
-                    found.members.remove(&user);
+                    // Unless the user joined again since: that is a new membership.
+                    if found
+                        .members
+                        .get(&user)
+                        .is_some_and(|m| m.left_seq == Some(seq))
+                    {
+                        found.members.remove(&user);
+                    }
                     found.members.is_empty()
                 });
                 if empty {
