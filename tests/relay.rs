@@ -186,11 +186,14 @@ async fn tampered_messages_are_dropped_with_a_warning() {
     let mut ciphertext = sealed.ciphertext.to_vec();
     ciphertext[0] ^= 0x01;
     sealed.ciphertext = ciphertext.into();
-    mallory
-        .send(3, client_frame::Kind::Send(tampered.clone()))
-        .await;
-    // Signed again after the flip, it passes the signature check and fails AES-GCM.
+    mallory.send(3, client_frame::Kind::Send(tampered)).await;
+    // Signed again after the flip, it passes the signature check and fails AES-GCM. (A
+    // new message: the relay stores one message per key id and counter.)
+    let (_, mut tampered) = keys.seal_text("nor this").unwrap();
     let sealed = tampered.sealed.as_mut().unwrap();
+    let mut ciphertext = sealed.ciphertext.to_vec();
+    ciphertext[0] ^= 0x01;
+    sealed.ciphertext = ciphertext.into();
     let signed = e2ee_chat::crypto::binding::message_signed_bytes(
         "lobby",
         "mallory",

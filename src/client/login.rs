@@ -112,7 +112,10 @@ pub async fn login(
         .map_err(|status| {
             // The first RPC is where a server that drops the connection unanswered shows
             // up: a TLS port reached with http://, or a server at its connection limit.
-            if status.code() == Code::Cancelled || status.message().contains("h2 protocol error") {
+            let dropped = status.code() == Code::Cancelled
+                || status.message().contains("h2 protocol error")
+                || (status.code() == Code::Unknown && status.message() == "transport error");
+            if dropped {
                 ClientError::ClosedAtOnce {
                     reason: status.message().to_owned(),
                 }
