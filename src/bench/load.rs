@@ -44,24 +44,46 @@ pub trait LoadClient: Send {
     fn in_flight(&self) -> usize;
 }
 
-/// The real client: every message sealed and opened.
-pub struct E2eeClient(pub ChatSession);
+/// The real client: every message sealed and opened, and the relay's sequence numbers
+/// checked to only ever increase.
+pub struct E2eeClient {
+    session: ChatSession,
+    last_seq: u64,
+}
+
+impl E2eeClient {
+    pub fn new(session: ChatSession) -> Self {
+        Self {
+            session,
+            last_seq: 0,
+        }
+    }
+}
 
 impl LoadClient for E2eeClient {
     async fn send(&mut self, text: String) -> Result<(), BenchError> {
-        self.0.send_text(&text).await?;
+        self.session.send_text(&text).await?;
         Ok(())
     }
 
     async fn recv(&mut self) -> Result<ServerFrame, BenchError> {
-        self.0.next_frame().await?.ok_or(BenchError::Closed)
+        self.session.next_frame().await?.ok_or(BenchError::Closed)
     }
 
     async fn process(&mut self, frame: ServerFrame) -> Result<Vec<String>, BenchError> {
         let mut texts = Vec::new();
-        for event in self.0.handle(frame).await? {
+        for event in self.session.handle(frame).await? {
             match event {
-                Event::Message { text, .. } => texts.push(text),
+                Event::Message { text, seq, .. } => {
+                    if seq <= self.last_seq {
+                        return Err(BenchError::Unexpected(format!(
+                            "message number {seq} came after number {}",
+                            self.last_seq
+                        )));
+                    }
+                    self.last_seq = seq;
+                    texts.push(text);
+                }
                 Event::Warning(warning) => return Err(BenchError::Unexpected(warning)),
                 Event::Refused { message, .. } => return Err(BenchError::Unexpected(message)),
                 _ => {}
@@ -71,7 +93,7 @@ impl LoadClient for E2eeClient {
     }
 
     fn in_flight(&self) -> usize {
-        self.0.unanswered()
+        self.session.unanswered()
     }
 }
 

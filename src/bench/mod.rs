@@ -169,7 +169,7 @@ pub async fn measure_e2ee(url: &str, load: &Load) -> Result<Measurement, BenchEr
             &room_name(index, load),
         )
         .await?;
-        clients.push(E2eeClient(session));
+        clients.push(E2eeClient::new(session));
     }
     measure(clients, load).await
 }

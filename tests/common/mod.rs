@@ -65,7 +65,8 @@ impl TestServer {
         Self::serving_config(config).await
     }
 
-    async fn serving_config(config: server::Config) -> Self {
+    /// A relay with this configuration (TLS aside: its `url` is plaintext unless set).
+    pub async fn serving_config(config: server::Config) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let url = match config.tls {

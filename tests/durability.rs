@@ -1,0 +1,546 @@
+//! Durable delivery: what the relay acknowledged is stored, members who were away catch
+//! up, and neither a crash nor a restart loses or repeats a message.
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::PATIENCE;
+use common::process::ServerProcess;
+use e2ee_chat::bench::{self, Load};
+use e2ee_chat::client::{ChatSession, ClientError, Contacts, Event};
+use e2ee_chat::proto::{JoinRoom, PublicIdentity};
+use e2ee_chat::server::Limits;
+use e2ee_chat::store::{
+    Applied, Change, Entry, Pruned, Retention, SqliteStore, Store, StoreError, StoredRoom,
+};
+use tokio::time::Instant;
+
+/// A member driven step by step, recording what it shows.
+struct Chatter {
+    user: String,
+    url: String,
+    session: ChatSession,
+    /// Messages shown, in order: (seq, sender, text).
+    shown: Vec<(u64, String, String)>,
+    /// Everything else that happened.
+    events: Vec<Event>,
+    caught_up: bool,
+    connected: bool,
+}
+
+impl Chatter {
+    /// Logs in and joins `room`, catching up from `after_seq` if it is a member.
+    async fn join(url: &str, user: &str, room: &str, after_seq: Option<u64>) -> Self {
+        let session = Self::open(url, user, room, after_seq).await.unwrap();
+        Self {
+            user: user.to_owned(),
+            url: url.to_owned(),
+            session,
+            shown: Vec::new(),
+            events: Vec::new(),
+            caught_up: false,
+            connected: true,
+        }
+    }
+
+    async fn open(
+        url: &str,
+        user: &str,
+        room: &str,
+        after_seq: Option<u64>,
+    ) -> Result<ChatSession, ClientError> {
+        let (channel, credentials) = common::log_in(url, user).await?;
+        let join = JoinRoom {
+            room: room.to_owned(),
+            create_private: false,
+            after_seq,
+        };
+        let identity = common::identity(user);
+        let (session, _) =
+            ChatSession::join(channel, identity, &credentials, join, Contacts::in_memory()).await?;
+        Ok(session)
+    }
+
+    async fn say(&mut self, text: &str) {
+        self.session.send_text(text).await.unwrap();
+    }
+
+    /// Applies frames until none has come for `quiet`, or the stream ends.
+    async fn pump(&mut self, quiet: Duration) {
+        while self.connected {
+            match tokio::time::timeout(quiet, self.session.next_frame()).await {
+                Err(_) => return,
+                Ok(Ok(Some(frame))) => {
+                    for event in self.session.handle(frame).await.unwrap() {
+                        self.record(event);
+                    }
+                }
+                Ok(_) => self.connected = false,
+            }
+        }
+    }
+
+    /// Applies frames until `done` holds.
+    async fn pump_until(&mut self, mut done: impl FnMut(&Self) -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        while !done(self) {
+            assert!(
+                Instant::now() < deadline,
+                "{} waited in vain; shown {:?}, events {:?}",
+                self.user,
+                self.shown,
+                self.events
+            );
+            self.pump(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn record(&mut self, event: Event) {
+        match event {
+            Event::Message {
+                seq, sender, text, ..
+            } => self.shown.push((seq, sender, text)),
+            Event::CaughtUp { .. } => self.caught_up = true,
+            Event::Warning(warning) => panic!("{}: unexpected warning: {warning}", self.user),
+            Event::Refused { message, .. } => panic!("{}: refused: {message}", self.user),
+            other => self.events.push(other),
+        }
+    }
+
+    /// Comes back on a new stream (logging in again), retrying while the server is away.
+    async fn reconnect(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let attempt = async {
+                let (channel, credentials) = common::log_in(&self.url, &self.user).await?;
+                self.session.reconnect(channel, &credentials).await
+            };
+            match attempt.await {
+                Ok(events) => {
+                    for event in events {
+                        self.record(event);
+                    }
+                    self.connected = true;
+                    self.caught_up = false;
+                    return;
+                }
+                Err(error) => {
+                    assert!(Instant::now() < deadline, "{}: {error}", self.user);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Waits until `user` is a member, so that it has our key.
+    async fn sees_member(&mut self, user: &str) {
+        self.pump_until(|me| me.session.members().iter().any(|m| m == user))
+            .await;
+    }
+
+    fn texts(&self) -> Vec<&str> {
+        self.shown
+            .iter()
+            .map(|(_, _, text)| text.as_str())
+            .collect()
+    }
+
+    /// Each message shown once, in increasing sequence order.
+    fn assert_once_in_order(&self) {
+        let mut texts = HashSet::new();
+        for window in self.shown.windows(2) {
+            assert!(window[0].0 < window[1].0, "{}: {:?}", self.user, self.shown);
+        }
+        for (_, _, text) in &self.shown {
+            assert!(texts.insert(text), "{} showed {text:?} twice", self.user);
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_offline_member_reads_what_it_missed_in_order_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::TestServer::on_disk(dir.path(), Limits::default()).await;
+    let mut alice = Chatter::join(&server.url, "alice", "lobby", None).await;
+    let mut bob = Chatter::join(&server.url, "bob", "lobby", None).await;
+    alice.sees_member("bob").await;
+    alice.say("before").await;
+    bob.pump_until(|bob| bob.shown.len() == 1).await;
+    let saved = bob.session.last_seq();
+    drop(bob);
+
+    for text in ["one", "two", "three"] {
+        alice.say(text).await;
+    }
+    alice
+        .pump_until(|alice| alice.session.pending().is_empty())
+        .await;
+    let mut bob = Chatter::join(&server.url, "bob", "lobby", Some(saved)).await;
+    bob.pump_until(|bob| bob.caught_up).await;
+    assert_eq!(bob.texts(), ["one", "two", "three"]);
+    bob.assert_once_in_order();
+    assert!(
+        bob.shown
+            .iter()
+            .all(|(seq, sender, _)| *seq > saved && sender == "alice")
+    );
+
+    // bob stayed a member all along: nobody saw him leave, nobody rotated for him.
+    alice.pump(Duration::from_millis(100)).await;
+    assert!(
+        !alice
+            .events
+            .iter()
+            .any(|event| matches!(event, Event::MemberLeft { .. })),
+        "{:?}",
+        alice.events
+    );
+    alice.say("live again").await;
+    bob.pump_until(|bob| bob.shown.len() == 4).await;
+    assert_eq!(bob.texts()[3], "live again");
+}
+
+#[tokio::test]
+async fn history_shows_the_latest_messages_own_ones_included_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::TestServer::on_disk(dir.path(), Limits::default()).await;
+    let mut alice = Chatter::join(&server.url, "alice", "lobby", None).await;
+    let mut bob = Chatter::join(&server.url, "bob", "lobby", None).await;
+    alice.sees_member("bob").await;
+    for n in 1..=4 {
+        alice.say(&format!("alice {n}")).await;
+    }
+    bob.pump_until(|bob| bob.shown.len() == 4).await;
+    for n in 1..=4 {
+        bob.say(&format!("bob {n}")).await;
+    }
+    bob.pump_until(|bob| bob.session.pending().is_empty()).await;
+    let saved = bob.session.last_seq();
+    drop(bob);
+
+    // A restarted client has none of its old keys; the relay has them, wrapped for it.
+    let mut bob = Chatter::join(&server.url, "bob", "lobby", Some(saved)).await;
+    bob.pump_until(|bob| bob.caught_up).await;
+    bob.session.history(5).await.unwrap();
+    bob.pump_until(|bob| {
+        bob.events
+            .iter()
+            .any(|event| matches!(event, Event::History { .. }))
+    })
+    .await;
+    let Some(Event::History { messages, .. }) = bob
+        .events
+        .iter()
+        .find(|event| matches!(event, Event::History { .. }))
+    else {
+        unreachable!()
+    };
+    let texts: Vec<&str> = messages.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["alice 4", "bob 1", "bob 2", "bob 3", "bob 4"]);
+    assert!(bob.shown.is_empty(), "history is not shown as new messages");
+}
+
+#[tokio::test]
+async fn a_room_keeps_only_its_latest_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_messages_per_room: 3,
+        ..Limits::default()
+    };
+    let server = common::TestServer::on_disk(dir.path(), limits).await;
+    let mut alice = Chatter::join(&server.url, "alice", "lobby", None).await;
+    let bob = Chatter::join(&server.url, "bob", "lobby", None).await;
+    let saved = bob.session.last_seq();
+    drop(bob);
+    for n in 1..=6 {
+        alice.say(&format!("message {n}")).await;
+    }
+    alice
+        .pump_until(|alice| alice.session.pending().is_empty())
+        .await;
+    let mut bob = Chatter::join(&server.url, "bob", "lobby", Some(saved)).await;
+    bob.pump_until(|bob| bob.caught_up).await;
+    assert_eq!(bob.texts(), ["message 4", "message 5", "message 6"]);
+}
+
+#[tokio::test]
+async fn fifty_clients_in_five_rooms_get_every_message_once_and_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = common::TestServer::on_disk(dir.path(), Limits::default()).await;
+    let load = Load {
+        clients: 50,
+        rooms: 5,
+        messages: 200,
+        size: 64,
+        rate: None,
+    };
+    // The driver counts every message per sender and recipient, in order, and fails on
+    // a loss, a repeat, or a sequence number that does not increase.
+    let measured = bench::measure_e2ee(&server.url, &load).await.unwrap();
+    assert_eq!(measured.delivered, 50 * 9 * 200);
+}
+
+/// Sends `count` numbered messages without waiting for their acknowledgements.
+async fn say_many(chatter: &mut Chatter, from: usize, count: usize) {
+    for n in from..from + count {
+        let text = format!("{} {n}", chatter.user);
+        chatter.say(&text).await;
+    }
+}
+
+#[tokio::test]
+async fn a_server_killed_mid_load_loses_nothing_acknowledged_and_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = ServerProcess::start(&data);
+    let url = server.url.clone();
+    let mut members = Vec::new();
+    for user in ["alice", "bob", "carol"] {
+        members.push(Chatter::join(&url, user, "crash", None).await);
+    }
+    for member in &mut members {
+        member.pump(Duration::from_millis(50)).await;
+    }
+
+    // Everyone sends while the others read; the server dies with messages in flight.
+    for round in 0..4 {
+        for member in &mut members {
+            say_many(member, round * 10, 10).await;
+        }
+        for member in &mut members {
+            member.pump(Duration::from_millis(5)).await;
+        }
+    }
+    server.kill();
+    for member in &mut members {
+        member.pump(Duration::from_millis(50)).await;
+        assert!(!member.connected, "{} did not notice", member.user);
+    }
+    // What each had acknowledged when the server died must survive.
+    let acknowledged: Vec<Vec<String>> = members
+        .iter()
+        .map(|member| {
+            let pending: HashSet<&str> = member.session.pending().into_iter().collect();
+            (0..40)
+                .map(|n| format!("{} {n}", member.user))
+                .filter(|text| !pending.contains(text.as_str()))
+                .collect()
+        })
+        .collect();
+    assert!(
+        acknowledged.iter().any(|texts| !texts.is_empty()),
+        "nothing was acknowledged before the kill"
+    );
+
+    let server = ServerProcess::listening(&data, &server.addr.to_string(), &[], &[]);
+    // alice and bob reconnect and send again what was not acknowledged; carol's client
+    // restarts from scratch, with only the sequence number it saved.
+    let mut carol = members.pop().unwrap();
+    let carol_saved = carol.session.last_seq();
+    let carol_shown = std::mem::take(&mut carol.shown);
+    drop(carol);
+    for member in &mut members {
+        member.reconnect().await;
+    }
+    let mut carol = Chatter::join(&server.url, "carol", "crash", Some(carol_saved)).await;
+    carol.shown = carol_shown;
+    members.push(carol);
+    for member in &mut members {
+        say_many(member, 40, 5).await;
+    }
+
+    // Everyone ends up with every message the others had acknowledged, exactly once.
+    let deadline = Instant::now() + PATIENCE * 3;
+    loop {
+        for member in &mut members {
+            member.pump(Duration::from_millis(20)).await;
+        }
+        let complete = members.iter().enumerate().all(|(me, member)| {
+            member.session.pending().is_empty()
+                && acknowledged
+                    .iter()
+                    .enumerate()
+                    .filter(|(other, _)| *other != me)
+                    .flat_map(|(_, texts)| texts)
+                    .all(|text| member.texts().contains(&text.as_str()))
+        });
+        if complete {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{:?}",
+            members
+                .iter()
+                .map(|m| (&m.user, m.texts(), m.session.pending()))
+                .collect::<Vec<_>>()
+        );
+    }
+    for member in &members {
+        member.assert_once_in_order();
+    }
+    // alice and bob resent what was pending: all 45 of theirs reached the others.
+    for (me, member) in members.iter().enumerate() {
+        for sender in ["alice", "bob"].iter().filter(|s| **s != member.user) {
+            let from: Vec<&(u64, String, String)> = member
+                .shown
+                .iter()
+                .filter(|(_, s, _)| s == sender)
+                .collect();
+            assert_eq!(
+                from.len(),
+                45,
+                "{} from {sender}: {from:?} ({me})",
+                member.user
+            );
+        }
+    }
+}
+
+/// A store whose commits can be made to fail, as a full disk would make them.
+struct FailingStore {
+    inner: SqliteStore,
+    failing: AtomicBool,
+}
+
+impl Store for FailingStore {
+    fn identities(&self) -> Result<Vec<PublicIdentity>, StoreError> {
+        self.inner.identities()
+    }
+    fn register(&self, identity: &PublicIdentity) -> Result<(), StoreError> {
+        self.inner.register(identity)
+    }
+    fn rooms(&self) -> Result<Vec<StoredRoom>, StoreError> {
+        self.inner.rooms()
+    }
+    fn commit(&self, changes: &[Change]) -> Result<Vec<Applied>, StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Database("database or disk is full".into()));
+        }
+        self.inner.commit(changes)
+    }
+    fn entries_after(
+        &self,
+        room: &str,
+        member: &str,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.inner.entries_after(room, member, after, up_to, limit)
+    }
+    fn keys_in_force(&self, room: &str, member: &str, at: u64) -> Result<Vec<Entry>, StoreError> {
+        self.inner.keys_in_force(room, member, at)
+    }
+    fn senders_between(
+        &self,
+        room: &str,
+        after: u64,
+        up_to: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner.senders_between(room, after, up_to)
+    }
+    fn history(
+        &self,
+        room: &str,
+        member: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.inner.history(room, member, since, limit)
+    }
+    fn prune(&self, retention: &Retention, now: Duration) -> Result<Pruned, StoreError> {
+        self.inner.prune(retention, now)
+    }
+}
+
+#[tokio::test]
+async fn a_message_the_store_cannot_take_is_refused_never_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(FailingStore {
+        inner: SqliteStore::open(dir.path()).unwrap(),
+        failing: AtomicBool::new(false),
+    });
+    let config = e2ee_chat::server::Config {
+        store: store.clone(),
+        ..e2ee_chat::server::Config::ephemeral(Limits::default())
+    };
+    let server = common::TestServer::serving_config(config).await;
+    let mut alice = Chatter::join(&server.url, "alice", "lobby", None).await;
+    let mut bob = Chatter::join(&server.url, "bob", "lobby", None).await;
+    alice.sees_member("bob").await;
+    alice.say("stored").await;
+    bob.pump_until(|bob| bob.shown.len() == 1).await;
+    alice
+        .pump_until(|alice| alice.session.pending().is_empty())
+        .await;
+
+    store.failing.store(true, Ordering::SeqCst);
+    alice
+        .session
+        .send_text("lost to a full disk")
+        .await
+        .unwrap();
+    let mut refusals = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    while refusals.is_empty() {
+        assert!(Instant::now() < deadline, "no refusal");
+        let frame = alice.session.next_frame().await.unwrap().unwrap();
+        for event in alice.session.handle(frame).await.unwrap() {
+            match event {
+                Event::Refused { code, message, .. } => refusals.push((code, message)),
+                Event::Delivered { .. } => panic!("acknowledged a message that was not stored"),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(refusals[0].0, tonic::Code::Unavailable, "{refusals:?}");
+    assert!(refusals[0].1.contains("disk is full"), "{refusals:?}");
+    bob.pump(Duration::from_millis(200)).await;
+    assert_eq!(bob.texts(), ["stored"], "nothing unstored is delivered");
+}
+
+#[test]
+fn a_bad_data_dir_stops_the_server_with_one_line() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::Command;
+
+    let dir = tempfile::tempdir().unwrap();
+    let run = |data: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_chat-server"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .output()
+            .unwrap()
+    };
+    let garbage = dir.path().join("garbage");
+    std::fs::create_dir(&garbage).unwrap();
+    std::fs::write(garbage.join("chat.sqlite3"), vec![7u8; 8192]).unwrap();
+    let output = run(&garbage);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    common::process::assert_one_line_error(
+        "chat-server",
+        output.status,
+        &stderr,
+        "cannot open the database",
+    );
+
+    let read_only = dir.path().join("read-only");
+    std::fs::create_dir(&read_only).unwrap();
+    std::fs::set_permissions(&read_only, std::fs::Permissions::from_mode(0o500)).unwrap();
+    // Permissions do not stop root; the check only means something for other users.
+    let probe = read_only.join("probe");
+    if std::fs::write(&probe, b"").is_err() {
+        let output = run(&read_only);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        common::process::assert_one_line_error(
+            "chat-server",
+            output.status,
+            &stderr,
+            "cannot use data directory",
+        );
+    }
+}
