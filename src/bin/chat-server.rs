@@ -52,8 +52,9 @@ struct Args {
     )]
     insecure_plaintext: bool,
     /// Directory for the server's data, created with mode 0700 if missing: the SQLite
-    /// database chat.sqlite3 of registered identities (public keys only). Rooms,
-    /// sessions and messages are kept in memory for now.
+    /// database chat.sqlite3 of registered identities (public keys), rooms, members and
+    /// each room's stored messages and wrapped keys (ciphertext only). Everything is on
+    /// disk before it is acknowledged. Back it up with: sqlite3 chat.sqlite3 ".backup FILE"
     #[arg(long, env = "CHAT_DATA_DIR", default_value_os_t = default_data_dir())]
     data_dir: PathBuf,
     #[command(flatten)]
