@@ -1270,6 +1270,100 @@ def _is_fingerprint_hex(value: object) -> bool:
     return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) is not None
 
 
+# -- saved progress: the last sequence number processed per server and room ------------
+
+PROGRESS_VERSION = 1
+
+
+class ProgressError(Exception):
+    """progress.json cannot be read or has a format this client does not know."""
+
+
+def progress_path(home: Path, user: str) -> Path:
+    return user_dir(home, user) / "progress.json"
+
+
+def _server_key(server: str) -> str:
+    """The same server however its URL is written at the end (a trailing slash)."""
+    return server.rstrip("/")
+
+
+def _is_seq(value: object) -> bool:
+    return _is_int(value) and 0 <= value < 1 << 64
+
+
+def _read_progress(path: Path) -> dict[str, dict[str, int]]:
+    """The ``servers`` of ``HOME/USER/progress.json`` (shared with the Rust client)::
+
+        {"version": 1, "servers": {"http://127.0.0.1:5555": {"lobby": 42}}}
+
+    Empty if there is no file; :class:`ProgressError` for a file others can access, or
+    one that is not of this format.
+    """
+
+    def unreadable(reason: str) -> ProgressError:
+        return ProgressError(
+            f"cannot read saved progress {path}: {reason}; fix it, or move it away to start "
+            f"from the latest messages"
+        )
+
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise unreadable(f"it is accessible by other users (mode {mode:o}); run: chmod 600 {path}")
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise unreadable(exc.strerror or str(exc)) from exc
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise unreadable(f"not valid JSON ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("servers"), dict):
+        raise unreadable("not a progress file")
+    if not _is_int(data.get("version")) or data["version"] != PROGRESS_VERSION:
+        raise unreadable(f"version {data.get('version')!r} is not the supported {PROGRESS_VERSION}")
+    for server, rooms in data["servers"].items():
+        if not isinstance(rooms, dict) or not all(_is_seq(seq) for seq in rooms.values()):
+            raise unreadable(f"the entry of {server!r} is not rooms and sequence numbers")
+    return data["servers"]
+
+
+def _write_progress(path: Path, servers: dict[str, dict[str, int]]) -> None:
+    """Replaces the file atomically, mode 0600, laid out as the Rust client writes it."""
+    ordered = {server: dict(sorted(rooms.items())) for server, rooms in sorted(servers.items())}
+    text = json.dumps({"version": PROGRESS_VERSION, "servers": ordered}, indent=2) + "\n"
+    _make_private_dirs(path.parent)
+    _replace_file(path, text.encode("utf-8"))
+
+
+def load_last_seq(path: Path, server: str, room: str) -> Optional[int]:
+    """The last sequence number saved for ``room`` on ``server``, if any."""
+    return _read_progress(path).get(_server_key(server), {}).get(room)
+
+
+def save_last_seq(path: Path, server: str, room: str, seq: int) -> None:
+    """Saves ``seq`` for ``room`` on ``server``. The file is read again first, so the
+    entries other processes wrote meanwhile are kept. Raises :class:`ProgressError` or
+    ``OSError``."""
+    servers = _read_progress(path)
+    servers.setdefault(_server_key(server), {})[room] = seq
+    _write_progress(path, servers)
+
+
+def forget_room(path: Path, server: str, room: str) -> None:
+    """Forgets ``room`` on ``server``: the user left it, and joining it again is a new start."""
+    servers = _read_progress(path)
+    rooms = servers.get(_server_key(server))
+    if rooms is None or room not in rooms:
+        return
+    del rooms[room]
+    if not rooms:
+        del servers[_server_key(server)]
+    _write_progress(path, servers)
+
+
 # ---------------------------------------------------------------------------------------
 # Transport helpers
 # ---------------------------------------------------------------------------------------

@@ -528,6 +528,51 @@ class Home(unittest.TestCase):
         book.set_verified("bob", impostor.fingerprint_hex)
         self.assertTrue(cc.ContactBook(path).verified("bob"))
 
+    def test_progress_round_trip_private_and_shared_with_the_rust_format(self) -> None:
+        path = cc.progress_path(self.home, "alice")
+        server = "https://chat.example:5555"
+        self.assertIsNone(cc.load_last_seq(path, server, "lobby"))
+        cc.save_last_seq(path, server, "lobby", 41)
+        cc.save_last_seq(path, server, "lobby", 42)
+        cc.save_last_seq(path, server, "ops", 3)
+        cc.save_last_seq(path, "http://127.0.0.1:5555", "lobby", 2**64 - 1)
+        self.assertEqual(cc.load_last_seq(path, server, "lobby"), 42)
+        self.assertEqual(cc.load_last_seq(path, server + "/", "lobby"), 42, "a trailing slash names the same server")
+        self.assertEqual(cc.load_last_seq(path, "http://127.0.0.1:5555", "lobby"), 2**64 - 1)
+        self.assertEqual(self.mode(path), 0o600)
+        self.assertEqual(self.mode(path.parent), 0o700)
+        self.assertEqual([p.name for p in path.parent.iterdir()], ["progress.json"], "no temporary file left")
+        # Byte for byte what the Rust client writes (serde_json's pretty printer).
+        self.assertEqual(path.read_text(), (
+            '{\n  "version": 1,\n  "servers": {\n    "http://127.0.0.1:5555": {\n      "lobby": 18446744073709551615\n'
+            '    },\n    "https://chat.example:5555": {\n      "lobby": 42,\n      "ops": 3\n    }\n  }\n}\n'))
+        cc.forget_room(path, server, "lobby")
+        self.assertIsNone(cc.load_last_seq(path, server, "lobby"))
+        self.assertEqual(cc.load_last_seq(path, server, "ops"), 3)
+        cc.forget_room(path, "http://127.0.0.1:5555", "lobby")
+        self.assertNotIn("127.0.0.1", path.read_text())
+
+    def test_progress_that_is_corrupt_or_open_to_others_is_refused(self) -> None:
+        path = cc.progress_path(self.home, "alice")
+        cc.save_last_seq(path, "http://x:1", "lobby", 7)
+        for text in ('{"version": 1, "servers": {"x": {"lobby": -1}}}',
+                     '{"version": 1, "servers": {"x": {"lobby": 1.0}}}',
+                     '{"version": 2, "servers": {}}', "not json", "[]"):
+            path.write_text(text)
+            for attempt in (lambda: cc.load_last_seq(path, "http://x:1", "lobby"),
+                            lambda: cc.save_last_seq(path, "http://x:1", "lobby", 8)):
+                with self.subTest(text), self.assertRaises(cc.ProgressError) as caught:
+                    attempt()
+                self.assertIn(str(path), str(caught.exception))
+                self.assertNotIn("\n", str(caught.exception))
+            self.assertEqual(path.read_text(), text, "nothing was overwritten")
+        cc.save_last_seq(path.with_name("other.json"), "http://x:1", "lobby", 7)
+        path.write_text('{"version": 1, "servers": {}}')
+        os.chmod(path, 0o644)
+        with self.assertRaises(cc.ProgressError) as caught:
+            cc.load_last_seq(path, "http://x:1", "lobby")
+        self.assertIn("chmod 600", str(caught.exception))
+
     def test_contacts_of_another_version_are_refused(self) -> None:
         path = self.home / "contacts.json"
         path.parent.mkdir(parents=True)
