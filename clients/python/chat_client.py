@@ -1723,10 +1723,40 @@ HELP_TEXT = """commands:
   /trust NAME          accept the new keys the relay presents for NAME
   /invite NAME         let NAME join this private room (owner only)
   /kick NAME           remove NAME from this private room (owner only)
-  /leave               leave the room and exit
-  /quit                disconnect and exit
+  /pending             list the messages sent but not yet acknowledged by the relay
+  /history [N]         show the room's last N messages (1 to 100, default 20) on stderr:
+                       history [ROOM] SENDER (YYYY-MM-DD HH:MM:SS UTC): TEXT
+  /leave               leave the room for good and exit
+  /quit                disconnect and exit; you stay a member (as at end of input)
   /help                show this list
-start a message with // to send a line that begins with /"""
+start a message with // to send a line that begins with /
+end of input and /quit only disconnect: the next run in the room first shows what was
+said meanwhile (where you were is saved in HOME/USER/progress.json)"""
+
+#: How many messages /history shows without a number, and the most it may ask for.
+DEFAULT_HISTORY = 20
+MAX_HISTORY = 100
+#: Seconds to wait, at the end, for the relay to answer what was sent.
+CLOSING_TIMEOUT_SECONDS = 15
+
+
+def history_limit(argument: Optional[str]) -> int:
+    """The number of messages ``/history`` asks for: 20 without an argument, else 1 to
+    100; ``ValueError`` otherwise."""
+    if argument is None:
+        return DEFAULT_HISTORY
+    if re.fullmatch(r"[0-9]{1,3}", argument) is None or not 1 <= int(argument) <= MAX_HISTORY:
+        raise ValueError(f"the number of messages must be 1 to {MAX_HISTORY}")
+    return int(argument)
+
+
+def pending_lines(texts: list[str]) -> list[str]:
+    """What ``/pending`` prints: the messages not acknowledged yet, one line each."""
+    if not texts:
+        return ["no message is waiting for the relay's acknowledgement"]
+    return [f"{len(texts)} message(s) sent but not acknowledged yet:"] + [
+        f'  "{escape_text(text)}"' for text in texts
+    ]
 
 _CLOSE = object()  # ends the request iterator (half-closes the stream)
 
@@ -1736,6 +1766,10 @@ class ChatClient:
 
     Two threads only feed ``self.events`` (stdin lines, server frames); all state lives
     in the thread running :meth:`run`, so nothing needs a lock.
+
+    Membership outlives the stream: end of input and /quit only disconnect, and the
+    next run joins with the last sequence number processed (``progress.json``) to
+    catch up on what was said meanwhile. Only /leave (or a kick) ends the membership.
     """
 
     def __init__(
@@ -1767,6 +1801,8 @@ class ChatClient:
         self.ready = False
         self.backlog: collections.deque[tuple] = collections.deque()
         self.finishing: Optional[str] = None  # "leave" or "quit"
+        #: When the relay must have answered everything, once finishing.
+        self.closing_deadline: Optional[float] = None
         self.leave_request: Optional[int] = None
         self.left = False
         self.joined_seen = False
@@ -1777,6 +1813,16 @@ class ChatClient:
         self.owner_requests: dict[int, tuple[str, str]] = {}
         #: Set when a refusal that does not end the session happened: the exit is 1.
         self.failed = False
+        #: request_id -> text of our messages the relay has not acknowledged, in order.
+        self.unacked: dict[int, str] = {}
+        #: Messages the relay refused.
+        self.refused = 0
+        #: Where the last sequence number processed is saved, and what was saved there.
+        self.progress: Optional[Path] = None
+        self.after_seq: Optional[int] = None
+        self.saved_seq: Optional[int] = None
+        #: We left the room or were removed: nothing to catch up on next time.
+        self.membership_ended = False
 
     # -- output -----------------------------------------------------------------------
 
@@ -1821,11 +1867,21 @@ class ChatClient:
             self.contacts = ContactBook(contacts_path(self.home, self.user))
         except ContactsError as exc:
             raise ClientError(f"{exc}; fix or move the file (it holds the keys you pinned)") from exc
+        self.progress = progress_path(self.home, self.user)
+        try:
+            self.after_seq = self.saved_seq = load_last_seq(self.progress, self.server, self.room_name)
+        except ProgressError as exc:
+            raise ClientError(str(exc)) from exc
         self.room = RoomState(self.room_name, self.identity, warn=self.warn, trust=self._check_trust)
         self.channel = open_channel(self.server, self.ca_cert)
         try:
             return self._session()
         finally:
+            self._settle_progress()
+            if self.room.pending:
+                self.warn(
+                    f"{len(self.room.pending)} message(s) could not be decrypted: their sender key never arrived"
+                )
             self.channel.close()
 
     def _login(self) -> str:
@@ -1859,7 +1915,10 @@ class ChatClient:
         stub = pb_grpc.ChatServiceStub(self.channel)
         self.call = stub.Chat(self._requests(), metadata=auth_metadata(token))
         threading.Thread(target=self._read_responses, name="responses", daemon=True).start()
-        self._send_frame("join", join=pb.JoinRoom(room=self.room_name, create_private=self.private))
+        join = pb.JoinRoom(room=self.room_name, create_private=self.private)
+        if self.after_seq is not None:
+            join.after_seq = self.after_seq  # come back and catch up from there
+        self._send_frame("join", join=join)
         threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
         return self._event_loop()
 
@@ -1942,7 +2001,7 @@ class ChatClient:
 
     def _event_loop(self) -> int:
         while True:
-            event = self.events.get()
+            event = self._next_event()
             kind = event[0]
             if kind == "frame":
                 self._on_frame(event[1])
@@ -1953,23 +2012,85 @@ class ChatClient:
                     self._on_input(event)
                 else:
                     self.backlog.append(event)
+            if self.events.empty():  # a burst (a catch-up) costs one write, not one per frame
+                self._save_progress()
             if self._maybe_finish():
+                if self.refused:
+                    raise ClientError(f"{self.refused} message(s) were refused by the relay")
                 return 1 if self.failed else 0
+
+    def _next_event(self) -> tuple:
+        """The next event; once finishing, only until the closing deadline."""
+        if self.closing_deadline is None:
+            return self.events.get()
+        try:
+            return self.events.get(timeout=max(0.0, self.closing_deadline - time.monotonic()))
+        except queue.Empty:
+            raise ClientError(
+                f"timed out after {CLOSING_TIMEOUT_SECONDS} s waiting for the relay to acknowledge "
+                f"{len(self.unanswered)} frame(s){self._undelivered()}"
+            ) from None
+
+    def _undelivered(self) -> str:
+        """Lists the messages not acknowledged on stderr; returns the end of the error
+        line that counts them."""
+        for text in self.unacked.values():
+            self.info(f'not delivered: "{escape_text(text)}"')
+        return f"; {len(self.unacked)} message(s) not delivered" if self.unacked else ""
 
     def _on_stream_end(self, error: Optional[BaseException]) -> int:
         if self.closing:
             return 0
+        code = error.code() if isinstance(error, grpc.RpcError) and hasattr(error, "code") else None
+        if code == grpc.StatusCode.ABORTED:
+            # Not reconnecting: the two sessions would take turns.
+            raise ClientError(
+                f"this session was closed because {self.user} opened another session on the relay "
+                f"(ABORTED){self._undelivered()}"
+            )
         if isinstance(error, grpc.RpcError):
             if not self.joined_seen:  # the stream never opened properly
                 raise ClientError(f"cannot open the chat session: {describe_rpc_error(error)}")
-            raise ClientError(f"lost the connection to the relay: {describe_rpc_error(error)}")
-        if error is not None:
-            raise ClientError(f"lost the connection to the relay: {error}")
-        raise ClientError("lost the connection to the relay: the stream ended")
+            reason = describe_rpc_error(error)
+        elif error is not None:
+            reason = str(error)
+        else:
+            reason = "the stream ended"
+        raise ClientError(f"lost the connection to the relay: {reason}{self._undelivered()}")
+
+    # -- saved progress -----------------------------------------------------------------
+
+    def _save_progress(self) -> None:
+        """Saves the last sequence number processed, if it moved (a warning if it cannot)."""
+        if self.room is None or self.progress is None or not self.joined_seen or self.membership_ended:
+            return
+        seq = self.room.last_seq
+        if seq == self.saved_seq:
+            return
+        try:
+            save_last_seq(self.progress, self.server, self.room_name, seq)
+        except (ProgressError, OSError) as exc:
+            self.warn(f"cannot save progress {self.progress}: {exc}")
+            return
+        self.saved_seq = seq
+
+    def _settle_progress(self) -> None:
+        """At exit: saves the progress, or forgets the room once out of it."""
+        if not self.membership_ended:
+            self._save_progress()
+            return
+        assert self.progress is not None
+        try:
+            forget_room(self.progress, self.server, self.room_name)
+        except (ProgressError, OSError) as exc:
+            self.warn(f"cannot update progress {self.progress}: {exc}")
 
     def _maybe_finish(self) -> bool:
-        """After EOF, /leave or /quit: once every frame is answered, leave (unless
-        quitting), then close the stream. Returns True when the session is over."""
+        """After EOF, /leave or /quit: once every frame is answered, leave (/leave only:
+        end of input and /quit stay members), then close the stream. Returns True when
+        the session is over."""
+        if self.finishing is not None and self.closing_deadline is None:
+            self.closing_deadline = time.monotonic() + CLOSING_TIMEOUT_SECONDS
         if self.finishing is None or self.unanswered:
             return False
         if self.finishing == "leave" and not self.left:
@@ -2010,6 +2131,7 @@ class ChatClient:
             "member_left": self._on_member_left,
             "message": self._on_message,
             "sender_key": self._on_sender_key,
+            "caught_up": self._on_caught_up,
         }.get(which)
         if handler is None:
             self.warn(f"ignoring an unexpected frame from the relay ({which})")
@@ -2030,16 +2152,31 @@ class ChatClient:
             reason = f"{status_name(rejection.code)}: {rejection.message}"
             if what == "join":
                 raise ClientError(f"cannot join {self.room_name}: {reason}")
+            if what == "message":
+                self.refused += 1
+                text = self.unacked.pop(frame.request_id, "")
+                self.info(f'failed to send "{escape_text(text)}": {reason}')
+                return
+            if what == "history":
+                self.warn(f"the relay refused to send the history: {reason}")
+                return
             raise ClientError(f"the relay refused a {what}: {reason}")
         if what == "join":
             if which != "joined":
                 raise ClientError(f"unexpected answer to JoinRoom: {which}")
             self._on_joined(frame.joined)
             return
+        if what == "history":
+            if which != "history":
+                raise ClientError(f"unexpected answer to GetHistory: {which}")
+            self._show_history(frame.history)
+            return
         if which != "ack":
             raise ClientError(f"unexpected answer to a {what}: {which}")
+        self.unacked.pop(frame.request_id, None)  # our own entries never move last_seq
         if frame.request_id == self.leave_request:
             self.left = True
+            self.membership_ended = True
             self.info(f"left {self.room_name}")
         self.initial_distributions.discard(frame.request_id)
         if not self.ready and self.joined_seen and not self.initial_distributions:
@@ -2067,7 +2204,7 @@ class ChatClient:
             self.info(f"{self.room_name} is a private room owned by {owner}")
         elif self.private:
             self.warn(f"{self.room_name} is an open room: anyone can join it")
-        frames = self.room.on_joined(joined)
+        frames = self.room.on_joined(joined, self.after_seq)
         self.initial_distributions = set(self._send_distributions(frames))
         if not self.initial_distributions:
             self._become_ready()
@@ -2081,7 +2218,7 @@ class ChatClient:
 
     def _members_text(self, joined: bool = False) -> str:
         assert self.room is not None
-        names = sorted(self.room.members)
+        names = self.room.current_members()
         if not names and joined:
             return f"you are alone in {self.room_name}"
         untrusted = set(self.room.untrusted_members())
@@ -2104,13 +2241,14 @@ class ChatClient:
             return
         if event.user == self.user:
             if event.reason == pb.LEAVE_REASON_KICKED:
+                self.membership_ended = True
                 raise ClientError(f"you were removed from {self.room_name} by its owner")
             self.warn(f"ignoring a MemberLeft about yourself in {self.room_name}")
             return
         if not is_valid_user_name(event.user):
             self.warn(f"ignoring a MemberLeft for an invalid member {escape_text(event.user)!r}")
             return
-        if event.user not in self.room.members:
+        if not self.room.is_current_member(event.user):
             return
         frames = self.room.member_left(event.user)
         self._send_distributions(frames)
@@ -2135,13 +2273,33 @@ class ChatClient:
         for message in self.room.accept_sender_key(delivery):
             self.show(message)
 
+    def _on_caught_up(self, event: pb.CaughtUp) -> None:
+        """Everything missed has been delivered; what follows is live."""
+        assert self.room is not None
+        if event.room != self.room_name:
+            return
+        self.room.caught_up()
+        self.info(f"caught up on {self.room_name}")
+
+    def _show_history(self, history: pb.History) -> None:
+        """The answer to /history, opened apart from the live state, on stderr."""
+        assert self.room is not None
+        if history.room != self.room_name:
+            self.warn(f"ignoring a history of another room ({escape_text(history.room)!r})")
+            return
+        messages = self.room.open_history(history)
+        if not messages:
+            self.info(f"history [{self.room_name}]: no messages")
+        for message in messages:
+            self.info(message.line(self.room_name))
+
     # -- input ------------------------------------------------------------------------
 
     def _on_input(self, event: tuple) -> None:
         if self.finishing is not None:
             return
         if event[0] == "eof":
-            self.finishing = "leave"
+            self.finishing = "quit"  # end of input only disconnects: we stay a member
             return
         line: str = event[1]
         if not line.strip():
@@ -2164,6 +2322,15 @@ class ChatClient:
             self.finishing = "quit"
         elif command == "/help":
             self.info(HELP_TEXT)
+        elif command == "/pending":
+            lines = pending_lines(list(self.unacked.values())) if not args else ["usage: /pending"]
+            for line in lines:
+                self.info(line)
+        elif command == "/history":
+            if len(args) > 1:
+                self.info("usage: /history [N]")
+            else:
+                self._history(args[0] if args else None)
         elif command == "/fingerprint":
             assert self.identity is not None
             self.info(f"your fingerprint ({self.user}): {format_fingerprint(self.identity.fingerprint)}")
@@ -2241,6 +2408,14 @@ class ChatClient:
             f"now trusting the keys of {name} (fingerprint {format_fingerprint(member.identity.fingerprint)})"
         )
 
+    def _history(self, argument: Optional[str]) -> None:
+        try:
+            limit = history_limit(argument)
+        except ValueError as exc:
+            self.info(f"/history: {exc}")
+            return
+        self._send_frame("history", history=pb.GetHistory(room=self.room_name, limit=limit))
+
     def _send_text(self, text: str) -> None:
         assert self.room is not None
         try:
@@ -2249,7 +2424,7 @@ class ChatClient:
             self.info(f"not sent: {exc}")
             return
         self._send_distributions(distributions)
-        self._send_frame("message", send=message)
+        self.unacked[self._send_frame("message", send=message)] = text
 
 
 # ---------------------------------------------------------------------------------------
@@ -2274,7 +2449,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         prog=PROG,
         description="Chat in one room of an end-to-end encrypted relay.",
         epilog="stdin: one line = one message; /who /fingerprint /verify /trust /invite /kick "
-        "/leave /quit /help; "
+        "/pending /history /leave /quit /help; "
         "// sends a leading /. stdout: [ROOM] SENDER: TEXT per received message. "
         "stderr: everything else.",
     )
@@ -2283,7 +2458,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--user", default=env.get("CHAT_USER"), help="your user name [env CHAT_USER]")
     parser.add_argument("--room", default=env.get("CHAT_ROOM", "lobby"), help="the room [env CHAT_ROOM]")
     parser.add_argument("--home", default=env.get("CHAT_HOME") or default_home(),
-                        help="where your keys and pinned contacts are kept [env CHAT_HOME]")
+                        help="where your keys, pinned contacts and progress (the last message "
+                        "seen per server and room) are kept [env CHAT_HOME]")
     parser.add_argument("--key-bits", default=env.get("CHAT_KEY_BITS", str(DEFAULT_KEY_BITS)),
                         help="size of new identity keys: 2048, 3072 or 4096 [env CHAT_KEY_BITS]")
     parser.add_argument("--private", action="store_true",

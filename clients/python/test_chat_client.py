@@ -7,6 +7,8 @@ are in tests/python.rs (`cargo test --test python`).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import stat
@@ -631,6 +633,57 @@ class Durable(unittest.TestCase):
         # Unless its keys are not the trusted ones.
         wary = cc.RoomState("lobby", self.ids["alice"], trust=lambda peer: peer.user != "bob")
         self.assertEqual([m.text for m in wary.open_history(history)], ["mine", "mine again"])
+
+
+class CliHelpers(unittest.TestCase):
+    """What /history and /pending print, as the Rust client does."""
+
+    def test_history_lines_show_the_time_in_utc_and_escape_the_text(self) -> None:
+        self.assertEqual(cc.utc_time(0), "1970-01-01 00:00:00 UTC")
+        self.assertEqual(cc.utc_time(1_700_000_000_999), "2023-11-14 22:13:20 UTC")
+        self.assertEqual(cc.utc_time(951_782_400_000), "2000-02-29 00:00:00 UTC")
+        self.assertEqual(cc.utc_time(4_102_444_799_000), "2099-12-31 23:59:59 UTC")
+        self.assertTrue(cc.utc_time(2**64 - 1).endswith(" UTC"), "whatever a sender claims")
+        self.assertEqual(
+            cc.history_line("lobby", "alice", 1_700_000_000_000, "two\nlines"),
+            "history [lobby] alice (2023-11-14 22:13:20 UTC): two\\u{a}lines",
+        )
+
+    def test_history_takes_1_to_100_messages_and_20_by_default(self) -> None:
+        self.assertEqual(cc.history_limit(None), 20)
+        self.assertEqual(cc.history_limit("1"), 1)
+        self.assertEqual(cc.history_limit("100"), 100)
+        for wrong in ("0", "101", "-3", "ten", "", "²"):
+            with self.subTest(wrong), self.assertRaises(ValueError):
+                cc.history_limit(wrong)
+
+    def test_a_refused_message_is_reported_and_pending_lists_the_others(self) -> None:
+        client = cc.ChatClient("http://127.0.0.1:1", "alice", "lobby", Path("/nonexistent"), 2048)
+        client.room = cc.RoomState("lobby", identity("alice", 0))
+        client._send_text("first")
+        client._send_text("second\nline")
+        first, second = client.unacked
+        refusal = pb.ServerFrame(request_id=first, rejection=pb.Rejection(code=14, message="disk full"))
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            client._on_answer(refusal, "rejection")
+            client._command("/pending")
+        self.assertEqual(err.getvalue().splitlines(), [
+            'failed to send "first": UNAVAILABLE: disk full',
+            "1 message(s) sent but not acknowledged yet:",
+            '  "second\\u{a}line"',
+        ])
+        self.assertEqual(client.refused, 1)
+        client._on_answer(pb.ServerFrame(request_id=second, ack=pb.Ack(seq=9)), "ack")
+        self.assertEqual(client.unacked, {})
+        self.assertEqual(client.room.last_seq, 0, "our own entries never move last_seq")
+
+    def test_pending_lists_each_text_on_one_line(self) -> None:
+        self.assertEqual(len(cc.pending_lines([])), 1)
+        self.assertEqual(
+            cc.pending_lines(["hi", "a\nb"]),
+            ["2 message(s) sent but not acknowledged yet:", '  "hi"', '  "a\\u{a}b"'],
+        )
 
 
 class Home(unittest.TestCase):
