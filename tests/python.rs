@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use common::process::{ClientProcess, ServerProcess, chat_client, rust_client, wait_for_line};
+use common::process::{
+    ClientProcess, ServerProcess, assert_one_line_error, chat_client, rust_client, wait_for_line,
+};
 
 fn python_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -149,6 +151,82 @@ fn a_member_leaving_makes_both_languages_rotate() {
     for client in [alice, carol, dave] {
         assert!(client.finish().0.success());
     }
+}
+
+#[test]
+fn members_of_both_languages_catch_up_on_what_they_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let home = dir.path().join("home");
+    let mut bob = ClientProcess::joined(rust_client(&server.url, "bob", "lobby", &home), "lobby");
+    let alice = ClientProcess::joined(python_client(&server.url, "alice", "lobby", &home), "lobby");
+    wait_for_line(&bob.stderr, "alice joined lobby");
+
+    // End of input only disconnects the Python member: it stays a member.
+    let (status, stdout, stderr) = alice.finish();
+    assert!(status.success(), "{stderr:?}");
+    assert!(stdout.is_empty(), "{stdout:?}");
+    // The Rust member writes while it is away, and exits once the relay has them all.
+    for text in ["one", "two", "three"] {
+        bob.say(text);
+    }
+    let (status, stdout, stderr) = bob.finish();
+    assert!(status.success(), "{stderr:?}");
+    assert!(stdout.is_empty(), "{stdout:?}");
+    assert!(
+        !stderr.iter().any(|line| line.contains("alice left")),
+        "{stderr:?}"
+    );
+
+    // The Python member comes back: all three, once, in order, then the catch-up ends.
+    let mut alice = ClientProcess::start(python_client(&server.url, "alice", "lobby", &home));
+    let before = wait_for_line(&alice.stderr, "caught up on lobby");
+    assert!(
+        !before.iter().any(|line| line.starts_with("warning")),
+        "{before:?}"
+    );
+    for text in ["one", "two", "three"] {
+        alice.expect_stdout(&format!("[lobby] bob: {text}"));
+    }
+
+    // Now the Rust member is away, and the Python member writes (what is typed before
+    // it has joined waits for it).
+    alice.say("four");
+    alice.say("five");
+    let (status, stdout, stderr) = alice.finish();
+    assert!(status.success(), "{stderr:?}");
+    assert!(stdout.is_empty(), "shown twice: {stdout:?}");
+    let progress = std::fs::read_to_string(home.join("alice").join("progress.json")).unwrap();
+    assert!(progress.contains(&server.url), "{progress}");
+
+    let bob = ClientProcess::start(rust_client(&server.url, "bob", "lobby", &home));
+    wait_for_line(&bob.stderr, "caught up on lobby");
+    bob.expect_stdout("[lobby] alice: four");
+    bob.expect_stdout("[lobby] alice: five");
+    let (status, stdout, stderr) = bob.finish();
+    assert!(status.success(), "{stderr:?}");
+    assert!(stdout.is_empty(), "shown twice: {stdout:?}");
+}
+
+#[test]
+fn a_python_session_replaced_by_another_one_exits_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let home = dir.path().join("home");
+    let first = ClientProcess::joined(python_client(&server.url, "alice", "lobby", &home), "lobby");
+    // The same user (same home, so the same keys) opens another session, in Rust.
+    let second = ClientProcess::joined(rust_client(&server.url, "alice", "lobby", &home), "lobby");
+    // Waited for before closing its input, which would end it cleanly.
+    let mut stderr = wait_for_line(&first.stderr, "chat_client: error");
+    let (status, _, rest) = first.finish();
+    stderr.extend(rest);
+    assert_one_line_error(
+        "chat_client",
+        status,
+        &stderr.join("\n"),
+        "opened another session",
+    );
+    assert!(second.finish().0.success());
 }
 
 #[test]

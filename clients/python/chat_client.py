@@ -593,6 +593,10 @@ class Member:
     #: The latest sender key delivery from an untrusted member, kept (not unwrapped)
     #: so that it can be used if the user accepts the member's new keys.
     held_key: Optional[pb.SenderKeyDelivery] = None
+    #: No longer a member (``Joined.former_members``): known only to check and open the
+    #: entries it left behind that the catch-up brings. Nothing is wrapped for it, it is
+    #: not listed, and it is forgotten at ``CaughtUp``.
+    former: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -615,6 +619,71 @@ class ReceivedMessage:
     def line(self) -> str:
         """The stdout line, ``[ROOM] SENDER: TEXT``, escaped (for a showable message)."""
         return format_line(self.room, self.sender, self.envelope.text)
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryMessage:
+    """A message of a ``History`` answer that verified and opened."""
+
+    seq: int
+    sender: str
+    envelope: Envelope
+
+    @property
+    def text(self) -> str:
+        return self.envelope.text
+
+    def line(self, room: str) -> str:
+        """The stderr line: ``history [ROOM] SENDER (YYYY-MM-DD HH:MM:SS UTC): TEXT``."""
+        return history_line(room, self.sender, self.envelope.sent_at_ms, self.envelope.text)
+
+
+def _civil_from_days(days: int) -> tuple[int, int, int]:
+    """The proleptic Gregorian (year, month, day) ``days`` after 1970-01-01 (Howard
+    Hinnant's ``civil_from_days``, as the Rust client uses; any size of number)."""
+    z = days + 719_468
+    era, day_of_era = divmod(z, 146_097)
+    year_of_era = (day_of_era - day_of_era // 1460 + day_of_era // 36_524 - day_of_era // 146_096) // 365
+    day_of_year = day_of_era - (365 * year_of_era + year_of_era // 4 - year_of_era // 100)
+    shifted_month = (5 * day_of_year + 2) // 153
+    day = day_of_year - (153 * shifted_month + 2) // 5 + 1
+    month = shifted_month + 3 if shifted_month < 10 else shifted_month - 9
+    return year_of_era + era * 400 + (month <= 2), month, day
+
+
+def utc_time(ms: int) -> str:
+    """Milliseconds since the Unix epoch as ``YYYY-MM-DD HH:MM:SS UTC``, whatever a
+    sender claims (no overflow)."""
+    seconds = ms // 1000
+    days, second_of_day = divmod(seconds, 86_400)
+    year, month, day = _civil_from_days(days)
+    hours, rest = divmod(second_of_day, 3600)
+    return f"{year:04d}-{month:02d}-{day:02d} {hours:02d}:{rest // 60:02d}:{rest % 60:02d} UTC"
+
+
+def history_line(room: str, sender: str, sent_at_ms: int, text: str) -> str:
+    """One message of the history, for stderr, escaped like a live one."""
+    return f"history [{room}] {sender} ({utc_time(sent_at_ms)}): {escape_text(text)}"
+
+
+def starting_seq(resumed: bool, after_seq: Optional[int], latest: int) -> tuple[int, Optional[str]]:
+    """Where to start counting a room's sequence numbers after a ``Joined`` that reports
+    ``resumed`` and the room's ``latest`` number, given the ``after_seq`` asked for; and
+    what to warn about (as the Rust client does)."""
+    if after_seq is not None and resumed:
+        if after_seq <= latest:
+            return after_seq, None
+        return latest, (
+            f"this client has seen the room up to message number {after_seq}, but the relay's "
+            f"latest is {latest}: the relay seems restored from an older backup; continuing "
+            f"from {latest}"
+        )
+    if after_seq:
+        return latest, (
+            "the relay no longer counted you as a member, so you joined again: what was said "
+            "while you were away is not available"
+        )
+    return latest, None
 
 
 class MessageTooLong(ValueError):
@@ -640,6 +709,10 @@ class RoomState:
 
     ``trust(peer)`` decides whether a member's presented keys may be used (key pinning
     lives outside, in the CLI); by default every identity that verifies is trusted.
+
+    Delivery is durable: ``last_seq`` is the highest sequence number of the room
+    processed. A message at or below it was processed already and is dropped silently;
+    the caller saves it and joins with it (``JoinRoom.after_seq``) next time.
     """
 
     def __init__(
@@ -664,7 +737,7 @@ class RoomState:
         self.warnings: list[str] = []
         self._warn = warn if warn is not None else self.warnings.append
         self.max_pending = max_pending
-        #: Other members, with their checked identities.
+        #: Other members (current and former), with their checked identities.
         self.members: dict[str, Member] = {}
         #: Each other member's current sender key (only the current one is kept).
         self.peer_keys: dict[str, PeerSenderKey] = {}
@@ -675,32 +748,34 @@ class RoomState:
         #: already checked).
         self.pending: collections.deque[pb.MessageDelivery] = collections.deque()
         self.own_key = OwnSenderKey.generate(rng)
+        #: The highest sequence number of the room processed (our own entries aside).
+        self.last_seq = 0
 
     # -- distributing our key ---------------------------------------------------------
 
-    def _distributions(self, recipients: Iterable[str]) -> list[pb.DistributeSenderKey]:
-        """Wraps and signs the current key for the trusted ``recipients``, in frames of
-        at most 32 copies (a frame stays under 64 KiB even with 4096-bit keys)."""
-        names = sorted({n for n in recipients if n in self.members and self.members[n].trusted})
+    def _wrap_for(self, recipient: str, encryption_key: rsa.RSAPublicKey) -> pb.WrappedSenderKey:
+        """Our current key wrapped for ``recipient`` and signed."""
         key = self.own_key
-        frames = []
-        for start in range(0, len(names), MAX_KEYS_PER_DISTRIBUTION):
-            frame = pb.DistributeSenderKey(room=self.room, key_id=key.key_id)
-            for name in names[start : start + MAX_KEYS_PER_DISTRIBUTION]:
-                wrapped = wrap_sender_key(
-                    self.members[name].identity.encryption_key,
-                    key.key,
-                    self.room,
-                    self.user,
-                    name,
-                    key.key_id,
-                )
-                signature = self.identity.sign(
-                    sender_key_signed_bytes(self.room, self.user, name, key.key_id, wrapped)
-                )
-                frame.keys.add(recipient=name, wrapped_key=wrapped, signature=signature)
-            frames.append(frame)
-        return frames
+        wrapped = wrap_sender_key(encryption_key, key.key, self.room, self.user, recipient, key.key_id)
+        signature = self.identity.sign(
+            sender_key_signed_bytes(self.room, self.user, recipient, key.key_id, wrapped)
+        )
+        return pb.WrappedSenderKey(recipient=recipient, wrapped_key=wrapped, signature=signature)
+
+    def _distributions(self, recipients: Iterable[str]) -> list[pb.DistributeSenderKey]:
+        """Wraps and signs the current key for ourselves (first: the relay keeps that
+        copy for our history) and for the trusted current members among ``recipients``,
+        in frames of at most 32 copies (a frame stays under 64 KiB even with 4096-bit
+        keys). Always at least one frame."""
+        names = sorted({n for n in recipients if self.is_current_member(n) and self.members[n].trusted})
+        copies = [self._wrap_for(self.user, self.identity.encryption_key.public_key())]
+        copies += [self._wrap_for(n, self.members[n].identity.encryption_key) for n in names]
+        return [
+            pb.DistributeSenderKey(
+                room=self.room, key_id=self.own_key.key_id, keys=copies[i : i + MAX_KEYS_PER_DISTRIBUTION]
+            )
+            for i in range(0, len(copies), MAX_KEYS_PER_DISTRIBUTION)
+        ]
 
     def rotate(self) -> list[pb.DistributeSenderKey]:
         """Makes a new sender key and wraps it for every current (trusted) member.
@@ -712,20 +787,28 @@ class RoomState:
 
     def _forget_keys_of(self, name: str) -> None:
         self.peer_keys.pop(name, None)
-        self.pending = collections.deque(m for m in self.pending if m.sender != name)
+        kept = collections.deque(m for m in self.pending if m.sender != name)
+        dropped = len(self.pending) - len(kept)
+        self.pending = kept
+        if dropped:
+            self._warn(f"dropped {dropped} message(s) from {name} in {self.room}: its sender key never arrived")
 
-    def _add_member(self, identity: pb.PublicIdentity, what: str) -> Optional[str]:
+    def _add_member(self, identity: pb.PublicIdentity, what: str, former: bool = False) -> Optional[str]:
         """Checks a member presented by the relay; returns its name, or None if ignored.
 
         Ignored (with a warning): an identity that does not verify, a member under our
         own name (never trusted, whatever its keys), and a second announcement of a
-        current member (it could otherwise reset what we know of that member's keys).
+        current member (it could otherwise reset what we know of that member's keys). A
+        former member becomes a current one when announced as a member; a former member
+        who is a current one stays current.
         """
         if identity.user == self.user:
             self._warn(f"ignoring a member under your own name ({self.user}) in {what} of {self.room}")
             return None
-        if identity.user in self.members:
-            self._warn(f"ignoring a second announcement of member {identity.user} in {what} of {self.room}")
+        known = self.members.get(identity.user)
+        if known is not None and (former or not known.former):
+            if not former:
+                self._warn(f"ignoring a second announcement of member {identity.user} in {what} of {self.room}")
             return None
         try:
             peer = PeerIdentity.from_public(identity)
@@ -733,23 +816,50 @@ class RoomState:
             self._warn(f"ignoring member {escape_text(identity.user)!r} in {what} of {self.room}: {exc}")
             return None
         name = peer.user
-        self.members[name] = Member(identity=peer, trusted=bool(self._trust(peer)))
+        if known is not None:  # a former member back: it will distribute a new key
+            self.peer_keys.pop(name, None)
+        self.members[name] = Member(identity=peer, trusted=bool(self._trust(peer)), former=former)
         return name
+
+    def is_current_member(self, user: str) -> bool:
+        member = self.members.get(user)
+        return member is not None and not member.former
+
+    def current_members(self) -> list[str]:
+        """The other members, sorted; former members are not listed."""
+        return sorted(n for n, m in self.members.items() if not m.former)
 
     # -- membership events ------------------------------------------------------------
 
-    def on_joined(self, joined: pb.Joined) -> list[pb.DistributeSenderKey]:
-        """Our join was accepted: record the members and give each trusted one our
-        sender key."""
+    def on_joined(self, joined: pb.Joined, after_seq: Optional[int] = None) -> list[pb.DistributeSenderKey]:
+        """Our join was accepted (``after_seq`` is what the join asked for): note where
+        the room's numbering starts, record the members (and the former members the
+        catch-up needs), and give each trusted member, and ourselves, a fresh sender key.
+
+        A fresh key on every join: it reaches whoever joined meanwhile and not whoever
+        left, and a restarted client has lost its old one anyway.
+        """
+        self.last_seq, warning = starting_seq(joined.resumed, after_seq, joined.last_seq)
+        if warning is not None:
+            self._warn(f"[{self.room}] {warning}")
         for identity in joined.members:
             self._add_member(identity, "Joined")
-        return self._distributions(self.members)
+        for identity in joined.former_members:
+            self._add_member(identity, "Joined (former members)", former=True)
+        return self.rotate()
+
+    def caught_up(self) -> None:
+        """The catch-up is over: forget the former members it needed."""
+        for name in [n for n, m in self.members.items() if m.former]:
+            del self.members[name]
+            self._forget_keys_of(name)
 
     def member_joined(self, identity: pb.PublicIdentity) -> Optional[list[pb.DistributeSenderKey]]:
         """A newcomer: wrap our *current* key for it alone. No one rotates on a join.
 
         Returns None when the newcomer is ignored (its identity does not verify), else
-        the distributions to send (none for a member whose keys are not trusted).
+        the distributions to send (only our own copy for a member whose keys are not
+        trusted).
         """
         name = self._add_member(identity, "MemberJoined")
         if name is None:
@@ -757,8 +867,8 @@ class RoomState:
         return self._distributions([name])
 
     def member_left(self, user: str) -> list[pb.DistributeSenderKey]:
-        """Someone left (or was kicked, or disconnected): forget its keys and rotate
-        ours, so it cannot read what follows.
+        """Someone left (or was kicked): forget its keys and rotate ours, so it cannot
+        read what follows.
 
         Returns the distributions of the new key, to send before any further message.
         """
@@ -786,7 +896,7 @@ class RoomState:
         return self.rotate()
 
     def untrusted_members(self) -> list[str]:
-        return sorted(n for n, m in self.members.items() if not m.trusted)
+        return sorted(n for n, m in self.members.items() if not m.trusted and not m.former)
 
     # -- sealing ----------------------------------------------------------------------
 
@@ -822,6 +932,41 @@ class RoomState:
             )
         return self.seal_plaintext(plaintext)
 
+    # -- checks shared by live frames and history ---------------------------------------
+
+    def _sender_key_verifies(self, signing_key: rsa.RSAPublicKey, delivery: pb.SenderKeyDelivery) -> bool:
+        """The signature of a key wrapped for us, by its sender: checked before any unwrap."""
+        signed = sender_key_signed_bytes(
+            self.room, delivery.sender, self.user, delivery.key_id, delivery.wrapped_key
+        )
+        return verify_signature(signing_key, delivery.signature, signed)
+
+    def _unwrap(self, delivery: pb.SenderKeyDelivery) -> bytes:
+        """Unwraps a key whose signature verified; ``ValueError`` if it does not open."""
+        return unwrap_sender_key(
+            self.identity.encryption_key, delivery.wrapped_key, self.room, delivery.sender, self.user, delivery.key_id
+        )
+
+    @staticmethod
+    def _well_formed(sealed: pb.SealedMessage) -> bool:
+        return len(sealed.nonce) == NONCE_BYTES and len(sealed.ciphertext) >= TAG_BYTES
+
+    def _message_verifies(self, signing_key: rsa.RSAPublicKey, delivery: pb.MessageDelivery) -> bool:
+        """The signature of a message by its sender: checked before any decryption."""
+        sealed = delivery.sealed
+        signed = message_signed_bytes(
+            self.room, delivery.sender, sealed.key_id, sealed.counter, sealed.nonce, sealed.ciphertext
+        )
+        return verify_signature(signing_key, sealed.signature, signed)
+
+    def _decrypt(self, key: bytes, delivery: pb.MessageDelivery) -> Envelope:
+        """Decrypts a message whose signature verified and parses its envelope; raises
+        ``InvalidTag`` or :class:`EnvelopeError`."""
+        sealed = delivery.sealed
+        ad = message_ad(self.room, delivery.sender, sealed.key_id, sealed.counter)
+        plaintext = AESGCM(key).decrypt(sealed.nonce, sealed.ciphertext, ad)
+        return decode_envelope(plaintext, delivery.sender)
+
     # -- receiving keys ---------------------------------------------------------------
 
     def _member_for(self, room: str, sender: str, what: str) -> Optional[Member]:
@@ -844,12 +989,20 @@ class RoomState:
 
         Returns the buffered messages from that sender that now open, in arrival order.
         A key whose signature does not verify, that was accepted before, or that does
-        not unwrap is dropped with a warning.
+        not unwrap is dropped with a warning. The sender's current key delivered again
+        (a catch-up starts with the keys in force) is ignored silently. Every key counts
+        for ``last_seq``, whatever its number: the keys in force come numbered at or
+        below where the catch-up starts.
         """
+        if delivery.room == self.room:
+            self.last_seq = max(self.last_seq, delivery.seq)
         sender = delivery.sender
         member = self._member_for(delivery.room, sender, "a sender key")
         if member is None:
             return []
+        current = self.peer_keys.get(sender)
+        if current is not None and current.key_id == delivery.key_id:
+            return []  # known already; nothing is taken from it
         if not member.trusted:
             member.held_key = delivery
             self._warn(
@@ -857,8 +1010,7 @@ class RoomState:
                 f"and are not trusted (/trust {sender} to accept them)"
             )
             return []
-        signed = sender_key_signed_bytes(self.room, sender, self.user, delivery.key_id, delivery.wrapped_key)
-        if not verify_signature(member.identity.signing_key, delivery.signature, signed):
+        if not self._sender_key_verifies(member.identity.signing_key, delivery):
             self._warn(
                 f"dropped a sender key from {sender} in {self.room}: its signature does not verify "
                 f"(tampered with, or not made by {sender})"
@@ -874,14 +1026,7 @@ class RoomState:
             )
             return []
         try:
-            key = unwrap_sender_key(
-                self.identity.encryption_key,
-                delivery.wrapped_key,
-                self.room,
-                sender,
-                self.user,
-                delivery.key_id,
-            )
+            key = self._unwrap(delivery)
         except ValueError:
             self._warn(f"dropped a sender key from {sender} in {self.room}: it does not unwrap")
             return []
@@ -915,13 +1060,26 @@ class RoomState:
             )
         self.pending.append(delivery)
 
+    def _is_new(self, delivery: pb.MessageDelivery) -> bool:
+        """False for a message at or below ``last_seq``: processed already (a catch-up
+        overlapping what we saw). Moves ``last_seq``. Number 0 is a relay that does not
+        number its entries: nothing to go by but the replay windows."""
+        if delivery.room != self.room or delivery.seq == 0:
+            return True
+        if delivery.seq <= self.last_seq:
+            return False
+        self.last_seq = delivery.seq
+        return True
+
     def open(self, delivery: pb.MessageDelivery) -> Optional[ReceivedMessage]:
-        """Opens a delivery. Returns the message to show, or None if it was dropped
-        (with a warning) or buffered until its sender's key arrives.
+        """Opens a delivery. Returns the message to show, or None if it was a duplicate
+        (silently), dropped (with a warning) or buffered until its sender's key arrives.
 
         The sender's signature is checked before anything is decrypted.
         """
-        sender, sealed = delivery.sender, delivery.sealed
+        if not self._is_new(delivery):
+            return None
+        sender = delivery.sender
         member = self._member_for(delivery.room, sender, "a message")
         if member is None:
             return None
@@ -931,13 +1089,10 @@ class RoomState:
                 f"and are not trusted (/trust {sender} to accept them)"
             )
             return None
-        if len(sealed.nonce) != NONCE_BYTES or len(sealed.ciphertext) < TAG_BYTES:
+        if not self._well_formed(delivery.sealed):
             self._warn(f"dropped a malformed message from {sender} in {self.room}")
             return None
-        signed = message_signed_bytes(
-            self.room, sender, sealed.key_id, sealed.counter, sealed.nonce, sealed.ciphertext
-        )
-        if not verify_signature(member.identity.signing_key, sealed.signature, signed):
+        if not self._message_verifies(member.identity.signing_key, delivery):
             self._warn(
                 f"dropped a message from {sender} in {self.room}: its signature does not verify, "
                 f"it was tampered with or corrupted, or not sent by {sender}"
@@ -958,21 +1113,121 @@ class RoomState:
         if not peer.window.would_accept(sealed.counter):
             self._warn(f"dropped a replayed or too old message from {sender} in {self.room}")
             return None
-        ad = message_ad(self.room, sender, sealed.key_id, sealed.counter)
         try:
-            plaintext = AESGCM(peer.key).decrypt(sealed.nonce, sealed.ciphertext, ad)
+            envelope = self._decrypt(peer.key, delivery)
         except InvalidTag:
             self._warn(
                 f"dropped a message from {sender} in {self.room}: it was tampered with or corrupted"
             )
             return None
-        try:
-            envelope = decode_envelope(plaintext, sender)
         except EnvelopeError as exc:
             self._warn(f"dropped an invalid message from {sender} in {self.room}: {exc}")
             return None
         peer.window.mark(sealed.counter)
         return ReceivedMessage(room=self.room, sender=sender, envelope=envelope)
+
+    # -- history ------------------------------------------------------------------------
+
+    def _history_signers(self, former_members: Iterable[pb.PublicIdentity]) -> dict[str, rsa.RSAPublicKey]:
+        """Whose entries a history may hold, with their signing keys: ourselves (our own
+        key copies and messages), the trusted members, and the answer's former members
+        (checked and pinned as members are; those whose keys are not trusted are left
+        out)."""
+        signers = {self.user: self.identity.signing_key.public_key()}
+        signers.update({n: m.identity.signing_key for n, m in self.members.items() if m.trusted})
+        for identity in former_members:
+            if identity.user == self.user or identity.user in self.members or identity.user in signers:
+                continue
+            try:
+                peer = PeerIdentity.from_public(identity)
+            except IdentityError as exc:
+                self._warn(f"ignoring former member {escape_text(identity.user)!r} in the history of {self.room}: {exc}")
+                continue
+            if self._trust(peer):
+                signers[peer.user] = peer.signing_key
+        return signers
+
+    def open_history(self, history: pb.History) -> list[HistoryMessage]:
+        """Opens a ``History`` answer: its text messages in sequence order, with at most
+        one warning summing up what could not be read.
+
+        It works on its own keys, taken from the answer's entries, and leaves the live
+        state alone (current keys, accepted key ids, replay windows, ``last_seq``):
+        history is shown again, not received again. Each entry is checked against its
+        sender's signing key before anything is unwrapped or decrypted, as live ones
+        are.
+        """
+        signers = self._history_signers(history.former_members)
+        keys: dict[tuple[str, int], bytes] = {}
+        seen: set[tuple[str, int, int]] = set()
+        messages: list[HistoryMessage] = []
+        rejected_keys = unreadable = unshowable = 0
+        for entry in history.entries:
+            which = entry.WhichOneof("kind")
+            if which == "sender_key":
+                delivery = entry.sender_key
+                key = self._history_key(delivery, signers.get(delivery.sender))
+                if key is None:
+                    rejected_keys += 1
+                else:
+                    keys[(delivery.sender, delivery.key_id)] = key
+            elif which == "message":
+                delivery = entry.message
+                message = self._history_message(delivery, keys, signers.get(delivery.sender))
+                sealed = delivery.sealed
+                identity = (delivery.sender, sealed.key_id, sealed.counter)
+                if message is None or identity in seen:  # a repeated entry is not shown twice
+                    unreadable += 1
+                elif message.envelope.kind != "text":
+                    unshowable += 1
+                else:
+                    seen.add(identity)
+                    messages.append(message)
+        messages.sort(key=lambda m: m.seq)
+        self._history_summary(rejected_keys, unreadable, unshowable)
+        return messages
+
+    def _history_key(self, delivery: pb.SenderKeyDelivery, signing_key: Optional[rsa.RSAPublicKey]) -> Optional[bytes]:
+        """A sender key of a history answer, checked then unwrapped; None if unusable."""
+        if signing_key is None or not self._sender_key_verifies(signing_key, delivery):
+            return None
+        try:
+            return self._unwrap(delivery)
+        except ValueError:
+            return None
+
+    def _history_message(
+        self,
+        delivery: pb.MessageDelivery,
+        keys: dict[tuple[str, int], bytes],
+        signing_key: Optional[rsa.RSAPublicKey],
+    ) -> Optional[HistoryMessage]:
+        """A message of a history answer, checked then opened; None if unreadable."""
+        if signing_key is None or not self._well_formed(delivery.sealed):
+            return None
+        if not self._message_verifies(signing_key, delivery):
+            return None
+        key = keys.get((delivery.sender, delivery.sealed.key_id))
+        if key is None:
+            return None
+        try:
+            envelope = self._decrypt(key, delivery)
+        except (InvalidTag, EnvelopeError):
+            return None
+        return HistoryMessage(seq=delivery.seq, sender=delivery.sender, envelope=envelope)
+
+    def _history_summary(self, rejected_keys: int, unreadable: int, unshowable: int) -> None:
+        parts = []
+        if unreadable:
+            parts.append(f"{unreadable} older message(s) could not be verified or decrypted")
+        if unshowable:
+            parts.append(f"{unshowable} message(s) of a kind this version cannot show")
+        if rejected_keys:
+            parts.append(
+                f"{rejected_keys} sender key(s) were rejected (bad signature, unknown sender or not for you)"
+            )
+        if parts:
+            self._warn(f"history of {self.room}: " + "; ".join(parts))
 
 
 # ---------------------------------------------------------------------------------------
@@ -1270,6 +1525,100 @@ def _is_fingerprint_hex(value: object) -> bool:
     return isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value) is not None
 
 
+# -- saved progress: the last sequence number processed per server and room ------------
+
+PROGRESS_VERSION = 1
+
+
+class ProgressError(Exception):
+    """progress.json cannot be read or has a format this client does not know."""
+
+
+def progress_path(home: Path, user: str) -> Path:
+    return user_dir(home, user) / "progress.json"
+
+
+def _server_key(server: str) -> str:
+    """The same server however its URL is written at the end (a trailing slash)."""
+    return server.rstrip("/")
+
+
+def _is_seq(value: object) -> bool:
+    return _is_int(value) and 0 <= value < 1 << 64
+
+
+def _read_progress(path: Path) -> dict[str, dict[str, int]]:
+    """The ``servers`` of ``HOME/USER/progress.json`` (shared with the Rust client)::
+
+        {"version": 1, "servers": {"http://127.0.0.1:5555": {"lobby": 42}}}
+
+    Empty if there is no file; :class:`ProgressError` for a file others can access, or
+    one that is not of this format.
+    """
+
+    def unreadable(reason: str) -> ProgressError:
+        return ProgressError(
+            f"cannot read saved progress {path}: {reason}; fix it, or move it away to start "
+            f"from the latest messages"
+        )
+
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise unreadable(f"it is accessible by other users (mode {mode:o}); run: chmod 600 {path}")
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise unreadable(exc.strerror or str(exc)) from exc
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise unreadable(f"not valid JSON ({exc})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("servers"), dict):
+        raise unreadable("not a progress file")
+    if not _is_int(data.get("version")) or data["version"] != PROGRESS_VERSION:
+        raise unreadable(f"version {data.get('version')!r} is not the supported {PROGRESS_VERSION}")
+    for server, rooms in data["servers"].items():
+        if not isinstance(rooms, dict) or not all(_is_seq(seq) for seq in rooms.values()):
+            raise unreadable(f"the entry of {server!r} is not rooms and sequence numbers")
+    return data["servers"]
+
+
+def _write_progress(path: Path, servers: dict[str, dict[str, int]]) -> None:
+    """Replaces the file atomically, mode 0600, laid out as the Rust client writes it."""
+    ordered = {server: dict(sorted(rooms.items())) for server, rooms in sorted(servers.items())}
+    text = json.dumps({"version": PROGRESS_VERSION, "servers": ordered}, indent=2) + "\n"
+    _make_private_dirs(path.parent)
+    _replace_file(path, text.encode("utf-8"))
+
+
+def load_last_seq(path: Path, server: str, room: str) -> Optional[int]:
+    """The last sequence number saved for ``room`` on ``server``, if any."""
+    return _read_progress(path).get(_server_key(server), {}).get(room)
+
+
+def save_last_seq(path: Path, server: str, room: str, seq: int) -> None:
+    """Saves ``seq`` for ``room`` on ``server``. The file is read again first, so the
+    entries other processes wrote meanwhile are kept. Raises :class:`ProgressError` or
+    ``OSError``."""
+    servers = _read_progress(path)
+    servers.setdefault(_server_key(server), {})[room] = seq
+    _write_progress(path, servers)
+
+
+def forget_room(path: Path, server: str, room: str) -> None:
+    """Forgets ``room`` on ``server``: the user left it, and joining it again is a new start."""
+    servers = _read_progress(path)
+    rooms = servers.get(_server_key(server))
+    if rooms is None or room not in rooms:
+        return
+    del rooms[room]
+    if not rooms:
+        del servers[_server_key(server)]
+    _write_progress(path, servers)
+
+
 # ---------------------------------------------------------------------------------------
 # Transport helpers
 # ---------------------------------------------------------------------------------------
@@ -1374,10 +1723,40 @@ HELP_TEXT = """commands:
   /trust NAME          accept the new keys the relay presents for NAME
   /invite NAME         let NAME join this private room (owner only)
   /kick NAME           remove NAME from this private room (owner only)
-  /leave               leave the room and exit
-  /quit                disconnect and exit
+  /pending             list the messages sent but not yet acknowledged by the relay
+  /history [N]         show the room's last N messages (1 to 100, default 20) on stderr:
+                       history [ROOM] SENDER (YYYY-MM-DD HH:MM:SS UTC): TEXT
+  /leave               leave the room for good and exit
+  /quit                disconnect and exit; you stay a member (as at end of input)
   /help                show this list
-start a message with // to send a line that begins with /"""
+start a message with // to send a line that begins with /
+end of input and /quit only disconnect: the next run in the room first shows what was
+said meanwhile (where you were is saved in HOME/USER/progress.json)"""
+
+#: How many messages /history shows without a number, and the most it may ask for.
+DEFAULT_HISTORY = 20
+MAX_HISTORY = 100
+#: Seconds to wait, at the end, for the relay to answer what was sent.
+CLOSING_TIMEOUT_SECONDS = 15
+
+
+def history_limit(argument: Optional[str]) -> int:
+    """The number of messages ``/history`` asks for: 20 without an argument, else 1 to
+    100; ``ValueError`` otherwise."""
+    if argument is None:
+        return DEFAULT_HISTORY
+    if re.fullmatch(r"[0-9]{1,3}", argument) is None or not 1 <= int(argument) <= MAX_HISTORY:
+        raise ValueError(f"the number of messages must be 1 to {MAX_HISTORY}")
+    return int(argument)
+
+
+def pending_lines(texts: list[str]) -> list[str]:
+    """What ``/pending`` prints: the messages not acknowledged yet, one line each."""
+    if not texts:
+        return ["no message is waiting for the relay's acknowledgement"]
+    return [f"{len(texts)} message(s) sent but not acknowledged yet:"] + [
+        f'  "{escape_text(text)}"' for text in texts
+    ]
 
 _CLOSE = object()  # ends the request iterator (half-closes the stream)
 
@@ -1387,6 +1766,10 @@ class ChatClient:
 
     Two threads only feed ``self.events`` (stdin lines, server frames); all state lives
     in the thread running :meth:`run`, so nothing needs a lock.
+
+    Membership outlives the stream: end of input and /quit only disconnect, and the
+    next run joins with the last sequence number processed (``progress.json``) to
+    catch up on what was said meanwhile. Only /leave (or a kick) ends the membership.
     """
 
     def __init__(
@@ -1418,6 +1801,8 @@ class ChatClient:
         self.ready = False
         self.backlog: collections.deque[tuple] = collections.deque()
         self.finishing: Optional[str] = None  # "leave" or "quit"
+        #: When the relay must have answered everything, once finishing.
+        self.closing_deadline: Optional[float] = None
         self.leave_request: Optional[int] = None
         self.left = False
         self.joined_seen = False
@@ -1428,6 +1813,16 @@ class ChatClient:
         self.owner_requests: dict[int, tuple[str, str]] = {}
         #: Set when a refusal that does not end the session happened: the exit is 1.
         self.failed = False
+        #: request_id -> text of our messages the relay has not acknowledged, in order.
+        self.unacked: dict[int, str] = {}
+        #: Messages the relay refused.
+        self.refused = 0
+        #: Where the last sequence number processed is saved, and what was saved there.
+        self.progress: Optional[Path] = None
+        self.after_seq: Optional[int] = None
+        self.saved_seq: Optional[int] = None
+        #: We left the room or were removed: nothing to catch up on next time.
+        self.membership_ended = False
 
     # -- output -----------------------------------------------------------------------
 
@@ -1472,11 +1867,21 @@ class ChatClient:
             self.contacts = ContactBook(contacts_path(self.home, self.user))
         except ContactsError as exc:
             raise ClientError(f"{exc}; fix or move the file (it holds the keys you pinned)") from exc
+        self.progress = progress_path(self.home, self.user)
+        try:
+            self.after_seq = self.saved_seq = load_last_seq(self.progress, self.server, self.room_name)
+        except ProgressError as exc:
+            raise ClientError(str(exc)) from exc
         self.room = RoomState(self.room_name, self.identity, warn=self.warn, trust=self._check_trust)
         self.channel = open_channel(self.server, self.ca_cert)
         try:
             return self._session()
         finally:
+            self._settle_progress()
+            if self.room.pending:
+                self.warn(
+                    f"{len(self.room.pending)} message(s) could not be decrypted: their sender key never arrived"
+                )
             self.channel.close()
 
     def _login(self) -> str:
@@ -1510,7 +1915,10 @@ class ChatClient:
         stub = pb_grpc.ChatServiceStub(self.channel)
         self.call = stub.Chat(self._requests(), metadata=auth_metadata(token))
         threading.Thread(target=self._read_responses, name="responses", daemon=True).start()
-        self._send_frame("join", join=pb.JoinRoom(room=self.room_name, create_private=self.private))
+        join = pb.JoinRoom(room=self.room_name, create_private=self.private)
+        if self.after_seq is not None:
+            join.after_seq = self.after_seq  # come back and catch up from there
+        self._send_frame("join", join=join)
         threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
         return self._event_loop()
 
@@ -1593,7 +2001,7 @@ class ChatClient:
 
     def _event_loop(self) -> int:
         while True:
-            event = self.events.get()
+            event = self._next_event()
             kind = event[0]
             if kind == "frame":
                 self._on_frame(event[1])
@@ -1604,23 +2012,85 @@ class ChatClient:
                     self._on_input(event)
                 else:
                     self.backlog.append(event)
+            if self.events.empty():  # a burst (a catch-up) costs one write, not one per frame
+                self._save_progress()
             if self._maybe_finish():
+                if self.refused:
+                    raise ClientError(f"{self.refused} message(s) were refused by the relay")
                 return 1 if self.failed else 0
+
+    def _next_event(self) -> tuple:
+        """The next event; once finishing, only until the closing deadline."""
+        if self.closing_deadline is None:
+            return self.events.get()
+        try:
+            return self.events.get(timeout=max(0.0, self.closing_deadline - time.monotonic()))
+        except queue.Empty:
+            raise ClientError(
+                f"timed out after {CLOSING_TIMEOUT_SECONDS} s waiting for the relay to acknowledge "
+                f"{len(self.unanswered)} frame(s){self._undelivered()}"
+            ) from None
+
+    def _undelivered(self) -> str:
+        """Lists the messages not acknowledged on stderr; returns the end of the error
+        line that counts them."""
+        for text in self.unacked.values():
+            self.info(f'not delivered: "{escape_text(text)}"')
+        return f"; {len(self.unacked)} message(s) not delivered" if self.unacked else ""
 
     def _on_stream_end(self, error: Optional[BaseException]) -> int:
         if self.closing:
             return 0
+        code = error.code() if isinstance(error, grpc.RpcError) and hasattr(error, "code") else None
+        if code == grpc.StatusCode.ABORTED:
+            # Not reconnecting: the two sessions would take turns.
+            raise ClientError(
+                f"this session was closed because {self.user} opened another session on the relay "
+                f"(ABORTED){self._undelivered()}"
+            )
         if isinstance(error, grpc.RpcError):
             if not self.joined_seen:  # the stream never opened properly
                 raise ClientError(f"cannot open the chat session: {describe_rpc_error(error)}")
-            raise ClientError(f"lost the connection to the relay: {describe_rpc_error(error)}")
-        if error is not None:
-            raise ClientError(f"lost the connection to the relay: {error}")
-        raise ClientError("lost the connection to the relay: the stream ended")
+            reason = describe_rpc_error(error)
+        elif error is not None:
+            reason = str(error)
+        else:
+            reason = "the stream ended"
+        raise ClientError(f"lost the connection to the relay: {reason}{self._undelivered()}")
+
+    # -- saved progress -----------------------------------------------------------------
+
+    def _save_progress(self) -> None:
+        """Saves the last sequence number processed, if it moved (a warning if it cannot)."""
+        if self.room is None or self.progress is None or not self.joined_seen or self.membership_ended:
+            return
+        seq = self.room.last_seq
+        if seq == self.saved_seq:
+            return
+        try:
+            save_last_seq(self.progress, self.server, self.room_name, seq)
+        except (ProgressError, OSError) as exc:
+            self.warn(f"cannot save progress {self.progress}: {exc}")
+            return
+        self.saved_seq = seq
+
+    def _settle_progress(self) -> None:
+        """At exit: saves the progress, or forgets the room once out of it."""
+        if not self.membership_ended:
+            self._save_progress()
+            return
+        assert self.progress is not None
+        try:
+            forget_room(self.progress, self.server, self.room_name)
+        except (ProgressError, OSError) as exc:
+            self.warn(f"cannot update progress {self.progress}: {exc}")
 
     def _maybe_finish(self) -> bool:
-        """After EOF, /leave or /quit: once every frame is answered, leave (unless
-        quitting), then close the stream. Returns True when the session is over."""
+        """After EOF, /leave or /quit: once every frame is answered, leave (/leave only:
+        end of input and /quit stay members), then close the stream. Returns True when
+        the session is over."""
+        if self.finishing is not None and self.closing_deadline is None:
+            self.closing_deadline = time.monotonic() + CLOSING_TIMEOUT_SECONDS
         if self.finishing is None or self.unanswered:
             return False
         if self.finishing == "leave" and not self.left:
@@ -1661,6 +2131,7 @@ class ChatClient:
             "member_left": self._on_member_left,
             "message": self._on_message,
             "sender_key": self._on_sender_key,
+            "caught_up": self._on_caught_up,
         }.get(which)
         if handler is None:
             self.warn(f"ignoring an unexpected frame from the relay ({which})")
@@ -1681,16 +2152,31 @@ class ChatClient:
             reason = f"{status_name(rejection.code)}: {rejection.message}"
             if what == "join":
                 raise ClientError(f"cannot join {self.room_name}: {reason}")
+            if what == "message":
+                self.refused += 1
+                text = self.unacked.pop(frame.request_id, "")
+                self.info(f'failed to send "{escape_text(text)}": {reason}')
+                return
+            if what == "history":
+                self.warn(f"the relay refused to send the history: {reason}")
+                return
             raise ClientError(f"the relay refused a {what}: {reason}")
         if what == "join":
             if which != "joined":
                 raise ClientError(f"unexpected answer to JoinRoom: {which}")
             self._on_joined(frame.joined)
             return
+        if what == "history":
+            if which != "history":
+                raise ClientError(f"unexpected answer to GetHistory: {which}")
+            self._show_history(frame.history)
+            return
         if which != "ack":
             raise ClientError(f"unexpected answer to a {what}: {which}")
+        self.unacked.pop(frame.request_id, None)  # our own entries never move last_seq
         if frame.request_id == self.leave_request:
             self.left = True
+            self.membership_ended = True
             self.info(f"left {self.room_name}")
         self.initial_distributions.discard(frame.request_id)
         if not self.ready and self.joined_seen and not self.initial_distributions:
@@ -1718,7 +2204,7 @@ class ChatClient:
             self.info(f"{self.room_name} is a private room owned by {owner}")
         elif self.private:
             self.warn(f"{self.room_name} is an open room: anyone can join it")
-        frames = self.room.on_joined(joined)
+        frames = self.room.on_joined(joined, self.after_seq)
         self.initial_distributions = set(self._send_distributions(frames))
         if not self.initial_distributions:
             self._become_ready()
@@ -1732,7 +2218,7 @@ class ChatClient:
 
     def _members_text(self, joined: bool = False) -> str:
         assert self.room is not None
-        names = sorted(self.room.members)
+        names = self.room.current_members()
         if not names and joined:
             return f"you are alone in {self.room_name}"
         untrusted = set(self.room.untrusted_members())
@@ -1755,13 +2241,14 @@ class ChatClient:
             return
         if event.user == self.user:
             if event.reason == pb.LEAVE_REASON_KICKED:
+                self.membership_ended = True
                 raise ClientError(f"you were removed from {self.room_name} by its owner")
             self.warn(f"ignoring a MemberLeft about yourself in {self.room_name}")
             return
         if not is_valid_user_name(event.user):
             self.warn(f"ignoring a MemberLeft for an invalid member {escape_text(event.user)!r}")
             return
-        if event.user not in self.room.members:
+        if not self.room.is_current_member(event.user):
             return
         frames = self.room.member_left(event.user)
         self._send_distributions(frames)
@@ -1786,13 +2273,33 @@ class ChatClient:
         for message in self.room.accept_sender_key(delivery):
             self.show(message)
 
+    def _on_caught_up(self, event: pb.CaughtUp) -> None:
+        """Everything missed has been delivered; what follows is live."""
+        assert self.room is not None
+        if event.room != self.room_name:
+            return
+        self.room.caught_up()
+        self.info(f"caught up on {self.room_name}")
+
+    def _show_history(self, history: pb.History) -> None:
+        """The answer to /history, opened apart from the live state, on stderr."""
+        assert self.room is not None
+        if history.room != self.room_name:
+            self.warn(f"ignoring a history of another room ({escape_text(history.room)!r})")
+            return
+        messages = self.room.open_history(history)
+        if not messages:
+            self.info(f"history [{self.room_name}]: no messages")
+        for message in messages:
+            self.info(message.line(self.room_name))
+
     # -- input ------------------------------------------------------------------------
 
     def _on_input(self, event: tuple) -> None:
         if self.finishing is not None:
             return
         if event[0] == "eof":
-            self.finishing = "leave"
+            self.finishing = "quit"  # end of input only disconnects: we stay a member
             return
         line: str = event[1]
         if not line.strip():
@@ -1815,6 +2322,15 @@ class ChatClient:
             self.finishing = "quit"
         elif command == "/help":
             self.info(HELP_TEXT)
+        elif command == "/pending":
+            lines = pending_lines(list(self.unacked.values())) if not args else ["usage: /pending"]
+            for line in lines:
+                self.info(line)
+        elif command == "/history":
+            if len(args) > 1:
+                self.info("usage: /history [N]")
+            else:
+                self._history(args[0] if args else None)
         elif command == "/fingerprint":
             assert self.identity is not None
             self.info(f"your fingerprint ({self.user}): {format_fingerprint(self.identity.fingerprint)}")
@@ -1892,6 +2408,14 @@ class ChatClient:
             f"now trusting the keys of {name} (fingerprint {format_fingerprint(member.identity.fingerprint)})"
         )
 
+    def _history(self, argument: Optional[str]) -> None:
+        try:
+            limit = history_limit(argument)
+        except ValueError as exc:
+            self.info(f"/history: {exc}")
+            return
+        self._send_frame("history", history=pb.GetHistory(room=self.room_name, limit=limit))
+
     def _send_text(self, text: str) -> None:
         assert self.room is not None
         try:
@@ -1900,7 +2424,7 @@ class ChatClient:
             self.info(f"not sent: {exc}")
             return
         self._send_distributions(distributions)
-        self._send_frame("message", send=message)
+        self.unacked[self._send_frame("message", send=message)] = text
 
 
 # ---------------------------------------------------------------------------------------
@@ -1925,7 +2449,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         prog=PROG,
         description="Chat in one room of an end-to-end encrypted relay.",
         epilog="stdin: one line = one message; /who /fingerprint /verify /trust /invite /kick "
-        "/leave /quit /help; "
+        "/pending /history /leave /quit /help; "
         "// sends a leading /. stdout: [ROOM] SENDER: TEXT per received message. "
         "stderr: everything else.",
     )
@@ -1934,7 +2458,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--user", default=env.get("CHAT_USER"), help="your user name [env CHAT_USER]")
     parser.add_argument("--room", default=env.get("CHAT_ROOM", "lobby"), help="the room [env CHAT_ROOM]")
     parser.add_argument("--home", default=env.get("CHAT_HOME") or default_home(),
-                        help="where your keys and pinned contacts are kept [env CHAT_HOME]")
+                        help="where your keys, pinned contacts and progress (the last message "
+                        "seen per server and room) are kept [env CHAT_HOME]")
     parser.add_argument("--key-bits", default=env.get("CHAT_KEY_BITS", str(DEFAULT_KEY_BITS)),
                         help="size of new identity keys: 2048, 3072 or 4096 [env CHAT_KEY_BITS]")
     parser.add_argument("--private", action="store_true",

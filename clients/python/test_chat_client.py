@@ -7,6 +7,8 @@ are in tests/python.rs (`cargo test --test python`).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import stat
@@ -53,8 +55,13 @@ def deliveries_for(recipient: str, sender: str, frames: list[pb.DistributeSender
     return out
 
 
-def delivery(sender: str, message: pb.SendMessage) -> pb.MessageDelivery:
-    return pb.MessageDelivery(room=message.room, sender=sender, sealed=message.sealed)
+def delivery(sender: str, message: pb.SendMessage, seq: int = 0) -> pb.MessageDelivery:
+    return pb.MessageDelivery(room=message.room, sender=sender, sealed=message.sealed, seq=seq)
+
+
+def recipients(frames: list[pb.DistributeSenderKey]) -> list[str]:
+    """Who the copies of some distributions are wrapped for, in order."""
+    return [copy.recipient for frame in frames for copy in frame.keys]
 
 
 class Vectors(unittest.TestCase):
@@ -210,7 +217,7 @@ class Rooms(unittest.TestCase):
     def pair(self):
         """alice in the room first, then bob joins; both hold each other's key."""
         alice, bob = self.room("alice"), self.room("bob")
-        self.assertEqual(alice.on_joined(pb.Joined(room="lobby")), [])
+        self.assertEqual(recipients(alice.on_joined(pb.Joined(room="lobby"))), ["alice"])
         bob_frames = bob.on_joined(pb.Joined(room="lobby", members=[self.ids["alice"].public_identity()]))
         alice_frames = alice.member_joined(self.ids["bob"].public_identity())
         for d in deliveries_for("alice", "bob", bob_frames):
@@ -296,14 +303,17 @@ class Rooms(unittest.TestCase):
         alice.accept_sender_key(old)
         message, _ = bob.seal_text("one")
         self.assertIsNotNone(alice.open(delivery("bob", message)))
-        # The same delivery again would reset the replay window: refused.
+        # The current key again (as a catch-up starts): ignored silently, and it does
+        # not reset the replay window.
         self.assertEqual(alice.accept_sender_key(old), [])
-        self.assertIn("already accepted", alice.warnings[-1])
+        self.assertEqual(alice.warnings, [])
         self.assertIsNone(alice.open(delivery("bob", message)))
+        self.assertIn("replayed", alice.warnings[-1])
         # bob rotates; the relay then brings back the old key: refused.
         (new,) = deliveries_for("alice", "bob", bob.rotate())
         alice.accept_sender_key(new)
         self.assertEqual(alice.accept_sender_key(old), [])
+        self.assertIn("already accepted", alice.warnings[-1])
         self.assertEqual(alice.peer_keys["bob"].key_id, new.key_id)
         # Remembered even after bob leaves and comes back.
         alice.member_left("bob")
@@ -358,7 +368,7 @@ class Rooms(unittest.TestCase):
         old_id = alice.own_key.key_id
         frames = alice.member_left("bob")
         self.assertNotEqual(alice.own_key.key_id, old_id)
-        self.assertEqual([c.recipient for f in frames for c in f.keys], ["carol"])
+        self.assertEqual(recipients(frames), ["alice", "carol"])
         for d in deliveries_for("carol", "alice", frames):
             carol.accept_sender_key(d)
         message, _ = alice.seal_text("after bob")
@@ -370,7 +380,7 @@ class Rooms(unittest.TestCase):
         alice = self.room("alice")
         forged = self.ids["bob"].public_identity()
         forged.signature = b"\x01" * 256
-        self.assertEqual(alice.on_joined(pb.Joined(room="lobby", members=[forged])), [])
+        self.assertEqual(recipients(alice.on_joined(pb.Joined(room="lobby", members=[forged]))), ["alice"])
         self.assertEqual(alice.members, {})
         self.assertIn("signature does not verify", alice.warnings[-1])
         self.assertIsNone(alice.member_joined(forged))
@@ -381,9 +391,9 @@ class Rooms(unittest.TestCase):
         bob = self.room("bob")
         frames = alice.on_joined(pb.Joined(room="lobby", members=[
             self.ids["bob"].public_identity(), self.ids["carol"].public_identity()]))
-        self.assertEqual([c.recipient for f in frames for c in f.keys], ["carol"])
+        self.assertEqual(recipients(frames), ["alice", "carol"])
         frames = alice.rotate()
-        self.assertEqual([c.recipient for f in frames for c in f.keys], ["carol"])
+        self.assertEqual(recipients(frames), ["alice", "carol"])
         bob_frames = bob.on_joined(pb.Joined(room="lobby", members=[self.ids["alice"].public_identity()]))
         (d,) = deliveries_for("alice", "bob", bob_frames)
         with mock.patch.object(cc, "unwrap_sender_key", side_effect=AssertionError("unwrapped")):
@@ -398,7 +408,7 @@ class Rooms(unittest.TestCase):
         old_id = alice.own_key.key_id
         frames = alice.trust_member("bob")
         self.assertNotEqual(alice.own_key.key_id, old_id)
-        self.assertEqual([c.recipient for f in frames for c in f.keys], ["bob", "carol"])
+        self.assertEqual(recipients(frames), ["alice", "bob", "carol"])
         self.assertEqual({f.key_id for f in frames}, {alice.own_key.key_id})
         message, _ = bob.seal_text("now")
         self.assertEqual(alice.open(delivery("bob", message)).text, "now")
@@ -406,7 +416,7 @@ class Rooms(unittest.TestCase):
     def test_own_name_and_second_announcements_are_ignored(self) -> None:
         alice = self.room("alice")
         impostor = cc.Identity("alice", key(4), key(5)).public_identity()
-        self.assertEqual(alice.on_joined(pb.Joined(room="lobby", members=[impostor])), [])
+        self.assertEqual(recipients(alice.on_joined(pb.Joined(room="lobby", members=[impostor]))), ["alice"])
         self.assertEqual(alice.members, {})
         self.assertIn("your own name", alice.warnings[-1])
         self.assertIsNone(alice.member_joined(impostor))
@@ -426,7 +436,254 @@ class Rooms(unittest.TestCase):
         alice = self.room("alice")
         members = [cc.Identity(f"u{i}", key(0), key(1)).public_identity() for i in range(130)]
         frames = alice.on_joined(pb.Joined(room="lobby", members=members))
-        self.assertEqual([len(f.keys) for f in frames], [32, 32, 32, 32, 2])
+        # Our own copy first, then 130 members.
+        self.assertEqual([len(f.keys) for f in frames], [32, 32, 32, 32, 3])
+        self.assertEqual(frames[0].keys[0].recipient, "alice")
+
+
+class Durable(unittest.TestCase):
+    """Durable delivery: sequence numbers, catch-up, former members, our own key copy and
+    history, with the relay played by hand."""
+
+    def setUp(self) -> None:
+        self.ids = {name: identity(name, i) for i, name in enumerate(["alice", "bob", "carol"])}
+
+    def room(self, name: str, **kw) -> cc.RoomState:
+        return cc.RoomState("lobby", self.ids[name], **kw)
+
+    def public(self, *names: str) -> list[pb.PublicIdentity]:
+        return [self.ids[n].public_identity() for n in names]
+
+    def key_of(self, sender: cc.RoomState, frames, recipient: str, seq: int) -> pb.SenderKeyDelivery:
+        (d,) = deliveries_for(recipient, sender.user, frames)
+        d.seq = seq
+        return d
+
+    def test_a_copy_of_our_key_is_wrapped_for_ourselves_first(self) -> None:
+        alice = self.room("alice")
+        frames = alice.on_joined(pb.Joined(room="lobby", members=self.public("bob")))
+        self.assertEqual(recipients(frames), ["alice", "bob"])
+        own = self.key_of(alice, frames, "alice", 1)
+        signed = cc.sender_key_signed_bytes("lobby", "alice", "alice", own.key_id, own.wrapped_key)
+        self.assertTrue(cc.verify_signature(self.ids["alice"].signing_key.public_key(), own.signature, signed))
+        unwrapped = cc.unwrap_sender_key(
+            self.ids["alice"].encryption_key, own.wrapped_key, "lobby", "alice", "alice", own.key_id)
+        self.assertEqual(unwrapped, alice.own_key.key)
+        # Alone in the room, the own copy is still sent; a newcomer's frame has one too.
+        self.assertEqual(recipients(self.room("carol").on_joined(pb.Joined(room="lobby"))), ["carol"])
+        self.assertEqual(recipients(alice.member_joined(self.ids["carol"].public_identity())), ["alice", "carol"])
+
+    def test_every_join_makes_a_fresh_key(self) -> None:
+        alice = self.room("alice")
+        before = alice.own_key.key_id
+        frames = alice.on_joined(pb.Joined(room="lobby", resumed=True, last_seq=9), after_seq=9)
+        self.assertNotEqual(alice.own_key.key_id, before)
+        self.assertEqual({f.key_id for f in frames}, {alice.own_key.key_id})
+
+    def test_where_the_numbering_starts(self) -> None:
+        self.assertEqual(cc.starting_seq(False, None, 42), (42, None))
+        self.assertEqual(cc.starting_seq(False, 0, 42), (42, None))
+        self.assertEqual(cc.starting_seq(True, 17, 42), (17, None))
+        self.assertEqual(cc.starting_seq(True, None, 42), (42, None))
+        start, warning = cc.starting_seq(True, 50, 42)
+        self.assertEqual(start, 42)
+        self.assertIn("older backup", warning)
+        start, warning = cc.starting_seq(False, 50, 3)
+        self.assertEqual(start, 3)
+        self.assertIn("no longer counted you as a member", warning)
+
+    def test_messages_at_or_below_the_last_seq_are_dropped_silently(self) -> None:
+        alice = self.room("alice")
+        alice_frames = alice.on_joined(pb.Joined(room="lobby", members=self.public("bob")))
+        seen, new, later = (alice.seal_text(t)[0] for t in ("seen", "new", "later"))
+        # bob comes back having processed up to 10; the relay's latest is 12.
+        resumed = self.room("bob")
+        resumed.on_joined(pb.Joined(room="lobby", members=self.public("alice"), resumed=True, last_seq=12),
+                          after_seq=10)
+        self.assertEqual(resumed.last_seq, 10)
+        # The key in force, numbered below where the catch-up starts, is taken.
+        self.assertEqual(resumed.accept_sender_key(self.key_of(alice, alice_frames, "bob", 4)), [])
+        self.assertIn("alice", resumed.peer_keys)
+        self.assertEqual(resumed.last_seq, 10)
+        with mock.patch.object(cc, "verify_signature", side_effect=AssertionError("checked a duplicate")):
+            self.assertIsNone(resumed.open(delivery("alice", seen, seq=10)))
+        self.assertEqual(resumed.open(delivery("alice", new, seq=11)).text, "new")
+        self.assertEqual(resumed.last_seq, 11)
+        self.assertIsNone(resumed.open(delivery("alice", new, seq=11)))
+        self.assertEqual(resumed.warnings, [], "duplicates are dropped silently")
+        # The current key again, as the next catch-up starts: ignored silently.
+        self.assertEqual(resumed.accept_sender_key(self.key_of(alice, alice_frames, "bob", 4)), [])
+        self.assertEqual(resumed.warnings, [])
+        self.assertEqual(resumed.open(delivery("alice", later, seq=13)).text, "later")
+        self.assertEqual(resumed.last_seq, 13)
+        # A later key numbered higher moves it too; our own acks never do (not seen here).
+        (rotated,) = deliveries_for("bob", "alice", alice.rotate())
+        rotated.seq = 20
+        resumed.accept_sender_key(rotated)
+        self.assertEqual(resumed.last_seq, 20)
+
+    def test_former_members_are_read_during_the_catch_up_then_forgotten(self) -> None:
+        bob = self.room("bob")
+        carol = self.room("carol")
+        bob_frames = bob.on_joined(pb.Joined(room="lobby", members=self.public("alice", "carol")))
+        carol_frames = carol.on_joined(pb.Joined(room="lobby", members=self.public("alice", "bob")))
+        before, _ = carol.seal_text("carol, before leaving")
+        after, _ = carol.seal_text("carol, after the catch-up")
+
+        alice = self.room("alice")
+        frames = alice.on_joined(pb.Joined(room="lobby", members=self.public("bob"), resumed=True, last_seq=12,
+                                           former_members=self.public("carol")), after_seq=8)
+        self.assertEqual(recipients(frames), ["alice", "bob"], "nothing wrapped for a former member")
+        self.assertEqual(alice.current_members(), ["bob"])
+        self.assertIsNone(alice.member_joined(self.ids["bob"].public_identity()))
+        self.assertEqual(alice.accept_sender_key(self.key_of(bob, bob_frames, "alice", 3)), [])
+        self.assertEqual(alice.accept_sender_key(self.key_of(carol, carol_frames, "alice", 9)), [])
+        self.assertEqual(alice.open(delivery("carol", before, seq=11)).text, "carol, before leaving")
+        # A message whose signature does not verify is refused, former member or not.
+        forged, _ = carol.seal_text("forged")
+        forged.sealed.signature = bytes(256)
+        self.assertIsNone(alice.open(delivery("carol", forged, seq=12)))
+        self.assertIn("signature does not verify", alice.warnings[-1])
+
+        alice.caught_up()
+        self.assertNotIn("carol", alice.members)
+        self.assertNotIn("carol", alice.peer_keys)
+        self.assertIsNone(alice.open(delivery("carol", after, seq=13)))
+        self.assertIn("not a member", alice.warnings[-1])
+        # Back as a member: its new key is taken (the old one is still refused).
+        self.assertEqual(recipients(alice.member_joined(self.ids["carol"].public_identity())), ["alice", "carol"])
+        (new,) = deliveries_for("alice", "carol", carol.rotate())
+        alice.accept_sender_key(new)
+        self.assertEqual(alice.peer_keys["carol"].key_id, new.key_id)
+
+    def history(self):
+        """alice and bob, each with a key and two messages; then the answer to alice's
+        GetHistory as the relay stores it: the keys wrapped for alice (her own copy
+        included), then the messages, ours included."""
+        alice, bob = self.room("alice"), self.room("bob")
+        alice_frames = alice.on_joined(pb.Joined(room="lobby", members=self.public("bob")))
+        bob_frames = bob.on_joined(pb.Joined(room="lobby", members=self.public("alice")))
+        entries = [
+            pb.HistoryEntry(sender_key=self.key_of(alice, alice_frames, "alice", 2)),
+            pb.HistoryEntry(sender_key=self.key_of(bob, bob_frames, "alice", 3)),
+        ]
+        for seq, (room, text) in enumerate([(alice, "mine"), (bob, "his"), (alice, "mine again")], start=4):
+            entries.append(pb.HistoryEntry(message=delivery(room.user, room.seal_text(text)[0], seq=seq)))
+        alice.accept_sender_key(self.key_of(bob, bob_frames, "alice", 3))
+        return alice, bob, pb.History(room="lobby", entries=entries)
+
+    def test_history_opens_our_own_messages_and_leaves_the_live_state_alone(self) -> None:
+        alice, _, history = self.history()
+        live_key = alice.peer_keys["bob"]
+        last_seq = alice.last_seq
+        messages = alice.open_history(history)
+        self.assertEqual([(m.seq, m.sender, m.text) for m in messages],
+                         [(4, "alice", "mine"), (5, "bob", "his"), (6, "alice", "mine again")])
+        self.assertEqual(alice.warnings, [])
+        self.assertIs(alice.peer_keys["bob"], live_key)
+        self.assertIsNone(live_key.window.highest, "history does not move replay windows")
+        self.assertEqual(alice.last_seq, last_seq)
+        line = messages[1].line("lobby")
+        self.assertRegex(line, r"^history \[lobby\] bob \(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\): his$")
+        # The same answer again reads the same: nothing was used up.
+        self.assertEqual(len(alice.open_history(history)), 3)
+
+    def test_history_checks_signatures_before_unwrapping_or_decrypting(self) -> None:
+        alice, _, history = self.history()
+        # A key entry and a message entry tampered with after signing.
+        key_entry = history.entries[1].sender_key
+        key_entry.wrapped_key = bytes([key_entry.wrapped_key[0] ^ 1]) + key_entry.wrapped_key[1:]
+        sealed = history.entries[2].message.sealed
+        sealed.ciphertext = bytes([sealed.ciphertext[0] ^ 1]) + sealed.ciphertext[1:]
+        unwrapped: list[str] = []
+        real_unwrap = cc.unwrap_sender_key
+
+        def spy(own_key, wrapped, room, sender, recipient, key_id):
+            unwrapped.append(sender)
+            return real_unwrap(own_key, wrapped, room, sender, recipient, key_id)
+
+        real_aesgcm = cc.AESGCM
+        decrypted: list[bytes] = []
+
+        class SpyAESGCM:
+            def __init__(self, key: bytes) -> None:
+                self.aead = real_aesgcm(key)
+
+            def decrypt(self, nonce, data, associated_data):
+                decrypted.append(bytes(data))
+                return self.aead.decrypt(nonce, data, associated_data)
+
+        with mock.patch.object(cc, "unwrap_sender_key", spy), mock.patch.object(cc, "AESGCM", SpyAESGCM):
+            messages = alice.open_history(history)
+        self.assertEqual(unwrapped, ["alice"], "bob's tampered key was never unwrapped")
+        self.assertNotIn(bytes(sealed.ciphertext), decrypted, "the tampered message was never decrypted")
+        # bob's key was refused, so his message cannot be read either; ours still can.
+        self.assertEqual([m.text for m in messages], ["mine again"])
+        self.assertEqual(len(alice.warnings), 1)
+        self.assertIn("2 older message(s) could not be verified or decrypted", alice.warnings[0])
+        self.assertIn("1 sender key(s) were rejected", alice.warnings[0])
+
+    def test_history_reads_former_members_it_names_and_nobody_else(self) -> None:
+        alice, bob, history = self.history()
+        alice.member_left("bob")
+        self.assertEqual([m.text for m in alice.open_history(history)], ["mine", "mine again"])
+        history.former_members.extend(self.public("bob"))
+        self.assertEqual([m.text for m in alice.open_history(history)], ["mine", "his", "mine again"])
+        self.assertNotIn("bob", alice.members, "a former member of a history is not a member")
+        # Unless its keys are not the trusted ones.
+        wary = cc.RoomState("lobby", self.ids["alice"], trust=lambda peer: peer.user != "bob")
+        self.assertEqual([m.text for m in wary.open_history(history)], ["mine", "mine again"])
+
+
+class CliHelpers(unittest.TestCase):
+    """What /history and /pending print, as the Rust client does."""
+
+    def test_history_lines_show_the_time_in_utc_and_escape_the_text(self) -> None:
+        self.assertEqual(cc.utc_time(0), "1970-01-01 00:00:00 UTC")
+        self.assertEqual(cc.utc_time(1_700_000_000_999), "2023-11-14 22:13:20 UTC")
+        self.assertEqual(cc.utc_time(951_782_400_000), "2000-02-29 00:00:00 UTC")
+        self.assertEqual(cc.utc_time(4_102_444_799_000), "2099-12-31 23:59:59 UTC")
+        self.assertTrue(cc.utc_time(2**64 - 1).endswith(" UTC"), "whatever a sender claims")
+        self.assertEqual(
+            cc.history_line("lobby", "alice", 1_700_000_000_000, "two\nlines"),
+            "history [lobby] alice (2023-11-14 22:13:20 UTC): two\\u{a}lines",
+        )
+
+    def test_history_takes_1_to_100_messages_and_20_by_default(self) -> None:
+        self.assertEqual(cc.history_limit(None), 20)
+        self.assertEqual(cc.history_limit("1"), 1)
+        self.assertEqual(cc.history_limit("100"), 100)
+        for wrong in ("0", "101", "-3", "ten", "", "²"):
+            with self.subTest(wrong), self.assertRaises(ValueError):
+                cc.history_limit(wrong)
+
+    def test_a_refused_message_is_reported_and_pending_lists_the_others(self) -> None:
+        client = cc.ChatClient("http://127.0.0.1:1", "alice", "lobby", Path("/nonexistent"), 2048)
+        client.room = cc.RoomState("lobby", identity("alice", 0))
+        client._send_text("first")
+        client._send_text("second\nline")
+        first, second = client.unacked
+        refusal = pb.ServerFrame(request_id=first, rejection=pb.Rejection(code=14, message="disk full"))
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            client._on_answer(refusal, "rejection")
+            client._command("/pending")
+        self.assertEqual(err.getvalue().splitlines(), [
+            'failed to send "first": UNAVAILABLE: disk full',
+            "1 message(s) sent but not acknowledged yet:",
+            '  "second\\u{a}line"',
+        ])
+        self.assertEqual(client.refused, 1)
+        client._on_answer(pb.ServerFrame(request_id=second, ack=pb.Ack(seq=9)), "ack")
+        self.assertEqual(client.unacked, {})
+        self.assertEqual(client.room.last_seq, 0, "our own entries never move last_seq")
+
+    def test_pending_lists_each_text_on_one_line(self) -> None:
+        self.assertEqual(len(cc.pending_lines([])), 1)
+        self.assertEqual(
+            cc.pending_lines(["hi", "a\nb"]),
+            ["2 message(s) sent but not acknowledged yet:", '  "hi"', '  "a\\u{a}b"'],
+        )
 
 
 class Home(unittest.TestCase):
@@ -527,6 +784,51 @@ class Home(unittest.TestCase):
         self.assertEqual(sorted(p.name for p in path.parent.iterdir()), ["contacts.json"])
         book.set_verified("bob", impostor.fingerprint_hex)
         self.assertTrue(cc.ContactBook(path).verified("bob"))
+
+    def test_progress_round_trip_private_and_shared_with_the_rust_format(self) -> None:
+        path = cc.progress_path(self.home, "alice")
+        server = "https://chat.example:5555"
+        self.assertIsNone(cc.load_last_seq(path, server, "lobby"))
+        cc.save_last_seq(path, server, "lobby", 41)
+        cc.save_last_seq(path, server, "lobby", 42)
+        cc.save_last_seq(path, server, "ops", 3)
+        cc.save_last_seq(path, "http://127.0.0.1:5555", "lobby", 2**64 - 1)
+        self.assertEqual(cc.load_last_seq(path, server, "lobby"), 42)
+        self.assertEqual(cc.load_last_seq(path, server + "/", "lobby"), 42, "a trailing slash names the same server")
+        self.assertEqual(cc.load_last_seq(path, "http://127.0.0.1:5555", "lobby"), 2**64 - 1)
+        self.assertEqual(self.mode(path), 0o600)
+        self.assertEqual(self.mode(path.parent), 0o700)
+        self.assertEqual([p.name for p in path.parent.iterdir()], ["progress.json"], "no temporary file left")
+        # Byte for byte what the Rust client writes (serde_json's pretty printer).
+        self.assertEqual(path.read_text(), (
+            '{\n  "version": 1,\n  "servers": {\n    "http://127.0.0.1:5555": {\n      "lobby": 18446744073709551615\n'
+            '    },\n    "https://chat.example:5555": {\n      "lobby": 42,\n      "ops": 3\n    }\n  }\n}\n'))
+        cc.forget_room(path, server, "lobby")
+        self.assertIsNone(cc.load_last_seq(path, server, "lobby"))
+        self.assertEqual(cc.load_last_seq(path, server, "ops"), 3)
+        cc.forget_room(path, "http://127.0.0.1:5555", "lobby")
+        self.assertNotIn("127.0.0.1", path.read_text())
+
+    def test_progress_that_is_corrupt_or_open_to_others_is_refused(self) -> None:
+        path = cc.progress_path(self.home, "alice")
+        cc.save_last_seq(path, "http://x:1", "lobby", 7)
+        for text in ('{"version": 1, "servers": {"x": {"lobby": -1}}}',
+                     '{"version": 1, "servers": {"x": {"lobby": 1.0}}}',
+                     '{"version": 2, "servers": {}}', "not json", "[]"):
+            path.write_text(text)
+            for attempt in (lambda: cc.load_last_seq(path, "http://x:1", "lobby"),
+                            lambda: cc.save_last_seq(path, "http://x:1", "lobby", 8)):
+                with self.subTest(text), self.assertRaises(cc.ProgressError) as caught:
+                    attempt()
+                self.assertIn(str(path), str(caught.exception))
+                self.assertNotIn("\n", str(caught.exception))
+            self.assertEqual(path.read_text(), text, "nothing was overwritten")
+        cc.save_last_seq(path.with_name("other.json"), "http://x:1", "lobby", 7)
+        path.write_text('{"version": 1, "servers": {}}')
+        os.chmod(path, 0o644)
+        with self.assertRaises(cc.ProgressError) as caught:
+            cc.load_last_seq(path, "http://x:1", "lobby")
+        self.assertIn("chmod 600", str(caught.exception))
 
     def test_contacts_of_another_version_are_refused(self) -> None:
         path = self.home / "contacts.json"
