@@ -48,9 +48,19 @@ const TRIM_MESSAGES: &str = "DELETE FROM messages WHERE room = ?1 AND seq IN \
 /// there, which the messages from `?2` on may still be sealed with. A key rotated
 /// before `?2` is superseded there, so no remaining message needs the one before it.
 const PRUNE_SENDER_KEYS: &str = "DELETE FROM sender_keys AS old \
-     WHERE room = ?1 AND seq < ?2 AND seq < \
+     WHERE room = ?1 AND seq < \
      (SELECT MAX(seq) FROM sender_keys \
-      WHERE room = ?1 AND recipient = old.recipient AND sender = old.sender AND seq < ?2)";
+      WHERE room = ?1 AND recipient = old.recipient AND sender = old.sender) \
+     AND NOT EXISTS (SELECT 1 FROM messages \
+      WHERE room = ?1 AND sender = old.sender AND key_id = old.key_id)";
+
+/// Forgets the keys a sender gave one recipient before the one just stored (`?4`) that
+/// no stored message was sealed with: a member distributing keys over and over cannot
+/// grow the store.
+const DROP_SUPERSEDED_KEYS: &str = "DELETE FROM sender_keys AS old \
+     WHERE room = ?1 AND sender = ?2 AND recipient = ?3 AND seq < ?4 \
+     AND NOT EXISTS (SELECT 1 FROM messages \
+      WHERE room = ?1 AND sender = ?2 AND key_id = old.key_id)";
 
 /// The columns [`message`] reads, in its order.
 macro_rules! message_columns {
@@ -453,7 +463,9 @@ fn apply(
                     &operation,
                     |row| Ok(from_bits(row.get(0)?)),
                 )?;
-                // Nothing changed, not even last_seq: the number was not used.
+                // The number was handed out (and maybe seen as the head by a client
+                // catching up), so it is used up even though nothing was stored.
+                use_seq(transaction, room, *seq)?;
                 return match first.first() {
                     Some(&seq) => Ok(Applied::Duplicate { seq }),
                     None => Err(StoreError::Database(format!(
@@ -492,6 +504,15 @@ fn apply(
                         key.recipient
                     ),
                 )?;
+                execute(
+                    transaction,
+                    DROP_SUPERSEDED_KEYS,
+                    params![room, sender, key.recipient, seq],
+                    format_args!(
+                        "drop the superseded sender keys of {sender:?} for {:?} in room {room:?}",
+                        key.recipient
+                    ),
+                )?;
             }
         }
         Change::TrimMessages { room, count } => {
@@ -511,7 +532,6 @@ fn apply(
 fn prune_room(
     transaction: &Transaction<'_>,
     room: &str,
-    last_seq: i64,
     keep: u64,
     pruned: &mut Pruned,
 ) -> Result<(), StoreError> {
@@ -533,25 +553,7 @@ fn prune_room(
             &operation,
         )?;
     }
-    let oldest = select(
-        transaction,
-        "SELECT MIN(seq) FROM messages WHERE room = ?1",
-        [room],
-        &operation,
-        |row| Ok(row.get::<_, Option<i64>>(0)?),
-    )?;
-    // With no message left, every key up to the last number is a candidate.
-    let floor = oldest
-        .first()
-        .copied()
-        .flatten()
-        .unwrap_or_else(|| last_seq.saturating_add(1));
-    pruned.sender_keys += execute(
-        transaction,
-        PRUNE_SENDER_KEYS,
-        params![room, floor],
-        &operation,
-    )?;
+    pruned.sender_keys += execute(transaction, PRUNE_SENDER_KEYS, [room], &operation)?;
     Ok(())
 }
 
@@ -822,16 +824,15 @@ impl Store for SqliteStore {
         }
         let rooms = select(
             &transaction,
-            "SELECT name, last_seq FROM rooms",
+            "SELECT name FROM rooms",
             [],
             "read the rooms to prune",
-            |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)),
+            |row| Ok(row.get::<_, String>(0)?),
         )?;
-        for (room, last_seq) in rooms {
+        for room in rooms {
             prune_room(
                 &transaction,
                 &room,
-                last_seq,
                 retention.max_messages_per_room,
                 &mut pruned,
             )?;
@@ -1192,12 +1193,14 @@ mod tests {
             );
             let room = &store.rooms().unwrap()[0];
             assert_eq!((room.last_seq, room.messages), (4, 4));
-            // A duplicate changes nothing, not even the last sequence number.
+            // A duplicate stores nothing, but its number is used up: a client may
+            // have seen it as the room's head, so it must never be reused.
             assert_eq!(
                 store.commit(&[send("lobby", 9, "bob", K1, 1)]).unwrap(),
                 [Applied::Duplicate { seq: 3 }]
             );
-            assert_eq!(store.rooms().unwrap()[0].last_seq, 4);
+            assert_eq!(store.rooms().unwrap()[0].last_seq, 9);
+            assert_eq!(store.rooms().unwrap()[0].messages, 4);
             // A sequence number used twice is not a duplicate but an error.
             assert!(store.commit(&[send("lobby", 4, "bob", K3, 0)]).is_err());
         });
@@ -1272,6 +1275,27 @@ mod tests {
             );
             assert_eq!(store.senders_between("r", 5, 9).unwrap(), ["bob", "carol"]);
             assert_eq!(store.senders_between("r", 10, 20).unwrap(), [""; 0]);
+        });
+    }
+
+    #[test]
+    fn keys_no_message_was_sealed_with_are_dropped_when_superseded() {
+        on_each_store(|store| {
+            busy_room(store);
+            let before = count(store, "sender_keys", "r");
+            // alice distributes a hundred keys to bob and carol and never uses them.
+            for n in 0..100 {
+                store
+                    .commit(&[wrap("r", 11 + n, "alice", 1_000 + n, &["bob", "carol"])])
+                    .unwrap();
+            }
+            assert_eq!(count(store, "sender_keys", "r"), before + 2);
+            // K1, which alice's messages were sealed with, is still there for history.
+            let history = lines("r", &store.history("r", "bob", 0, 10).unwrap());
+            assert!(
+                history.contains(&format!("4 key alice {K1} for bob")),
+                "{history:?}"
+            );
         });
     }
 
