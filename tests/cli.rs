@@ -294,3 +294,21 @@ fn chat_bench_checks_every_delivery_and_ends_with_the_summary_line() {
         assert!(number > 0.0, "{name}={value}");
     }
 }
+
+#[test]
+fn a_second_session_of_a_user_takes_over_and_the_first_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let home = dir.path().join("home");
+    let first = ClientProcess::joined(rust_client(&server.url, "alice", "lobby", &home), "lobby");
+    let second = ClientProcess::joined(rust_client(&server.url, "alice", "lobby", &home), "lobby");
+    // The first one does not fight back: it exits with one error line.
+    let said = wait_for_line(&first.stderr, "another session");
+    let errors: Vec<&String> = said.iter().filter(|line| line.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "{said:?}");
+    assert!(errors[0].starts_with("chat-client: error: "), "{said:?}");
+    let (status, _, _) = first.finish();
+    assert!(!status.success());
+    let (status, _, stderr) = second.finish();
+    assert!(status.success(), "{stderr:?}");
+}

@@ -401,6 +401,16 @@ impl Chat<'_> {
                     if let Stream::Lost(error) = stream {
                         connected = false;
                         self.save_progress();
+                        if let ClientError::Ended(status) = &error
+                            && matches!(status.code(), Code::Aborted | Code::PermissionDenied)
+                        {
+                            // Another session of ours took over, or we were removed:
+                            // coming back by ourselves would only undo it.
+                            return Err(format!(
+                                "the server closed this session: {}",
+                                describe(error)
+                            ));
+                        }
                         let delay = backoff.next_delay();
                         eprintln!(
                             "lost the connection to the server: {}; {} message(s) pending; \
@@ -601,8 +611,7 @@ impl Attempt {
 
 /// Whether retrying cannot help: the server refused the login or the room, or
 /// something is wrong on this machine. Lost connections, timeouts and a busy or
-/// restarting server are worth another try; so is a session the server still
-/// thinks is open (ALREADY_EXISTS on the stream).
+/// restarting server are worth another try.
 fn is_permanent(attempt: &Attempt) -> bool {
     let (error, permanent_codes): (&ClientError, &[Code]) = match attempt {
         Attempt::Login(error) => (

@@ -217,10 +217,11 @@ pub enum Event {
 }
 
 /// What an unanswered frame was, to report its answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Pending {
     Message(Unacked),
-    KeyDistribution,
+    /// Kept to send again: messages sealed under this key may follow it.
+    KeyDistribution(DistributeSenderKey),
     Leave,
     Invite(String),
     Kick(String),
@@ -238,8 +239,9 @@ struct Unacked {
 /// The unanswered frames of a dead stream, sorted out by [`ChatSession::reconnect`].
 #[derive(Default)]
 struct Carried {
-    /// Messages to send again, under their new request ids, in their original order.
-    resend: Vec<(u64, SendMessage)>,
+    /// Messages and key distributions to send again, under their new request ids, in
+    /// their original order: a message must not arrive after a newer key of ours.
+    resend: Vec<(u64, client_frame::Kind)>,
     /// Whether a leave was unanswered.
     leave: bool,
 }
@@ -338,16 +340,10 @@ impl ChatSession {
         let mut events = self.apply_joined(&joined, Some(self.last_seq));
         let carried = self.carry_unanswered(&mut events);
         self.reconcile_members(&joined, &mut events)?;
-        if !carried.resend.is_empty() {
-            // The key they were sealed with, again: its distribution may have been lost
-            // with the old stream, and members who joined meanwhile need it. Those who
-            // hold it already ignore it.
-            let distribution = self.keys.distribute_to_all()?;
-            self.distribute(distribution).await?;
-        }
-        for (request_id, send) in carried.resend {
-            self.send_frame(request_id, client_frame::Kind::Send(send))
-                .await?;
+        // As first sent: the relay stores each message once, and a key before the
+        // messages sealed with it.
+        for (request_id, frame) in carried.resend {
+            self.send_frame(request_id, frame).await?;
         }
         if carried.leave {
             self.leave().await?;
@@ -636,7 +632,7 @@ impl ChatSession {
                 "invited {user} to {room}: they can join it now"
             ))),
             Pending::Kick(user) => Some(Event::Notice(format!("removed {user} from {room}"))),
-            Pending::KeyDistribution | Pending::History => None,
+            Pending::KeyDistribution(_) | Pending::History => None,
         }
     }
 
@@ -650,7 +646,7 @@ impl ChatSession {
                     text: unacked.text,
                 };
             }
-            Some(Pending::KeyDistribution) => "our sender key".to_owned(),
+            Some(Pending::KeyDistribution(_)) => "our sender key".to_owned(),
             Some(Pending::Leave) => "to let us leave".to_owned(),
             Some(Pending::Invite(user)) => format!("to invite {user}"),
             Some(Pending::Kick(user)) => format!("to remove {user}"),
@@ -810,16 +806,24 @@ impl ChatSession {
             let unconfirmed = match pending {
                 Pending::Message(unacked) => {
                     let request_id = self.next_request_id();
-                    carried.resend.push((request_id, unacked.send.clone()));
+                    let frame = client_frame::Kind::Send(unacked.send.clone());
+                    carried.resend.push((request_id, frame));
                     self.unanswered
                         .insert(request_id, Pending::Message(unacked));
+                    continue;
+                }
+                Pending::KeyDistribution(distribution) => {
+                    let request_id = self.next_request_id();
+                    let frame = client_frame::Kind::DistributeKey(distribution.clone());
+                    carried.resend.push((request_id, frame));
+                    self.unanswered
+                        .insert(request_id, Pending::KeyDistribution(distribution));
                     continue;
                 }
                 Pending::Leave => {
                     carried.leave = true;
                     continue;
                 }
-                Pending::KeyDistribution => continue,
                 Pending::Invite(user) => format!("inviting {user}"),
                 Pending::Kick(user) => format!("removing {user}"),
                 Pending::History => "the history asked for".to_owned(),
@@ -900,8 +904,8 @@ impl ChatSession {
     ) -> Result<(), ClientError> {
         for distribution in distributions {
             self.submit(
-                client_frame::Kind::DistributeKey(distribution),
-                Pending::KeyDistribution,
+                client_frame::Kind::DistributeKey(distribution.clone()),
+                Pending::KeyDistribution(distribution),
             )
             .await?;
         }
@@ -916,7 +920,7 @@ impl ChatSession {
         pending: Pending,
     ) -> Result<u64, ClientError> {
         let request_id = self.next_request_id();
-        let kept = matches!(pending, Pending::Message(_) | Pending::KeyDistribution);
+        let kept = matches!(pending, Pending::Message(_) | Pending::KeyDistribution(_));
         // Recorded before it is sent, so that no answer can come before it is known.
         self.unanswered.insert(request_id, pending);
         match self.send_frame(request_id, kind).await {
@@ -1187,8 +1191,8 @@ mod tests {
             join_alice(channel.clone(), &mut accepted, None, first).await;
         assert!(matches!(&shown[..], [Event::Pinned { user, .. }] if user == "bob"));
         assert_eq!(alice.last_seq(), 5);
-        let first_key = stream.frame().await;
-        let first_key = distribution(&first_key);
+        let first_key_frame = stream.frame().await;
+        let first_key = distribution(&first_key_frame);
         assert_eq!(recipients(first_key), ["alice", "bob"]);
 
         let one = alice.send_text("one").await.unwrap();
@@ -1233,11 +1237,11 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(join.request_id, JOIN_REQUEST_ID);
-        // The key "two" and "three" were sealed with, for everyone, carol included.
+        // The unacknowledged distribution of the key "two" and "three" were sealed with,
+        // exactly as first sent, before them: never a newer key before an older message.
         let old_key = stream.frame().await;
+        assert_eq!(old_key.kind, first_key_frame.kind);
         let old_key = distribution(&old_key);
-        assert_eq!(old_key.key_id, first_key.key_id);
-        assert_eq!(recipients(old_key), ["alice", "bob", "carol"]);
         // Exactly as sealed and signed the first time: the relay recognises a repeat.
         let two_again = stream.frame().await;
         assert_eq!(two_again.kind, two_frame.kind);
@@ -1252,14 +1256,13 @@ mod tests {
         assert_ne!(rotation.key_id, first_key.key_id);
         assert_eq!(recipients(rotation), ["alice", "bob", "carol"]);
 
-        // carol can read what was sent again.
-        let mut carol = peer("carol", 2, &[("alice", 0)]);
+        // bob can read what was sent again (carol joined after it was written).
+        let mut bob = peer("bob", 1, &[("alice", 0)]);
         assert!(
-            carol
-                .accept_sender_key(key_for(old_key, "alice", "carol", 10))
+            bob.accept_sender_key(key_for(old_key, "alice", "bob", 10))
                 .is_empty()
         );
-        let opened = carol.open(message_from(sent(&two_again), "alice", 11));
+        let opened = bob.open(message_from(sent(&two_again), "alice", 11));
         assert!(
             matches!(&opened[..], [RoomEvent::Message { text, .. }] if text == "two"),
             "{opened:?}"

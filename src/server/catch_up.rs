@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use prost::Message;
+use tokio::sync::OwnedSemaphorePermit;
 use tonic::Status;
 
 use super::hub::{CatchUp, SessionId};
@@ -20,8 +21,9 @@ use crate::proto::{
 };
 use crate::store::{Entry, Store, StoreError};
 
-/// Entries read from the store at a time.
-const PAGE: usize = 256;
+/// Entries read from the store at a time: at most this many frames of at most
+/// `--max-frame-bytes` each wait in memory for a client that reads slowly.
+const PAGE: usize = 64;
 /// The most bytes of entries one `History` answer carries; older messages are left out.
 const MAX_HISTORY_BYTES: usize = 1024 * 1024;
 /// The most messages one `GetHistory` may ask for.
@@ -118,7 +120,9 @@ async fn replay(relay: &Relay, catch_up: CatchUp) -> Result<bool, Status> {
     }
 }
 
-/// Answers a `GetHistory` of `user`, a member of `room` since `since`.
+/// Answers a `GetHistory` of `user`, a member of `room` since `since`. The session's
+/// in-flight `permit` is held until then, so one client cannot queue reads without end.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn history(
     relay: Arc<Relay>,
     id: SessionId,
@@ -127,7 +131,12 @@ pub(crate) async fn history(
     user: String,
     since: u64,
     limit: u32,
+    permit: OwnedSemaphorePermit,
 ) {
+    let _permit = permit;
+    if !relay.hub.is_open(id) {
+        return;
+    }
     let read_room = room.clone();
     let member = user.clone();
     let entries = read(&relay, move |store| {
@@ -136,7 +145,12 @@ pub(crate) async fn history(
     .await;
     let kind = match entries {
         Ok(entries) => {
-            let entries = within_budget(entries);
+            // Keys first: a key the sender distributed again later is stored under a
+            // later number than the messages it opens.
+            let (mut entries, messages): (Vec<Entry>, Vec<Entry>) = within_budget(entries)
+                .into_iter()
+                .partition(|entry| matches!(entry, Entry::SenderKey(_)));
+            entries.extend(messages);
             let members = relay.hub.active_members(&room);
             let departed: BTreeSet<&str> = entries
                 .iter()

@@ -134,8 +134,9 @@ struct State {
     store_failed: Option<String>,
     /// Sessions whose queue overflowed during the current operation.
     overflowed: Vec<SessionId>,
-    /// Live frames one room of a catching-up session may have waiting.
+    /// Live frames one room of a catching-up session may have waiting, and their bytes.
     max_waiting: usize,
+    max_waiting_bytes: usize,
 }
 
 struct Session {
@@ -169,6 +170,7 @@ impl Hub {
     ) -> Self {
         let mut state = State {
             max_waiting: limits.outbound_queue,
+            max_waiting_bytes: limits.outbound_queue_bytes,
             ..State::default()
         };
         for stored in rooms {
@@ -202,6 +204,16 @@ impl Hub {
                         left_seq: None,
                     },
                 );
+            }
+            if room.members.is_empty() {
+                // Left empty by a shutdown before its deletion was committed.
+                let op = Op {
+                    changes: vec![Change::DeleteRoom { room: stored.name }],
+                    effect: Effect::Nothing,
+                    _permit: None,
+                };
+                let _ = writer.send(Command::Commit(Box::new(op)));
+                continue;
             }
             if let Some(owner) = &stored.owner {
                 state
@@ -325,8 +337,8 @@ impl Hub {
                         let owned = state.owned.get(&user).map_or(0, BTreeSet::len);
                         if owned >= self.limits.max_owned_rooms {
                             return Err(Status::resource_exhausted(format!(
-                                "you own {owned} private rooms, the most a user may; leave one \
-                                 to free it"
+                                "you own {owned} private rooms, the most a user may; a room is \
+                                 freed when its last member leaves"
                             )));
                         }
                         state
@@ -408,8 +420,11 @@ impl Hub {
             let Some(session) = state.sessions.get_mut(&id) else {
                 return;
             };
-            let Some(Attachment::CatchingUp(waiting)) =
-                session.rooms.insert(room.to_owned(), Attachment::Live)
+            // Not if the session left the room (or was removed) meanwhile.
+            let Some(attachment) = session.rooms.get_mut(room) else {
+                return;
+            };
+            let Attachment::CatchingUp(waiting) = std::mem::replace(attachment, Attachment::Live)
             else {
                 return;
             };
@@ -523,8 +538,16 @@ impl Hub {
             }
             // The kicked member's frames for the room are refused from now on.
             let removed = state.online.get(user).copied();
+            let mut catching_up = false;
             if let Some(session) = removed.and_then(|kicked| state.sessions.get_mut(&kicked)) {
-                session.rooms.remove(room);
+                catching_up = matches!(session.rooms.remove(room), Some(Attachment::CatchingUp(_)));
+            }
+            if let (true, Some(kicked)) = (catching_up, removed) {
+                // Its catch-up is still sending what came before: rather than tell it
+                // out of order, end the session; it learns when it joins again.
+                let status =
+                    Status::permission_denied(format!("the owner removed you from room {room:?}"));
+                state.remove_session(kicked, Some(status));
             }
             let effect = state.start_leaving(room, user, Some((id, request_id)), removed, true);
             changes.push(Change::RemoveMember {
@@ -805,6 +828,8 @@ impl State {
         let frames = session.frames.clone();
         let found = &self.rooms[room];
         let head = found.committed_seq;
+        // Never before the member joined, whatever the client asks.
+        let joined_seq = found.members.get(&user).map_or(head, |m| m.joined_seq);
         let joined = Joined {
             room: room.to_owned(),
             members: found.members_at(head, &user),
@@ -819,7 +844,7 @@ impl State {
             session: id,
             room: room.to_owned(),
             user,
-            after,
+            after: after.map(|after| after.max(joined_seq)),
             head,
             joined,
             request_id,
@@ -916,6 +941,15 @@ impl State {
                         seq,
                     });
                     self.deliver(session, 0, caught_up);
+                } else {
+                    let rejection = crate::proto::Rejection {
+                        code: tonic::Code::FailedPrecondition as i32,
+                        message: format!(
+                            "you left or were removed from room {room:?} before your joining \
+                             was complete"
+                        ),
+                    };
+                    self.deliver(session, request_id, Kind::Rejection(rejection));
                 }
                 let announcement = Kind::MemberJoined(MemberJoined {
                     room: room.clone(),
@@ -1121,7 +1155,9 @@ impl State {
             Some(Attachment::Live) => self.push(id, frame),
             Some(Attachment::CatchingUp(waiting)) => {
                 waiting.push(frame);
-                if waiting.len() > limit && !self.overflowed.contains(&id) {
+                let bytes: usize = waiting.iter().map(prost::Message::encoded_len).sum();
+                let too_much = waiting.len() > limit || bytes > self.max_waiting_bytes;
+                if too_much && !self.overflowed.contains(&id) {
                     self.overflowed.push(id);
                 }
             }

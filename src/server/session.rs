@@ -153,6 +153,7 @@ fn carry_out(
                 user,
                 since,
                 limit,
+                permit,
             ));
             Ok(())
         }
