@@ -544,3 +544,25 @@ fn a_bad_data_dir_stops_the_server_with_one_line() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_catch_up_never_reaches_back_before_the_members_joining() {
+    let server = common::TestServer::start().await;
+    let mut alice = Chatter::join(&server.url, "alice", "lobby", None).await;
+    alice.say("said before carol came").await;
+    alice
+        .pump_until(|alice| alice.session.pending().is_empty())
+        .await;
+    let carol = Chatter::join(&server.url, "carol", "lobby", None).await;
+    drop(carol);
+    alice.sees_member("carol").await;
+    alice.say("said to carol").await;
+    alice
+        .pump_until(|alice| alice.session.pending().is_empty())
+        .await;
+    // carol asks for everything from the start of the room: she gets what came after
+    // her joining, nothing before.
+    let mut carol = Chatter::join(&server.url, "carol", "lobby", Some(0)).await;
+    carol.pump_until(|carol| carol.caught_up).await;
+    assert_eq!(carol.texts(), ["said to carol"]);
+}
