@@ -45,6 +45,7 @@ pub(crate) async fn run(relay: Arc<Relay>, catch_up: CatchUp) {
 /// Sends what the member missed; `false` if its stream went away.
 async fn replay(relay: &Relay, catch_up: CatchUp) -> Result<bool, Status> {
     let CatchUp {
+        session: catch_up_session,
         room,
         user,
         after,
@@ -52,7 +53,6 @@ async fn replay(relay: &Relay, catch_up: CatchUp) -> Result<bool, Status> {
         mut joined,
         request_id,
         frames,
-        ..
     } = catch_up;
     let start = after.unwrap_or(head).min(head);
     let mut readable: BTreeSet<String> = joined.members.iter().map(|m| m.user.clone()).collect();
@@ -98,6 +98,10 @@ async fn replay(relay: &Relay, catch_up: CatchUp) -> Result<bool, Status> {
     }
     let mut cursor = start;
     loop {
+        // Left or removed meanwhile: the room may not even be the same one any more.
+        if !relay.hub.is_catching_up(catch_up_session, &room) {
+            return Ok(false);
+        }
         let page = {
             let (room, user) = (room.clone(), user.clone());
             read(relay, move |store| {

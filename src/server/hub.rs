@@ -168,9 +168,11 @@ impl Hub {
         identity: impl Fn(&str) -> Option<PublicIdentity>,
         writer: Sender<Command>,
     ) -> Self {
+        // Half the outbound queue: catch-up leaves that much free (see
+        // `push_patiently`), so what waited fits when the catch-up ends.
         let mut state = State {
-            max_waiting: limits.outbound_queue,
-            max_waiting_bytes: limits.outbound_queue_bytes,
+            max_waiting: (limits.outbound_queue / 2).saturating_sub(1).max(1),
+            max_waiting_bytes: limits.outbound_queue_bytes / 2,
             ..State::default()
         };
         for stored in rooms {
@@ -652,8 +654,22 @@ impl Hub {
     pub(crate) fn history_scope(&self, id: SessionId, room: &str) -> Result<(String, u64), Status> {
         let state = self.lock();
         let user = state.attached_member(id, room)?;
+        if let Some(Attachment::Joining) = state.sessions[&id].rooms.get(room) {
+            return Err(Status::failed_precondition(format!(
+                "you are still joining room {room:?}; ask for its history once joined"
+            )));
+        }
         let joined_seq = state.rooms[room].members[&user].joined_seq;
         Ok((user, joined_seq))
+    }
+
+    /// Whether the session is still catching up on `room` (it did not leave meanwhile).
+    pub(crate) fn is_catching_up(&self, id: SessionId, room: &str) -> bool {
+        self.lock()
+            .sessions
+            .get(&id)
+            .and_then(|session| session.rooms.get(room))
+            .is_some_and(|attachment| matches!(attachment, Attachment::CatchingUp(_)))
     }
 
     /// The users who are active members of `room` now.
