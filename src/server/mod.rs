@@ -5,7 +5,8 @@
 //!   reflection (v1 and v1alpha) and `grpc.health.v1.Health`, until a shutdown signal.
 //! - `accounts`: registered identities, login challenges and session tokens.
 //! - `auth`: the login RPCs, and the interceptor that requires a token for the rest.
-//! - `hub`: the shared state (sessions, rooms), sequence numbers and the fan-out.
+//! - `hub`: the shared state (sessions, rooms) and sequence numbers; `hub::committed`
+//!   answers and fans out what the writer committed.
 //! - `room`: one room's members, numbered like its log.
 //! - `writer`: the thread that commits the hub's changes to the store in batches.
 //! - `catch_up`: a returning member's missed entries, and history, read from the store.

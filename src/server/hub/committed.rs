@@ -1,0 +1,277 @@
+//! What happens once the writer has committed a batch: each op's client is answered,
+//! and each entry goes to the members that receive it — at once to a live session, into
+//! its buffer to one still catching up. If the commit failed, each client is told that
+//! nothing of its frame was stored.
+
+use std::sync::mpsc::Sender;
+
+use super::{Attachment, Effect, Op, State};
+use crate::proto::{
+    Ack, CaughtUp, Joined, MemberJoined, MemberLeft, MessageDelivery, Rejection, SenderKeyDelivery,
+    ServerFrame, server_frame::Kind,
+};
+use crate::server::writer::Command;
+use crate::store::{Applied, Change, StoreError};
+
+impl State {
+    /// Carries out what a committed op calls for.
+    pub(super) fn apply(&mut self, effect: Effect, applied: &[Applied], writer: &Sender<Command>) {
+        match effect {
+            Effect::Joined {
+                session,
+                request_id,
+                room,
+                user,
+                seq,
+            } => {
+                self.advance(&room, seq);
+                let Some(found) = self.rooms.get(&room) else {
+                    return;
+                };
+                let joined = Joined {
+                    room: room.clone(),
+                    members: found.members_at(seq, &user),
+                    private_room: found.owner.is_some(),
+                    owner: found.owner.clone().unwrap_or_default(),
+                    last_seq: seq,
+                    resumed: false,
+                    former_members: Vec::new(),
+                };
+                let newcomer = found.members.get(&user).map(|m| m.identity.clone());
+                let attached = self
+                    .sessions
+                    .get_mut(&session)
+                    .and_then(|s| s.rooms.get_mut(&room))
+                    .map(|attachment| *attachment = Attachment::Live)
+                    .is_some();
+                if attached {
+                    self.deliver(session, request_id, Kind::Joined(joined));
+                    let caught_up = Kind::CaughtUp(CaughtUp {
+                        room: room.clone(),
+                        seq,
+                    });
+                    self.deliver(session, 0, caught_up);
+                } else {
+                    let rejection = Rejection {
+                        code: tonic::Code::FailedPrecondition as i32,
+                        message: format!(
+                            "you left or were removed from room {room:?} before your joining \
+                             was complete"
+                        ),
+                    };
+                    self.deliver(session, request_id, Kind::Rejection(rejection));
+                }
+                let announcement = Kind::MemberJoined(MemberJoined {
+                    room: room.clone(),
+                    member: newcomer,
+                });
+                self.fan_out(&room, seq, &user, &announcement);
+                tracing::info!(user, room, seq, "joined");
+            }
+            Effect::Left {
+                reply,
+                removed,
+                room,
+                user,
+                seq,
+                reason,
+            } => {
+                self.advance(&room, seq);
+                let left = Kind::MemberLeft(MemberLeft {
+                    room: room.clone(),
+                    user: user.clone(),
+                    reason: reason.into(),
+                });
+                if let Some(removed) = removed {
+                    self.deliver(removed, 0, left.clone());
+                }
+                self.fan_out(&room, seq, &user, &left);
+                if let Some((session, request_id)) = reply {
+                    self.deliver(session, request_id, Kind::Ack(Ack::default()));
+                }
+                tracing::info!(user, room, reason = reason.as_str_name(), "left");
+                let empty = self.rooms.get_mut(&room).is_some_and(|found| {
+                    // Unless the user joined again since: that is a new membership.
+                    if found
+                        .members
+                        .get(&user)
+                        .is_some_and(|m| m.left_seq == Some(seq))
+                    {
+                        found.members.remove(&user);
+                    }
+                    found.members.is_empty()
+                });
+                if empty {
+                    self.remove_room(&room);
+                    let op = Op {
+                        changes: vec![Change::DeleteRoom { room }],
+                        effect: Effect::Nothing,
+                        _permit: None,
+                    };
+                    // If the writer is gone, the empty room is deleted from memory and
+                    // comes back empty at the next start; nothing is lost.
+                    let _ = writer.send(Command::Commit(Box::new(op)));
+                }
+            }
+            Effect::Message {
+                session,
+                request_id,
+                room,
+                seq,
+                sender,
+                sealed,
+            } => {
+                self.advance(&room, seq);
+                let stored_seq = match applied.first() {
+                    Some(Applied::Duplicate { seq: first }) => {
+                        // Resent after a lost acknowledgement: the members have it.
+                        if let Some(found) = self.rooms.get_mut(&room) {
+                            found.messages = found.messages.saturating_sub(1);
+                        }
+                        *first
+                    }
+                    _ => {
+                        let delivery = Kind::Message(MessageDelivery {
+                            room: room.clone(),
+                            sender: sender.clone(),
+                            sealed: Some(sealed),
+                            seq,
+                        });
+                        self.fan_out(&room, seq, &sender, &delivery);
+                        seq
+                    }
+                };
+                self.deliver(session, request_id, Kind::Ack(Ack { seq: stored_seq }));
+            }
+            Effect::SenderKeys {
+                session,
+                request_id,
+                room,
+                seq,
+                sender,
+                key_id,
+                keys,
+            } => {
+                self.advance(&room, seq);
+                for key in keys {
+                    // The sender's own copy is for its history only.
+                    if key.recipient == sender {
+                        continue;
+                    }
+                    let delivery = Kind::SenderKey(SenderKeyDelivery {
+                        room: room.clone(),
+                        sender: sender.clone(),
+                        key_id,
+                        wrapped_key: key.wrapped_key,
+                        signature: key.signature,
+                        seq,
+                    });
+                    self.deliver_entry(&room, seq, &key.recipient, delivery);
+                }
+                self.deliver(session, request_id, Kind::Ack(Ack { seq }));
+            }
+            Effect::Ack {
+                session,
+                request_id,
+            } => self.deliver(session, request_id, Kind::Ack(Ack::default())),
+            Effect::Nothing => {}
+        }
+    }
+
+    /// Tells the client whose op could not be committed; nothing of it happened.
+    pub(super) fn fail(&mut self, effect: Effect, error: &StoreError) {
+        let reply = match effect {
+            Effect::Joined {
+                session,
+                request_id,
+                room,
+                ..
+            } => {
+                if let Some(found) = self.sessions.get_mut(&session) {
+                    found.rooms.remove(&room);
+                }
+                Some((session, request_id))
+            }
+            Effect::Left { reply, .. } => reply,
+            Effect::Message {
+                session,
+                request_id,
+                ..
+            }
+            | Effect::SenderKeys {
+                session,
+                request_id,
+                ..
+            }
+            | Effect::Ack {
+                session,
+                request_id,
+            } => Some((session, request_id)),
+            Effect::Nothing => None,
+        };
+        if let Some((session, request_id)) = reply {
+            let rejection = Rejection {
+                code: tonic::Code::Unavailable as i32,
+                message: format!(
+                    "the server could not store this ({error}); nothing was stored; try again \
+                     later"
+                ),
+            };
+            self.deliver(session, request_id, Kind::Rejection(rejection));
+        }
+    }
+
+    /// Records that `room` is committed up to `seq`.
+    fn advance(&mut self, room: &str, seq: u64) {
+        if let Some(found) = self.rooms.get_mut(room) {
+            found.committed_seq = found.committed_seq.max(seq);
+        }
+    }
+
+    /// Delivers the entry numbered `seq` to every member of `room` that receives it but
+    /// `except`.
+    fn fan_out(&mut self, room: &str, seq: u64, except: &str, kind: &Kind) {
+        let Some(found) = self.rooms.get(room) else {
+            return;
+        };
+        for user in found.recipients(seq, except) {
+            self.deliver_entry(room, seq, &user, kind.clone());
+        }
+    }
+
+    /// Delivers an entry of `room` to `user` if it receives it and has a session on the
+    /// room: at once when live, after its catch-up otherwise.
+    fn deliver_entry(&mut self, room: &str, seq: u64, user: &str, kind: Kind) {
+        let receives = self
+            .rooms
+            .get(room)
+            .and_then(|found| found.members.get(user))
+            .is_some_and(|member| member.receives(seq));
+        let Some(&id) = self.online.get(user) else {
+            return;
+        };
+        if !receives {
+            return;
+        }
+        let frame = ServerFrame {
+            request_id: 0,
+            kind: Some(kind),
+        };
+        let limit = self.max_waiting;
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        match session.rooms.get_mut(room) {
+            Some(Attachment::Live) => self.push(id, frame),
+            Some(Attachment::CatchingUp(waiting)) => {
+                waiting.push(frame);
+                let bytes: usize = waiting.iter().map(prost::Message::encoded_len).sum();
+                let too_much = waiting.len() > limit || bytes > self.max_waiting_bytes;
+                if too_much && !self.overflowed.contains(&id) {
+                    self.overflowed.push(id);
+                }
+            }
+            Some(Attachment::Joining) | None => {}
+        }
+    }
+}
