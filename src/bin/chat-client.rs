@@ -70,7 +70,9 @@ the next run in the room first shows, on stdout, what was said meanwhile. Where 
 were is saved per server and room in HOME/USER/progress.json. If the connection is
 lost, the client reconnects by itself (waiting 0.5 s, doubling up to 10 s) and sends
 again the messages the server had not acknowledged; a message the server refused is
-reported as: failed to send \"TEXT\": CODE: reason.
+reported as: failed to send \"TEXT\": CODE: reason. One session per user: starting the
+client again elsewhere as the same user ends this one (it exits, and does not fight
+back).
 
 At end of input the client exits 0 once the server has acknowledged every message;
 otherwise (a message refused, or not acknowledged within 15 s) it lists the messages
