@@ -1278,10 +1278,9 @@ def _make_private_dirs(directory: Path) -> None:
     os.chmod(directory, 0o700)
 
 
-def _write_new_file(path: Path, data: bytes) -> bool:
-    """Creates ``path`` with ``data``, mode 0600, all at once: written to a temporary
-    file, then linked in place. Returns False (and writes nothing) if ``path`` already
-    exists, for instance because another process made it meanwhile."""
+def _write_temp_beside(path: Path, data: bytes) -> Path:
+    """Writes ``data`` to a new temporary file (mode 0600) in ``path``'s directory and
+    syncs it; returns its path. The caller moves it in place or removes it."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -1289,6 +1288,18 @@ def _write_new_file(path: Path, data: bytes) -> bool:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _write_new_file(path: Path, data: bytes) -> bool:
+    """Creates ``path`` with ``data``, mode 0600, all at once: written to a temporary
+    file, then linked in place. Returns False (and writes nothing) if ``path`` already
+    exists, for instance because another process made it meanwhile."""
+    tmp = _write_temp_beside(path, data)
+    try:
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -1304,13 +1315,8 @@ def _write_new_file(path: Path, data: bytes) -> bool:
 def _replace_file(path: Path, data: bytes) -> None:
     """Replaces ``path`` atomically (temporary file in the same directory, fsync,
     rename), mode 0600."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    tmp = _write_temp_beside(path, data)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
