@@ -495,8 +495,13 @@ impl Chat<'_> {
     async fn on_frames(&mut self, first: ServerFrame) -> Result<Stream, String> {
         let mut frame = first;
         let mut stream = Stream::Open;
-        for _ in 0..MAX_BATCH {
+        for applied in 1..=MAX_BATCH {
             self.on_frame(frame).await?;
+            // A frame read now would have to be applied before the progress is saved
+            // past it: stop reading once the batch is full.
+            if applied == MAX_BATCH {
+                break;
+            }
             // Only what is ready now: a zero timeout polls the (cancel-safe) read once.
             match tokio::time::timeout(Duration::ZERO, self.session.next_frame()).await {
                 Ok(Ok(Some(next))) => frame = next,
