@@ -42,6 +42,7 @@ async fn raw_login(
         identity: Some(keys.publish(user).unwrap()),
         signature: keys.sign_login(user, &challenge).unwrap().into(),
         challenge,
+        ..Default::default()
     };
     Ok(auth.login(login).await?.into_inner().session_token)
 }
@@ -91,6 +92,7 @@ async fn a_challenge_is_single_use_bound_to_its_user_and_must_be_signed() {
         identity: Some(keys.publish("alice").unwrap()),
         signature: identity("eve").sign_login("alice", &fresh).unwrap().into(),
         challenge: fresh,
+        ..Default::default()
     };
     let status = auth.login(forged).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
@@ -101,6 +103,7 @@ async fn a_challenge_is_single_use_bound_to_its_user_and_must_be_signed() {
         identity: Some(keys.publish("alice").unwrap()),
         signature: keys.sign_login("alice", &fresh).unwrap().into(),
         challenge: fresh,
+        ..Default::default()
     };
     auth.login(login.clone()).await.unwrap();
     let status = auth.login(login).await.unwrap_err();
@@ -118,6 +121,7 @@ async fn a_challenge_is_single_use_bound_to_its_user_and_must_be_signed() {
         identity: Some(keys.publish("alice").unwrap()),
         signature: keys.sign_login("alice", &for_bob).unwrap().into(),
         challenge: for_bob,
+        ..Default::default()
     };
     assert_eq!(
         auth.login(login).await.unwrap_err().code(),
@@ -142,6 +146,7 @@ async fn a_challenge_is_single_use_bound_to_its_user_and_must_be_signed() {
             .unwrap()
             .into(),
         challenge: fresh,
+        ..Default::default()
     };
     assert_eq!(
         auth.login(login).await.unwrap_err().code(),
@@ -466,6 +471,7 @@ async fn asking_for_challenges_never_crowds_out_a_login() {
         identity: Some(keys.publish("alice").unwrap()),
         signature: keys.sign_login("alice", &mine.challenge).unwrap().into(),
         challenge: mine.challenge,
+        ..Default::default()
     };
     auth.login(login).await.unwrap();
 }

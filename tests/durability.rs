@@ -14,7 +14,8 @@ use e2ee_chat::client::{ChatSession, ClientError, Contacts, Event};
 use e2ee_chat::proto::{JoinRoom, PublicIdentity};
 use e2ee_chat::server::Limits;
 use e2ee_chat::store::{
-    Applied, Change, Entry, Pruned, Retention, SqliteStore, Store, StoreError, StoredRoom,
+    Applied, Change, Dormant, Entry, Pruned, RegistrationToken, SqliteStore, StoragePolicy, Store,
+    StoreError, StoredRoom,
 };
 use tokio::time::Instant;
 
@@ -413,17 +414,34 @@ impl Store for FailingStore {
     fn identities(&self) -> Result<Vec<PublicIdentity>, StoreError> {
         self.inner.identities()
     }
-    fn register(&self, identity: &PublicIdentity) -> Result<(), StoreError> {
-        self.inner.register(identity)
+    fn register(&self, identity: &PublicIdentity, token: Option<&str>) -> Result<(), StoreError> {
+        self.inner.register(identity, token)
+    }
+    fn create_registration_token(
+        &self,
+        uses: Option<u64>,
+        expires_ms: Option<u64>,
+    ) -> Result<String, StoreError> {
+        self.inner.create_registration_token(uses, expires_ms)
+    }
+    fn registration_tokens(&self) -> Result<Vec<RegistrationToken>, StoreError> {
+        self.inner.registration_tokens()
+    }
+    fn revoke_registration_tokens(&self, id_prefix: &str) -> Result<u64, StoreError> {
+        self.inner.revoke_registration_tokens(id_prefix)
     }
     fn rooms(&self) -> Result<Vec<StoredRoom>, StoreError> {
         self.inner.rooms()
     }
-    fn commit(&self, changes: &[Change]) -> Result<Vec<Applied>, StoreError> {
+    fn commit(
+        &self,
+        changes: &[Change],
+        policy: &StoragePolicy,
+    ) -> Result<Vec<Applied>, StoreError> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(StoreError::Database("database or disk is full".into()));
         }
-        self.inner.commit(changes)
+        self.inner.commit(changes, policy)
     }
     fn entries_after(
         &self,
@@ -455,8 +473,11 @@ impl Store for FailingStore {
     ) -> Result<Vec<Entry>, StoreError> {
         self.inner.history(room, member, since, limit)
     }
-    fn prune(&self, retention: &Retention, now: Duration) -> Result<Pruned, StoreError> {
-        self.inner.prune(retention, now)
+    fn prune(&self, policy: &StoragePolicy, now: Duration) -> Result<Pruned, StoreError> {
+        self.inner.prune(policy, now)
+    }
+    fn dormant(&self, since: Duration) -> Result<Dormant, StoreError> {
+        self.inner.dormant(since)
     }
 }
 

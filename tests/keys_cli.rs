@@ -197,6 +197,7 @@ fn the_server_never_logs_a_token() {
                 identity: Some(keys.publish("alice").unwrap()),
                 signature: keys.sign_login("alice", &challenge).unwrap().into(),
                 challenge,
+                ..Default::default()
             })
             .await
             .unwrap()

@@ -37,6 +37,8 @@ pub async fn measure_idle(server_binary: &Path, clients: usize) -> Result<IdleRe
     let mut child = Command::new(server_binary)
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data_dir)
+        // Every simulated user registers from 127.0.0.1.
+        .args(["--registrations-per-ip-per-hour", &u32::MAX.to_string()])
         .env("RUST_LOG", "warn,chat_server=info")
         .stderr(Stdio::piped())
         .spawn()?;
@@ -49,12 +51,11 @@ pub async fn measure_idle(server_binary: &Path, clients: usize) -> Result<IdleRe
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss_before_kib = memory_kib(pid, "VmRSS")?;
 
-    let identity = super::bench_identity().await?;
+    let identities = super::bench_identities(clients).await?;
     let mut readers = Vec::with_capacity(clients);
-    for index in 0..clients {
+    for (index, identity) in identities.into_iter().enumerate() {
         let room = format!("idle-{}", index / ROOM_SIZE);
-        let mut session =
-            super::join_room(&url, identity.clone(), &format!("idle-{index}"), &room).await?;
+        let mut session = super::join_room(&url, identity, &format!("idle-{index}"), &room).await?;
         readers.push(tokio::spawn(async move {
             while let Ok(Some(events)) = session.next_events().await {
                 drop(events);

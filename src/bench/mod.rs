@@ -116,8 +116,11 @@ impl Drop for DataDir {
 }
 
 /// Starts the real relay on 127.0.0.1:0, keeping its state on disk in a temporary data
-/// directory as `chat-server` does (every acknowledgement waits for an fsync).
-pub async fn start_relay(limits: Limits) -> Result<LocalRelay, BenchError> {
+/// directory as `chat-server` does (every acknowledgement waits for an fsync). Every
+/// simulated user registers from 127.0.0.1, so the limit on registrations per address
+/// is lifted.
+pub async fn start_relay(mut limits: Limits) -> Result<LocalRelay, BenchError> {
+    limits.registration.registrations_per_ip_per_hour = u32::MAX;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let data_dir = DataDir::create()?;
@@ -159,16 +162,10 @@ pub async fn start_plain_relay() -> Result<LocalRelay, BenchError> {
 
 /// Runs `load` with real clients through the relay at `url`.
 pub async fn measure_e2ee(url: &str, load: &Load) -> Result<Measurement, BenchError> {
-    let identity = bench_identity().await?;
+    let identities = bench_identities(load.clients).await?;
     let mut clients = Vec::with_capacity(load.clients);
-    for index in 0..load.clients {
-        let session = join_room(
-            url,
-            identity.clone(),
-            &user_name(index),
-            &room_name(index, load),
-        )
-        .await?;
+    for (index, identity) in identities.into_iter().enumerate() {
+        let session = join_room(url, identity, &user_name(index), &room_name(index, load)).await?;
         clients.push(E2eeClient::new(session));
     }
     measure(clients, load).await
@@ -190,30 +187,46 @@ pub async fn measure_plain(
     load: &Load,
     login: Login,
 ) -> Result<Measurement, BenchError> {
-    let identity = bench_identity().await?;
+    let identities: Vec<Option<Arc<Identity>>> = match login {
+        Login::Required => bench_identities(load.clients)
+            .await?
+            .into_iter()
+            .map(Some)
+            .collect(),
+        Login::None => vec![None; load.clients],
+    };
     let mut clients = Vec::with_capacity(load.clients);
-    for index in 0..load.clients {
+    for (index, identity) in identities.into_iter().enumerate() {
         let channel = client::connect(url, None).await?;
         let (user, room) = (user_name(index), room_name(index, load));
-        let chat = match login {
-            Login::Required => self::login(channel.clone(), &identity, &user)
+        let chat = match identity {
+            Some(identity) => self::login(channel.clone(), &identity, &user)
                 .await?
                 .chat_client(channel),
-            Login::None => ChatServiceClient::with_interceptor(channel, BearerToken::new(&user)?),
+            None => ChatServiceClient::with_interceptor(channel, BearerToken::new(&user)?),
         };
         clients.push(PlainClient::join(chat, &room).await?);
     }
     measure(clients, load).await
 }
 
-/// One identity that every simulated user shares: each still signs, wraps and verifies
-/// as a real one would, and the run does not wait for a hundred RSA key generations.
-async fn bench_identity() -> Result<Arc<Identity>, BenchError> {
-    tokio::task::spawn_blocking(|| Identity::generate(2048))
-        .await
-        .map_err(|error| BenchError::Unexpected(error.to_string()))?
-        .map(Arc::new)
-        .map_err(|error| ClientError::from(error).into())
+/// An identity for each of `count` simulated users (the relay refuses keys registered
+/// to another user), made on every core and kept for the process's later runs: RSA key
+/// generation takes a tenth of a second per identity.
+async fn bench_identities(count: usize) -> Result<Vec<Arc<Identity>>, BenchError> {
+    static MADE: tokio::sync::Mutex<Vec<Arc<Identity>>> = tokio::sync::Mutex::const_new(Vec::new());
+    let mut made = MADE.lock().await;
+    let mut making = JoinSet::new();
+    for _ in made.len()..count {
+        making.spawn_blocking(|| Identity::generate(2048));
+    }
+    while let Some(generated) = making.join_next().await {
+        let identity = generated
+            .map_err(|error| BenchError::Unexpected(error.to_string()))?
+            .map_err(ClientError::from)?;
+        made.push(Arc::new(identity));
+    }
+    Ok(made[..count].to_vec())
 }
 
 /// Logs in to the relay at `url` as `user` and joins `room`, pinning nothing to disk.

@@ -117,6 +117,15 @@ struct Args {
     /// HOME/USER/progress.json (the last message seen per server and room).
     #[arg(long, global = true, env = "CHAT_HOME", default_value_os_t = home::default_home())]
     home: PathBuf,
+    /// A registration token from the server's operator, for the first login of --user
+    /// on a server that registers new names only with one.
+    #[arg(
+        long,
+        global = true,
+        env = "CHAT_REGISTRATION_TOKEN",
+        value_name = "TOKEN"
+    )]
+    registration_token: Option<String>,
     /// Size of new identity keys in bits (2048, 3072 or 4096); existing keys are kept.
     #[arg(long, global = true, env = "CHAT_KEY_BITS", default_value_t = DEFAULT_KEY_BITS, value_parser = key_bits)]
     key_bits: usize,
@@ -259,9 +268,10 @@ async fn trust(
     let channel = client::connect(&args.server, args.ca_cert.as_deref())
         .await
         .map_err(describe)?;
-    let credentials = client::login(channel.clone(), identity, user)
-        .await
-        .map_err(describe)?;
+    let credentials =
+        client::login_with_token(channel.clone(), identity, user, registration_token(args))
+            .await
+            .map_err(describe)?;
     let mut chat = credentials.chat_client(channel);
     let presented = client::fetch_identity(&mut chat, name)
         .await
@@ -333,7 +343,7 @@ async fn log_in(
     let channel = client::connect(&args.server, args.ca_cert.as_deref()).await?;
     let credentials = tokio::time::timeout(
         LOGIN_TIMEOUT,
-        client::login(channel.clone(), identity, user),
+        client::login_with_token(channel.clone(), identity, user, registration_token(args)),
     )
     .await
     .map_err(|_| ClientError::NoAnswer {
@@ -341,6 +351,10 @@ async fn log_in(
         seconds: LOGIN_TIMEOUT.as_secs(),
     })??;
     Ok((channel, credentials))
+}
+
+fn registration_token(args: &Args) -> Option<&str> {
+    args.registration_token.as_deref()
 }
 
 /// A chat in one room, and what the client keeps about it across connections.
@@ -784,6 +798,7 @@ fn show(event: &Event) {
             let how = match reason {
                 LeaveReason::Left | LeaveReason::Unspecified => "left",
                 LeaveReason::Kicked => "was removed by the owner from",
+                LeaveReason::Reclaimed => "went unused too long and was removed by the server from",
                 // Only from servers that ended memberships with the connection.
                 LeaveReason::TooSlow => "was dropped by the server (too slow) from",
                 LeaveReason::Disconnected => "disconnected from",
@@ -1032,7 +1047,8 @@ mod tests {
             Code::Unauthenticated
         ))));
         assert!(is_permanent(&Attempt::Login(ClientError::NameTaken {
-            user: "alice".into()
+            user: "alice".into(),
+            reason: "taken".into()
         })));
         assert!(is_permanent(&Attempt::Join(refused(
             Code::PermissionDenied

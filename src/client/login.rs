@@ -103,6 +103,17 @@ pub async fn login(
     identity: &Identity,
     user: &str,
 ) -> Result<Credentials, ClientError> {
+    login_with_token(channel, identity, user, None).await
+}
+
+/// [`login`], with the registration token the relay's operator handed out, for a
+/// relay that registers new names only with one.
+pub async fn login_with_token(
+    channel: Channel,
+    identity: &Identity,
+    user: &str,
+    registration_token: Option<&str>,
+) -> Result<Credentials, ClientError> {
     let mut auth = AuthServiceClient::new(channel);
     let challenge = auth
         .create_challenge(CreateChallengeRequest {
@@ -131,11 +142,13 @@ pub async fn login(
             identity: Some(identity.publish(user)?),
             challenge,
             signature: signature.into(),
+            registration_token: registration_token.unwrap_or_default().to_owned(),
         })
         .await
         .map_err(|status| match status.code() {
             Code::AlreadyExists => ClientError::NameTaken {
                 user: user.to_owned(),
+                reason: status.message().to_owned(),
             },
             _ => ClientError::Refused(status),
         })?

@@ -27,7 +27,9 @@ mod session;
 
 pub use connect::{connect, is_plaintext_beyond_loopback};
 pub use contacts::{Contacts, Pin};
-pub use login::{AuthorizedClient, BearerToken, Credentials, fetch_identity, login};
+pub use login::{
+    AuthorizedClient, BearerToken, Credentials, fetch_identity, login, login_with_token,
+};
 pub use room::{MAX_WAITING_MESSAGES, RoomEvent, RoomKeys};
 pub use session::{ChatSession, Event, HistoryMessage, MAX_HISTORY, open_stream, safety_number};
 
@@ -64,11 +66,10 @@ pub enum ClientError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error(
-        "the user name {user:?} is taken on this server: it is registered to other keys; \
-         choose another --user, or use the --home that holds {user}'s keys"
-    )]
-    NameTaken { user: String },
+    /// The relay refused to register the name: it is taken, or the keys are another
+    /// user's.
+    #[error("cannot log in as {user:?}: {reason}")]
+    NameTaken { user: String, reason: String },
     #[error("the server sent an invalid identity for {user}: {reason}")]
     BadIdentity { user: String, reason: String },
     #[error(

@@ -1,7 +1,9 @@
 //! Who may use the relay: registered identities, login challenges and session tokens.
 //!
 //! The first login of a user name registers it to the identity that proved it holds
-//! the signing key; afterwards only that identity can log in under it.
+//! the signing key; afterwards only that identity can log in under it. Registration
+//! follows the operator's [`RegistrationPolicy`]; names are unique whatever their
+//! letter case, and no two users share a public key.
 //!
 //! Challenges are stateless: the relay MACs the user name, an expiry and a random nonce
 //! with a secret of its own, so handing them out costs it no memory and nobody can crowd
@@ -12,6 +14,7 @@
 //! attacker could replay, and lookups do not compare secrets.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,11 +23,12 @@ use sha2::{Digest, Sha256};
 use tonic::Status;
 use zeroize::Zeroizing;
 
+use super::registration::{RegistrationLimiter, RegistrationMode};
 use super::{Limits, ServerError};
 use crate::crypto::{Fingerprint, VerifiedIdentity};
 use crate::proto::PublicIdentity;
 use crate::protocol::CHALLENGE_LEN;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// How long a challenge may be answered.
 const CHALLENGE_TTL: Duration = Duration::from_secs(60);
@@ -48,11 +52,16 @@ pub(crate) struct Accounts {
     challenge_key: Zeroizing<[u8; 32]>,
     max_identities: usize,
     token_ttl: Duration,
+    registration: RegistrationMode,
 }
 
-#[derive(Default)]
 struct State {
     identities: HashMap<String, Registered>,
+    /// A registered name in lower case → the name as registered.
+    folded_names: HashMap<String, String>,
+    /// SHA-256 of a registered public key (of either kind) → the user it belongs to.
+    keys: HashMap<Digest32, String>,
+    registrations: RegistrationLimiter,
     /// Challenges already used → their expiry (ms since the Unix epoch).
     used_challenges: HashMap<Challenge, u64>,
     /// SHA-256 of a token → what it grants.
@@ -84,7 +93,17 @@ impl Accounts {
     pub(crate) fn new(limits: &Limits, store: Arc<dyn Store>) -> Result<Self, ServerError> {
         let mut challenge_key = Zeroizing::new([0u8; 32]);
         getrandom::fill(challenge_key.as_mut()).map_err(ServerError::Rng)?;
-        let mut state = State::default();
+        let mut state = State {
+            identities: HashMap::new(),
+            folded_names: HashMap::new(),
+            keys: HashMap::new(),
+            registrations: RegistrationLimiter::new(
+                limits.registration.registrations_per_ip_per_hour,
+            ),
+            used_challenges: HashMap::new(),
+            tokens: HashMap::new(),
+            tokens_by_user: HashMap::new(),
+        };
         for published in store.identities()? {
             let identity = VerifiedIdentity::verify(&published).map_err(|error| {
                 ServerError::BadStoredIdentity {
@@ -92,11 +111,15 @@ impl Accounts {
                     reason: error.to_string(),
                 }
             })?;
-            let registered = Registered {
-                fingerprint: identity.fingerprint,
-                published,
-            };
-            state.identities.insert(identity.user, registered);
+            if let Some(other) = state.name_taken(&identity.user) {
+                // Registered before names were compared regardless of case: both stay.
+                tracing::warn!(
+                    user = identity.user,
+                    other,
+                    "two registered names differ only in letter case"
+                );
+            }
+            state.add(identity.fingerprint, published);
         }
         Ok(Self {
             state: Mutex::new(state),
@@ -104,6 +127,7 @@ impl Accounts {
             challenge_key,
             max_identities: limits.max_identities,
             token_ttl: Duration::from_secs(limits.token_ttl_secs),
+            registration: limits.registration.registration,
         })
     }
 
@@ -122,13 +146,16 @@ impl Accounts {
         Ok(challenge)
     }
 
-    /// Checks a signed challenge; registers the user name on its first login; issues a
+    /// Checks a signed challenge; registers the user name on its first login (from
+    /// `address`, with the operator's `registration_token` if it needs one); issues a
     /// token.
     pub(crate) fn login(
         &self,
         published: PublicIdentity,
         challenge: &[u8],
         signature: &[u8],
+        registration_token: &str,
+        address: Option<IpAddr>,
     ) -> Result<Session, Status> {
         let user = published.user.clone();
         let (challenge, expires) = self.check_challenge(&user, challenge)?;
@@ -150,28 +177,27 @@ impl Accounts {
                      another name, or use the home directory that holds {user}'s keys"
                 )));
             }
-            None if state.identities.len() >= self.max_identities => {
-                return Err(Status::resource_exhausted(format!(
-                    "the server holds its maximum of {} identities; try again later",
-                    self.max_identities
-                )));
-            }
             None => {
+                self.may_register(&mut state, &published, registration_token, address)?;
                 // Durable before anyone is told: a restart must not free the name.
-                self.store.register(&published).map_err(|error| {
-                    tracing::error!(user, %error, "could not store a registration");
-                    Status::unavailable(
-                        "the server could not store your registration; try again later",
-                    )
-                })?;
-                let fingerprint = identity.fingerprint;
-                state.identities.insert(
-                    user.clone(),
-                    Registered {
-                        published,
-                        fingerprint,
-                    },
-                );
+                let token =
+                    (self.registration == RegistrationMode::Token).then_some(registration_token);
+                self.store
+                    .register(&published, token)
+                    .map_err(|error| match error {
+                        StoreError::RegistrationToken => Status::permission_denied(
+                            "the registration token is not valid: unknown, used up or \
+                             expired; ask the server's operator for a new one",
+                        ),
+                        error => {
+                            tracing::error!(user, %error, "could not store a registration");
+                            Status::unavailable(
+                                "the server could not store your registration; try again later",
+                            )
+                        }
+                    })?;
+                state.registrations.record(address, Instant::now());
+                state.add(identity.fingerprint, published);
                 tracing::info!(user, "registered");
                 true
             }
@@ -183,6 +209,86 @@ impl Accounts {
             expires_at_ms: unix_ms(expires),
             registered,
         })
+    }
+
+    /// Refuses a new registration the server's policy does not allow.
+    fn may_register(
+        &self,
+        state: &mut State,
+        published: &PublicIdentity,
+        registration_token: &str,
+        address: Option<IpAddr>,
+    ) -> Result<(), Status> {
+        let user = &published.user;
+        match self.registration {
+            RegistrationMode::Open => {}
+            RegistrationMode::Closed => {
+                return Err(Status::permission_denied(format!(
+                    "{user:?} is not registered, and this server registers no new names; log \
+                     in with a name registered before"
+                )));
+            }
+            RegistrationMode::Token if registration_token.trim().is_empty() => {
+                return Err(Status::permission_denied(format!(
+                    "{user:?} is not registered, and this server registers new names only \
+                     with a registration token; ask its operator for one"
+                )));
+            }
+            RegistrationMode::Token => {}
+        }
+        if let Some(other) = state.name_taken(user) {
+            return Err(Status::already_exists(format!(
+                "the user name {user:?} is taken: {other:?} is registered, and names that \
+                 differ only in letter case are the same name; choose another"
+            )));
+        }
+        for key in [
+            &published.encryption_public_key,
+            &published.signing_public_key,
+        ] {
+            if let Some(owner) = state.keys.get(&key_digest(key)) {
+                return Err(Status::already_exists(format!(
+                    "these keys are already registered, to {owner:?}: every user needs keys \
+                     of its own; make new ones (a new home directory) for {user:?}"
+                )));
+            }
+        }
+        if state.identities.len() >= self.max_identities {
+            return Err(Status::resource_exhausted(format!(
+                "the server holds its maximum of {} identities; try again later",
+                self.max_identities
+            )));
+        }
+        state.registrations.check(address, Instant::now())
+    }
+
+    /// Forgets a reclaimed identity: its name is free, its tokens revoked.
+    pub(crate) fn forget(&self, user: &str) {
+        let mut state = self.lock();
+        let Some(registered) = state.identities.remove(user) else {
+            return;
+        };
+        if state
+            .folded_names
+            .get(&user.to_ascii_lowercase())
+            .map(String::as_str)
+            == Some(user)
+        {
+            state.folded_names.remove(&user.to_ascii_lowercase());
+        }
+        for key in [
+            &registered.published.encryption_public_key,
+            &registered.published.signing_public_key,
+        ] {
+            let digest = key_digest(key);
+            if state.keys.get(&digest).map(String::as_str) == Some(user) {
+                state.keys.remove(&digest);
+            }
+        }
+        for digest in state.tokens_by_user.remove(user).unwrap_or_default() {
+            state.tokens.remove(&digest);
+        }
+        tracing::info!(user, "reclaimed");
     }
 
     /// The user a token was issued to, if it is valid and unexpired.
@@ -253,6 +359,37 @@ fn refused() -> Status {
 }
 
 impl State {
+    /// The registered name that `user` is the same as, whatever its letter case, if
+    /// not `user` itself.
+    fn name_taken(&self, user: &str) -> Option<&str> {
+        self.folded_names
+            .get(&user.to_ascii_lowercase())
+            .map(String::as_str)
+            .filter(|registered| *registered != user)
+    }
+
+    fn add(&mut self, fingerprint: Fingerprint, published: PublicIdentity) {
+        let user = published.user.clone();
+        self.folded_names
+            .entry(user.to_ascii_lowercase())
+            .or_insert_with(|| user.clone());
+        for key in [
+            &published.encryption_public_key,
+            &published.signing_public_key,
+        ] {
+            self.keys
+                .entry(key_digest(key))
+                .or_insert_with(|| user.clone());
+        }
+        self.identities.insert(
+            user,
+            Registered {
+                published,
+                fingerprint,
+            },
+        );
+    }
+
     /// Marks a checked challenge as used; refuses one used before. Only challenges that
     /// came with a valid signature get here, so this table grows with real logins only.
     fn use_challenge(&mut self, challenge: Challenge, expires: u64) -> Result<(), Status> {
@@ -311,6 +448,11 @@ impl State {
             }
         });
     }
+}
+
+/// What identifies a public key among the registered ones.
+fn key_digest(key: &[u8]) -> Digest32 {
+    Sha256::digest(key).into()
 }
 
 fn unix_ms(time: SystemTime) -> u64 {

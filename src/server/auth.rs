@@ -70,15 +70,23 @@ impl AuthService for Login {
         &self,
         request: Request<LoginRequest>,
     ) -> Result<Response<LoginResponse>, Status> {
+        let address = request.remote_addr().map(|address| address.ip());
         let LoginRequest {
             identity,
             challenge,
             signature,
+            registration_token,
         } = request.into_inner();
         let identity = identity.ok_or_else(|| Status::invalid_argument("identity is missing"))?;
         validate_user(&identity.user)
             .map_err(|error| Status::invalid_argument(error.to_string()))?;
-        let session = self.accounts.login(identity, &challenge, &signature)?;
+        let session = self.accounts.login(
+            identity,
+            &challenge,
+            &signature,
+            &registration_token,
+            address,
+        )?;
         Ok(Response::new(LoginResponse {
             session_token: session.token,
             expires_at_ms: session.expires_at_ms,

@@ -20,6 +20,7 @@ mod catch_up;
 mod connections;
 mod hub;
 mod outbound;
+pub mod registration;
 mod room;
 mod service;
 mod session;
@@ -29,7 +30,7 @@ mod writer;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
@@ -37,11 +38,12 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
 
 pub use outbound::Outbound;
+pub use registration::{RegistrationMode, RegistrationPolicy};
 
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::auth_service_server::AuthServiceServer;
 use crate::proto::chat_service_server::ChatServiceServer;
-use crate::store::{Retention, SqliteStore, Store, StoreError};
+use crate::store::{SqliteStore, StoragePolicy, Store, StoreError};
 use accounts::Accounts;
 use auth::{Login, require_token};
 use hub::Hub;
@@ -85,6 +87,19 @@ pub struct Limits {
     /// Messages each room keeps; the oldest beyond are deleted as new ones arrive.
     #[arg(long, env = "CHAT_MAX_MESSAGES_PER_ROOM", value_parser = positive_u64, default_value_t = Limits::DEFAULT.max_messages_per_room)]
     pub max_messages_per_room: u64,
+    /// Bytes of messages each room keeps; the oldest beyond are deleted as new ones
+    /// arrive.
+    #[arg(long, env = "CHAT_MAX_ROOM_BYTES", value_parser = positive_u64, default_value_t = Limits::DEFAULT.max_room_bytes)]
+    pub max_room_bytes: u64,
+    /// Bytes of messages and sender keys one user may have stored; a message beyond is
+    /// refused with RESOURCE_EXHAUSTED until older ones expire.
+    #[arg(long, env = "CHAT_MAX_USER_BYTES", value_parser = positive_u64, default_value_t = Limits::DEFAULT.max_user_bytes)]
+    pub max_user_bytes: u64,
+    /// Bytes of messages and sender keys the server stores in all; a message beyond is
+    /// refused with RESOURCE_EXHAUSTED. With the database's own overhead, the data
+    /// directory grows to about twice this.
+    #[arg(long, env = "CHAT_MAX_STORE_BYTES", value_parser = positive_u64, default_value_t = Limits::DEFAULT.max_store_bytes)]
+    pub max_store_bytes: u64,
     /// Days a message is kept; older ones are deleted (checked every minute). Members
     /// away longer miss them.
     #[arg(long, env = "CHAT_RETENTION_DAYS", value_parser = positive_u64, default_value_t = Limits::DEFAULT.retention_days)]
@@ -100,6 +115,15 @@ pub struct Limits {
     /// open chat stream is not cut when its token expires; new RPCs need a new login.
     #[arg(long, env = "CHAT_TOKEN_TTL_SECS", value_parser = token_ttl, default_value_t = Limits::DEFAULT.token_ttl_secs)]
     pub token_ttl_secs: u64,
+    /// Days after which what nobody uses is reclaimed (checked every minute): a room in
+    /// which nothing happened (no message, key, join or leave) is deleted with its
+    /// members and invitations; an identity without a session for that long, that
+    /// owns no room and has no message stored any more, is deleted, its memberships
+    /// ended (the others are told) and its name freed.
+    #[arg(long, env = "CHAT_RECLAIM_AFTER_DAYS", value_parser = positive_u64, default_value_t = Limits::DEFAULT.reclaim_after_days)]
+    pub reclaim_after_days: u64,
+    #[command(flatten)]
+    pub registration: RegistrationPolicy,
 }
 
 impl Limits {
@@ -115,10 +139,15 @@ impl Limits {
         max_rooms_per_user: 32,
         max_owned_rooms: 32,
         max_messages_per_room: 10_000,
+        max_room_bytes: 64 * 1024 * 1024,
+        max_user_bytes: 64 * 1024 * 1024,
+        max_store_bytes: 8 * 1024 * 1024 * 1024,
         retention_days: 30,
         max_commit_batch: 1024,
         max_identities: 100_000,
         token_ttl_secs: 12 * 60 * 60,
+        reclaim_after_days: 180,
+        registration: RegistrationPolicy::DEFAULT,
     };
 }
 
@@ -129,15 +158,20 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// What the store keeps.
-    pub fn retention(&self) -> Retention {
-        Retention {
-            max_age: Some(Duration::from_secs(
-                self.retention_days.saturating_mul(86_400),
-            )),
+    /// What the store keeps and refuses.
+    pub fn storage(&self) -> StoragePolicy {
+        StoragePolicy {
+            max_age: Some(days(self.retention_days)),
             max_messages_per_room: self.max_messages_per_room,
+            max_room_bytes: self.max_room_bytes,
+            max_user_bytes: self.max_user_bytes,
+            max_store_bytes: self.max_store_bytes,
         }
     }
+}
+
+fn days(count: u64) -> Duration {
+    Duration::from_secs(count.saturating_mul(86_400))
 }
 
 fn positive_u64(text: &str) -> Result<u64, String> {
@@ -258,12 +292,31 @@ pub async fn serve(
         |user| accounts.identity(user),
         commands,
     ));
+    let reclaim_after = days(limits.reclaim_after_days);
+    let reclaim = {
+        let (hub, accounts) = (hub.clone(), accounts.clone());
+        Box::new(move |store: &dyn Store| {
+            let since = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .saturating_sub(reclaim_after);
+            match store.dormant(since) {
+                Ok(dormant) => {
+                    for user in hub.reclaim(&dormant) {
+                        accounts.forget(&user);
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot look for what nobody uses"),
+            }
+        })
+    };
     let writer = writer::spawn(
         store.clone(),
         hub.clone(),
         received,
         limits.max_commit_batch,
-        limits.retention(),
+        limits.storage(),
+        reclaim,
     )
     .map_err(ServerError::Writer)?;
     let relay = Arc::new(Relay {

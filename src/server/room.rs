@@ -49,8 +49,6 @@ pub(crate) struct Room {
     pub assigned_seq: u64,
     /// The last sequence number committed to the store: catch-up reads up to it.
     pub committed_seq: u64,
-    /// How many messages the store holds for the room.
-    pub messages: u64,
 }
 
 impl Room {

@@ -5,8 +5,9 @@
 //! fsync per batch rather than per message. Once a batch is durable the hub answers and
 //! fans it out ([`Hub::committed`]); if the commit fails, nothing of it is acknowledged.
 //!
-//! The writer also prunes what the retention policy no longer keeps, at start-up and
-//! every minute.
+//! The writer also prunes what the retention policy no longer keeps, and runs the
+//! relay's other housekeeping (reclaiming what nobody uses), at start-up and every
+//! minute.
 
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -14,10 +15,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::hub::{Hub, Op};
-use crate::store::{Retention, Store};
+use crate::store::{StoragePolicy, Store};
 
 /// How often the retention policy is applied.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// What the writer runs after each pruning, with the store.
+pub(crate) type Housekeeping = Box<dyn FnMut(&dyn Store) + Send>;
 
 /// What the writer is sent.
 pub(crate) enum Command {
@@ -32,11 +36,21 @@ pub(crate) fn spawn(
     hub: Arc<Hub>,
     commands: Receiver<Command>,
     max_batch: usize,
-    retention: Retention,
+    policy: StoragePolicy,
+    mut housekeeping: Housekeeping,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("store-writer".to_owned())
-        .spawn(move || run(&*store, &hub, &commands, max_batch.max(1), &retention))
+        .spawn(move || {
+            run(
+                &*store,
+                &hub,
+                &commands,
+                max_batch.max(1),
+                &policy,
+                &mut *housekeeping,
+            )
+        })
 }
 
 fn run(
@@ -44,13 +58,15 @@ fn run(
     hub: &Hub,
     commands: &Receiver<Command>,
     max_batch: usize,
-    retention: &Retention,
+    policy: &StoragePolicy,
+    housekeeping: &mut dyn FnMut(&dyn Store),
 ) {
     let mut next_prune = Instant::now();
     loop {
         let now = Instant::now();
         if now >= next_prune {
-            prune(store, hub, retention);
+            prune(store, policy);
+            housekeeping(store);
             next_prune = now + PRUNE_EVERY;
         }
         let first = match commands.recv_timeout(next_prune.saturating_duration_since(now)) {
@@ -70,7 +86,7 @@ fn run(
                 Err(_) => break,
             }
         }
-        commit(store, hub, batch);
+        commit(store, hub, batch, policy);
         if stop {
             return;
         }
@@ -78,7 +94,7 @@ fn run(
 }
 
 /// Commits a batch in one transaction and hands the outcome to the hub.
-fn commit(store: &dyn Store, hub: &Hub, mut batch: Vec<Op>) {
+fn commit(store: &dyn Store, hub: &Hub, mut batch: Vec<Op>, policy: &StoragePolicy) {
     let started = Instant::now();
     let mut changes = Vec::new();
     let mut counts = Vec::with_capacity(batch.len());
@@ -89,7 +105,7 @@ fn commit(store: &dyn Store, hub: &Hub, mut batch: Vec<Op>) {
     let result = if changes.is_empty() {
         Ok(Vec::new())
     } else {
-        store.commit(&changes)
+        store.commit(&changes, policy)
     };
     tracing::debug!(ops = batch.len(), changes = changes.len(), elapsed = ?started.elapsed(), "committed");
     match result {
@@ -109,21 +125,17 @@ fn commit(store: &dyn Store, hub: &Hub, mut batch: Vec<Op>) {
     }
 }
 
-fn prune(store: &dyn Store, hub: &Hub, retention: &Retention) {
+fn prune(store: &dyn Store, policy: &StoragePolicy) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    match store.prune(retention, now) {
+    match store.prune(policy, now) {
         Ok(pruned) if pruned.messages > 0 || pruned.sender_keys > 0 => {
             tracing::info!(
                 messages = pruned.messages,
                 sender_keys = pruned.sender_keys,
                 "pruned what the retention policy no longer keeps"
             );
-            match store.rooms() {
-                Ok(rooms) => hub.recount_messages(&rooms),
-                Err(error) => tracing::warn!(%error, "cannot recount the rooms' messages"),
-            }
         }
         Ok(_) => {}
         Err(error) => tracing::warn!(%error, "pruning failed; will try again"),

@@ -28,6 +28,8 @@ pub enum StoreError {
     Database(String),
     #[error("the stored identity of {user:?} is unreadable: {reason}")]
     Corrupt { user: String, reason: String },
+    #[error("the registration token is not valid: unknown, used up or expired")]
+    RegistrationToken,
     #[error(
         "entry {seq} of room {room:?} in the database is unreadable ({reason}); restore the database from a backup, or delete the room"
     )]
@@ -66,7 +68,9 @@ pub enum Change {
     /// A sealed message `sender` sent to `room`, stored under `seq`. A message with the
     /// same sender, key id and counter as one already stored is not stored again
     /// ([`Applied::Duplicate`]): a client resending what it could not see acknowledged
-    /// must not make it appear twice.
+    /// must not make it appear twice. A new message beyond a quota of the
+    /// [`StoragePolicy`] is not stored ([`Applied::OverQuota`]); one that takes its
+    /// room beyond the room's limits makes the room forget its oldest messages.
     AppendMessage {
         room: String,
         seq: u64,
@@ -82,8 +86,12 @@ pub enum Change {
         key_id: u64,
         keys: Vec<WrappedKey>,
     },
-    /// Forgets the `count` oldest messages of `room` (the room holds more than it may).
-    TrimMessages { room: String, count: u64 },
+    /// `user` opened or closed a session: it is in use (see [`Store::dormant`]).
+    Seen { user: String },
+    /// Forgets the identity of `user`, which nobody has used for long: its name is free
+    /// again. The sender keys it distributed go with it; the caller has ended its
+    /// memberships and invitations first.
+    DeleteIdentity { user: String },
 }
 
 /// A sender key wrapped for one recipient, as stored.
@@ -102,6 +110,18 @@ pub enum Applied {
     Duplicate {
         seq: u64,
     },
+    /// The message was not stored: it would take its sender or the whole store beyond
+    /// a quota. Its sequence number is used up.
+    OverQuota(Quota),
+}
+
+/// A storage quota a message would have exceeded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    /// What one user's stored messages and keys may take, in bytes.
+    User { limit: u64 },
+    /// What everything stored may take, in bytes.
+    Store { limit: u64 },
 }
 
 /// A room as stored.
@@ -115,8 +135,9 @@ pub struct StoredRoom {
     pub members: Vec<(String, u64)>,
     /// Users invited to a private room, sorted.
     pub invited: Vec<String>,
-    /// How many messages the room holds.
+    /// How many messages the room holds, and their bytes.
     pub messages: u64,
+    pub message_bytes: u64,
 }
 
 /// One entry of a room's log, as a member receives it (its `seq` set).
@@ -142,13 +163,55 @@ impl Entry {
     }
 }
 
-/// How long entries are kept.
+/// What the store keeps, and what it refuses to store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retention {
+pub struct StoragePolicy {
     /// Messages older than this are forgotten; `None` keeps them however old.
     pub max_age: Option<Duration>,
-    /// Each room keeps at most this many messages, the latest.
+    /// Each room keeps at most this many messages, the latest: a new one beyond makes
+    /// it forget the oldest.
     pub max_messages_per_room: u64,
+    /// Each room keeps at most this many bytes of messages, the latest, likewise.
+    pub max_room_bytes: u64,
+    /// A new message is refused when its sender's stored messages and sender keys
+    /// would take more bytes than this.
+    pub max_user_bytes: u64,
+    /// A new message is refused when everything stored would take more bytes than this.
+    pub max_store_bytes: u64,
+}
+
+impl StoragePolicy {
+    /// Keeps everything, refuses nothing (tests).
+    pub const UNLIMITED: Self = Self {
+        max_age: None,
+        max_messages_per_room: u64::MAX,
+        max_room_bytes: u64::MAX,
+        max_user_bytes: u64::MAX,
+        max_store_bytes: u64::MAX,
+    };
+}
+
+/// What nobody has used since a point in time, as [`Store::dormant`] finds it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dormant {
+    /// Users with no session since then, no stored message, and no room they own.
+    pub users: Vec<String>,
+    /// Rooms in which nothing happened since then (no entry, no join, no leave).
+    pub rooms: Vec<String>,
+}
+
+/// A registration token as listed (its secret is not kept).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationToken {
+    /// The first 8 hex digits of the token's SHA-256: enough to name it.
+    pub id: String,
+    /// Registrations it still allows; `None` for unlimited.
+    pub uses_left: Option<u64>,
+    /// Registrations it was used for.
+    pub used: u64,
+    /// When it expires, in ms since the Unix epoch; `None` for never.
+    pub expires_ms: Option<u64>,
+    pub created_ms: u64,
 }
 
 /// What [`Store::prune`] forgot.
@@ -168,15 +231,37 @@ pub trait Store: Send + Sync {
     fn identities(&self) -> Result<Vec<PublicIdentity>, StoreError>;
 
     /// Records the first registration of `identity.user`; returns once it is durable.
-    /// Registering a name twice is an error: the caller checks first.
-    fn register(&self, identity: &PublicIdentity) -> Result<(), StoreError>;
+    /// Registering a name twice is an error: the caller checks first. With a
+    /// `token` (a registration token as the client sent it), the registration uses
+    /// it up, in the same transaction, or fails with
+    /// [`StoreError::RegistrationToken`].
+    fn register(&self, identity: &PublicIdentity, token: Option<&str>) -> Result<(), StoreError>;
+
+    /// Makes a registration token allowing `uses` registrations (`None`: any number)
+    /// until `expires_ms` (`None`: never); returns the token, a secret shown once.
+    fn create_registration_token(
+        &self,
+        uses: Option<u64>,
+        expires_ms: Option<u64>,
+    ) -> Result<String, StoreError>;
+
+    /// Every registration token, oldest first.
+    fn registration_tokens(&self) -> Result<Vec<RegistrationToken>, StoreError>;
+
+    /// Deletes the registration tokens whose id starts with `id_prefix`; returns how
+    /// many.
+    fn revoke_registration_tokens(&self, id_prefix: &str) -> Result<u64, StoreError>;
 
     /// Every room, with its members and invitations.
     fn rooms(&self) -> Result<Vec<StoredRoom>, StoreError>;
 
     /// Applies `changes` in order, all or none, in one durable transaction (one fsync
-    /// for the lot), and says what each did.
-    fn commit(&self, changes: &[Change]) -> Result<Vec<Applied>, StoreError>;
+    /// for the lot), within `policy`, and says what each did.
+    fn commit(
+        &self,
+        changes: &[Change],
+        policy: &StoragePolicy,
+    ) -> Result<Vec<Applied>, StoreError>;
 
     /// The entries of `room` meant for `member` with `after < seq <= up_to`, in sequence
     /// order, at most `limit`: the messages of the others, and the sender keys the
@@ -190,8 +275,10 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError>;
 
-    /// For each other sender of `room`, the latest sender key wrapped for `member` with
-    /// `seq <= at`, in sequence order: the keys in force at `at`.
+    /// The sender keys the others wrapped for `member` in `room` with `seq <= at` that
+    /// it may need after `at`, in sequence order: for each other sender, the key in
+    /// force at `at` (not yet superseded there by a later one, which would come after
+    /// `at` itself), and any older key a message after `at` was still sealed with.
     fn keys_in_force(&self, room: &str, member: &str, at: u64) -> Result<Vec<Entry>, StoreError>;
 
     /// The users who sent messages to `room` with `after < seq <= up_to`, sorted.
@@ -214,8 +301,12 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError>;
 
-    /// Forgets the messages `retention` no longer keeps (as of `now`, since the Unix
+    /// Forgets the messages `policy` no longer keeps (as of `now`, since the Unix
     /// epoch), and the sender keys no remaining message needs, keeping for each sender
     /// and recipient the latest key (the one in force).
-    fn prune(&self, retention: &Retention, now: Duration) -> Result<Pruned, StoreError>;
+    fn prune(&self, policy: &StoragePolicy, now: Duration) -> Result<Pruned, StoreError>;
+
+    /// The users and rooms nobody has used since `since` (since the Unix epoch), which
+    /// the relay may reclaim.
+    fn dormant(&self, since: Duration) -> Result<Dormant, StoreError>;
 }

@@ -5,12 +5,17 @@
 //! `migrations/`, run at start-up; `PRAGMA user_version` records how far a database has
 //! come.
 //!
-//! Two connections: a writer (`register`, `commit`, `prune`) and a reader (everything
-//! else), each behind its own lock. With WAL a reader sees the last committed state
+//! What rooms and users store is counted as it changes (`usage`), so quotas cost no
+//! scan; reclaiming finds what nobody used from when each room and user was last used.
+//!
+//! Two connections: a writer (`register`, `commit`, `prune`, the registration tokens)
+//! and a reader (everything else), each behind its own lock. With WAL a reader sees the last committed state
 //! without waiting for a writer, so catching a member up is never stuck behind the
 //! fsync of the next commit. Each read runs in one read transaction, so the several
 //! queries of one call see one state. An in-memory database is private to its
 //! connection, so there the two roles share a single connection.
+
+mod usage;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Display;
@@ -19,9 +24,15 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
-use rusqlite::{Connection, Params, Row, Transaction, TransactionBehavior, params};
+use rusqlite::{
+    Connection, OptionalExtension, Params, Row, Transaction, TransactionBehavior, params,
+};
+use sha2::{Digest, Sha256};
 
-use super::{Applied, Change, Entry, Pruned, Retention, Store, StoreError, StoredRoom};
+use super::{
+    Applied, Change, Dormant, Entry, Pruned, RegistrationToken, StoragePolicy, Store, StoreError,
+    StoredRoom,
+};
 use crate::proto::{MessageDelivery, PublicIdentity, SealedMessage, SenderKeyDelivery};
 
 /// The database's file name in the data directory.
@@ -31,36 +42,38 @@ pub const DATABASE_FILE: &str = "chat.sqlite3";
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_identities.sql"),
     include_str!("../../migrations/0002_rooms.sql"),
+    include_str!("../../migrations/0003_usage.sql"),
 ];
 
 /// How many prepared statements each connection keeps: more than the store has, so
 /// none is ever prepared twice (the default, 16, is fewer).
 const STATEMENT_CACHE: usize = 64;
 
-/// Forgets the `?2` oldest messages of room `?1`. The subquery walks the (room, seq)
-/// primary key from the oldest and stops after `?2` rows, and the deletion looks each
-/// up by key: the work grows with what is deleted, not with the room.
-const TRIM_MESSAGES: &str = "DELETE FROM messages WHERE room = ?1 AND seq IN \
-     (SELECT seq FROM messages WHERE room = ?1 ORDER BY seq LIMIT ?2)";
-
-/// Forgets the sender keys of room `?1` below sequence number `?2` (the oldest message
-/// kept), but the latest one below it for each sender and recipient: the key in force
-/// there, which the messages from `?2` on may still be sealed with. A key rotated
-/// before `?2` is superseded there, so no remaining message needs the one before it.
+/// Forgets the sender keys of room `?1` that are superseded (their sender gave the
+/// same recipient a later one) and that no stored message was sealed with: the key in
+/// force for each sender and recipient stays, and so does every key a remaining
+/// message needs.
 const PRUNE_SENDER_KEYS: &str = "DELETE FROM sender_keys AS old \
-     WHERE room = ?1 AND seq < \
-     (SELECT MAX(seq) FROM sender_keys \
-      WHERE room = ?1 AND recipient = old.recipient AND sender = old.sender) \
+     WHERE room = ?1 AND superseded_seq IS NOT NULL \
      AND NOT EXISTS (SELECT 1 FROM messages \
-      WHERE room = ?1 AND sender = old.sender AND key_id = old.key_id)";
+      WHERE room = ?1 AND sender = old.sender AND key_id = old.key_id) \
+     RETURNING sender, length(wrapped_key) + length(signature)";
 
-/// Forgets the keys a sender gave one recipient before the one just stored (`?4`) that
-/// no stored message was sealed with: a member distributing keys over and over cannot
-/// grow the store.
+/// Marks the keys a sender gave one recipient before the one just stored (`?4`) as
+/// superseded by it, the first time.
+const SUPERSEDE_KEYS: &str = "UPDATE sender_keys SET superseded_seq = ?4 \
+     WHERE room = ?1 AND sender = ?2 AND recipient = ?3 AND seq < ?4 \
+     AND superseded_seq IS NULL";
+
+/// Forgets the keys a sender gave one recipient before the one just stored (`?4`, key
+/// id `?5`) that no stored message was sealed with, and earlier copies of the same key
+/// (the new copy serves their messages): a member distributing keys over and over
+/// cannot grow the store.
 const DROP_SUPERSEDED_KEYS: &str = "DELETE FROM sender_keys AS old \
      WHERE room = ?1 AND sender = ?2 AND recipient = ?3 AND seq < ?4 \
-     AND NOT EXISTS (SELECT 1 FROM messages \
-      WHERE room = ?1 AND sender = ?2 AND key_id = old.key_id)";
+     AND (key_id = ?5 OR NOT EXISTS (SELECT 1 FROM messages \
+      WHERE room = ?1 AND sender = ?2 AND key_id = old.key_id)) \
+     RETURNING sender, length(wrapped_key) + length(signature)";
 
 /// The columns [`message`] reads, in its order.
 macro_rules! message_columns {
@@ -214,6 +227,24 @@ fn saturating(value: impl TryInto<i64>) -> i64 {
     value.try_into().unwrap_or(i64::MAX)
 }
 
+/// Bytes of randomness in a registration token.
+const TOKEN_LEN: usize = 16;
+
+/// What is kept of a registration token: its SHA-256.
+fn token_digest(token: &str) -> Vec<u8> {
+    Sha256::digest(token.trim().as_bytes()).to_vec()
+}
+
+/// How a registration token is named in listings: the start of its digest, which says
+/// nothing of the token itself.
+fn token_id(digest: &[u8]) -> String {
+    digest
+        .iter()
+        .take(4)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
 /// Milliseconds since the Unix epoch.
 fn millis(since_epoch: Duration) -> i64 {
     saturating(since_epoch.as_millis())
@@ -334,13 +365,20 @@ fn write(connection: &mut Connection) -> Result<Transaction<'_>, StoreError> {
         .map_err(failed("begin a write"))
 }
 
-/// Raises the room's last sequence number to `seq`; an unknown room is an error.
-fn use_seq(transaction: &Transaction<'_>, room: &str, seq: u64) -> Result<i64, StoreError> {
+/// Raises the room's last sequence number to `seq`, and notes that the room was used
+/// at `now_ms`; an unknown room is an error.
+fn use_seq(
+    transaction: &Transaction<'_>,
+    room: &str,
+    seq: u64,
+    now_ms: i64,
+) -> Result<i64, StoreError> {
     let seq = stored_seq(seq)?;
     let changed = execute(
         transaction,
-        "UPDATE rooms SET last_seq = max(last_seq, ?2) WHERE name = ?1",
-        params![room, seq],
+        "UPDATE rooms SET last_seq = max(last_seq, ?2), used_ms = max(used_ms, ?3) \
+         WHERE name = ?1",
+        params![room, seq, now_ms],
         format_args!("use sequence number {seq} in room {room:?}"),
     )?;
     if changed == 0 {
@@ -351,36 +389,46 @@ fn use_seq(transaction: &Transaction<'_>, room: &str, seq: u64) -> Result<i64, S
     Ok(seq)
 }
 
-/// Applies one change of a [`Store::commit`]; `now_ms` is the commit's time.
+/// Applies one change of a [`Store::commit`] within `policy`; `now_ms` is the commit's
+/// time.
 fn apply(
     transaction: &Transaction<'_>,
     change: &Change,
+    policy: &StoragePolicy,
     now_ms: i64,
 ) -> Result<Applied, StoreError> {
     match change {
         Change::CreateRoom { room, owner } => {
             execute(
                 transaction,
-                "INSERT INTO rooms (name, owner, last_seq, created_ms) VALUES (?1, ?2, 0, ?3)",
+                "INSERT INTO rooms (name, owner, last_seq, created_ms, used_ms) \
+                 VALUES (?1, ?2, 0, ?3, ?3)",
                 params![room, owner, now_ms],
                 format_args!("create room {room:?}"),
             )?;
         }
         Change::DeleteRoom { room } => {
+            let operation = format!("delete room {room:?}");
+            usage::delete_keys(
+                transaction,
+                "DELETE FROM sender_keys WHERE room = ?1 \
+                 RETURNING sender, length(wrapped_key) + length(signature)",
+                [room],
+                &operation,
+            )?;
+            usage::delete_messages(
+                transaction,
+                "DELETE FROM messages WHERE room = ?1 RETURNING room, sender, length(sealed)",
+                [room],
+                &operation,
+            )?;
             // What refers to the room first: the foreign keys would refuse otherwise.
             for sql in [
-                "DELETE FROM sender_keys WHERE room = ?1",
-                "DELETE FROM messages WHERE room = ?1",
                 "DELETE FROM members WHERE room = ?1",
                 "DELETE FROM invitations WHERE room = ?1",
                 "DELETE FROM rooms WHERE name = ?1",
             ] {
-                execute(
-                    transaction,
-                    sql,
-                    [room],
-                    format_args!("delete room {room:?}"),
-                )?;
+                execute(transaction, sql, [room], &operation)?;
             }
         }
         Change::Invite { room, user } => {
@@ -401,7 +449,7 @@ fn apply(
             )?;
         }
         Change::AddMember { room, user, seq } => {
-            let seq = use_seq(transaction, room, *seq)?;
+            let seq = use_seq(transaction, room, *seq, now_ms)?;
             // A member added twice is an error, not a move of its joined_seq: that
             // would hide from it what it may read.
             execute(
@@ -412,7 +460,7 @@ fn apply(
             )?;
         }
         Change::RemoveMember { room, user, seq } => {
-            use_seq(transaction, room, *seq)?;
+            use_seq(transaction, room, *seq, now_ms)?;
             let operation = format!("remove member {user:?} from room {room:?}");
             execute(
                 transaction,
@@ -420,9 +468,10 @@ fn apply(
                 [room, user],
                 &operation,
             )?;
-            execute(
+            usage::delete_keys(
                 transaction,
-                "DELETE FROM sender_keys WHERE room = ?1 AND recipient = ?2",
+                "DELETE FROM sender_keys WHERE room = ?1 AND recipient = ?2 \
+                 RETURNING sender, length(wrapped_key) + length(signature)",
                 [room, user],
                 &operation,
             )?;
@@ -432,49 +481,7 @@ fn apply(
             seq,
             sender,
             sealed,
-        } => {
-            let stored = stored_seq(*seq)?;
-            let (key_id, counter) = (bits(sealed.key_id), bits(sealed.counter));
-            let operation = format!("append message {seq} of {sender:?} to room {room:?}");
-            // Only the (room, sender, key_id, counter) rule may skip the row: a
-            // sequence number used twice is still an error.
-            let inserted = execute(
-                transaction,
-                "INSERT INTO messages (room, seq, sender, key_id, counter, sealed, stored_ms) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
-                 ON CONFLICT (room, sender, key_id, counter) DO NOTHING",
-                params![
-                    room,
-                    stored,
-                    sender,
-                    key_id,
-                    counter,
-                    sealed.encode_to_vec(),
-                    now_ms
-                ],
-                &operation,
-            )?;
-            if inserted == 0 {
-                let first = select(
-                    transaction,
-                    "SELECT seq FROM messages \
-                     WHERE room = ?1 AND sender = ?2 AND key_id = ?3 AND counter = ?4",
-                    params![room, sender, key_id, counter],
-                    &operation,
-                    |row| Ok(from_bits(row.get(0)?)),
-                )?;
-                // The number was handed out (and maybe seen as the head by a client
-                // catching up), so it is used up even though nothing was stored.
-                use_seq(transaction, room, *seq)?;
-                return match first.first() {
-                    Some(&seq) => Ok(Applied::Duplicate { seq }),
-                    None => Err(StoreError::Database(format!(
-                        "{operation}: skipped as a duplicate, but there is no first copy"
-                    ))),
-                };
-            }
-            use_seq(transaction, room, *seq)?;
-        }
+        } => return append_message(transaction, room, *seq, sender, sealed, policy, now_ms),
         Change::AppendSenderKeys {
             room,
             seq,
@@ -482,8 +489,13 @@ fn apply(
             key_id,
             keys,
         } => {
-            let seq = use_seq(transaction, room, *seq)?;
+            let seq = use_seq(transaction, room, *seq, now_ms)?;
+            let mut bytes = 0;
             for key in keys {
+                let what = format!(
+                    "the sender key {seq} of {sender:?} for {:?} in room {room:?}",
+                    key.recipient
+                );
                 execute(
                     transaction,
                     "INSERT INTO sender_keys \
@@ -499,61 +511,121 @@ fn apply(
                         key.signature.as_ref(),
                         now_ms
                     ],
-                    format_args!(
-                        "append the sender key {seq} of {sender:?} for {:?} to room {room:?}",
-                        key.recipient
-                    ),
+                    format_args!("append {what}"),
                 )?;
+                bytes += key.wrapped_key.len() + key.signature.len();
+                let earlier = params![room, sender, key.recipient, seq, bits(*key_id)];
                 execute(
                     transaction,
+                    SUPERSEDE_KEYS,
+                    &earlier[..4],
+                    format_args!("mark the keys before {what} superseded"),
+                )?;
+                usage::delete_keys(
+                    transaction,
                     DROP_SUPERSEDED_KEYS,
-                    params![room, sender, key.recipient, seq],
-                    format_args!(
-                        "drop the superseded sender keys of {sender:?} for {:?} in room {room:?}",
-                        key.recipient
-                    ),
+                    earlier,
+                    format_args!("drop the keys {what} supersedes"),
                 )?;
             }
+            usage::stored_keys(transaction, sender, bytes)?;
         }
-        Change::TrimMessages { room, count } => {
+        Change::Seen { user } => {
             execute(
                 transaction,
-                TRIM_MESSAGES,
-                params![room, saturating(*count)],
-                format_args!("trim {count} messages from room {room:?}"),
+                "UPDATE identities SET seen_ms = max(seen_ms, ?2) WHERE user = ?1",
+                params![user, now_ms],
+                format_args!("note that {user:?} was seen"),
             )?;
+        }
+        Change::DeleteIdentity { user } => {
+            let operation = format!("delete the identity of {user:?}");
+            usage::delete_keys(
+                transaction,
+                "DELETE FROM sender_keys WHERE sender = ?1 OR recipient = ?1 \
+                 RETURNING sender, length(wrapped_key) + length(signature)",
+                [user],
+                &operation,
+            )?;
+            for sql in [
+                "DELETE FROM invitations WHERE user = ?1",
+                "DELETE FROM members WHERE user = ?1",
+                "DELETE FROM identities WHERE user = ?1",
+            ] {
+                execute(transaction, sql, [user], &operation)?;
+            }
         }
     }
     Ok(Applied::Done)
 }
 
-/// Forgets the messages of `room` beyond the latest `keep`, then the sender keys no
-/// remaining message needs; adds what it forgot to `pruned`.
+/// Stores a message unless it is a resend of one stored before or it would exceed a
+/// quota; the room then forgets its oldest messages beyond its limits. Either way its
+/// sequence number is used up: it was handed out, and a client catching up may have
+/// seen it as the room's head.
+fn append_message(
+    transaction: &Transaction<'_>,
+    room: &str,
+    seq: u64,
+    sender: &str,
+    sealed: &SealedMessage,
+    policy: &StoragePolicy,
+    now_ms: i64,
+) -> Result<Applied, StoreError> {
+    let stored = use_seq(transaction, room, seq, now_ms)?;
+    let (key_id, counter) = (bits(sealed.key_id), bits(sealed.counter));
+    let operation = format!("append message {seq} of {sender:?} to room {room:?}");
+    // Recognised before any quota: a resend of what is stored is acknowledged.
+    let first = transaction
+        .prepare_cached(
+            "SELECT seq FROM messages \
+             WHERE room = ?1 AND sender = ?2 AND key_id = ?3 AND counter = ?4",
+        )
+        .and_then(|mut statement| {
+            statement
+                .query_row(params![room, sender, key_id, counter], |row| {
+                    row.get::<_, i64>(0)
+                })
+                .optional()
+        })
+        .map_err(failed(&operation))?;
+    if let Some(first) = first {
+        return Ok(Applied::Duplicate {
+            seq: from_bits(first),
+        });
+    }
+    let encoded = sealed.encode_to_vec();
+    if let Some(quota) = usage::exceeded_quota(transaction, sender, encoded.len(), policy)? {
+        return Ok(Applied::OverQuota(quota));
+    }
+    // A sequence number used twice is still an error (the primary key).
+    execute(
+        transaction,
+        "INSERT INTO messages (room, seq, sender, key_id, counter, sealed, stored_ms) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![room, stored, sender, key_id, counter, encoded, now_ms],
+        &operation,
+    )?;
+    usage::stored_message(transaction, room, sender, encoded.len())?;
+    usage::trim_room(transaction, room, policy, seq)?;
+    Ok(Applied::Done)
+}
+
+/// Forgets the messages of `room` beyond what `policy` lets a room keep, then the
+/// sender keys no remaining message needs; adds what it forgot to `pruned`.
 fn prune_room(
     transaction: &Transaction<'_>,
     room: &str,
-    keep: u64,
+    policy: &StoragePolicy,
     pruned: &mut Pruned,
 ) -> Result<(), StoreError> {
-    let operation = format!("prune room {room:?}");
-    // The newest message beyond the limit: walks `keep` entries of the index, not the
-    // room.
-    let beyond = select(
+    pruned.messages += usage::trim_room(transaction, room, policy, u64::MAX)?;
+    pruned.sender_keys += usage::delete_keys(
         transaction,
-        "SELECT seq FROM messages WHERE room = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2",
-        params![room, saturating(keep)],
-        &operation,
-        |row| Ok(row.get::<_, i64>(0)?),
+        PRUNE_SENDER_KEYS,
+        [room],
+        format_args!("prune the sender keys of room {room:?}"),
     )?;
-    if let Some(&newest) = beyond.first() {
-        pruned.messages += execute(
-            transaction,
-            "DELETE FROM messages WHERE room = ?1 AND seq <= ?2",
-            params![room, newest],
-            &operation,
-        )?;
-    }
-    pruned.sender_keys += execute(transaction, PRUNE_SENDER_KEYS, [room], &operation)?;
     Ok(())
 }
 
@@ -587,14 +659,107 @@ impl Store for SqliteStore {
         Ok(identities)
     }
 
-    fn register(&self, identity: &PublicIdentity) -> Result<(), StoreError> {
-        self.writer()
-            .execute(
-                "INSERT INTO identities (user, identity, registered_at_ms) VALUES (?1, ?2, ?3)",
-                params![identity.user, identity.encode_to_vec(), now_ms()],
-            )
-            .map(drop)
-            .map_err(database)
+    fn register(&self, identity: &PublicIdentity, token: Option<&str>) -> Result<(), StoreError> {
+        let now_ms = now_ms();
+        let mut connection = self.writer();
+        let transaction = write(&mut connection)?;
+        if let Some(token) = token {
+            let used = execute(
+                &transaction,
+                "UPDATE registration_tokens SET uses_left = uses_left - 1, used = used + 1 \
+                 WHERE token_sha256 = ?1 AND (uses_left IS NULL OR uses_left > 0) \
+                 AND (expires_ms IS NULL OR expires_ms > ?2)",
+                params![token_digest(token), now_ms],
+                "use a registration token",
+            )?;
+            if used == 0 {
+                return Err(StoreError::RegistrationToken);
+            }
+        }
+        execute(
+            &transaction,
+            "INSERT INTO identities (user, identity, registered_at_ms, seen_ms) \
+             VALUES (?1, ?2, ?3, ?3)",
+            params![identity.user, identity.encode_to_vec(), now_ms],
+            format_args!("register {:?}", identity.user),
+        )?;
+        transaction
+            .commit()
+            .map_err(failed("commit a registration"))
+    }
+
+    fn create_registration_token(
+        &self,
+        uses: Option<u64>,
+        expires_ms: Option<u64>,
+    ) -> Result<String, StoreError> {
+        let mut secret = [0u8; TOKEN_LEN];
+        getrandom::fill(&mut secret).map_err(|error| {
+            StoreError::Database(format!("the operating system's RNG failed: {error}"))
+        })?;
+        let token: String = secret.iter().map(|byte| format!("{byte:02x}")).collect();
+        let connection = self.writer();
+        execute(
+            &connection,
+            "INSERT INTO registration_tokens (token_sha256, uses_left, expires_ms, created_ms) \
+             VALUES (?1, ?2, ?3, ?4)",
+            params![
+                token_digest(&token),
+                uses.map(saturating),
+                expires_ms.map(saturating),
+                now_ms()
+            ],
+            "create a registration token",
+        )?;
+        Ok(token)
+    }
+
+    fn registration_tokens(&self) -> Result<Vec<RegistrationToken>, StoreError> {
+        select(
+            &self.reader(),
+            "SELECT token_sha256, uses_left, used, expires_ms, created_ms \
+             FROM registration_tokens ORDER BY created_ms, token_sha256",
+            [],
+            "read the registration tokens",
+            |row| {
+                let digest: Vec<u8> = row.get(0)?;
+                Ok(RegistrationToken {
+                    id: token_id(&digest),
+                    uses_left: row.get::<_, Option<i64>>(1)?.map(|n| n.max(0) as u64),
+                    used: row.get::<_, i64>(2)?.max(0) as u64,
+                    expires_ms: row.get::<_, Option<i64>>(3)?.map(|n| n.max(0) as u64),
+                    created_ms: row.get::<_, i64>(4)?.max(0) as u64,
+                })
+            },
+        )
+    }
+
+    fn revoke_registration_tokens(&self, id_prefix: &str) -> Result<u64, StoreError> {
+        let mut connection = self.writer();
+        let transaction = write(&mut connection)?;
+        let digests = select(
+            &transaction,
+            "SELECT token_sha256 FROM registration_tokens",
+            [],
+            "read the registration tokens",
+            |row| Ok(row.get::<_, Vec<u8>>(0)?),
+        )?;
+        let mut revoked = 0;
+        for digest in digests
+            .iter()
+            .filter(|digest| !id_prefix.is_empty() && token_id(digest).starts_with(id_prefix))
+        {
+            revoked += execute(
+                &transaction,
+                "DELETE FROM registration_tokens WHERE token_sha256 = ?1",
+                [digest],
+                "revoke a registration token",
+            )?;
+        }
+        transaction
+            .commit()
+            .map_err(failed("commit the revocation of registration tokens"))?;
+        Ok(revoked)
     }
 
     fn rooms(&self) -> Result<Vec<StoredRoom>, StoreError> {
@@ -602,7 +767,8 @@ impl Store for SqliteStore {
         let transaction = read(&mut connection)?;
         let mut rooms = select(
             &transaction,
-            "SELECT name, owner, last_seq FROM rooms ORDER BY name",
+            "SELECT name, owner, last_seq, message_count, message_bytes FROM rooms \
+             ORDER BY name",
             [],
             "read the rooms",
             |row| {
@@ -610,6 +776,8 @@ impl Store for SqliteStore {
                     name: row.get(0)?,
                     owner: row.get(1)?,
                     last_seq: from_bits(row.get(2)?),
+                    messages: from_bits(row.get(3)?),
+                    message_bytes: from_bits(row.get(4)?),
                     ..StoredRoom::default()
                 })
             },
@@ -649,21 +817,14 @@ impl Store for SqliteStore {
                 rooms[at].invited.push(user);
             }
         }
-        for (name, count) in select(
-            &transaction,
-            "SELECT room, COUNT(*) FROM messages GROUP BY room",
-            [],
-            "count the messages of the rooms",
-            |row| Ok((row.get::<_, String>(0)?, from_bits(row.get(1)?))),
-        )? {
-            if let Some(at) = room(&name) {
-                rooms[at].messages = count;
-            }
-        }
         Ok(rooms)
     }
 
-    fn commit(&self, changes: &[Change]) -> Result<Vec<Applied>, StoreError> {
+    fn commit(
+        &self,
+        changes: &[Change],
+        policy: &StoragePolicy,
+    ) -> Result<Vec<Applied>, StoreError> {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
@@ -673,7 +834,7 @@ impl Store for SqliteStore {
         // On an error the transaction is dropped, which rolls it all back.
         let applied = changes
             .iter()
-            .map(|change| apply(&transaction, change, now_ms))
+            .map(|change| apply(&transaction, change, policy, now_ms))
             .collect::<Result<Vec<_>, _>>()?;
         transaction.commit().map_err(failed("commit"))?;
         Ok(applied)
@@ -728,17 +889,20 @@ impl Store for SqliteStore {
     fn keys_in_force(&self, room: &str, member: &str, at: u64) -> Result<Vec<Entry>, StoreError> {
         let mut connection = self.reader();
         let transaction = read(&mut connection)?;
-        // With a single max() SQLite takes the bare columns from the row holding the
-        // maximum: per sender, the latest key. Without the index named, SQLite walks
-        // the keys of every recipient up to `at` by the primary key.
+        // Without the index named, SQLite walks the keys of every recipient up to `at`
+        // by the primary key. An older key is looked for among the messages after `at`
+        // through their (room, sender, key_id, counter) index.
         select(
             &transaction,
             concat!(
                 "SELECT ",
                 key_columns!(),
-                ", max(seq) FROM sender_keys INDEXED BY sender_keys_by_recipient \
+                " FROM sender_keys AS key INDEXED BY sender_keys_by_recipient \
                  WHERE room = ?1 AND recipient = ?2 AND sender != ?2 AND seq <= ?3 \
-                 GROUP BY sender ORDER BY seq"
+                 AND (superseded_seq IS NULL OR superseded_seq > ?3 \
+                  OR EXISTS (SELECT 1 FROM messages WHERE room = ?1 \
+                   AND sender = key.sender AND key_id = key.key_id AND seq > ?3)) \
+                 ORDER BY seq"
             ),
             params![room, member, saturating(at)],
             format_args!("read the keys in force in room {room:?} for {member:?} at {at}"),
@@ -810,14 +974,15 @@ impl Store for SqliteStore {
         Ok(in_sequence(keys, messages, usize::MAX))
     }
 
-    fn prune(&self, retention: &Retention, now: Duration) -> Result<Pruned, StoreError> {
+    fn prune(&self, policy: &StoragePolicy, now: Duration) -> Result<Pruned, StoreError> {
         let mut connection = self.writer();
         let transaction = write(&mut connection)?;
         let mut pruned = Pruned::default();
-        if let Some(max_age) = retention.max_age {
-            pruned.messages += execute(
+        if let Some(max_age) = policy.max_age {
+            pruned.messages += usage::delete_messages(
                 &transaction,
-                "DELETE FROM messages WHERE stored_ms < ?1",
+                "DELETE FROM messages WHERE stored_ms < ?1 \
+                 RETURNING room, sender, length(sealed)",
                 [millis(now.saturating_sub(max_age))],
                 "prune the messages older than the retention",
             )?;
@@ -830,827 +995,35 @@ impl Store for SqliteStore {
             |row| Ok(row.get::<_, String>(0)?),
         )?;
         for room in rooms {
-            prune_room(
-                &transaction,
-                &room,
-                retention.max_messages_per_room,
-                &mut pruned,
-            )?;
+            prune_room(&transaction, &room, policy, &mut pruned)?;
         }
         transaction.commit().map_err(failed("commit the pruning"))?;
         Ok(pruned)
     }
+
+    fn dormant(&self, since: Duration) -> Result<Dormant, StoreError> {
+        let mut connection = self.reader();
+        let transaction = read(&mut connection)?;
+        let since = millis(since);
+        let users = select(
+            &transaction,
+            "SELECT user FROM identities WHERE seen_ms < ?1 AND message_count = 0 \
+             AND NOT EXISTS (SELECT 1 FROM rooms WHERE owner = identities.user) \
+             ORDER BY user",
+            [since],
+            "find the users nobody has used",
+            |row| Ok(row.get(0)?),
+        )?;
+        let rooms = select(
+            &transaction,
+            "SELECT name FROM rooms WHERE used_ms < ?1 ORDER BY name",
+            [since],
+            "find the rooms nobody has used",
+            |row| Ok(row.get(0)?),
+        )?;
+        Ok(Dormant { users, rooms })
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::WrappedKey;
-
-    fn identity(user: &str) -> PublicIdentity {
-        PublicIdentity {
-            user: user.to_owned(),
-            encryption_public_key: vec![1; 8].into(),
-            signing_public_key: vec![2; 8].into(),
-            signature: vec![3; 8].into(),
-        }
-    }
-
-    /// Runs `test` against a database in memory and one on disk: both must behave the
-    /// same.
-    fn on_each_store(test: impl Fn(&SqliteStore)) {
-        test(&SqliteStore::in_memory().unwrap());
-        let dir = tempfile::tempdir().unwrap();
-        test(&SqliteStore::open(dir.path()).unwrap());
-    }
-
-    // Key ids above i64::MAX, as random ones often are: they must come back unchanged.
-    const K1: u64 = u64::MAX - 1;
-    const K2: u64 = u64::MAX - 2;
-    const K3: u64 = 3;
-
-    fn sealed(key_id: u64, counter: u64) -> SealedMessage {
-        SealedMessage {
-            key_id,
-            counter,
-            nonce: vec![counter as u8; 12].into(),
-            ciphertext: format!("ciphertext {key_id}/{counter}").into_bytes().into(),
-            signature: vec![9; 16].into(),
-        }
-    }
-
-    fn create(room: &str, owner: Option<&str>) -> Change {
-        Change::CreateRoom {
-            room: room.to_owned(),
-            owner: owner.map(str::to_owned),
-        }
-    }
-
-    fn join(room: &str, user: &str, seq: u64) -> Change {
-        Change::AddMember {
-            room: room.to_owned(),
-            user: user.to_owned(),
-            seq,
-        }
-    }
-
-    fn send(room: &str, seq: u64, sender: &str, key_id: u64, counter: u64) -> Change {
-        Change::AppendMessage {
-            room: room.to_owned(),
-            seq,
-            sender: sender.to_owned(),
-            sealed: sealed(key_id, counter),
-        }
-    }
-
-    fn wrap(room: &str, seq: u64, sender: &str, key_id: u64, recipients: &[&str]) -> Change {
-        Change::AppendSenderKeys {
-            room: room.to_owned(),
-            seq,
-            sender: sender.to_owned(),
-            key_id,
-            keys: recipients
-                .iter()
-                .map(|recipient| WrappedKey {
-                    recipient: (*recipient).to_owned(),
-                    wrapped_key: format!("{key_id} for {recipient}").into_bytes().into(),
-                    signature: format!("signed by {sender}").into_bytes().into(),
-                })
-                .collect(),
-        }
-    }
-
-    /// Entries as short lines, easy to compare: "seq message sender key_id/counter" or
-    /// "seq key sender key_id for recipient", after checking that every other field is
-    /// what [`send`] and [`wrap`] stored.
-    fn lines(room: &str, entries: &[Entry]) -> Vec<String> {
-        entries
-            .iter()
-            .map(|entry| match entry {
-                Entry::Message(message) => {
-                    let stored = message.sealed.as_ref().unwrap();
-                    assert_eq!(message.room, room);
-                    assert_eq!(*stored, sealed(stored.key_id, stored.counter));
-                    format!(
-                        "{} message {} {}/{}",
-                        message.seq, message.sender, stored.key_id, stored.counter
-                    )
-                }
-                Entry::SenderKey(key) => {
-                    assert_eq!(key.room, room);
-                    let signature = format!("signed by {}", key.sender);
-                    assert_eq!(key.signature, signature.as_bytes());
-                    let wrapped = String::from_utf8(key.wrapped_key.to_vec()).unwrap();
-                    let recipient = wrapped
-                        .strip_prefix(&format!("{} for ", key.key_id))
-                        .unwrap();
-                    format!(
-                        "{} key {} {} for {recipient}",
-                        key.seq, key.sender, key.key_id
-                    )
-                }
-            })
-            .collect()
-    }
-
-    fn count(store: &SqliteStore, table: &str, room: &str) -> i64 {
-        store
-            .reader()
-            .query_row(
-                &format!("SELECT COUNT(*) FROM {table} WHERE room = ?1"),
-                [room],
-                |row| row.get(0),
-            )
-            .unwrap()
-    }
-
-    #[test]
-    fn registrations_survive_reopening_and_are_not_duplicated() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).unwrap();
-        store.register(&identity("alice")).unwrap();
-        store.register(&identity("bob")).unwrap();
-        assert!(store.register(&identity("alice")).is_err());
-        drop(store);
-        let reopened = SqliteStore::open(dir.path()).unwrap();
-        assert_eq!(
-            reopened.identities().unwrap(),
-            [identity("alice"), identity("bob")]
-        );
-    }
-
-    #[test]
-    fn a_database_from_a_newer_server_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        drop(SqliteStore::open(dir.path()).unwrap());
-        let connection = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
-        connection.pragma_update(None, "user_version", 99).unwrap();
-        drop(connection);
-        let error = SqliteStore::open(dir.path()).err().unwrap().to_string();
-        assert!(error.contains("newer"), "{error}");
-    }
-
-    #[test]
-    fn garbage_in_place_of_the_database_is_a_clear_error() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(DATABASE_FILE), vec![7u8; 4096]).unwrap();
-        let error = SqliteStore::open(dir.path()).err().unwrap().to_string();
-        assert!(error.contains("chat.sqlite3"), "{error}");
-    }
-
-    #[test]
-    fn a_database_of_the_first_schema_is_upgraded_keeping_its_identities() {
-        let dir = tempfile::tempdir().unwrap();
-        let connection = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
-        connection.execute_batch(MIGRATIONS[0]).unwrap();
-        connection.pragma_update(None, "user_version", 1).unwrap();
-        connection
-            .execute(
-                "INSERT INTO identities VALUES ('alice', ?1, 0)",
-                [identity("alice").encode_to_vec()],
-            )
-            .unwrap();
-        drop(connection);
-        let store = SqliteStore::open(dir.path()).unwrap();
-        assert_eq!(store.identities().unwrap(), [identity("alice")]);
-        store.commit(&[create("lobby", None)]).unwrap();
-        assert_eq!(store.rooms().unwrap()[0].name, "lobby");
-    }
-
-    #[test]
-    fn rooms_and_their_logs_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).unwrap();
-        let applied = store
-            .commit(&[
-                create("lobby", None),
-                create("secret", Some("alice")),
-                Change::Invite {
-                    room: "secret".into(),
-                    user: "carol".into(),
-                },
-                Change::Invite {
-                    room: "secret".into(),
-                    user: "bob".into(),
-                },
-                join("secret", "alice", 1),
-                join("secret", "bob", 2),
-                Change::Uninvite {
-                    room: "secret".into(),
-                    user: "bob".into(),
-                },
-                wrap("secret", 3, "alice", K1, &["alice", "bob"]),
-                send("secret", 4, "alice", K1, 0),
-                join("lobby", "bob", 7),
-            ])
-            .unwrap();
-        assert_eq!(applied, [Applied::Done; 10]);
-        let rooms = store.rooms().unwrap();
-        let before = store.entries_after("secret", "bob", 0, 10, 10).unwrap();
-        assert_eq!(
-            lines("secret", &before),
-            [
-                format!("3 key alice {K1} for bob"),
-                format!("4 message alice {K1}/0")
-            ]
-        );
-        drop(store);
-
-        let reopened = SqliteStore::open(dir.path()).unwrap();
-        assert_eq!(reopened.rooms().unwrap(), rooms);
-        assert_eq!(
-            rooms,
-            [
-                StoredRoom {
-                    name: "lobby".into(),
-                    owner: None,
-                    last_seq: 7,
-                    members: vec![("bob".into(), 7)],
-                    invited: vec![],
-                    messages: 0,
-                },
-                StoredRoom {
-                    name: "secret".into(),
-                    owner: Some("alice".into()),
-                    last_seq: 4,
-                    members: vec![("alice".into(), 1), ("bob".into(), 2)],
-                    invited: vec!["carol".into()],
-                    messages: 1,
-                },
-            ]
-        );
-        assert_eq!(
-            reopened.entries_after("secret", "bob", 0, 10, 10).unwrap(),
-            before
-        );
-    }
-
-    #[test]
-    fn a_batch_with_a_failing_change_leaves_nothing() {
-        on_each_store(|store| {
-            store
-                .commit(&[create("lobby", None), join("lobby", "alice", 1)])
-                .unwrap();
-            let before = store.rooms().unwrap();
-            let error = store
-                .commit(&[
-                    create("other", None),
-                    join("lobby", "bob", 2),
-                    wrap("lobby", 3, "bob", K1, &["alice"]),
-                    send("lobby", 4, "bob", K1, 0),
-                    create("lobby", None),
-                ])
-                .unwrap_err();
-            assert!(matches!(error, StoreError::Database(_)), "{error}");
-            assert!(
-                error.to_string().contains("create room \"lobby\""),
-                "{error}"
-            );
-            assert_eq!(store.rooms().unwrap(), before);
-            assert_eq!(
-                store.entries_after("lobby", "alice", 0, 10, 10).unwrap(),
-                []
-            );
-            // Nothing of the failed batch stays open or half done: the next one works.
-            store.commit(&[join("lobby", "bob", 2)]).unwrap();
-            assert_eq!(store.rooms().unwrap()[0].members.len(), 2);
-        });
-    }
-
-    #[test]
-    fn a_change_to_an_unknown_room_is_refused() {
-        on_each_store(|store| {
-            for change in [
-                join("nowhere", "alice", 1),
-                send("nowhere", 1, "alice", K1, 0),
-            ] {
-                let error = store.commit(&[change]).unwrap_err().to_string();
-                assert!(error.contains("\"nowhere\""), "{error}");
-            }
-            assert_eq!(store.rooms().unwrap(), []);
-        });
-    }
-
-    #[test]
-    fn a_sequence_number_beyond_i64_is_refused_and_a_bound_beyond_it_reads_all() {
-        on_each_store(|store| {
-            store.commit(&[create("lobby", None)]).unwrap();
-            let error = store
-                .commit(&[send("lobby", u64::MAX, "alice", K1, 0)])
-                .unwrap_err()
-                .to_string();
-            assert!(error.contains("beyond"), "{error}");
-            store.commit(&[send("lobby", 5, "alice", K1, 0)]).unwrap();
-            let all = store.entries_after("lobby", "bob", 0, u64::MAX, usize::MAX);
-            assert_eq!(
-                lines("lobby", &all.unwrap()),
-                [format!("5 message alice {K1}/0")]
-            );
-        });
-    }
-
-    #[test]
-    fn a_resent_message_is_a_duplicate_of_the_first_and_stored_once() {
-        on_each_store(|store| {
-            store
-                .commit(&[create("lobby", None), send("lobby", 1, "alice", K1, 0)])
-                .unwrap();
-            // Same sender, key id and counter, even with another ciphertext.
-            let mut resent = send("lobby", 2, "alice", K1, 0);
-            if let Change::AppendMessage { sealed, .. } = &mut resent {
-                sealed.ciphertext = b"other".to_vec().into();
-            }
-            assert_eq!(
-                store.commit(&[resent]).unwrap(),
-                [Applied::Duplicate { seq: 1 }]
-            );
-            // Within one batch too; another sender or key id is not a duplicate.
-            assert_eq!(
-                store
-                    .commit(&[
-                        send("lobby", 2, "alice", K1, 1),
-                        send("lobby", 3, "alice", K1, 1),
-                        send("lobby", 3, "bob", K1, 1),
-                        send("lobby", 4, "alice", K2, 1),
-                    ])
-                    .unwrap(),
-                [
-                    Applied::Done,
-                    Applied::Duplicate { seq: 2 },
-                    Applied::Done,
-                    Applied::Done
-                ]
-            );
-            let entries = store.entries_after("lobby", "carol", 0, 10, 10).unwrap();
-            assert_eq!(
-                lines("lobby", &entries),
-                [
-                    format!("1 message alice {K1}/0"),
-                    format!("2 message alice {K1}/1"),
-                    format!("3 message bob {K1}/1"),
-                    format!("4 message alice {K2}/1"),
-                ]
-            );
-            let room = &store.rooms().unwrap()[0];
-            assert_eq!((room.last_seq, room.messages), (4, 4));
-            // A duplicate stores nothing, but its number is used up: a client may
-            // have seen it as the room's head, so it must never be reused.
-            assert_eq!(
-                store.commit(&[send("lobby", 9, "bob", K1, 1)]).unwrap(),
-                [Applied::Duplicate { seq: 3 }]
-            );
-            assert_eq!(store.rooms().unwrap()[0].last_seq, 9);
-            assert_eq!(store.rooms().unwrap()[0].messages, 4);
-            // A sequence number used twice is not a duplicate but an error.
-            assert!(store.commit(&[send("lobby", 4, "bob", K3, 0)]).is_err());
-        });
-    }
-
-    /// alice, bob and carol in a room: messages, keys and self-wrapped copies.
-    fn busy_room(store: &SqliteStore) {
-        store
-            .commit(&[
-                create("r", None),
-                join("r", "alice", 1),
-                join("r", "bob", 2),
-                join("r", "carol", 3),
-                wrap("r", 4, "alice", K1, &["alice", "bob", "carol"]),
-                send("r", 5, "alice", K1, 0),
-                wrap("r", 6, "bob", K2, &["bob", "alice", "carol"]),
-                send("r", 7, "bob", K2, 0),
-                wrap("r", 8, "carol", K3, &["alice"]),
-                send("r", 9, "carol", K3, 0),
-                send("r", 10, "alice", K1, 1),
-            ])
-            .unwrap();
-    }
-
-    #[test]
-    fn entries_after_are_the_others_messages_and_the_keys_for_the_member() {
-        on_each_store(|store| {
-            busy_room(store);
-            let all = store.entries_after("r", "bob", 0, 10, 100).unwrap();
-            // Not bob's messages, not its own key copy, not carol's key for alice.
-            assert_eq!(
-                lines("r", &all),
-                [
-                    format!("4 key alice {K1} for bob"),
-                    format!("5 message alice {K1}/0"),
-                    format!("9 message carol {K3}/0"),
-                    format!("10 message alice {K1}/1"),
-                ]
-            );
-            // `after` excluded, `up_to` included.
-            let middle = store.entries_after("r", "bob", 4, 9, 100).unwrap();
-            assert_eq!(lines("r", &middle), lines("r", &all[1..3]));
-            // At most `limit`, the first ones.
-            let first = store.entries_after("r", "bob", 0, 10, 2).unwrap();
-            assert_eq!(first, all[..2]);
-            assert_eq!(store.entries_after("r", "bob", 0, 10, 0).unwrap(), []);
-            assert_eq!(store.entries_after("r", "bob", 10, 20, 10).unwrap(), []);
-            let alice = store.entries_after("r", "alice", 0, 10, 100).unwrap();
-            assert_eq!(
-                lines("r", &alice),
-                [
-                    format!("6 key bob {K2} for alice"),
-                    format!("7 message bob {K2}/0"),
-                    format!("8 key carol {K3} for alice"),
-                    format!("9 message carol {K3}/0"),
-                ]
-            );
-            assert_eq!(
-                store.entries_after("elsewhere", "bob", 0, 10, 10).unwrap(),
-                []
-            );
-        });
-    }
-
-    #[test]
-    fn senders_between_are_sorted_and_bounded() {
-        on_each_store(|store| {
-            busy_room(store);
-            assert_eq!(
-                store.senders_between("r", 0, 10).unwrap(),
-                ["alice", "bob", "carol"]
-            );
-            assert_eq!(store.senders_between("r", 5, 9).unwrap(), ["bob", "carol"]);
-            assert_eq!(store.senders_between("r", 10, 20).unwrap(), [""; 0]);
-        });
-    }
-
-    #[test]
-    fn keys_no_message_was_sealed_with_are_dropped_when_superseded() {
-        on_each_store(|store| {
-            busy_room(store);
-            let before = count(store, "sender_keys", "r");
-            // alice distributes a hundred keys to bob and carol and never uses them.
-            for n in 0..100 {
-                store
-                    .commit(&[wrap("r", 11 + n, "alice", 1_000 + n, &["bob", "carol"])])
-                    .unwrap();
-            }
-            assert_eq!(count(store, "sender_keys", "r"), before + 2);
-            // K1, which alice's messages were sealed with, is still there for history.
-            let history = lines("r", &store.history("r", "bob", 0, 10).unwrap());
-            assert!(
-                history.contains(&format!("4 key alice {K1} for bob")),
-                "{history:?}"
-            );
-        });
-    }
-
-    #[test]
-    fn keys_in_force_are_the_latest_per_other_sender_at_or_before_the_point() {
-        on_each_store(|store| {
-            busy_room(store);
-            store
-                .commit(&[
-                    wrap("r", 11, "alice", K3, &["bob", "alice"]),
-                    wrap("r", 12, "carol", K2, &["bob"]),
-                ])
-                .unwrap();
-            let at = |seq| lines("r", &store.keys_in_force("r", "bob", seq).unwrap());
-            assert_eq!(at(3), [""; 0]);
-            assert_eq!(at(4), [format!("4 key alice {K1} for bob")]);
-            // bob's own key is not one it needs.
-            assert_eq!(at(10), [format!("4 key alice {K1} for bob")]);
-            assert_eq!(at(11), [format!("11 key alice {K3} for bob")]);
-            assert_eq!(
-                at(12),
-                [
-                    format!("11 key alice {K3} for bob"),
-                    format!("12 key carol {K2} for bob")
-                ]
-            );
-            assert_eq!(at(u64::MAX), at(12));
-        });
-    }
-
-    #[test]
-    fn history_has_everyones_latest_messages_and_the_keys_they_were_sealed_with() {
-        on_each_store(|store| {
-            busy_room(store);
-            // bob's key K2 copied for bob again, later: the latest copy counts.
-            store.commit(&[wrap("r", 11, "bob", K2, &["bob"])]).unwrap();
-            let history = store.history("r", "bob", 0, 100).unwrap();
-            assert_eq!(
-                lines("r", &history),
-                [
-                    format!("4 key alice {K1} for bob"),
-                    format!("5 message alice {K1}/0"),
-                    format!("7 message bob {K2}/0"),
-                    format!("9 message carol {K3}/0"),
-                    format!("10 message alice {K1}/1"),
-                    format!("11 key bob {K2} for bob"),
-                ]
-            );
-            // The latest `limit`, and only the keys those need.
-            let latest = store.history("r", "bob", 0, 2).unwrap();
-            assert_eq!(
-                lines("r", &latest),
-                [
-                    format!("4 key alice {K1} for bob"),
-                    format!("9 message carol {K3}/0"),
-                    format!("10 message alice {K1}/1"),
-                ]
-            );
-            // Only after `since`, but the key wherever it is.
-            let since = store.history("r", "alice", 9, 100).unwrap();
-            assert_eq!(
-                lines("r", &since),
-                [
-                    format!("4 key alice {K1} for alice"),
-                    format!("10 message alice {K1}/1"),
-                ]
-            );
-            assert_eq!(store.history("r", "bob", 10, 100).unwrap(), []);
-            assert_eq!(store.history("r", "bob", 0, 0).unwrap(), []);
-        });
-    }
-
-    #[test]
-    fn a_removed_member_loses_the_keys_wrapped_for_it_and_only_those() {
-        on_each_store(|store| {
-            busy_room(store);
-            store
-                .commit(&[Change::RemoveMember {
-                    room: "r".into(),
-                    user: "bob".into(),
-                    seq: 11,
-                }])
-                .unwrap();
-            assert_eq!(store.keys_in_force("r", "bob", 11).unwrap(), []);
-            assert_eq!(
-                store
-                    .entries_after("r", "bob", 0, 11, 100)
-                    .unwrap()
-                    .iter()
-                    .filter(|entry| matches!(entry, Entry::SenderKey(_)))
-                    .count(),
-                0
-            );
-            // The keys bob sent stay: its messages remain readable.
-            assert_eq!(
-                lines("r", &store.keys_in_force("r", "alice", 11).unwrap()),
-                [
-                    format!("6 key bob {K2} for alice"),
-                    format!("8 key carol {K3} for alice")
-                ]
-            );
-            let room = &store.rooms().unwrap()[0];
-            assert_eq!(room.last_seq, 11);
-            assert_eq!(
-                room.members,
-                [("alice".to_owned(), 1), ("carol".to_owned(), 3)]
-            );
-        });
-    }
-
-    #[test]
-    fn a_deleted_room_is_forgotten_entirely() {
-        on_each_store(|store| {
-            busy_room(store);
-            store
-                .commit(&[
-                    create("kept", Some("dave")),
-                    join("kept", "dave", 1),
-                    Change::Invite {
-                        room: "r".into(),
-                        user: "erin".into(),
-                    },
-                    Change::DeleteRoom { room: "r".into() },
-                ])
-                .unwrap();
-            for table in ["invitations", "members", "messages", "sender_keys"] {
-                assert_eq!(count(store, table, "r"), 0, "{table}");
-            }
-            let rooms = store.rooms().unwrap();
-            assert_eq!(rooms.len(), 1);
-            assert_eq!(rooms[0].name, "kept");
-            // The name is free again, for a room starting from nothing.
-            store.commit(&[create("r", None)]).unwrap();
-            let rooms = store.rooms().unwrap();
-            assert_eq!((rooms[1].name.as_str(), rooms[1].last_seq), ("r", 0));
-            assert_eq!(store.history("r", "alice", 0, 100).unwrap(), []);
-        });
-    }
-
-    #[test]
-    fn trimming_forgets_exactly_the_oldest_messages() {
-        on_each_store(|store| {
-            busy_room(store);
-            store
-                .commit(&[Change::TrimMessages {
-                    room: "r".into(),
-                    count: 2,
-                }])
-                .unwrap();
-            assert_eq!(
-                store.senders_between("r", 0, 10).unwrap(),
-                ["alice", "carol"]
-            );
-            assert_eq!(
-                lines("r", &store.entries_after("r", "dave", 0, 10, 100).unwrap()),
-                [
-                    format!("9 message carol {K3}/0"),
-                    format!("10 message alice {K1}/1")
-                ]
-            );
-            let room = &store.rooms().unwrap()[0];
-            assert_eq!((room.messages, room.last_seq), (2, 10));
-            // Trimming is not pruning: the keys stay.
-            assert_eq!(count(store, "sender_keys", "r"), 7);
-            store
-                .commit(&[Change::TrimMessages {
-                    room: "r".into(),
-                    count: 5,
-                }])
-                .unwrap();
-            assert_eq!(store.rooms().unwrap()[0].messages, 0);
-        });
-    }
-
-    #[test]
-    fn trimming_reads_only_what_it_deletes() {
-        let store = SqliteStore::in_memory().unwrap();
-        let plan = store
-            .reader()
-            .prepare(&format!("EXPLAIN QUERY PLAN {TRIM_MESSAGES}"))
-            .unwrap()
-            .query_map(["r", "2"], |row| row.get::<_, String>(3))
-            .unwrap()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        assert!(
-            plan.iter().all(|step| !step.starts_with("SCAN")),
-            "{plan:?}"
-        );
-    }
-
-    const DAY: Duration = Duration::from_secs(24 * 60 * 60);
-
-    fn since_epoch() -> Duration {
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap()
-    }
-
-    #[test]
-    fn pruning_by_age_forgets_old_messages_and_keeps_the_keys_in_force() {
-        on_each_store(|store| {
-            busy_room(store);
-            store
-                .commit(&[wrap("r", 11, "alice", K2, &["bob"])])
-                .unwrap();
-            let retention = Retention {
-                max_age: Some(DAY),
-                max_messages_per_room: 100,
-            };
-            // Nothing is a day old yet.
-            assert_eq!(
-                store.prune(&retention, since_epoch()).unwrap(),
-                Pruned::default()
-            );
-            let pruned = store.prune(&retention, since_epoch() + 2 * DAY).unwrap();
-            // Only alice's first key for bob is superseded (by the one at 11).
-            assert_eq!(
-                pruned,
-                Pruned {
-                    messages: 4,
-                    sender_keys: 1
-                }
-            );
-            let room = &store.rooms().unwrap()[0];
-            assert_eq!((room.messages, room.last_seq), (0, 11));
-            assert_eq!(
-                lines("r", &store.keys_in_force("r", "bob", 11).unwrap()),
-                [format!("11 key alice {K2} for bob")]
-            );
-            assert_eq!(
-                lines("r", &store.keys_in_force("r", "carol", 11).unwrap()),
-                [
-                    format!("4 key alice {K1} for carol"),
-                    format!("6 key bob {K2} for carol")
-                ]
-            );
-            assert_eq!(count(store, "sender_keys", "r"), 7);
-        });
-    }
-
-    #[test]
-    fn pruning_by_count_keeps_the_latest_messages_and_the_keys_they_need() {
-        on_each_store(|store| {
-            store
-                .commit(&[
-                    create("r", None),
-                    join("r", "alice", 1),
-                    join("r", "bob", 2),
-                    wrap("r", 3, "alice", K1, &["alice", "bob"]),
-                    send("r", 4, "alice", K1, 0),
-                    send("r", 5, "alice", K1, 1),
-                    send("r", 6, "alice", K1, 2),
-                    wrap("r", 7, "alice", K2, &["alice", "bob"]),
-                    send("r", 8, "alice", K2, 0),
-                    wrap("r", 9, "bob", K3, &["alice", "bob"]),
-                    send("r", 10, "bob", K3, 0),
-                ])
-                .unwrap();
-            let keep = |max_messages_per_room| Retention {
-                max_age: None,
-                max_messages_per_room,
-            };
-            // Message 6 is still sealed with K1, rotated at 7: K1 stays although a
-            // later key of alice's is in force.
-            assert_eq!(
-                store.prune(&keep(3), since_epoch()).unwrap(),
-                Pruned {
-                    messages: 2,
-                    sender_keys: 0
-                }
-            );
-            assert_eq!(
-                lines("r", &store.history("r", "bob", 0, 100).unwrap()),
-                [
-                    format!("3 key alice {K1} for bob"),
-                    format!("6 message alice {K1}/2"),
-                    format!("7 key alice {K2} for bob"),
-                    format!("8 message alice {K2}/0"),
-                    format!("9 key bob {K3} for bob"),
-                    format!("10 message bob {K3}/0"),
-                ]
-            );
-            // Now no message needs K1.
-            assert_eq!(
-                store.prune(&keep(1), since_epoch()).unwrap(),
-                Pruned {
-                    messages: 2,
-                    sender_keys: 2
-                }
-            );
-            assert_eq!(
-                lines("r", &store.entries_after("r", "alice", 0, 10, 100).unwrap()),
-                [
-                    format!("9 key bob {K3} for alice"),
-                    format!("10 message bob {K3}/0")
-                ]
-            );
-            assert_eq!(
-                lines("r", &store.keys_in_force("r", "bob", 10).unwrap()),
-                [format!("7 key alice {K2} for bob")]
-            );
-            assert_eq!(
-                store.prune(&keep(1), since_epoch()).unwrap(),
-                Pruned::default()
-            );
-            // A room whose messages are all gone keeps only its keys in force.
-            assert_eq!(
-                store.prune(&keep(0), since_epoch()).unwrap(),
-                Pruned {
-                    messages: 1,
-                    sender_keys: 0
-                }
-            );
-            assert_eq!(count(store, "sender_keys", "r"), 4);
-            assert_eq!(store.rooms().unwrap()[0].last_seq, 10);
-        });
-    }
-
-    #[test]
-    fn an_unreadable_stored_message_is_an_error_naming_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).unwrap();
-        store
-            .commit(&[create("lobby", None), send("lobby", 1, "alice", K1, 0)])
-            .unwrap();
-        let connection = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
-        connection
-            .execute("UPDATE messages SET sealed = x'ffffffff'", [])
-            .unwrap();
-        drop(connection);
-        for result in [
-            store.entries_after("lobby", "bob", 0, 1, 10),
-            store.history("lobby", "bob", 0, 10),
-        ] {
-            let error = result.unwrap_err();
-            assert!(
-                matches!(&error, StoreError::CorruptEntry { room, seq: 1, .. } if room == "lobby"),
-                "{error}"
-            );
-            assert!(error.to_string().contains("backup"), "{error}");
-        }
-    }
-
-    #[test]
-    fn a_commit_is_read_at_once_through_the_other_connection() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path()).unwrap();
-        assert!(!Arc::ptr_eq(&store.reader, &store.writer));
-        for seq in 1..=3 {
-            let mut changes = vec![send("lobby", seq, "alice", K1, seq)];
-            if seq == 1 {
-                changes.insert(0, create("lobby", None));
-            }
-            store.commit(&changes).unwrap();
-            assert_eq!(store.rooms().unwrap()[0].last_seq, seq);
-        }
-        assert!(store.reader().execute("DELETE FROM messages", []).is_err());
-    }
-}
+mod tests;

@@ -11,7 +11,7 @@ use crate::proto::{
     ServerFrame, server_frame::Kind,
 };
 use crate::server::writer::Command;
-use crate::store::{Applied, Change, StoreError};
+use crate::store::{Applied, Change, Quota, StoreError};
 
 impl State {
     /// Carries out what a committed op calls for.
@@ -123,12 +123,16 @@ impl State {
             } => {
                 self.advance(&room, seq);
                 let stored_seq = match applied.first() {
-                    Some(Applied::Duplicate { seq: first }) => {
-                        // Resent after a lost acknowledgement: the members have it.
-                        if let Some(found) = self.rooms.get_mut(&room) {
-                            found.messages = found.messages.saturating_sub(1);
-                        }
-                        *first
+                    // Resent after a lost acknowledgement: the members have it.
+                    Some(Applied::Duplicate { seq: first }) => *first,
+                    Some(Applied::OverQuota(quota)) => {
+                        let rejection = Rejection {
+                            code: tonic::Code::ResourceExhausted as i32,
+                            message: over_quota(quota),
+                        };
+                        tracing::info!(user = sender, room, ?quota, "message over a quota");
+                        self.deliver(session, request_id, Kind::Rejection(rejection));
+                        return;
                     }
                     _ => {
                         let delivery = Kind::Message(MessageDelivery {
@@ -273,5 +277,38 @@ impl State {
             }
             Some(Attachment::Joining) | None => {}
         }
+    }
+}
+
+/// What a sender is told when its message would exceed a storage quota.
+fn over_quota(quota: &Quota) -> String {
+    match quota {
+        Quota::User { limit } => format!(
+            "not stored: the server keeps at most {} of one user's messages and keys, and \
+             yours take that already; it frees space as your older messages expire or \
+             their rooms fill up; try again later",
+            bytes(*limit)
+        ),
+        Quota::Store { limit } => format!(
+            "not stored: the server's storage is full ({}); try again later, or tell its \
+             operator",
+            bytes(*limit)
+        ),
+    }
+}
+
+/// A size for people: "64 MiB".
+fn bytes(size: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = size as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 || value.fract() == 0.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }

@@ -25,6 +25,7 @@ use tokio::task::AbortHandle;
 use tonic::Status;
 
 mod committed;
+mod reclaim;
 
 use super::Limits;
 use super::outbound::{Closer, Outbound, OutboundHandle, Refusal, outbound};
@@ -136,6 +137,8 @@ struct State {
     store_failed: Option<String>,
     /// Sessions whose queue overflowed during the current operation.
     overflowed: Vec<SessionId>,
+    /// Users whose session ended during the current operation: they were seen.
+    departed: Vec<String>,
     /// Live frames one room of a catching-up session may have waiting, and their bytes.
     max_waiting: usize,
     max_waiting_bytes: usize,
@@ -183,7 +186,6 @@ impl Hub {
                 invited: stored.invited.into_iter().collect(),
                 assigned_seq: stored.last_seq,
                 committed_seq: stored.last_seq,
-                messages: stored.messages,
                 ..Room::default()
             };
             for (user, joined_seq) in stored.members {
@@ -277,6 +279,7 @@ impl Hub {
         );
         state.online.insert(user.to_owned(), id);
         tracing::info!(user, session = id, "session opened");
+        self.note_seen(&mut state, user.to_owned());
         Ok((id, stream))
     }
 
@@ -457,7 +460,8 @@ impl Hub {
             if let Some(session) = state.sessions.get_mut(&id) {
                 session.rooms.remove(room);
             }
-            let effect = state.start_leaving(room, &user, Some((id, request_id)), None, false);
+            let effect =
+                state.start_leaving(room, &user, Some((id, request_id)), None, LeaveReason::Left);
             let changes = vec![Change::RemoveMember {
                 room: room.to_owned(),
                 user,
@@ -553,7 +557,13 @@ impl Hub {
                     Status::permission_denied(format!("the owner removed you from room {room:?}"));
                 state.remove_session(kicked, Some(status));
             }
-            let effect = state.start_leaving(room, user, Some((id, request_id)), removed, true);
+            let effect = state.start_leaving(
+                room,
+                user,
+                Some((id, request_id)),
+                removed,
+                LeaveReason::Kicked,
+            );
             changes.push(Change::RemoveMember {
                 room: room.to_owned(),
                 user: user.to_owned(),
@@ -578,23 +588,13 @@ impl Hub {
             state.writable()?;
             let room_state = state.rooms.get_mut(room).expect("a member's room exists");
             let seq = room_state.next_seq();
-            room_state.messages += 1;
-            let mut changes = vec![Change::AppendMessage {
+            // The store trims the room, once it knows whether this is a resend.
+            let changes = vec![Change::AppendMessage {
                 room: room.to_owned(),
                 seq,
                 sender: sender.clone(),
                 sealed: sealed.clone(),
             }];
-            let excess = room_state
-                .messages
-                .saturating_sub(self.limits.max_messages_per_room);
-            if excess > 0 {
-                room_state.messages -= excess;
-                changes.push(Change::TrimMessages {
-                    room: room.to_owned(),
-                    count: excess,
-                });
-            }
             let effect = Effect::Message {
                 session: id,
                 request_id,
@@ -707,16 +707,6 @@ impl Hub {
         });
     }
 
-    /// Takes the rooms' message counts from the store again, after pruning.
-    pub(crate) fn recount_messages(&self, rooms: &[StoredRoom]) {
-        let mut state = self.lock();
-        for stored in rooms {
-            if let Some(room) = state.rooms.get_mut(&stored.name) {
-                room.messages = stored.messages;
-            }
-        }
-    }
-
     /// Tells the writer to commit what it has and stop.
     pub(crate) fn stop_writer(&self) {
         let _ = self.writer.send(Command::Stop);
@@ -771,12 +761,22 @@ impl Hub {
             })
     }
 
-    /// Runs `operation` under the lock, then disconnects the sessions it overflowed.
+    /// Runs `operation` under the lock, then disconnects the sessions it overflowed and
+    /// notes when the users whose sessions ended were last seen.
     fn operate<R>(&self, operation: impl FnOnce(&mut State) -> R) -> R {
         let mut state = self.lock();
         let result = operation(&mut state);
         state.evict_overflowed();
+        for user in std::mem::take(&mut state.departed) {
+            self.note_seen(&mut state, user);
+        }
         result
+    }
+
+    /// Records that `user` used the relay now, for reclaiming what nobody uses.
+    fn note_seen(&self, state: &mut State, user: String) {
+        // Nobody waits for it; if the store has failed it is refused like the rest.
+        let _ = self.submit(state, vec![Change::Seen { user }], Effect::Nothing, None);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -878,7 +878,7 @@ impl State {
         user: &str,
         reply: Option<(SessionId, u64)>,
         removed: Option<SessionId>,
-        kicked: bool,
+        reason: LeaveReason,
     ) -> Effect {
         let found = self.rooms.get_mut(room).expect("a member's room exists");
         let seq = found.next_seq();
@@ -891,11 +891,6 @@ impl State {
                 self.memberships.remove(user);
             }
         }
-        let reason = if removed.is_some() || kicked {
-            LeaveReason::Kicked
-        } else {
-            LeaveReason::Left
-        };
         Effect::Left {
             reply,
             removed,
@@ -954,6 +949,7 @@ impl State {
         if self.online.get(&session.user) == Some(&id) {
             self.online.remove(&session.user);
         }
+        self.departed.push(session.user.clone());
         if let Some(status) = status {
             tracing::info!(user = session.user, code = ?status.code(), "session ended by the server");
             if let Some(close) = session.close.take() {

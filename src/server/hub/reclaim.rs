@@ -1,0 +1,101 @@
+//! Reclaiming what nobody uses: identities and rooms idle for `--reclaim-after-days`,
+//! as the store finds them ([`Store::dormant`](crate::store::Store::dormant)).
+//!
+//! A reclaimed identity leaves each of its rooms as a member that leaves does (the
+//! others are told, with `LEAVE_REASON_RECLAIMED`, and rotate their keys), loses its
+//! invitations, and is deleted, so that its name is free. A reclaimed room is deleted
+//! with its members, invitations and whatever entries retention left. What someone
+//! may still need is never reclaimed: a user with a session, messages still stored, or
+//! a room it owns; a room with a member attached or a change on its way to the store.
+
+use super::{Effect, Hub, State};
+use crate::proto::LeaveReason;
+use crate::store::{Change, Dormant};
+
+impl Hub {
+    /// Reclaims what `dormant` lists and may still be reclaimed now; returns the users
+    /// whose identities are being deleted.
+    pub(crate) fn reclaim(&self, dormant: &Dormant) -> Vec<String> {
+        self.operate(|state| {
+            if state.shutting_down || state.writable().is_err() {
+                return Vec::new();
+            }
+            for room in &dormant.rooms {
+                if state.room_is_idle(room) {
+                    tracing::info!(room, "reclaiming a room nobody used");
+                    self.delete_room(state, room);
+                }
+            }
+            let mut reclaimed = Vec::new();
+            for user in &dormant.users {
+                if state.online.contains_key(user) || state.owned.contains_key(user) {
+                    continue;
+                }
+                self.reclaim_user(state, user);
+                reclaimed.push(user.clone());
+            }
+            reclaimed
+        })
+    }
+
+    /// Ends the memberships and invitations of `user` and deletes its identity.
+    fn reclaim_user(&self, state: &mut State, user: &str) {
+        let rooms: Vec<String> = state
+            .memberships
+            .get(user)
+            .map(|rooms| rooms.iter().cloned().collect())
+            .unwrap_or_default();
+        for room in rooms {
+            let effect = state.start_leaving(&room, user, None, None, LeaveReason::Reclaimed);
+            let changes = vec![Change::RemoveMember {
+                room,
+                user: user.to_owned(),
+                seq: effect.seq(),
+            }];
+            let _ = self.submit(state, changes, effect, None);
+        }
+        for found in state.rooms.values_mut() {
+            found.invited.remove(user);
+        }
+        // After the leavings, in order: the store forgets its invitations and keys too.
+        let changes = vec![Change::DeleteIdentity {
+            user: user.to_owned(),
+        }];
+        let _ = self.submit(state, changes, Effect::Nothing, None);
+    }
+
+    /// Forgets `room` and everything in it.
+    fn delete_room(&self, state: &mut State, room: &str) {
+        if let Some(found) = state.rooms.get(room) {
+            let members: Vec<String> = found.members.keys().cloned().collect();
+            for user in members {
+                if let Some(rooms) = state.memberships.get_mut(&user) {
+                    rooms.remove(room);
+                    if rooms.is_empty() {
+                        state.memberships.remove(&user);
+                    }
+                }
+            }
+        }
+        state.remove_room(room);
+        let changes = vec![Change::DeleteRoom {
+            room: room.to_owned(),
+        }];
+        let _ = self.submit(state, changes, Effect::Nothing, None);
+    }
+}
+
+impl State {
+    /// Whether nothing is happening in `room`: no session on it, nothing on its way to
+    /// the store.
+    fn room_is_idle(&self, room: &str) -> bool {
+        let Some(found) = self.rooms.get(room) else {
+            return false;
+        };
+        found.assigned_seq == found.committed_seq
+            && !self
+                .sessions
+                .values()
+                .any(|session| session.rooms.contains_key(room))
+    }
+}

@@ -1,0 +1,1207 @@
+use super::*;
+use crate::store::{Quota, WrappedKey};
+
+/// Commits without any quota or room limit: what most tests need.
+trait CommitUnlimited {
+    fn commit_unlimited(&self, changes: &[Change]) -> Result<Vec<Applied>, StoreError>;
+}
+
+impl CommitUnlimited for SqliteStore {
+    fn commit_unlimited(&self, changes: &[Change]) -> Result<Vec<Applied>, StoreError> {
+        self.commit(changes, &StoragePolicy::UNLIMITED)
+    }
+}
+
+fn identity(user: &str) -> PublicIdentity {
+    PublicIdentity {
+        user: user.to_owned(),
+        encryption_public_key: vec![1; 8].into(),
+        signing_public_key: vec![2; 8].into(),
+        signature: vec![3; 8].into(),
+    }
+}
+
+/// Runs `test` against a database in memory and one on disk: both must behave the
+/// same.
+fn on_each_store(test: impl Fn(&SqliteStore)) {
+    test(&SqliteStore::in_memory().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    test(&SqliteStore::open(dir.path()).unwrap());
+}
+
+// Key ids above i64::MAX, as random ones often are: they must come back unchanged.
+const K1: u64 = u64::MAX - 1;
+const K2: u64 = u64::MAX - 2;
+const K3: u64 = 3;
+
+fn sealed(key_id: u64, counter: u64) -> SealedMessage {
+    SealedMessage {
+        key_id,
+        counter,
+        nonce: vec![counter as u8; 12].into(),
+        ciphertext: format!("ciphertext {key_id}/{counter}").into_bytes().into(),
+        signature: vec![9; 16].into(),
+    }
+}
+
+fn create(room: &str, owner: Option<&str>) -> Change {
+    Change::CreateRoom {
+        room: room.to_owned(),
+        owner: owner.map(str::to_owned),
+    }
+}
+
+fn join(room: &str, user: &str, seq: u64) -> Change {
+    Change::AddMember {
+        room: room.to_owned(),
+        user: user.to_owned(),
+        seq,
+    }
+}
+
+fn send(room: &str, seq: u64, sender: &str, key_id: u64, counter: u64) -> Change {
+    Change::AppendMessage {
+        room: room.to_owned(),
+        seq,
+        sender: sender.to_owned(),
+        sealed: sealed(key_id, counter),
+    }
+}
+
+fn wrap(room: &str, seq: u64, sender: &str, key_id: u64, recipients: &[&str]) -> Change {
+    Change::AppendSenderKeys {
+        room: room.to_owned(),
+        seq,
+        sender: sender.to_owned(),
+        key_id,
+        keys: recipients
+            .iter()
+            .map(|recipient| WrappedKey {
+                recipient: (*recipient).to_owned(),
+                wrapped_key: format!("{key_id} for {recipient}").into_bytes().into(),
+                signature: format!("signed by {sender}").into_bytes().into(),
+            })
+            .collect(),
+    }
+}
+
+/// Entries as short lines, easy to compare: "seq message sender key_id/counter" or
+/// "seq key sender key_id for recipient", after checking that every other field is
+/// what [`send`] and [`wrap`] stored.
+fn lines(room: &str, entries: &[Entry]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|entry| match entry {
+            Entry::Message(message) => {
+                let stored = message.sealed.as_ref().unwrap();
+                assert_eq!(message.room, room);
+                assert_eq!(*stored, sealed(stored.key_id, stored.counter));
+                format!(
+                    "{} message {} {}/{}",
+                    message.seq, message.sender, stored.key_id, stored.counter
+                )
+            }
+            Entry::SenderKey(key) => {
+                assert_eq!(key.room, room);
+                let signature = format!("signed by {}", key.sender);
+                assert_eq!(key.signature, signature.as_bytes());
+                let wrapped = String::from_utf8(key.wrapped_key.to_vec()).unwrap();
+                let recipient = wrapped
+                    .strip_prefix(&format!("{} for ", key.key_id))
+                    .unwrap();
+                format!(
+                    "{} key {} {} for {recipient}",
+                    key.seq, key.sender, key.key_id
+                )
+            }
+        })
+        .collect()
+}
+
+/// Checks every usage counter against the rows it counts.
+fn assert_usage_is_exact(store: &SqliteStore) {
+    let reader = store.reader();
+    let query = |sql: &str| -> Vec<(String, i64, i64)> {
+        reader
+            .prepare(sql)
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(
+        query("SELECT name, message_count, message_bytes FROM rooms ORDER BY name"),
+        query(
+            "SELECT name, COUNT(seq), COALESCE(SUM(length(sealed)), 0) FROM rooms \
+             LEFT JOIN messages ON room = name GROUP BY name ORDER BY name"
+        ),
+        "rooms"
+    );
+    assert_eq!(
+        query("SELECT user, message_count, stored_bytes FROM identities ORDER BY user"),
+        query(
+            "SELECT user, \
+             (SELECT COUNT(*) FROM messages WHERE sender = user), \
+             (SELECT COALESCE(SUM(length(sealed)), 0) FROM messages WHERE sender = user) \
+             + (SELECT COALESCE(SUM(length(wrapped_key) + length(signature)), 0) \
+                FROM sender_keys WHERE sender = user) \
+             FROM identities ORDER BY user"
+        ),
+        "identities"
+    );
+    let total = |sql: &str| -> i64 { reader.query_row(sql, [], |row| row.get(0)).unwrap() };
+    assert_eq!(
+        total("SELECT stored_bytes FROM usage"),
+        total(
+            "SELECT (SELECT COALESCE(SUM(length(sealed)), 0) FROM messages) \
+             + (SELECT COALESCE(SUM(length(wrapped_key) + length(signature)), 0) \
+                FROM sender_keys)"
+        ),
+        "total"
+    );
+}
+
+fn count(store: &SqliteStore, table: &str, room: &str) -> i64 {
+    store
+        .reader()
+        .query_row(
+            &format!("SELECT COUNT(*) FROM {table} WHERE room = ?1"),
+            [room],
+            |row| row.get(0),
+        )
+        .unwrap()
+}
+
+#[test]
+fn registrations_survive_reopening_and_are_not_duplicated() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    store.register(&identity("alice"), None).unwrap();
+    store.register(&identity("bob"), None).unwrap();
+    assert!(store.register(&identity("alice"), None).is_err());
+    drop(store);
+    let reopened = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(
+        reopened.identities().unwrap(),
+        [identity("alice"), identity("bob")]
+    );
+}
+
+#[test]
+fn a_database_from_a_newer_server_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(SqliteStore::open(dir.path()).unwrap());
+    let connection = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+    connection.pragma_update(None, "user_version", 99).unwrap();
+    drop(connection);
+    let error = SqliteStore::open(dir.path()).err().unwrap().to_string();
+    assert!(error.contains("newer"), "{error}");
+}
+
+#[test]
+fn garbage_in_place_of_the_database_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(DATABASE_FILE), vec![7u8; 4096]).unwrap();
+    let error = SqliteStore::open(dir.path()).err().unwrap().to_string();
+    assert!(error.contains("chat.sqlite3"), "{error}");
+}
+
+#[test]
+fn a_database_of_the_first_schema_is_upgraded_keeping_its_identities() {
+    let dir = tempfile::tempdir().unwrap();
+    let connection = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+    connection.execute_batch(MIGRATIONS[0]).unwrap();
+    connection.pragma_update(None, "user_version", 1).unwrap();
+    connection
+        .execute(
+            "INSERT INTO identities VALUES ('alice', ?1, 0)",
+            [identity("alice").encode_to_vec()],
+        )
+        .unwrap();
+    drop(connection);
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(store.identities().unwrap(), [identity("alice")]);
+    store.commit_unlimited(&[create("lobby", None)]).unwrap();
+    assert_eq!(store.rooms().unwrap()[0].name, "lobby");
+}
+
+#[test]
+fn rooms_and_their_logs_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let applied = store
+        .commit_unlimited(&[
+            create("lobby", None),
+            create("secret", Some("alice")),
+            Change::Invite {
+                room: "secret".into(),
+                user: "carol".into(),
+            },
+            Change::Invite {
+                room: "secret".into(),
+                user: "bob".into(),
+            },
+            join("secret", "alice", 1),
+            join("secret", "bob", 2),
+            Change::Uninvite {
+                room: "secret".into(),
+                user: "bob".into(),
+            },
+            wrap("secret", 3, "alice", K1, &["alice", "bob"]),
+            send("secret", 4, "alice", K1, 0),
+            join("lobby", "bob", 7),
+        ])
+        .unwrap();
+    assert_eq!(applied, [Applied::Done; 10]);
+    let rooms = store.rooms().unwrap();
+    let before = store.entries_after("secret", "bob", 0, 10, 10).unwrap();
+    assert_eq!(
+        lines("secret", &before),
+        [
+            format!("3 key alice {K1} for bob"),
+            format!("4 message alice {K1}/0")
+        ]
+    );
+    drop(store);
+
+    let reopened = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(reopened.rooms().unwrap(), rooms);
+    assert_eq!(
+        rooms,
+        [
+            StoredRoom {
+                name: "lobby".into(),
+                owner: None,
+                last_seq: 7,
+                members: vec![("bob".into(), 7)],
+                invited: vec![],
+                messages: 0,
+                message_bytes: 0,
+            },
+            StoredRoom {
+                name: "secret".into(),
+                owner: Some("alice".into()),
+                last_seq: 4,
+                members: vec![("alice".into(), 1), ("bob".into(), 2)],
+                invited: vec!["carol".into()],
+                messages: 1,
+                message_bytes: size_of(K1, 0),
+            },
+        ]
+    );
+    assert_eq!(
+        reopened.entries_after("secret", "bob", 0, 10, 10).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn a_batch_with_a_failing_change_leaves_nothing() {
+    on_each_store(|store| {
+        store
+            .commit_unlimited(&[create("lobby", None), join("lobby", "alice", 1)])
+            .unwrap();
+        let before = store.rooms().unwrap();
+        let error = store
+            .commit_unlimited(&[
+                create("other", None),
+                join("lobby", "bob", 2),
+                wrap("lobby", 3, "bob", K1, &["alice"]),
+                send("lobby", 4, "bob", K1, 0),
+                create("lobby", None),
+            ])
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Database(_)), "{error}");
+        assert!(
+            error.to_string().contains("create room \"lobby\""),
+            "{error}"
+        );
+        assert_eq!(store.rooms().unwrap(), before);
+        assert_eq!(
+            store.entries_after("lobby", "alice", 0, 10, 10).unwrap(),
+            []
+        );
+        // Nothing of the failed batch stays open or half done: the next one works.
+        store.commit_unlimited(&[join("lobby", "bob", 2)]).unwrap();
+        assert_eq!(store.rooms().unwrap()[0].members.len(), 2);
+    });
+}
+
+#[test]
+fn a_change_to_an_unknown_room_is_refused() {
+    on_each_store(|store| {
+        for change in [
+            join("nowhere", "alice", 1),
+            send("nowhere", 1, "alice", K1, 0),
+        ] {
+            let error = store.commit_unlimited(&[change]).unwrap_err().to_string();
+            assert!(error.contains("\"nowhere\""), "{error}");
+        }
+        assert_eq!(store.rooms().unwrap(), []);
+    });
+}
+
+#[test]
+fn a_sequence_number_beyond_i64_is_refused_and_a_bound_beyond_it_reads_all() {
+    on_each_store(|store| {
+        store.commit_unlimited(&[create("lobby", None)]).unwrap();
+        let error = store
+            .commit_unlimited(&[send("lobby", u64::MAX, "alice", K1, 0)])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("beyond"), "{error}");
+        store
+            .commit_unlimited(&[send("lobby", 5, "alice", K1, 0)])
+            .unwrap();
+        let all = store.entries_after("lobby", "bob", 0, u64::MAX, usize::MAX);
+        assert_eq!(
+            lines("lobby", &all.unwrap()),
+            [format!("5 message alice {K1}/0")]
+        );
+    });
+}
+
+#[test]
+fn a_resent_message_is_a_duplicate_of_the_first_and_stored_once() {
+    on_each_store(|store| {
+        store
+            .commit_unlimited(&[create("lobby", None), send("lobby", 1, "alice", K1, 0)])
+            .unwrap();
+        // Same sender, key id and counter, even with another ciphertext.
+        let mut resent = send("lobby", 2, "alice", K1, 0);
+        if let Change::AppendMessage { sealed, .. } = &mut resent {
+            sealed.ciphertext = b"other".to_vec().into();
+        }
+        assert_eq!(
+            store.commit_unlimited(&[resent]).unwrap(),
+            [Applied::Duplicate { seq: 1 }]
+        );
+        // Within one batch too; another sender or key id is not a duplicate.
+        assert_eq!(
+            store
+                .commit_unlimited(&[
+                    send("lobby", 2, "alice", K1, 1),
+                    send("lobby", 3, "alice", K1, 1),
+                    send("lobby", 3, "bob", K1, 1),
+                    send("lobby", 4, "alice", K2, 1),
+                ])
+                .unwrap(),
+            [
+                Applied::Done,
+                Applied::Duplicate { seq: 2 },
+                Applied::Done,
+                Applied::Done
+            ]
+        );
+        let entries = store.entries_after("lobby", "carol", 0, 10, 10).unwrap();
+        assert_eq!(
+            lines("lobby", &entries),
+            [
+                format!("1 message alice {K1}/0"),
+                format!("2 message alice {K1}/1"),
+                format!("3 message bob {K1}/1"),
+                format!("4 message alice {K2}/1"),
+            ]
+        );
+        let room = &store.rooms().unwrap()[0];
+        assert_eq!((room.last_seq, room.messages), (4, 4));
+        // A duplicate stores nothing, but its number is used up: a client may
+        // have seen it as the room's head, so it must never be reused.
+        assert_eq!(
+            store
+                .commit_unlimited(&[send("lobby", 9, "bob", K1, 1)])
+                .unwrap(),
+            [Applied::Duplicate { seq: 3 }]
+        );
+        assert_eq!(store.rooms().unwrap()[0].last_seq, 9);
+        assert_eq!(store.rooms().unwrap()[0].messages, 4);
+        // A sequence number used twice is not a duplicate but an error.
+        assert!(
+            store
+                .commit_unlimited(&[send("lobby", 4, "bob", K3, 0)])
+                .is_err()
+        );
+        assert_usage_is_exact(store);
+    });
+}
+
+/// alice, bob and carol in a room: messages, keys and self-wrapped copies.
+fn busy_room(store: &SqliteStore) {
+    store
+        .commit_unlimited(&[
+            create("r", None),
+            join("r", "alice", 1),
+            join("r", "bob", 2),
+            join("r", "carol", 3),
+            wrap("r", 4, "alice", K1, &["alice", "bob", "carol"]),
+            send("r", 5, "alice", K1, 0),
+            wrap("r", 6, "bob", K2, &["bob", "alice", "carol"]),
+            send("r", 7, "bob", K2, 0),
+            wrap("r", 8, "carol", K3, &["alice"]),
+            send("r", 9, "carol", K3, 0),
+            send("r", 10, "alice", K1, 1),
+        ])
+        .unwrap();
+}
+
+#[test]
+fn entries_after_are_the_others_messages_and_the_keys_for_the_member() {
+    on_each_store(|store| {
+        busy_room(store);
+        let all = store.entries_after("r", "bob", 0, 10, 100).unwrap();
+        // Not bob's messages, not its own key copy, not carol's key for alice.
+        assert_eq!(
+            lines("r", &all),
+            [
+                format!("4 key alice {K1} for bob"),
+                format!("5 message alice {K1}/0"),
+                format!("9 message carol {K3}/0"),
+                format!("10 message alice {K1}/1"),
+            ]
+        );
+        // `after` excluded, `up_to` included.
+        let middle = store.entries_after("r", "bob", 4, 9, 100).unwrap();
+        assert_eq!(lines("r", &middle), lines("r", &all[1..3]));
+        // At most `limit`, the first ones.
+        let first = store.entries_after("r", "bob", 0, 10, 2).unwrap();
+        assert_eq!(first, all[..2]);
+        assert_eq!(store.entries_after("r", "bob", 0, 10, 0).unwrap(), []);
+        assert_eq!(store.entries_after("r", "bob", 10, 20, 10).unwrap(), []);
+        let alice = store.entries_after("r", "alice", 0, 10, 100).unwrap();
+        assert_eq!(
+            lines("r", &alice),
+            [
+                format!("6 key bob {K2} for alice"),
+                format!("7 message bob {K2}/0"),
+                format!("8 key carol {K3} for alice"),
+                format!("9 message carol {K3}/0"),
+            ]
+        );
+        assert_eq!(
+            store.entries_after("elsewhere", "bob", 0, 10, 10).unwrap(),
+            []
+        );
+    });
+}
+
+#[test]
+fn senders_between_are_sorted_and_bounded() {
+    on_each_store(|store| {
+        busy_room(store);
+        assert_eq!(
+            store.senders_between("r", 0, 10).unwrap(),
+            ["alice", "bob", "carol"]
+        );
+        assert_eq!(store.senders_between("r", 5, 9).unwrap(), ["bob", "carol"]);
+        assert_eq!(store.senders_between("r", 10, 20).unwrap(), [""; 0]);
+    });
+}
+
+#[test]
+fn keys_no_message_was_sealed_with_are_dropped_when_superseded() {
+    on_each_store(|store| {
+        busy_room(store);
+        let before = count(store, "sender_keys", "r");
+        // alice distributes a hundred keys to bob and carol and never uses them.
+        for n in 0..100 {
+            store
+                .commit_unlimited(&[wrap("r", 11 + n, "alice", 1_000 + n, &["bob", "carol"])])
+                .unwrap();
+        }
+        assert_eq!(count(store, "sender_keys", "r"), before + 2);
+        // K1, which alice's messages were sealed with, is still there for history.
+        let history = lines("r", &store.history("r", "bob", 0, 10).unwrap());
+        assert!(
+            history.contains(&format!("4 key alice {K1} for bob")),
+            "{history:?}"
+        );
+        assert_usage_is_exact(store);
+    });
+}
+
+#[test]
+fn keys_in_force_are_the_latest_per_other_sender_at_or_before_the_point() {
+    on_each_store(|store| {
+        busy_room(store);
+        store
+            .commit_unlimited(&[
+                wrap("r", 11, "alice", K3, &["bob", "alice"]),
+                wrap("r", 12, "carol", K2, &["bob"]),
+            ])
+            .unwrap();
+        let at = |seq| lines("r", &store.keys_in_force("r", "bob", seq).unwrap());
+        assert_eq!(at(3), [""; 0]);
+        assert_eq!(at(4), [format!("4 key alice {K1} for bob")]);
+        // bob's own key is not one it needs.
+        assert_eq!(at(10), [format!("4 key alice {K1} for bob")]);
+        assert_eq!(at(11), [format!("11 key alice {K3} for bob")]);
+        assert_eq!(
+            at(12),
+            [
+                format!("11 key alice {K3} for bob"),
+                format!("12 key carol {K2} for bob")
+            ]
+        );
+        assert_eq!(at(u64::MAX), at(12));
+    });
+}
+
+#[test]
+fn history_has_everyones_latest_messages_and_the_keys_they_were_sealed_with() {
+    on_each_store(|store| {
+        busy_room(store);
+        // bob's key K2 copied for bob again, later: the latest copy counts.
+        store
+            .commit_unlimited(&[wrap("r", 11, "bob", K2, &["bob"])])
+            .unwrap();
+        let history = store.history("r", "bob", 0, 100).unwrap();
+        assert_eq!(
+            lines("r", &history),
+            [
+                format!("4 key alice {K1} for bob"),
+                format!("5 message alice {K1}/0"),
+                format!("7 message bob {K2}/0"),
+                format!("9 message carol {K3}/0"),
+                format!("10 message alice {K1}/1"),
+                format!("11 key bob {K2} for bob"),
+            ]
+        );
+        // The latest `limit`, and only the keys those need.
+        let latest = store.history("r", "bob", 0, 2).unwrap();
+        assert_eq!(
+            lines("r", &latest),
+            [
+                format!("4 key alice {K1} for bob"),
+                format!("9 message carol {K3}/0"),
+                format!("10 message alice {K1}/1"),
+            ]
+        );
+        // Only after `since`, but the key wherever it is.
+        let since = store.history("r", "alice", 9, 100).unwrap();
+        assert_eq!(
+            lines("r", &since),
+            [
+                format!("4 key alice {K1} for alice"),
+                format!("10 message alice {K1}/1"),
+            ]
+        );
+        assert_eq!(store.history("r", "bob", 10, 100).unwrap(), []);
+        assert_eq!(store.history("r", "bob", 0, 0).unwrap(), []);
+    });
+}
+
+#[test]
+fn a_removed_member_loses_the_keys_wrapped_for_it_and_only_those() {
+    on_each_store(|store| {
+        busy_room(store);
+        store
+            .commit_unlimited(&[Change::RemoveMember {
+                room: "r".into(),
+                user: "bob".into(),
+                seq: 11,
+            }])
+            .unwrap();
+        assert_eq!(store.keys_in_force("r", "bob", 11).unwrap(), []);
+        assert_eq!(
+            store
+                .entries_after("r", "bob", 0, 11, 100)
+                .unwrap()
+                .iter()
+                .filter(|entry| matches!(entry, Entry::SenderKey(_)))
+                .count(),
+            0
+        );
+        // The keys bob sent stay: its messages remain readable.
+        assert_eq!(
+            lines("r", &store.keys_in_force("r", "alice", 11).unwrap()),
+            [
+                format!("6 key bob {K2} for alice"),
+                format!("8 key carol {K3} for alice")
+            ]
+        );
+        let room = &store.rooms().unwrap()[0];
+        assert_eq!(room.last_seq, 11);
+        assert_eq!(
+            room.members,
+            [("alice".to_owned(), 1), ("carol".to_owned(), 3)]
+        );
+        assert_usage_is_exact(store);
+    });
+}
+
+#[test]
+fn a_deleted_room_is_forgotten_entirely() {
+    on_each_store(|store| {
+        busy_room(store);
+        store
+            .commit_unlimited(&[
+                create("kept", Some("dave")),
+                join("kept", "dave", 1),
+                Change::Invite {
+                    room: "r".into(),
+                    user: "erin".into(),
+                },
+                Change::DeleteRoom { room: "r".into() },
+            ])
+            .unwrap();
+        for table in ["invitations", "members", "messages", "sender_keys"] {
+            assert_eq!(count(store, table, "r"), 0, "{table}");
+        }
+        let rooms = store.rooms().unwrap();
+        assert_eq!(rooms.len(), 1);
+        assert_eq!(rooms[0].name, "kept");
+        // The name is free again, for a room starting from nothing.
+        store.commit_unlimited(&[create("r", None)]).unwrap();
+        let rooms = store.rooms().unwrap();
+        assert_eq!((rooms[1].name.as_str(), rooms[1].last_seq), ("r", 0));
+        assert_eq!(store.history("r", "alice", 0, 100).unwrap(), []);
+        assert_usage_is_exact(store);
+    });
+}
+
+/// A policy that keeps `messages` messages and `bytes` bytes per room, and refuses
+/// nothing.
+fn room_limits(messages: u64, bytes: u64) -> StoragePolicy {
+    StoragePolicy {
+        max_messages_per_room: messages,
+        max_room_bytes: bytes,
+        ..StoragePolicy::UNLIMITED
+    }
+}
+
+fn size_of(key_id: u64, counter: u64) -> u64 {
+    sealed(key_id, counter).encoded_len() as u64
+}
+
+#[test]
+fn a_room_beyond_its_limits_forgets_exactly_its_oldest_messages() {
+    on_each_store(|store| {
+        busy_room(store);
+        // Four messages are stored; a room of three keeps the latest three.
+        let policy = room_limits(3, u64::MAX);
+        assert_eq!(
+            store
+                .commit(&[send("r", 11, "bob", K2, 1)], &policy)
+                .unwrap(),
+            [Applied::Done]
+        );
+        assert_eq!(
+            lines("r", &store.entries_after("r", "dave", 0, 11, 100).unwrap()),
+            [
+                format!("9 message carol {K3}/0"),
+                format!("10 message alice {K1}/1"),
+                format!("11 message bob {K2}/1"),
+            ]
+        );
+        let room = &store.rooms().unwrap()[0];
+        assert_eq!((room.messages, room.last_seq), (3, 11));
+        // Trimming is not pruning: the keys stay.
+        assert_eq!(count(store, "sender_keys", "r"), 7);
+        // By bytes: room for two messages only.
+        let two = size_of(K2, 1) + size_of(K1, 2);
+        store
+            .commit(&[send("r", 12, "alice", K1, 2)], &room_limits(100, two))
+            .unwrap();
+        assert_eq!(
+            lines("r", &store.entries_after("r", "dave", 0, 12, 100).unwrap()),
+            [
+                format!("11 message bob {K2}/1"),
+                format!("12 message alice {K1}/2"),
+            ]
+        );
+        // A message alone over the room's bytes is still kept: the newest never goes.
+        store
+            .commit(&[send("r", 13, "carol", K3, 1)], &room_limits(100, 1))
+            .unwrap();
+        assert_eq!(store.rooms().unwrap()[0].messages, 1);
+        assert_usage_is_exact(store);
+    });
+}
+
+#[test]
+fn a_resent_message_at_a_full_room_deletes_nothing() {
+    on_each_store(|store| {
+        store.commit_unlimited(&[create("r", None)]).unwrap();
+        let policy = room_limits(5, u64::MAX);
+        for counter in 0..5 {
+            store
+                .commit(&[send("r", counter + 1, "alice", K1, counter)], &policy)
+                .unwrap();
+        }
+        // The fifth, resent three times (its acknowledgement was lost).
+        for seq in 6..9 {
+            assert_eq!(
+                store
+                    .commit(&[send("r", seq, "alice", K1, 4)], &policy)
+                    .unwrap(),
+                [Applied::Duplicate { seq: 5 }]
+            );
+        }
+        let kept = store.entries_after("r", "bob", 0, 10, 100).unwrap();
+        assert_eq!(
+            lines("r", &kept),
+            (0..5)
+                .map(|n| format!("{} message alice {K1}/{n}", n + 1))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(store.rooms().unwrap()[0].messages, 5);
+        assert_usage_is_exact(store);
+    });
+}
+
+#[test]
+fn trimming_reads_only_what_it_deletes() {
+    let store = SqliteStore::in_memory().unwrap();
+    for sql in [usage::OLDEST_MESSAGES, usage::DELETE_OLDEST] {
+        let plan = store
+            .reader()
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(
+                rusqlite::params_from_iter(["r", "2", "3"].iter().take(sql.matches('?').count())),
+                |row| row.get::<_, String>(3),
+            )
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        assert!(
+            plan.iter().all(|step| !step.starts_with("SCAN")),
+            "{sql}: {plan:?}"
+        );
+    }
+}
+
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
+fn since_epoch() -> Duration {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap()
+}
+
+#[test]
+fn pruning_by_age_forgets_old_messages_and_keeps_the_keys_in_force() {
+    on_each_store(|store| {
+        busy_room(store);
+        store
+            .commit_unlimited(&[wrap("r", 11, "alice", K2, &["bob"])])
+            .unwrap();
+        let retention = StoragePolicy {
+            max_age: Some(DAY),
+            max_messages_per_room: 100,
+            ..StoragePolicy::UNLIMITED
+        };
+        // Nothing is a day old yet.
+        assert_eq!(
+            store.prune(&retention, since_epoch()).unwrap(),
+            Pruned::default()
+        );
+        let pruned = store.prune(&retention, since_epoch() + 2 * DAY).unwrap();
+        // Only alice's first key for bob is superseded (by the one at 11).
+        assert_eq!(
+            pruned,
+            Pruned {
+                messages: 4,
+                sender_keys: 1
+            }
+        );
+        let room = &store.rooms().unwrap()[0];
+        assert_eq!((room.messages, room.last_seq), (0, 11));
+        assert_eq!(
+            lines("r", &store.keys_in_force("r", "bob", 11).unwrap()),
+            [format!("11 key alice {K2} for bob")]
+        );
+        assert_eq!(
+            lines("r", &store.keys_in_force("r", "carol", 11).unwrap()),
+            [
+                format!("4 key alice {K1} for carol"),
+                format!("6 key bob {K2} for carol")
+            ]
+        );
+        assert_eq!(count(store, "sender_keys", "r"), 7);
+        assert_usage_is_exact(store);
+    });
+}
+
+#[test]
+fn pruning_by_count_keeps_the_latest_messages_and_the_keys_they_need() {
+    on_each_store(|store| {
+        store
+            .commit_unlimited(&[
+                create("r", None),
+                join("r", "alice", 1),
+                join("r", "bob", 2),
+                wrap("r", 3, "alice", K1, &["alice", "bob"]),
+                send("r", 4, "alice", K1, 0),
+                send("r", 5, "alice", K1, 1),
+                send("r", 6, "alice", K1, 2),
+                wrap("r", 7, "alice", K2, &["alice", "bob"]),
+                send("r", 8, "alice", K2, 0),
+                wrap("r", 9, "bob", K3, &["alice", "bob"]),
+                send("r", 10, "bob", K3, 0),
+            ])
+            .unwrap();
+        let keep = |max_messages_per_room| StoragePolicy {
+            max_messages_per_room,
+            ..StoragePolicy::UNLIMITED
+        };
+        // Message 6 is still sealed with K1, rotated at 7: K1 stays although a
+        // later key of alice's is in force.
+        assert_eq!(
+            store.prune(&keep(3), since_epoch()).unwrap(),
+            Pruned {
+                messages: 2,
+                sender_keys: 0
+            }
+        );
+        assert_eq!(
+            lines("r", &store.history("r", "bob", 0, 100).unwrap()),
+            [
+                format!("3 key alice {K1} for bob"),
+                format!("6 message alice {K1}/2"),
+                format!("7 key alice {K2} for bob"),
+                format!("8 message alice {K2}/0"),
+                format!("9 key bob {K3} for bob"),
+                format!("10 message bob {K3}/0"),
+            ]
+        );
+        // Now no message needs K1.
+        assert_eq!(
+            store.prune(&keep(1), since_epoch()).unwrap(),
+            Pruned {
+                messages: 2,
+                sender_keys: 2
+            }
+        );
+        assert_eq!(
+            lines("r", &store.entries_after("r", "alice", 0, 10, 100).unwrap()),
+            [
+                format!("9 key bob {K3} for alice"),
+                format!("10 message bob {K3}/0")
+            ]
+        );
+        assert_eq!(
+            lines("r", &store.keys_in_force("r", "bob", 10).unwrap()),
+            [format!("7 key alice {K2} for bob")]
+        );
+        assert_eq!(
+            store.prune(&keep(1), since_epoch()).unwrap(),
+            Pruned::default()
+        );
+        // A room whose messages are all gone keeps only its keys in force.
+        assert_eq!(
+            store.prune(&keep(0), since_epoch()).unwrap(),
+            Pruned {
+                messages: 1,
+                sender_keys: 0
+            }
+        );
+        assert_eq!(count(store, "sender_keys", "r"), 4);
+        assert_eq!(store.rooms().unwrap()[0].last_seq, 10);
+        assert_usage_is_exact(store);
+    });
+}
+
+#[test]
+fn an_unreadable_stored_message_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    store
+        .commit_unlimited(&[create("lobby", None), send("lobby", 1, "alice", K1, 0)])
+        .unwrap();
+    let connection = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+    connection
+        .execute("UPDATE messages SET sealed = x'ffffffff'", [])
+        .unwrap();
+    drop(connection);
+    for result in [
+        store.entries_after("lobby", "bob", 0, 1, 10),
+        store.history("lobby", "bob", 0, 10),
+    ] {
+        let error = result.unwrap_err();
+        assert!(
+            matches!(&error, StoreError::CorruptEntry { room, seq: 1, .. } if room == "lobby"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("backup"), "{error}");
+    }
+}
+
+#[test]
+fn a_commit_is_read_at_once_through_the_other_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert!(!Arc::ptr_eq(&store.reader, &store.writer));
+    for seq in 1..=3 {
+        let mut changes = vec![send("lobby", seq, "alice", K1, seq)];
+        if seq == 1 {
+            changes.insert(0, create("lobby", None));
+        }
+        store.commit_unlimited(&changes).unwrap();
+        assert_eq!(store.rooms().unwrap()[0].last_seq, seq);
+    }
+    assert!(store.reader().execute("DELETE FROM messages", []).is_err());
+}
+
+#[test]
+fn a_key_superseded_before_the_point_is_not_in_force_there_even_once_dropped() {
+    on_each_store(|store| {
+        busy_room(store);
+        // alice rotates twice without sending: K2 at 11, K3 at 12. K2 sealed nothing,
+        // so it is dropped when K3 supersedes it.
+        store
+            .commit_unlimited(&[
+                wrap("r", 11, "alice", K2, &["bob"]),
+                wrap("r", 12, "alice", K3, &["bob"]),
+            ])
+            .unwrap();
+        let at = |seq| lines("r", &store.keys_in_force("r", "bob", seq).unwrap());
+        // At 11 alice's key in force was K2, which opens nothing: K1, superseded there,
+        // must not come back as if it were in force (the client would take it for a
+        // replay of an old key).
+        assert_eq!(at(11), [""; 0]);
+        assert_eq!(at(10), [format!("4 key alice {K1} for bob")]);
+        assert_eq!(at(12), [format!("12 key alice {K3} for bob")]);
+        // A message sealed with K1 after the point (sent before alice saw her own
+        // rotation) still needs it.
+        store
+            .commit_unlimited(&[send("r", 13, "alice", K1, 2)])
+            .unwrap();
+        assert_eq!(
+            at(12),
+            [
+                format!("4 key alice {K1} for bob"),
+                format!("12 key alice {K3} for bob")
+            ]
+        );
+        assert_usage_is_exact(store);
+    });
+}
+
+#[test]
+fn a_message_beyond_a_quota_is_refused_and_its_number_used_up() {
+    on_each_store(|store| {
+        store.register(&identity("alice"), None).unwrap();
+        store.register(&identity("bob"), None).unwrap();
+        store.commit_unlimited(&[create("r", None)]).unwrap();
+        let one = size_of(K1, 0);
+        let two = one + size_of(K1, 1);
+        let user_quota = StoragePolicy {
+            max_user_bytes: two,
+            ..StoragePolicy::UNLIMITED
+        };
+        let applied = store
+            .commit(
+                &[
+                    send("r", 1, "alice", K1, 0),
+                    send("r", 2, "alice", K1, 1),
+                    send("r", 3, "alice", K1, 2),
+                    send("r", 4, "bob", K1, 0),
+                    // A resend of what is stored is still acknowledged.
+                    send("r", 5, "alice", K1, 1),
+                ],
+                &user_quota,
+            )
+            .unwrap();
+        assert_eq!(
+            applied,
+            [
+                Applied::Done,
+                Applied::Done,
+                Applied::OverQuota(Quota::User { limit: two }),
+                Applied::Done,
+                Applied::Duplicate { seq: 2 },
+            ]
+        );
+        let room = &store.rooms().unwrap()[0];
+        assert_eq!((room.messages, room.last_seq), (3, 5));
+        // What everything may take.
+        let three = two + size_of(K1, 0);
+        let store_quota = StoragePolicy {
+            max_store_bytes: three,
+            ..StoragePolicy::UNLIMITED
+        };
+        assert_eq!(
+            store
+                .commit(&[send("r", 6, "bob", K2, 0)], &store_quota)
+                .unwrap(),
+            [Applied::OverQuota(Quota::Store { limit: three })]
+        );
+        assert_eq!(store.rooms().unwrap()[0].last_seq, 6);
+        // Space comes back as messages go: a room of one keeps only the latest.
+        store
+            .commit(&[send("r", 7, "carol", K3, 0)], &room_limits(1, u64::MAX))
+            .unwrap();
+        assert_eq!(
+            store
+                .commit(&[send("r", 8, "alice", K1, 2)], &user_quota)
+                .unwrap(),
+            [Applied::Done]
+        );
+        assert_usage_is_exact(store);
+    });
+}
+
+#[test]
+fn dormant_users_and_rooms_are_those_nobody_used_and_nothing_needs() {
+    on_each_store(|store| {
+        for user in ["alice", "bob", "carol", "dave"] {
+            store.register(&identity(user), None).unwrap();
+        }
+        store
+            .commit_unlimited(&[
+                create("open", None),
+                join("open", "bob", 1),
+                send("open", 2, "bob", K1, 0),
+                create("owned", Some("carol")),
+                join("owned", "carol", 1),
+            ])
+            .unwrap();
+        let later = since_epoch() + DAY;
+        // alice and dave did nothing; bob has a message stored; carol owns a room.
+        let dormant = store.dormant(later).unwrap();
+        assert_eq!(dormant.users, ["alice", "dave"]);
+        assert_eq!(dormant.rooms, ["open", "owned"]);
+        assert_eq!(
+            store.dormant(since_epoch() - DAY).unwrap(),
+            Dormant::default()
+        );
+        // A session ending is a use.
+        std::thread::sleep(Duration::from_millis(5));
+        let just_before = since_epoch();
+        std::thread::sleep(Duration::from_millis(5));
+        store
+            .commit_unlimited(&[Change::Seen {
+                user: "dave".into(),
+            }])
+            .unwrap();
+        assert_eq!(store.dormant(just_before).unwrap().users, ["alice"]);
+        assert_eq!(store.dormant(later).unwrap().users, ["alice", "dave"]);
+    });
+}
+
+#[test]
+fn a_deleted_identity_takes_its_keys_invitations_and_name_with_it() {
+    on_each_store(|store| {
+        for user in ["alice", "bob"] {
+            store.register(&identity(user), None).unwrap();
+        }
+        store
+            .commit_unlimited(&[
+                create("r", Some("bob")),
+                join("r", "bob", 1),
+                join("r", "alice", 2),
+                wrap("r", 3, "alice", K1, &["bob", "alice"]),
+                wrap("r", 4, "bob", K2, &["alice"]),
+                Change::Invite {
+                    room: "r".into(),
+                    user: "alice".into(),
+                },
+                Change::RemoveMember {
+                    room: "r".into(),
+                    user: "alice".into(),
+                    seq: 5,
+                },
+                Change::DeleteIdentity {
+                    user: "alice".into(),
+                },
+            ])
+            .unwrap();
+        assert_eq!(
+            store
+                .identities()
+                .unwrap()
+                .iter()
+                .map(|identity| identity.user.as_str())
+                .collect::<Vec<_>>(),
+            ["bob"]
+        );
+        assert_eq!(count(store, "sender_keys", "r"), 0);
+        assert_eq!(count(store, "invitations", "r"), 0);
+        assert_usage_is_exact(store);
+        // The name can be registered again.
+        store.register(&identity("alice"), None).unwrap();
+    });
+}
+
+#[test]
+fn registration_tokens_are_used_up_expire_and_can_be_revoked() {
+    on_each_store(|store| {
+        let twice = store.create_registration_token(Some(2), None).unwrap();
+        let expired = store
+            .create_registration_token(None, Some(millis(since_epoch()) as u64 - 1))
+            .unwrap();
+        let forever = store.create_registration_token(None, None).unwrap();
+        assert_eq!(twice.len(), 2 * TOKEN_LEN);
+        store.register(&identity("a"), Some(&twice)).unwrap();
+        store.register(&identity("b"), Some(&twice)).unwrap();
+        for (user, token) in [("c", twice.as_str()), ("d", &expired), ("e", "made-up")] {
+            assert!(
+                matches!(
+                    store.register(&identity(user), Some(token)),
+                    Err(StoreError::RegistrationToken)
+                ),
+                "{user}"
+            );
+        }
+        store.register(&identity("f"), Some(&forever)).unwrap();
+        let listed = store.registration_tokens().unwrap();
+        assert_eq!(listed.len(), 3);
+        let used: Vec<(Option<u64>, u64)> = listed
+            .iter()
+            .map(|token| (token.uses_left, token.used))
+            .collect();
+        assert!(used.contains(&(Some(0), 2)), "{used:?}");
+        assert!(used.contains(&(None, 1)), "{used:?}");
+        // Nothing of the secret is listed.
+        assert!(listed.iter().all(|token| !forever.contains(&token.id)));
+        let forever_id = listed
+            .iter()
+            .find(|token| token.uses_left.is_none() && token.used == 1)
+            .unwrap()
+            .id
+            .clone();
+        assert_eq!(store.revoke_registration_tokens("").unwrap(), 0);
+        assert_eq!(store.revoke_registration_tokens(&forever_id).unwrap(), 1);
+        assert!(store.register(&identity("g"), Some(&forever)).is_err());
+        // A refused token registers nothing.
+        assert_eq!(store.identities().unwrap().len(), 3);
+    });
+}
+
+#[test]
+fn a_database_of_the_second_schema_is_upgraded_with_exact_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let connection = Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+    connection.execute_batch(MIGRATIONS[0]).unwrap();
+    connection.execute_batch(MIGRATIONS[1]).unwrap();
+    connection.pragma_update(None, "user_version", 2).unwrap();
+    connection
+        .execute_batch(
+            "INSERT INTO identities VALUES ('alice', x'00', 5), ('bob', x'00', 6);
+             INSERT INTO rooms (name, owner, last_seq, created_ms) VALUES ('r', NULL, 4, 7);
+             INSERT INTO messages VALUES ('r', 1, 'alice', 1, 0, x'0102', 100);
+             INSERT INTO messages VALUES ('r', 3, 'alice', 2, 0, x'010203', 300);
+             INSERT INTO sender_keys VALUES ('r', 2, 'alice', 'bob', 1, x'09', x'0909', 200);
+             INSERT INTO sender_keys VALUES ('r', 4, 'alice', 'bob', 2, x'09', x'0909', 400);",
+        )
+        .unwrap();
+    drop(connection);
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert_usage_is_exact(&store);
+    let room = &store.rooms().unwrap()[0];
+    assert_eq!((room.messages, room.message_bytes), (2, 5));
+    let superseded: Vec<Option<i64>> = store
+        .reader()
+        .prepare("SELECT superseded_seq FROM sender_keys ORDER BY seq")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(superseded, [Some(4), None]);
+    let used: i64 = store
+        .reader()
+        .query_row("SELECT used_ms FROM rooms", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(used, 400);
+}

@@ -1,0 +1,245 @@
+//! What each room and user stores, kept as counters in the same transaction as the rows
+//! they count: the quotas of a [`StoragePolicy`] are checked against exact figures, and
+//! a room beyond its limits forgets its oldest messages, without summing a table on
+//! every write.
+//!
+//! Every statement that deletes messages or sender keys returns what it deleted
+//! (`RETURNING`), and the counters are brought down by exactly that.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+
+use rusqlite::{Params, Transaction, params};
+
+use super::{execute, saturating, select};
+use crate::store::{Quota, StoragePolicy, StoreError};
+
+/// The oldest messages of room `?1` after `?2` and before `?3`, a page at a time: it
+/// walks the (room, seq) primary key from the oldest.
+pub(super) const OLDEST_MESSAGES: &str = "SELECT seq, length(sealed) FROM messages \
+     WHERE room = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq LIMIT 64";
+
+/// Forgets the messages of room `?1` up to `?2`, looking them up by the primary key: the
+/// work grows with what is deleted, not with the room.
+pub(super) const DELETE_OLDEST: &str = "DELETE FROM messages WHERE room = ?1 AND seq <= ?2 \
+     RETURNING room, sender, length(sealed)";
+
+/// How the counters change: messages and bytes per room and per user, bytes in all.
+#[derive(Debug, Default)]
+pub(super) struct Usage {
+    /// Room → (messages, bytes of messages).
+    rooms: HashMap<String, (i64, i64)>,
+    /// User → (messages, bytes of messages and sender keys).
+    users: HashMap<String, (i64, i64)>,
+    total: i64,
+}
+
+impl Usage {
+    /// A message of `bytes` stored (`sign` 1) or forgotten (`sign` -1).
+    fn message(&mut self, sign: i64, room: &str, sender: &str, bytes: i64) {
+        let room = self.rooms.entry(room.to_owned()).or_default();
+        room.0 += sign;
+        room.1 += sign * bytes;
+        let user = self.users.entry(sender.to_owned()).or_default();
+        user.0 += sign;
+        user.1 += sign * bytes;
+        self.total += sign * bytes;
+    }
+
+    /// A sender key (wrapped key and signature) of `bytes` stored or forgotten.
+    fn key(&mut self, sign: i64, sender: &str, bytes: i64) {
+        self.users.entry(sender.to_owned()).or_default().1 += sign * bytes;
+        self.total += sign * bytes;
+    }
+
+    /// Writes the changes to the counters.
+    fn apply(self, transaction: &Transaction<'_>) -> Result<(), StoreError> {
+        for (room, (messages, bytes)) in self.rooms {
+            execute(
+                transaction,
+                "UPDATE rooms SET message_count = message_count + ?2, \
+                 message_bytes = message_bytes + ?3 WHERE name = ?1",
+                params![room, messages, bytes],
+                format_args!("count the messages of room {room:?}"),
+            )?;
+        }
+        for (user, (messages, bytes)) in self.users {
+            execute(
+                transaction,
+                "UPDATE identities SET message_count = message_count + ?2, \
+                 stored_bytes = stored_bytes + ?3 WHERE user = ?1",
+                params![user, messages, bytes],
+                format_args!("count what {user:?} stores"),
+            )?;
+        }
+        if self.total != 0 {
+            execute(
+                transaction,
+                "UPDATE usage SET stored_bytes = stored_bytes + ?1 WHERE id = 1",
+                [self.total],
+                "count what the store holds",
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Counts a message just stored.
+pub(super) fn stored_message(
+    transaction: &Transaction<'_>,
+    room: &str,
+    sender: &str,
+    bytes: usize,
+) -> Result<(), StoreError> {
+    let mut usage = Usage::default();
+    usage.message(1, room, sender, saturating(bytes));
+    usage.apply(transaction)
+}
+
+/// Counts a sender key just stored, `bytes` for all its recipients.
+pub(super) fn stored_keys(
+    transaction: &Transaction<'_>,
+    sender: &str,
+    bytes: usize,
+) -> Result<(), StoreError> {
+    let mut usage = Usage::default();
+    usage.key(1, sender, saturating(bytes));
+    usage.apply(transaction)
+}
+
+/// Runs a `DELETE FROM messages ... RETURNING room, sender, length(sealed)` and counts
+/// what it forgot; returns how many messages.
+pub(super) fn delete_messages(
+    transaction: &Transaction<'_>,
+    sql: &str,
+    params: impl Params,
+    operation: impl Display,
+) -> Result<u64, StoreError> {
+    let deleted = select(transaction, sql, params, operation, |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, i64>(2)?,
+        ))
+    })?;
+    let mut usage = Usage::default();
+    for (room, sender, bytes) in &deleted {
+        usage.message(-1, room, sender, *bytes);
+    }
+    usage.apply(transaction)?;
+    Ok(deleted.len() as u64)
+}
+
+/// Runs a `DELETE FROM sender_keys ... RETURNING sender, length(wrapped_key) +
+/// length(signature)` and counts what it forgot; returns how many rows.
+pub(super) fn delete_keys(
+    transaction: &Transaction<'_>,
+    sql: &str,
+    params: impl Params,
+    operation: impl Display,
+) -> Result<u64, StoreError> {
+    let deleted = select(transaction, sql, params, operation, |row| {
+        Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+    })?;
+    let mut usage = Usage::default();
+    for (sender, bytes) in &deleted {
+        usage.key(-1, sender, *bytes);
+    }
+    usage.apply(transaction)?;
+    Ok(deleted.len() as u64)
+}
+
+/// The quota a new message of `bytes` from `sender` would exceed, if any.
+pub(super) fn exceeded_quota(
+    transaction: &Transaction<'_>,
+    sender: &str,
+    bytes: usize,
+    policy: &StoragePolicy,
+) -> Result<Option<Quota>, StoreError> {
+    let bytes = bytes as u64;
+    let user = select(
+        transaction,
+        "SELECT stored_bytes FROM identities WHERE user = ?1",
+        [sender],
+        format_args!("read what {sender:?} stores"),
+        |row| Ok(row.get::<_, i64>(0)?),
+    )?;
+    // A sender without an identity row (only in tests of the store alone) has stored
+    // nothing under a quota.
+    let user = user.first().map_or(0, |&stored| stored.max(0) as u64);
+    if user.saturating_add(bytes) > policy.max_user_bytes {
+        return Ok(Some(Quota::User {
+            limit: policy.max_user_bytes,
+        }));
+    }
+    let total = select(
+        transaction,
+        "SELECT stored_bytes FROM usage WHERE id = 1",
+        [],
+        "read what the store holds",
+        |row| Ok(row.get::<_, i64>(0)?),
+    )?;
+    let total = total.first().map_or(0, |&stored| stored.max(0) as u64);
+    if total.saturating_add(bytes) > policy.max_store_bytes {
+        return Ok(Some(Quota::Store {
+            limit: policy.max_store_bytes,
+        }));
+    }
+    Ok(None)
+}
+
+/// Makes `room` forget its oldest messages until it holds no more than `policy` lets
+/// a room keep, never a message at or after `keep_from`; returns how many it forgot.
+/// It reads the room's oldest messages only as far as it deletes.
+pub(super) fn trim_room(
+    transaction: &Transaction<'_>,
+    room: &str,
+    policy: &StoragePolicy,
+    keep_from: u64,
+) -> Result<u64, StoreError> {
+    let operation = format!("trim room {room:?}");
+    let counts = select(
+        transaction,
+        "SELECT message_count, message_bytes FROM rooms WHERE name = ?1",
+        [room],
+        &operation,
+        |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
+    )?;
+    let Some(&(count, bytes)) = counts.first() else {
+        return Ok(0);
+    };
+    let excess_count = (count.max(0) as u64).saturating_sub(policy.max_messages_per_room);
+    let excess_bytes = (bytes.max(0) as u64).saturating_sub(policy.max_room_bytes);
+    if excess_count == 0 && excess_bytes == 0 {
+        return Ok(0);
+    }
+    // The oldest messages, one page at a time, until enough are found.
+    let mut last = None;
+    let (mut found, mut freed) = (0u64, 0u64);
+    let mut after = -1i64;
+    'pages: loop {
+        let page = select(
+            transaction,
+            OLDEST_MESSAGES,
+            params![room, after, saturating(keep_from)],
+            &operation,
+            |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
+        )?;
+        if page.is_empty() {
+            break;
+        }
+        for (seq, size) in page {
+            last = Some(seq);
+            after = seq;
+            found += 1;
+            freed += size.max(0) as u64;
+            if found >= excess_count && freed >= excess_bytes {
+                break 'pages;
+            }
+        }
+    }
+    let Some(last) = last else {
+        return Ok(0);
+    };
+    delete_messages(transaction, DELETE_OLDEST, params![room, last], &operation)
+}
