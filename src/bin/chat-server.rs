@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use e2ee_chat::protocol::utc_time;
 use e2ee_chat::server::{self, Limits};
 use e2ee_chat::store::{SqliteStore, Store};
 use tokio::net::TcpListener;
@@ -25,9 +26,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// gRPC reflection (v1 and v1alpha) and grpc.health.v1.Health.
 /// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change how much.
 /// Stops gracefully on Ctrl-C or SIGTERM.
+///
+/// With a command, manages the server's data instead of serving.
 #[derive(Debug, Parser)]
 #[command(name = "chat-server", version)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address to listen on. Without TLS it must be a loopback address (see
     /// --insecure-plaintext).
     #[arg(long, env = "CHAT_LISTEN", default_value = "127.0.0.1:5555")]
@@ -55,10 +60,39 @@ struct Args {
     /// database chat.sqlite3 of registered identities (public keys), rooms, members and
     /// each room's stored messages and wrapped keys (ciphertext only). Everything is on
     /// disk before it is acknowledged. Back it up with: sqlite3 chat.sqlite3 ".backup FILE"
-    #[arg(long, env = "CHAT_DATA_DIR", default_value_os_t = default_data_dir())]
+    #[arg(long, global = true, env = "CHAT_DATA_DIR", default_value_os_t = default_data_dir())]
     data_dir: PathBuf,
     #[command(flatten)]
     limits: Limits,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage registration tokens, for --registration token: a new user name can only
+    /// be registered with one (the client's --registration-token). Works while the
+    /// server runs, on the same --data-dir.
+    #[command(subcommand)]
+    RegistrationToken(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a token and print it (it is shown once: only its hash is kept).
+    Create {
+        /// How many registrations it allows (default: any number).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        uses: Option<u64>,
+        /// Days until it expires (default: never).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        expires_in_days: Option<u64>,
+    },
+    /// List the tokens: id, uses left, registrations made, expiry.
+    List,
+    /// Delete the tokens whose id (from `list`) starts with ID.
+    Revoke {
+        /// An id from `list`, or its beginning.
+        id: String,
+    },
 }
 
 fn default_data_dir() -> PathBuf {
@@ -77,6 +111,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if let Some(Command::RegistrationToken(command)) = &args.command {
+        return match registration_token(&args.data_dir, command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => fail(message),
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => return fail(format!("cannot start the async runtime: {error}")),
@@ -134,6 +174,59 @@ async fn run(args: Args) -> Result<(), String> {
         () = deadline => tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway"),
     }
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Carries out a `registration-token` command on the database in `data_dir`.
+fn registration_token(data_dir: &Path, command: &TokenCommand) -> Result<(), String> {
+    server::prepare_data_dir(data_dir).map_err(|error| error.to_string())?;
+    let store = SqliteStore::open(data_dir).map_err(|error| error.to_string())?;
+    match command {
+        TokenCommand::Create {
+            uses,
+            expires_in_days,
+        } => {
+            let expires_ms = expires_in_days.map(|days| {
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default();
+                (now + Duration::from_secs(days.saturating_mul(86_400))).as_millis() as u64
+            });
+            let token = store
+                .create_registration_token(*uses, expires_ms)
+                .map_err(|error| error.to_string())?;
+            println!("{token}");
+        }
+        TokenCommand::List => {
+            let tokens = store
+                .registration_tokens()
+                .map_err(|error| error.to_string())?;
+            if tokens.is_empty() {
+                eprintln!("no registration tokens");
+            }
+            for token in tokens {
+                let uses = token
+                    .uses_left
+                    .map_or("unlimited".to_owned(), |left| left.to_string());
+                let expires = token.expires_ms.map_or("never".to_owned(), utc_time);
+                println!(
+                    "{}  uses left: {uses}  used: {}  expires: {expires}",
+                    token.id, token.used
+                );
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            let revoked = store
+                .revoke_registration_tokens(id)
+                .map_err(|error| error.to_string())?;
+            if revoked == 0 {
+                return Err(format!(
+                    "no registration token has an id starting with {id:?}"
+                ));
+            }
+            eprintln!("revoked {revoked} registration token(s)");
+        }
+    }
     Ok(())
 }
 

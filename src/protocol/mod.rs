@@ -1,12 +1,14 @@
 //! Rules of the wire protocol shared by the client and the server: what a valid user or
-//! room name is, the size limits both sides enforce, and the JSON envelope that is
-//! encrypted inside every message.
+//! room name is, the size limits both sides enforce, the JSON envelope that is
+//! encrypted inside every message, and how the protocol's times are shown.
 
 mod envelope;
 mod names;
+mod time;
 
 pub use envelope::{Envelope, EnvelopeError, MessageKind};
 pub use names::{NameError, validate_room, validate_user};
+pub use time::utc_time;
 
 /// The request metadata that carries the session token, as `Bearer <token>`.
 pub const AUTHORIZATION_METADATA_KEY: &str = "authorization";

@@ -15,6 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tonic::Status;
 
 use super::hub::{CatchUp, SessionId};
+use super::outbound::Refusal;
 use super::session::Relay;
 use crate::proto::{
     History, HistoryEntry, PublicIdentity, ServerFrame, history_entry, server_frame::Kind,
@@ -53,6 +54,7 @@ async fn replay(relay: &Relay, catch_up: CatchUp) -> Result<bool, Status> {
         mut joined,
         request_id,
         frames,
+        patience,
     } = catch_up;
     let start = after.unwrap_or(head).min(head);
     let mut readable: BTreeSet<String> = joined.members.iter().map(|m| m.user.clone()).collect();
@@ -71,19 +73,26 @@ async fn replay(relay: &Relay, catch_up: CatchUp) -> Result<bool, Status> {
             .collect();
         readable.extend(joined.former_members.iter().map(|m| m.user.clone()));
     }
+    // `Ok(false)` once the stream is gone; an error for a client that stopped reading.
     let send = |request_id: u64, kind: Kind| {
         let frames = frames.clone();
         async move {
-            frames
-                .push_patiently(ServerFrame {
-                    request_id,
-                    kind: Some(kind),
-                })
-                .await
-                .is_ok()
+            let frame = ServerFrame {
+                request_id,
+                kind: Some(kind),
+            };
+            match frames.push_patiently(frame, patience).await {
+                Ok(()) => Ok(true),
+                Err(Refusal::Stalled) => Err(Status::resource_exhausted(format!(
+                    "disconnected: your client read nothing for {} s while catching up; \
+                     reconnect to go on from where it stopped",
+                    patience.as_secs()
+                ))),
+                Err(Refusal::Closed | Refusal::Full) => Ok(false),
+            }
         }
     };
-    if !send(request_id, Kind::Joined(joined)).await {
+    if !send(request_id, Kind::Joined(joined)).await? {
         return Ok(false);
     }
     // Entries from someone the client cannot check would only be dropped with a warning.
@@ -92,7 +101,7 @@ async fn replay(relay: &Relay, catch_up: CatchUp) -> Result<bool, Status> {
         read(relay, move |store| store.keys_in_force(&room, &user, start)).await?
     };
     for entry in keys.into_iter().filter(|e| readable.contains(e.sender())) {
-        if !send(0, kind_of(entry)).await {
+        if !send(0, kind_of(entry)).await? {
             return Ok(false);
         }
     }
@@ -114,7 +123,7 @@ async fn replay(relay: &Relay, catch_up: CatchUp) -> Result<bool, Status> {
             cursor = last.seq();
         }
         for entry in page.into_iter().filter(|e| readable.contains(e.sender())) {
-            if !send(0, kind_of(entry)).await {
+            if !send(0, kind_of(entry)).await? {
                 return Ok(false);
             }
         }

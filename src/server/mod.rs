@@ -108,6 +108,11 @@ pub struct Limits {
     /// every message on its own: only useful to measure what group commit saves.
     #[arg(long, env = "CHAT_MAX_COMMIT_BATCH", value_parser = positive, default_value_t = Limits::DEFAULT.max_commit_batch)]
     pub max_commit_batch: usize,
+    /// Seconds a client may leave frames queued for it untaken (it reads nothing, or
+    /// grants no HTTP/2 window) before it is disconnected with RESOURCE_EXHAUSTED; it
+    /// catches up when it comes back.
+    #[arg(long, env = "CHAT_STALL_TIMEOUT_SECS", value_parser = positive_u64, default_value_t = Limits::DEFAULT.stall_timeout_secs)]
+    pub stall_timeout_secs: u64,
     /// Registered identities (user names and their keys) the server keeps.
     #[arg(long, env = "CHAT_MAX_IDENTITIES", value_parser = positive, default_value_t = Limits::DEFAULT.max_identities)]
     pub max_identities: usize,
@@ -144,6 +149,7 @@ impl Limits {
         max_store_bytes: 8 * 1024 * 1024 * 1024,
         retention_days: 30,
         max_commit_batch: 1024,
+        stall_timeout_secs: 30,
         max_identities: 100_000,
         token_ttl_secs: 12 * 60 * 60,
         reclaim_after_days: 180,
@@ -319,6 +325,7 @@ pub async fn serve(
         reclaim,
     )
     .map_err(ServerError::Writer)?;
+    tokio::spawn(end_stalled_sessions(Arc::downgrade(&hub)));
     let relay = Arc::new(Relay {
         hub: hub.clone(),
         accounts: accounts.clone(),
@@ -378,6 +385,20 @@ pub async fn serve(
     hub.stop_writer();
     let _ = tokio::task::spawn_blocking(move || writer.join()).await;
     Ok(())
+}
+
+/// Looks every second for sessions whose client stopped taking its frames, for as long
+/// as the hub lives.
+async fn end_stalled_sessions(hub: std::sync::Weak<Hub>) {
+    let mut every_second = tokio::time::interval(Duration::from_secs(1));
+    every_second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every_second.tick().await;
+        match hub.upgrade() {
+            Some(hub) => hub.end_stalled(),
+            None => return,
+        }
+    }
 }
 
 /// Concurrent RPCs on one HTTP/2 connection.

@@ -5,17 +5,20 @@
 //! frames, read from the store, instead wait for the client to read, leaving room for
 //! live frames. The stream handed to tonic ends early with a status when the session is
 //! closed by the server.
+//!
+//! A queue also knows how long its oldest frame has waited without the client taking
+//! any ([`OutboundHandle::stalled_for`]): a client that reads nothing, or grants no
+//! HTTP/2 window, is found out even when too little is sent to it to fill its queue.
 
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
-
-use prost::Message;
-
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use prost::Message;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
 use tokio_stream::Stream;
 use tonic::Status;
 
@@ -25,6 +28,7 @@ use crate::proto::ServerFrame;
 pub struct Outbound {
     frames: mpsc::Receiver<ServerFrame>,
     queued_bytes: Arc<AtomicUsize>,
+    progress: Arc<Progress>,
     closed: Option<oneshot::Receiver<Status>>,
     /// Set once the closing status has been yielded: nothing follows it.
     ended: bool,
@@ -35,19 +39,45 @@ pub struct Outbound {
 pub(crate) struct OutboundHandle {
     frames: mpsc::Sender<ServerFrame>,
     queued_bytes: Arc<AtomicUsize>,
+    progress: Arc<Progress>,
     max_frames: usize,
     max_bytes: usize,
+}
+
+/// When the client last made progress, and a signal each time it does.
+#[derive(Default)]
+struct Progress {
+    /// Milliseconds since [`EPOCH`] when the client last took a frame, or when a frame
+    /// went into an empty queue: the oldest queued frame has waited since then.
+    since_ms: AtomicU64,
+    taken: Notify,
+}
+
+/// What [`Progress::since_ms`] counts from.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn now_ms() -> u64 {
+    Instant::now().duration_since(*EPOCH).as_millis() as u64
+}
+
+impl Progress {
+    fn touch(&self) {
+        self.since_ms.store(now_ms(), Ordering::Relaxed);
+    }
 }
 
 /// Ends an [`Outbound`] stream with a status, ahead of the frames still queued.
 pub(crate) type Closer = oneshot::Sender<Status>;
 
 /// Why a frame was not queued.
+#[derive(Debug)]
 pub(crate) enum Refusal {
     /// The client is not keeping up: the queue holds its maximum of frames or bytes.
     Full,
     /// The stream is gone.
     Closed,
+    /// The client took nothing for the whole wait.
+    Stalled,
 }
 
 impl OutboundHandle {
@@ -60,6 +90,10 @@ impl OutboundHandle {
             self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
             return Err(Refusal::Full);
         }
+        if queued == 0 {
+            // The first frame of an empty queue: it waits from now.
+            self.progress.touch();
+        }
         self.frames.try_send(frame).map_err(|error| {
             self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
             match error {
@@ -71,26 +105,43 @@ impl OutboundHandle {
 
     /// Queues `frame` once at least half the queue, in frames and in bytes, is free:
     /// catch-up goes as fast as the client reads and never crowds out live frames.
-    /// `Err` when the stream is gone.
-    pub(crate) async fn push_patiently(&self, frame: ServerFrame) -> Result<(), Refusal> {
+    /// `Err` when the stream is gone, or when the client takes nothing for `patience`.
+    pub(crate) async fn push_patiently(
+        &self,
+        frame: ServerFrame,
+        patience: Duration,
+    ) -> Result<(), Refusal> {
         let headroom = (self.max_frames / 2).max(1);
         loop {
-            // Waits until `headroom` slots are free, then gives them back.
-            drop(
-                self.frames
-                    .reserve_many(headroom)
-                    .await
-                    .map_err(|_| Refusal::Closed)?,
-            );
-            if self.queued_bytes.load(Ordering::Relaxed) <= self.max_bytes / 2 {
+            // Registered before looking, so that a frame taken meanwhile is not missed.
+            let taken = self.progress.taken.notified();
+            tokio::pin!(taken);
+            taken.as_mut().enable();
+            if self.frames.is_closed() {
+                return Err(Refusal::Closed);
+            }
+            if self.frames.capacity() >= headroom
+                && self.queued_bytes.load(Ordering::Relaxed) <= self.max_bytes / 2
+            {
                 match self.push(frame.clone()) {
                     Err(Refusal::Full) => {}
                     done => return done,
                 }
             }
-            // Bytes drain as the client reads; there is nothing to wait on but time.
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            if tokio::time::timeout(patience, taken).await.is_err() {
+                return Err(Refusal::Stalled);
+            }
         }
+    }
+
+    /// How long the oldest queued frame has waited without the client taking any;
+    /// `None` when nothing waits.
+    pub(crate) fn stalled_for(&self) -> Option<Duration> {
+        if self.queued_bytes.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let since = self.progress.since_ms.load(Ordering::Relaxed);
+        Some(Duration::from_millis(now_ms().saturating_sub(since)))
     }
 }
 
@@ -99,9 +150,11 @@ pub(crate) fn outbound(max_frames: usize, max_bytes: usize) -> (OutboundHandle, 
     let (frames_tx, frames) = mpsc::channel(max_frames);
     let (close, closed) = oneshot::channel();
     let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let progress = Arc::new(Progress::default());
     let handle = OutboundHandle {
         frames: frames_tx,
         queued_bytes: queued_bytes.clone(),
+        progress: progress.clone(),
         max_frames,
         max_bytes,
     };
@@ -111,6 +164,7 @@ pub(crate) fn outbound(max_frames: usize, max_bytes: usize) -> (OutboundHandle, 
         Outbound {
             frames,
             queued_bytes,
+            progress,
             closed: Some(closed),
             ended: false,
         },
@@ -139,6 +193,8 @@ impl Stream for Outbound {
         if let Poll::Ready(Some(frame)) = &frame {
             self.queued_bytes
                 .fetch_sub(frame.encoded_len(), Ordering::Relaxed);
+            self.progress.touch();
+            self.progress.taken.notify_waiters();
         }
         frame.map(|frame| frame.map(Ok))
     }
@@ -190,7 +246,12 @@ mod tests {
             handle.push(frame(1)).ok().unwrap();
         }
         let patient = handle.clone();
-        let waiting = tokio::spawn(async move { patient.push_patiently(frame(2)).await.is_ok() });
+        let waiting = tokio::spawn(async move {
+            patient
+                .push_patiently(frame(2), Duration::from_secs(60))
+                .await
+                .is_ok()
+        });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "3 of 4 slots are taken");
         stream.next().await.unwrap().unwrap();
@@ -211,5 +272,29 @@ mod tests {
         let first = stream.next().await.unwrap();
         assert_eq!(first.unwrap_err().code(), tonic::Code::ResourceExhausted);
         assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_queue_nobody_takes_from_counts_as_stalled() {
+        let (handle, _close, mut stream) = outbound(4, 1_000);
+        assert!(handle.stalled_for().is_none(), "nothing waits");
+        handle.push(frame(1)).ok().unwrap();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(handle.stalled_for().unwrap() >= Duration::from_secs(5));
+        // Taking a frame is progress, even with others still queued.
+        handle.push(frame(1)).ok().unwrap();
+        stream.next().await.unwrap().unwrap();
+        assert!(handle.stalled_for().unwrap() < Duration::from_secs(1));
+        stream.next().await.unwrap().unwrap();
+        assert!(handle.stalled_for().is_none());
+        // A patient push gives up when nothing is taken for its whole patience.
+        for _ in 0..3 {
+            handle.push(frame(1)).ok().unwrap();
+        }
+        let refused = handle
+            .push_patiently(frame(1), Duration::from_secs(30))
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, Refusal::Stalled), "{refused:?}");
     }
 }

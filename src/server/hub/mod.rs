@@ -19,6 +19,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::mpsc::Sender;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
@@ -112,6 +113,8 @@ pub(crate) struct CatchUp {
     pub joined: Joined,
     pub request_id: u64,
     pub frames: OutboundHandle,
+    /// How long to wait for the client to take a frame before giving up on it.
+    pub patience: Duration,
 }
 
 /// The state shared by every RPC of the relay.
@@ -142,6 +145,8 @@ struct State {
     /// Live frames one room of a catching-up session may have waiting, and their bytes.
     max_waiting: usize,
     max_waiting_bytes: usize,
+    /// How long a session may leave queued frames untaken.
+    stall_timeout: Duration,
 }
 
 struct Session {
@@ -178,6 +183,7 @@ impl Hub {
         let mut state = State {
             max_waiting: (limits.outbound_queue / 2).saturating_sub(1).max(1),
             max_waiting_bytes: limits.outbound_queue_bytes / 2,
+            stall_timeout: Duration::from_secs(limits.stall_timeout_secs),
             ..State::default()
         };
         for stored in rooms {
@@ -727,6 +733,28 @@ impl Hub {
         self.operate(|state| state.remove_session(id, Some(status)));
     }
 
+    /// Ends the sessions whose client has taken nothing from its queue for the stall
+    /// timeout: it reads nothing, or grants no HTTP/2 window.
+    pub(crate) fn end_stalled(&self) {
+        self.operate(|state| {
+            let timeout = state.stall_timeout;
+            let stalled: Vec<SessionId> = state
+                .sessions
+                .iter()
+                .filter(|(_, session)| session.frames.stalled_for().is_some_and(|t| t >= timeout))
+                .map(|(&id, _)| id)
+                .collect();
+            for id in stalled {
+                let status = Status::resource_exhausted(format!(
+                    "disconnected: your client read nothing for {} s while frames waited for \
+                     it; reconnect to catch up",
+                    timeout.as_secs()
+                ));
+                state.remove_session(id, Some(status));
+            }
+        });
+    }
+
     /// Refuses new sessions and ends every open one with UNAVAILABLE, so that the
     /// server's graceful shutdown does not wait for clients that would never leave.
     pub(crate) fn shutdown(&self) {
@@ -846,6 +874,7 @@ impl State {
         let frames = session.frames.clone();
         let found = &self.rooms[room];
         let head = found.committed_seq;
+        let patience = self.stall_timeout;
         // Never before the member joined, whatever the client asks.
         let joined_seq = found.members.get(&user).map_or(head, |m| m.joined_seq);
         let joined = Joined {
@@ -867,6 +896,7 @@ impl State {
             joined,
             request_id,
             frames,
+            patience,
         }
     }
 
