@@ -547,3 +547,50 @@ async fn a_room_lasts_until_its_last_member_leaves_and_owners_are_bounded() {
     owner.send(id, third).await;
     assert!(matches!(owner.answer(id).await.kind, Some(Kind::Joined(_))));
 }
+
+#[tokio::test]
+async fn names_are_one_whatever_their_case_and_keys_belong_to_one_user() {
+    let server = TestServer::start().await;
+    raw_login(&server, "victim", "victim").await.unwrap();
+    let status = raw_login(&server, "Victim", "mallory").await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert!(status.message().contains("letter case"), "{status:?}");
+    // Nor can anyone register another name with keys already registered.
+    let status = raw_login(&server, "victim2", "victim").await.unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert!(status.message().contains("keys"), "{status:?}");
+    // The registered user logs in as ever.
+    raw_login(&server, "victim", "victim").await.unwrap();
+}
+
+#[tokio::test]
+async fn registrations_from_one_address_are_limited_and_logins_are_not() {
+    let mut limits = Limits::default();
+    limits.registration.registrations_per_ip_per_hour = 2;
+    let server = TestServer::with_limits(limits).await;
+    raw_login(&server, "first", "first").await.unwrap();
+    raw_login(&server, "second", "second").await.unwrap();
+    let status = raw_login(&server, "third", "third").await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("an hour"), "{status:?}");
+    for _ in 0..5 {
+        raw_login(&server, "first", "first").await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn closed_registration_admits_only_registered_users() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::on_disk(dir.path(), Limits::default()).await;
+    raw_login(&server, "old-timer", "old-timer").await.unwrap();
+    server.shut_down().await.unwrap();
+    let mut limits = Limits::default();
+    limits.registration.registration = e2ee_chat::server::RegistrationMode::Closed;
+    let server = TestServer::on_disk(dir.path(), limits).await;
+    let status = raw_login(&server, "newcomer", "newcomer")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("no new names"), "{status:?}");
+    raw_login(&server, "old-timer", "old-timer").await.unwrap();
+}

@@ -89,6 +89,17 @@ impl TestServer {
         client::connect(&self.url, None).await.unwrap()
     }
 
+    /// A channel whose streams grant the relay only `window` bytes at a time: once its
+    /// user stops reading, the relay can send it nothing more.
+    pub async fn narrow_channel(&self, window: u32) -> Channel {
+        tonic::transport::Endpoint::from_shared(self.url.clone())
+            .unwrap()
+            .initial_stream_window_size(window)
+            .connect()
+            .await
+            .unwrap()
+    }
+
     /// Triggers a graceful shutdown and waits for the server to return.
     pub async fn shut_down(mut self) -> Result<(), ServerError> {
         let _ = self.stop.take().unwrap().send(());
@@ -389,7 +400,14 @@ impl RawClient {
 
     /// The same, with the relay at `url`.
     pub async fn open_url(url: &str, user: &str) -> Self {
-        let (channel, credentials) = log_in(url, user).await.unwrap();
+        Self::open_on(client::connect(url, None).await.unwrap(), user).await
+    }
+
+    /// The same, over a channel the test opened itself (with a small HTTP/2 window, say).
+    pub async fn open_on(channel: Channel, user: &str) -> Self {
+        let credentials = client::login(channel.clone(), &identity(user), user)
+            .await
+            .unwrap();
         let mut client = credentials.chat_client(channel);
         let (frames, outbound) = mpsc::channel(1024);
         let request = tonic::Request::new(ReceiverStream::new(outbound));

@@ -1,0 +1,381 @@
+//! What members who push the relay's limits, or stop reading, cannot do to the others:
+//! lose stored messages, fill the disk, hand a returning member a stale key, or hold
+//! the relay's memory. Over real gRPC, with raw frames where a real client would not
+//! misbehave.
+
+mod common;
+
+use std::time::Duration;
+
+use common::process::ServerProcess;
+use common::{Member, PATIENCE, RawClient, TestServer};
+use e2ee_chat::proto::{
+    DistributeSenderKey, GetHistory, JoinRoom, SealedMessage, SendMessage, ServerFrame,
+    WrappedSenderKey, client_frame, history_entry, server_frame,
+};
+use e2ee_chat::server::Limits;
+use e2ee_chat::store::DATABASE_FILE;
+use tonic::Code;
+
+/// A well-formed sealed message under `key_id` (the relay cannot tell it from a real
+/// one), with `size` bytes of ciphertext.
+fn sealed(key_id: u64, counter: u64, size: usize) -> SealedMessage {
+    SealedMessage {
+        key_id,
+        counter,
+        nonce: vec![7; 12].into(),
+        ciphertext: vec![counter as u8; size].into(),
+        signature: vec![9; 256].into(),
+    }
+}
+
+fn send(room: &str, sealed: SealedMessage) -> client_frame::Kind {
+    client_frame::Kind::Send(SendMessage {
+        room: room.into(),
+        sealed: Some(sealed),
+    })
+}
+
+fn distribute(room: &str, key_id: u64, recipients: &[&str]) -> client_frame::Kind {
+    client_frame::Kind::DistributeKey(DistributeSenderKey {
+        room: room.into(),
+        key_id,
+        keys: recipients
+            .iter()
+            .map(|recipient| WrappedSenderKey {
+                recipient: (*recipient).into(),
+                wrapped_key: vec![1; 256].into(),
+                signature: vec![2; 256].into(),
+            })
+            .collect(),
+    })
+}
+
+/// Sends `kind` and returns the answer's kind.
+async fn ask(
+    client: &mut RawClient,
+    request_id: u64,
+    kind: client_frame::Kind,
+) -> server_frame::Kind {
+    client.send(request_id, kind).await;
+    client.answer(request_id).await.kind.unwrap()
+}
+
+/// The sequence number of an `Ack`.
+fn acked(answer: server_frame::Kind) -> u64 {
+    match answer {
+        server_frame::Kind::Ack(ack) => ack.seq,
+        other => panic!("expected an Ack, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_message_resent_at_the_rooms_cap_deletes_no_stored_message() {
+    let limits = Limits {
+        max_messages_per_room: 5,
+        ..Limits::default()
+    };
+    let server = TestServer::with_limits(limits).await;
+    let mut alice = RawClient::open(&server, "alice").await;
+    alice.join("lobby").await;
+    let mut seqs = Vec::new();
+    for counter in 0..5 {
+        seqs.push(acked(
+            ask(
+                &mut alice,
+                10 + counter,
+                send("lobby", sealed(7, counter, 32)),
+            )
+            .await,
+        ));
+    }
+    // The fifth, resent three times as a client does when acknowledgements are lost:
+    // each is acknowledged with the number it was first stored under.
+    for resend in 0..3 {
+        let seq = acked(ask(&mut alice, 20 + resend, send("lobby", sealed(7, 4, 32))).await);
+        assert_eq!(seq, seqs[4]);
+    }
+    let history = client_frame::Kind::History(GetHistory {
+        room: "lobby".into(),
+        limit: 100,
+    });
+    let server_frame::Kind::History(history) = ask(&mut alice, 30, history).await else {
+        panic!("expected History");
+    };
+    let counters: Vec<u64> = history
+        .entries
+        .iter()
+        .filter_map(|entry| match &entry.kind {
+            Some(history_entry::Kind::Message(message)) => {
+                Some(message.sealed.as_ref().unwrap().counter)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(counters, [0, 1, 2, 3, 4], "all five are still stored");
+}
+
+#[tokio::test]
+async fn a_returning_member_is_never_handed_a_key_superseded_where_it_left_off() {
+    let server = TestServer::start().await;
+    let mut alice = RawClient::open(&server, "alice").await;
+    alice.join("lobby").await;
+    let mut bob = RawClient::open(&server, "bob").await;
+    bob.join("lobby").await;
+    const K1: u64 = 0x1111;
+    const K2: u64 = 0x2222;
+    const K3: u64 = 0x3333;
+    acked(ask(&mut alice, 10, distribute("lobby", K1, &["bob"])).await);
+    acked(ask(&mut alice, 11, send("lobby", sealed(K1, 0, 32))).await);
+    // Two rotations with nothing sent under the first (as when members come and go).
+    let bob_left_off = acked(ask(&mut alice, 12, distribute("lobby", K2, &["bob"])).await);
+    acked(ask(&mut alice, 13, distribute("lobby", K3, &["bob"])).await);
+
+    // bob comes back from where it left off: K1 was superseded there.
+    let mut bob = RawClient::open(&server, "bob").await;
+    let join = client_frame::Kind::Join(JoinRoom {
+        room: "lobby".into(),
+        create_private: false,
+        after_seq: Some(bob_left_off),
+    });
+    bob.send(1, join).await;
+    let caught_up = frames_until_caught_up(&mut bob).await;
+    let keys: Vec<u64> = caught_up
+        .iter()
+        .filter_map(|frame| match &frame.kind {
+            Some(server_frame::Kind::SenderKey(key)) => Some(key.key_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(keys, [K3], "{caught_up:?}");
+}
+
+/// Reads frames until `CaughtUp`.
+async fn frames_until_caught_up(client: &mut RawClient) -> Vec<ServerFrame> {
+    tokio::time::timeout(PATIENCE, async {
+        let mut frames = Vec::new();
+        loop {
+            let frame = client
+                .incoming
+                .message()
+                .await
+                .unwrap()
+                .expect("stream ended");
+            let done = matches!(frame.kind, Some(server_frame::Kind::CaughtUp(_)));
+            frames.push(frame);
+            if done {
+                return frames;
+            }
+        }
+    })
+    .await
+    .expect("no CaughtUp")
+}
+
+#[tokio::test]
+async fn a_member_over_its_storage_quota_is_refused_and_others_are_not() {
+    let limits = Limits {
+        max_user_bytes: 2_000,
+        ..Limits::default()
+    };
+    let server = TestServer::with_limits(limits).await;
+    let mut alice = RawClient::open(&server, "alice").await;
+    alice.join("lobby").await;
+    let mut bob = RawClient::open(&server, "bob").await;
+    bob.join("lobby").await;
+    let mut refusal = None;
+    for counter in 0..10 {
+        match ask(
+            &mut alice,
+            10 + counter,
+            send("lobby", sealed(7, counter, 600)),
+        )
+        .await
+        {
+            server_frame::Kind::Ack(_) => assert!(counter < 3, "{counter} messages fit"),
+            server_frame::Kind::Rejection(rejection) => {
+                refusal = Some(rejection);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let refusal = refusal.expect("the quota was never reached");
+    assert_eq!(refusal.code, Code::ResourceExhausted as i32, "{refusal:?}");
+    assert!(refusal.message.contains("try again later"), "{refusal:?}");
+    // A resend of what is stored is still acknowledged, and bob is not affected.
+    acked(ask(&mut alice, 30, send("lobby", sealed(7, 0, 600))).await);
+    acked(ask(&mut bob, 31, send("lobby", sealed(8, 0, 600))).await);
+}
+
+#[tokio::test]
+async fn the_store_as_a_whole_has_a_quota() {
+    let limits = Limits {
+        max_store_bytes: 3_000,
+        ..Limits::default()
+    };
+    let server = TestServer::with_limits(limits).await;
+    let mut sent = 0;
+    for user in ["alice", "bob", "carol"] {
+        let mut client = RawClient::open(&server, user).await;
+        client.join("lobby").await;
+        for counter in 0..3 {
+            match ask(
+                &mut client,
+                10 + counter,
+                send("lobby", sealed(7, counter, 600)),
+            )
+            .await
+            {
+                server_frame::Kind::Ack(_) => sent += 1,
+                server_frame::Kind::Rejection(rejection) => {
+                    assert_eq!(rejection.code, Code::ResourceExhausted as i32);
+                    assert!(
+                        rejection.message.contains("storage is full"),
+                        "{rejection:?}"
+                    );
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+    assert_eq!(sent, 3_000 / 900, "about 900 bytes a message");
+}
+
+#[tokio::test]
+async fn a_catch_up_to_a_client_that_stops_reading_is_ended() {
+    let limits = Limits {
+        outbound_queue: 16,
+        stall_timeout_secs: 1,
+        ..Limits::default()
+    };
+    let server = TestServer::with_limits(limits).await;
+    let mut alice = RawClient::open(&server, "alice").await;
+    alice.join("lobby").await;
+    let mut bob = RawClient::open(&server, "bob").await;
+    bob.join("lobby").await;
+    drop(bob);
+    for counter in 0..200 {
+        acked(
+            ask(
+                &mut alice,
+                10 + counter,
+                send("lobby", sealed(7, counter, 200)),
+            )
+            .await,
+        );
+    }
+    // bob comes back for everything, reads the answer to its join, then stops reading
+    // (and so stops granting HTTP/2 window).
+    let mut bob = RawClient::open_on(server.narrow_channel(1024).await, "bob").await;
+    let join = client_frame::Kind::Join(JoinRoom {
+        room: "lobby".into(),
+        create_private: false,
+        after_seq: Some(0),
+    });
+    bob.send(1, join).await;
+    bob.answer(1).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // When it reads again, the relay has given up on it: the stream ends before the
+    // catch-up does, and it may come back for the rest.
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match bob.incoming.message().await {
+                Ok(Some(frame)) => assert!(
+                    !matches!(frame.kind, Some(server_frame::Kind::CaughtUp(_))),
+                    "the catch-up went on"
+                ),
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the stream never ended");
+    let status = ended.expect("the stream ended without a status");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("read nothing"), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_live_client_that_stops_reading_is_ended_even_with_little_queued() {
+    let limits = Limits {
+        stall_timeout_secs: 1,
+        ..Limits::default()
+    };
+    let server = TestServer::with_limits(limits).await;
+    let mut alice = RawClient::open(&server, "alice").await;
+    alice.join("lobby").await;
+    let mut bob = RawClient::open_on(server.narrow_channel(1024).await, "bob").await;
+    bob.join("lobby").await;
+    // A few frames, far from filling bob's queue; bob reads none of them, and grants no
+    // HTTP/2 window for more than the first.
+    for counter in 0..10 {
+        acked(
+            ask(
+                &mut alice,
+                10 + counter,
+                send("lobby", sealed(7, counter, 32)),
+            )
+            .await,
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let status = bob.final_status().await;
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains("read nothing"), "{status:?}");
+}
+
+#[tokio::test]
+async fn what_nobody_uses_is_reclaimed_and_names_are_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(dir.path());
+    let mut alice = Member::join_via(&server.url, "alice", "lobby").await;
+    let bob = Member::join_via(&server.url, "bob", "lobby").await;
+    alice.sees_join("bob").await;
+    let carol = Member::join_via(&server.url, "carol", "#quiet").await;
+    for member in [alice, bob, carol] {
+        member.quit().await.unwrap();
+    }
+    // As if a year had passed for bob and for #quiet, and not for the others.
+    server.terminate();
+    let database = rusqlite::Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+    database
+        .execute_batch(
+            "UPDATE identities SET seen_ms = 0 WHERE user = 'bob';
+             UPDATE rooms SET used_ms = 0 WHERE name = '#quiet';",
+        )
+        .unwrap();
+    drop(database);
+    // What nobody uses is reclaimed as the server starts (and every minute after).
+    let server = ServerProcess::start(dir.path());
+    common::process::wait_for_line(&server.stderr, "reclaimed");
+
+    // bob's name is free: someone else may register it, with other keys.
+    let mallory = common::identity("mallory");
+    let channel = e2ee_chat::client::connect(&server.url, None).await.unwrap();
+    let credentials = e2ee_chat::client::login(channel, &mallory, "bob")
+        .await
+        .unwrap();
+    assert!(credentials.registered);
+    // alice is still a member of the lobby, and bob no longer is.
+    let mut alice = RawClient::open_url(&server.url, "alice").await;
+    let join = |room: &str| {
+        client_frame::Kind::Join(JoinRoom {
+            room: room.into(),
+            create_private: false,
+            after_seq: Some(0),
+        })
+    };
+    let server_frame::Kind::Joined(joined) = ask(&mut alice, 1, join("lobby")).await else {
+        panic!("expected Joined");
+    };
+    assert!(joined.resumed);
+    assert!(joined.members.is_empty(), "{:?}", joined.members);
+    // #quiet is gone: carol joins it afresh.
+    let mut carol = RawClient::open_url(&server.url, "carol").await;
+    let server_frame::Kind::Joined(joined) = ask(&mut carol, 1, join("#quiet")).await else {
+        panic!("expected Joined");
+    };
+    assert!(!joined.resumed, "{joined:?}");
+}
