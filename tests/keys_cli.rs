@@ -275,3 +275,65 @@ fn a_database_that_is_not_one_stops_the_server_with_one_line() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_server_that_registers_only_with_tokens_takes_each_token_as_often_as_it_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server =
+        ServerProcess::start_with_args(&data, &["--registration".as_ref(), "token".as_ref()]);
+    let token_command = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+            .args(["registration-token"])
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap().trim().to_owned()
+    };
+    // Made while the server runs, on its data directory.
+    let token = token_command(&["create", "--uses", "1"]);
+    assert_eq!(token.len(), 32, "{token}");
+
+    let (ok, _, stderr) = client_command(
+        &server.url,
+        &dir.path().join("a"),
+        "alice",
+        &["--room", "lobby"],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("registration token"), "{stderr}");
+    assert_eq!(
+        stderr.lines().filter(|line| line.contains("error")).count(),
+        1,
+        "{stderr}"
+    );
+
+    let with_token = ["--registration-token", token.as_str()];
+    let alice = ClientProcess::joined(
+        {
+            let mut command = rust_client(&server.url, "alice", "lobby", &dir.path().join("a"));
+            command.args(with_token);
+            command
+        },
+        "lobby",
+    );
+    assert!(alice.finish().0.success());
+    // Used up: bob cannot register with it, and alice needs it no more.
+    let (ok, _, stderr) = client_command(&server.url, &dir.path().join("b"), "bob", &with_token);
+    assert!(!ok);
+    assert!(stderr.contains("not valid"), "{stderr}");
+    let alice = ClientProcess::joined(
+        rust_client(&server.url, "alice", "lobby", &dir.path().join("a")),
+        "lobby",
+    );
+    assert!(alice.finish().0.success());
+
+    let listed = token_command(&["list"]);
+    assert!(listed.contains("uses left: 0  used: 1"), "{listed}");
+    let id = listed.split_whitespace().next().unwrap();
+    token_command(&["revoke", id]);
+    assert_eq!(token_command(&["list"]), "");
+}

@@ -1685,15 +1685,23 @@ def open_channel(server: str, ca_cert: Optional[Path] = None) -> grpc.Channel:
     return grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
 
 
-def login(channel: grpc.Channel, identity: Identity, timeout: float = RPC_TIMEOUT_SECONDS) -> pb.LoginResponse:
-    """``CreateChallenge`` then ``Login`` with the signed challenge. Raises
-    ``grpc.RpcError``; ALREADY_EXISTS means the user name is registered to other keys."""
+def login(
+    channel: grpc.Channel,
+    identity: Identity,
+    timeout: float = RPC_TIMEOUT_SECONDS,
+    registration_token: str = "",
+) -> pb.LoginResponse:
+    """``CreateChallenge`` then ``Login`` with the signed challenge (and the operator's
+    registration token, for a relay that registers new names only with one). Raises
+    ``grpc.RpcError``; ALREADY_EXISTS means the user name (or a name differing only in
+    letter case) is registered to other keys, or the keys to another user."""
     auth = pb_grpc.AuthServiceStub(channel)
     challenge = auth.CreateChallenge(pb.CreateChallengeRequest(user=identity.user), timeout=timeout).challenge
     request = pb.LoginRequest(
         identity=identity.public_identity(),
         challenge=challenge,
         signature=identity.sign(login_signed_bytes(identity.user, challenge)),
+        registration_token=registration_token,
     )
     return auth.Login(request, timeout=timeout)
 
@@ -1787,9 +1795,11 @@ class ChatClient:
         key_bits: int,
         ca_cert: Optional[Path] = None,
         private: bool = False,
+        registration_token: str = "",
     ) -> None:
         self.server = server
         self.private = private
+        self.registration_token = registration_token
         self.user = user
         self.room_name = room
         self.home = home
@@ -1893,7 +1903,7 @@ class ChatClient:
     def _login(self) -> str:
         assert self.identity is not None and self.channel is not None
         try:
-            response = login(self.channel, self.identity)
+            response = login(self.channel, self.identity, registration_token=self.registration_token)
         except grpc.RpcError as exc:
             code = exc.code() if hasattr(exc, "code") else None
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
@@ -1907,10 +1917,7 @@ class ChatClient:
                     details += " (if the relay serves TLS, use https://)"
                 raise ClientError(f"cannot connect to {self.server}: {details}") from exc
             if code == grpc.StatusCode.ALREADY_EXISTS:
-                raise ClientError(
-                    f'the user name "{self.user}" is taken: the relay has it registered to other keys; '
-                    f"choose another name (or use the home directory that holds its keys)"
-                ) from exc
+                raise ClientError(f"cannot log in as {self.user}: {describe_rpc_error(exc)}") from exc
             raise ClientError(f"the relay refused the login of {self.user}: {describe_rpc_error(exc)}") from exc
         if response.registered:
             self.info(f"registered {self.user} on the relay with your keys")
@@ -2264,6 +2271,8 @@ class ChatClient:
             what = f"{event.user} left {self.room_name} (removed by the owner)"
         elif event.reason == pb.LEAVE_REASON_TOO_SLOW:
             what = f"{event.user} disconnected from {self.room_name} (too slow)"
+        elif event.reason == pb.LEAVE_REASON_RECLAIMED:
+            what = f"{event.user} left {self.room_name} (unused too long, removed by the relay)"
         else:
             what = f"{event.user} disconnected from {self.room_name}"
         self.info(f"* {what}; your sender key was rotated")
@@ -2473,6 +2482,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--ca-cert", default=env.get("CHAT_CA_CERT") or None,
                         help="PEM file of the CA certificates to trust for an https:// relay "
                         "(default: the system's) [env CHAT_CA_CERT]")
+    parser.add_argument("--registration-token", default=env.get("CHAT_REGISTRATION_TOKEN", ""),
+                        help="a registration token from the relay's operator, for the first login "
+                        "of --user on a relay that registers new names only with one "
+                        "[env CHAT_REGISTRATION_TOKEN]")
     args = parser.parse_args(argv)
     if not args.user:
         parser.error("--user is required (or set CHAT_USER)")
@@ -2495,6 +2508,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         args.key_bits,
         Path(args.ca_cert).expanduser() if args.ca_cert else None,
         private=args.private,
+        registration_token=args.registration_token,
     )
     try:
         code = client.run()
