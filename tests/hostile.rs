@@ -147,7 +147,7 @@ async fn a_returning_member_is_never_handed_a_key_superseded_where_it_left_off()
             _ => None,
         })
         .collect();
-    assert_eq!(keys, [K3], "{caught_up:?}");
+    assert_eq!(keys, [K3], "the keys sent before CaughtUp");
 }
 
 /// Reads frames until `CaughtUp`.
