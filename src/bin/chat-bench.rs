@@ -111,7 +111,7 @@ async fn run(args: &Args) -> Result<(), BenchError> {
     report("baseline relay, plaintext clients", &baseline);
 
     println!(
-        "delivered={} msgs_per_sec={:.0} p50_ms={:.2} p99_ms={:.2} baseline_msgs_per_sec={:.0} ratio={:.2}",
+        "delivered={} msgs_per_sec={:.0} p50_ms={:.2} p99_ms={:.2} baseline_msgs_per_sec={:.0} ratio={:.4}",
         ours.delivered,
         ours.msgs_per_sec(),
         ours.p50_ms,
