@@ -1,0 +1,441 @@
+//! Membership: joining (or coming back to) a room, leaving, invitations and kicks in
+//! private rooms, and what a session may read of a room.
+
+use super::*;
+
+impl Hub {
+    /// Joins the session's user to a room (creating it), or attaches the session to a
+    /// room its user is a member of. A first join is answered once committed; a member
+    /// coming back gets a [`CatchUp`] to run.
+    pub(crate) fn join(
+        &self,
+        id: SessionId,
+        request_id: u64,
+        request: JoinRequest<'_>,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Option<CatchUp>, Status> {
+        let room = request.room;
+        self.operate(|state| {
+            let session = state.session(id)?;
+            let user = session.user.clone();
+            let newcomer = session.identity.clone();
+            if session.rooms.contains_key(room) {
+                return Err(Status::already_exists(format!(
+                    "you are already in room {room:?} on this stream"
+                )));
+            }
+            if let Some(existing) = state.rooms.get(room)
+                && existing.is_active_member(&user)
+            {
+                return Ok(Some(state.attach(id, request_id, room, request.after_seq)));
+            }
+            state.writable()?;
+            let memberships = state.memberships.get(&user).map_or(0, BTreeSet::len);
+            if memberships >= self.limits.max_rooms_per_user {
+                return Err(Status::resource_exhausted(format!(
+                    "you are a member of {memberships} rooms, the most a user may; leave one \
+                     first"
+                )));
+            }
+            let mut changes = Vec::new();
+            match state.rooms.get(room) {
+                None if state.rooms.len() >= self.limits.max_rooms => {
+                    return Err(Status::resource_exhausted(format!(
+                        "the server holds its maximum of {} rooms; try again later",
+                        self.limits.max_rooms
+                    )));
+                }
+                None => {
+                    let owner = request.create_private.then(|| user.clone());
+                    if owner.is_some() {
+                        let owned = state.owned.get(&user).map_or(0, BTreeSet::len);
+                        if owned >= self.limits.max_owned_rooms {
+                            return Err(Status::resource_exhausted(format!(
+                                "you own {owned} private rooms, the most a user may; a room is \
+                                 freed when its last member leaves"
+                            )));
+                        }
+                        state
+                            .owned
+                            .entry(user.clone())
+                            .or_default()
+                            .insert(room.to_owned());
+                    }
+                    changes.push(Change::CreateRoom {
+                        room: room.to_owned(),
+                        owner: owner.clone(),
+                    });
+                    state.rooms.insert(
+                        room.to_owned(),
+                        Room {
+                            owner,
+                            ..Room::default()
+                        },
+                    );
+                }
+                Some(existing) if !existing.may_join(&user) => {
+                    return Err(Status::permission_denied(format!(
+                        "room {room:?} is private; ask its owner to invite you"
+                    )));
+                }
+                Some(existing) if existing.owner.is_none() && request.create_private => {
+                    return Err(Status::already_exists(format!(
+                        "room {room:?} already exists and is open to anyone; choose another \
+                         name for a private room"
+                    )));
+                }
+                Some(existing) if existing.active_members() >= self.limits.max_room_members => {
+                    return Err(Status::resource_exhausted(format!(
+                        "room {room:?} is full ({} members)",
+                        self.limits.max_room_members
+                    )));
+                }
+                Some(_) => {}
+            }
+            let joined = state.rooms.get_mut(room).expect("present or just created");
+            let seq = joined.next_seq();
+            joined.members.insert(
+                user.clone(),
+                Member {
+                    identity: newcomer,
+                    joined_seq: seq,
+                    left_seq: None,
+                },
+            );
+            state
+                .memberships
+                .entry(user.clone())
+                .or_default()
+                .insert(room.to_owned());
+            if let Some(session) = state.sessions.get_mut(&id) {
+                session.rooms.insert(room.to_owned(), Attachment::Joining);
+            }
+            changes.push(Change::AddMember {
+                room: room.to_owned(),
+                user: user.clone(),
+                seq,
+            });
+            let effect = Effect::Joined {
+                session: id,
+                request_id,
+                room: room.to_owned(),
+                user,
+                seq,
+            };
+            self.submit(state, changes, effect, Some(permit))?;
+            Ok(None)
+        })
+    }
+
+    /// The catch-up of `room` is over: tells the session, hands it the live frames that
+    /// waited, and from now on delivers to it directly.
+    pub(crate) fn finish_catch_up(&self, id: SessionId, room: &str, seq: u64) {
+        self.operate(|state| {
+            let Some(session) = state.sessions.get_mut(&id) else {
+                return;
+            };
+            // Not if the session left the room (or was removed) meanwhile.
+            let Some(attachment) = session.rooms.get_mut(room) else {
+                return;
+            };
+            let Attachment::CatchingUp(waiting) = std::mem::replace(attachment, Attachment::Live)
+            else {
+                return;
+            };
+            let caught_up = Kind::CaughtUp(CaughtUp {
+                room: room.to_owned(),
+                seq,
+            });
+            state.deliver(id, 0, caught_up);
+            for frame in waiting {
+                state.push(id, frame);
+            }
+        });
+    }
+
+    /// Removes the session's user from `room` for good.
+    pub(crate) fn leave(
+        &self,
+        id: SessionId,
+        request_id: u64,
+        room: &str,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), Status> {
+        self.operate(|state| {
+            let user = state.attached_member(id, room)?;
+            state.writable()?;
+            if let Some(session) = state.sessions.get_mut(&id) {
+                session.rooms.remove(room);
+            }
+            let effect =
+                state.start_leaving(room, &user, Some((id, request_id)), None, LeaveReason::Left);
+            let changes = vec![Change::RemoveMember {
+                room: room.to_owned(),
+                user,
+                seq: effect.seq(),
+            }];
+            self.submit(state, changes, effect, Some(permit))
+        })
+    }
+
+    /// Lets `user` join the private `room` owned by the session's user.
+    pub(crate) fn invite(
+        &self,
+        id: SessionId,
+        request_id: u64,
+        room: &str,
+        user: &str,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), Status> {
+        self.operate(|state| {
+            let owner = state.session(id)?.user.clone();
+            state.writable()?;
+            let room_state = state.owned_room(room, &owner)?;
+            if room_state.invited.len() >= self.limits.max_room_members {
+                return Err(Status::resource_exhausted(format!(
+                    "room {room:?} has its maximum of {} invitations; kick someone first",
+                    self.limits.max_room_members
+                )));
+            }
+            let mut changes = Vec::new();
+            if user != owner && room_state.invited.insert(user.to_owned()) {
+                changes.push(Change::Invite {
+                    room: room.to_owned(),
+                    user: user.to_owned(),
+                });
+            }
+            tracing::info!(owner, room, user, "invited");
+            let effect = Effect::Ack {
+                session: id,
+                request_id,
+            };
+            self.submit(state, changes, effect, Some(permit))
+        })
+    }
+
+    /// Removes `user` from the private `room` owned by the session's user, members and
+    /// invitations alike.
+    pub(crate) fn kick(
+        &self,
+        id: SessionId,
+        request_id: u64,
+        room: &str,
+        user: &str,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), Status> {
+        self.operate(|state| {
+            let owner = state.session(id)?.user.clone();
+            state.writable()?;
+            let room_state = state.owned_room(room, &owner)?;
+            if user == owner {
+                return Err(Status::invalid_argument(
+                    "you own this room and cannot kick yourself; leave it instead",
+                ));
+            }
+            let was_invited = room_state.invited.remove(user);
+            let is_member = room_state.is_active_member(user);
+            if !was_invited && !is_member {
+                return Err(Status::not_found(format!(
+                    "{user:?} is neither a member of nor invited to room {room:?}"
+                )));
+            }
+            tracing::info!(owner, room, user, "kicked");
+            let mut changes = vec![Change::Uninvite {
+                room: room.to_owned(),
+                user: user.to_owned(),
+            }];
+            if !is_member {
+                let effect = Effect::Ack {
+                    session: id,
+                    request_id,
+                };
+                return self.submit(state, changes, effect, Some(permit));
+            }
+            // The kicked member's frames for the room are refused from now on.
+            let removed = state.online.get(user).copied();
+            let mut catching_up = false;
+            if let Some(session) = removed.and_then(|kicked| state.sessions.get_mut(&kicked)) {
+                catching_up = matches!(session.rooms.remove(room), Some(Attachment::CatchingUp(_)));
+            }
+            if let (true, Some(kicked)) = (catching_up, removed) {
+                // Its catch-up is still sending what came before: rather than tell it
+                // out of order, end the session; it learns when it joins again.
+                let status =
+                    Status::permission_denied(format!("the owner removed you from room {room:?}"));
+                state.remove_session(kicked, Some(status));
+            }
+            let effect = state.start_leaving(
+                room,
+                user,
+                Some((id, request_id)),
+                removed,
+                LeaveReason::Kicked,
+            );
+            changes.push(Change::RemoveMember {
+                room: room.to_owned(),
+                user: user.to_owned(),
+                seq: effect.seq(),
+            });
+            self.submit(state, changes, effect, Some(permit))
+        })
+    }
+
+    /// The session's user and the sequence number it joined `room` at, for a history
+    /// request.
+    pub(crate) fn history_scope(&self, id: SessionId, room: &str) -> Result<(String, u64), Status> {
+        let state = self.lock();
+        let user = state.attached_member(id, room)?;
+        if let Some(Attachment::Joining) = state.sessions[&id].rooms.get(room) {
+            return Err(Status::failed_precondition(format!(
+                "you are still joining room {room:?}; ask for its history once joined"
+            )));
+        }
+        let joined_seq = state.rooms[room].members[&user].joined_seq;
+        Ok((user, joined_seq))
+    }
+
+    /// Whether the session is still catching up on `room` (it did not leave meanwhile).
+    pub(crate) fn is_catching_up(&self, id: SessionId, room: &str) -> bool {
+        self.lock()
+            .sessions
+            .get(&id)
+            .and_then(|session| session.rooms.get(room))
+            .is_some_and(|attachment| matches!(attachment, Attachment::CatchingUp(_)))
+    }
+
+    /// The users who are active members of `room` now.
+    pub(crate) fn active_members(&self, room: &str) -> BTreeSet<String> {
+        self.lock()
+            .rooms
+            .get(room)
+            .map_or_else(BTreeSet::new, |room| {
+                room.members
+                    .iter()
+                    .filter(|(_, member)| member.is_active())
+                    .map(|(user, _)| user.clone())
+                    .collect()
+            })
+    }
+}
+
+impl State {
+    /// The session's user, if this stream joined `room` and the user is still a member.
+    pub(super) fn attached_member(&self, id: SessionId, room: &str) -> Result<String, Status> {
+        let session = self.session(id)?;
+        let member = self
+            .rooms
+            .get(room)
+            .is_some_and(|found| found.is_active_member(&session.user));
+        if session.rooms.contains_key(room) && member {
+            Ok(session.user.clone())
+        } else {
+            Err(Status::permission_denied(format!(
+                "you are not a member of room {room:?} on this stream; join it first"
+            )))
+        }
+    }
+
+    /// Attaches the session to a room its user is a member of, to catch up from
+    /// `after` (or from now).
+    pub(super) fn attach(
+        &mut self,
+        id: SessionId,
+        request_id: u64,
+        room: &str,
+        after: Option<u64>,
+    ) -> CatchUp {
+        let session = self.sessions.get_mut(&id).expect("checked by the caller");
+        session
+            .rooms
+            .insert(room.to_owned(), Attachment::CatchingUp(Vec::new()));
+        let user = session.user.clone();
+        let frames = session.frames.clone();
+        let found = &self.rooms[room];
+        let head = found.committed_seq;
+        let patience = self.stall_timeout;
+        // Never before the member joined, whatever the client asks.
+        let joined_seq = found.members.get(&user).map_or(head, |m| m.joined_seq);
+        let joined = Joined {
+            room: room.to_owned(),
+            members: found.members_at(head, &user),
+            private_room: found.owner.is_some(),
+            owner: found.owner.clone().unwrap_or_default(),
+            last_seq: head,
+            resumed: true,
+            former_members: Vec::new(),
+        };
+        tracing::info!(user, room, after, head, "catching up");
+        CatchUp {
+            session: id,
+            room: room.to_owned(),
+            user,
+            after: after.map(|after| after.max(joined_seq)),
+            head,
+            joined,
+            request_id,
+            frames,
+            patience,
+        }
+    }
+
+    /// Numbers the leaving of `user` from `room`; it stops being an active member now
+    /// and is removed once that is committed.
+    pub(super) fn start_leaving(
+        &mut self,
+        room: &str,
+        user: &str,
+        reply: Option<(SessionId, u64)>,
+        removed: Option<SessionId>,
+        reason: LeaveReason,
+    ) -> Effect {
+        let found = self.rooms.get_mut(room).expect("a member's room exists");
+        let seq = found.next_seq();
+        if let Some(member) = found.members.get_mut(user) {
+            member.left_seq = Some(seq);
+        }
+        if let Some(rooms) = self.memberships.get_mut(user) {
+            rooms.remove(room);
+            if rooms.is_empty() {
+                self.memberships.remove(user);
+            }
+        }
+        Effect::Left {
+            reply,
+            removed,
+            room: room.to_owned(),
+            user: user.to_owned(),
+            seq,
+            reason,
+        }
+    }
+
+    /// The private `room`, if `owner` owns it.
+    pub(super) fn owned_room(&mut self, room: &str, owner: &str) -> Result<&mut Room, Status> {
+        let Some(found) = self.rooms.get_mut(room) else {
+            return Err(Status::not_found(format!("there is no room {room:?}")));
+        };
+        match &found.owner {
+            None => Err(Status::failed_precondition(format!(
+                "room {room:?} is open to anyone: there is nobody to invite or kick"
+            ))),
+            Some(actual) if actual != owner => Err(Status::permission_denied(format!(
+                "only the owner of room {room:?} ({actual}) can invite or kick"
+            ))),
+            Some(_) => Ok(found),
+        }
+    }
+
+    pub(super) fn remove_room(&mut self, room: &str) {
+        let Some(removed) = self.rooms.remove(room) else {
+            return;
+        };
+        if let Some(owner) = removed.owner
+            && let Some(owned) = self.owned.get_mut(&owner)
+        {
+            owned.remove(room);
+            if owned.is_empty() {
+                self.owned.remove(&owner);
+            }
+        }
+    }
+}

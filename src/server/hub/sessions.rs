@@ -1,0 +1,180 @@
+//! Sessions: opening and closing `Chat` streams, queuing frames for them, and ending
+//! the ones whose client broke the rules, stopped reading, or must go (shutdown).
+
+use super::*;
+
+impl Hub {
+    /// Opens the session of the logged-in user `identity.user`, closing any other it has.
+    pub(crate) fn open_session(
+        &self,
+        identity: PublicIdentity,
+    ) -> Result<(SessionId, Outbound), Status> {
+        let user = identity.user.as_str();
+        let mut state = self.lock();
+        if state.shutting_down {
+            return Err(Status::unavailable("the server is shutting down"));
+        }
+        if let Some(&previous) = state.online.get(user) {
+            // The newer one wins: the older is most likely a connection that died without
+            // the relay noticing yet, and its user should not wait for it to time out.
+            let status = Status::aborted(
+                "you opened another session elsewhere; this one is closed (only one session \
+                 per user at a time)",
+            );
+            state.remove_session(previous, Some(status));
+        }
+        if state.sessions.len() >= self.limits.max_sessions {
+            return Err(Status::resource_exhausted(format!(
+                "the server is full ({} sessions); try again later",
+                self.limits.max_sessions
+            )));
+        }
+        state.next_session_id += 1;
+        let id = state.next_session_id;
+        let (frames, close, stream) =
+            outbound(self.limits.outbound_queue, self.limits.outbound_queue_bytes);
+        state.sessions.insert(
+            id,
+            Session {
+                user: user.to_owned(),
+                identity: identity.clone(),
+                frames,
+                close: Some(close),
+                rooms: HashMap::new(),
+                reader: None,
+            },
+        );
+        state.online.insert(user.to_owned(), id);
+        tracing::info!(user, session = id, "session opened");
+        self.note_seen(&mut state, user.to_owned());
+        Ok((id, stream))
+    }
+
+    /// Remembers the task reading the session's frames, to stop it if the session is
+    /// closed by the server.
+    pub(crate) fn set_reader(&self, id: SessionId, reader: AbortHandle) {
+        match self.lock().sessions.get_mut(&id) {
+            Some(session) => session.reader = Some(reader),
+            None => reader.abort(),
+        }
+    }
+
+    /// Whether the session is still open.
+    pub(crate) fn is_open(&self, id: SessionId) -> bool {
+        self.lock().sessions.contains_key(&id)
+    }
+
+    /// Queues an answer for the session itself (a rejection of one of its frames).
+    pub(crate) fn reply(&self, id: SessionId, request_id: u64, kind: Kind) {
+        self.operate(|state| state.deliver(id, request_id, kind));
+    }
+
+    /// The client ended its session. Its user stays a member of its rooms.
+    pub(crate) fn close_session(&self, id: SessionId) {
+        self.operate(|state| state.remove_session(id, None));
+    }
+
+    /// The server ends a session, sending `status` to the client.
+    pub(crate) fn end_session(&self, id: SessionId, status: Status) {
+        self.operate(|state| state.remove_session(id, Some(status)));
+    }
+
+    /// Ends the sessions whose client has taken nothing from its queue for the stall
+    /// timeout: it reads nothing, or grants no HTTP/2 window.
+    pub(crate) fn end_stalled(&self) {
+        self.operate(|state| {
+            let timeout = state.stall_timeout;
+            let stalled: Vec<SessionId> = state
+                .sessions
+                .iter()
+                .filter(|(_, session)| session.frames.stalled_for().is_some_and(|t| t >= timeout))
+                .map(|(&id, _)| id)
+                .collect();
+            for id in stalled {
+                let status = Status::resource_exhausted(format!(
+                    "disconnected: your client read nothing for {} s while frames waited for \
+                     it; reconnect to catch up",
+                    timeout.as_secs()
+                ));
+                state.remove_session(id, Some(status));
+            }
+        });
+    }
+
+    /// Refuses new sessions and ends every open one with UNAVAILABLE, so that the
+    /// server's graceful shutdown does not wait for clients that would never leave.
+    pub(crate) fn shutdown(&self) {
+        self.operate(|state| {
+            state.shutting_down = true;
+            let ids: Vec<SessionId> = state.sessions.keys().copied().collect();
+            for id in ids {
+                let status = Status::unavailable("the server is shutting down; reconnect later");
+                state.remove_session(id, Some(status));
+            }
+        });
+    }
+}
+
+impl State {
+    pub(super) fn session(&self, id: SessionId) -> Result<&Session, Status> {
+        self.sessions
+            .get(&id)
+            .ok_or_else(|| Status::unavailable("the session was closed"))
+    }
+
+    /// Queues a frame for one session without waiting; a full queue marks it for
+    /// disconnection.
+    pub(super) fn deliver(&mut self, id: SessionId, request_id: u64, kind: Kind) {
+        self.push(
+            id,
+            ServerFrame {
+                request_id,
+                kind: Some(kind),
+            },
+        );
+    }
+
+    pub(super) fn push(&mut self, id: SessionId, frame: ServerFrame) {
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        if let Err(Refusal::Full) = session.frames.push(frame)
+            && !self.overflowed.contains(&id)
+        {
+            self.overflowed.push(id);
+        }
+        // A closed queue means tonic dropped the stream: the reader task is ending and
+        // will close the session itself.
+    }
+
+    pub(super) fn remove_session(&mut self, id: SessionId, status: Option<Status>) {
+        let Some(mut session) = self.sessions.remove(&id) else {
+            return;
+        };
+        if self.online.get(&session.user) == Some(&id) {
+            self.online.remove(&session.user);
+        }
+        self.departed.push(session.user.clone());
+        if let Some(status) = status {
+            tracing::info!(user = session.user, code = ?status.code(), "session ended by the server");
+            if let Some(close) = session.close.take() {
+                let _ = close.send(status);
+            }
+            if let Some(reader) = session.reader {
+                reader.abort();
+            }
+        } else {
+            tracing::info!(user = session.user, "session closed");
+        }
+    }
+
+    pub(super) fn evict_overflowed(&mut self) {
+        while let Some(id) = self.overflowed.pop() {
+            let status = Status::resource_exhausted(
+                "disconnected: your client did not read its messages fast enough and its queue \
+                 on the server filled up; reconnect to catch up",
+            );
+            self.remove_session(id, Some(status));
+        }
+    }
+}
