@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use common::PATIENCE;
 use common::process::{
-    ClientProcess, ServerProcess, run_client, rust_client, sequence_faults, wait_for_line,
+    BURST, ClientProcess, ServerProcess, burst_lines, catch_up, join_and_go_away, rust_client,
+    send_burst, sequence_faults, wait_for_line,
 };
 use e2ee_chat::bench::{self, Load};
 use e2ee_chat::client::{ChatSession, ClientError, Contacts, Event};
@@ -572,65 +573,27 @@ async fn a_catch_up_never_reaches_back_before_the_members_joining() {
     assert_eq!(carol.texts(), ["said to carol"]);
 }
 
-/// More frames than two of `chat-client`'s batches (it applies at most 256 frames in a
-/// row before saving its progress), so a burst or a catch-up crosses at least two batch
-/// boundaries.
-const BURST: usize = 700;
-
 /// What `chat-client` may show again after a SIGKILL: the batch it was printing, whose
 /// progress it had not saved yet (its `MAX_BATCH`).
 const CLIENT_BATCH: usize = 256;
-
-/// The `n`th message of alice's burst, `padding` characters long beyond its number.
-fn burst_text(n: usize, padding: usize) -> String {
-    format!("alice-{n:04} {}", "~".repeat(padding))
-}
-
-/// What a reader in `room` prints for each message of the burst, in order.
-fn burst_lines(room: &str, padding: usize) -> Vec<String> {
-    (0..BURST)
-        .map(|n| format!("[{room}] alice: {}", burst_text(n, padding)))
-        .collect()
-}
-
-/// Pipes the burst into alice's `chat-client` in `room`; it exits 0 only once the relay
-/// has acknowledged (stored) every message.
-fn send_burst(url: &str, room: &str, home: &std::path::Path, padding: usize) {
-    let input: String = (0..BURST).map(|n| burst_text(n, padding) + "\n").collect();
-    let (status, stdout, stderr) = run_client(&mut rust_client(url, "alice", room, home), &input);
-    assert!(status.success(), "{stderr}");
-    assert!(stdout.is_empty(), "{stdout}");
-}
-
-/// Makes `user` a member of `room` that is away: it joins, saves its progress, exits.
-fn join_and_go_away(url: &str, user: &str, room: &str, home: &std::path::Path) {
-    let (status, stdout, stderr) = run_client(&mut rust_client(url, user, room, home), "");
-    assert!(status.success(), "{stderr}");
-    assert!(stdout.is_empty(), "{stdout}");
-}
-
-/// Starts `user` again in `room`, lets it catch up, and ends it; returns what it printed.
-fn catch_up(url: &str, user: &str, room: &str, home: &std::path::Path) -> Vec<String> {
-    let client = ClientProcess::start(rust_client(url, user, room, home));
-    wait_for_line(&client.stderr, &format!("caught up on {room}"));
-    let (status, stdout, stderr) = client.finish();
-    assert!(status.success(), "{user}: {stderr:?}");
-    stdout
-}
 
 #[test]
 fn a_burst_past_the_clients_batch_reaches_a_busy_live_reader_and_a_returning_one_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&dir.path().join("data"));
     let home = dir.path().join("home");
-    join_and_go_away(&server.url, "carol", "burst", &home);
+    join_and_go_away(rust_client(&server.url, "carol", "burst", &home));
     let bob = ClientProcess::joined(rust_client(&server.url, "bob", "burst", &home), "burst");
     // bob stays connected but reads nothing during the burst (a suspended terminal):
     // when he runs again, the whole burst is there at once, in full batches.
     bob.pause();
-    send_burst(&server.url, "burst", &home, 0);
+    send_burst(
+        rust_client(&server.url, "alice", "burst", &home),
+        "alice",
+        0,
+    );
     bob.resume();
-    let expected = burst_lines("burst", 0);
+    let expected = burst_lines("burst", "alice", 0);
 
     let mut shown = wait_for_line(&bob.stdout, expected.last().unwrap());
     let (status, rest, stderr) = bob.finish();
@@ -640,7 +603,7 @@ fn a_burst_past_the_clients_batch_reaches_a_busy_live_reader_and_a_returning_one
     faults.extend(sequence_faults(&shown, &expected).map(|f| format!("bob, live: {f}")));
 
     // carol was away: she catches up on all of it from her saved progress.
-    let shown = catch_up(&server.url, "carol", "burst", &home);
+    let shown = catch_up(rust_client(&server.url, "carol", "burst", &home), "burst");
     faults.extend(sequence_faults(&shown, &expected).map(|f| format!("carol, away: {f}")));
     assert!(faults.is_empty(), "{}", faults.join("\n"));
 }
@@ -661,10 +624,14 @@ fn a_reader_killed_or_ended_mid_catch_up_loses_nothing_when_started_again() {
     let mut server = ServerProcess::start(&dir.path().join("data"));
     let home = dir.path().join("home");
     let room = "resume";
-    join_and_go_away(&server.url, "dave", room, &home);
-    join_and_go_away(&server.url, "erin", room, &home);
-    send_burst(&server.url, room, &home, LONG_LINE_PADDING);
-    let expected = burst_lines(room, LONG_LINE_PADDING);
+    join_and_go_away(rust_client(&server.url, "dave", room, &home));
+    join_and_go_away(rust_client(&server.url, "erin", room, &home));
+    send_burst(
+        rust_client(&server.url, "alice", room, &home),
+        "alice",
+        LONG_LINE_PADDING,
+    );
+    let expected = burst_lines(room, "alice", LONG_LINE_PADDING);
 
     // erin is killed (SIGKILL) in the middle of her catch-up. The client saves its
     // progress once per batch of frames, so the batch she was printing was not saved
@@ -679,7 +646,7 @@ fn a_reader_killed_or_ended_mid_catch_up_loses_nothing_when_started_again() {
         sequence_faults(&first_run, &expected[..first_run.len()])
             .map(|f| format!("erin, first run: {f}")),
     );
-    let second_run = catch_up(&server.url, "erin", room, &home);
+    let second_run = catch_up(rust_client(&server.url, "erin", room, &home), room);
     let resumed_at = second_run
         .first()
         .and_then(|first| expected.iter().position(|line| line == first))
@@ -716,7 +683,10 @@ fn a_reader_killed_or_ended_mid_catch_up_loses_nothing_when_started_again() {
     assert!(first_run.len() < BURST, "dave did not stop mid-catch-up");
     server.restart();
     let mut both_runs = first_run;
-    both_runs.extend(catch_up(&server.url, "dave", room, &home));
+    both_runs.extend(catch_up(
+        rust_client(&server.url, "dave", room, &home),
+        room,
+    ));
     faults.extend(sequence_faults(&both_runs, &expected).map(|f| format!("dave, both runs: {f}")));
     assert!(faults.is_empty(), "{}", faults.join("\n"));
 }

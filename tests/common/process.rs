@@ -403,6 +403,52 @@ pub fn rust_client(url: &str, user: &str, room: &str, home: &Path) -> Command {
     )
 }
 
+/// Messages in a burst: more frames than two of `chat-client`'s batches (it applies at
+/// most 256 frames in a row before saving its progress), so that a burst, or a catch-up
+/// on one, crosses at least two batch boundaries.
+pub const BURST: usize = 700;
+
+/// The `n`th message of `sender`'s burst, `padding` characters longer than its number.
+pub fn burst_text(sender: &str, n: usize, padding: usize) -> String {
+    format!("{sender}-{n:04} {}", "~".repeat(padding))
+}
+
+/// What a reader in `room` prints for each message of `sender`'s burst, in order.
+pub fn burst_lines(room: &str, sender: &str, padding: usize) -> Vec<String> {
+    (0..BURST)
+        .map(|n| format!("[{room}] {sender}: {}", burst_text(sender, n, padding)))
+        .collect()
+}
+
+/// Pipes `sender`'s burst into its client, `command`, to the end; a client exits 0 only
+/// once the relay has acknowledged (stored) every message.
+pub fn send_burst(mut command: Command, sender: &str, padding: usize) {
+    let input: String = (0..BURST)
+        .map(|n| burst_text(sender, n, padding) + "\n")
+        .collect();
+    let (status, stdout, stderr) = run_client(&mut command, &input);
+    assert!(status.success(), "{sender}: {stderr}");
+    assert!(stdout.is_empty(), "{sender}: {stdout}");
+}
+
+/// Runs a client to its exit with nothing to say: its user joins the room (if it was
+/// not a member yet), saves its progress and goes away, staying a member.
+pub fn join_and_go_away(mut command: Command) {
+    let (status, stdout, stderr) = run_client(&mut command, "");
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+}
+
+/// Starts a member's client, waits until it caught up on `room`, and ends it; returns
+/// everything it printed on stdout.
+pub fn catch_up(command: Command, room: &str) -> Vec<String> {
+    let client = ClientProcess::start(command);
+    wait_for_line(&client.stderr, &format!("caught up on {room}"));
+    let (status, stdout, stderr) = client.finish();
+    assert!(status.success(), "{stderr:?}");
+    stdout
+}
+
 /// What keeps `shown` from being exactly `expected`, in order: lines missing, repeated,
 /// not expected at all, or out of order; `None` when it is exactly that. Short enough
 /// for a failure message however many lines there are.
