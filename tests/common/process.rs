@@ -408,15 +408,20 @@ pub fn rust_client(url: &str, user: &str, room: &str, home: &Path) -> Command {
 /// on one, crosses at least two batch boundaries.
 pub const BURST: usize = 700;
 
-/// The `n`th message of `sender`'s burst, `padding` characters longer than its number.
-pub fn burst_text(sender: &str, n: usize, padding: usize) -> String {
-    format!("{sender}-{n:04} {}", "~".repeat(padding))
+/// `sender`'s `n`th numbered message (`alice-0007`), made `padding` characters longer.
+pub fn numbered_text(sender: &str, n: usize, padding: usize) -> String {
+    format!("{sender}-{n:04}{}", "~".repeat(padding))
+}
+
+/// The line a client prints on stdout for a message.
+pub fn message_line(room: &str, sender: &str, text: &str) -> String {
+    format!("[{room}] {sender}: {text}")
 }
 
 /// What a reader in `room` prints for each message of `sender`'s burst, in order.
 pub fn burst_lines(room: &str, sender: &str, padding: usize) -> Vec<String> {
     (0..BURST)
-        .map(|n| format!("[{room}] {sender}: {}", burst_text(sender, n, padding)))
+        .map(|n| message_line(room, sender, &numbered_text(sender, n, padding)))
         .collect()
 }
 
@@ -424,7 +429,7 @@ pub fn burst_lines(room: &str, sender: &str, padding: usize) -> Vec<String> {
 /// once the relay has acknowledged (stored) every message.
 pub fn send_burst(mut command: Command, sender: &str, padding: usize) {
     let input: String = (0..BURST)
-        .map(|n| burst_text(sender, n, padding) + "\n")
+        .map(|n| numbered_text(sender, n, padding) + "\n")
         .collect();
     let (status, stdout, stderr) = run_client(&mut command, &input);
     assert!(status.success(), "{sender}: {stderr}");
