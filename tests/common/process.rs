@@ -56,7 +56,12 @@ pub fn next_lines(lines: &Receiver<String>, count: usize) -> Vec<String> {
     while seen.len() < count {
         match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(line) => seen.push(line),
-            Err(error) => panic!("{error:?} after {} of {count} lines: {seen:?}", seen.len()),
+            Err(error) => panic!(
+                "{error:?} after {} of {count} lines; the last: {:?}",
+                seen.len(),
+                seen.last()
+                    .map(|line| line.chars().take(80).collect::<String>())
+            ),
         }
     }
     seen
@@ -342,6 +347,14 @@ impl ClientProcess {
         let stdout = remaining_lines(&self.stdout);
         let stderr = remaining_lines(&self.stderr);
         (status, stdout, stderr)
+    }
+}
+
+impl Drop for ClientProcess {
+    /// A test that failed half-way leaves no client behind, not even a suspended one.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
