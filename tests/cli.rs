@@ -2,29 +2,11 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, ExitStatus};
+use std::process::Command;
 
 use common::process::{
-    ClientProcess, ServerProcess, assert_one_line_error, rust_client, spawn_piped, wait_for_line,
+    ClientProcess, ServerProcess, assert_one_line_error, run_client, rust_client, wait_for_line,
 };
-
-/// Runs a client to completion with `input` on stdin.
-fn run_client(command: &mut Command, input: &str) -> (ExitStatus, String, String) {
-    let mut child = spawn_piped(command);
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
-    (
-        output.status,
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 #[test]
 fn three_people_chat_through_the_binaries() {

@@ -8,7 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use common::PATIENCE;
-use common::process::ServerProcess;
+use common::process::{
+    BURST, ClientProcess, ServerProcess, burst_lines, catch_up, join_and_go_away, rust_client,
+    send_burst, sequence_faults, wait_for_line,
+};
 use e2ee_chat::bench::{self, Load};
 use e2ee_chat::client::{ChatSession, ClientError, Contacts, Event};
 use e2ee_chat::proto::{JoinRoom, PublicIdentity};
@@ -589,4 +592,122 @@ async fn a_catch_up_never_reaches_back_before_the_members_joining() {
     let mut carol = Chatter::join(&server.url, "carol", "lobby", Some(0)).await;
     carol.pump_until(|carol| carol.caught_up).await;
     assert_eq!(carol.texts(), ["said to carol"]);
+}
+
+/// What `chat-client` may show again after a SIGKILL: the batch it was printing, whose
+/// progress it had not saved yet (its `MAX_BATCH`).
+const CLIENT_BATCH: usize = 256;
+
+#[test]
+fn a_burst_past_the_clients_batch_reaches_a_busy_live_reader_and_a_returning_one_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let home = dir.path().join("home");
+    join_and_go_away(rust_client(&server.url, "carol", "burst", &home));
+    let bob = ClientProcess::joined(rust_client(&server.url, "bob", "burst", &home), "burst");
+    // bob stays connected but reads nothing during the burst (a suspended terminal):
+    // when he runs again, the whole burst is there at once, in full batches.
+    bob.pause();
+    send_burst(
+        rust_client(&server.url, "alice", "burst", &home),
+        "alice",
+        0,
+    );
+    bob.resume();
+    let expected = burst_lines("burst", "alice", 0);
+
+    let mut shown = wait_for_line(&bob.stdout, expected.last().unwrap());
+    let (status, rest, stderr) = bob.finish();
+    assert!(status.success(), "{stderr:?}");
+    shown.extend(rest);
+    let mut faults = Vec::new();
+    faults.extend(sequence_faults(&shown, &expected).map(|f| format!("bob, live: {f}")));
+
+    // carol was away: she catches up on all of it from her saved progress.
+    let shown = catch_up(rust_client(&server.url, "carol", "burst", &home), "burst");
+    faults.extend(sequence_faults(&shown, &expected).map(|f| format!("carol, away: {f}")));
+    assert!(faults.is_empty(), "{}", faults.join("\n"));
+}
+
+/// Long enough that the HTTP/2 window the client grants the relay (2 MiB), with what
+/// the relay queues for it, holds a few hundred of the burst's messages, not all 700:
+/// a reader that stopped reading has then not received the end of its catch-up. (And
+/// the stdout pipe, 64 KiB on Linux, holds only a few lines.)
+const LONG_LINE_PADDING: usize = 10_000;
+
+/// How many lines the test reads from a reader's catch-up before stopping it: past the
+/// first batch, so the first run crosses a batch boundary.
+const READ_BEFORE_STOPPING: usize = 300;
+
+#[test]
+fn a_reader_killed_or_ended_mid_catch_up_loses_nothing_when_started_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(&dir.path().join("data"));
+    let home = dir.path().join("home");
+    let room = "resume";
+    join_and_go_away(rust_client(&server.url, "dave", room, &home));
+    join_and_go_away(rust_client(&server.url, "erin", room, &home));
+    send_burst(
+        rust_client(&server.url, "alice", room, &home),
+        "alice",
+        LONG_LINE_PADDING,
+    );
+    let expected = burst_lines(room, "alice", LONG_LINE_PADDING);
+
+    // erin is killed (SIGKILL) in the middle of her catch-up. The client saves its
+    // progress once per batch of frames, so the batch she was printing was not saved
+    // and shows again next time (as documented); but nothing may be skipped, and each
+    // run shows what it shows in order.
+    let erin = ClientProcess::start_holding_stdout(rust_client(&server.url, "erin", room, &home));
+    let mut first_run = erin.stdout_lines(READ_BEFORE_STOPPING);
+    first_run.extend(erin.kill());
+    assert!(first_run.len() < BURST, "erin was not killed mid-catch-up");
+    let mut faults = Vec::new();
+    faults.extend(
+        sequence_faults(&first_run, &expected[..first_run.len()])
+            .map(|f| format!("erin, first run: {f}")),
+    );
+    let second_run = catch_up(rust_client(&server.url, "erin", room, &home), room);
+    let resumed_at = second_run
+        .first()
+        .and_then(|first| expected.iter().position(|line| line == first))
+        .unwrap_or(BURST);
+    if resumed_at > first_run.len() {
+        faults.push(format!(
+            "erin skipped from message {} to {resumed_at}",
+            first_run.len()
+        ));
+    } else if first_run.len() - resumed_at > CLIENT_BATCH {
+        faults.push(format!(
+            "erin showed {} messages again: more than the batch she was killed in",
+            first_run.len() - resumed_at
+        ));
+    }
+    faults.extend(
+        sequence_faults(&second_run, &expected[resumed_at.min(BURST)..])
+            .map(|f| format!("erin, second run: {f}")),
+    );
+
+    // dave ends gracefully (end of input) part-way through his catch-up, saving what he
+    // processed; the next run goes on from there: each message once, in order, across
+    // the two runs. Ended while connected, a client first waits for the relay to
+    // acknowledge its key, which comes after whatever catch-up was already queued; so
+    // that it ends part-way, the relay dies while dave's output is held: he cannot have
+    // received more than the stream's window beyond what he printed, and, offline with
+    // nothing of his own to deliver, he ends at once.
+    let dave = ClientProcess::start_holding_stdout(rust_client(&server.url, "dave", room, &home));
+    let mut first_run = dave.stdout_lines(READ_BEFORE_STOPPING);
+    server.kill();
+    let (status, rest, stderr) = dave.finish();
+    assert!(status.success(), "{stderr:?}");
+    first_run.extend(rest);
+    assert!(first_run.len() < BURST, "dave did not stop mid-catch-up");
+    server.restart();
+    let mut both_runs = first_run;
+    both_runs.extend(catch_up(
+        rust_client(&server.url, "dave", room, &home),
+        room,
+    ));
+    faults.extend(sequence_faults(&both_runs, &expected).map(|f| format!("dave, both runs: {f}")));
+    assert!(faults.is_empty(), "{}", faults.join("\n"));
 }

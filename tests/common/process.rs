@@ -1,12 +1,13 @@
 //! Real processes for the tests: `chat-server` and chat clients, driven through their
 //! command-line contract.
 
-use std::ffi::OsStr;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant};
 
 /// How long a process test waits for a line or an exit.
@@ -23,6 +24,67 @@ pub fn lines_of(pipe: impl std::io::Read + Send + 'static) -> Receiver<String> {
         }
     });
     rx
+}
+
+/// Reads a pipe line by line on a thread, but only as many lines as are let through the
+/// returned gate (a count at a time); once the gate is dropped, everything. The rest stays
+/// in the pipe, so a writer that fills it blocks, as behind a reader that does not keep up.
+pub fn gated_lines_of(
+    pipe: impl std::io::Read + Send + 'static,
+) -> (Receiver<String>, Sender<usize>) {
+    let (tx, rx) = channel();
+    let (gate, allowances) = channel::<usize>();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(pipe).lines().map_while(Result::ok);
+        loop {
+            let allowed = allowances.recv().unwrap_or(usize::MAX);
+            for _ in 0..allowed {
+                let Some(line) = lines.next() else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (rx, gate)
+}
+
+/// Waits for the next `count` lines.
+pub fn next_lines(lines: &Receiver<String>, count: usize) -> Vec<String> {
+    let deadline = Instant::now() + PROCESS_PATIENCE;
+    let mut seen = Vec::with_capacity(count);
+    while seen.len() < count {
+        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => seen.push(line),
+            Err(error) => panic!(
+                "{error:?} after {} of {count} lines; the last: {:?}",
+                seen.len(),
+                seen.last()
+                    .map(|line| line.chars().take(80).collect::<String>())
+            ),
+        }
+    }
+    seen
+}
+
+/// Every line left until the pipe closes (its writer exited). Lines still in the pipe
+/// when a process exits are read here, not lost as they would be by `try_iter`.
+pub fn remaining_lines(lines: &Receiver<String>) -> Vec<String> {
+    let deadline = Instant::now() + PROCESS_PATIENCE;
+    let mut rest = Vec::new();
+    while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        rest.push(line);
+    }
+    rest
+}
+
+/// Sends `signal` (a name such as `STOP`) to process `pid` with kill(1).
+fn send_signal(pid: u32, signal: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill -{signal} {pid} failed");
 }
 
 /// Waits for a line containing `needle`; returns every line read up to it.
@@ -66,6 +128,9 @@ pub struct ServerProcess {
     /// `http://ADDR`: a server started with TLS needs an https:// URL instead.
     pub url: String,
     pub stderr: Receiver<String>,
+    data_dir: PathBuf,
+    extra: Vec<OsString>,
+    env: Vec<(String, String)>,
 }
 
 impl ServerProcess {
@@ -117,7 +182,33 @@ impl ServerProcess {
             addr,
             url: format!("http://{addr}"),
             stderr,
+            data_dir: data_dir.to_owned(),
+            extra: extra.iter().map(|arg| arg.to_os_string()).collect(),
+            env: env
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect(),
         }
+    }
+
+    /// Kills the server with SIGKILL and starts it again: see [`restart`](Self::restart).
+    pub fn kill_and_restart(&mut self) {
+        self.kill();
+        self.restart();
+    }
+
+    /// Starts a killed server again on the same address, with the same data directory,
+    /// arguments and environment; waits until it listens.
+    pub fn restart(&mut self) {
+        let extra: Vec<&OsStr> = self.extra.iter().map(OsString::as_os_str).collect();
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        let restarted = Self::listening(&self.data_dir, &self.addr.to_string(), &extra, &env);
+        // Drops the old child, already reaped: killing it again does nothing.
+        *self = restarted;
     }
 
     /// Kills the server with SIGKILL: no chance to finish anything.
@@ -147,6 +238,8 @@ pub struct ClientProcess {
     stdin: Option<ChildStdin>,
     pub stdout: Receiver<String>,
     pub stderr: Receiver<String>,
+    /// Set while stdout is read only as far as the test asks.
+    stdout_gate: Option<Sender<usize>>,
 }
 
 /// Spawns `command` with stdin, stdout and stderr piped.
@@ -166,8 +259,32 @@ impl ClientProcess {
             stdin: child.stdin.take(),
             stdout: lines_of(child.stdout.take().unwrap()),
             stderr: lines_of(child.stderr.take().unwrap()),
+            stdout_gate: None,
             child,
         }
+    }
+
+    /// Starts the client with its stdout read only as far as [`stdout_lines`] asks, until
+    /// [`release_stdout`]: past a pipeful (64 KiB on Linux) it blocks in the middle of
+    /// what it is printing, like a client whose reader fell behind.
+    ///
+    /// [`stdout_lines`]: Self::stdout_lines
+    /// [`release_stdout`]: Self::release_stdout
+    pub fn start_holding_stdout(mut command: Command) -> Self {
+        let mut child = spawn_piped(&mut command);
+        let (stdout, gate) = gated_lines_of(child.stdout.take().unwrap());
+        Self {
+            stdin: child.stdin.take(),
+            stdout,
+            stderr: lines_of(child.stderr.take().unwrap()),
+            stdout_gate: Some(gate),
+            child,
+        }
+    }
+
+    /// Reads stdout freely from now on.
+    pub fn release_stdout(&mut self) {
+        self.stdout_gate = None;
     }
 
     /// Starts the client and waits until it says it joined `room`.
@@ -175,6 +292,39 @@ impl ClientProcess {
         let client = Self::start(command);
         wait_for_line(&client.stderr, &format!("joined {room}"));
         client
+    }
+
+    /// Suspends the process (SIGSTOP), as Ctrl-Z in a terminal would: it reads nothing
+    /// from the relay until [`resume`](Self::resume), so what is sent meanwhile piles up.
+    pub fn pause(&self) {
+        send_signal(self.child.id(), "STOP");
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) {
+        send_signal(self.child.id(), "CONT");
+    }
+
+    /// Closes stdin: end of input, without waiting for the exit.
+    pub fn close_stdin(&mut self) {
+        drop(self.stdin.take());
+    }
+
+    /// Waits for the next `count` lines on stdout (letting them through if it is held).
+    pub fn stdout_lines(&self, count: usize) -> Vec<String> {
+        if let Some(gate) = &self.stdout_gate {
+            gate.send(count).unwrap();
+        }
+        next_lines(&self.stdout, count)
+    }
+
+    /// Kills the process with SIGKILL: no chance to save anything. Returns the stdout
+    /// lines not read yet, those it wrote before it died included.
+    pub fn kill(mut self) -> Vec<String> {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.release_stdout();
+        remaining_lines(&self.stdout)
     }
 
     pub fn say(&mut self, line: &str) {
@@ -188,14 +338,42 @@ impl ClientProcess {
         assert_eq!(seen, [line], "unexpected output before {line:?}");
     }
 
-    /// Closes stdin and waits for the exit.
+    /// Closes stdin and waits for the exit; returns the status and the stdout and stderr
+    /// lines not read yet.
     pub fn finish(mut self) -> (ExitStatus, Vec<String>, Vec<String>) {
-        drop(self.stdin.take());
+        self.release_stdout();
+        self.close_stdin();
         let status = wait_for_exit(&mut self.child);
-        let stdout = self.stdout.try_iter().collect();
-        let stderr = self.stderr.try_iter().collect();
+        let stdout = remaining_lines(&self.stdout);
+        let stderr = remaining_lines(&self.stderr);
         (status, stdout, stderr)
     }
+}
+
+impl Drop for ClientProcess {
+    /// A test that failed half-way leaves no client behind, not even a suspended one.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `command` to completion with `input` on stdin; returns the status, stdout and
+/// stderr.
+pub fn run_client(command: &mut Command, input: &str) -> (ExitStatus, String, String) {
+    let mut child = spawn_piped(command);
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 /// `program` (after `leading` arguments) run as a chat client with the command-line
@@ -236,6 +414,113 @@ pub fn rust_client(url: &str, user: &str, room: &str, home: &Path) -> Command {
         room,
         home,
     )
+}
+
+/// Messages in a burst: more frames than two of `chat-client`'s batches (it applies at
+/// most 256 frames in a row before saving its progress), so that a burst, or a catch-up
+/// on one, crosses at least two batch boundaries.
+pub const BURST: usize = 700;
+
+/// `sender`'s `n`th numbered message (`alice-0007`), made `padding` characters longer.
+pub fn numbered_text(sender: &str, n: usize, padding: usize) -> String {
+    format!("{sender}-{n:04}{}", "~".repeat(padding))
+}
+
+/// The line a client prints on stdout for a message.
+pub fn message_line(room: &str, sender: &str, text: &str) -> String {
+    format!("[{room}] {sender}: {text}")
+}
+
+/// What a reader in `room` prints for each message of `sender`'s burst, in order.
+pub fn burst_lines(room: &str, sender: &str, padding: usize) -> Vec<String> {
+    (0..BURST)
+        .map(|n| message_line(room, sender, &numbered_text(sender, n, padding)))
+        .collect()
+}
+
+/// Pipes `sender`'s burst into its client, `command`, to the end; a client exits 0 only
+/// once the relay has acknowledged (stored) every message.
+pub fn send_burst(mut command: Command, sender: &str, padding: usize) {
+    let input: String = (0..BURST)
+        .map(|n| numbered_text(sender, n, padding) + "\n")
+        .collect();
+    let (status, stdout, stderr) = run_client(&mut command, &input);
+    assert!(status.success(), "{sender}: {stderr}");
+    assert!(stdout.is_empty(), "{sender}: {stdout}");
+}
+
+/// Runs a client to its exit with nothing to say: its user joins the room (if it was
+/// not a member yet), saves its progress and goes away, staying a member.
+pub fn join_and_go_away(mut command: Command) {
+    let (status, stdout, stderr) = run_client(&mut command, "");
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+}
+
+/// Starts a member's client, waits until it caught up on `room`, and ends it; returns
+/// everything it printed on stdout.
+pub fn catch_up(command: Command, room: &str) -> Vec<String> {
+    let client = ClientProcess::start(command);
+    wait_for_line(&client.stderr, &format!("caught up on {room}"));
+    let (status, stdout, stderr) = client.finish();
+    assert!(status.success(), "{stderr:?}");
+    stdout
+}
+
+/// What keeps `shown` from being exactly `expected`, in order: lines missing, repeated,
+/// not expected at all, or out of order; `None` when it is exactly that. Short enough
+/// for a failure message however many lines there are.
+pub fn sequence_faults(shown: &[String], expected: &[String]) -> Option<String> {
+    if shown == expected {
+        return None;
+    }
+    let position: HashMap<&str, usize> = expected
+        .iter()
+        .enumerate()
+        .map(|(index, line)| (line.as_str(), index))
+        .collect();
+    let mut times_shown = vec![0usize; expected.len()];
+    let mut unexpected = Vec::new();
+    let mut out_of_order = None;
+    let mut previous = None;
+    for (at, line) in shown.iter().enumerate() {
+        let Some(&index) = position.get(line.as_str()) else {
+            unexpected.push(line.as_str());
+            continue;
+        };
+        times_shown[index] += 1;
+        if let Some(before) = previous
+            && before >= index
+            && out_of_order.is_none()
+        {
+            out_of_order = Some(format!(
+                "line {at} is expected line {index}, after expected line {before}"
+            ));
+        }
+        previous = Some(index);
+    }
+    let numbered = |wanted: fn(usize) -> bool| -> Vec<usize> {
+        let indices = times_shown.iter().enumerate();
+        indices
+            .filter(|(_, n)| wanted(**n))
+            .map(|(index, _)| index)
+            .collect()
+    };
+    Some(format!(
+        "{} lines shown, {} expected; missing (0-based) {:?}; repeated {:?}; {} unexpected {:?}; \
+         first out of order: {}",
+        shown.len(),
+        expected.len(),
+        numbered(|n| n == 0),
+        numbered(|n| n > 1),
+        unexpected.len(),
+        unexpected
+            .iter()
+            .take(3)
+            .map(|line| line.chars().take(60).collect::<String>())
+            .collect::<Vec<_>>(),
+        out_of_order.as_deref().unwrap_or("none"),
+    ))
 }
 
 /// `program` failed with exactly one error line, the last one, containing `expected`.
