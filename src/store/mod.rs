@@ -9,7 +9,7 @@
 
 mod sqlite;
 
-pub use sqlite::{DATABASE_FILE, SqliteStore};
+pub use sqlite::{DATABASE_FILE, SqliteStore, decode_identity, decode_message};
 
 use std::time::Duration;
 

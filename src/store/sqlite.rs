@@ -310,13 +310,22 @@ fn message(room: &str, row: &Row<'_>) -> Result<MessageDelivery, RowError> {
     let seq = from_bits(row.get(0)?);
     let sender: String = row.get(1)?;
     let sealed: Vec<u8> = row.get(2)?;
+    decode_message(room, seq, sender, sealed.into()).map_err(RowError::Store)
+}
+
+/// A stored message of `room` (`sealed` as stored: the `SealedMessage` as its sender
+/// sent it) as members receive it; a corrupt one is [`StoreError::CorruptEntry`].
+pub fn decode_message(
+    room: &str,
+    seq: u64,
+    sender: String,
+    sealed: bytes::Bytes,
+) -> Result<MessageDelivery, StoreError> {
     // From `Bytes`, the ciphertext and signature are slices of it, not copies.
-    let sealed = SealedMessage::decode(bytes::Bytes::from(sealed)).map_err(|error| {
-        RowError::Store(StoreError::CorruptEntry {
-            room: room.to_owned(),
-            seq,
-            reason: format!("the sealed message of {sender:?} does not decode: {error}"),
-        })
+    let sealed = SealedMessage::decode(sealed).map_err(|error| StoreError::CorruptEntry {
+        room: room.to_owned(),
+        seq,
+        reason: format!("the sealed message of {sender:?} does not decode: {error}"),
     })?;
     Ok(MessageDelivery {
         room: room.to_owned(),
@@ -324,6 +333,22 @@ fn message(room: &str, row: &Row<'_>) -> Result<MessageDelivery, RowError> {
         sealed: Some(sealed),
         seq,
     })
+}
+
+/// A registered identity as stored under `user`; a corrupt one, or one naming someone
+/// else, is [`StoreError::Corrupt`].
+pub fn decode_identity(user: String, stored: &[u8]) -> Result<PublicIdentity, StoreError> {
+    let identity = PublicIdentity::decode(stored).map_err(|error| StoreError::Corrupt {
+        user: user.clone(),
+        reason: error.to_string(),
+    })?;
+    if identity.user != user {
+        return Err(StoreError::Corrupt {
+            user,
+            reason: format!("it names {:?}", identity.user),
+        });
+    }
+    Ok(identity)
 }
 
 /// A row of [`key_columns`] as the sender key it is.
@@ -643,18 +668,7 @@ impl Store for SqliteStore {
         let mut identities = Vec::new();
         for row in rows {
             let (user, bytes) = row.map_err(database)?;
-            let identity =
-                PublicIdentity::decode(bytes.as_slice()).map_err(|error| StoreError::Corrupt {
-                    user: user.clone(),
-                    reason: error.to_string(),
-                })?;
-            if identity.user != user {
-                return Err(StoreError::Corrupt {
-                    user,
-                    reason: format!("it names {:?}", identity.user),
-                });
-            }
-            identities.push(identity);
+            identities.push(decode_identity(user, &bytes)?);
         }
         Ok(identities)
     }
