@@ -6,7 +6,7 @@ mod envelope;
 mod names;
 
 pub use envelope::{Envelope, EnvelopeError, MessageKind};
-pub use names::{NameError, validate_room, validate_user};
+pub use names::{MAX_USER_LEN, NameError, validate_room, validate_user};
 
 /// The request metadata that carries the session token, as `Bearer <token>`.
 pub const AUTHORIZATION_METADATA_KEY: &str = "authorization";
