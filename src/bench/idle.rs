@@ -37,6 +37,9 @@ pub async fn measure_idle(server_binary: &Path, clients: usize) -> Result<IdleRe
     let mut child = Command::new(server_binary)
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data_dir)
+        // Every client connects from 127.0.0.1.
+        .arg("--max-connections-per-ip")
+        .arg((clients + 1).to_string())
         .env("RUST_LOG", "warn,chat_server=info")
         .stderr(Stdio::piped())
         .spawn()?;

@@ -116,8 +116,10 @@ impl Drop for DataDir {
 }
 
 /// Starts the real relay on 127.0.0.1:0, keeping its state on disk in a temporary data
-/// directory as `chat-server` does (every acknowledgement waits for an fsync).
-pub async fn start_relay(limits: Limits) -> Result<LocalRelay, BenchError> {
+/// directory as `chat-server` does (every acknowledgement waits for an fsync). One
+/// address may hold every connection, since all the simulated clients share one.
+pub async fn start_relay(mut limits: Limits) -> Result<LocalRelay, BenchError> {
+    limits.network.max_connections_per_ip = limits.max_connections;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let data_dir = DataDir::create()?;
