@@ -62,7 +62,10 @@ impl NetworkLimits {
         // makes one call.
         max_unauthenticated_per_connection: 8,
         max_unauthenticated_per_ip: 32,
-        max_unauthenticated: 256,
+        // Each holds one request of a few KB: some 15 MB for all, and it takes 32
+        // addresses to fill.
+        max_unauthenticated: 1024,
+        // Each may hold up to a connection's HTTP/2 window (1 MiB) unread.
         max_unauthenticated_streams: 32,
     };
 
