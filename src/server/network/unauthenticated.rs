@@ -88,37 +88,32 @@ impl Places {
     /// Takes the places of an RPC of `kind` on `connection`, or says which bound is
     /// reached.
     pub(super) fn take(&self, kind: Kind, connection: &ConnectionHandle) -> Result<Held, Status> {
-        let limits = &self.limits;
         let state = connection.state();
         let (all, all_bound) = match kind {
             Kind::Brief => (&self.brief, Bound::All),
             Kind::Lasting => (&self.lasting, Bound::Streams),
         };
-        let taken: Result<_, Bound> = (|| {
-            let on_connection = state
-                .unauthenticated
+        let place = |semaphore: &Arc<Semaphore>, bound: Bound| {
+            semaphore
                 .clone()
                 .try_acquire_owned()
-                .map_err(|_| Bound::Connection)?;
-            let from_host = state
-                .host
-                .unauthenticated
-                .clone()
-                .try_acquire_owned()
-                .map_err(|_| Bound::Host)?;
-            let among_all = all.clone().try_acquire_owned().map_err(|_| all_bound)?;
-            Ok([on_connection, from_host, among_all])
-        })();
-        match taken {
-            Ok(permits) => Ok(Held { _permits: permits }),
-            Err(bound) => {
-                let message = bound.describe(limits);
-                REFUSED[bound as usize].warn(|left_out| {
-                    tracing::warn!(peer = %connection.peer_ip(), left_out, "refused an RPC: {message}");
-                });
-                Err(Status::resource_exhausted(message))
-            }
-        }
+                .map_err(|_| self.refuse(bound, connection))
+        };
+        Ok(Held {
+            _permits: [
+                place(&state.unauthenticated, Bound::Connection)?,
+                place(&state.host.unauthenticated, Bound::Host)?,
+                place(all, all_bound)?,
+            ],
+        })
+    }
+
+    fn refuse(&self, bound: Bound, connection: &ConnectionHandle) -> Status {
+        let message = bound.describe(&self.limits);
+        REFUSED[bound as usize].warn(|left_out| {
+            tracing::warn!(peer = %connection.peer_ip(), left_out, "refused an RPC: {message}");
+        });
+        Status::resource_exhausted(message)
     }
 }
 
