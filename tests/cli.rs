@@ -207,7 +207,16 @@ fn help_documents_the_flags() {
         "--max-frame-bytes",
         "--outbound-queue",
         "--token-ttl-secs",
+        "--max-connections-per-ip",
+        "--handshake-timeout-ms",
+        "--idle-timeout-ms",
+        "--request-timeout-ms",
+        "--max-unauthenticated-per-connection",
+        "--max-unauthenticated-per-ip",
+        "--max-unauthenticated",
+        "--max-unauthenticated-streams",
         "CHAT_LISTEN",
+        "CHAT_MAX_CONNECTIONS_PER_IP",
     ] {
         assert!(help.contains(flag), "chat-server --help lacks {flag}");
     }

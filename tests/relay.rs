@@ -273,39 +273,6 @@ async fn an_oversized_frame_ends_that_stream_only() {
 
 /// Bytes that are not a protobuf message, sent on the `Chat` method.
 async fn send_garbage(server: &TestServer, user: &str) -> tonic::Status {
-    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-
-    #[derive(Default)]
-    struct RawBytes;
-    impl Codec for RawBytes {
-        type Encode = Vec<u8>;
-        type Decode = Vec<u8>;
-        type Encoder = RawBytes;
-        type Decoder = RawBytes;
-        fn encoder(&mut self) -> RawBytes {
-            RawBytes
-        }
-        fn decoder(&mut self) -> RawBytes {
-            RawBytes
-        }
-    }
-    impl Encoder for RawBytes {
-        type Item = Vec<u8>;
-        type Error = tonic::Status;
-        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-            bytes::BufMut::put_slice(dst, &item);
-            Ok(())
-        }
-    }
-    impl Decoder for RawBytes {
-        type Item = Vec<u8>;
-        type Error = tonic::Status;
-        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-            let bytes = bytes::Buf::copy_to_bytes(src, bytes::Buf::remaining(src));
-            Ok(Some(bytes.to_vec()))
-        }
-    }
-
     let (channel, credentials) = common::log_in(&server.url, user).await.unwrap();
     let mut grpc = tonic::client::Grpc::new(credentials.authorize(channel));
     grpc.ready().await.unwrap();
@@ -313,7 +280,7 @@ async fn send_garbage(server: &TestServer, user: &str) -> tonic::Status {
     let frames = tokio_stream::iter(vec![vec![0x08, 0xff]]);
     let request = tonic::Request::new(frames);
     let path = tonic::codegen::http::uri::PathAndQuery::from_static("/chat.v1.ChatService/Chat");
-    let response = grpc.streaming(request, path, RawBytes).await;
+    let response = grpc.streaming(request, path, common::RawBytes).await;
     let mut stream = match response {
         Ok(response) => response.into_inner(),
         Err(status) => return status,

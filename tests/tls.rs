@@ -300,3 +300,61 @@ async fn a_certificate_for_another_name_is_refused() {
     tls_channel(&server.url, &cert).await.unwrap();
     server.shut_down().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_tls_connection_that_sends_no_request_is_closed_after_the_handshake_deadline() {
+    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
+    use std::io::Read;
+
+    let cert = TestCert::local();
+    let limits = server::Limits {
+        network: server::NetworkLimits {
+            handshake_timeout_ms: 500,
+            ..server::NetworkLimits::DEFAULT
+        },
+        ..server::Limits::default()
+    };
+    let server = TestServer::serving_config(server::Config {
+        tls: Some(server::tls::load(&cert.cert, &cert.key).unwrap()),
+        ..server::Config::ephemeral(limits)
+    })
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(&cert.cert).unwrap())
+        .unwrap();
+    let addr = server.addr;
+    // A client that completes the TLS handshake, then never sends an HTTP/2 preface.
+    let closed = tokio::task::spawn_blocking(move || {
+        let config = rustls::ClientConfig::builder_with_provider(
+            rustls::crypto::ring::default_provider().into(),
+        )
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut tls = rustls::ClientConnection::new(config.into(), name).unwrap();
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(common::PATIENCE)).unwrap();
+        while tls.is_handshaking() {
+            tls.complete_io(&mut tcp).unwrap();
+        }
+        // Read what the server sends (its HTTP/2 settings) until it closes.
+        let mut stream = rustls::Stream::new(&mut tls, &mut tcp);
+        let mut buffer = [0u8; 1024];
+        loop {
+            match stream.read(&mut buffer) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(error) => {
+                    return error.kind() != std::io::ErrorKind::WouldBlock
+                        && error.kind() != std::io::ErrorKind::TimedOut;
+                }
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(closed, "the server kept a silent TLS connection open");
+}

@@ -37,8 +37,10 @@ pub async fn measure_idle(server_binary: &Path, clients: usize) -> Result<IdleRe
     let mut child = Command::new(server_binary)
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data_dir)
-        // Every simulated user registers from 127.0.0.1.
+        // Every simulated user connects and registers from 127.0.0.1.
         .args(["--registrations-per-ip-per-hour", &u32::MAX.to_string()])
+        .arg("--max-connections-per-ip")
+        .arg((clients + 1).to_string())
         .env("RUST_LOG", "warn,chat_server=info")
         .stderr(Stdio::piped())
         .spawn()?;

@@ -117,10 +117,11 @@ impl Drop for DataDir {
 
 /// Starts the real relay on 127.0.0.1:0, keeping its state on disk in a temporary data
 /// directory as `chat-server` does (every acknowledgement waits for an fsync). Every
-/// simulated user registers from 127.0.0.1, so the limit on registrations per address
-/// is lifted.
+/// simulated user connects and registers from 127.0.0.1, so the limits per address
+/// are lifted.
 pub async fn start_relay(mut limits: Limits) -> Result<LocalRelay, BenchError> {
     limits.registration.registrations_per_ip_per_hour = u32::MAX;
+    limits.network.max_connections_per_ip = limits.max_connections;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let data_dir = DataDir::create()?;

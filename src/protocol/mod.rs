@@ -7,7 +7,7 @@ mod names;
 mod time;
 
 pub use envelope::{Envelope, EnvelopeError, MessageKind};
-pub use names::{NameError, validate_room, validate_user};
+pub use names::{MAX_USER_LEN, NameError, validate_room, validate_user};
 pub use time::utc_time;
 
 /// The request metadata that carries the session token, as `Bearer <token>`.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::accounts::Accounts;
+use super::network::connection::connection_of;
 use crate::proto::auth_service_server::AuthService;
 use crate::proto::{CreateChallengeRequest, CreateChallengeResponse, LoginRequest, LoginResponse};
 use crate::protocol::{AUTHORIZATION_METADATA_KEY, validate_user};
@@ -70,7 +71,7 @@ impl AuthService for Login {
         &self,
         request: Request<LoginRequest>,
     ) -> Result<Response<LoginResponse>, Status> {
-        let address = request.remote_addr().map(|address| address.ip());
+        let address = connection_of(&request).map(|connection| connection.peer_ip());
         let LoginRequest {
             identity,
             challenge,

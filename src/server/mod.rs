@@ -14,13 +14,14 @@
 //! - `session`: reads one client's frames and carries them out.
 //! - `outbound`: the bounded queue of frames to one client.
 //! - [`tls`]: the certificate and key the relay serves TLS with.
+//! - `network`: bounds on connections and on what needs no login ([`NetworkLimits`]).
 
 mod accounts;
 mod auth;
 mod catch_up;
-mod connections;
 pub mod frame;
 mod hub;
+mod network;
 mod outbound;
 pub mod registration;
 mod room;
@@ -39,6 +40,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
 
+pub use network::NetworkLimits;
 pub use outbound::Outbound;
 pub use registration::{RegistrationMode, RegistrationPolicy};
 
@@ -131,6 +133,8 @@ pub struct Limits {
     pub reclaim_after_days: u64,
     #[command(flatten)]
     pub registration: RegistrationPolicy,
+    #[command(flatten)]
+    pub network: NetworkLimits,
 }
 
 impl Limits {
@@ -156,6 +160,7 @@ impl Limits {
         token_ttl_secs: 12 * 60 * 60,
         reclaim_after_days: 180,
         registration: RegistrationPolicy::DEFAULT,
+        network: NetworkLimits::DEFAULT,
     };
 }
 
@@ -342,14 +347,21 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let reflection_v1 = reflection()
+        .build_v1()?
+        .max_decoding_message_size(network::MAX_REFLECTION_REQUEST_BYTES);
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()?
+        .max_decoding_message_size(network::MAX_REFLECTION_REQUEST_BYTES);
+    let health_service =
+        health_service.max_decoding_message_size(network::MAX_HEALTH_REQUEST_BYTES);
     let chat = InterceptedService::new(
         ChatServiceServer::new(ChatRelay::new(relay))
             .max_decoding_message_size(limits.max_frame_bytes),
         require_token(accounts.clone()),
     );
-    let login = AuthServiceServer::new(Login::new(accounts));
+    let login = AuthServiceServer::new(Login::new(accounts))
+        .max_decoding_message_size(network::MAX_AUTH_REQUEST_BYTES);
 
     let stop = async move {
         shutdown.await;
@@ -362,12 +374,14 @@ pub async fn serve(
             .await;
         stopping_hub.shutdown();
     };
-    let incoming = connections::limit(
+    let incoming = network::admit(
         TcpIncoming::from(listener).with_nodelay(Some(true)),
         limits.max_connections,
+        &limits.network,
     );
     // tonic wraps each connection from `incoming` in its TLS acceptor, so a connection
-    // still counts against the limit while it handshakes.
+    // still counts against the limits, and its handshake deadline runs, while it
+    // handshakes.
     let mut builder = Server::builder();
     if let Some(tls) = tls {
         builder = builder.tls_config(tls)?;
@@ -376,6 +390,7 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .layer(network::BoundsLayer::new(&limits.network))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

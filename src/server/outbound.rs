@@ -134,6 +134,11 @@ impl OutboundHandle {
         }
     }
 
+    /// Whether the stream is gone (tonic dropped it, or its connection closed).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.frames.is_closed()
+    }
+
     /// How long the oldest queued frame has waited without the client taking any;
     /// `None` when nothing waits.
     pub(crate) fn stalled_for(&self) -> Option<Duration> {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::AuthenticatedUser;
+use super::network::connection::connection_of;
 use super::outbound::Outbound;
 use super::session::{self, Relay};
 use crate::proto::chat_service_server::ChatService;
@@ -60,7 +61,8 @@ impl ChatService for ChatRelay {
             .accounts
             .identity(&user)
             .ok_or_else(|| Status::unauthenticated("the token's user is not registered"))?;
-        let (id, outbound) = self.relay.hub.open_session(identity)?;
+        let connection = connection_of(&request);
+        let (id, outbound) = self.relay.hub.open_session(identity, connection)?;
         let reader = tokio::spawn(session::run(self.relay.clone(), id, request.into_inner()));
         self.relay.hub.set_reader(id, reader.abort_handle());
         Ok(Response::new(outbound))

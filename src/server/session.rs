@@ -14,6 +14,7 @@ use super::accounts::Accounts;
 use super::catch_up;
 use super::frame::{self, Request};
 use super::hub::{Hub, JoinRequest, SessionId};
+use super::network::decode_fault;
 use crate::proto::{ClientFrame, Rejection, server_frame};
 use crate::store::Store;
 
@@ -68,18 +69,14 @@ impl Drop for CloseOnDrop<'_> {
 /// sent; `None` when the client just went away.
 fn protocol_violation(status: &Status) -> Option<Status> {
     match status.code() {
-        // tonic's decoder refuses an over-long frame before reading it.
-        Code::OutOfRange | Code::ResourceExhausted => Some(Status::resource_exhausted(format!(
+        // A frame that started and stalled (see `network::message_deadline`).
+        Code::DeadlineExceeded => Some(Status::deadline_exceeded(status.message())),
+        // tonic's decoder refuses a compressed frame that inflates beyond the limit.
+        Code::ResourceExhausted => Some(Status::resource_exhausted(format!(
             "frame too large: {}; send smaller messages",
             status.message()
         ))),
-        // tonic reports bytes that are not a protobuf message as INTERNAL; the fault
-        // is the client's.
-        Code::Internal => Some(Status::invalid_argument(format!(
-            "could not decode a chat.v1.ClientFrame: {}",
-            status.message()
-        ))),
-        _ => None,
+        _ => decode_fault(status, "a chat.v1.ClientFrame"),
     }
 }
 

@@ -37,6 +37,7 @@ mod reclaim;
 mod sessions;
 
 use super::Limits;
+use super::network::connection::ConnectionHandle;
 use super::outbound::{Closer, Outbound, OutboundHandle, Refusal, outbound};
 use super::room::{Member, Room};
 use super::writer::Command;
@@ -166,6 +167,8 @@ struct Session {
     /// The rooms this stream joined, and how far each is.
     rooms: HashMap<String, Attachment>,
     reader: Option<AbortHandle>,
+    /// The connection the stream came on, to cut off a client that stops reading.
+    connection: Option<ConnectionHandle>,
 }
 
 /// How far a session is with one room.

@@ -3,11 +3,16 @@
 
 use super::*;
 
+/// How long a client cut off for not reading has to take the status that says so,
+/// before its connection is closed.
+const STALL_GRACE: Duration = Duration::from_secs(5);
+
 impl Hub {
     /// Opens the session of the logged-in user `identity.user`, closing any other it has.
     pub(crate) fn open_session(
         &self,
         identity: PublicIdentity,
+        connection: Option<ConnectionHandle>,
     ) -> Result<(SessionId, Outbound), Status> {
         let user = identity.user.as_str();
         let mut state = self.lock();
@@ -42,6 +47,7 @@ impl Hub {
                 close: Some(close),
                 rooms: HashMap::new(),
                 reader: None,
+                connection,
             },
         );
         state.online.insert(user.to_owned(), id);
@@ -96,7 +102,20 @@ impl Hub {
                      it; reconnect to catch up",
                     timeout.as_secs()
                 ));
+                let session = &state.sessions[&id];
+                let (frames, connection) = (session.frames.clone(), session.connection.clone());
                 state.remove_session(id, Some(status));
+                // A client that grants no window never gets the status: its stream would
+                // hold its queue for as long as the connection lives.
+                if let Some(connection) = connection {
+                    tokio::spawn(async move {
+                        tokio::time::sleep(STALL_GRACE).await;
+                        if !frames.is_closed() {
+                            tracing::info!(peer = %connection.peer_ip(), "closed the connection of a client that stopped reading");
+                            connection.close();
+                        }
+                    });
+                }
             }
         });
     }
