@@ -12,16 +12,13 @@
 ALTER TABLE rooms ADD COLUMN message_count INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE rooms ADD COLUMN message_bytes INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE rooms ADD COLUMN used_ms INTEGER NOT NULL DEFAULT 0;
-UPDATE rooms SET used_ms = created_ms;
-UPDATE rooms SET message_count = totals.messages, message_bytes = totals.bytes,
-                 used_ms = max(used_ms, totals.latest)
-FROM (SELECT room, COUNT(*) AS messages, SUM(length(sealed)) AS bytes,
-             MAX(stored_ms) AS latest
+-- Nothing says how recently rooms and users were used before this upgrade: they count
+-- as used at it, so that none is reclaimed for want of a record.
+UPDATE rooms SET used_ms = CAST(unixepoch('subsec') * 1000 AS INTEGER);
+UPDATE rooms SET message_count = totals.messages, message_bytes = totals.bytes
+FROM (SELECT room, COUNT(*) AS messages, SUM(length(sealed)) AS bytes
       FROM messages GROUP BY room) AS totals
 WHERE rooms.name = totals.room;
-UPDATE rooms SET used_ms = max(used_ms, keys.latest)
-FROM (SELECT room, MAX(stored_ms) AS latest FROM sender_keys GROUP BY room) AS keys
-WHERE rooms.name = keys.room;
 
 -- Who owns private rooms: reclaiming never takes the name of a room's owner.
 CREATE INDEX rooms_by_owner ON rooms (owner);
@@ -32,7 +29,7 @@ CREATE INDEX rooms_by_owner ON rooms (owner);
 ALTER TABLE identities ADD COLUMN message_count INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE identities ADD COLUMN stored_bytes INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE identities ADD COLUMN seen_ms INTEGER NOT NULL DEFAULT 0;
-UPDATE identities SET seen_ms = registered_at_ms;
+UPDATE identities SET seen_ms = CAST(unixepoch('subsec') * 1000 AS INTEGER);
 UPDATE identities SET message_count = totals.messages, stored_bytes = totals.bytes
 FROM (SELECT sender, COUNT(*) AS messages, SUM(length(sealed)) AS bytes
       FROM messages GROUP BY sender) AS totals
@@ -61,8 +58,13 @@ UPDATE sender_keys SET superseded_seq = (
     WHERE later.room = sender_keys.room AND later.sender = sender_keys.sender
       AND later.recipient = sender_keys.recipient AND later.seq > sender_keys.seq);
 
--- The keys one user distributed, to forget them when its identity is reclaimed.
+-- What one user distributed or belongs to, to forget it when its identity is reclaimed.
 CREATE INDEX sender_keys_by_sender ON sender_keys (sender);
+CREATE INDEX members_by_user ON members (user);
+CREATE INDEX invitations_by_user ON invitations (user);
+
+-- The superseded keys of a room, which pruning looks through every minute.
+CREATE INDEX sender_keys_superseded ON sender_keys (room) WHERE superseded_seq IS NOT NULL;
 
 -- Registration tokens (chat-server registration-token ...), for --registration token:
 -- only the SHA-256 of a token is kept. `uses_left` NULL is unlimited; `expires_ms` NULL

@@ -179,7 +179,14 @@ async fn run(args: Args) -> Result<(), String> {
 
 /// Carries out a `registration-token` command on the database in `data_dir`.
 fn registration_token(data_dir: &Path, command: &TokenCommand) -> Result<(), String> {
-    server::prepare_data_dir(data_dir).map_err(|error| error.to_string())?;
+    // Not a new database: a mistyped --data-dir would hold tokens the server never sees.
+    if !data_dir.join(e2ee_chat::store::DATABASE_FILE).exists() {
+        return Err(format!(
+            "there is no server database in {}: give the --data-dir the server runs with (start \
+             the server once to make it)",
+            data_dir.display()
+        ));
+    }
     let store = SqliteStore::open(data_dir).map_err(|error| error.to_string())?;
     match command {
         TokenCommand::Create {

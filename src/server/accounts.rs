@@ -13,7 +13,7 @@
 //! Tokens are 32 random bytes; only their SHA-256 is kept, so the table holds nothing an
 //! attacker could replay, and lookups do not compare secrets.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -61,6 +61,9 @@ struct State {
     folded_names: HashMap<String, String>,
     /// SHA-256 of a registered public key (of either kind) → the user it belongs to.
     keys: HashMap<Digest32, String>,
+    /// Names (in lower case) and keys of registrations being stored: taken meanwhile.
+    pending_names: HashSet<String>,
+    pending_keys: HashSet<Digest32>,
     registrations: RegistrationLimiter,
     /// Challenges already used → their expiry (ms since the Unix epoch).
     used_challenges: HashMap<Challenge, u64>,
@@ -73,6 +76,8 @@ struct Registered {
     /// As first published: what others are given.
     published: PublicIdentity,
     fingerprint: Fingerprint,
+    /// What identifies its two keys (see [`key_digests`]).
+    keys: [Digest32; 2],
 }
 
 struct Token {
@@ -97,6 +102,8 @@ impl Accounts {
             identities: HashMap::new(),
             folded_names: HashMap::new(),
             keys: HashMap::new(),
+            pending_names: HashSet::new(),
+            pending_keys: HashSet::new(),
             registrations: RegistrationLimiter::new(
                 limits.registration.registrations_per_ip_per_hour,
             ),
@@ -119,7 +126,7 @@ impl Accounts {
                     "two registered names differ only in letter case"
                 );
             }
-            state.add(identity.fingerprint, published);
+            state.add(&identity, published);
         }
         Ok(Self {
             state: Mutex::new(state),
@@ -178,26 +185,43 @@ impl Accounts {
                 )));
             }
             None => {
-                self.may_register(&mut state, &published, registration_token, address)?;
-                // Durable before anyone is told: a restart must not free the name.
+                self.may_register(&mut state, &identity, registration_token, address)?;
+                // The name and keys are held while the registration is stored, without
+                // the lock: the store may be busy with a commit, and every request's
+                // token check needs the lock.
+                let folded = user.to_ascii_lowercase();
+                let keys = key_digests(&identity);
+                state.pending_names.insert(folded.clone());
+                state.pending_keys.extend(keys);
+                drop(state);
                 let token =
                     (self.registration == RegistrationMode::Token).then_some(registration_token);
-                self.store
-                    .register(&published, token)
-                    .map_err(|error| match error {
-                        StoreError::RegistrationToken => Status::permission_denied(
+                // Durable before anyone is told: a restart must not free the name.
+                let stored = self.store.register(&published, token);
+                state = self.lock();
+                state.pending_names.remove(&folded);
+                for key in &keys {
+                    state.pending_keys.remove(key);
+                }
+                match stored {
+                    Ok(()) => {}
+                    Err(StoreError::RegistrationToken) => {
+                        // Guessing tokens costs the address its allowance too.
+                        state.registrations.record(address, Instant::now());
+                        return Err(Status::permission_denied(
                             "the registration token is not valid: unknown, used up or \
                              expired; ask the server's operator for a new one",
-                        ),
-                        error => {
-                            tracing::error!(user, %error, "could not store a registration");
-                            Status::unavailable(
-                                "the server could not store your registration; try again later",
-                            )
-                        }
-                    })?;
+                        ));
+                    }
+                    Err(error) => {
+                        tracing::error!(user, %error, "could not store a registration");
+                        return Err(Status::unavailable(
+                            "the server could not store your registration; try again later",
+                        ));
+                    }
+                }
                 state.registrations.record(address, Instant::now());
-                state.add(identity.fingerprint, published);
+                state.add(&identity, published);
                 tracing::info!(user, "registered");
                 true
             }
@@ -215,11 +239,11 @@ impl Accounts {
     fn may_register(
         &self,
         state: &mut State,
-        published: &PublicIdentity,
+        identity: &VerifiedIdentity,
         registration_token: &str,
         address: Option<IpAddr>,
     ) -> Result<(), Status> {
-        let user = &published.user;
+        let user = &identity.user;
         match self.registration {
             RegistrationMode::Open => {}
             RegistrationMode::Closed => {
@@ -242,15 +266,24 @@ impl Accounts {
                  differ only in letter case are the same name; choose another"
             )));
         }
-        for key in [
-            &published.encryption_public_key,
-            &published.signing_public_key,
-        ] {
-            if let Some(owner) = state.keys.get(&key_digest(key)) {
+        if state.pending_names.contains(&user.to_ascii_lowercase()) {
+            return Err(Status::already_exists(format!(
+                "the user name {user:?} is being registered by someone else right now; choose \
+                 another"
+            )));
+        }
+        for key in key_digests(identity) {
+            if let Some(owner) = state.keys.get(&key) {
                 return Err(Status::already_exists(format!(
                     "these keys are already registered, to {owner:?}: every user needs keys \
                      of its own; make new ones (a new home directory) for {user:?}"
                 )));
+            }
+            if state.pending_keys.contains(&key) {
+                return Err(Status::already_exists(
+                    "these keys are being registered under another name right now: every user \
+                     needs keys of its own",
+                ));
             }
         }
         if state.identities.len() >= self.max_identities {
@@ -268,19 +301,20 @@ impl Accounts {
         let Some(registered) = state.identities.remove(user) else {
             return;
         };
-        if state
-            .folded_names
-            .get(&user.to_ascii_lowercase())
-            .map(String::as_str)
-            == Some(user)
-        {
-            state.folded_names.remove(&user.to_ascii_lowercase());
+        let folded = user.to_ascii_lowercase();
+        if state.folded_names.get(&folded).map(String::as_str) == Some(user) {
+            state.folded_names.remove(&folded);
+            // A name registered before case was compared, the same but for it, stays.
+            let twin = state
+                .identities
+                .keys()
+                .find(|other| other.to_ascii_lowercase() == folded)
+                .cloned();
+            if let Some(twin) = twin {
+                state.folded_names.insert(folded, twin);
+            }
         }
-        for key in [
-            &registered.published.encryption_public_key,
-            &registered.published.signing_public_key,
-        ] {
-            let digest = key_digest(key);
+        for digest in registered.keys {
             if state.keys.get(&digest).map(String::as_str) == Some(user) {
                 state.keys.remove(&digest);
             }
@@ -368,24 +402,21 @@ impl State {
             .filter(|registered| *registered != user)
     }
 
-    fn add(&mut self, fingerprint: Fingerprint, published: PublicIdentity) {
+    fn add(&mut self, identity: &VerifiedIdentity, published: PublicIdentity) {
         let user = published.user.clone();
         self.folded_names
             .entry(user.to_ascii_lowercase())
             .or_insert_with(|| user.clone());
-        for key in [
-            &published.encryption_public_key,
-            &published.signing_public_key,
-        ] {
-            self.keys
-                .entry(key_digest(key))
-                .or_insert_with(|| user.clone());
+        let keys = key_digests(identity);
+        for key in keys {
+            self.keys.entry(key).or_insert_with(|| user.clone());
         }
         self.identities.insert(
             user,
             Registered {
                 published,
-                fingerprint,
+                fingerprint: identity.fingerprint,
+                keys,
             },
         );
     }
@@ -450,9 +481,14 @@ impl State {
     }
 }
 
-/// What identifies a public key among the registered ones.
-fn key_digest(key: &[u8]) -> Digest32 {
-    Sha256::digest(key).into()
+/// What identifies an identity's two public keys among the registered ones: the SHA-256
+/// of each key in its canonical encoding (a key can be published in more than one
+/// encoding, which would hash apart).
+fn key_digests(identity: &VerifiedIdentity) -> [Digest32; 2] {
+    [
+        Sha256::digest(identity.encryption.to_der()).into(),
+        Sha256::digest(identity.signing.to_der()).into(),
+    ]
 }
 
 fn unix_ms(time: SystemTime) -> u64 {

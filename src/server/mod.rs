@@ -47,7 +47,7 @@ pub use registration::{RegistrationMode, RegistrationPolicy};
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::auth_service_server::AuthServiceServer;
 use crate::proto::chat_service_server::ChatServiceServer;
-use crate::store::{SqliteStore, StoragePolicy, Store, StoreError};
+use crate::store::{Change, SqliteStore, StoragePolicy, Store, StoreError};
 use accounts::Accounts;
 use auth::{Login, require_token};
 use hub::Hub;
@@ -95,13 +95,12 @@ pub struct Limits {
     /// arrive.
     #[arg(long, env = "CHAT_MAX_ROOM_BYTES", value_parser = positive_u64, default_value_t = Limits::DEFAULT.max_room_bytes)]
     pub max_room_bytes: u64,
-    /// Bytes of messages and sender keys one user may have stored; a message beyond is
-    /// refused with RESOURCE_EXHAUSTED until older ones expire.
+    /// Bytes of messages and sender keys one user may have stored; a message beyond (once
+    /// its room has trimmed) is refused with RESOURCE_EXHAUSTED until older ones expire.
     #[arg(long, env = "CHAT_MAX_USER_BYTES", value_parser = positive_u64, default_value_t = Limits::DEFAULT.max_user_bytes)]
     pub max_user_bytes: u64,
-    /// Bytes of messages and sender keys the server stores in all; a message beyond is
-    /// refused with RESOURCE_EXHAUSTED. With the database's own overhead, the data
-    /// directory grows to about twice this.
+    /// Bytes of messages and sender keys the server stores in all; beyond, the oldest
+    /// messages of the whole server are deleted (SQLite's own overhead comes on top).
     #[arg(long, env = "CHAT_MAX_STORE_BYTES", value_parser = positive_u64, default_value_t = Limits::DEFAULT.max_store_bytes)]
     pub max_store_bytes: u64,
     /// Days a message is kept; older ones are deleted (checked every minute). Members
@@ -128,8 +127,8 @@ pub struct Limits {
     /// which nothing happened (no message, key, join or leave) is deleted with its
     /// members and invitations; an identity without a session for that long, that
     /// owns no room and has no message stored any more, is deleted, its memberships
-    /// ended (the others are told) and its name freed.
-    #[arg(long, env = "CHAT_RECLAIM_AFTER_DAYS", value_parser = positive_u64, default_value_t = Limits::DEFAULT.reclaim_after_days)]
+    /// ended (the others are told) and its name freed. 0 never reclaims anything.
+    #[arg(long, env = "CHAT_RECLAIM_AFTER_DAYS", default_value_t = Limits::DEFAULT.reclaim_after_days)]
     pub reclaim_after_days: u64,
     #[command(flatten)]
     pub registration: RegistrationPolicy,
@@ -308,19 +307,34 @@ pub async fn serve(
     let reclaim_after = days(limits.reclaim_after_days);
     let reclaim = {
         let (hub, accounts) = (hub.clone(), accounts.clone());
+        let policy = limits.storage();
+        let never = limits.reclaim_after_days == 0;
         Box::new(move |store: &dyn Store| {
+            if never {
+                return;
+            }
             let since = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .saturating_sub(reclaim_after);
-            match store.dormant(since) {
-                Ok(dormant) => {
-                    for user in hub.reclaim(&dormant) {
-                        accounts.forget(&user);
-                    }
+            let dormant = match store.dormant(since) {
+                Ok(dormant) => dormant,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot look for what nobody uses");
+                    return;
                 }
-                Err(error) => tracing::warn!(%error, "cannot look for what nobody uses"),
+            };
+            // The writer's own thread: nothing else commits while the identities go, and
+            // a name is free only once its identity is deleted.
+            let users = hub.reclaim(&dormant);
+            for user in &users {
+                let delete = [Change::DeleteIdentity { user: user.clone() }];
+                match store.commit(&delete, &policy) {
+                    Ok(_) => accounts.forget(user),
+                    Err(error) => tracing::warn!(user, %error, "cannot delete an unused identity"),
+                }
             }
+            hub.reclaimed(&users);
         })
     };
     let writer = writer::spawn(

@@ -28,8 +28,9 @@ pub struct RegistrationPolicy {
     #[arg(long, env = "CHAT_REGISTRATION", value_enum, default_value_t = RegistrationPolicy::DEFAULT.registration)]
     pub registration: RegistrationMode,
     /// New user names one client address may register per hour (IPv6 addresses count
-    /// by /64 network); beyond, RESOURCE_EXHAUSTED until the hour has passed. Behind a
-    /// proxy every client has the proxy's address.
+    /// by /64 network); beyond, RESOURCE_EXHAUSTED until the allowance refills, which it
+    /// does continuously. A refused registration token uses it up too. Behind a proxy
+    /// every client has the proxy's address.
     #[arg(long, env = "CHAT_REGISTRATIONS_PER_IP_PER_HOUR", value_parser = clap::value_parser!(u32).range(1..), default_value_t = RegistrationPolicy::DEFAULT.registrations_per_ip_per_hour)]
     pub registrations_per_ip_per_hour: u32,
 }

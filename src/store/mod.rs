@@ -70,7 +70,8 @@ pub enum Change {
     /// ([`Applied::Duplicate`]): a client resending what it could not see acknowledged
     /// must not make it appear twice. A new message beyond a quota of the
     /// [`StoragePolicy`] is not stored ([`Applied::OverQuota`]); one that takes its
-    /// room beyond the room's limits makes the room forget its oldest messages.
+    /// room beyond the room's limits makes the room forget its oldest messages, and one
+    /// that takes the store beyond its size, the store its oldest.
     AppendMessage {
         room: String,
         seq: u64,
@@ -110,8 +111,9 @@ pub enum Applied {
     Duplicate {
         seq: u64,
     },
-    /// The message was not stored: it would take its sender or the whole store beyond
-    /// a quota. Its sequence number is used up.
+    /// The message was not stored: it would take its sender beyond its quota, even
+    /// once its room forgot what the room's limits let go. Its sequence number is used
+    /// up.
     OverQuota(Quota),
 }
 
@@ -120,8 +122,6 @@ pub enum Applied {
 pub enum Quota {
     /// What one user's stored messages and keys may take, in bytes.
     User { limit: u64 },
-    /// What everything stored may take, in bytes.
-    Store { limit: u64 },
 }
 
 /// A room as stored.
@@ -174,9 +174,10 @@ pub struct StoragePolicy {
     /// Each room keeps at most this many bytes of messages, the latest, likewise.
     pub max_room_bytes: u64,
     /// A new message is refused when its sender's stored messages and sender keys
-    /// would take more bytes than this.
+    /// would take more bytes than this (once its room has trimmed).
     pub max_user_bytes: u64,
-    /// A new message is refused when everything stored would take more bytes than this.
+    /// Everything stored takes at most this many bytes: beyond, the oldest messages of
+    /// the whole store are forgotten first.
     pub max_store_bytes: u64,
 }
 

@@ -65,14 +65,14 @@ const SUPERSEDE_KEYS: &str = "UPDATE sender_keys SET superseded_seq = ?4 \
      WHERE room = ?1 AND sender = ?2 AND recipient = ?3 AND seq < ?4 \
      AND superseded_seq IS NULL";
 
-/// Forgets the keys a sender gave one recipient before the one just stored (`?4`, key
-/// id `?5`) that no stored message was sealed with, and earlier copies of the same key
-/// (the new copy serves their messages): a member distributing keys over and over
-/// cannot grow the store.
+/// Forgets the keys a sender gave one recipient before the one just stored (`?4`) that
+/// no stored message was sealed with: a member distributing keys over and over cannot
+/// grow the store. (An earlier copy of the same key stays while messages were sealed
+/// with it: a member catching up from before the new copy needs it for them.)
 const DROP_SUPERSEDED_KEYS: &str = "DELETE FROM sender_keys AS old \
      WHERE room = ?1 AND sender = ?2 AND recipient = ?3 AND seq < ?4 \
-     AND (key_id = ?5 OR NOT EXISTS (SELECT 1 FROM messages \
-      WHERE room = ?1 AND sender = ?2 AND key_id = old.key_id)) \
+     AND NOT EXISTS (SELECT 1 FROM messages \
+      WHERE room = ?1 AND sender = ?2 AND key_id = old.key_id) \
      RETURNING sender, length(wrapped_key) + length(signature)";
 
 /// The columns [`message`] reads, in its order.
@@ -539,11 +539,11 @@ fn apply(
                     format_args!("append {what}"),
                 )?;
                 bytes += key.wrapped_key.len() + key.signature.len();
-                let earlier = params![room, sender, key.recipient, seq, bits(*key_id)];
+                let earlier = params![room, sender, key.recipient, seq];
                 execute(
                     transaction,
                     SUPERSEDE_KEYS,
-                    &earlier[..4],
+                    earlier,
                     format_args!("mark the keys before {what} superseded"),
                 )?;
                 usage::delete_keys(
@@ -565,9 +565,10 @@ fn apply(
         }
         Change::DeleteIdentity { user } => {
             let operation = format!("delete the identity of {user:?}");
+            // The keys wrapped for it went when its memberships ended.
             usage::delete_keys(
                 transaction,
-                "DELETE FROM sender_keys WHERE sender = ?1 OR recipient = ?1 \
+                "DELETE FROM sender_keys WHERE sender = ?1 \
                  RETURNING sender, length(wrapped_key) + length(signature)",
                 [user],
                 &operation,
@@ -620,9 +621,9 @@ fn append_message(
         });
     }
     let encoded = sealed.encode_to_vec();
-    if let Some(quota) = usage::exceeded_quota(transaction, sender, encoded.len(), policy)? {
-        return Ok(Applied::OverQuota(quota));
-    }
+    // The sender's quota is checked once its room has made room: a member posting alone
+    // in a room is trimmed like anyone else, not refused.
+    execute(transaction, "SAVEPOINT message", [], &operation)?;
     // A sequence number used twice is still an error (the primary key).
     execute(
         transaction,
@@ -633,6 +634,14 @@ fn append_message(
     )?;
     usage::stored_message(transaction, room, sender, encoded.len())?;
     usage::trim_room(transaction, room, policy, seq)?;
+    if let Some(quota) = usage::exceeded_quota(transaction, sender, policy)? {
+        transaction
+            .execute_batch("ROLLBACK TO message; RELEASE message")
+            .map_err(failed(&operation))?;
+        return Ok(Applied::OverQuota(quota));
+    }
+    execute(transaction, "RELEASE message", [], &operation)?;
+    usage::evict_oldest(transaction, policy, room, seq)?;
     Ok(Applied::Done)
 }
 
@@ -915,7 +924,7 @@ impl Store for SqliteStore {
                  WHERE room = ?1 AND recipient = ?2 AND sender != ?2 AND seq <= ?3 \
                  AND (superseded_seq IS NULL OR superseded_seq > ?3 \
                   OR EXISTS (SELECT 1 FROM messages WHERE room = ?1 \
-                   AND sender = key.sender AND key_id = key.key_id AND seq > ?3)) \
+                   AND sender = key.sender AND key_id = key.key_id AND +seq > ?3)) \
                  ORDER BY seq"
             ),
             params![room, member, saturating(at)],

@@ -285,13 +285,8 @@ fn over_quota(quota: &Quota) -> String {
     match quota {
         Quota::User { limit } => format!(
             "not stored: the server keeps at most {} of one user's messages and keys, and \
-             yours take that already; it frees space as your older messages expire or \
+             yours would take more; space comes back as your older messages expire or \
              their rooms fill up; try again later",
-            bytes(*limit)
-        ),
-        Quota::Store { limit } => format!(
-            "not stored: the server's storage is full ({}); try again later, or tell its \
-             operator",
             bytes(*limit)
         ),
     }

@@ -21,7 +21,7 @@
 //! and sender keys), `committed` (what happens once the store has them), `reclaim`
 //! (what nobody uses).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::mpsc::Sender;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -151,6 +151,14 @@ struct State {
     overflowed: Vec<SessionId>,
     /// Users whose session ended during the current operation: they were seen.
     departed: Vec<String>,
+    /// Users who opened or ended a session since the last reclaiming: whatever the
+    /// store says yet, they are in use.
+    seen_lately: HashSet<String>,
+    /// Users whose identity is being deleted: no session opens for them meanwhile.
+    reclaiming: HashSet<String>,
+    /// Where to run what waits (closing a connection after a grace period); the hub is
+    /// also called from the store's writer thread.
+    runtime: Option<tokio::runtime::Handle>,
     /// Live frames one room of a catching-up session may have waiting, and their bytes.
     max_waiting: usize,
     max_waiting_bytes: usize,
@@ -195,6 +203,7 @@ impl Hub {
             max_waiting: (limits.outbound_queue / 2).saturating_sub(1).max(1),
             max_waiting_bytes: limits.outbound_queue_bytes / 2,
             stall_timeout: Duration::from_secs(limits.stall_timeout_secs),
+            runtime: tokio::runtime::Handle::try_current().ok(),
             ..State::default()
         };
         for stored in rooms {

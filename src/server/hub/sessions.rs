@@ -3,9 +3,9 @@
 
 use super::*;
 
-/// How long a client cut off for not reading has to take the status that says so,
-/// before its connection is closed.
-const STALL_GRACE: Duration = Duration::from_secs(5);
+/// How long a client whose session the relay ended has to take the status that says
+/// so, before its connection is closed.
+const CLOSING_GRACE: Duration = Duration::from_secs(5);
 
 impl Hub {
     /// Opens the session of the logged-in user `identity.user`, closing any other it has.
@@ -18,6 +18,11 @@ impl Hub {
         let mut state = self.lock();
         if state.shutting_down {
             return Err(Status::unavailable("the server is shutting down"));
+        }
+        if state.reclaiming.contains(user) {
+            return Err(Status::unavailable(
+                "the server is deleting this identity, unused for too long; log in again",
+            ));
         }
         if let Some(&previous) = state.online.get(user) {
             // The newer one wins: the older is most likely a connection that died without
@@ -51,6 +56,7 @@ impl Hub {
             },
         );
         state.online.insert(user.to_owned(), id);
+        state.seen_lately.insert(user.to_owned());
         tracing::info!(user, session = id, "session opened");
         self.note_seen(&mut state, user.to_owned());
         Ok((id, stream))
@@ -102,20 +108,7 @@ impl Hub {
                      it; reconnect to catch up",
                     timeout.as_secs()
                 ));
-                let session = &state.sessions[&id];
-                let (frames, connection) = (session.frames.clone(), session.connection.clone());
                 state.remove_session(id, Some(status));
-                // A client that grants no window never gets the status: its stream would
-                // hold its queue for as long as the connection lives.
-                if let Some(connection) = connection {
-                    tokio::spawn(async move {
-                        tokio::time::sleep(STALL_GRACE).await;
-                        if !frames.is_closed() {
-                            tracing::info!(peer = %connection.peer_ip(), "closed the connection of a client that stopped reading");
-                            connection.close();
-                        }
-                    });
-                }
             }
         });
     }
@@ -174,6 +167,7 @@ impl State {
             self.online.remove(&session.user);
         }
         self.departed.push(session.user.clone());
+        self.seen_lately.insert(session.user.clone());
         if let Some(status) = status {
             tracing::info!(user = session.user, code = ?status.code(), "session ended by the server");
             if let Some(close) = session.close.take() {
@@ -181,6 +175,21 @@ impl State {
             }
             if let Some(reader) = session.reader {
                 reader.abort();
+            }
+            // A client that grants no HTTP/2 window never gets the status: its stream
+            // would hold its queue for as long as its connection lives.
+            if let (Some(connection), Some(runtime)) = (session.connection, &self.runtime) {
+                let frames = session.frames;
+                runtime.spawn(async move {
+                    tokio::time::sleep(CLOSING_GRACE).await;
+                    if !frames.is_closed() {
+                        tracing::info!(
+                            peer = %connection.peer_ip(),
+                            "closed the connection of a client that took no status"
+                        );
+                        connection.close();
+                    }
+                });
             }
         } else {
             tracing::info!(user = session.user, "session closed");

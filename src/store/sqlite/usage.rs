@@ -1,7 +1,7 @@
 //! What each room and user stores, kept as counters in the same transaction as the rows
-//! they count: the quotas of a [`StoragePolicy`] are checked against exact figures, and
-//! a room beyond its limits forgets its oldest messages, without summing a table on
-//! every write.
+//! they count: a user's quota is checked against exact figures, and a room, or the whole
+//! store, beyond its limits forgets its oldest messages, without summing a table on every
+//! write.
 //!
 //! Every statement that deletes messages or sender keys returns what it deleted
 //! (`RETURNING`), and the counters are brought down by exactly that.
@@ -149,43 +149,76 @@ pub(super) fn delete_keys(
     Ok(deleted.len() as u64)
 }
 
-/// The quota a new message of `bytes` from `sender` would exceed, if any.
+/// The quota the sender of a message just stored exceeds with it, if any.
 pub(super) fn exceeded_quota(
     transaction: &Transaction<'_>,
     sender: &str,
-    bytes: usize,
     policy: &StoragePolicy,
 ) -> Result<Option<Quota>, StoreError> {
-    let bytes = bytes as u64;
-    let user = select(
+    let stored = select(
         transaction,
         "SELECT stored_bytes FROM identities WHERE user = ?1",
         [sender],
         format_args!("read what {sender:?} stores"),
         |row| Ok(row.get::<_, i64>(0)?),
     )?;
-    // A sender without an identity row (only in tests of the store alone) has stored
-    // nothing under a quota.
-    let user = user.first().map_or(0, |&stored| stored.max(0) as u64);
-    if user.saturating_add(bytes) > policy.max_user_bytes {
-        return Ok(Some(Quota::User {
-            limit: policy.max_user_bytes,
-        }));
-    }
+    // A sender without an identity row (only in tests of the store alone) has no quota.
+    let stored = stored.first().map_or(0, |&stored| stored.max(0) as u64);
+    Ok((stored > policy.max_user_bytes).then_some(Quota::User {
+        limit: policy.max_user_bytes,
+    }))
+}
+
+/// The oldest messages of the whole store, a page at a time: the age index.
+pub(super) const OLDEST_IN_STORE: &str = "SELECT rowid, length(sealed) FROM messages \
+     WHERE NOT (room = ?1 AND seq = ?2) ORDER BY stored_ms LIMIT 64";
+
+/// While the store holds more than `policy` lets it, forgets its oldest messages,
+/// whichever room they are in, never message `seq` of `room` (the one just stored);
+/// returns how many.
+pub(super) fn evict_oldest(
+    transaction: &Transaction<'_>,
+    policy: &StoragePolicy,
+    room: &str,
+    seq: u64,
+) -> Result<u64, StoreError> {
+    let operation = "make room in the store";
     let total = select(
         transaction,
         "SELECT stored_bytes FROM usage WHERE id = 1",
         [],
-        "read what the store holds",
+        operation,
         |row| Ok(row.get::<_, i64>(0)?),
     )?;
-    let total = total.first().map_or(0, |&stored| stored.max(0) as u64);
-    if total.saturating_add(bytes) > policy.max_store_bytes {
-        return Ok(Some(Quota::Store {
-            limit: policy.max_store_bytes,
-        }));
+    let mut excess = total.first().map_or(0, |&total| {
+        (total.max(0) as u64).saturating_sub(policy.max_store_bytes)
+    });
+    let mut evicted = 0;
+    while excess > 0 {
+        let page = select(
+            transaction,
+            OLDEST_IN_STORE,
+            params![room, saturating(seq)],
+            operation,
+            |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
+        )?;
+        if page.is_empty() {
+            break;
+        }
+        for (rowid, size) in page {
+            evicted += delete_messages(
+                transaction,
+                "DELETE FROM messages WHERE rowid = ?1 RETURNING room, sender, length(sealed)",
+                [rowid],
+                operation,
+            )?;
+            excess = excess.saturating_sub(size.max(0) as u64);
+            if excess == 0 {
+                break;
+            }
+        }
     }
-    Ok(None)
+    Ok(evicted)
 }
 
 /// Makes `room` forget its oldest messages until it holds no more than `policy` lets
