@@ -172,15 +172,16 @@ fn check_wrapped_keys(keys: &[WrappedSenderKey]) -> Result<(), Status> {
     }
     let mut recipients = HashSet::new();
     for wrapped in keys {
+        // The name first: a refusal quotes it, and only a valid one is short.
+        validate_user(&wrapped.recipient).map_err(|error| {
+            Status::invalid_argument(format!("distribute_key recipient: {error}"))
+        })?;
         if !recipients.insert(&wrapped.recipient) {
             return Err(Status::invalid_argument(format!(
                 "distribute_key names recipient {:?} twice",
                 wrapped.recipient
             )));
         }
-        validate_user(&wrapped.recipient).map_err(|error| {
-            Status::invalid_argument(format!("distribute_key recipient: {error}"))
-        })?;
         check_signature(
             &wrapped.signature,
             &format!(
@@ -200,3 +201,55 @@ fn check_wrapped_keys(keys: &[WrappedSenderKey]) -> Result<(), Status> {
     Ok(())
 }
 
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    fn distribution(recipients: &[&str]) -> ClientFrame {
+        let keys = recipients
+            .iter()
+            .map(|recipient| WrappedSenderKey {
+                recipient: (*recipient).to_owned(),
+                wrapped_key: vec![1; MIN_WRAPPED_KEY_LEN].into(),
+                signature: vec![2; MIN_SIGNATURE_LEN].into(),
+            })
+            .collect();
+        ClientFrame {
+            request_id: 1,
+            kind: Some(client_frame::Kind::DistributeKey(DistributeSenderKey {
+                room: "lobby".to_owned(),
+                key_id: 7,
+                keys,
+            })),
+        }
+    }
+
+    #[test]
+    fn a_distribution_to_valid_recipients_passes_once_each() {
+        let Ok(ValidFrame::DistributeKey { keys, .. }) = check(distribution(&["bob", "carol"]))
+        else {
+            panic!("refused");
+        };
+        assert_eq!(keys.len(), 2);
+        let status = check(distribution(&["bob", "bob"])).unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("\"bob\" twice"), "{status:?}");
+    }
+
+    /// A name named twice used to be quoted whole, escaped: 20 000 control characters
+    /// came back as a 100 kB refusal.
+    #[test]
+    fn a_refusal_never_quotes_a_long_name_back() {
+        let long = "\u{1}".repeat(20_000);
+        let status = check(distribution(&[&long, &long])).unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().len() < 200,
+            "{} bytes",
+            status.message().len()
+        );
+        assert!(status.message().contains("longer than 32"), "{status:?}");
+    }
+}
