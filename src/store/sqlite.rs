@@ -276,16 +276,25 @@ fn select<T>(
 
 /// A row of [`message_columns`] as the message it is.
 fn message(room: &str, row: &Row<'_>) -> Result<MessageDelivery, RowError> {
-    let seq = from_bits(row.get(0)?);
-    let sender: String = row.get(1)?;
-    let sealed: Vec<u8> = row.get(2)?;
+    decode_message(room, from_bits(row.get(0)?), row.get(1)?, row.get(2)?).map_err(RowError::Store)
+}
+
+/// The message `sender` sent to `room` under `seq`, from the `sealed` BLOB it is stored
+/// as: how the store reads every message it hands out. A BLOB that does not decode is a
+/// [`StoreError::CorruptEntry`] naming the entry.
+pub fn decode_message(
+    room: &str,
+    seq: u64,
+    sender: String,
+    sealed: Vec<u8>,
+) -> Result<MessageDelivery, StoreError> {
     // From `Bytes`, the ciphertext and signature are slices of it, not copies.
     let sealed = SealedMessage::decode(bytes::Bytes::from(sealed)).map_err(|error| {
-        RowError::Store(StoreError::CorruptEntry {
+        StoreError::CorruptEntry {
             room: room.to_owned(),
             seq,
             reason: format!("the sealed message of {sender:?} does not decode: {error}"),
-        })
+        }
     })?;
     Ok(MessageDelivery {
         room: room.to_owned(),
@@ -293,6 +302,23 @@ fn message(room: &str, row: &Row<'_>) -> Result<MessageDelivery, RowError> {
         sealed: Some(sealed),
         seq,
     })
+}
+
+/// The identity registered under `user`, from the BLOB it is stored as: how the store
+/// reads every identity. One that does not decode, or names another user, is a
+/// [`StoreError::Corrupt`].
+pub fn decode_identity(user: String, stored: &[u8]) -> Result<PublicIdentity, StoreError> {
+    let identity = PublicIdentity::decode(stored).map_err(|error| StoreError::Corrupt {
+        user: user.clone(),
+        reason: error.to_string(),
+    })?;
+    if identity.user != user {
+        return Err(StoreError::Corrupt {
+            user,
+            reason: format!("it names {:?}", identity.user),
+        });
+    }
+    Ok(identity)
 }
 
 /// A row of [`key_columns`] as the sender key it is.
@@ -570,19 +596,8 @@ impl Store for SqliteStore {
             .map_err(database)?;
         let mut identities = Vec::new();
         for row in rows {
-            let (user, bytes) = row.map_err(database)?;
-            let identity =
-                PublicIdentity::decode(bytes.as_slice()).map_err(|error| StoreError::Corrupt {
-                    user: user.clone(),
-                    reason: error.to_string(),
-                })?;
-            if identity.user != user {
-                return Err(StoreError::Corrupt {
-                    user,
-                    reason: format!("it names {:?}", identity.user),
-                });
-            }
-            identities.push(identity);
+            let (user, stored) = row.map_err(database)?;
+            identities.push(decode_identity(user, &stored)?);
         }
         Ok(identities)
     }
