@@ -464,6 +464,11 @@ impl RoomKeys {
         for entry in entries {
             match entry.kind {
                 Some(history_entry::Kind::SenderKey(delivery)) => {
+                    // A key already taken opens nothing more, and each copy a relay
+                    // repeats would cost another RSA decryption.
+                    if keys.contains_key(&(delivery.sender.clone(), delivery.key_id)) {
+                        continue;
+                    }
                     match self.history_key(&delivery, signer(&delivery.sender)) {
                         Some(key) => {
                             keys.insert((delivery.sender, delivery.key_id), key);
@@ -1390,5 +1395,32 @@ mod tests {
             matches!(&shown[..], [RoomEvent::Warning(w)] if w.contains("1 older message")),
             "{shown:?}"
         );
+    }
+
+    /// Found by profiling the `server_frame` fuzz target: a relay repeating a key entry of
+    /// a history made the client check and unwrap it again each time, an RSA decryption
+    /// per copy.
+    #[test]
+    fn a_history_takes_each_key_once() {
+        let (alice, mut bob) = alice_and_bob();
+        let key = deliver_key(&bob.distribute_to_all().unwrap()[0], "bob", "alice");
+        let mut copy = key.clone();
+        copy.signature = flip_first_bit(&copy.signature);
+        let (_, sent) = bob.seal_text("once").unwrap();
+        let entries = vec![
+            key_entry(key.clone(), 1),
+            key_entry(key, 2),
+            // Not even looked at: it would be counted as rejected.
+            key_entry(copy, 3),
+            message_entry(deliver_message(&sent, "bob"), 4),
+        ];
+        let shown = without_time(alice.open_history(entries, &[]));
+        assert_eq!(shown, [with_seq(4, "bob", "once")]);
+    }
+
+    fn flip_first_bit(bytes: &bytes::Bytes) -> bytes::Bytes {
+        let mut flipped = bytes.to_vec();
+        flipped[0] ^= 1;
+        flipped.into()
     }
 }

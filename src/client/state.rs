@@ -527,10 +527,18 @@ impl SessionState {
                     seq: caught_up.seq,
                 });
             }
+            // Only as the answer to our request: a history costs an RSA decryption per
+            // sender key in it, which a relay must not be able to make us repeat at will.
             Some(Kind::History(history)) if history.room == room => {
-                self.unanswered.remove(&frame.request_id);
-                let opened = self.open_history(history)?;
-                events.extend(opened);
+                if let Some(Pending::History) = self.unanswered.get(&frame.request_id) {
+                    self.unanswered.remove(&frame.request_id);
+                    let opened = self.open_history(history)?;
+                    events.extend(opened);
+                } else {
+                    events.push(Event::Warning(format!(
+                        "[{room}] ignored a history that answers no request of ours"
+                    )));
+                }
             }
             // Frames for other rooms, messages already processed, a repeated `Joined`, or
             // kinds newer than this client.
@@ -850,6 +858,40 @@ pub fn safety_number(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::ServerFrame;
+
+    /// Found by profiling the `server_frame` fuzz target: any `History` frame was opened,
+    /// so a relay could make the client unwrap the same sender keys again and again.
+    #[test]
+    fn only_a_history_we_asked_for_is_opened() {
+        let identity = Arc::new(Identity::generate(2048).unwrap());
+        let mut state =
+            SessionState::new("lobby", "alice", identity, Contacts::in_memory()).unwrap();
+        let history = |request_id| ServerFrame {
+            request_id,
+            kind: Some(server_frame::Kind::History(History {
+                room: "lobby".to_owned(),
+                ..History::default()
+            })),
+        };
+        let applied = state.apply(history(2)).unwrap();
+        assert!(
+            matches!(&applied.events[..], [Event::Warning(w)] if w.contains("no request")),
+            "{:?}",
+            applied.events
+        );
+        let asked = state.history(10).request_id;
+        let applied = state.apply(history(asked)).unwrap();
+        assert!(
+            matches!(&applied.events[..], [Event::History { messages, .. }] if messages.is_empty()),
+            "{:?}",
+            applied.events
+        );
+        assert_eq!(state.unanswered(), 0);
+        // Answered once: the same answer again is not opened.
+        let applied = state.apply(history(asked)).unwrap();
+        assert!(matches!(&applied.events[..], [Event::Warning(_)]));
+    }
 
     #[test]
     fn a_first_join_starts_at_the_rooms_latest_number() {
