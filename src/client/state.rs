@@ -252,12 +252,12 @@ impl SessionState {
     }
 
     /// The room.
-    pub fn room(&self) -> &str {
+    pub(super) fn room(&self) -> &str {
         self.keys.room()
     }
 
     /// The owner of the room if it is private.
-    pub fn owner(&self) -> Option<&str> {
+    pub(super) fn owner(&self) -> Option<&str> {
         self.private_room.then_some(self.owner.as_deref()).flatten()
     }
 
@@ -267,7 +267,7 @@ impl SessionState {
     }
 
     /// Members whose keys changed and are not trusted.
-    pub fn untrusted_members(&self) -> Vec<String> {
+    pub(super) fn untrusted_members(&self) -> Vec<String> {
         self.keys
             .members()
             .filter(|user| !self.keys.is_trusted(user))
@@ -286,12 +286,12 @@ impl SessionState {
     }
 
     /// How many of our frames the relay has not answered yet.
-    pub fn unanswered(&self) -> usize {
+    pub(super) fn unanswered(&self) -> usize {
         self.unanswered.len()
     }
 
     /// The texts of our messages the relay has not acknowledged yet, in the order sent.
-    pub fn pending(&self) -> Vec<&str> {
+    pub(super) fn pending(&self) -> Vec<&str> {
         self.unanswered
             .values()
             .filter_map(|pending| match pending {
@@ -302,7 +302,7 @@ impl SessionState {
     }
 
     /// Messages from others still waiting for their sender key.
-    pub fn undecryptable(&self) -> usize {
+    pub(super) fn undecryptable(&self) -> usize {
         self.keys.waiting()
     }
 
@@ -330,7 +330,7 @@ impl SessionState {
 
     /// Seals a text message: the frames to send, in order (a rotation of our key first
     /// if it has sealed all it may, then the message).
-    pub fn send_text(&mut self, text: &str) -> Result<Vec<ClientFrame>, ClientError> {
+    pub(super) fn send_text(&mut self, text: &str) -> Result<Vec<ClientFrame>, ClientError> {
         let (rotation, send) = self.keys.seal_text(text)?;
         let mut frames = self.distribution_frames(rotation);
         let unacked = Unacked {
@@ -423,14 +423,14 @@ impl SessionState {
     }
 
     /// The verified identity of a member, current or former.
-    pub fn member_identity(&self, user: &str) -> Option<&VerifiedIdentity> {
+    pub(super) fn member_identity(&self, user: &str) -> Option<&VerifiedIdentity> {
         self.keys.member_identity(user)
     }
 
     /// The safety number of this user and `user`: from the keys `user` has in this
     /// room (the ones to check before trusting them, if they changed), or else from the
     /// pinned keys.
-    pub fn safety_number(&self, user: &str) -> Result<SafetyNumber, ClientError> {
+    pub(super) fn safety_number(&self, user: &str) -> Result<SafetyNumber, ClientError> {
         match self.keys.member_identity(user) {
             Some(member) => Ok(SafetyNumber::of(
                 &self.user,
@@ -445,7 +445,7 @@ impl SessionState {
     /// Records that the user compared the safety number with `user` and it matched. If
     /// `user` is in the room with keys that are not the pinned ones, the user must trust
     /// them first: the number shown was for those keys.
-    pub fn mark_verified(&mut self, user: &str) -> Result<(), ClientError> {
+    pub(super) fn mark_verified(&mut self, user: &str) -> Result<(), ClientError> {
         if self
             .keys
             .member_identity(user)
