@@ -1,52 +1,89 @@
-//! Bytes from a client, decoded as a `chat.v1.ClientFrame` and checked by the relay as
-//! its session reader does (`server::frame::check`): never a panic; a refusal is always
-//! INVALID_ARGUMENT with a message; what passes is well formed.
+//! What a client sends the relay: arbitrary bytes decoded as a `chat.v1.ClientFrame`
+//! and, when they decode, through the relay's checks of a frame (`server::frame::check`,
+//! the function the frame reader runs every frame through).
+//!
+//! A refusal must be INVALID_ARGUMENT with a short message for a person; a frame that
+//! passes must carry only what the later stages rely on.
+
 #![no_main]
 
 use e2ee_chat::proto::ClientFrame;
-use e2ee_chat::protocol::{NONCE_LEN, TAG_LEN, validate_room, validate_user};
-use e2ee_chat::server::frame::{Request, check};
+use e2ee_chat::protocol::{
+    MAX_SIGNATURE_LEN, MAX_WRAPPED_KEY_LEN, MIN_SIGNATURE_LEN, MIN_WRAPPED_KEY_LEN, NONCE_LEN,
+    TAG_LEN, validate_room, validate_user,
+};
+use e2ee_chat::server::frame::{ValidFrame, check};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
+use tonic::Code;
+
+/// A refusal is read by a person and sent back on the client's own stream: it says what
+/// was wrong in a line or two, it does not echo a frame's worth of bytes back.
+const MAX_REFUSAL_LEN: usize = 1024;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(frame) = ClientFrame::decode(data) else {
         return;
     };
     let request_id = frame.request_id;
-    match check(frame) {
+    let verdict = check(frame.clone());
+    match &verdict {
         Err(status) => {
-            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
-            assert!(!status.message().is_empty());
+            assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+            assert!(!status.message().is_empty(), "a refusal without a reason");
+            assert!(
+                status.message().len() <= MAX_REFUSAL_LEN,
+                "a refusal of {} bytes: {:.200}",
+                status.message().len(),
+                status.message()
+            );
         }
-        Ok(request) => {
+        Ok(valid) => {
             assert_ne!(request_id, 0);
-            let room = match &request {
-                Request::Join { room, .. } | Request::Leave { room } => room,
-                Request::History { room, limit } => {
-                    assert!((1..=100).contains(limit));
-                    room
-                }
-                Request::Invite { room, user } | Request::Kick { room, user } => {
-                    assert!(validate_user(user).is_ok());
-                    room
-                }
-                Request::Send { room, sealed } => {
-                    assert_eq!(sealed.nonce.len(), NONCE_LEN);
-                    assert!(sealed.ciphertext.len() >= TAG_LEN);
-                    assert!((256..=512).contains(&sealed.signature.len()));
-                    room
-                }
-                Request::Distribute { room, keys, .. } => {
-                    assert!(!keys.is_empty());
-                    for key in keys {
-                        assert!(validate_user(&key.recipient).is_ok());
-                        assert!((256..=512).contains(&key.wrapped_key.len()));
-                    }
-                    room
-                }
-            };
-            assert!(validate_room(room).is_ok());
+            holds_for_the_hub(valid);
         }
     }
+    // The same frame always gets the same answer.
+    let again = check(frame).map_err(|status| (status.code(), status.message().to_owned()));
+    let verdict = verdict.map_err(|status| (status.code(), status.message().to_owned()));
+    assert_eq!(again, verdict);
 });
+
+/// What the hub and the store take for granted of a checked frame.
+fn holds_for_the_hub(valid: &ValidFrame) {
+    let room = match valid {
+        ValidFrame::Join { room, .. } | ValidFrame::Leave { room } => room,
+        ValidFrame::History { room, limit } => {
+            assert!((1..=100).contains(limit), "history limit {limit}");
+            room
+        }
+        ValidFrame::Invite { room, user } | ValidFrame::Kick { room, user } => {
+            assert_eq!(validate_user(user), Ok(()));
+            room
+        }
+        ValidFrame::Send { room, sealed } => {
+            assert_eq!(sealed.nonce.len(), NONCE_LEN);
+            assert!(sealed.ciphertext.len() >= TAG_LEN);
+            assert!((MIN_SIGNATURE_LEN..=MAX_SIGNATURE_LEN).contains(&sealed.signature.len()));
+            room
+        }
+        ValidFrame::DistributeKey { room, keys, .. } => {
+            assert!(!keys.is_empty());
+            let mut recipients = std::collections::HashSet::new();
+            for key in keys {
+                assert_eq!(validate_user(&key.recipient), Ok(()));
+                assert!(
+                    recipients.insert(&key.recipient),
+                    "{:?} twice",
+                    key.recipient
+                );
+                assert!((MIN_SIGNATURE_LEN..=MAX_SIGNATURE_LEN).contains(&key.signature.len()));
+                assert!(
+                    (MIN_WRAPPED_KEY_LEN..=MAX_WRAPPED_KEY_LEN).contains(&key.wrapped_key.len())
+                );
+            }
+            room
+        }
+    };
+    assert_eq!(validate_room(room), Ok(()));
+}

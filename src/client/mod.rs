@@ -7,10 +7,13 @@
 //! - [`RoomKeys`]: the end-to-end state of one room — members' identities, our sender
 //!   key, theirs — turning frames into plaintext and back, signatures checked first.
 //!   No I/O.
-//! - [`ChatSession`]: a connection to the relay, joined to one room, that drives
-//!   `RoomKeys` (distributing and rotating keys as members come and go), checks
-//!   members' keys against the pinned ones, follows the room's sequence numbers and
-//!   sends unacknowledged messages again after a reconnect.
+//! - [`SessionState`]: what a session knows of its room and of its own requests, and
+//!   how each frame from the relay changes it: it drives `RoomKeys` (deciding whom our
+//!   key is owed to as members come and go), checks members' keys against the pinned
+//!   ones, follows the room's sequence numbers and owns the request ids. No network.
+//! - [`ChatSession`]: a connection to the relay, joined to one room: it sends what its
+//!   `SessionState` decides, and sends unacknowledged messages again after a
+//!   reconnect.
 //! - [`progress`]: the last sequence number seen per server and room, saved in the
 //!   home directory, so that a restarted client catches up on exactly what it missed.
 //!
@@ -24,14 +27,16 @@ pub mod progress;
 mod replay;
 mod room;
 mod session;
+mod state;
 
 pub use connect::{connect, is_plaintext_beyond_loopback};
 pub use contacts::{Contacts, Pin};
 pub use login::{
     AuthorizedClient, BearerToken, Credentials, fetch_identity, login, login_with_token,
 };
-pub use room::{MAX_WAITING_MESSAGES, RoomEvent, RoomKeys};
-pub use session::{ChatSession, Event, HistoryMessage, MAX_HISTORY, open_stream, safety_number};
+pub use room::{KeyHandout, MAX_WAITING_MESSAGES, RoomEvent, RoomKeys};
+pub use session::{ChatSession, open_stream};
+pub use state::{Applied, Event, HistoryMessage, MAX_HISTORY, SessionState, safety_number};
 
 use std::path::PathBuf;
 

@@ -10,7 +10,6 @@
 pub(crate) const WINDOW: u64 = 64;
 
 #[derive(Debug, Default)]
-#[cfg_attr(fuzzing, derive(Clone))]
 pub(crate) struct ReplayWindow {
     highest: Option<u64>,
     /// Bit `n` set: counter `highest - n` has been seen.

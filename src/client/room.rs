@@ -1,12 +1,12 @@
 //! The end-to-end state of one room, without any I/O.
 //!
 //! It holds the members' verified identities, our outbound sender key, and the sender
-//! keys the others gave us. It tells its owner what to send (key distributions) when
-//! the membership changes, and turns message deliveries into plaintext. Every sender
-//! key and message is checked against its sender's signing key before anything is
-//! decrypted. A message whose sender key has not arrived yet waits for it: the relay
-//! can deliver a member's message to a newcomer before that member has handed the
-//! newcomer its key.
+//! keys the others gave us. It tells its owner whom our key is owed to ([`KeyHandout`])
+//! when the membership changes, wraps it for them when asked, and turns message
+//! deliveries into plaintext. Every sender key and message is checked against its
+//! sender's signing key before anything is decrypted. A message whose sender key has
+//! not arrived yet waits for it: the relay can deliver a member's message to a
+//! newcomer before that member has handed the newcomer its key.
 //!
 //! A member can be untrusted: the relay presented keys for it that differ from the ones
 //! pinned (see [`Contacts`](super::Contacts)). Nothing is wrapped for an untrusted
@@ -63,11 +63,21 @@ pub enum RoomEvent {
     Warning(String),
 }
 
-/// What a membership change calls for: key distributions to send, and what to show.
-pub type KeyUpdate = (Vec<DistributeSenderKey>, Vec<RoomEvent>);
+/// Who is owed our current sender key after a membership change. Deciding it is cheap;
+/// [`RoomKeys::distribute`] does the costly part (an RSA wrap and signature per
+/// recipient) when the key is actually sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyHandout {
+    /// Every trusted member: our key is new.
+    Everyone,
+    /// A trusted member who just joined.
+    Newcomer(String),
+}
+
+/// What a membership change calls for: our key to hand out, and what to show.
+pub type KeyUpdate = (KeyHandout, Vec<RoomEvent>);
 
 /// Another member of the room, as far as we know it.
-#[cfg_attr(fuzzing, derive(Clone))]
 struct Member {
     identity: VerifiedIdentity,
     trusted: bool,
@@ -80,9 +90,7 @@ struct Member {
     held_key: Option<SenderKeyDelivery>,
 }
 
-/// The end-to-end state of one room. (Cloned only by the fuzz targets, which start
-/// each run from a state whose keys cost RSA operations to reach.)
-#[cfg_attr(fuzzing, derive(Clone))]
+/// The end-to-end state of one room.
 pub struct RoomKeys {
     room: String,
     me: String,
@@ -246,25 +254,32 @@ impl RoomKeys {
         self.distributions(&recipients)
     }
 
-    /// Makes a fresh sender key and returns its distribution to every trusted member.
-    pub fn rotate(&mut self) -> Result<Vec<DistributeSenderKey>, ClientError> {
-        self.outbound = OutboundSenderKey::generate()?;
-        self.distribute_to_all()
+    /// Our current sender key as `handout` says, wrapped and signed for each recipient.
+    pub fn distribute(
+        &self,
+        handout: &KeyHandout,
+    ) -> Result<Vec<DistributeSenderKey>, ClientError> {
+        match handout {
+            KeyHandout::Everyone => self.distribute_to_all(),
+            KeyHandout::Newcomer(user) => self.distribute_to(&[user.as_str()]),
+        }
     }
 
-    /// A member joined: it gets our current sender key if it is trusted.
+    /// Makes a fresh sender key, owed to every trusted member.
+    pub fn rotate(&mut self) -> Result<KeyHandout, ClientError> {
+        self.outbound = OutboundSenderKey::generate()?;
+        Ok(KeyHandout::Everyone)
+    }
+
+    /// A member joined: it is owed our current sender key if it is trusted.
     pub fn member_joined(
         &mut self,
         identity: VerifiedIdentity,
         trusted: bool,
-    ) -> Result<Vec<DistributeSenderKey>, ClientError> {
+    ) -> Option<KeyHandout> {
         let user = identity.user.clone();
         self.insert_member(identity, trusted);
-        if trusted {
-            self.distribute_to(&[&user])
-        } else {
-            Ok(Vec::new())
-        }
+        trusted.then_some(KeyHandout::Newcomer(user))
     }
 
     /// The user accepted `user`'s keys: the key it sent while it was untrusted is taken,
@@ -276,15 +291,15 @@ impl RoomKeys {
         };
         member.trusted = true;
         let held = member.held_key.take();
-        let distribution = self.rotate()?;
+        let handout = self.rotate()?;
         let events = held
             .map(|delivery| self.accept_sender_key(delivery))
             .unwrap_or_default();
-        Ok(Some((distribution, events)))
+        Ok(Some((handout, events)))
     }
 
     /// A member left: forget its keys and rotate ours, so it cannot read what we send
-    /// next. Returns the new key for the remaining members.
+    /// next. The new key is owed to the remaining members.
     pub fn member_left(&mut self, user: &str) -> Result<KeyUpdate, ClientError> {
         let events = self.remove_member(user);
         Ok((self.rotate()?, events))
@@ -304,7 +319,8 @@ impl RoomKeys {
             });
         }
         let rotation = if self.outbound.is_exhausted() {
-            self.rotate()?
+            let handout = self.rotate()?;
+            self.distribute(&handout)?
         } else {
             Vec::new()
         };
@@ -448,6 +464,11 @@ impl RoomKeys {
         for entry in entries {
             match entry.kind {
                 Some(history_entry::Kind::SenderKey(delivery)) => {
+                    // A key already taken opens nothing more, and each copy a relay
+                    // repeats would cost another RSA decryption.
+                    if keys.contains_key(&(delivery.sender.clone(), delivery.key_id)) {
+                        continue;
+                    }
                     match self.history_key(&delivery, signer(&delivery.sender)) {
                         Some(key) => {
                             keys.insert((delivery.sender, delivery.key_id), key);
@@ -748,6 +769,18 @@ mod tests {
         keys
     }
 
+    /// `identity` joined `keys`' room, trusted: the distributions it is owed.
+    fn newcomer(keys: &mut RoomKeys, identity: VerifiedIdentity) -> Vec<DistributeSenderKey> {
+        let handout = keys.member_joined(identity, true).unwrap();
+        keys.distribute(&handout).unwrap()
+    }
+
+    /// `user` left `keys`' room: the distributions of the new key.
+    fn left(keys: &mut RoomKeys, user: &str) -> Vec<DistributeSenderKey> {
+        let (handout, _) = keys.member_left(user).unwrap();
+        keys.distribute(&handout).unwrap()
+    }
+
     /// What the relay would deliver to `recipient` from a distribution by `sender`.
     fn deliver_key(dist: &DistributeSenderKey, sender: &str, recipient: &str) -> SenderKeyDelivery {
         let wrapped = dist
@@ -812,7 +845,7 @@ mod tests {
     fn alice_and_bob() -> (RoomKeys, RoomKeys) {
         let mut alice = member("alice", 0, &[]);
         let mut bob = member("bob", 1, &[("alice", 0)]);
-        let to_bob = alice.member_joined(verified("bob", 1), true).unwrap();
+        let to_bob = newcomer(&mut alice, verified("bob", 1));
         bob.accept_sender_key(deliver_key(&to_bob[0], "alice", "bob"));
         let to_alice = bob.distribute_to_all().unwrap();
         alice.accept_sender_key(deliver_key(&to_alice[0], "bob", "alice"));
@@ -842,7 +875,7 @@ mod tests {
         let (_, send) = alice.seal_text("early").unwrap();
         assert!(carol.open(deliver_message(&send, "alice")).is_empty());
         assert_eq!(carol.waiting(), 1);
-        let to_carol = alice.member_joined(verified("carol", 2), true).unwrap();
+        let to_carol = newcomer(&mut alice, verified("carol", 2));
         let events = carol.accept_sender_key(deliver_key(&to_carol[0], "alice", "carol"));
         assert_eq!(without_time(events), [text("alice", "early")]);
         assert_eq!(carol.waiting(), 0);
@@ -851,7 +884,7 @@ mod tests {
     #[test]
     fn after_a_member_leaves_its_old_keys_do_not_open_new_messages() {
         let (mut alice, mut bob) = alice_and_bob();
-        let (rotation, _) = alice.member_left("bob").unwrap();
+        let rotation = left(&mut alice, "bob");
         assert_eq!(
             recipients(&rotation),
             ["alice"],
@@ -891,7 +924,7 @@ mod tests {
     fn an_old_key_stops_working_once_its_successor_arrives() {
         let (mut alice, mut bob) = alice_and_bob();
         let (_, old) = alice.seal_text("under the old key").unwrap();
-        let (rotation, _) = alice.member_left("carol-who-was-never-here").unwrap();
+        let rotation = left(&mut alice, "carol-who-was-never-here");
         bob.accept_sender_key(deliver_key(&rotation[0], "alice", "bob"));
         let events = bob.open(deliver_message(&old, "alice"));
         assert!(
@@ -942,7 +975,7 @@ mod tests {
         // that AES-GCM accepts as alice's; only her signature proves it is hers.
         let (mut alice, bob) = alice_and_bob();
         let mut carol = member("carol", 2, &[("alice", 0), ("bob", 1)]);
-        let to_carol = alice.member_joined(verified("carol", 2), true).unwrap();
+        let to_carol = newcomer(&mut alice, verified("carol", 2));
         carol.accept_sender_key(deliver_key(&to_carol[0], "alice", "carol"));
         let (_, genuine) = alice.seal_text("genuine").unwrap();
         let mut forged = genuine.sealed.clone().unwrap();
@@ -968,12 +1001,7 @@ mod tests {
     fn an_untrusted_member_gets_nothing_until_trusted() {
         let mut alice = member("alice", 0, &[]);
         let mut bob = member("bob", 1, &[]);
-        assert!(
-            alice
-                .member_joined(verified("bob", 1), false)
-                .unwrap()
-                .is_empty()
-        );
+        assert_eq!(alice.member_joined(verified("bob", 1), false), None);
         assert!(!alice.is_trusted("bob"));
         bob.insert_member(verified("alice", 0), true);
         assert_eq!(recipients(&alice.distribute_to_all().unwrap()), ["alice"]);
@@ -989,7 +1017,9 @@ mod tests {
         let events = alice.open(deliver_message(&early, "bob"));
         assert!(matches!(&events[..], [RoomEvent::Warning(_)]), "{events:?}");
 
-        let (to_bob, events) = alice.trust("bob").unwrap().unwrap();
+        let (handout, events) = alice.trust("bob").unwrap().unwrap();
+        assert_eq!(handout, KeyHandout::Everyone);
+        let to_bob = alice.distribute(&handout).unwrap();
         assert!(events.is_empty(), "{events:?}");
         assert_eq!(to_bob.len(), 1);
         bob.accept_sender_key(deliver_key(&to_bob[0], "alice", "bob"));
@@ -1045,7 +1075,7 @@ mod tests {
     fn an_old_sender_key_is_never_accepted_again() {
         let (mut alice, mut bob) = alice_and_bob();
         let first = alice.distribute_to_all().unwrap();
-        let (rotation, _) = alice.member_left("someone").unwrap();
+        let rotation = left(&mut alice, "someone");
         bob.accept_sender_key(deliver_key(&rotation[0], "alice", "bob"));
         // The relay brings back alice's first key.
         let events = bob.accept_sender_key(deliver_key(&first[0], "alice", "bob"));
@@ -1064,7 +1094,7 @@ mod tests {
     fn a_relay_cannot_reattribute_a_message() {
         let mut alice = member("alice", 0, &[]);
         let mut carol = member("carol", 2, &[("alice", 0), ("bob", 1)]);
-        let to_carol = alice.member_joined(verified("carol", 2), true).unwrap();
+        let to_carol = newcomer(&mut alice, verified("carol", 2));
         carol.accept_sender_key(deliver_key(&to_carol[0], "alice", "carol"));
         let (_, send) = alice.seal_text("from alice").unwrap();
         // Claiming the message is bob's fails bob's signature.
@@ -1074,7 +1104,7 @@ mod tests {
             "{events:?}"
         );
         // A key wrapped for carol as alice's, relabelled as bob's, does not unwrap.
-        let to_carol = alice.member_joined(verified("carol", 2), true).unwrap();
+        let to_carol = newcomer(&mut alice, verified("carol", 2));
         let events = carol.accept_sender_key(deliver_key(&to_carol[0], "bob", "carol"));
         assert!(
             matches!(&events[..], [RoomEvent::Warning(w)] if w.contains("rejected")),
@@ -1205,7 +1235,7 @@ mod tests {
         // Signed like the others, with our own signing key, for our own name.
         assert!(check_sender_key("lobby", "alice", &alice.own_identity(), &own).is_ok());
         assert!(unwrap_sender_key(&identities()[0], "lobby", "alice", &own).is_ok());
-        let joined = alice.member_joined(verified("dave", 1), true).unwrap();
+        let joined = newcomer(&mut alice, verified("dave", 1));
         assert_eq!(recipients(&joined), ["alice", "dave"]);
     }
 
@@ -1254,7 +1284,7 @@ mod tests {
     fn a_former_member_who_joins_again_is_a_member() {
         let mut alice = member("alice", 0, &[]);
         alice.insert_former_member(verified("carol", 2), true);
-        let to_carol = alice.member_joined(verified("carol", 2), true).unwrap();
+        let to_carol = newcomer(&mut alice, verified("carol", 2));
         assert_eq!(recipients(&to_carol), ["alice", "carol"]);
         assert!(alice.is_member("carol"));
         assert!(alice.forget_former_members().is_empty());
@@ -1314,7 +1344,8 @@ mod tests {
         // Two keys of bob's: the second properly wrapped for alice, but presented with
         // the signature of the first. Unwrapping it would work; it must not be tried.
         let first = bob.distribute_to_all().unwrap();
-        let second = bob.rotate().unwrap();
+        let rotation = bob.rotate().unwrap();
+        let second = bob.distribute(&rotation).unwrap();
         let mut forged = deliver_key(&second[0], "bob", "alice");
         forged.signature = deliver_key(&first[0], "bob", "alice").signature;
         let (_, under_second) = bob.seal_text("under the forged key").unwrap();
@@ -1364,5 +1395,32 @@ mod tests {
             matches!(&shown[..], [RoomEvent::Warning(w)] if w.contains("1 older message")),
             "{shown:?}"
         );
+    }
+
+    /// Found by profiling the `server_frame` fuzz target: a relay repeating a key entry of
+    /// a history made the client check and unwrap it again each time, an RSA decryption
+    /// per copy.
+    #[test]
+    fn a_history_takes_each_key_once() {
+        let (alice, mut bob) = alice_and_bob();
+        let key = deliver_key(&bob.distribute_to_all().unwrap()[0], "bob", "alice");
+        let mut copy = key.clone();
+        copy.signature = flip_first_bit(&copy.signature);
+        let (_, sent) = bob.seal_text("once").unwrap();
+        let entries = vec![
+            key_entry(key.clone(), 1),
+            key_entry(key, 2),
+            // Not even looked at: it would be counted as rejected.
+            key_entry(copy, 3),
+            message_entry(deliver_message(&sent, "bob"), 4),
+        ];
+        let shown = without_time(alice.open_history(entries, &[]));
+        assert_eq!(shown, [with_seq(4, "bob", "once")]);
+    }
+
+    fn flip_first_bit(bytes: &bytes::Bytes) -> bytes::Bytes {
+        let mut flipped = bytes.to_vec();
+        flipped[0] ^= 1;
+        flipped.into()
     }
 }

@@ -3,9 +3,10 @@
 //! [`ChatSession::join`] opens the `Chat` stream as a logged-in user, joins the room (or
 //! comes back to it and catches up), checks every member's keys against the pinned
 //! ones, and hands our sender key to the members it trusts. From then on each frame
-//! from the relay goes through [`ChatSession::handle`], which keeps the room's keys in
-//! step (answering newcomers with our key, rotating it when someone leaves) and returns
-//! what the user should see.
+//! from the relay goes through [`ChatSession::handle`], which has the session's
+//! [`SessionState`] apply it (keeping the room's keys in step) and sends what that
+//! calls for (our key for newcomers, a new key when someone leaves); it returns what
+//! the user should see.
 //!
 //! Delivery is durable, and the session does its part:
 //! - it follows the room's sequence numbers ([`ChatSession::last_seq`]): a message at or
@@ -15,7 +16,6 @@
 //!   [`ChatSession::reconnect`] sends it again on a new stream exactly as it was (the
 //!   relay recognises a repeat and stores it once), then rotates our key.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,15 +25,12 @@ use tonic::transport::Channel;
 use tonic::{Code, Request, Status, Streaming};
 
 use super::ClientError;
-use super::contacts::{Contacts, Pin};
+use super::contacts::Contacts;
 use super::login::{AuthorizedClient, Credentials, fetch_identity};
-use super::room::{RoomEvent, RoomKeys};
-use crate::crypto::{Fingerprint, Identity, SafetyNumber, VerifiedIdentity};
-use crate::proto::{
-    ClientFrame, DistributeSenderKey, GetHistory, History, InviteMember, JoinRoom, Joined,
-    KickMember, LeaveReason, LeaveRoom, PublicIdentity, SendMessage, ServerFrame, client_frame,
-    server_frame,
-};
+use super::room::KeyHandout;
+use super::state::{Applied, Event, JOIN_REQUEST_ID, SessionState};
+use crate::crypto::{Fingerprint, Identity, SafetyNumber};
+use crate::proto::{ClientFrame, JoinRoom, Joined, ServerFrame, client_frame, server_frame};
 
 /// Frames the client queues for the relay before `send` waits.
 const OUTBOUND_FRAMES: usize = 256;
@@ -41,12 +38,6 @@ const OUTBOUND_FRAMES: usize = 256;
 /// How long the relay may take to answer a join: a relay that accepts the stream but
 /// never answers would otherwise hold a (re)connecting client forever.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The request id of the join that opens every stream; later frames count up from it.
-const JOIN_REQUEST_ID: u64 = 1;
-
-/// The most messages one history request may ask for.
-pub const MAX_HISTORY: u32 = 100;
 
 /// Opens the `Chat` stream as the logged-in user with a first frame (request id 1)
 /// that joins a room. Returns where to send further frames and the frames from the
@@ -116,155 +107,13 @@ async fn wait_for_joined(
     }
 }
 
-/// Where a client starts counting a room's sequence numbers after a `Joined` that
-/// reports `resumed` and the room's `latest` number, given the `after_seq` it asked
-/// for; and what to warn about.
-fn starting_seq(resumed: bool, after_seq: Option<u64>, latest: u64) -> (u64, Option<String>) {
-    match after_seq {
-        Some(after) if resumed && after <= latest => (after, None),
-        Some(after) if resumed => (
-            latest,
-            Some(format!(
-                "this client has seen the room up to message number {after}, but the \
-                 server's latest is {latest}: the server seems restored from an older \
-                 backup; continuing from {latest}"
-            )),
-        ),
-        Some(after) if after > 0 => (
-            latest,
-            Some(
-                "the server no longer counted you as a member, so you joined again: what \
-                 was said while you were away is not available"
-                    .to_owned(),
-            ),
-        ),
-        _ => (latest, None),
-    }
-}
-
-/// A message of the room's history, decrypted and authenticated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HistoryMessage {
-    /// Its sequence number in the room.
-    pub seq: u64,
-    pub sender: String,
-    pub text: String,
-    /// When its sender says it sent it, in milliseconds since the Unix epoch.
-    pub sent_at_ms: u64,
-}
-
-/// What happened in the room, for the user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Event {
-    /// A message from another member, signed, decrypted and authenticated.
-    Message {
-        room: String,
-        sender: String,
-        text: String,
-        sent_at_ms: u64,
-        /// Its sequence number in the room.
-        seq: u64,
-    },
-    /// Someone joined (also: someone who joined while we were away).
-    MemberJoined { room: String, user: String },
-    /// Someone left or was removed; our sender key has been rotated.
-    MemberLeft {
-        room: String,
-        user: String,
-        reason: LeaveReason,
-    },
-    /// The owner of the room removed us from it.
-    Removed { room: String },
-    /// First sight of a contact: its keys are now pinned.
-    Pinned {
-        user: String,
-        fingerprint: Fingerprint,
-    },
-    /// The relay presented keys for a contact that are not the pinned ones: nothing is
-    /// sent to or accepted from it until the user trusts the new keys.
-    KeysChanged {
-        room: String,
-        user: String,
-        pinned: Fingerprint,
-        presented: Fingerprint,
-        was_verified: bool,
-    },
-    /// The relay stored one of our messages under `seq`. `request_id` is the one
-    /// [`ChatSession::send_text`] returned, or the one the message got when
-    /// [`ChatSession::reconnect`] sent it again.
-    Delivered { request_id: u64, seq: u64 },
-    /// The relay refused one of our messages: it will not be delivered.
-    Refused {
-        request_id: u64,
-        code: Code,
-        message: String,
-        /// The text of the message.
-        text: String,
-    },
-    /// We left the room.
-    Left { room: String },
-    /// The relay has sent everything we missed up to `seq`; what follows is live.
-    CaughtUp { room: String, seq: u64 },
-    /// The answer to [`ChatSession::history`]: messages in sequence order, ours included.
-    History {
-        room: String,
-        messages: Vec<HistoryMessage>,
-    },
-    /// Something the user asked for was done; the text says what.
-    Notice(String),
-    /// Something was dropped or looks wrong; the text says what.
-    Warning(String),
-}
-
-/// What an unanswered frame was, to report its answer.
-#[derive(Debug, Clone, PartialEq)]
-enum Pending {
-    Message(Unacked),
-    /// Kept to send again: messages sealed under this key may follow it.
-    KeyDistribution(DistributeSenderKey),
-    Leave,
-    Invite(String),
-    Kick(String),
-    History,
-}
-
-/// A message the relay has not acknowledged: its text, to report on it, and its frame,
-/// sealed and signed, to send again as it is on a new stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Unacked {
-    text: String,
-    send: SendMessage,
-}
-
-/// The unanswered frames of a dead stream, sorted out by [`ChatSession::reconnect`].
-#[derive(Default)]
-struct Carried {
-    /// Messages and key distributions to send again, under their new request ids, in
-    /// their original order: a message must not arrive after a newer key of ours.
-    resend: Vec<(u64, client_frame::Kind)>,
-    /// Whether a leave was unanswered.
-    leave: bool,
-}
-
 /// A connection to the relay, joined to one room.
 pub struct ChatSession {
-    keys: RoomKeys,
+    state: SessionState,
     identity: Arc<Identity>,
-    user: String,
-    contacts: Contacts,
     client: AuthorizedClient,
-    private_room: bool,
-    owner: Option<String>,
     frames: mpsc::Sender<ClientFrame>,
     incoming: Streaming<ServerFrame>,
-    /// The highest sequence number of the room processed.
-    last_seq: u64,
-    last_request_id: u64,
-    /// Our frames the relay has not answered, by request id (so in the order sent).
-    unanswered: BTreeMap<u64, Pending>,
-    /// Set by `leave` or a kick: membership changes no longer call for key
-    /// distributions, which the relay would refuse once we are out.
-    leaving: bool,
 }
 
 impl ChatSession {
@@ -285,31 +134,16 @@ impl ChatSession {
         let room = join.room.clone();
         let after_seq = join.after_seq;
         let (frames, incoming, joined) = open_joined(&mut client, join).await?;
-        let user = credentials.user().to_owned();
+        let state = SessionState::new(&room, credentials.user(), identity.clone(), contacts)?;
         let mut session = Self {
-            keys: RoomKeys::new(&room, &user, identity.clone())?,
+            state,
             identity,
-            user,
-            contacts,
             client,
-            private_room: false,
-            owner: None,
             frames,
             incoming,
-            last_seq: 0,
-            last_request_id: JOIN_REQUEST_ID,
-            unanswered: BTreeMap::new(),
-            leaving: false,
         };
-        let mut events = session.apply_joined(&joined, after_seq);
-        for member in &joined.members {
-            if let Some((identity, trusted)) = session.admit(member, &mut events)? {
-                session.keys.insert_member(identity, trusted);
-            }
-        }
-        session.admit_former_members(&joined.former_members, &mut events)?;
-        let distribution = session.keys.distribute_to_all()?;
-        session.distribute(distribution).await?;
+        let applied = session.state.joined(&joined, after_seq)?;
+        let events = session.carry_out(applied).await?;
         Ok((session, events))
     }
 
@@ -328,83 +162,73 @@ impl ChatSession {
     ) -> Result<Vec<Event>, ClientError> {
         let mut client = credentials.chat_client(channel);
         let join = JoinRoom {
-            room: self.keys.room().to_owned(),
+            room: self.state.room().to_owned(),
             create_private: false,
-            after_seq: Some(self.last_seq),
+            after_seq: Some(self.state.last_seq()),
         };
         let (frames, incoming, joined) = open_joined(&mut client, join).await?;
         self.client = client;
         self.frames = frames;
         self.incoming = incoming;
-        self.last_request_id = JOIN_REQUEST_ID;
-        let mut events = self.apply_joined(&joined, Some(self.last_seq));
-        let carried = self.carry_unanswered(&mut events);
-        self.reconcile_members(&joined, &mut events)?;
+        let rejoined = self.state.rejoined(&joined)?;
         // As first sent: the relay stores each message once, and a key before the
         // messages sealed with it.
-        for (request_id, frame) in carried.resend {
-            self.send_frame(request_id, frame).await?;
+        for frame in rejoined.resend {
+            self.frames
+                .send(frame)
+                .await
+                .map_err(|_| ClientError::Disconnected)?;
         }
-        if carried.leave {
+        if rejoined.leave {
             self.leave().await?;
-        } else if !self.leaving {
+        } else if !self.state.is_leaving() {
             // A fresh key on every (re)join: it reaches whoever joined meanwhile, and
             // not whoever left.
-            let rotation = self.keys.rotate()?;
-            self.distribute(rotation).await?;
+            let rotation = self.state.rotate()?;
+            self.send_all(rotation).await?;
         }
-        Ok(events)
+        Ok(rejoined.events)
     }
 
     /// The room.
     pub fn room(&self) -> &str {
-        self.keys.room()
+        self.state.room()
     }
 
     /// The owner of the room if it is private.
     pub fn owner(&self) -> Option<&str> {
-        self.private_room.then_some(self.owner.as_deref()).flatten()
+        self.state.owner()
     }
 
     /// The other members, sorted by name.
     pub fn members(&self) -> Vec<String> {
-        self.keys.members().map(str::to_owned).collect()
+        self.state.members()
     }
 
     /// Members whose keys changed and are not trusted.
     pub fn untrusted_members(&self) -> Vec<String> {
-        self.keys
-            .members()
-            .filter(|user| !self.keys.is_trusted(user))
-            .map(str::to_owned)
-            .collect()
+        self.state.untrusted_members()
     }
 
     /// The highest sequence number of the room this session has processed: save it, and
     /// join with it as `after_seq` next time.
     pub fn last_seq(&self) -> u64 {
-        self.last_seq
+        self.state.last_seq()
     }
 
     /// How many of our frames the relay has not answered yet.
     pub fn unanswered(&self) -> usize {
-        self.unanswered.len()
+        self.state.unanswered()
     }
 
     /// The texts of our messages the relay has not acknowledged yet, in the order sent.
     pub fn pending(&self) -> Vec<&str> {
-        self.unanswered
-            .values()
-            .filter_map(|pending| match pending {
-                Pending::Message(unacked) => Some(unacked.text.as_str()),
-                _ => None,
-            })
-            .collect()
+        self.state.pending()
     }
 
     /// Messages from others still waiting for their sender key.
     pub fn undecryptable(&self) -> usize {
-        self.keys.waiting()
+        self.state.undecryptable()
     }
 
     /// Seals and sends a text message; returns the id its `Delivered` or `Refused` event
@@ -412,83 +236,46 @@ impl ChatSession {
     /// [`reconnect`](Self::reconnect); the lost stream shows in
     /// [`next_frame`](Self::next_frame).
     pub async fn send_text(&mut self, text: &str) -> Result<u64, ClientError> {
-        let (rotation, send) = self.keys.seal_text(text)?;
-        self.distribute(rotation).await?;
-        let unacked = Unacked {
-            text: text.to_owned(),
-            send: send.clone(),
-        };
-        self.submit(client_frame::Kind::Send(send), Pending::Message(unacked))
-            .await
+        let frames = self.state.send_text(text)?;
+        let request_id = frames.last().map_or(0, |frame| frame.request_id);
+        self.send_all(frames).await?;
+        Ok(request_id)
     }
 
-    /// Asks for the latest `limit` messages of the room (1 to [`MAX_HISTORY`]); they
-    /// come as an [`Event::History`].
+    /// Asks for the latest `limit` messages of the room (1 to
+    /// [`MAX_HISTORY`](super::MAX_HISTORY)); they come as an [`Event::History`].
     pub async fn history(&mut self, limit: u32) -> Result<u64, ClientError> {
-        let request = GetHistory {
-            room: self.keys.room().to_owned(),
-            limit: limit.clamp(1, MAX_HISTORY),
-        };
-        self.submit(client_frame::Kind::History(request), Pending::History)
-            .await
+        let frame = self.state.history(limit);
+        self.send(frame).await
     }
 
     /// Leaves the room for good; its `Left` event follows once the relay has answered.
     pub async fn leave(&mut self) -> Result<u64, ClientError> {
-        self.leaving = true;
-        let leave = LeaveRoom {
-            room: self.keys.room().to_owned(),
-        };
-        self.submit(client_frame::Kind::Leave(leave), Pending::Leave)
-            .await
+        let frame = self.state.leave();
+        self.send(frame).await
     }
 
     /// Lets `user` join this private room (owner only; the relay decides).
     pub async fn invite(&mut self, user: &str) -> Result<u64, ClientError> {
-        let invite = InviteMember {
-            room: self.keys.room().to_owned(),
-            user: user.to_owned(),
-        };
-        self.submit(
-            client_frame::Kind::Invite(invite),
-            Pending::Invite(user.to_owned()),
-        )
-        .await
+        let frame = self.state.invite(user);
+        self.send(frame).await
     }
 
     /// Removes `user` from this private room (owner only; the relay decides).
     pub async fn kick(&mut self, user: &str) -> Result<u64, ClientError> {
-        let kick = KickMember {
-            room: self.keys.room().to_owned(),
-            user: user.to_owned(),
-        };
-        self.submit(
-            client_frame::Kind::Kick(kick),
-            Pending::Kick(user.to_owned()),
-        )
-        .await
+        let frame = self.state.kick(user);
+        self.send(frame).await
     }
 
     /// Accepts the keys the relay now presents for `user` as theirs: pins them and,
     /// if `user` is in the room, starts exchanging keys with it.
     pub async fn trust(&mut self, user: &str) -> Result<Vec<Event>, ClientError> {
-        let identity = match self.keys.member_identity(user) {
+        let identity = match self.state.member_identity(user) {
             Some(identity) => identity.clone(),
             None => fetch_identity(&mut self.client, user).await?,
         };
-        self.contacts.trust(user, &identity.fingerprint)?;
-        let mut events = vec![Event::Notice(format!(
-            "now trusting the keys of {user} (fingerprint {}); compare the safety number \
-             with /verify {user}",
-            identity.fingerprint
-        ))];
-        if !self.keys.is_trusted(user)
-            && let Some((distribution, opened)) = self.keys.trust(user)?
-        {
-            self.distribute(distribution).await?;
-            events.extend(self.room_events(opened));
-        }
-        Ok(events)
+        let applied = self.state.trust(user, &identity)?;
+        self.carry_out(applied).await
     }
 
     /// Our own fingerprint.
@@ -500,37 +287,14 @@ impl ChatSession {
     /// room (the ones to check before trusting them, if they changed), or else from the
     /// pinned keys.
     pub fn safety_number(&self, user: &str) -> Result<SafetyNumber, ClientError> {
-        match self.keys.member_identity(user) {
-            Some(member) => Ok(SafetyNumber::of(
-                &self.user,
-                &self.identity.fingerprint(),
-                user,
-                &member.fingerprint,
-            )),
-            None => safety_number(&self.identity, &self.user, &self.contacts, user),
-        }
+        self.state.safety_number(user)
     }
 
     /// Records that the user compared the safety number with `user` and it matched. If
     /// `user` is in the room with keys that are not the pinned ones, the user must trust
     /// them first: the number shown was for those keys.
     pub fn mark_verified(&mut self, user: &str) -> Result<(), ClientError> {
-        if self
-            .keys
-            .member_identity(user)
-            .is_some_and(|_| !self.keys.is_trusted(user))
-        {
-            return Err(ClientError::NotTrusted {
-                user: user.to_owned(),
-            });
-        }
-        if self.contacts.mark_verified(user)? {
-            Ok(())
-        } else {
-            Err(ClientError::NotPinned {
-                user: user.to_owned(),
-            })
-        }
+        self.state.mark_verified(user)
     }
 
     /// The next frame from the relay, or `None` when it closed the stream cleanly.
@@ -541,75 +305,8 @@ impl ChatSession {
 
     /// Applies one frame from the relay and returns what the user should see.
     pub async fn handle(&mut self, frame: ServerFrame) -> Result<Vec<Event>, ClientError> {
-        use server_frame::Kind;
-
-        let room = self.keys.room().to_owned();
-        let mut events = Vec::new();
-        match frame.kind {
-            Some(Kind::Ack(ack)) => events.extend(self.on_ack(frame.request_id, ack.seq)),
-            Some(Kind::Rejection(rejection)) => {
-                let code = Code::from_i32(rejection.code);
-                events.push(self.on_rejection(frame.request_id, code, rejection.message));
-            }
-            Some(Kind::MemberJoined(joined)) if joined.room == room => {
-                if let Some(member) = joined.member {
-                    self.on_member_joined(&member, &mut events).await?;
-                }
-            }
-            Some(Kind::MemberLeft(left)) if left.room == room && left.user == self.user => {
-                // The relay sends this only when the owner removed us.
-                self.leaving = true;
-                events.push(Event::Removed { room });
-            }
-            Some(Kind::MemberLeft(left)) if left.room == room => {
-                let (rotation, warnings) = self.keys.member_left(&left.user)?;
-                if !self.leaving {
-                    self.distribute(rotation).await?;
-                }
-                events.push(Event::MemberLeft {
-                    room: room.clone(),
-                    user: left.user.clone(),
-                    reason: left.reason(),
-                });
-                events.extend(self.room_events(warnings));
-            }
-            // One at or below what was processed is not new: the relay sent it again (a
-            // catch-up overlapping what we saw), and it was shown then. Number 0 is a
-            // relay that does not number its entries: nothing to go by but the replay
-            // windows, which still catch a repeat.
-            Some(Kind::Message(message))
-                if message.room == room && (message.seq == 0 || message.seq > self.last_seq) =>
-            {
-                self.last_seq = self.last_seq.max(message.seq);
-                let opened = self.keys.open(message);
-                events.extend(self.room_events(opened));
-            }
-            Some(Kind::SenderKey(key)) if key.room == room => {
-                // Always taken: a catch-up starts with the keys in force, numbered at or
-                // below where it starts.
-                self.last_seq = self.last_seq.max(key.seq);
-                let opened = self.keys.accept_sender_key(key);
-                events.extend(self.room_events(opened));
-            }
-            Some(Kind::CaughtUp(caught_up)) if caught_up.room == room => {
-                // Informational: the numbers still come from the entries themselves, so
-                // a relay sending this early cannot make us skip any.
-                let forgotten = self.keys.forget_former_members();
-                events.extend(self.room_events(forgotten));
-                events.push(Event::CaughtUp {
-                    room,
-                    seq: caught_up.seq,
-                });
-            }
-            Some(Kind::History(history)) if history.room == room => {
-                self.unanswered.remove(&frame.request_id);
-                events.extend(self.open_history(history)?);
-            }
-            // Frames for other rooms, messages already processed, a repeated `Joined`, or
-            // kinds newer than this client.
-            _ => {}
-        }
-        Ok(events)
+        let applied = self.state.apply(frame)?;
+        self.carry_out(applied).await
     }
 
     /// Waits for the next frame and applies it: `None` when the relay closed the stream.
@@ -621,352 +318,35 @@ impl ChatSession {
         }
     }
 
-    fn on_ack(&mut self, request_id: u64, seq: u64) -> Option<Event> {
-        let room = self.keys.room().to_owned();
-        // Our own entries never move `last_seq`: the relay may ack ours before it
-        // delivers an earlier one of someone else's.
-        match self.unanswered.remove(&request_id)? {
-            Pending::Message(_) => Some(Event::Delivered { request_id, seq }),
-            Pending::Leave => Some(Event::Left { room }),
-            Pending::Invite(user) => Some(Event::Notice(format!(
-                "invited {user} to {room}: they can join it now"
-            ))),
-            Pending::Kick(user) => Some(Event::Notice(format!("removed {user} from {room}"))),
-            Pending::KeyDistribution(_) | Pending::History => None,
+    /// Hands out our key as `applied` says; returns its events.
+    async fn carry_out(&mut self, applied: Applied) -> Result<Vec<Event>, ClientError> {
+        if let Some(handout) = applied.handout {
+            self.hand_out(&handout).await?;
         }
+        Ok(applied.events)
     }
 
-    fn on_rejection(&mut self, request_id: u64, code: Code, message: String) -> Event {
-        let what = match self.unanswered.remove(&request_id) {
-            Some(Pending::Message(unacked)) => {
-                return Event::Refused {
-                    request_id,
-                    code,
-                    message,
-                    text: unacked.text,
-                };
-            }
-            Some(Pending::KeyDistribution(_)) => "our sender key".to_owned(),
-            Some(Pending::Leave) => "to let us leave".to_owned(),
-            Some(Pending::Invite(user)) => format!("to invite {user}"),
-            Some(Pending::Kick(user)) => format!("to remove {user}"),
-            Some(Pending::History) => "to send the history".to_owned(),
-            None => "a frame".to_owned(),
-        };
-        Event::Warning(format!(
-            "the server refused {what}: {}: {message}",
-            super::code_name(code)
-        ))
+    async fn hand_out(&mut self, handout: &KeyHandout) -> Result<(), ClientError> {
+        let frames = self.state.distribute(handout)?;
+        self.send_all(frames).await
     }
 
-    async fn on_member_joined(
-        &mut self,
-        member: &PublicIdentity,
-        events: &mut Vec<Event>,
-    ) -> Result<(), ClientError> {
-        let room = self.keys.room().to_owned();
-        if self.keys.is_member(&member.user) {
-            // Accepting it would reset what we know of that member's keys.
-            events.push(Event::Warning(format!(
-                "[{room}] ignored a second join of a current member: the server is \
-                 misbehaving"
-            )));
-            return Ok(());
-        }
-        // A former member we were catching up on becomes a member again here.
-        let Some((identity, trusted)) = self.admit(member, events)? else {
-            return Ok(());
-        };
-        let user = identity.user.clone();
-        let distribution = self.keys.member_joined(identity, trusted)?;
-        if !self.leaving {
-            self.distribute(distribution).await?;
-        }
-        events.insert(0, Event::MemberJoined { room, user });
-        Ok(())
-    }
-
-    /// Opens a `History` answer with the identities it brings, checked as members' are.
-    fn open_history(&mut self, history: History) -> Result<Vec<Event>, ClientError> {
-        let mut events = Vec::new();
-        let mut former = Vec::new();
-        for identity in &history.former_members {
-            if self.keys.member_identity(&identity.user).is_some() {
-                continue;
-            }
-            if let Some((identity, true)) = self.admit(identity, &mut events)? {
-                former.push(identity);
-            }
-        }
-        let mut messages = Vec::new();
-        for event in self.keys.open_history(history.entries, &former) {
-            match event {
-                RoomEvent::Message {
-                    seq,
-                    sender,
-                    text,
-                    sent_at_ms,
-                } => messages.push(HistoryMessage {
-                    seq,
-                    sender,
-                    text,
-                    sent_at_ms,
-                }),
-                RoomEvent::Warning(text) => events.push(Event::Warning(text)),
-            }
-        }
-        events.insert(
-            0,
-            Event::History {
-                room: history.room,
-                messages,
-            },
-        );
-        Ok(events)
-    }
-
-    /// Takes in the relay's answer to a join: where the numbering starts, and whether
-    /// the room is private.
-    fn apply_joined(&mut self, joined: &Joined, after_seq: Option<u64>) -> Vec<Event> {
-        self.private_room = joined.private_room;
-        self.owner = (!joined.owner.is_empty()).then(|| joined.owner.clone());
-        let (start, warning) = starting_seq(joined.resumed, after_seq, joined.last_seq);
-        self.last_seq = start;
-        warning
-            .map(|text| Event::Warning(format!("[{}] {text}", self.keys.room())))
-            .into_iter()
-            .collect()
-    }
-
-    /// Admits the former members a `Joined` names, for the catch-up that follows.
-    fn admit_former_members(
-        &mut self,
-        former_members: &[PublicIdentity],
-        events: &mut Vec<Event>,
-    ) -> Result<(), ClientError> {
-        for member in former_members {
-            if self.keys.is_member(&member.user) {
-                continue;
-            }
-            if let Some((identity, trusted)) = self.admit(member, events)? {
-                self.keys.insert_former_member(identity, trusted);
-            }
+    async fn send_all(&mut self, frames: Vec<ClientFrame>) -> Result<(), ClientError> {
+        for frame in frames {
+            self.send(frame).await?;
         }
         Ok(())
     }
 
-    /// Brings the members up to date after a reconnect: those who left meanwhile are
-    /// forgotten, those who joined are admitted (no key for them yet: a distribution
-    /// follows).
-    fn reconcile_members(
-        &mut self,
-        joined: &Joined,
-        events: &mut Vec<Event>,
-    ) -> Result<(), ClientError> {
-        let room = self.keys.room().to_owned();
-        let present: BTreeSet<&str> = joined.members.iter().map(|m| m.user.as_str()).collect();
-        let gone: Vec<String> = self
-            .keys
-            .members()
-            .filter(|user| !present.contains(user))
-            .map(str::to_owned)
-            .collect();
-        for user in gone {
-            let warnings = self.keys.remove_member(&user);
-            events.push(Event::MemberLeft {
-                room: room.clone(),
-                user,
-                // Left or removed: a disconnection no longer ends a membership.
-                reason: LeaveReason::Unspecified,
-            });
-            events.extend(self.room_events(warnings));
+    /// Sends a frame the state made; returns its request id. A message (or key
+    /// distribution) is kept even when the stream is down: `reconnect` takes over.
+    async fn send(&mut self, frame: ClientFrame) -> Result<u64, ClientError> {
+        let request_id = frame.request_id;
+        if self.frames.send(frame).await.is_err() && !self.state.unsent(request_id) {
+            return Err(ClientError::Disconnected);
         }
-        for member in &joined.members {
-            if self.keys.is_member(&member.user) {
-                continue;
-            }
-            if let Some((identity, trusted)) = self.admit(member, events)? {
-                let user = identity.user.clone();
-                self.keys.insert_member(identity, trusted);
-                events.push(Event::MemberJoined {
-                    room: room.clone(),
-                    user,
-                });
-            }
-        }
-        self.admit_former_members(&joined.former_members, events)
+        Ok(request_id)
     }
-
-    /// Sorts out the frames a dead stream left unanswered: messages get new request ids
-    /// (kept in order) to be sent again; key distributions are superseded by the
-    /// rotation that follows; a leave is sent again; the rest is reported as unconfirmed.
-    fn carry_unanswered(&mut self, events: &mut Vec<Event>) -> Carried {
-        let mut carried = Carried::default();
-        for pending in std::mem::take(&mut self.unanswered).into_values() {
-            let unconfirmed = match pending {
-                Pending::Message(unacked) => {
-                    let request_id = self.next_request_id();
-                    let frame = client_frame::Kind::Send(unacked.send.clone());
-                    carried.resend.push((request_id, frame));
-                    self.unanswered
-                        .insert(request_id, Pending::Message(unacked));
-                    continue;
-                }
-                Pending::KeyDistribution(distribution) => {
-                    let request_id = self.next_request_id();
-                    let frame = client_frame::Kind::DistributeKey(distribution.clone());
-                    carried.resend.push((request_id, frame));
-                    self.unanswered
-                        .insert(request_id, Pending::KeyDistribution(distribution));
-                    continue;
-                }
-                Pending::Leave => {
-                    carried.leave = true;
-                    continue;
-                }
-                Pending::Invite(user) => format!("inviting {user}"),
-                Pending::Kick(user) => format!("removing {user}"),
-                Pending::History => "the history asked for".to_owned(),
-            };
-            events.push(Event::Warning(format!(
-                "the connection was lost before the server confirmed {unconfirmed}; ask again \
-                 if needed"
-            )));
-        }
-        carried
-    }
-
-    /// Checks a member the relay announced and decides whether to trust its keys:
-    /// pinned ones or first sight, yes; different from the pinned ones, no.
-    fn admit(
-        &mut self,
-        member: &PublicIdentity,
-        events: &mut Vec<Event>,
-    ) -> Result<Option<(VerifiedIdentity, bool)>, ClientError> {
-        let identity = match self.keys.vet(member) {
-            Ok(identity) => identity,
-            Err(warning) => {
-                events.extend(self.room_events(vec![warning]));
-                return Ok(None);
-            }
-        };
-        let trusted = match self.contacts.check(&identity.user, &identity.fingerprint)? {
-            Pin::FirstUse => {
-                events.push(Event::Pinned {
-                    user: identity.user.clone(),
-                    fingerprint: identity.fingerprint,
-                });
-                true
-            }
-            Pin::Known { .. } => true,
-            Pin::Changed {
-                pinned,
-                was_verified,
-            } => {
-                events.push(Event::KeysChanged {
-                    room: self.keys.room().to_owned(),
-                    user: identity.user.clone(),
-                    pinned,
-                    presented: identity.fingerprint,
-                    was_verified,
-                });
-                false
-            }
-        };
-        Ok(Some((identity, trusted)))
-    }
-
-    fn room_events(&self, events: Vec<RoomEvent>) -> Vec<Event> {
-        let room = self.keys.room();
-        events
-            .into_iter()
-            .map(|event| match event {
-                RoomEvent::Message {
-                    seq,
-                    sender,
-                    text,
-                    sent_at_ms,
-                } => Event::Message {
-                    room: room.to_owned(),
-                    sender,
-                    text,
-                    sent_at_ms,
-                    seq,
-                },
-                RoomEvent::Warning(text) => Event::Warning(text),
-            })
-            .collect()
-    }
-
-    async fn distribute(
-        &mut self,
-        distributions: Vec<DistributeSenderKey>,
-    ) -> Result<(), ClientError> {
-        for distribution in distributions {
-            self.submit(
-                client_frame::Kind::DistributeKey(distribution.clone()),
-                Pending::KeyDistribution(distribution),
-            )
-            .await?;
-        }
-        Ok(())
-    }
-
-    /// Sends a frame under the next request id, remembering what it was. A message (or
-    /// key distribution) is kept even when the stream is down: `reconnect` takes over.
-    async fn submit(
-        &mut self,
-        kind: client_frame::Kind,
-        pending: Pending,
-    ) -> Result<u64, ClientError> {
-        let request_id = self.next_request_id();
-        let kept = matches!(pending, Pending::Message(_) | Pending::KeyDistribution(_));
-        // Recorded before it is sent, so that no answer can come before it is known.
-        self.unanswered.insert(request_id, pending);
-        match self.send_frame(request_id, kind).await {
-            Err(error) if !kept => {
-                self.unanswered.remove(&request_id);
-                Err(error)
-            }
-            _ => Ok(request_id),
-        }
-    }
-
-    async fn send_frame(
-        &mut self,
-        request_id: u64,
-        kind: client_frame::Kind,
-    ) -> Result<(), ClientError> {
-        let frame = ClientFrame {
-            request_id,
-            kind: Some(kind),
-        };
-        self.frames
-            .send(frame)
-            .await
-            .map_err(|_| ClientError::Disconnected)
-    }
-
-    fn next_request_id(&mut self) -> u64 {
-        self.last_request_id += 1;
-        self.last_request_id
-    }
-}
-
-/// The safety number of `me` (holding `identity`) and `user`, from the keys pinned for
-/// `user`.
-pub fn safety_number(
-    identity: &Identity,
-    me: &str,
-    contacts: &Contacts,
-    user: &str,
-) -> Result<SafetyNumber, ClientError> {
-    let (theirs, _) = contacts
-        .pinned(user)
-        .ok_or_else(|| ClientError::NotPinned {
-            user: user.to_owned(),
-        })?;
-    Ok(SafetyNumber::of(me, &identity.fingerprint(), user, &theirs))
 }
 
 #[cfg(test)]
@@ -979,10 +359,12 @@ mod tests {
     use tonic::transport::Server;
 
     use super::*;
+    use crate::client::{MAX_HISTORY, RoomEvent, RoomKeys};
+    use crate::crypto::VerifiedIdentity;
     use crate::proto::chat_service_server::{ChatService, ChatServiceServer};
     use crate::proto::{
-        Ack, CaughtUp, GetIdentityRequest, HistoryEntry, MessageDelivery, Rejection,
-        SenderKeyDelivery, history_entry,
+        Ack, CaughtUp, DistributeSenderKey, GetIdentityRequest, History, HistoryEntry,
+        MessageDelivery, PublicIdentity, Rejection, SendMessage, SenderKeyDelivery, history_entry,
     };
     use server_frame::Kind;
 
@@ -1438,33 +820,5 @@ mod tests {
         assert!(messages.iter().all(|m| m.sent_at_ms > 0));
         assert_eq!(alice.last_seq(), 0, "history is not progress");
         assert_eq!(alice.pending(), ["mine"]);
-    }
-
-    #[test]
-    fn a_first_join_starts_at_the_rooms_latest_number() {
-        assert_eq!(starting_seq(false, None, 42), (42, None));
-        assert_eq!(starting_seq(false, Some(0), 42), (42, None));
-    }
-
-    #[test]
-    fn a_resumed_join_starts_where_the_client_was() {
-        assert_eq!(starting_seq(true, Some(17), 42), (17, None));
-        assert_eq!(starting_seq(true, Some(42), 42), (42, None));
-        // Without saved progress: from now on.
-        assert_eq!(starting_seq(true, None, 42), (42, None));
-    }
-
-    #[test]
-    fn a_server_behind_the_client_is_reported_and_followed() {
-        let (start, warning) = starting_seq(true, Some(50), 42);
-        assert_eq!(start, 42);
-        assert!(warning.unwrap().contains("older backup"));
-        let (start, warning) = starting_seq(false, Some(50), 3);
-        assert_eq!(start, 3);
-        assert!(
-            warning
-                .unwrap()
-                .contains("no longer counted you as a member")
-        );
     }
 }

@@ -22,7 +22,6 @@ pub const MAX_MESSAGES_PER_KEY: u64 = 1 << 24;
 const KEY_LEN: usize = 32;
 
 /// A sender key as a recipient holds it: enough to open the owner's messages.
-#[cfg_attr(fuzzing, derive(Clone))]
 pub struct SenderKey {
     id: u64,
     cipher: Aes256Gcm,
@@ -81,7 +80,6 @@ impl SenderKey {
 }
 
 /// The sender key a member seals its own messages with.
-#[cfg_attr(fuzzing, derive(Clone))]
 pub struct OutboundSenderKey {
     key: SenderKey,
     secret: Zeroizing<[u8; KEY_LEN]>,

@@ -1,7 +1,9 @@
-//! The relay's checks of one client frame, before anything is done with it: everything
-//! that can be judged from the frame alone (names, sizes, required fields), so that the
-//! hub only ever sees well-formed requests. Pure, with no state: the fuzz targets call
-//! it as the session's reader does.
+//! The relay's checks of one client frame: everything that can be judged from the frame
+//! alone (the request id, names, lengths, ranges), before the hub judges what needs its
+//! state (membership, ownership, limits).
+//!
+//! [`check`] is the only implementation of these checks: the frame reader runs every
+//! frame through it, and the `client_frame` fuzz target drives it with arbitrary bytes.
 
 use std::collections::HashSet;
 
@@ -10,7 +12,7 @@ use tonic::Status;
 use super::catch_up::MAX_HISTORY_MESSAGES;
 use crate::proto::{
     ClientFrame, DistributeSenderKey, GetHistory, InviteMember, JoinRoom, KickMember, LeaveRoom,
-    SealedMessage, SendMessage, client_frame,
+    SealedMessage, SendMessage, WrappedSenderKey, client_frame,
 };
 use crate::protocol::{
     MAX_SIGNATURE_LEN, MAX_WRAPPED_KEY_LEN, MIN_SIGNATURE_LEN, MIN_WRAPPED_KEY_LEN, NONCE_LEN,
@@ -18,9 +20,10 @@ use crate::protocol::{
 };
 use crate::store::WrappedKey;
 
-/// A client frame that passed [`check`]: what it asks for, well formed.
+/// What a client frame that passed [`check`] asks for: every name valid, every length in
+/// range, nothing missing.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Request {
+pub enum ValidFrame {
     Join {
         room: String,
         create_private: bool,
@@ -33,10 +36,10 @@ pub enum Request {
         room: String,
         sealed: SealedMessage,
     },
-    Distribute {
+    /// At least one key; recipients valid user names, each named once.
+    DistributeKey {
         room: String,
         key_id: u64,
-        /// At least one, each recipient once.
         keys: Vec<WrappedKey>,
     },
     Invite {
@@ -47,15 +50,16 @@ pub enum Request {
         room: String,
         user: String,
     },
+    /// `limit` is 1 to 100, the most messages the relay answers with.
     History {
         room: String,
-        /// 1 to [`MAX_HISTORY_MESSAGES`].
         limit: u32,
     },
 }
 
-/// Checks a frame; the error is the INVALID_ARGUMENT to answer it with.
-pub fn check(frame: ClientFrame) -> Result<Request, Status> {
+/// The relay's checks of one client frame. A frame that fails them is answered with the
+/// returned status, always INVALID_ARGUMENT, whose message says what was wrong.
+pub fn check(frame: ClientFrame) -> Result<ValidFrame, Status> {
     use client_frame::Kind;
 
     if frame.request_id == 0 {
@@ -72,7 +76,7 @@ pub fn check(frame: ClientFrame) -> Result<Request, Status> {
             after_seq,
         })) => {
             check_room(&room)?;
-            Ok(Request::Join {
+            Ok(ValidFrame::Join {
                 room,
                 create_private,
                 after_seq,
@@ -85,60 +89,30 @@ pub fn check(frame: ClientFrame) -> Result<Request, Status> {
                     "history.limit is {limit}; ask for 1 to {MAX_HISTORY_MESSAGES} messages"
                 )));
             }
-            Ok(Request::History { room, limit })
+            Ok(ValidFrame::History { room, limit })
         }
         Some(Kind::Invite(InviteMember { room, user })) => {
             check_room(&room)?;
             check_user(&user)?;
-            Ok(Request::Invite { room, user })
+            Ok(ValidFrame::Invite { room, user })
         }
         Some(Kind::Kick(KickMember { room, user })) => {
             check_room(&room)?;
             check_user(&user)?;
-            Ok(Request::Kick { room, user })
+            Ok(ValidFrame::Kick { room, user })
         }
         Some(Kind::Leave(LeaveRoom { room })) => {
             check_room(&room)?;
-            Ok(Request::Leave { room })
+            Ok(ValidFrame::Leave { room })
         }
         Some(Kind::Send(SendMessage { room, sealed })) => {
             check_room(&room)?;
             let sealed = check_sealed(sealed)?;
-            Ok(Request::Send { room, sealed })
+            Ok(ValidFrame::Send { room, sealed })
         }
         Some(Kind::DistributeKey(DistributeSenderKey { room, key_id, keys })) => {
             check_room(&room)?;
-            if keys.is_empty() {
-                return Err(Status::invalid_argument("distribute_key.keys is empty"));
-            }
-            let mut recipients = HashSet::new();
-            for wrapped in &keys {
-                if !recipients.insert(&wrapped.recipient) {
-                    return Err(Status::invalid_argument(format!(
-                        "distribute_key names recipient {:?} twice",
-                        wrapped.recipient
-                    )));
-                }
-                validate_user(&wrapped.recipient).map_err(|error| {
-                    Status::invalid_argument(format!("distribute_key recipient: {error}"))
-                })?;
-                check_signature(
-                    &wrapped.signature,
-                    &format!(
-                        "the signature of the key wrapped for {:?}",
-                        wrapped.recipient
-                    ),
-                )?;
-                if !(MIN_WRAPPED_KEY_LEN..=MAX_WRAPPED_KEY_LEN).contains(&wrapped.wrapped_key.len())
-                {
-                    return Err(Status::invalid_argument(format!(
-                        "the key wrapped for {:?} is {} bytes; an RSA-OAEP ciphertext is \
-                         {MIN_WRAPPED_KEY_LEN} to {MAX_WRAPPED_KEY_LEN} bytes",
-                        wrapped.recipient,
-                        wrapped.wrapped_key.len()
-                    )));
-                }
-            }
+            check_wrapped_keys(&keys)?;
             let keys = keys
                 .into_iter()
                 .map(|wrapped| WrappedKey {
@@ -147,7 +121,7 @@ pub fn check(frame: ClientFrame) -> Result<Request, Status> {
                     signature: wrapped.signature,
                 })
                 .collect();
-            Ok(Request::Distribute { room, key_id, keys })
+            Ok(ValidFrame::DistributeKey { room, key_id, keys })
         }
     }
 }
@@ -190,4 +164,92 @@ fn check_sealed(sealed: Option<SealedMessage>) -> Result<SealedMessage, Status> 
     }
     check_signature(&sealed.signature, "send.sealed.signature")?;
     Ok(sealed)
+}
+
+fn check_wrapped_keys(keys: &[WrappedSenderKey]) -> Result<(), Status> {
+    if keys.is_empty() {
+        return Err(Status::invalid_argument("distribute_key.keys is empty"));
+    }
+    let mut recipients = HashSet::new();
+    for wrapped in keys {
+        // The name first: a refusal quotes it, and only a valid one is short.
+        validate_user(&wrapped.recipient).map_err(|error| {
+            Status::invalid_argument(format!("distribute_key recipient: {error}"))
+        })?;
+        if !recipients.insert(&wrapped.recipient) {
+            return Err(Status::invalid_argument(format!(
+                "distribute_key names recipient {:?} twice",
+                wrapped.recipient
+            )));
+        }
+        check_signature(
+            &wrapped.signature,
+            &format!(
+                "the signature of the key wrapped for {:?}",
+                wrapped.recipient
+            ),
+        )?;
+        if !(MIN_WRAPPED_KEY_LEN..=MAX_WRAPPED_KEY_LEN).contains(&wrapped.wrapped_key.len()) {
+            return Err(Status::invalid_argument(format!(
+                "the key wrapped for {:?} is {} bytes; an RSA-OAEP ciphertext is \
+                 {MIN_WRAPPED_KEY_LEN} to {MAX_WRAPPED_KEY_LEN} bytes",
+                wrapped.recipient,
+                wrapped.wrapped_key.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+
+    use super::*;
+
+    fn distribution(recipients: &[&str]) -> ClientFrame {
+        let keys = recipients
+            .iter()
+            .map(|recipient| WrappedSenderKey {
+                recipient: (*recipient).to_owned(),
+                wrapped_key: vec![1; MIN_WRAPPED_KEY_LEN].into(),
+                signature: vec![2; MIN_SIGNATURE_LEN].into(),
+            })
+            .collect();
+        ClientFrame {
+            request_id: 1,
+            kind: Some(client_frame::Kind::DistributeKey(DistributeSenderKey {
+                room: "lobby".to_owned(),
+                key_id: 7,
+                keys,
+            })),
+        }
+    }
+
+    #[test]
+    fn a_distribution_to_valid_recipients_passes_once_each() {
+        let Ok(ValidFrame::DistributeKey { keys, .. }) = check(distribution(&["bob", "carol"]))
+        else {
+            panic!("refused");
+        };
+        assert_eq!(keys.len(), 2);
+        let status = check(distribution(&["bob", "bob"])).unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("\"bob\" twice"), "{status:?}");
+    }
+
+    /// A name named twice used to be quoted whole, escaped: 20 000 control characters
+    /// came back as a 100 kB refusal.
+    #[test]
+    fn a_refusal_never_quotes_a_long_name_back() {
+        let long = "\u{1}".repeat(20_000);
+        let status = check(distribution(&[&long, &long])).unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().len() < 200,
+            "{} bytes",
+            status.message().len()
+        );
+        assert!(status.message().contains("longer than 32"), "{status:?}");
+    }
 }

@@ -10,8 +10,9 @@
 //! - `room`: one room's members, numbered like its log.
 //! - `writer`: the thread that commits the hub's changes to the store in batches.
 //! - `catch_up`: a returning member's missed entries, and history, read from the store.
-//! - [`frame`]: the relay's checks of one client frame, pure.
-//! - `session`: reads one client's frames and carries them out.
+//! - `session`: reads one client's frames and carries them out on the hub.
+//! - [`frame`]: the relay's checks of one client frame, which need nothing but the frame
+//!   (public so that the fuzz targets drive the same code).
 //! - `outbound`: the bounded queue of frames to one client.
 //! - [`tls`]: the certificate and key the relay serves TLS with.
 //! - `network`: bounds on connections and on what needs no login ([`NetworkLimits`]).

@@ -1,5 +1,5 @@
-//! One client's `Chat` stream, read frame by frame: each frame is checked, carried out
-//! on the [`Hub`], and answered.
+//! One client's `Chat` stream, read frame by frame: each frame is checked by
+//! [`frame::check`], carried out on the [`Hub`], and answered.
 //!
 //! A session may have [`MAX_IN_FLIGHT`] frames waiting for the store; beyond that its
 //! stream is not read until some are committed, so a fast sender is slowed down rather
@@ -12,7 +12,7 @@ use tonic::{Code, Status, Streaming};
 
 use super::accounts::Accounts;
 use super::catch_up;
-use super::frame::{self, Request};
+use super::frame::{self, ValidFrame};
 use super::hub::{Hub, JoinRequest, SessionId};
 use super::network::decode_fault;
 use crate::proto::{ClientFrame, Rejection, server_frame};
@@ -103,7 +103,7 @@ fn carry_out(
     let hub = &relay.hub;
     let request_id = frame.request_id;
     match frame::check(frame)? {
-        Request::Join {
+        ValidFrame::Join {
             room,
             create_private,
             after_seq,
@@ -118,7 +118,7 @@ fn carry_out(
             }
             Ok(())
         }
-        Request::History { room, limit } => {
+        ValidFrame::History { room, limit } => {
             let (user, since) = hub.history_scope(id, &room)?;
             tokio::spawn(catch_up::history(
                 relay.clone(),
@@ -132,7 +132,7 @@ fn carry_out(
             ));
             Ok(())
         }
-        Request::Invite { room, user } => {
+        ValidFrame::Invite { room, user } => {
             if relay.accounts.identity(&user).is_none() {
                 return Err(Status::not_found(format!(
                     "no user named {user:?} is registered; they must log in once first"
@@ -140,10 +140,10 @@ fn carry_out(
             }
             hub.invite(id, request_id, &room, &user, permit)
         }
-        Request::Kick { room, user } => hub.kick(id, request_id, &room, &user, permit),
-        Request::Leave { room } => hub.leave(id, request_id, &room, permit),
-        Request::Send { room, sealed } => hub.send(id, request_id, &room, sealed, permit),
-        Request::Distribute { room, key_id, keys } => {
+        ValidFrame::Kick { room, user } => hub.kick(id, request_id, &room, &user, permit),
+        ValidFrame::Leave { room } => hub.leave(id, request_id, &room, permit),
+        ValidFrame::Send { room, sealed } => hub.send(id, request_id, &room, sealed, permit),
+        ValidFrame::DistributeKey { room, key_id, keys } => {
             hub.distribute(id, request_id, &room, key_id, keys, permit)
         }
     }

@@ -5,7 +5,8 @@
 //! sequence number. [`SqliteStore`] keeps them in an embedded SQLite database under the
 //! data directory, or in memory for tests and benchmarks. Nothing outside this module
 //! knows it is SQLite. Only ciphertext, public keys and metadata are stored, never a
-//! plaintext or an unwrapped key.
+//! plaintext or an unwrapped key. [`decode_message`] and [`decode_identity`] turn the
+//! stored bytes back into what they were; a corrupt entry is an error, never a panic.
 
 mod sqlite;
 

@@ -307,25 +307,25 @@ fn select<T>(
 
 /// A row of [`message_columns`] as the message it is.
 fn message(room: &str, row: &Row<'_>) -> Result<MessageDelivery, RowError> {
-    let seq = from_bits(row.get(0)?);
-    let sender: String = row.get(1)?;
-    let sealed: Vec<u8> = row.get(2)?;
-    decode_message(room, seq, sender, sealed.into()).map_err(RowError::Store)
+    decode_message(room, from_bits(row.get(0)?), row.get(1)?, row.get(2)?).map_err(RowError::Store)
 }
 
-/// A stored message of `room` (`sealed` as stored: the `SealedMessage` as its sender
-/// sent it) as members receive it; a corrupt one is [`StoreError::CorruptEntry`].
+/// The message `sender` sent to `room` under `seq`, from the `sealed` BLOB it is stored
+/// as: how the store reads every message it hands out. A BLOB that does not decode is a
+/// [`StoreError::CorruptEntry`] naming the entry.
 pub fn decode_message(
     room: &str,
     seq: u64,
     sender: String,
-    sealed: bytes::Bytes,
+    sealed: Vec<u8>,
 ) -> Result<MessageDelivery, StoreError> {
     // From `Bytes`, the ciphertext and signature are slices of it, not copies.
-    let sealed = SealedMessage::decode(sealed).map_err(|error| StoreError::CorruptEntry {
-        room: room.to_owned(),
-        seq,
-        reason: format!("the sealed message of {sender:?} does not decode: {error}"),
+    let sealed = SealedMessage::decode(bytes::Bytes::from(sealed)).map_err(|error| {
+        StoreError::CorruptEntry {
+            room: room.to_owned(),
+            seq,
+            reason: format!("the sealed message of {sender:?} does not decode: {error}"),
+        }
     })?;
     Ok(MessageDelivery {
         room: room.to_owned(),
@@ -335,8 +335,9 @@ pub fn decode_message(
     })
 }
 
-/// A registered identity as stored under `user`; a corrupt one, or one naming someone
-/// else, is [`StoreError::Corrupt`].
+/// The identity registered under `user`, from the BLOB it is stored as: how the store
+/// reads every identity. One that does not decode, or names another user, is a
+/// [`StoreError::Corrupt`].
 pub fn decode_identity(user: String, stored: &[u8]) -> Result<PublicIdentity, StoreError> {
     let identity = PublicIdentity::decode(stored).map_err(|error| StoreError::Corrupt {
         user: user.clone(),
@@ -676,8 +677,8 @@ impl Store for SqliteStore {
             .map_err(database)?;
         let mut identities = Vec::new();
         for row in rows {
-            let (user, bytes) = row.map_err(database)?;
-            identities.push(decode_identity(user, &bytes)?);
+            let (user, stored) = row.map_err(database)?;
+            identities.push(decode_identity(user, &stored)?);
         }
         Ok(identities)
     }

@@ -1,0 +1,923 @@
+//! What a session knows of its room and of its own requests, and how each frame from the
+//! relay changes it, without any network.
+//!
+//! [`SessionState`] drives [`RoomKeys`] (checking members' keys against the pinned
+//! ones), follows the room's sequence numbers, and owns the request ids: it makes every
+//! frame the session sends and remembers it until the relay answers. [`ChatSession`]
+//! sends the frames it makes and feeds it the frames that come back
+//! ([`SessionState::apply`]); the `server_frame` fuzz target feeds it arbitrary ones.
+//!
+//! [`ChatSession`]: super::ChatSession
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use tonic::Code;
+
+use super::ClientError;
+use super::contacts::{Contacts, Pin};
+use super::room::{KeyHandout, RoomEvent, RoomKeys};
+use crate::crypto::{Fingerprint, Identity, SafetyNumber, VerifiedIdentity};
+use crate::proto::{
+    ClientFrame, DistributeSenderKey, GetHistory, History, InviteMember, Joined, KickMember,
+    LeaveReason, LeaveRoom, PublicIdentity, SendMessage, ServerFrame, client_frame, server_frame,
+};
+
+/// The request id of the join that opens every stream; later frames count up from it.
+pub(super) const JOIN_REQUEST_ID: u64 = 1;
+
+/// The most messages one history request may ask for.
+pub const MAX_HISTORY: u32 = 100;
+
+/// Where a client starts counting a room's sequence numbers after a `Joined` that
+/// reports `resumed` and the room's `latest` number, given the `after_seq` it asked
+/// for; and what to warn about.
+pub(super) fn starting_seq(
+    resumed: bool,
+    after_seq: Option<u64>,
+    latest: u64,
+) -> (u64, Option<String>) {
+    match after_seq {
+        Some(after) if resumed && after <= latest => (after, None),
+        Some(after) if resumed => (
+            latest,
+            Some(format!(
+                "this client has seen the room up to message number {after}, but the \
+                 server's latest is {latest}: the server seems restored from an older \
+                 backup; continuing from {latest}"
+            )),
+        ),
+        Some(after) if after > 0 => (
+            latest,
+            Some(
+                "the server no longer counted you as a member, so you joined again: what \
+                 was said while you were away is not available"
+                    .to_owned(),
+            ),
+        ),
+        _ => (latest, None),
+    }
+}
+
+/// A message of the room's history, decrypted and authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryMessage {
+    /// Its sequence number in the room.
+    pub seq: u64,
+    pub sender: String,
+    pub text: String,
+    /// When its sender says it sent it, in milliseconds since the Unix epoch.
+    pub sent_at_ms: u64,
+}
+
+/// What happened in the room, for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A message from another member, signed, decrypted and authenticated.
+    Message {
+        room: String,
+        sender: String,
+        text: String,
+        sent_at_ms: u64,
+        /// Its sequence number in the room.
+        seq: u64,
+    },
+    /// Someone joined (also: someone who joined while we were away).
+    MemberJoined { room: String, user: String },
+    /// Someone left or was removed; our sender key has been rotated.
+    MemberLeft {
+        room: String,
+        user: String,
+        reason: LeaveReason,
+    },
+    /// The owner of the room removed us from it.
+    Removed { room: String },
+    /// First sight of a contact: its keys are now pinned.
+    Pinned {
+        user: String,
+        fingerprint: Fingerprint,
+    },
+    /// The relay presented keys for a contact that are not the pinned ones: nothing is
+    /// sent to or accepted from it until the user trusts the new keys.
+    KeysChanged {
+        room: String,
+        user: String,
+        pinned: Fingerprint,
+        presented: Fingerprint,
+        was_verified: bool,
+    },
+    /// The relay stored one of our messages under `seq`. `request_id` is the one
+    /// [`ChatSession::send_text`](super::ChatSession::send_text) returned, or the one
+    /// the message got when [`ChatSession::reconnect`](super::ChatSession::reconnect)
+    /// sent it again.
+    Delivered { request_id: u64, seq: u64 },
+    /// The relay refused one of our messages: it will not be delivered.
+    Refused {
+        request_id: u64,
+        code: Code,
+        message: String,
+        /// The text of the message.
+        text: String,
+    },
+    /// We left the room.
+    Left { room: String },
+    /// The relay has sent everything we missed up to `seq`; what follows is live.
+    CaughtUp { room: String, seq: u64 },
+    /// The answer to a history request: messages in sequence order, ours included.
+    History {
+        room: String,
+        messages: Vec<HistoryMessage>,
+    },
+    /// Something the user asked for was done; the text says what.
+    Notice(String),
+    /// Something was dropped or looks wrong; the text says what.
+    Warning(String),
+}
+
+/// What an unanswered frame was, to report its answer.
+#[derive(Debug, Clone, PartialEq)]
+enum Pending {
+    Message(Unacked),
+    /// Kept to send again: messages sealed under this key may follow it.
+    KeyDistribution(DistributeSenderKey),
+    Leave,
+    Invite(String),
+    Kick(String),
+    History,
+}
+
+/// A message the relay has not acknowledged: its text, to report on it, and its frame,
+/// sealed and signed, to send again as it is on a new stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Unacked {
+    text: String,
+    send: SendMessage,
+}
+
+/// What a frame from the relay (or the answer to a join) calls for: what the user
+/// should see, and whom our sender key is now owed to. Handing the key out (an RSA
+/// signature per frame) is left to [`SessionState::distribute`].
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub events: Vec<Event>,
+    pub handout: Option<KeyHandout>,
+}
+
+/// What a rejoin calls for, beyond what to show: the frames of the dead stream to send
+/// again (already under their new request ids, in their original order: a message must
+/// not arrive after a newer key of ours), whether to leave again, and our key.
+#[derive(Debug)]
+pub(super) struct Rejoined {
+    pub events: Vec<Event>,
+    pub resend: Vec<ClientFrame>,
+    pub leave: bool,
+}
+
+/// What a session knows of its room and of its own unanswered frames.
+pub struct SessionState {
+    keys: RoomKeys,
+    identity: Arc<Identity>,
+    user: String,
+    contacts: Contacts,
+    private_room: bool,
+    owner: Option<String>,
+    /// The highest sequence number of the room processed.
+    last_seq: u64,
+    last_request_id: u64,
+    /// Our frames the relay has not answered, by request id (so in the order sent).
+    unanswered: BTreeMap<u64, Pending>,
+    /// Set by `leave` or a kick: membership changes no longer call for key
+    /// distributions, which the relay would refuse once we are out.
+    leaving: bool,
+}
+
+impl SessionState {
+    /// `user` in `room`, before the relay answered its join (request id
+    /// [`JOIN_REQUEST_ID`]), with a fresh sender key; members' keys are checked against
+    /// `contacts`.
+    pub fn new(
+        room: &str,
+        user: &str,
+        identity: Arc<Identity>,
+        contacts: Contacts,
+    ) -> Result<Self, ClientError> {
+        Ok(Self {
+            keys: RoomKeys::new(room, user, identity.clone())?,
+            identity,
+            user: user.to_owned(),
+            contacts,
+            private_room: false,
+            owner: None,
+            last_seq: 0,
+            last_request_id: JOIN_REQUEST_ID,
+            unanswered: BTreeMap::new(),
+            leaving: false,
+        })
+    }
+
+    /// Takes in the relay's answer to our first join (asked with `after_seq`): the
+    /// members, checked against the pinned keys, each owed our key if trusted.
+    pub fn joined(
+        &mut self,
+        joined: &Joined,
+        after_seq: Option<u64>,
+    ) -> Result<Applied, ClientError> {
+        let mut events = self.apply_joined(joined, after_seq);
+        for member in &joined.members {
+            if let Some((identity, trusted)) = self.admit(member, &mut events)? {
+                self.keys.insert_member(identity, trusted);
+            }
+        }
+        self.admit_former_members(&joined.former_members, &mut events)?;
+        Ok(Applied {
+            events,
+            handout: Some(KeyHandout::Everyone),
+        })
+    }
+
+    /// Takes in the relay's answer to a join on a new stream, after the old one was
+    /// lost: catches up from [`last_seq`](Self::last_seq), brings the members up to
+    /// date, and sorts out the frames the old stream left unanswered (its request ids
+    /// are dead: the frames sent again get new ones).
+    pub(super) fn rejoined(&mut self, joined: &Joined) -> Result<Rejoined, ClientError> {
+        self.last_request_id = JOIN_REQUEST_ID;
+        let mut events = self.apply_joined(joined, Some(self.last_seq));
+        let (resend, leave) = self.carry_unanswered(&mut events);
+        self.reconcile_members(joined, &mut events)?;
+        Ok(Rejoined {
+            events,
+            resend,
+            leave,
+        })
+    }
+
+    /// The room.
+    pub(super) fn room(&self) -> &str {
+        self.keys.room()
+    }
+
+    /// The owner of the room if it is private.
+    pub(super) fn owner(&self) -> Option<&str> {
+        self.private_room.then_some(self.owner.as_deref()).flatten()
+    }
+
+    /// The other members, sorted by name.
+    pub fn members(&self) -> Vec<String> {
+        self.keys.members().map(str::to_owned).collect()
+    }
+
+    /// Members whose keys changed and are not trusted.
+    pub(super) fn untrusted_members(&self) -> Vec<String> {
+        self.keys
+            .members()
+            .filter(|user| !self.keys.is_trusted(user))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Whether `user` is a member whose keys we use.
+    pub fn is_trusted(&self, user: &str) -> bool {
+        self.keys.is_trusted(user)
+    }
+
+    /// The highest sequence number of the room processed.
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// How many of our frames the relay has not answered yet.
+    pub(super) fn unanswered(&self) -> usize {
+        self.unanswered.len()
+    }
+
+    /// The texts of our messages the relay has not acknowledged yet, in the order sent.
+    pub(super) fn pending(&self) -> Vec<&str> {
+        self.unanswered
+            .values()
+            .filter_map(|pending| match pending {
+                Pending::Message(unacked) => Some(unacked.text.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Messages from others still waiting for their sender key.
+    pub(super) fn undecryptable(&self) -> usize {
+        self.keys.waiting()
+    }
+
+    /// Whether we left the room or were removed from it.
+    pub fn is_leaving(&self) -> bool {
+        self.leaving
+    }
+
+    /// Our current sender key as `handout` says, in frames ready to send (remembered
+    /// until answered, and sent again after a reconnect). Nothing once we are leaving:
+    /// the relay would refuse it.
+    pub fn distribute(&mut self, handout: &KeyHandout) -> Result<Vec<ClientFrame>, ClientError> {
+        if self.leaving {
+            return Ok(Vec::new());
+        }
+        Ok(self.distribution_frames(self.keys.distribute(handout)?))
+    }
+
+    /// A fresh sender key for everyone, in frames ready to send: after a rejoin, so that
+    /// it reaches whoever joined meanwhile, and not whoever left.
+    pub(super) fn rotate(&mut self) -> Result<Vec<ClientFrame>, ClientError> {
+        let handout = self.keys.rotate()?;
+        self.distribute(&handout)
+    }
+
+    /// Seals a text message: the frames to send, in order (a rotation of our key first
+    /// if it has sealed all it may, then the message).
+    pub(super) fn send_text(&mut self, text: &str) -> Result<Vec<ClientFrame>, ClientError> {
+        let (rotation, send) = self.keys.seal_text(text)?;
+        let mut frames = self.distribution_frames(rotation);
+        let unacked = Unacked {
+            text: text.to_owned(),
+            send: send.clone(),
+        };
+        frames.push(self.frame(client_frame::Kind::Send(send), Pending::Message(unacked)));
+        Ok(frames)
+    }
+
+    /// The frame asking for the latest `limit` messages (1 to [`MAX_HISTORY`]).
+    pub fn history(&mut self, limit: u32) -> ClientFrame {
+        let request = GetHistory {
+            room: self.room().to_owned(),
+            limit: limit.clamp(1, MAX_HISTORY),
+        };
+        self.frame(client_frame::Kind::History(request), Pending::History)
+    }
+
+    /// The frame leaving the room for good.
+    pub fn leave(&mut self) -> ClientFrame {
+        self.leaving = true;
+        let leave = LeaveRoom {
+            room: self.room().to_owned(),
+        };
+        self.frame(client_frame::Kind::Leave(leave), Pending::Leave)
+    }
+
+    /// The frame letting `user` join this private room.
+    pub fn invite(&mut self, user: &str) -> ClientFrame {
+        let invite = InviteMember {
+            room: self.room().to_owned(),
+            user: user.to_owned(),
+        };
+        self.frame(
+            client_frame::Kind::Invite(invite),
+            Pending::Invite(user.to_owned()),
+        )
+    }
+
+    /// The frame removing `user` from this private room.
+    pub fn kick(&mut self, user: &str) -> ClientFrame {
+        let kick = KickMember {
+            room: self.room().to_owned(),
+            user: user.to_owned(),
+        };
+        self.frame(
+            client_frame::Kind::Kick(kick),
+            Pending::Kick(user.to_owned()),
+        )
+    }
+
+    /// The frame `request_id` could not be sent: the stream is down. A message or key
+    /// distribution is kept, for a reconnect to send again; anything else is forgotten.
+    /// Returns whether it was kept.
+    pub(super) fn unsent(&mut self, request_id: u64) -> bool {
+        let kept = matches!(
+            self.unanswered.get(&request_id),
+            Some(Pending::Message(_) | Pending::KeyDistribution(_))
+        );
+        if !kept {
+            self.unanswered.remove(&request_id);
+        }
+        kept
+    }
+
+    /// Accepts `identity` as the keys of `user` (the user decided): pins them and, if
+    /// `user` is in the room, starts exchanging keys with it.
+    pub fn trust(
+        &mut self,
+        user: &str,
+        identity: &VerifiedIdentity,
+    ) -> Result<Applied, ClientError> {
+        self.contacts.trust(user, &identity.fingerprint)?;
+        let mut applied = Applied {
+            events: vec![Event::Notice(format!(
+                "now trusting the keys of {user} (fingerprint {}); compare the safety number \
+                 with /verify {user}",
+                identity.fingerprint
+            ))],
+            handout: None,
+        };
+        if !self.keys.is_trusted(user)
+            && let Some((handout, opened)) = self.keys.trust(user)?
+        {
+            applied.handout = Some(handout);
+            applied.events.extend(self.room_events(opened));
+        }
+        Ok(applied)
+    }
+
+    /// The verified identity of a member, current or former.
+    pub(super) fn member_identity(&self, user: &str) -> Option<&VerifiedIdentity> {
+        self.keys.member_identity(user)
+    }
+
+    /// The safety number of this user and `user`: from the keys `user` has in this
+    /// room (the ones to check before trusting them, if they changed), or else from the
+    /// pinned keys.
+    pub(super) fn safety_number(&self, user: &str) -> Result<SafetyNumber, ClientError> {
+        match self.keys.member_identity(user) {
+            Some(member) => Ok(SafetyNumber::of(
+                &self.user,
+                &self.identity.fingerprint(),
+                user,
+                &member.fingerprint,
+            )),
+            None => safety_number(&self.identity, &self.user, &self.contacts, user),
+        }
+    }
+
+    /// Records that the user compared the safety number with `user` and it matched. If
+    /// `user` is in the room with keys that are not the pinned ones, the user must trust
+    /// them first: the number shown was for those keys.
+    pub(super) fn mark_verified(&mut self, user: &str) -> Result<(), ClientError> {
+        if self
+            .keys
+            .member_identity(user)
+            .is_some_and(|_| !self.keys.is_trusted(user))
+        {
+            return Err(ClientError::NotTrusted {
+                user: user.to_owned(),
+            });
+        }
+        if self.contacts.mark_verified(user)? {
+            Ok(())
+        } else {
+            Err(ClientError::NotPinned {
+                user: user.to_owned(),
+            })
+        }
+    }
+
+    /// Applies one frame from the relay: what the user should see, and whom our key is
+    /// owed to. Whatever the frame, it never panics; a message is shown only if its
+    /// sender's signature verifies, and only once.
+    pub fn apply(&mut self, frame: ServerFrame) -> Result<Applied, ClientError> {
+        use server_frame::Kind;
+
+        let room = self.keys.room().to_owned();
+        let mut applied = Applied::default();
+        let events = &mut applied.events;
+        match frame.kind {
+            Some(Kind::Ack(ack)) => events.extend(self.on_ack(frame.request_id, ack.seq)),
+            Some(Kind::Rejection(rejection)) => {
+                let code = Code::from_i32(rejection.code);
+                events.push(self.on_rejection(frame.request_id, code, rejection.message));
+            }
+            Some(Kind::MemberJoined(joined)) if joined.room == room => {
+                if let Some(member) = joined.member {
+                    applied.handout = self.on_member_joined(&member, events)?;
+                }
+            }
+            Some(Kind::MemberLeft(left)) if left.room == room && left.user == self.user => {
+                // The relay sends this only when the owner removed us.
+                self.leaving = true;
+                events.push(Event::Removed { room });
+            }
+            Some(Kind::MemberLeft(left)) if left.room == room => {
+                let (handout, warnings) = self.keys.member_left(&left.user)?;
+                applied.handout = Some(handout);
+                events.push(Event::MemberLeft {
+                    room: room.clone(),
+                    user: left.user.clone(),
+                    reason: left.reason(),
+                });
+                events.extend(self.room_events(warnings));
+            }
+            // One at or below what was processed is not new: the relay sent it again (a
+            // catch-up overlapping what we saw), and it was shown then. Number 0 is a
+            // relay that does not number its entries: nothing to go by but the replay
+            // windows, which still catch a repeat.
+            Some(Kind::Message(message))
+                if message.room == room && (message.seq == 0 || message.seq > self.last_seq) =>
+            {
+                self.last_seq = self.last_seq.max(message.seq);
+                let opened = self.keys.open(message);
+                events.extend(self.room_events(opened));
+            }
+            Some(Kind::SenderKey(key)) if key.room == room => {
+                // Always taken: a catch-up starts with the keys in force, numbered at or
+                // below where it starts.
+                self.last_seq = self.last_seq.max(key.seq);
+                let opened = self.keys.accept_sender_key(key);
+                events.extend(self.room_events(opened));
+            }
+            Some(Kind::CaughtUp(caught_up)) if caught_up.room == room => {
+                // Informational: the numbers still come from the entries themselves, so
+                // a relay sending this early cannot make us skip any.
+                let forgotten = self.keys.forget_former_members();
+                events.extend(self.room_events(forgotten));
+                events.push(Event::CaughtUp {
+                    room,
+                    seq: caught_up.seq,
+                });
+            }
+            // Only as the answer to our request: a history costs an RSA decryption per
+            // sender key in it, which a relay must not be able to make us repeat at will.
+            Some(Kind::History(history)) if history.room == room => {
+                if let Some(Pending::History) = self.unanswered.get(&frame.request_id) {
+                    self.unanswered.remove(&frame.request_id);
+                    let opened = self.open_history(history)?;
+                    events.extend(opened);
+                } else {
+                    events.push(Event::Warning(format!(
+                        "[{room}] ignored a history that answers no request of ours"
+                    )));
+                }
+            }
+            // Frames for other rooms, messages already processed, a repeated `Joined`, or
+            // kinds newer than this client.
+            _ => {}
+        }
+        Ok(applied)
+    }
+
+    fn on_ack(&mut self, request_id: u64, seq: u64) -> Option<Event> {
+        let room = self.keys.room().to_owned();
+        // Our own entries never move `last_seq`: the relay may ack ours before it
+        // delivers an earlier one of someone else's.
+        match self.unanswered.remove(&request_id)? {
+            Pending::Message(_) => Some(Event::Delivered { request_id, seq }),
+            Pending::Leave => Some(Event::Left { room }),
+            Pending::Invite(user) => Some(Event::Notice(format!(
+                "invited {user} to {room}: they can join it now"
+            ))),
+            Pending::Kick(user) => Some(Event::Notice(format!("removed {user} from {room}"))),
+            Pending::KeyDistribution(_) | Pending::History => None,
+        }
+    }
+
+    fn on_rejection(&mut self, request_id: u64, code: Code, message: String) -> Event {
+        let what = match self.unanswered.remove(&request_id) {
+            Some(Pending::Message(unacked)) => {
+                return Event::Refused {
+                    request_id,
+                    code,
+                    message,
+                    text: unacked.text,
+                };
+            }
+            Some(Pending::KeyDistribution(_)) => "our sender key".to_owned(),
+            Some(Pending::Leave) => "to let us leave".to_owned(),
+            Some(Pending::Invite(user)) => format!("to invite {user}"),
+            Some(Pending::Kick(user)) => format!("to remove {user}"),
+            Some(Pending::History) => "to send the history".to_owned(),
+            None => "a frame".to_owned(),
+        };
+        Event::Warning(format!(
+            "the server refused {what}: {}: {message}",
+            super::code_name(code)
+        ))
+    }
+
+    fn on_member_joined(
+        &mut self,
+        member: &PublicIdentity,
+        events: &mut Vec<Event>,
+    ) -> Result<Option<KeyHandout>, ClientError> {
+        let room = self.keys.room().to_owned();
+        if self.keys.is_member(&member.user) {
+            // Accepting it would reset what we know of that member's keys.
+            events.push(Event::Warning(format!(
+                "[{room}] ignored a second join of a current member: the server is \
+                 misbehaving"
+            )));
+            return Ok(None);
+        }
+        // A former member we were catching up on becomes a member again here.
+        let Some((identity, trusted)) = self.admit(member, events)? else {
+            return Ok(None);
+        };
+        let user = identity.user.clone();
+        let handout = self.keys.member_joined(identity, trusted);
+        events.insert(0, Event::MemberJoined { room, user });
+        Ok(handout)
+    }
+
+    /// Opens a `History` answer with the identities it brings, checked as members' are.
+    fn open_history(&mut self, history: History) -> Result<Vec<Event>, ClientError> {
+        let mut events = Vec::new();
+        let mut former = Vec::new();
+        for identity in &history.former_members {
+            if self.keys.member_identity(&identity.user).is_some() {
+                continue;
+            }
+            if let Some((identity, true)) = self.admit(identity, &mut events)? {
+                former.push(identity);
+            }
+        }
+        let mut messages = Vec::new();
+        for event in self.keys.open_history(history.entries, &former) {
+            match event {
+                RoomEvent::Message {
+                    seq,
+                    sender,
+                    text,
+                    sent_at_ms,
+                } => messages.push(HistoryMessage {
+                    seq,
+                    sender,
+                    text,
+                    sent_at_ms,
+                }),
+                RoomEvent::Warning(text) => events.push(Event::Warning(text)),
+            }
+        }
+        events.insert(
+            0,
+            Event::History {
+                room: history.room,
+                messages,
+            },
+        );
+        Ok(events)
+    }
+
+    /// Takes in the relay's answer to a join: where the numbering starts, and whether
+    /// the room is private.
+    fn apply_joined(&mut self, joined: &Joined, after_seq: Option<u64>) -> Vec<Event> {
+        self.private_room = joined.private_room;
+        self.owner = (!joined.owner.is_empty()).then(|| joined.owner.clone());
+        let (start, warning) = starting_seq(joined.resumed, after_seq, joined.last_seq);
+        self.last_seq = start;
+        warning
+            .map(|text| Event::Warning(format!("[{}] {text}", self.keys.room())))
+            .into_iter()
+            .collect()
+    }
+
+    /// Admits the former members a `Joined` names, for the catch-up that follows.
+    fn admit_former_members(
+        &mut self,
+        former_members: &[PublicIdentity],
+        events: &mut Vec<Event>,
+    ) -> Result<(), ClientError> {
+        for member in former_members {
+            if self.keys.is_member(&member.user) {
+                continue;
+            }
+            if let Some((identity, trusted)) = self.admit(member, events)? {
+                self.keys.insert_former_member(identity, trusted);
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings the members up to date after a reconnect: those who left meanwhile are
+    /// forgotten, those who joined are admitted (no key for them yet: a distribution
+    /// follows).
+    fn reconcile_members(
+        &mut self,
+        joined: &Joined,
+        events: &mut Vec<Event>,
+    ) -> Result<(), ClientError> {
+        let room = self.keys.room().to_owned();
+        let present: BTreeSet<&str> = joined.members.iter().map(|m| m.user.as_str()).collect();
+        let gone: Vec<String> = self
+            .keys
+            .members()
+            .filter(|user| !present.contains(user))
+            .map(str::to_owned)
+            .collect();
+        for user in gone {
+            let warnings = self.keys.remove_member(&user);
+            events.push(Event::MemberLeft {
+                room: room.clone(),
+                user,
+                // Left or removed: a disconnection no longer ends a membership.
+                reason: LeaveReason::Unspecified,
+            });
+            events.extend(self.room_events(warnings));
+        }
+        for member in &joined.members {
+            if self.keys.is_member(&member.user) {
+                continue;
+            }
+            if let Some((identity, trusted)) = self.admit(member, events)? {
+                let user = identity.user.clone();
+                self.keys.insert_member(identity, trusted);
+                events.push(Event::MemberJoined {
+                    room: room.clone(),
+                    user,
+                });
+            }
+        }
+        self.admit_former_members(&joined.former_members, events)
+    }
+
+    /// Sorts out the frames a dead stream left unanswered: messages and key
+    /// distributions get new request ids (kept in order) to be sent again; a leave is
+    /// sent again (returned as `true`); the rest is reported as unconfirmed.
+    fn carry_unanswered(&mut self, events: &mut Vec<Event>) -> (Vec<ClientFrame>, bool) {
+        let mut resend = Vec::new();
+        let mut leave = false;
+        for pending in std::mem::take(&mut self.unanswered).into_values() {
+            let unconfirmed = match pending {
+                Pending::Message(unacked) => {
+                    let kind = client_frame::Kind::Send(unacked.send.clone());
+                    resend.push(self.frame(kind, Pending::Message(unacked)));
+                    continue;
+                }
+                Pending::KeyDistribution(distribution) => {
+                    let kind = client_frame::Kind::DistributeKey(distribution.clone());
+                    resend.push(self.frame(kind, Pending::KeyDistribution(distribution)));
+                    continue;
+                }
+                Pending::Leave => {
+                    leave = true;
+                    continue;
+                }
+                Pending::Invite(user) => format!("inviting {user}"),
+                Pending::Kick(user) => format!("removing {user}"),
+                Pending::History => "the history asked for".to_owned(),
+            };
+            events.push(Event::Warning(format!(
+                "the connection was lost before the server confirmed {unconfirmed}; ask again \
+                 if needed"
+            )));
+        }
+        (resend, leave)
+    }
+
+    /// Checks a member the relay announced and decides whether to trust its keys:
+    /// pinned ones or first sight, yes; different from the pinned ones, no.
+    fn admit(
+        &mut self,
+        member: &PublicIdentity,
+        events: &mut Vec<Event>,
+    ) -> Result<Option<(VerifiedIdentity, bool)>, ClientError> {
+        let identity = match self.keys.vet(member) {
+            Ok(identity) => identity,
+            Err(warning) => {
+                events.extend(self.room_events(vec![warning]));
+                return Ok(None);
+            }
+        };
+        let trusted = match self.contacts.check(&identity.user, &identity.fingerprint)? {
+            Pin::FirstUse => {
+                events.push(Event::Pinned {
+                    user: identity.user.clone(),
+                    fingerprint: identity.fingerprint,
+                });
+                true
+            }
+            Pin::Known { .. } => true,
+            Pin::Changed {
+                pinned,
+                was_verified,
+            } => {
+                events.push(Event::KeysChanged {
+                    room: self.keys.room().to_owned(),
+                    user: identity.user.clone(),
+                    pinned,
+                    presented: identity.fingerprint,
+                    was_verified,
+                });
+                false
+            }
+        };
+        Ok(Some((identity, trusted)))
+    }
+
+    fn room_events(&self, events: Vec<RoomEvent>) -> Vec<Event> {
+        let room = self.keys.room();
+        events
+            .into_iter()
+            .map(|event| match event {
+                RoomEvent::Message {
+                    seq,
+                    sender,
+                    text,
+                    sent_at_ms,
+                } => Event::Message {
+                    room: room.to_owned(),
+                    sender,
+                    text,
+                    sent_at_ms,
+                    seq,
+                },
+                RoomEvent::Warning(text) => Event::Warning(text),
+            })
+            .collect()
+    }
+
+    fn distribution_frames(&mut self, distributions: Vec<DistributeSenderKey>) -> Vec<ClientFrame> {
+        distributions
+            .into_iter()
+            .map(|distribution| {
+                let kind = client_frame::Kind::DistributeKey(distribution.clone());
+                self.frame(kind, Pending::KeyDistribution(distribution))
+            })
+            .collect()
+    }
+
+    /// A frame under the next request id, remembered as `pending` until answered. It is
+    /// recorded before it is sent, so that no answer can come before it is known.
+    fn frame(&mut self, kind: client_frame::Kind, pending: Pending) -> ClientFrame {
+        self.last_request_id += 1;
+        let request_id = self.last_request_id;
+        self.unanswered.insert(request_id, pending);
+        ClientFrame {
+            request_id,
+            kind: Some(kind),
+        }
+    }
+}
+
+/// The safety number of `me` (holding `identity`) and `user`, from the keys pinned for
+/// `user`.
+pub fn safety_number(
+    identity: &Identity,
+    me: &str,
+    contacts: &Contacts,
+    user: &str,
+) -> Result<SafetyNumber, ClientError> {
+    let (theirs, _) = contacts
+        .pinned(user)
+        .ok_or_else(|| ClientError::NotPinned {
+            user: user.to_owned(),
+        })?;
+    Ok(SafetyNumber::of(me, &identity.fingerprint(), user, &theirs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::ServerFrame;
+
+    /// Found by profiling the `server_frame` fuzz target: any `History` frame was opened,
+    /// so a relay could make the client unwrap the same sender keys again and again.
+    #[test]
+    fn only_a_history_we_asked_for_is_opened() {
+        let identity = Arc::new(Identity::generate(2048).unwrap());
+        let mut state =
+            SessionState::new("lobby", "alice", identity, Contacts::in_memory()).unwrap();
+        let history = |request_id| ServerFrame {
+            request_id,
+            kind: Some(server_frame::Kind::History(History {
+                room: "lobby".to_owned(),
+                ..History::default()
+            })),
+        };
+        let applied = state.apply(history(2)).unwrap();
+        assert!(
+            matches!(&applied.events[..], [Event::Warning(w)] if w.contains("no request")),
+            "{:?}",
+            applied.events
+        );
+        let asked = state.history(10).request_id;
+        let applied = state.apply(history(asked)).unwrap();
+        assert!(
+            matches!(&applied.events[..], [Event::History { messages, .. }] if messages.is_empty()),
+            "{:?}",
+            applied.events
+        );
+        assert_eq!(state.unanswered(), 0);
+        // Answered once: the same answer again is not opened.
+        let applied = state.apply(history(asked)).unwrap();
+        assert!(matches!(&applied.events[..], [Event::Warning(_)]));
+    }
+
+    #[test]
+    fn a_first_join_starts_at_the_rooms_latest_number() {
+        assert_eq!(starting_seq(false, None, 42), (42, None));
+        assert_eq!(starting_seq(false, Some(0), 42), (42, None));
+    }
+
+    #[test]
+    fn a_resumed_join_starts_where_the_client_was() {
+        assert_eq!(starting_seq(true, Some(17), 42), (17, None));
+        assert_eq!(starting_seq(true, Some(42), 42), (42, None));
+        // Without saved progress: from now on.
+        assert_eq!(starting_seq(true, None, 42), (42, None));
+    }
+
+    #[test]
+    fn a_server_behind_the_client_is_reported_and_followed() {
+        let (start, warning) = starting_seq(true, Some(50), 42);
+        assert_eq!(start, 42);
+        assert!(warning.unwrap().contains("older backup"));
+        let (start, warning) = starting_seq(false, Some(50), 3);
+        assert_eq!(start, 3);
+        assert!(
+            warning
+                .unwrap()
+                .contains("no longer counted you as a member")
+        );
+    }
+}
