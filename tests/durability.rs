@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::PATIENCE;
 use common::process::{
-    BURST, ClientProcess, ServerProcess, burst_lines, catch_up, join_and_go_away, rust_client,
-    send_burst, sequence_faults, wait_for_line,
+    BURST, ClientProcess, ServerProcess, burst_lines, burst_to_a_busy_reader_and_an_away_one,
+    catch_up, join_and_go_away, rust_client, send_burst, sequence_faults,
 };
 use e2ee_chat::bench::{self, Load};
 use e2ee_chat::client::{ChatSession, ClientError, Contacts, Event};
@@ -603,29 +603,7 @@ fn a_burst_past_the_clients_batch_reaches_a_busy_live_reader_and_a_returning_one
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&dir.path().join("data"));
     let home = dir.path().join("home");
-    join_and_go_away(rust_client(&server.url, "carol", "burst", &home));
-    let bob = ClientProcess::joined(rust_client(&server.url, "bob", "burst", &home), "burst");
-    // bob stays connected but reads nothing during the burst (a suspended terminal):
-    // when he runs again, the whole burst is there at once, in full batches.
-    bob.pause();
-    send_burst(
-        rust_client(&server.url, "alice", "burst", &home),
-        "alice",
-        0,
-    );
-    bob.resume();
-    let expected = burst_lines("burst", "alice", 0);
-
-    let mut shown = wait_for_line(&bob.stdout, expected.last().unwrap());
-    let (status, rest, stderr) = bob.finish();
-    assert!(status.success(), "{stderr:?}");
-    shown.extend(rest);
-    let mut faults = Vec::new();
-    faults.extend(sequence_faults(&shown, &expected).map(|f| format!("bob, live: {f}")));
-
-    // carol was away: she catches up on all of it from her saved progress.
-    let shown = catch_up(rust_client(&server.url, "carol", "burst", &home), "burst");
-    faults.extend(sequence_faults(&shown, &expected).map(|f| format!("carol, away: {f}")));
+    let faults = burst_to_a_busy_reader_and_an_away_one(&server.url, &home, "burst", rust_client);
     assert!(faults.is_empty(), "{}", faults.join("\n"));
 }
 

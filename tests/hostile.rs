@@ -76,8 +76,7 @@ async fn a_message_resent_at_the_rooms_cap_deletes_no_stored_message() {
         ..Limits::default()
     };
     let server = TestServer::with_limits(limits).await;
-    let mut alice = RawClient::open(&server, "alice").await;
-    alice.join("lobby").await;
+    let mut alice = RawClient::member(&server, "alice", "lobby").await;
     let mut seqs = Vec::new();
     for counter in 0..5 {
         seqs.push(acked(
@@ -118,10 +117,8 @@ async fn a_message_resent_at_the_rooms_cap_deletes_no_stored_message() {
 #[tokio::test]
 async fn a_returning_member_is_never_handed_a_key_superseded_where_it_left_off() {
     let server = TestServer::start().await;
-    let mut alice = RawClient::open(&server, "alice").await;
-    alice.join("lobby").await;
-    let mut bob = RawClient::open(&server, "bob").await;
-    bob.join("lobby").await;
+    let mut alice = RawClient::member(&server, "alice", "lobby").await;
+    let _bob_away = RawClient::member(&server, "bob", "lobby").await;
     const K1: u64 = 0x1111;
     const K2: u64 = 0x2222;
     const K3: u64 = 0x3333;
@@ -179,10 +176,8 @@ async fn a_member_over_its_storage_quota_is_refused_and_others_are_not() {
         ..Limits::default()
     };
     let server = TestServer::with_limits(limits).await;
-    let mut alice = RawClient::open(&server, "alice").await;
-    alice.join("lobby").await;
-    let mut bob = RawClient::open(&server, "bob").await;
-    bob.join("lobby").await;
+    let mut alice = RawClient::member(&server, "alice", "lobby").await;
+    let mut bob = RawClient::member(&server, "bob", "lobby").await;
     let mut refusal = None;
     for counter in 0..10 {
         match ask(
@@ -215,8 +210,7 @@ async fn a_full_store_forgets_its_oldest_messages_and_goes_on() {
         ..Limits::default()
     };
     let server = TestServer::with_limits(limits).await;
-    let mut alice = RawClient::open(&server, "alice").await;
-    alice.join("old").await;
+    let mut alice = RawClient::member(&server, "alice", "old").await;
     for counter in 0..3 {
         acked(
             ask(
@@ -228,8 +222,7 @@ async fn a_full_store_forgets_its_oldest_messages_and_goes_on() {
         );
     }
     // Others fill the store: nobody is refused, the oldest messages go.
-    let mut bob = RawClient::open(&server, "bob").await;
-    bob.join("new").await;
+    let mut bob = RawClient::member(&server, "bob", "new").await;
     for counter in 0..5 {
         acked(ask(&mut bob, 10 + counter, send("new", sealed(8, counter, 600))).await);
     }
@@ -259,10 +252,8 @@ async fn a_catch_up_to_a_client_that_stops_reading_is_ended() {
         ..Limits::default()
     };
     let server = TestServer::with_limits(limits).await;
-    let mut alice = RawClient::open(&server, "alice").await;
-    alice.join("lobby").await;
-    let mut bob = RawClient::open(&server, "bob").await;
-    bob.join("lobby").await;
+    let mut alice = RawClient::member(&server, "alice", "lobby").await;
+    let bob = RawClient::member(&server, "bob", "lobby").await;
     drop(bob);
     for counter in 0..200 {
         acked(
@@ -313,8 +304,7 @@ async fn a_live_client_that_stops_reading_is_ended_even_with_little_queued() {
         ..Limits::default()
     };
     let server = TestServer::with_limits(limits).await;
-    let mut alice = RawClient::open(&server, "alice").await;
-    alice.join("lobby").await;
+    let mut alice = RawClient::member(&server, "alice", "lobby").await;
     let mut bob = RawClient::open_on(server.narrow_channel(1024).await, "bob").await;
     bob.join("lobby").await;
     // A few frames, far from filling bob's queue; bob reads none of them, and grants no

@@ -10,8 +10,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use common::process::{
-    ClientProcess, ServerProcess, assert_one_line_error, burst_lines, catch_up, chat_client,
-    join_and_go_away, rust_client, send_burst, sequence_faults, wait_for_line,
+    ClientProcess, ServerProcess, assert_one_line_error, burst_to_a_busy_reader_and_an_away_one,
+    chat_client, rust_client, wait_for_line,
 };
 
 fn python_dir() -> PathBuf {
@@ -214,24 +214,7 @@ fn python_members_read_a_burst_of_700_from_rust_once_in_order_live_and_after_bei
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&dir.path().join("data"));
     let home = dir.path().join("home");
-    let room = "burst";
-    join_and_go_away(python_client(&server.url, "carol", room, &home));
-    let bob = ClientProcess::joined(python_client(&server.url, "bob", room, &home), room);
-    // bob reads nothing during the burst (a suspended terminal): then it all comes at
-    // once, as the catch-up does for carol, who was away.
-    bob.pause();
-    send_burst(rust_client(&server.url, "alice", room, &home), "alice", 0);
-    bob.resume();
-    let expected = burst_lines(room, "alice", 0);
-
-    let mut shown = wait_for_line(&bob.stdout, expected.last().unwrap());
-    let (status, rest, stderr) = bob.finish();
-    assert!(status.success(), "{stderr:?}");
-    shown.extend(rest);
-    let mut faults = Vec::new();
-    faults.extend(sequence_faults(&shown, &expected).map(|f| format!("bob, live: {f}")));
-    let shown = catch_up(python_client(&server.url, "carol", room, &home), room);
-    faults.extend(sequence_faults(&shown, &expected).map(|f| format!("carol, away: {f}")));
+    let faults = burst_to_a_busy_reader_and_an_away_one(&server.url, &home, "burst", python_client);
     assert!(faults.is_empty(), "{}", faults.join("\n"));
 }
 

@@ -253,8 +253,7 @@ async fn an_oversized_frame_ends_that_stream_only() {
     let server = TestServer::with_limits(limits).await;
     let alice = Member::join(&server, "alice", "lobby").await;
     let mut bob = Member::join(&server, "bob", "lobby").await;
-    let mut big = RawClient::open(&server, "big").await;
-    big.join("lobby").await;
+    let mut big = RawClient::member(&server, "big", "lobby").await;
     let oversized = SendMessage {
         room: "lobby".into(),
         sealed: Some(SealedMessage {
@@ -313,8 +312,7 @@ async fn undecodable_bytes_end_that_stream_with_invalid_argument() {
 #[tokio::test]
 async fn malformed_frames_are_refused_one_by_one_and_the_stream_goes_on() {
     let server = TestServer::start().await;
-    let mut raw = RawClient::open(&server, "sloppy").await;
-    raw.join("lobby").await;
+    let mut raw = RawClient::member(&server, "sloppy", "lobby").await;
 
     let mut refusals = Vec::new();
     let bad_frames = [
@@ -425,8 +423,7 @@ async fn a_client_that_never_reads_does_not_hold_up_the_others() {
     let mut alice = Member::join(&server, "alice", "lobby").await;
     let mut bob = Member::join(&server, "bob", "lobby").await;
     // stuck joins and then never reads a frame again.
-    let mut stuck = RawClient::open(&server, "stuck").await;
-    stuck.join("lobby").await;
+    let mut stuck = RawClient::member(&server, "stuck", "lobby").await;
     alice.sees_join("stuck").await;
 
     // Batches small enough for bob's queue: only a client that does not read falls behind.
@@ -455,8 +452,7 @@ async fn only_members_send_to_or_hear_from_a_room() {
     let server = TestServer::start().await;
     let alice = Member::join(&server, "alice", "private").await;
     let mut bob = Member::join(&server, "bob", "private").await;
-    let mut outsider = RawClient::open(&server, "outsider").await;
-    outsider.join("elsewhere").await;
+    let mut outsider = RawClient::member(&server, "outsider", "elsewhere").await;
 
     let intrusion = SendMessage {
         room: "private".into(),

@@ -398,7 +398,14 @@ impl RawClient {
         Self::open_url(&server.url, user).await
     }
 
-    /// The same, with the relay at `url`.
+    /// Logs in as `user`, opens its `Chat` stream and joins `room`.
+    pub async fn member(server: &TestServer, user: &str, room: &str) -> Self {
+        let mut client = Self::open(server, user).await;
+        client.join(room).await;
+        client
+    }
+
+    /// Logs in as `user` and opens its `Chat` stream, with the relay at `url`.
     pub async fn open_url(url: &str, user: &str) -> Self {
         Self::open_on(client::connect(url, None).await.unwrap(), user).await
     }

@@ -467,6 +467,34 @@ pub fn catch_up(command: Command, room: &str) -> Vec<String> {
     stdout
 }
 
+/// alice sends a burst to `room` while bob, connected, reads nothing (a suspended
+/// terminal) and carol is away; then bob reads it all at once and carol catches up from
+/// her saved progress. `reader` makes bob's and carol's clients (alice's is always the
+/// Rust one). Returns what kept either from printing the burst exactly once, in order.
+pub fn burst_to_a_busy_reader_and_an_away_one(
+    url: &str,
+    home: &Path,
+    room: &str,
+    reader: fn(&str, &str, &str, &Path) -> Command,
+) -> Vec<String> {
+    join_and_go_away(reader(url, "carol", room, home));
+    let bob = ClientProcess::joined(reader(url, "bob", room, home), room);
+    bob.pause();
+    send_burst(rust_client(url, "alice", room, home), "alice", 0);
+    bob.resume();
+    let expected = burst_lines(room, "alice", 0);
+
+    let mut shown = wait_for_line(&bob.stdout, expected.last().unwrap());
+    let (status, rest, stderr) = bob.finish();
+    assert!(status.success(), "{stderr:?}");
+    shown.extend(rest);
+    let mut faults = Vec::new();
+    faults.extend(sequence_faults(&shown, &expected).map(|f| format!("bob, live: {f}")));
+    let shown = catch_up(reader(url, "carol", room, home), room);
+    faults.extend(sequence_faults(&shown, &expected).map(|f| format!("carol, away: {f}")));
+    faults
+}
+
 /// What keeps `shown` from being exactly `expected`, in order: lines missing, repeated,
 /// not expected at all, or out of order; `None` when it is exactly that. Short enough
 /// for a failure message however many lines there are.
