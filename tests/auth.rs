@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::malicious::KeySwappingRelay;
 use common::{Member, TestServer, identity, log_in};
 use e2ee_chat::client::{ClientError, Contacts, Event};
+use e2ee_chat::crypto::{EncryptionKey, Identity, SigningKey};
 use e2ee_chat::proto::auth_service_client::AuthServiceClient;
 use e2ee_chat::proto::chat_service_client::ChatServiceClient;
 use e2ee_chat::proto::{
@@ -561,6 +562,79 @@ async fn names_are_one_whatever_their_case_and_keys_belong_to_one_user() {
     assert!(status.message().contains("keys"), "{status:?}");
     // The registered user logs in as ever.
     raw_login(&server, "victim", "victim").await.unwrap();
+}
+
+/// The same RSA public key, as an X.509 SubjectPublicKeyInfo under RSASSA-PSS's object
+/// identifier (no parameters) instead of rsaEncryption's (NULL parameters): other bytes,
+/// which a parser of SPKIs takes for the same key.
+fn under_the_pss_oid(canonical: &[u8]) -> Vec<u8> {
+    const RSA_ENCRYPTION: &[u8] = &[
+        0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+    ];
+    const RSASSA_PSS: &[u8] = &[
+        0x30, 0x0b, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a,
+    ];
+    // A 2048- to 4096-bit key's SPKI is a SEQUENCE with a two-byte length.
+    assert_eq!(&canonical[..2], &[0x30, 0x82]);
+    assert_eq!(&canonical[4..4 + RSA_ENCRYPTION.len()], RSA_ENCRYPTION);
+    let body = &canonical[4 + RSA_ENCRYPTION.len()..];
+    let length = u16::try_from(RSASSA_PSS.len() + body.len()).unwrap();
+    let mut other = vec![0x30, 0x82];
+    other.extend_from_slice(&length.to_be_bytes());
+    other.extend_from_slice(RSASSA_PSS);
+    other.extend_from_slice(body);
+    other
+}
+
+/// Logs in as `user` with `keys`, publishing its encryption key in the other encoding.
+async fn login_with_recoded_key(
+    server: &TestServer,
+    user: &str,
+    keys: &Identity,
+) -> Result<String, tonic::Status> {
+    let mut auth = AuthServiceClient::new(server.channel().await);
+    let challenge = auth
+        .create_challenge(CreateChallengeRequest { user: user.into() })
+        .await?
+        .into_inner()
+        .challenge;
+    let mut published = keys.publish(user).unwrap();
+    let recoded = under_the_pss_oid(&published.encryption_public_key);
+    assert_ne!(recoded, published.encryption_public_key.to_vec());
+    published.encryption_public_key = recoded.into();
+    let login = LoginRequest {
+        identity: Some(published),
+        signature: keys.sign_login(user, &challenge).unwrap().into(),
+        challenge,
+        ..Default::default()
+    };
+    Ok(auth.login(login).await?.into_inner().session_token)
+}
+
+#[tokio::test]
+async fn a_registered_key_in_another_encoding_is_still_that_key() {
+    let server = TestServer::start().await;
+    raw_login(&server, "victim", "victim").await.unwrap();
+    let victim = identity("victim");
+    let mallory = identity("mallory");
+    // The other encoding is a valid one: a key of one's own registers in it.
+    let fresh = Identity::new(
+        SigningKey::from_pkcs8_pem(&mallory.signing_key().to_pkcs8_pem()).unwrap(),
+        EncryptionKey::generate(2048).unwrap(),
+    );
+    login_with_recoded_key(&server, "mallory", &fresh)
+        .await
+        .unwrap();
+    // The victim's encryption key in that encoding, beside a signing key of mallory's
+    // own (which signs the login), is still the victim's key.
+    let victims_key =
+        EncryptionKey::from_pkcs8_pem(&victim.encryption_key().to_pkcs8_pem()).unwrap();
+    let borrowed = Identity::new(SigningKey::generate(2048).unwrap(), victims_key);
+    let status = login_with_recoded_key(&server, "mallory2", &borrowed)
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert!(status.message().contains("keys"), "{status:?}");
 }
 
 #[tokio::test]
