@@ -19,6 +19,7 @@ use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
 const LOGIN: &str = "/chat.v1.AuthService/Login";
+const GET_IDENTITY: &str = "/chat.v1.ChatService/GetIdentity";
 
 /// Another "host": Linux routes all of 127.0.0.0/8 to loopback.
 const OTHER_HOST: &str = "127.0.0.2";
@@ -331,4 +332,45 @@ async fn requests_without_a_login_are_bounded_per_connection() {
     // ...but not those of another connection.
     common::log_in(&server.url, "alice").await.unwrap();
     drop(stalled);
+}
+
+#[tokio::test]
+async fn one_login_holds_a_few_requests_at_once_however_many_connections_it_opens() {
+    let server = TestServer::with_limits(with_network(NetworkLimits {
+        max_requests_per_user: 3,
+        request_timeout_ms: 1_000,
+        ..NetworkLimits::DEFAULT
+    }))
+    .await;
+    let authorization = format!("Bearer {}", token(&server, "alice").await);
+    let metadata = [("authorization", authorization.as_str())];
+    // Each connection starts a GetIdentity of 60 KiB and sends 10 bytes of it.
+    let mut bytes = prefix(60 * 1024);
+    bytes.extend_from_slice(&[0; 10]);
+    let mut connections = Vec::new();
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        let mut connection = RawH2::connect(server.addr).await;
+        stalled.push(connection.call(GET_IDENTITY, &metadata, &bytes).await);
+        connections.push(connection);
+    }
+    let mut codes = Vec::new();
+    for call in stalled {
+        let (code, message) = final_status(call).await;
+        if code == Code::ResourceExhausted {
+            assert!(message.contains("--max-requests-per-user"), "{message}");
+        }
+        codes.push(code);
+    }
+    let refused = codes
+        .iter()
+        .filter(|code| **code == Code::ResourceExhausted);
+    assert_eq!(refused.count(), 1, "{codes:?}");
+    let ended = codes.iter().filter(|code| **code == Code::DeadlineExceeded);
+    assert_eq!(ended.count(), 3, "{codes:?}");
+    // Others were never counted with alice, and alice has her places back.
+    let bob = common::Member::join(&server, "bob", "lobby").await;
+    let alice = common::Member::join(&server, "alice", "lobby").await;
+    bob.quit().await.unwrap();
+    alice.quit().await.unwrap();
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::accounts::Accounts;
+use super::network::UserRequests;
 use super::network::connection::connection_of;
 use crate::proto::auth_service_server::AuthService;
 use crate::proto::{CreateChallengeRequest, CreateChallengeResponse, LoginRequest, LoginResponse};
@@ -15,9 +16,12 @@ use crate::protocol::{AUTHORIZATION_METADATA_KEY, validate_user};
 #[derive(Debug, Clone)]
 pub(crate) struct AuthenticatedUser(pub String);
 
-/// Checks the `authorization: Bearer <token>` metadata of every request.
+/// Checks the `authorization: Bearer <token>` metadata of every request, and takes the
+/// request's place among its user's (`--max-requests-per-user`) before its message is
+/// read.
 pub(crate) fn require_token(
     accounts: Arc<Accounts>,
+    requests: Arc<UserRequests>,
 ) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
     move |mut request: Request<()>| {
         let value = request
@@ -37,6 +41,8 @@ pub(crate) fn require_token(
                 Status::unauthenticated("the authorization metadata must be `Bearer <token>`")
             })?;
         let user = accounts.authenticate(token)?;
+        let place = requests.take(&user)?;
+        request.extensions_mut().insert(place);
         request.extensions_mut().insert(AuthenticatedUser(user));
         Ok(request)
     }

@@ -373,7 +373,10 @@ pub async fn serve(
     let chat = InterceptedService::new(
         ChatServiceServer::new(ChatRelay::new(relay))
             .max_decoding_message_size(limits.max_frame_bytes),
-        require_token(accounts.clone()),
+        require_token(
+            accounts.clone(),
+            network::UserRequests::new(limits.network.max_requests_per_user),
+        ),
     );
     let login = AuthServiceServer::new(Login::new(accounts))
         .max_decoding_message_size(network::MAX_AUTH_REQUEST_BYTES);

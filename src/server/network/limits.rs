@@ -1,4 +1,4 @@
-//! The `chat-server` flags that bound connections and the requests that need no login.
+//! The `chat-server` flags that bound connections and the requests on them.
 
 use std::time::Duration;
 
@@ -44,6 +44,10 @@ pub struct NetworkLimits {
     /// have their own bound and never take the place of a login.
     #[arg(long, env = "CHAT_MAX_UNAUTHENTICATED_STREAMS", value_parser = positive, default_value_t = NetworkLimits::DEFAULT.max_unauthenticated_streams)]
     pub max_unauthenticated_streams: usize,
+    /// chat.v1.ChatService RPCs one logged-in user may have in progress at once, over
+    /// all its connections; one more gets RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CHAT_MAX_REQUESTS_PER_USER", value_parser = positive, default_value_t = NetworkLimits::DEFAULT.max_requests_per_user)]
+    pub max_requests_per_user: usize,
 }
 
 impl NetworkLimits {
@@ -67,6 +71,9 @@ impl NetworkLimits {
         max_unauthenticated: 1024,
         // Each may hold up to a connection's HTTP/2 window (1 MiB) unread.
         max_unauthenticated_streams: 32,
+        // A client has its Chat stream open and asks for one identity at a time. Each
+        // place may hold a --max-frame-bytes request: 512 KiB a user at the defaults.
+        max_requests_per_user: 8,
     };
 
     pub(crate) fn handshake_timeout(&self) -> Duration {

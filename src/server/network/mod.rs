@@ -9,6 +9,7 @@
 //! - `bounds`: the tower layer every request passes through.
 //! - `unauthenticated`: the RPCs that need no login, their message sizes and how many
 //!   may be in progress.
+//! - `per_user`: how many RPCs one logged-in user may have in progress.
 //! - `message_deadline`: a request message that starts must arrive within
 //!   `--request-timeout-ms`.
 //! - `status`: the statuses for requests that cannot be decoded.
@@ -20,6 +21,7 @@ mod bounds;
 pub(crate) mod connection;
 mod limits;
 mod message_deadline;
+mod per_user;
 mod status;
 mod throttle;
 mod unauthenticated;
@@ -27,6 +29,7 @@ mod unauthenticated;
 pub(crate) use admission::admit;
 pub(crate) use bounds::BoundsLayer;
 pub use limits::NetworkLimits;
+pub(crate) use per_user::UserRequests;
 pub(crate) use status::decode_fault;
 pub(crate) use unauthenticated::{
     MAX_AUTH_REQUEST_BYTES, MAX_HEALTH_REQUEST_BYTES, MAX_REFLECTION_REQUEST_BYTES,
