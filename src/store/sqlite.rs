@@ -105,6 +105,10 @@ impl SqliteStore {
             path: path.display().to_string(),
             reason: error.to_string(),
         };
+        create_private(&path).map_err(|error| StoreError::Open {
+            path: path.display().to_string(),
+            reason: error.to_string(),
+        })?;
         let mut writer = Connection::open(&path).map_err(fail)?;
         writer
             .pragma_update(None, "journal_mode", "WAL")
@@ -1047,6 +1051,21 @@ impl Store for SqliteStore {
         )?;
         Ok(Dormant { users, rooms })
     }
+}
+
+/// Creates the database file, empty and readable by the server's user alone, if it does
+/// not exist: SQLite then gives its WAL and shared-memory files the same mode. What is
+/// stored is ciphertext, but names, rooms and who talks to whom are nobody else's
+/// business on a shared machine.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
 }
 
 #[cfg(test)]

@@ -200,6 +200,23 @@ fn a_database_from_a_newer_server_is_refused() {
 }
 
 #[test]
+fn the_database_and_its_journal_are_the_servers_alone() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    store.commit_unlimited(&[create("lobby", None)]).unwrap();
+    for file in [DATABASE_FILE, "chat.sqlite3-wal", "chat.sqlite3-shm"] {
+        let mode = std::fs::metadata(dir.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}: {mode:o}");
+    }
+    drop(store);
+}
+
+#[test]
 fn garbage_in_place_of_the_database_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(DATABASE_FILE), vec![7u8; 4096]).unwrap();
