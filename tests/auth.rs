@@ -13,7 +13,7 @@ use e2ee_chat::proto::auth_service_client::AuthServiceClient;
 use e2ee_chat::proto::chat_service_client::ChatServiceClient;
 use e2ee_chat::proto::{
     ClientFrame, CreateChallengeRequest, GetIdentityRequest, LeaveReason, LoginRequest,
-    client_frame,
+    PublicIdentity, client_frame,
 };
 use e2ee_chat::server::Limits;
 use tonic::{Code, Request};
@@ -32,15 +32,26 @@ async fn raw_login(
     user: &str,
     key_owner: &str,
 ) -> Result<String, tonic::Status> {
+    login_publishing(server, user, &identity(key_owner), |_| {}).await
+}
+
+/// Logs in as `user` with `keys`, their published identity changed by `edit` first.
+async fn login_publishing(
+    server: &TestServer,
+    user: &str,
+    keys: &Identity,
+    edit: impl FnOnce(&mut PublicIdentity),
+) -> Result<String, tonic::Status> {
     let mut auth = AuthServiceClient::new(server.channel().await);
     let challenge = auth
         .create_challenge(CreateChallengeRequest { user: user.into() })
         .await?
         .into_inner()
         .challenge;
-    let keys = identity(key_owner);
+    let mut published = keys.publish(user).unwrap();
+    edit(&mut published);
     let login = LoginRequest {
-        identity: Some(keys.publish(user).unwrap()),
+        identity: Some(published),
         signature: keys.sign_login(user, &challenge).unwrap().into(),
         challenge,
         ..Default::default()
@@ -592,23 +603,12 @@ async fn login_with_recoded_key(
     user: &str,
     keys: &Identity,
 ) -> Result<String, tonic::Status> {
-    let mut auth = AuthServiceClient::new(server.channel().await);
-    let challenge = auth
-        .create_challenge(CreateChallengeRequest { user: user.into() })
-        .await?
-        .into_inner()
-        .challenge;
-    let mut published = keys.publish(user).unwrap();
-    let recoded = under_the_pss_oid(&published.encryption_public_key);
-    assert_ne!(recoded, published.encryption_public_key.to_vec());
-    published.encryption_public_key = recoded.into();
-    let login = LoginRequest {
-        identity: Some(published),
-        signature: keys.sign_login(user, &challenge).unwrap().into(),
-        challenge,
-        ..Default::default()
-    };
-    Ok(auth.login(login).await?.into_inner().session_token)
+    login_publishing(server, user, keys, |published| {
+        let recoded = under_the_pss_oid(&published.encryption_public_key);
+        assert_ne!(recoded, published.encryption_public_key.to_vec());
+        published.encryption_public_key = recoded.into();
+    })
+    .await
 }
 
 #[tokio::test]
