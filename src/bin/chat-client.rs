@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use e2ee_chat::client::{
-    self, ChatSession, ClientError, Contacts, Credentials, Event, HistoryMessage, MAX_HISTORY,
-    home, progress,
+    self, ChatSession, ClientError, Contacts, Credentials, Event, HistoryMessage, home, progress,
 };
 use e2ee_chat::crypto::{ALLOWED_KEY_BITS, DEFAULT_KEY_BITS, Identity};
 use e2ee_chat::proto::{JoinRoom, LeaveReason, ServerFrame};
-use e2ee_chat::protocol::{utc_time, validate_room, validate_user};
+use e2ee_chat::protocol::{MAX_HISTORY_MESSAGES, utc_time, validate_room, validate_user};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::Code;
@@ -871,7 +870,7 @@ fn pending_lines(pending: &[&str]) -> Vec<String> {
 }
 
 /// The number of messages `/history` asks for: `DEFAULT_HISTORY` without an argument,
-/// else 1 to `MAX_HISTORY`.
+/// else 1 to `MAX_HISTORY_MESSAGES`.
 fn history_limit(argument: Option<&str>) -> Result<u32, String> {
     let Some(argument) = argument else {
         return Ok(DEFAULT_HISTORY);
@@ -879,8 +878,8 @@ fn history_limit(argument: Option<&str>) -> Result<u32, String> {
     argument
         .parse::<u32>()
         .ok()
-        .filter(|limit| (1..=MAX_HISTORY).contains(limit))
-        .ok_or_else(|| format!("the number of messages must be 1 to {MAX_HISTORY}"))
+        .filter(|limit| (1..=MAX_HISTORY_MESSAGES).contains(limit))
+        .ok_or_else(|| format!("the number of messages must be 1 to {MAX_HISTORY_MESSAGES}"))
 }
 
 /// One message of the history, for stderr.

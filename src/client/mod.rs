@@ -36,7 +36,7 @@ pub use login::{
 };
 pub use room::{KeyHandout, MAX_WAITING_MESSAGES, RoomEvent, RoomKeys};
 pub use session::{ChatSession, open_stream};
-pub use state::{Applied, Event, HistoryMessage, MAX_HISTORY, SessionState, safety_number};
+pub use state::{Applied, Event, HistoryMessage, SessionState, safety_number};
 
 use std::path::PathBuf;
 

@@ -243,7 +243,7 @@ impl ChatSession {
     }
 
     /// Asks for the latest `limit` messages of the room (1 to
-    /// [`MAX_HISTORY`](super::MAX_HISTORY)); they come as an [`Event::History`].
+    /// [`MAX_HISTORY_MESSAGES`](crate::protocol::MAX_HISTORY_MESSAGES)); they come as an [`Event::History`].
     pub async fn history(&mut self, limit: u32) -> Result<u64, ClientError> {
         let frame = self.state.history(limit);
         self.send(frame).await
@@ -359,13 +359,14 @@ mod tests {
     use tonic::transport::Server;
 
     use super::*;
-    use crate::client::{MAX_HISTORY, RoomEvent, RoomKeys};
+    use crate::client::{RoomEvent, RoomKeys};
     use crate::crypto::VerifiedIdentity;
     use crate::proto::chat_service_server::{ChatService, ChatServiceServer};
     use crate::proto::{
         Ack, CaughtUp, DistributeSenderKey, GetIdentityRequest, History, HistoryEntry,
         MessageDelivery, PublicIdentity, Rejection, SendMessage, SenderKeyDelivery, history_entry,
     };
+    use crate::protocol::MAX_HISTORY_MESSAGES;
     use server_frame::Kind;
 
     const PATIENCE: Duration = Duration::from_secs(10);
@@ -778,7 +779,9 @@ mod tests {
         let asked = stream.frame().await;
         assert_eq!(asked.request_id, request_id);
         match asked.kind {
-            Some(client_frame::Kind::History(history)) => assert_eq!(history.limit, MAX_HISTORY),
+            Some(client_frame::Kind::History(history)) => {
+                assert_eq!(history.limit, MAX_HISTORY_MESSAGES)
+            }
             other => panic!("{other:?}"),
         }
         let entry = |kind| HistoryEntry { kind: Some(kind) };

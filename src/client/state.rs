@@ -22,12 +22,10 @@ use crate::proto::{
     ClientFrame, DistributeSenderKey, GetHistory, History, InviteMember, Joined, KickMember,
     LeaveReason, LeaveRoom, PublicIdentity, SendMessage, ServerFrame, client_frame, server_frame,
 };
+use crate::protocol::MAX_HISTORY_MESSAGES;
 
 /// The request id of the join that opens every stream; later frames count up from it.
 pub(super) const JOIN_REQUEST_ID: u64 = 1;
-
-/// The most messages one history request may ask for.
-pub const MAX_HISTORY: u32 = 100;
 
 /// Where a client starts counting a room's sequence numbers after a `Joined` that
 /// reports `resumed` and the room's `latest` number, given the `after_seq` it asked
@@ -341,11 +339,11 @@ impl SessionState {
         Ok(frames)
     }
 
-    /// The frame asking for the latest `limit` messages (1 to [`MAX_HISTORY`]).
+    /// The frame asking for the latest `limit` messages (1 to [`MAX_HISTORY_MESSAGES`]).
     pub fn history(&mut self, limit: u32) -> ClientFrame {
         let request = GetHistory {
             room: self.room().to_owned(),
-            limit: limit.clamp(1, MAX_HISTORY),
+            limit: limit.clamp(1, MAX_HISTORY_MESSAGES),
         };
         self.frame(client_frame::Kind::History(request), Pending::History)
     }

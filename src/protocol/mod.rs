@@ -38,3 +38,6 @@ pub const MAX_SIGNATURE_LEN: usize = 512;
 /// ordinary text. Sealed and framed, it stays well under the relay's default 64 KiB
 /// frame limit, so a message that a client accepts is never refused by the relay.
 pub const MAX_ENVELOPE_BYTES: usize = 32 * 1024;
+
+/// The most messages one `GetHistory` may ask for.
+pub const MAX_HISTORY_MESSAGES: u32 = 100;

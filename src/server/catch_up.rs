@@ -27,8 +27,6 @@ use crate::store::{Entry, Store, StoreError};
 const PAGE: usize = 64;
 /// The most bytes of entries one `History` answer carries; older messages are left out.
 const MAX_HISTORY_BYTES: usize = 1024 * 1024;
-/// The most messages one `GetHistory` may ask for.
-pub(crate) const MAX_HISTORY_MESSAGES: u32 = 100;
 
 /// Runs the catch-up of a member coming back; ends its session if the store fails.
 pub(crate) async fn run(relay: Arc<Relay>, catch_up: CatchUp) {

@@ -9,14 +9,13 @@ use std::collections::HashSet;
 
 use tonic::Status;
 
-use super::catch_up::MAX_HISTORY_MESSAGES;
 use crate::proto::{
     ClientFrame, DistributeSenderKey, GetHistory, InviteMember, JoinRoom, KickMember, LeaveRoom,
     SealedMessage, SendMessage, WrappedSenderKey, client_frame,
 };
 use crate::protocol::{
-    MAX_SIGNATURE_LEN, MAX_WRAPPED_KEY_LEN, MIN_SIGNATURE_LEN, MIN_WRAPPED_KEY_LEN, NONCE_LEN,
-    TAG_LEN, validate_room, validate_user,
+    MAX_HISTORY_MESSAGES, MAX_SIGNATURE_LEN, MAX_WRAPPED_KEY_LEN, MIN_SIGNATURE_LEN,
+    MIN_WRAPPED_KEY_LEN, NONCE_LEN, TAG_LEN, validate_room, validate_user,
 };
 use crate::store::WrappedKey;
 
