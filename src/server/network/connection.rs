@@ -24,7 +24,7 @@ use tokio::sync::Semaphore;
 use tokio::time::{Instant, Sleep};
 use tonic::transport::server::{Connected, TlsConnectInfo};
 
-use super::admission::{Admitted, Host};
+use super::hosts::{Admitted, Host};
 
 /// What the server knows about one connection, shared by its task and its requests.
 pub(super) struct ConnectionState {

@@ -3,6 +3,7 @@
 //!
 //! - `admission`: which accepted TCP connections are served (`--max-connections`,
 //!   `--max-connections-per-ip`).
+//! - `hosts`: the client addresses with connections open, and what each holds.
 //! - [`connection`]: one connection, its deadlines (`--handshake-timeout-ms`,
 //!   `--idle-timeout-ms`), and the [`ConnectionHandle`](connection::ConnectionHandle)
 //!   the rest of the server finds with [`connection_of`](connection::connection_of).
@@ -19,6 +20,7 @@
 mod admission;
 mod bounds;
 pub(crate) mod connection;
+mod hosts;
 mod limits;
 mod message_deadline;
 mod per_user;
