@@ -327,10 +327,17 @@ impl ClientProcess {
         remaining_lines(&self.stdout)
     }
 
+    /// Types `line` into the client. A client that exited instead fails the test with
+    /// its status and what it said on stderr.
     pub fn say(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
+        if let Err(error) = writeln!(stdin, "{line}").and_then(|()| stdin.flush()) {
+            let status = wait_for_exit(&mut self.child);
+            let stderr = remaining_lines(&self.stderr);
+            panic!(
+                "could not type {line:?} ({error}): the client ended, {status}; stderr: {stderr:#?}"
+            );
+        }
     }
 
     pub fn expect_stdout(&self, line: &str) {
