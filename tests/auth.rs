@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::malicious::KeySwappingRelay;
+use common::restarted::RestartedRelay;
 use common::{Member, TestServer, identity, log_in};
 use e2ee_chat::client::{ClientError, Contacts, Event};
 use e2ee_chat::crypto::{EncryptionKey, Identity, SigningKey};
@@ -486,6 +487,38 @@ async fn asking_for_challenges_never_crowds_out_a_login() {
         ..Default::default()
     };
     auth.login(login).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_login_that_straddles_a_relay_restart_asks_for_a_new_challenge_once() {
+    let before = TestServer::start().await;
+    let after = TestServer::start().await;
+
+    // The relay restarted between the challenge and the login: the restarted relay does
+    // not know the challenge, and a fresh one logs in.
+    let relay = RestartedRelay::start(&before.url, &after.url, 1).await;
+    let channel = e2ee_chat::client::connect(&relay.url, None).await.unwrap();
+    let credentials = e2ee_chat::client::login(channel, &identity("alice"), "alice")
+        .await
+        .unwrap();
+    assert_eq!(relay.challenges(), 2);
+    let mut chat = credentials.chat_client(after.channel().await);
+    let request = GetIdentityRequest {
+        user: "alice".into(),
+    };
+    chat.get_identity(request).await.unwrap();
+
+    // A refusal that stands is not tried over and over: two challenges, then the error.
+    let relay = RestartedRelay::start(&before.url, &after.url, usize::MAX).await;
+    let channel = e2ee_chat::client::connect(&relay.url, None).await.unwrap();
+    let error = e2ee_chat::client::login(channel, &identity("bob"), "bob")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&error, ClientError::Refused(status) if status.code() == Code::Unauthenticated),
+        "{error:?}"
+    );
+    assert_eq!(relay.challenges(), 2);
 }
 
 #[tokio::test]

@@ -95,6 +95,8 @@ MIN_PEER_KEY_BITS = 2048
 MAX_PEER_KEY_BITS = 4096
 #: Seconds to wait for a unary RPC (CreateChallenge, Login).
 RPC_TIMEOUT_SECONDS = 30
+#: Logins tried before a refusal stands: the second one with a fresh challenge.
+LOGIN_TRIES = 2
 
 _USER_RE = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
 _ROOM_RE = re.compile(r"[A-Za-z0-9_.#\-]{1,64}")
@@ -1696,14 +1698,23 @@ def login(
     ``grpc.RpcError``; ALREADY_EXISTS means the user name (or a name differing only in
     letter case) is registered to other keys, or the keys to another user."""
     auth = pb_grpc.AuthServiceStub(channel)
-    challenge = auth.CreateChallenge(pb.CreateChallengeRequest(user=identity.user), timeout=timeout).challenge
-    request = pb.LoginRequest(
-        identity=identity.public_identity(),
-        challenge=challenge,
-        signature=identity.sign(login_signed_bytes(identity.user, challenge)),
-        registration_token=registration_token,
-    )
-    return auth.Login(request, timeout=timeout)
+    # A challenge is good only at the relay process that issued it: one restarted between
+    # the two calls refuses it as UNAUTHENTICATED. A second try with a fresh challenge
+    # tells that apart from a refusal that stands.
+    for tries_left in reversed(range(LOGIN_TRIES)):
+        challenge = auth.CreateChallenge(pb.CreateChallengeRequest(user=identity.user), timeout=timeout).challenge
+        request = pb.LoginRequest(
+            identity=identity.public_identity(),
+            challenge=challenge,
+            signature=identity.sign(login_signed_bytes(identity.user, challenge)),
+            registration_token=registration_token,
+        )
+        try:
+            return auth.Login(request, timeout=timeout)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAUTHENTICATED or tries_left == 0:
+                raise
+    raise AssertionError("unreachable: the last try returns or raises")
 
 
 def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:

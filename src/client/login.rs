@@ -13,11 +13,14 @@ use super::ClientError;
 use crate::crypto::{Identity, VerifiedIdentity};
 use crate::proto::auth_service_client::AuthServiceClient;
 use crate::proto::chat_service_client::ChatServiceClient;
-use crate::proto::{CreateChallengeRequest, GetIdentityRequest, LoginRequest};
+use crate::proto::{CreateChallengeRequest, GetIdentityRequest, LoginRequest, LoginResponse};
 use crate::protocol::AUTHORIZATION_METADATA_KEY;
 
 /// The largest frame accepted from the relay: a `Joined` lists every member's keys.
 const MAX_INBOUND_FRAME: usize = 4 * 1024 * 1024;
+
+/// Logins tried before a refusal stands: the second one with a fresh challenge.
+const LOGIN_TRIES: usize = 2;
 
 /// A `ChatService` client whose every request carries the session token.
 pub type AuthorizedClient = ChatServiceClient<InterceptedService<Channel, BearerToken>>;
@@ -115,6 +118,35 @@ pub async fn login_with_token(
     registration_token: Option<&str>,
 ) -> Result<Credentials, ClientError> {
     let mut auth = AuthServiceClient::new(channel);
+    // A challenge is good only at the relay process that issued it: a relay restarted
+    // between the two calls (or another one behind the same address) refuses it as
+    // UNAUTHENTICATED. One more try with a fresh challenge tells that apart from a
+    // refusal that stands, such as keys that do not match.
+    let mut tries_left = LOGIN_TRIES;
+    let answer = loop {
+        tries_left -= 1;
+        match try_login(&mut auth, identity, user, registration_token).await {
+            Err(ClientError::Refused(status))
+                if status.code() == Code::Unauthenticated && tries_left > 0 => {}
+            answer => break answer?,
+        }
+    };
+    let token = Zeroizing::new(answer.session_token);
+    Ok(Credentials {
+        user: user.to_owned(),
+        bearer: BearerToken::new(&token)?,
+        expires_at_ms: answer.expires_at_ms,
+        registered: answer.registered,
+    })
+}
+
+/// One login: a challenge from the relay, signed and sent back with the identity.
+async fn try_login(
+    auth: &mut AuthServiceClient<Channel>,
+    identity: &Identity,
+    user: &str,
+    registration_token: Option<&str>,
+) -> Result<LoginResponse, ClientError> {
     let challenge = auth
         .create_challenge(CreateChallengeRequest {
             user: user.to_owned(),
@@ -151,15 +183,8 @@ pub async fn login_with_token(
                 reason: status.message().to_owned(),
             },
             _ => ClientError::Refused(status),
-        })?
-        .into_inner();
-    let token = Zeroizing::new(answer.session_token);
-    Ok(Credentials {
-        user: user.to_owned(),
-        bearer: BearerToken::new(&token)?,
-        expires_at_ms: answer.expires_at_ms,
-        registered: answer.registered,
-    })
+        })?;
+    Ok(answer.into_inner())
 }
 
 /// The identity the relay has registered for `user`, checked.
