@@ -8,6 +8,9 @@
 //! - [`OutboundSenderKey`] / [`SenderKey`]: a member's AES-256-GCM key for one room
 //!   ("sender keys", as Signal does for groups): the member seals every message it
 //!   sends to the room with it, and every other member holds a copy to open them.
+//! - [`group`]: protocol v2's group cipher: sender keys that ratchet (a chain of message
+//!   keys, each used once and erased), every message signed with the sender key's own
+//!   Ed25519 key.
 //! - [`binding`]: the exact bytes each key, message and signature is bound to (the
 //!   AES-GCM associated data, the OAEP label, what is signed), specified in
 //!   docs/PROTOCOL.md.
@@ -18,6 +21,7 @@
 
 pub mod binding;
 mod encryption;
+pub mod group;
 mod identity;
 mod rsa_keys;
 mod sender_key;
@@ -55,6 +59,10 @@ pub enum CryptoError {
     Seal,
     #[error("the sender key has sealed its maximum number of messages and must be rotated")]
     KeyExhausted,
+    #[error("the message was opened before, or is older than the key it names")]
+    AlreadyOpened,
+    #[error("the message is {jump} messages ahead of the last one seen, too far to follow")]
+    TooFarAhead { jump: u32 },
     #[error("the operating system's random number generator failed: {0}")]
     Rng(String),
 }
