@@ -125,6 +125,93 @@ pub fn group_message_signed_bytes(
     out
 }
 
+/// What an identity signs to vouch for one of its prekeys (protocol v2):
+/// `"chat.v2/prekey" || str(user) || u32(device) || u64(prekey_id) || u64(created_at_ms)
+/// || bytes(prekey_der)`.
+pub fn prekey_signed_bytes(
+    user: &str,
+    device: u32,
+    prekey_id: u64,
+    created_at_ms: u64,
+    prekey_der: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + user.len() + prekey_der.len());
+    out.extend_from_slice(b"chat.v2/prekey");
+    push_str(&mut out, user);
+    out.extend_from_slice(&device.to_be_bytes());
+    out.extend_from_slice(&prekey_id.to_be_bytes());
+    out.extend_from_slice(&created_at_ms.to_be_bytes());
+    push_bytes(&mut out, prekey_der);
+    out
+}
+
+/// The RSA-OAEP label of a sender key's chain key wrapped for one recipient device's
+/// prekey (protocol v2): `"chat.v2/sender-key" || str(room) || str(sender) ||
+/// u32(sender_device) || str(recipient) || u32(recipient_device) || u64(key_id) ||
+/// u64(prekey_id)`.
+pub fn chain_key_label(
+    room: &str,
+    sender: &str,
+    sender_device: u32,
+    recipient: &str,
+    recipient_device: u32,
+    key_id: u64,
+    prekey_id: u64,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + room.len() + sender.len() + recipient.len());
+    out.extend_from_slice(b"chat.v2/sender-key");
+    push_str(&mut out, room);
+    push_str(&mut out, sender);
+    out.extend_from_slice(&sender_device.to_be_bytes());
+    push_str(&mut out, recipient);
+    out.extend_from_slice(&recipient_device.to_be_bytes());
+    out.extend_from_slice(&key_id.to_be_bytes());
+    out.extend_from_slice(&prekey_id.to_be_bytes());
+    out
+}
+
+/// One leaf of a key distribution's Merkle tree, a recipient device's copy (protocol v2):
+/// `"chat.v2/sender-key-copy" || str(recipient) || u32(device) || u64(prekey_id) ||
+/// bytes(wrapped)`.
+pub fn chain_key_copy_leaf(
+    recipient: &str,
+    device: u32,
+    prekey_id: u64,
+    wrapped: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + recipient.len() + wrapped.len());
+    out.extend_from_slice(b"chat.v2/sender-key-copy");
+    push_str(&mut out, recipient);
+    out.extend_from_slice(&device.to_be_bytes());
+    out.extend_from_slice(&prekey_id.to_be_bytes());
+    push_bytes(&mut out, wrapped);
+    out
+}
+
+/// What a sender's identity signs, once, for a sender key it hands out (protocol v2):
+/// `"chat.v2/sender-key-distribution" || str(room) || str(sender) || u32(device) ||
+/// u64(key_id) || u32(iteration) || bytes(ed25519_public_key) || u32(copy_count) ||
+/// merkle_root` (the 32 raw bytes of the root over the copies' leaves).
+#[allow(clippy::too_many_arguments)]
+pub fn distribution_signed_bytes(
+    room: &str,
+    sender: &str,
+    device: u32,
+    key_id: u64,
+    iteration: u32,
+    signing_key: &[u8],
+    copy_count: u32,
+    merkle_root: &[u8; 32],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160 + room.len() + sender.len());
+    out.extend_from_slice(b"chat.v2/sender-key-distribution");
+    push_message_header(&mut out, room, sender, device, key_id, iteration);
+    push_bytes(&mut out, signing_key);
+    out.extend_from_slice(&copy_count.to_be_bytes());
+    out.extend_from_slice(merkle_root);
+    out
+}
+
 fn push_message_header(
     out: &mut Vec<u8>,
     room: &str,

@@ -30,6 +30,8 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use zeroize::Zeroizing;
 
+pub mod distribution;
+
 use super::CryptoError;
 use super::binding::{group_message_associated_data, group_message_signed_bytes};
 
@@ -376,5 +378,4 @@ fn decrypt(
 }
 
 #[cfg(test)]
-#[path = "group/tests.rs"]
 mod tests;

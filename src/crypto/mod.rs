@@ -23,12 +23,15 @@ pub mod binding;
 mod encryption;
 pub mod group;
 mod identity;
+pub mod merkle;
+mod prekey;
 mod rsa_keys;
 mod sender_key;
 mod signing;
 
 pub use encryption::{EncryptionKey, PublicEncryptionKey};
 pub use identity::{Fingerprint, Identity, SafetyNumber, VerifiedIdentity};
+pub use prekey::{Prekey, SignedPrekey};
 pub use rsa_keys::{ALLOWED_KEY_BITS, DEFAULT_KEY_BITS};
 pub use sender_key::{MAX_MESSAGES_PER_KEY, OutboundSenderKey, SenderKey};
 pub use signing::{PublicSigningKey, SigningKey};
