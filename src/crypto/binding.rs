@@ -263,6 +263,85 @@ fn push_str(out: &mut Vec<u8>, field: &str) {
 mod tests {
     use super::*;
 
+    use crate::crypto::merkle;
+
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+
+    /// The v2 vectors of docs/PROTOCOL-v2.md, computed independently in Python.
+    #[test]
+    fn v2_strings_are_the_documented_bytes() {
+        const KEY_ID: u64 = 0x0102030405060708;
+        const PREKEY_ID: u64 = 0x1112131415161718;
+        assert_eq!(
+            hex(&group_message_associated_data(
+                "lobby", "alice", 1, KEY_ID, 2
+            )),
+            "636861742e76322f6d65737361676500056c6f6262790005616c696365000000010102030405060708\
+             00000002"
+        );
+        assert_eq!(
+            hex(&group_message_signed_bytes(
+                "lobby",
+                "alice",
+                1,
+                KEY_ID,
+                2,
+                &[0xca, 0xfe]
+            )),
+            "636861742e76322f6d6573736167652d7369676e617475726500056c6f6262790005616c69636500\
+             00000101020304050607080000000200000002cafe"
+        );
+        assert_eq!(
+            hex(&prekey_signed_bytes(
+                "bob",
+                2,
+                PREKEY_ID,
+                1_700_000_000_000,
+                &[0x30, 0x00]
+            )),
+            "636861742e76322f7072656b65790003626f620000000211121314151617180000018bcfe5680000\
+             0000023000"
+        );
+        assert_eq!(
+            hex(&chain_key_label(
+                "lobby", "alice", 1, "bob", 2, KEY_ID, PREKEY_ID
+            )),
+            "636861742e76322f73656e6465722d6b657900056c6f6262790005616c696365000000010003626f\
+             620000000201020304050607081112131415161718"
+        );
+        let bob = chain_key_copy_leaf("bob", 2, PREKEY_ID, &[0xaa, 0xbb]);
+        assert_eq!(
+            hex(&bob),
+            "636861742e76322f73656e6465722d6b65792d636f70790003626f620000000211121314151617180\
+             0000002aabb"
+        );
+        let carol = chain_key_copy_leaf("carol", 1, PREKEY_ID, &[0xcc]);
+        let leaves = [merkle::leaf_hash(&bob), merkle::leaf_hash(&carol)];
+        let root = merkle::root(&leaves).unwrap();
+        assert_eq!(
+            hex(&root),
+            "d66ca0ae624c0b369c9e5cd0e3b2372e6abd28218fd8d905c9f22d10ca656822"
+        );
+        assert_eq!(
+            hex(&distribution_signed_bytes(
+                "lobby",
+                "alice",
+                1,
+                KEY_ID,
+                3,
+                &[0x11; 32],
+                2,
+                &root
+            )),
+            "636861742e76322f73656e6465722d6b65792d646973747269627574696f6e00056c6f626279000561\
+             6c6963650000000101020304050607080000000300000020111111111111111111111111111111111\
+             111111111111111111111111111111100000002d66ca0ae624c0b369c9e5cd0e3b2372e6abd28218f\
+             d8d905c9f22d10ca656822"
+        );
+    }
+
     #[test]
     fn associated_data_is_the_documented_bytes() {
         let mut expected = b"chat.v1/message".to_vec();
