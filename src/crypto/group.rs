@@ -64,6 +64,23 @@ pub struct MessageContext<'a> {
     pub device: u32,
 }
 
+impl MessageContext<'_> {
+    fn associated_data(&self, key_id: u64, iteration: u32) -> Vec<u8> {
+        group_message_associated_data(self.room, self.sender, self.device, key_id, iteration)
+    }
+
+    fn signed_bytes(&self, key_id: u64, iteration: u32, ciphertext: &[u8]) -> Vec<u8> {
+        group_message_signed_bytes(
+            self.room,
+            self.sender,
+            self.device,
+            key_id,
+            iteration,
+            ciphertext,
+        )
+    }
+}
+
 /// A message sealed under a sender key, as it travels.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupMessage {
@@ -211,13 +228,7 @@ impl OwnSenderKey {
     ) -> Result<GroupMessage, CryptoError> {
         let next = self.chain.next()?;
         let message_key = self.chain.message_key();
-        let aad = group_message_associated_data(
-            context.room,
-            context.sender,
-            context.device,
-            self.key_id,
-            message_key.iteration,
-        );
+        let aad = context.associated_data(self.key_id, message_key.iteration);
         let ciphertext = message_key
             .cipher()
             .encrypt(
@@ -228,14 +239,7 @@ impl OwnSenderKey {
                 },
             )
             .map_err(|_| CryptoError::Seal)?;
-        let signed = group_message_signed_bytes(
-            context.room,
-            context.sender,
-            context.device,
-            self.key_id,
-            message_key.iteration,
-            &ciphertext,
-        );
+        let signed = context.signed_bytes(self.key_id, message_key.iteration, &ciphertext);
         let signature = self.signing.sign(&signed).to_bytes();
         self.chain = next;
         Ok(GroupMessage {
@@ -295,25 +299,12 @@ impl PeerSenderKey {
         if message.key_id != self.key_id {
             return Err(CryptoError::Open);
         }
-        let signed = group_message_signed_bytes(
-            context.room,
-            context.sender,
-            context.device,
-            message.key_id,
-            message.iteration,
-            &message.ciphertext,
-        );
+        let signed = context.signed_bytes(message.key_id, message.iteration, &message.ciphertext);
         self.verifying
             .verify_strict(&signed, &Signature::from_bytes(&message.signature))
             .map_err(|_| CryptoError::BadSignature)?;
 
-        let aad = group_message_associated_data(
-            context.room,
-            context.sender,
-            context.device,
-            message.key_id,
-            message.iteration,
-        );
+        let aad = context.associated_data(message.key_id, message.iteration);
         if message.iteration < self.chain.iteration {
             let key = self
                 .skipped
