@@ -212,6 +212,38 @@ pub fn distribution_signed_bytes(
     out
 }
 
+/// What a private room's owner signs to invite a user, with the keys it saw for them
+/// (protocol v2): `"chat.v2/invitation" || str(room) || str(owner) || str(invitee) ||
+/// invitee_fingerprint || u64(issued_at_ms)` (the fingerprint's 32 raw bytes).
+pub fn invitation_signed_bytes(
+    room: &str,
+    owner: &str,
+    invitee: &str,
+    invitee_fingerprint: &[u8; 32],
+    issued_at_ms: u64,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96 + room.len() + owner.len() + invitee.len());
+    out.extend_from_slice(b"chat.v2/invitation");
+    push_str(&mut out, room);
+    push_str(&mut out, owner);
+    push_str(&mut out, invitee);
+    out.extend_from_slice(invitee_fingerprint);
+    out.extend_from_slice(&issued_at_ms.to_be_bytes());
+    out
+}
+
+/// What a private room's owner signs to remove a member or an invitation (protocol v2):
+/// `"chat.v2/removal" || str(room) || str(owner) || str(member) || u64(issued_at_ms)`.
+pub fn removal_signed_bytes(room: &str, owner: &str, member: &str, issued_at_ms: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + room.len() + owner.len() + member.len());
+    out.extend_from_slice(b"chat.v2/removal");
+    push_str(&mut out, room);
+    push_str(&mut out, owner);
+    push_str(&mut out, member);
+    out.extend_from_slice(&issued_at_ms.to_be_bytes());
+    out
+}
+
 fn push_message_header(
     out: &mut Vec<u8>,
     room: &str,
@@ -267,6 +299,31 @@ mod tests {
 
     fn hex(bytes: &[u8]) -> String {
         bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+
+    /// The v2 vectors of docs/PROTOCOL-v2.md, computed independently in Python.
+    #[test]
+    fn v2_membership_strings_are_the_documented_bytes() {
+        assert_eq!(
+            hex(&invitation_signed_bytes(
+                "club",
+                "alice",
+                "bob",
+                &[0xab; 32],
+                1_700_000_000_000
+            )),
+            "636861742e76322f696e7669746174696f6e0004636c75620005616c6963650003626f62abababab\
+             abababababababababababababababababababababababababababab0000018bcfe56800"
+        );
+        assert_eq!(
+            hex(&removal_signed_bytes(
+                "club",
+                "alice",
+                "bob",
+                1_700_000_000_001
+            )),
+            "636861742e76322f72656d6f76616c0004636c75620005616c6963650003626f620000018bcfe56801"
+        );
     }
 
     /// The v2 vectors of docs/PROTOCOL-v2.md, computed independently in Python.

@@ -23,6 +23,7 @@ pub mod binding;
 mod encryption;
 pub mod group;
 mod identity;
+mod membership;
 pub mod merkle;
 mod prekey;
 mod rsa_keys;
@@ -31,6 +32,7 @@ mod signing;
 
 pub use encryption::{EncryptionKey, PublicEncryptionKey};
 pub use identity::{Fingerprint, Identity, SafetyNumber, VerifiedIdentity};
+pub use membership::{Invitation, Removal};
 pub use prekey::{Prekey, SignedPrekey};
 pub use rsa_keys::{ALLOWED_KEY_BITS, DEFAULT_KEY_BITS};
 pub use sender_key::{MAX_MESSAGES_PER_KEY, OutboundSenderKey, SenderKey};
