@@ -18,7 +18,10 @@ from tempfile import TemporaryDirectory
 
 import grpc
 
-from chat_client import RoomState, auth_metadata, load_or_create_identity, login, pb, pb_grpc
+from e2ee_chat.home import load_or_create_identity
+from e2ee_chat.proto import pb, pb_grpc
+from e2ee_chat.room import RoomState
+from e2ee_chat.transport import auth_metadata, login
 
 
 def main() -> int:

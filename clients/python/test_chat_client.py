@@ -18,9 +18,46 @@ from pathlib import Path
 from unittest import mock
 
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-import chat_client as cc
-from chat_client import pb
+from e2ee_chat.binding import (
+    enc_str,
+    identity_signed_bytes,
+    login_signed_bytes,
+    message_ad,
+    message_signed_bytes,
+    public_key_der,
+    sender_key_label,
+    sender_key_signed_bytes,
+    sign,
+    unwrap_sender_key,
+    verify_signature,
+)
+from e2ee_chat.errors import ClientError
+from e2ee_chat.home import (
+    ContactBook,
+    ContactsError,
+    ProgressError,
+    _pem,
+    forget_room,
+    load_last_seq,
+    load_or_create_identity,
+    progress_path,
+    save_last_seq,
+)
+from e2ee_chat.identity import (
+    Identity,
+    IdentityError,
+    PeerIdentity,
+    fingerprint,
+    format_fingerprint,
+    safety_number,
+)
+from e2ee_chat.proto import pb
+from e2ee_chat.protocol import ACCEPTED_KEY_IDS_KEPT
+from e2ee_chat.room import RoomState, history_line, starting_seq, utc_time
+from e2ee_chat.session import ChatClient, history_limit, pending_lines
+from e2ee_chat.transport import is_loopback_host, parse_server_url
 
 _KEYS: list[rsa.RSAPrivateKey] = []
 
@@ -32,9 +69,9 @@ def key(i: int) -> rsa.RSAPrivateKey:
     return _KEYS[i]
 
 
-def identity(user: str, i: int) -> cc.Identity:
+def identity(user: str, i: int) -> Identity:
     """``user`` with test keys 2i (signing) and 2i+1 (encryption)."""
-    return cc.Identity(user, key(2 * i), key(2 * i + 1))
+    return Identity(user, key(2 * i), key(2 * i + 1))
 
 
 def deliveries_for(recipient: str, sender: str, frames: list[pb.DistributeSenderKey]) -> list[pb.SenderKeyDelivery]:
@@ -69,67 +106,67 @@ class Vectors(unittest.TestCase):
 
     def test_login_string(self) -> None:
         expected = bytes.fromhex("636861742e76312f6c6f67696e" "0003" "626f62" "00000002" "cafe")
-        self.assertEqual(cc.login_signed_bytes("bob", bytes.fromhex("cafe")), expected)
+        self.assertEqual(login_signed_bytes("bob", bytes.fromhex("cafe")), expected)
 
     def test_sender_key_label(self) -> None:
         expected = bytes.fromhex(
             "636861742e76312f73656e6465722d6b6579" "0001" "72" "0001" "61" "0001" "62" "ffffffffffffffff"
         )
-        self.assertEqual(cc.sender_key_label("r", "a", "b", 2**64 - 1), expected)
+        self.assertEqual(sender_key_label("r", "a", "b", 2**64 - 1), expected)
 
     def test_message_ad(self) -> None:
         expected = bytes.fromhex(
             "636861742e76312f6d657373616765" "0005" "6c6f626279" "0005" "616c696365"
             "0000000000000102" "0000000000000007"
         )
-        self.assertEqual(cc.message_ad("lobby", "alice", 0x102, 7), expected)
+        self.assertEqual(message_ad("lobby", "alice", 0x102, 7), expected)
 
     def test_signed_strings_are_built_from_str_bytes_and_u64(self) -> None:
         self.assertEqual(
-            cc.identity_signed_bytes("al", b"S", b"EE"),
+            identity_signed_bytes("al", b"S", b"EE"),
             b"chat.v1/identity" + b"\x00\x02al" + b"\x00\x00\x00\x01S" + b"\x00\x00\x00\x02EE",
         )
         self.assertEqual(
-            cc.message_signed_bytes("r", "a", 1, 2, b"n" * 12, b"c" * 3),
+            message_signed_bytes("r", "a", 1, 2, b"n" * 12, b"c" * 3),
             b"chat.v1/message-signature" + b"\x00\x01r" + b"\x00\x01a"
             + (1).to_bytes(8, "big") + (2).to_bytes(8, "big")
             + b"\x00\x00\x00\x0c" + b"n" * 12 + b"\x00\x00\x00\x03ccc",
         )
         self.assertEqual(
-            cc.sender_key_signed_bytes("r", "a", "b", 2**64 - 1, b"w"),
+            sender_key_signed_bytes("r", "a", "b", 2**64 - 1, b"w"),
             b"chat.v1/sender-key-signature" + b"\x00\x01r\x00\x01a\x00\x01b" + b"\xff" * 8 + b"\x00\x00\x00\x01w",
         )
-        self.assertEqual(cc.enc_str("ü"), b"\x00\x02\xc3\xbc")
+        self.assertEqual(enc_str("ü"), b"\x00\x02\xc3\xbc")
 
     def test_fingerprint_example(self) -> None:
         self.assertEqual(
-            cc.fingerprint(b"s", b"e").hex(),
+            fingerprint(b"s", b"e").hex(),
             "301d4b63196a2c69e9c2ba7a405c7548c708d8f74e6b875fb9f67a5898074e02",
         )
 
     def test_safety_number_example(self) -> None:
         expected = "08940 22870 87407 56001 96721 49985 24506 87332 60637 75593 12840 20400"
-        self.assertEqual(cc.safety_number("alice", bytes(32), "bob", b"\x01" * 32), expected)
-        self.assertEqual(cc.safety_number("bob", b"\x01" * 32, "alice", bytes(32)), expected)
+        self.assertEqual(safety_number("alice", bytes(32), "bob", b"\x01" * 32), expected)
+        self.assertEqual(safety_number("bob", b"\x01" * 32, "alice", bytes(32)), expected)
 
     def test_fingerprint_and_safety_number(self) -> None:
-        fp = cc.fingerprint(b"S", b"E")
+        fp = fingerprint(b"S", b"E")
         import hashlib
 
         self.assertEqual(
             fp, hashlib.sha256(b"chat.v1/fingerprint\x00\x00\x00\x01S\x00\x00\x00\x01E").digest()
         )
-        shown = cc.format_fingerprint(fp)
+        shown = format_fingerprint(fp)
         self.assertEqual(len(shown.split(" ")), 16)
         self.assertEqual(shown.replace(" ", ""), fp.hex().upper())
 
-        other = cc.fingerprint(b"S2", b"E")
-        number = cc.safety_number("alice", fp, "bob", other)
-        self.assertEqual(number, cc.safety_number("bob", other, "alice", fp))
+        other = fingerprint(b"S2", b"E")
+        number = safety_number("alice", fp, "bob", other)
+        self.assertEqual(number, safety_number("bob", other, "alice", fp))
         groups = number.split(" ")
         self.assertEqual([len(g) for g in groups], [5] * 12)
         self.assertTrue(number.replace(" ", "").isdigit())
-        self.assertNotEqual(number, cc.safety_number("alice", fp, "bob", cc.fingerprint(b"S3", b"E")))
+        self.assertNotEqual(number, safety_number("alice", fp, "bob", fingerprint(b"S3", b"E")))
         # Each half by the definition: SHA-256(tag || str(user) || fp), six 5-byte integers mod 100000.
         h = hashlib.sha256(b"chat.v1/safety-number\x00\x05alice" + fp).digest()
         half = "".join(f"{int.from_bytes(h[i:i + 5], 'big') % 100000:05d}" for i in range(0, 30, 5))
@@ -138,16 +175,16 @@ class Vectors(unittest.TestCase):
 
 class Urls(unittest.TestCase):
     def test_parse_and_loopback(self) -> None:
-        self.assertEqual(cc.parse_server_url("http://127.0.0.1:5555"), ("127.0.0.1:5555", False))
-        self.assertEqual(cc.parse_server_url("https://[::1]:5555"), ("[::1]:5555", True))
-        self.assertEqual(cc.parse_server_url("https://chat.example.org"), ("chat.example.org:443", True))
+        self.assertEqual(parse_server_url("http://127.0.0.1:5555"), ("127.0.0.1:5555", False))
+        self.assertEqual(parse_server_url("https://[::1]:5555"), ("[::1]:5555", True))
+        self.assertEqual(parse_server_url("https://chat.example.org"), ("chat.example.org:443", True))
         for url in ("127.0.0.1:5555", "ftp://x:1", "http://x:1/path"):
-            with self.subTest(url), self.assertRaises(cc.ClientError):
-                cc.parse_server_url(url)
+            with self.subTest(url), self.assertRaises(ClientError):
+                parse_server_url(url)
         for host in ("127.0.0.1", "127.1.2.3", "[::1]", "localhost", "LOCALHOST"):
-            self.assertTrue(cc.is_loopback_host(host), host)
+            self.assertTrue(is_loopback_host(host), host)
         for host in ("10.0.0.1", "0.0.0.0", "example.org", "[::]"):
-            self.assertFalse(cc.is_loopback_host(host), host)
+            self.assertFalse(is_loopback_host(host), host)
 
 
 class Identities(unittest.TestCase):
@@ -156,14 +193,14 @@ class Identities(unittest.TestCase):
         data = b"anything"
         signature = me.sign(data)
         self.assertEqual(len(signature), 256)
-        self.assertTrue(cc.verify_signature(me.signing_key.public_key(), signature, data))
-        self.assertFalse(cc.verify_signature(me.signing_key.public_key(), signature, data + b"!"))
-        self.assertFalse(cc.verify_signature(me.encryption_key.public_key(), signature, data))
-        self.assertFalse(cc.verify_signature(me.signing_key.public_key(), b"", data))
+        self.assertTrue(verify_signature(me.signing_key.public_key(), signature, data))
+        self.assertFalse(verify_signature(me.signing_key.public_key(), signature, data + b"!"))
+        self.assertFalse(verify_signature(me.encryption_key.public_key(), signature, data))
+        self.assertFalse(verify_signature(me.signing_key.public_key(), b"", data))
 
     def test_public_identity_verifies(self) -> None:
         me = identity("alice", 0)
-        peer = cc.PeerIdentity.from_public(me.public_identity())
+        peer = PeerIdentity.from_public(me.public_identity())
         self.assertEqual(peer.user, "alice")
         self.assertEqual(peer.fingerprint, me.fingerprint)
         self.assertEqual(len(peer.fingerprint_hex), 64)
@@ -182,27 +219,27 @@ class Identities(unittest.TestCase):
         bad_name = pb.PublicIdentity(); bad_name.CopyFrom(good); bad_name.user = "al ice"
         cases["invalid name"] = bad_name
         # Same key twice, correctly self-signed.
-        same_der = cc.public_key_der(key(0))
+        same_der = public_key_der(key(0))
         same = pb.PublicIdentity(
             user="alice", signing_public_key=same_der, encryption_public_key=same_der,
-            signature=cc.sign(key(0), cc.identity_signed_bytes("alice", same_der, same_der)),
+            signature=sign(key(0), identity_signed_bytes("alice", same_der, same_der)),
         )
         cases["same key"] = same
         small = rsa.generate_private_key(public_exponent=65537, key_size=1024)
-        small_der = cc.public_key_der(small)
-        enc_der = cc.public_key_der(key(1))
+        small_der = public_key_der(small)
+        enc_der = public_key_der(key(1))
         cases["1024-bit signing key"] = pb.PublicIdentity(
             user="alice", signing_public_key=small_der, encryption_public_key=enc_der,
-            signature=cc.sign(small, cc.identity_signed_bytes("alice", small_der, enc_der)),
+            signature=sign(small, identity_signed_bytes("alice", small_der, enc_der)),
         )
         cases["garbage key"] = pb.PublicIdentity(
             user="alice", signing_public_key=b"junk", encryption_public_key=enc_der, signature=good.signature
         )
         for what, bad in cases.items():
-            with self.subTest(what), self.assertRaises(cc.IdentityError):
-                cc.PeerIdentity.from_public(bad)
+            with self.subTest(what), self.assertRaises(IdentityError):
+                PeerIdentity.from_public(bad)
         with self.assertRaises(ValueError):
-            cc.Identity("alice", key(0), key(0))
+            Identity("alice", key(0), key(0))
 
 
 class Rooms(unittest.TestCase):
@@ -211,8 +248,8 @@ class Rooms(unittest.TestCase):
     def setUp(self) -> None:
         self.ids = {name: identity(name, i) for i, name in enumerate(["alice", "bob", "carol"])}
 
-    def room(self, name: str, **kw) -> cc.RoomState:
-        return cc.RoomState("lobby", self.ids[name], **kw)
+    def room(self, name: str, **kw) -> RoomState:
+        return RoomState("lobby", self.ids[name], **kw)
 
     def pair(self):
         """alice in the room first, then bob joins; both hold each other's key."""
@@ -241,7 +278,7 @@ class Rooms(unittest.TestCase):
         alice, bob = self.pair()
         message, _ = alice.seal_text("hello")
         message.sealed.ciphertext = bytes([message.sealed.ciphertext[0] ^ 1]) + message.sealed.ciphertext[1:]
-        with mock.patch.object(cc, "AESGCM", side_effect=AssertionError("decrypted before verifying")):
+        with mock.patch("e2ee_chat.room.AESGCM", side_effect=AssertionError("decrypted before verifying")):
             self.assertIsNone(bob.open(delivery("alice", message)))
         self.assertIn("signature does not verify", bob.warnings[-1])
         self.assertIn("tampered with or corrupted", bob.warnings[-1])
@@ -265,7 +302,7 @@ class Rooms(unittest.TestCase):
         s = message.sealed
         s.ciphertext = bytes([s.ciphertext[0] ^ 1]) + s.ciphertext[1:]
         s.signature = self.ids["alice"].sign(
-            cc.message_signed_bytes("lobby", "alice", s.key_id, s.counter, s.nonce, s.ciphertext))
+            message_signed_bytes("lobby", "alice", s.key_id, s.counter, s.nonce, s.ciphertext))
         self.assertIsNone(bob.open(delivery("alice", message)))
         self.assertIn("tampered with or corrupted", bob.warnings[-1])
 
@@ -284,7 +321,7 @@ class Rooms(unittest.TestCase):
         alice.member_joined(self.ids["bob"].public_identity())
         bad = pb.SenderKeyDelivery(); bad.CopyFrom(d)
         bad.signature = bytes([d.signature[0] ^ 1]) + d.signature[1:]
-        with mock.patch.object(cc, "unwrap_sender_key", side_effect=AssertionError("unwrapped first")):
+        with mock.patch("e2ee_chat.room.unwrap_sender_key", side_effect=AssertionError("unwrapped first")):
             self.assertEqual(alice.accept_sender_key(bad), [])
         self.assertIn("signature does not verify", alice.warnings[-1])
         self.assertNotIn("bob", alice.peer_keys)
@@ -327,11 +364,11 @@ class Rooms(unittest.TestCase):
         bob = self.room("bob")
         bob.on_joined(pb.Joined(room="lobby", members=[self.ids["alice"].public_identity()]))
         first = None
-        for _ in range(cc.ACCEPTED_KEY_IDS_KEPT + 1):
+        for _ in range(ACCEPTED_KEY_IDS_KEPT + 1):
             (d,) = deliveries_for("alice", "bob", bob.rotate())
             first = first or d
             alice.accept_sender_key(d)
-        self.assertEqual(len(alice.accepted_key_ids["bob"]), cc.ACCEPTED_KEY_IDS_KEPT)
+        self.assertEqual(len(alice.accepted_key_ids["bob"]), ACCEPTED_KEY_IDS_KEPT)
         self.assertNotIn(first.key_id, alice.accepted_key_ids["bob"])
 
     def test_message_before_key_is_buffered_then_opened(self) -> None:
@@ -396,7 +433,7 @@ class Rooms(unittest.TestCase):
         self.assertEqual(recipients(frames), ["alice", "carol"])
         bob_frames = bob.on_joined(pb.Joined(room="lobby", members=[self.ids["alice"].public_identity()]))
         (d,) = deliveries_for("alice", "bob", bob_frames)
-        with mock.patch.object(cc, "unwrap_sender_key", side_effect=AssertionError("unwrapped")):
+        with mock.patch("e2ee_chat.room.unwrap_sender_key", side_effect=AssertionError("unwrapped")):
             self.assertEqual(alice.accept_sender_key(d), [])
         self.assertIn("keys changed", alice.warnings[-1])
         message, _ = bob.seal_text("hello")
@@ -415,7 +452,7 @@ class Rooms(unittest.TestCase):
 
     def test_own_name_and_second_announcements_are_ignored(self) -> None:
         alice = self.room("alice")
-        impostor = cc.Identity("alice", key(4), key(5)).public_identity()
+        impostor = Identity("alice", key(4), key(5)).public_identity()
         self.assertEqual(recipients(alice.on_joined(pb.Joined(room="lobby", members=[impostor]))), ["alice"])
         self.assertEqual(alice.members, {})
         self.assertIn("your own name", alice.warnings[-1])
@@ -426,7 +463,7 @@ class Rooms(unittest.TestCase):
         self.assertIsNotNone(alice.member_joined(self.ids["bob"].public_identity()))
         (d,) = deliveries_for("alice", "bob", frames)
         alice.accept_sender_key(d)
-        for again in (self.ids["bob"].public_identity(), cc.Identity("bob", key(4), key(5)).public_identity()):
+        for again in (self.ids["bob"].public_identity(), Identity("bob", key(4), key(5)).public_identity()):
             self.assertIsNone(alice.member_joined(again))
             self.assertIn("second announcement", alice.warnings[-1])
         self.assertEqual(alice.members["bob"].identity.fingerprint, self.ids["bob"].fingerprint)
@@ -434,7 +471,7 @@ class Rooms(unittest.TestCase):
 
     def test_frames_hold_at_most_32_copies(self) -> None:
         alice = self.room("alice")
-        members = [cc.Identity(f"u{i}", key(0), key(1)).public_identity() for i in range(130)]
+        members = [Identity(f"u{i}", key(0), key(1)).public_identity() for i in range(130)]
         frames = alice.on_joined(pb.Joined(room="lobby", members=members))
         # Our own copy first, then 130 members.
         self.assertEqual([len(f.keys) for f in frames], [32, 32, 32, 32, 3])
@@ -448,13 +485,13 @@ class Durable(unittest.TestCase):
     def setUp(self) -> None:
         self.ids = {name: identity(name, i) for i, name in enumerate(["alice", "bob", "carol"])}
 
-    def room(self, name: str, **kw) -> cc.RoomState:
-        return cc.RoomState("lobby", self.ids[name], **kw)
+    def room(self, name: str, **kw) -> RoomState:
+        return RoomState("lobby", self.ids[name], **kw)
 
     def public(self, *names: str) -> list[pb.PublicIdentity]:
         return [self.ids[n].public_identity() for n in names]
 
-    def key_of(self, sender: cc.RoomState, frames, recipient: str, seq: int) -> pb.SenderKeyDelivery:
+    def key_of(self, sender: RoomState, frames, recipient: str, seq: int) -> pb.SenderKeyDelivery:
         (d,) = deliveries_for(recipient, sender.user, frames)
         d.seq = seq
         return d
@@ -464,9 +501,9 @@ class Durable(unittest.TestCase):
         frames = alice.on_joined(pb.Joined(room="lobby", members=self.public("bob")))
         self.assertEqual(recipients(frames), ["alice", "bob"])
         own = self.key_of(alice, frames, "alice", 1)
-        signed = cc.sender_key_signed_bytes("lobby", "alice", "alice", own.key_id, own.wrapped_key)
-        self.assertTrue(cc.verify_signature(self.ids["alice"].signing_key.public_key(), own.signature, signed))
-        unwrapped = cc.unwrap_sender_key(
+        signed = sender_key_signed_bytes("lobby", "alice", "alice", own.key_id, own.wrapped_key)
+        self.assertTrue(verify_signature(self.ids["alice"].signing_key.public_key(), own.signature, signed))
+        unwrapped = unwrap_sender_key(
             self.ids["alice"].encryption_key, own.wrapped_key, "lobby", "alice", "alice", own.key_id)
         self.assertEqual(unwrapped, alice.own_key.key)
         # Alone in the room, the own copy is still sent; a newcomer's frame has one too.
@@ -481,14 +518,14 @@ class Durable(unittest.TestCase):
         self.assertEqual({f.key_id for f in frames}, {alice.own_key.key_id})
 
     def test_where_the_numbering_starts(self) -> None:
-        self.assertEqual(cc.starting_seq(False, None, 42), (42, None))
-        self.assertEqual(cc.starting_seq(False, 0, 42), (42, None))
-        self.assertEqual(cc.starting_seq(True, 17, 42), (17, None))
-        self.assertEqual(cc.starting_seq(True, None, 42), (42, None))
-        start, warning = cc.starting_seq(True, 50, 42)
+        self.assertEqual(starting_seq(False, None, 42), (42, None))
+        self.assertEqual(starting_seq(False, 0, 42), (42, None))
+        self.assertEqual(starting_seq(True, 17, 42), (17, None))
+        self.assertEqual(starting_seq(True, None, 42), (42, None))
+        start, warning = starting_seq(True, 50, 42)
         self.assertEqual(start, 42)
         self.assertIn("older backup", warning)
-        start, warning = cc.starting_seq(False, 50, 3)
+        start, warning = starting_seq(False, 50, 3)
         self.assertEqual(start, 3)
         self.assertIn("no longer counted you as a member", warning)
 
@@ -505,7 +542,7 @@ class Durable(unittest.TestCase):
         self.assertEqual(resumed.accept_sender_key(self.key_of(alice, alice_frames, "bob", 4)), [])
         self.assertIn("alice", resumed.peer_keys)
         self.assertEqual(resumed.last_seq, 10)
-        with mock.patch.object(cc, "verify_signature", side_effect=AssertionError("checked a duplicate")):
+        with mock.patch("e2ee_chat.room.verify_signature", side_effect=AssertionError("checked a duplicate")):
             self.assertIsNone(resumed.open(delivery("alice", seen, seq=10)))
         self.assertEqual(resumed.open(delivery("alice", new, seq=11)).text, "new")
         self.assertEqual(resumed.last_seq, 11)
@@ -596,13 +633,13 @@ class Durable(unittest.TestCase):
         sealed = history.entries[2].message.sealed
         sealed.ciphertext = bytes([sealed.ciphertext[0] ^ 1]) + sealed.ciphertext[1:]
         unwrapped: list[str] = []
-        real_unwrap = cc.unwrap_sender_key
+        real_unwrap = unwrap_sender_key
 
         def spy(own_key, wrapped, room, sender, recipient, key_id):
             unwrapped.append(sender)
             return real_unwrap(own_key, wrapped, room, sender, recipient, key_id)
 
-        real_aesgcm = cc.AESGCM
+        real_aesgcm = AESGCM
         decrypted: list[bytes] = []
 
         class SpyAESGCM:
@@ -613,7 +650,7 @@ class Durable(unittest.TestCase):
                 decrypted.append(bytes(data))
                 return self.aead.decrypt(nonce, data, associated_data)
 
-        with mock.patch.object(cc, "unwrap_sender_key", spy), mock.patch.object(cc, "AESGCM", SpyAESGCM):
+        with mock.patch("e2ee_chat.room.unwrap_sender_key", spy), mock.patch("e2ee_chat.room.AESGCM", SpyAESGCM):
             messages = alice.open_history(history)
         self.assertEqual(unwrapped, ["alice"], "bob's tampered key was never unwrapped")
         self.assertNotIn(bytes(sealed.ciphertext), decrypted, "the tampered message was never decrypted")
@@ -631,7 +668,7 @@ class Durable(unittest.TestCase):
         self.assertEqual([m.text for m in alice.open_history(history)], ["mine", "his", "mine again"])
         self.assertNotIn("bob", alice.members, "a former member of a history is not a member")
         # Unless its keys are not the trusted ones.
-        wary = cc.RoomState("lobby", self.ids["alice"], trust=lambda peer: peer.user != "bob")
+        wary = RoomState("lobby", self.ids["alice"], trust=lambda peer: peer.user != "bob")
         self.assertEqual([m.text for m in wary.open_history(history)], ["mine", "mine again"])
 
 
@@ -639,27 +676,27 @@ class CliHelpers(unittest.TestCase):
     """What /history and /pending print, as the Rust client does."""
 
     def test_history_lines_show_the_time_in_utc_and_escape_the_text(self) -> None:
-        self.assertEqual(cc.utc_time(0), "1970-01-01 00:00:00 UTC")
-        self.assertEqual(cc.utc_time(1_700_000_000_999), "2023-11-14 22:13:20 UTC")
-        self.assertEqual(cc.utc_time(951_782_400_000), "2000-02-29 00:00:00 UTC")
-        self.assertEqual(cc.utc_time(4_102_444_799_000), "2099-12-31 23:59:59 UTC")
-        self.assertTrue(cc.utc_time(2**64 - 1).endswith(" UTC"), "whatever a sender claims")
+        self.assertEqual(utc_time(0), "1970-01-01 00:00:00 UTC")
+        self.assertEqual(utc_time(1_700_000_000_999), "2023-11-14 22:13:20 UTC")
+        self.assertEqual(utc_time(951_782_400_000), "2000-02-29 00:00:00 UTC")
+        self.assertEqual(utc_time(4_102_444_799_000), "2099-12-31 23:59:59 UTC")
+        self.assertTrue(utc_time(2**64 - 1).endswith(" UTC"), "whatever a sender claims")
         self.assertEqual(
-            cc.history_line("lobby", "alice", 1_700_000_000_000, "two\nlines"),
+            history_line("lobby", "alice", 1_700_000_000_000, "two\nlines"),
             "history [lobby] alice (2023-11-14 22:13:20 UTC): two\\u{a}lines",
         )
 
     def test_history_takes_1_to_100_messages_and_20_by_default(self) -> None:
-        self.assertEqual(cc.history_limit(None), 20)
-        self.assertEqual(cc.history_limit("1"), 1)
-        self.assertEqual(cc.history_limit("100"), 100)
+        self.assertEqual(history_limit(None), 20)
+        self.assertEqual(history_limit("1"), 1)
+        self.assertEqual(history_limit("100"), 100)
         for wrong in ("0", "101", "-3", "ten", "", "²"):
             with self.subTest(wrong), self.assertRaises(ValueError):
-                cc.history_limit(wrong)
+                history_limit(wrong)
 
     def test_a_refused_message_is_reported_and_pending_lists_the_others(self) -> None:
-        client = cc.ChatClient("http://127.0.0.1:1", "alice", "lobby", Path("/nonexistent"), 2048)
-        client.room = cc.RoomState("lobby", identity("alice", 0))
+        client = ChatClient("http://127.0.0.1:1", "alice", "lobby", Path("/nonexistent"), 2048)
+        client.room = RoomState("lobby", identity("alice", 0))
         client._send_text("first")
         client._send_text("second\nline")
         first, second = client.unacked
@@ -679,9 +716,9 @@ class CliHelpers(unittest.TestCase):
         self.assertEqual(client.room.last_seq, 0, "our own entries never move last_seq")
 
     def test_pending_lists_each_text_on_one_line(self) -> None:
-        self.assertEqual(len(cc.pending_lines([])), 1)
+        self.assertEqual(len(pending_lines([])), 1)
         self.assertEqual(
-            cc.pending_lines(["hi", "a\nb"]),
+            pending_lines(["hi", "a\nb"]),
             ["2 message(s) sent but not acknowledged yet:", '  "hi"', '  "a\\u{a}b"'],
         )
 
@@ -699,7 +736,7 @@ class Home(unittest.TestCase):
         return stat.S_IMODE(path.stat().st_mode)
 
     def test_new_home(self) -> None:
-        me = cc.load_or_create_identity(self.home, "alice", 2048, self.log.append)
+        me = load_or_create_identity(self.home, "alice", 2048, self.log.append)
         user = self.home / "alice"
         self.assertEqual(self.mode(user), 0o700)
         for name in ("signing.pem", "encryption.pem"):
@@ -707,28 +744,28 @@ class Home(unittest.TestCase):
             self.assertTrue((user / name).read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----"))
         self.assertEqual(me.signing_key.key_size, 2048)
         self.assertEqual(sorted(p.name for p in user.iterdir()), ["encryption.pem", "signing.pem"])
-        again = cc.load_or_create_identity(self.home, "alice", 4096)
+        again = load_or_create_identity(self.home, "alice", 4096)
         self.assertEqual(again.fingerprint, me.fingerprint)
 
     def test_open_key_file_is_refused(self) -> None:
-        cc.load_or_create_identity(self.home, "alice", 2048)
+        load_or_create_identity(self.home, "alice", 2048)
         path = self.home / "alice" / "signing.pem"
         os.chmod(path, 0o640)
-        with self.assertRaises(cc.ClientError) as caught:
-            cc.load_or_create_identity(self.home, "alice", 2048)
+        with self.assertRaises(ClientError) as caught:
+            load_or_create_identity(self.home, "alice", 2048)
         self.assertIn("chmod 600", str(caught.exception))
 
     def test_migration_of_an_old_home(self) -> None:
         user = self.home / "alice"
         user.mkdir(parents=True, mode=0o755)
         old = key(3)
-        pem = cc._pem(old)
+        pem = _pem(old)
         (user / "identity.pem").write_bytes(pem)
         os.chmod(user / "identity.pem", 0o600)
-        me = cc.load_or_create_identity(self.home, "alice", 4096, self.log.append)
+        me = load_or_create_identity(self.home, "alice", 4096, self.log.append)
         self.assertFalse((user / "identity.pem").exists())
         self.assertEqual((user / "encryption.pem").read_bytes(), pem)
-        self.assertEqual(me.encryption_public_der, cc.public_key_der(old))
+        self.assertEqual(me.encryption_public_der, public_key_der(old))
         self.assertEqual(me.signing_key.key_size, 2048)  # the old key's size, not --key-bits
         self.assertEqual(self.mode(user / "signing.pem"), 0o600)
         self.assertEqual(self.mode(user), 0o700)
@@ -737,10 +774,10 @@ class Home(unittest.TestCase):
     def test_migration_refuses_an_open_old_key(self) -> None:
         user = self.home / "alice"
         user.mkdir(parents=True)
-        (user / "identity.pem").write_bytes(cc._pem(key(3)))
+        (user / "identity.pem").write_bytes(_pem(key(3)))
         os.chmod(user / "identity.pem", 0o644)
-        with self.assertRaises(cc.ClientError) as caught:
-            cc.load_or_create_identity(self.home, "alice", 2048)
+        with self.assertRaises(ClientError) as caught:
+            load_or_create_identity(self.home, "alice", 2048)
         self.assertIn("chmod 600", str(caught.exception))
         self.assertTrue((user / "identity.pem").exists())
 
@@ -748,54 +785,54 @@ class Home(unittest.TestCase):
         user = self.home / "alice"
         user.mkdir(parents=True, mode=0o700)
         path = user / "encryption.pem"
-        path.write_bytes(cc._pem(key(3)))
+        path.write_bytes(_pem(key(3)))
         os.chmod(path, 0o600)
-        me = cc.load_or_create_identity(self.home, "alice", 3072)
+        me = load_or_create_identity(self.home, "alice", 3072)
         self.assertEqual(me.signing_key.key_size, 2048)
 
     def test_signing_key_alone_is_refused(self) -> None:
-        cc.load_or_create_identity(self.home, "alice", 2048)
+        load_or_create_identity(self.home, "alice", 2048)
         (self.home / "alice" / "encryption.pem").unlink()
-        with self.assertRaises(cc.ClientError):
-            cc.load_or_create_identity(self.home, "alice", 2048)
+        with self.assertRaises(ClientError):
+            load_or_create_identity(self.home, "alice", 2048)
 
     def test_contacts(self) -> None:
         path = self.home / "alice" / "contacts.json"
-        book = cc.ContactBook(path)
-        bob = cc.PeerIdentity.from_public(identity("bob", 1).public_identity())
+        book = ContactBook(path)
+        bob = PeerIdentity.from_public(identity("bob", 1).public_identity())
         self.assertEqual(book.check(bob), "new")
         self.assertEqual(self.mode(path), 0o600)
         self.assertEqual(
             json.loads(path.read_text()),
             {"version": 1, "contacts": {"bob": {"fingerprint": bob.fingerprint_hex, "verified": False}}},
         )
-        self.assertEqual(cc.ContactBook(path).check(bob), "same")
-        impostor = cc.PeerIdentity.from_public(cc.Identity("bob", key(4), key(5)).public_identity())
+        self.assertEqual(ContactBook(path).check(bob), "same")
+        impostor = PeerIdentity.from_public(Identity("bob", key(4), key(5)).public_identity())
         self.assertEqual(book.check(impostor), "changed")
         # A verified contact, with a field this client does not know, re-pinned.
         data = json.loads(path.read_text())
         data["contacts"]["bob"].update(verified=True, note="kept")
         path.write_text(json.dumps(data))
-        book = cc.ContactBook(path)
+        book = ContactBook(path)
         self.assertTrue(book.verified("bob"))
         book.pin("bob", impostor.fingerprint_hex)
         entry = json.loads(path.read_text())["contacts"]["bob"]
         self.assertEqual(entry, {"fingerprint": impostor.fingerprint_hex, "verified": False, "note": "kept"})
         self.assertEqual(sorted(p.name for p in path.parent.iterdir()), ["contacts.json"])
         book.set_verified("bob", impostor.fingerprint_hex)
-        self.assertTrue(cc.ContactBook(path).verified("bob"))
+        self.assertTrue(ContactBook(path).verified("bob"))
 
     def test_progress_round_trip_private_and_shared_with_the_rust_format(self) -> None:
-        path = cc.progress_path(self.home, "alice")
+        path = progress_path(self.home, "alice")
         server = "https://chat.example:5555"
-        self.assertIsNone(cc.load_last_seq(path, server, "lobby"))
-        cc.save_last_seq(path, server, "lobby", 41)
-        cc.save_last_seq(path, server, "lobby", 42)
-        cc.save_last_seq(path, server, "ops", 3)
-        cc.save_last_seq(path, "http://127.0.0.1:5555", "lobby", 2**64 - 1)
-        self.assertEqual(cc.load_last_seq(path, server, "lobby"), 42)
-        self.assertEqual(cc.load_last_seq(path, server + "/", "lobby"), 42, "a trailing slash names the same server")
-        self.assertEqual(cc.load_last_seq(path, "http://127.0.0.1:5555", "lobby"), 2**64 - 1)
+        self.assertIsNone(load_last_seq(path, server, "lobby"))
+        save_last_seq(path, server, "lobby", 41)
+        save_last_seq(path, server, "lobby", 42)
+        save_last_seq(path, server, "ops", 3)
+        save_last_seq(path, "http://127.0.0.1:5555", "lobby", 2**64 - 1)
+        self.assertEqual(load_last_seq(path, server, "lobby"), 42)
+        self.assertEqual(load_last_seq(path, server + "/", "lobby"), 42, "a trailing slash names the same server")
+        self.assertEqual(load_last_seq(path, "http://127.0.0.1:5555", "lobby"), 2**64 - 1)
         self.assertEqual(self.mode(path), 0o600)
         self.assertEqual(self.mode(path.parent), 0o700)
         self.assertEqual([p.name for p in path.parent.iterdir()], ["progress.json"], "no temporary file left")
@@ -803,39 +840,39 @@ class Home(unittest.TestCase):
         self.assertEqual(path.read_text(), (
             '{\n  "version": 1,\n  "servers": {\n    "http://127.0.0.1:5555": {\n      "lobby": 18446744073709551615\n'
             '    },\n    "https://chat.example:5555": {\n      "lobby": 42,\n      "ops": 3\n    }\n  }\n}\n'))
-        cc.forget_room(path, server, "lobby")
-        self.assertIsNone(cc.load_last_seq(path, server, "lobby"))
-        self.assertEqual(cc.load_last_seq(path, server, "ops"), 3)
-        cc.forget_room(path, "http://127.0.0.1:5555", "lobby")
+        forget_room(path, server, "lobby")
+        self.assertIsNone(load_last_seq(path, server, "lobby"))
+        self.assertEqual(load_last_seq(path, server, "ops"), 3)
+        forget_room(path, "http://127.0.0.1:5555", "lobby")
         self.assertNotIn("127.0.0.1", path.read_text())
 
     def test_progress_that_is_corrupt_or_open_to_others_is_refused(self) -> None:
-        path = cc.progress_path(self.home, "alice")
-        cc.save_last_seq(path, "http://x:1", "lobby", 7)
+        path = progress_path(self.home, "alice")
+        save_last_seq(path, "http://x:1", "lobby", 7)
         for text in ('{"version": 1, "servers": {"x": {"lobby": -1}}}',
                      '{"version": 1, "servers": {"x": {"lobby": 1.0}}}',
                      '{"version": 2, "servers": {}}', "not json", "[]"):
             path.write_text(text)
-            for attempt in (lambda: cc.load_last_seq(path, "http://x:1", "lobby"),
-                            lambda: cc.save_last_seq(path, "http://x:1", "lobby", 8)):
-                with self.subTest(text), self.assertRaises(cc.ProgressError) as caught:
+            for attempt in (lambda: load_last_seq(path, "http://x:1", "lobby"),
+                            lambda: save_last_seq(path, "http://x:1", "lobby", 8)):
+                with self.subTest(text), self.assertRaises(ProgressError) as caught:
                     attempt()
                 self.assertIn(str(path), str(caught.exception))
                 self.assertNotIn("\n", str(caught.exception))
             self.assertEqual(path.read_text(), text, "nothing was overwritten")
-        cc.save_last_seq(path.with_name("other.json"), "http://x:1", "lobby", 7)
+        save_last_seq(path.with_name("other.json"), "http://x:1", "lobby", 7)
         path.write_text('{"version": 1, "servers": {}}')
         os.chmod(path, 0o644)
-        with self.assertRaises(cc.ProgressError) as caught:
-            cc.load_last_seq(path, "http://x:1", "lobby")
+        with self.assertRaises(ProgressError) as caught:
+            load_last_seq(path, "http://x:1", "lobby")
         self.assertIn("chmod 600", str(caught.exception))
 
     def test_contacts_of_another_version_are_refused(self) -> None:
         path = self.home / "contacts.json"
         path.parent.mkdir(parents=True)
         path.write_text('{"version": 2, "contacts": {}}')
-        with self.assertRaises(cc.ContactsError):
-            cc.ContactBook(path)
+        with self.assertRaises(ContactsError):
+            ContactBook(path)
 
 
 if __name__ == "__main__":

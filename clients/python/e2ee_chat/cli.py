@@ -1,0 +1,99 @@
+"""The command line: the options and their environment variables, and :func:`main`, which
+runs a :class:`~e2ee_chat.session.ChatClient` and turns a
+:class:`~e2ee_chat.errors.ClientError` into one ``chat_client: error: ...`` line and exit
+status 1."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+from .errors import ClientError
+from .protocol import DEFAULT_KEY_BITS, KEY_BITS_ALLOWED
+from .session import ChatClient
+
+PROG = "chat_client"
+
+
+# ---------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------
+
+
+def default_home() -> str:
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return str(base / "e2ee-chat")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, like every other error
+        self.exit(2, f"{PROG}: error: {message}\n")
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    env = os.environ
+    parser = _Parser(
+        prog=PROG,
+        description="Chat in one room of an end-to-end encrypted relay.",
+        epilog="stdin: one line = one message; /who /fingerprint /verify /trust /invite /kick "
+        "/pending /history /leave /quit /help; "
+        "// sends a leading /. stdout: [ROOM] SENDER: TEXT per received message. "
+        "stderr: everything else.",
+    )
+    parser.add_argument("--server", default=env.get("CHAT_SERVER", "http://127.0.0.1:5555"),
+                        help="the relay's URL, http:// or https:// [env CHAT_SERVER]")
+    parser.add_argument("--user", default=env.get("CHAT_USER"), help="your user name [env CHAT_USER]")
+    parser.add_argument("--room", default=env.get("CHAT_ROOM", "lobby"), help="the room [env CHAT_ROOM]")
+    parser.add_argument("--home", default=env.get("CHAT_HOME") or default_home(),
+                        help="where your keys, pinned contacts and progress (the last message "
+                        "seen per server and room) are kept [env CHAT_HOME]")
+    parser.add_argument("--key-bits", default=env.get("CHAT_KEY_BITS", str(DEFAULT_KEY_BITS)),
+                        help="size of new identity keys: 2048, 3072 or 4096 [env CHAT_KEY_BITS]")
+    parser.add_argument("--private", action="store_true",
+                        help="create the room private, owned by you, if it does not exist")
+    parser.add_argument("--ca-cert", default=env.get("CHAT_CA_CERT") or None,
+                        help="PEM file of the CA certificates to trust for an https:// relay "
+                        "(default: the system's) [env CHAT_CA_CERT]")
+    parser.add_argument("--registration-token", default=env.get("CHAT_REGISTRATION_TOKEN", ""),
+                        help="a registration token from the relay's operator, for the first login "
+                        "of --user on a relay that registers new names only with one "
+                        "[env CHAT_REGISTRATION_TOKEN]")
+    args = parser.parse_args(argv)
+    if not args.user:
+        parser.error("--user is required (or set CHAT_USER)")
+    bits = str(args.key_bits).strip()
+    if not bits.isdigit() or int(bits) not in KEY_BITS_ALLOWED:
+        parser.error(f"invalid --key-bits {bits!r}: must be 2048, 3072 or 4096")
+    args.key_bits = int(bits)
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(encoding="utf-8", errors="replace")  # type: ignore[union-attr]
+    client = ChatClient(
+        args.server,
+        args.user,
+        args.room,
+        Path(args.home).expanduser(),
+        args.key_bits,
+        Path(args.ca_cert).expanduser() if args.ca_cert else None,
+        private=args.private,
+        registration_token=args.registration_token,
+    )
+    try:
+        code = client.run()
+    except ClientError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Daemon threads may sit in a blocking stdin read or inside gRPC; do not wait for them.
+    os._exit(code)

@@ -1,0 +1,128 @@
+"""The plaintext of a message: the JSON envelope (encoded, then decoded and checked on
+receipt), and how a received text is shown on one line, escaped."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from .protocol import ENVELOPE_VERSION
+
+
+# ---------------------------------------------------------------------------------------
+# The JSON envelope and how a text is shown
+# ---------------------------------------------------------------------------------------
+
+_BIDI_CONTROLS = frozenset(
+    [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+)
+
+
+def _must_escape(ch: str) -> bool:
+    cp = ord(ch)
+    return cp < 0x20 or 0x7F <= cp <= 0x9F or cp in (0x2028, 0x2029) or cp in _BIDI_CONTROLS
+
+
+def escape_text(text: str) -> str:
+    """Escapes control characters, line separators and bidi controls as ``\\u{hex}``
+    (Rust's ``char::escape_unicode``), so one message is one line that cannot drive the
+    terminal and shows what it says."""
+    return "".join(f"\\u{{{ord(c):x}}}" if _must_escape(c) else c for c in text)
+
+
+def format_line(room: str, sender: str, text: str) -> str:
+    """The stdout line for a received message (without the newline)."""
+    return f"[{room}] {sender}: {escape_text(text)}"
+
+
+def encode_envelope(sender: str, text: str, sent_at_ms: int) -> bytes:
+    """The plaintext of a text message, compact UTF-8 JSON."""
+    envelope = {
+        "v": ENVELOPE_VERSION,
+        "type": "text",
+        "sender": sender,
+        "text": text,
+        "sent_at_ms": sent_at_ms,
+    }
+    return json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+class EnvelopeError(ValueError):
+    """The decrypted plaintext is not a valid envelope: the message is dropped."""
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _reject_constant(name: str) -> object:
+    raise EnvelopeError(f"{name} is not JSON")
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    result: dict[str, object] = {}
+    for key, value in pairs:
+        if key in result:
+            raise EnvelopeError(f"duplicate field {key!r}")
+        result[key] = value
+    return result
+
+
+def _check_encodable(value: str, field: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate from a \ud800 escape
+        raise EnvelopeError(f"{field} is not valid Unicode") from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class Envelope:
+    """A decoded envelope. Only ``kind == "text"`` can be shown by this version."""
+
+    version: int
+    kind: str
+    sender: str
+    text: str
+    sent_at_ms: int
+
+
+def decode_envelope(plaintext: bytes, expected_sender: str) -> Envelope:
+    """Parses and checks an envelope; raises :class:`EnvelopeError` for anything to drop.
+
+    The ``sender`` inside must equal the delivery's, so a member cannot make its message
+    appear under someone else's name within the ciphertext either. Unknown fields are
+    ignored: later versions may add some.
+    """
+    try:
+        data = json.loads(
+            plaintext.decode("utf-8"),
+            parse_constant=_reject_constant,
+            object_pairs_hook=_no_duplicate_keys,
+        )
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise EnvelopeError(f"not UTF-8 JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise EnvelopeError("not a JSON object")
+    version = data.get("v")
+    if not _is_int(version) or not 0 <= version < 1 << 32:
+        raise EnvelopeError("missing or invalid v")
+    if version != ENVELOPE_VERSION:
+        raise EnvelopeError(f"unsupported envelope version {version}")
+    kind, sender = data.get("type"), data.get("sender")
+    if not isinstance(kind, str):
+        raise EnvelopeError("missing or non-string type")
+    if not isinstance(sender, str):
+        raise EnvelopeError("missing or non-string sender")
+    if sender != expected_sender:
+        raise EnvelopeError(f"envelope claims sender {sender!r}")
+    # Every field is required whatever the type (as the Rust client does); sent_at_ms
+    # is an unsigned 64-bit integer.
+    sent_at_ms = data.get("sent_at_ms")
+    if not _is_int(sent_at_ms) or not 0 <= sent_at_ms < 1 << 64:
+        raise EnvelopeError("missing or invalid sent_at_ms")
+    text = data.get("text")
+    if not isinstance(text, str):
+        raise EnvelopeError("missing or non-string text")
+    for field, value in (("type", kind), ("sender", sender), ("text", text)):
+        _check_encodable(value, field)
+    return Envelope(version, kind, sender, text, sent_at_ms)

@@ -1,0 +1,6 @@
+"""The one fatal error of the client, :class:`ClientError`: raised by home, transport and
+session, reported by cli."""
+
+
+class ClientError(Exception):
+    """A fatal error: printed as one ``chat_client: error: ...`` line, exit status 1."""

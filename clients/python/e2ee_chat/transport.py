@@ -1,0 +1,127 @@
+"""The relay over gRPC: server URLs, the channel (plaintext or TLS), the login (a signed
+challenge for a session token), the metadata that carries the token, and how an RPC
+error is named."""
+
+from __future__ import annotations
+
+import ipaddress
+import urllib.parse
+from pathlib import Path
+from typing import Optional
+
+import grpc
+
+from .binding import login_signed_bytes
+from .errors import ClientError
+from .identity import Identity
+from .proto import pb, pb_grpc
+from .protocol import LOGIN_TRIES, MAX_INBOUND_FRAME_BYTES, RPC_TIMEOUT_SECONDS
+
+
+# ---------------------------------------------------------------------------------------
+# Transport helpers
+# ---------------------------------------------------------------------------------------
+
+
+def parse_server_url(url: str) -> tuple[str, bool]:
+    """``http://HOST:PORT`` -> (gRPC target, use TLS). Raises :class:`ClientError`."""
+    if "://" not in url:
+        raise ClientError(f'invalid server URL "{url}": missing scheme; use http://HOST:PORT')
+    parsed = urllib.parse.urlsplit(url)
+    scheme = parsed.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ClientError(f'invalid server URL "{url}": unsupported scheme {parsed.scheme!r}; use http://HOST:PORT')
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError as exc:
+        raise ClientError(f'invalid server URL "{url}": {exc}') from exc
+    if not host:
+        raise ClientError(f'invalid server URL "{url}": missing host; use http://HOST:PORT')
+    if parsed.path not in ("", "/") or parsed.query or parsed.fragment or parsed.username:
+        raise ClientError(f'invalid server URL "{url}": only http://HOST:PORT is supported')
+    if port is None:
+        port = 443 if scheme == "https" else 80
+    host_part = f"[{host}]" if ":" in host else host
+    return f"{host_part}:{port}", scheme == "https"
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1 (a plaintext relay there is on this machine)."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_INBOUND_FRAME_BYTES),
+    ("grpc.max_send_message_length", MAX_INBOUND_FRAME_BYTES),
+]
+
+
+def open_channel(server: str, ca_cert: Optional[Path] = None) -> grpc.Channel:
+    """A channel to ``http://`` (plaintext) or ``https://`` (TLS, checked against the
+    system's roots or the PEM certificates in ``ca_cert``)."""
+    target, tls = parse_server_url(server)
+    if not tls:
+        return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+    roots = None
+    if ca_cert is not None:
+        try:
+            roots = Path(ca_cert).read_bytes()
+        except OSError as exc:
+            raise ClientError(f"cannot read the CA certificate {ca_cert}: {exc.strerror or exc}") from exc
+    credentials = grpc.ssl_channel_credentials(root_certificates=roots)
+    return grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+
+
+def login(
+    channel: grpc.Channel,
+    identity: Identity,
+    timeout: float = RPC_TIMEOUT_SECONDS,
+    registration_token: str = "",
+) -> pb.LoginResponse:
+    """``CreateChallenge`` then ``Login`` with the signed challenge (and the operator's
+    registration token, for a relay that registers new names only with one). Raises
+    ``grpc.RpcError``; ALREADY_EXISTS means the user name (or a name differing only in
+    letter case) is registered to other keys, or the keys to another user."""
+    auth = pb_grpc.AuthServiceStub(channel)
+    # A challenge is good only at the relay process that issued it: one restarted between
+    # the two calls refuses it as UNAUTHENTICATED. A second try with a fresh challenge
+    # tells that apart from a refusal that stands.
+    for tries_left in reversed(range(LOGIN_TRIES)):
+        challenge = auth.CreateChallenge(pb.CreateChallengeRequest(user=identity.user), timeout=timeout).challenge
+        request = pb.LoginRequest(
+            identity=identity.public_identity(),
+            challenge=challenge,
+            signature=identity.sign(login_signed_bytes(identity.user, challenge)),
+            registration_token=registration_token,
+        )
+        try:
+            return auth.Login(request, timeout=timeout)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAUTHENTICATED or tries_left == 0:
+                raise
+    raise AssertionError("unreachable: the last try returns or raises")
+
+
+def auth_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    """The request metadata every ``ChatService`` RPC carries."""
+    return (("authorization", f"Bearer {token}"),)
+
+
+_STATUS_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+def status_name(code: int) -> str:
+    return _STATUS_NAMES.get(code, f"code {code}")
+
+
+def describe_rpc_error(error: grpc.RpcError) -> str:
+    code = error.code() if hasattr(error, "code") else None
+    details = error.details() if hasattr(error, "details") else None
+    name = code.name if code is not None else "UNKNOWN"
+    return f"{name}: {details}" if details else name
