@@ -7,7 +7,7 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let descriptors = protox::compile(["chat/v1/chat.proto"], ["proto"])?;
+    let descriptors = protox::compile(["chat/v2/chat.proto"], ["proto"])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(
         out_dir.join("chat_descriptor.bin"),
@@ -16,9 +16,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Ciphertexts and keys are fanned out to many recipients: `Bytes` clones are
         // reference counts, not copies.
-        .bytes(".chat.v1")
+        .bytes(".chat.v2")
         // The token is a secret: src/proto.rs gives this message a Debug that hides it.
-        .skip_debug([".chat.v1.LoginResponse"])
+        .skip_debug([".chat.v2.LoginResponse"])
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -1,13 +1,13 @@
-//! The generated gRPC types of `proto/chat/v1/chat.proto`, the public contract.
+//! The generated gRPC types of `proto/chat/v2/chat.proto`, the public contract.
 
 #![allow(missing_docs)]
 
-pub use chat::v1::*;
+pub use chat::v2::*;
 
 #[allow(clippy::all, clippy::pedantic)]
 mod chat {
-    pub mod v1 {
-        tonic::include_proto!("chat.v1");
+    pub mod v2 {
+        tonic::include_proto!("chat.v2");
     }
 }
 
