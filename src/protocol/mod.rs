@@ -19,6 +19,13 @@ pub const CHALLENGE_LEN: usize = 32;
 /// The length of an AES-GCM nonce, in bytes.
 pub const NONCE_LEN: usize = 12;
 
+/// The device of every user, for now: messages, bundles and copies name it so that
+/// several devices per user can come without another breaking change.
+pub const DEVICE: u32 = 1;
+
+/// The most copies one key distribution may carry: one per recipient device.
+pub const MAX_COPIES_PER_DISTRIBUTION: usize = 1024;
+
 /// The length of the AES-GCM tag that ends every ciphertext.
 pub const TAG_LEN: usize = 16;
 

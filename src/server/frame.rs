@@ -7,15 +7,21 @@
 
 use std::collections::HashSet;
 
+use prost::Message;
 use tonic::Status;
 
+use crate::crypto::group::{SIGNATURE_LEN, SIGNING_PUBLIC_KEY_LEN};
+use crate::crypto::merkle::{self, Hash};
+use crate::crypto::binding::chain_key_copy_leaf;
 use crate::proto::{
-    ClientFrame, DistributeSenderKey, GetHistory, InviteMember, JoinRoom, KickMember, LeaveRoom,
-    SealedMessage, SendMessage, WrappedSenderKey, client_frame,
+    ClientFrame, DistributeSenderKey, DistributionHeader, GetHistory, InviteMember, Invitation,
+    JoinRoom, KickMember, LeaveRoom, Removal, SealedMessage, SendMessage, SenderKeyDelivery,
+    WrappedChainKey, client_frame,
 };
 use crate::protocol::{
-    MAX_HISTORY_MESSAGES, MAX_SIGNATURE_LEN, MAX_WRAPPED_KEY_LEN, MIN_SIGNATURE_LEN,
-    MIN_WRAPPED_KEY_LEN, NONCE_LEN, TAG_LEN, validate_room, validate_user,
+    DEVICE, MAX_COPIES_PER_DISTRIBUTION, MAX_HISTORY_MESSAGES, MAX_SIGNATURE_LEN,
+    MAX_WRAPPED_KEY_LEN, MIN_SIGNATURE_LEN, MIN_WRAPPED_KEY_LEN, TAG_LEN, validate_room,
+    validate_user,
 };
 use crate::store::WrappedKey;
 
@@ -35,19 +41,24 @@ pub enum ValidFrame {
         room: String,
         sealed: SealedMessage,
     },
-    /// At least one key; recipients valid user names, each named once.
+    /// At least one copy, each (recipient, device) once; `keys` holds each recipient's
+    /// copy as the relay stores it: its `SenderKeyDelivery` without room, sender, seq and
+    /// signature, which the relay fills in when it delivers it.
     DistributeKey {
         room: String,
         key_id: u64,
         keys: Vec<WrappedKey>,
     },
+    /// The owner's signed invitation, for `room`; its signature and fingerprint are the
+    /// session's to check (they need the registered identities).
     Invite {
         room: String,
-        user: String,
+        invitation: Invitation,
     },
+    /// The owner's signed removal, for `room`.
     Kick {
         room: String,
-        user: String,
+        removal: Removal,
     },
     /// `limit` is 1 to 100, the most messages the relay answers with.
     History {
@@ -90,15 +101,38 @@ pub fn check(frame: ClientFrame) -> Result<ValidFrame, Status> {
             }
             Ok(ValidFrame::History { room, limit })
         }
-        Some(Kind::Invite(InviteMember { room, user })) => {
+        Some(Kind::Invite(InviteMember { room, invitation })) => {
             check_room(&room)?;
-            check_user(&user)?;
-            Ok(ValidFrame::Invite { room, user })
+            let invitation =
+                invitation.ok_or_else(|| Status::invalid_argument("invite.invitation is missing"))?;
+            if invitation.room != room {
+                return Err(Status::invalid_argument(
+                    "invite.invitation is for another room than invite.room",
+                ));
+            }
+            check_user(&invitation.owner)?;
+            check_user(&invitation.invitee)?;
+            if invitation.invitee_fingerprint.len() != 32 {
+                return Err(Status::invalid_argument(
+                    "invite.invitation.invitee_fingerprint must be the 32 bytes of a fingerprint",
+                ));
+            }
+            check_signature(&invitation.signature, "invite.invitation.signature")?;
+            Ok(ValidFrame::Invite { room, invitation })
         }
-        Some(Kind::Kick(KickMember { room, user })) => {
+        Some(Kind::Kick(KickMember { room, removal })) => {
             check_room(&room)?;
-            check_user(&user)?;
-            Ok(ValidFrame::Kick { room, user })
+            let removal =
+                removal.ok_or_else(|| Status::invalid_argument("kick.removal is missing"))?;
+            if removal.room != room {
+                return Err(Status::invalid_argument(
+                    "kick.removal is for another room than kick.room",
+                ));
+            }
+            check_user(&removal.owner)?;
+            check_user(&removal.member)?;
+            check_signature(&removal.signature, "kick.removal.signature")?;
+            Ok(ValidFrame::Kick { room, removal })
         }
         Some(Kind::Leave(LeaveRoom { room })) => {
             check_room(&room)?;
@@ -109,18 +143,22 @@ pub fn check(frame: ClientFrame) -> Result<ValidFrame, Status> {
             let sealed = check_sealed(sealed)?;
             Ok(ValidFrame::Send { room, sealed })
         }
-        Some(Kind::DistributeKey(DistributeSenderKey { room, key_id, keys })) => {
+        Some(Kind::DistributeKey(DistributeSenderKey {
+            room,
+            header,
+            copies,
+            signature,
+        })) => {
             check_room(&room)?;
-            check_wrapped_keys(&keys)?;
-            let keys = keys
-                .into_iter()
-                .map(|wrapped| WrappedKey {
-                    recipient: wrapped.recipient,
-                    wrapped_key: wrapped.wrapped_key,
-                    signature: wrapped.signature,
-                })
-                .collect();
-            Ok(ValidFrame::DistributeKey { room, key_id, keys })
+            let header = check_header(header)?;
+            check_copies(&copies)?;
+            check_signature(&signature, "distribute_key.signature")?;
+            let key_id = header.key_id;
+            Ok(ValidFrame::DistributeKey {
+                room,
+                key_id,
+                keys: stored_copies(&header, copies, &signature),
+            })
         }
     }
 }
@@ -131,6 +169,16 @@ fn check_room(room: &str) -> Result<(), Status> {
 
 fn check_user(user: &str) -> Result<(), Status> {
     validate_user(user).map_err(|error| Status::invalid_argument(error.to_string()))
+}
+
+fn check_device(device: u32, what: &str) -> Result<(), Status> {
+    if device == DEVICE {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "{what} is {device}; every user has one device for now, device {DEVICE}"
+        )))
+    }
 }
 
 /// The relay cannot check signatures it has no reason to trust, but it refuses what
@@ -149,55 +197,113 @@ fn check_signature(signature: &[u8], what: &str) -> Result<(), Status> {
 
 fn check_sealed(sealed: Option<SealedMessage>) -> Result<SealedMessage, Status> {
     let sealed = sealed.ok_or_else(|| Status::invalid_argument("send.sealed is missing"))?;
-    if sealed.nonce.len() != NONCE_LEN {
-        return Err(Status::invalid_argument(format!(
-            "send.sealed.nonce is {} bytes; AES-GCM nonces are {NONCE_LEN}",
-            sealed.nonce.len()
-        )));
-    }
+    check_device(sealed.device, "send.sealed.device")?;
     if sealed.ciphertext.len() < TAG_LEN {
         return Err(Status::invalid_argument(format!(
             "send.sealed.ciphertext is {} bytes; it must hold at least the {TAG_LEN}-byte tag",
             sealed.ciphertext.len()
         )));
     }
-    check_signature(&sealed.signature, "send.sealed.signature")?;
+    if sealed.signature.len() != SIGNATURE_LEN {
+        return Err(Status::invalid_argument(format!(
+            "send.sealed.signature is {} bytes; an Ed25519 signature is {SIGNATURE_LEN}",
+            sealed.signature.len()
+        )));
+    }
     Ok(sealed)
 }
 
-fn check_wrapped_keys(keys: &[WrappedSenderKey]) -> Result<(), Status> {
-    if keys.is_empty() {
-        return Err(Status::invalid_argument("distribute_key.keys is empty"));
+fn check_header(header: Option<DistributionHeader>) -> Result<DistributionHeader, Status> {
+    let header =
+        header.ok_or_else(|| Status::invalid_argument("distribute_key.header is missing"))?;
+    check_device(header.device, "distribute_key.header.device")?;
+    if header.signing_public_key.len() != SIGNING_PUBLIC_KEY_LEN {
+        return Err(Status::invalid_argument(format!(
+            "distribute_key.header.signing_public_key is {} bytes; an Ed25519 public key is \
+             {SIGNING_PUBLIC_KEY_LEN}",
+            header.signing_public_key.len()
+        )));
+    }
+    Ok(header)
+}
+
+fn check_copies(copies: &[WrappedChainKey]) -> Result<(), Status> {
+    if copies.is_empty() {
+        return Err(Status::invalid_argument("distribute_key.copies is empty"));
+    }
+    if copies.len() > MAX_COPIES_PER_DISTRIBUTION {
+        return Err(Status::invalid_argument(format!(
+            "distribute_key has {} copies; at most {MAX_COPIES_PER_DISTRIBUTION}",
+            copies.len()
+        )));
     }
     let mut recipients = HashSet::new();
-    for wrapped in keys {
+    for copy in copies {
         // The name first: a refusal quotes it, and only a valid one is short.
-        validate_user(&wrapped.recipient).map_err(|error| {
+        validate_user(&copy.recipient).map_err(|error| {
             Status::invalid_argument(format!("distribute_key recipient: {error}"))
         })?;
-        if !recipients.insert(&wrapped.recipient) {
+        check_device(copy.device, "a copy's device")?;
+        if !recipients.insert((&copy.recipient, copy.device)) {
             return Err(Status::invalid_argument(format!(
                 "distribute_key names recipient {:?} twice",
-                wrapped.recipient
+                copy.recipient
             )));
         }
-        check_signature(
-            &wrapped.signature,
-            &format!(
-                "the signature of the key wrapped for {:?}",
-                wrapped.recipient
-            ),
-        )?;
-        if !(MIN_WRAPPED_KEY_LEN..=MAX_WRAPPED_KEY_LEN).contains(&wrapped.wrapped_key.len()) {
+        if !(MIN_WRAPPED_KEY_LEN..=MAX_WRAPPED_KEY_LEN).contains(&copy.wrapped.len()) {
             return Err(Status::invalid_argument(format!(
-                "the key wrapped for {:?} is {} bytes; an RSA-OAEP ciphertext is \
+                "the copy wrapped for {:?} is {} bytes; an RSA-OAEP ciphertext is \
                  {MIN_WRAPPED_KEY_LEN} to {MAX_WRAPPED_KEY_LEN} bytes",
-                wrapped.recipient,
-                wrapped.wrapped_key.len()
+                copy.recipient,
+                copy.wrapped.len()
             )));
         }
     }
     Ok(())
+}
+
+/// Each recipient's copy as the relay stores it: what it will receive of the
+/// distribution (its copy and the copy's Merkle audit path), and the signature.
+fn stored_copies(
+    header: &DistributionHeader,
+    copies: Vec<WrappedChainKey>,
+    signature: &bytes::Bytes,
+) -> Vec<WrappedKey> {
+    let leaves: Vec<Hash> = copies
+        .iter()
+        .map(|copy| {
+            merkle::leaf_hash(&chain_key_copy_leaf(
+                &copy.recipient,
+                copy.device,
+                copy.prekey_id,
+                &copy.wrapped,
+            ))
+        })
+        .collect();
+    let count = copies.len() as u32;
+    copies
+        .into_iter()
+        .enumerate()
+        .map(|(index, copy)| {
+            let recipient = copy.recipient.clone();
+            let delivery = SenderKeyDelivery {
+                header: Some(header.clone()),
+                copy: Some(copy),
+                index: index as u32,
+                count,
+                path: merkle::audit_path(&leaves, index)
+                    .into_iter()
+                    .map(|hash| bytes::Bytes::copy_from_slice(&hash))
+                    .collect(),
+                ..Default::default()
+            };
+            WrappedKey {
+                recipient,
+                wrapped_key: delivery.encode_to_vec().into(),
+                signature: signature.clone(),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
