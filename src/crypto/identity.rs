@@ -116,6 +116,11 @@ impl Fingerprint {
         Self(Sha256::digest(fingerprint_input(signing.to_der(), encryption.to_der())).into())
     }
 
+    /// A fingerprint as its 32 raw bytes travel.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }

@@ -15,6 +15,7 @@ use super::catch_up;
 use super::frame::{self, ValidFrame};
 use super::hub::{Hub, JoinRequest, SessionId};
 use super::network::decode_fault;
+use super::signed_membership;
 use crate::proto::{ClientFrame, Rejection, server_frame};
 use crate::store::Store;
 
@@ -132,15 +133,16 @@ fn carry_out(
             ));
             Ok(())
         }
-        ValidFrame::Invite { room, user } => {
-            if relay.accounts.identity(&user).is_none() {
-                return Err(Status::not_found(format!(
-                    "no user named {user:?} is registered; they must log in once first"
-                )));
-            }
-            hub.invite(id, request_id, &room, &user, permit)
+        ValidFrame::Invite { room, invitation } => {
+            let caller = hub.user(id)?;
+            signed_membership::check_invitation(&relay.accounts, &caller, &invitation)?;
+            hub.invite(id, request_id, &room, invitation, permit)
         }
-        ValidFrame::Kick { room, user } => hub.kick(id, request_id, &room, &user, permit),
+        ValidFrame::Kick { room, removal } => {
+            let caller = hub.user(id)?;
+            signed_membership::check_removal(&relay.accounts, &caller, &removal)?;
+            hub.kick(id, request_id, &room, removal, permit)
+        }
         ValidFrame::Leave { room } => hub.leave(id, request_id, &room, permit),
         ValidFrame::Send { room, sealed } => hub.send(id, request_id, &room, sealed, permit),
         ValidFrame::DistributeKey { room, key_id, keys } => {
