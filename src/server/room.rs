@@ -5,9 +5,9 @@
 //! that "who receives entry `seq`" has one answer however commits and sessions
 //! interleave — the members that joined before `seq` and had not left by it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use crate::proto::PublicIdentity;
+use crate::proto::{Invitation, PublicIdentity, Removal};
 
 /// A member of a room.
 pub(crate) struct Member {
@@ -41,8 +41,13 @@ impl Member {
 pub(crate) struct Room {
     /// The owner of a private room; `None` for an open room.
     pub owner: Option<String>,
-    /// Who besides the owner may join a private room.
-    pub invited: BTreeSet<String>,
+    /// Who besides the owner may join a private room, with the owner's signed
+    /// invitation (`None` for one made before chat.v2, which the owner must sign anew).
+    /// Kept while the user is a member: members check it before handing it their keys.
+    pub invited: BTreeMap<String, Option<Invitation>>,
+    /// The owner's latest signed removal of each user it removed and did not invite
+    /// again: handed to members, so that an older invitation cannot be replayed to them.
+    pub removals: BTreeMap<String, Removal>,
     /// User name → member, sorted so member lists come out sorted.
     pub members: BTreeMap<String, Member>,
     /// The last sequence number handed out.
@@ -55,7 +60,7 @@ impl Room {
     pub fn may_join(&self, user: &str) -> bool {
         match &self.owner {
             None => true,
-            Some(owner) => owner == user || self.invited.contains(user),
+            Some(owner) => owner == user || self.invited.contains_key(user),
         }
     }
 
@@ -82,6 +87,24 @@ impl Room {
             .filter(|(user, member)| *user != except && member.was_member_at(seq))
             .map(|(_, member)| member.identity.clone())
             .collect()
+    }
+
+    /// What a member of a private room checks before handing its keys to the others:
+    /// the signed invitations of `members`, and every removal.
+    pub fn signed_membership(&self, members: &[PublicIdentity]) -> (Vec<Invitation>, Vec<Removal>) {
+        if self.owner.is_none() {
+            return (Vec::new(), Vec::new());
+        }
+        let invitations = members
+            .iter()
+            .filter_map(|member| self.invited.get(&member.user).cloned().flatten())
+            .collect();
+        (invitations, self.removals.values().cloned().collect())
+    }
+
+    /// The owner's invitation of `user`, if it signed one.
+    pub fn invitation_of(&self, user: &str) -> Option<Invitation> {
+        self.invited.get(user).cloned().flatten()
     }
 
     /// The members other than `except` that receive the entry numbered `seq`.

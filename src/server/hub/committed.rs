@@ -28,16 +28,21 @@ impl State {
                 let Some(found) = self.rooms.get(&room) else {
                     return;
                 };
+                let members = found.members_at(seq, &user);
+                let (invitations, removals) = found.signed_membership(&members);
                 let joined = Joined {
                     room: room.clone(),
-                    members: found.members_at(seq, &user),
+                    members,
                     private_room: found.owner.is_some(),
                     owner: found.owner.clone().unwrap_or_default(),
                     last_seq: seq,
                     resumed: false,
                     former_members: Vec::new(),
+                    invitations,
+                    removals,
                 };
                 let newcomer = found.members.get(&user).map(|m| m.identity.clone());
+                let invitation = found.invitation_of(&user);
                 let attached = self
                     .sessions
                     .get_mut(&session)
@@ -64,6 +69,7 @@ impl State {
                 let announcement = Kind::MemberJoined(MemberJoined {
                     room: room.clone(),
                     member: newcomer,
+                    invitation,
                 });
                 self.fan_out(&room, seq, &user, &announcement);
                 tracing::info!(user, room, seq, "joined");
@@ -75,12 +81,14 @@ impl State {
                 user,
                 seq,
                 reason,
+                removal,
             } => {
                 self.advance(&room, seq);
                 let left = Kind::MemberLeft(MemberLeft {
                     room: room.clone(),
                     user: user.clone(),
                     reason: reason.into(),
+                    removal,
                 });
                 if let Some(removed) = removed {
                     self.deliver(removed, 0, left.clone());

@@ -168,7 +168,7 @@ impl Hub {
                 session.rooms.remove(room);
             }
             let effect =
-                state.start_leaving(room, &user, Some((id, request_id)), None, LeaveReason::Left);
+                state.start_leaving(room, &user, Some((id, request_id)), None, LeaveReason::Left, None);
             let changes = vec![Change::RemoveMember {
                 room: room.to_owned(),
                 user,
@@ -178,31 +178,39 @@ impl Hub {
         })
     }
 
-    /// Lets `user` join the private `room` owned by the session's user.
+    /// Lets the invitee of `invitation` (signed by the session's user, checked by the
+    /// caller) join the private `room` it owns. A new invitation of the same user
+    /// replaces the old, and lifts its removal.
     pub(crate) fn invite(
         &self,
         id: SessionId,
         request_id: u64,
         room: &str,
-        user: &str,
+        invitation: Invitation,
         permit: OwnedSemaphorePermit,
     ) -> Result<(), Status> {
         self.operate(|state| {
             let owner = state.session(id)?.user.clone();
             state.writable()?;
             let room_state = state.owned_room(room, &owner)?;
-            if room_state.invited.len() >= self.limits.max_room_members {
+            let user = invitation.invitee.clone();
+            if !room_state.invited.contains_key(&user)
+                && room_state.invited.len() >= self.limits.max_room_members
+            {
                 return Err(Status::resource_exhausted(format!(
                     "room {room:?} has its maximum of {} invitations; kick someone first",
                     self.limits.max_room_members
                 )));
             }
             let mut changes = Vec::new();
-            if user != owner && room_state.invited.insert(user.to_owned()) {
+            if user != owner {
+                room_state.removals.remove(&user);
                 changes.push(Change::Invite {
                     room: room.to_owned(),
-                    user: user.to_owned(),
+                    user: user.clone(),
+                    invitation: invitation.encode_to_vec().into(),
                 });
+                room_state.invited.insert(user.clone(), Some(invitation));
             }
             tracing::info!(owner, room, user, "invited");
             let effect = Effect::Ack {
@@ -220,19 +228,20 @@ impl Hub {
         id: SessionId,
         request_id: u64,
         room: &str,
-        user: &str,
+        removal: Removal,
         permit: OwnedSemaphorePermit,
     ) -> Result<(), Status> {
         self.operate(|state| {
             let owner = state.session(id)?.user.clone();
             state.writable()?;
             let room_state = state.owned_room(room, &owner)?;
+            let user = removal.member.as_str();
             if user == owner {
                 return Err(Status::invalid_argument(
                     "you own this room and cannot kick yourself; leave it instead",
                 ));
             }
-            let was_invited = room_state.invited.remove(user);
+            let was_invited = room_state.invited.remove(user).is_some();
             let is_member = room_state.is_active_member(user);
             if !was_invited && !is_member {
                 return Err(Status::not_found(format!(
@@ -240,10 +249,18 @@ impl Hub {
                 )));
             }
             tracing::info!(owner, room, user, "kicked");
-            let mut changes = vec![Change::Uninvite {
-                room: room.to_owned(),
-                user: user.to_owned(),
-            }];
+            room_state.removals.insert(user.to_owned(), removal.clone());
+            let mut changes = vec![
+                Change::Uninvite {
+                    room: room.to_owned(),
+                    user: user.to_owned(),
+                },
+                Change::RecordRemoval {
+                    room: room.to_owned(),
+                    user: user.to_owned(),
+                    removal: removal.encode_to_vec().into(),
+                },
+            ];
             if !is_member {
                 let effect = Effect::Ack {
                     session: id,
@@ -264,12 +281,14 @@ impl Hub {
                     Status::permission_denied(format!("the owner removed you from room {room:?}"));
                 state.remove_session(kicked, Some(status));
             }
+            let user = user.to_owned();
             let effect = state.start_leaving(
                 room,
-                user,
+                &user,
                 Some((id, request_id)),
                 removed,
                 LeaveReason::Kicked,
+                Some(removal),
             );
             changes.push(Change::RemoveMember {
                 room: room.to_owned(),
@@ -355,14 +374,18 @@ impl State {
         let patience = self.stall_timeout;
         // Never before the member joined, whatever the client asks.
         let joined_seq = found.members.get(&user).map_or(head, |m| m.joined_seq);
+        let members = found.members_at(head, &user);
+        let (invitations, removals) = found.signed_membership(&members);
         let joined = Joined {
             room: room.to_owned(),
-            members: found.members_at(head, &user),
+            members,
             private_room: found.owner.is_some(),
             owner: found.owner.clone().unwrap_or_default(),
             last_seq: head,
             resumed: true,
             former_members: Vec::new(),
+            invitations,
+            removals,
         };
         tracing::info!(user, room, after, head, "catching up");
         CatchUp {
@@ -387,6 +410,7 @@ impl State {
         reply: Option<(SessionId, u64)>,
         removed: Option<SessionId>,
         reason: LeaveReason,
+        removal: Option<Removal>,
     ) -> Effect {
         let found = self.rooms.get_mut(room).expect("a member's room exists");
         let seq = found.next_seq();
@@ -406,6 +430,7 @@ impl State {
             user: user.to_owned(),
             seq,
             reason,
+            removal,
         }
     }
 

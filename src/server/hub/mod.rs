@@ -41,9 +41,11 @@ use super::network::connection::ConnectionHandle;
 use super::outbound::{Closer, Outbound, OutboundHandle, Refusal, outbound};
 use super::room::{Member, Room};
 use super::writer::Command;
+use prost::Message;
+
 use crate::proto::{
-    Ack, CaughtUp, Joined, LeaveReason, PublicIdentity, SealedMessage, ServerFrame,
-    server_frame::Kind,
+    Ack, CaughtUp, Invitation, Joined, LeaveReason, PublicIdentity, Removal, SealedMessage,
+    ServerFrame, server_frame::Kind,
 };
 use crate::store::{Applied, Change, StoreError, StoredRoom, WrappedKey};
 
@@ -84,6 +86,8 @@ pub(crate) enum Effect {
         user: String,
         seq: u64,
         reason: LeaveReason,
+        /// The owner's signed removal, when the owner removed the member.
+        removal: Option<Removal>,
     },
     Message {
         session: SessionId,

@@ -73,7 +73,7 @@ impl Hub {
             .map(|rooms| rooms.iter().cloned().collect())
             .unwrap_or_default();
         for room in rooms {
-            let effect = state.start_leaving(&room, user, None, None, LeaveReason::Reclaimed);
+            let effect = state.start_leaving(&room, user, None, None, LeaveReason::Reclaimed, None);
             let changes = vec![Change::RemoveMember {
                 room,
                 user: user.to_owned(),

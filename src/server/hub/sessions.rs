@@ -76,6 +76,11 @@ impl Hub {
         self.lock().sessions.contains_key(&id)
     }
 
+    /// The user of an open session.
+    pub(crate) fn user(&self, id: SessionId) -> Result<String, Status> {
+        Ok(self.lock().session(id)?.user.clone())
+    }
+
     /// Queues an answer for the session itself (a rejection of one of its frames).
     pub(crate) fn reply(&self, id: SessionId, request_id: u64, kind: Kind) {
         self.operate(|state| state.deliver(id, request_id, kind));
