@@ -15,12 +15,11 @@ UPDATE usage SET stored_bytes = 0;
 -- A message is recognised as resent by its sender, key id and chain iteration.
 ALTER TABLE messages RENAME COLUMN counter TO iteration;
 
--- The owner's signed invitation (an encoded chat.v2.Invitation) while the user is
--- invited, then as long as it is a member: members hand their keys only to members
--- whose invitation they verified. NULL for invitations and members from before v2: the
--- owner signs them anew.
+-- The owner's signed invitation (an encoded chat.v2.Invitation), kept while the user
+-- is invited, which it stays as a member: members hand their keys only to members whose
+-- invitation they verified. NULL for invitations from before v2: the owner signs them
+-- anew.
 ALTER TABLE invitations ADD COLUMN invitation BLOB;
-ALTER TABLE members ADD COLUMN invitation BLOB;
 
 -- The owner's latest signed removal of each user from each private room (an encoded
 -- chat.v2.Removal): it voids the invitations issued before it, and is handed to

@@ -49,8 +49,20 @@ pub enum Change {
     CreateRoom { room: String, owner: Option<String> },
     /// Forgets a room with its members, invitations and entries.
     DeleteRoom { room: String },
-    /// Lets `user` join the private `room`.
-    Invite { room: String, user: String },
+    /// Lets `user` join the private `room`, with the owner's signed invitation (an
+    /// encoded `chat.v2.Invitation`); a later one replaces it.
+    Invite {
+        room: String,
+        user: String,
+        invitation: bytes::Bytes,
+    },
+    /// The owner's signed removal of `user` from the private `room` (an encoded
+    /// `chat.v2.Removal`), kept until the user is invited again.
+    RecordRemoval {
+        room: String,
+        user: String,
+        removal: bytes::Bytes,
+    },
     /// Withdraws an invitation (nothing if there is none).
     Uninvite { room: String, user: String },
     /// `user` joined `room` at sequence number `seq`: it may read the entries after it.
@@ -134,8 +146,11 @@ pub struct StoredRoom {
     pub last_seq: u64,
     /// Members and the sequence number each joined at, sorted by user.
     pub members: Vec<(String, u64)>,
-    /// Users invited to a private room, sorted.
-    pub invited: Vec<String>,
+    /// Users invited to a private room, sorted, each with the owner's signed invitation
+    /// (an encoded `chat.v2.Invitation`; `None` for one from before chat.v2).
+    pub invited: Vec<(String, Option<bytes::Bytes>)>,
+    /// The owner's signed removals (encoded `chat.v2.Removal`s), by user.
+    pub removals: Vec<(String, bytes::Bytes)>,
     /// How many messages the room holds, and their bytes.
     pub messages: u64,
     pub message_bytes: u64,

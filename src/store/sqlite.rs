@@ -43,6 +43,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_identities.sql"),
     include_str!("../../migrations/0002_rooms.sql"),
     include_str!("../../migrations/0003_usage.sql"),
+    include_str!("../../migrations/0004_protocol_v2.sql"),
 ];
 
 /// How many prepared statements each connection keeps: more than the store has, so
@@ -456,18 +457,43 @@ fn apply(
             for sql in [
                 "DELETE FROM members WHERE room = ?1",
                 "DELETE FROM invitations WHERE room = ?1",
+                "DELETE FROM removals WHERE room = ?1",
                 "DELETE FROM rooms WHERE name = ?1",
             ] {
                 execute(transaction, sql, [room], &operation)?;
             }
         }
-        Change::Invite { room, user } => {
-            // Inviting twice is inviting, as withdrawing twice is withdrawing.
+        Change::Invite {
+            room,
+            user,
+            invitation,
+        } => {
+            // A new invitation replaces the old, and lifts the removal it follows.
             execute(
                 transaction,
-                "INSERT INTO invitations (room, user) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-                [room, user],
+                "INSERT INTO invitations (room, user, invitation) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT DO UPDATE SET invitation = excluded.invitation",
+                rusqlite::params![room, user, invitation.as_ref()],
                 format_args!("invite {user:?} to room {room:?}"),
+            )?;
+            execute(
+                transaction,
+                "DELETE FROM removals WHERE room = ?1 AND user = ?2",
+                [room, user],
+                format_args!("lift the removal of {user:?} from room {room:?}"),
+            )?;
+        }
+        Change::RecordRemoval {
+            room,
+            user,
+            removal,
+        } => {
+            execute(
+                transaction,
+                "INSERT INTO removals (room, user, removal) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT DO UPDATE SET removal = excluded.removal",
+                rusqlite::params![room, user, removal.as_ref()],
+                format_args!("record the removal of {user:?} from room {room:?}"),
             )?;
         }
         Change::Uninvite { room, user } => {
@@ -580,6 +606,7 @@ fn apply(
             )?;
             for sql in [
                 "DELETE FROM invitations WHERE user = ?1",
+                "DELETE FROM removals WHERE user = ?1",
                 "DELETE FROM members WHERE user = ?1",
                 "DELETE FROM identities WHERE user = ?1",
             ] {
@@ -834,15 +861,32 @@ impl Store for SqliteStore {
                 rooms[at].members.push((user, joined));
             }
         }
-        for (name, user) in select(
+        for (name, user, invitation) in select(
             &transaction,
-            "SELECT room, user FROM invitations ORDER BY room, user",
+            "SELECT room, user, invitation FROM invitations ORDER BY room, user",
             [],
             "read the invitations to the rooms",
-            |row| Ok((row.get::<_, String>(0)?, row.get(1)?)),
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get(1)?,
+                    row.get::<_, Option<Vec<u8>>>(2)?,
+                ))
+            },
         )? {
             if let Some(at) = room(&name) {
-                rooms[at].invited.push(user);
+                rooms[at].invited.push((user, invitation.map(bytes::Bytes::from)));
+            }
+        }
+        for (name, user, removal) in select(
+            &transaction,
+            "SELECT room, user, removal FROM removals ORDER BY room, user",
+            [],
+            "read the removals from the rooms",
+            |row| Ok((row.get::<_, String>(0)?, row.get(1)?, row.get::<_, Vec<u8>>(2)?)),
+        )? {
+            if let Some(at) = room(&name) {
+                rooms[at].removals.push((user, removal.into()));
             }
         }
         Ok(rooms)

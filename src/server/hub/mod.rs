@@ -213,7 +213,21 @@ impl Hub {
         for stored in rooms {
             let mut room = Room {
                 owner: stored.owner.clone(),
-                invited: stored.invited.into_iter().collect(),
+                // An entry that does not decode (it cannot: the relay encoded it) counts
+                // as unsigned, which members ask the owner to sign anew.
+                invited: stored
+                    .invited
+                    .into_iter()
+                    .map(|(user, invitation)| {
+                        let invitation = invitation.and_then(|bytes| Invitation::decode(bytes).ok());
+                        (user, invitation)
+                    })
+                    .collect(),
+                removals: stored
+                    .removals
+                    .into_iter()
+                    .filter_map(|(user, removal)| Some((user, Removal::decode(removal).ok()?)))
+                    .collect(),
                 assigned_seq: stored.last_seq,
                 committed_seq: stored.last_seq,
                 ..Room::default()
