@@ -7,7 +7,6 @@
 
 use std::collections::HashSet;
 
-use prost::Message;
 use tonic::Status;
 
 use crate::crypto::group::{SIGNATURE_LEN, SIGNING_PUBLIC_KEY_LEN};
@@ -15,15 +14,15 @@ use crate::crypto::merkle::{self, Hash};
 use crate::crypto::binding::chain_key_copy_leaf;
 use crate::proto::{
     ClientFrame, DistributeSenderKey, DistributionHeader, GetHistory, InviteMember, Invitation,
-    JoinRoom, KickMember, LeaveRoom, Removal, SealedMessage, SendMessage, SenderKeyDelivery,
-    WrappedChainKey, client_frame,
+    JoinRoom, KickMember, LeaveRoom, Removal, SealedMessage, SendMessage, WrappedChainKey,
+    client_frame,
 };
 use crate::protocol::{
     DEVICE, MAX_COPIES_PER_DISTRIBUTION, MAX_HISTORY_MESSAGES, MAX_SIGNATURE_LEN,
     MAX_WRAPPED_KEY_LEN, MIN_SIGNATURE_LEN, MIN_WRAPPED_KEY_LEN, TAG_LEN, validate_room,
     validate_user,
 };
-use crate::store::WrappedKey;
+use crate::store::{WrappedKey, copy};
 
 /// What a client frame that passed [`check`] asks for: every name valid, every length in
 /// range, nothing missing.
@@ -286,20 +285,13 @@ fn stored_copies(
         .enumerate()
         .map(|(index, copy)| {
             let recipient = copy.recipient.clone();
-            let delivery = SenderKeyDelivery {
-                header: Some(header.clone()),
-                copy: Some(copy),
-                index: index as u32,
-                count,
-                path: merkle::audit_path(&leaves, index)
-                    .into_iter()
-                    .map(|hash| bytes::Bytes::copy_from_slice(&hash))
-                    .collect(),
-                ..Default::default()
-            };
+            let path = merkle::audit_path(&leaves, index)
+                .into_iter()
+                .map(|hash| bytes::Bytes::copy_from_slice(&hash))
+                .collect();
             WrappedKey {
                 recipient,
-                wrapped_key: delivery.encode_to_vec().into(),
+                wrapped_key: copy::encode(header, copy, index as u32, count, path),
                 signature: signature.clone(),
             }
         })

@@ -8,6 +8,7 @@
 //! plaintext or an unwrapped key. [`decode_message`] and [`decode_identity`] turn the
 //! stored bytes back into what they were; a corrupt entry is an error, never a panic.
 
+pub mod copy;
 mod sqlite;
 
 pub use sqlite::{DATABASE_FILE, SqliteStore, decode_identity, decode_message};
@@ -79,7 +80,7 @@ pub enum Change {
         seq: u64,
     },
     /// A sealed message `sender` sent to `room`, stored under `seq`. A message with the
-    /// same sender, key id and counter as one already stored is not stored again
+    /// same sender, key id and chain iteration as one already stored is not stored again
     /// ([`Applied::Duplicate`]): a client resending what it could not see acknowledged
     /// must not make it appear twice. A new message beyond a quota of the
     /// [`StoragePolicy`] is not stored ([`Applied::OverQuota`]); one that takes its

@@ -202,7 +202,7 @@ fn failed(operation: impl Display) -> impl Fn(rusqlite::Error) -> StoreError {
     move |error| StoreError::Database(format!("{operation}: {error}"))
 }
 
-/// A key id or message counter, in an INTEGER column. They are only compared for
+/// A key id, in an INTEGER column. Key ids are only compared for
 /// equality, so the cast keeps every bit and nothing else: a random key id above
 /// `i64::MAX` is stored negative and read back as it was.
 fn bits(value: u64) -> i64 {
@@ -359,14 +359,14 @@ pub fn decode_identity(user: String, stored: &[u8]) -> Result<PublicIdentity, St
 
 /// A row of [`key_columns`] as the sender key it is.
 fn sender_key(room: &str, row: &Row<'_>) -> Result<SenderKeyDelivery, RowError> {
-    Ok(SenderKeyDelivery {
-        room: room.to_owned(),
-        seq: from_bits(row.get(0)?),
-        sender: row.get(1)?,
-        key_id: from_bits(row.get(2)?),
-        wrapped_key: row.get::<_, Vec<u8>>(3)?.into(),
-        signature: row.get::<_, Vec<u8>>(4)?.into(),
-    })
+    copy::delivery(
+        room,
+        row.get(1)?,
+        from_bits(row.get(0)?),
+        &row.get::<_, Vec<u8>>(3)?,
+        row.get::<_, Vec<u8>>(4)?.into(),
+    )
+    .map_err(RowError::Store)
 }
 
 /// `keys` and `messages` (each in sequence order) merged in sequence order, at most
@@ -631,17 +631,17 @@ fn append_message(
     now_ms: i64,
 ) -> Result<Applied, StoreError> {
     let stored = use_seq(transaction, room, seq, now_ms)?;
-    let (key_id, counter) = (bits(sealed.key_id), bits(sealed.counter));
+    let (key_id, iteration) = (bits(sealed.key_id), i64::from(sealed.iteration));
     let operation = format!("append message {seq} of {sender:?} to room {room:?}");
     // Recognised before any quota: a resend of what is stored is acknowledged.
     let first = transaction
         .prepare_cached(
             "SELECT seq FROM messages \
-             WHERE room = ?1 AND sender = ?2 AND key_id = ?3 AND counter = ?4",
+             WHERE room = ?1 AND sender = ?2 AND key_id = ?3 AND iteration = ?4",
         )
         .and_then(|mut statement| {
             statement
-                .query_row(params![room, sender, key_id, counter], |row| {
+                .query_row(params![room, sender, key_id, iteration], |row| {
                     row.get::<_, i64>(0)
                 })
                 .optional()
@@ -659,9 +659,9 @@ fn append_message(
     // A sequence number used twice is still an error (the primary key).
     execute(
         transaction,
-        "INSERT INTO messages (room, seq, sender, key_id, counter, sealed, stored_ms) \
+        "INSERT INTO messages (room, seq, sender, key_id, iteration, sealed, stored_ms) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![room, stored, sender, key_id, counter, encoded, now_ms],
+        params![room, stored, sender, key_id, iteration, encoded, now_ms],
         &operation,
     )?;
     usage::stored_message(transaction, room, sender, encoded.len())?;
@@ -963,7 +963,7 @@ impl Store for SqliteStore {
         let transaction = read(&mut connection)?;
         // Without the index named, SQLite walks the keys of every recipient up to `at`
         // by the primary key. An older key is looked for among the messages after `at`
-        // through their (room, sender, key_id, counter) index.
+        // through their (room, sender, key_id, iteration) index.
         select(
             &transaction,
             concat!(

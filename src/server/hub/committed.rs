@@ -11,7 +11,7 @@ use crate::proto::{
     ServerFrame, server_frame::Kind,
 };
 use crate::server::writer::Command;
-use crate::store::{Applied, Change, Quota, StoreError};
+use crate::store::{Applied, Change, Quota, StoreError, copy};
 
 impl State {
     /// Carries out what a committed op calls for.
@@ -170,14 +170,13 @@ impl State {
                     if key.recipient == sender {
                         continue;
                     }
-                    let delivery = Kind::SenderKey(SenderKeyDelivery {
-                        room: room.clone(),
-                        sender: sender.clone(),
-                        key_id,
-                        wrapped_key: key.wrapped_key,
-                        signature: key.signature,
-                        seq,
-                    });
+                    // The relay encoded the copy itself, a moment ago.
+                    let Ok(delivery) =
+                        copy::delivery(&room, sender.clone(), seq, &key.wrapped_key, key.signature)
+                    else {
+                        continue;
+                    };
+                    let delivery = Kind::SenderKey(delivery);
                     self.deliver_entry(&room, seq, &key.recipient, delivery);
                 }
                 self.deliver(session, request_id, Kind::Ack(Ack { seq }));

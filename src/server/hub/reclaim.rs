@@ -83,6 +83,7 @@ impl Hub {
         }
         for found in state.rooms.values_mut() {
             found.invited.remove(user);
+            found.removals.remove(user);
         }
     }
 
