@@ -23,6 +23,9 @@ pub const NONCE_LEN: usize = 12;
 /// several devices per user can come without another breaking change.
 pub const DEVICE: u32 = 1;
 
+/// The most users one `KeyExchange` may name.
+pub const MAX_BUNDLE_USERS: usize = 256;
+
 /// The most copies one key distribution may carry: one per recipient device.
 pub const MAX_COPIES_PER_DISTRIBUTION: usize = 1024;
 

@@ -22,12 +22,14 @@ mod auth;
 mod catch_up;
 pub mod frame;
 mod hub;
+mod key_directory;
 mod network;
 mod outbound;
 pub mod registration;
 mod room;
 mod service;
 mod session;
+mod signed_membership;
 pub mod tls;
 mod writer;
 
@@ -52,6 +54,7 @@ use crate::store::{Change, SqliteStore, StoragePolicy, Store, StoreError};
 use accounts::Accounts;
 use auth::{Login, require_token};
 use hub::Hub;
+use key_directory::KeyDirectory;
 use service::ChatRelay;
 use session::Relay;
 
@@ -351,6 +354,7 @@ pub async fn serve(
     let relay = Arc::new(Relay {
         hub: hub.clone(),
         accounts: accounts.clone(),
+        keys: Arc::new(KeyDirectory::new(store.clone())?),
         store,
     });
     let stopping_hub = hub.clone();

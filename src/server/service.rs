@@ -1,5 +1,6 @@
-//! The `chat.v1.ChatService` implementation: turns RPCs into [`Hub`](super::hub::Hub)
-//! operations on behalf of the logged-in user.
+//! The `chat.v2.ChatService` implementation: the key directory's `KeyExchange`, and the
+//! `Chat` stream, whose frames become [`Hub`](super::hub::Hub) operations on behalf of
+//! the logged-in user.
 
 use std::sync::Arc;
 
@@ -10,8 +11,8 @@ use super::network::connection::connection_of;
 use super::outbound::Outbound;
 use super::session::{self, Relay};
 use crate::proto::chat_service_server::ChatService;
-use crate::proto::{ClientFrame, GetIdentityRequest, PublicIdentity};
-use crate::protocol::validate_user;
+use crate::proto::{ClientFrame, KeyExchangeRequest, KeyExchangeResponse};
+use crate::protocol::{MAX_BUNDLE_USERS, validate_room, validate_user};
 
 /// The relay's gRPC service.
 pub(crate) struct ChatRelay {
@@ -35,18 +36,47 @@ fn caller<T>(request: &Request<T>) -> Result<String, Status> {
 
 #[tonic::async_trait]
 impl ChatService for ChatRelay {
-    async fn get_identity(
+    async fn key_exchange(
         &self,
-        request: Request<GetIdentityRequest>,
-    ) -> Result<Response<PublicIdentity>, Status> {
-        caller(&request)?;
-        let user = request.into_inner().user;
-        validate_user(&user).map_err(|error| Status::invalid_argument(error.to_string()))?;
-        self.relay
-            .accounts
-            .identity(&user)
-            .map(Response::new)
-            .ok_or_else(|| Status::not_found(format!("no user named {user:?} is registered")))
+        request: Request<KeyExchangeRequest>,
+    ) -> Result<Response<KeyExchangeResponse>, Status> {
+        let user = caller(&request)?;
+        let KeyExchangeRequest {
+            publish,
+            room,
+            users,
+        } = request.into_inner();
+        if users.len() > MAX_BUNDLE_USERS {
+            return Err(Status::invalid_argument(format!(
+                "{} users asked for; at most {MAX_BUNDLE_USERS} at once",
+                users.len()
+            )));
+        }
+        let relay = &self.relay;
+        if let Some(prekey) = publish {
+            relay.keys.publish(&relay.accounts, &user, prekey)?;
+        }
+        let mut wanted = Vec::new();
+        if !room.is_empty() {
+            validate_room(&room).map_err(|error| Status::invalid_argument(error.to_string()))?;
+            wanted = relay.hub.other_members(&room, &user)?;
+        }
+        for named in users {
+            validate_user(&named).map_err(|error| Status::invalid_argument(error.to_string()))?;
+            if !wanted.contains(&named) {
+                wanted.push(named);
+            }
+        }
+        let bundles = wanted
+            .into_iter()
+            .map(|name| {
+                let identity = relay.accounts.identity(&name).ok_or_else(|| {
+                    Status::not_found(format!("no user named {name:?} is registered"))
+                })?;
+                Ok(relay.keys.bundle(identity))
+            })
+            .collect::<Result<_, Status>>()?;
+        Ok(Response::new(KeyExchangeResponse { bundles }))
     }
 
     type ChatStream = Outbound;

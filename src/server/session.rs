@@ -12,6 +12,7 @@ use tonic::{Code, Status, Streaming};
 
 use super::accounts::Accounts;
 use super::catch_up;
+use super::key_directory::KeyDirectory;
 use super::frame::{self, ValidFrame};
 use super::hub::{Hub, JoinRequest, SessionId};
 use super::network::decode_fault;
@@ -26,6 +27,7 @@ const MAX_IN_FLIGHT: usize = 64;
 pub(crate) struct Relay {
     pub hub: Arc<Hub>,
     pub accounts: Arc<Accounts>,
+    pub keys: Arc<KeyDirectory>,
     pub store: Arc<dyn Store>,
 }
 

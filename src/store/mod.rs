@@ -15,7 +15,7 @@ pub use sqlite::{DATABASE_FILE, SqliteStore, decode_identity, decode_message};
 
 use std::time::Duration;
 
-use crate::proto::{MessageDelivery, PublicIdentity, SealedMessage, SenderKeyDelivery};
+use crate::proto::{MessageDelivery, PublicIdentity, SealedMessage, SenderKeyDelivery, SignedPrekey};
 
 /// Why the store could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
@@ -247,6 +247,13 @@ pub struct Pruned {
 pub trait Store: Send + Sync {
     /// Every registered identity.
     fn identities(&self) -> Result<Vec<PublicIdentity>, StoreError>;
+
+    /// Every device's current signed prekey, with its user.
+    fn prekeys(&self) -> Result<Vec<(String, SignedPrekey)>, StoreError>;
+
+    /// Keeps `prekey` as the current one of `user`'s device (replacing the one it had);
+    /// returns once it is durable.
+    fn save_prekey(&self, user: &str, prekey: &SignedPrekey) -> Result<(), StoreError>;
 
     /// Records the first registration of `identity.user`; returns once it is durable.
     /// Registering a name twice is an error: the caller checks first. With a

@@ -33,7 +33,7 @@ use super::{
     Applied, Change, Dormant, Entry, Pruned, RegistrationToken, StoragePolicy, Store, StoreError,
     StoredRoom,
 };
-use crate::proto::{MessageDelivery, PublicIdentity, SealedMessage, SenderKeyDelivery};
+use crate::proto::{MessageDelivery, PublicIdentity, SealedMessage, SenderKeyDelivery, SignedPrekey};
 
 /// The database's file name in the data directory.
 pub const DATABASE_FILE: &str = "chat.sqlite3";
@@ -607,6 +607,7 @@ fn apply(
             for sql in [
                 "DELETE FROM invitations WHERE user = ?1",
                 "DELETE FROM removals WHERE user = ?1",
+                "DELETE FROM prekeys WHERE user = ?1",
                 "DELETE FROM members WHERE user = ?1",
                 "DELETE FROM identities WHERE user = ?1",
             ] {
@@ -712,6 +713,51 @@ impl Store for SqliteStore {
             identities.push(decode_identity(user, &stored)?);
         }
         Ok(identities)
+    }
+
+    fn prekeys(&self) -> Result<Vec<(String, SignedPrekey)>, StoreError> {
+        let connection = self.reader();
+        select(
+            &connection,
+            "SELECT user, device, prekey_id, created_at_ms, public_key, signature FROM prekeys \
+             ORDER BY user, device",
+            [],
+            "read the prekeys",
+            |row| {
+                let prekey = SignedPrekey {
+                    device: u32::try_from(row.get::<_, i64>(1)?).unwrap_or(u32::MAX),
+                    prekey_id: from_bits(row.get(2)?),
+                    created_at_ms: from_bits(row.get(3)?),
+                    public_key: row.get::<_, Vec<u8>>(4)?.into(),
+                    signature: row.get::<_, Vec<u8>>(5)?.into(),
+                };
+                Ok((row.get(0)?, prekey))
+            },
+        )
+    }
+
+    fn save_prekey(&self, user: &str, prekey: &SignedPrekey) -> Result<(), StoreError> {
+        let mut connection = self.writer();
+        let transaction = write(&mut connection)?;
+        execute(
+            &transaction,
+            "INSERT INTO prekeys (user, device, prekey_id, created_at_ms, public_key, signature) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO UPDATE SET \
+             prekey_id = excluded.prekey_id, created_at_ms = excluded.created_at_ms, \
+             public_key = excluded.public_key, signature = excluded.signature",
+            params![
+                user,
+                i64::from(prekey.device),
+                bits(prekey.prekey_id),
+                bits(prekey.created_at_ms),
+                prekey.public_key.as_ref(),
+                prekey.signature.as_ref()
+            ],
+            format_args!("save the prekey of {user:?}"),
+        )?;
+        transaction
+            .commit()
+            .map_err(failed(format_args!("save the prekey of {user:?}")))
     }
 
     fn register(&self, identity: &PublicIdentity, token: Option<&str>) -> Result<(), StoreError> {

@@ -299,6 +299,26 @@ impl Hub {
         })
     }
 
+    /// The other active members of `room`, sorted, for `user`, who must be one.
+    pub(crate) fn other_members(&self, room: &str, user: &str) -> Result<Vec<String>, Status> {
+        let state = self.lock();
+        let found = state
+            .rooms
+            .get(room)
+            .ok_or_else(|| Status::not_found(format!("there is no room {room:?}")))?;
+        if !found.is_active_member(user) {
+            return Err(Status::permission_denied(format!(
+                "you are not a member of room {room:?}"
+            )));
+        }
+        Ok(found
+            .members
+            .iter()
+            .filter(|(name, member)| *name != user && member.is_active())
+            .map(|(name, _)| name.clone())
+            .collect())
+    }
+
     /// The session's user and the sequence number it joined `room` at, for a history
     /// request.
     pub(crate) fn history_scope(&self, id: SessionId, room: &str) -> Result<(String, u64), Status> {
