@@ -301,6 +301,7 @@ pub async fn serve(
 ) -> Result<(), ServerError> {
     let Config { limits, tls, store } = config;
     let accounts = Arc::new(Accounts::new(&limits, store.clone())?);
+    let keys = Arc::new(KeyDirectory::new(store.clone())?);
     let (commands, received) = std::sync::mpsc::channel();
     let hub = Arc::new(Hub::new(
         limits.clone(),
@@ -310,7 +311,7 @@ pub async fn serve(
     ));
     let reclaim_after = days(limits.reclaim_after_days);
     let reclaim = {
-        let (hub, accounts) = (hub.clone(), accounts.clone());
+        let (hub, accounts, keys) = (hub.clone(), accounts.clone(), keys.clone());
         let policy = limits.storage();
         let never = limits.reclaim_after_days == 0;
         Box::new(move |store: &dyn Store| {
@@ -334,7 +335,10 @@ pub async fn serve(
             for user in &users {
                 let delete = [Change::DeleteIdentity { user: user.clone() }];
                 match store.commit(&delete, &policy) {
-                    Ok(_) => accounts.forget(user),
+                    Ok(_) => {
+                        accounts.forget(user);
+                        keys.forget(user);
+                    }
                     Err(error) => tracing::warn!(user, %error, "cannot delete an unused identity"),
                 }
             }
@@ -354,7 +358,7 @@ pub async fn serve(
     let relay = Arc::new(Relay {
         hub: hub.clone(),
         accounts: accounts.clone(),
-        keys: Arc::new(KeyDirectory::new(store.clone())?),
+        keys,
         store,
     });
     let stopping_hub = hub.clone();
