@@ -22,7 +22,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// The relay of an end-to-end encrypted chat: it routes ciphertext between the members
 /// of each room and never sees a key or a plaintext.
 ///
-/// Serves chat.v1.AuthService (login), chat.v1.ChatService (which needs a session token),
+/// Serves chat.v2.AuthService (login), chat.v2.ChatService (which needs a session token),
 /// gRPC reflection (v1 and v1alpha) and grpc.health.v1.Health.
 /// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change how much.
 /// Stops gracefully on Ctrl-C or SIGTERM.

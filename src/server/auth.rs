@@ -1,5 +1,5 @@
-//! Logging in (`chat.v1.AuthService`), and the interceptor that admits only requests
-//! with a valid session token to `chat.v1.ChatService`.
+//! Logging in (`chat.v2.AuthService`), and the interceptor that admits only requests
+//! with a valid session token to `chat.v2.ChatService`.
 
 use std::sync::Arc;
 
@@ -29,7 +29,7 @@ pub(crate) fn require_token(
             .get(AUTHORIZATION_METADATA_KEY)
             .ok_or_else(|| {
                 Status::unauthenticated(
-                    "no session token: log in with chat.v1.AuthService and send \
+                    "no session token: log in with chat.v2.AuthService and send \
                      `authorization: Bearer <token>`",
                 )
             })?;

@@ -1,7 +1,7 @@
 //! The relay: a tonic gRPC server that routes ciphertext between the members of each
 //! room and never sees a key or a plaintext.
 //!
-//! - [`serve`] runs `chat.v1.AuthService` and `chat.v1.ChatService` with gRPC
+//! - [`serve`] runs `chat.v2.AuthService` and `chat.v2.ChatService` with gRPC
 //!   reflection (v1 and v1alpha) and `grpc.health.v1.Health`, until a shutdown signal.
 //! - `accounts`: registered identities, login challenges and session tokens.
 //! - `auth`: the login RPCs, and the interceptor that requires a token for the rest.

@@ -79,7 +79,7 @@ fn protocol_violation(status: &Status) -> Option<Status> {
             "frame too large: {}; send smaller messages",
             status.message()
         ))),
-        _ => decode_fault(status, "a chat.v1.ClientFrame"),
+        _ => decode_fault(status, "a chat.v2.ClientFrame"),
     }
 }
 

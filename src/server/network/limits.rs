@@ -44,7 +44,7 @@ pub struct NetworkLimits {
     /// have their own bound and never take the place of a login.
     #[arg(long, env = "CHAT_MAX_UNAUTHENTICATED_STREAMS", value_parser = positive, default_value_t = NetworkLimits::DEFAULT.max_unauthenticated_streams)]
     pub max_unauthenticated_streams: usize,
-    /// chat.v1.ChatService RPCs one logged-in user may have in progress at once, over
+    /// chat.v2.ChatService RPCs one logged-in user may have in progress at once, over
     /// all its connections; one more gets RESOURCE_EXHAUSTED.
     #[arg(long, env = "CHAT_MAX_REQUESTS_PER_USER", value_parser = positive, default_value_t = NetworkLimits::DEFAULT.max_requests_per_user)]
     pub max_requests_per_user: usize,

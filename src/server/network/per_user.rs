@@ -1,10 +1,10 @@
-//! How many `chat.v1.ChatService` RPCs one logged-in user may have in progress at once,
+//! How many `chat.v2.ChatService` RPCs one logged-in user may have in progress at once,
 //! over all its connections (`--max-requests-per-user`).
 //!
 //! Each RPC being received holds up to one request of `--max-frame-bytes`. A token is
 //! good on any number of connections, so without this bound one login could make the
 //! relay buffer a request on every connection it can open. An honest client has its
-//! `Chat` stream and, now and then, one `GetIdentity`.
+//! `Chat` stream and, now and then, one `KeyExchange`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

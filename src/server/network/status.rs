@@ -16,7 +16,7 @@ const UNDECODABLE: [&str; 4] = [
 ];
 
 /// The status for a request that could not be decoded, naming `what` (say "the
-/// request to /chat.v1.AuthService/Login"); `None` when `status` is not tonic's
+/// request to /chat.v2.AuthService/Login"); `None` when `status` is not tonic's
 /// report of such a request.
 pub(crate) fn decode_fault(status: &Status, what: &str) -> Option<Status> {
     let message = status.message();

@@ -142,7 +142,7 @@ async fn close_ends_a_connection_whose_client_grants_no_window() {
     let mut connection = tokio::spawn(connection);
     let request = http::Request::builder()
         .method("POST")
-        .uri(format!("http://{addr}/chat.v1.AuthService/CreateChallenge"))
+        .uri(format!("http://{addr}/chat.v2.AuthService/CreateChallenge"))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(())

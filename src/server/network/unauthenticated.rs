@@ -44,7 +44,7 @@ pub(super) enum Kind {
 
 impl Kind {
     /// The kind of the RPC at `path` (`/package.Service/Method`); `None` for
-    /// `chat.v1.ChatService`, which needs a token, checked before its request is read.
+    /// `chat.v2.ChatService`, which needs a token, checked before its request is read.
     pub(super) fn of(path: &str) -> Option<Self> {
         let (service, method) = path
             .strip_prefix('/')
@@ -160,9 +160,9 @@ mod tests {
 
     #[test]
     fn rpcs_are_told_apart_by_path() {
-        assert_eq!(Kind::of("/chat.v1.ChatService/Chat"), None);
-        assert_eq!(Kind::of("/chat.v1.ChatService/GetIdentity"), None);
-        assert_eq!(Kind::of("/chat.v1.AuthService/Login"), Some(Kind::Brief));
+        assert_eq!(Kind::of("/chat.v2.ChatService/Chat"), None);
+        assert_eq!(Kind::of("/chat.v2.ChatService/KeyExchange"), None);
+        assert_eq!(Kind::of("/chat.v2.AuthService/Login"), Some(Kind::Brief));
         assert_eq!(Kind::of("/grpc.health.v1.Health/Check"), Some(Kind::Brief));
         assert_eq!(
             Kind::of("/grpc.health.v1.Health/Watch"),
