@@ -23,6 +23,7 @@ mod connect;
 mod contacts;
 pub mod home;
 mod login;
+pub mod prekeys;
 pub mod progress;
 mod replay;
 mod room;
