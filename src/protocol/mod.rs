@@ -26,8 +26,10 @@ pub const DEVICE: u32 = 1;
 /// The most users one `KeyExchange` may name.
 pub const MAX_BUNDLE_USERS: usize = 256;
 
-/// The most copies one key distribution may carry: one per recipient device.
-pub const MAX_COPIES_PER_DISTRIBUTION: usize = 1024;
+/// The most copies one key distribution frame may carry, one per recipient device: 96
+/// copies wrapped under 4096-bit prekeys stay under the relay's default 64 KiB frame
+/// limit. A client hands its key to a larger room in several frames, each signed once.
+pub const MAX_COPIES_PER_DISTRIBUTION: usize = 96;
 
 /// The length of the AES-GCM tag that ends every ciphertext.
 pub const TAG_LEN: usize = 16;
