@@ -10,10 +10,13 @@ use tonic::{Code, Request, Status};
 use zeroize::Zeroizing;
 
 use super::ClientError;
-use crate::crypto::{Identity, VerifiedIdentity};
+use crate::crypto::{self, Identity, PublicEncryptionKey, VerifiedIdentity};
 use crate::proto::auth_service_client::AuthServiceClient;
 use crate::proto::chat_service_client::ChatServiceClient;
-use crate::proto::{CreateChallengeRequest, GetIdentityRequest, LoginRequest, LoginResponse};
+use crate::proto::{
+    CreateChallengeRequest, KeyBundle, KeyExchangeRequest, LoginRequest, LoginResponse,
+    SignedPrekey,
+};
 use crate::protocol::AUTHORIZATION_METADATA_KEY;
 
 /// The largest frame accepted from the relay: a `Joined` lists every member's keys.
@@ -187,26 +190,83 @@ async fn try_login(
     Ok(answer.into_inner())
 }
 
+/// A user's device as the key directory presents it, checked: its identity's
+/// self-signature, and its prekey's signature by that identity. Whether the identity is
+/// the one pinned for the user is the caller's to check.
+#[derive(Debug, Clone)]
+pub struct VerifiedBundle {
+    pub identity: VerifiedIdentity,
+    pub device: u32,
+    /// The device's current prekey (id and public key); `None` when it has published
+    /// none, or its signature does not verify (then `prekey_problem` says why).
+    pub prekey: Option<(u64, PublicEncryptionKey)>,
+    pub prekey_problem: Option<String>,
+}
+
+/// Publishes `publish` (our new signed prekey) if given, and fetches the bundles of the
+/// other members of `room` (if given) and of `users`, each checked.
+pub async fn key_exchange(
+    client: &mut AuthorizedClient,
+    publish: Option<SignedPrekey>,
+    room: Option<&str>,
+    users: &[&str],
+) -> Result<Vec<VerifiedBundle>, ClientError> {
+    let request = KeyExchangeRequest {
+        publish,
+        room: room.unwrap_or_default().to_owned(),
+        users: users.iter().map(|user| (*user).to_owned()).collect(),
+    };
+    let answer = client
+        .key_exchange(request)
+        .await
+        .map_err(ClientError::Refused)?
+        .into_inner();
+    answer.bundles.into_iter().map(verify_bundle).collect()
+}
+
 /// The identity the relay has registered for `user`, checked.
 pub async fn fetch_identity(
     client: &mut AuthorizedClient,
     user: &str,
 ) -> Result<VerifiedIdentity, ClientError> {
-    let published = client
-        .get_identity(GetIdentityRequest {
+    let bundles = key_exchange(client, None, None, &[user]).await?;
+    bundles
+        .into_iter()
+        .find(|bundle| bundle.identity.user == user)
+        .map(|bundle| bundle.identity)
+        .ok_or_else(|| ClientError::BadIdentity {
             user: user.to_owned(),
+            reason: "the server answered with someone else's".into(),
         })
-        .await
-        .map_err(ClientError::Refused)?
-        .into_inner();
-    if published.user != user {
-        return Err(ClientError::BadIdentity {
-            user: user.to_owned(),
-            reason: format!("the server answered with {:?}'s", published.user),
-        });
-    }
-    VerifiedIdentity::verify(&published).map_err(|error| ClientError::BadIdentity {
-        user: user.to_owned(),
+}
+
+fn verify_bundle(bundle: KeyBundle) -> Result<VerifiedBundle, ClientError> {
+    let published = bundle.identity.unwrap_or_default();
+    let identity = VerifiedIdentity::verify(&published).map_err(|error| ClientError::BadIdentity {
+        user: published.user.clone(),
         reason: error.to_string(),
+    })?;
+    let (prekey, prekey_problem) = match bundle.prekey {
+        None => (None, Some("it has published no prekey yet".to_owned())),
+        Some(prekey) => {
+            let signed = crypto::SignedPrekey {
+                user: identity.user.clone(),
+                device: prekey.device,
+                id: prekey.prekey_id,
+                created_at_ms: prekey.created_at_ms,
+                public_key: prekey.public_key.to_vec(),
+                signature: prekey.signature.to_vec(),
+            };
+            match signed.verify(&identity) {
+                Ok(key) => (Some((prekey.prekey_id, key)), None),
+                Err(error) => (None, Some(format!("its prekey does not verify: {error}"))),
+            }
+        }
+    };
+    Ok(VerifiedBundle {
+        identity,
+        device: bundle.device,
+        prekey,
+        prekey_problem,
     })
 }
