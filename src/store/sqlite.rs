@@ -33,6 +33,7 @@ use super::{
     Applied, Change, Dormant, Entry, Pruned, RegistrationToken, StoragePolicy, Store, StoreError,
     StoredRoom,
 };
+use super::copy;
 use crate::proto::{MessageDelivery, PublicIdentity, SealedMessage, SenderKeyDelivery, SignedPrekey};
 
 /// The database's file name in the data directory.

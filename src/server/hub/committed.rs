@@ -7,8 +7,8 @@ use std::sync::mpsc::Sender;
 
 use super::{Attachment, Effect, Op, State};
 use crate::proto::{
-    Ack, CaughtUp, Joined, MemberJoined, MemberLeft, MessageDelivery, Rejection, SenderKeyDelivery,
-    ServerFrame, server_frame::Kind,
+    Ack, CaughtUp, Joined, MemberJoined, MemberLeft, MessageDelivery, Rejection, ServerFrame,
+    server_frame::Kind,
 };
 use crate::server::writer::Command;
 use crate::store::{Applied, Change, Quota, StoreError, copy};
@@ -161,7 +161,7 @@ impl State {
                 room,
                 seq,
                 sender,
-                key_id,
+                key_id: _,
                 keys,
             } => {
                 self.advance(&room, seq);
