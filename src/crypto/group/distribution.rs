@@ -158,24 +158,10 @@ impl DeliveredCopy {
         prekey: &Prekey,
     ) -> Result<SenderKeyDistribution, CryptoError> {
         let copy = &self.copy;
-        if sender.user != self.header.sender
-            || copy.recipient != recipient
-            || copy.device != device
-            || copy.prekey_id != prekey.id()
-        {
+        if copy.recipient != recipient || copy.device != device || copy.prekey_id != prekey.id() {
             return Err(CryptoError::Unwrap);
         }
-        let root = merkle::root_from_path(
-            copy.leaf_hash(),
-            self.index as usize,
-            self.count as usize,
-            &self.path,
-        )
-        .ok_or(CryptoError::BadSignature)?;
-        sender.signing.verify(
-            &signed_bytes(&self.header, self.count, &root),
-            &self.signature,
-        )?;
+        self.verify(sender)?;
 
         let header = &self.header;
         let label = chain_key_label(
@@ -199,6 +185,27 @@ impl DeliveredCopy {
             chain_key,
             signing_key: header.signing_key,
         })
+    }
+}
+
+impl DeliveredCopy {
+    /// Checks that `sender` signed the distribution this copy belongs to, with this copy
+    /// at its place in it (the Merkle path leads to the signed root). No RSA decryption.
+    pub fn verify(&self, sender: &VerifiedIdentity) -> Result<(), CryptoError> {
+        if sender.user != self.header.sender {
+            return Err(CryptoError::BadSignature);
+        }
+        let root = merkle::root_from_path(
+            self.copy.leaf_hash(),
+            self.index as usize,
+            self.count as usize,
+            &self.path,
+        )
+        .ok_or(CryptoError::BadSignature)?;
+        sender.signing.verify(
+            &signed_bytes(&self.header, self.count, &root),
+            &self.signature,
+        )
     }
 }
 
