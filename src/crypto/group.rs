@@ -31,6 +31,7 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 pub mod distribution;
+pub mod wire;
 
 use super::CryptoError;
 use super::binding::{group_message_associated_data, group_message_signed_bytes};
