@@ -1,52 +1,72 @@
 //! The end-to-end state of one room, without any I/O.
 //!
-//! It holds the members' verified identities, our outbound sender key, and the sender
-//! keys the others gave us. It tells its owner whom our key is owed to ([`KeyHandout`])
-//! when the membership changes, wraps it for them when asked, and turns message
-//! deliveries into plaintext. Every sender key and message is checked against its
-//! sender's signing key before anything is decrypted. A message whose sender key has
-//! not arrived yet waits for it: the relay can deliver a member's message to a
-//! newcomer before that member has handed the newcomer its key.
+//! It holds the members' verified identities and prekeys, our own sender key (a chain
+//! that ratchets, [`OwnSenderKey`]), and the sender keys the others gave us
+//! ([`PeerSenderKey`]). It tells its owner whom our key is owed to ([`KeyHandout`]) when
+//! the membership changes, hands it out when asked (wrapped for each recipient's
+//! prekey, signed once), and turns message deliveries into plaintext. Every sender key
+//! and message is checked against its sender's signature before anything is decrypted;
+//! the cipher itself is [`crate::crypto::group`]. A message whose sender key has not
+//! arrived yet waits for it: the relay can deliver a member's message to a newcomer
+//! before that member has handed the newcomer its key.
 //!
 //! A member can be untrusted: the relay presented keys for it that differ from the ones
-//! pinned (see [`Contacts`](super::Contacts)). Nothing is wrapped for an untrusted
-//! member and nothing from it is opened until [`RoomKeys::trust`] is called.
+//! pinned (see [`Contacts`](super::Contacts)). Nothing is handed to an untrusted member
+//! and nothing from it is opened until [`RoomKeys::trust`] is called. A member can also
+//! lack a prekey (it has published none yet): it gets our key once it has one.
 //!
 //! Delivery is durable, so two more kinds of sender matter:
 //! - former members ([`RoomKeys::insert_former_member`]): users who left while we were
 //!   away, whose entries we still catch up on. Their entries are checked and opened,
-//!   but nothing is wrapped for them, and they are forgotten once caught up.
-//! - ourselves: every distribution carries a copy of our key wrapped for us, which the
-//!   relay only ever hands back in a `History` answer, so that
+//!   but nothing is handed to them, and they are forgotten once caught up.
+//! - ourselves: every distribution carries a copy of our key wrapped for our own
+//!   prekey, which the relay only ever hands back in a `History` answer, so that
 //!   [`RoomKeys::open_history`] can show our own messages too.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use super::ClientError;
-use super::replay::ReplayWindow;
-use crate::crypto::binding::{message_signed_bytes, sender_key_signed_bytes};
-use crate::crypto::{
-    Fingerprint, Identity, OutboundSenderKey, PublicEncryptionKey, SenderKey, VerifiedIdentity,
-};
+use super::prekeys::PrekeyRing;
+use crate::crypto::group::distribution::{Recipient, SignedDistribution};
+use crate::crypto::group::wire::{delivered_copy, distribute_frame, group_message, sealed_message};
+use crate::crypto::group::{MessageContext, OwnSenderKey, PeerSenderKey};
+use crate::crypto::{CryptoError, Fingerprint, Identity, PublicEncryptionKey, VerifiedIdentity};
 use crate::proto::{
-    DistributeSenderKey, HistoryEntry, MessageDelivery, PublicIdentity, SealedMessage, SendMessage,
-    SenderKeyDelivery, WrappedSenderKey, history_entry,
+    DistributeSenderKey, HistoryEntry, MessageDelivery, PublicIdentity, SendMessage,
+    SenderKeyDelivery, history_entry,
 };
-use crate::protocol::{Envelope, MAX_ENVELOPE_BYTES, MessageKind, validate_user};
+use crate::protocol::{
+    DEVICE, Envelope, MAX_COPIES_PER_DISTRIBUTION, MAX_ENVELOPE_BYTES, MessageKind, validate_user,
+};
 
 /// Messages kept while their sender key is on its way; beyond that the oldest is dropped.
 pub const MAX_WAITING_MESSAGES: usize = 1024;
-
-/// Wrapped keys per `DistributeSenderKey` frame: 32 keys and signatures of at most 512
-/// bytes each (4096-bit RSA) stay well under the relay's default 64 KiB frame limit,
-/// whatever the room's size.
-const MAX_KEYS_PER_DISTRIBUTION: usize = 32;
 
 /// Sender key ids remembered per sender, so that an old key is never accepted again.
 const REMEMBERED_KEY_IDS: usize = 256;
 /// Senders whose key ids are remembered; a relay inventing members cannot grow it further.
 const REMEMBERED_SENDERS: usize = 4096;
+
+/// A device's prekeys, shared by its rooms and renewed while the client runs.
+pub type SharedPrekeys = Arc<RwLock<PrekeyRing>>;
+
+/// When our sender key is replaced even though nobody left: after this many messages,
+/// or this long (Megolm's defaults), whichever comes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotationPolicy {
+    pub messages: u32,
+    pub age_ms: u64,
+}
+
+impl Default for RotationPolicy {
+    fn default() -> Self {
+        Self {
+            messages: 100,
+            age_ms: 7 * 24 * 60 * 60 * 1000,
+        }
+    }
+}
 
 /// What a delivery produced for the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,8 +84,8 @@ pub enum RoomEvent {
 }
 
 /// Who is owed our current sender key after a membership change. Deciding it is cheap;
-/// [`RoomKeys::distribute`] does the costly part (an RSA wrap and signature per
-/// recipient) when the key is actually sent.
+/// [`RoomKeys::distribute`] does the costly part (an RSA wrap per recipient, one RSA
+/// signature per frame) when the key is actually sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyHandout {
     /// Every trusted member: our key is new.
@@ -82,10 +102,12 @@ struct Member {
     identity: VerifiedIdentity,
     trusted: bool,
     /// No longer a member: known only so that the entries it left behind, which we are
-    /// catching up on, can be checked and opened. Nothing is wrapped for it.
+    /// catching up on, can be checked and opened. Nothing is handed to it.
     former: bool,
-    /// Its current sender key, and the counters opened under it.
-    key: Option<(SenderKey, ReplayWindow)>,
+    /// Its device's current prekey (id, key), checked against its identity.
+    prekey: Option<(u64, PublicEncryptionKey)>,
+    /// Its current sender key.
+    key: Option<PeerSenderKey>,
     /// While untrusted: its latest sender key, signature checked, not yet unwrapped.
     held_key: Option<SenderKeyDelivery>,
 }
@@ -95,24 +117,37 @@ pub struct RoomKeys {
     room: String,
     me: String,
     identity: Arc<Identity>,
+    prekeys: SharedPrekeys,
     members: BTreeMap<String, Member>,
     /// Key ids accepted from each sender, oldest first. Kept when a member leaves, so
     /// that a relay faking a leave and a join cannot bring an old key back.
     accepted_key_ids: HashMap<String, VecDeque<u64>>,
-    outbound: OutboundSenderKey,
+    outbound: OwnSenderKey,
+    /// When `outbound` was made (Unix milliseconds), for the rotation schedule.
+    outbound_made_ms: u64,
+    rotation: RotationPolicy,
     waiting: VecDeque<MessageDelivery>,
 }
 
 impl RoomKeys {
     /// The state of `me` in `room`, with a fresh sender key and no other member yet.
-    pub fn new(room: &str, me: &str, identity: Arc<Identity>) -> Result<Self, ClientError> {
+    pub fn new(
+        room: &str,
+        me: &str,
+        identity: Arc<Identity>,
+        prekeys: SharedPrekeys,
+        rotation: RotationPolicy,
+    ) -> Result<Self, ClientError> {
         Ok(Self {
             room: room.to_owned(),
             me: me.to_owned(),
             identity,
+            prekeys,
             members: BTreeMap::new(),
             accepted_key_ids: HashMap::new(),
-            outbound: OutboundSenderKey::generate()?,
+            outbound: OwnSenderKey::generate()?,
+            outbound_made_ms: crate::protocol::now_ms(),
+            rotation,
             waiting: VecDeque::new(),
         })
     }
@@ -145,6 +180,22 @@ impl RoomKeys {
         self.members.get(user).is_some_and(|member| member.trusted)
     }
 
+    /// Current members that our key cannot reach yet: no prekey of theirs is known.
+    pub fn without_prekey(&self) -> Vec<&str> {
+        self.members
+            .iter()
+            .filter(|(_, member)| !member.former && member.prekey.is_none())
+            .map(|(user, _)| user.as_str())
+            .collect()
+    }
+
+    /// Records `user`'s prekey, checked against its identity by the caller.
+    pub fn set_prekey(&mut self, user: &str, prekey_id: u64, prekey: PublicEncryptionKey) {
+        if let Some(member) = self.members.get_mut(user) {
+            member.prekey = Some((prekey_id, prekey));
+        }
+    }
+
     /// Messages still waiting for their sender key.
     pub fn waiting(&self) -> usize {
         self.waiting.len()
@@ -163,7 +214,7 @@ impl RoomKeys {
             return Err(self.warning(format!("ignored a member: {error}")));
         }
         if member.user == self.me {
-            // Our own name with keys that may not be ours: never wrap our key for it.
+            // Our own name with keys that may not be ours: never hand our key to it.
             return Err(self.warning(format!(
                 "ignored a member the server announced under your own name, {}",
                 self.me
@@ -177,7 +228,7 @@ impl RoomKeys {
         })
     }
 
-    /// Adds a member without giving it our key (see [`distribute_to_all`](Self::distribute_to_all)).
+    /// Adds a member without giving it our key (see [`distribute`](Self::distribute)).
     /// A former member of that name becomes a current one.
     pub fn insert_member(&mut self, identity: VerifiedIdentity, trusted: bool) {
         self.insert(identity, trusted, false);
@@ -185,7 +236,7 @@ impl RoomKeys {
 
     /// Adds a user who is no longer a member but whose messages and keys are among the
     /// entries being caught up on: they can be checked and opened, but nothing is
-    /// wrapped for it and it is not listed. A current member of that name stays one.
+    /// handed to it and it is not listed. A current member of that name stays one.
     pub fn insert_former_member(&mut self, identity: VerifiedIdentity, trusted: bool) {
         if !self.is_member(&identity.user) {
             self.insert(identity, trusted, true);
@@ -193,12 +244,19 @@ impl RoomKeys {
     }
 
     fn insert(&mut self, identity: VerifiedIdentity, trusted: bool, former: bool) {
+        // The prekey a former member of that name had is kept only for the same keys.
+        let prekey = self
+            .members
+            .get(&identity.user)
+            .filter(|known| known.identity.fingerprint == identity.fingerprint)
+            .and_then(|known| known.prekey.clone());
         self.members.insert(
             identity.user.clone(),
             Member {
                 identity,
                 trusted,
                 former,
+                prekey,
                 key: None,
                 held_key: None,
             },
@@ -235,39 +293,52 @@ impl RoomKeys {
         ))]
     }
 
-    /// Our current sender key, wrapped for every trusted member and for ourselves, in as
-    /// many frames as the frame size limit needs (at least one: our own copy).
-    pub fn distribute_to_all(&self) -> Result<Vec<DistributeSenderKey>, ClientError> {
-        let users: Vec<&str> = self.members().collect();
-        self.distribute_to(&users)
-    }
-
-    /// Our current sender key, wrapped for those of `users` who are trusted current
-    /// members, and for ourselves.
-    pub fn distribute_to(&self, users: &[&str]) -> Result<Vec<DistributeSenderKey>, ClientError> {
-        let recipients: Vec<&VerifiedIdentity> = users
-            .iter()
-            .filter_map(|user| self.members.get(*user))
-            .filter(|member| member.trusted && !member.former)
-            .map(|member| &member.identity)
-            .collect();
-        self.distributions(&recipients)
-    }
-
-    /// Our current sender key as `handout` says, wrapped and signed for each recipient.
+    /// Our current sender key as `handout` says, for each trusted current member with a
+    /// prekey (and for ourselves), in as many frames as needed, each signed once.
     pub fn distribute(
         &self,
         handout: &KeyHandout,
     ) -> Result<Vec<DistributeSenderKey>, ClientError> {
-        match handout {
-            KeyHandout::Everyone => self.distribute_to_all(),
-            KeyHandout::Newcomer(user) => self.distribute_to(&[user.as_str()]),
+        let wanted: Vec<&Member> = match handout {
+            KeyHandout::Everyone => self.members.values().collect(),
+            KeyHandout::Newcomer(user) => self.members.get(user).into_iter().collect(),
+        };
+        let ring = self.prekeys.read().unwrap_or_else(PoisonError::into_inner);
+        let own = ring.current();
+        let mut recipients = vec![Recipient {
+            user: &self.me,
+            device: DEVICE,
+            prekey_id: own.id(),
+            prekey: own.key().public_key(),
+        }];
+        for member in wanted {
+            if !member.trusted || member.former {
+                continue;
+            }
+            if let Some((prekey_id, prekey)) = &member.prekey {
+                recipients.push(Recipient {
+                    user: &member.identity.user,
+                    device: DEVICE,
+                    prekey_id: *prekey_id,
+                    prekey,
+                });
+            }
         }
+        let key = self.outbound.distribution();
+        recipients
+            .chunks(MAX_COPIES_PER_DISTRIBUTION)
+            .map(|chunk| {
+                SignedDistribution::seal(&self.identity, &self.room, &self.me, DEVICE, &key, chunk)
+                    .map(distribute_frame)
+                    .map_err(ClientError::from)
+            })
+            .collect()
     }
 
     /// Makes a fresh sender key, owed to every trusted member.
     pub fn rotate(&mut self) -> Result<KeyHandout, ClientError> {
-        self.outbound = OutboundSenderKey::generate()?;
+        self.outbound = OwnSenderKey::generate()?;
+        self.outbound_made_ms = crate::protocol::now_ms();
         Ok(KeyHandout::Everyone)
     }
 
@@ -305,8 +376,9 @@ impl RoomKeys {
         Ok((self.rotate()?, events))
     }
 
-    /// Seals and signs a text message. If our key has sealed all it may, it is rotated
-    /// first and the new key's distribution must be sent before the message.
+    /// Seals and signs a text message. If our key is due for replacement (the rotation
+    /// schedule, or a chain at its end), it is rotated first and the new key's
+    /// distribution must be sent before the message.
     pub fn seal_text(
         &mut self,
         text: &str,
@@ -318,26 +390,25 @@ impl RoomKeys {
                 max: MAX_ENVELOPE_BYTES,
             });
         }
-        let rotation = if self.outbound.is_exhausted() {
+        let age = crate::protocol::now_ms().saturating_sub(self.outbound_made_ms);
+        let rotation = if self.outbound.iteration() >= self.rotation.messages
+            || age >= self.rotation.age_ms
+        {
             let handout = self.rotate()?;
             self.distribute(&handout)?
         } else {
             Vec::new()
         };
-        let mut sealed = self.outbound.seal(&self.room, &self.me, &envelope)?;
-        sealed.signature = self
-            .identity
-            .sign(&signed_message(&self.room, &self.me, &sealed))?
-            .into();
+        let message = self.outbound.seal(self.context(&self.me), &envelope)?;
         let send = SendMessage {
             room: self.room.clone(),
-            sealed: Some(sealed),
+            sealed: Some(sealed_message(message, DEVICE)),
         };
         Ok((rotation, send))
     }
 
-    /// Takes a sender key another member wrapped and signed for us, then opens the
-    /// messages that were waiting for it.
+    /// Takes a sender key another member handed us, then opens the messages that were
+    /// waiting for it.
     pub fn accept_sender_key(&mut self, delivery: SenderKeyDelivery) -> Vec<RoomEvent> {
         let sender = delivery.sender.clone();
         let Some(member) = self.members.get_mut(&sender) else {
@@ -345,36 +416,56 @@ impl RoomKeys {
                 "ignored a sender key from {sender}, who is not a member"
             ))];
         };
-        if member
-            .key
-            .as_ref()
-            .is_some_and(|(key, _)| key.id() == delivery.key_id)
-        {
+        let key_id = delivery.header.as_ref().map_or(0, |header| header.key_id);
+        if member.key.as_ref().is_some_and(|key| key.id() == key_id) {
             // A catch-up starts with the keys in force, which we may hold already.
             // Nothing is taken from it, so it needs no check either.
             return Vec::new();
         }
-        if let Err(reason) = check_sender_key(&self.room, &self.me, &member.identity, &delivery) {
-            return vec![self.warning(format!("rejected a sender key from {sender}: {reason}"))];
-        }
+        let copy = match delivered_copy(&delivery).and_then(|copy| {
+            copy.verify(&member.identity)?;
+            Ok(copy)
+        }) {
+            Ok(copy) => copy,
+            Err(_) => {
+                return vec![self.warning(format!(
+                    "rejected a sender key from {sender}: its signature does not verify"
+                ))];
+            }
+        };
         if !member.trusted {
             member.held_key = Some(delivery);
             return vec![self.warning(untrusted(&sender, "held its sender key"))];
         }
         let accepted = self.accepted_key_ids.get(&sender);
-        if accepted.is_some_and(|ids| ids.contains(&delivery.key_id)) {
+        if accepted.is_some_and(|ids| ids.contains(&key_id)) {
             return vec![self.warning(format!(
                 "ignored a sender key from {sender} that was already used (replayed)"
             ))];
         }
-        let key = match unwrap_sender_key(&self.identity, &self.room, &self.me, &delivery) {
-            Ok(key) => key,
-            Err(error) => {
-                return vec![self.warning(format!("rejected the sender key of {sender}: {error}"))];
+        let opened = {
+            let ring = self.prekeys.read().unwrap_or_else(PoisonError::into_inner);
+            match ring.get(copy.copy.prekey_id) {
+                None => Err(format!(
+                    "it is wrapped under a prekey this device no longer has (erased once the \
+                     forward-secrecy window passed)"
+                )),
+                Some(prekey) => copy
+                    .open(&member.identity, &self.me, DEVICE, prekey)
+                    .and_then(|key| PeerSenderKey::new(&key))
+                    .map_err(|error| error.to_string()),
             }
         };
-        member.key = Some((key, ReplayWindow::default()));
-        self.remember_key_id(&sender, delivery.key_id);
+        let key = match opened {
+            Ok(key) => key,
+            Err(reason) => {
+                return vec![self.warning(format!("rejected the sender key of {sender}: {reason}"))];
+            }
+        };
+        if let Some(member) = self.members.get_mut(&sender) {
+            member.key = Some(key);
+        }
+        self.remember_key_id(&sender, key_id);
 
         let (ready, still_waiting): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.waiting)
             .into_iter()
@@ -382,7 +473,7 @@ impl RoomKeys {
         self.waiting = still_waiting;
         let mut events = Vec::new();
         for message in ready {
-            if message.sealed.as_ref().map(|sealed| sealed.key_id) == Some(delivery.key_id) {
+            if message.sealed.as_ref().map(|sealed| sealed.key_id) == Some(key_id) {
                 events.extend(self.open(message));
             } else {
                 events.push(self.warning(format!(
@@ -395,22 +486,20 @@ impl RoomKeys {
 
     /// Opens a message from another member, or keeps it until its key arrives.
     pub fn open(&mut self, delivery: MessageDelivery) -> Vec<RoomEvent> {
-        let sender = delivery.sender.as_str();
+        let sender = delivery.sender.clone();
         let Some(sealed) = delivery.sealed.as_ref() else {
             return vec![self.warning(format!("dropped an empty message from {sender}"))];
         };
-        let Some(member) = self.members.get_mut(sender) else {
+        let context = self.context(&sender);
+        let Some(member) = self.members.get_mut(&sender) else {
             return vec![self.warning(format!(
                 "dropped a message from {sender}, who is not a member"
             ))];
         };
         if !member.trusted {
-            return vec![self.warning(untrusted(sender, "dropped a message"))];
+            return vec![self.warning(untrusted(&sender, "dropped a message"))];
         }
-        if let Err(reason) = check_message(&self.room, &member.identity, sealed) {
-            return vec![self.warning(format!("dropped a message from {sender}: {reason}"))];
-        }
-        let Some((key, seen)) = member.key.as_mut() else {
+        let Some(key) = member.key.as_mut() else {
             return self.wait_for_key(delivery);
         };
         if key.id() != sealed.key_id {
@@ -419,16 +508,12 @@ impl RoomKeys {
                  (replayed or stale)"
             ))];
         }
-        let opened = open_envelope(key, &self.room, sender, sealed);
-        // Only an authentic message may move the window, so this comes after opening.
-        let fresh = opened.is_ok() && seen.accept(sealed.counter);
+        let opened = group_message(sealed).and_then(|message| key.open(context, &message));
         let shown = match opened {
-            Err(error) => Err(format!("dropped a message from {sender}: {error}")),
-            Ok(_) if !fresh => Err(format!(
-                "dropped a repeated message from {sender} (counter {})",
-                sealed.counter
-            )),
-            Ok(envelope) => message_event(delivery.seq, sender, envelope),
+            Err(error) => Err(format!("dropped a message from {sender}: {}", why(&error))),
+            Ok(plaintext) => Envelope::from_json(&plaintext)
+                .map_err(|error| format!("dropped a message from {sender}: {error}"))
+                .and_then(|envelope| message_event(delivery.seq, &sender, envelope)),
         };
         vec![shown.unwrap_or_else(|reason| self.warning(reason))]
     }
@@ -437,11 +522,13 @@ impl RoomKeys {
     /// one warning summing up what could not be read.
     ///
     /// It works on its own keys, taken from the entries, and leaves the live state alone
-    /// (current keys, accepted key ids, replay windows): history is shown again, not
-    /// received again. Each entry is checked against its sender's signing key before
-    /// anything is unwrapped or decrypted, as live ones are. Senders are ourselves (our
-    /// own key copies), the trusted members, and `former_members`: the identities of
-    /// the answer's former members, vetted and trusted by the caller.
+    /// (current keys, accepted key ids): history is shown again, not received again.
+    /// Each entry is checked against its sender's signature before anything is
+    /// unwrapped or decrypted, as live ones are. Senders are ourselves (our own key
+    /// copies), the trusted members, and `former_members`: the identities of the
+    /// answer's former members, vetted and trusted by the caller. Keys wrapped under
+    /// prekeys this device has erased cannot be opened: history reaches back only as
+    /// far as the forward-secrecy window.
     pub fn open_history(
         &self,
         entries: Vec<HistoryEntry>,
@@ -457,33 +544,43 @@ impl RoomKeys {
                 None => former_members.iter().find(|former| former.user == user),
             }
         };
-        let mut keys: HashMap<(String, u64), SenderKey> = HashMap::new();
+        let mut keys: HashMap<(String, u64), Option<PeerSenderKey>> = HashMap::new();
         let mut seen = HashSet::new();
         let mut messages = Vec::new();
         let (mut unreadable, mut rejected_keys) = (0usize, 0usize);
         for entry in entries {
             match entry.kind {
                 Some(history_entry::Kind::SenderKey(delivery)) => {
+                    let key_id = delivery.header.as_ref().map_or(0, |header| header.key_id);
                     // A key already taken opens nothing more, and each copy a relay
                     // repeats would cost another RSA decryption.
-                    if keys.contains_key(&(delivery.sender.clone(), delivery.key_id)) {
+                    let slot = (delivery.sender.clone(), key_id);
+                    if keys.contains_key(&slot) {
                         continue;
                     }
-                    match self.history_key(&delivery, signer(&delivery.sender)) {
-                        Some(key) => {
-                            keys.insert((delivery.sender, delivery.key_id), key);
-                        }
-                        None => rejected_keys += 1,
+                    let key = self.history_key(&delivery, signer(&delivery.sender));
+                    if key.is_none() {
+                        rejected_keys += 1;
                     }
+                    keys.insert(slot, key);
                 }
                 Some(history_entry::Kind::Message(delivery)) => {
-                    let opened = self.history_message(&delivery, &keys, signer(&delivery.sender));
+                    let Some(sealed) = delivery.sealed.as_ref() else {
+                        unreadable += 1;
+                        continue;
+                    };
+                    let id = (delivery.sender.clone(), sealed.key_id, sealed.iteration);
+                    let slot = (delivery.sender.clone(), sealed.key_id);
+                    let key = keys.get_mut(&slot).and_then(Option::as_mut);
+                    let opened = key.and_then(|key| {
+                        let message = group_message(sealed).ok()?;
+                        let plaintext = key.open(self.context(&delivery.sender), &message).ok()?;
+                        let envelope = Envelope::from_json(&plaintext).ok()?;
+                        message_event(delivery.seq, &delivery.sender, envelope).ok()
+                    });
                     match opened {
                         // A relay repeating an entry does not get it shown twice.
-                        Some((id, message)) if !seen.contains(&id) => {
-                            seen.insert(id);
-                            messages.push(message);
-                        }
+                        Some(message) if seen.insert(id) => messages.push(message),
                         _ => unreadable += 1,
                     }
                 }
@@ -504,26 +601,14 @@ impl RoomKeys {
         &self,
         delivery: &SenderKeyDelivery,
         signer: Option<&VerifiedIdentity>,
-    ) -> Option<SenderKey> {
-        check_sender_key(&self.room, &self.me, signer?, delivery).ok()?;
-        unwrap_sender_key(&self.identity, &self.room, &self.me, delivery).ok()
-    }
-
-    /// A message from a history answer, checked then opened with `keys`; with what
-    /// identifies it (sender, key id, counter).
-    fn history_message(
-        &self,
-        delivery: &MessageDelivery,
-        keys: &HashMap<(String, u64), SenderKey>,
-        signer: Option<&VerifiedIdentity>,
-    ) -> Option<((String, u64, u64), RoomEvent)> {
-        let sender = delivery.sender.as_str();
-        let sealed = delivery.sealed.as_ref()?;
-        check_message(&self.room, signer?, sealed).ok()?;
-        let key = keys.get(&(sender.to_owned(), sealed.key_id))?;
-        let envelope = open_envelope(key, &self.room, sender, sealed).ok()?;
-        let event = message_event(delivery.seq, sender, envelope).ok()?;
-        Some(((sender.to_owned(), sealed.key_id, sealed.counter), event))
+    ) -> Option<PeerSenderKey> {
+        let copy = delivered_copy(delivery).ok()?;
+        let signer = signer?;
+        copy.verify(signer).ok()?;
+        let ring = self.prekeys.read().unwrap_or_else(PoisonError::into_inner);
+        let prekey = ring.get(copy.copy.prekey_id)?;
+        let key = copy.open(signer, &self.me, DEVICE, prekey).ok()?;
+        PeerSenderKey::new(&key).ok()
     }
 
     fn history_summary(&self, unreadable: usize, rejected_keys: usize) -> Option<RoomEvent> {
@@ -535,8 +620,8 @@ impl RoomKeys {
         }
         if rejected_keys > 0 {
             parts.push(format!(
-                "{rejected_keys} sender key(s) were rejected (bad signature, unknown sender \
-                 or not for you)"
+                "{rejected_keys} sender key(s) could not be used (bad signature, unknown \
+                 sender, not for you, or wrapped under a prekey erased since)"
             ));
         }
         (!parts.is_empty()).then(|| self.warning(format!("history: {}", parts.join("; "))))
@@ -551,6 +636,15 @@ impl RoomKeys {
             signing: signing.clone(),
             encryption: encryption.clone(),
             fingerprint: Fingerprint::of(signing, encryption),
+        }
+    }
+
+    /// Where a message of `sender` in this room is bound.
+    fn context<'a>(&'a self, sender: &'a str) -> MessageContext<'a> {
+        MessageContext {
+            room: &self.room,
+            sender,
+            device: DEVICE,
         }
     }
 
@@ -589,115 +683,20 @@ impl RoomKeys {
         events
     }
 
-    /// Our current key wrapped for `recipients`, and for ourselves in the first frame,
-    /// split into frames under the size limit.
-    fn distributions(
-        &self,
-        recipients: &[&VerifiedIdentity],
-    ) -> Result<Vec<DistributeSenderKey>, ClientError> {
-        let own_key = self.identity.encryption_key().public_key();
-        let mut keys = vec![self.wrap_for(&self.me, own_key)?];
-        for recipient in recipients {
-            keys.push(self.wrap_for(&recipient.user, &recipient.encryption)?);
-        }
-        Ok(keys
-            .chunks(MAX_KEYS_PER_DISTRIBUTION)
-            .map(|chunk| DistributeSenderKey {
-                room: self.room.clone(),
-                key_id: self.outbound.id(),
-                keys: chunk.to_vec(),
-            })
-            .collect())
-    }
-
-    /// Our current key wrapped for `recipient` and signed.
-    fn wrap_for(
-        &self,
-        recipient: &str,
-        encryption_key: &PublicEncryptionKey,
-    ) -> Result<WrappedSenderKey, ClientError> {
-        let key_id = self.outbound.id();
-        let wrapped_key =
-            self.outbound
-                .wrap_for(encryption_key, &self.room, &self.me, recipient)?;
-        let signed = sender_key_signed_bytes(&self.room, &self.me, recipient, key_id, &wrapped_key);
-        Ok(WrappedSenderKey {
-            recipient: recipient.to_owned(),
-            signature: self.identity.sign(&signed)?.into(),
-            wrapped_key,
-        })
-    }
-
     fn warning(&self, text: String) -> RoomEvent {
         RoomEvent::Warning(format!("[{}] {text}", self.room))
     }
 }
 
-/// Checks that `signer` signed `delivery`, a sender key wrapped for `recipient`. Done
-/// before the RSA decryption, so that nobody but the sender can make us decrypt
-/// anything (RUSTSEC-2023-0071).
-fn check_sender_key(
-    room: &str,
-    recipient: &str,
-    signer: &VerifiedIdentity,
-    delivery: &SenderKeyDelivery,
-) -> Result<(), String> {
-    let signed = sender_key_signed_bytes(
-        room,
-        &signer.user,
-        recipient,
-        delivery.key_id,
-        &delivery.wrapped_key,
-    );
-    signer
-        .signing
-        .verify(&signed, &delivery.signature)
-        .map_err(|_| "its signature does not verify".to_owned())
-}
-
-/// Unwraps a sender key whose signature [`check_sender_key`] accepted.
-fn unwrap_sender_key(
-    identity: &Identity,
-    room: &str,
-    recipient: &str,
-    delivery: &SenderKeyDelivery,
-) -> Result<SenderKey, crate::crypto::CryptoError> {
-    SenderKey::unwrap(
-        identity.encryption_key(),
-        &delivery.wrapped_key,
-        room,
-        &delivery.sender,
-        recipient,
-        delivery.key_id,
-    )
-}
-
-/// Checks that `signer` signed `sealed`, before anything is decrypted.
-fn check_message(
-    room: &str,
-    signer: &VerifiedIdentity,
-    sealed: &SealedMessage,
-) -> Result<(), String> {
-    signer
-        .signing
-        .verify(
-            &signed_message(room, &signer.user, sealed),
-            &sealed.signature,
-        )
-        .map_err(|_| "its signature does not verify".to_owned())
-}
-
-/// Decrypts a message whose signature [`check_message`] accepted, and parses it.
-fn open_envelope(
-    key: &SenderKey,
-    room: &str,
-    sender: &str,
-    sealed: &SealedMessage,
-) -> Result<Envelope, String> {
-    let plaintext = key
-        .open(room, sender, sealed)
-        .map_err(|error| error.to_string())?;
-    Envelope::from_json(&plaintext).map_err(|error| error.to_string())
+/// Why a message could not be opened, for the user.
+fn why(error: &CryptoError) -> String {
+    match error {
+        CryptoError::BadSignature => "its signature does not verify".to_owned(),
+        CryptoError::AlreadyOpened => {
+            "it was shown before, or is older than the key it names (repeated)".to_owned()
+        }
+        other => other.to_string(),
+    }
 }
 
 /// What an opened envelope shows, or why it is dropped.
@@ -719,18 +718,6 @@ fn message_event(seq: u64, sender: &str, envelope: Envelope) -> Result<RoomEvent
         text: envelope.text,
         sent_at_ms: envelope.sent_at_ms,
     })
-}
-
-/// What the sender of `sealed` signs.
-fn signed_message(room: &str, sender: &str, sealed: &SealedMessage) -> Vec<u8> {
-    message_signed_bytes(
-        room,
-        sender,
-        sealed.key_id,
-        sealed.counter,
-        &sealed.nonce,
-        &sealed.ciphertext,
-    )
 }
 
 fn untrusted(user: &str, what: &str) -> String {

@@ -8,7 +8,7 @@ mod time;
 
 pub use envelope::{Envelope, EnvelopeError, MessageKind};
 pub use names::{MAX_USER_LEN, NameError, validate_room, validate_user};
-pub use time::utc_time;
+pub use time::{now_ms, utc_time};
 
 /// The request metadata that carries the session token, as `Bearer <token>`.
 pub const AUTHORIZATION_METADATA_KEY: &str = "authorization";

@@ -1,6 +1,13 @@
 //! Times as people read them: a moment in milliseconds since the Unix epoch as a UTC
 //! date and time, with no time-zone database to depend on.
 
+/// Now, in milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_millis() as u64)
+}
+
 /// A time in milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC`.
 pub fn utc_time(ms: u64) -> String {
     let seconds = ms / 1000;
