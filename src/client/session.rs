@@ -257,13 +257,17 @@ impl ChatSession {
 
     /// Lets `user` join this private room (owner only; the relay decides).
     pub async fn invite(&mut self, user: &str) -> Result<u64, ClientError> {
-        let frame = self.state.invite(user);
+        let invitee = match self.state.member_identity(user) {
+            Some(identity) => identity.clone(),
+            None => fetch_identity(&mut self.client, user).await?,
+        };
+        let frame = self.state.invite(&invitee)?;
         self.send(frame).await
     }
 
     /// Removes `user` from this private room (owner only; the relay decides).
     pub async fn kick(&mut self, user: &str) -> Result<u64, ClientError> {
-        let frame = self.state.kick(user);
+        let frame = self.state.kick(user)?;
         self.send(frame).await
     }
 

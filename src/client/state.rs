@@ -16,13 +16,14 @@ use tonic::Code;
 
 use super::ClientError;
 use super::contacts::{Contacts, Pin};
-use super::room::{KeyHandout, RoomEvent, RoomKeys};
-use crate::crypto::{Fingerprint, Identity, SafetyNumber, VerifiedIdentity};
+use super::room::{KeyHandout, RoomEvent, RoomKeys, RotationPolicy, SharedPrekeys};
+use crate::crypto::{self, Fingerprint, Identity, PublicEncryptionKey, SafetyNumber, VerifiedIdentity};
 use crate::proto::{
-    ClientFrame, DistributeSenderKey, GetHistory, History, InviteMember, Joined, KickMember,
-    LeaveReason, LeaveRoom, PublicIdentity, SendMessage, ServerFrame, client_frame, server_frame,
+    ClientFrame, DistributeSenderKey, GetHistory, History, InviteMember, Invitation, Joined,
+    KickMember, LeaveReason, LeaveRoom, PublicIdentity, Removal, SendMessage, ServerFrame,
+    client_frame, server_frame,
 };
-use crate::protocol::MAX_HISTORY_MESSAGES;
+use crate::protocol::{MAX_HISTORY_MESSAGES, now_ms};
 
 /// The request id of the join that opens every stream; later frames count up from it.
 pub(super) const JOIN_REQUEST_ID: u64 = 1;
@@ -198,9 +199,11 @@ impl SessionState {
         user: &str,
         identity: Arc<Identity>,
         contacts: Contacts,
+        prekeys: SharedPrekeys,
+        rotation: RotationPolicy,
     ) -> Result<Self, ClientError> {
         Ok(Self {
-            keys: RoomKeys::new(room, user, identity.clone())?,
+            keys: RoomKeys::new(room, user, identity.clone(), prekeys, rotation)?,
             identity,
             user: user.to_owned(),
             contacts,
@@ -276,6 +279,28 @@ impl SessionState {
     /// Whether `user` is a member whose keys we use.
     pub fn is_trusted(&self, user: &str) -> bool {
         self.keys.is_trusted(user)
+    }
+
+    /// Current members whose prekey we do not know yet: ask the key directory.
+    pub fn members_without_prekey(&self) -> Vec<String> {
+        self.keys.without_prekey().into_iter().map(str::to_owned).collect()
+    }
+
+    /// Records a member's prekey, from a bundle whose identity is the member's (the
+    /// pinned one, or the one presented) and whose prekey signature verified.
+    pub fn set_prekey(
+        &mut self,
+        identity: &VerifiedIdentity,
+        prekey_id: u64,
+        prekey: PublicEncryptionKey,
+    ) {
+        let matches = self
+            .keys
+            .member_identity(&identity.user)
+            .is_some_and(|member| member.fingerprint == identity.fingerprint);
+        if matches {
+            self.keys.set_prekey(&identity.user, prekey_id, prekey);
+        }
     }
 
     /// The highest sequence number of the room processed.
@@ -357,28 +382,47 @@ impl SessionState {
         self.frame(client_frame::Kind::Leave(leave), Pending::Leave)
     }
 
-    /// The frame letting `user` join this private room.
-    pub fn invite(&mut self, user: &str) -> ClientFrame {
+    /// The frame letting `invitee` (the keys we checked for it) join this private room,
+    /// with our signed invitation.
+    pub fn invite(&mut self, invitee: &VerifiedIdentity) -> Result<ClientFrame, ClientError> {
+        let room = self.room().to_owned();
+        let signed =
+            crypto::Invitation::sign(&self.identity, &room, &self.user, invitee, now_ms())?;
         let invite = InviteMember {
-            room: self.room().to_owned(),
-            user: user.to_owned(),
+            room,
+            invitation: Some(Invitation {
+                room: signed.room,
+                owner: signed.owner,
+                invitee: signed.invitee,
+                invitee_fingerprint: signed.invitee_fingerprint.as_bytes().to_vec().into(),
+                issued_at_ms: signed.issued_at_ms,
+                signature: signed.signature.into(),
+            }),
         };
-        self.frame(
+        Ok(self.frame(
             client_frame::Kind::Invite(invite),
-            Pending::Invite(user.to_owned()),
-        )
+            Pending::Invite(invitee.user.clone()),
+        ))
     }
 
-    /// The frame removing `user` from this private room.
-    pub fn kick(&mut self, user: &str) -> ClientFrame {
+    /// The frame removing `user` from this private room, with our signed removal.
+    pub fn kick(&mut self, user: &str) -> Result<ClientFrame, ClientError> {
+        let room = self.room().to_owned();
+        let signed = crypto::Removal::sign(&self.identity, &room, &self.user, user, now_ms())?;
         let kick = KickMember {
-            room: self.room().to_owned(),
-            user: user.to_owned(),
+            room,
+            removal: Some(Removal {
+                room: signed.room,
+                owner: signed.owner,
+                member: signed.member,
+                issued_at_ms: signed.issued_at_ms,
+                signature: signed.signature.into(),
+            }),
         };
-        self.frame(
+        Ok(self.frame(
             client_frame::Kind::Kick(kick),
             Pending::Kick(user.to_owned()),
-        )
+        ))
     }
 
     /// The frame `request_id` could not be sent: the stream is down. A message or key
