@@ -16,7 +16,7 @@
 //!   [`ChatSession::reconnect`] sends it again on a new stream exactly as it was (the
 //!   relay recognises a repeat and stores it once), then rotates our key.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -26,11 +26,14 @@ use tonic::{Code, Request, Status, Streaming};
 
 use super::ClientError;
 use super::contacts::Contacts;
-use super::login::{AuthorizedClient, Credentials, fetch_identity};
-use super::room::KeyHandout;
+use super::login::{AuthorizedClient, Credentials, fetch_identity, key_exchange};
+use super::room::{KeyHandout, RotationPolicy, SharedPrekeys};
 use super::state::{Applied, Event, JOIN_REQUEST_ID, SessionState};
 use crate::crypto::{Fingerprint, Identity, SafetyNumber};
-use crate::proto::{ClientFrame, JoinRoom, Joined, ServerFrame, client_frame, server_frame};
+use crate::proto::{
+    ClientFrame, JoinRoom, Joined, ServerFrame, SignedPrekey, client_frame, server_frame,
+};
+use crate::protocol::{DEVICE, MAX_BUNDLE_USERS};
 
 /// Frames the client queues for the relay before `send` waits.
 const OUTBOUND_FRAMES: usize = 256;
@@ -107,10 +110,31 @@ async fn wait_for_joined(
     }
 }
 
+/// The current prekey of `prekeys`, signed by `identity` as `user`'s, as published.
+fn signed_prekey(
+    identity: &Identity,
+    user: &str,
+    prekeys: &SharedPrekeys,
+) -> Result<SignedPrekey, ClientError> {
+    let ring = prekeys.read().unwrap_or_else(PoisonError::into_inner);
+    let signed = ring.current().sign(identity, user, DEVICE)?;
+    Ok(SignedPrekey {
+        device: signed.device,
+        prekey_id: signed.id,
+        created_at_ms: signed.created_at_ms,
+        public_key: signed.public_key.into(),
+        signature: signed.signature.into(),
+    })
+}
+
 /// A connection to the relay, joined to one room.
 pub struct ChatSession {
     state: SessionState,
     identity: Arc<Identity>,
+    prekeys: SharedPrekeys,
+    /// Our current prekey as published (RSA-PSS signatures are randomized: signing it
+    /// again would make it look new to the key directory).
+    published: SignedPrekey,
     client: AuthorizedClient,
     frames: mpsc::Sender<ClientFrame>,
     incoming: Streaming<ServerFrame>,
@@ -129,15 +153,28 @@ impl ChatSession {
         credentials: &Credentials,
         join: JoinRoom,
         contacts: Contacts,
+        prekeys: SharedPrekeys,
+        rotation: RotationPolicy,
     ) -> Result<(Self, Vec<Event>), ClientError> {
         let mut client = credentials.chat_client(channel);
         let room = join.room.clone();
         let after_seq = join.after_seq;
+        let published = signed_prekey(&identity, credentials.user(), &prekeys)?;
+        key_exchange(&mut client, Some(published.clone()), None, &[]).await?;
         let (frames, incoming, joined) = open_joined(&mut client, join).await?;
-        let state = SessionState::new(&room, credentials.user(), identity.clone(), contacts)?;
+        let state = SessionState::new(
+            &room,
+            credentials.user(),
+            identity.clone(),
+            contacts,
+            prekeys.clone(),
+            rotation,
+        )?;
         let mut session = Self {
             state,
             identity,
+            prekeys,
+            published,
             client,
             frames,
             incoming,
@@ -161,6 +198,8 @@ impl ChatSession {
         credentials: &Credentials,
     ) -> Result<Vec<Event>, ClientError> {
         let mut client = credentials.chat_client(channel);
+        self.published = self.current_prekey()?;
+        key_exchange(&mut client, Some(self.published.clone()), None, &[]).await?;
         let join = JoinRoom {
             room: self.state.room().to_owned(),
             create_private: false,
@@ -330,9 +369,48 @@ impl ChatSession {
         Ok(applied.events)
     }
 
+    /// Hands our key out as `handout` says, once the recipients' prekeys are known: those
+    /// we lack are fetched from the key directory first. A member with no prekey gets
+    /// nothing until it publishes one (the next handout).
     async fn hand_out(&mut self, handout: &KeyHandout) -> Result<(), ClientError> {
+        let missing = self.state.members_without_prekey();
+        let wanted: Vec<&str> = match handout {
+            KeyHandout::Everyone => missing.iter().map(String::as_str).collect(),
+            KeyHandout::Newcomer(user) => missing
+                .iter()
+                .map(String::as_str)
+                .filter(|missing| missing == user)
+                .collect(),
+        };
+        for users in wanted.chunks(MAX_BUNDLE_USERS) {
+            // A directory that cannot answer (a user reclaimed meanwhile) costs those
+            // members our key for now, not the session.
+            let Ok(bundles) = key_exchange(&mut self.client, None, None, users).await else {
+                continue;
+            };
+            for bundle in bundles {
+                if let Some((prekey_id, prekey)) = bundle.prekey {
+                    self.state.set_prekey(&bundle.identity, prekey_id, prekey);
+                }
+            }
+        }
         let frames = self.state.distribute(handout)?;
         self.send_all(frames).await
+    }
+
+    /// Our current prekey, signed for publishing; the one already published if it has
+    /// not changed.
+    fn current_prekey(&self) -> Result<SignedPrekey, ClientError> {
+        let current = self
+            .prekeys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .current()
+            .id();
+        if current == self.published.prekey_id {
+            return Ok(self.published.clone());
+        }
+        signed_prekey(&self.identity, self.state.user(), &self.prekeys)
     }
 
     async fn send_all(&mut self, frames: Vec<ClientFrame>) -> Result<(), ClientError> {

@@ -257,6 +257,11 @@ impl SessionState {
         self.keys.room()
     }
 
+    /// Our user name.
+    pub(super) fn user(&self) -> &str {
+        &self.user
+    }
+
     /// The owner of the room if it is private.
     pub(super) fn owner(&self) -> Option<&str> {
         self.private_room.then_some(self.owner.as_deref()).flatten()
