@@ -12,8 +12,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::proto::chat_service_server::{ChatService, ChatServiceServer};
 use crate::proto::{
-    Ack, ClientFrame, GetIdentityRequest, Joined, MessageDelivery, PublicIdentity, ServerFrame,
-    client_frame, server_frame,
+    Ack, ClientFrame, Joined, KeyExchangeRequest, KeyExchangeResponse, MessageDelivery,
+    ServerFrame, client_frame, server_frame,
 };
 use crate::protocol::AUTHORIZATION_METADATA_KEY;
 
@@ -36,13 +36,11 @@ impl PlainRelay {
 
 #[tonic::async_trait]
 impl ChatService for PlainRelay {
-    async fn get_identity(
+    async fn key_exchange(
         &self,
-        _: Request<GetIdentityRequest>,
-    ) -> Result<Response<PublicIdentity>, Status> {
-        Err(Status::unimplemented(
-            "the baseline relay keeps no identities",
-        ))
+        _: Request<KeyExchangeRequest>,
+    ) -> Result<Response<KeyExchangeResponse>, Status> {
+        Err(Status::unimplemented("the baseline relay keeps no keys"))
     }
 
     type ChatStream = UnboundedReceiverStream<Result<ServerFrame, Status>>;

@@ -21,7 +21,8 @@ use crate::client::{self, AuthorizedClient, ChatSession, Event};
 use crate::proto::{
     ClientFrame, JoinRoom, SealedMessage, SendMessage, ServerFrame, client_frame, server_frame,
 };
-use crate::protocol::{MIN_SIGNATURE_LEN, NONCE_LEN};
+use crate::crypto::group::SIGNATURE_LEN;
+use crate::protocol::DEVICE;
 
 /// Message frames a recipient may have queued at the relay, summed over its room's
 /// senders. The relay disconnects a client that falls 1024 frames behind; an open loop
@@ -139,10 +140,10 @@ impl LoadClient for PlainClient {
                 sealed: Some(SealedMessage {
                     // A well-formed frame, so the real relay takes it too; numbered, or
                     // the relay would take each for a resend of the first.
-                    counter: self.last_request_id,
-                    nonce: vec![0; NONCE_LEN].into(),
+                    iteration: self.last_request_id as u32,
+                    device: DEVICE,
                     ciphertext: text.into_bytes().into(),
-                    signature: vec![0; MIN_SIGNATURE_LEN].into(),
+                    signature: vec![0; SIGNATURE_LEN].into(),
                     ..SealedMessage::default()
                 }),
             })),

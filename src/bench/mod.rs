@@ -11,7 +11,7 @@ mod load;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -26,13 +26,19 @@ pub use baseline::PlainRelay;
 pub use idle::{IdleReport, measure_idle};
 pub use load::{E2eeClient, LoadClient, PlainClient};
 
-use crate::client::{self, BearerToken, ChatSession, ClientError, Contacts, login};
+use crate::client::prekeys::PrekeyRing;
+use crate::client::{
+    self, BearerToken, ChatSession, ClientError, Contacts, RotationPolicy, login,
+};
 use crate::crypto::Identity;
 use crate::proto::JoinRoom;
 use crate::proto::chat_service_client::ChatServiceClient;
 use crate::server::{self, Limits, ServerError};
 use crate::store::SqliteStore;
 use load::{Outcome, Plan, drive};
+
+/// The size of the benchmark's RSA keys (identities and prekeys).
+const BENCH_KEY_BITS: usize = 2048;
 
 /// How long a run may take before it counts as failed.
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
@@ -219,7 +225,7 @@ async fn bench_identities(count: usize) -> Result<Vec<Arc<Identity>>, BenchError
     let mut made = MADE.lock().await;
     let mut making = JoinSet::new();
     for _ in made.len()..count {
-        making.spawn_blocking(|| Identity::generate(2048));
+        making.spawn_blocking(|| Identity::generate(BENCH_KEY_BITS));
     }
     while let Some(generated) = making.join_next().await {
         let identity = generated
@@ -244,8 +250,20 @@ async fn join_room(
         create_private: false,
         ..Default::default()
     };
-    let (session, _) =
-        ChatSession::join(channel, identity, &credentials, join, Contacts::in_memory()).await?;
+    let prekeys = Arc::new(RwLock::new(PrekeyRing::in_memory(
+        BENCH_KEY_BITS,
+        crate::protocol::now_ms(),
+    )?));
+    let (session, _) = ChatSession::join(
+        channel,
+        identity,
+        &credentials,
+        join,
+        Contacts::in_memory(),
+        prekeys,
+        RotationPolicy::default(),
+    )
+    .await?;
     Ok(session)
 }
 

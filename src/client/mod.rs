@@ -25,7 +25,6 @@ pub mod home;
 mod login;
 pub mod prekeys;
 pub mod progress;
-mod replay;
 mod room;
 mod session;
 mod state;
@@ -35,7 +34,9 @@ pub use contacts::{Contacts, Pin};
 pub use login::{
     AuthorizedClient, BearerToken, Credentials, fetch_identity, login, login_with_token,
 };
-pub use room::{KeyHandout, MAX_WAITING_MESSAGES, RoomEvent, RoomKeys};
+pub use room::{
+    KeyHandout, MAX_WAITING_MESSAGES, RoomEvent, RoomKeys, RotationPolicy, SharedPrekeys,
+};
 pub use session::{ChatSession, open_stream};
 pub use state::{Applied, Event, HistoryMessage, SessionState, safety_number};
 

@@ -87,7 +87,8 @@ pub struct Maintenance {
 
 /// A device's prekeys: the current one and those retired but still kept.
 pub struct PrekeyRing {
-    dir: PathBuf,
+    /// Where the ring is kept; `None` for one in memory only.
+    dir: Option<PathBuf>,
     bits: usize,
     policy: PrekeyPolicy,
     /// Oldest first; the last one is current.
@@ -124,7 +125,7 @@ impl PrekeyRing {
             prekeys.push((entry.clone(), Prekey::new(id, entry.created_at_ms, key)));
         }
         let mut ring = Self {
-            dir,
+            dir: Some(dir),
             bits,
             policy,
             prekeys,
@@ -139,6 +140,26 @@ impl PrekeyRing {
         maintenance.rotated |= later.rotated;
         maintenance.erased = later.erased;
         Ok((ring, maintenance))
+    }
+
+    /// A ring in memory only, for clients that keep nothing (benchmarks, tests): one
+    /// fresh prekey of `bits` bits, never rotated unless asked.
+    pub fn in_memory(bits: usize, now_ms: u64) -> Result<Self, ClientError> {
+        let prekey = Prekey::generate(bits, now_ms)?;
+        let entry = Entry {
+            id: format!("{:016x}", prekey.id()),
+            created_at_ms: now_ms,
+            retired_at_ms: None,
+        };
+        Ok(Self {
+            dir: None,
+            bits,
+            policy: PrekeyPolicy {
+                rotate_after_ms: u64::MAX,
+                keep_retired_ms: u64::MAX,
+            },
+            prekeys: vec![(entry, prekey)],
+        })
     }
 
     /// The current prekey: the one to publish.
@@ -188,12 +209,16 @@ impl PrekeyRing {
             // The list first: a crash in between leaves a key file nothing lists, which
             // the next erasure removes, never a listed key without its file.
             self.save()?;
-            for (entry, _) in &expired {
-                remove_key_file(&self.dir.join(key_file(&entry.id)))?;
+            if let Some(dir) = &self.dir {
+                for (entry, _) in &expired {
+                    remove_key_file(&dir.join(key_file(&entry.id)))?;
+                }
             }
             maintenance.erased = expired.len();
         }
-        remove_unlisted(&self.dir, &self.prekeys)?;
+        if let Some(dir) = &self.dir {
+            remove_unlisted(dir, &self.prekeys)?;
+        }
         Ok(maintenance)
     }
 
@@ -205,16 +230,20 @@ impl PrekeyRing {
             created_at_ms: now_ms,
             retired_at_ms: None,
         };
-        let path = self.dir.join(key_file(&entry.id));
-        write_private_file(&path, prekey.key().to_pkcs8_pem().as_bytes()).map_err(|source| {
-            ClientError::IdentityUnwritable { path, source }
-        })?;
+        if let Some(dir) = &self.dir {
+            let path = dir.join(key_file(&entry.id));
+            write_private_file(&path, prekey.key().to_pkcs8_pem().as_bytes())
+                .map_err(|source| ClientError::IdentityUnwritable { path, source })?;
+        }
         self.prekeys.push((entry, prekey));
         self.save()
     }
 
     fn save(&self) -> Result<(), ClientError> {
-        let path = self.dir.join(FILE);
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        let path = dir.join(FILE);
         let file = PrekeysFile {
             version: VERSION,
             prekeys: self.prekeys.iter().map(|(entry, _)| entry.clone()).collect(),

@@ -399,7 +399,9 @@ impl RoomKeys {
         } else {
             Vec::new()
         };
-        let message = self.outbound.seal(self.context(&self.me), &envelope)?;
+        let message = self
+            .outbound
+            .seal(context(&self.room, &self.me), &envelope)?;
         let send = SendMessage {
             room: self.room.clone(),
             sealed: Some(sealed_message(message, DEVICE)),
@@ -490,7 +492,7 @@ impl RoomKeys {
         let Some(sealed) = delivery.sealed.as_ref() else {
             return vec![self.warning(format!("dropped an empty message from {sender}"))];
         };
-        let context = self.context(&sender);
+        let context = context(&self.room, &sender);
         let Some(member) = self.members.get_mut(&sender) else {
             return vec![self.warning(format!(
                 "dropped a message from {sender}, who is not a member"
@@ -574,7 +576,8 @@ impl RoomKeys {
                     let key = keys.get_mut(&slot).and_then(Option::as_mut);
                     let opened = key.and_then(|key| {
                         let message = group_message(sealed).ok()?;
-                        let plaintext = key.open(self.context(&delivery.sender), &message).ok()?;
+                        let plaintext =
+                            key.open(context(&self.room, &delivery.sender), &message).ok()?;
                         let envelope = Envelope::from_json(&plaintext).ok()?;
                         message_event(delivery.seq, &delivery.sender, envelope).ok()
                     });
@@ -639,15 +642,6 @@ impl RoomKeys {
         }
     }
 
-    /// Where a message of `sender` in this room is bound.
-    fn context<'a>(&'a self, sender: &'a str) -> MessageContext<'a> {
-        MessageContext {
-            room: &self.room,
-            sender,
-            device: DEVICE,
-        }
-    }
-
     fn remember_key_id(&mut self, sender: &str, key_id: u64) {
         if !self.accepted_key_ids.contains_key(sender)
             && self.accepted_key_ids.len() >= REMEMBERED_SENDERS
@@ -685,6 +679,15 @@ impl RoomKeys {
 
     fn warning(&self, text: String) -> RoomEvent {
         RoomEvent::Warning(format!("[{}] {text}", self.room))
+    }
+}
+
+/// Where a message of `sender` in `room` is bound.
+fn context<'a>(room: &'a str, sender: &'a str) -> MessageContext<'a> {
+    MessageContext {
+        room,
+        sender,
+        device: DEVICE,
     }
 }
 

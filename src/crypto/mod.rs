@@ -1,16 +1,17 @@
 //! The end-to-end cryptography, all of it client-side.
 //!
 //! - [`Identity`]: a user's two long-term RSA key pairs, one job each:
-//!   [`SigningKey`] / [`PublicSigningKey`] sign with RSA-PSS (SHA-256) everything the
-//!   user sends, and [`EncryptionKey`] / [`PublicEncryptionKey`] let others wrap sender
-//!   keys for the user with RSA-OAEP (SHA-256). [`VerifiedIdentity`] is someone else's,
-//!   checked; [`Fingerprint`] and [`SafetyNumber`] are what people compare.
-//! - [`OutboundSenderKey`] / [`SenderKey`]: a member's AES-256-GCM key for one room
-//!   ("sender keys", as Signal does for groups): the member seals every message it
-//!   sends to the room with it, and every other member holds a copy to open them.
-//! - [`group`]: protocol v2's group cipher: sender keys that ratchet (a chain of message
-//!   keys, each used once and erased), every message signed with the sender key's own
-//!   Ed25519 key.
+//!   [`SigningKey`] / [`PublicSigningKey`] sign with RSA-PSS (SHA-256) what vouches for
+//!   the user (its prekeys, its key distributions, invitations), and
+//!   [`EncryptionKey`] / [`PublicEncryptionKey`] are RSA-OAEP (SHA-256) keys.
+//!   [`VerifiedIdentity`] is someone else's, checked; [`Fingerprint`] and
+//!   [`SafetyNumber`] are what people compare.
+//! - [`Prekey`] / [`SignedPrekey`]: a device's medium-term RSA-OAEP key that sender keys
+//!   are wrapped under, signed by its identity and replaced on a schedule.
+//! - [`group`]: the group cipher: sender keys that ratchet (a chain of message keys,
+//!   each used once and erased), every message signed with the sender key's own
+//!   Ed25519 key; handed out wrapped for each recipient's prekey, signed once.
+//! - [`Invitation`] / [`Removal`]: a private room's membership as its owner signs it.
 //! - [`binding`]: the exact bytes each key, message and signature is bound to (the
 //!   AES-GCM associated data, the OAEP label, what is signed), specified in
 //!   docs/PROTOCOL.md.
@@ -27,7 +28,6 @@ mod membership;
 pub mod merkle;
 mod prekey;
 mod rsa_keys;
-mod sender_key;
 mod signing;
 
 pub use encryption::{EncryptionKey, PublicEncryptionKey};
@@ -35,7 +35,6 @@ pub use identity::{Fingerprint, Identity, SafetyNumber, VerifiedIdentity};
 pub use membership::{Invitation, Removal};
 pub use prekey::{Prekey, SignedPrekey};
 pub use rsa_keys::{ALLOWED_KEY_BITS, DEFAULT_KEY_BITS};
-pub use sender_key::{MAX_MESSAGES_PER_KEY, OutboundSenderKey, SenderKey};
 pub use signing::{PublicSigningKey, SigningKey};
 
 /// Why a cryptographic operation failed. Deliberately vague where detail would help an
