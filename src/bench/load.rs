@@ -18,10 +18,10 @@ use tonic::Streaming;
 
 use super::BenchError;
 use crate::client::{self, AuthorizedClient, ChatSession, Event};
+use crate::crypto::group::SIGNATURE_LEN;
 use crate::proto::{
     ClientFrame, JoinRoom, SealedMessage, SendMessage, ServerFrame, client_frame, server_frame,
 };
-use crate::crypto::group::SIGNATURE_LEN;
 use crate::protocol::DEVICE;
 
 /// Message frames a recipient may have queued at the relay, summed over its room's

@@ -27,9 +27,7 @@ pub use idle::{IdleReport, measure_idle};
 pub use load::{E2eeClient, LoadClient, PlainClient};
 
 use crate::client::prekeys::PrekeyRing;
-use crate::client::{
-    self, BearerToken, ChatSession, ClientError, Contacts, RotationPolicy, login,
-};
+use crate::client::{self, BearerToken, ChatSession, ClientError, Contacts, RotationPolicy, login};
 use crate::crypto::Identity;
 use crate::proto::JoinRoom;
 use crate::proto::chat_service_client::ChatServiceClient;

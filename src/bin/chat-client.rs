@@ -3,16 +3,18 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use e2ee_chat::client::prekeys::{PrekeyPolicy, PrekeyRing};
 use e2ee_chat::client::{
-    self, ChatSession, ClientError, Contacts, Credentials, Event, HistoryMessage, home, progress,
+    self, ChatSession, ClientError, Contacts, Credentials, Event, HistoryMessage, RotationPolicy,
+    SharedPrekeys, home, progress,
 };
 use e2ee_chat::crypto::{ALLOWED_KEY_BITS, DEFAULT_KEY_BITS, Identity};
 use e2ee_chat::proto::{JoinRoom, LeaveReason, ServerFrame};
-use e2ee_chat::protocol::{MAX_HISTORY_MESSAGES, utc_time, validate_room, validate_user};
+use e2ee_chat::protocol::{MAX_HISTORY_MESSAGES, now_ms, utc_time, validate_room, validate_user};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::Code;
@@ -282,6 +284,28 @@ async fn trust(
     Ok(())
 }
 
+/// The device's prekeys, made the first time and renewed on their schedule (what bounds
+/// how much a later theft of the home directory reads).
+fn load_prekeys(args: &Args, user: &str, identity: &Identity) -> Result<SharedPrekeys, String> {
+    let bits = identity.encryption_key().bits();
+    let (ring, maintenance) = PrekeyRing::load(
+        &args.home,
+        user,
+        bits,
+        PrekeyPolicy::default(),
+        now_ms(),
+        || eprintln!("making a {bits}-bit prekey for {user} (this takes a few seconds)..."),
+    )
+    .map_err(describe)?;
+    if maintenance.erased > 0 {
+        eprintln!(
+            "erased {} prekey(s) older than the forward-secrecy window",
+            maintenance.erased
+        );
+    }
+    Ok(Arc::new(RwLock::new(ring)))
+}
+
 async fn chat(
     args: &Args,
     user: &str,
@@ -303,10 +327,18 @@ async fn chat(
         create_private: args.private,
         after_seq,
     };
-    let (session, notices) =
-        ChatSession::join(channel, identity.clone(), &credentials, join, contacts)
-            .await
-            .map_err(describe)?;
+    let prekeys = load_prekeys(args, user, &identity)?;
+    let (session, notices) = ChatSession::join(
+        channel,
+        identity.clone(),
+        &credentials,
+        join,
+        contacts,
+        prekeys,
+        RotationPolicy::default(),
+    )
+    .await
+    .map_err(describe)?;
     for notice in notices {
         show(&notice);
     }
@@ -798,9 +830,6 @@ fn show(event: &Event) {
                 LeaveReason::Left | LeaveReason::Unspecified => "left",
                 LeaveReason::Kicked => "was removed by the owner from",
                 LeaveReason::Reclaimed => "went unused too long and was removed by the server from",
-                // Only from servers that ended memberships with the connection.
-                LeaveReason::TooSlow => "was dropped by the server (too slow) from",
-                LeaveReason::Disconnected => "disconnected from",
             };
             eprintln!("* {user} {how} {room}; your sender key was rotated");
         }

@@ -242,10 +242,11 @@ pub async fn fetch_identity(
 
 fn verify_bundle(bundle: KeyBundle) -> Result<VerifiedBundle, ClientError> {
     let published = bundle.identity.unwrap_or_default();
-    let identity = VerifiedIdentity::verify(&published).map_err(|error| ClientError::BadIdentity {
-        user: published.user.clone(),
-        reason: error.to_string(),
-    })?;
+    let identity =
+        VerifiedIdentity::verify(&published).map_err(|error| ClientError::BadIdentity {
+            user: published.user.clone(),
+            reason: error.to_string(),
+        })?;
     let (prekey, prekey_problem) = match bundle.prekey {
         None => (None, Some("it has published no prekey yet".to_owned())),
         Some(prekey) => {

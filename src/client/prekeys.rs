@@ -164,7 +164,11 @@ impl PrekeyRing {
 
     /// The current prekey: the one to publish.
     pub fn current(&self) -> &Prekey {
-        &self.prekeys.last().expect("a ring always has a current prekey").1
+        &self
+            .prekeys
+            .last()
+            .expect("a ring always has a current prekey")
+            .1
     }
 
     /// The prekey `id`, current or retired, if it is still kept.
@@ -198,8 +202,9 @@ impl PrekeyRing {
             maintenance.rotated = true;
         }
         let keep = self.policy.keep_retired_ms;
-        let (expired, kept): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.prekeys).into_iter().partition(|(entry, _)| {
+        let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.prekeys)
+            .into_iter()
+            .partition(|(entry, _)| {
                 entry
                     .retired_at_ms
                     .is_some_and(|retired| now_ms.saturating_sub(retired) >= keep)
@@ -246,7 +251,11 @@ impl PrekeyRing {
         let path = dir.join(FILE);
         let file = PrekeysFile {
             version: VERSION,
-            prekeys: self.prekeys.iter().map(|(entry, _)| entry.clone()).collect(),
+            prekeys: self
+                .prekeys
+                .iter()
+                .map(|(entry, _)| entry.clone())
+                .collect(),
         };
         let json = serde_json::to_vec_pretty(&file).expect("plain data serializes");
         write_private_file(&path, &json)
@@ -379,7 +388,10 @@ mod tests {
         let (ring, _) = load(home.path(), 0);
         let dir = user_dir(home.path(), "alice");
         let file = dir.join(key_file(&format!("{:016x}", ring.current().id())));
-        assert_eq!(fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(
             fs::metadata(dir.join(FILE)).unwrap().permissions().mode() & 0o777,
             0o600

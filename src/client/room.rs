@@ -391,14 +391,13 @@ impl RoomKeys {
             });
         }
         let age = crate::protocol::now_ms().saturating_sub(self.outbound_made_ms);
-        let rotation = if self.outbound.iteration() >= self.rotation.messages
-            || age >= self.rotation.age_ms
-        {
-            let handout = self.rotate()?;
-            self.distribute(&handout)?
-        } else {
-            Vec::new()
-        };
+        let rotation =
+            if self.outbound.iteration() >= self.rotation.messages || age >= self.rotation.age_ms {
+                let handout = self.rotate()?;
+                self.distribute(&handout)?
+            } else {
+                Vec::new()
+            };
         let message = self
             .outbound
             .seal(context(&self.room, &self.me), &envelope)?;
@@ -461,7 +460,9 @@ impl RoomKeys {
         let key = match opened {
             Ok(key) => key,
             Err(reason) => {
-                return vec![self.warning(format!("rejected the sender key of {sender}: {reason}"))];
+                return vec![
+                    self.warning(format!("rejected the sender key of {sender}: {reason}")),
+                ];
             }
         };
         if let Some(member) = self.members.get_mut(&sender) {
@@ -576,8 +577,9 @@ impl RoomKeys {
                     let key = keys.get_mut(&slot).and_then(Option::as_mut);
                     let opened = key.and_then(|key| {
                         let message = group_message(sealed).ok()?;
-                        let plaintext =
-                            key.open(context(&self.room, &delivery.sender), &message).ok()?;
+                        let plaintext = key
+                            .open(context(&self.room, &delivery.sender), &message)
+                            .ok()?;
                         let envelope = Envelope::from_json(&plaintext).ok()?;
                         message_event(delivery.seq, &delivery.sender, envelope).ok()
                     });

@@ -17,9 +17,11 @@ use tonic::Code;
 use super::ClientError;
 use super::contacts::{Contacts, Pin};
 use super::room::{KeyHandout, RoomEvent, RoomKeys, RotationPolicy, SharedPrekeys};
-use crate::crypto::{self, Fingerprint, Identity, PublicEncryptionKey, SafetyNumber, VerifiedIdentity};
+use crate::crypto::{
+    self, Fingerprint, Identity, PublicEncryptionKey, SafetyNumber, VerifiedIdentity,
+};
 use crate::proto::{
-    ClientFrame, DistributeSenderKey, GetHistory, History, InviteMember, Invitation, Joined,
+    ClientFrame, DistributeSenderKey, GetHistory, History, Invitation, InviteMember, Joined,
     KickMember, LeaveReason, LeaveRoom, PublicIdentity, Removal, SendMessage, ServerFrame,
     client_frame, server_frame,
 };
@@ -288,7 +290,11 @@ impl SessionState {
 
     /// Current members whose prekey we do not know yet: ask the key directory.
     pub fn members_without_prekey(&self) -> Vec<String> {
-        self.keys.without_prekey().into_iter().map(str::to_owned).collect()
+        self.keys
+            .without_prekey()
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Records a member's prekey, from a bundle whose identity is the member's (the

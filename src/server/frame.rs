@@ -9,11 +9,11 @@ use std::collections::HashSet;
 
 use tonic::Status;
 
+use crate::crypto::binding::chain_key_copy_leaf;
 use crate::crypto::group::{SIGNATURE_LEN, SIGNING_PUBLIC_KEY_LEN};
 use crate::crypto::merkle::{self, Hash};
-use crate::crypto::binding::chain_key_copy_leaf;
 use crate::proto::{
-    ClientFrame, DistributeSenderKey, DistributionHeader, GetHistory, InviteMember, Invitation,
+    ClientFrame, DistributeSenderKey, DistributionHeader, GetHistory, Invitation, InviteMember,
     JoinRoom, KickMember, LeaveRoom, Removal, SealedMessage, SendMessage, WrappedChainKey,
     client_frame,
 };
@@ -102,8 +102,8 @@ pub fn check(frame: ClientFrame) -> Result<ValidFrame, Status> {
         }
         Some(Kind::Invite(InviteMember { room, invitation })) => {
             check_room(&room)?;
-            let invitation =
-                invitation.ok_or_else(|| Status::invalid_argument("invite.invitation is missing"))?;
+            let invitation = invitation
+                .ok_or_else(|| Status::invalid_argument("invite.invitation is missing"))?;
             if invitation.room != room {
                 return Err(Status::invalid_argument(
                     "invite.invitation is for another room than invite.room",

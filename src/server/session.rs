@@ -12,9 +12,9 @@ use tonic::{Code, Status, Streaming};
 
 use super::accounts::Accounts;
 use super::catch_up;
-use super::key_directory::KeyDirectory;
 use super::frame::{self, ValidFrame};
 use super::hub::{Hub, JoinRequest, SessionId};
+use super::key_directory::KeyDirectory;
 use super::network::decode_fault;
 use super::signed_membership;
 use crate::proto::{ClientFrame, Rejection, server_frame};

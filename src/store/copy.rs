@@ -38,11 +38,12 @@ pub fn delivery(
     stored: &[u8],
     signature: Bytes,
 ) -> Result<SenderKeyDelivery, StoreError> {
-    let mut delivery = SenderKeyDelivery::decode(stored).map_err(|error| StoreError::CorruptEntry {
-        room: room.to_owned(),
-        seq,
-        reason: format!("a sender key copy: {error}"),
-    })?;
+    let mut delivery =
+        SenderKeyDelivery::decode(stored).map_err(|error| StoreError::CorruptEntry {
+            room: room.to_owned(),
+            seq,
+            reason: format!("a sender key copy: {error}"),
+        })?;
     delivery.room = room.to_owned();
     delivery.sender = sender;
     delivery.seq = seq;

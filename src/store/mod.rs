@@ -15,7 +15,9 @@ pub use sqlite::{DATABASE_FILE, SqliteStore, decode_identity, decode_message};
 
 use std::time::Duration;
 
-use crate::proto::{MessageDelivery, PublicIdentity, SealedMessage, SenderKeyDelivery, SignedPrekey};
+use crate::proto::{
+    MessageDelivery, PublicIdentity, SealedMessage, SenderKeyDelivery, SignedPrekey,
+};
 
 /// Why the store could not do what it was asked.
 #[derive(Debug, thiserror::Error)]

@@ -29,12 +29,14 @@ use rusqlite::{
 };
 use sha2::{Digest, Sha256};
 
+use super::copy;
 use super::{
     Applied, Change, Dormant, Entry, Pruned, RegistrationToken, StoragePolicy, Store, StoreError,
     StoredRoom,
 };
-use super::copy;
-use crate::proto::{MessageDelivery, PublicIdentity, SealedMessage, SenderKeyDelivery, SignedPrekey};
+use crate::proto::{
+    MessageDelivery, PublicIdentity, SealedMessage, SenderKeyDelivery, SignedPrekey,
+};
 
 /// The database's file name in the data directory.
 pub const DATABASE_FILE: &str = "chat.sqlite3";
@@ -922,7 +924,9 @@ impl Store for SqliteStore {
             },
         )? {
             if let Some(at) = room(&name) {
-                rooms[at].invited.push((user, invitation.map(bytes::Bytes::from)));
+                rooms[at]
+                    .invited
+                    .push((user, invitation.map(bytes::Bytes::from)));
             }
         }
         for (name, user, removal) in select(
@@ -930,7 +934,13 @@ impl Store for SqliteStore {
             "SELECT room, user, removal FROM removals ORDER BY room, user",
             [],
             "read the removals from the rooms",
-            |row| Ok((row.get::<_, String>(0)?, row.get(1)?, row.get::<_, Vec<u8>>(2)?)),
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get(1)?,
+                    row.get::<_, Vec<u8>>(2)?,
+                ))
+            },
         )? {
             if let Some(at) = room(&name) {
                 rooms[at].removals.push((user, removal.into()));

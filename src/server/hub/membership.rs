@@ -167,8 +167,14 @@ impl Hub {
             if let Some(session) = state.sessions.get_mut(&id) {
                 session.rooms.remove(room);
             }
-            let effect =
-                state.start_leaving(room, &user, Some((id, request_id)), None, LeaveReason::Left, None);
+            let effect = state.start_leaving(
+                room,
+                &user,
+                Some((id, request_id)),
+                None,
+                LeaveReason::Left,
+                None,
+            );
             let changes = vec![Change::RemoveMember {
                 room: room.to_owned(),
                 user,

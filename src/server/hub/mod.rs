@@ -219,7 +219,8 @@ impl Hub {
                     .invited
                     .into_iter()
                     .map(|(user, invitation)| {
-                        let invitation = invitation.and_then(|bytes| Invitation::decode(bytes).ok());
+                        let invitation =
+                            invitation.and_then(|bytes| Invitation::decode(bytes).ok());
                         (user, invitation)
                     })
                     .collect(),
