@@ -14,7 +14,7 @@ use common::process::{
 };
 use e2ee_chat::bench::{self, Load};
 use e2ee_chat::client::{ChatSession, ClientError, Contacts, Event};
-use e2ee_chat::proto::{JoinRoom, PublicIdentity};
+use e2ee_chat::proto::{JoinRoom, PublicIdentity, SignedPrekey};
 use e2ee_chat::server::Limits;
 use e2ee_chat::store::{
     Applied, Change, Dormant, Entry, Pruned, RegistrationToken, SqliteStore, StoragePolicy, Store,
@@ -63,8 +63,16 @@ impl Chatter {
             after_seq,
         };
         let identity = common::identity(user);
-        let (session, _) =
-            ChatSession::join(channel, identity, &credentials, join, Contacts::in_memory()).await?;
+        let (session, _) = ChatSession::join(
+            channel,
+            identity,
+            &credentials,
+            join,
+            Contacts::in_memory(),
+            common::prekeys(user),
+            e2ee_chat::client::RotationPolicy::default(),
+        )
+        .await?;
         Ok(session)
     }
 
@@ -416,6 +424,12 @@ struct FailingStore {
 impl Store for FailingStore {
     fn identities(&self) -> Result<Vec<PublicIdentity>, StoreError> {
         self.inner.identities()
+    }
+    fn prekeys(&self) -> Result<Vec<(String, SignedPrekey)>, StoreError> {
+        self.inner.prekeys()
+    }
+    fn save_prekey(&self, user: &str, prekey: &SignedPrekey) -> Result<(), StoreError> {
+        self.inner.save_prekey(user, prekey)
     }
     fn register(&self, identity: &PublicIdentity, token: Option<&str>) -> Result<(), StoreError> {
         self.inner.register(identity, token)

@@ -266,7 +266,10 @@ fn tampered_messages_are_refused_across_languages() {
         let mut mallory = common::RawClient::open_url(&server.url, "eve").await;
         let members = mallory.join("other").await;
         let mut keys = common::room_keys("other", "eve", members);
-        let distribution = keys.distribute_to_all().unwrap().remove(0);
+        let distribution = keys
+            .distribute(&e2ee_chat::client::KeyHandout::Everyone)
+            .unwrap()
+            .remove(0);
         mallory.send(2, Kind::DistributeKey(distribution)).await;
         let (_, mut tampered) = keys.seal_text("the genuine one").unwrap();
         let sealed = tampered.sealed.as_mut().unwrap();

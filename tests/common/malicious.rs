@@ -9,8 +9,8 @@ use e2ee_chat::proto::auth_service_server::{AuthService, AuthServiceServer};
 use e2ee_chat::proto::chat_service_client::ChatServiceClient;
 use e2ee_chat::proto::chat_service_server::{ChatService, ChatServiceServer};
 use e2ee_chat::proto::{
-    ClientFrame, CreateChallengeRequest, CreateChallengeResponse, GetIdentityRequest, LoginRequest,
-    LoginResponse, PublicIdentity, ServerFrame, server_frame,
+    ClientFrame, CreateChallengeRequest, CreateChallengeResponse, KeyExchangeRequest,
+    KeyExchangeResponse, LoginRequest, LoginResponse, PublicIdentity, ServerFrame, server_frame,
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -117,17 +117,21 @@ type Frames = Pin<Box<dyn Stream<Item = Result<ServerFrame, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ChatService for Forward {
-    async fn get_identity(
+    async fn key_exchange(
         &self,
-        request: Request<GetIdentityRequest>,
-    ) -> Result<Response<PublicIdentity>, Status> {
+        request: Request<KeyExchangeRequest>,
+    ) -> Result<Response<KeyExchangeResponse>, Status> {
         let upstream = with_token(&request, request.get_ref().clone());
-        let mut identity = ChatServiceClient::new(self.upstream.clone())
-            .get_identity(upstream)
+        let mut answer = ChatServiceClient::new(self.upstream.clone())
+            .key_exchange(upstream)
             .await?
             .into_inner();
-        self.swap(&mut identity);
-        Ok(Response::new(identity))
+        for bundle in &mut answer.bundles {
+            if let Some(identity) = bundle.identity.as_mut() {
+                self.swap(identity);
+            }
+        }
+        Ok(Response::new(answer))
     }
 
     type ChatStream = Frames;

@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use e2ee_chat::client::prekeys::PrekeyRing;
 use e2ee_chat::client::{
     self, AuthorizedClient, ChatSession, ClientError, Contacts, Credentials, Event, RoomKeys,
+    RotationPolicy, SharedPrekeys,
 };
 use e2ee_chat::crypto::{Identity, SafetyNumber, VerifiedIdentity};
 use e2ee_chat::proto::{
@@ -120,6 +122,20 @@ pub fn identity(user: &str) -> Arc<Identity> {
         .clone()
 }
 
+/// A 2048-bit prekey ring per user name, in memory, made once per test binary: every
+/// session of a user in a test opens what was wrapped for its earlier ones.
+pub fn prekeys(user: &str) -> SharedPrekeys {
+    static PREKEYS: OnceLock<Mutex<HashMap<String, SharedPrekeys>>> = OnceLock::new();
+    let mut known = PREKEYS.get_or_init(Default::default).lock().unwrap();
+    known
+        .entry(user.to_owned())
+        .or_insert_with(|| {
+            let ring = PrekeyRing::in_memory(2048, e2ee_chat::protocol::now_ms()).unwrap();
+            Arc::new(std::sync::RwLock::new(ring))
+        })
+        .clone()
+}
+
 /// Logs in to the relay at `url` as `user` with its test identity.
 pub async fn log_in(url: &str, user: &str) -> Result<(Channel, Credentials), ClientError> {
     let channel = client::connect(url, None).await?;
@@ -199,8 +215,16 @@ impl Member {
             create_private,
             after_seq: None,
         };
-        let (session, notices) =
-            ChatSession::join(channel, identity(user), &credentials, join, contacts).await?;
+        let (session, notices) = ChatSession::join(
+            channel,
+            identity(user),
+            &credentials,
+            join,
+            contacts,
+            prekeys(user),
+            RotationPolicy::default(),
+        )
+        .await?;
         Ok((Self::start(user, session), notices))
     }
 
@@ -497,9 +521,22 @@ pub fn public_identity(user: &str, key_owner: &str) -> PublicIdentity {
 
 /// Room keys for a raw client, as a real member would hold them, trusting every member.
 pub fn room_keys(room: &str, user: &str, members: Vec<PublicIdentity>) -> RoomKeys {
-    let mut keys = RoomKeys::new(room, user, identity(user)).unwrap();
+    let mut keys = RoomKeys::new(
+        room,
+        user,
+        identity(user),
+        prekeys(user),
+        RotationPolicy::default(),
+    )
+    .unwrap();
     for member in members {
+        let name = member.user.clone();
         keys.insert_member(VerifiedIdentity::verify(&member).unwrap(), true);
+        // The prekeys of the tests' own clients; a member from elsewhere gets nothing.
+        let ring = prekeys(&name);
+        let ring = ring.read().unwrap();
+        let current = ring.current();
+        keys.set_prekey(&name, current.id(), current.key().public_key().clone());
     }
     keys
 }
