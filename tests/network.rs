@@ -18,8 +18,8 @@ use tokio::net::TcpStream;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
-const LOGIN: &str = "/chat.v1.AuthService/Login";
-const GET_IDENTITY: &str = "/chat.v1.ChatService/GetIdentity";
+const LOGIN: &str = "/chat.v2.AuthService/Login";
+const KEY_EXCHANGE: &str = "/chat.v2.ChatService/KeyExchange";
 
 /// Another "host": Linux routes all of 127.0.0.0/8 to loopback.
 const OTHER_HOST: &str = "127.0.0.2";
@@ -201,7 +201,7 @@ async fn a_stalled_chat_frame_ends_its_session() {
     bytes.extend_from_slice(&[0; 10]);
     let stalled = connection
         .call(
-            "/chat.v1.ChatService/Chat",
+            "/chat.v2.ChatService/Chat",
             &[("authorization", &authorization)],
             &bytes,
         )
@@ -256,7 +256,7 @@ async fn send_undecodable(
 async fn undecodable_logins_and_challenges_get_invalid_argument() {
     let server = TestServer::start().await;
     // Field 1 as a varint, cut off in the middle.
-    for path in [LOGIN, "/chat.v1.AuthService/CreateChallenge"] {
+    for path in [LOGIN, "/chat.v2.AuthService/CreateChallenge"] {
         let status = send_undecodable(&server, path, vec![0x08, 0xff]).await;
         assert_eq!(status.code(), Code::InvalidArgument, "{path}: {status:?}");
         assert!(status.message().contains("could not decode"), "{status:?}");
@@ -344,14 +344,14 @@ async fn one_login_holds_a_few_requests_at_once_however_many_connections_it_open
     .await;
     let authorization = format!("Bearer {}", token(&server, "alice").await);
     let metadata = [("authorization", authorization.as_str())];
-    // Each connection starts a GetIdentity of 60 KiB and sends 10 bytes of it.
+    // Each connection starts a KeyExchange of 60 KiB and sends 10 bytes of it.
     let mut bytes = prefix(60 * 1024);
     bytes.extend_from_slice(&[0; 10]);
     let mut connections = Vec::new();
     let mut stalled = Vec::new();
     for _ in 0..4 {
         let mut connection = RawH2::connect(server.addr).await;
-        stalled.push(connection.call(GET_IDENTITY, &metadata, &bytes).await);
+        stalled.push(connection.call(KEY_EXCHANGE, &metadata, &bytes).await);
         connections.push(connection);
     }
     let mut codes = Vec::new();

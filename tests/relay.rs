@@ -278,7 +278,7 @@ async fn send_garbage(server: &TestServer, user: &str) -> tonic::Status {
     // Field 1 as a varint, cut off in the middle.
     let frames = tokio_stream::iter(vec![vec![0x08, 0xff]]);
     let request = tonic::Request::new(frames);
-    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/chat.v1.ChatService/Chat");
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/chat.v2.ChatService/Chat");
     let response = grpc.streaming(request, path, common::RawBytes).await;
     let mut stream = match response {
         Ok(response) => response.into_inner(),
@@ -538,7 +538,7 @@ async fn health_and_reflection_answer() {
 
     let server = TestServer::start().await;
     let mut health = HealthClient::new(server.channel().await);
-    for service in ["", "chat.v1.ChatService"] {
+    for service in ["", "chat.v2.ChatService"] {
         let response = health
             .check(HealthCheckRequest {
                 service: service.into(),
@@ -555,7 +555,7 @@ async fn health_and_reflection_answer() {
         (&v1, "grpc.reflection.v1.ServerReflection"),
         (&v1alpha, "grpc.reflection.v1alpha.ServerReflection"),
     ] {
-        for expected in ["chat.v1.ChatService", "grpc.health.v1.Health", itself] {
+        for expected in ["chat.v2.ChatService", "grpc.health.v1.Health", itself] {
             assert!(
                 services.iter().any(|s| s == expected),
                 "{expected} missing from {services:?}"
@@ -563,7 +563,7 @@ async fn health_and_reflection_answer() {
         }
     }
     assert!(
-        describe_v1(&server, "chat.v1.ChatService")
+        describe_v1(&server, "chat.v2.ChatService")
             .await
             .contains(&"ChatService".to_owned())
     );

@@ -273,7 +273,7 @@ async fn names_do_not_cross_the_wire_in_clear_over_tls() {
 
     let wire = proxy.bytes();
     assert!(!wire.is_empty());
-    for name in ["alice-tls", "bob-tls", room, "chat.v1.ChatService"] {
+    for name in ["alice-tls", "bob-tls", room, "chat.v2.ChatService"] {
         assert!(
             !contains(&wire, name.as_bytes()),
             "{name} crossed the wire in clear"
