@@ -335,6 +335,14 @@ impl RoomKeys {
             .collect()
     }
 
+    /// The relay stored our message sealed under `key_id` at `iteration`: newcomers are
+    /// handed our key from the next message on.
+    pub fn acknowledged(&mut self, key_id: u64, iteration: u32) {
+        if key_id == self.outbound.id() {
+            self.outbound.acknowledged(iteration);
+        }
+    }
+
     /// Makes a fresh sender key, owed to every trusted member.
     pub fn rotate(&mut self) -> Result<KeyHandout, ClientError> {
         self.outbound = OwnSenderKey::generate()?;

@@ -605,7 +605,12 @@ impl SessionState {
         // Our own entries never move `last_seq`: the relay may ack ours before it
         // delivers an earlier one of someone else's.
         match self.unanswered.remove(&request_id)? {
-            Pending::Message(_) => Some(Event::Delivered { request_id, seq }),
+            Pending::Message(unacked) => {
+                if let Some(sealed) = &unacked.send.sealed {
+                    self.keys.acknowledged(sealed.key_id, sealed.iteration);
+                }
+                Some(Event::Delivered { request_id, seq })
+            }
             Pending::Leave => Some(Event::Left { room }),
             Pending::Invite(user) => Some(Event::Notice(format!(
                 "invited {user} to {room}: they can join it now"
