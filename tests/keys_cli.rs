@@ -174,7 +174,7 @@ fn a_private_room_through_the_binaries() {
 fn the_server_never_logs_a_token() {
     use e2ee_chat::proto::auth_service_client::AuthServiceClient;
     use e2ee_chat::proto::chat_service_client::ChatServiceClient;
-    use e2ee_chat::proto::{CreateChallengeRequest, GetIdentityRequest, LoginRequest};
+    use e2ee_chat::proto::{CreateChallengeRequest, KeyExchangeRequest, LoginRequest};
 
     let dir = tempfile::tempdir().unwrap();
     let mut server =
@@ -203,14 +203,15 @@ fn the_server_never_logs_a_token() {
             .unwrap()
             .into_inner()
             .session_token;
-        let mut request = tonic::Request::new(GetIdentityRequest {
-            user: "alice".into(),
+        let mut request = tonic::Request::new(KeyExchangeRequest {
+            users: vec!["alice".into()],
+            ..Default::default()
         });
         request
             .metadata_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
         ChatServiceClient::new(channel)
-            .get_identity(request)
+            .key_exchange(request)
             .await
             .unwrap();
         token
