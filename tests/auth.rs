@@ -13,7 +13,7 @@ use e2ee_chat::crypto::{EncryptionKey, Identity, SigningKey};
 use e2ee_chat::proto::auth_service_client::AuthServiceClient;
 use e2ee_chat::proto::chat_service_client::ChatServiceClient;
 use e2ee_chat::proto::{
-    ClientFrame, CreateChallengeRequest, GetIdentityRequest, LeaveReason, LoginRequest,
+    ClientFrame, CreateChallengeRequest, KeyExchangeRequest, LeaveReason, LoginRequest,
     PublicIdentity, client_frame,
 };
 use e2ee_chat::server::Limits;
@@ -175,14 +175,15 @@ async fn chat_service_needs_a_valid_unexpired_token() {
     };
     let server = TestServer::with_limits(limits).await;
     let mut chat = ChatServiceClient::new(server.channel().await);
-    let lookup = || GetIdentityRequest {
-        user: "alice".into(),
+    let lookup = || KeyExchangeRequest {
+        users: vec!["alice".into()],
+        ..Default::default()
     };
 
-    let status = chat.get_identity(lookup()).await.unwrap_err();
+    let status = chat.key_exchange(lookup()).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "missing: {status:?}");
     let status = chat
-        .get_identity(authorized(lookup(), &"0".repeat(64)))
+        .key_exchange(authorized(lookup(), &"0".repeat(64)))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "forged: {status:?}");
@@ -191,7 +192,7 @@ async fn chat_service_needs_a_valid_unexpired_token() {
         .metadata_mut()
         .insert("authorization", "Basic YWxpY2U6".parse().unwrap());
     assert_eq!(
-        chat.get_identity(not_bearer).await.unwrap_err().code(),
+        chat.key_exchange(not_bearer).await.unwrap_err().code(),
         Code::Unauthenticated
     );
     let (_frames, outbound) = tokio::sync::mpsc::channel::<ClientFrame>(1);
@@ -202,19 +203,24 @@ async fn chat_service_needs_a_valid_unexpired_token() {
     assert_eq!(status.code(), Code::Unauthenticated, "stream: {status:?}");
 
     let token = raw_login(&server, "alice", "alice").await.unwrap();
-    let found = chat
-        .get_identity(authorized(lookup(), &token))
+    let bundles = chat
+        .key_exchange(authorized(lookup(), &token))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .bundles;
+    let found = bundles[0].identity.clone().unwrap();
     let expected = identity("alice").publish("alice").unwrap();
     assert_eq!(found.user, "alice");
     assert_eq!(found.signing_public_key, expected.signing_public_key);
     assert_eq!(found.encryption_public_key, expected.encryption_public_key);
+    assert_eq!(bundles[0].device, 1);
+    assert!(bundles[0].prekey.is_none(), "alice published no prekey");
     let status = chat
-        .get_identity(authorized(
-            GetIdentityRequest {
-                user: "nobody".into(),
+        .key_exchange(authorized(
+            KeyExchangeRequest {
+                users: vec!["nobody".into()],
+                ..Default::default()
             },
             &token,
         ))
@@ -224,11 +230,27 @@ async fn chat_service_needs_a_valid_unexpired_token() {
 
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let status = chat
-        .get_identity(authorized(lookup(), &token))
+        .key_exchange(authorized(lookup(), &token))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated, "expired: {status:?}");
     assert!(status.message().contains("expired"), "{status:?}");
+}
+
+/// `user`'s invitation of itself to `room`, signed with its own keys: what an outsider
+/// may try.
+fn self_invitation(room: &str, user: &str) -> e2ee_chat::proto::Invitation {
+    let keys = identity(user);
+    let public = e2ee_chat::crypto::VerifiedIdentity::verify(&keys.publish(user).unwrap()).unwrap();
+    let signed = e2ee_chat::crypto::Invitation::sign(&keys, room, user, &public, 1).unwrap();
+    e2ee_chat::proto::Invitation {
+        room: signed.room,
+        owner: signed.owner,
+        invitee: signed.invitee,
+        invitee_fingerprint: signed.invitee_fingerprint.as_bytes().to_vec().into(),
+        issued_at_ms: signed.issued_at_ms,
+        signature: signed.signature.into(),
+    }
 }
 
 #[tokio::test]
@@ -253,7 +275,7 @@ async fn private_rooms_admit_only_the_owner_and_invited_users() {
             2,
             client_frame::Kind::Invite(e2ee_chat::proto::InviteMember {
                 room: "#plans".into(),
-                user: "dave".into(),
+                invitation: Some(self_invitation("#plans", "dave")),
             }),
         )
         .await;
@@ -397,7 +419,7 @@ async fn a_relay_that_swaps_keys_is_caught_and_learns_nothing() {
     );
     let wrapped_for_bob = sent.iter().any(|frame| {
         matches!(&frame.kind, Some(client_frame::Kind::DistributeKey(distribution))
-            if distribution.keys.iter().any(|key| key.recipient == "bob"))
+            if distribution.copies.iter().any(|copy| copy.recipient == "bob"))
     });
     assert!(
         !wrapped_for_bob,
@@ -424,7 +446,10 @@ async fn a_replayed_message_is_shown_once_and_late_ones_within_the_window_still_
     let mut dave = common::RawClient::open(&server, "dave").await;
     let members = dave.join("lobby").await;
     let mut keys = common::room_keys("lobby", "dave", members);
-    let distribution = keys.distribute_to_all().unwrap().remove(0);
+    let distribution = keys
+        .distribute(&e2ee_chat::client::KeyHandout::Everyone)
+        .unwrap()
+        .remove(0);
     dave.send(2, client_frame::Kind::DistributeKey(distribution))
         .await;
     dave.answer(2).await;
@@ -503,10 +528,11 @@ async fn a_login_that_straddles_a_relay_restart_asks_for_a_new_challenge_once() 
         .unwrap();
     assert_eq!(relay.challenges(), 2);
     let mut chat = credentials.chat_client(after.channel().await);
-    let request = GetIdentityRequest {
-        user: "alice".into(),
+    let request = KeyExchangeRequest {
+        users: vec!["alice".into()],
+        ..Default::default()
     };
-    chat.get_identity(request).await.unwrap();
+    chat.key_exchange(request).await.unwrap();
 
     // A refusal that stands is not tried over and over: two challenges, then the error.
     let relay = RestartedRelay::start(&before.url, &after.url, usize::MAX).await;
