@@ -10,8 +10,8 @@ use std::time::Duration;
 use common::process::ServerProcess;
 use common::{Member, PATIENCE, RawClient, TestServer};
 use e2ee_chat::proto::{
-    DistributeSenderKey, GetHistory, JoinRoom, SealedMessage, SendMessage, ServerFrame,
-    WrappedSenderKey, client_frame, history_entry, server_frame,
+    DistributeSenderKey, DistributionHeader, GetHistory, JoinRoom, SealedMessage, SendMessage,
+    ServerFrame, WrappedChainKey, client_frame, history_entry, server_frame,
 };
 use e2ee_chat::server::Limits;
 use e2ee_chat::store::DATABASE_FILE;
@@ -19,13 +19,13 @@ use tonic::Code;
 
 /// A well-formed sealed message under `key_id` (the relay cannot tell it from a real
 /// one), with `size` bytes of ciphertext.
-fn sealed(key_id: u64, counter: u64, size: usize) -> SealedMessage {
+fn sealed(key_id: u64, iteration: u64, size: usize) -> SealedMessage {
     SealedMessage {
         key_id,
-        counter,
-        nonce: vec![7; 12].into(),
-        ciphertext: vec![counter as u8; size].into(),
-        signature: vec![9; 256].into(),
+        iteration: iteration as u32,
+        device: 1,
+        ciphertext: vec![iteration as u8; size].into(),
+        signature: vec![9; 64].into(),
     }
 }
 
@@ -39,15 +39,22 @@ fn send(room: &str, sealed: SealedMessage) -> client_frame::Kind {
 fn distribute(room: &str, key_id: u64, recipients: &[&str]) -> client_frame::Kind {
     client_frame::Kind::DistributeKey(DistributeSenderKey {
         room: room.into(),
-        key_id,
-        keys: recipients
+        header: Some(DistributionHeader {
+            key_id,
+            iteration: 0,
+            device: 1,
+            signing_public_key: vec![3; 32].into(),
+        }),
+        copies: recipients
             .iter()
-            .map(|recipient| WrappedSenderKey {
+            .map(|recipient| WrappedChainKey {
                 recipient: (*recipient).into(),
-                wrapped_key: vec![1; 256].into(),
-                signature: vec![2; 256].into(),
+                device: 1,
+                prekey_id: 5,
+                wrapped: vec![1; 256].into(),
             })
             .collect(),
+        signature: vec![2; 256].into(),
     })
 }
 
@@ -101,12 +108,12 @@ async fn a_message_resent_at_the_rooms_cap_deletes_no_stored_message() {
     let server_frame::Kind::History(history) = ask(&mut alice, 30, history).await else {
         panic!("expected History");
     };
-    let counters: Vec<u64> = history
+    let counters: Vec<u32> = history
         .entries
         .iter()
         .filter_map(|entry| match &entry.kind {
             Some(history_entry::Kind::Message(message)) => {
-                Some(message.sealed.as_ref().unwrap().counter)
+                Some(message.sealed.as_ref().unwrap().iteration)
             }
             _ => None,
         })
@@ -140,7 +147,7 @@ async fn a_returning_member_is_never_handed_a_key_superseded_where_it_left_off()
     let keys: Vec<u64> = caught_up
         .iter()
         .filter_map(|frame| match &frame.kind {
-            Some(server_frame::Kind::SenderKey(key)) => Some(key.key_id),
+            Some(server_frame::Kind::SenderKey(key)) => key.header.as_ref().map(|h| h.key_id),
             _ => None,
         })
         .collect();
@@ -206,7 +213,7 @@ async fn a_member_over_its_storage_quota_is_refused_and_others_are_not() {
 #[tokio::test]
 async fn a_full_store_forgets_its_oldest_messages_and_goes_on() {
     let limits = Limits {
-        max_store_bytes: 3_000,
+        max_store_bytes: 2_400,
         ..Limits::default()
     };
     let server = TestServer::with_limits(limits).await;
@@ -240,7 +247,7 @@ async fn a_full_store_forgets_its_oldest_messages_and_goes_on() {
     assert_eq!(
         stored(ask(&mut bob, 30, history("new")).await),
         3,
-        "about 900 bytes each"
+        "about 690 bytes each"
     );
 }
 
