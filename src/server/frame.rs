@@ -305,20 +305,27 @@ mod tests {
     use super::*;
 
     fn distribution(recipients: &[&str]) -> ClientFrame {
-        let keys = recipients
+        let copies = recipients
             .iter()
-            .map(|recipient| WrappedSenderKey {
+            .map(|recipient| WrappedChainKey {
                 recipient: (*recipient).to_owned(),
-                wrapped_key: vec![1; MIN_WRAPPED_KEY_LEN].into(),
-                signature: vec![2; MIN_SIGNATURE_LEN].into(),
+                device: DEVICE,
+                prekey_id: 3,
+                wrapped: vec![1; MIN_WRAPPED_KEY_LEN].into(),
             })
             .collect();
         ClientFrame {
             request_id: 1,
             kind: Some(client_frame::Kind::DistributeKey(DistributeSenderKey {
                 room: "lobby".to_owned(),
-                key_id: 7,
-                keys,
+                header: Some(DistributionHeader {
+                    key_id: 7,
+                    iteration: 0,
+                    device: DEVICE,
+                    signing_public_key: vec![5; SIGNING_PUBLIC_KEY_LEN].into(),
+                }),
+                copies,
+                signature: vec![2; MIN_SIGNATURE_LEN].into(),
             })),
         }
     }

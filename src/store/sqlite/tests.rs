@@ -1,4 +1,5 @@
 use super::*;
+use crate::proto::{DistributionHeader, WrappedChainKey};
 use crate::store::{Quota, WrappedKey};
 
 /// Commits without any quota or room limit: what most tests need.
@@ -37,8 +38,8 @@ const K3: u64 = 3;
 fn sealed(key_id: u64, counter: u64) -> SealedMessage {
     SealedMessage {
         key_id,
-        counter,
-        nonce: vec![counter as u8; 12].into(),
+        iteration: counter as u32,
+        device: 1,
         ciphertext: format!("ciphertext {key_id}/{counter}").into_bytes().into(),
         signature: vec![9; 16].into(),
     }
@@ -78,7 +79,20 @@ fn wrap(room: &str, seq: u64, sender: &str, key_id: u64, recipients: &[&str]) ->
             .iter()
             .map(|recipient| WrappedKey {
                 recipient: (*recipient).to_owned(),
-                wrapped_key: format!("{key_id} for {recipient}").into_bytes().into(),
+                wrapped_key: crate::store::copy::encode(
+                    &DistributionHeader {
+                        key_id,
+                        ..Default::default()
+                    },
+                    WrappedChainKey {
+                        recipient: (*recipient).to_owned(),
+                        wrapped: format!("{key_id} for {recipient}").into_bytes().into(),
+                        ..Default::default()
+                    },
+                    0,
+                    1,
+                    Vec::new(),
+                ),
                 signature: format!("signed by {sender}").into_bytes().into(),
             })
             .collect(),
@@ -95,24 +109,21 @@ fn lines(room: &str, entries: &[Entry]) -> Vec<String> {
             Entry::Message(message) => {
                 let stored = message.sealed.as_ref().unwrap();
                 assert_eq!(message.room, room);
-                assert_eq!(*stored, sealed(stored.key_id, stored.counter));
+                assert_eq!(*stored, sealed(stored.key_id, stored.iteration.into()));
                 format!(
                     "{} message {} {}/{}",
-                    message.seq, message.sender, stored.key_id, stored.counter
+                    message.seq, message.sender, stored.key_id, stored.iteration
                 )
             }
             Entry::SenderKey(key) => {
                 assert_eq!(key.room, room);
                 let signature = format!("signed by {}", key.sender);
                 assert_eq!(key.signature, signature.as_bytes());
-                let wrapped = String::from_utf8(key.wrapped_key.to_vec()).unwrap();
-                let recipient = wrapped
-                    .strip_prefix(&format!("{} for ", key.key_id))
-                    .unwrap();
-                format!(
-                    "{} key {} {} for {recipient}",
-                    key.seq, key.sender, key.key_id
-                )
+                let key_id = key.header.as_ref().unwrap().key_id;
+                let wrapped =
+                    String::from_utf8(key.copy.as_ref().unwrap().wrapped.to_vec()).unwrap();
+                let recipient = wrapped.strip_prefix(&format!("{key_id} for ")).unwrap();
+                format!("{} key {} {key_id} for {recipient}", key.seq, key.sender)
             }
         })
         .collect()
@@ -254,10 +265,12 @@ fn rooms_and_their_logs_survive_reopening() {
             Change::Invite {
                 room: "secret".into(),
                 user: "carol".into(),
+                invitation: bytes::Bytes::from_static(b"signed"),
             },
             Change::Invite {
                 room: "secret".into(),
                 user: "bob".into(),
+                invitation: bytes::Bytes::from_static(b"signed"),
             },
             join("secret", "alice", 1),
             join("secret", "bob", 2),
@@ -293,6 +306,7 @@ fn rooms_and_their_logs_survive_reopening() {
                 last_seq: 7,
                 members: vec![("bob".into(), 7)],
                 invited: vec![],
+                removals: vec![],
                 messages: 0,
                 message_bytes: 0,
             },
@@ -301,7 +315,8 @@ fn rooms_and_their_logs_survive_reopening() {
                 owner: Some("alice".into()),
                 last_seq: 4,
                 members: vec![("alice".into(), 1), ("bob".into(), 2)],
-                invited: vec!["carol".into()],
+                invited: vec![("carol".into(), Some(bytes::Bytes::from_static(b"signed")))],
+                removals: vec![],
                 messages: 1,
                 message_bytes: size_of(K1, 0),
             },
@@ -658,6 +673,7 @@ fn a_deleted_room_is_forgotten_entirely() {
                 Change::Invite {
                     room: "r".into(),
                     user: "erin".into(),
+                    invitation: bytes::Bytes::from_static(b"signed"),
                 },
                 Change::DeleteRoom { room: "r".into() },
             ])
@@ -1221,6 +1237,7 @@ fn a_deleted_identity_takes_its_keys_invitations_and_name_with_it() {
                 Change::Invite {
                     room: "r".into(),
                     user: "alice".into(),
+                    invitation: bytes::Bytes::from_static(b"signed"),
                 },
                 Change::RemoveMember {
                     room: "r".into(),
