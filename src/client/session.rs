@@ -441,14 +441,17 @@ mod tests {
     use tonic::transport::Server;
 
     use super::*;
+    use crate::client::prekeys::PrekeyRing;
     use crate::client::{RoomEvent, RoomKeys};
     use crate::crypto::VerifiedIdentity;
     use crate::proto::chat_service_server::{ChatService, ChatServiceServer};
     use crate::proto::{
-        Ack, CaughtUp, DistributeSenderKey, GetIdentityRequest, History, HistoryEntry,
-        MessageDelivery, PublicIdentity, Rejection, SendMessage, SenderKeyDelivery, history_entry,
+        Ack, CaughtUp, DistributeSenderKey, History, HistoryEntry, KeyBundle, KeyExchangeRequest,
+        KeyExchangeResponse, MessageDelivery, PublicIdentity, Rejection, SendMessage,
+        SenderKeyDelivery, history_entry,
     };
     use crate::protocol::MAX_HISTORY_MESSAGES;
+    use crate::server::frame::{ValidFrame, check};
     use server_frame::Kind;
 
     const PATIENCE: Duration = Duration::from_secs(10);
@@ -462,11 +465,60 @@ mod tests {
         identities()[index].publish(user).unwrap()
     }
 
-    /// The room keys of another member, who knows `members`.
+    /// The prekeys of the three test identities, in memory.
+    fn rings() -> &'static [SharedPrekeys; 3] {
+        static RINGS: OnceLock<[SharedPrekeys; 3]> = OnceLock::new();
+        RINGS.get_or_init(|| {
+            std::array::from_fn(|_| {
+                let ring = PrekeyRing::in_memory(2048, crate::protocol::now_ms()).unwrap();
+                Arc::new(std::sync::RwLock::new(ring))
+            })
+        })
+    }
+
+    /// The test identity a name stands for in these tests.
+    fn index_of(user: &str) -> Option<usize> {
+        ["alice", "bob", "carol"]
+            .iter()
+            .position(|name| *name == user)
+    }
+
+    /// What the key directory presents for `user`: its identity and signed prekey.
+    fn bundle(user: &str) -> Option<KeyBundle> {
+        let index = index_of(user)?;
+        let ring = rings()[index].read().unwrap();
+        let signed = ring
+            .current()
+            .sign(&identities()[index], user, DEVICE)
+            .unwrap();
+        Some(KeyBundle {
+            identity: Some(public(user, index)),
+            device: DEVICE,
+            prekey: Some(SignedPrekey {
+                device: signed.device,
+                prekey_id: signed.id,
+                created_at_ms: signed.created_at_ms,
+                public_key: signed.public_key.into(),
+                signature: signed.signature.into(),
+            }),
+        })
+    }
+
+    /// The room keys of another member, who knows `members` and their prekeys.
     fn peer(user: &str, index: usize, members: &[(&str, usize)]) -> RoomKeys {
-        let mut keys = RoomKeys::new("lobby", user, identities()[index].clone()).unwrap();
+        let mut keys = RoomKeys::new(
+            "lobby",
+            user,
+            identities()[index].clone(),
+            rings()[index].clone(),
+            RotationPolicy::default(),
+        )
+        .unwrap();
         for (name, i) in members {
             keys.insert_member(VerifiedIdentity::verify(&public(name, *i)).unwrap(), true);
+            let ring = rings()[*i].read().unwrap();
+            let current = ring.current();
+            keys.set_prekey(name, current.id(), current.key().public_key().clone());
         }
         keys
     }
@@ -484,11 +536,17 @@ mod tests {
 
     #[tonic::async_trait]
     impl ChatService for ScriptedRelay {
-        async fn get_identity(
+        async fn key_exchange(
             &self,
-            _: Request<GetIdentityRequest>,
-        ) -> Result<Response<PublicIdentity>, Status> {
-            Err(Status::unimplemented("not in this script"))
+            request: Request<KeyExchangeRequest>,
+        ) -> Result<Response<KeyExchangeResponse>, Status> {
+            let bundles = request
+                .into_inner()
+                .users
+                .iter()
+                .filter_map(|user| bundle(user))
+                .collect();
+            Ok(Response::new(KeyExchangeResponse { bundles }))
         }
 
         type ChatStream = ReceiverStream<Result<ServerFrame, Status>>;
@@ -571,6 +629,8 @@ mod tests {
             &credentials,
             join,
             Contacts::in_memory(),
+            rings()[0].clone(),
+            RotationPolicy::default(),
         );
         let (session, (stream, join)) = tokio::join!(session, answer_join(accepted, joined));
         let (session, events) = session.unwrap();
@@ -611,32 +671,43 @@ mod tests {
 
     fn recipients(distribution: &DistributeSenderKey) -> Vec<&str> {
         distribution
-            .keys
+            .copies
             .iter()
-            .map(|key| key.recipient.as_str())
+            .map(|copy| copy.recipient.as_str())
             .collect()
     }
 
-    /// What the relay delivers to `recipient` of `sender`'s distribution.
+    fn key_id(distribution: &DistributeSenderKey) -> u64 {
+        distribution.header.as_ref().unwrap().key_id
+    }
+
+    /// What the relay delivers to `recipient` of `sender`'s distribution: its copy, as
+    /// the relay's own frame checks store it.
     fn key_for(
         distribution: &DistributeSenderKey,
         sender: &str,
         recipient: &str,
         seq: u64,
     ) -> SenderKeyDelivery {
-        let wrapped = distribution
-            .keys
-            .iter()
+        let frame = ClientFrame {
+            request_id: 1,
+            kind: Some(client_frame::Kind::DistributeKey(distribution.clone())),
+        };
+        let Ok(ValidFrame::DistributeKey { keys, .. }) = check(frame) else {
+            panic!("the relay would refuse this distribution");
+        };
+        let stored = keys
+            .into_iter()
             .find(|key| key.recipient == recipient)
             .unwrap();
-        SenderKeyDelivery {
-            room: distribution.room.clone(),
-            sender: sender.to_owned(),
-            key_id: distribution.key_id,
-            wrapped_key: wrapped.wrapped_key.clone(),
-            signature: wrapped.signature.clone(),
+        crate::store::copy::delivery(
+            &distribution.room,
+            sender.to_owned(),
             seq,
-        }
+            &stored.wrapped_key,
+            stored.signature,
+        )
+        .unwrap()
     }
 
     fn message_from(send: &SendMessage, sender: &str, seq: u64) -> MessageDelivery {
@@ -713,12 +784,12 @@ mod tests {
         let three = stream.frame().await;
         assert_eq!(
             sent(&three).sealed.as_ref().unwrap().key_id,
-            first_key.key_id
+            key_id(first_key)
         );
         // Then a fresh key.
         let rotation = stream.frame().await;
         let rotation = distribution(&rotation);
-        assert_ne!(rotation.key_id, first_key.key_id);
+        assert_ne!(key_id(rotation), key_id(first_key));
         assert_eq!(recipients(rotation), ["alice", "bob", "carol"]);
 
         // bob can read what was sent again (carol joined after it was written).
@@ -765,8 +836,8 @@ mod tests {
         let (channel, mut accepted) = start_relay().await;
         let mut bob = peer("bob", 1, &[("alice", 0)]);
         let mut carol = peer("carol", 2, &[("alice", 0)]);
-        let bob_key = bob.distribute_to_all().unwrap();
-        let carol_key = carol.distribute_to_all().unwrap();
+        let bob_key = bob.distribute(&KeyHandout::Everyone).unwrap();
+        let carol_key = carol.distribute(&KeyHandout::Everyone).unwrap();
         let (_, shown_before) = bob.seal_text("shown before").unwrap();
         let (_, from_carol) = carol.seal_text("carol, before leaving").unwrap();
         let (_, from_bob) = bob.seal_text("bob, while alice was away").unwrap();
@@ -854,7 +925,7 @@ mod tests {
         alice.send_text("mine").await.unwrap();
         let mine = stream.frame().await;
         let mut bob = peer("bob", 1, &[("alice", 0)]);
-        let bob_key = bob.distribute_to_all().unwrap();
+        let bob_key = bob.distribute(&KeyHandout::Everyone).unwrap();
         let (_, his) = bob.seal_text("his").unwrap();
 
         let request_id = alice.history(500).await.unwrap();

@@ -923,8 +923,16 @@ mod tests {
     #[test]
     fn only_a_history_we_asked_for_is_opened() {
         let identity = Arc::new(Identity::generate(2048).unwrap());
-        let mut state =
-            SessionState::new("lobby", "alice", identity, Contacts::in_memory()).unwrap();
+        let ring = super::super::prekeys::PrekeyRing::in_memory(2048, now_ms()).unwrap();
+        let mut state = SessionState::new(
+            "lobby",
+            "alice",
+            identity,
+            Contacts::in_memory(),
+            Arc::new(std::sync::RwLock::new(ring)),
+            RotationPolicy::default(),
+        )
+        .unwrap();
         let history = |request_id| ServerFrame {
             request_id,
             kind: Some(server_frame::Kind::History(History {
