@@ -555,7 +555,7 @@ impl RoomKeys {
                 None => former_members.iter().find(|former| former.user == user),
             }
         };
-        let mut keys: HashMap<(String, u64), Option<PeerSenderKey>> = HashMap::new();
+        let mut keys: HashMap<(String, u64), PeerSenderKey> = HashMap::new();
         let mut seen = HashSet::new();
         let mut messages = Vec::new();
         let (mut unreadable, mut rejected_keys) = (0usize, 0usize);
@@ -569,11 +569,14 @@ impl RoomKeys {
                     if keys.contains_key(&slot) {
                         continue;
                     }
-                    let key = self.history_key(&delivery, signer(&delivery.sender));
-                    if key.is_none() {
-                        rejected_keys += 1;
+                    // A copy that fails is not kept: a genuine one may follow. Its
+                    // signature is checked before any RSA decryption.
+                    match self.history_key(&delivery, signer(&delivery.sender)) {
+                        Some(key) => {
+                            keys.insert(slot, key);
+                        }
+                        None => rejected_keys += 1,
                     }
-                    keys.insert(slot, key);
                 }
                 Some(history_entry::Kind::Message(delivery)) => {
                     let Some(sealed) = delivery.sealed.as_ref() else {
@@ -582,7 +585,7 @@ impl RoomKeys {
                     };
                     let id = (delivery.sender.clone(), sealed.key_id, sealed.iteration);
                     let slot = (delivery.sender.clone(), sealed.key_id);
-                    let key = keys.get_mut(&slot).and_then(Option::as_mut);
+                    let key = keys.get_mut(&slot);
                     let opened = key.and_then(|key| {
                         let message = group_message(sealed).ok()?;
                         let plaintext = key
@@ -760,18 +763,51 @@ mod tests {
         VerifiedIdentity::verify(&public(name, index)).unwrap()
     }
 
+    /// The three members' prekeys, in memory.
+    fn rings() -> &'static [SharedPrekeys; 3] {
+        static RINGS: OnceLock<[SharedPrekeys; 3]> = OnceLock::new();
+        RINGS.get_or_init(|| {
+            std::array::from_fn(|_| {
+                let ring = PrekeyRing::in_memory(2048, crate::protocol::now_ms()).unwrap();
+                Arc::new(RwLock::new(ring))
+            })
+        })
+    }
+
+    /// Records the prekey of `name` (identity `index`) in `keys`, as the key directory
+    /// would present it.
+    fn learn_prekey(keys: &mut RoomKeys, name: &str, index: usize) {
+        let ring = rings()[index].read().unwrap();
+        let current = ring.current();
+        keys.set_prekey(name, current.id(), current.key().public_key().clone());
+    }
+
     /// `user` (identity `index`) just joined a room where `others` already are.
     fn member(user: &str, index: usize, others: &[(&str, usize)]) -> RoomKeys {
-        let mut keys = RoomKeys::new("lobby", user, identities()[index].clone()).unwrap();
+        let mut keys = RoomKeys::new(
+            "lobby",
+            user,
+            identities()[index].clone(),
+            rings()[index].clone(),
+            RotationPolicy::default(),
+        )
+        .unwrap();
         for (name, i) in others {
             keys.insert_member(verified(name, *i), true);
+            learn_prekey(&mut keys, name, *i);
         }
         keys
     }
 
     /// `identity` joined `keys`' room, trusted: the distributions it is owed.
     fn newcomer(keys: &mut RoomKeys, identity: VerifiedIdentity) -> Vec<DistributeSenderKey> {
+        let name = identity.user.clone();
+        let index = identities()
+            .iter()
+            .position(|known| known.fingerprint() == identity.fingerprint)
+            .unwrap();
         let handout = keys.member_joined(identity, true).unwrap();
+        learn_prekey(keys, &name, index);
         keys.distribute(&handout).unwrap()
     }
 
@@ -783,19 +819,29 @@ mod tests {
 
     /// What the relay would deliver to `recipient` from a distribution by `sender`.
     fn deliver_key(dist: &DistributeSenderKey, sender: &str, recipient: &str) -> SenderKeyDelivery {
-        let wrapped = dist
-            .keys
-            .iter()
+        let frame = crate::proto::ClientFrame {
+            request_id: 1,
+            kind: Some(crate::proto::client_frame::Kind::DistributeKey(
+                dist.clone(),
+            )),
+        };
+        let Ok(crate::server::frame::ValidFrame::DistributeKey { keys, .. }) =
+            crate::server::frame::check(frame)
+        else {
+            panic!("the relay would refuse this distribution");
+        };
+        let stored = keys
+            .into_iter()
             .find(|key| key.recipient == recipient)
             .unwrap();
-        SenderKeyDelivery {
-            room: dist.room.clone(),
-            sender: sender.to_owned(),
-            key_id: dist.key_id,
-            wrapped_key: wrapped.wrapped_key.clone(),
-            signature: wrapped.signature.clone(),
-            ..Default::default()
-        }
+        crate::store::copy::delivery(
+            &dist.room,
+            sender.to_owned(),
+            0,
+            &stored.wrapped_key,
+            stored.signature,
+        )
+        .unwrap()
     }
 
     fn deliver_message(send: &SendMessage, sender: &str) -> MessageDelivery {
@@ -837,8 +883,8 @@ mod tests {
     fn recipients(distributions: &[DistributeSenderKey]) -> Vec<&str> {
         distributions
             .iter()
-            .flat_map(|distribution| &distribution.keys)
-            .map(|key| key.recipient.as_str())
+            .flat_map(|distribution| &distribution.copies)
+            .map(|copy| copy.recipient.as_str())
             .collect()
     }
 
@@ -847,7 +893,7 @@ mod tests {
         let mut bob = member("bob", 1, &[("alice", 0)]);
         let to_bob = newcomer(&mut alice, verified("bob", 1));
         bob.accept_sender_key(deliver_key(&to_bob[0], "alice", "bob"));
-        let to_alice = bob.distribute_to_all().unwrap();
+        let to_alice = bob.distribute(&KeyHandout::Everyone).unwrap();
         alice.accept_sender_key(deliver_key(&to_alice[0], "bob", "alice"));
         (alice, bob)
     }
@@ -971,20 +1017,17 @@ mod tests {
 
     #[test]
     fn a_member_cannot_forge_another_members_message() {
-        // bob holds alice's sender key, as every member does, so he can make a message
-        // that AES-GCM accepts as alice's; only her signature proves it is hers.
+        // bob holds alice's chain, as every member does, so he can make a message that
+        // AES-GCM accepts as alice's; only the signature by her sender key's Ed25519 key,
+        // which never leaves her, proves it is hers.
         let (mut alice, bob) = alice_and_bob();
         let mut carol = member("carol", 2, &[("alice", 0), ("bob", 1)]);
         let to_carol = newcomer(&mut alice, verified("carol", 2));
         carol.accept_sender_key(deliver_key(&to_carol[0], "alice", "carol"));
         let (_, genuine) = alice.seal_text("genuine").unwrap();
         let mut forged = genuine.sealed.clone().unwrap();
-        forged.counter += 1;
-        forged.signature = bob
-            .identity
-            .sign(&signed_message("lobby", "alice", &forged))
-            .unwrap()
-            .into();
+        forged.iteration += 1;
+        let _ = &bob;
         let events = carol.open(MessageDelivery {
             room: "lobby".into(),
             sender: "alice".into(),
@@ -1002,12 +1045,17 @@ mod tests {
         let mut alice = member("alice", 0, &[]);
         let mut bob = member("bob", 1, &[]);
         assert_eq!(alice.member_joined(verified("bob", 1), false), None);
+        learn_prekey(&mut alice, "bob", 1);
         assert!(!alice.is_trusted("bob"));
         bob.insert_member(verified("alice", 0), true);
-        assert_eq!(recipients(&alice.distribute_to_all().unwrap()), ["alice"]);
+        learn_prekey(&mut bob, "alice", 0);
+        assert_eq!(
+            recipients(&alice.distribute(&KeyHandout::Everyone).unwrap()),
+            ["alice"]
+        );
 
         // bob's key is held (signature checked), his messages dropped.
-        let to_alice = bob.distribute_to_all().unwrap();
+        let to_alice = bob.distribute(&KeyHandout::Everyone).unwrap();
         let events = alice.accept_sender_key(deliver_key(&to_alice[0], "bob", "alice"));
         assert!(
             matches!(&events[..], [RoomEvent::Warning(w)] if w.contains("/trust bob")),
@@ -1038,7 +1086,7 @@ mod tests {
     #[test]
     fn a_fake_leave_and_join_does_not_bring_an_old_key_back() {
         let (mut alice, mut bob) = alice_and_bob();
-        let first = alice.distribute_to_all().unwrap();
+        let first = alice.distribute(&KeyHandout::Everyone).unwrap();
         let (_, said) = alice.seal_text("pay 10 to carol").unwrap();
         assert_eq!(
             without_time(bob.open(deliver_message(&said, "alice"))),
@@ -1074,7 +1122,7 @@ mod tests {
     #[test]
     fn an_old_sender_key_is_never_accepted_again() {
         let (mut alice, mut bob) = alice_and_bob();
-        let first = alice.distribute_to_all().unwrap();
+        let first = alice.distribute(&KeyHandout::Everyone).unwrap();
         let rotation = left(&mut alice, "someone");
         bob.accept_sender_key(deliver_key(&rotation[0], "alice", "bob"));
         // The relay brings back alice's first key.
@@ -1097,12 +1145,11 @@ mod tests {
         let to_carol = newcomer(&mut alice, verified("carol", 2));
         carol.accept_sender_key(deliver_key(&to_carol[0], "alice", "carol"));
         let (_, send) = alice.seal_text("from alice").unwrap();
-        // Claiming the message is bob's fails bob's signature.
+        // Claimed as bob's, it waits for a key of bob's with its key id, which only
+        // alice's is: nothing is shown as bob's.
         let events = carol.open(deliver_message(&send, "bob"));
-        assert!(
-            matches!(&events[..], [RoomEvent::Warning(w)] if w.contains("signature")),
-            "{events:?}"
-        );
+        assert!(events.is_empty(), "{events:?}");
+        assert_eq!(carol.waiting(), 1);
         // A key wrapped for carol as alice's, relabelled as bob's, does not unwrap.
         let to_carol = newcomer(&mut alice, verified("carol", 2));
         let events = carol.accept_sender_key(deliver_key(&to_carol[0], "bob", "carol"));
@@ -1118,14 +1165,14 @@ mod tests {
         others.push(("alice".into(), 0));
         let names: Vec<(&str, usize)> = others.iter().map(|(n, i)| (n.as_str(), *i)).collect();
         let newcomer = member("newcomer", 1, &names);
-        let frames = newcomer.distribute_to_all().unwrap();
-        assert_eq!(frames.len(), 5);
+        let frames = newcomer.distribute(&KeyHandout::Everyone).unwrap();
+        assert_eq!(frames.len(), 2);
         assert_eq!(
-            frames.iter().map(|frame| frame.keys.len()).sum::<usize>(),
+            frames.iter().map(|frame| frame.copies.len()).sum::<usize>(),
             152,
             "every member and our own copy"
         );
-        assert_eq!(frames[0].keys[0].recipient, "newcomer");
+        assert_eq!(frames[0].copies[0].recipient, "newcomer");
         for frame in &frames {
             // These are 2048-bit keys: 4096-bit ones take twice the room.
             let size = prost::Message::encoded_len(frame);
@@ -1211,7 +1258,7 @@ mod tests {
         let first = deliver_message(&first, "alice");
         assert_eq!(bob.open(first.clone()).len(), 1);
         // A catch-up starts with the key in force: bob holds it already.
-        let again = alice.distribute_to_all().unwrap();
+        let again = alice.distribute(&KeyHandout::Everyone).unwrap();
         assert!(
             bob.accept_sender_key(deliver_key(&again[0], "alice", "bob"))
                 .is_empty()
@@ -1229,12 +1276,17 @@ mod tests {
     fn every_distribution_carries_our_own_copy_once() {
         let (mut alice, _) = alice_and_bob();
         alice.insert_member(verified("carol", 2), true);
-        let frames = alice.distribute_to_all().unwrap();
+        learn_prekey(&mut alice, "carol", 2);
+        let frames = alice.distribute(&KeyHandout::Everyone).unwrap();
         assert_eq!(recipients(&frames), ["alice", "bob", "carol"]);
-        let own = deliver_key(&frames[0], "alice", "alice");
-        // Signed like the others, with our own signing key, for our own name.
-        assert!(check_sender_key("lobby", "alice", &alice.own_identity(), &own).is_ok());
-        assert!(unwrap_sender_key(&identities()[0], "lobby", "alice", &own).is_ok());
+        let own = delivered_copy(&deliver_key(&frames[0], "alice", "alice")).unwrap();
+        // Signed like the others, with our own identity, for our own prekey.
+        assert!(own.verify(&alice.own_identity()).is_ok());
+        let ring = rings()[0].read().unwrap();
+        assert!(
+            own.open(&alice.own_identity(), "alice", DEVICE, ring.current())
+                .is_ok()
+        );
         let joined = newcomer(&mut alice, verified("dave", 1));
         assert_eq!(recipients(&joined), ["alice", "dave"]);
     }
@@ -1248,17 +1300,21 @@ mod tests {
         assert_eq!(alice.members().collect::<Vec<_>>(), ["bob"]);
         assert!(!alice.is_member("carol"));
         assert_eq!(
-            recipients(&alice.distribute_to_all().unwrap()),
+            recipients(&alice.distribute(&KeyHandout::Everyone).unwrap()),
             ["alice", "bob"]
         );
         assert_eq!(
-            recipients(&alice.distribute_to(&["carol", "bob"]).unwrap()),
-            ["alice", "bob"]
+            recipients(
+                &alice
+                    .distribute(&KeyHandout::Newcomer("carol".into()))
+                    .unwrap()
+            ),
+            ["alice"]
         );
 
         // carol's entries from before she left still open.
         let mut carol = member("carol", 2, &[("alice", 0)]);
-        let to_alice = carol.distribute_to_all().unwrap();
+        let to_alice = carol.distribute(&KeyHandout::Everyone).unwrap();
         assert!(
             alice
                 .accept_sender_key(deliver_key(&to_alice[0], "carol", "alice"))
@@ -1296,9 +1352,9 @@ mod tests {
     fn history_shows_our_own_messages_and_former_members_without_touching_live_state() {
         let (mut alice, mut bob) = alice_and_bob();
         let mut carol = member("carol", 2, &[("alice", 0)]);
-        let own_key = alice.distribute_to_all().unwrap();
-        let bob_key = bob.distribute_to_all().unwrap();
-        let carol_key = carol.distribute_to_all().unwrap();
+        let own_key = alice.distribute(&KeyHandout::Everyone).unwrap();
+        let bob_key = bob.distribute(&KeyHandout::Everyone).unwrap();
+        let carol_key = carol.distribute(&KeyHandout::Everyone).unwrap();
         let (_, mine) = alice.seal_text("my own words").unwrap();
         let (_, bobs) = bob.seal_text("bob speaks").unwrap();
         let (_, carols) = carol.seal_text("carol, now gone").unwrap();
@@ -1343,7 +1399,7 @@ mod tests {
         let (alice, mut bob) = alice_and_bob();
         // Two keys of bob's: the second properly wrapped for alice, but presented with
         // the signature of the first. Unwrapping it would work; it must not be tried.
-        let first = bob.distribute_to_all().unwrap();
+        let first = bob.distribute(&KeyHandout::Everyone).unwrap();
         let rotation = bob.rotate().unwrap();
         let second = bob.distribute(&rotation).unwrap();
         let mut forged = deliver_key(&second[0], "bob", "alice");
@@ -1403,7 +1459,11 @@ mod tests {
     #[test]
     fn a_history_takes_each_key_once() {
         let (alice, mut bob) = alice_and_bob();
-        let key = deliver_key(&bob.distribute_to_all().unwrap()[0], "bob", "alice");
+        let key = deliver_key(
+            &bob.distribute(&KeyHandout::Everyone).unwrap()[0],
+            "bob",
+            "alice",
+        );
         let mut copy = key.clone();
         copy.signature = flip_first_bit(&copy.signature);
         let (_, sent) = bob.seal_text("once").unwrap();

@@ -223,6 +223,7 @@ impl ChatSession {
         } else if !self.state.is_leaving() {
             // A fresh key on every (re)join: it reaches whoever joined meanwhile, and
             // not whoever left.
+            self.learn_prekeys(&KeyHandout::Everyone).await;
             let rotation = self.state.rotate()?;
             self.send_all(rotation).await?;
         }
@@ -373,6 +374,14 @@ impl ChatSession {
     /// we lack are fetched from the key directory first. A member with no prekey gets
     /// nothing until it publishes one (the next handout).
     async fn hand_out(&mut self, handout: &KeyHandout) -> Result<(), ClientError> {
+        self.learn_prekeys(handout).await;
+        let frames = self.state.distribute(handout)?;
+        self.send_all(frames).await
+    }
+
+    /// Fetches from the key directory the prekeys of the recipients of `handout` that we
+    /// do not know yet.
+    async fn learn_prekeys(&mut self, handout: &KeyHandout) {
         let missing = self.state.members_without_prekey();
         let wanted: Vec<&str> = match handout {
             KeyHandout::Everyone => missing.iter().map(String::as_str).collect(),
@@ -394,8 +403,6 @@ impl ChatSession {
                 }
             }
         }
-        let frames = self.state.distribute(handout)?;
-        self.send_all(frames).await
     }
 
     /// Our current prekey, signed for publishing; the one already published if it has
