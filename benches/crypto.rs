@@ -4,67 +4,76 @@
 
 use std::hint::black_box;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use e2ee_chat::crypto::{EncryptionKey, OutboundSenderKey, SenderKey, SigningKey};
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use e2ee_chat::crypto::group::distribution::{Recipient, SignedDistribution};
+use e2ee_chat::crypto::group::{MessageContext, OwnSenderKey, PeerSenderKey};
+use e2ee_chat::crypto::{EncryptionKey, Identity, Prekey, SigningKey, VerifiedIdentity};
 
+const CONTEXT: MessageContext<'static> = MessageContext {
+    room: "lobby",
+    sender: "alice",
+    device: 1,
+};
+
+/// The group cipher per message: a ratchet step, AES-256-GCM and an Ed25519 signature to
+/// seal; the signature check, a ratchet step and AES-256-GCM to open.
 fn seal_and_open(c: &mut Criterion) {
-    let recipient = EncryptionKey::generate(2048).unwrap();
-    let mut outbound = OutboundSenderKey::generate().unwrap();
-    let wrapped = outbound
-        .wrap_for(recipient.public_key(), "lobby", "alice", "bob")
-        .unwrap();
-    let inbound =
-        SenderKey::unwrap(&recipient, &wrapped, "lobby", "alice", "bob", outbound.id()).unwrap();
-
-    let mut group = c.benchmark_group("aes-256-gcm");
+    let mut group = c.benchmark_group("group-cipher");
     for size in [64usize, 1024, 16 * 1024] {
         let plaintext = vec![0x61u8; size];
         group.throughput(Throughput::Bytes(size as u64));
+        let mut own = OwnSenderKey::generate().unwrap();
         group.bench_with_input(
             BenchmarkId::new("seal", size),
             &plaintext,
+            |b, plaintext| b.iter(|| own.seal(CONTEXT, black_box(plaintext)).unwrap()),
+        );
+        let mut own = OwnSenderKey::generate().unwrap();
+        let mut peer = PeerSenderKey::new(&own.distribution()).unwrap();
+        group.bench_with_input(
+            BenchmarkId::new("open", size),
+            &plaintext,
             |b, plaintext| {
-                b.iter(|| {
-                    outbound
-                        .seal("lobby", "alice", black_box(plaintext))
-                        .unwrap()
-                })
+                b.iter_batched(
+                    || own.seal(CONTEXT, plaintext).unwrap(),
+                    |message| peer.open(CONTEXT, black_box(&message)).unwrap(),
+                    BatchSize::SmallInput,
+                )
             },
         );
-        let sealed = outbound.seal("lobby", "alice", &plaintext).unwrap();
-        group.bench_with_input(BenchmarkId::new("open", size), &sealed, |b, sealed| {
-            b.iter(|| inbound.open("lobby", "alice", black_box(sealed)).unwrap())
-        });
     }
     group.finish();
 }
 
+/// Handing a sender key to one recipient: wrapping its chain key for the recipient's
+/// prekey (RSA-OAEP) and signing the distribution (RSA-PSS); then, on the recipient's
+/// side, checking the signature and unwrapping.
 fn wrap_and_unwrap(c: &mut Criterion) {
-    let mut group = c.benchmark_group("rsa-oaep-sha256");
+    let mut group = c.benchmark_group("sender-key-to-one");
     for bits in [2048usize, 3072] {
-        let recipient = EncryptionKey::generate(bits).unwrap();
-        let outbound = OutboundSenderKey::generate().unwrap();
-        group.bench_function(BenchmarkId::new("wrap", bits), |b| {
+        let alice = Identity::generate(bits).unwrap();
+        let alice_public = VerifiedIdentity::verify(&alice.publish("alice").unwrap()).unwrap();
+        let prekey = Prekey::generate(bits, 0).unwrap();
+        let recipient = [Recipient {
+            user: "bob",
+            device: 1,
+            prekey_id: prekey.id(),
+            prekey: prekey.key().public_key(),
+        }];
+        let key = OwnSenderKey::generate().unwrap().distribution();
+        group.bench_function(BenchmarkId::new("wrap-and-sign", bits), |b| {
             b.iter(|| {
-                outbound
-                    .wrap_for(recipient.public_key(), "lobby", "alice", "bob")
-                    .unwrap()
+                SignedDistribution::seal(&alice, "lobby", "alice", 1, &key, &recipient).unwrap()
             })
         });
-        let wrapped = outbound
-            .wrap_for(recipient.public_key(), "lobby", "alice", "bob")
-            .unwrap();
-        group.bench_function(BenchmarkId::new("unwrap", bits), |b| {
+        let sealed =
+            SignedDistribution::seal(&alice, "lobby", "alice", 1, &key, &recipient).unwrap();
+        let delivered = sealed.delivered_copy(0).unwrap();
+        group.bench_function(BenchmarkId::new("verify-and-unwrap", bits), |b| {
             b.iter(|| {
-                SenderKey::unwrap(
-                    &recipient,
-                    black_box(&wrapped),
-                    "lobby",
-                    "alice",
-                    "bob",
-                    outbound.id(),
-                )
-                .unwrap()
+                black_box(&delivered)
+                    .open(&alice_public, "bob", 1, &prekey)
+                    .unwrap()
             })
         });
     }
@@ -73,7 +82,8 @@ fn wrap_and_unwrap(c: &mut Criterion) {
 
 fn sign_and_verify(c: &mut Criterion) {
     let mut group = c.benchmark_group("rsa-pss-sha256");
-    // What a sender signs for a short message: the tag, names, counters and ciphertext.
+    // What an identity signs: a prekey, a key distribution, an invitation (a few hundred
+    // bytes at most).
     let message = vec![0x61u8; 200];
     for bits in [2048usize, 3072] {
         let key = SigningKey::generate(bits).unwrap();

@@ -32,7 +32,8 @@ mod state;
 pub use connect::{connect, is_plaintext_beyond_loopback};
 pub use contacts::{Contacts, Pin};
 pub use login::{
-    AuthorizedClient, BearerToken, Credentials, fetch_identity, login, login_with_token,
+    AuthorizedClient, BearerToken, Credentials, VerifiedBundle, fetch_identity, key_exchange,
+    login, login_with_token,
 };
 pub use room::{
     KeyHandout, MAX_WAITING_MESSAGES, RoomEvent, RoomKeys, RotationPolicy, SharedPrekeys,

@@ -455,10 +455,11 @@ impl RoomKeys {
         let opened = {
             let ring = self.prekeys.read().unwrap_or_else(PoisonError::into_inner);
             match ring.get(copy.copy.prekey_id) {
-                None => Err(format!(
-                    "it is wrapped under a prekey this device no longer has (erased once the \
-                     forward-secrecy window passed)"
-                )),
+                None => Err(
+                    "it is wrapped under a prekey this device no longer has (erased \
+                             once the forward-secrecy window passed)"
+                        .to_owned(),
+                ),
                 Some(prekey) => copy
                     .open(&member.identity, &self.me, DEVICE, prekey)
                     .and_then(|key| PeerSenderKey::new(&key))

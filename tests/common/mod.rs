@@ -159,7 +159,7 @@ enum Command {
     Kick(String),
     Trust(String, oneshot::Sender<Result<Vec<Event>, ClientError>>),
     SafetyNumber(String, oneshot::Sender<Result<SafetyNumber, ClientError>>),
-    Inject(ServerFrame, oneshot::Sender<Vec<Event>>),
+    Inject(Box<ServerFrame>, oneshot::Sender<Vec<Event>>),
     Members(oneshot::Sender<Vec<String>>),
 }
 
@@ -283,7 +283,9 @@ impl Member {
     /// Applies a frame as if the relay had sent it (a relay that lies or tampers).
     pub async fn inject(&self, frame: ServerFrame) -> Vec<Event> {
         let (reply, events) = oneshot::channel();
-        self.commands.send(Command::Inject(frame, reply)).unwrap();
+        self.commands
+            .send(Command::Inject(Box::new(frame), reply))
+            .unwrap();
         events.await.unwrap()
     }
 
@@ -398,7 +400,7 @@ async fn drive(
                     let _ = reply.send(session.safety_number(&user));
                 }
                 Some(Command::Inject(frame, reply)) => {
-                    let _ = reply.send(session.handle(frame).await?);
+                    let _ = reply.send(session.handle(*frame).await?);
                 }
                 Some(Command::Members(reply)) => {
                     let _ = reply.send(session.members());

@@ -161,7 +161,6 @@ impl State {
                 room,
                 seq,
                 sender,
-                key_id: _,
                 keys,
             } => {
                 self.advance(&room, seq);

@@ -75,7 +75,6 @@ impl Hub {
                 room: room.to_owned(),
                 seq,
                 sender,
-                key_id,
                 keys,
             };
             self.submit(state, changes, effect, Some(permit))

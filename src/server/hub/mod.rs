@@ -103,7 +103,6 @@ pub(crate) enum Effect {
         room: String,
         seq: u64,
         sender: String,
-        key_id: u64,
         keys: Vec<WrappedKey>,
     },
     /// Only an acknowledgement (an invitation, the removal of an invitation).
