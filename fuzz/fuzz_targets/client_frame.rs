@@ -1,4 +1,4 @@
-//! What a client sends the relay: arbitrary bytes decoded as a `chat.v1.ClientFrame`
+//! What a client sends the relay: arbitrary bytes decoded as a `chat.v2.ClientFrame`
 //! and, when they decode, through the relay's checks of a frame (`server::frame::check`,
 //! the function the frame reader runs every frame through).
 //!
@@ -7,12 +7,14 @@
 
 #![no_main]
 
+use e2ee_chat::crypto::group::SIGNATURE_LEN;
 use e2ee_chat::proto::ClientFrame;
 use e2ee_chat::protocol::{
-    MAX_SIGNATURE_LEN, MAX_WRAPPED_KEY_LEN, MIN_SIGNATURE_LEN, MIN_WRAPPED_KEY_LEN, NONCE_LEN,
-    TAG_LEN, validate_room, validate_user,
+    DEVICE, MAX_COPIES_PER_DISTRIBUTION, MAX_SIGNATURE_LEN, MAX_WRAPPED_KEY_LEN, MIN_SIGNATURE_LEN,
+    MIN_WRAPPED_KEY_LEN, TAG_LEN, validate_room, validate_user,
 };
 use e2ee_chat::server::frame::{ValidFrame, check};
+use e2ee_chat::store::copy;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use tonic::Code;
@@ -57,18 +59,27 @@ fn holds_for_the_hub(valid: &ValidFrame) {
             assert!((1..=100).contains(limit), "history limit {limit}");
             room
         }
-        ValidFrame::Invite { room, user } | ValidFrame::Kick { room, user } => {
-            assert_eq!(validate_user(user), Ok(()));
+        ValidFrame::Invite { room, invitation } => {
+            assert_eq!(&invitation.room, room);
+            assert_eq!(validate_user(&invitation.owner), Ok(()));
+            assert_eq!(validate_user(&invitation.invitee), Ok(()));
+            assert_eq!(invitation.invitee_fingerprint.len(), 32);
+            room
+        }
+        ValidFrame::Kick { room, removal } => {
+            assert_eq!(&removal.room, room);
+            assert_eq!(validate_user(&removal.owner), Ok(()));
+            assert_eq!(validate_user(&removal.member), Ok(()));
             room
         }
         ValidFrame::Send { room, sealed } => {
-            assert_eq!(sealed.nonce.len(), NONCE_LEN);
+            assert_eq!(sealed.device, DEVICE);
             assert!(sealed.ciphertext.len() >= TAG_LEN);
-            assert!((MIN_SIGNATURE_LEN..=MAX_SIGNATURE_LEN).contains(&sealed.signature.len()));
+            assert_eq!(sealed.signature.len(), SIGNATURE_LEN);
             room
         }
         ValidFrame::DistributeKey { room, keys, .. } => {
-            assert!(!keys.is_empty());
+            assert!(!keys.is_empty() && keys.len() <= MAX_COPIES_PER_DISTRIBUTION);
             let mut recipients = std::collections::HashSet::new();
             for key in keys {
                 assert_eq!(validate_user(&key.recipient), Ok(()));
@@ -78,9 +89,19 @@ fn holds_for_the_hub(valid: &ValidFrame) {
                     key.recipient
                 );
                 assert!((MIN_SIGNATURE_LEN..=MAX_SIGNATURE_LEN).contains(&key.signature.len()));
-                assert!(
-                    (MIN_WRAPPED_KEY_LEN..=MAX_WRAPPED_KEY_LEN).contains(&key.wrapped_key.len())
-                );
+                // What the relay stores decodes as the copy it hands out.
+                let delivered = copy::delivery(
+                    room,
+                    "sender".into(),
+                    1,
+                    &key.wrapped_key,
+                    key.signature.clone(),
+                )
+                .expect("a stored copy decodes");
+                let copy = delivered.copy.expect("the copy");
+                assert_eq!(copy.recipient, key.recipient);
+                assert!((MIN_WRAPPED_KEY_LEN..=MAX_WRAPPED_KEY_LEN).contains(&copy.wrapped.len()));
+                assert!(delivered.index < delivered.count);
             }
             room
         }
