@@ -24,6 +24,10 @@ use tonic::transport::Channel;
 /// (reconnecting if need be).
 const CLOSING_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How often a running client checks whether its prekey is due for renewal, and
+/// whether retired ones are due for erasure.
+const PREKEY_CHECK: Duration = Duration::from_secs(60 * 60);
+
 /// The wait before the first attempt to reconnect; it doubles after every failed
 /// attempt, up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_millis(500);
@@ -421,6 +425,9 @@ impl Chat<'_> {
         tokio::pin!(retry);
         let closing_deadline = tokio::time::sleep(Duration::MAX);
         tokio::pin!(closing_deadline);
+        let mut prekey_check = tokio::time::interval(PREKEY_CHECK);
+        // The first tick is immediate: the prekeys were just checked at start-up.
+        prekey_check.tick().await;
 
         loop {
             if let Some(end) = ending
@@ -501,6 +508,16 @@ impl Chat<'_> {
                             );
                             retry.as_mut().reset(Instant::now() + delay);
                         }
+                    }
+                }
+                _ = prekey_check.tick(), if connected && ending.is_none() => {
+                    match self.session.renew_prekeys(now_ms()).await {
+                        Ok(0) => {}
+                        Ok(erased) => eprintln!(
+                            "erased {erased} prekey(s) older than the forward-secrecy window"
+                        ),
+                        // A lost stream shows below; the next check tries again.
+                        Err(error) => eprintln!("warning: could not renew prekeys: {}", describe(error)),
                     }
                 }
                 () = &mut closing_deadline => return Err(self.closing_timeout(connected)),

@@ -282,6 +282,29 @@ impl ChatSession {
         Ok(request_id)
     }
 
+    /// Renews the device's prekeys at `now_ms` as their policy says. When a new prekey was
+    /// made, it is published and our sender key rotated, so that what we send next is
+    /// wrapped under prekeys that are current (a retired prekey of ours that is erased
+    /// later takes our own history copies with it). Returns how many retired prekeys were
+    /// erased.
+    pub async fn renew_prekeys(&mut self, now_ms: u64) -> Result<usize, ClientError> {
+        let maintenance = self
+            .prekeys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .maintain(now_ms)?;
+        if maintenance.rotated {
+            self.published = self.current_prekey()?;
+            key_exchange(&mut self.client, Some(self.published.clone()), None, &[]).await?;
+            if !self.state.is_leaving() {
+                self.learn_prekeys(&KeyHandout::Everyone).await;
+                let rotation = self.state.rotate()?;
+                self.send_all(rotation).await?;
+            }
+        }
+        Ok(maintenance.erased)
+    }
+
     /// Asks for the latest `limit` messages of the room (1 to
     /// [`MAX_HISTORY_MESSAGES`](crate::protocol::MAX_HISTORY_MESSAGES)); they come as an [`Event::History`].
     pub async fn history(&mut self, limit: u32) -> Result<u64, ClientError> {
@@ -533,6 +556,8 @@ mod tests {
     /// A relay whose every answer the test writes by hand.
     struct ScriptedRelay {
         streams: mpsc::Sender<RelayStream>,
+        /// The ids of the prekeys clients published, in order.
+        published: Arc<std::sync::Mutex<Vec<u64>>>,
     }
 
     /// One stream a client opened on the scripted relay.
@@ -547,8 +572,11 @@ mod tests {
             &self,
             request: Request<KeyExchangeRequest>,
         ) -> Result<Response<KeyExchangeResponse>, Status> {
+            let request = request.into_inner();
+            if let Some(prekey) = &request.publish {
+                self.published.lock().unwrap().push(prekey.prekey_id);
+            }
             let bundles = request
-                .into_inner()
                 .users
                 .iter()
                 .filter_map(|user| bundle(user))
@@ -592,15 +620,31 @@ mod tests {
 
     /// Starts a scripted relay; returns a channel to it and the streams opened on it.
     async fn start_relay() -> (Channel, mpsc::Receiver<RelayStream>) {
+        let (channel, accepted, _) = start_recording_relay().await;
+        (channel, accepted)
+    }
+
+    /// [`start_relay`], with the log of the prekeys published to it.
+    async fn start_recording_relay() -> (
+        Channel,
+        mpsc::Receiver<RelayStream>,
+        Arc<std::sync::Mutex<Vec<u64>>>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (streams, accepted) = mpsc::channel(4);
+        let published = Arc::default();
+        let relay = ScriptedRelay {
+            streams,
+            published: Arc::clone(&published),
+        };
         tokio::spawn(
             Server::builder()
-                .add_service(ChatServiceServer::new(ScriptedRelay { streams }))
+                .add_service(ChatServiceServer::new(relay))
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
-        (super::super::connect(&url, None).await.unwrap(), accepted)
+        let channel = super::super::connect(&url, None).await.unwrap();
+        (channel, accepted, published)
     }
 
     /// Takes the next stream opened, reads its join and answers with `joined`.
@@ -624,6 +668,17 @@ mod tests {
         after_seq: Option<u64>,
         joined: Joined,
     ) -> (ChatSession, Vec<Event>, RelayStream, ClientFrame) {
+        join_alice_with(channel, accepted, after_seq, joined, rings()[0].clone()).await
+    }
+
+    /// [`join_alice`], with the prekeys `prekeys`.
+    async fn join_alice_with(
+        channel: Channel,
+        accepted: &mut mpsc::Receiver<RelayStream>,
+        after_seq: Option<u64>,
+        joined: Joined,
+        prekeys: SharedPrekeys,
+    ) -> (ChatSession, Vec<Event>, RelayStream, ClientFrame) {
         let join = JoinRoom {
             room: "lobby".into(),
             create_private: false,
@@ -636,7 +691,7 @@ mod tests {
             &credentials,
             join,
             Contacts::in_memory(),
-            rings()[0].clone(),
+            prekeys,
             RotationPolicy::default(),
         );
         let (session, (stream, join)) = tokio::join!(session, answer_join(accepted, joined));
@@ -836,6 +891,47 @@ mod tests {
             "{refused:?}"
         );
         assert!(alice.pending().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_renewed_prekey_is_published_and_our_key_handed_out_under_it() {
+        use crate::client::prekeys::PrekeyPolicy;
+
+        let (channel, mut accepted, published) = start_recording_relay().await;
+        let home = tempfile::tempdir().unwrap();
+        let policy = PrekeyPolicy {
+            rotate_after_ms: 1_000,
+            keep_retired_ms: 1_000,
+        };
+        let (ring, _) = PrekeyRing::load(home.path(), "alice", 2048, policy, 0, || {}).unwrap();
+        let first = ring.current().id();
+        let ring: SharedPrekeys = Arc::new(std::sync::RwLock::new(ring));
+        let members = joined(vec![public("bob", 1)], 0, false);
+        let (mut alice, _, mut stream, _) =
+            join_alice_with(channel, &mut accepted, None, members, ring.clone()).await;
+        let handed = stream.frame().await;
+        assert_eq!(*published.lock().unwrap(), [first]);
+
+        // Not due yet: nothing changes.
+        assert_eq!(alice.renew_prekeys(900).await.unwrap(), 0);
+        assert_eq!(*published.lock().unwrap(), [first]);
+
+        // Due: a new prekey is published, and a new sender key handed out, our own copy
+        // wrapped under the new prekey.
+        assert_eq!(alice.renew_prekeys(1_000).await.unwrap(), 0);
+        let second = ring.read().unwrap().current().id();
+        assert_ne!(second, first);
+        assert_eq!(*published.lock().unwrap(), [first, second]);
+        let rotation = stream.frame().await;
+        let rotation = distribution(&rotation);
+        assert_ne!(key_id(rotation), key_id(distribution(&handed)));
+        assert_eq!(recipients(rotation), ["alice", "bob"]);
+        assert_eq!(rotation.copies[0].prekey_id, second);
+
+        // The first is kept until a second after its retirement, then erased.
+        assert!(ring.read().unwrap().get(first).is_some());
+        assert_eq!(alice.renew_prekeys(2_000).await.unwrap(), 1);
+        assert!(ring.read().unwrap().get(first).is_none());
     }
 
     #[tokio::test]
