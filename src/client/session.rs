@@ -26,7 +26,7 @@ use tonic::{Code, Request, Status, Streaming};
 
 use super::ClientError;
 use super::contacts::Contacts;
-use super::login::{AuthorizedClient, Credentials, fetch_identity, key_exchange};
+use super::login::{AuthorizedClient, Credentials, VerifiedBundle, fetch_identity, key_exchange};
 use super::room::{KeyHandout, RotationPolicy, SharedPrekeys};
 use super::state::{Applied, Event, JOIN_REQUEST_ID, SessionState};
 use crate::crypto::{Fingerprint, Identity, SafetyNumber};
@@ -405,6 +405,15 @@ impl ChatSession {
     /// Fetches from the key directory the prekeys of the recipients of `handout` that we
     /// do not know yet.
     async fn learn_prekeys(&mut self, handout: &KeyHandout) {
+        // A new key for everyone is wrapped under everyone's *current* prekey, fetched
+        // afresh: one kept from earlier in the session may have been retired since, and
+        // its owner will erase it.
+        if *handout == KeyHandout::Everyone {
+            let room = self.state.room().to_owned();
+            if let Ok(bundles) = key_exchange(&mut self.client, None, Some(&room), &[]).await {
+                self.take_prekeys(bundles);
+            }
+        }
         let missing = self.state.members_without_prekey();
         let wanted: Vec<&str> = match handout {
             KeyHandout::Everyone => missing.iter().map(String::as_str).collect(),
@@ -417,13 +426,17 @@ impl ChatSession {
         for users in wanted.chunks(MAX_BUNDLE_USERS) {
             // A directory that cannot answer (a user reclaimed meanwhile) costs those
             // members our key for now, not the session.
-            let Ok(bundles) = key_exchange(&mut self.client, None, None, users).await else {
-                continue;
-            };
-            for bundle in bundles {
-                if let Some((prekey_id, prekey)) = bundle.prekey {
-                    self.state.set_prekey(&bundle.identity, prekey_id, prekey);
-                }
+            if let Ok(bundles) = key_exchange(&mut self.client, None, None, users).await {
+                self.take_prekeys(bundles);
+            }
+        }
+    }
+
+    /// Records the prekeys of `bundles` whose identity is the member's.
+    fn take_prekeys(&mut self, bundles: Vec<VerifiedBundle>) {
+        for bundle in bundles {
+            if let Some((prekey_id, prekey)) = bundle.prekey {
+                self.state.set_prekey(&bundle.identity, prekey_id, prekey);
             }
         }
     }
@@ -576,11 +589,13 @@ mod tests {
             if let Some(prekey) = &request.publish {
                 self.published.lock().unwrap().push(prekey.prekey_id);
             }
-            let bundles = request
-                .users
-                .iter()
-                .filter_map(|user| bundle(user))
-                .collect();
+            // The script does not follow membership: a room's bundles are those of every
+            // test identity (a client takes only its members').
+            let mut users = request.users.clone();
+            if !request.room.is_empty() {
+                users.extend(["alice", "bob", "carol"].map(str::to_owned));
+            }
+            let bundles = users.iter().filter_map(|user| bundle(user)).collect();
             Ok(Response::new(KeyExchangeResponse { bundles }))
         }
 
