@@ -25,6 +25,7 @@ mod hub;
 mod network;
 mod outbound;
 pub mod registration;
+mod relay;
 mod room;
 mod service;
 mod session;
@@ -52,8 +53,8 @@ use crate::store::{Change, SqliteStore, StoragePolicy, Store, StoreError};
 use accounts::Accounts;
 use auth::{Login, require_token};
 use hub::Hub;
+use relay::Relay;
 use service::ChatRelay;
-use session::Relay;
 
 /// What the relay allows a peer, so that no peer can grow its memory without bound.
 #[derive(Debug, Clone, clap::Args)]

@@ -1,0 +1,16 @@
+//! The relay's shared context: what every session's frames, every catch-up and every RPC
+//! act on. Its own file, so that the frame reader (`session`) and the catch-up
+//! (`catch_up`), which starts from it, do not import each other.
+
+use std::sync::Arc;
+
+use super::accounts::Accounts;
+use super::hub::Hub;
+use crate::store::Store;
+
+/// What a session's frames act on.
+pub(crate) struct Relay {
+    pub hub: Arc<Hub>,
+    pub accounts: Arc<Accounts>,
+    pub store: Arc<dyn Store>,
+}
