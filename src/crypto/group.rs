@@ -165,6 +165,9 @@ impl MessageKey {
 pub struct OwnSenderKey {
     key_id: u64,
     chain: ChainKey,
+    /// The chain at the oldest message the relay has not acknowledged: what a member who
+    /// joins now is handed, since such messages may be delivered to it after its join.
+    floor: ChainKey,
     signing: Ed25519SigningKey,
 }
 
@@ -177,12 +180,14 @@ impl OwnSenderKey {
         for secret in [&mut id[..], &mut chain[..], &mut signing[..]] {
             getrandom::fill(secret).map_err(|error| CryptoError::Rng(error.to_string()))?;
         }
+        let chain = ChainKey {
+            iteration: 0,
+            key: chain,
+        };
         Ok(Self {
             key_id: u64::from_be_bytes(id),
-            chain: ChainKey {
-                iteration: 0,
-                key: chain,
-            },
+            floor: chain.clone(),
+            chain,
             signing: Ed25519SigningKey::from_bytes(&signing),
         })
     }
@@ -190,12 +195,14 @@ impl OwnSenderKey {
     /// A key from given secrets, for test vectors.
     #[cfg(test)]
     fn from_secrets(key_id: u64, chain_key: [u8; CHAIN_KEY_LEN], signing: [u8; 32]) -> Self {
+        let chain = ChainKey {
+            iteration: 0,
+            key: Zeroizing::new(chain_key),
+        };
         Self {
             key_id,
-            chain: ChainKey {
-                iteration: 0,
-                key: Zeroizing::new(chain_key),
-            },
+            floor: chain.clone(),
+            chain,
             signing: Ed25519SigningKey::from_bytes(&signing),
         }
     }
@@ -209,13 +216,27 @@ impl OwnSenderKey {
         self.chain.iteration
     }
 
-    /// The key as the other members get it, from the next message on.
+    /// The key as the other members get it: from the oldest message not yet
+    /// [`acknowledged`](Self::acknowledged) on (from the next one if all were), since a
+    /// member who joins now may still be delivered those.
     pub fn distribution(&self) -> SenderKeyDistribution {
         SenderKeyDistribution {
             key_id: self.key_id,
-            iteration: self.chain.iteration,
-            chain_key: self.chain.key.clone(),
+            iteration: self.floor.iteration,
+            chain_key: self.floor.key.clone(),
             signing_key: self.signing.verifying_key().to_bytes(),
+        }
+    }
+
+    /// The relay stored the message sealed at `iteration`, and those before it: a member
+    /// who joins from now on is not delivered them, so the key is handed out from the
+    /// next one on, and the chain keys before it are erased.
+    pub fn acknowledged(&mut self, iteration: u32) {
+        while self.floor.iteration <= iteration && self.floor.iteration < self.chain.iteration {
+            match self.floor.next() {
+                Ok(next) => self.floor = next,
+                Err(_) => return,
+            }
         }
     }
 

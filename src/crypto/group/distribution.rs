@@ -259,6 +259,7 @@ mod tests {
         let others: Vec<Member> = ["bob", "carol", "dave"].into_iter().map(member).collect();
         let mut own = OwnSenderKey::generate().unwrap();
         own.seal(LOBBY, b"before").unwrap();
+        own.acknowledged(0);
         let recipients: Vec<Recipient<'_>> = others.iter().map(recipient).collect();
         let sealed = SignedDistribution::seal(
             &alice.identity,
