@@ -16,7 +16,7 @@ use tonic::Status;
 
 use super::hub::{CatchUp, SessionId};
 use super::outbound::Refusal;
-use super::session::Relay;
+use super::relay::Relay;
 use crate::proto::{
     History, HistoryEntry, PublicIdentity, ServerFrame, history_entry, server_frame::Kind,
 };

@@ -26,6 +26,7 @@ mod key_directory;
 mod network;
 mod outbound;
 pub mod registration;
+mod relay;
 mod room;
 mod service;
 mod session;
@@ -55,8 +56,8 @@ use accounts::Accounts;
 use auth::{Login, require_token};
 use hub::Hub;
 use key_directory::KeyDirectory;
+use relay::Relay;
 use service::ChatRelay;
-use session::Relay;
 
 /// What the relay allows a peer, so that no peer can grow its memory without bound.
 #[derive(Debug, Clone, clap::Args)]

@@ -10,26 +10,16 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::{Code, Status, Streaming};
 
-use super::accounts::Accounts;
 use super::catch_up;
 use super::frame::{self, ValidFrame};
 use super::hub::{Hub, JoinRequest, SessionId};
-use super::key_directory::KeyDirectory;
 use super::network::decode_fault;
+use super::relay::Relay;
 use super::signed_membership;
 use crate::proto::{ClientFrame, Rejection, server_frame};
-use crate::store::Store;
 
 /// Frames of one session that may wait for the store at once.
 const MAX_IN_FLIGHT: usize = 64;
-
-/// What a session's frames act on.
-pub(crate) struct Relay {
-    pub hub: Arc<Hub>,
-    pub accounts: Arc<Accounts>,
-    pub keys: Arc<KeyDirectory>,
-    pub store: Arc<dyn Store>,
-}
 
 /// Reads the session's frames until the client ends the stream or breaks the protocol.
 pub(crate) async fn run(relay: Arc<Relay>, id: SessionId, mut frames: Streaming<ClientFrame>) {

@@ -14,7 +14,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::hub::{Hub, Op};
+use super::hub::{Command, Hub, Op};
 use crate::store::{StoragePolicy, Store};
 
 /// How often the retention policy is applied.
@@ -22,13 +22,6 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// What the writer runs after each pruning, with the store.
 pub(crate) type Housekeeping = Box<dyn FnMut(&dyn Store) + Send>;
-
-/// What the writer is sent.
-pub(crate) enum Command {
-    Commit(Box<Op>),
-    /// Commit what has arrived, then stop.
-    Stop,
-}
 
 /// Starts the writer thread.
 pub(crate) fn spawn(

@@ -5,12 +5,11 @@
 
 use std::sync::mpsc::Sender;
 
-use super::{Attachment, Effect, Op, State};
+use super::{Attachment, Command, Effect, Op, State};
 use crate::proto::{
     Ack, CaughtUp, Joined, MemberJoined, MemberLeft, MessageDelivery, Rejection, ServerFrame,
     server_frame::Kind,
 };
-use crate::server::writer::Command;
 use crate::store::{Applied, Change, Quota, StoreError, copy};
 
 impl State {

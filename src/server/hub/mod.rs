@@ -40,7 +40,6 @@ use super::Limits;
 use super::network::connection::ConnectionHandle;
 use super::outbound::{Closer, Outbound, OutboundHandle, Refusal, outbound};
 use super::room::{Member, Room};
-use super::writer::Command;
 use prost::Message;
 
 use crate::proto::{
@@ -58,6 +57,15 @@ pub(crate) struct JoinRequest<'a> {
 
 /// Identifies one `Chat` stream for the life of the server.
 pub(crate) type SessionId = u64;
+
+/// What the hub sends its writer thread (`server::writer`), which owns the store's
+/// transactions. Defined here, beside the [`Op`] it carries, so that the writer imports
+/// the hub and not the other way round.
+pub(crate) enum Command {
+    Commit(Box<Op>),
+    /// Commit what has arrived, then stop.
+    Stop,
+}
 
 /// A change to a room on its way to the store, and what to do once it is committed.
 pub(crate) struct Op {
