@@ -13,7 +13,7 @@ use common::process::{
     catch_up, join_and_go_away, rust_client, send_burst, sequence_faults,
 };
 use e2ee_chat::bench::{self, Load};
-use e2ee_chat::client::{ChatSession, ClientError, Contacts, Event};
+use e2ee_chat::client::{ChatSession, ClientError, Contacts, Event, RotationPolicy};
 use e2ee_chat::proto::{JoinRoom, PublicIdentity, SignedPrekey};
 use e2ee_chat::server::Limits;
 use e2ee_chat::store::{
@@ -291,6 +291,11 @@ async fn fifty_clients_in_five_rooms_get_every_message_once_and_in_order() {
         messages: 200,
         size: 64,
         rate: None,
+        // Each client rotates its sender key twice under load, as Megolm's schedule would.
+        rotation: RotationPolicy {
+            messages: 100,
+            ..RotationPolicy::default()
+        },
     };
     // The driver counts every message per sender and recipient, in order, and fails on
     // a loss, a repeat, or a sequence number that does not increase.

@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use super::BenchError;
+use crate::client::RotationPolicy;
 
 /// Members per room of the idle clients.
 const ROOM_SIZE: usize = 10;
@@ -57,7 +58,14 @@ pub async fn measure_idle(server_binary: &Path, clients: usize) -> Result<IdleRe
     let mut readers = Vec::with_capacity(clients);
     for (index, identity) in identities.into_iter().enumerate() {
         let room = format!("idle-{}", index / ROOM_SIZE);
-        let mut session = super::join_room(&url, identity, &format!("idle-{index}"), &room).await?;
+        let mut session = super::join_room(
+            &url,
+            identity,
+            &format!("idle-{index}"),
+            &room,
+            RotationPolicy::default(),
+        )
+        .await?;
         readers.push(tokio::spawn(async move {
             while let Ok(Some(events)) = session.next_events().await {
                 drop(events);

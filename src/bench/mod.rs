@@ -71,6 +71,8 @@ pub struct Load {
     pub size: usize,
     /// Messages per second across all clients; as fast as possible if `None`.
     pub rate: Option<f64>,
+    /// When the end-to-end encrypted clients replace their sender keys on schedule.
+    pub rotation: RotationPolicy,
 }
 
 /// What a run measured.
@@ -170,7 +172,14 @@ pub async fn measure_e2ee(url: &str, load: &Load) -> Result<Measurement, BenchEr
     let identities = bench_identities(load.clients).await?;
     let mut clients = Vec::with_capacity(load.clients);
     for (index, identity) in identities.into_iter().enumerate() {
-        let session = join_room(url, identity, &user_name(index), &room_name(index, load)).await?;
+        let session = join_room(
+            url,
+            identity,
+            &user_name(index),
+            &room_name(index, load),
+            load.rotation,
+        )
+        .await?;
         clients.push(E2eeClient::new(session));
     }
     measure(clients, load).await
@@ -240,6 +249,7 @@ async fn join_room(
     identity: Arc<Identity>,
     user: &str,
     room: &str,
+    rotation: RotationPolicy,
 ) -> Result<ChatSession, BenchError> {
     let channel = client::connect(url, None).await?;
     let credentials = login(channel.clone(), &identity, user).await?;
@@ -259,7 +269,7 @@ async fn join_room(
         join,
         Contacts::in_memory(),
         prekeys,
-        RotationPolicy::default(),
+        rotation,
     )
     .await?;
     Ok(session)

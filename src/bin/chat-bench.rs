@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use e2ee_chat::bench::{self, BenchError, Load, Measurement};
+use e2ee_chat::client::RotationPolicy;
 use e2ee_chat::server::Limits;
 
 /// Load the relay with real end-to-end encrypted clients, then the same load of plaintext
@@ -32,6 +33,10 @@ struct Args {
     /// Messages per second across all clients (default: as fast as they go).
     #[arg(long)]
     rate: Option<f64>,
+    /// The end-to-end encrypted clients replace their sender keys after this many
+    /// messages (as chat-client's option of the same name; Megolm uses 100).
+    #[arg(long, default_value_t = RotationPolicy::default().messages)]
+    rotate_after_messages: u32,
     /// Load a running relay instead of one started in this process.
     #[arg(long)]
     server: Option<String>,
@@ -81,6 +86,10 @@ fn load(args: &Args) -> Load {
         messages: args.messages,
         size: args.size,
         rate: args.rate,
+        rotation: RotationPolicy {
+            messages: args.rotate_after_messages,
+            ..RotationPolicy::default()
+        },
     }
 }
 

@@ -118,8 +118,9 @@ struct Args {
     #[arg(long, env = "CHAT_PRIVATE")]
     private: bool,
     /// Where your keys, pinned contacts and progress are kept: HOME/USER/signing.pem and
-    /// encryption.pem (PKCS#8 PEM, mode 0600), HOME/USER/contacts.json, and
-    /// HOME/USER/progress.json (the last message seen per server and room).
+    /// encryption.pem (PKCS#8 PEM, mode 0600), HOME/USER/prekeys/ (your prekeys, mode
+    /// 0600), HOME/USER/contacts.json, and HOME/USER/progress.json (the last message seen
+    /// per server and room).
     #[arg(long, global = true, env = "CHAT_HOME", default_value_os_t = home::default_home())]
     home: PathBuf,
     /// A registration token from the server's operator, for the first login of --user
@@ -134,6 +135,40 @@ struct Args {
     /// Size of new identity keys in bits (2048, 3072 or 4096); existing keys are kept.
     #[arg(long, global = true, env = "CHAT_KEY_BITS", default_value_t = DEFAULT_KEY_BITS, value_parser = key_bits)]
     key_bits: usize,
+    /// Replace your sender key in the room after this many messages (as well as whenever
+    /// someone leaves or is removed, or you trust new keys).
+    #[arg(long, env = "CHAT_ROTATE_AFTER_MESSAGES", default_value_t = RotationPolicy::default().messages, value_parser = clap::value_parser!(u32).range(1..))]
+    rotate_after_messages: u32,
+    /// Replace your sender key in the room after this many days, whichever comes first.
+    #[arg(long, env = "CHAT_ROTATE_AFTER_DAYS", default_value_t = RotationPolicy::default().age_ms / DAY_MS, value_parser = clap::value_parser!(u64).range(1..=365))]
+    rotate_after_days: u64,
+    /// Make a new prekey (what others wrap their sender keys for you under) after this
+    /// many days.
+    #[arg(long, env = "CHAT_PREKEY_DAYS", default_value_t = PrekeyPolicy::default().rotate_after_ms / DAY_MS, value_parser = clap::value_parser!(u64).range(1..=365))]
+    prekey_days: u64,
+    /// Erase a replaced prekey this many days later. Together with --prekey-days this is
+    /// the forward-secrecy window: what was sent to you longer ago than their sum cannot be
+    /// read with the files in HOME/USER, even by someone who steals them.
+    #[arg(long, env = "CHAT_PREKEY_KEEP_DAYS", default_value_t = PrekeyPolicy::default().keep_retired_ms / DAY_MS, value_parser = clap::value_parser!(u64).range(1..=365))]
+    prekey_keep_days: u64,
+}
+
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+impl Args {
+    fn rotation(&self) -> RotationPolicy {
+        RotationPolicy {
+            messages: self.rotate_after_messages,
+            age_ms: self.rotate_after_days * DAY_MS,
+        }
+    }
+
+    fn prekey_policy(&self) -> PrekeyPolicy {
+        PrekeyPolicy {
+            rotate_after_ms: self.prekey_days * DAY_MS,
+            keep_retired_ms: self.prekey_keep_days * DAY_MS,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -296,7 +331,7 @@ fn load_prekeys(args: &Args, user: &str, identity: &Identity) -> Result<SharedPr
         &args.home,
         user,
         bits,
-        PrekeyPolicy::default(),
+        args.prekey_policy(),
         now_ms(),
         || eprintln!("making a {bits}-bit prekey for {user} (this takes a few seconds)..."),
     )
@@ -339,7 +374,7 @@ async fn chat(
         join,
         contacts,
         prekeys,
-        RotationPolicy::default(),
+        args.rotation(),
     )
     .await
     .map_err(describe)?;

@@ -52,7 +52,14 @@ const REMEMBERED_SENDERS: usize = 4096;
 pub type SharedPrekeys = Arc<RwLock<PrekeyRing>>;
 
 /// When our sender key is replaced even though nobody left: after this many messages,
-/// or this long (Megolm's defaults), whichever comes first.
+/// or this long, whichever comes first.
+///
+/// Megolm rotates after 100 messages or a week. Our default is 1,000 messages or a week:
+/// the chain already erases each message key once used, and the prekey window (not the
+/// chain's length) bounds what stolen files read, so the schedule only decides how soon a
+/// stolen *current* chain key stops reading new messages; and each rotation costs every
+/// recipient an RSA decryption, which at 100 messages dominates a busy room's CPU
+/// (docs/BENCHMARKS.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RotationPolicy {
     pub messages: u32,
@@ -62,7 +69,7 @@ pub struct RotationPolicy {
 impl Default for RotationPolicy {
     fn default() -> Self {
         Self {
-            messages: 100,
+            messages: 1_000,
             age_ms: 7 * 24 * 60 * 60 * 1000,
         }
     }
