@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::process::ServerProcess;
 use common::{Member, PATIENCE, RawClient, TestServer};
+use e2ee_chat::client::{Contacts, Event};
 use e2ee_chat::proto::{
     DistributeSenderKey, DistributionHeader, GetHistory, JoinRoom, SealedMessage, SendMessage,
     ServerFrame, WrappedChainKey, client_frame, history_entry, server_frame,
@@ -384,4 +385,96 @@ async fn what_nobody_uses_is_reclaimed_and_names_are_freed() {
         panic!("expected Joined");
     };
     assert!(!joined.resumed, "{joined:?}");
+}
+
+/// Issue 12, part 4: a relay that lets a user of its own into a private room (here its
+/// operator, writing an invitation into the database) gets that user every frame of the
+/// room, and still no sender key: members hand their keys only to those whose
+/// invitation, signed by the owner they pinned, names their keys.
+#[tokio::test]
+async fn a_member_the_relay_adds_to_a_private_room_gets_no_sender_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(dir.path());
+    // bob and the relay's accomplice register their names, as anyone may.
+    common::log_in(&server.url, "bob").await.unwrap();
+    common::log_in(&server.url, "mallory").await.unwrap();
+    let (mut alice, _) =
+        Member::try_join(&server.url, "alice", "club", true, Contacts::in_memory())
+            .await
+            .unwrap();
+    alice.invite("bob");
+    alice
+        .wait_for(|event| matches!(event, Event::Notice(text) if text.contains("invited bob")))
+        .await;
+    let bob = Member::join_via(&server.url, "bob", "club").await;
+    alice.sees_join("bob").await;
+    for member in [alice, bob] {
+        member.quit().await.unwrap();
+    }
+
+    server.terminate();
+    let database = rusqlite::Connection::open(dir.path().join(DATABASE_FILE)).unwrap();
+    database
+        .execute(
+            "INSERT INTO invitations (room, user) VALUES ('club', 'mallory')",
+            [],
+        )
+        .unwrap();
+    drop(database);
+    let server = ServerProcess::start(dir.path());
+
+    let mut alice = Member::join_via(&server.url, "alice", "club").await;
+    let mut bob = Member::join_via(&server.url, "bob", "club").await;
+    let mut mallory = Member::join_via(&server.url, "mallory", "club").await;
+    for member in [&mut alice, &mut bob] {
+        member
+            .wait_for(|event| {
+                matches!(event, Event::Warning(text)
+                    if text.contains("mallory gets no key") && text.contains("no invitation"))
+            })
+            .await;
+    }
+    alice.send("for alice's and bob's eyes only").await;
+    bob.send("only for alice").await;
+    assert_eq!(
+        bob.messages(1).await,
+        [(
+            "alice".to_owned(),
+            "for alice's and bob's eyes only".to_owned()
+        )]
+    );
+    assert_eq!(
+        alice.messages(1).await,
+        [("bob".to_owned(), "only for alice".to_owned())]
+    );
+
+    // The relay treats mallory as a member: she gets both messages' frames...
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut frames = Vec::new();
+    loop {
+        frames.extend(mallory.drain_frames());
+        let messages = frames
+            .iter()
+            .filter(|frame| matches!(frame.kind, Some(server_frame::Kind::Message(_))))
+            .count();
+        if messages == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{frames:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...and no sender key, so she opens nothing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    frames.extend(mallory.drain_frames());
+    let keys: Vec<_> = frames
+        .iter()
+        .filter(|frame| matches!(frame.kind, Some(server_frame::Kind::SenderKey(_))))
+        .collect();
+    assert!(keys.is_empty(), "{keys:?}");
+    let opened: Vec<_> = mallory
+        .drain_events()
+        .into_iter()
+        .filter(|event| matches!(event, Event::Message { .. }))
+        .collect();
+    assert!(opened.is_empty(), "{opened:?}");
 }

@@ -31,6 +31,10 @@ pub enum Pin {
 struct ContactsFile {
     version: u32,
     contacts: BTreeMap<String, Contact>,
+    /// The owner pinned for each private room, the first time we joined it: only members
+    /// that owner invited get our keys there.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    private_rooms: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,6 +85,7 @@ impl ContactsFile {
         Self {
             version: VERSION,
             contacts: BTreeMap::new(),
+            private_rooms: BTreeMap::new(),
         }
     }
 }
@@ -137,6 +142,27 @@ impl Contacts {
             Some((fingerprint, _)) => self.set(user, &fingerprint, true).map(|()| true),
             None => Ok(false),
         }
+    }
+
+    /// The owner pinned for the private `room`, if we ever joined it as private.
+    pub fn room_owner(&self, room: &str) -> Option<&str> {
+        self.file.private_rooms.get(room).map(String::as_str)
+    }
+
+    /// Pins `owner` as the owner of the private `room`, unless one is pinned already;
+    /// returns the owner pinned.
+    pub fn pin_room_owner(&mut self, room: &str, owner: &str) -> Result<String, ClientError> {
+        if let Some(path) = &self.path {
+            self.file = read(path)?;
+        }
+        if let Some(pinned) = self.file.private_rooms.get(room) {
+            return Ok(pinned.clone());
+        }
+        self.file
+            .private_rooms
+            .insert(room.to_owned(), owner.to_owned());
+        self.save()?;
+        Ok(owner.to_owned())
     }
 
     fn set(

@@ -24,6 +24,7 @@ mod contacts;
 pub mod home;
 mod login;
 pub mod prekeys;
+mod private_room;
 pub mod progress;
 mod room;
 mod session;

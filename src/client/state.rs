@@ -16,14 +16,14 @@ use tonic::Code;
 
 use super::ClientError;
 use super::contacts::{Contacts, Pin};
+use super::private_room::OwnerSigned;
 use super::room::{KeyHandout, RoomEvent, RoomKeys, RotationPolicy, SharedPrekeys};
 use crate::crypto::{
     self, Fingerprint, Identity, PublicEncryptionKey, SafetyNumber, VerifiedIdentity,
 };
 use crate::proto::{
-    ClientFrame, DistributeSenderKey, GetHistory, History, Invitation, InviteMember, Joined,
-    KickMember, LeaveReason, LeaveRoom, PublicIdentity, Removal, SendMessage, ServerFrame,
-    client_frame, server_frame,
+    ClientFrame, DistributeSenderKey, GetHistory, History, InviteMember, Joined, KickMember,
+    LeaveReason, LeaveRoom, PublicIdentity, SendMessage, ServerFrame, client_frame, server_frame,
 };
 use crate::protocol::{MAX_HISTORY_MESSAGES, now_ms};
 
@@ -182,6 +182,8 @@ pub struct SessionState {
     contacts: Contacts,
     private_room: bool,
     owner: Option<String>,
+    /// In a private room: what its pinned owner signed, which decides who gets our key.
+    signed: Option<OwnerSigned>,
     /// The highest sequence number of the room processed.
     last_seq: u64,
     last_request_id: u64,
@@ -211,6 +213,7 @@ impl SessionState {
             contacts,
             private_room: false,
             owner: None,
+            signed: None,
             last_seq: 0,
             last_request_id: JOIN_REQUEST_ID,
             unanswered: BTreeMap::new(),
@@ -225,9 +228,9 @@ impl SessionState {
         joined: &Joined,
         after_seq: Option<u64>,
     ) -> Result<Applied, ClientError> {
-        let mut events = self.apply_joined(joined, after_seq);
+        let mut events = self.apply_joined(joined, after_seq)?;
         for member in &joined.members {
-            if let Some((identity, trusted)) = self.admit(member, &mut events)? {
+            if let Some((identity, trusted)) = self.admit_member(member, &mut events)? {
                 self.keys.insert_member(identity, trusted);
             }
         }
@@ -244,7 +247,7 @@ impl SessionState {
     /// are dead: the frames sent again get new ones).
     pub(super) fn rejoined(&mut self, joined: &Joined) -> Result<Rejoined, ClientError> {
         self.last_request_id = JOIN_REQUEST_ID;
-        let mut events = self.apply_joined(joined, Some(self.last_seq));
+        let mut events = self.apply_joined(joined, Some(self.last_seq))?;
         let (resend, leave) = self.carry_unanswered(&mut events);
         self.reconcile_members(joined, &mut events)?;
         Ok(Rejoined {
@@ -395,20 +398,21 @@ impl SessionState {
 
     /// The frame letting `invitee` (the keys we checked for it) join this private room,
     /// with our signed invitation.
+    /// The keys are checked against those pinned for the invitee (and pinned if new):
+    /// an invitation names the keys, so one for keys the relay swapped in would let the
+    /// relay in.
     pub fn invite(&mut self, invitee: &VerifiedIdentity) -> Result<ClientFrame, ClientError> {
+        if let Pin::Changed { .. } = self.contacts.check(&invitee.user, &invitee.fingerprint)? {
+            return Err(ClientError::NotTrusted {
+                user: invitee.user.clone(),
+            });
+        }
         let room = self.room().to_owned();
         let signed =
             crypto::Invitation::sign(&self.identity, &room, &self.user, invitee, now_ms())?;
         let invite = InviteMember {
             room,
-            invitation: Some(Invitation {
-                room: signed.room,
-                owner: signed.owner,
-                invitee: signed.invitee,
-                invitee_fingerprint: signed.invitee_fingerprint.as_bytes().to_vec().into(),
-                issued_at_ms: signed.issued_at_ms,
-                signature: signed.signature.into(),
-            }),
+            invitation: Some(signed.to_wire()),
         };
         Ok(self.frame(
             client_frame::Kind::Invite(invite),
@@ -422,13 +426,7 @@ impl SessionState {
         let signed = crypto::Removal::sign(&self.identity, &room, &self.user, user, now_ms())?;
         let kick = KickMember {
             room,
-            removal: Some(Removal {
-                room: signed.room,
-                owner: signed.owner,
-                member: signed.member,
-                issued_at_ms: signed.issued_at_ms,
-                signature: signed.signature.into(),
-            }),
+            removal: Some(signed.to_wire()),
         };
         Ok(self.frame(
             client_frame::Kind::Kick(kick),
@@ -533,6 +531,9 @@ impl SessionState {
                 events.push(self.on_rejection(frame.request_id, code, rejection.message));
             }
             Some(Kind::MemberJoined(joined)) if joined.room == room => {
+                if let (Some(signed), Some(invitation)) = (&mut self.signed, &joined.invitation) {
+                    signed.learn_invitation(invitation);
+                }
                 if let Some(member) = joined.member {
                     applied.handout = self.on_member_joined(&member, events)?;
                 }
@@ -543,6 +544,9 @@ impl SessionState {
                 events.push(Event::Removed { room });
             }
             Some(Kind::MemberLeft(left)) if left.room == room => {
+                if let (Some(signed), Some(removal)) = (&mut self.signed, &left.removal) {
+                    signed.learn_removal(removal);
+                }
                 let (handout, warnings) = self.keys.member_left(&left.user)?;
                 applied.handout = Some(handout);
                 events.push(Event::MemberLeft {
@@ -658,7 +662,7 @@ impl SessionState {
             return Ok(None);
         }
         // A former member we were catching up on becomes a member again here.
-        let Some((identity, trusted)) = self.admit(member, events)? else {
+        let Some((identity, trusted)) = self.admit_member(member, events)? else {
             return Ok(None);
         };
         let user = identity.user.clone();
@@ -707,16 +711,112 @@ impl SessionState {
     }
 
     /// Takes in the relay's answer to a join: where the numbering starts, and whether
-    /// the room is private.
-    fn apply_joined(&mut self, joined: &Joined, after_seq: Option<u64>) -> Vec<Event> {
+    /// the room is private (and then what its owner signed).
+    fn apply_joined(
+        &mut self,
+        joined: &Joined,
+        after_seq: Option<u64>,
+    ) -> Result<Vec<Event>, ClientError> {
         self.private_room = joined.private_room;
         self.owner = (!joined.owner.is_empty()).then(|| joined.owner.clone());
         let (start, warning) = starting_seq(joined.resumed, after_seq, joined.last_seq);
         self.last_seq = start;
-        warning
+        let mut events: Vec<Event> = warning
             .map(|text| Event::Warning(format!("[{}] {text}", self.keys.room())))
             .into_iter()
-            .collect()
+            .collect();
+        self.signed = self.owner_signed(joined, &mut events)?;
+        Ok(events)
+    }
+
+    /// What the owner of a private room signed, checked against the owner pinned the first
+    /// time we joined it: a relay cannot make a room public, or give it another owner,
+    /// to get keys handed to members of its choosing.
+    fn owner_signed(
+        &mut self,
+        joined: &Joined,
+        events: &mut Vec<Event>,
+    ) -> Result<Option<OwnerSigned>, ClientError> {
+        let room = self.keys.room().to_owned();
+        let pinned = self.contacts.room_owner(&room).map(str::to_owned);
+        let owner = match pinned {
+            None if !joined.private_room => return Ok(None),
+            None => {
+                if crate::protocol::validate_user(&joined.owner).is_err() {
+                    events.push(Event::Warning(format!(
+                        "[{room}] the server names no valid owner for this private room: \
+                         your key goes to nobody"
+                    )));
+                    return Ok(Some(OwnerSigned::new(&room, "")));
+                }
+                self.contacts.pin_room_owner(&room, &joined.owner)?
+            }
+            Some(pinned) => {
+                if !joined.private_room || joined.owner != pinned {
+                    events.push(Event::Warning(format!(
+                        "[{room}] the server says this room is {}, but it was private and \
+                         owned by {pinned} when you first joined it: your key goes only to \
+                         members {pinned} invited. (If the room was deleted and made anew, \
+                         remove it from private_rooms in contacts.json.)",
+                        if joined.private_room {
+                            format!("owned by {}", joined.owner)
+                        } else {
+                            "public".to_owned()
+                        }
+                    )));
+                }
+                pinned
+            }
+        };
+        let mut signed = OwnerSigned::new(&room, &owner);
+        for invitation in &joined.invitations {
+            signed.learn_invitation(invitation);
+        }
+        for removal in &joined.removals {
+            signed.learn_removal(removal);
+        }
+        if owner == self.user {
+            let ours = self.identity.publish(&self.user)?;
+            signed.set_owner_keys(VerifiedIdentity::verify(&ours)?);
+        } else if let Some(member) = joined
+            .members
+            .iter()
+            .chain(&joined.former_members)
+            .find(|member| member.user == owner)
+        {
+            // The owner's keys count only if they are the ones pinned for it (or seen
+            // first now, and pinned as the member is admitted).
+            if let Ok(identity) = self.keys.vet(member) {
+                let pinned = self.contacts.pinned(&owner);
+                if pinned.is_none_or(|(fingerprint, _)| fingerprint == identity.fingerprint) {
+                    signed.set_owner_keys(identity);
+                }
+            }
+        }
+        Ok(Some(signed))
+    }
+
+    /// [`admit`](Self::admit) for a current member: in a private room, only one its owner
+    /// invited (and did not remove) is admitted; anyone else is refused with a warning.
+    fn admit_member(
+        &mut self,
+        member: &PublicIdentity,
+        events: &mut Vec<Event>,
+    ) -> Result<Option<(VerifiedIdentity, bool)>, ClientError> {
+        let Some((identity, trusted)) = self.admit(member, events)? else {
+            return Ok(None);
+        };
+        if let Some(signed) = &self.signed {
+            if let Err(refusal) = signed.admits(&identity) {
+                events.push(Event::Warning(refusal.explain(
+                    self.keys.room(),
+                    signed.owner(),
+                    &identity.user,
+                )));
+                return Ok(None);
+            }
+        }
+        Ok(Some((identity, trusted)))
     }
 
     /// Admits the former members a `Joined` names, for the catch-up that follows.
@@ -766,7 +866,7 @@ impl SessionState {
             if self.keys.is_member(&member.user) {
                 continue;
             }
-            if let Some((identity, trusted)) = self.admit(member, events)? {
+            if let Some((identity, trusted)) = self.admit_member(member, events)? {
                 let user = identity.user.clone();
                 self.keys.insert_member(identity, trusted);
                 events.push(Event::MemberJoined {

@@ -8,6 +8,7 @@
 
 use super::binding::{invitation_signed_bytes, removal_signed_bytes};
 use super::{CryptoError, Fingerprint, Identity, VerifiedIdentity};
+use crate::proto;
 
 /// An owner's invitation of one user, with the keys the owner saw for them, to a
 /// private room.
@@ -76,6 +77,37 @@ impl Invitation {
     }
 }
 
+impl Invitation {
+    /// As it travels in chat.v2 frames.
+    pub fn to_wire(&self) -> proto::Invitation {
+        proto::Invitation {
+            room: self.room.clone(),
+            owner: self.owner.clone(),
+            invitee: self.invitee.clone(),
+            invitee_fingerprint: self.invitee_fingerprint.as_bytes().to_vec().into(),
+            issued_at_ms: self.issued_at_ms,
+            signature: self.signature.clone().into(),
+        }
+    }
+
+    /// As received; one whose fingerprint is not 32 bytes cannot verify.
+    pub fn from_wire(wire: &proto::Invitation) -> Result<Self, CryptoError> {
+        let fingerprint: [u8; 32] = wire
+            .invitee_fingerprint
+            .as_ref()
+            .try_into()
+            .map_err(|_| CryptoError::BadSignature)?;
+        Ok(Self {
+            room: wire.room.clone(),
+            owner: wire.owner.clone(),
+            invitee: wire.invitee.clone(),
+            invitee_fingerprint: Fingerprint::from_bytes(fingerprint),
+            issued_at_ms: wire.issued_at_ms,
+            signature: wire.signature.to_vec(),
+        })
+    }
+}
+
 /// An owner's removal of a member (or of an invitation) from a private room.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Removal {
@@ -115,6 +147,28 @@ impl Removal {
         }
         let signed = removal_signed_bytes(&self.room, &self.owner, &self.member, self.issued_at_ms);
         owner.signing.verify(&signed, &self.signature)
+    }
+
+    /// As it travels in chat.v2 frames.
+    pub fn to_wire(&self) -> proto::Removal {
+        proto::Removal {
+            room: self.room.clone(),
+            owner: self.owner.clone(),
+            member: self.member.clone(),
+            issued_at_ms: self.issued_at_ms,
+            signature: self.signature.clone().into(),
+        }
+    }
+
+    /// As received.
+    pub fn from_wire(wire: &proto::Removal) -> Self {
+        Self {
+            room: wire.room.clone(),
+            owner: wire.owner.clone(),
+            member: wire.member.clone(),
+            issued_at_ms: wire.issued_at_ms,
+            signature: wire.signature.to_vec(),
+        }
     }
 
     /// Whether this removal voids `invitation` (the same member, invited before it).

@@ -6,7 +6,7 @@
 use tonic::Status;
 
 use super::accounts::Accounts;
-use crate::crypto::{self, Fingerprint, VerifiedIdentity};
+use crate::crypto::{self, VerifiedIdentity};
 use crate::proto::{Invitation, Removal};
 
 /// Checks that `caller` signed `invitation` and that it names the invitee's registered
@@ -23,14 +23,8 @@ pub(crate) fn check_invitation(
             invitation.invitee
         ))
     })?;
-    let signed = crypto::Invitation {
-        room: invitation.room.clone(),
-        owner: invitation.owner.clone(),
-        invitee: invitation.invitee.clone(),
-        invitee_fingerprint: fingerprint(&invitation.invitee_fingerprint)?,
-        issued_at_ms: invitation.issued_at_ms,
-        signature: invitation.signature.to_vec(),
-    };
+    let signed = crypto::Invitation::from_wire(invitation)
+        .map_err(|_| Status::invalid_argument("a fingerprint is 32 bytes"))?;
     if signed.invitee_fingerprint != invitee.fingerprint {
         return Err(Status::invalid_argument(format!(
             "the invitation names other keys than {:?}'s registered ones; fetch them with \
@@ -50,13 +44,7 @@ pub(crate) fn check_removal(
     removal: &Removal,
 ) -> Result<(), Status> {
     let owner = signer(accounts, caller, &removal.owner, "a removal")?;
-    let signed = crypto::Removal {
-        room: removal.room.clone(),
-        owner: removal.owner.clone(),
-        member: removal.member.clone(),
-        issued_at_ms: removal.issued_at_ms,
-        signature: removal.signature.to_vec(),
-    };
+    let signed = crypto::Removal::from_wire(removal);
     signed
         .verify(&removal.room, &owner)
         .map_err(|_| Status::invalid_argument("the removal's signature does not verify"))
@@ -81,11 +69,4 @@ fn signer(
 fn registered(accounts: &Accounts, user: &str) -> Option<VerifiedIdentity> {
     // Registered identities were verified at login; this only parses them again.
     VerifiedIdentity::verify(&accounts.identity(user)?).ok()
-}
-
-fn fingerprint(bytes: &[u8]) -> Result<Fingerprint, Status> {
-    let bytes: [u8; 32] = bytes
-        .try_into()
-        .map_err(|_| Status::invalid_argument("a fingerprint is 32 bytes"))?;
-    Ok(Fingerprint::from_bytes(bytes))
 }
