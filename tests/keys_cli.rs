@@ -338,3 +338,62 @@ fn a_server_that_registers_only_with_tokens_takes_each_token_as_often_as_it_allo
     token_command(&["revoke", id]);
     assert_eq!(token_command(&["list"]), "");
 }
+
+/// A database a chat.v1 relay left (schema 3) is upgraded as the server starts: what v1
+/// clients sealed is forgotten with one line saying how much, the rest stays.
+#[test]
+fn a_chat_v1_database_is_upgraded_with_one_line_saying_what_it_forgot() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let database = rusqlite::Connection::open(data.join("chat.sqlite3")).unwrap();
+    for migration in [
+        include_str!("../migrations/0001_identities.sql"),
+        include_str!("../migrations/0002_rooms.sql"),
+        include_str!("../migrations/0003_usage.sql"),
+    ] {
+        database.execute_batch(migration).unwrap();
+    }
+    database.pragma_update(None, "user_version", 3).unwrap();
+    let alice = common::identity("alice").publish("alice").unwrap();
+    database
+        .execute(
+            "INSERT INTO identities (user, identity, registered_at_ms, seen_ms)
+             VALUES ('alice', ?1, 5, 4102444800000)",
+            [prost::Message::encode_to_vec(&alice)],
+        )
+        .unwrap();
+    database
+        .execute_batch(
+            "INSERT INTO rooms (name, owner, last_seq, created_ms, used_ms)
+                 VALUES ('r', NULL, 3, 7, 4102444800000);
+             INSERT INTO members (room, user, joined_seq) VALUES ('r', 'alice', 0);
+             INSERT INTO messages (room, seq, sender, key_id, counter, sealed, stored_ms)
+                 VALUES ('r', 1, 'alice', 1, 0, x'0102', 100), ('r', 3, 'alice', 1, 1, x'03', 300);
+             INSERT INTO sender_keys (room, seq, sender, recipient, key_id, wrapped_key,
+                 signature, stored_ms) VALUES ('r', 2, 'alice', 'alice', 1, x'09', x'0909', 200);",
+        )
+        .unwrap();
+    drop(database);
+
+    let server = ServerProcess::start(&data);
+    let line = server
+        .started
+        .iter()
+        .find(|line| line.contains("protocol chat.v2"))
+        .unwrap_or_else(|| panic!("{:?}", server.started));
+    assert!(
+        line.contains("messages=2") && line.contains("sender_keys=1"),
+        "{line}"
+    );
+    drop(server);
+    let database = rusqlite::Connection::open(data.join("chat.sqlite3")).unwrap();
+    let (messages, members): (i64, i64) = database
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM messages), (SELECT COUNT(*) FROM members)",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((messages, members), (0, 1));
+}

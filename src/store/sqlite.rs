@@ -173,6 +173,9 @@ fn lock(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
     connection.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The index in [`MIGRATIONS`] of 0004, which forgets what chat.v1 clients sealed.
+const PROTOCOL_V2_MIGRATION: usize = 3;
+
 /// Runs the migrations the database has not had yet, each in its own transaction.
 fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
     let known = MIGRATIONS.len() as i64;
@@ -187,6 +190,23 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
     }
     for (index, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let transaction = connection.transaction().map_err(database)?;
+        if index == PROTOCOL_V2_MIGRATION {
+            let count = |table: &str| -> Result<i64, StoreError> {
+                transaction
+                    .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
+                        row.get(0)
+                    })
+                    .map_err(database)
+            };
+            let (messages, sender_keys) = (count("messages")?, count("sender_keys")?);
+            tracing::info!(
+                messages,
+                sender_keys,
+                "upgrading the database to protocol chat.v2: stored messages and sender keys \
+                 of chat.v1 clients are forgotten (no v2 client can open them); identities, \
+                 rooms and members stay"
+            );
+        }
         transaction.execute_batch(migration).map_err(database)?;
         transaction
             .pragma_update(None, "user_version", index as i64 + 1)

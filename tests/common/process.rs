@@ -131,6 +131,8 @@ pub struct ServerProcess {
     data_dir: PathBuf,
     extra: Vec<OsString>,
     env: Vec<(String, String)>,
+    /// What it wrote on stderr up to and including its "listening on" line.
+    pub started: Vec<String>,
 }
 
 impl ServerProcess {
@@ -181,6 +183,7 @@ impl ServerProcess {
             child,
             addr,
             url: format!("http://{addr}"),
+            started: lines,
             stderr,
             data_dir: data_dir.to_owned(),
             extra: extra.iter().map(|arg| arg.to_os_string()).collect(),
