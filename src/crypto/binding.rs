@@ -6,30 +6,6 @@
 //! a signature made for one purpose never verifies for another, and a message or a
 //! wrapped key moved to another room, sender or recipient fails to decrypt.
 
-/// The AES-GCM associated data of a message:
-/// `"chat.v1/message" || str(room) || str(sender) || u64(key_id) || u64(counter)`.
-pub fn message_associated_data(room: &str, sender: &str, key_id: u64, counter: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + room.len() + sender.len());
-    out.extend_from_slice(b"chat.v1/message");
-    push_str(&mut out, room);
-    push_str(&mut out, sender);
-    out.extend_from_slice(&key_id.to_be_bytes());
-    out.extend_from_slice(&counter.to_be_bytes());
-    out
-}
-
-/// The RSA-OAEP label of a wrapped sender key:
-/// `"chat.v1/sender-key" || str(room) || str(sender) || str(recipient) || u64(key_id)`.
-pub fn sender_key_label(room: &str, sender: &str, recipient: &str, key_id: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + room.len() + sender.len() + recipient.len());
-    out.extend_from_slice(b"chat.v1/sender-key");
-    push_str(&mut out, room);
-    push_str(&mut out, sender);
-    push_str(&mut out, recipient);
-    out.extend_from_slice(&key_id.to_be_bytes());
-    out
-}
-
 /// What a user's signing key signs to vouch for its identity:
 /// `"chat.v1/identity" || str(user) || bytes(signing_key_der) || bytes(encryption_key_der)`.
 pub fn identity_signed_bytes(user: &str, signing_key: &[u8], encryption_key: &[u8]) -> Vec<u8> {
@@ -47,47 +23,6 @@ pub fn login_signed_bytes(user: &str, challenge: &[u8]) -> Vec<u8> {
     out.extend_from_slice(b"chat.v1/login");
     push_str(&mut out, user);
     push_bytes(&mut out, challenge);
-    out
-}
-
-/// What a sender signs for each message: `"chat.v1/message-signature" || str(room) ||
-/// str(sender) || u64(key_id) || u64(counter) || bytes(nonce) || bytes(ciphertext)`.
-pub fn message_signed_bytes(
-    room: &str,
-    sender: &str,
-    key_id: u64,
-    counter: u64,
-    nonce: &[u8],
-    ciphertext: &[u8],
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(96 + room.len() + sender.len() + ciphertext.len());
-    out.extend_from_slice(b"chat.v1/message-signature");
-    push_str(&mut out, room);
-    push_str(&mut out, sender);
-    out.extend_from_slice(&key_id.to_be_bytes());
-    out.extend_from_slice(&counter.to_be_bytes());
-    push_bytes(&mut out, nonce);
-    push_bytes(&mut out, ciphertext);
-    out
-}
-
-/// What a sender signs for each wrapped copy of its key:
-/// `"chat.v1/sender-key-signature" || str(room) || str(sender) || str(recipient) ||
-/// u64(key_id) || bytes(wrapped_key)`.
-pub fn sender_key_signed_bytes(
-    room: &str,
-    sender: &str,
-    recipient: &str,
-    key_id: u64,
-    wrapped_key: &[u8],
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(96 + room.len() + wrapped_key.len());
-    out.extend_from_slice(b"chat.v1/sender-key-signature");
-    push_str(&mut out, room);
-    push_str(&mut out, sender);
-    push_str(&mut out, recipient);
-    out.extend_from_slice(&key_id.to_be_bytes());
-    push_bytes(&mut out, wrapped_key);
     out
 }
 
@@ -400,42 +335,10 @@ mod tests {
     }
 
     #[test]
-    fn associated_data_is_the_documented_bytes() {
-        let mut expected = b"chat.v1/message".to_vec();
-        expected.extend_from_slice(b"\x00\x05lobby\x00\x05alice");
-        expected.extend_from_slice(&[0, 0, 0, 0, 0, 0, 1, 2]);
-        expected.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 7]);
-        assert_eq!(
-            message_associated_data("lobby", "alice", 0x102, 7),
-            expected
-        );
-    }
-
-    #[test]
-    fn label_is_the_documented_bytes() {
-        let mut expected = b"chat.v1/sender-key".to_vec();
-        expected.extend_from_slice(b"\x00\x01r\x00\x01a\x00\x01b");
-        expected.extend_from_slice(&u64::MAX.to_be_bytes());
-        assert_eq!(sender_key_label("r", "a", "b", u64::MAX), expected);
-    }
-
-    #[test]
     fn signed_bytes_are_the_documented_bytes() {
         let mut expected = b"chat.v1/login".to_vec();
         expected.extend_from_slice(b"\x00\x03bob\x00\x00\x00\x02\xca\xfe");
         assert_eq!(login_signed_bytes("bob", &[0xca, 0xfe]), expected);
-
-        let mut expected = b"chat.v1/message-signature".to_vec();
-        expected.extend_from_slice(b"\x00\x01r\x00\x01a");
-        expected.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 6]);
-        expected.extend_from_slice(b"\x00\x00\x00\x01n\x00\x00\x00\x02ct");
-        assert_eq!(message_signed_bytes("r", "a", 5, 6, b"n", b"ct"), expected);
-
-        let mut expected = b"chat.v1/sender-key-signature".to_vec();
-        expected.extend_from_slice(b"\x00\x01r\x00\x01a\x00\x01b");
-        expected.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 9]);
-        expected.extend_from_slice(b"\x00\x00\x00\x01w");
-        assert_eq!(sender_key_signed_bytes("r", "a", "b", 9, b"w"), expected);
 
         let mut expected = b"chat.v1/identity".to_vec();
         expected.extend_from_slice(b"\x00\x01u\x00\x00\x00\x01s\x00\x00\x00\x01e");
@@ -445,8 +348,8 @@ mod tests {
     #[test]
     fn length_prefixes_keep_fields_apart() {
         assert_ne!(
-            message_associated_data("ab", "c", 1, 1),
-            message_associated_data("a", "bc", 1, 1)
+            group_message_associated_data("ab", "c", 1, 1, 1),
+            group_message_associated_data("a", "bc", 1, 1, 1)
         );
     }
 }
