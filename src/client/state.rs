@@ -806,15 +806,15 @@ impl SessionState {
         let Some((identity, trusted)) = self.admit(member, events)? else {
             return Ok(None);
         };
-        if let Some(signed) = &self.signed {
-            if let Err(refusal) = signed.admits(&identity) {
-                events.push(Event::Warning(refusal.explain(
-                    self.keys.room(),
-                    signed.owner(),
-                    &identity.user,
-                )));
-                return Ok(None);
-            }
+        if let Some(signed) = &self.signed
+            && let Err(refusal) = signed.admits(&identity)
+        {
+            events.push(Event::Warning(refusal.explain(
+                self.keys.room(),
+                signed.owner(),
+                &identity.user,
+            )));
+            return Ok(None);
         }
         Ok(Some((identity, trusted)))
     }
