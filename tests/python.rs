@@ -57,28 +57,34 @@ fn grpcurl_style_probe_lists_describes_and_checks_health() {
         assert_eq!(
             *listed,
             serde_json::json!([
-                "chat.v1.AuthService",
-                "chat.v1.ChatService",
+                "chat.v2.AuthService",
+                "chat.v2.ChatService",
                 "grpc.health.v1.Health",
                 itself
             ]),
             "{version}"
         );
         let methods = &report["describe"][version]["methods"];
-        assert_eq!(report["describe"][version]["file"], "chat/v1/chat.proto");
+        assert_eq!(report["describe"][version]["file"], "chat/v2/chat.proto");
         assert_eq!(
-            methods["GetIdentity"]["input"],
-            "chat.v1.GetIdentityRequest"
+            methods["KeyExchange"]["input"],
+            "chat.v2.KeyExchangeRequest"
         );
-        assert_eq!(methods["GetIdentity"]["output"], "chat.v1.PublicIdentity");
-        assert_eq!(methods["GetIdentity"]["server_streaming"], false);
-        assert_eq!(methods["Chat"]["input"], "chat.v1.ClientFrame");
-        assert_eq!(methods["Chat"]["output"], "chat.v1.ServerFrame");
+        assert_eq!(
+            methods["KeyExchange"]["output"],
+            "chat.v2.KeyExchangeResponse"
+        );
+        assert_eq!(methods["KeyExchange"]["client_streaming"], false);
+        assert_eq!(methods["KeyExchange"]["server_streaming"], false);
+        assert_eq!(methods["Chat"]["input"], "chat.v2.ClientFrame");
+        assert_eq!(methods["Chat"]["output"], "chat.v2.ServerFrame");
         assert_eq!(methods["Chat"]["client_streaming"], true);
         assert_eq!(methods["Chat"]["server_streaming"], true);
+        // GetIdentity is gone: KeyExchange replaced it.
+        assert!(methods.get("GetIdentity").is_none(), "{methods}");
     }
     assert_eq!(report["health"][""], "SERVING");
-    assert_eq!(report["health"]["chat.v1.ChatService"], "SERVING");
+    assert_eq!(report["health"]["chat.v2.ChatService"], "SERVING");
 }
 
 fn python_client(url: &str, user: &str, room: &str, home: &Path) -> Command {

@@ -47,7 +47,7 @@ def list_services(channel: grpc.Channel, version: str) -> list[str]:
 
 
 def describe_service(channel: grpc.Channel, version: str, service: str) -> dict:
-    """The methods of `service` (a full name such as chat.v1.ChatService)."""
+    """The methods of `service` (a full name such as chat.v2.ChatService)."""
     request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=service)
     response = reflect(channel, version, request)
     for encoded in response.file_descriptor_response.file_descriptor_proto:
@@ -83,10 +83,10 @@ def main() -> int:
         report = {
             "list": {version: list_services(channel, version) for version in REFLECTION_METHODS},
             "describe": {
-                version: describe_service(channel, version, "chat.v1.ChatService")
+                version: describe_service(channel, version, "chat.v2.ChatService")
                 for version in REFLECTION_METHODS
             },
-            "health": {service: health(channel, service) for service in ("", "chat.v1.ChatService")},
+            "health": {service: health(channel, service) for service in ("", "chat.v2.ChatService")},
         }
     print(json.dumps(report, indent=2, sort_keys=True))
     return 0

@@ -22,4 +22,4 @@ rm -rf "$generated"
 mkdir -p "$generated"
 "$venv/bin/python" -m grpc_tools.protoc -I "$root/proto" \
   --python_out="$generated" --grpc_python_out="$generated" \
-  "$root/proto/chat/v1/chat.proto"
+  "$root/proto/chat/v2/chat.proto"
