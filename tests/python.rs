@@ -270,8 +270,14 @@ fn tampered_messages_are_refused_across_languages() {
     tokio::runtime::Runtime::new().unwrap().block_on(async {
         use e2ee_chat::proto::client_frame::Kind;
         let mut mallory = common::RawClient::open_url(&server.url, "eve").await;
-        let members = mallory.join("other").await;
-        let mut keys = common::room_keys("other", "eve", members);
+        mallory.join("other").await;
+        let mut keys = common::room_keys_from_directory(
+            &mut mallory,
+            "other",
+            "eve",
+            e2ee_chat::client::RotationPolicy::default(),
+        )
+        .await;
         let distribution = keys
             .distribute(&e2ee_chat::client::KeyHandout::Everyone)
             .unwrap()
@@ -314,4 +320,83 @@ fn the_python_clients_own_checks_of_the_spec_pass() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// Out of order and far ahead, Rust sending and Python reading: a relay (here, a sender
+/// sending its frames out of order) delivers a chain's messages 3, 1, 2; then one 25,001
+/// messages past the next one expected, further than a reader follows; then, under a new
+/// sender key, one more.
+#[test]
+fn python_reads_messages_out_of_order_and_drops_one_too_far_ahead() {
+    reads_out_of_order_and_drops_one_too_far_ahead(python_client);
+}
+
+/// The same scenario read by the Rust client, which checks the sending side of the test.
+#[test]
+fn rust_reads_messages_out_of_order_and_drops_one_too_far_ahead() {
+    reads_out_of_order_and_drops_one_too_far_ahead(rust_client);
+}
+
+fn reads_out_of_order_and_drops_one_too_far_ahead(reader: fn(&str, &str, &str, &Path) -> Command) {
+    use e2ee_chat::client::{KeyHandout, RotationPolicy};
+    use e2ee_chat::crypto::group::MAX_FORWARD_JUMP;
+    use e2ee_chat::proto::client_frame::Kind;
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let home = dir.path().join("home");
+    let carol = ClientProcess::joined(reader(&server.url, "carol", "lobby", &home), "lobby");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut dave = common::RawClient::open_url(&server.url, "dave").await;
+        dave.join("lobby").await;
+        let never = RotationPolicy {
+            messages: u32::MAX,
+            age_ms: u64::MAX,
+        };
+        let mut keys = common::room_keys_from_directory(&mut dave, "lobby", "dave", never).await;
+        let mut request_id = 1;
+        let mut send = |kind| {
+            request_id += 1;
+            (request_id, kind)
+        };
+        let mut frames = Vec::new();
+        for distribution in keys.distribute(&KeyHandout::Everyone).unwrap() {
+            frames.push(send(Kind::DistributeKey(distribution)));
+        }
+        let sealed: Vec<_> = ["one", "two", "three"]
+            .into_iter()
+            .map(|text| keys.seal_text(text).unwrap().1)
+            .collect();
+        for index in [2, 0, 1] {
+            frames.push(send(Kind::Send(sealed[index].clone())));
+        }
+        // The next one expected is the fourth: this one is MAX_FORWARD_JUMP + 1 past it.
+        for _ in 0..=MAX_FORWARD_JUMP {
+            keys.seal_text("never sent").unwrap();
+        }
+        frames.push(send(Kind::Send(keys.seal_text("far ahead").unwrap().1)));
+        let handout = keys.rotate().unwrap();
+        for distribution in keys.distribute(&handout).unwrap() {
+            frames.push(send(Kind::DistributeKey(distribution)));
+        }
+        frames.push(send(Kind::Send(
+            keys.seal_text("under a new key").unwrap().1,
+        )));
+        for (id, kind) in frames {
+            dave.send(id, kind).await;
+            dave.answer(id).await;
+        }
+    });
+    for text in ["three", "one", "two", "under a new key"] {
+        carol.expect_stdout(&format!("[lobby] dave: {text}"));
+    }
+    let warnings = wait_for_line(&carol.stderr, "ahead");
+    let warning = warnings.last().unwrap();
+    assert!(
+        warning.starts_with("warning:") && warning.contains("dave"),
+        "{warnings:?}"
+    );
+    let (status, stdout, _) = carol.finish();
+    assert!(status.success());
+    assert!(stdout.is_empty(), "{stdout:?}");
 }

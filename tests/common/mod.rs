@@ -543,6 +543,27 @@ pub fn room_keys(room: &str, user: &str, members: Vec<PublicIdentity>) -> RoomKe
     keys
 }
 
+/// Room keys for a raw client whose fellow members are other processes: their keys and
+/// current prekeys come from the relay's key directory, as a real client's do.
+pub async fn room_keys_from_directory(
+    raw: &mut RawClient,
+    room: &str,
+    user: &str,
+    rotation: RotationPolicy,
+) -> RoomKeys {
+    let mut keys = RoomKeys::new(room, user, identity(user), prekeys(user), rotation).unwrap();
+    let bundles = client::key_exchange(&mut raw.client, None, Some(room), &[])
+        .await
+        .unwrap();
+    for bundle in bundles {
+        let name = bundle.identity.user.clone();
+        keys.insert_member(bundle.identity, true);
+        let (id, prekey) = bundle.prekey.expect("every member has published a prekey");
+        keys.set_prekey(&name, id, prekey);
+    }
+    keys
+}
+
 /// A TCP proxy on 127.0.0.1:0 that records every byte it forwards, both ways.
 pub struct RecordingProxy {
     pub url: String,
