@@ -138,6 +138,9 @@ pub struct ChatSession {
     client: AuthorizedClient,
     frames: mpsc::Sender<ClientFrame>,
     incoming: Streaming<ServerFrame>,
+    /// What the key directory said that the user should know (a prekey that does not
+    /// verify), shown with the next events.
+    warnings: Vec<Event>,
 }
 
 impl ChatSession {
@@ -178,6 +181,7 @@ impl ChatSession {
             client,
             frames,
             incoming,
+            warnings: Vec::new(),
         };
         let applied = session.state.joined(&joined, after_seq)?;
         let events = session.carry_out(applied).await?;
@@ -227,7 +231,9 @@ impl ChatSession {
             let rotation = self.state.rotate()?;
             self.send_all(rotation).await?;
         }
-        Ok(rejoined.events)
+        let mut events = rejoined.events;
+        events.append(&mut self.warnings);
+        Ok(events)
     }
 
     /// The room.
@@ -390,7 +396,9 @@ impl ChatSession {
         if let Some(handout) = applied.handout {
             self.hand_out(&handout).await?;
         }
-        Ok(applied.events)
+        let mut events = applied.events;
+        events.append(&mut self.warnings);
+        Ok(events)
     }
 
     /// Hands our key out as `handout` says, once the recipients' prekeys are known: those
@@ -433,10 +441,20 @@ impl ChatSession {
     }
 
     /// Records the prekeys of `bundles` whose identity is the member's.
+    /// A member whose prekey is missing or does not verify gets no key from us until it
+    /// publishes a good one; the user is told.
     fn take_prekeys(&mut self, bundles: Vec<VerifiedBundle>) {
         for bundle in bundles {
             if let Some((prekey_id, prekey)) = bundle.prekey {
                 self.state.set_prekey(&bundle.identity, prekey_id, prekey);
+            } else if let Some(problem) = bundle.prekey_problem
+                && self.state.members().contains(&bundle.identity.user)
+            {
+                self.warnings.push(Event::Warning(format!(
+                    "[{}] {} gets no key from you for now: {problem}",
+                    self.state.room(),
+                    bundle.identity.user
+                )));
             }
         }
     }
