@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use common::{Member, PATIENCE, TestServer};
+use common::{PATIENCE, TestServer};
 use e2ee_chat::client::home::{contacts_path, load_or_create_identity};
 use e2ee_chat::client::prekeys::{PrekeyPolicy, PrekeyRing};
 use e2ee_chat::client::{self, ChatSession, Contacts, Event, RotationPolicy};
@@ -25,12 +25,23 @@ const BITS: usize = 2048;
 
 /// bob, from the files of `home` as chat-client keeps them, at the time `now_ms`.
 async fn bob(url: &str, home: &Path, now_ms: u64) -> ChatSession {
-    let (identity, _) = load_or_create_identity(home, "bob", BITS, |_| {}).unwrap();
+    member(url, home, "bob", now_ms, RotationPolicy::default()).await
+}
+
+/// `user`, from the files of `home`, at the time `now_ms`, rotating on `rotation`.
+async fn member(
+    url: &str,
+    home: &Path,
+    user: &str,
+    now_ms: u64,
+    rotation: RotationPolicy,
+) -> ChatSession {
+    let (identity, _) = load_or_create_identity(home, user, BITS, |_| {}).unwrap();
     let identity = Arc::new(identity);
     let (prekeys, _) =
-        PrekeyRing::load(home, "bob", BITS, PrekeyPolicy::default(), now_ms, || {}).unwrap();
+        PrekeyRing::load(home, user, BITS, PrekeyPolicy::default(), now_ms, || {}).unwrap();
     let channel = client::connect(url, None).await.unwrap();
-    let credentials = client::login(channel.clone(), &identity, "bob")
+    let credentials = client::login(channel.clone(), &identity, user)
         .await
         .unwrap();
     let join = JoinRoom {
@@ -43,9 +54,9 @@ async fn bob(url: &str, home: &Path, now_ms: u64) -> ChatSession {
         identity,
         &credentials,
         join,
-        Contacts::open(&contacts_path(home, "bob")).unwrap(),
+        Contacts::open(&contacts_path(home, user)).unwrap(),
         Arc::new(RwLock::new(prekeys)),
-        RotationPolicy::default(),
+        rotation,
     )
     .await
     .unwrap();
@@ -147,36 +158,48 @@ async fn stolen_files_open_what_is_inside_the_window_and_nothing_before_it() {
     let day_0 = now_ms();
 
     let mut bob = bob(&server.url, &home, day_0).await;
-    let mut alice = Member::join(&server, "alice", "lobby").await;
+    // alice replaces her sender key with every message (on schedule), as a busy sender
+    // would over days: each new key must reach bob under his prekey of the day.
+    let every_message = RotationPolicy {
+        messages: 1,
+        ..RotationPolicy::default()
+    };
+    let alice_home = dir.path().join("alice-home");
+    let mut alice = member(&server.url, &alice_home, "alice", day_0, every_message).await;
     pump_until(&mut bob, |events| {
         events
             .iter()
             .any(|event| matches!(event, Event::MemberJoined { user, .. } if user == "alice"))
     })
     .await;
-    bob.send_text("day 0, under the first prekey")
-        .await
-        .unwrap();
+    bob.send_text("bob on day 0").await.unwrap();
     settle(&mut bob).await;
-    alice.messages(1).await;
+    for text in ["alice on day 0", "alice on day 0, again"] {
+        alice.send_text(text).await.unwrap();
+    }
+    settle(&mut alice).await;
+    bob_reads(&mut bob, "alice on day 0, again").await;
 
     // Day 8: bob's client renews its prekey (and hands its sender key out anew under
     // the members' current prekeys, its own included).
     assert_eq!(bob.renew_prekeys(day_0 + 8 * DAY_MS).await.unwrap(), 0);
-    bob.send_text("day 8, under the second prekey")
-        .await
-        .unwrap();
+    bob.send_text("bob on day 8").await.unwrap();
     settle(&mut bob).await;
-    alice.messages(1).await;
+    alice.send_text("alice on day 8").await.unwrap();
+    settle(&mut alice).await;
+    bob_reads(&mut bob, "alice on day 8").await;
 
-    // A theft on day 8 opens both: the first prekey is retired, not yet erased.
+    // A theft on day 8 opens everything: the first prekey is retired, not yet erased.
     let early = tempfile::tempdir().unwrap();
     steal(&relay_dir, &home, early.path());
     assert_eq!(
         what_the_copies_open(early.path(), day_0 + 8 * DAY_MS).await,
         [
-            "day 0, under the first prekey",
-            "day 8, under the second prekey"
+            "bob on day 0",
+            "alice on day 0",
+            "alice on day 0, again",
+            "bob on day 8",
+            "alice on day 8"
         ]
     );
 
@@ -186,10 +209,20 @@ async fn stolen_files_open_what_is_inside_the_window_and_nothing_before_it() {
     settle(&mut bob).await;
     let late = tempfile::tempdir().unwrap();
     steal(&relay_dir, &home, late.path());
-    // The relay still has the day-0 message and its key, wrapped under the erased
-    // prekey: nothing in the copies unwraps it.
+    // The relay still has the day-0 messages and their keys, wrapped under the erased
+    // prekey: nothing in the copies unwraps them.
     assert_eq!(
         what_the_copies_open(late.path(), day_22).await,
-        ["day 8, under the second prekey"]
+        ["bob on day 8", "alice on day 8"]
     );
+}
+
+/// Until bob shows `text`.
+async fn bob_reads(bob: &mut ChatSession, text: &str) {
+    pump_until(bob, |events| {
+        events
+            .iter()
+            .any(|event| matches!(event, Event::Message { text: shown, .. } if shown == text))
+    })
+    .await;
 }

@@ -118,8 +118,8 @@ struct Args {
     #[arg(long, env = "CHAT_PRIVATE")]
     private: bool,
     /// Where your keys, pinned contacts and progress are kept: HOME/USER/signing.pem and
-    /// encryption.pem (PKCS#8 PEM, mode 0600), HOME/USER/prekeys/ (your prekeys, mode
-    /// 0600), HOME/USER/contacts.json, and HOME/USER/progress.json (the last message seen
+    /// encryption.pem (PKCS#8 PEM, mode 0600), HOME/USER/prekeys.json and
+    /// prekey-ID.pem (your prekeys, mode 0600), HOME/USER/contacts.json, and HOME/USER/progress.json (the last message seen
     /// per server and room).
     #[arg(long, global = true, env = "CHAT_HOME", default_value_os_t = home::default_home())]
     home: PathBuf,

@@ -391,6 +391,13 @@ impl RoomKeys {
         Ok((self.rotate()?, events))
     }
 
+    /// Whether our sender key is due for replacement on schedule: the next message
+    /// rotates it.
+    pub fn rotation_due(&self) -> bool {
+        let age = crate::protocol::now_ms().saturating_sub(self.outbound_made_ms);
+        self.outbound.iteration() >= self.rotation.messages || age >= self.rotation.age_ms
+    }
+
     /// Seals and signs a text message. If our key is due for replacement (the rotation
     /// schedule, or a chain at its end), it is rotated first and the new key's
     /// distribution must be sent before the message.
@@ -405,14 +412,12 @@ impl RoomKeys {
                 max: MAX_ENVELOPE_BYTES,
             });
         }
-        let age = crate::protocol::now_ms().saturating_sub(self.outbound_made_ms);
-        let rotation =
-            if self.outbound.iteration() >= self.rotation.messages || age >= self.rotation.age_ms {
-                let handout = self.rotate()?;
-                self.distribute(&handout)?
-            } else {
-                Vec::new()
-            };
+        let rotation = if self.rotation_due() {
+            let handout = self.rotate()?;
+            self.distribute(&handout)?
+        } else {
+            Vec::new()
+        };
         let message = self
             .outbound
             .seal(context(&self.room, &self.me), &envelope)?;

@@ -282,6 +282,11 @@ impl ChatSession {
     /// [`reconnect`](Self::reconnect); the lost stream shows in
     /// [`next_frame`](Self::next_frame).
     pub async fn send_text(&mut self, text: &str) -> Result<u64, ClientError> {
+        if self.state.rotation_due() {
+            // The new key goes to everyone under their current prekeys, fetched afresh
+            // (one kept from earlier may have been retired and be erased soon).
+            self.learn_prekeys(&KeyHandout::Everyone).await;
+        }
         let frames = self.state.send_text(text)?;
         let request_id = frames.last().map_or(0, |frame| frame.request_id);
         self.send_all(frames).await?;

@@ -291,6 +291,11 @@ impl SessionState {
         self.keys.is_trusted(user)
     }
 
+    /// Whether our sender key is replaced on schedule with the next message.
+    pub fn rotation_due(&self) -> bool {
+        self.keys.rotation_due()
+    }
+
     /// Current members whose prekey we do not know yet: ask the key directory.
     pub fn members_without_prekey(&self) -> Vec<String> {
         self.keys
