@@ -236,7 +236,7 @@ mod tests {
         bytes.iter().map(|byte| format!("{byte:02x}")).collect()
     }
 
-    /// The v2 vectors of docs/PROTOCOL-v2.md, computed independently in Python.
+    /// The v2 vectors of docs/PROTOCOL.md, computed independently in Python.
     #[test]
     fn v2_membership_strings_are_the_documented_bytes() {
         assert_eq!(
@@ -261,7 +261,7 @@ mod tests {
         );
     }
 
-    /// The v2 vectors of docs/PROTOCOL-v2.md, computed independently in Python.
+    /// The v2 vectors of docs/PROTOCOL.md, computed independently in Python.
     #[test]
     fn v2_strings_are_the_documented_bytes() {
         const KEY_ID: u64 = 0x0102030405060708;
