@@ -229,7 +229,16 @@ async fn history_shows_the_latest_messages_own_ones_included_after_a_restart() {
         alice.say(&format!("alice {n}")).await;
     }
     bob.pump_until(|bob| bob.shown.len() == 4).await;
-    for n in 1..=4 {
+    for n in 1..=2 {
+        bob.say(&format!("bob {n}")).await;
+    }
+    bob.pump_until(|bob| bob.session.pending().is_empty()).await;
+    // A newcomer is handed bob's key from his next message on: that handout must not
+    // cost bob his own earlier messages in history.
+    let _carol = Chatter::join(&server.url, "carol", "lobby", None).await;
+    bob.sees_member("carol").await;
+    bob.pump(Duration::from_millis(200)).await;
+    for n in 3..=4 {
         bob.say(&format!("bob {n}")).await;
     }
     bob.pump_until(|bob| bob.session.pending().is_empty()).await;

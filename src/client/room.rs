@@ -312,12 +312,18 @@ impl RoomKeys {
         };
         let ring = self.prekeys.read().unwrap_or_else(PoisonError::into_inner);
         let own = ring.current();
-        let mut recipients = vec![Recipient {
-            user: &self.me,
-            device: DEVICE,
-            prekey_id: own.id(),
-            prekey: own.key().public_key(),
-        }];
+        // Our own copy (for our history) only with the key's first handout: the relay's
+        // history keeps the latest copy of a key per recipient, and a newcomer's copy
+        // starts later in the chain, past our messages from before.
+        let mut recipients = Vec::new();
+        if *handout == KeyHandout::Everyone {
+            recipients.push(Recipient {
+                user: &self.me,
+                device: DEVICE,
+                prekey_id: own.id(),
+                prekey: own.key().public_key(),
+            });
+        }
         for member in wanted {
             if !member.trusted || member.former {
                 continue;
