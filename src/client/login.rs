@@ -204,13 +204,27 @@ pub struct VerifiedBundle {
 }
 
 /// Publishes `publish` (our new signed prekey) if given, and fetches the bundles of the
-/// other members of `room` (if given) and of `users`, each checked.
+/// other members of `room` (if given) and of `users`. Only bundles whose identity
+/// verifies are returned: one the relay garbled costs that user, not everyone.
 pub async fn key_exchange(
     client: &mut AuthorizedClient,
     publish: Option<SignedPrekey>,
     room: Option<&str>,
     users: &[&str],
 ) -> Result<Vec<VerifiedBundle>, ClientError> {
+    let bundles = fetch_bundles(client, publish, room, users).await?;
+    Ok(bundles
+        .into_iter()
+        .filter_map(|bundle| verify_bundle(bundle).ok())
+        .collect())
+}
+
+async fn fetch_bundles(
+    client: &mut AuthorizedClient,
+    publish: Option<SignedPrekey>,
+    room: Option<&str>,
+    users: &[&str],
+) -> Result<Vec<KeyBundle>, ClientError> {
     let request = KeyExchangeRequest {
         publish,
         room: room.unwrap_or_default().to_owned(),
@@ -221,7 +235,7 @@ pub async fn key_exchange(
         .await
         .map_err(ClientError::Refused)?
         .into_inner();
-    answer.bundles.into_iter().map(verify_bundle).collect()
+    Ok(answer.bundles)
 }
 
 /// The identity the relay has registered for `user`, checked.
@@ -229,15 +243,15 @@ pub async fn fetch_identity(
     client: &mut AuthorizedClient,
     user: &str,
 ) -> Result<VerifiedIdentity, ClientError> {
-    let bundles = key_exchange(client, None, None, &[user]).await?;
-    bundles
+    let bundle = fetch_bundles(client, None, None, &[user])
+        .await?
         .into_iter()
-        .find(|bundle| bundle.identity.user == user)
-        .map(|bundle| bundle.identity)
+        .find(|bundle| bundle.identity.as_ref().is_some_and(|id| id.user == user))
         .ok_or_else(|| ClientError::BadIdentity {
             user: user.to_owned(),
             reason: "the server answered with someone else's".into(),
-        })
+        })?;
+    verify_bundle(bundle).map(|bundle| bundle.identity)
 }
 
 fn verify_bundle(bundle: KeyBundle) -> Result<VerifiedBundle, ClientError> {
