@@ -777,3 +777,63 @@ async fn random_frames_get_answers_and_never_disturb_the_others() {
         .await;
     assert!(matches!(events.last(), Some(Event::Message { text, .. }) if text == "still fine"));
 }
+
+/// A member that had no prekey when a sender handed its key out (upgraded from v1, not
+/// yet on a v2 client) is told of it and gets the key with the sender's next message once
+/// it has published one, rather than at the sender's next rotation. (The directory is
+/// asked again at most every 30 seconds.)
+#[tokio::test]
+async fn a_member_without_a_prekey_gets_the_key_once_it_publishes_one() {
+    use e2ee_chat::proto::{SignedPrekey, server_frame};
+
+    let server = TestServer::start().await;
+    let mut alice = Member::join(&server, "alice", "lobby").await;
+    // dave joins without publishing a prekey.
+    let mut dave = RawClient::open(&server, "dave").await;
+    dave.join("lobby").await;
+    alice
+        .wait_for(|event| {
+            matches!(event, Event::Warning(text)
+                if text.contains("dave gets no key") && text.contains("no prekey"))
+        })
+        .await;
+
+    let signed = common::prekeys("dave")
+        .read()
+        .unwrap()
+        .current()
+        .sign(&common::identity("dave"), "dave", 1)
+        .unwrap();
+    let prekey = SignedPrekey {
+        device: signed.device,
+        prekey_id: signed.id,
+        created_at_ms: signed.created_at_ms,
+        public_key: signed.public_key.into(),
+        signature: signed.signature.into(),
+    };
+    e2ee_chat::client::key_exchange(&mut dave.client, Some(prekey), None, &[])
+        .await
+        .unwrap();
+    alice.send("after dave's prekey").await;
+
+    // dave's stream: alice's key for him, then her message.
+    let mut kinds = Vec::new();
+    while kinds.len() < 2 {
+        let frame = tokio::time::timeout(PATIENCE, dave.incoming.message())
+            .await
+            .expect("dave waited in vain")
+            .unwrap()
+            .unwrap();
+        match frame.kind {
+            Some(server_frame::Kind::Message(message)) => {
+                kinds.push(format!("message {}", message.sealed.unwrap().iteration))
+            }
+            Some(server_frame::Kind::SenderKey(key)) => {
+                assert_eq!(key.sender, "alice");
+                kinds.push(format!("key from {}", key.header.unwrap().iteration));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(kinds, ["key from 0", "message 0"]);
+}

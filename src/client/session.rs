@@ -17,7 +17,7 @@
 //!   relay recognises a repeat and stores it once), then rotates our key.
 
 use std::sync::{Arc, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -141,7 +141,13 @@ pub struct ChatSession {
     /// What the key directory said that the user should know (a prekey that does not
     /// verify), shown with the next events.
     warnings: Vec<Event>,
+    /// When we last asked the key directory for the prekeys of members that had none.
+    owed_checked: Option<Instant>,
 }
+
+/// How often, at most, the prekeys of members owed our key (they had none) are asked for
+/// again, as we send.
+const OWED_RECHECK: Duration = Duration::from_secs(30);
 
 impl ChatSession {
     /// Opens the session of the logged-in user, joins a room, checks the members' keys
@@ -182,6 +188,7 @@ impl ChatSession {
             frames,
             incoming,
             warnings: Vec::new(),
+            owed_checked: None,
         };
         let applied = session.state.joined(&joined, after_seq)?;
         let events = session.carry_out(applied).await?;
@@ -282,6 +289,7 @@ impl ChatSession {
     /// [`reconnect`](Self::reconnect); the lost stream shows in
     /// [`next_frame`](Self::next_frame).
     pub async fn send_text(&mut self, text: &str) -> Result<u64, ClientError> {
+        self.hand_out_owed().await?;
         if self.state.rotation_due() {
             // The new key goes to everyone under their current prekeys, fetched afresh
             // (one kept from earlier may have been retired and be erased soon).
@@ -443,6 +451,35 @@ impl ChatSession {
                 self.take_prekeys(bundles);
             }
         }
+    }
+
+    /// Hands our key to members that had no prekey when it was handed out (a member
+    /// upgraded from v1 that has not run a v2 client yet, say), once they have one: they
+    /// would otherwise wait for our next rotation. At most every [`OWED_RECHECK`].
+    async fn hand_out_owed(&mut self) -> Result<(), ClientError> {
+        let owed = self.state.members_without_prekey();
+        if owed.is_empty()
+            || self
+                .owed_checked
+                .is_some_and(|checked| checked.elapsed() < OWED_RECHECK)
+        {
+            return Ok(());
+        }
+        self.owed_checked = Some(Instant::now());
+        for users in owed.chunks(MAX_BUNDLE_USERS) {
+            let users: Vec<&str> = users.iter().map(String::as_str).collect();
+            if let Ok(bundles) = key_exchange(&mut self.client, None, None, &users).await {
+                self.take_prekeys(bundles);
+            }
+        }
+        let still_owed = self.state.members_without_prekey();
+        for user in owed {
+            if !still_owed.contains(&user) {
+                let frames = self.state.distribute(&KeyHandout::Newcomer(user))?;
+                self.send_all(frames).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Records the prekeys of `bundles` whose identity is the member's.
