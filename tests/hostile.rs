@@ -478,3 +478,65 @@ async fn a_member_the_relay_adds_to_a_private_room_gets_no_sender_key() {
         .collect();
     assert!(opened.is_empty(), "{opened:?}");
 }
+
+/// An acknowledgement waits for a catch-up as the live entries it holds back do: a
+/// client hands its key to a member who joined from its oldest unacknowledged message
+/// on, so it must never hear that a message was stored before it hears of a join the
+/// relay ordered before that message (found by review: the acknowledgement overtook the
+/// held-back join, and the newcomer got a chain past a message it then received).
+#[tokio::test]
+async fn an_acknowledgement_never_overtakes_a_join_held_back_by_a_catch_up() {
+    const K1: u64 = 0x1111;
+    const K2: u64 = 0x2222;
+    let server = TestServer::start().await;
+    let mut alice = RawClient::member(&server, "alice", "lobby").await;
+    drop(RawClient::member(&server, "bob", "lobby").await);
+    acked(ask(&mut alice, 10, distribute("lobby", K1, &["bob"])).await);
+    for iteration in 0..1500 {
+        acked(
+            ask(
+                &mut alice,
+                11 + iteration,
+                send("lobby", sealed(K1, iteration, 200)),
+            )
+            .await,
+        );
+    }
+
+    // bob comes back from the start over a narrow window and reads nothing yet: its
+    // catch-up stalls, and live entries wait behind it.
+    let mut bob = RawClient::open_on(server.narrow_channel(16 * 1024).await, "bob").await;
+    let join = client_frame::Kind::Join(JoinRoom {
+        room: "lobby".into(),
+        create_private: false,
+        after_seq: Some(0),
+    });
+    bob.send(1, join).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(RawClient::member(&server, "carol", "lobby").await);
+    bob.send(2, distribute("lobby", K2, &["alice"])).await;
+    bob.send(3, send("lobby", sealed(K2, 0, 32))).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let mut frames = Vec::new();
+    tokio::time::timeout(PATIENCE, async {
+        while !frames
+            .iter()
+            .any(|frame: &ServerFrame| frame.request_id == 3)
+        {
+            frames.push(bob.incoming.message().await.unwrap().unwrap());
+        }
+    })
+    .await
+    .expect("bob's message was never acknowledged");
+    let position = |wanted: &dyn Fn(&ServerFrame) -> bool| frames.iter().position(wanted);
+    let carol_joined = position(&|frame| {
+        matches!(&frame.kind, Some(server_frame::Kind::MemberJoined(joined))
+            if joined.member.as_ref().is_some_and(|member| member.user == "carol"))
+    })
+    .expect("bob hears of carol");
+    let caught_up =
+        position(&|frame| matches!(frame.kind, Some(server_frame::Kind::CaughtUp(_)))).unwrap();
+    let acknowledged = position(&|frame| frame.request_id == 3).unwrap();
+    assert!(caught_up < carol_joined && carol_joined < acknowledged);
+}

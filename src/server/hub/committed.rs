@@ -5,7 +5,7 @@
 
 use std::sync::mpsc::Sender;
 
-use super::{Attachment, Command, Effect, Op, State};
+use super::{Attachment, Command, Effect, Op, SessionId, State};
 use crate::proto::{
     Ack, CaughtUp, Joined, MemberJoined, MemberLeft, MessageDelivery, Rejection, ServerFrame,
     server_frame::Kind,
@@ -152,7 +152,7 @@ impl State {
                         seq
                     }
                 };
-                self.deliver(session, request_id, Kind::Ack(Ack { seq: stored_seq }));
+                self.acknowledge(session, &room, request_id, stored_seq);
             }
             Effect::SenderKeys {
                 session,
@@ -177,7 +177,7 @@ impl State {
                     let delivery = Kind::SenderKey(delivery);
                     self.deliver_entry(&room, seq, &key.recipient, delivery);
                 }
-                self.deliver(session, request_id, Kind::Ack(Ack { seq }));
+                self.acknowledge(session, &room, request_id, seq);
             }
             Effect::Ack {
                 session,
@@ -281,6 +281,28 @@ impl State {
                 }
             }
             Some(Attachment::Joining) | None => {}
+        }
+    }
+}
+
+impl State {
+    /// Acknowledges the entry `seq` the session stored in `room`. A session still
+    /// catching up on the room gets it after the entries that wait for the catch-up to
+    /// end, in order: a client takes an acknowledgement to mean that it has been sent
+    /// every entry before (the joins its key is owed to, above all), and hands its key
+    /// to a member who joined from its oldest unacknowledged message on.
+    fn acknowledge(&mut self, id: SessionId, room: &str, request_id: u64, seq: u64) {
+        let kind = Kind::Ack(Ack { seq });
+        let waiting = self
+            .sessions
+            .get_mut(&id)
+            .and_then(|session| session.rooms.get_mut(room));
+        match waiting {
+            Some(Attachment::CatchingUp(waiting)) => waiting.push(ServerFrame {
+                request_id,
+                kind: Some(kind),
+            }),
+            _ => self.deliver(id, request_id, kind),
         }
     }
 }
