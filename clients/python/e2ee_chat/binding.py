@@ -1,7 +1,7 @@
 """The exact bytes that bind keys, messages and signatures to their context (the encodings,
-signed byte strings, OAEP labels and associated data of docs/PROTOCOL.md), and the RSA
-operations over them: RSA-PSS signatures, sender keys wrapped with RSA-OAEP, public keys
-in their wire form."""
+signed byte strings, OAEP labels, Merkle leaves and associated data of docs/PROTOCOL.md),
+and the RSA operations over them: RSA-PSS signatures, chain keys wrapped with RSA-OAEP
+under a prekey, public keys in their wire form."""
 
 from __future__ import annotations
 
@@ -12,21 +12,25 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from .protocol import (
-    IDENTITY_SIGNATURE_PREFIX,
-    LOGIN_SIGNATURE_PREFIX,
+    CHAIN_KEY_BYTES,
+    COPY_LABEL_TAG,
+    COPY_LEAF_TAG,
+    DISTRIBUTION_TAG,
+    IDENTITY_TAG,
+    INVITATION_TAG,
+    LOGIN_TAG,
     MAX_PEER_KEY_BITS,
-    MESSAGE_AD_PREFIX,
-    MESSAGE_SIGNATURE_PREFIX,
+    MESSAGE_AD_TAG,
+    MESSAGE_SIGNATURE_TAG,
     MIN_PEER_KEY_BITS,
+    PREKEY_TAG,
     PSS_SALT_BYTES,
-    SENDER_KEY_BYTES,
-    SENDER_KEY_LABEL_PREFIX,
-    SENDER_KEY_SIGNATURE_PREFIX,
+    REMOVAL_TAG,
 )
 
 
 # ---------------------------------------------------------------------------------------
-# Byte encodings that bind keys, messages and signatures to their context
+# Encodings: str(x), bytes(x), u16be, u32be, u64be
 # ---------------------------------------------------------------------------------------
 
 
@@ -46,76 +50,132 @@ def enc_bytes(data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
+def enc_u32(n: int) -> bytes:
+    """``u32be(n)``: 4 bytes, big-endian."""
+    return struct.pack(">I", n)
+
+
 def enc_u64(n: int) -> bytes:
     """``u64be(n)``: 8 bytes, big-endian."""
     return struct.pack(">Q", n)
 
 
-# Kept under its old name: the README documents it.
-_u16_prefixed = enc_str
-
-
-def sender_key_label(room: str, sender: str, recipient: str, key_id: int) -> bytes:
-    """The OAEP label: binds a wrapped key to its room, owner, recipient and id.
-
-    Without it a relay could present alice's key to bob as carol's, or move it to
-    another room.
-    """
-    return (
-        SENDER_KEY_LABEL_PREFIX
-        + enc_str(room)
-        + enc_str(sender)
-        + enc_str(recipient)
-        + enc_u64(key_id)
-    )
-
-
-def message_ad(room: str, sender: str, key_id: int, counter: int) -> bytes:
-    """AES-GCM associated data: a message cannot be moved to another room, sender,
-    key or counter without its tag failing."""
-    return MESSAGE_AD_PREFIX + enc_str(room) + enc_str(sender) + enc_u64(key_id) + enc_u64(counter)
+# ---------------------------------------------------------------------------------------
+# The byte strings
+# ---------------------------------------------------------------------------------------
 
 
 def identity_signed_bytes(user: str, signing_public_der: bytes, encryption_public_der: bytes) -> bytes:
-    """What ``PublicIdentity.signature`` signs."""
-    return (
-        IDENTITY_SIGNATURE_PREFIX
-        + enc_str(user)
-        + enc_bytes(signing_public_der)
-        + enc_bytes(encryption_public_der)
-    )
+    """What ``PublicIdentity.signature`` signs ("chat.v1/identity")."""
+    return IDENTITY_TAG + enc_str(user) + enc_bytes(signing_public_der) + enc_bytes(encryption_public_der)
 
 
 def login_signed_bytes(user: str, challenge: bytes) -> bytes:
-    """What ``LoginRequest.signature`` signs."""
-    return LOGIN_SIGNATURE_PREFIX + enc_str(user) + enc_bytes(challenge)
+    """What ``LoginRequest.signature`` signs ("chat.v1/login")."""
+    return LOGIN_TAG + enc_str(user) + enc_bytes(challenge)
+
+
+def prekey_signed_bytes(user: str, device: int, prekey_id: int, created_at_ms: int, public_der: bytes) -> bytes:
+    """What ``SignedPrekey.signature`` signs ("chat.v2/prekey")."""
+    return (
+        PREKEY_TAG
+        + enc_str(user)
+        + enc_u32(device)
+        + enc_u64(prekey_id)
+        + enc_u64(created_at_ms)
+        + enc_bytes(public_der)
+    )
+
+
+def message_ad(room: str, sender: str, device: int, key_id: int, iteration: int) -> bytes:
+    """AES-256-GCM associated data of a message ("chat.v2/message")."""
+    return MESSAGE_AD_TAG + enc_str(room) + enc_str(sender) + enc_u32(device) + enc_u64(key_id) + enc_u32(iteration)
 
 
 def message_signed_bytes(
-    room: str, sender: str, key_id: int, counter: int, nonce: bytes, ciphertext: bytes
+    room: str, sender: str, device: int, key_id: int, iteration: int, ciphertext: bytes
 ) -> bytes:
-    """What ``SealedMessage.signature`` signs."""
+    """What ``SealedMessage.signature`` (Ed25519) signs ("chat.v2/message-signature")."""
     return (
-        MESSAGE_SIGNATURE_PREFIX
+        MESSAGE_SIGNATURE_TAG
         + enc_str(room)
         + enc_str(sender)
+        + enc_u32(device)
         + enc_u64(key_id)
-        + enc_u64(counter)
-        + enc_bytes(nonce)
+        + enc_u32(iteration)
         + enc_bytes(ciphertext)
     )
 
 
-def sender_key_signed_bytes(room: str, sender: str, recipient: str, key_id: int, wrapped_key: bytes) -> bytes:
-    """What ``WrappedSenderKey.signature`` (delivered as ``SenderKeyDelivery.signature``) signs."""
+def copy_label(
+    room: str, sender: str, sender_device: int, recipient: str, recipient_device: int, key_id: int, prekey_id: int
+) -> bytes:
+    """The RSA-OAEP label of a wrapped chain key ("chat.v2/sender-key")."""
     return (
-        SENDER_KEY_SIGNATURE_PREFIX
+        COPY_LABEL_TAG
         + enc_str(room)
         + enc_str(sender)
+        + enc_u32(sender_device)
         + enc_str(recipient)
+        + enc_u32(recipient_device)
         + enc_u64(key_id)
-        + enc_bytes(wrapped_key)
+        + enc_u64(prekey_id)
     )
+
+
+def copy_leaf(recipient: str, recipient_device: int, prekey_id: int, wrapped: bytes) -> bytes:
+    """A leaf of a distribution's Merkle tree ("chat.v2/sender-key-copy")."""
+    return COPY_LEAF_TAG + enc_str(recipient) + enc_u32(recipient_device) + enc_u64(prekey_id) + enc_bytes(wrapped)
+
+
+def distribution_signed_bytes(
+    room: str,
+    sender: str,
+    sender_device: int,
+    key_id: int,
+    iteration: int,
+    signing_public_key: bytes,
+    copy_count: int,
+    merkle_root: bytes,
+) -> bytes:
+    """What ``DistributeSenderKey.signature`` signs ("chat.v2/sender-key-distribution")."""
+    if len(merkle_root) != 32:
+        raise ValueError("a Merkle root is 32 bytes")
+    return (
+        DISTRIBUTION_TAG
+        + enc_str(room)
+        + enc_str(sender)
+        + enc_u32(sender_device)
+        + enc_u64(key_id)
+        + enc_u32(iteration)
+        + enc_bytes(signing_public_key)
+        + enc_u32(copy_count)
+        + bytes(merkle_root)
+    )
+
+
+def invitation_signed_bytes(room: str, owner: str, invitee: str, invitee_fingerprint: bytes, issued_at_ms: int) -> bytes:
+    """What ``Invitation.signature`` signs ("chat.v2/invitation"); the fingerprint raw."""
+    if len(invitee_fingerprint) != 32:
+        raise ValueError("a fingerprint is 32 bytes")
+    return (
+        INVITATION_TAG
+        + enc_str(room)
+        + enc_str(owner)
+        + enc_str(invitee)
+        + bytes(invitee_fingerprint)
+        + enc_u64(issued_at_ms)
+    )
+
+
+def removal_signed_bytes(room: str, owner: str, member: str, issued_at_ms: int) -> bytes:
+    """What ``Removal.signature`` signs ("chat.v2/removal")."""
+    return REMOVAL_TAG + enc_str(room) + enc_str(owner) + enc_str(member) + enc_u64(issued_at_ms)
+
+
+# ---------------------------------------------------------------------------------------
+# RSA-PSS and RSA-OAEP
+# ---------------------------------------------------------------------------------------
 
 
 def _pss() -> padding.PSS:
@@ -128,7 +188,7 @@ def sign(signing_key: rsa.RSAPrivateKey, data: bytes) -> bytes:
 
 
 def verify_signature(signing_public_key: rsa.RSAPublicKey, signature: bytes, data: bytes) -> bool:
-    """True if ``signature`` is a valid RSA-PSS signature of ``data``; never raises."""
+    """True if ``signature`` is a valid RSA-PSS signature (salt 32) of ``data``; never raises."""
     try:
         signing_public_key.verify(bytes(signature), data, _pss(), hashes.SHA256())
     except (InvalidSignature, ValueError, TypeError):
@@ -137,45 +197,28 @@ def verify_signature(signing_public_key: rsa.RSAPublicKey, signature: bytes, dat
 
 
 def _oaep(label: bytes) -> padding.OAEP:
-    return padding.OAEP(
-        mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=label
-    )
+    return padding.OAEP(mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=label)
 
 
-def wrap_sender_key(
-    recipient_key: rsa.RSAPublicKey,
-    key: bytes,
-    room: str,
-    sender: str,
-    recipient: str,
-    key_id: int,
-) -> bytes:
-    """RSA-OAEP(SHA-256) of the raw 32-byte sender key under the recipient's encryption key."""
-    return recipient_key.encrypt(key, _oaep(sender_key_label(room, sender, recipient, key_id)))
+def wrap_chain_key(prekey: rsa.RSAPublicKey, chain_key: bytes, label: bytes) -> bytes:
+    """RSA-OAEP (SHA-256, MGF1-SHA-256) of a 32-byte chain key under a prekey, with the
+    copy label."""
+    return prekey.encrypt(bytes(chain_key), _oaep(label))
 
 
-def unwrap_sender_key(
-    own_key: rsa.RSAPrivateKey,
-    wrapped: bytes,
-    room: str,
-    sender: str,
-    recipient: str,
-    key_id: int,
-) -> bytes:
-    """Inverse of :func:`wrap_sender_key`; raises ``ValueError`` if it does not open
-    or is not 32 bytes."""
-    key = own_key.decrypt(wrapped, _oaep(sender_key_label(room, sender, recipient, key_id)))
-    if len(key) != SENDER_KEY_BYTES:
-        raise ValueError(f"unwrapped key is {len(key)} bytes, not {SENDER_KEY_BYTES}")
-    return key
+def unwrap_chain_key(prekey: rsa.RSAPrivateKey, wrapped: bytes, label: bytes) -> bytes:
+    """Inverse of :func:`wrap_chain_key`; ``ValueError`` if it does not open or is not
+    32 bytes."""
+    chain_key = prekey.decrypt(bytes(wrapped), _oaep(label))
+    if len(chain_key) != CHAIN_KEY_BYTES:
+        raise ValueError(f"unwrapped key is {len(chain_key)} bytes, not {CHAIN_KEY_BYTES}")
+    return chain_key
 
 
 def public_key_der(key: rsa.RSAPrivateKey | rsa.RSAPublicKey) -> bytes:
     """The wire form of a public key: DER X.509 SubjectPublicKeyInfo."""
     public = key.public_key() if isinstance(key, rsa.RSAPrivateKey) else key
-    return public.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    return public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def parse_public_key(der: bytes) -> rsa.RSAPublicKey:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import stat
 from pathlib import Path
 from typing import Callable, Optional
@@ -72,9 +71,14 @@ def _make_private_dirs(directory: Path) -> None:
 
 
 def _write_temp_beside(path: Path, data: bytes) -> Path:
-    """Writes ``data`` to a new temporary file (mode 0600) in ``path``'s directory and
-    syncs it; returns its path. The caller moves it in place or removes it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    """Writes ``data`` to ``<file>.tmp`` in ``path``'s directory (a leftover one is
+    deleted first; created anew, mode 0600) and syncs it; returns its path. The caller
+    moves it in place or removes it."""
+    tmp = path.with_name(f"{path.name}.tmp")
+    try:
+        tmp.unlink()  # a leftover of a crash
+    except FileNotFoundError:
+        pass
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -239,7 +243,8 @@ class ContactBook:
     """The pinned keys of other users: ``HOME/USER/contacts.json``, shared with the Rust
     client::
 
-        {"version": 1, "contacts": {"bob": {"fingerprint": "<64 lowercase hex>", "verified": false}}}
+        {"version": 1, "contacts": {"bob": {"fingerprint": "<64 lowercase hex>", "verified": false}},
+         "private_rooms": {"club": "alice"}}
 
     Every change re-reads the file, changes one contact, and replaces the file
     atomically (mode 0600). Fields this client does not know are kept.
@@ -253,6 +258,12 @@ class ContactBook:
 
     def _read(self) -> dict:
         try:
+            mode = stat.S_IMODE(self.path.stat().st_mode)
+            if mode & 0o077:
+                raise ContactsError(
+                    f"cannot read {self.path}: it is accessible by other users (mode {mode:o}); "
+                    f"run: chmod 600 {self.path}"
+                )
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return {"version": self.VERSION, "contacts": {}}
@@ -272,6 +283,38 @@ class ContactBook:
             if not isinstance(entry, dict) or not _is_fingerprint_hex(entry.get("fingerprint")):
                 raise ContactsError(f"cannot read {self.path}: the entry of {name!r} has no valid fingerprint")
         return data
+
+    def pinned_owner(self, room: str) -> Optional[str]:
+        """The owner pinned for private room ``room`` (``private_rooms``), if any."""
+        rooms = self._data.get("private_rooms")
+        owner = rooms.get(room) if isinstance(rooms, dict) else None
+        return owner if isinstance(owner, str) else None
+
+    def pin_owner(self, room: str, owner: str) -> str:
+        """Pins ``owner`` as the owner of private room ``room`` unless one is pinned
+        already (by another process meanwhile, too); returns the pinned owner."""
+        try:
+            data = self._read()
+        except ContactsError:
+            data = self._data
+        rooms = data.get("private_rooms")
+        if not isinstance(rooms, dict):
+            rooms = {}
+        pinned = rooms.get(room)
+        if isinstance(pinned, str):
+            self._data = data
+            return pinned
+        rooms[room] = owner
+        data["private_rooms"] = dict(sorted(rooms.items()))
+        self._data = data
+        self._save(data)
+        return owner
+
+    def _save(self, data: dict) -> None:
+        data["contacts"] = dict(sorted(data["contacts"].items()))
+        _make_private_dirs(self.path.parent)
+        text = json.dumps(data, indent=2) + "\n"
+        _replace_file(self.path, text.encode("utf-8"))
 
     def fingerprint_of(self, user: str) -> Optional[str]:
         entry = self._data["contacts"].get(user)
@@ -301,9 +344,7 @@ class ContactBook:
         entry["verified"] = verified
         data["contacts"][user] = entry
         self._data = data
-        _make_private_dirs(self.path.parent)
-        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-        _replace_file(self.path, text.encode("utf-8"))
+        self._save(data)
 
     def check(self, peer: PeerIdentity) -> str:
         """``"new"`` (not pinned before: pinned now), ``"same"`` or ``"changed"``."""

@@ -28,9 +28,17 @@ from .home import (
     progress_path,
     save_last_seq,
 )
-from .identity import Identity, PeerIdentity, format_fingerprint, safety_number
+from .identity import Identity, IdentityError, PeerIdentity, format_fingerprint, safety_number
+from .membership import sign_invitation, sign_removal
+from .prekeys import PrekeyStore, now_ms
 from .proto import pb, pb_grpc
-from .protocol import is_valid_room_name, is_valid_user_name
+from .protocol import (
+    MAX_KEY_EXCHANGE_USERS,
+    PREKEY_MAINTENANCE_SECONDS,
+    RPC_TIMEOUT_SECONDS,
+    is_valid_room_name,
+    is_valid_user_name,
+)
 from .room import MessageTooLong, ReceivedMessage, RoomState
 from .transport import (
     auth_metadata,
@@ -129,6 +137,16 @@ class ChatClient:
         #: request_id -> what the frame was, for every frame not answered yet.
         self.unanswered: dict[int, str] = {}
         self.initial_distributions: set[int] = set()
+        self.prekeys: Optional[PrekeyStore] = None
+        self.token: Optional[str] = None
+        self.stub: Optional[pb_grpc.ChatServiceStub] = None
+        #: request_id -> (key_id, iteration) of our messages not acknowledged yet.
+        self.sealed_by_request: dict[int, tuple[int, int]] = {}
+        #: Acknowledgements that arrived before the room's CaughtUp: applied to the
+        #: hand-out point only then (PROTOCOL.md's note under "From which iteration").
+        self.deferred_acks: list[tuple[int, int]] = []
+        self.caught_up_seen = False
+        self.next_maintenance = time.monotonic() + PREKEY_MAINTENANCE_SECONDS
         self.identity: Optional[Identity] = None
         self.contacts: Optional[ContactBook] = None
         self.room: Optional[RoomState] = None
@@ -206,7 +224,16 @@ class ChatClient:
             self.after_seq = self.saved_seq = load_last_seq(self.progress, self.server, self.room_name)
         except ProgressError as exc:
             raise ClientError(str(exc)) from exc
-        self.room = RoomState(self.room_name, self.identity, warn=self.warn, trust=self._check_trust)
+        self.prekeys = PrekeyStore(self.home, self.identity, log=self.info)
+        self.prekeys.maintain()
+        self.room = RoomState(
+            self.room_name,
+            self.identity,
+            self.prekeys,
+            warn=self.warn,
+            trust=self._check_trust,
+            owners=self.contacts,
+        )
         self.channel = open_channel(self.server, self.ca_cert)
         try:
             return self._session()
@@ -243,7 +270,10 @@ class ChatClient:
 
     def _session(self) -> int:
         token = self._login()
+        self.token = token
         stub = pb_grpc.ChatServiceStub(self.channel)
+        self.stub = stub
+        self._publish_prekey(fatal=True)
         self.call = stub.Chat(self._requests(), metadata=auth_metadata(token))
         threading.Thread(target=self._read_responses, name="responses", daemon=True).start()
         join = pb.JoinRoom(room=self.room_name, create_private=self.private)
@@ -252,6 +282,64 @@ class ChatClient:
         self._send_frame("join", join=join)
         threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
         return self._event_loop()
+
+    # -- the key directory ------------------------------------------------------------
+
+    def _key_exchange(self, what: str, publish: Optional[pb.SignedPrekey] = None, room: str = "",
+                      users: tuple[str, ...] | list[str] = ()) -> Optional[pb.KeyExchangeResponse]:
+        """One ``KeyExchange``; None (with a warning) if it fails: the client goes on."""
+        assert self.stub is not None and self.token is not None
+        request = pb.KeyExchangeRequest(room=room, users=list(users))
+        if publish is not None:
+            request.publish.CopyFrom(publish)
+        try:
+            return self.stub.KeyExchange(request, metadata=auth_metadata(self.token), timeout=RPC_TIMEOUT_SECONDS)
+        except grpc.RpcError as exc:
+            self.warn(f"the key directory refused {what}: {describe_rpc_error(exc)}")
+            return None
+
+    def _publish_prekey(self, fatal: bool = False) -> None:
+        """Publishes the current prekey (the same signed message until it changes)."""
+        assert self.prekeys is not None
+        if self._key_exchange("to publish your prekey", publish=self.prekeys.signed_current()) is None and fatal:
+            raise ClientError("cannot publish your prekey: nobody could hand you a key")
+
+    def _fetch_prekeys(self, names: list[str]) -> None:
+        """Fetches the bundles of ``names``, at most 256 per call."""
+        assert self.room is not None
+        for start in range(0, len(names), MAX_KEY_EXCHANGE_USERS):
+            chunk = names[start : start + MAX_KEY_EXCHANGE_USERS]
+            response = self._key_exchange(f"the keys of {', '.join(chunk)}", users=chunk)
+            if response is not None:
+                self.room.take_bundles(response.bundles)
+
+    def _handout_new_key(self) -> list[int]:
+        """A new sender key for everyone, wrapped under the members' current prekeys,
+        fetched afresh (the room's, then one by one those it did not list)."""
+        assert self.room is not None
+        members = self.room.current_members()
+        covered: set[str] = set()
+        response = self._key_exchange(f"the keys of {self.room_name}'s members", room=self.room_name) if members else None
+        covered = self.room.take_bundles(response.bundles if response is not None else [], fresh_for=members)
+        missing = [n for n in self.room.current_members() if n not in covered]
+        if missing:
+            self._fetch_prekeys(missing)
+        return self._send_distributions(self.room.rotate())
+
+    def _maintain_prekeys(self) -> None:
+        """Every hour: rotate and erase prekeys; a new one is published at once, and a
+        new sender key is handed to everyone under their current prekeys."""
+        assert self.prekeys is not None
+        self.next_maintenance = time.monotonic() + PREKEY_MAINTENANCE_SECONDS
+        try:
+            made = self.prekeys.maintain()
+        except ClientError as exc:
+            self.warn(str(exc))
+            return
+        if made:
+            self._publish_prekey()
+            if self.joined_seen and not self.left:
+                self._handout_new_key()
 
     # -- key pinning ------------------------------------------------------------------
 
@@ -338,6 +426,8 @@ class ChatClient:
                 self._on_frame(event[1])
             elif kind == "stream_end":
                 return self._on_stream_end(event[1])
+            elif kind == "maintenance":
+                self._maintain_prekeys()
             elif kind in ("line", "eof"):
                 if self.ready:
                     self._on_input(event)
@@ -353,7 +443,10 @@ class ChatClient:
     def _next_event(self) -> tuple:
         """The next event; once finishing, only until the closing deadline."""
         if self.closing_deadline is None:
-            return self.events.get()
+            try:
+                return self.events.get(timeout=max(0.0, self.next_maintenance - time.monotonic()))
+            except queue.Empty:
+                return ("maintenance",)
         try:
             return self.events.get(timeout=max(0.0, self.closing_deadline - time.monotonic()))
         except queue.Empty:
@@ -505,6 +598,12 @@ class ChatClient:
         if which != "ack":
             raise ClientError(f"unexpected answer to a {what}: {which}")
         self.unacked.pop(frame.request_id, None)  # our own entries never move last_seq
+        sealed = self.sealed_by_request.pop(frame.request_id, None)
+        if sealed is not None:
+            if self.caught_up_seen:
+                self.room.acknowledged(*sealed)
+            else:
+                self.deferred_acks.append(sealed)
         if frame.request_id == self.leave_request:
             self.left = True
             self.membership_ended = True
@@ -535,8 +634,8 @@ class ChatClient:
             self.info(f"{self.room_name} is a private room owned by {owner}")
         elif self.private:
             self.warn(f"{self.room_name} is an open room: anyone can join it")
-        frames = self.room.on_joined(joined, self.after_seq)
-        self.initial_distributions = set(self._send_distributions(frames))
+        self.room.on_joined(joined, self.after_seq)
+        self.initial_distributions = set(self._handout_new_key())
         if not self.initial_distributions:
             self._become_ready()
 
@@ -560,11 +659,14 @@ class ChatClient:
         assert self.room is not None
         if event.room != self.room_name or self.leave_request is not None:
             return
-        frames = self.room.member_joined(event.member)
-        if frames is None:
+        invitation = event.invitation if event.HasField("invitation") else None
+        name = self.room.member_joined(event.member, invitation)
+        if name is None:
             return
-        self.info(f"* {event.member.user} joined {self.room_name}")
-        self._send_distributions(frames)
+        self.info(f"* {name} joined {self.room_name}")
+        if self.room.members[name].prekey is None:
+            self._fetch_prekeys([name])
+        self._send_distributions(self.room.handout_to(name))
 
     def _on_member_left(self, event: pb.MemberLeft) -> None:
         assert self.room is not None
@@ -579,16 +681,14 @@ class ChatClient:
         if not is_valid_user_name(event.user):
             self.warn(f"ignoring a MemberLeft for an invalid member {escape_text(event.user)!r}")
             return
-        if not self.room.is_current_member(event.user):
+        removal = event.removal if event.HasField("removal") else None
+        if not self.room.member_left(event.user, removal):
             return
-        frames = self.room.member_left(event.user)
-        self._send_distributions(frames)
+        self._handout_new_key()
         if event.reason == pb.LEAVE_REASON_LEFT:
             what = f"{event.user} left {self.room_name}"
         elif event.reason == pb.LEAVE_REASON_KICKED:
             what = f"{event.user} left {self.room_name} (removed by the owner)"
-        elif event.reason == pb.LEAVE_REASON_TOO_SLOW:
-            what = f"{event.user} disconnected from {self.room_name} (too slow)"
         elif event.reason == pb.LEAVE_REASON_RECLAIMED:
             what = f"{event.user} left {self.room_name} (unused too long, removed by the relay)"
         else:
@@ -612,6 +712,10 @@ class ChatClient:
         if event.room != self.room_name:
             return
         self.room.caught_up()
+        self.caught_up_seen = True
+        for sealed in self.deferred_acks:
+            self.room.acknowledged(*sealed)
+        self.deferred_acks.clear()
         self.info(f"caught up on {self.room_name}")
 
     def _show_history(self, history: pb.History) -> None:
@@ -717,11 +821,42 @@ class ChatClient:
         if not is_valid_user_name(name):
             self.info(f"invalid user name {escape_text(name)!r}")
             return
+        assert self.identity is not None
+        if name == self.user:
+            self.info(f"{command}: you cannot {command[1:]} yourself")
+            return
         if command == "/invite":
-            request_id = self._send_frame("invite", invite=pb.InviteMember(room=self.room_name, user=name))
+            invitee = self._invitee_keys(name)
+            if invitee is None:
+                return
+            invitation = sign_invitation(self.identity, self.room_name, name, invitee.fingerprint, now_ms())
+            request_id = self._send_frame(
+                "invite", invite=pb.InviteMember(room=self.room_name, invitation=invitation)
+            )
         else:
-            request_id = self._send_frame("kick", kick=pb.KickMember(room=self.room_name, user=name))
+            removal = sign_removal(self.identity, self.room_name, name, now_ms())
+            request_id = self._send_frame("kick", kick=pb.KickMember(room=self.room_name, removal=removal))
         self.owner_requests[request_id] = (command, name)
+
+    def _invitee_keys(self, name: str) -> Optional[PeerIdentity]:
+        """The keys to invite ``name`` with: fetched from the key directory, checked, and
+        compared with those pinned for it (pinned on first use); None if they changed."""
+        response = self._key_exchange(f"the keys of {name}", users=[name])
+        if response is None:
+            return None
+        bundle = next((b for b in response.bundles if b.identity.user == name), None)
+        if bundle is None:
+            self.info(f"/invite: the key directory has no keys for {name}")
+            return None
+        try:
+            peer = PeerIdentity.from_public(bundle.identity)
+        except IdentityError as exc:
+            self.warn(f"not inviting {name}: the keys the relay presents do not verify ({exc})")
+            return None
+        if not self._check_trust(peer):
+            self.info(f"not inviting {name}: its keys changed (compare safety numbers, then /trust {name})")
+            return None
+        return peer
 
     def _trust(self, name: str) -> None:
         assert self.room is not None and self.contacts is not None
@@ -736,7 +871,8 @@ class ChatClient:
             self.contacts.pin(name, member.identity.fingerprint_hex)
         except (OSError, ValueError) as exc:
             self.warn(f"cannot save the keys of {name} to {self.contacts.path}: {exc}")
-        self._send_distributions(self.room.trust_member(name))
+        if self.room.trust_member(name):
+            self._handout_new_key()
         self.info(
             f"now trusting the keys of {name} (fingerprint {format_fingerprint(member.identity.fingerprint)})"
         )
@@ -751,10 +887,13 @@ class ChatClient:
 
     def _send_text(self, text: str) -> None:
         assert self.room is not None
+        if self.room.rotation_due():  # the schedule: a new key, sent before the message
+            self._handout_new_key()
         try:
-            message, distributions = self.room.seal_text(text)
+            message = self.room.seal_text(text)
         except MessageTooLong as exc:
             self.info(f"not sent: {exc}")
             return
-        self._send_distributions(distributions)
-        self.unacked[self._send_frame("message", send=message)] = text
+        request_id = self._send_frame("message", send=message)
+        self.unacked[request_id] = text
+        self.sealed_by_request[request_id] = (message.sealed.key_id, message.sealed.iteration)
