@@ -1,4 +1,6 @@
-"""Unit checks of the Python client's protocol layer and home files, without a relay.
+"""Unit checks of the Python client's protocol layer and home files, without a relay:
+every byte string, derivation and vector of docs/PROTOCOL.md (chat.v2), and the rules it
+states for sender keys, distributions, prekeys, private rooms and the home directory.
 
 Run: clients/python/.venv/bin/python -m unittest discover -s clients/python -p 'test_*.py'
 (after clients/python/setup.sh). The end-to-end tests against the Rust relay and client
@@ -8,6 +10,8 @@ are in tests/python.rs (`cargo test --test python`).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import io
 import json
 import os
@@ -17,23 +21,40 @@ import unittest
 from pathlib import Path
 from unittest import mock
 
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+import e2ee_chat.room as room_module
 from e2ee_chat.binding import (
+    copy_label,
+    copy_leaf,
+    distribution_signed_bytes,
     enc_str,
     identity_signed_bytes,
+    invitation_signed_bytes,
     login_signed_bytes,
     message_ad,
     message_signed_bytes,
+    prekey_signed_bytes,
     public_key_der,
-    sender_key_label,
-    sender_key_signed_bytes,
+    removal_signed_bytes,
     sign,
-    unwrap_sender_key,
+    unwrap_chain_key,
     verify_signature,
+    wrap_chain_key,
 )
 from e2ee_chat.errors import ClientError
+from e2ee_chat.group import (
+    OwnSenderKey,
+    PeerSenderKey,
+    Repeated,
+    TooFarAhead,
+    is_small_order,
+    step,
+    verify_strict,
+)
 from e2ee_chat.home import (
     ContactBook,
     ContactsError,
@@ -53,9 +74,19 @@ from e2ee_chat.identity import (
     format_fingerprint,
     safety_number,
 )
+from e2ee_chat.membership import sign_invitation, sign_removal
+from e2ee_chat.merkle import audit_path, leaf_hash, root, root_from_path
+from e2ee_chat.prekeys import PrekeyStore, check_prekey, PrekeyError, sign_prekey
 from e2ee_chat.proto import pb
-from e2ee_chat.protocol import ACCEPTED_KEY_IDS_KEPT
-from e2ee_chat.room import RoomState, history_line, starting_seq, utc_time
+from e2ee_chat.protocol import (
+    ACCEPTED_KEY_IDS_KEPT,
+    MAX_COPIES_PER_DISTRIBUTION,
+    MAX_FORWARD_JUMP,
+    MAX_SKIPPED_KEYS,
+    PREKEY_KEEP_MS,
+    PREKEY_ROTATE_MS,
+)
+from e2ee_chat.room import MemoryOwnerPins, RoomState, history_line, starting_seq, utc_time
 from e2ee_chat.session import ChatClient, history_limit, pending_lines
 from e2ee_chat.transport import is_loopback_host, parse_server_url
 
@@ -70,26 +101,82 @@ def key(i: int) -> rsa.RSAPrivateKey:
 
 
 def identity(user: str, i: int) -> Identity:
-    """``user`` with test keys 2i (signing) and 2i+1 (encryption)."""
-    return Identity(user, key(2 * i), key(2 * i + 1))
+    """``user`` with test keys 3i (signing) and 3i+1 (encryption); 3i+2 is its prekey."""
+    return Identity(user, key(3 * i), key(3 * i + 1))
 
 
-def deliveries_for(recipient: str, sender: str, frames: list[pb.DistributeSenderKey]) -> list[pb.SenderKeyDelivery]:
-    """What the relay gives ``recipient`` for ``sender``'s key distributions."""
+class Prekey:
+    def __init__(self, prekey_id: int, private_key: rsa.RSAPrivateKey) -> None:
+        self.prekey_id, self.private_key, self.created_at_ms = prekey_id, private_key, 1_700_000_000_000
+
+
+class FakePrekeys:
+    """A device's prekeys in memory: what RoomState needs of a PrekeyStore."""
+
+    def __init__(self, *prekeys: Prekey) -> None:
+        self.prekeys = list(prekeys)
+
+    @property
+    def current(self) -> Prekey:
+        return self.prekeys[-1]
+
+    def private_key(self, prekey_id: int):
+        return next((p.private_key for p in self.prekeys if p.prekey_id == prekey_id), None)
+
+
+class User:
+    """A test user: identity, one prekey, a RoomState in ``room``."""
+
+    def __init__(self, name: str, i: int, room: str = "lobby", **kwargs) -> None:
+        self.identity = identity(name, i)
+        self.prekey = Prekey(0x1000 + i, key(3 * i + 2))
+        self.prekeys = FakePrekeys(self.prekey)
+        self.state = RoomState(room, self.identity, self.prekeys, **kwargs)
+
+    @property
+    def name(self) -> str:
+        return self.identity.user
+
+    def public(self) -> pb.PublicIdentity:
+        return self.identity.public_identity()
+
+    def bundle(self) -> pb.KeyBundle:
+        p = self.prekeys.current
+        return pb.KeyBundle(
+            identity=self.public(), device=1,
+            prekey=sign_prekey(self.identity, p.prekey_id, p.created_at_ms, p.private_key),
+        )
+
+
+def join(members: list[User], newcomer: User, seq: int = 0) -> None:
+    """``newcomer`` joins a room of ``members``: everyone learns about everyone, and
+    everyone has everyone's prekey (no key handed out)."""
+    newcomer.state.on_joined(pb.Joined(room=newcomer.state.room, members=[m.public() for m in members], last_seq=seq))
+    newcomer.state.take_bundles([m.bundle() for m in members])
+    for member in members:
+        member.state.member_joined(newcomer.public())
+        member.state.take_bundles([newcomer.bundle()])
+
+
+def deliveries_for(recipient: str, sender: str, frames: list[pb.DistributeSenderKey], seq: int = 0) -> list[pb.SenderKeyDelivery]:
+    """What the relay gives ``recipient`` of ``sender``'s distributions: its copy, its
+    place, its audit path and the frame's signature."""
     out = []
     for frame in frames:
-        for copy in frame.keys:
+        hashes_ = [leaf_hash(copy_leaf(c.recipient, c.device, c.prekey_id, c.wrapped)) for c in frame.copies]
+        for index, copy in enumerate(frame.copies):
             if copy.recipient == recipient:
-                out.append(
-                    pb.SenderKeyDelivery(
-                        room=frame.room,
-                        sender=sender,
-                        key_id=frame.key_id,
-                        wrapped_key=copy.wrapped_key,
-                        signature=copy.signature,
-                    )
-                )
+                out.append(pb.SenderKeyDelivery(
+                    room=frame.room, sender=sender, header=frame.header, copy=copy, index=index,
+                    count=len(frame.copies), path=audit_path(hashes_, index), signature=frame.signature, seq=seq,
+                ))
     return out
+
+
+def give(frames: list[pb.DistributeSenderKey], sender: User, *recipients: User) -> None:
+    for recipient in recipients:
+        for delivery in deliveries_for(recipient.name, sender.name, frames):
+            recipient.state.accept_sender_key(delivery)
 
 
 def delivery(sender: str, message: pb.SendMessage, seq: int = 0) -> pb.MessageDelivery:
@@ -97,80 +184,752 @@ def delivery(sender: str, message: pb.SendMessage, seq: int = 0) -> pb.MessageDe
 
 
 def recipients(frames: list[pb.DistributeSenderKey]) -> list[str]:
-    """Who the copies of some distributions are wrapped for, in order."""
-    return [copy.recipient for frame in frames for copy in frame.keys]
+    return [copy.recipient for frame in frames for copy in frame.copies]
+
+
+H = bytes.fromhex
+KEY_ID = 0x0102030405060708
+PREKEY_ID = 0x1112131415161718
 
 
 class Vectors(unittest.TestCase):
-    """The byte strings of docs/PROTOCOL.md, byte for byte."""
+    """The byte strings and vectors of docs/PROTOCOL.md, byte for byte."""
 
-    def test_login_string(self) -> None:
-        expected = bytes.fromhex("636861742e76312f6c6f67696e" "0003" "626f62" "00000002" "cafe")
-        self.assertEqual(login_signed_bytes("bob", bytes.fromhex("cafe")), expected)
+    def test_tags(self) -> None:
+        import e2ee_chat.protocol as p
 
-    def test_sender_key_label(self) -> None:
-        expected = bytes.fromhex(
-            "636861742e76312f73656e6465722d6b6579" "0001" "72" "0001" "61" "0001" "62" "ffffffffffffffff"
-        )
-        self.assertEqual(sender_key_label("r", "a", "b", 2**64 - 1), expected)
+        table = {
+            p.IDENTITY_TAG: (16, "636861742e76312f6964656e74697479"),
+            p.LOGIN_TAG: (13, "636861742e76312f6c6f67696e"),
+            p.FINGERPRINT_TAG: (19, "636861742e76312f66696e6765727072696e74"),
+            p.SAFETY_NUMBER_TAG: (21, "636861742e76312f7361666574792d6e756d626572"),
+            p.PREKEY_TAG: (14, "636861742e76322f7072656b6579"),
+            p.MESSAGE_KEY_INFO: (19, "636861742e76322f6d6573736167652d6b6579"),
+            p.MESSAGE_AD_TAG: (15, "636861742e76322f6d657373616765"),
+            p.MESSAGE_SIGNATURE_TAG: (25, "636861742e76322f6d6573736167652d7369676e6174757265"),
+            p.COPY_LABEL_TAG: (18, "636861742e76322f73656e6465722d6b6579"),
+            p.COPY_LEAF_TAG: (23, "636861742e76322f73656e6465722d6b65792d636f7079"),
+            p.DISTRIBUTION_TAG: (31, "636861742e76322f73656e6465722d6b65792d646973747269627574696f6e"),
+            p.INVITATION_TAG: (18, "636861742e76322f696e7669746174696f6e"),
+            p.REMOVAL_TAG: (15, "636861742e76322f72656d6f76616c"),
+        }
+        for tag, (length, hex_) in table.items():
+            self.assertEqual((len(tag), tag.hex()), (length, hex_), tag)
 
-    def test_message_ad(self) -> None:
-        expected = bytes.fromhex(
-            "636861742e76312f6d657373616765" "0005" "6c6f626279" "0005" "616c696365"
-            "0000000000000102" "0000000000000007"
-        )
-        self.assertEqual(message_ad("lobby", "alice", 0x102, 7), expected)
-
-    def test_signed_strings_are_built_from_str_bytes_and_u64(self) -> None:
+    def test_login_and_identity_strings(self) -> None:
+        self.assertEqual(login_signed_bytes("bob", H("cafe")), H("636861742e76312f6c6f67696e0003626f6200000002cafe"))
         self.assertEqual(
-            identity_signed_bytes("al", b"S", b"EE"),
-            b"chat.v1/identity" + b"\x00\x02al" + b"\x00\x00\x00\x01S" + b"\x00\x00\x00\x02EE",
-        )
-        self.assertEqual(
-            message_signed_bytes("r", "a", 1, 2, b"n" * 12, b"c" * 3),
-            b"chat.v1/message-signature" + b"\x00\x01r" + b"\x00\x01a"
-            + (1).to_bytes(8, "big") + (2).to_bytes(8, "big")
-            + b"\x00\x00\x00\x0c" + b"n" * 12 + b"\x00\x00\x00\x03ccc",
-        )
-        self.assertEqual(
-            sender_key_signed_bytes("r", "a", "b", 2**64 - 1, b"w"),
-            b"chat.v1/sender-key-signature" + b"\x00\x01r\x00\x01a\x00\x01b" + b"\xff" * 8 + b"\x00\x00\x00\x01w",
+            identity_signed_bytes("u", b"s", b"e"),
+            H("636861742e76312f6964656e7469747900017500000001730000000165"),
         )
         self.assertEqual(enc_str("ü"), b"\x00\x02\xc3\xbc")
 
-    def test_fingerprint_example(self) -> None:
+    def test_message_ad_and_signed_string(self) -> None:
+        ad = H("636861742e76322f6d65737361676500056c6f6262790005616c69636500000001010203040506070800000002")
+        self.assertEqual(message_ad("lobby", "alice", 1, KEY_ID, 2), ad)
         self.assertEqual(
-            fingerprint(b"s", b"e").hex(),
-            "301d4b63196a2c69e9c2ba7a405c7548c708d8f74e6b875fb9f67a5898074e02",
+            message_signed_bytes("lobby", "alice", 1, KEY_ID, 2, H("cafe")),
+            H("636861742e76322f6d6573736167652d7369676e617475726500056c6f6262790005616c696365"
+              "0000000101020304050607080000000200000002cafe"),
         )
 
-    def test_safety_number_example(self) -> None:
+    def test_prekey_string(self) -> None:
+        self.assertEqual(
+            prekey_signed_bytes("bob", 2, PREKEY_ID, 1_700_000_000_000, H("3000")),
+            H("636861742e76322f7072656b65790003626f620000000211121314151617180000018bcfe56800000000023000"),
+        )
+
+    def test_copy_label_and_leaf(self) -> None:
+        self.assertEqual(
+            copy_label("lobby", "alice", 1, "bob", 2, KEY_ID, PREKEY_ID),
+            H("636861742e76322f73656e6465722d6b657900056c6f6262790005616c696365000000010003626f62"
+              "0000000201020304050607081112131415161718"),
+        )
+        self.assertEqual(
+            copy_leaf("bob", 2, PREKEY_ID, H("aabb")),
+            H("636861742e76322f73656e6465722d6b65792d636f70790003626f6200000002111213141516171800000002aabb"),
+        )
+
+    def test_merkle_example_and_distribution_string(self) -> None:
+        bob = leaf_hash(copy_leaf("bob", 2, PREKEY_ID, H("aabb")))
+        carol = leaf_hash(copy_leaf("carol", 1, PREKEY_ID, H("cc")))
+        self.assertEqual(bob.hex(), "c3552395e3f5299d7e8c351088e303f08083a37a6ed079928cd2712dfbdec5da")
+        self.assertEqual(carol.hex(), "abb81c6628b1786d8dec096967b5206511ae6c83173e59c34a18e20318870740")
+        tree_root = root([bob, carol])
+        self.assertEqual(tree_root.hex(), "d66ca0ae624c0b369c9e5cd0e3b2372e6abd28218fd8d905c9f22d10ca656822")
+        self.assertEqual(audit_path([bob, carol], 0), [carol])
+        self.assertEqual(audit_path([bob, carol], 1), [bob])
+        self.assertEqual(root_from_path(bob, 0, 2, [carol]), tree_root)
+        self.assertEqual(root_from_path(carol, 1, 2, [bob]), tree_root)
+        self.assertEqual(
+            distribution_signed_bytes("lobby", "alice", 1, KEY_ID, 3, b"\x11" * 32, 2, tree_root),
+            H("636861742e76322f73656e6465722d6b65792d646973747269627574696f6e00056c6f6262790005616c696365"
+              "000000010102030405060708000000030000002011111111111111111111111111111111111111111111111111111111"
+              "1111111100000002d66ca0ae624c0b369c9e5cd0e3b2372e6abd28218fd8d905c9f22d10ca656822"),
+        )
+
+    def test_invitation_and_removal_strings(self) -> None:
+        self.assertEqual(
+            invitation_signed_bytes("club", "alice", "bob", b"\xab" * 32, 1_700_000_000_000),
+            H("636861742e76322f696e7669746174696f6e0004636c75620005616c6963650003626f62"
+              + "ab" * 32 + "0000018bcfe56800"),
+        )
+        self.assertEqual(
+            removal_signed_bytes("club", "alice", "bob", 1_700_000_000_001),
+            H("636861742e76322f72656d6f76616c0004636c75620005616c6963650003626f620000018bcfe56801"),
+        )
+
+    def test_length_prefixes_keep_fields_apart(self) -> None:
+        self.assertNotEqual(message_ad("ab", "c", 1, 0, 0), message_ad("a", "bc", 1, 0, 0))
+        self.assertNotEqual(copy_leaf("ab", 1, 0, b"c"), copy_leaf("a", 1, 0, b"bc"))
+
+    def test_fingerprint_and_safety_number_examples(self) -> None:
+        self.assertEqual(
+            fingerprint(b"s", b"e").hex(), "301d4b63196a2c69e9c2ba7a405c7548c708d8f74e6b875fb9f67a5898074e02"
+        )
         expected = "08940 22870 87407 56001 96721 49985 24506 87332 60637 75593 12840 20400"
         self.assertEqual(safety_number("alice", bytes(32), "bob", b"\x01" * 32), expected)
         self.assertEqual(safety_number("bob", b"\x01" * 32, "alice", bytes(32)), expected)
-
-    def test_fingerprint_and_safety_number(self) -> None:
         fp = fingerprint(b"S", b"E")
-        import hashlib
-
-        self.assertEqual(
-            fp, hashlib.sha256(b"chat.v1/fingerprint\x00\x00\x00\x01S\x00\x00\x00\x01E").digest()
-        )
+        self.assertEqual(fp, hashlib.sha256(b"chat.v1/fingerprint\x00\x00\x00\x01S\x00\x00\x00\x01E").digest())
         shown = format_fingerprint(fp)
         self.assertEqual(len(shown.split(" ")), 16)
         self.assertEqual(shown.replace(" ", ""), fp.hex().upper())
 
-        other = fingerprint(b"S2", b"E")
-        number = safety_number("alice", fp, "bob", other)
-        self.assertEqual(number, safety_number("bob", other, "alice", fp))
-        groups = number.split(" ")
-        self.assertEqual([len(g) for g in groups], [5] * 12)
-        self.assertTrue(number.replace(" ", "").isdigit())
-        self.assertNotEqual(number, safety_number("alice", fp, "bob", fingerprint(b"S3", b"E")))
-        # Each half by the definition: SHA-256(tag || str(user) || fp), six 5-byte integers mod 100000.
-        h = hashlib.sha256(b"chat.v1/safety-number\x00\x05alice" + fp).digest()
-        half = "".join(f"{int.from_bytes(h[i:i + 5], 'big') % 100000:05d}" for i in range(0, 30, 5))
-        self.assertIn(half, number.replace(" ", ""))
+    def test_chain_vectors(self) -> None:
+        chain = bytes(range(32))
+        rows = [
+            ("c2973ff22745e38ab7720fcb378b1c1736cd3758be28abd5fba181a627e2ae0e", "e5774de9eef1caf3374b8a60",
+             "4304c22c84a53755ab08ead8d97a8d429be5efa480682d7ad1da27f73e1fbe1d"),
+            ("279c9bdf1e30169abc0b7cd65a464ea26f630f49d64137f9db7430a5939e7b43", "a5e939b5ec66e670a978efe7",
+             "26fc86b9b1303ea2e66f53ed0f1de753407e5428caf5e440e6b51c48d4bd4949"),
+            ("623443cc2947957e53a670d62f76b11fe57bc3c04b848701d61eb26ec44d005f", "87f8eb5debf65a4c4f47292a", None),
+        ]
+        for message_key, nonce, next_key in rows:
+            mk, n, after = step(chain)
+            # The spec's own snippet, independently.
+            seed = hmac.new(chain, b"\x01", hashlib.sha256).digest()
+            okm = HKDF(algorithm=hashes.SHA256(), length=44, salt=None, info=b"chat.v2/message-key").derive(seed)
+            self.assertEqual((mk, n), (okm[:32], okm[32:]))
+            self.assertEqual(after, hmac.new(chain, b"\x02", hashlib.sha256).digest())
+            self.assertEqual((mk.hex(), n.hex()), (message_key, nonce))
+            if next_key is not None:
+                self.assertEqual(after.hex(), next_key)
+            chain = after
+
+    def test_sealed_message_vector(self) -> None:
+        own = OwnSenderKey(KEY_ID, bytes(range(32)), b"\x07" * 32)
+        self.assertEqual(own.signing_public_key.hex(), "ea4a6c63e29c520abef5507b132ec5f9954776aebebe7b92421eea691446d22c")
+        own.seal("lobby", "alice", b"0")
+        own.seal("lobby", "alice", b"1")
+        iteration, ciphertext, signature = own.seal("lobby", "alice", b"hello")
+        self.assertEqual(iteration, 2)
+        self.assertEqual(ciphertext.hex(), "0ba11b2d0c3d94762147056b71b9597d603abc38b0")
+        self.assertEqual(
+            signature.hex(),
+            "d5cf47286a11693ff9577fdac254ae1c3e1659edb45f5ed8a929a6a38ae11c4393956c5b1cfcd95ad6bfe202bcbfdcb7"
+            "147b7d318edf6f41dd8a336a65755003",
+        )
+        # With the spec's aad and the derived key of iteration 2, independently.
+        mk = H("623443cc2947957e53a670d62f76b11fe57bc3c04b848701d61eb26ec44d005f")
+        nonce = H("87f8eb5debf65a4c4f47292a")
+        aad = H("636861742e76322f6d65737361676500056c6f6262790005616c69636500000001010203040506070800000002")
+        self.assertEqual(AESGCM(mk).encrypt(nonce, b"hello", aad), ciphertext)
+        # A reader with the chain from iteration 0 checks and opens it.
+        reader = PeerSenderKey(KEY_ID, own.signing_public_key, bytes(range(32)), 0)
+        self.assertTrue(reader.verifies("lobby", "alice", KEY_ID, 2, ciphertext, signature))
+        self.assertEqual(reader.open("lobby", "alice", 2, ciphertext), b"hello")
+
+    def test_certificate_transparency_roots(self) -> None:
+        leaves = [H(x) for x in ("", "00", "10", "2021", "3031", "40414243", "5051525354555657",
+                                 "606162636465666768696a6b6c6d6e6f")]
+        roots = [
+            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+            "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+            "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
+            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+            "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
+            "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
+            "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
+            "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
+        ]
+        for n in range(1, 9):
+            hashes_ = [leaf_hash(leaf) for leaf in leaves[:n]]
+            self.assertEqual(root(hashes_).hex(), roots[n - 1], n)
+            for m in range(n):
+                path = audit_path(hashes_, m)
+                self.assertEqual(root_from_path(hashes_[m], m, n, path), root(hashes_), (n, m))
+                self.assertIsNone(root_from_path(hashes_[m], n, n, path), "index out of range")
+                self.assertIsNone(root_from_path(hashes_[m], m, n, path + [bytes(32)]), "path too long")
+                if n > 1:
+                    other = (m + 1) % n
+                    self.assertNotEqual(root_from_path(hashes_[m], other, n, path), root(hashes_))
+
+    def test_strict_ed25519(self) -> None:
+        own = OwnSenderKey(KEY_ID, bytes(32), b"\x07" * 32)
+        _, ciphertext, signature = own.seal("r", "a", b"x")
+        data = message_signed_bytes("r", "a", 1, KEY_ID, 0, ciphertext)
+        self.assertTrue(verify_strict(own.signing_public_key, signature, data))
+        self.assertFalse(verify_strict(own.signing_public_key, signature, data + b"!"))
+        self.assertFalse(verify_strict(own.signing_public_key, signature[:63], data))
+        # S not below the group order: S + L verifies in lax libraries, never here.
+        group_order = 2**252 + 27742317777372353535851937790883648493
+        s = int.from_bytes(signature[32:], "little") + group_order
+        self.assertFalse(verify_strict(own.signing_public_key, signature[:32] + s.to_bytes(32, "little"), data))
+        # Points of small order: the identity (y = 1), the point of order 2 (y = -1).
+        identity_point = (1).to_bytes(32, "little")
+        order_two = (2**255 - 19 - 1).to_bytes(32, "little")
+        self.assertTrue(is_small_order(identity_point))
+        self.assertTrue(is_small_order(order_two))
+        self.assertFalse(is_small_order(own.signing_public_key))
+        self.assertFalse(verify_strict(identity_point, signature, data))
+        self.assertFalse(verify_strict(own.signing_public_key, identity_point + signature[32:], data))
+
+    def test_rsa_oaep_with_the_copy_label(self) -> None:
+        label = copy_label("lobby", "alice", 1, "bob", 1, KEY_ID, PREKEY_ID)
+        wrapped = wrap_chain_key(key(0).public_key(), b"\x05" * 32, label)
+        self.assertEqual(unwrap_chain_key(key(0), wrapped, label), b"\x05" * 32)
+        with self.assertRaises(ValueError):
+            unwrap_chain_key(key(0), wrapped, copy_label("lobby", "alice", 1, "carol", 1, KEY_ID, PREKEY_ID))
+        short = wrap_chain_key(key(0).public_key(), b"\x05" * 31, label)
+        with self.assertRaises(ValueError):
+            unwrap_chain_key(key(0), short, label)
+
+
+class Chains(unittest.TestCase):
+    """Opening (PROTOCOL.md, "Sender keys"): once each, any order, bounded jumps and kept keys."""
+
+    def setUp(self) -> None:
+        self.own = OwnSenderKey(KEY_ID, bytes(32), b"\x09" * 32)
+        self.reader = PeerSenderKey(KEY_ID, self.own.signing_public_key, bytes(32), 0)
+
+    def seal(self, text: bytes) -> tuple[int, bytes]:
+        iteration, ciphertext, _ = self.own.seal("r", "a", text)
+        return iteration, ciphertext
+
+    def test_each_message_opens_once_in_any_order(self) -> None:
+        sealed = [self.seal(bytes([i])) for i in range(5)]
+        for i in (3, 0, 4, 1, 2):
+            self.assertEqual(self.reader.open("r", "a", *sealed[i]), bytes([i]))
+        for i in range(5):
+            with self.assertRaises(Repeated):
+                self.reader.open("r", "a", *sealed[i])
+        self.assertEqual(self.reader.kept_count, 0)
+
+    def test_a_bad_tag_moves_nothing(self) -> None:
+        iteration, ciphertext = self.seal(b"x")
+        with self.assertRaises(Exception):
+            self.reader.open("r", "a", iteration, bytes([ciphertext[0] ^ 1]) + ciphertext[1:])
+        with self.assertRaises(Exception):
+            self.reader.open("r", "b", iteration, ciphertext)  # claimed for another sender
+        self.assertEqual(self.reader.next_iteration, 0)
+        self.assertEqual(self.reader.open("r", "a", iteration, ciphertext), b"x")
+
+    def test_jumps_and_kept_keys_are_bounded(self) -> None:
+        self.own.skip(MAX_FORWARD_JUMP)
+        iteration, ciphertext = self.seal(b"just within")
+        self.assertEqual(iteration, MAX_FORWARD_JUMP)
+        self.assertEqual(self.reader.open("r", "a", iteration, ciphertext), b"just within")
+        self.assertEqual(self.reader.kept_count, MAX_SKIPPED_KEYS)
+        self.own.skip(MAX_FORWARD_JUMP + 1)
+        iteration, ciphertext = self.seal(b"too far")
+        with self.assertRaises(TooFarAhead):
+            self.reader.open("r", "a", iteration, ciphertext)
+        self.assertEqual(self.reader.next_iteration, MAX_FORWARD_JUMP + 1, "nothing derived")
+
+    def test_a_key_handed_out_later_cannot_open_what_came_before(self) -> None:
+        early = self.seal(b"early")
+        self.own.acknowledged(0)
+        iteration, chain_key = self.own.handout()
+        self.assertEqual(iteration, 1)
+        late_reader = PeerSenderKey(KEY_ID, self.own.signing_public_key, chain_key, iteration)
+        with self.assertRaises(Repeated):
+            late_reader.open("r", "a", *early)
+        self.assertEqual(late_reader.open("r", "a", *self.seal(b"late")), b"late")
+
+    def test_the_hand_out_point_waits_for_the_oldest_unacknowledged(self) -> None:
+        for i in range(3):
+            self.seal(bytes([i]))
+        self.assertEqual(self.own.handout()[0], 0, "nothing acknowledged yet")
+        self.own.acknowledged(0)  # the relay acknowledges in order
+        self.assertEqual(self.own.handout()[0], 1)
+        self.own.acknowledged(1)
+        self.assertEqual(self.own.handout()[0], 2)
+        self.own.acknowledged(1)  # already past: nothing moves
+        self.assertEqual(self.own.handout()[0], 2)
+        self.own.acknowledged(2)
+        self.assertEqual(self.own.handout()[0], 3, "all acknowledged: the next one")
+
+
+class Rooms(unittest.TestCase):
+    """RoomState: distributions, receiving keys, opening messages."""
+
+    def setUp(self) -> None:
+        self.alice = User("alice", 0)
+        self.bob = User("bob", 1)
+        self.alice.state.on_joined(pb.Joined(room="lobby"))
+        join([self.alice], self.bob)
+        self.alice_frames = self.alice.state.rotate()
+        self.bob_frames = self.bob.state.rotate()
+        give(self.alice_frames, self.alice, self.bob)
+        give(self.bob_frames, self.bob, self.alice)
+
+    def test_messages_open_both_ways(self) -> None:
+        message = self.alice.state.seal_text("hi bob")
+        self.assertEqual(message.sealed.device, 1)
+        self.assertEqual(len(message.sealed.signature), 64)
+        self.assertEqual(self.bob.state.open(delivery("alice", message)).text, "hi bob")
+        reply = self.bob.state.seal_text("hi alice")
+        self.assertEqual(self.alice.state.open(delivery("bob", reply)).line(), "[lobby] bob: hi alice")
+        self.assertEqual(self.alice.state.warnings + self.bob.state.warnings, [])
+
+    def test_a_distribution_has_our_own_copy_first_and_one_signature_over_its_root(self) -> None:
+        (frame,) = self.alice_frames
+        self.assertEqual(recipients(self.alice_frames), ["alice", "bob"])
+        self.assertEqual([c.prekey_id for c in frame.copies], [self.alice.prekey.prekey_id, self.bob.prekey.prekey_id])
+        self.assertEqual(frame.header.iteration, 0)
+        self.assertEqual(len(frame.header.signing_public_key), 32)
+        tree_root = root([leaf_hash(copy_leaf(c.recipient, c.device, c.prekey_id, c.wrapped)) for c in frame.copies])
+        signed = distribution_signed_bytes("lobby", "alice", 1, frame.header.key_id, 0,
+                                           frame.header.signing_public_key, 2, tree_root)
+        self.assertTrue(verify_signature(self.alice.identity.signing_key.public_key(), frame.signature, signed))
+        own = deliveries_for("alice", "alice", self.alice_frames)[0]
+        label = copy_label("lobby", "alice", 1, "alice", 1, frame.header.key_id, self.alice.prekey.prekey_id)
+        self.assertEqual(len(unwrap_chain_key(self.alice.prekey.private_key, own.copy.wrapped, label)), 32)
+
+    def test_out_of_order_and_too_far_ahead(self) -> None:
+        sealed = [self.alice.state.seal_text(t) for t in ("one", "two", "three")]
+        for i in (2, 0, 1):
+            self.assertEqual(self.bob.state.open(delivery("alice", sealed[i])).text, ["one", "two", "three"][i])
+        self.alice.state.own_key.skip(MAX_FORWARD_JUMP + 1)
+        self.assertIsNone(self.bob.state.open(delivery("alice", self.alice.state.seal_text("far ahead"))))
+        warning = self.bob.state.warnings[-1]
+        self.assertIn("alice", warning)
+        self.assertIn("ahead", warning)
+        give(self.alice.state.rotate(), self.alice, self.bob)
+        self.assertEqual(self.bob.state.open(delivery("alice", self.alice.state.seal_text("new"))).text, "new")
+
+    def test_a_bit_flipped_after_signing_fails_the_signature_before_anything_is_derived(self) -> None:
+        message = self.alice.state.seal_text("hi")
+        flipped = bytearray(message.sealed.ciphertext)
+        flipped[0] ^= 1
+        message.sealed.ciphertext = bytes(flipped)
+        with mock.patch("e2ee_chat.group.step") as derive, mock.patch("e2ee_chat.group.message_key_and_nonce") as mk:
+            self.assertIsNone(self.bob.state.open(delivery("alice", message)))
+            derive.assert_not_called()
+            mk.assert_not_called()
+        self.assertIn("signature does not verify", self.bob.state.warnings[-1])
+        self.assertEqual(self.bob.state.peer_keys["alice"].next_iteration, 0, "the chain did not move")
+
+    def test_a_message_claimed_for_another_member_or_room_fails(self) -> None:
+        carol = User("carol", 2)
+        join([self.alice, self.bob], carol)
+        give(self.alice.state.rotate(), self.alice, self.bob, carol)
+        message = self.alice.state.seal_text("from alice")
+        self.assertIsNone(carol.state.open(delivery("bob", message)))  # bob's key: not alice's
+        moved = pb.MessageDelivery(room="lobby", sender="alice", sealed=message.sealed)
+        other = User("bob", 1, room="other")
+        self.assertIsNone(other.state.open(moved))
+
+    def test_replayed_message_is_dropped(self) -> None:
+        message = self.alice.state.seal_text("once")
+        self.assertIsNotNone(self.bob.state.open(delivery("alice", message)))
+        self.assertIsNone(self.bob.state.open(delivery("alice", message)))
+        self.assertIn("repeated", self.bob.state.warnings[-1])
+
+    def test_path_and_signature_are_checked_before_any_rsa_decryption(self) -> None:
+        frames = self.alice.state.rotate()
+        (good,) = deliveries_for("bob", "alice", frames)
+        cases = {}
+        wrapped = pb.SenderKeyDelivery(); wrapped.CopyFrom(good)
+        wrapped.copy.wrapped = bytes([good.copy.wrapped[0] ^ 1]) + good.copy.wrapped[1:]
+        cases["copy changed"] = wrapped
+        moved = pb.SenderKeyDelivery(); moved.CopyFrom(good); moved.index = 0
+        cases["place changed"] = moved
+        counted = pb.SenderKeyDelivery(); counted.CopyFrom(good); counted.count = 3
+        cases["count changed"] = counted
+        header = pb.SenderKeyDelivery(); header.CopyFrom(good); header.header.iteration = 5
+        cases["header changed"] = header
+        sender = pb.SenderKeyDelivery(); sender.CopyFrom(good); sender.sender = "bob"
+        cases["claimed by another sender"] = sender
+        short = pb.SenderKeyDelivery(); short.CopyFrom(good); del short.path[:]
+        cases["path missing"] = short
+        for what, bad in cases.items():
+            with self.subTest(what), mock.patch.object(room_module, "unwrap_chain_key") as unwrap:
+                self.bob.state.accept_sender_key(bad)
+                unwrap.assert_not_called()
+        self.assertNotEqual(self.bob.state.peer_keys["alice"].key_id, good.header.key_id)
+        self.bob.state.accept_sender_key(good)
+        self.assertEqual(self.bob.state.peer_keys["alice"].key_id, good.header.key_id)
+
+    def test_a_key_id_is_never_accepted_twice(self) -> None:
+        first = deliveries_for("bob", "alice", self.alice_frames)[0]
+        give(self.alice.state.rotate(), self.alice, self.bob)
+        with mock.patch.object(room_module, "unwrap_chain_key") as unwrap:
+            self.bob.state.accept_sender_key(first)
+            unwrap.assert_not_called()
+        self.assertIn("already accepted", self.bob.state.warnings[-1])
+        self.assertEqual(len(self.bob.state.accepted_key_ids["alice"]), 2)
+        for _ in range(ACCEPTED_KEY_IDS_KEPT + 5):
+            give(self.alice.state.rotate(), self.alice, self.bob)
+        self.assertEqual(len(self.bob.state.accepted_key_ids["alice"]), ACCEPTED_KEY_IDS_KEPT)
+
+    def test_current_key_again_is_ignored_silently(self) -> None:
+        (again,) = deliveries_for("bob", "alice", self.alice_frames)
+        with mock.patch.object(room_module, "verify_signature") as verify:
+            self.bob.state.accept_sender_key(again)
+            verify.assert_not_called()
+        self.assertEqual(self.bob.state.warnings, [])
+
+    def test_a_copy_under_an_erased_prekey_is_dropped(self) -> None:
+        frames = self.alice.state.rotate()
+        self.bob.prekeys.prekeys = [Prekey(0x9999, key(8))]
+        give(frames, self.alice, self.bob)
+        self.assertIn("prekey this device no longer has", self.bob.state.warnings[-1])
+
+    def test_message_before_key_is_kept_then_opened(self) -> None:
+        carol = User("carol", 2)
+        join([self.alice, self.bob], carol)
+        frames = self.alice.state.handout_to("carol")
+        self.assertEqual(recipients(frames), ["carol"], "the current key, to the newcomer only")
+        message = self.alice.state.seal_text("early")
+        self.assertIsNone(carol.state.open(delivery("alice", message)))
+        self.assertEqual(len(carol.state.pending), 1)
+        opened = []
+        for d in deliveries_for("carol", "alice", frames):
+            opened += carol.state.accept_sender_key(d)
+        self.assertEqual([m.text for m in opened], ["early"])
+
+    def test_a_waiting_message_under_another_key_is_dropped_when_the_key_comes(self) -> None:
+        carol = User("carol", 2)
+        join([self.alice, self.bob], carol)
+        stale = self.bob.state.seal_text("under bob's key")
+        forged = pb.MessageDelivery(room="lobby", sender="alice", sealed=stale.sealed)
+        carol.state.open(forged)
+        give(self.alice.state.handout_to("carol"), self.alice, carol)
+        self.assertEqual(len(carol.state.pending), 0)
+        self.assertTrue(carol.state.warnings)
+
+    def test_hand_out_point_a_newcomer_reads_unacknowledged_messages_only(self) -> None:
+        acked = self.alice.state.seal_text("before carol, acknowledged")
+        self.alice.state.acknowledged(acked.sealed.key_id, acked.sealed.iteration)
+        unacked = self.alice.state.seal_text("before carol, not acknowledged yet")
+        carol = User("carol", 2)
+        join([self.alice, self.bob], carol)
+        frames = self.alice.state.handout_to("carol")
+        self.assertEqual(frames[0].header.iteration, 1)
+        give(frames, self.alice, carol)
+        self.assertIsNone(carol.state.open(delivery("alice", acked)))
+        self.assertEqual(carol.state.open(delivery("alice", unacked)).text, "before carol, not acknowledged yet")
+
+    def test_leave_rotates_and_the_leaver_cannot_read(self) -> None:
+        carol = User("carol", 2)
+        join([self.alice, self.bob], carol)
+        give(self.alice.state.handout_to("carol"), self.alice, carol)
+        self.assertTrue(self.alice.state.member_left("carol"))
+        frames = self.alice.state.rotate()
+        self.assertEqual(recipients(frames), ["alice", "bob"])
+        give(frames, self.alice, self.bob)
+        after = self.alice.state.seal_text("after carol left")
+        self.assertEqual(self.bob.state.open(delivery("alice", after)).text, "after carol left")
+        self.assertIsNone(carol.state.open(delivery("alice", after)))
+
+    def test_a_member_without_a_verified_prekey_gets_nothing_with_a_warning(self) -> None:
+        carol = User("carol", 2)
+        join([self.alice, self.bob], carol)
+        self.alice.state.take_bundles([pb.KeyBundle(identity=carol.public(), device=1)], fresh_for=["carol"])
+        self.assertEqual(self.alice.state.handout_to("carol"), [])
+        self.assertIn("gets no key from you for now", self.alice.state.warnings[-1])
+        # A prekey signed by someone else, or for another user, does not verify.
+        wrong = carol.bundle()
+        wrong.prekey.CopyFrom(sign_prekey(self.bob.identity, 7, 1, key(8)))
+        self.alice.state.take_bundles([wrong])
+        self.assertIsNone(self.alice.state.members["carol"].prekey)
+        self.assertIn("does not verify", self.alice.state.warnings[-1])
+        # A bundle with another identity than the one carol joined with.
+        impostor = User("carol", 3)
+        self.alice.state.take_bundles([impostor.bundle()])
+        self.assertIsNone(self.alice.state.members["carol"].prekey)
+        with self.assertRaises(PrekeyError):
+            check_prekey(PeerIdentity.from_public(carol.public()), wrong.prekey)
+
+    def test_untrusted_member_gets_nothing_and_is_not_heard_until_trusted(self) -> None:
+        alice = User("alice", 0, trust=lambda peer: peer.user != "bob")
+        bob = User("bob", 1)
+        alice.state.on_joined(pb.Joined(room="lobby", members=[bob.public()]))
+        alice.state.take_bundles([bob.bundle()])
+        bob.state.on_joined(pb.Joined(room="lobby", members=[alice.public()]))
+        bob.state.take_bundles([alice.bundle()])
+        self.assertEqual(recipients(alice.state.rotate()), ["alice"])
+        give(bob.state.rotate(), bob, alice)
+        self.assertNotIn("bob", alice.state.peer_keys)
+        self.assertIsNotNone(alice.state.members["bob"].held_key)
+        self.assertIsNone(alice.state.open(delivery("bob", bob.state.seal_text("hi"))))
+        self.assertTrue(alice.state.trust_member("bob"))
+        self.assertIn("bob", alice.state.peer_keys)
+        self.assertEqual(recipients(alice.state.rotate()), ["alice", "bob"])
+
+    def test_own_name_and_second_announcements_are_ignored(self) -> None:
+        self.assertIsNone(self.alice.state.member_joined(User("alice", 3).public()))
+        self.assertIsNone(self.alice.state.member_joined(self.bob.public()))
+        self.assertEqual(self.alice.state.current_members(), ["bob"])
+
+    def test_frames_hold_at_most_96_copies(self) -> None:
+        alice = User("alice", 0)
+        alice.state.on_joined(pb.Joined(room="lobby"))
+        bob = self.bob
+        prekey = bob.bundle().prekey
+        for i in range(100):
+            name = f"m{i:03d}"
+            alice.state.members[name] = room_module.Member(
+                identity=PeerIdentity.from_public(bob.public()), prekey=check_prekey(
+                    PeerIdentity.from_public(bob.public()), prekey))
+        frames = alice.state.rotate()
+        self.assertEqual([len(f.copies) for f in frames], [MAX_COPIES_PER_DISTRIBUTION, 5])
+        self.assertEqual(frames[0].copies[0].recipient, "alice")
+        self.assertNotEqual(frames[0].signature, frames[1].signature)
+
+    def test_rotation_schedule(self) -> None:
+        alice = User("alice", 0, rotate_after_messages=2)
+        alice.state.on_joined(pb.Joined(room="lobby"))
+        alice.state.rotate()
+        self.assertFalse(alice.state.rotation_due())
+        alice.state.seal_text("1")
+        alice.state.seal_text("2")
+        self.assertTrue(alice.state.rotation_due())
+        now = [0]
+        aged = User("alice", 0, clock_ms=lambda: now[0], rotate_after_ms=1000)
+        now[0] = 999
+        self.assertFalse(aged.state.rotation_due())
+        now[0] = 1000
+        self.assertTrue(aged.state.rotation_due())
+
+
+class PrivateRooms(unittest.TestCase):
+    def setUp(self) -> None:
+        self.owner = User("alice", 0, room="club")
+        self.bob = User("bob", 1, room="club")
+        self.carol = User("carol", 2, room="club")
+
+    def invitation(self, who: User, at: int = 1) -> pb.Invitation:
+        return sign_invitation(self.owner.identity, "club", who.name, who.identity.fingerprint, at)
+
+    def test_invitations_admit_and_removals_void(self) -> None:
+        state = self.carol.state
+        state.on_joined(pb.Joined(
+            room="club", private_room=True, owner="alice", members=[self.owner.public(), self.bob.public()],
+            invitations=[self.invitation(self.bob)],
+        ))
+        self.assertEqual(state.current_members(), ["alice", "bob"])
+        self.assertEqual(state.owners.pinned_owner("club"), "alice")
+        dave = User("dave", 3, room="club")
+        self.assertIsNone(state.member_joined(dave.public()))
+        self.assertIn("no invitation of these keys", state.warnings[-1])
+        # Invited with other keys: refused.
+        wrong = sign_invitation(self.owner.identity, "club", "dave", bytes(32), 5)
+        self.assertIsNone(state.member_joined(dave.public(), wrong))
+        # Signed by someone else: refused.
+        forged = sign_invitation(self.bob.identity, "club", "dave", dave.identity.fingerprint, 5)
+        forged.owner = "alice"
+        self.assertIsNone(state.member_joined(dave.public(), forged))
+        self.assertEqual(state.member_joined(dave.public(), self.invitation(dave, 5)), "dave")
+        # Kicked: the removal voids the invitation; a new one lifts it.
+        removal = sign_removal(self.owner.identity, "club", "dave", 6)
+        self.assertTrue(state.member_left("dave", removal))
+        self.assertIsNone(state.member_joined(dave.public(), self.invitation(dave, 6)))
+        self.assertEqual(state.member_joined(dave.public(), self.invitation(dave, 7)), "dave")
+
+    def test_the_owner_is_pinned_and_a_relay_cannot_change_it(self) -> None:
+        state = self.carol.state
+        state.owners.pin_owner("club", "alice")
+        state.on_joined(pb.Joined(room="club", private_room=True, owner="bob", members=[self.bob.public()]))
+        self.assertEqual(state.current_members(), [], "bob is not the pinned owner and has no invitation")
+        self.assertTrue(any("pinned owner" in w for w in state.warnings), state.warnings)
+        open_again = User("carol", 2, room="club", owners=state.owners)
+        open_again.state.on_joined(pb.Joined(room="club", members=[self.bob.public()]))
+        self.assertEqual(open_again.state.current_members(), [])
+
+    def test_without_the_owners_keys_nobody_is_admitted(self) -> None:
+        state = self.carol.state
+        state.on_joined(pb.Joined(room="club", private_room=True, owner="alice", members=[self.bob.public()],
+                                  invitations=[self.invitation(self.bob)]))
+        self.assertEqual(state.current_members(), [])
+        self.assertTrue(any("unknown" in w for w in state.warnings), state.warnings)
+
+    def test_the_owner_admits_with_its_own_keys(self) -> None:
+        state = self.owner.state
+        state.on_joined(pb.Joined(room="club", private_room=True, owner="alice"))
+        self.assertEqual(state.member_joined(self.bob.public(), self.invitation(self.bob)), "bob")
+
+
+class Durable(unittest.TestCase):
+    def test_where_the_numbering_starts(self) -> None:
+        self.assertEqual(starting_seq(True, 5, 9), (5, None))
+        self.assertEqual(starting_seq(False, None, 9), (9, None))
+        latest, warning = starting_seq(True, 12, 9)
+        self.assertEqual(latest, 9)
+        self.assertIn("backup", warning)
+        latest, warning = starting_seq(False, 5, 9)
+        self.assertEqual(latest, 9)
+        self.assertIn("no longer counted you as a member", warning)
+
+    def test_messages_at_or_below_the_last_seq_are_dropped_silently(self) -> None:
+        alice, bob = User("alice", 0), User("bob", 1)
+        alice.state.on_joined(pb.Joined(room="lobby"))
+        join([alice], bob, seq=3)
+        give(alice.state.rotate(), alice, bob)
+        first = alice.state.seal_text("first")
+        self.assertEqual(bob.state.open(delivery("alice", first, seq=5)).text, "first")
+        self.assertEqual(bob.state.last_seq, 5)
+        self.assertIsNone(bob.state.open(delivery("alice", first, seq=5)))
+        self.assertEqual(bob.state.warnings, [])
+
+    def test_former_members_are_read_during_the_catch_up_then_forgotten(self) -> None:
+        alice, bob = User("alice", 0), User("bob", 1)
+        alice.state.on_joined(pb.Joined(room="lobby"))
+        join([alice], bob)
+        frames = alice.state.rotate()
+        message = alice.state.seal_text("said before leaving")
+        back = User("bob", 1)
+        back.state.on_joined(pb.Joined(room="lobby", resumed=True, last_seq=9, former_members=[alice.public()]), 2)
+        self.assertEqual(back.state.current_members(), [])
+        self.assertEqual(back.state.rotate()[0].copies[0].recipient, "bob", "nothing for a former member")
+        give(frames, alice, back)
+        self.assertEqual(back.state.open(delivery("alice", message, seq=4)).text, "said before leaving")
+        back.state.caught_up()
+        self.assertNotIn("alice", back.state.members)
+
+    def test_history_opens_our_own_messages_and_leaves_the_live_state_alone(self) -> None:
+        alice, bob = User("alice", 0), User("bob", 1)
+        alice.state.on_joined(pb.Joined(room="lobby"))
+        join([alice], bob)
+        alice_frames = alice.state.rotate()
+        give(alice_frames, alice, bob)
+        bob_frames = bob.state.rotate()
+        give(bob_frames, bob, alice)
+        mine = alice.state.seal_text("mine")
+        theirs = bob.state.seal_text("theirs")
+        alice.state.open(delivery("bob", theirs, seq=8))
+        history = pb.History(room="lobby", entries=[
+            pb.HistoryEntry(sender_key=d) for d in
+            deliveries_for("alice", "alice", alice_frames, 3) + deliveries_for("alice", "bob", bob_frames, 4)
+        ] + [pb.HistoryEntry(message=delivery("alice", mine, 7)), pb.HistoryEntry(message=delivery("bob", theirs, 8))])
+        before = (alice.state.peer_keys["bob"].next_iteration, alice.state.last_seq)
+        messages = alice.state.open_history(history)
+        self.assertEqual([(m.sender, m.text) for m in messages], [("alice", "mine"), ("bob", "theirs")])
+        self.assertEqual((alice.state.peer_keys["bob"].next_iteration, alice.state.last_seq), before)
+        self.assertEqual(alice.state.warnings, [])
+
+    def test_history_checks_copies_before_unwrapping_and_unwraps_each_key_once(self) -> None:
+        alice = User("alice", 0)
+        alice.state.on_joined(pb.Joined(room="lobby"))
+        frames = alice.state.rotate()
+        own = deliveries_for("alice", "alice", frames, 3)[0]
+        forged = pb.SenderKeyDelivery(); forged.CopyFrom(own); forged.header.iteration = 9
+        history = pb.History(room="lobby", entries=[pb.HistoryEntry(sender_key=forged)] + [
+            pb.HistoryEntry(sender_key=own)] * 3)
+        with mock.patch.object(room_module, "unwrap_chain_key", wraps=unwrap_chain_key) as unwrap:
+            alice.state.open_history(history)
+            self.assertEqual(unwrap.call_count, 1)
+
+
+class Prekeys(unittest.TestCase):
+    def setUp(self) -> None:
+        self.tmp = tempfile.TemporaryDirectory()
+        self.home = Path(self.tmp.name) / "home"
+        self.me = identity("alice", 0)
+        self.now = [1_700_000_000_000]
+        self.log: list[str] = []
+
+    def tearDown(self) -> None:
+        self.tmp.cleanup()
+
+    def store(self) -> PrekeyStore:
+        return PrekeyStore(self.home, self.me, log=self.log.append, clock_ms=lambda: self.now[0])
+
+    def listed(self) -> list[dict]:
+        return json.loads((self.home / "alice" / "prekeys.json").read_text())["prekeys"]
+
+    def test_first_prekey_files_and_format(self) -> None:
+        store = self.store()
+        self.assertTrue(store.maintain())
+        self.assertEqual(len(self.log), 1, "one line says a prekey is being made")
+        user = self.home / "alice"
+        (entry,) = self.listed()
+        self.assertEqual(entry["created_at_ms"], self.now[0])
+        self.assertIsNone(entry["retired_at_ms"])
+        self.assertRegex(entry["id"], r"^[0-9a-f]{16}$")
+        pem = user / f"prekey-{entry['id']}.pem"
+        self.assertTrue(pem.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----"))
+        for path in (pem, user / "prekeys.json"):
+            self.assertEqual(stat.S_IMODE(path.stat().st_mode), 0o600)
+        self.assertEqual(json.loads((user / "prekeys.json").read_text())["version"], 1)
+        self.assertEqual(store.current.private_key.key_size, self.me.encryption_key.key_size)
+        signed = store.signed_current()
+        self.assertIs(store.signed_current(), signed, "the same signed message until it changes")
+        self.assertEqual(signed.device, 1)
+        peer = check_prekey(PeerIdentity.from_public(self.me.public_identity()), signed)
+        self.assertEqual(peer.prekey_id, int(entry["id"], 16))
+        self.assertFalse(self.store().maintain(), "nothing to do a moment later")
+
+    def test_rotation_after_7_days_and_erasure_14_days_later(self) -> None:
+        store = self.store()
+        store.maintain()
+        first = store.current.prekey_id
+        self.now[0] += PREKEY_ROTATE_MS - 1
+        self.assertFalse(store.maintain())
+        self.now[0] += 1
+        self.assertTrue(store.maintain())
+        retired, current = self.listed()
+        self.assertEqual((int(retired["id"], 16), retired["retired_at_ms"]), (first, self.now[0]))
+        self.assertIsNone(current["retired_at_ms"])
+        self.assertIsNotNone(store.private_key(first), "kept to unwrap what is on its way")
+        ids = lambda: [int(entry["id"], 16) for entry in self.listed()]  # noqa: E731
+        self.now[0] += PREKEY_KEEP_MS - 1
+        store.maintain()  # (the current one, 14 days old, is replaced too)
+        self.assertIn(first, ids())
+        self.now[0] += 1
+        store.maintain()
+        self.assertNotIn(first, ids())
+        self.assertEqual(len(ids()), 2)
+        self.assertIsNone(store.private_key(first))
+        self.assertFalse((self.home / "alice" / f"prekey-{first:016x}.pem").exists())
+
+    def test_stray_files_are_deleted_and_a_missing_one_is_an_error(self) -> None:
+        store = self.store()
+        store.maintain()
+        stray = self.home / "alice" / "prekey-00000000000000aa.pem"
+        stray.write_bytes(b"left by a crash")
+        store.maintain()
+        self.assertFalse(stray.exists())
+        (self.home / "alice" / f"prekey-{store.current.prekey_id:016x}.pem").unlink()
+        with self.assertRaises(ClientError):
+            self.store().maintain()
+
+    def test_files_open_to_others_or_of_another_version_are_refused(self) -> None:
+        self.store().maintain()
+        path = self.home / "alice" / "prekeys.json"
+        os.chmod(path, 0o644)
+        with self.assertRaises(ClientError) as caught:
+            self.store().maintain()
+        self.assertIn("chmod 600", str(caught.exception))
+        os.chmod(path, 0o600)
+        path.write_text('{"version": 2, "prekeys": []}')
+        with self.assertRaises(ClientError):
+            self.store().maintain()
+        self.assertEqual(path.read_text(), '{"version": 2, "prekeys": []}', "never rewritten")
+
+    def test_a_v1_home_keeps_its_identity_and_gains_a_prekey(self) -> None:
+        me = load_or_create_identity(self.home, "alice", 2048)
+        user = self.home / "alice"
+        before = {p.name: p.read_bytes() for p in user.iterdir()}
+        log: list[str] = []
+        PrekeyStore(self.home, me, log=log.append).maintain()
+        self.assertEqual(len(log), 1)
+        self.assertIn("prekey", log[0])
+        for name, data in before.items():
+            self.assertEqual((user / name).read_bytes(), data)
+        self.assertEqual(len(list(user.glob("prekey-*.pem"))), 1)
 
 
 class Urls(unittest.TestCase):
@@ -242,436 +1001,6 @@ class Identities(unittest.TestCase):
             Identity("alice", key(0), key(0))
 
 
-class Rooms(unittest.TestCase):
-    """Three members, with the relay played by hand."""
-
-    def setUp(self) -> None:
-        self.ids = {name: identity(name, i) for i, name in enumerate(["alice", "bob", "carol"])}
-
-    def room(self, name: str, **kw) -> RoomState:
-        return RoomState("lobby", self.ids[name], **kw)
-
-    def pair(self):
-        """alice in the room first, then bob joins; both hold each other's key."""
-        alice, bob = self.room("alice"), self.room("bob")
-        self.assertEqual(recipients(alice.on_joined(pb.Joined(room="lobby"))), ["alice"])
-        bob_frames = bob.on_joined(pb.Joined(room="lobby", members=[self.ids["alice"].public_identity()]))
-        alice_frames = alice.member_joined(self.ids["bob"].public_identity())
-        for d in deliveries_for("alice", "bob", bob_frames):
-            self.assertEqual(alice.accept_sender_key(d), [])
-        for d in deliveries_for("bob", "alice", alice_frames):
-            self.assertEqual(bob.accept_sender_key(d), [])
-        return alice, bob
-
-    def test_messages_open_both_ways(self) -> None:
-        alice, bob = self.pair()
-        message, extra = alice.seal_text("hello")
-        self.assertEqual(extra, [])
-        self.assertEqual(len(message.sealed.signature), 256)
-        opened = bob.open(delivery("alice", message))
-        self.assertEqual(opened.line(), "[lobby] alice: hello")
-        message, _ = bob.seal_text("hi\tthere")
-        self.assertEqual(alice.open(delivery("bob", message)).line(), "[lobby] bob: hi\\u{9}there")
-        self.assertEqual(alice.warnings + bob.warnings, [])
-
-    def test_a_bit_flipped_after_signing_fails_the_signature_before_decryption(self) -> None:
-        alice, bob = self.pair()
-        message, _ = alice.seal_text("hello")
-        message.sealed.ciphertext = bytes([message.sealed.ciphertext[0] ^ 1]) + message.sealed.ciphertext[1:]
-        with mock.patch("e2ee_chat.room.AESGCM", side_effect=AssertionError("decrypted before verifying")):
-            self.assertIsNone(bob.open(delivery("alice", message)))
-        self.assertIn("signature does not verify", bob.warnings[-1])
-        self.assertIn("tampered with or corrupted", bob.warnings[-1])
-        # The genuine next message still opens.
-        message, _ = alice.seal_text("again")
-        self.assertEqual(bob.open(delivery("alice", message)).text, "again")
-
-    def test_a_message_claimed_for_another_member_fails(self) -> None:
-        alice, bob = self.pair()
-        carol = self.room("carol")
-        carol.on_joined(pb.Joined(room="lobby", members=[self.ids["alice"].public_identity(),
-                                                         self.ids["bob"].public_identity()]))
-        bob.member_joined(self.ids["carol"].public_identity())
-        message, _ = alice.seal_text("from alice")
-        self.assertIsNone(bob.open(delivery("carol", message)))
-        self.assertIn("signature does not verify", bob.warnings[-1])
-
-    def test_re_signed_tampering_fails_the_tag(self) -> None:
-        alice, bob = self.pair()
-        message, _ = alice.seal_text("hello")
-        s = message.sealed
-        s.ciphertext = bytes([s.ciphertext[0] ^ 1]) + s.ciphertext[1:]
-        s.signature = self.ids["alice"].sign(
-            message_signed_bytes("lobby", "alice", s.key_id, s.counter, s.nonce, s.ciphertext))
-        self.assertIsNone(bob.open(delivery("alice", message)))
-        self.assertIn("tampered with or corrupted", bob.warnings[-1])
-
-    def test_replayed_message_is_dropped(self) -> None:
-        alice, bob = self.pair()
-        message, _ = alice.seal_text("once")
-        self.assertIsNotNone(bob.open(delivery("alice", message)))
-        self.assertIsNone(bob.open(delivery("alice", message)))
-        self.assertIn("replayed", bob.warnings[-1])
-
-    def test_sender_key_signature_is_checked_before_the_unwrap(self) -> None:
-        alice, bob = self.room("alice"), self.room("bob")
-        alice.on_joined(pb.Joined(room="lobby"))
-        bob_frames = bob.on_joined(pb.Joined(room="lobby", members=[self.ids["alice"].public_identity()]))
-        (d,) = deliveries_for("alice", "bob", bob_frames)
-        alice.member_joined(self.ids["bob"].public_identity())
-        bad = pb.SenderKeyDelivery(); bad.CopyFrom(d)
-        bad.signature = bytes([d.signature[0] ^ 1]) + d.signature[1:]
-        with mock.patch("e2ee_chat.room.unwrap_sender_key", side_effect=AssertionError("unwrapped first")):
-            self.assertEqual(alice.accept_sender_key(bad), [])
-        self.assertIn("signature does not verify", alice.warnings[-1])
-        self.assertNotIn("bob", alice.peer_keys)
-        # The signature covers the key id too.
-        other = pb.SenderKeyDelivery(); other.CopyFrom(d); other.key_id ^= 1
-        self.assertEqual(alice.accept_sender_key(other), [])
-        self.assertEqual(alice.accept_sender_key(d), [])
-        self.assertIn("bob", alice.peer_keys)
-
-    def test_a_key_id_is_never_accepted_twice(self) -> None:
-        alice, bob = self.room("alice"), self.room("bob")
-        alice.on_joined(pb.Joined(room="lobby"))
-        first = bob.on_joined(pb.Joined(room="lobby", members=[self.ids["alice"].public_identity()]))
-        alice.member_joined(self.ids["bob"].public_identity())
-        (old,) = deliveries_for("alice", "bob", first)
-        alice.accept_sender_key(old)
-        message, _ = bob.seal_text("one")
-        self.assertIsNotNone(alice.open(delivery("bob", message)))
-        # The current key again (as a catch-up starts): ignored silently, and it does
-        # not reset the replay window.
-        self.assertEqual(alice.accept_sender_key(old), [])
-        self.assertEqual(alice.warnings, [])
-        self.assertIsNone(alice.open(delivery("bob", message)))
-        self.assertIn("replayed", alice.warnings[-1])
-        # bob rotates; the relay then brings back the old key: refused.
-        (new,) = deliveries_for("alice", "bob", bob.rotate())
-        alice.accept_sender_key(new)
-        self.assertEqual(alice.accept_sender_key(old), [])
-        self.assertIn("already accepted", alice.warnings[-1])
-        self.assertEqual(alice.peer_keys["bob"].key_id, new.key_id)
-        # Remembered even after bob leaves and comes back.
-        alice.member_left("bob")
-        alice.member_joined(self.ids["bob"].public_identity())
-        self.assertEqual(alice.accept_sender_key(old), [])
-        self.assertNotIn("bob", alice.peer_keys)
-
-    def test_history_of_key_ids_is_bounded(self) -> None:
-        alice = self.room("alice")
-        alice.on_joined(pb.Joined(room="lobby", members=[self.ids["bob"].public_identity()]))
-        bob = self.room("bob")
-        bob.on_joined(pb.Joined(room="lobby", members=[self.ids["alice"].public_identity()]))
-        first = None
-        for _ in range(ACCEPTED_KEY_IDS_KEPT + 1):
-            (d,) = deliveries_for("alice", "bob", bob.rotate())
-            first = first or d
-            alice.accept_sender_key(d)
-        self.assertEqual(len(alice.accepted_key_ids["bob"]), ACCEPTED_KEY_IDS_KEPT)
-        self.assertNotIn(first.key_id, alice.accepted_key_ids["bob"])
-
-    def test_message_before_key_is_buffered_then_opened(self) -> None:
-        alice, bob = self.room("alice"), self.room("bob")
-        alice.on_joined(pb.Joined(room="lobby"))
-        bob_frames = bob.on_joined(pb.Joined(room="lobby", members=[self.ids["alice"].public_identity()]))
-        alice.member_joined(self.ids["bob"].public_identity())
-        message, _ = bob.seal_text("early")
-        self.assertIsNone(alice.open(delivery("bob", message)))
-        self.assertEqual(len(alice.pending), 1)
-        (d,) = deliveries_for("alice", "bob", bob_frames)
-        opened = alice.accept_sender_key(d)
-        self.assertEqual([m.text for m in opened], ["early"])
-
-    def test_a_forged_message_is_not_buffered(self) -> None:
-        alice, bob = self.room("alice"), self.room("bob")
-        alice.on_joined(pb.Joined(room="lobby"))
-        bob.on_joined(pb.Joined(room="lobby", members=[self.ids["alice"].public_identity()]))
-        alice.member_joined(self.ids["bob"].public_identity())
-        message, _ = bob.seal_text("early")
-        message.sealed.signature = b"\x00" * 256
-        self.assertIsNone(alice.open(delivery("bob", message)))
-        self.assertEqual(len(alice.pending), 0)
-
-    def test_leave_rotates_and_the_leaver_cannot_read(self) -> None:
-        alice, bob = self.pair()
-        carol = self.room("carol")
-        carol_frames = carol.on_joined(pb.Joined(room="lobby", members=[
-            self.ids["alice"].public_identity(), self.ids["bob"].public_identity()]))
-        for d in deliveries_for("carol", "alice", alice.member_joined(self.ids["carol"].public_identity())):
-            carol.accept_sender_key(d)
-        for d in deliveries_for("alice", "carol", carol_frames):
-            alice.accept_sender_key(d)
-        old_id = alice.own_key.key_id
-        frames = alice.member_left("bob")
-        self.assertNotEqual(alice.own_key.key_id, old_id)
-        self.assertEqual(recipients(frames), ["alice", "carol"])
-        for d in deliveries_for("carol", "alice", frames):
-            carol.accept_sender_key(d)
-        message, _ = alice.seal_text("after bob")
-        self.assertEqual(carol.open(delivery("alice", message)).text, "after bob")
-        self.assertIsNone(bob.open(delivery("alice", message)))
-        self.assertIn("stale or unknown sender key", bob.warnings[-1])
-
-    def test_unverifiable_member_is_ignored(self) -> None:
-        alice = self.room("alice")
-        forged = self.ids["bob"].public_identity()
-        forged.signature = b"\x01" * 256
-        self.assertEqual(recipients(alice.on_joined(pb.Joined(room="lobby", members=[forged]))), ["alice"])
-        self.assertEqual(alice.members, {})
-        self.assertIn("signature does not verify", alice.warnings[-1])
-        self.assertIsNone(alice.member_joined(forged))
-
-    def test_untrusted_member_gets_nothing_and_is_not_heard_until_trusted(self) -> None:
-        trusted = {"bob": False}
-        alice = self.room("alice", trust=lambda peer: trusted.get(peer.user, True))
-        bob = self.room("bob")
-        frames = alice.on_joined(pb.Joined(room="lobby", members=[
-            self.ids["bob"].public_identity(), self.ids["carol"].public_identity()]))
-        self.assertEqual(recipients(frames), ["alice", "carol"])
-        frames = alice.rotate()
-        self.assertEqual(recipients(frames), ["alice", "carol"])
-        bob_frames = bob.on_joined(pb.Joined(room="lobby", members=[self.ids["alice"].public_identity()]))
-        (d,) = deliveries_for("alice", "bob", bob_frames)
-        with mock.patch("e2ee_chat.room.unwrap_sender_key", side_effect=AssertionError("unwrapped")):
-            self.assertEqual(alice.accept_sender_key(d), [])
-        self.assertIn("keys changed", alice.warnings[-1])
-        message, _ = bob.seal_text("hello")
-        self.assertIsNone(alice.open(delivery("bob", message)))
-        self.assertIn("keys changed", alice.warnings[-1])
-        self.assertEqual(alice.untrusted_members(), ["bob"])
-        # The user accepts the keys: alice rotates, bob gets only the new key, and the
-        # held key is used.
-        old_id = alice.own_key.key_id
-        frames = alice.trust_member("bob")
-        self.assertNotEqual(alice.own_key.key_id, old_id)
-        self.assertEqual(recipients(frames), ["alice", "bob", "carol"])
-        self.assertEqual({f.key_id for f in frames}, {alice.own_key.key_id})
-        message, _ = bob.seal_text("now")
-        self.assertEqual(alice.open(delivery("bob", message)).text, "now")
-
-    def test_own_name_and_second_announcements_are_ignored(self) -> None:
-        alice = self.room("alice")
-        impostor = Identity("alice", key(4), key(5)).public_identity()
-        self.assertEqual(recipients(alice.on_joined(pb.Joined(room="lobby", members=[impostor]))), ["alice"])
-        self.assertEqual(alice.members, {})
-        self.assertIn("your own name", alice.warnings[-1])
-        self.assertIsNone(alice.member_joined(impostor))
-        # bob, with a key accepted; the relay announces bob again (other keys or not).
-        bob = self.room("bob")
-        frames = bob.on_joined(pb.Joined(room="lobby", members=[self.ids["alice"].public_identity()]))
-        self.assertIsNotNone(alice.member_joined(self.ids["bob"].public_identity()))
-        (d,) = deliveries_for("alice", "bob", frames)
-        alice.accept_sender_key(d)
-        for again in (self.ids["bob"].public_identity(), Identity("bob", key(4), key(5)).public_identity()):
-            self.assertIsNone(alice.member_joined(again))
-            self.assertIn("second announcement", alice.warnings[-1])
-        self.assertEqual(alice.members["bob"].identity.fingerprint, self.ids["bob"].fingerprint)
-        self.assertEqual(alice.peer_keys["bob"].key_id, d.key_id)
-
-    def test_frames_hold_at_most_32_copies(self) -> None:
-        alice = self.room("alice")
-        members = [Identity(f"u{i}", key(0), key(1)).public_identity() for i in range(130)]
-        frames = alice.on_joined(pb.Joined(room="lobby", members=members))
-        # Our own copy first, then 130 members.
-        self.assertEqual([len(f.keys) for f in frames], [32, 32, 32, 32, 3])
-        self.assertEqual(frames[0].keys[0].recipient, "alice")
-
-
-class Durable(unittest.TestCase):
-    """Durable delivery: sequence numbers, catch-up, former members, our own key copy and
-    history, with the relay played by hand."""
-
-    def setUp(self) -> None:
-        self.ids = {name: identity(name, i) for i, name in enumerate(["alice", "bob", "carol"])}
-
-    def room(self, name: str, **kw) -> RoomState:
-        return RoomState("lobby", self.ids[name], **kw)
-
-    def public(self, *names: str) -> list[pb.PublicIdentity]:
-        return [self.ids[n].public_identity() for n in names]
-
-    def key_of(self, sender: RoomState, frames, recipient: str, seq: int) -> pb.SenderKeyDelivery:
-        (d,) = deliveries_for(recipient, sender.user, frames)
-        d.seq = seq
-        return d
-
-    def test_a_copy_of_our_key_is_wrapped_for_ourselves_first(self) -> None:
-        alice = self.room("alice")
-        frames = alice.on_joined(pb.Joined(room="lobby", members=self.public("bob")))
-        self.assertEqual(recipients(frames), ["alice", "bob"])
-        own = self.key_of(alice, frames, "alice", 1)
-        signed = sender_key_signed_bytes("lobby", "alice", "alice", own.key_id, own.wrapped_key)
-        self.assertTrue(verify_signature(self.ids["alice"].signing_key.public_key(), own.signature, signed))
-        unwrapped = unwrap_sender_key(
-            self.ids["alice"].encryption_key, own.wrapped_key, "lobby", "alice", "alice", own.key_id)
-        self.assertEqual(unwrapped, alice.own_key.key)
-        # Alone in the room, the own copy is still sent; a newcomer's frame has one too.
-        self.assertEqual(recipients(self.room("carol").on_joined(pb.Joined(room="lobby"))), ["carol"])
-        self.assertEqual(recipients(alice.member_joined(self.ids["carol"].public_identity())), ["alice", "carol"])
-
-    def test_every_join_makes_a_fresh_key(self) -> None:
-        alice = self.room("alice")
-        before = alice.own_key.key_id
-        frames = alice.on_joined(pb.Joined(room="lobby", resumed=True, last_seq=9), after_seq=9)
-        self.assertNotEqual(alice.own_key.key_id, before)
-        self.assertEqual({f.key_id for f in frames}, {alice.own_key.key_id})
-
-    def test_where_the_numbering_starts(self) -> None:
-        self.assertEqual(starting_seq(False, None, 42), (42, None))
-        self.assertEqual(starting_seq(False, 0, 42), (42, None))
-        self.assertEqual(starting_seq(True, 17, 42), (17, None))
-        self.assertEqual(starting_seq(True, None, 42), (42, None))
-        start, warning = starting_seq(True, 50, 42)
-        self.assertEqual(start, 42)
-        self.assertIn("older backup", warning)
-        start, warning = starting_seq(False, 50, 3)
-        self.assertEqual(start, 3)
-        self.assertIn("no longer counted you as a member", warning)
-
-    def test_messages_at_or_below_the_last_seq_are_dropped_silently(self) -> None:
-        alice = self.room("alice")
-        alice_frames = alice.on_joined(pb.Joined(room="lobby", members=self.public("bob")))
-        seen, new, later = (alice.seal_text(t)[0] for t in ("seen", "new", "later"))
-        # bob comes back having processed up to 10; the relay's latest is 12.
-        resumed = self.room("bob")
-        resumed.on_joined(pb.Joined(room="lobby", members=self.public("alice"), resumed=True, last_seq=12),
-                          after_seq=10)
-        self.assertEqual(resumed.last_seq, 10)
-        # The key in force, numbered below where the catch-up starts, is taken.
-        self.assertEqual(resumed.accept_sender_key(self.key_of(alice, alice_frames, "bob", 4)), [])
-        self.assertIn("alice", resumed.peer_keys)
-        self.assertEqual(resumed.last_seq, 10)
-        with mock.patch("e2ee_chat.room.verify_signature", side_effect=AssertionError("checked a duplicate")):
-            self.assertIsNone(resumed.open(delivery("alice", seen, seq=10)))
-        self.assertEqual(resumed.open(delivery("alice", new, seq=11)).text, "new")
-        self.assertEqual(resumed.last_seq, 11)
-        self.assertIsNone(resumed.open(delivery("alice", new, seq=11)))
-        self.assertEqual(resumed.warnings, [], "duplicates are dropped silently")
-        # The current key again, as the next catch-up starts: ignored silently.
-        self.assertEqual(resumed.accept_sender_key(self.key_of(alice, alice_frames, "bob", 4)), [])
-        self.assertEqual(resumed.warnings, [])
-        self.assertEqual(resumed.open(delivery("alice", later, seq=13)).text, "later")
-        self.assertEqual(resumed.last_seq, 13)
-        # A later key numbered higher moves it too; our own acks never do (not seen here).
-        (rotated,) = deliveries_for("bob", "alice", alice.rotate())
-        rotated.seq = 20
-        resumed.accept_sender_key(rotated)
-        self.assertEqual(resumed.last_seq, 20)
-
-    def test_former_members_are_read_during_the_catch_up_then_forgotten(self) -> None:
-        bob = self.room("bob")
-        carol = self.room("carol")
-        bob_frames = bob.on_joined(pb.Joined(room="lobby", members=self.public("alice", "carol")))
-        carol_frames = carol.on_joined(pb.Joined(room="lobby", members=self.public("alice", "bob")))
-        before, _ = carol.seal_text("carol, before leaving")
-        after, _ = carol.seal_text("carol, after the catch-up")
-
-        alice = self.room("alice")
-        frames = alice.on_joined(pb.Joined(room="lobby", members=self.public("bob"), resumed=True, last_seq=12,
-                                           former_members=self.public("carol")), after_seq=8)
-        self.assertEqual(recipients(frames), ["alice", "bob"], "nothing wrapped for a former member")
-        self.assertEqual(alice.current_members(), ["bob"])
-        self.assertIsNone(alice.member_joined(self.ids["bob"].public_identity()))
-        self.assertEqual(alice.accept_sender_key(self.key_of(bob, bob_frames, "alice", 3)), [])
-        self.assertEqual(alice.accept_sender_key(self.key_of(carol, carol_frames, "alice", 9)), [])
-        self.assertEqual(alice.open(delivery("carol", before, seq=11)).text, "carol, before leaving")
-        # A message whose signature does not verify is refused, former member or not.
-        forged, _ = carol.seal_text("forged")
-        forged.sealed.signature = bytes(256)
-        self.assertIsNone(alice.open(delivery("carol", forged, seq=12)))
-        self.assertIn("signature does not verify", alice.warnings[-1])
-
-        alice.caught_up()
-        self.assertNotIn("carol", alice.members)
-        self.assertNotIn("carol", alice.peer_keys)
-        self.assertIsNone(alice.open(delivery("carol", after, seq=13)))
-        self.assertIn("not a member", alice.warnings[-1])
-        # Back as a member: its new key is taken (the old one is still refused).
-        self.assertEqual(recipients(alice.member_joined(self.ids["carol"].public_identity())), ["alice", "carol"])
-        (new,) = deliveries_for("alice", "carol", carol.rotate())
-        alice.accept_sender_key(new)
-        self.assertEqual(alice.peer_keys["carol"].key_id, new.key_id)
-
-    def history(self):
-        """alice and bob, each with a key and two messages; then the answer to alice's
-        GetHistory as the relay stores it: the keys wrapped for alice (her own copy
-        included), then the messages, ours included."""
-        alice, bob = self.room("alice"), self.room("bob")
-        alice_frames = alice.on_joined(pb.Joined(room="lobby", members=self.public("bob")))
-        bob_frames = bob.on_joined(pb.Joined(room="lobby", members=self.public("alice")))
-        entries = [
-            pb.HistoryEntry(sender_key=self.key_of(alice, alice_frames, "alice", 2)),
-            pb.HistoryEntry(sender_key=self.key_of(bob, bob_frames, "alice", 3)),
-        ]
-        for seq, (room, text) in enumerate([(alice, "mine"), (bob, "his"), (alice, "mine again")], start=4):
-            entries.append(pb.HistoryEntry(message=delivery(room.user, room.seal_text(text)[0], seq=seq)))
-        alice.accept_sender_key(self.key_of(bob, bob_frames, "alice", 3))
-        return alice, bob, pb.History(room="lobby", entries=entries)
-
-    def test_history_opens_our_own_messages_and_leaves_the_live_state_alone(self) -> None:
-        alice, _, history = self.history()
-        live_key = alice.peer_keys["bob"]
-        last_seq = alice.last_seq
-        messages = alice.open_history(history)
-        self.assertEqual([(m.seq, m.sender, m.text) for m in messages],
-                         [(4, "alice", "mine"), (5, "bob", "his"), (6, "alice", "mine again")])
-        self.assertEqual(alice.warnings, [])
-        self.assertIs(alice.peer_keys["bob"], live_key)
-        self.assertIsNone(live_key.window.highest, "history does not move replay windows")
-        self.assertEqual(alice.last_seq, last_seq)
-        line = messages[1].line("lobby")
-        self.assertRegex(line, r"^history \[lobby\] bob \(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC\): his$")
-        # The same answer again reads the same: nothing was used up.
-        self.assertEqual(len(alice.open_history(history)), 3)
-
-    def test_history_checks_signatures_before_unwrapping_or_decrypting(self) -> None:
-        alice, _, history = self.history()
-        # A key entry and a message entry tampered with after signing.
-        key_entry = history.entries[1].sender_key
-        key_entry.wrapped_key = bytes([key_entry.wrapped_key[0] ^ 1]) + key_entry.wrapped_key[1:]
-        sealed = history.entries[2].message.sealed
-        sealed.ciphertext = bytes([sealed.ciphertext[0] ^ 1]) + sealed.ciphertext[1:]
-        unwrapped: list[str] = []
-        real_unwrap = unwrap_sender_key
-
-        def spy(own_key, wrapped, room, sender, recipient, key_id):
-            unwrapped.append(sender)
-            return real_unwrap(own_key, wrapped, room, sender, recipient, key_id)
-
-        real_aesgcm = AESGCM
-        decrypted: list[bytes] = []
-
-        class SpyAESGCM:
-            def __init__(self, key: bytes) -> None:
-                self.aead = real_aesgcm(key)
-
-            def decrypt(self, nonce, data, associated_data):
-                decrypted.append(bytes(data))
-                return self.aead.decrypt(nonce, data, associated_data)
-
-        with mock.patch("e2ee_chat.room.unwrap_sender_key", spy), mock.patch("e2ee_chat.room.AESGCM", SpyAESGCM):
-            messages = alice.open_history(history)
-        self.assertEqual(unwrapped, ["alice"], "bob's tampered key was never unwrapped")
-        self.assertNotIn(bytes(sealed.ciphertext), decrypted, "the tampered message was never decrypted")
-        # bob's key was refused, so his message cannot be read either; ours still can.
-        self.assertEqual([m.text for m in messages], ["mine again"])
-        self.assertEqual(len(alice.warnings), 1)
-        self.assertIn("2 older message(s) could not be verified or decrypted", alice.warnings[0])
-        self.assertIn("1 sender key(s) were rejected", alice.warnings[0])
-
-    def test_history_reads_former_members_it_names_and_nobody_else(self) -> None:
-        alice, bob, history = self.history()
-        alice.member_left("bob")
-        self.assertEqual([m.text for m in alice.open_history(history)], ["mine", "mine again"])
-        history.former_members.extend(self.public("bob"))
-        self.assertEqual([m.text for m in alice.open_history(history)], ["mine", "his", "mine again"])
-        self.assertNotIn("bob", alice.members, "a former member of a history is not a member")
-        # Unless its keys are not the trusted ones.
-        wary = RoomState("lobby", self.ids["alice"], trust=lambda peer: peer.user != "bob")
-        self.assertEqual([m.text for m in wary.open_history(history)], ["mine", "mine again"])
-
-
 class CliHelpers(unittest.TestCase):
     """What /history and /pending print, as the Rust client does."""
 
@@ -696,7 +1025,8 @@ class CliHelpers(unittest.TestCase):
 
     def test_a_refused_message_is_reported_and_pending_lists_the_others(self) -> None:
         client = ChatClient("http://127.0.0.1:1", "alice", "lobby", Path("/nonexistent"), 2048)
-        client.room = RoomState("lobby", identity("alice", 0))
+        client.room = User("alice", 0).state
+        client.room.on_joined(pb.Joined(room="lobby"))
         client._send_text("first")
         client._send_text("second\nline")
         first, second = client.unacked
