@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A command-line client for the chat.v1 end-to-end encrypted relay: the entry point.
+"""A command-line client for the chat.v2 end-to-end encrypted relay: the entry point.
 
 The client itself is the package ``e2ee_chat`` next to this file (its docstring lists the
 modules); this script only runs :func:`e2ee_chat.cli.main`.
