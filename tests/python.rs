@@ -337,6 +337,29 @@ fn rust_reads_messages_out_of_order_and_drops_one_too_far_ahead() {
     reads_out_of_order_and_drops_one_too_far_ahead(rust_client);
 }
 
+/// Python sending, Rust reading: the same scenario from `out_of_order_send.py`.
+#[test]
+fn rust_reads_python_messages_out_of_order_and_drops_one_too_far_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let home = dir.path().join("home");
+    let carol = ClientProcess::joined(rust_client(&server.url, "carol", "lobby", &home), "lobby");
+    let status = Command::new(python())
+        .arg(python_dir().join("out_of_order_send.py"))
+        .args([server.url.trim_start_matches("http://"), "dave", "lobby"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for text in ["three", "one", "two", "under a new key"] {
+        carol.expect_stdout(&format!("[lobby] dave: {text}"));
+    }
+    let warnings = wait_for_line(&carol.stderr, "ahead");
+    assert!(warnings.last().unwrap().contains("dave"), "{warnings:?}");
+    let (status, stdout, _) = carol.finish();
+    assert!(status.success());
+    assert!(stdout.is_empty(), "{stdout:?}");
+}
+
 fn reads_out_of_order_and_drops_one_too_far_ahead(reader: fn(&str, &str, &str, &Path) -> Command) {
     use e2ee_chat::client::{KeyHandout, RotationPolicy};
     use e2ee_chat::crypto::group::MAX_FORWARD_JUMP;
