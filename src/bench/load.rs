@@ -267,8 +267,14 @@ pub async fn drive<C: LoadClient>(
     let mut next_from: HashMap<usize, u64> = HashMap::new();
     let mut latencies_us = Vec::with_capacity(expected as usize);
     let mut sent = 0u64;
+    // Each client's sends are offset by its share of the period, so that a fixed rate
+    // arrives as a steady stream, as from people typing, rather than in bursts of every
+    // client at once.
+    let clients = plan.room_of.len() as f64;
     let mut pace = plan.per_client_rate.map(|rate| {
-        let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        let period = Duration::from_secs_f64(1.0 / rate);
+        let offset = period.mul_f64(me as f64 / clients);
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         interval
     });
