@@ -156,10 +156,13 @@ pub(crate) fn read_private_file(path: &Path) -> Result<Option<Zeroizing<String>>
 pub(crate) fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), std::io::Error> {
     let dir = path.parent().unwrap_or(Path::new("."));
     DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    // A name of its own: two processes of one user (the CLI and `chat-client trust`,
+    // or the Python client on the same home) must not write into each other's file.
     let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".tmp");
+    let mut suffix = [0u8; 8];
+    getrandom::fill(&mut suffix).map_err(|error| std::io::Error::other(error.to_string()))?;
+    temporary.push(format!(".{:016x}.tmp", u64::from_be_bytes(suffix)));
     let temporary = PathBuf::from(temporary);
-    let _ = fs::remove_file(&temporary);
     let mut file = OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -202,13 +202,16 @@ impl PrekeyRing {
             maintenance.rotated = true;
         }
         let keep = self.policy.keep_retired_ms;
-        let (expired, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.prekeys)
+        // The last is the current one whatever the file says: it is never erased.
+        let current = self.prekeys.pop();
+        let (expired, mut kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.prekeys)
             .into_iter()
             .partition(|(entry, _)| {
                 entry
                     .retired_at_ms
                     .is_some_and(|retired| now_ms.saturating_sub(retired) >= keep)
             });
+        kept.extend(current);
         self.prekeys = kept;
         if !expired.is_empty() {
             // The list first: a crash in between leaves a key file nothing lists, which
@@ -342,6 +345,23 @@ mod tests {
                 name.to_string_lossy().starts_with("prekey-")
             })
             .count()
+    }
+
+    #[test]
+    fn the_current_prekey_is_never_erased_whatever_the_file_says() {
+        let home = tempfile::tempdir().unwrap();
+        let (ring, _) = load(home.path(), 0);
+        let current = ring.current().id();
+        // Another client marked the current prekey retired long ago.
+        let path = user_dir(home.path(), "alice").join(FILE);
+        let text = fs::read_to_string(&path).unwrap();
+        let edited = text.replace("\"retired_at_ms\": null", "\"retired_at_ms\": 0");
+        assert_ne!(text, edited);
+        write_private_file(&path, edited.as_bytes()).unwrap();
+        let (ring, maintenance) = load(home.path(), 6 * DAY_MS);
+        assert_eq!(ring.current().id(), current);
+        assert_eq!(maintenance.erased, 0);
+        assert_eq!(key_files(home.path()), 1);
     }
 
     #[test]

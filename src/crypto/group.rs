@@ -289,7 +289,11 @@ impl PeerSenderKey {
     /// caller has checked).
     pub fn new(distribution: &SenderKeyDistribution) -> Result<Self, CryptoError> {
         let verifying = VerifyingKey::from_bytes(&distribution.signing_key)
-            .map_err(|_| CryptoError::BadPublicKey)?;
+            .ok()
+            // A small-order key lets its holder make signatures that verify for many
+            // messages; no honest sender has one.
+            .filter(|key| !key.is_weak())
+            .ok_or(CryptoError::BadPublicKey)?;
         Ok(Self {
             key_id: distribution.key_id,
             chain: ChainKey {

@@ -249,3 +249,17 @@ fn another_sender_key_cannot_sign_for_this_one() {
     let real = own.seal(LOBBY, b"real").unwrap();
     assert_eq!(opened(&mut peer, &real).unwrap(), "real");
 }
+
+#[test]
+fn a_small_order_signing_key_is_refused() {
+    let own = OwnSenderKey::generate().unwrap();
+    let mut distribution = own.distribution();
+    // The identity point, of order 1: signatures under it prove nothing.
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    distribution.signing_key = identity;
+    assert!(matches!(
+        PeerSenderKey::new(&distribution),
+        Err(CryptoError::BadPublicKey)
+    ));
+}
