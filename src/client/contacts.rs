@@ -66,18 +66,13 @@ fn read(path: &Path) -> Result<ContactsFile, ClientError> {
         Err(ClientError::IdentityUnreadable { reason, .. }) => return Err(unreadable(reason)),
         Err(other) => return Err(other),
     };
-    let file: ContactsFile = serde_json::from_str(&text).map_err(|error| {
-        unreadable(format!(
-            "{error}; fix it or move it away to forget all pins"
-        ))
-    })?;
-    if file.version != VERSION {
-        return Err(unreadable(format!(
-            "version {} is not the supported {VERSION}",
-            file.version
-        )));
-    }
-    Ok(file)
+    super::home::parse_versioned(&text, |file: &ContactsFile| file.version, VERSION).map_err(
+        |reason| {
+            unreadable(format!(
+                "{reason}; fix it or move it away to forget all pins"
+            ))
+        },
+    )
 }
 
 impl ContactsFile {

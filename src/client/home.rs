@@ -151,6 +151,23 @@ pub(crate) fn read_private_file(path: &Path) -> Result<Option<Zeroizing<String>>
         .map_err(|error| unreadable(error.to_string()))
 }
 
+/// One of the JSON files of a home, parsed, if its `version` (read by `version_of`) is
+/// `supported`; otherwise why not, for the caller's error.
+pub(crate) fn parse_versioned<T: serde::de::DeserializeOwned>(
+    text: &str,
+    version_of: impl Fn(&T) -> u32,
+    supported: u32,
+) -> Result<T, String> {
+    let file: T = serde_json::from_str(text).map_err(|error| error.to_string())?;
+    let version = version_of(&file);
+    if version != supported {
+        return Err(format!(
+            "version {version} is not the supported {supported}"
+        ));
+    }
+    Ok(file)
+}
+
 /// Writes `contents` to `path` with mode 0600 in a directory of mode 0700, through a
 /// temporary file, so a crash never leaves half a file.
 pub(crate) fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), std::io::Error> {

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::ClientError;
-use super::home::{read_private_file, user_dir, write_private_file};
+use super::home::{parse_versioned, read_private_file, user_dir, write_private_file};
 use crate::crypto::{EncryptionKey, Prekey};
 
 const FILE: &str = "prekeys.json";
@@ -281,15 +281,7 @@ fn read_file(path: &Path) -> Result<PrekeysFile, ClientError> {
             prekeys: Vec::new(),
         });
     };
-    let file: PrekeysFile =
-        serde_json::from_str(&text).map_err(|error| unreadable(error.to_string()))?;
-    if file.version != VERSION {
-        return Err(unreadable(format!(
-            "version {} is not the supported {VERSION}",
-            file.version
-        )));
-    }
-    Ok(file)
+    parse_versioned(&text, |file: &PrekeysFile| file.version, VERSION).map_err(unreadable)
 }
 
 fn remove_key_file(path: &Path) -> Result<(), ClientError> {

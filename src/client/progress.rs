@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::ClientError;
-use super::home::{read_private_file, user_dir, write_private_file};
+use super::home::{parse_versioned, read_private_file, user_dir, write_private_file};
 
 const FILE: &str = "progress.json";
 const VERSION: u32 = 1;
@@ -100,15 +100,7 @@ fn read(path: &Path) -> Result<ProgressFile, ClientError> {
         Err(ClientError::IdentityUnreadable { reason, .. }) => return Err(unreadable(reason)),
         Err(other) => return Err(other),
     };
-    let file: ProgressFile =
-        serde_json::from_str(&text).map_err(|error| unreadable(error.to_string()))?;
-    if file.version != VERSION {
-        return Err(unreadable(format!(
-            "version {} is not the supported {VERSION}",
-            file.version
-        )));
-    }
-    Ok(file)
+    parse_versioned(&text, |file: &ProgressFile| file.version, VERSION).map_err(unreadable)
 }
 
 #[cfg(test)]
