@@ -552,6 +552,11 @@ impl SessionState {
                 if let (Some(signed), Some(removal)) = (&mut self.signed, &left.removal) {
                     signed.learn_removal(removal);
                 }
+                // Someone who never had our key (refused, or unknown): nothing to rotate
+                // away from, and a relay cannot make us rotate at will.
+                if !self.keys.is_member(&left.user) {
+                    return Ok(applied);
+                }
                 let (handout, warnings) = self.keys.member_left(&left.user)?;
                 applied.handout = Some(handout);
                 events.push(Event::MemberLeft {
@@ -1062,6 +1067,34 @@ mod tests {
         // Answered once: the same answer again is not opened.
         let applied = state.apply(history(asked)).unwrap();
         assert!(matches!(&applied.events[..], [Event::Warning(_)]));
+    }
+
+    /// A relay announcing that someone we never gave our key to left cannot make us
+    /// rotate (each rotation costs an RSA signature and a wrap per member).
+    #[test]
+    fn the_departure_of_a_stranger_changes_nothing() {
+        let identity = Arc::new(Identity::generate(2048).unwrap());
+        let ring = super::super::prekeys::PrekeyRing::in_memory(2048, now_ms()).unwrap();
+        let mut state = SessionState::new(
+            "lobby",
+            "alice",
+            identity,
+            Contacts::in_memory(),
+            Arc::new(std::sync::RwLock::new(ring)),
+            RotationPolicy::default(),
+        )
+        .unwrap();
+        let left = ServerFrame {
+            request_id: 0,
+            kind: Some(server_frame::Kind::MemberLeft(crate::proto::MemberLeft {
+                room: "lobby".to_owned(),
+                user: "mallory".to_owned(),
+                ..Default::default()
+            })),
+        };
+        let applied = state.apply(left).unwrap();
+        assert!(applied.events.is_empty(), "{:?}", applied.events);
+        assert_eq!(applied.handout, None);
     }
 
     #[test]
