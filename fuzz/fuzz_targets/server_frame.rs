@@ -253,11 +253,19 @@ impl Cast {
                 self.genuine.insert((name.to_owned(), text));
             }
             keys.acknowledged(key_id, 0);
-            let again = keys
-                .distribute(&KeyHandout::Newcomer(ME.to_owned()))
-                .unwrap();
-            let later = deliver(&again[0], name, ME);
-            assert_eq!(later.header.as_ref().unwrap().iteration, 1);
+            // A copy for us from later in the chain, as a newcomer gets it; our own
+            // keys have none (a client's copy for itself goes only with the first
+            // handout), so there the first one stands in.
+            let later = if sender == US {
+                ours.clone()
+            } else {
+                let again = keys
+                    .distribute(&KeyHandout::Newcomer(ME.to_owned()))
+                    .unwrap();
+                let later = deliver(&again[0], name, ME);
+                assert_eq!(later.header.as_ref().unwrap().iteration, 1);
+                later
+            };
             self.keys.push(SentKey {
                 ours,
                 later,

@@ -293,7 +293,7 @@ impl PeerSenderKey {
             // A small-order key lets its holder make signatures that verify for many
             // messages; no honest sender has one.
             .filter(|key| !key.is_weak())
-            .ok_or(CryptoError::BadPublicKey)?;
+            .ok_or(CryptoError::BadSigningKey)?;
         Ok(Self {
             key_id: distribution.key_id,
             chain: ChainKey {

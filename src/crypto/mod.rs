@@ -47,6 +47,8 @@ pub enum CryptoError {
     BadPublicKey,
     #[error("the private key is not a PKCS#8 PEM RSA key of 2048 to 4096 bits")]
     BadPrivateKey,
+    #[error("the sender key's Ed25519 public key is not usable (no point, or of small order)")]
+    BadSigningKey,
     #[error("could not wrap the key: {0}")]
     Wrap(String),
     #[error("the signature does not verify")]

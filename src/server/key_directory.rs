@@ -61,7 +61,8 @@ impl KeyDirectory {
         };
         signed.verify(&owner).map_err(|error| {
             Status::invalid_argument(format!(
-                "publish: the prekey is not one your identity signed ({error})"
+                "publish: the prekey cannot be taken ({error}); sign a 2048- to 4096-bit RSA \
+                 prekey with your identity's signing key"
             ))
         })?;
         if self.lock().get(user) == Some(&prekey) {

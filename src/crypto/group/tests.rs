@@ -260,6 +260,6 @@ fn a_small_order_signing_key_is_refused() {
     distribution.signing_key = identity;
     assert!(matches!(
         PeerSenderKey::new(&distribution),
-        Err(CryptoError::BadPublicKey)
+        Err(CryptoError::BadSigningKey)
     ));
 }
