@@ -727,3 +727,42 @@ async fn closed_registration_admits_only_registered_users() {
     assert!(status.message().contains("no new names"), "{status:?}");
     raw_login(&server, "old-timer", "old-timer").await.unwrap();
 }
+
+/// A prekey must be a key of its own: keys wrapped under the identity's encryption key
+/// would stay readable for as long as the identity lives (found by the outside attack).
+/// (Its creation time is the publisher's own business: a client's clock may be ahead.)
+#[tokio::test]
+async fn a_prekey_that_is_the_identity_key_is_refused() {
+    use e2ee_chat::crypto::Prekey;
+    use e2ee_chat::proto::SignedPrekey;
+
+    let server = TestServer::start().await;
+    let (channel, credentials) = log_in(&server.url, "alice").await.unwrap();
+    let mut chat = credentials.chat_client(channel);
+    let alice = identity("alice");
+    let now = e2ee_chat::protocol::now_ms();
+    let publish = |prekey: Prekey| {
+        let signed = prekey.sign(&alice, "alice", 1).unwrap();
+        KeyExchangeRequest {
+            publish: Some(SignedPrekey {
+                device: signed.device,
+                prekey_id: signed.id,
+                created_at_ms: signed.created_at_ms,
+                public_key: signed.public_key.into(),
+                signature: signed.signature.into(),
+            }),
+            ..Default::default()
+        }
+    };
+    let own_key = EncryptionKey::from_pkcs8_pem(&alice.encryption_key().to_pkcs8_pem()).unwrap();
+    let status = chat
+        .key_exchange(publish(Prekey::new(7, now, own_key)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("encryption key"), "{status:?}");
+
+    chat.key_exchange(publish(Prekey::generate(2048, now).unwrap()))
+        .await
+        .unwrap();
+}

@@ -59,12 +59,19 @@ impl KeyDirectory {
             public_key: prekey.public_key.to_vec(),
             signature: prekey.signature.to_vec(),
         };
-        signed.verify(&owner).map_err(|error| {
+        let key = signed.verify(&owner).map_err(|error| {
             Status::invalid_argument(format!(
                 "publish: the prekey cannot be taken ({error}); sign a 2048- to 4096-bit RSA \
                  prekey with your identity's signing key"
             ))
         })?;
+        // Keys wrapped under the long-term key would stay readable for as long as the
+        // identity lives: a prekey must be a key of its own.
+        if key == owner.encryption {
+            return Err(Status::invalid_argument(
+                "publish: the prekey is your identity's encryption key; make a key of its own",
+            ));
+        }
         if self.lock().get(user) == Some(&prekey) {
             return Ok(());
         }
