@@ -4,7 +4,8 @@
   (grpc.reflection.v1 and the older v1alpha that older grpcurl releases speak);
 - `grpcurl describe SYMBOL`: the methods of a service, from the file that defines it;
 - `grpcurl ... grpc.health.v1.Health/Check`: the serving status of the server and of
-  the chat service.
+  the chat service;
+- what a chat.v1 client's first call (`chat.v1.AuthService/CreateChallenge`) gets.
 
 grpcio-reflection ships the v1alpha messages only; v1 has the same messages under another
 package, so both are spoken with the same classes on their own method paths.
@@ -75,6 +76,16 @@ def health(channel: grpc.Channel, service: str) -> str:
     return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
 
+def v1_status(channel: grpc.Channel) -> str:
+    """What a chat.v1 client's first call gets from a relay that serves chat.v2 only."""
+    call = channel.unary_unary("/chat.v1.AuthService/CreateChallenge")
+    try:
+        call(b"", timeout=TIMEOUT_SECONDS)
+    except grpc.RpcError as error:
+        return error.code().name
+    return "OK"
+
+
 def main() -> int:
     if len(sys.argv) != 2:
         print("usage: probe.py HOST:PORT", file=sys.stderr)
@@ -87,6 +98,7 @@ def main() -> int:
                 for version in REFLECTION_METHODS
             },
             "health": {service: health(channel, service) for service in ("", "chat.v2.ChatService")},
+            "chat_v1": v1_status(channel),
         }
     print(json.dumps(report, indent=2, sort_keys=True))
     return 0
