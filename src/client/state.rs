@@ -1028,13 +1028,11 @@ mod tests {
     use super::*;
     use crate::proto::ServerFrame;
 
-    /// Found by profiling the `server_frame` fuzz target: any `History` frame was opened,
-    /// so a relay could make the client unwrap the same sender keys again and again.
-    #[test]
-    fn only_a_history_we_asked_for_is_opened() {
+    /// alice's state in the lobby, before the relay answered her join.
+    fn alice_in_the_lobby() -> SessionState {
         let identity = Arc::new(Identity::generate(2048).unwrap());
         let ring = super::super::prekeys::PrekeyRing::in_memory(2048, now_ms()).unwrap();
-        let mut state = SessionState::new(
+        SessionState::new(
             "lobby",
             "alice",
             identity,
@@ -1042,7 +1040,14 @@ mod tests {
             Arc::new(std::sync::RwLock::new(ring)),
             RotationPolicy::default(),
         )
-        .unwrap();
+        .unwrap()
+    }
+
+    /// Found by profiling the `server_frame` fuzz target: any `History` frame was opened,
+    /// so a relay could make the client unwrap the same sender keys again and again.
+    #[test]
+    fn only_a_history_we_asked_for_is_opened() {
+        let mut state = alice_in_the_lobby();
         let history = |request_id| ServerFrame {
             request_id,
             kind: Some(server_frame::Kind::History(History {
@@ -1073,17 +1078,7 @@ mod tests {
     /// rotate (each rotation costs an RSA signature and a wrap per member).
     #[test]
     fn the_departure_of_a_stranger_changes_nothing() {
-        let identity = Arc::new(Identity::generate(2048).unwrap());
-        let ring = super::super::prekeys::PrekeyRing::in_memory(2048, now_ms()).unwrap();
-        let mut state = SessionState::new(
-            "lobby",
-            "alice",
-            identity,
-            Contacts::in_memory(),
-            Arc::new(std::sync::RwLock::new(ring)),
-            RotationPolicy::default(),
-        )
-        .unwrap();
+        let mut state = alice_in_the_lobby();
         let left = ServerFrame {
             request_id: 0,
             kind: Some(server_frame::Kind::MemberLeft(crate::proto::MemberLeft {
