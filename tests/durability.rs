@@ -25,6 +25,7 @@ use tokio::time::Instant;
 /// A member driven step by step, recording what it shows.
 struct Chatter {
     user: String,
+    room: String,
     url: String,
     session: ChatSession,
     /// Messages shown, in order: (seq, sender, text).
@@ -41,6 +42,7 @@ impl Chatter {
         let session = Self::open(url, user, room, after_seq).await.unwrap();
         Self {
             user: user.to_owned(),
+            room: room.to_owned(),
             url: url.to_owned(),
             session,
             shown: Vec::new(),
@@ -77,7 +79,7 @@ impl Chatter {
     }
 
     async fn say(&mut self, text: &str) {
-        self.session.send_text(text).await.unwrap();
+        self.session.send_text(&self.room, text).await.unwrap();
     }
 
     /// Applies frames until none has come for `quiet`, or the stream ends.
@@ -149,7 +151,7 @@ impl Chatter {
 
     /// Waits until `user` is a member, so that it has our key.
     async fn sees_member(&mut self, user: &str) {
-        self.pump_until(|me| me.session.members().iter().any(|m| m == user))
+        self.pump_until(|me| me.session.members(&me.room).iter().any(|m| m == user))
             .await;
     }
 
@@ -184,7 +186,7 @@ async fn an_offline_member_reads_what_it_missed_in_order_once() {
     alice.sees_member("bob").await;
     alice.say("before").await;
     bob.pump_until(|bob| bob.shown.len() == 1).await;
-    let saved = bob.session.last_seq();
+    let saved = bob.session.last_seq("lobby");
     drop(bob);
 
     for text in ["one", "two", "three"] {
@@ -242,13 +244,13 @@ async fn history_shows_the_latest_messages_own_ones_included_after_a_restart() {
         bob.say(&format!("bob {n}")).await;
     }
     bob.pump_until(|bob| bob.session.pending().is_empty()).await;
-    let saved = bob.session.last_seq();
+    let saved = bob.session.last_seq("lobby");
     drop(bob);
 
     // A restarted client has none of its old keys; the relay has them, wrapped for it.
     let mut bob = Chatter::join(&server.url, "bob", "lobby", Some(saved)).await;
     bob.pump_until(|bob| bob.caught_up).await;
-    bob.session.history(5).await.unwrap();
+    bob.session.history("lobby", 5).await.unwrap();
     bob.pump_until(|bob| {
         bob.events
             .iter()
@@ -277,7 +279,7 @@ async fn a_room_keeps_only_its_latest_messages() {
     let server = common::TestServer::on_disk(dir.path(), limits).await;
     let mut alice = Chatter::join(&server.url, "alice", "lobby", None).await;
     let bob = Chatter::join(&server.url, "bob", "lobby", None).await;
-    let saved = bob.session.last_seq();
+    let saved = bob.session.last_seq("lobby");
     drop(bob);
     for n in 1..=6 {
         alice.say(&format!("message {n}")).await;
@@ -368,7 +370,7 @@ async fn a_server_killed_mid_load_loses_nothing_acknowledged_and_repeats_nothing
     // alice and bob reconnect and send again what was not acknowledged; carol's client
     // restarts from scratch, with only the sequence number it saved.
     let mut carol = members.pop().unwrap();
-    let carol_saved = carol.session.last_seq();
+    let carol_saved = carol.session.last_seq(&carol.room);
     let carol_shown = std::mem::take(&mut carol.shown);
     drop(carol);
     for member in &mut members {
@@ -536,7 +538,7 @@ async fn a_message_the_store_cannot_take_is_refused_never_acknowledged() {
     store.failing.store(true, Ordering::SeqCst);
     alice
         .session
-        .send_text("lost to a full disk")
+        .send_text("lobby", "lost to a full disk")
         .await
         .unwrap();
     let mut refusals = Vec::new();

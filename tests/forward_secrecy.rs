@@ -132,7 +132,7 @@ fn copy_dir(from: &Path, to: &Path) {
 async fn what_the_copies_open(stolen: &Path, now_ms: u64) -> Vec<String> {
     let relay = TestServer::on_disk(&stolen.join("relay"), Limits::default()).await;
     let mut bob = bob(&relay.url, &stolen.join("home"), now_ms).await;
-    bob.history(100).await.unwrap();
+    bob.history("lobby", 100).await.unwrap();
     let events = pump_until(&mut bob, |events| {
         events
             .iter()
@@ -172,10 +172,10 @@ async fn stolen_files_open_what_is_inside_the_window_and_nothing_before_it() {
             .any(|event| matches!(event, Event::MemberJoined { user, .. } if user == "alice"))
     })
     .await;
-    bob.send_text("bob on day 0").await.unwrap();
+    bob.send_text("lobby", "bob on day 0").await.unwrap();
     settle(&mut bob).await;
     for text in ["alice on day 0", "alice on day 0, again"] {
-        alice.send_text(text).await.unwrap();
+        alice.send_text("lobby", text).await.unwrap();
     }
     settle(&mut alice).await;
     bob_reads(&mut bob, "alice on day 0, again").await;
@@ -183,9 +183,9 @@ async fn stolen_files_open_what_is_inside_the_window_and_nothing_before_it() {
     // Day 8: bob's client renews its prekey (and hands its sender key out anew under
     // the members' current prekeys, its own included).
     assert_eq!(bob.renew_prekeys(day_0 + 8 * DAY_MS).await.unwrap(), 0);
-    bob.send_text("bob on day 8").await.unwrap();
+    bob.send_text("lobby", "bob on day 8").await.unwrap();
     settle(&mut bob).await;
-    alice.send_text("alice on day 8").await.unwrap();
+    alice.send_text("lobby", "alice on day 8").await.unwrap();
     settle(&mut alice).await;
     bob_reads(&mut bob, "alice on day 8").await;
 

@@ -156,6 +156,8 @@ fn a_private_room_through_the_binaries() {
     bob.expect_stdout("[#team] alice: welcome");
     alice.say("/kick bob");
     wait_for_line(&alice.stderr, "bob was removed by the owner from #team");
+    // Removed from its only room, bob's client ends by itself, whatever its input does.
+    wait_for_line(&bob.stderr, "the owner removed you from #team");
     let (status, _, stderr) = bob.finish();
     assert!(!status.success());
     assert!(

@@ -29,11 +29,12 @@
 #![no_main]
 
 use std::collections::HashSet;
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 use e2ee_chat::client::prekeys::PrekeyRing;
 use e2ee_chat::client::{
-    Contacts, Event, KeyHandout, RoomKeys, RotationPolicy, SessionState, SharedPrekeys,
+    Contacts, Event, KeyHandout, RequestIds, RoomKeys, RotationPolicy, SessionState,
+    SharedPrekeys,
 };
 use e2ee_chat::crypto::{self, Identity, PublicEncryptionKey, VerifiedIdentity};
 use e2ee_chat::proto::{
@@ -1118,9 +1119,10 @@ fuzz_target!(|data: &[u8]| {
         ROOM,
         ME,
         CAST.identities[US].clone(),
-        Contacts::in_memory(),
+        Arc::new(Mutex::new(Contacts::in_memory())),
         CAST.prekeys.clone(),
         RotationPolicy::default(),
+        RequestIds::default(),
     )
     .expect("a state");
     let joined = start.joined();

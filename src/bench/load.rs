@@ -50,13 +50,16 @@ pub trait LoadClient: Send {
 /// its sender's key is shown after later ones from others.)
 pub struct E2eeClient {
     session: ChatSession,
+    /// The one room the client is in.
+    room: String,
     last_seq: HashMap<String, u64>,
 }
 
 impl E2eeClient {
-    pub fn new(session: ChatSession) -> Self {
+    pub fn new(session: ChatSession, room: &str) -> Self {
         Self {
             session,
+            room: room.to_owned(),
             last_seq: HashMap::new(),
         }
     }
@@ -64,7 +67,7 @@ impl E2eeClient {
 
 impl LoadClient for E2eeClient {
     async fn send(&mut self, text: String) -> Result<(), BenchError> {
-        self.session.send_text(&text).await?;
+        self.session.send_text(&self.room, &text).await?;
         Ok(())
     }
 

@@ -180,7 +180,7 @@ pub async fn measure_e2ee(url: &str, load: &Load) -> Result<Measurement, BenchEr
             load.rotation,
         )
         .await?;
-        clients.push(E2eeClient::new(session));
+        clients.push(E2eeClient::new(session, &room_name(index, load)));
     }
     measure(clients, load).await
 }

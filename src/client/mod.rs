@@ -7,13 +7,15 @@
 //! - [`RoomKeys`]: the end-to-end state of one room — members' identities, our sender
 //!   key, theirs — turning frames into plaintext and back, signatures checked first.
 //!   No I/O.
-//! - [`SessionState`]: what a session knows of its room and of its own requests, and
-//!   how each frame from the relay changes it: it drives `RoomKeys` (deciding whom our
-//!   key is owed to as members come and go), checks members' keys against the pinned
-//!   ones, follows the room's sequence numbers and owns the request ids. No network.
-//! - [`ChatSession`]: a connection to the relay, joined to one room: it sends what its
-//!   `SessionState` decides, and sends unacknowledged messages again after a
-//!   reconnect.
+//! - [`SessionState`]: what a session knows of one room and of its own requests there,
+//!   and how each frame from the relay changes it: it drives `RoomKeys` (deciding whom
+//!   our key is owed to as members come and go), checks members' keys against the
+//!   pinned ones, follows the room's sequence numbers and receipts. No network.
+//! - [`receipts`](ReceiptSummary): how far each member says it has got in a room, and
+//!   when our own receipt is due. No network.
+//! - [`ChatSession`]: a connection to the relay, joined to one or more rooms on its one
+//!   stream: it routes each frame to its room's `SessionState`, sends what that
+//!   decides, and sends unacknowledged messages again after a reconnect.
 //! - [`progress`]: the last sequence number seen per server and room, saved in the
 //!   home directory, so that a restarted client catches up on exactly what it missed.
 //!
@@ -26,6 +28,7 @@ mod login;
 pub mod prekeys;
 mod private_room;
 pub mod progress;
+mod receipts;
 mod room;
 mod session;
 mod state;
@@ -36,11 +39,14 @@ pub use login::{
     AuthorizedClient, BearerToken, Credentials, VerifiedBundle, fetch_identity, key_exchange,
     login, login_with_token,
 };
+pub use receipts::{RECEIPT_INTERVAL, ReceiptSummary};
 pub use room::{
     KeyHandout, MAX_WAITING_MESSAGES, RoomEvent, RoomKeys, RotationPolicy, SharedPrekeys,
 };
 pub use session::{ChatSession, open_stream};
-pub use state::{Applied, Event, HistoryMessage, SessionState, safety_number};
+pub use state::{
+    Applied, Event, HistoryMessage, RequestIds, SessionState, SharedContacts, safety_number,
+};
 
 use std::path::PathBuf;
 
@@ -104,6 +110,12 @@ pub enum ClientError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("you are not in room {room} in this session: /join {room} first")]
+    NotInRoom { room: String },
+    #[error("you are already in room {room} in this session")]
+    AlreadyInRoom { room: String },
+    #[error("you are in no room in this session")]
+    NoRoom,
     #[error("the message is {len} bytes long; the limit is {max} bytes")]
     MessageTooLong { len: usize, max: usize },
     #[error(transparent)]

@@ -86,6 +86,13 @@ pub enum RoomEvent {
         text: String,
         sent_at_ms: u64,
     },
+    /// How far another member has received and read the room (a receipt): never shown
+    /// as a message.
+    Receipt {
+        sender: String,
+        delivered_through: u64,
+        read_through: u64,
+    },
     /// Something was dropped; the text says what and why.
     Warning(String),
 }
@@ -411,7 +418,28 @@ impl RoomKeys {
         &mut self,
         text: &str,
     ) -> Result<(Vec<DistributeSenderKey>, SendMessage), ClientError> {
-        let envelope = zeroize::Zeroizing::new(Envelope::text(&self.me, text).to_json());
+        self.seal(&Envelope::text(&self.me, text))
+    }
+
+    /// Seals and signs a receipt: we have received the room up to `delivered_through`
+    /// and shown it up to `read_through`. Like a text, it may rotate our key first.
+    pub fn seal_receipt(
+        &mut self,
+        delivered_through: u64,
+        read_through: u64,
+    ) -> Result<(Vec<DistributeSenderKey>, SendMessage), ClientError> {
+        self.seal(&Envelope::receipt(
+            &self.me,
+            delivered_through,
+            read_through,
+        ))
+    }
+
+    fn seal(
+        &mut self,
+        envelope: &Envelope,
+    ) -> Result<(Vec<DistributeSenderKey>, SendMessage), ClientError> {
+        let envelope = zeroize::Zeroizing::new(envelope.to_json());
         if envelope.len() > MAX_ENVELOPE_BYTES {
             return Err(ClientError::MessageTooLong {
                 len: envelope.len(),
@@ -614,6 +642,8 @@ impl RoomKeys {
                         message_event(delivery.seq, &delivery.sender, envelope).ok()
                     });
                     match opened {
+                        // Receipts are not messages to show again.
+                        Some(RoomEvent::Receipt { .. }) => {}
                         // A relay repeating an entry does not get it shown twice.
                         Some(message) if seen.insert(id) => messages.push(message),
                         _ => unreadable += 1,
@@ -624,7 +654,7 @@ impl RoomKeys {
         }
         messages.sort_by_key(|message| match message {
             RoomEvent::Message { seq, .. } => *seq,
-            RoomEvent::Warning(_) => u64::MAX,
+            RoomEvent::Receipt { .. } | RoomEvent::Warning(_) => u64::MAX,
         });
         messages.extend(self.history_summary(unreadable, rejected_keys));
         messages
@@ -742,10 +772,20 @@ fn message_event(seq: u64, sender: &str, envelope: Envelope) -> Result<RoomEvent
             envelope.sender
         ));
     }
-    if envelope.kind == MessageKind::Unknown {
-        return Err(format!(
-            "{sender} sent a kind of message this version cannot show"
-        ));
+    match envelope.kind {
+        MessageKind::Unknown => {
+            return Err(format!(
+                "{sender} sent a kind of message this version cannot show"
+            ));
+        }
+        MessageKind::Receipt => {
+            return Ok(RoomEvent::Receipt {
+                sender: envelope.sender,
+                delivered_through: envelope.delivered_through.unwrap_or(0),
+                read_through: envelope.read_through.unwrap_or(0),
+            });
+        }
+        MessageKind::Text => {}
     }
     Ok(RoomEvent::Message {
         seq,

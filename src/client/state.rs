@@ -1,22 +1,26 @@
-//! What a session knows of its room and of its own requests, and how each frame from the
-//! relay changes it, without any network.
+//! What a session knows of one of its rooms and of its own requests there, and how each
+//! frame from the relay changes it, without any network.
 //!
 //! [`SessionState`] drives [`RoomKeys`] (checking members' keys against the pinned
-//! ones), follows the room's sequence numbers, and owns the request ids: it makes every
-//! frame the session sends and remembers it until the relay answers. [`ChatSession`]
-//! sends the frames it makes and feeds it the frames that come back
+//! ones), follows the room's sequence numbers and its [`Receipts`], and makes every frame
+//! the session sends for the room, remembering it until the relay answers. The request
+//! ids come from the stream's one [`RequestIds`], shared by the states of all its rooms.
+//! [`ChatSession`] sends the frames it makes and feeds it the frames that come back
 //! ([`SessionState::apply`]); the `server_frame` fuzz target feeds it arbitrary ones.
 //!
 //! [`ChatSession`]: super::ChatSession
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
 use tonic::Code;
 
 use super::ClientError;
 use super::contacts::{Contacts, Pin};
 use super::private_room::OwnerSigned;
+use super::receipts::{ReceiptSummary, Receipts};
 use super::room::{KeyHandout, RoomEvent, RoomKeys, RotationPolicy, SharedPrekeys};
 use crate::crypto::{
     self, Fingerprint, Identity, PublicEncryptionKey, SafetyNumber, VerifiedIdentity,
@@ -29,6 +33,34 @@ use crate::protocol::{MAX_HISTORY_MESSAGES, now_ms};
 
 /// The request id of the join that opens every stream; later frames count up from it.
 pub(super) const JOIN_REQUEST_ID: u64 = 1;
+
+/// The pinned contacts, shared by every room of a session: a key pinned, trusted or
+/// verified in one room holds in all of them.
+pub type SharedContacts = Arc<Mutex<Contacts>>;
+
+/// The request ids of one stream, shared by the states of all its rooms so that no two
+/// frames on it carry the same one.
+#[derive(Debug, Clone)]
+pub struct RequestIds(Arc<AtomicU64>);
+
+impl Default for RequestIds {
+    /// Counting after [`JOIN_REQUEST_ID`], the join that opened the stream.
+    fn default() -> Self {
+        Self(Arc::new(AtomicU64::new(JOIN_REQUEST_ID)))
+    }
+}
+
+impl RequestIds {
+    /// The next id.
+    pub fn next(&self) -> u64 {
+        self.0.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A new stream: counting starts again from 1.
+    pub(super) fn restart(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
+}
 
 /// Where a client starts counting a room's sequence numbers after a `Joined` that
 /// reports `resumed` and the room's `latest` number, given the `after_seq` it asked
@@ -111,7 +143,28 @@ pub enum Event {
     /// [`ChatSession::send_text`](super::ChatSession::send_text) returned, or the one
     /// the message got when [`ChatSession::reconnect`](super::ChatSession::reconnect)
     /// sent it again.
-    Delivered { request_id: u64, seq: u64 },
+    Delivered {
+        room: String,
+        request_id: u64,
+        seq: u64,
+    },
+    /// A member's receipt moved: our messages up to `delivered_through` reached it, and
+    /// it saw them up to `read_through`.
+    Receipt {
+        room: String,
+        user: String,
+        delivered_through: u64,
+        read_through: u64,
+    },
+    /// We joined a room in the middle of the session (`ChatSession::join_room`); its
+    /// members are in the session now.
+    Joined { room: String },
+    /// The relay refused to let us join a room in the middle of the session.
+    JoinRefused {
+        room: String,
+        code: Code,
+        message: String,
+    },
     /// The relay refused one of our messages: it will not be delivered.
     Refused {
         request_id: u64,
@@ -145,6 +198,8 @@ enum Pending {
     Invite(String),
     Kick(String),
     History,
+    /// Not sent again after a reconnect: the next receipt says it all.
+    Receipt(SendMessage),
 }
 
 /// A message the relay has not acknowledged: its text, to report on it, and its frame,
@@ -153,6 +208,8 @@ enum Pending {
 struct Unacked {
     text: String,
     send: SendMessage,
+    /// The members it was sealed for: whose receipts count for it.
+    recipients: Vec<String>,
 }
 
 /// What a frame from the relay (or the answer to a join) calls for: what the user
@@ -179,32 +236,39 @@ pub struct SessionState {
     keys: RoomKeys,
     identity: Arc<Identity>,
     user: String,
-    contacts: Contacts,
+    contacts: SharedContacts,
     private_room: bool,
     owner: Option<String>,
     /// In a private room: what its pinned owner signed, which decides who gets our key.
     signed: Option<OwnerSigned>,
     /// The highest sequence number of the room processed.
     last_seq: u64,
-    last_request_id: u64,
+    request_ids: RequestIds,
     /// Our frames the relay has not answered, by request id (so in the order sent).
     unanswered: BTreeMap<u64, Pending>,
+    /// What a lost stream left unanswered, in the order sent, until the room is joined
+    /// again on a new one: its request ids are dead, and may be reused there.
+    stale: Vec<Pending>,
     /// Set by `leave` or a kick: membership changes no longer call for key
     /// distributions, which the relay would refuse once we are out.
     leaving: bool,
+    /// The relay has sent everything we missed: what comes now is live.
+    caught_up: bool,
+    receipts: Receipts,
 }
 
 impl SessionState {
-    /// `user` in `room`, before the relay answered its join (request id
-    /// [`JOIN_REQUEST_ID`]), with a fresh sender key; members' keys are checked against
-    /// `contacts`.
+    /// `user` in `room`, before the relay answered its join, with a fresh sender key;
+    /// members' keys are checked against `contacts`, and frames numbered from
+    /// `request_ids`.
     pub fn new(
         room: &str,
         user: &str,
         identity: Arc<Identity>,
-        contacts: Contacts,
+        contacts: SharedContacts,
         prekeys: SharedPrekeys,
         rotation: RotationPolicy,
+        request_ids: RequestIds,
     ) -> Result<Self, ClientError> {
         Ok(Self {
             keys: RoomKeys::new(room, user, identity.clone(), prekeys, rotation)?,
@@ -215,10 +279,17 @@ impl SessionState {
             owner: None,
             signed: None,
             last_seq: 0,
-            last_request_id: JOIN_REQUEST_ID,
+            request_ids,
             unanswered: BTreeMap::new(),
+            stale: Vec::new(),
             leaving: false,
+            caught_up: false,
+            receipts: Receipts::default(),
         })
+    }
+
+    fn contacts(&self) -> std::sync::MutexGuard<'_, Contacts> {
+        self.contacts.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Takes in the relay's answer to our first join (asked with `after_seq`): the
@@ -246,7 +317,7 @@ impl SessionState {
     /// date, and sorts out the frames the old stream left unanswered (its request ids
     /// are dead: the frames sent again get new ones).
     pub(super) fn rejoined(&mut self, joined: &Joined) -> Result<Rejoined, ClientError> {
-        self.last_request_id = JOIN_REQUEST_ID;
+        self.caught_up = false;
         let mut events = self.apply_joined(joined, Some(self.last_seq))?;
         let (resend, leave) = self.carry_unanswered(&mut events);
         self.reconcile_members(joined, &mut events)?;
@@ -260,11 +331,6 @@ impl SessionState {
     /// The room.
     pub(super) fn room(&self) -> &str {
         self.keys.room()
-    }
-
-    /// Our user name.
-    pub(super) fn user(&self) -> &str {
-        &self.user
     }
 
     /// The owner of the room if it is private.
@@ -375,12 +441,102 @@ impl SessionState {
     pub(super) fn send_text(&mut self, text: &str) -> Result<Vec<ClientFrame>, ClientError> {
         let (rotation, send) = self.keys.seal_text(text)?;
         let mut frames = self.distribution_frames(rotation);
+        let recipients = self
+            .keys
+            .members()
+            .filter(|member| self.keys.is_trusted(member))
+            .map(str::to_owned)
+            .collect();
         let unacked = Unacked {
             text: text.to_owned(),
             send: send.clone(),
+            recipients,
         };
         frames.push(self.frame(client_frame::Kind::Send(send), Pending::Message(unacked)));
         Ok(frames)
+    }
+
+    /// Our receipt for the room, sealed, if one is due at `now` (see [`Receipts`]):
+    /// the frames to send, in order. None while catching up or leaving.
+    pub(super) fn send_receipt(
+        &mut self,
+        now: Instant,
+    ) -> Result<Option<Vec<ClientFrame>>, ClientError> {
+        if !self.caught_up || self.leaving {
+            return Ok(None);
+        }
+        let Some((delivered_through, read_through)) = self.receipts.due(now) else {
+            return Ok(None);
+        };
+        let (rotation, send) = self.keys.seal_receipt(delivered_through, read_through)?;
+        let mut frames = self.distribution_frames(rotation);
+        frames.push(self.frame(
+            client_frame::Kind::Send(send.clone()),
+            Pending::Receipt(send),
+        ));
+        Ok(Some(frames))
+    }
+
+    /// The person saw the room's messages up to `seq` (a text from someone else): the
+    /// next receipt says so.
+    pub fn mark_read(&mut self, seq: u64) {
+        self.receipts.read(seq);
+    }
+
+    /// What receipts say of our message stored under `seq`.
+    pub fn receipt_summary(&self, seq: u64) -> Option<ReceiptSummary> {
+        self.receipts.summary(seq)
+    }
+
+    /// Our latest acknowledged messages (at most `count`), oldest first: sequence
+    /// number, text and what receipts say of it.
+    pub fn own_receipts(&self, count: usize) -> Vec<(u64, String, ReceiptSummary)> {
+        let mut latest: Vec<_> = self
+            .receipts
+            .own_messages()
+            .rev()
+            .take(count)
+            .filter_map(|(seq, text)| Some((seq, text.to_owned(), self.receipts.summary(seq)?)))
+            .collect();
+        latest.reverse();
+        latest
+    }
+
+    /// Whether the relay has sent everything we missed in the room.
+    pub fn is_caught_up(&self) -> bool {
+        self.caught_up
+    }
+
+    /// Whether `request_id` is one of our unanswered frames in this room.
+    pub(super) fn owns(&self, request_id: u64) -> bool {
+        self.unanswered.contains_key(&request_id)
+    }
+
+    /// The room is dropped from the session (the relay refused to let us back in, or we
+    /// are out of it): each message still waiting for the relay is reported refused with
+    /// `code` and `message`.
+    pub(super) fn abandon(&mut self, code: Code, message: &str) -> Vec<Event> {
+        let mut waiting = std::mem::take(&mut self.stale);
+        waiting.extend(std::mem::take(&mut self.unanswered).into_values());
+        waiting
+            .into_iter()
+            .filter_map(|pending| match pending {
+                Pending::Message(unacked) => Some(Event::Refused {
+                    request_id: 0,
+                    code,
+                    message: format!("{message} (in {})", self.room()),
+                    text: unacked.text,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The stream was lost: what it left unanswered waits, in order, for the room to be
+    /// joined again on a new stream (which numbers its frames afresh).
+    pub(super) fn detach(&mut self) {
+        let unanswered = std::mem::take(&mut self.unanswered);
+        self.stale.extend(unanswered.into_values());
     }
 
     /// The frame asking for the latest `limit` messages (1 to [`MAX_HISTORY_MESSAGES`]).
@@ -407,7 +563,7 @@ impl SessionState {
     /// an invitation names the keys, so one for keys the relay swapped in would let the
     /// relay in.
     pub fn invite(&mut self, invitee: &VerifiedIdentity) -> Result<ClientFrame, ClientError> {
-        if let Pin::Changed { .. } = self.contacts.check(&invitee.user, &invitee.fingerprint)? {
+        if let Pin::Changed { .. } = self.contacts().check(&invitee.user, &invitee.fingerprint)? {
             return Err(ClientError::NotTrusted {
                 user: invitee.user.clone(),
             });
@@ -439,13 +595,13 @@ impl SessionState {
         ))
     }
 
-    /// The frame `request_id` could not be sent: the stream is down. A message or key
-    /// distribution is kept, for a reconnect to send again; anything else is forgotten.
-    /// Returns whether it was kept.
+    /// The frame `request_id` could not be sent: the stream is down. A message, key
+    /// distribution or leave is kept, for a reconnect to send again; anything else is
+    /// forgotten. Returns whether it was kept.
     pub(super) fn unsent(&mut self, request_id: u64) -> bool {
         let kept = matches!(
             self.unanswered.get(&request_id),
-            Some(Pending::Message(_) | Pending::KeyDistribution(_))
+            Some(Pending::Message(_) | Pending::KeyDistribution(_) | Pending::Leave)
         );
         if !kept {
             self.unanswered.remove(&request_id);
@@ -460,7 +616,7 @@ impl SessionState {
         user: &str,
         identity: &VerifiedIdentity,
     ) -> Result<Applied, ClientError> {
-        self.contacts.trust(user, &identity.fingerprint)?;
+        self.contacts().trust(user, &identity.fingerprint)?;
         let mut applied = Applied {
             events: vec![Event::Notice(format!(
                 "now trusting the keys of {user} (fingerprint {}); compare the safety number \
@@ -494,7 +650,7 @@ impl SessionState {
                 user,
                 &member.fingerprint,
             )),
-            None => safety_number(&self.identity, &self.user, &self.contacts, user),
+            None => safety_number(&self.identity, &self.user, &self.contacts(), user),
         }
     }
 
@@ -511,7 +667,7 @@ impl SessionState {
                 user: user.to_owned(),
             });
         }
-        if self.contacts.mark_verified(user)? {
+        if self.contacts().mark_verified(user)? {
             Ok(())
         } else {
             Err(ClientError::NotPinned {
@@ -558,6 +714,7 @@ impl SessionState {
                     return Ok(applied);
                 }
                 let (handout, warnings) = self.keys.member_left(&left.user)?;
+                self.receipts.forget(&left.user);
                 applied.handout = Some(handout);
                 events.push(Event::MemberLeft {
                     room: room.clone(),
@@ -575,6 +732,11 @@ impl SessionState {
             {
                 self.last_seq = self.last_seq.max(message.seq);
                 let opened = self.keys.open(message);
+                let text = opened
+                    .iter()
+                    .any(|event| matches!(event, RoomEvent::Message { .. }));
+                self.receipts.received(self.last_seq, text);
+                let opened = self.take_receipts(opened);
                 events.extend(self.room_events(opened));
             }
             Some(Kind::SenderKey(key)) if key.room == room => {
@@ -582,6 +744,11 @@ impl SessionState {
                 // below where it starts.
                 self.last_seq = self.last_seq.max(key.seq);
                 let opened = self.keys.accept_sender_key(key);
+                let text = opened
+                    .iter()
+                    .any(|event| matches!(event, RoomEvent::Message { .. }));
+                self.receipts.received(self.last_seq, text);
+                let opened = self.take_receipts(opened);
                 events.extend(self.room_events(opened));
             }
             Some(Kind::CaughtUp(caught_up)) if caught_up.room == room => {
@@ -589,6 +756,7 @@ impl SessionState {
                 // a relay sending this early cannot make us skip any.
                 let forgotten = self.keys.forget_former_members();
                 events.extend(self.room_events(forgotten));
+                self.caught_up = true;
                 events.push(Event::CaughtUp {
                     room,
                     seq: caught_up.seq,
@@ -623,7 +791,18 @@ impl SessionState {
                 if let Some(sealed) = &unacked.send.sealed {
                     self.keys.acknowledged(sealed.key_id, sealed.iteration);
                 }
-                Some(Event::Delivered { request_id, seq })
+                self.receipts.sent(seq, unacked.recipients, &unacked.text);
+                Some(Event::Delivered {
+                    room,
+                    request_id,
+                    seq,
+                })
+            }
+            Pending::Receipt(send) => {
+                if let Some(sealed) = &send.sealed {
+                    self.keys.acknowledged(sealed.key_id, sealed.iteration);
+                }
+                None
             }
             Pending::Leave => Some(Event::Left { room }),
             Pending::Invite(user) => Some(Event::Notice(format!(
@@ -649,6 +828,7 @@ impl SessionState {
             Some(Pending::Invite(user)) => format!("to invite {user}"),
             Some(Pending::Kick(user)) => format!("to remove {user}"),
             Some(Pending::History) => "to send the history".to_owned(),
+            Some(Pending::Receipt(_)) => "our receipt".to_owned(),
             None => "a frame".to_owned(),
         };
         Event::Warning(format!(
@@ -707,6 +887,7 @@ impl SessionState {
                     text,
                     sent_at_ms,
                 }),
+                RoomEvent::Receipt { .. } => {}
                 RoomEvent::Warning(text) => events.push(Event::Warning(text)),
             }
         }
@@ -748,7 +929,7 @@ impl SessionState {
         events: &mut Vec<Event>,
     ) -> Result<Option<OwnerSigned>, ClientError> {
         let room = self.keys.room().to_owned();
-        let pinned = self.contacts.room_owner(&room).map(str::to_owned);
+        let pinned = self.contacts().room_owner(&room).map(str::to_owned);
         let owner = match pinned {
             None if !joined.private_room => return Ok(None),
             None => {
@@ -759,7 +940,7 @@ impl SessionState {
                     )));
                     return Ok(Some(OwnerSigned::new(&room, "")));
                 }
-                self.contacts.pin_room_owner(&room, &joined.owner)?
+                self.contacts().pin_room_owner(&room, &joined.owner)?
             }
             Some(pinned) => {
                 if !joined.private_room || joined.owner != pinned {
@@ -797,7 +978,7 @@ impl SessionState {
             // The owner's keys count only if they are the ones pinned for it (or seen
             // first now, and pinned as the member is admitted).
             if let Ok(identity) = self.keys.vet(member) {
-                let pinned = self.contacts.pinned(&owner);
+                let pinned = self.contacts().pinned(&owner);
                 if pinned.is_none_or(|(fingerprint, _)| fingerprint == identity.fingerprint) {
                     signed.set_owner_keys(identity);
                 }
@@ -894,7 +1075,9 @@ impl SessionState {
     fn carry_unanswered(&mut self, events: &mut Vec<Event>) -> (Vec<ClientFrame>, bool) {
         let mut resend = Vec::new();
         let mut leave = false;
-        for pending in std::mem::take(&mut self.unanswered).into_values() {
+        let mut carried = std::mem::take(&mut self.stale);
+        carried.extend(std::mem::take(&mut self.unanswered).into_values());
+        for pending in carried {
             let unconfirmed = match pending {
                 Pending::Message(unacked) => {
                     let kind = client_frame::Kind::Send(unacked.send.clone());
@@ -908,6 +1091,10 @@ impl SessionState {
                 }
                 Pending::Leave => {
                     leave = true;
+                    continue;
+                }
+                Pending::Receipt(_) => {
+                    self.receipts.resend();
                     continue;
                 }
                 Pending::Invite(user) => format!("inviting {user}"),
@@ -936,7 +1123,10 @@ impl SessionState {
                 return Ok(None);
             }
         };
-        let trusted = match self.contacts.check(&identity.user, &identity.fingerprint)? {
+        let trusted = match self
+            .contacts()
+            .check(&identity.user, &identity.fingerprint)?
+        {
             Pin::FirstUse => {
                 events.push(Event::Pinned {
                     user: identity.user.clone(),
@@ -962,6 +1152,23 @@ impl SessionState {
         Ok(Some((identity, trusted)))
     }
 
+    /// Takes the receipts among `opened` in; keeps those that moved something, to show.
+    fn take_receipts(&mut self, opened: Vec<RoomEvent>) -> Vec<RoomEvent> {
+        opened
+            .into_iter()
+            .filter(|event| match event {
+                RoomEvent::Receipt {
+                    sender,
+                    delivered_through,
+                    read_through,
+                } => self
+                    .receipts
+                    .take(sender, *delivered_through, *read_through),
+                _ => true,
+            })
+            .collect()
+    }
+
     fn room_events(&self, events: Vec<RoomEvent>) -> Vec<Event> {
         let room = self.keys.room();
         events
@@ -978,6 +1185,16 @@ impl SessionState {
                     text,
                     sent_at_ms,
                     seq,
+                },
+                RoomEvent::Receipt {
+                    sender,
+                    delivered_through,
+                    read_through,
+                } => Event::Receipt {
+                    room: room.to_owned(),
+                    user: sender,
+                    delivered_through,
+                    read_through,
                 },
                 RoomEvent::Warning(text) => Event::Warning(text),
             })
@@ -997,8 +1214,7 @@ impl SessionState {
     /// A frame under the next request id, remembered as `pending` until answered. It is
     /// recorded before it is sent, so that no answer can come before it is known.
     fn frame(&mut self, kind: client_frame::Kind, pending: Pending) -> ClientFrame {
-        self.last_request_id += 1;
-        let request_id = self.last_request_id;
+        let request_id = self.request_ids.next();
         self.unanswered.insert(request_id, pending);
         ClientFrame {
             request_id,
@@ -1036,9 +1252,10 @@ mod tests {
             "lobby",
             "alice",
             identity,
-            Contacts::in_memory(),
+            Arc::new(Mutex::new(Contacts::in_memory())),
             Arc::new(std::sync::RwLock::new(ring)),
             RotationPolicy::default(),
+            RequestIds::default(),
         )
         .unwrap()
     }

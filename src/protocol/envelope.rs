@@ -3,6 +3,9 @@
 //! It is serialized with serde_json. Unknown fields are ignored so that later versions
 //! can add some; an unknown `type` decodes as [`MessageKind::Unknown`] so that an old
 //! client can say it cannot show a message instead of failing.
+//!
+//! Every envelope is padded to a multiple of [`PAD_TO`] bytes before it is sealed, so
+//! that the relay cannot tell a receipt from a short text, nor a text's exact length.
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +15,8 @@ use serde::{Deserialize, Serialize};
 pub enum MessageKind {
     /// A text message for the room.
     Text,
+    /// How far a member has received and read the room: never shown as a message.
+    Receipt,
     /// A type this version does not know.
     #[serde(other)]
     Unknown,
@@ -32,7 +37,17 @@ pub struct Envelope {
     pub text: String,
     /// When it was sent, in milliseconds since the Unix epoch, by the sender's clock.
     pub sent_at_ms: u64,
+    /// A receipt's highest sequence number of the room received (required in one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_through: Option<u64>,
+    /// A receipt's highest sequence number of the room shown to the person (required
+    /// in one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_through: Option<u64>,
 }
+
+/// Envelopes are padded to a multiple of this many bytes.
+pub const PAD_TO: usize = 256;
 
 /// Why a decrypted plaintext is not a usable envelope.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +56,8 @@ pub enum EnvelopeError {
     Json(#[from] serde_json::Error),
     #[error("the message uses envelope version {0}, this client understands version 1")]
     Version(u32),
+    #[error("the receipt lacks delivered_through or read_through")]
+    IncompleteReceipt,
 }
 
 impl Envelope {
@@ -49,21 +66,43 @@ impl Envelope {
 
     /// A text message sent now.
     pub fn text(sender: &str, text: &str) -> Self {
-        let sent_at_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_millis() as u64);
         Self {
             version: Self::VERSION,
             kind: MessageKind::Text,
             sender: sender.to_owned(),
             text: text.to_owned(),
-            sent_at_ms,
+            sent_at_ms: crate::protocol::now_ms(),
+            delivered_through: None,
+            read_through: None,
         }
     }
 
-    /// The bytes to encrypt.
+    /// A receipt sent now: `sender` has received the room up to `delivered_through` and
+    /// shown it up to `read_through`.
+    pub fn receipt(sender: &str, delivered_through: u64, read_through: u64) -> Self {
+        Self {
+            kind: MessageKind::Receipt,
+            text: String::new(),
+            delivered_through: Some(delivered_through),
+            read_through: Some(read_through.min(delivered_through)),
+            ..Self::text(sender, "")
+        }
+    }
+
+    /// The bytes to encrypt, padded to a multiple of [`PAD_TO`] bytes with a `pad` field
+    /// of spaces.
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("an envelope of strings and integers always serializes")
+        const PAD_FIELD: &[u8] = b",\"pad\":\"";
+        let mut json = serde_json::to_vec(self)
+            .expect("an envelope of strings and integers always serializes");
+        // `,"pad":"` and the closing quote: 9 bytes besides the spaces.
+        let spaces = (PAD_TO - (json.len() + PAD_FIELD.len() + 1) % PAD_TO) % PAD_TO;
+        let closing = json.pop();
+        debug_assert_eq!(closing, Some(b'}'));
+        json.extend_from_slice(PAD_FIELD);
+        json.resize(json.len() + spaces, b' ');
+        json.extend_from_slice(b"\"}");
+        json
     }
 
     /// Parses decrypted bytes.
@@ -71,6 +110,11 @@ impl Envelope {
         let envelope: Self = serde_json::from_slice(bytes)?;
         if envelope.version != Self::VERSION {
             return Err(EnvelopeError::Version(envelope.version));
+        }
+        if envelope.kind == MessageKind::Receipt
+            && (envelope.delivered_through.is_none() || envelope.read_through.is_none())
+        {
+            return Err(EnvelopeError::IncompleteReceipt);
         }
         Ok(envelope)
     }
@@ -95,6 +139,36 @@ mod tests {
         assert_eq!(json["sender"], "bob");
         assert_eq!(json["text"], "hi");
         assert!(json["sent_at_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    }
+
+    #[test]
+    fn pads_every_envelope_to_a_multiple_of_256_bytes() {
+        for text in ["", "hi", &"x".repeat(200), &"é".repeat(300)] {
+            let envelope = Envelope::text("alice", text);
+            let json = envelope.to_json();
+            assert_eq!(json.len() % PAD_TO, 0, "{} bytes", json.len());
+            assert_eq!(Envelope::from_json(&json).unwrap(), envelope);
+        }
+        let receipt = Envelope::receipt("bob", 42, 40);
+        assert_eq!(receipt.to_json().len(), PAD_TO);
+        assert_eq!(Envelope::text("bob", "ok").to_json().len(), PAD_TO);
+    }
+
+    #[test]
+    fn receipts_carry_both_numbers_and_never_read_past_delivered() {
+        let json: serde_json::Value =
+            serde_json::from_slice(&Envelope::receipt("bob", 42, 50).to_json()).unwrap();
+        assert_eq!(json["type"], "receipt");
+        assert_eq!(json["text"], "");
+        assert_eq!(json["delivered_through"], 42);
+        assert_eq!(json["read_through"], 42);
+        let incomplete = br#"{"v":1,"type":"receipt","sender":"b","text":"","sent_at_ms":0,"delivered_through":3}"#;
+        assert!(matches!(
+            Envelope::from_json(incomplete),
+            Err(EnvelopeError::IncompleteReceipt)
+        ));
+        let wrong_type = br#"{"v":1,"type":"receipt","sender":"b","text":"","sent_at_ms":0,"delivered_through":3,"read_through":1.0}"#;
+        assert!(Envelope::from_json(wrong_type).is_err());
     }
 
     #[test]

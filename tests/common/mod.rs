@@ -182,7 +182,7 @@ impl Member {
         assert!(
             notices
                 .iter()
-                .all(|notice| matches!(notice, Event::Pinned { .. })),
+                .all(|notice| matches!(notice, Event::Pinned { .. } | Event::Joined { .. })),
             "{notices:?}"
         );
         member
@@ -225,14 +225,20 @@ impl Member {
             RotationPolicy::default(),
         )
         .await?;
-        Ok((Self::start(user, session), notices))
+        Ok((Self::start(user, room, session), notices))
     }
 
-    fn start(user: &str, session: ChatSession) -> Self {
+    fn start(user: &str, room: &str, session: ChatSession) -> Self {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (event_tx, events) = mpsc::unbounded_channel();
         let (frame_tx, frames) = mpsc::unbounded_channel();
-        let task = tokio::spawn(drive(session, command_rx, event_tx, frame_tx));
+        let task = tokio::spawn(drive(
+            session,
+            room.to_owned(),
+            command_rx,
+            event_tx,
+            frame_tx,
+        ));
         Self {
             name: user.to_owned(),
             commands,
@@ -367,6 +373,7 @@ impl Member {
 
 async fn drive(
     mut session: ChatSession,
+    room: String,
     mut commands: mpsc::UnboundedReceiver<Command>,
     events: mpsc::UnboundedSender<Event>,
     frames: mpsc::UnboundedSender<ServerFrame>,
@@ -382,16 +389,16 @@ async fn drive(
             }
             command = commands.recv() => match command {
                 Some(Command::Send(text, reply)) => {
-                    let _ = reply.send(session.send_text(&text).await?);
+                    let _ = reply.send(session.send_text(&room, &text).await?);
                 }
                 Some(Command::Leave) => {
-                    session.leave().await?;
+                    session.leave(&room).await?;
                 }
                 Some(Command::Invite(user)) => {
-                    session.invite(&user).await?;
+                    session.invite(&room, &user).await?;
                 }
                 Some(Command::Kick(user)) => {
-                    session.kick(&user).await?;
+                    session.kick(&room, &user).await?;
                 }
                 Some(Command::Trust(user, reply)) => {
                     let _ = reply.send(session.trust(&user).await);
@@ -403,7 +410,7 @@ async fn drive(
                     let _ = reply.send(session.handle(*frame).await?);
                 }
                 Some(Command::Members(reply)) => {
-                    let _ = reply.send(session.members());
+                    let _ = reply.send(session.members(&room));
                 }
                 None => return Ok(()),
             },
