@@ -1,5 +1,7 @@
 //! `chat-client`: chat in one room from the command line, end-to-end encrypted.
 
+mod tui;
+
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
