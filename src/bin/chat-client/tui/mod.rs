@@ -20,6 +20,9 @@ mod input;
 mod model;
 mod view;
 
+#[cfg(test)]
+mod tests;
+
 pub use input::{Action, InputLine, handle_key};
 pub use model::{Connection, Line, LineId, MemberView, OwnState, RoomView, Screen, Status};
 pub use view::{draw, one_line};
