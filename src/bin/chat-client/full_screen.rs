@@ -172,7 +172,7 @@ impl Ui for FullScreen {
                     let index = self.screen.room_index(room)?;
                     let view = &self.screen.rooms[index];
                     let position = queue.iter().position(|id| {
-                        matches!(view.line(*id), Some(Line::Message { text: sent, .. }) if sent == text)
+                        matches!(view.line(*id), Some(Line::Message { text: sent, .. }) if sent.as_str() == text.as_str())
                     })?;
                     Some((room.clone(), position))
                 });

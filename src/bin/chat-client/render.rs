@@ -1,10 +1,13 @@
-//! The texts both interfaces show: what each event from the session says, command
-//! answers, and the one escaping rule that keeps a message on one line and away from the
-//! terminal's controls. The line interface prints them; the full-screen one places them.
+//! The texts both interfaces show: what each event from the session says, and command
+//! answers, every text from someone else escaped with [`one_line`] (the one escaping
+//! rule, kept with the screen's view). The line interface prints them; the full-screen
+//! one places them.
 
 use e2ee_chat::client::{self, ChatSession, Event, HistoryMessage, ReceiptSummary};
 use e2ee_chat::proto::LeaveReason;
 use e2ee_chat::protocol::utc_time;
+
+pub use crate::tui::one_line;
 
 /// What an event shows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,42 +222,9 @@ pub fn history_line(room: &str, message: &HistoryMessage) -> String {
     )
 }
 
-/// The text with control characters, line and paragraph separators and bidirectional
-/// controls escaped, so a message is always one line, shows what it says, and cannot
-/// drive the terminal.
-pub fn one_line(text: &str) -> String {
-    let needs_escape = |c: char| {
-        c.is_control()
-            || matches!(
-                c,
-                '\u{2028}' | '\u{2029}' | '\u{061c}' | '\u{200e}' | '\u{200f}'
-            )
-            || ('\u{202a}'..='\u{202e}').contains(&c)
-            || ('\u{2066}'..='\u{2069}').contains(&c)
-    };
-    let mut line = String::with_capacity(text.len());
-    for c in text.chars() {
-        if needs_escape(c) {
-            line.extend(c.escape_unicode());
-        } else {
-            line.push(c);
-        }
-    }
-    line
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn one_line_escapes_what_could_forge_or_split_a_line() {
-        assert_eq!(one_line("plain ünïcödé 'text'"), "plain ünïcödé 'text'");
-        assert_eq!(one_line("a\nb"), "a\\u{a}b");
-        assert_eq!(one_line("\u{1b}[31mred"), "\\u{1b}[31mred");
-        assert_eq!(one_line("abc\u{202e}fed"), "abc\\u{202e}fed");
-        assert_eq!(one_line("x\u{2028}y"), "x\\u{2028}y");
-    }
 
     #[test]
     fn history_lines_show_the_time_in_utc_and_escape_the_text() {
