@@ -45,6 +45,7 @@ from e2ee_chat.binding import (
     verify_signature,
     wrap_chain_key,
 )
+from e2ee_chat.envelope import decode_envelope, encode_envelope, pad_envelope, pad_spaces
 from e2ee_chat.errors import ClientError
 from e2ee_chat.group import (
     OwnSenderKey,
@@ -1051,6 +1052,56 @@ class CliHelpers(unittest.TestCase):
             pending_lines(["hi", "a\nb"]),
             ["2 message(s) sent but not acknowledged yet:", '  "hi"', '  "a\\u{a}b"'],
         )
+
+
+class Padding(unittest.TestCase):
+    """PROTOCOL.md, "Padding": every sealed envelope is a multiple of 256 bytes."""
+
+    def test_every_envelope_is_a_multiple_of_256_bytes_and_parses_back_equal(self) -> None:
+        texts = ["", "a", "hello", "ünïcödé 'quotes' \"doubles\"", "\u202e\n", "x" * 255, "y" * 1000, "€" * 300]
+        texts += ["z" * n for n in range(150, 420)]  # every remainder mod 256
+        for text in texts:
+            padded = encode_envelope("alice", text, 1_764_012_345_678)
+            with self.subTest(length=len(text)):
+                self.assertEqual(len(padded) % 256, 0)
+                parsed = json.loads(padded)
+                pad = parsed.pop("pad")
+                self.assertEqual(set(pad), set(" ") if pad else set())
+                self.assertEqual(parsed, {"v": 1, "type": "text", "sender": "alice", "text": text,
+                                          "sent_at_ms": 1_764_012_345_678})
+                self.assertEqual(decode_envelope(padded, "alice").text, text)
+
+    def test_the_formula(self) -> None:
+        for length in range(2, 1200):
+            spaces = pad_spaces(length)
+            self.assertEqual(spaces, (256 - (length + 9) % 256) % 256)
+            self.assertTrue(0 <= spaces < 256)
+            self.assertEqual((length + 9 + spaces) % 256, 0)
+        unpadded = b'{"v":1}'
+        padded = pad_envelope(unpadded)
+        self.assertEqual(padded, b'{"v":1,"pad":"' + b" " * (256 - 7 - 9) + b'"}')
+        self.assertEqual(len(padded), 256)
+        exact = b'{"a":"' + b"b" * (256 - 9 - 8) + b'"}'  # L + 9 = 256: no space at all
+        self.assertEqual(pad_envelope(exact), exact[:-1] + b',"pad":""}')
+        self.assertEqual(len(pad_envelope(exact)), 256)
+
+    def test_any_length_is_accepted_and_pad_ignored(self) -> None:
+        unpadded = b'{"v":1,"type":"text","sender":"bob","text":"hi","sent_at_ms":5}'
+        self.assertEqual(decode_envelope(unpadded, "bob").text, "hi")
+        odd = b'{"v":1,"type":"text","sender":"bob","text":"hi","sent_at_ms":5,"pad":"   "}'
+        self.assertEqual(decode_envelope(odd, "bob").text, "hi")
+        self.assertEqual(decode_envelope(odd.replace(b'"   "', b"17"), "bob").text, "hi", "pad is ignored, whatever it is")
+
+    def test_the_32_kib_limit_counts_the_padding(self) -> None:
+        alice = User("alice", 0, clock_ms=lambda: 1_764_012_345_678)
+        alice.state.on_joined(pb.Joined(room="lobby"))
+        empty = encode_envelope("alice", "", 1_764_012_345_678)
+        overhead = len(empty) - 9 - empty.count(b" ")  # the padding's spaces are its only ones
+        most = 32 * 1024 - 9 - overhead  # padded to exactly 32 KiB, without a single space
+        self.assertEqual(len(encode_envelope("alice", "x" * most, 1_764_012_345_678)), 32 * 1024)
+        alice.state.seal_text("x" * most)
+        with self.assertRaises(room_module.MessageTooLong):
+            alice.state.seal_text("x" * (most + 1))
 
 
 class Home(unittest.TestCase):

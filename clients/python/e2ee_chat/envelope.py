@@ -1,5 +1,6 @@
-"""The plaintext of a message: the JSON envelope (encoded, then decoded and checked on
-receipt), and how a received text is shown on one line, escaped."""
+"""The plaintext of a message: the JSON envelope (encoded and padded to a multiple of 256
+bytes, then decoded and checked on receipt), and how a received text is shown on one
+line, escaped."""
 
 from __future__ import annotations
 
@@ -35,8 +36,30 @@ def format_line(room: str, sender: str, text: str) -> str:
     return f"[{room}] {sender}: {escape_text(text)}"
 
 
+#: Every sealed envelope is padded to a multiple of this many bytes (PROTOCOL.md, "Padding").
+PAD_MULTIPLE = 256
+#: What the ``"pad"`` field adds besides its spaces: ``,"pad":"`` and ``"``.
+PAD_FIELD_BYTES = len(',"pad":""')
+
+
+def pad_spaces(unpadded_length: int) -> int:
+    """How many spaces ``"pad"`` holds for an envelope ``unpadded_length`` bytes long
+    without it: ``(256 - (L + 9) mod 256) mod 256``."""
+    return (PAD_MULTIPLE - (unpadded_length + PAD_FIELD_BYTES) % PAD_MULTIPLE) % PAD_MULTIPLE
+
+
+def pad_envelope(unpadded: bytes) -> bytes:
+    """Adds ``,"pad":"<spaces>"`` before the closing ``}`` of a serialized (non-empty)
+    JSON object, so that the relay cannot tell a short text from a receipt, nor a text's
+    length to the byte: the result is a multiple of 256 bytes long."""
+    if not unpadded.endswith(b"}") or unpadded == b"{}":
+        raise ValueError("only a non-empty JSON object can be padded")
+    spaces = b" " * pad_spaces(len(unpadded))
+    return unpadded[:-1] + b',"pad":"' + spaces + b'"}'
+
+
 def encode_envelope(sender: str, text: str, sent_at_ms: int) -> bytes:
-    """The plaintext of a text message, compact UTF-8 JSON."""
+    """The plaintext of a text message: compact UTF-8 JSON, padded."""
     envelope = {
         "v": ENVELOPE_VERSION,
         "type": "text",
@@ -44,7 +67,7 @@ def encode_envelope(sender: str, text: str, sent_at_ms: int) -> bytes:
         "text": text,
         "sent_at_ms": sent_at_ms,
     }
-    return json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return pad_envelope(json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
 
 
 class EnvelopeError(ValueError):
@@ -91,7 +114,8 @@ def decode_envelope(plaintext: bytes, expected_sender: str) -> Envelope:
 
     The ``sender`` inside must equal the delivery's, so a member cannot make its message
     appear under someone else's name within the ciphertext either. Unknown fields are
-    ignored: later versions may add some.
+    ignored: later versions may add some, and ``pad`` is one. An envelope of any length
+    is accepted, padded or not.
     """
     try:
         data = json.loads(
