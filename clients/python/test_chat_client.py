@@ -45,7 +45,14 @@ from e2ee_chat.binding import (
     verify_signature,
     wrap_chain_key,
 )
-from e2ee_chat.envelope import decode_envelope, encode_envelope, pad_envelope, pad_spaces
+from e2ee_chat.envelope import (
+    EnvelopeError,
+    decode_envelope,
+    encode_envelope,
+    encode_receipt,
+    pad_envelope,
+    pad_spaces,
+)
 from e2ee_chat.errors import ClientError
 from e2ee_chat.group import (
     OwnSenderKey,
@@ -88,6 +95,7 @@ from e2ee_chat.protocol import (
     PREKEY_ROTATE_MS,
 )
 from e2ee_chat.room import MemoryOwnerPins, RoomState, history_line, starting_seq, utc_time
+from e2ee_chat.receipts import ReceiptBook, ReceiptSchedule
 from e2ee_chat.session import ChatClient, history_limit, pending_lines
 from e2ee_chat.transport import is_loopback_host, parse_server_url
 
@@ -1085,6 +1093,11 @@ class Padding(unittest.TestCase):
         self.assertEqual(pad_envelope(exact), exact[:-1] + b',"pad":""}')
         self.assertEqual(len(pad_envelope(exact)), 256)
 
+    def test_receipts_are_padded_like_texts(self) -> None:
+        receipt = encode_receipt("bob", 1_764_012_345_999, 42, 40)
+        self.assertEqual(len(receipt), 256, "a short text and a receipt look alike")
+        self.assertEqual(len(encode_envelope("bob", "ok", 1_764_012_345_999)), 256)
+
     def test_any_length_is_accepted_and_pad_ignored(self) -> None:
         unpadded = b'{"v":1,"type":"text","sender":"bob","text":"hi","sent_at_ms":5}'
         self.assertEqual(decode_envelope(unpadded, "bob").text, "hi")
@@ -1102,6 +1115,125 @@ class Padding(unittest.TestCase):
         alice.state.seal_text("x" * most)
         with self.assertRaises(room_module.MessageTooLong):
             alice.state.seal_text("x" * (most + 1))
+
+
+class ReceiptEnvelopes(unittest.TestCase):
+    """PROTOCOL.md, "Receipts": the envelope and its refusals."""
+
+    def receipt(self, **fields: object) -> bytes:
+        envelope = {"v": 1, "type": "receipt", "sender": "bob", "text": "", "sent_at_ms": 1_764_012_345_999,
+                    "delivered_through": 42, "read_through": 40}
+        envelope.update(fields)
+        return json.dumps({k: v for k, v in envelope.items() if v is not None}).encode()
+
+    def test_a_receipt_parses(self) -> None:
+        envelope = decode_envelope(self.receipt(), "bob")
+        self.assertEqual((envelope.kind, envelope.delivered_through, envelope.read_through), ("receipt", 42, 40))
+        own = decode_envelope(encode_receipt("bob", 7, 42, 40), "bob")
+        self.assertEqual((own.kind, own.text, own.delivered_through, own.read_through), ("receipt", "", 42, 40))
+        self.assertEqual(decode_envelope(encode_receipt("bob", 7, 3, 9), "bob").read_through, 3, "never above")
+        top = decode_envelope(self.receipt(delivered_through=2**64 - 1, read_through=0), "bob")
+        self.assertEqual(top.delivered_through, 2**64 - 1)
+        above = decode_envelope(self.receipt(delivered_through=5, read_through=9), "bob")
+        self.assertEqual(above.read_through, 9, "accepted; counted as delivered_through")
+
+    def test_bad_receipts_are_refused(self) -> None:
+        raw_bad = [
+            self.receipt().replace(b'"delivered_through": 42', b'"delivered_through": 42.0'),
+            self.receipt().replace(b'"read_through": 40', b'"read_through": 4e1'),
+            self.receipt().replace(b'"read_through": 40', b'"read_through": 40, "read_through": 40'),
+        ]
+        bad = [
+            self.receipt(delivered_through=None),
+            self.receipt(read_through=None),
+            self.receipt(delivered_through="42"),
+            self.receipt(read_through=True),
+            self.receipt(read_through=[40]),
+            self.receipt(delivered_through=-1),
+            self.receipt(delivered_through=2**64),
+            self.receipt(read_through=2**64),
+            self.receipt(text=None),
+            self.receipt(text=5),
+            self.receipt(sender="mallory"),
+        ] + raw_bad
+        for plaintext in bad:
+            with self.subTest(plaintext), self.assertRaises(EnvelopeError):
+                decode_envelope(plaintext, "bob")
+        self.assertIsNone(decode_envelope(encode_envelope("bob", "t", 1), "bob").delivered_through)
+
+    def test_through_a_room_a_receipt_is_recognized_and_a_bad_one_dropped_with_a_warning(self) -> None:
+        alice, bob = User("alice", 0), User("bob", 1)
+        alice.state.on_joined(pb.Joined(room="lobby"))
+        join([alice], bob)
+        give(bob.state.rotate(), bob, alice)
+        opened = alice.state.open(delivery("bob", bob.state.seal_receipt(12, 10), seq=13))
+        self.assertTrue(opened.is_receipt)
+        self.assertFalse(opened.showable)
+        self.assertEqual((opened.seq, opened.envelope.delivered_through, opened.envelope.read_through), (13, 12, 10))
+        self.assertEqual(alice.state.warnings, [])
+        bad = bob.state.seal_plaintext(self.receipt(read_through=None))
+        self.assertIsNone(alice.state.open(delivery("bob", bad, seq=14)))
+        self.assertIn("read_through", alice.state.warnings[-1])
+        self.assertIn("bob", alice.state.warnings[-1])
+
+    def test_receipts_are_not_part_of_the_history(self) -> None:
+        alice, bob = User("alice", 0), User("bob", 1)
+        alice.state.on_joined(pb.Joined(room="lobby"))
+        join([alice], bob)
+        bob_frames = bob.state.rotate()
+        text = bob.state.seal_text("a text")
+        receipt = bob.state.seal_receipt(3, 3)
+        history = pb.History(room="lobby", entries=[pb.HistoryEntry(sender_key=d) for d in
+                                                    deliveries_for("alice", "bob", bob_frames, 2)]
+                             + [pb.HistoryEntry(message=delivery("bob", text, 3)),
+                                pb.HistoryEntry(message=delivery("bob", receipt, 4))])
+        self.assertEqual([m.text for m in alice.state.open_history(history)], ["a text"])
+        self.assertEqual(alice.state.warnings, [], "no 'cannot show' for a receipt")
+
+
+class Receipts(unittest.TestCase):
+    """The states of our messages, and when a receipt goes."""
+
+    def test_highest_numbers_are_kept_and_read_counts_at_most_as_delivered(self) -> None:
+        book = ReceiptBook()
+        book.note("bob", 10, 8)
+        book.note("bob", 9, 9)  # lower delivered changes nothing; read moves to 9
+        self.assertEqual(book.progress["bob"], (10, 9))
+        book.note("carol", 5, 50)
+        self.assertEqual(book.progress["carol"], (5, 5))
+
+    def test_delivered_and_read_count_only_those_it_was_sealed_for(self) -> None:
+        book = ReceiptBook()
+        book.stored("hi", 7, ("bob", "carol", "dave"))
+        book.note("bob", 9, 7)
+        book.note("carol", 7, 6)
+        book.note("erin", 100, 100)  # joined later: not counted
+        self.assertEqual(book.lines("lobby"), [
+            'receipts [lobby] "hi": delivered to 2 of 3 (bob, carol), read by 1 (bob)',
+        ])
+        book.stored("two\nlines", 11, ("bob",))
+        self.assertEqual(book.lines("lobby")[1], 'receipts [lobby] "two\\u{a}lines": delivered to 0 of 1, read by 0')
+        self.assertEqual(len(ReceiptBook().lines("lobby")), 1)
+        for n in range(20):
+            book.stored(str(n), 20 + n, ())
+        self.assertEqual(len(book.lines("lobby")), 10, "the last 10")
+
+    def test_at_most_one_receipt_every_two_seconds_and_only_when_something_moved(self) -> None:
+        now = [100.0]
+        schedule = ReceiptSchedule(clock=lambda: now[0])
+        self.assertFalse(schedule.take(), "nothing processed yet")
+        schedule.text_processed()
+        self.assertTrue(schedule.take())
+        self.assertFalse(schedule.take(), "nothing moved since")
+        schedule.text_processed()
+        now[0] += 1.9
+        self.assertFalse(schedule.take())
+        self.assertEqual(schedule.due_at(), 102.0)
+        now[0] += 0.1
+        self.assertTrue(schedule.take())
+        schedule.text_shown(5)
+        schedule.text_shown(3)
+        self.assertEqual(schedule.read_through, 5)
 
 
 class Home(unittest.TestCase):

@@ -1,13 +1,20 @@
-"""The plaintext of a message: the JSON envelope (encoded and padded to a multiple of 256
-bytes, then decoded and checked on receipt), and how a received text is shown on one
-line, escaped."""
+"""The plaintext of a message: the JSON envelope of a text or a receipt (encoded and
+padded to a multiple of 256 bytes, then decoded and checked on receipt), and how a
+received text is shown on one line, escaped."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Optional
 
 from .protocol import ENVELOPE_VERSION
+
+#: The two kinds of envelope this version knows; any other is not shown (a warning).
+TEXT = "text"
+RECEIPT = "receipt"
+#: Integers of the envelope are unsigned 64-bit (``v`` aside, 32-bit).
+_U64_END = 1 << 64
 
 
 # ---------------------------------------------------------------------------------------
@@ -58,16 +65,34 @@ def pad_envelope(unpadded: bytes) -> bytes:
     return unpadded[:-1] + b',"pad":"' + spaces + b'"}'
 
 
+def _serialize(envelope: dict[str, object]) -> bytes:
+    """Compact UTF-8 JSON, padded."""
+    return pad_envelope(json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+
+
 def encode_envelope(sender: str, text: str, sent_at_ms: int) -> bytes:
     """The plaintext of a text message: compact UTF-8 JSON, padded."""
-    envelope = {
+    return _serialize({
         "v": ENVELOPE_VERSION,
-        "type": "text",
+        "type": TEXT,
         "sender": sender,
         "text": text,
         "sent_at_ms": sent_at_ms,
-    }
-    return pad_envelope(json.dumps(envelope, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    })
+
+
+def encode_receipt(sender: str, sent_at_ms: int, delivered_through: int, read_through: int) -> bytes:
+    """The plaintext of a receipt: how far ``sender`` got in the room (PROTOCOL.md,
+    "Receipts"); ``read_through`` is never written above ``delivered_through``."""
+    return _serialize({
+        "v": ENVELOPE_VERSION,
+        "type": RECEIPT,
+        "sender": sender,
+        "text": "",
+        "sent_at_ms": sent_at_ms,
+        "delivered_through": delivered_through,
+        "read_through": min(read_through, delivered_through),
+    })
 
 
 class EnvelopeError(ValueError):
@@ -76,6 +101,10 @@ class EnvelopeError(ValueError):
 
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_u64(value: object) -> bool:
+    return _is_int(value) and 0 <= value < _U64_END  # type: ignore[operator]
 
 
 def _reject_constant(name: str) -> object:
@@ -100,13 +129,16 @@ def _check_encodable(value: str, field: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Envelope:
-    """A decoded envelope. Only ``kind == "text"`` can be shown by this version."""
+    """A decoded envelope. Only ``kind == "text"`` is shown; a ``"receipt"`` carries
+    ``delivered_through`` and ``read_through`` (None for any other kind)."""
 
     version: int
     kind: str
     sender: str
     text: str
     sent_at_ms: int
+    delivered_through: Optional[int] = None
+    read_through: Optional[int] = None
 
 
 def decode_envelope(plaintext: bytes, expected_sender: str) -> Envelope:
@@ -142,11 +174,18 @@ def decode_envelope(plaintext: bytes, expected_sender: str) -> Envelope:
     # Every field is required whatever the type (as the Rust client does); sent_at_ms
     # is an unsigned 64-bit integer.
     sent_at_ms = data.get("sent_at_ms")
-    if not _is_int(sent_at_ms) or not 0 <= sent_at_ms < 1 << 64:
+    if not _is_u64(sent_at_ms):
         raise EnvelopeError("missing or invalid sent_at_ms")
     text = data.get("text")
     if not isinstance(text, str):
         raise EnvelopeError("missing or non-string text")
     for field, value in (("type", kind), ("sender", sender), ("text", text)):
         _check_encodable(value, field)
-    return Envelope(version, kind, sender, text, sent_at_ms)
+    if kind != RECEIPT:
+        return Envelope(version, kind, sender, text, sent_at_ms)
+    delivered, read = data.get("delivered_through"), data.get("read_through")
+    if not _is_u64(delivered):
+        raise EnvelopeError("a receipt with a missing or invalid delivered_through")
+    if not _is_u64(read):
+        raise EnvelopeError("a receipt with a missing or invalid read_through")
+    return Envelope(version, kind, sender, text, sent_at_ms, delivered, read)

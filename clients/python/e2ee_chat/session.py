@@ -186,8 +186,11 @@ class ChatClient:
         self.info(f"warning: {message}")
 
     def show(self, message: ReceivedMessage) -> None:
-        """One stdout line per text; other kinds only get a note on stderr (like the
-        Rust client), so stdout stays exactly the received texts."""
+        """One stdout line per text; a receipt is routine traffic, never shown nor warned
+        about; other kinds only get a note on stderr (like the Rust client), so stdout
+        stays exactly the received texts."""
+        if message.is_receipt:
+            return
         if not message.showable:
             self.warn(f"[{message.room}] {message.sender} sent a kind of message this version cannot show")
             return
