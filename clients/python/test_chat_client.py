@@ -96,7 +96,8 @@ from e2ee_chat.protocol import (
 )
 from e2ee_chat.room import MemoryOwnerPins, RoomState, history_line, starting_seq, utc_time
 from e2ee_chat.receipts import ReceiptBook, ReceiptSchedule
-from e2ee_chat.session import ChatClient, history_limit, pending_lines
+from e2ee_chat.rooms import JoinedRoom, room_list
+from e2ee_chat.session import ChatClient, Request, history_arguments, history_limit, pending_lines
 from e2ee_chat.transport import is_loopback_host, parse_server_url
 
 _KEYS: list[rsa.RSAPrivateKey] = []
@@ -194,6 +195,31 @@ def delivery(sender: str, message: pb.SendMessage, seq: int = 0) -> pb.MessageDe
 
 def recipients(frames: list[pb.DistributeSenderKey]) -> list[str]:
     return [copy.recipient for frame in frames for copy in frame.copies]
+
+
+def offline_client(*rooms: str) -> ChatClient:
+    """alice's ChatClient in ``rooms``, each joined alone and caught up, without a relay:
+    its frames pile up in ``client.outbound``; events are fed to ``_on_frame`` and
+    ``_on_input`` by the test."""
+    client = ChatClient("http://127.0.0.1:1", "alice", list(rooms), Path("/nonexistent"), 2048)
+    alice = User("alice", 0)
+    client.identity, client.prekeys = alice.identity, alice.prekeys  # type: ignore[assignment]
+    for name in rooms:
+        state = User("alice", 0, room=name).state
+        state.on_joined(pb.Joined(room=name))
+        room = client.rooms[name] = JoinedRoom(state, None, at_start=True, create_private=False)
+        room.on_joined([])
+        room.ready = room.caught_up = True
+    client.current = rooms[0]
+    return client
+
+
+def sent_frames(client: ChatClient) -> list[pb.ClientFrame]:
+    """The frames ``client`` queued for the relay so far."""
+    frames = []
+    while not client.outbound.empty():
+        frames.append(client.outbound.get_nowait())
+    return frames
 
 
 H = bytes.fromhex
@@ -1033,16 +1059,15 @@ class CliHelpers(unittest.TestCase):
                 history_limit(wrong)
 
     def test_a_refused_message_is_reported_and_pending_lists_the_others(self) -> None:
-        client = ChatClient("http://127.0.0.1:1", "alice", "lobby", Path("/nonexistent"), 2048)
-        client.room = User("alice", 0).state
-        client.room.on_joined(pb.Joined(room="lobby"))
-        client._send_text("first")
-        client._send_text("second\nline")
-        first, second = client.unacked
+        client = offline_client("lobby")
+        room = client.rooms["lobby"]
+        client._on_input(("line", "first"))
+        client._on_input(("line", "second\nline"))
+        first, second = client.requests
         refusal = pb.ServerFrame(request_id=first, rejection=pb.Rejection(code=14, message="disk full"))
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
-            client._on_answer(refusal, "rejection")
+            client._on_frame(refusal)
             client._command("/pending")
         self.assertEqual(err.getvalue().splitlines(), [
             'failed to send "first": UNAVAILABLE: disk full',
@@ -1050,9 +1075,9 @@ class CliHelpers(unittest.TestCase):
             '  "second\\u{a}line"',
         ])
         self.assertEqual(client.refused, 1)
-        client._on_answer(pb.ServerFrame(request_id=second, ack=pb.Ack(seq=9)), "ack")
-        self.assertEqual(client.unacked, {})
-        self.assertEqual(client.room.last_seq, 0, "our own entries never move last_seq")
+        client._on_frame(pb.ServerFrame(request_id=second, ack=pb.Ack(seq=9)))
+        self.assertEqual(client.requests, {})
+        self.assertEqual(room.state.last_seq, 0, "our own entries never move last_seq")
 
     def test_pending_lists_each_text_on_one_line(self) -> None:
         self.assertEqual(len(pending_lines([])), 1)
@@ -1234,6 +1259,107 @@ class Receipts(unittest.TestCase):
         schedule.text_shown(5)
         schedule.text_shown(3)
         self.assertEqual(schedule.read_through, 5)
+
+
+class SeveralRooms(unittest.TestCase):
+    """One stream, several rooms: the commands of "Several rooms on one stream"."""
+
+    def test_room_lists(self) -> None:
+        self.assertEqual(room_list(["a,b", "c", "a"]), ["a", "b", "c"])
+        self.assertEqual(room_list(["lobby"]), ["lobby"])
+
+    def test_history_arguments(self) -> None:
+        joined = {"a", "20"}.__contains__
+        self.assertEqual(history_arguments([], joined), (None, None))
+        self.assertEqual(history_arguments(["5"], joined), (None, "5"))
+        self.assertEqual(history_arguments(["a"], joined), ("a", None))
+        self.assertEqual(history_arguments(["20"], joined), ("20", None), "a joined room named 20")
+        self.assertEqual(history_arguments(["a", "5"], joined), ("a", "5"))
+        with self.assertRaises(ValueError):
+            history_arguments(["a", "5", "6"], joined)
+
+    def test_messages_go_to_the_current_room_or_the_one_named(self) -> None:
+        client = offline_client("a", "b")
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            client._on_input(("line", "to a"))
+            client._on_input(("line", "/msg b  to b,  spaced"))
+            client._on_input(("line", "/switch b"))
+            client._on_input(("line", "//slash to b"))
+            client._on_input(("line", "/msg c nowhere"))
+            client._on_input(("line", "/msg b"))
+        rooms = [f.send.room for f in sent_frames(client)]
+        self.assertEqual(rooms, ["a", "b", "b"])
+        self.assertEqual([(r.room, r.text) for r in client.requests.values()],
+                         [("a", "to a"), ("b", "to b,  spaced"), ("b", "/slash to b")])
+        self.assertIn("you are not in c", err.getvalue())
+        self.assertIn("usage: /msg ROOM TEXT", err.getvalue())
+        ids = list(client.requests)
+        self.assertEqual(ids, sorted(set(ids)), "request ids unique on the stream")
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            client._command("/pending")
+        self.assertEqual(err.getvalue().splitlines()[1:], ['  [a] "to a"', '  [b] "to b,  spaced"', '  [b] "/slash to b"'])
+
+    def test_part_leaves_once_answered_and_the_first_room_left_becomes_current(self) -> None:
+        client = offline_client("a", "b", "c")
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            client._on_input(("line", "/switch b"))
+        self.assertEqual(err.getvalue(), "now in b: plain lines go there\n")
+        client._on_input(("line", "to b"))
+        client._on_input(("line", "/part"))
+        self.assertEqual(client.current, "a")
+        client._send_due_leaves()
+        self.assertEqual([f.WhichOneof("kind") for f in sent_frames(client)], ["send"], "the leave waits")
+        (message_id,) = client.requests
+        client._on_frame(pb.ServerFrame(request_id=message_id, ack=pb.Ack(seq=3)))
+        client._send_due_leaves()
+        (leave,) = sent_frames(client)
+        self.assertEqual(leave.leave.room, "b")
+        client.progress = Path(tempfile.mkdtemp()) / "progress.json"
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            client._on_frame(pb.ServerFrame(request_id=leave.request_id, ack=pb.Ack()))
+            client._on_frame(pb.ServerFrame(member_joined=pb.MemberJoined(room="b")))  # late: ignored
+            client._on_input(("line", "/leave a"))
+            client._on_input(("line", "/leave c"))
+        self.assertEqual(err.getvalue(), "left b\n")
+        self.assertEqual(list(client.rooms), ["a", "c"])
+        self.assertIsNone(client.current)
+        self.assertEqual(client.finishing, "quit", "no room left: ends as at end of input")
+
+    def test_a_removal_takes_the_room_out_and_the_last_one_ends_the_session(self) -> None:
+        client = offline_client("a", "b")
+        client.progress = Path(tempfile.mkdtemp()) / "progress.json"
+        save_last_seq(client.progress, client.server, "a", 4)
+        kicked = pb.MemberLeft(room="a", user="alice", reason=pb.LEAVE_REASON_KICKED)
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            client._on_frame(pb.ServerFrame(member_left=kicked))
+        self.assertEqual(err.getvalue(), "* the owner of a removed you from it\n")
+        self.assertEqual((list(client.rooms), client.current, client.finishing), (["b"], "b", None))
+        self.assertIsNone(load_last_seq(client.progress, client.server, "a"), "a later join is a first join")
+        kicked.room = "b"
+        with contextlib.redirect_stderr(io.StringIO()):
+            client._on_frame(pb.ServerFrame(member_left=kicked))
+        self.assertEqual(client.finishing, "quit", "no room left: ends as at end of input")
+        with self.assertRaisesRegex(ClientError, "you were removed from b by its owner"):
+            client._exit_status()
+
+    def test_a_later_join_refused_is_reported_and_the_session_goes_on(self) -> None:
+        client = offline_client("a")
+        client.progress = Path(tempfile.mkdtemp()) / "progress.json"
+        client._on_input(("line", "/join club"))
+        (join_frame,) = sent_frames(client)
+        self.assertEqual((join_frame.join.room, join_frame.join.create_private), ("club", False))
+        self.assertTrue(client._joining(), "input waits until the room is joined")
+        client.backlog.append(("line", "waits for the join"))
+        refusal = pb.Rejection(code=7, message="not invited")
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            client._on_frame(pb.ServerFrame(request_id=join_frame.request_id, rejection=refusal))
+        self.assertEqual(err.getvalue(), "cannot join club: PERMISSION_DENIED: not invited\n")
+        self.assertEqual(list(client.rooms), ["a"])
+        self.assertIsNone(client.finishing)
+        (sent,) = sent_frames(client)
+        self.assertEqual((sent.send.room, client.requests[sent.request_id].text), ("a", "waits for the join"))
+        with self.assertRaises(ClientError):  # a room of the command line: fatal
+            client._on_rejection(Request("join", "a"), client.rooms["a"], refusal)
 
 
 class Home(unittest.TestCase):
