@@ -197,11 +197,11 @@ def recipients(frames: list[pb.DistributeSenderKey]) -> list[str]:
     return [copy.recipient for frame in frames for copy in frame.copies]
 
 
-def offline_client(*rooms: str) -> ChatClient:
+def offline_client(*rooms: str, receipts: bool = True) -> ChatClient:
     """alice's ChatClient in ``rooms``, each joined alone and caught up, without a relay:
     its frames pile up in ``client.outbound``; events are fed to ``_on_frame`` and
     ``_on_input`` by the test."""
-    client = ChatClient("http://127.0.0.1:1", "alice", list(rooms), Path("/nonexistent"), 2048)
+    client = ChatClient("http://127.0.0.1:1", "alice", list(rooms), Path("/nonexistent"), 2048, receipts=receipts)
     alice = User("alice", 0)
     client.identity, client.prekeys = alice.identity, alice.prekeys  # type: ignore[assignment]
     for name in rooms:
@@ -1259,6 +1259,61 @@ class Receipts(unittest.TestCase):
         schedule.text_shown(5)
         schedule.text_shown(3)
         self.assertEqual(schedule.read_through, 5)
+
+    def test_the_session_counts_receipts_shows_no_line_and_sends_its_own_batched(self) -> None:
+        client = offline_client("lobby")
+        room = client.rooms["lobby"]
+        alice, bob = User("alice", 0), User("bob", 1)  # alice: the client's keys
+        room.state.on_joined(pb.Joined(room="lobby", members=[bob.public()]))
+        room.state.take_bundles([bob.bundle()])
+        bob.state.on_joined(pb.Joined(room="lobby", members=[alice.public()]))
+        bob.state.take_bundles([alice.bundle()])
+        for d in deliveries_for("bob", "alice", room.state.rotate()):
+            bob.state.accept_sender_key(d)
+        bob_frames = bob.state.rotate()
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            for d in deliveries_for("alice", "bob", bob_frames, seq=5):
+                client._on_frame(pb.ServerFrame(sender_key=d))
+            client._on_frame(pb.ServerFrame(message=delivery("bob", bob.state.seal_text("hello"), seq=6)))
+            client._on_frame(pb.ServerFrame(message=delivery("bob", bob.state.seal_receipt(6, 6), seq=7)))
+            client._send_receipts()
+            client._on_frame(pb.ServerFrame(message=delivery("bob", bob.state.seal_text("again"), seq=8)))
+            client._send_receipts()  # within two seconds of the first: not yet
+        self.assertEqual(out.getvalue().splitlines(), ["[lobby] bob: hello", "[lobby] bob: again"])
+        self.assertEqual(err.getvalue(), "", "a valid receipt is never warned about")
+        self.assertEqual(room.receipts.progress["bob"], (6, 6))
+        (frame,) = sent_frames(client)
+        receipt = bob.state.open(pb.MessageDelivery(room="lobby", sender="alice", sealed=frame.send.sealed, seq=9))
+        self.assertTrue(receipt.is_receipt)
+        # Piped stdout: delivered, not read. Only the first text was processed when it went.
+        self.assertEqual((receipt.envelope.delivered_through, receipt.envelope.read_through), (7, 0))
+        self.assertEqual(len(frame.send.sealed.ciphertext) - 16, 256, "padded like a short text")
+
+    def test_no_receipt_during_a_catch_up_nor_with_no_receipts(self) -> None:
+        for enabled in (True, False):
+            client = offline_client("lobby", receipts=enabled)
+            room = client.rooms["lobby"]
+            room.caught_up = False
+            room.schedule.text_processed()
+            client._send_receipts()
+            self.assertEqual(sent_frames(client), [])
+            with contextlib.redirect_stderr(io.StringIO()):
+                client._on_frame(pb.ServerFrame(caught_up=pb.CaughtUp(room="lobby", seq=3)))
+            client._send_receipts()
+            self.assertEqual(len(sent_frames(client)), 1 if enabled else 0)
+
+    def test_receipts_lists_our_acknowledged_messages_of_the_current_room(self) -> None:
+        client = offline_client("lobby")
+        client._on_input(("line", "hi"))
+        (request_id,) = client.requests
+        client._on_frame(pb.ServerFrame(request_id=request_id, ack=pb.Ack(seq=4)))
+        client.rooms["lobby"].receipts.note("bob", 4, 0)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            client._command("/receipts")
+        self.assertEqual(err.getvalue(), 'receipts [lobby] "hi": delivered to 0 of 0, read by 0\n',
+                         "alone when sent: sealed for nobody")
 
 
 class SeveralRooms(unittest.TestCase):

@@ -30,11 +30,20 @@ def default_home() -> str:
     return str(base / "e2ee-chat")
 
 
+#: Values of a yes/no environment variable that mean no (as clap's falsey values).
+_FALSEY = frozenset(["", "0", "n", "no", "f", "false", "off"])
+
+
+def env_flag(name: str) -> bool:
+    """A yes/no environment variable: set to anything but a falsey value means yes."""
+    return os.environ.get(name, "").strip().lower() not in _FALSEY
+
+
 EPILOG = (
     "Several rooms: --room a,b --room c joins them all on one stream; the first is the "
     "current room. stdin: a plain line = one message to the current room; /msg ROOM TEXT, "
     "/switch ROOM, /join ROOM, /part [ROOM] (= /leave [ROOM], for good), /who [ROOM], "
-    "/history [ROOM] [N], /invite NAME, /kick NAME (current room), /pending, "
+    "/history [ROOM] [N], /invite NAME, /kick NAME (current room), /receipts, /pending, "
     "/fingerprint, /verify, /trust, /quit, /help; // sends a leading /. Once no room is "
     "left the client ends as at end of input. stdout: [ROOM] SENDER: TEXT per received "
     "message. stderr: everything else."
@@ -67,6 +76,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="size of new identity keys: 2048, 3072 or 4096 [env CHAT_KEY_BITS]")
     parser.add_argument("--private", action="store_true",
                         help="create each room of --room private, owned by you, if it does not exist")
+    parser.add_argument("--no-receipts", action="store_true", default=env_flag("CHAT_NO_RECEIPTS"),
+                        help="send no receipts (how far you got in a room); others' are still "
+                        "counted [env CHAT_NO_RECEIPTS]")
     parser.add_argument("--ca-cert", default=env.get("CHAT_CA_CERT") or None,
                         help="PEM file of the CA certificates to trust for an https:// relay "
                         "(default: the system's) [env CHAT_CA_CERT]")
@@ -98,6 +110,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         Path(args.ca_cert).expanduser() if args.ca_cert else None,
         private=args.private,
         registration_token=args.registration_token,
+        receipts=not args.no_receipts,
     )
     try:
         code = client.run()

@@ -2,12 +2,13 @@
 ``--room`` lists (:func:`room_list`), and :class:`JoinedRoom`, what the session keeps of
 one room besides its end-to-end state (:class:`~.room.RoomState`): where it asked to
 catch up from and what it saved, its join and catch-up, the acknowledgements held back
-until it is caught up, and leaving it. No I/O."""
+until it is caught up, leaving it, and its receipts. No I/O."""
 
 from __future__ import annotations
 
 from typing import Iterable, Optional
 
+from .receipts import ReceiptBook, ReceiptSchedule
 from .room import RoomState
 
 
@@ -51,6 +52,8 @@ class JoinedRoom:
         #: what was sent before is answered.
         self.leaving = False
         self.leave_request: Optional[int] = None
+        self.receipts = ReceiptBook()
+        self.schedule = ReceiptSchedule()
 
     def on_joined(self, distributions: list[int]) -> bool:
         """The join was answered and our key handed out in ``distributions``; True if
@@ -84,3 +87,14 @@ class JoinedRoom:
     def takes_input(self) -> bool:
         """Whether messages and commands may still go to this room."""
         return self.ready and not self.leaving
+
+    def receipt_due(self) -> bool:
+        """Whether a receipt goes now: none while catching up (one after ``caught_up``),
+        none once leaving, and at most one every two seconds."""
+        return self.caught_up and not self.leaving and self.schedule.take()
+
+    def next_receipt_at(self) -> Optional[float]:
+        """When a receipt wanted for this room may go (monotonic clock), if one is."""
+        if not self.caught_up or self.leaving:
+            return None
+        return self.schedule.due_at()

@@ -72,6 +72,7 @@ HELP_TEXT = """commands:
   /invite NAME         let NAME join the current room, if private (owner only)
   /kick NAME           remove NAME from the current room, if private (owner only)
   /pending             list the messages sent but not yet acknowledged by the relay
+  /receipts            how far your last messages in the current room got (delivered, read)
   /history [ROOM] [N]  show ROOM's last N messages (1 to 100, default 20) on stderr:
                        history [ROOM] SENDER (YYYY-MM-DD HH:MM:SS UTC): TEXT
   /quit                disconnect and exit; you stay a member (as at end of input)
@@ -126,15 +127,17 @@ def pending_lines(texts: list[str], rooms: Optional[list[str]] = None) -> list[s
 class Request:
     """A frame sent and not answered yet: what it was and for which room.
 
-    ``what`` is one of ``join``, ``message``, ``key distribution``,
+    ``what`` is one of ``join``, ``message``, ``receipt``, ``key distribution``,
     ``history``, ``leave``, ``/invite``, ``/kick``."""
 
     what: str
     room: str
     #: A message's text; the user named by /invite or /kick.
     text: str = ""
-    #: (key_id, iteration) of a message: the hand-out point moves on its ack.
+    #: (key_id, iteration) of a message or receipt: the hand-out point moves on its ack.
     sealed: Optional[tuple[int, int]] = None
+    #: Who held our key when a text was sealed: its receipts count against them.
+    sealed_for: tuple[str, ...] = ()
 
 
 _CLOSE = object()  # ends the request iterator (half-closes the stream)
@@ -152,7 +155,7 @@ class ChatClient:
     next run joins each room with the last sequence number processed there
     (``progress.json``) to catch up on what was said meanwhile. Only /part or /leave
     (or a kick) ends a membership. Request ids count up over the whole stream; every
-    per-room thing (end-to-end state, progress, catch-up, leaving) lives in
+    per-room thing (end-to-end state, progress, catch-up, receipts, leaving) lives in
     the room's :class:`~.rooms.JoinedRoom`; pinned contacts are shared by all rooms.
     """
 
@@ -166,6 +169,7 @@ class ChatClient:
         ca_cert: Optional[Path] = None,
         private: bool = False,
         registration_token: str = "",
+        receipts: bool = True,
     ) -> None:
         self.server = server
         self.private = private
@@ -176,6 +180,7 @@ class ChatClient:
         self.home = home
         self.key_bits = key_bits
         self.ca_cert = ca_cert
+        self.send_receipts = receipts
         self.events: queue.Queue[tuple] = queue.Queue()
         self.outbound: queue.Queue[object] = queue.Queue()
         self.next_request_id = 1
@@ -197,6 +202,8 @@ class ChatClient:
         self.gone: set[str] = set()
         #: Lines are prefixed with their room once the session has several.
         self.several_rooms = len(self.room_names) > 1
+        #: Whether what is printed on stdout is in front of a person (read receipts).
+        self.stdout_is_terminal = False
         self.backlog: collections.deque[tuple] = collections.deque()
         self.finishing: Optional[str] = None  # "quit" once input ended or no room is left
         #: When the relay must have answered everything, once finishing.
@@ -227,17 +234,23 @@ class ChatClient:
         """`` in ROOM`` for lines about one room's messages, once there are several."""
         return f" in {room}" if self.several_rooms else ""
 
-    def _received(self, _room: JoinedRoom, message: ReceivedMessage) -> None:
-        """One stdout line per text; a receipt is routine traffic, never shown nor warned
-        about; other kinds only get a note on stderr (like the Rust client), so stdout
-        stays exactly the received texts."""
+    def _received(self, room: JoinedRoom, message: ReceivedMessage) -> None:
+        """One stdout line per text; a receipt is counted, never shown nor warned about;
+        other kinds only get a note on stderr (like the Rust client), so stdout stays
+        exactly the received texts."""
         if message.is_receipt:
+            envelope = message.envelope
+            assert envelope.delivered_through is not None and envelope.read_through is not None
+            room.receipts.note(message.sender, envelope.delivered_through, envelope.read_through)
             return
         if not message.showable:
             self.warn(f"[{message.room}] {message.sender} sent a kind of message this version cannot show")
             return
         sys.stdout.write(message.line() + "\n")
         sys.stdout.flush()
+        room.schedule.text_processed()
+        if self.stdout_is_terminal:  # written to a pipe or a file, it is only delivered
+            room.schedule.text_shown(message.seq)
 
     # -- setup ------------------------------------------------------------------------
 
@@ -271,6 +284,7 @@ class ChatClient:
         for name in self.room_names:
             self.rooms[name] = self._new_room(name, saved[name], at_start=True)
         self.current = self.room_names[0]
+        self.stdout_is_terminal = sys.stdout.isatty()
         self.channel = open_channel(self.server, self.ca_cert)
         try:
             return self._session()
@@ -501,10 +515,21 @@ class ChatClient:
             self.info(f"not sent: {exc}")
             return None
         request.sealed = (message.sealed.key_id, message.sealed.iteration)
+        request.sealed_for = room.state.sealed_for()  # after any new key: who holds this one
         return self._send_frame(request, send=message)
 
     def _send_text(self, room: JoinedRoom, text: str) -> None:
         self._send_sealed(room, lambda: room.state.seal_text(text), Request("message", room.name, text=text))
+
+    def _send_receipts(self) -> None:
+        """A receipt for each room where one is due (PROTOCOL.md, "Receipts"): none with
+        --no-receipts, none once the session is ending."""
+        if not self.send_receipts or self.finishing is not None:
+            return
+        for room in list(self.rooms.values()):
+            if room.receipt_due():
+                delivered, read = room.state.last_seq, room.schedule.read_through
+                self._send_sealed(room, lambda: room.state.seal_receipt(delivered, read), Request("receipt", room.name))
 
     def _send_due_leaves(self) -> None:
         """Sends the leave of each room being left once everything sent to it is
@@ -537,6 +562,7 @@ class ChatClient:
                     self._on_input(event)
             if self.events.empty():  # a burst (a catch-up) costs one write, not one per frame
                 self._save_progress()
+                self._send_receipts()
             self._send_due_leaves()
             if self._maybe_finish():
                 return self._exit_status()
@@ -549,11 +575,12 @@ class ChatClient:
         return 1 if self.failed else 0
 
     def _next_event(self) -> tuple:
-        """The next event; ``("timer",)`` when the prekey maintenance is due; once
-        finishing, only until the closing deadline."""
+        """The next event; ``("timer",)`` when the prekey maintenance or a receipt is
+        due; once finishing, only until the closing deadline."""
         if self.closing_deadline is None:
+            wake = min([self.next_maintenance, *self._receipt_times()])
             try:
-                return self.events.get(timeout=max(0.0, self.next_maintenance - time.monotonic()))
+                return self.events.get(timeout=max(0.0, wake - time.monotonic()))
             except queue.Empty:
                 return ("timer",)
         try:
@@ -563,6 +590,12 @@ class ChatClient:
                 f"timed out after {CLOSING_TIMEOUT_SECONDS} s waiting for the relay to acknowledge "
                 f"{len(self.requests)} frame(s){self._undelivered()}"
             ) from None
+
+    def _receipt_times(self) -> list[float]:
+        if not self.send_receipts or self.finishing is not None:
+            return []
+        times = (room.next_receipt_at() for room in self.rooms.values())
+        return [t for t in times if t is not None]
 
     def _joining(self) -> bool:
         """Whether a room is still being joined: input waits until it is ready."""
@@ -744,16 +777,20 @@ class ChatClient:
             self.info(f'failed to send "{escape_text(request.text)}"{self._in(request.room)}: {reason}')
         elif room is None:
             return  # removed from the room meanwhile: its last frames were refused
+        elif request.what == "receipt":
+            self.warn(f"the relay refused a receipt in {request.room}: {reason}")
         elif request.what == "history":
             self.warn(f"the relay refused to send the history{self._in(request.room)}: {reason}")
         else:
             raise ClientError(f"the relay refused a {request.what}{self._in(request.room)}: {reason}")
 
-    def _on_ack(self, request: Request, room: JoinedRoom, request_id: int, _ack: pb.Ack) -> None:
+    def _on_ack(self, request: Request, room: JoinedRoom, request_id: int, ack: pb.Ack) -> None:
         # Our own entries never move last_seq: only deliveries do.
         if request.sealed is not None:
             room.acknowledged(request.sealed)
-        if request.what == "key distribution":
+        if request.what == "message":
+            room.receipts.stored(request.text, ack.seq, request.sealed_for)
+        elif request.what == "key distribution":
             if room.distribution_answered(request_id):
                 self._become_ready(room)
         elif request.what == "leave":
@@ -914,6 +951,7 @@ class ChatClient:
             "/who": self._cmd_who,
             "/history": self._cmd_history,
             "/pending": self._cmd_pending,
+            "/receipts": self._cmd_receipts,
             "/fingerprint": self._cmd_fingerprint,
             "/verify": self._cmd_verify,
             "/trust": self._cmd_one_name,
@@ -1024,6 +1062,15 @@ class ChatClient:
         rooms = [r.room for r in texts] if self.several_rooms else None
         for line in pending_lines([r.text for r in texts], rooms):
             self.info(line)
+
+    def _cmd_receipts(self, args: list[str], _line: str) -> None:
+        if args:
+            self.info("usage: /receipts")
+            return
+        room = self._current_room()
+        if room is not None:
+            for line in room.receipts.lines(room.name):
+                self.info(line)
 
     def _cmd_fingerprint(self, _args: list[str], _line: str) -> None:
         assert self.identity is not None
