@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 
 use common::process::{
     ClientProcess, ServerProcess, assert_one_line_error, burst_to_a_busy_reader_and_an_away_one,
-    chat_client, rust_client, wait_for_line,
+    chat_client, join_and_go_away, run_client, rust_client, wait_for_line,
 };
 
 fn python_dir() -> PathBuf {
@@ -122,6 +122,148 @@ fn python_and_rust_users_read_each_other_including_a_newcomer() {
         let (status, stdout, stderr) = client.finish();
         assert!(status.success(), "{stderr:?}");
         assert!(stdout.is_empty(), "{stdout:?}");
+    }
+}
+
+/// Waits until a line containing each of `needles` went by, in any order; returns every
+/// line read.
+fn wait_for_lines(lines: &std::sync::mpsc::Receiver<String>, needles: &[&str]) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    for needle in needles {
+        if !seen.iter().any(|line| line.contains(needle)) {
+            seen.extend(wait_for_line(lines, needle));
+        }
+    }
+    seen
+}
+
+/// One Python client in several rooms on one stream, each Rust member alone in its room
+/// (the Rust client has one room per run): a plain line goes to the current room, `/msg`
+/// to another, `/switch` changes the current room; each Rust member gets exactly its
+/// room's messages and the Python client prints both rooms' with their prefix. A later
+/// `/join` catches up from the saved progress, a refused one is only reported, and
+/// `/part` leaves for good: the member left behind sees it.
+#[test]
+fn a_python_client_chats_in_several_rooms_on_one_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let home = dir.path().join("home");
+    let url = server.url.as_str();
+    // alice was in gamma before, and saved where she was; erin speaks there meanwhile.
+    join_and_go_away(python_client(url, "alice", "gamma", &home));
+    let (status, _, stderr) = run_client(
+        &mut rust_client(url, "erin", "gamma", &home),
+        "said while alice was away\n",
+    );
+    assert!(status.success(), "{stderr}");
+    // dave's private room, which alice was not invited to.
+    let mut private = rust_client(url, "dave", "club", &home);
+    private.arg("--private");
+    join_and_go_away(private);
+
+    let mut bob = ClientProcess::joined(rust_client(url, "bob", "alpha", &home), "alpha");
+    let mut carol = ClientProcess::joined(rust_client(url, "carol", "beta", &home), "beta");
+    let mut erin = ClientProcess::joined(rust_client(url, "erin", "gamma", &home), "gamma");
+    let mut alice = ClientProcess::start(python_client(url, "alice", "alpha,beta", &home));
+    wait_for_lines(&alice.stderr, &["joined alpha", "joined beta"]);
+    wait_for_line(&bob.stderr, "alice joined alpha");
+    wait_for_line(&carol.stderr, "alice joined beta");
+
+    alice.say("to alpha, the current room");
+    bob.expect_stdout("[alpha] alice: to alpha, the current room");
+    alice.say("/msg beta to beta by name");
+    carol.expect_stdout("[beta] alice: to beta by name");
+    alice.say("/switch beta");
+    alice.say("to beta, now the current room");
+    carol.expect_stdout("[beta] alice: to beta, now the current room");
+    bob.say("from bob in alpha");
+    alice.expect_stdout("[alpha] bob: from bob in alpha");
+    carol.say("from carol in beta");
+    alice.expect_stdout("[beta] carol: from carol in beta");
+
+    // A refused /join is reported, and the session goes on.
+    alice.say("/join club");
+    let refused = wait_for_line(&alice.stderr, "cannot join club");
+    assert!(
+        refused.last().unwrap().contains("PERMISSION_DENIED"),
+        "{refused:?}"
+    );
+    alice.say("/msg alpha still here");
+    bob.expect_stdout("[alpha] alice: still here");
+
+    // A later /join on the same stream catches up from where alice was.
+    alice.say("/join gamma");
+    alice.say("/msg gamma back in gamma");
+    alice.expect_stdout("[gamma] erin: said while alice was away");
+    wait_for_lines(&alice.stderr, &["caught up on gamma", "joined gamma"]);
+    erin.expect_stdout("[gamma] alice: back in gamma");
+    erin.say("welcome back");
+    alice.expect_stdout("[gamma] erin: welcome back");
+
+    // /part leaves the current room (beta) for good; alpha, the first left, is current.
+    alice.say("/part");
+    wait_for_line(&carol.stderr, "alice left beta");
+    wait_for_line(&alice.stderr, "left beta");
+    alice.say("after leaving beta");
+    bob.expect_stdout("[alpha] alice: after leaving beta");
+    carol.say("alice is gone");
+
+    // Each Rust member got exactly its room's messages; alice nothing of beta after it.
+    for client in [bob, carol, erin] {
+        let (status, stdout, stderr) = client.finish();
+        assert!(status.success(), "{stderr:?}");
+        assert!(stdout.is_empty(), "{stdout:?}");
+    }
+    let (status, stdout, stderr) = alice.finish();
+    assert!(status.success(), "{stderr:?}");
+    assert!(stdout.is_empty(), "{stdout:?}");
+    let progress = std::fs::read_to_string(home.join("alice").join("progress.json")).unwrap();
+    let progress: serde_json::Value = serde_json::from_str(&progress).unwrap();
+    let rooms = progress["servers"][url].as_object().unwrap();
+    let mut names: Vec<&str> = rooms.keys().map(String::as_str).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["alpha", "gamma"], "beta is forgotten once left");
+}
+
+/// Receipts between two Python members: the reader's client says how far it got (its
+/// stdout is a pipe: delivered, not read), the sender's `/receipts` shows it, and neither
+/// prints a receipt or warns about one.
+#[test]
+fn python_receipts_say_a_message_was_delivered_and_are_never_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let home = dir.path().join("home");
+    let mut alice =
+        ClientProcess::joined(python_client(&server.url, "alice", "lobby", &home), "lobby");
+    let bob = ClientProcess::joined(python_client(&server.url, "bob", "lobby", &home), "lobby");
+    wait_for_line(&alice.stderr, "bob joined lobby");
+
+    alice.say("did you get this?");
+    bob.expect_stdout("[lobby] alice: did you get this?");
+    let wanted = "receipts [lobby] \"did you get this?\": delivered to 1 of 1 (bob), read by 0";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seen = Vec::new();
+    loop {
+        alice.say("/receipts");
+        seen.extend(wait_for_line(&alice.stderr, "receipts [lobby]"));
+        if seen.last().unwrap() == wanted {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{seen:?}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        !seen.iter().any(|line| line.starts_with("warning")),
+        "{seen:?}"
+    );
+    for client in [alice, bob] {
+        let (status, stdout, stderr) = client.finish();
+        assert!(status.success(), "{stderr:?}");
+        assert!(stdout.is_empty(), "a receipt printed: {stdout:?}");
+        assert!(
+            !stderr.iter().any(|line| line.starts_with("warning")),
+            "{stderr:?}"
+        );
     }
 }
 

@@ -45,6 +45,14 @@ from e2ee_chat.binding import (
     verify_signature,
     wrap_chain_key,
 )
+from e2ee_chat.envelope import (
+    EnvelopeError,
+    decode_envelope,
+    encode_envelope,
+    encode_receipt,
+    pad_envelope,
+    pad_spaces,
+)
 from e2ee_chat.errors import ClientError
 from e2ee_chat.group import (
     OwnSenderKey,
@@ -87,7 +95,9 @@ from e2ee_chat.protocol import (
     PREKEY_ROTATE_MS,
 )
 from e2ee_chat.room import MemoryOwnerPins, RoomState, history_line, starting_seq, utc_time
-from e2ee_chat.session import ChatClient, history_limit, pending_lines
+from e2ee_chat.receipts import ReceiptBook, ReceiptSchedule
+from e2ee_chat.rooms import JoinedRoom, room_list
+from e2ee_chat.session import ChatClient, Request, history_arguments, history_limit, pending_lines
 from e2ee_chat.transport import is_loopback_host, parse_server_url
 
 _KEYS: list[rsa.RSAPrivateKey] = []
@@ -185,6 +195,31 @@ def delivery(sender: str, message: pb.SendMessage, seq: int = 0) -> pb.MessageDe
 
 def recipients(frames: list[pb.DistributeSenderKey]) -> list[str]:
     return [copy.recipient for frame in frames for copy in frame.copies]
+
+
+def offline_client(*rooms: str, receipts: bool = True) -> ChatClient:
+    """alice's ChatClient in ``rooms``, each joined alone and caught up, without a relay:
+    its frames pile up in ``client.outbound``; events are fed to ``_on_frame`` and
+    ``_on_input`` by the test."""
+    client = ChatClient("http://127.0.0.1:1", "alice", list(rooms), Path("/nonexistent"), 2048, receipts=receipts)
+    alice = User("alice", 0)
+    client.identity, client.prekeys = alice.identity, alice.prekeys  # type: ignore[assignment]
+    for name in rooms:
+        state = User("alice", 0, room=name).state
+        state.on_joined(pb.Joined(room=name))
+        room = client.rooms[name] = JoinedRoom(state, None, at_start=True, create_private=False)
+        room.on_joined([])
+        room.ready = room.caught_up = True
+    client.current = rooms[0]
+    return client
+
+
+def sent_frames(client: ChatClient) -> list[pb.ClientFrame]:
+    """The frames ``client`` queued for the relay so far."""
+    frames = []
+    while not client.outbound.empty():
+        frames.append(client.outbound.get_nowait())
+    return frames
 
 
 H = bytes.fromhex
@@ -1024,16 +1059,15 @@ class CliHelpers(unittest.TestCase):
                 history_limit(wrong)
 
     def test_a_refused_message_is_reported_and_pending_lists_the_others(self) -> None:
-        client = ChatClient("http://127.0.0.1:1", "alice", "lobby", Path("/nonexistent"), 2048)
-        client.room = User("alice", 0).state
-        client.room.on_joined(pb.Joined(room="lobby"))
-        client._send_text("first")
-        client._send_text("second\nline")
-        first, second = client.unacked
+        client = offline_client("lobby")
+        room = client.rooms["lobby"]
+        client._on_input(("line", "first"))
+        client._on_input(("line", "second\nline"))
+        first, second = client.requests
         refusal = pb.ServerFrame(request_id=first, rejection=pb.Rejection(code=14, message="disk full"))
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
-            client._on_answer(refusal, "rejection")
+            client._on_frame(refusal)
             client._command("/pending")
         self.assertEqual(err.getvalue().splitlines(), [
             'failed to send "first": UNAVAILABLE: disk full',
@@ -1041,9 +1075,9 @@ class CliHelpers(unittest.TestCase):
             '  "second\\u{a}line"',
         ])
         self.assertEqual(client.refused, 1)
-        client._on_answer(pb.ServerFrame(request_id=second, ack=pb.Ack(seq=9)), "ack")
-        self.assertEqual(client.unacked, {})
-        self.assertEqual(client.room.last_seq, 0, "our own entries never move last_seq")
+        client._on_frame(pb.ServerFrame(request_id=second, ack=pb.Ack(seq=9)))
+        self.assertEqual(client.requests, {})
+        self.assertEqual(room.state.last_seq, 0, "our own entries never move last_seq")
 
     def test_pending_lists_each_text_on_one_line(self) -> None:
         self.assertEqual(len(pending_lines([])), 1)
@@ -1051,6 +1085,336 @@ class CliHelpers(unittest.TestCase):
             pending_lines(["hi", "a\nb"]),
             ["2 message(s) sent but not acknowledged yet:", '  "hi"', '  "a\\u{a}b"'],
         )
+
+
+class Padding(unittest.TestCase):
+    """PROTOCOL.md, "Padding": every sealed envelope is a multiple of 256 bytes."""
+
+    def test_every_envelope_is_a_multiple_of_256_bytes_and_parses_back_equal(self) -> None:
+        texts = ["", "a", "hello", "ünïcödé 'quotes' \"doubles\"", "\u202e\n", "x" * 255, "y" * 1000, "€" * 300]
+        texts += ["z" * n for n in range(150, 420)]  # every remainder mod 256
+        for text in texts:
+            padded = encode_envelope("alice", text, 1_764_012_345_678)
+            with self.subTest(length=len(text)):
+                self.assertEqual(len(padded) % 256, 0)
+                parsed = json.loads(padded)
+                pad = parsed.pop("pad")
+                self.assertEqual(set(pad), set(" ") if pad else set())
+                self.assertEqual(parsed, {"v": 1, "type": "text", "sender": "alice", "text": text,
+                                          "sent_at_ms": 1_764_012_345_678})
+                self.assertEqual(decode_envelope(padded, "alice").text, text)
+
+    def test_the_formula(self) -> None:
+        for length in range(2, 1200):
+            spaces = pad_spaces(length)
+            self.assertEqual(spaces, (256 - (length + 9) % 256) % 256)
+            self.assertTrue(0 <= spaces < 256)
+            self.assertEqual((length + 9 + spaces) % 256, 0)
+        unpadded = b'{"v":1}'
+        padded = pad_envelope(unpadded)
+        self.assertEqual(padded, b'{"v":1,"pad":"' + b" " * (256 - 7 - 9) + b'"}')
+        self.assertEqual(len(padded), 256)
+        exact = b'{"a":"' + b"b" * (256 - 9 - 8) + b'"}'  # L + 9 = 256: no space at all
+        self.assertEqual(pad_envelope(exact), exact[:-1] + b',"pad":""}')
+        self.assertEqual(len(pad_envelope(exact)), 256)
+
+    def test_receipts_are_padded_like_texts(self) -> None:
+        receipt = encode_receipt("bob", 1_764_012_345_999, 42, 40)
+        self.assertEqual(len(receipt), 256, "a short text and a receipt look alike")
+        self.assertEqual(len(encode_envelope("bob", "ok", 1_764_012_345_999)), 256)
+
+    def test_any_length_is_accepted_and_pad_ignored(self) -> None:
+        unpadded = b'{"v":1,"type":"text","sender":"bob","text":"hi","sent_at_ms":5}'
+        self.assertEqual(decode_envelope(unpadded, "bob").text, "hi")
+        odd = b'{"v":1,"type":"text","sender":"bob","text":"hi","sent_at_ms":5,"pad":"   "}'
+        self.assertEqual(decode_envelope(odd, "bob").text, "hi")
+        self.assertEqual(decode_envelope(odd.replace(b'"   "', b"17"), "bob").text, "hi", "pad is ignored, whatever it is")
+
+    def test_the_32_kib_limit_counts_the_padding(self) -> None:
+        alice = User("alice", 0, clock_ms=lambda: 1_764_012_345_678)
+        alice.state.on_joined(pb.Joined(room="lobby"))
+        empty = encode_envelope("alice", "", 1_764_012_345_678)
+        overhead = len(empty) - 9 - empty.count(b" ")  # the padding's spaces are its only ones
+        most = 32 * 1024 - 9 - overhead  # padded to exactly 32 KiB, without a single space
+        self.assertEqual(len(encode_envelope("alice", "x" * most, 1_764_012_345_678)), 32 * 1024)
+        alice.state.seal_text("x" * most)
+        with self.assertRaises(room_module.MessageTooLong):
+            alice.state.seal_text("x" * (most + 1))
+
+
+class ReceiptEnvelopes(unittest.TestCase):
+    """PROTOCOL.md, "Receipts": the envelope and its refusals."""
+
+    def receipt(self, **fields: object) -> bytes:
+        envelope = {"v": 1, "type": "receipt", "sender": "bob", "text": "", "sent_at_ms": 1_764_012_345_999,
+                    "delivered_through": 42, "read_through": 40}
+        envelope.update(fields)
+        return json.dumps({k: v for k, v in envelope.items() if v is not None}).encode()
+
+    def test_a_receipt_parses(self) -> None:
+        envelope = decode_envelope(self.receipt(), "bob")
+        self.assertEqual((envelope.kind, envelope.delivered_through, envelope.read_through), ("receipt", 42, 40))
+        own = decode_envelope(encode_receipt("bob", 7, 42, 40), "bob")
+        self.assertEqual((own.kind, own.text, own.delivered_through, own.read_through), ("receipt", "", 42, 40))
+        self.assertEqual(decode_envelope(encode_receipt("bob", 7, 3, 9), "bob").read_through, 3, "never above")
+        top = decode_envelope(self.receipt(delivered_through=2**64 - 1, read_through=0), "bob")
+        self.assertEqual(top.delivered_through, 2**64 - 1)
+        above = decode_envelope(self.receipt(delivered_through=5, read_through=9), "bob")
+        self.assertEqual(above.read_through, 9, "accepted; counted as delivered_through")
+
+    def test_bad_receipts_are_refused(self) -> None:
+        raw_bad = [
+            self.receipt().replace(b'"delivered_through": 42', b'"delivered_through": 42.0'),
+            self.receipt().replace(b'"read_through": 40', b'"read_through": 4e1'),
+            self.receipt().replace(b'"read_through": 40', b'"read_through": 40, "read_through": 40'),
+        ]
+        bad = [
+            self.receipt(delivered_through=None),
+            self.receipt(read_through=None),
+            self.receipt(delivered_through="42"),
+            self.receipt(read_through=True),
+            self.receipt(read_through=[40]),
+            self.receipt(delivered_through=-1),
+            self.receipt(delivered_through=2**64),
+            self.receipt(read_through=2**64),
+            self.receipt(text=None),
+            self.receipt(text=5),
+            self.receipt(sender="mallory"),
+        ] + raw_bad
+        for plaintext in bad:
+            with self.subTest(plaintext), self.assertRaises(EnvelopeError):
+                decode_envelope(plaintext, "bob")
+        self.assertIsNone(decode_envelope(encode_envelope("bob", "t", 1), "bob").delivered_through)
+
+    def test_through_a_room_a_receipt_is_recognized_and_a_bad_one_dropped_with_a_warning(self) -> None:
+        alice, bob = User("alice", 0), User("bob", 1)
+        alice.state.on_joined(pb.Joined(room="lobby"))
+        join([alice], bob)
+        give(bob.state.rotate(), bob, alice)
+        opened = alice.state.open(delivery("bob", bob.state.seal_receipt(12, 10), seq=13))
+        self.assertTrue(opened.is_receipt)
+        self.assertFalse(opened.showable)
+        self.assertEqual((opened.seq, opened.envelope.delivered_through, opened.envelope.read_through), (13, 12, 10))
+        self.assertEqual(alice.state.warnings, [])
+        bad = bob.state.seal_plaintext(self.receipt(read_through=None))
+        self.assertIsNone(alice.state.open(delivery("bob", bad, seq=14)))
+        self.assertIn("read_through", alice.state.warnings[-1])
+        self.assertIn("bob", alice.state.warnings[-1])
+
+    def test_receipts_are_not_part_of_the_history(self) -> None:
+        alice, bob = User("alice", 0), User("bob", 1)
+        alice.state.on_joined(pb.Joined(room="lobby"))
+        join([alice], bob)
+        bob_frames = bob.state.rotate()
+        text = bob.state.seal_text("a text")
+        receipt = bob.state.seal_receipt(3, 3)
+        history = pb.History(room="lobby", entries=[pb.HistoryEntry(sender_key=d) for d in
+                                                    deliveries_for("alice", "bob", bob_frames, 2)]
+                             + [pb.HistoryEntry(message=delivery("bob", text, 3)),
+                                pb.HistoryEntry(message=delivery("bob", receipt, 4))])
+        self.assertEqual([m.text for m in alice.state.open_history(history)], ["a text"])
+        self.assertEqual(alice.state.warnings, [], "no 'cannot show' for a receipt")
+
+
+class Receipts(unittest.TestCase):
+    """The states of our messages, and when a receipt goes."""
+
+    def test_highest_numbers_are_kept_and_read_counts_at_most_as_delivered(self) -> None:
+        book = ReceiptBook()
+        book.note("bob", 10, 8)
+        book.note("bob", 9, 9)  # lower delivered changes nothing; read moves to 9
+        self.assertEqual(book.progress["bob"], (10, 9))
+        book.note("carol", 5, 50)
+        self.assertEqual(book.progress["carol"], (5, 5))
+
+    def test_delivered_and_read_count_only_those_it_was_sealed_for(self) -> None:
+        book = ReceiptBook()
+        book.stored("hi", 7, ("bob", "carol", "dave"))
+        book.note("bob", 9, 7)
+        book.note("carol", 7, 6)
+        book.note("erin", 100, 100)  # joined later: not counted
+        self.assertEqual(book.lines("lobby"), [
+            'receipts [lobby] "hi": delivered to 2 of 3 (bob, carol), read by 1 (bob)',
+        ])
+        book.stored("two\nlines", 11, ("bob",))
+        self.assertEqual(book.lines("lobby")[1], 'receipts [lobby] "two\\u{a}lines": delivered to 0 of 1, read by 0')
+        self.assertEqual(len(ReceiptBook().lines("lobby")), 1)
+        for n in range(20):
+            book.stored(str(n), 20 + n, ())
+        self.assertEqual(len(book.lines("lobby")), 10, "the last 10")
+
+    def test_at_most_one_receipt_every_two_seconds_and_only_when_something_moved(self) -> None:
+        now = [100.0]
+        schedule = ReceiptSchedule(clock=lambda: now[0])
+        self.assertFalse(schedule.take(), "nothing processed yet")
+        schedule.text_processed()
+        self.assertTrue(schedule.take())
+        self.assertFalse(schedule.take(), "nothing moved since")
+        schedule.text_processed()
+        now[0] += 1.9
+        self.assertFalse(schedule.take())
+        self.assertEqual(schedule.due_at(), 102.0)
+        now[0] += 0.1
+        self.assertTrue(schedule.take())
+        schedule.text_shown(5)
+        schedule.text_shown(3)
+        self.assertEqual(schedule.read_through, 5)
+
+    def test_the_session_counts_receipts_shows_no_line_and_sends_its_own_batched(self) -> None:
+        client = offline_client("lobby")
+        room = client.rooms["lobby"]
+        alice, bob = User("alice", 0), User("bob", 1)  # alice: the client's keys
+        room.state.on_joined(pb.Joined(room="lobby", members=[bob.public()]))
+        room.state.take_bundles([bob.bundle()])
+        bob.state.on_joined(pb.Joined(room="lobby", members=[alice.public()]))
+        bob.state.take_bundles([alice.bundle()])
+        for d in deliveries_for("bob", "alice", room.state.rotate()):
+            bob.state.accept_sender_key(d)
+        bob_frames = bob.state.rotate()
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            for d in deliveries_for("alice", "bob", bob_frames, seq=5):
+                client._on_frame(pb.ServerFrame(sender_key=d))
+            client._on_frame(pb.ServerFrame(message=delivery("bob", bob.state.seal_text("hello"), seq=6)))
+            client._on_frame(pb.ServerFrame(message=delivery("bob", bob.state.seal_receipt(6, 6), seq=7)))
+            client._send_receipts()
+            client._on_frame(pb.ServerFrame(message=delivery("bob", bob.state.seal_text("again"), seq=8)))
+            client._send_receipts()  # within two seconds of the first: not yet
+        self.assertEqual(out.getvalue().splitlines(), ["[lobby] bob: hello", "[lobby] bob: again"])
+        self.assertEqual(err.getvalue(), "", "a valid receipt is never warned about")
+        self.assertEqual(room.receipts.progress["bob"], (6, 6))
+        (frame,) = sent_frames(client)
+        receipt = bob.state.open(pb.MessageDelivery(room="lobby", sender="alice", sealed=frame.send.sealed, seq=9))
+        self.assertTrue(receipt.is_receipt)
+        # Piped stdout: delivered, not read. Only the first text was processed when it went.
+        self.assertEqual((receipt.envelope.delivered_through, receipt.envelope.read_through), (7, 0))
+        self.assertEqual(len(frame.send.sealed.ciphertext) - 16, 256, "padded like a short text")
+
+    def test_no_receipt_during_a_catch_up_nor_with_no_receipts(self) -> None:
+        for enabled in (True, False):
+            client = offline_client("lobby", receipts=enabled)
+            room = client.rooms["lobby"]
+            room.caught_up = False
+            room.schedule.text_processed()
+            client._send_receipts()
+            self.assertEqual(sent_frames(client), [])
+            with contextlib.redirect_stderr(io.StringIO()):
+                client._on_frame(pb.ServerFrame(caught_up=pb.CaughtUp(room="lobby", seq=3)))
+            client._send_receipts()
+            self.assertEqual(len(sent_frames(client)), 1 if enabled else 0)
+
+    def test_receipts_lists_our_acknowledged_messages_of_the_current_room(self) -> None:
+        client = offline_client("lobby")
+        client._on_input(("line", "hi"))
+        (request_id,) = client.requests
+        client._on_frame(pb.ServerFrame(request_id=request_id, ack=pb.Ack(seq=4)))
+        client.rooms["lobby"].receipts.note("bob", 4, 0)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            client._command("/receipts")
+        self.assertEqual(err.getvalue(), 'receipts [lobby] "hi": delivered to 0 of 0, read by 0\n',
+                         "alone when sent: sealed for nobody")
+
+
+class SeveralRooms(unittest.TestCase):
+    """One stream, several rooms: the commands of "Several rooms on one stream"."""
+
+    def test_room_lists(self) -> None:
+        self.assertEqual(room_list(["a,b", "c", "a"]), ["a", "b", "c"])
+        self.assertEqual(room_list(["lobby"]), ["lobby"])
+
+    def test_history_arguments(self) -> None:
+        joined = {"a", "20"}.__contains__
+        self.assertEqual(history_arguments([], joined), (None, None))
+        self.assertEqual(history_arguments(["5"], joined), (None, "5"))
+        self.assertEqual(history_arguments(["a"], joined), ("a", None))
+        self.assertEqual(history_arguments(["20"], joined), ("20", None), "a joined room named 20")
+        self.assertEqual(history_arguments(["a", "5"], joined), ("a", "5"))
+        with self.assertRaises(ValueError):
+            history_arguments(["a", "5", "6"], joined)
+
+    def test_messages_go_to_the_current_room_or_the_one_named(self) -> None:
+        client = offline_client("a", "b")
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            client._on_input(("line", "to a"))
+            client._on_input(("line", "/msg b  to b,  spaced"))
+            client._on_input(("line", "/switch b"))
+            client._on_input(("line", "//slash to b"))
+            client._on_input(("line", "/msg c nowhere"))
+            client._on_input(("line", "/msg b"))
+        rooms = [f.send.room for f in sent_frames(client)]
+        self.assertEqual(rooms, ["a", "b", "b"])
+        self.assertEqual([(r.room, r.text) for r in client.requests.values()],
+                         [("a", "to a"), ("b", "to b,  spaced"), ("b", "/slash to b")])
+        self.assertIn("you are not in c", err.getvalue())
+        self.assertIn("usage: /msg ROOM TEXT", err.getvalue())
+        ids = list(client.requests)
+        self.assertEqual(ids, sorted(set(ids)), "request ids unique on the stream")
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            client._command("/pending")
+        self.assertEqual(err.getvalue().splitlines()[1:], ['  [a] "to a"', '  [b] "to b,  spaced"', '  [b] "/slash to b"'])
+
+    def test_part_leaves_once_answered_and_the_first_room_left_becomes_current(self) -> None:
+        client = offline_client("a", "b", "c")
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            client._on_input(("line", "/switch b"))
+        self.assertEqual(err.getvalue(), "now in b: plain lines go there\n")
+        client._on_input(("line", "to b"))
+        client._on_input(("line", "/part"))
+        self.assertEqual(client.current, "a")
+        client._send_due_leaves()
+        self.assertEqual([f.WhichOneof("kind") for f in sent_frames(client)], ["send"], "the leave waits")
+        (message_id,) = client.requests
+        client._on_frame(pb.ServerFrame(request_id=message_id, ack=pb.Ack(seq=3)))
+        client._send_due_leaves()
+        (leave,) = sent_frames(client)
+        self.assertEqual(leave.leave.room, "b")
+        client.progress = Path(tempfile.mkdtemp()) / "progress.json"
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            client._on_frame(pb.ServerFrame(request_id=leave.request_id, ack=pb.Ack()))
+            client._on_frame(pb.ServerFrame(member_joined=pb.MemberJoined(room="b")))  # late: ignored
+            client._on_input(("line", "/leave a"))
+            client._on_input(("line", "/leave c"))
+        self.assertEqual(err.getvalue(), "left b\n")
+        self.assertEqual(list(client.rooms), ["a", "c"])
+        self.assertIsNone(client.current)
+        self.assertEqual(client.finishing, "quit", "no room left: ends as at end of input")
+
+    def test_a_removal_takes_the_room_out_and_the_last_one_ends_the_session(self) -> None:
+        client = offline_client("a", "b")
+        client.progress = Path(tempfile.mkdtemp()) / "progress.json"
+        save_last_seq(client.progress, client.server, "a", 4)
+        kicked = pb.MemberLeft(room="a", user="alice", reason=pb.LEAVE_REASON_KICKED)
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            client._on_frame(pb.ServerFrame(member_left=kicked))
+        self.assertEqual(err.getvalue(), "* the owner of a removed you from it\n")
+        self.assertEqual((list(client.rooms), client.current, client.finishing), (["b"], "b", None))
+        self.assertIsNone(load_last_seq(client.progress, client.server, "a"), "a later join is a first join")
+        kicked.room = "b"
+        with contextlib.redirect_stderr(io.StringIO()):
+            client._on_frame(pb.ServerFrame(member_left=kicked))
+        self.assertEqual(client.finishing, "quit", "no room left: ends as at end of input")
+        with self.assertRaisesRegex(ClientError, "you were removed from b by its owner"):
+            client._exit_status()
+
+    def test_a_later_join_refused_is_reported_and_the_session_goes_on(self) -> None:
+        client = offline_client("a")
+        client.progress = Path(tempfile.mkdtemp()) / "progress.json"
+        client._on_input(("line", "/join club"))
+        (join_frame,) = sent_frames(client)
+        self.assertEqual((join_frame.join.room, join_frame.join.create_private), ("club", False))
+        self.assertTrue(client._joining(), "input waits until the room is joined")
+        client.backlog.append(("line", "waits for the join"))
+        refusal = pb.Rejection(code=7, message="not invited")
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            client._on_frame(pb.ServerFrame(request_id=join_frame.request_id, rejection=refusal))
+        self.assertEqual(err.getvalue(), "cannot join club: PERMISSION_DENIED: not invited\n")
+        self.assertEqual(list(client.rooms), ["a"])
+        self.assertIsNone(client.finishing)
+        (sent,) = sent_frames(client)
+        self.assertEqual((sent.send.room, client.requests[sent.request_id].text), ("a", "waits for the join"))
+        with self.assertRaises(ClientError):  # a room of the command line: fatal
+            client._on_rejection(Request("join", "a"), client.rooms["a"], refusal)
 
 
 class Home(unittest.TestCase):

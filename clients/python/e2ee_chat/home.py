@@ -442,8 +442,14 @@ def save_last_seq(path: Path, server: str, room: str, seq: int) -> None:
     """Saves ``seq`` for ``room`` on ``server``. The file is read again first, so the
     entries other processes wrote meanwhile are kept. Raises :class:`ProgressError` or
     ``OSError``."""
+    save_last_seqs(path, server, {room: seq})
+
+
+def save_last_seqs(path: Path, server: str, seqs: dict[str, int]) -> None:
+    """Saves the seq of each room of ``seqs`` on ``server`` in one write (the rooms of one
+    stream), changing only those rooms' entries; raises as :func:`save_last_seq`."""
     servers = _read_progress(path)
-    servers.setdefault(_server_key(server), {})[room] = seq
+    servers.setdefault(_server_key(server), {}).update(seqs)
     _write_progress(path, servers)
 
 

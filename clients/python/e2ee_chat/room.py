@@ -17,7 +17,17 @@ from typing import Callable, Iterable, Optional, Protocol
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .binding import copy_label, copy_leaf, distribution_signed_bytes, unwrap_chain_key, verify_signature, wrap_chain_key
-from .envelope import Envelope, EnvelopeError, decode_envelope, encode_envelope, escape_text, format_line
+from .envelope import (
+    RECEIPT,
+    TEXT,
+    Envelope,
+    EnvelopeError,
+    decode_envelope,
+    encode_envelope,
+    encode_receipt,
+    escape_text,
+    format_line,
+)
 from .group import BadTag, OpenError, OwnSenderKey, PeerSenderKey, Repeated, TooFarAhead, valid_ed25519_public_key
 from .identity import Identity, IdentityError, PeerIdentity
 from .membership import PrivateRoomRules
@@ -95,16 +105,24 @@ class Member:
 
 @dataclasses.dataclass(frozen=True)
 class ReceivedMessage:
-    """A message that opened and checked out, ready to show."""
+    """A message that opened and checked out: a text to show, a receipt to count, or a
+    kind this version does not know. ``seq`` is its number in the room (0 from a relay
+    that does not number entries)."""
 
     room: str
     sender: str
     envelope: Envelope
+    seq: int = 0
 
     @property
     def showable(self) -> bool:
-        """False for a kind of message this version does not know (not a ``text``)."""
-        return self.envelope.kind == "text"
+        """True for a ``text``: the only kind printed."""
+        return self.envelope.kind == TEXT
+
+    @property
+    def is_receipt(self) -> bool:
+        """A receipt: never shown, never warned about."""
+        return self.envelope.kind == RECEIPT
 
     @property
     def text(self) -> str:
@@ -257,6 +275,9 @@ class RoomState:
         self.private: Optional[PrivateRoomRules] = None
         #: We were removed from the room: no key goes out any more.
         self.out = False
+        #: The members our current key was handed to: those a message sealed now is for
+        #: (what its receipts are counted against).
+        self.key_holders: set[str] = set()
 
     # -- members ------------------------------------------------------------------------
 
@@ -534,13 +555,24 @@ class RoomState:
         verified prekey, and to ourselves (for the history). The frames go before any
         message sealed under the new key."""
         self.own_key = OwnSenderKey.generate(self._rng, self._clock_ms())
-        return self._distributions(self._recipients(self.members), own_copy=True)
+        recipients = self._recipients(self.members)
+        frames = self._distributions(recipients, own_copy=True)
+        self.key_holders = {m.identity.user for m in recipients} if frames else set()
+        return frames
 
     def handout_to(self, name: str) -> list[pb.DistributeSenderKey]:
         """Our *current* key, from its hand-out point, for a newcomer only (no one
         rotates on a join). Nothing if it is not trusted or has no prekey."""
         recipients = self._recipients([name])
-        return self._distributions(recipients, own_copy=False) if recipients else []
+        frames = self._distributions(recipients, own_copy=False) if recipients else []
+        if frames:
+            self.key_holders.add(name)
+        return frames
+
+    def sealed_for(self) -> tuple[str, ...]:
+        """Who a message sealed now is for: the trusted current members holding our
+        current key (not those who join later), sorted."""
+        return tuple(sorted(n for n in self.key_holders if self.is_current_member(n) and self.members[n].trusted))
 
     def acknowledged(self, key_id: int, iteration: int) -> None:
         """The relay acknowledged our message ``iteration`` of key ``key_id``: the
@@ -571,6 +603,10 @@ class RoomState:
                 f"the message is {len(plaintext)} bytes long; the limit is {MAX_ENVELOPE_BYTES} bytes"
             )
         return self.seal_plaintext(plaintext)
+
+    def seal_receipt(self, delivered_through: int, read_through: int) -> pb.SendMessage:
+        """Seals a receipt: how far this user got in the room (PROTOCOL.md, "Receipts")."""
+        return self.seal_plaintext(encode_receipt(self.user, self._clock_ms(), delivered_through, read_through))
 
     # -- checks shared by live frames and history ---------------------------------------
 
@@ -744,7 +780,7 @@ class RoomState:
         envelope = self._open_sealed(key, delivery, live=True)
         if envelope is None:
             return None
-        return ReceivedMessage(room=self.room, sender=sender, envelope=envelope)
+        return ReceivedMessage(room=self.room, sender=sender, envelope=envelope, seq=delivery.seq)
 
     def _open_sealed(self, key: PeerSenderKey, delivery: pb.MessageDelivery, live: bool) -> Optional[Envelope]:
         sender, sealed = delivery.sender, delivery.sealed
@@ -847,7 +883,9 @@ class RoomState:
                     envelope = self._open_sealed(key, delivery, live=False)
                 if envelope is None:
                     unreadable += 1
-                elif envelope.kind != "text":
+                elif envelope.kind == RECEIPT:
+                    continue  # routine traffic, never part of the history shown
+                elif envelope.kind != TEXT:
                     unshowable += 1
                 else:
                     messages.append(HistoryMessage(seq=delivery.seq, sender=delivery.sender, envelope=envelope))
