@@ -303,3 +303,140 @@ fn a_second_session_of_a_user_takes_over_and_the_first_exits() {
     let (status, _, stderr) = second.finish();
     assert!(status.success(), "{stderr:?}");
 }
+
+/// Asks `client` for its receipts in `room` until a line about `text` contains `wanted`
+/// (receipts come in batches, a second or two after the message).
+fn wait_for_receipt(client: &mut ClientProcess, room: &str, text: &str, wanted: &str) -> String {
+    let about = format!("receipts [{room}] \"{text}\": ");
+    for _ in 0..40 {
+        client.say(&format!("/receipts {room}"));
+        let lines = wait_for_line(&client.stderr, &format!("receipts [{room}]"));
+        let line = lines.last().unwrap().clone();
+        if line.starts_with(&about) && line.contains(wanted) {
+            return line;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    panic!("no receipt of {text:?} in {room} says {wanted:?}");
+}
+
+#[test]
+fn one_session_chats_in_several_rooms_with_receipts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let home = dir.path().join("home");
+    let mut bob = ClientProcess::joined(rust_client(&server.url, "bob", "alpha", &home), "alpha");
+    let mut carol = ClientProcess::joined(rust_client(&server.url, "carol", "beta", &home), "beta");
+    let mut alice = ClientProcess::joined(
+        rust_client(&server.url, "alice", "alpha,beta", &home),
+        "alpha",
+    );
+    wait_for_line(&alice.stderr, "joined beta");
+    wait_for_line(&carol.stderr, "alice joined beta");
+
+    // A plain line goes to the first room; /msg to the one it names.
+    alice.say("to alpha");
+    bob.expect_stdout("[alpha] alice: to alpha");
+    alice.say("/msg beta to beta");
+    carol.expect_stdout("[beta] alice: to beta");
+    carol.say("hi alice");
+    alice.expect_stdout("[beta] carol: hi alice");
+    // bob's client received it and said so; nobody printed or warned about a receipt.
+    let line = wait_for_receipt(&mut alice, "alpha", "to alpha", "delivered to 1 of 1 (bob)");
+    assert!(line.ends_with("read by 0"), "{line}");
+
+    alice.say("/switch beta");
+    wait_for_line(&alice.stderr, "current room: beta");
+    alice.say("now to beta");
+    carol.expect_stdout("[beta] alice: now to beta");
+    alice.say("/who");
+    wait_for_line(&alice.stderr, "members of beta: you, carol");
+    alice.say("/who alpha");
+    wait_for_line(&alice.stderr, "members of alpha: you, bob");
+
+    // A room joined later, on the same session; one left for good.
+    alice.say("/join gamma");
+    wait_for_line(
+        &alice.stderr,
+        "joined gamma as alice (you are alone in gamma)",
+    );
+    alice.say("/part alpha");
+    wait_for_line(&alice.stderr, "left alpha");
+    wait_for_line(&bob.stderr, "alice left alpha");
+    alice.say("/msg alpha too late");
+    wait_for_line(&alice.stderr, "you are not in alpha in this session");
+    alice.say("/rooms");
+    wait_for_line(&alice.stderr, "your rooms: beta (current), gamma");
+
+    let (status, stdout, stderr) = alice.finish();
+    assert!(status.success(), "{stderr:?}");
+    assert!(
+        stdout.is_empty(),
+        "nothing but carol's text, read above: {stdout:?}"
+    );
+    assert!(
+        !stderr.iter().any(|line| line.contains("cannot show")),
+        "{stderr:?}"
+    );
+
+    // Coming back: each room catches up from where it was; the room left is gone.
+    carol.say("while you were away");
+    let mut alice = ClientProcess::joined(
+        rust_client(&server.url, "alice", "beta,gamma", &home),
+        "beta",
+    );
+    alice.expect_stdout("[beta] carol: while you were away");
+    let progress = std::fs::read_to_string(home.join("alice").join("progress.json")).unwrap();
+    assert!(!progress.contains("alpha"), "{progress}");
+    assert!(progress.contains("gamma"), "{progress}");
+    assert!(alice.finish().0.success());
+
+    for client in [bob, carol] {
+        let (status, stdout, stderr) = client.finish();
+        assert!(status.success(), "{stderr:?}");
+        assert!(
+            stdout.iter().all(|line| line.contains(" alice: ")),
+            "only alice's texts are shown: {stdout:?}"
+        );
+        assert!(
+            !stderr.iter().any(|line| line.contains("cannot show")),
+            "{stderr:?}"
+        );
+    }
+}
+
+#[test]
+fn no_receipts_keeps_what_was_received_and_read_to_oneself() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let home = dir.path().join("home");
+    let mut quiet = rust_client(&server.url, "bob", "lobby", &home);
+    quiet.arg("--no-receipts");
+    let mut bob = ClientProcess::joined(quiet, "lobby");
+    let mut carol =
+        ClientProcess::joined(rust_client(&server.url, "carol", "lobby", &home), "lobby");
+    let mut alice =
+        ClientProcess::joined(rust_client(&server.url, "alice", "lobby", &home), "lobby");
+    wait_for_line(&bob.stderr, "alice joined lobby");
+    wait_for_line(&carol.stderr, "alice joined lobby");
+    alice.say("who got this?");
+    bob.expect_stdout("[lobby] alice: who got this?");
+    carol.expect_stdout("[lobby] alice: who got this?");
+    let line = wait_for_receipt(&mut alice, "lobby", "who got this?", "delivered to 1 of 2");
+    assert!(line.contains("(carol)"), "{line}");
+    // Well past the receipts' batching interval, bob's client still said nothing.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let line = wait_for_receipt(&mut alice, "lobby", "who got this?", "delivered to 1 of 2");
+    assert!(!line.contains("bob"), "{line}");
+    // bob still sees the others' receipts for his own messages.
+    bob.say("and this?");
+    wait_for_receipt(
+        &mut bob,
+        "lobby",
+        "and this?",
+        "delivered to 2 of 2 (alice, carol)",
+    );
+    for client in [alice, bob, carol] {
+        assert!(client.finish().0.success());
+    }
+}

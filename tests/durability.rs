@@ -39,7 +39,13 @@ struct Chatter {
 impl Chatter {
     /// Logs in and joins `room`, catching up from `after_seq` if it is a member.
     async fn join(url: &str, user: &str, room: &str, after_seq: Option<u64>) -> Self {
-        let session = Self::open(url, user, room, after_seq).await.unwrap();
+        Self::join_all(url, user, &[room], after_seq).await
+    }
+
+    /// Logs in and joins all of `rooms` on one stream.
+    async fn join_all(url: &str, user: &str, rooms: &[&str], after_seq: Option<u64>) -> Self {
+        let room = rooms[0];
+        let session = Self::open(url, user, rooms, after_seq).await.unwrap();
         Self {
             user: user.to_owned(),
             room: room.to_owned(),
@@ -55,21 +61,24 @@ impl Chatter {
     async fn open(
         url: &str,
         user: &str,
-        room: &str,
+        rooms: &[&str],
         after_seq: Option<u64>,
     ) -> Result<ChatSession, ClientError> {
         let (channel, credentials) = common::log_in(url, user).await?;
-        let join = JoinRoom {
-            room: room.to_owned(),
-            create_private: false,
-            after_seq,
-        };
+        let joins = rooms
+            .iter()
+            .map(|room| JoinRoom {
+                room: (*room).to_owned(),
+                create_private: false,
+                after_seq,
+            })
+            .collect();
         let identity = common::identity(user);
-        let (session, _) = ChatSession::join(
+        let (session, _) = ChatSession::open(
             channel,
             identity,
             &credentials,
-            join,
+            joins,
             Contacts::in_memory(),
             common::prekeys(user),
             e2ee_chat::client::RotationPolicy::default(),
@@ -80,6 +89,10 @@ impl Chatter {
 
     async fn say(&mut self, text: &str) {
         self.session.send_text(&self.room, text).await.unwrap();
+    }
+
+    async fn say_in(&mut self, room: &str, text: &str) {
+        self.session.send_text(room, text).await.unwrap();
     }
 
     /// Applies frames until none has come for `quiet`, or the stream ends.
@@ -718,4 +731,63 @@ fn a_reader_killed_or_ended_mid_catch_up_loses_nothing_when_started_again() {
     ));
     faults.extend(sequence_faults(&both_runs, &expected).map(|f| format!("dave, both runs: {f}")));
     assert!(faults.is_empty(), "{}", faults.join("\n"));
+}
+
+#[tokio::test]
+async fn a_session_in_two_rooms_comes_back_to_both_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut server = ServerProcess::start(&data);
+    let url = server.url.clone();
+    let mut bob = Chatter::join(&url, "bob", "alpha", None).await;
+    let mut carol = Chatter::join(&url, "carol", "beta", None).await;
+    let mut alice = Chatter::join_all(&url, "alice", &["alpha", "beta"], None).await;
+    bob.pump_until(|bob| bob.session.members("alpha").contains(&"alice".to_owned()))
+        .await;
+    carol
+        .pump_until(|carol| carol.session.members("beta").contains(&"alice".to_owned()))
+        .await;
+
+    // Both rooms have messages in flight when the relay dies, and more are written
+    // while it is away.
+    for n in 0..10 {
+        alice.say_in("alpha", &format!("alpha {n}")).await;
+        alice.say_in("beta", &format!("beta {n}")).await;
+    }
+    alice.pump(Duration::from_millis(5)).await;
+    server.kill();
+    for chatter in [&mut alice, &mut bob, &mut carol] {
+        chatter.pump(Duration::from_millis(50)).await;
+        assert!(!chatter.connected, "{} did not notice", chatter.user);
+    }
+    for n in 10..15 {
+        alice.say_in("alpha", &format!("alpha {n}")).await;
+        alice.say_in("beta", &format!("beta {n}")).await;
+    }
+
+    let _server = ServerProcess::listening(&data, &server.addr.to_string(), &[], &[]);
+    for chatter in [&mut bob, &mut carol, &mut alice] {
+        chatter.reconnect().await;
+    }
+    let want = |room: &str| -> Vec<String> { (0..15).map(|n| format!("{room} {n}")).collect() };
+    let deadline = Instant::now() + PATIENCE;
+    while alice.session.unanswered() > 0
+        || bob.texts() != want("alpha")
+        || carol.texts() != want("beta")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "bob {:?}, carol {:?}, alice pending {:?}",
+            bob.texts(),
+            carol.texts(),
+            alice.session.pending()
+        );
+        for chatter in [&mut alice, &mut bob, &mut carol] {
+            chatter.pump(Duration::from_millis(20)).await;
+        }
+    }
+    // Each room got its own messages, each once and in order, and nothing of the other.
+    bob.assert_once_in_order();
+    carol.assert_once_in_order();
+    assert_eq!(alice.session.rooms(), ["alpha", "beta"]);
 }
