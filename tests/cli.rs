@@ -325,7 +325,7 @@ fn one_session_chats_in_several_rooms_with_receipts() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&dir.path().join("data"));
     let home = dir.path().join("home");
-    let mut bob = ClientProcess::joined(rust_client(&server.url, "bob", "alpha", &home), "alpha");
+    let bob = ClientProcess::joined(rust_client(&server.url, "bob", "alpha", &home), "alpha");
     let mut carol = ClientProcess::joined(rust_client(&server.url, "carol", "beta", &home), "beta");
     let mut alice = ClientProcess::joined(
         rust_client(&server.url, "alice", "alpha,beta", &home),
@@ -381,7 +381,7 @@ fn one_session_chats_in_several_rooms_with_receipts() {
 
     // Coming back: each room catches up from where it was; the room left is gone.
     carol.say("while you were away");
-    let mut alice = ClientProcess::joined(
+    let alice = ClientProcess::joined(
         rust_client(&server.url, "alice", "beta,gamma", &home),
         "beta",
     );
@@ -413,8 +413,7 @@ fn no_receipts_keeps_what_was_received_and_read_to_oneself() {
     let mut quiet = rust_client(&server.url, "bob", "lobby", &home);
     quiet.arg("--no-receipts");
     let mut bob = ClientProcess::joined(quiet, "lobby");
-    let mut carol =
-        ClientProcess::joined(rust_client(&server.url, "carol", "lobby", &home), "lobby");
+    let carol = ClientProcess::joined(rust_client(&server.url, "carol", "lobby", &home), "lobby");
     let mut alice =
         ClientProcess::joined(rust_client(&server.url, "alice", "lobby", &home), "lobby");
     wait_for_line(&bob.stderr, "alice joined lobby");

@@ -91,13 +91,18 @@ impl Receipts {
         }
     }
 
-    /// The receipt to send now, if one is due at `now`: `(delivered_through,
-    /// read_through)`. Counts it as sent.
-    pub fn due(&mut self, now: Instant) -> Option<(u64, u64)> {
+    /// Whether a receipt is due at `now`.
+    pub fn is_due(&self, now: Instant) -> bool {
         let waited = self
             .last_sent
             .is_none_or(|last| now.duration_since(last) >= RECEIPT_INTERVAL);
-        if !self.news || !waited || self.ours == self.told {
+        self.news && waited && self.ours != self.told
+    }
+
+    /// The receipt to send now, if one is due at `now`: `(delivered_through,
+    /// read_through)`. Counts it as sent.
+    pub fn due(&mut self, now: Instant) -> Option<(u64, u64)> {
+        if !self.is_due(now) {
             return None;
         }
         self.news = false;

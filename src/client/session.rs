@@ -509,6 +509,14 @@ impl ChatSession {
         let now = Instant::now();
         let mut sent = 0;
         for room in self.rooms() {
+            let state = self.state(&room)?;
+            if !state.receipt_due(now) {
+                continue;
+            }
+            if state.rotation_due() {
+                // A receipt rotates our key like a text would: under fresh prekeys.
+                self.learn_prekeys(&room, &KeyHandout::Everyone).await;
+            }
             let Some(frames) = self.state_mut(&room)?.send_receipt(now)? else {
                 continue;
             };

@@ -477,6 +477,11 @@ impl SessionState {
         Ok(Some(frames))
     }
 
+    /// Whether [`send_receipt`](Self::send_receipt) would send one at `now`.
+    pub(super) fn receipt_due(&self, now: Instant) -> bool {
+        self.caught_up && !self.leaving && self.receipts.is_due(now)
+    }
+
     /// The person saw the room's messages up to `seq` (a text from someone else): the
     /// next receipt says so.
     pub fn mark_read(&mut self, seq: u64) {

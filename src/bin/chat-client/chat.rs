@@ -300,7 +300,7 @@ impl Chat<'_> {
                         )),
                     }
                 }
-                _ = receipt_check.tick(), if connected => self.send_receipts().await?,
+                _ = receipt_check.tick(), if connected && !ending => self.send_receipts().await?,
                 () = &mut closing_deadline => return Err(self.closing_timeout(connected)),
             }
         }
