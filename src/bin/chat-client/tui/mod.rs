@@ -12,6 +12,8 @@
 //! [`one_line`] before it reaches a cell, so it can neither drive the terminal nor
 //! disguise itself with bidirectional controls.
 
+mod editor;
+mod escape;
 mod input;
 mod model;
 mod view;
@@ -19,6 +21,7 @@ mod view;
 #[cfg(test)]
 mod tests;
 
+pub use escape::one_line;
 pub use input::{Action, handle_key};
 pub use model::{Connection, Line, LineId, MemberView, OwnState, Screen};
-pub use view::{draw, one_line};
+pub use view::draw;

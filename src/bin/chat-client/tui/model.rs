@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use super::input::InputLine;
+use super::editor::InputLine;
 
 /// How many lines a room keeps; past that the oldest are dropped.
 pub const MAX_SCROLLBACK: usize = 5_000;

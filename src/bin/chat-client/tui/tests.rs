@@ -9,7 +9,7 @@ use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::layout::Position;
 use ratatui::style::{Color, Modifier};
 
-use super::input::InputLine;
+use super::editor::InputLine;
 use super::model::Status;
 use super::*;
 

@@ -15,6 +15,7 @@ use ratatui::layout::{Position, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line as TextLine, Span};
 
+use super::escape::one_line;
 use super::model::{Connection, Line, OwnState, RoomView, Screen};
 
 /// The width of the room list, with the line that ends it.
@@ -35,33 +36,6 @@ const MIN_WRAPPED_TEXT: usize = 8;
 const MIN_INPUT: usize = 10;
 /// Shown where the scrollback would be when the user is in no room.
 const NO_ROOM_HINT: &str = "You are in no room. /help lists the commands.";
-
-/// Whether `c` is escaped by [`one_line`]: control characters (C0, DEL, C1), the line
-/// and paragraph separators, and the bidirectional controls.
-pub fn needs_escape(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{2028}' | '\u{2029}' | '\u{061c}' | '\u{200e}' | '\u{200f}'
-        )
-        || ('\u{202a}'..='\u{202e}').contains(&c)
-        || ('\u{2066}'..='\u{2069}').contains(&c)
-}
-
-/// The text with control characters, line and paragraph separators and bidirectional
-/// controls escaped (`\u{1b}`), so a message is always one line, shows what it says,
-/// and cannot drive the terminal or reorder what is around it.
-pub fn one_line(text: &str) -> String {
-    let mut line = String::with_capacity(text.len());
-    for c in text.chars() {
-        if needs_escape(c) {
-            line.extend(c.escape_unicode());
-        } else {
-            line.push(c);
-        }
-    }
-    line
-}
 
 /// Draws the whole screen into the frame, and puts the cursor in the input line.
 ///
