@@ -33,8 +33,7 @@ use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 use e2ee_chat::client::prekeys::PrekeyRing;
 use e2ee_chat::client::{
-    Contacts, Event, KeyHandout, RequestIds, RoomKeys, RotationPolicy, SessionState,
-    SharedPrekeys,
+    Contacts, Event, KeyHandout, RequestIds, RoomKeys, RotationPolicy, SessionState, SharedPrekeys,
 };
 use e2ee_chat::crypto::{self, Identity, PublicEncryptionKey, VerifiedIdentity};
 use e2ee_chat::proto::{
