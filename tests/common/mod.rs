@@ -670,5 +670,6 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 pub mod malicious;
 pub mod process;
+pub mod pty;
 pub mod raw_h2;
 pub mod restarted;

@@ -69,6 +69,29 @@ impl FullScreen {
         self.screen.push_line(index, line)
     }
 
+    /// Where a line about `event` goes: its room; for a contact's pinned keys, which
+    /// name no room, every room that contact is in (else the current room).
+    fn rooms_of(
+        &self,
+        event: &Event,
+        room: Option<String>,
+        session: &ChatSession,
+    ) -> Vec<Option<String>> {
+        if let (None, Event::Pinned { user, .. }) = (&room, event) {
+            let rooms: Vec<Option<String>> = self
+                .screen
+                .rooms
+                .iter()
+                .filter(|view| session.members(&view.name).contains(user))
+                .map(|view| Some(view.name.clone()))
+                .collect();
+            if !rooms.is_empty() {
+                return rooms;
+            }
+        }
+        vec![room]
+    }
+
     fn set_own_state(&mut self, room: &str, id: LineId, state: OwnState) {
         let Some(index) = self.screen.room_index(room) else {
             return;
@@ -209,8 +232,16 @@ impl Ui for FullScreen {
                     );
                 }
                 Shown::Info { room, text } => {
+                    // The view marks info lines itself.
+                    let text = text.strip_prefix("* ").map_or(text.clone(), str::to_owned);
                     let time = clock(e2ee_chat::protocol::now_ms());
-                    self.push(room.as_deref(), Line::Info { time, text });
+                    for room in self.rooms_of(event, room, session) {
+                        let line = Line::Info {
+                            time: time.clone(),
+                            text: text.clone(),
+                        };
+                        self.push(room.as_deref(), line);
+                    }
                 }
                 Shown::Warning { room, text } => {
                     let time = clock(e2ee_chat::protocol::now_ms());
