@@ -369,7 +369,15 @@ fn one_session_chats_in_several_rooms_with_receipts() {
     wait_for_line(&alice.stderr, "your rooms: beta (current), gamma");
 
     let (status, stdout, stderr) = alice.finish();
-    assert!(status.success(), "{stderr:?}");
+    // The line for a room left was not sent: the exit status says so.
+    assert!(!status.success());
+    assert!(
+        stderr
+            .last()
+            .unwrap()
+            .contains("1 message(s) were not delivered"),
+        "{stderr:?}"
+    );
     assert!(
         stdout.is_empty(),
         "nothing but carol's text, read above: {stdout:?}"
@@ -438,4 +446,83 @@ fn no_receipts_keeps_what_was_received_and_read_to_oneself() {
     for client in [alice, bob, carol] {
         assert!(client.finish().0.success());
     }
+}
+
+#[test]
+fn a_script_that_joins_then_switches_writes_in_the_room_it_joined() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let home = dir.path().join("home");
+    let first = ClientProcess::joined(rust_client(&server.url, "bob", "first", &home), "first");
+    let mut second =
+        ClientProcess::joined(rust_client(&server.url, "dave", "second", &home), "second");
+    // Each line acts only once the one before is done: the switch finds the room joined,
+    // and the line after /part cannot go to the room being left.
+    let input = "/join second\n/switch second\nhello second\n/part\nback in first\n/part\n";
+    let (status, stdout, stderr) = run_client(
+        &mut rust_client(&server.url, "alice", "first", &home),
+        input,
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(stderr.contains("current room: second"), "{stderr}");
+    second.expect_stdout("[second] alice: hello second");
+    wait_for_line(&second.stderr, "alice left second");
+    first.expect_stdout("[first] alice: back in first");
+    second.close_stdin();
+    let (_, stdout, _) = second.finish();
+    assert!(stdout.is_empty(), "only its room's line: {stdout:?}");
+    assert!(first.finish().0.success());
+}
+
+#[test]
+fn removed_from_the_current_room_a_line_is_sent_nowhere_until_a_switch() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let home = dir.path().join("home");
+    let mut owner = rust_client(&server.url, "alice", "#team", &home);
+    owner.arg("--private");
+    let mut alice = ClientProcess::joined(owner, "#team");
+    let bob = ClientProcess::joined(rust_client(&server.url, "bob", "open", &home), "open");
+    // carol registers, then the owner invites her.
+    let registered =
+        ClientProcess::joined(rust_client(&server.url, "carol", "open", &home), "open");
+    assert!(registered.finish().0.success());
+    alice.say("/invite carol");
+    wait_for_line(&alice.stderr, "invited carol to #team");
+    let mut carol = ClientProcess::joined(
+        rust_client(&server.url, "carol", "#team,open", &home),
+        "#team",
+    );
+    // Joined to both (the relay may answer the two joins in either order).
+    carol.say("/rooms");
+    let rooms = wait_for_line(&carol.stderr, "your rooms:");
+    assert!(
+        rooms.last().unwrap().ends_with("#team (current), open"),
+        "{rooms:?}"
+    );
+    alice.say("/kick carol");
+    wait_for_line(&carol.stderr, "the owner removed you from #team");
+    wait_for_line(&carol.stderr, "#team was your current room");
+    carol.say("meant for the team");
+    wait_for_line(&carol.stderr, "you have no current room");
+    carol.say("/switch open");
+    carol.say("now for open");
+    bob.expect_stdout("[open] carol: now for open");
+    let (status, _, stderr) = carol.finish();
+    // The line that went nowhere counts as not delivered.
+    assert!(!status.success());
+    assert!(
+        stderr
+            .last()
+            .unwrap()
+            .contains("1 message(s) were not delivered"),
+        "{stderr:?}"
+    );
+    let (_, stdout, _) = bob.finish();
+    assert!(
+        stdout.is_empty(),
+        "bob never saw the team's line: {stdout:?}"
+    );
+    assert!(alice.finish().0.success());
 }

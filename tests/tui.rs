@@ -205,3 +205,22 @@ fn a_line_client_learns_what_the_full_screen_read_and_prints_no_receipt() {
     quit_and_check_the_terminal(&mut alice, "\x03");
     finish_quietly(bob, "bob", &[]);
 }
+
+#[test]
+fn a_long_multi_line_paste_is_one_message_and_ctrl_c_still_quits() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&dir.path().join("data"));
+    let home = dir.path().join("home");
+    let bob = ClientProcess::joined(rust_client(&server.url, "bob", "lobby", &home), "lobby");
+    let mut alice = full_screen_client(&server.url, "alice", "lobby", &home);
+    alice.wait_for_screen("lobby, connected", PROCESS_PATIENCE, |screen| {
+        status_bar(screen).contains("alice · lobby · connected")
+    });
+    // Pasted in one piece (bracketed paste), 3,000 characters over three lines: more
+    // than the 1 KiB the terminal is read by at a time, and no line break sends it.
+    let body = "p".repeat(1_000);
+    alice.type_keys(&format!("\x1b[200~{body}\n{body}\r\n{body}\x1b[201~\r"));
+    bob.expect_stdout(&format!("[lobby] alice: {body} {body} {body}"));
+    quit_and_check_the_terminal(&mut alice, "\x03");
+    finish_quietly(bob, "bob", &[]);
+}

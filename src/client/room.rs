@@ -89,6 +89,8 @@ pub enum RoomEvent {
     /// How far another member has received and read the room (a receipt): never shown
     /// as a message.
     Receipt {
+        /// The receipt's own sequence number in the room (0 if the relay gave none).
+        seq: u64,
         sender: String,
         delivered_through: u64,
         read_through: u64,
@@ -780,6 +782,7 @@ fn message_event(seq: u64, sender: &str, envelope: Envelope) -> Result<RoomEvent
         }
         MessageKind::Receipt => {
             return Ok(RoomEvent::Receipt {
+                seq,
                 sender: envelope.sender,
                 delivered_through: envelope.delivered_through.unwrap_or(0),
                 read_through: envelope.read_through.unwrap_or(0),

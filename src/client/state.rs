@@ -1162,13 +1162,18 @@ impl SessionState {
         opened
             .into_iter()
             .filter(|event| match event {
+                // Nobody has received what comes after its own receipt: a larger
+                // number is a lie, and would mark our later messages in advance.
                 RoomEvent::Receipt {
+                    seq,
                     sender,
                     delivered_through,
                     read_through,
-                } => self
-                    .receipts
-                    .take(sender, *delivered_through, *read_through),
+                } => {
+                    let through = |number: u64| if *seq > 0 { number.min(*seq) } else { number };
+                    self.receipts
+                        .take(sender, through(*delivered_through), through(*read_through))
+                }
                 _ => true,
             })
             .collect()
@@ -1195,6 +1200,7 @@ impl SessionState {
                     sender,
                     delivered_through,
                     read_through,
+                    ..
                 } => Event::Receipt {
                     room: room.to_owned(),
                     user: sender,

@@ -107,7 +107,7 @@ pub async fn chat(
         ))
     };
     let mut chat = Chat {
-        current: rooms[0].clone(),
+        current: Some(rooms[0].clone()),
         rooms,
         session,
         ui,
@@ -118,8 +118,9 @@ pub async fn chat(
         saved,
         refused: 0,
         removed_from: None,
+        awaiting_join: false,
     };
-    chat.ui.rooms(&chat.rooms, &chat.current, &chat.session);
+    chat.show_rooms();
     chat.ui.link(Link::Connected);
     for event in events {
         chat.on_event(event);
@@ -137,9 +138,14 @@ pub async fn chat(
 struct Chat<'a> {
     session: ChatSession,
     ui: Box<dyn Ui>,
-    /// The rooms of the session in the order they were joined, and the current one.
+    /// The rooms of the session in the order they were joined, and the current one
+    /// (none after the owner removed us from it, until the person chooses another: a
+    /// line meant for that room must not go to another).
     rooms: Vec<String>,
-    current: String,
+    current: Option<String>,
+    /// A `/join` was sent and not answered: input waits, so that what follows it (a
+    /// `/switch` to the room, a line for it) finds the room there.
+    awaiting_join: bool,
     args: &'a Args,
     identity: Arc<Identity>,
     user: &'a str,
@@ -147,7 +153,7 @@ struct Chat<'a> {
     progress: PathBuf,
     /// What was last saved there, per room.
     saved: BTreeMap<String, u64>,
-    /// Messages the server refused.
+    /// Messages the server refused, or that could not be sent.
     refused: usize,
     /// The room whose owner removed us from it, if that was our last room.
     removed_from: Option<String>,
@@ -164,6 +170,9 @@ impl Chat<'_> {
     /// answered.
     async fn run(&mut self, mut input: tokio::sync::mpsc::Receiver<Input>) -> Result<(), String> {
         let mut ending = false;
+        // The closing deadline is set (once: more input while closing does not move it).
+        let mut closing = false;
+        let mut input_open = true;
         let mut connected = true;
         let mut backoff = Backoff::default();
         let mut attempt = 0;
@@ -178,9 +187,10 @@ impl Chat<'_> {
         receipt_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
         loop {
-            if !ending && self.rooms.is_empty() {
+            if !ending && self.rooms.is_empty() && !self.awaiting_join {
                 // Nothing left to chat in: end as at the end of input.
                 ending = true;
+                closing = true;
                 closing_deadline
                     .as_mut()
                     .reset(Instant::now() + CLOSING_TIMEOUT);
@@ -194,7 +204,10 @@ impl Chat<'_> {
                 }
                 self.ui.closing(Some(self.waiting_for(connected)));
             }
-            self.ui.draw(&self.session);
+            // Keys already waiting (a paste) are taken in before the screen is drawn again.
+            if input.is_empty() {
+                self.ui.draw(&self.session);
+            }
             tokio::select! {
                 frame = self.session.next_frame(), if connected => {
                     let stream = match frame {
@@ -227,13 +240,29 @@ impl Chat<'_> {
                         retry.as_mut().reset(Instant::now() + delay);
                     }
                 }
-                received = input.recv(), if !ending => {
+                received = input.recv(), if input_open && !self.awaiting_join => {
                     let line = match received {
+                        // Typed while closing: too late to send.
+                        Some(Input::Line(_)) if ending => None,
                         Some(Input::Line(line)) => Some(line),
+                        Some(Input::Key(key)) if ending => {
+                            if self.ui.key(key) == KeyOutcome::Quit {
+                                // Asked twice: stop waiting for the acknowledgements.
+                                return Err(format!(
+                                    "quit before the server acknowledged {} frame(s)",
+                                    self.session.unanswered()
+                                ));
+                            }
+                            None
+                        }
+                        Some(Input::Paste(text)) => {
+                            self.ui.paste(&text);
+                            None
+                        }
                         Some(Input::Key(key)) => match self.ui.key(key) {
                             KeyOutcome::Line(line) => Some(line),
                             KeyOutcome::Switch(room) => {
-                                self.current = room;
+                                self.current = Some(room);
                                 None
                             }
                             KeyOutcome::Quit => {
@@ -247,6 +276,7 @@ impl Chat<'_> {
                             None
                         }
                         Some(Input::End) | None => {
+                            input_open = false;
                             ending = true;
                             None
                         }
@@ -254,7 +284,8 @@ impl Chat<'_> {
                     if let Some(line) = line && self.on_line(&line).await? {
                         ending = true;
                     }
-                    if ending {
+                    if ending && !closing {
+                        closing = true;
                         closing_deadline.as_mut().reset(Instant::now() + CLOSING_TIMEOUT);
                     }
                 }
@@ -407,14 +438,16 @@ impl Chat<'_> {
         match event {
             Event::Refused { .. } => self.refused += 1,
             Event::Joined { room } => {
+                self.awaiting_join = false;
                 if !self.rooms.contains(&room) {
                     self.rooms.push(room);
                 }
-                self.ui.rooms(&self.rooms, &self.current, &self.session);
+                self.show_rooms();
             }
-            Event::Left { room } => self.room_ended(&room),
+            Event::JoinRefused { .. } => self.awaiting_join = false,
+            Event::Left { room } => self.room_ended(&room, true),
             Event::Removed { room } => {
-                self.room_ended(&room);
+                self.room_ended(&room, false);
                 if self.rooms.is_empty() {
                     self.removed_from = Some(room);
                 }
@@ -424,18 +457,48 @@ impl Chat<'_> {
     }
 
     /// We are out of `room`: nothing to catch up on there next time.
-    fn room_ended(&mut self, room: &str) {
-        self.rooms.retain(|joined| joined != room);
+    fn room_ended(&mut self, room: &str, by_us: bool) {
         self.saved.remove(room);
         if let Err(error) = progress::forget_room(&self.progress, &self.args.server, room) {
             self.ui.warn(&describe(error));
         }
-        if self.current == room
-            && let Some(first) = self.rooms.first()
-        {
-            self.current = first.clone();
+        self.drop_room(room, by_us);
+    }
+
+    /// `room` is no longer one of the session's. If it was the current one, and we left
+    /// it, the first room still joined takes its place; if we were removed from it,
+    /// there is no current room until the person chooses one.
+    fn drop_room(&mut self, room: &str, by_us: bool) {
+        if !self.rooms.iter().any(|joined| joined == room) {
+            return;
         }
-        self.ui.rooms(&self.rooms, &self.current, &self.session);
+        self.rooms.retain(|joined| joined != room);
+        if self.current.as_deref() == Some(room) && !self.rooms.is_empty() {
+            if by_us {
+                self.current = self.rooms.first().cloned();
+                self.ui
+                    .info(&format!("current room: {}", self.current_name()));
+            } else {
+                self.current = None;
+                self.ui.warn(&format!(
+                    "{room} was your current room: choose another with /switch ROOM before \
+                     sending (your rooms: {})",
+                    self.rooms.join(", ")
+                ));
+            }
+        }
+        self.show_rooms();
+    }
+
+    /// Tells the interface the rooms and the current one.
+    fn show_rooms(&mut self) {
+        let current = self.current.clone().unwrap_or_default();
+        self.ui.rooms(&self.rooms, &current, &self.session);
+    }
+
+    /// The current room's name, or "" if there is none.
+    fn current_name(&self) -> &str {
+        self.current.as_deref().unwrap_or_default()
     }
 
     /// Carries out one line of input; returns whether it ends the session.
@@ -454,7 +517,12 @@ impl Chat<'_> {
 
     /// The room a command names, or the current one; it must be one of ours.
     fn room(&self, named: Option<String>) -> Result<String, CommandError> {
-        let room = named.unwrap_or_else(|| self.current.clone());
+        let Some(room) = named.or_else(|| self.current.clone()) else {
+            return Err(CommandError::Failed(format!(
+                "you have no current room: choose one with /switch ROOM (your rooms: {})",
+                self.rooms.join(", ")
+            )));
+        };
         if self.rooms.contains(&room) {
             Ok(room)
         } else if self.rooms.is_empty() {
@@ -472,19 +540,22 @@ impl Chat<'_> {
             Command::Nothing => {}
             Command::Quit => return Ok(true),
             Command::Say { room, text } => {
-                let room = self.room(room)?;
+                // A message not sent makes the exit status say so, like one refused.
+                let room = self.room(room).inspect_err(|_| self.refused += 1)?;
                 match self.session.send_text(&room, &text).await {
                     Ok(_) => self.ui.sent(&room, &text),
                     Err(error @ ClientError::MessageTooLong { .. }) => {
+                        self.refused += 1;
                         self.ui.info(&format!("not sent: {error}"));
                     }
                     Err(error) => return Err(CommandError::Fatal(describe(error))),
                 }
             }
             Command::Switch(room) => {
-                self.current = self.room(Some(room))?;
-                self.ui.rooms(&self.rooms, &self.current, &self.session);
-                self.ui.info(&format!("current room: {}", self.current));
+                self.current = Some(self.room(Some(room))?);
+                self.show_rooms();
+                self.ui
+                    .info(&format!("current room: {}", self.current_name()));
             }
             Command::Join(room) => {
                 validate_room(&room).map_err(|error| CommandError::Failed(error.to_string()))?;
@@ -496,17 +567,21 @@ impl Chat<'_> {
                     after_seq,
                 };
                 self.session.join_room(join).await.map_err(failed)?;
+                self.awaiting_join = true;
             }
             Command::Leave(room) => {
                 let room = self.room(room)?;
                 self.session.leave(&room).await.map_err(failed)?;
+                // Gone from the person's point of view at once: what is typed next
+                // never goes to the room being left.
+                self.drop_room(&room, true);
             }
             Command::Rooms => {
                 let rooms: Vec<String> = self
                     .rooms
                     .iter()
                     .map(|room| {
-                        if *room == self.current {
+                        if Some(room) == self.current.as_ref() {
                             format!("{room} (current)")
                         } else {
                             room.clone()
@@ -554,6 +629,11 @@ impl Chat<'_> {
                     self.on_event(event);
                 }
             }
+            Command::Invite(name) if name == self.user => {
+                return Err(CommandError::Failed(
+                    "you are the owner: you need no invitation".to_owned(),
+                ));
+            }
             Command::Invite(name) => {
                 let room = self.room(None)?;
                 self.session.invite(&room, &name).await.map_err(failed)?;
@@ -585,7 +665,7 @@ impl Chat<'_> {
         let joined = self.session.rooms();
         for room in self.rooms.clone() {
             if !joined.contains(&room) {
-                self.room_ended(&room);
+                self.room_ended(&room, false);
             }
         }
         self.ui.info(&format!(
@@ -622,13 +702,15 @@ impl Chat<'_> {
             ));
         }
         for text in self.session.pending() {
-            self.ui
-                .info(&format!("not delivered: \"{}\"", render::one_line(text)));
+            self.ui.info(&format!(
+                "not acknowledged by the server (it may still have stored it): \"{}\"",
+                render::one_line(text)
+            ));
         }
         result?;
         if self.refused > 0 {
             return Err(format!(
-                "{} message(s) were refused by the server",
+                "{} message(s) were not delivered: refused by the server, or not sent (said above)",
                 self.refused
             ));
         }

@@ -40,6 +40,9 @@ impl FullScreen {
     /// panic).
     pub fn start(user: &str) -> std::io::Result<Self> {
         let terminal = ratatui::try_init()?;
+        // A paste comes as one piece of text, not as keys: its line breaks do not send
+        // it line by line, and a long one is taken in at once.
+        ratatui::crossterm::execute!(std::io::stdout(), terminal_event::EnableBracketedPaste)?;
         let mut screen = Screen::new(user);
         if let Ok(size) = terminal.size() {
             screen.size = (size.width, size.height);
@@ -317,6 +320,23 @@ impl Ui for FullScreen {
         }
     }
 
+    fn paste(&mut self, text: &str) {
+        // One line: line breaks and tabs become spaces; what the editor refuses (other
+        // control characters) is dropped by it.
+        let text: String = text
+            .replace("\r\n", "\n")
+            .chars()
+            .map(|c| {
+                if matches!(c, '\n' | '\r' | '\t') {
+                    ' '
+                } else {
+                    c
+                }
+            })
+            .collect();
+        self.screen.input.insert_str(&text);
+    }
+
     fn resize(&mut self, columns: u16, rows: u16) {
         self.screen.size = (columns, rows);
     }
@@ -385,6 +405,7 @@ impl Ui for FullScreen {
                     Ok(terminal_event::Event::Resize(columns, rows)) => {
                         Input::Resize(columns, rows)
                     }
+                    Ok(terminal_event::Event::Paste(text)) => Input::Paste(text),
                     Ok(_) => continue,
                     Err(_) => Input::End,
                 };
@@ -399,6 +420,8 @@ impl Ui for FullScreen {
 
 impl Drop for FullScreen {
     fn drop(&mut self) {
+        let _ =
+            ratatui::crossterm::execute!(std::io::stdout(), terminal_event::DisableBracketedPaste);
         ratatui::restore();
         for line in &self.after {
             eprintln!("{line}");

@@ -75,6 +75,8 @@ impl Ui for Lines {
         KeyOutcome::Nothing
     }
 
+    fn paste(&mut self, _text: &str) {}
+
     fn resize(&mut self, _columns: u16, _rows: u16) {}
 
     fn take_read(&mut self) -> Vec<(String, u64)> {

@@ -34,6 +34,8 @@ pub enum Input {
     End,
     /// A key pressed (the full-screen interface).
     Key(ratatui::crossterm::event::KeyEvent),
+    /// Text pasted (the full-screen interface, in bracketed-paste mode).
+    Paste(String),
     /// The terminal changed size.
     Resize(u16, u16),
 }
@@ -56,6 +58,8 @@ pub trait Ui {
     fn closing(&mut self, waiting: Option<String>);
     /// A key press.
     fn key(&mut self, key: ratatui::crossterm::event::KeyEvent) -> KeyOutcome;
+    /// Text pasted into the input line.
+    fn paste(&mut self, text: &str);
     /// The terminal's new size.
     fn resize(&mut self, columns: u16, rows: u16);
     /// Texts from others the person has seen since the last call: `(room, seq)` of the

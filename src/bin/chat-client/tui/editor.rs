@@ -6,6 +6,10 @@ use super::escape::needs_escape;
 /// How many sent lines the history keeps.
 pub const MAX_HISTORY: usize = 1_000;
 
+/// The longest line the editor holds, in bytes: no message longer than an envelope's
+/// limit (32 KiB) could be sent anyway, and a bound keeps every key cheap.
+pub const MAX_INPUT_BYTES: usize = 32 * 1024;
+
 /// The line being typed, and the lines sent before.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InputLine {
@@ -53,12 +57,34 @@ impl InputLine {
     /// Inserts `c` at the cursor; false for a character the screen would escape (a
     /// control character, a line separator, a bidirectional control), which is left out.
     pub fn insert(&mut self, c: char) -> bool {
-        if needs_escape(c) {
+        if needs_escape(c) || self.text.len() + c.len_utf8() > MAX_INPUT_BYTES {
             return false;
         }
         let at = self.byte(self.cursor());
         self.text.insert(at, c);
         self.cursor = self.cursor() + 1;
+        true
+    }
+
+    /// Inserts the characters of `text` it takes (as [`insert`](Self::insert) would, in
+    /// one go, so that a long paste costs one pass), up to [`MAX_INPUT_BYTES`]. False if
+    /// it took none.
+    pub fn insert_str(&mut self, text: &str) -> bool {
+        let mut room = MAX_INPUT_BYTES.saturating_sub(self.text.len());
+        let mut taken = String::new();
+        for c in text.chars().filter(|c| !needs_escape(*c)) {
+            if c.len_utf8() > room {
+                break;
+            }
+            room -= c.len_utf8();
+            taken.push(c);
+        }
+        if taken.is_empty() {
+            return false;
+        }
+        let at = self.byte(self.cursor());
+        self.text.insert_str(at, &taken);
+        self.cursor = self.cursor() + taken.chars().count();
         true
     }
 
