@@ -91,8 +91,11 @@ client again elsewhere as the same user ends this one (it exits, and does not fi
 back).
 
 At end of input the client exits 0 once the server has acknowledged every message;
-otherwise (a message refused, or not acknowledged within 15 s) it lists the messages
-not delivered and exits non-zero with a one-line error.";
+otherwise (a message refused or not sent, or not acknowledged within 15 s) it lists the
+messages not acknowledged and exits non-zero with a one-line error. A line typed after
+/join waits for the join; after /part (or /leave) the room is gone at once. If the owner
+removes you from your current room, there is no current room until you /switch: no
+line meant for it goes to another.";
 
 /// Chat in rooms of an end-to-end encrypted relay: messages are encrypted for each
 /// room's members and signed before they leave this machine.
