@@ -1387,8 +1387,16 @@ class SeveralRooms(unittest.TestCase):
         kicked = pb.MemberLeft(room="a", user="alice", reason=pb.LEAVE_REASON_KICKED)
         with contextlib.redirect_stderr(io.StringIO()) as err:
             client._on_frame(pb.ServerFrame(member_left=kicked))
-        self.assertEqual(err.getvalue(), "* the owner of a removed you from it\n")
-        self.assertEqual((list(client.rooms), client.current, client.finishing), (["b"], "b", None))
+        self.assertEqual(
+            err.getvalue(),
+            "* the owner of a removed you from it\n"
+            "warning: a was your current room: choose another with /switch ROOM before sending\n",
+        )
+        # No current room until /switch: a line meant for a must not go to b.
+        self.assertEqual((list(client.rooms), client.current, client.finishing), (["b"], None, None))
+        with contextlib.redirect_stderr(io.StringIO()) as err:
+            client._on_input(("line", "meant for a"))
+        self.assertEqual(err.getvalue(), "you have no current room: choose one with /switch ROOM\n")
         self.assertIsNone(load_last_seq(client.progress, client.server, "a"), "a later join is a first join")
         kicked.room = "b"
         with contextlib.redirect_stderr(io.StringIO()):

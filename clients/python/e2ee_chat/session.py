@@ -693,15 +693,21 @@ class ChatClient:
         """The first room still joined and not being left: the current one after a leave."""
         return next((name for name, room in self.rooms.items() if not room.leaving), None)
 
-    def _drop_room(self, name: str, membership_ended: bool) -> None:
+    def _drop_room(self, name: str, membership_ended: bool, removed: bool = False) -> None:
         """``name`` is no longer part of the session: left, removed from, or its join
-        refused. Once no room is left, the session ends as at end of input."""
+        refused. Once no room is left, the session ends as at end of input. Removed from
+        the current room, there is no current room until /switch: a line meant for it
+        must not go to another."""
         room = self.rooms.pop(name)
         if membership_ended:
             self.gone.add(name)
             self._forget_progress(name)
             self._warn_undecrypted(room)
-        if self.current == name or (self.current is not None and self.rooms[self.current].leaving):
+        if removed and self.current == name:
+            self.current = None
+            if self._first_room() is not None:
+                self.warn(f"{name} was your current room: choose another with /switch ROOM before sending")
+        elif self.current == name or (self.current is not None and self.rooms[self.current].leaving):
             self.current = self._first_room()
         if self._first_room() is None and self.finishing is None:
             self.finishing = "quit"
@@ -885,7 +891,7 @@ class ChatClient:
         """The owner removed us: the room is gone from the session; the last one gone
         ends it, as at end of input, with the removal as its error."""
         self.info(f"* the owner of {room.name} removed you from it")
-        self._drop_room(room.name, membership_ended=True)
+        self._drop_room(room.name, membership_ended=True, removed=True)
         if not self.rooms:
             self.removed_from = room.name
 
@@ -934,6 +940,9 @@ class ChatClient:
 
     def _current_room(self) -> Optional[JoinedRoom]:
         room = self.rooms.get(self.current) if self.current is not None else None
+        if room is None and self.current is None and self._first_room() is not None:
+            self.info("you have no current room: choose one with /switch ROOM")
+            return None
         if room is None or not room.takes_input():
             self.info("you are in no room: /join ROOM")
             return None
