@@ -304,6 +304,16 @@ fn a_second_session_of_a_user_takes_over_and_the_first_exits() {
     assert!(status.success(), "{stderr:?}");
 }
 
+/// The client ended non-zero, its last line saying that one message was not delivered.
+fn assert_one_not_delivered(status: std::process::ExitStatus, stderr: &[String]) {
+    assert!(!status.success());
+    let last = stderr.last().map(String::as_str).unwrap_or_default();
+    assert!(
+        last.contains("1 message(s) were not delivered"),
+        "{stderr:?}"
+    );
+}
+
 /// Asks `client` for its receipts in `room` until a line about `text` contains `wanted`
 /// (receipts come in batches, a second or two after the message).
 fn wait_for_receipt(client: &mut ClientProcess, room: &str, text: &str, wanted: &str) -> String {
@@ -370,14 +380,7 @@ fn one_session_chats_in_several_rooms_with_receipts() {
 
     let (status, stdout, stderr) = alice.finish();
     // The line for a room left was not sent: the exit status says so.
-    assert!(!status.success());
-    assert!(
-        stderr
-            .last()
-            .unwrap()
-            .contains("1 message(s) were not delivered"),
-        "{stderr:?}"
-    );
+    assert_one_not_delivered(status, &stderr);
     assert!(
         stdout.is_empty(),
         "nothing but carol's text, read above: {stdout:?}"
@@ -511,14 +514,7 @@ fn removed_from_the_current_room_a_line_is_sent_nowhere_until_a_switch() {
     bob.expect_stdout("[open] carol: now for open");
     let (status, _, stderr) = carol.finish();
     // The line that went nowhere counts as not delivered.
-    assert!(!status.success());
-    assert!(
-        stderr
-            .last()
-            .unwrap()
-            .contains("1 message(s) were not delivered"),
-        "{stderr:?}"
-    );
+    assert_one_not_delivered(status, &stderr);
     let (_, stdout, _) = bob.finish();
     assert!(
         stdout.is_empty(),
