@@ -314,22 +314,6 @@ fn assert_one_not_delivered(status: std::process::ExitStatus, stderr: &[String])
     );
 }
 
-/// Asks `client` for its receipts in `room` until a line about `text` contains `wanted`
-/// (receipts come in batches, a second or two after the message).
-fn wait_for_receipt(client: &mut ClientProcess, room: &str, text: &str, wanted: &str) -> String {
-    let about = format!("receipts [{room}] \"{text}\": ");
-    for _ in 0..40 {
-        client.say(&format!("/receipts {room}"));
-        let lines = wait_for_line(&client.stderr, &format!("receipts [{room}]"));
-        let line = lines.last().unwrap().clone();
-        if line.starts_with(&about) && line.contains(wanted) {
-            return line;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
-    panic!("no receipt of {text:?} in {room} says {wanted:?}");
-}
-
 #[test]
 fn one_session_chats_in_several_rooms_with_receipts() {
     let dir = tempfile::tempdir().unwrap();
@@ -352,7 +336,7 @@ fn one_session_chats_in_several_rooms_with_receipts() {
     carol.say("hi alice");
     alice.expect_stdout("[beta] carol: hi alice");
     // bob's client received it and said so; nobody printed or warned about a receipt.
-    let line = wait_for_receipt(&mut alice, "alpha", "to alpha", "delivered to 1 of 1 (bob)");
+    let line = alice.wait_for_receipt("alpha", "to alpha", "delivered to 1 of 1 (bob)");
     assert!(line.ends_with("read by 0"), "{line}");
 
     alice.say("/switch beta");
@@ -432,20 +416,15 @@ fn no_receipts_keeps_what_was_received_and_read_to_oneself() {
     alice.say("who got this?");
     bob.expect_stdout("[lobby] alice: who got this?");
     carol.expect_stdout("[lobby] alice: who got this?");
-    let line = wait_for_receipt(&mut alice, "lobby", "who got this?", "delivered to 1 of 2");
+    let line = alice.wait_for_receipt("lobby", "who got this?", "delivered to 1 of 2");
     assert!(line.contains("(carol)"), "{line}");
     // Well past the receipts' batching interval, bob's client still said nothing.
     std::thread::sleep(std::time::Duration::from_secs(3));
-    let line = wait_for_receipt(&mut alice, "lobby", "who got this?", "delivered to 1 of 2");
+    let line = alice.wait_for_receipt("lobby", "who got this?", "delivered to 1 of 2");
     assert!(!line.contains("bob"), "{line}");
     // bob still sees the others' receipts for his own messages.
     bob.say("and this?");
-    wait_for_receipt(
-        &mut bob,
-        "lobby",
-        "and this?",
-        "delivered to 2 of 2 (alice, carol)",
-    );
+    bob.wait_for_receipt("lobby", "and this?", "delivered to 2 of 2 (alice, carol)");
     for client in [alice, bob, carol] {
         assert!(client.finish().0.success());
     }

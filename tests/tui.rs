@@ -66,23 +66,6 @@ fn shows_timed(screen: &vt100::Screen, text: &str) -> bool {
     })
 }
 
-/// Asks `client` for its receipts in `room` until the line about `text` contains
-/// `wanted` (receipts come in batches, a second or two after the message).
-fn wait_for_receipt(client: &mut ClientProcess, room: &str, text: &str, wanted: &str) -> String {
-    let about = format!("receipts [{room}] \"{text}\": ");
-    let mut last = String::new();
-    for _ in 0..40 {
-        client.say(&format!("/receipts {room}"));
-        let lines = wait_for_line(&client.stderr, &format!("receipts [{room}]"));
-        last = lines.last().unwrap().clone();
-        if last.starts_with(&about) && last.contains(wanted) {
-            return last;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    panic!("no receipt of {text:?} in {room} says {wanted:?}; the last: {last:?}");
-}
-
 /// Quits with `keys` and checks that the client exits 0 and gives the terminal back: off
 /// the alternate screen, in the modes it was in before.
 fn quit_and_check_the_terminal(client: &mut TerminalClient, keys: &str) {
@@ -156,7 +139,7 @@ fn full_screen_chats_in_two_rooms_shows_receipts_and_gives_the_terminal_back() {
         room_list(screen) == ["alpha", "beta (1)"]
     });
     assert!(!screen.contents().contains("psst"), "{}", show(&screen));
-    let line = wait_for_receipt(&mut carol, "beta", "psst", "delivered to 1 of 1 (alice)");
+    let line = carol.wait_for_receipt("beta", "psst", "delivered to 1 of 1 (alice)");
     assert!(line.ends_with("read by 0"), "{line}");
 
     // Ctrl-N shows beta: carol's text, no unread count any more, and it is read.
@@ -168,7 +151,7 @@ fn full_screen_chats_in_two_rooms_shows_receipts_and_gives_the_terminal_back() {
     });
     assert_eq!(room_list(&screen), ["alpha", "beta"], "{}", show(&screen));
     assert!(!screen.contents().contains("beta (1)"), "{}", show(&screen));
-    wait_for_receipt(&mut carol, "beta", "psst", "read by 1 (alice)");
+    carol.wait_for_receipt("beta", "psst", "read by 1 (alice)");
 
     quit_and_check_the_terminal(&mut alice, "/quit\r");
     finish_quietly(bob, "bob", &[]);
@@ -193,8 +176,7 @@ fn a_line_client_learns_what_the_full_screen_read_and_prints_no_receipt() {
     });
     alice.type_keys("yes\r");
     bob.expect_stdout("[lobby] alice: yes");
-    wait_for_receipt(
-        &mut bob,
+    bob.wait_for_receipt(
         "lobby",
         "seen?",
         "delivered to 1 of 1 (alice), read by 1 (alice)",

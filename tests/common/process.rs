@@ -330,6 +330,24 @@ impl ClientProcess {
         remaining_lines(&self.stdout)
     }
 
+    /// Asks for the receipts of our messages in `room` (`/receipts ROOM`) until the line
+    /// about `text` contains `wanted` (receipts come in batches, a second or two after
+    /// the message); returns that line.
+    pub fn wait_for_receipt(&mut self, room: &str, text: &str, wanted: &str) -> String {
+        let about = format!("receipts [{room}] \"{text}\": ");
+        let mut last = String::new();
+        for _ in 0..40 {
+            self.say(&format!("/receipts {room}"));
+            let lines = wait_for_line(&self.stderr, &format!("receipts [{room}]"));
+            last = lines.last().unwrap().clone();
+            if last.starts_with(&about) && last.contains(wanted) {
+                return last;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        panic!("no receipt of {text:?} in {room} says {wanted:?}; the last: {last:?}");
+    }
+
     /// Types `line` into the client. A client that exited instead fails the test with
     /// its status and what it said on stderr.
     pub fn say(&mut self, line: &str) {
