@@ -25,8 +25,8 @@ pub struct WebOptions {
     /// built from, when it is there.
     #[arg(long, env = "CHAT_WEB_DIR", value_name = "DIR")]
     pub web_dir: Option<PathBuf>,
-    /// An origin (scheme://host[:port]) whose pages may call the relay from a browser,
-    /// for a web client served from elsewhere; repeat it or separate origins with
+    /// An origin, such as https://chat.example.org or http://localhost:8080, whose pages
+    /// may call the relay from a browser, for a web client served from elsewhere; repeat it or separate origins with
     /// commas. Default: none, so only the pages the relay serves itself.
     #[arg(
         long = "web-origin",
@@ -59,7 +59,7 @@ fn origin(text: &str) -> Result<HeaderValue, String> {
         .or_else(|| text.strip_prefix("http://"))
         .ok_or("an origin starts with https:// or http://")?;
     if rest.is_empty() || rest.contains(['/', '?', '#', '*', ' ']) {
-        return Err("an origin is scheme://host[:port], with no path".to_owned());
+        return Err("an origin is a scheme and a host, with a port or not, and no path".to_owned());
     }
     HeaderValue::from_str(text).map_err(|error| error.to_string())
 }

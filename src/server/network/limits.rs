@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::server::{positive, positive_u64};
+use crate::server::config::{positive, positive_u64};
 
 /// What a peer may hold before it has logged in, and how long it may take: deadlines and
 /// caps on connections and on the RPCs that need no session token.
