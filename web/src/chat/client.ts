@@ -81,6 +81,11 @@ interface JoinedRoom {
 
 const MAX_BACKOFF_MS = 10_000;
 
+/** In Node, timers must not keep a process alive on their own; browsers have no unref. */
+function unref(timer: unknown): void {
+  (timer as { unref?: () => void }).unref?.();
+}
+
 function newId(): string {
   return toHex(crypto.getRandomValues(new Uint8Array(8)));
 }
@@ -240,6 +245,7 @@ export class ChatClient {
     await this.establish();
     if (!this.maintenanceTimer) {
       this.maintenanceTimer = setInterval(() => void this.serial(() => this.maintainPrekeys()), PREKEY_MAINTENANCE_MS);
+      unref(this.maintenanceTimer);
     }
   }
 
@@ -679,6 +685,7 @@ export class ChatClient {
         await this.sendSealed(room, await room.state.sealReceipt(delivered, read), { receipt: true });
       });
     }, wait);
+    unref(room.receiptTimer);
   }
 
   /** The person has seen the room's messages up to `seq`: the next receipt says so. */
