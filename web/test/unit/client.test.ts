@@ -167,3 +167,39 @@ test("changed keys hold sending until trusted; tampered messages are refused, ne
   alice.client.close();
   bob.client.close();
 });
+
+test("private rooms: the owner invites and kicks; a member the relay adds gets no key", async () => {
+  const relay = new FakeRelay();
+  const alice = await newClient(relay, "alice");
+  const bob = await newClient(relay, "bob");
+  const carol = await newClient(relay, "carol");
+  await alice.client.connect();
+  await bob.client.connect();
+  await carol.client.connect();
+  await alice.client.join("club", { createPrivate: true });
+  assert.deepEqual(alice.client.rooms().map((r) => [r.name, r.private, r.owner]), [["club", true, "alice"]]);
+  await assert.rejects(carol.client.join("club"), /PermissionDenied|not invited/);
+  await carol.waitFor((e): e is ChatEvent => e.type === "joinRefused");
+  await alice.client.invite("club", "bob");
+  await bob.client.join("club");
+  await alice.waitFor((e): e is ChatEvent => e.type === "memberJoined" && e.user === "bob");
+  assert.equal(bob.client.members("club").find((m) => m.name === "alice")!.owner, true);
+  await alice.client.send("club", "welcome bob");
+  await bob.waitFor(isMessage("welcome bob"));
+  // The relay lets carol in on its own: nobody admits her, she hears nothing.
+  relay.openDoors = true;
+  await carol.client.join("club");
+  await alice.waitFor((e): e is ChatEvent => e.type === "warning" && /not admitting carol/.test(e.message));
+  await alice.client.send("club", "not for carol");
+  await bob.waitFor(isMessage("not for carol"));
+  assert.ok(!carol.events.some((e) => e.type === "message"));
+  // Kicked: bob is out, and what alice says next is not his to read.
+  await alice.client.kick("club", "bob");
+  await bob.waitFor((e): e is ChatEvent => e.type === "memberLeft" && e.user === "bob");
+  assert.deepEqual(bob.client.rooms(), []);
+  await alice.waitFor((e): e is ChatEvent => e.type === "memberLeft" && e.user === "bob");
+  await alice.client.send("club", "after the kick");
+  await alice.waitFor((e): e is ChatEvent => e.type === "messageState" && e.state === "stored" && alice.events.filter((x) => x.type === "messageState" && x.state === "stored").length >= 3);
+  assert.ok(!bob.events.some((e) => e.type === "message" && e.text === "after the kick"));
+  for (const c of [alice, bob, carol]) c.client.close();
+});

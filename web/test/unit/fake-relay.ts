@@ -9,7 +9,7 @@ import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { Code, ConnectError, createRouterTransport, type HandlerContext, type Transport } from "@connectrpc/connect";
 import {
   AuthService, ChatService, ServerFrameSchema, SenderKeyDeliverySchema, MessageDeliverySchema, PublicIdentitySchema,
-  type ClientFrame, type MessageDelivery, type PublicIdentity, type SenderKeyDelivery, type ServerFrame, type SignedPrekey,
+  type ClientFrame, type Invitation, type Removal, type MessageDelivery, type PublicIdentity, type SenderKeyDelivery, type ServerFrame, type SignedPrekey,
 } from "../../src/gen/chat/v2/chat_pb.js";
 import { randomBytes, toHex } from "../../src/chat/crypto/bytes.js";
 import { copyLeaf } from "../../src/chat/crypto/binding.js";
@@ -25,6 +25,9 @@ interface Room {
   joinedAt: Map<string, bigint>;
   seq: bigint;
   log: Entry[];
+  owner: string;
+  invitations: Map<string, Invitation>;
+  removals: Removal[];
 }
 
 class LiveSession {
@@ -68,6 +71,8 @@ export class FakeRelay {
   loseAnswer: ((user: string, frame: ClientFrame) => boolean) | null = null;
   /** A user whose identity the key directory and joins present differently (a relay swapping keys). */
   presentAs = new Map<string, PublicIdentity>();
+  /** Lets anyone into private rooms (a relay adding members on its own). */
+  openDoors = false;
   readonly transport: Transport;
 
   constructor() {
@@ -167,24 +172,35 @@ export class FakeRelay {
       const name = k.value.room;
       let room = this.rooms.get(name);
       if (!room) {
-        room = { name, members: new Set(), joinedAt: new Map(), seq: 0n, log: [] };
+        room = {
+          name, members: new Set(), joinedAt: new Map(), seq: 0n, log: [],
+          owner: k.value.createPrivate ? user : "", invitations: new Map(), removals: [],
+        };
         this.rooms.set(name, room);
       }
       if (session.joined.has(name)) return reject(Code.AlreadyExists, "joined already");
       const resumed = room.members.has(user);
+      if (room.owner && !resumed && user !== room.owner && !room.invitations.has(user) && !this.openDoors) {
+        return reject(Code.PermissionDenied, "not invited");
+      }
       if (!resumed) {
         room.seq++;
         room.members.add(user);
         room.joinedAt.set(user, room.seq);
         for (const m of room.members) {
-          if (m !== user) this.deliver(m, name, this.frame(0n, { case: "memberJoined", value: { room: name, member: this.identityOf(user) } }));
+          if (m !== user) {
+            this.deliver(m, name, this.frame(0n, {
+              case: "memberJoined", value: { room: name, member: this.identityOf(user), invitation: room.invitations.get(user) },
+            }));
+          }
         }
       }
       session.joined.add(name);
       const joined = this.frame(rid, {
         case: "joined",
         value: {
-          room: name, resumed, lastSeq: room.seq,
+          room: name, resumed, lastSeq: room.seq, privateRoom: room.owner !== "", owner: room.owner,
+          invitations: [...room.invitations.values()], removals: room.removals,
           members: [...room.members].filter((m) => m !== user).sort().map((m) => create(PublicIdentitySchema, this.identityOf(m)!)),
         },
       });
@@ -235,6 +251,28 @@ export class FakeRelay {
         session.joined.delete(roomName);
         room.seq++;
         for (const m of room.members) this.deliver(m, roomName, this.frame(0n, { case: "memberLeft", value: { room: roomName, user, reason: 1 } }));
+        return this.frame(rid, { case: "ack", value: { seq: 0n } });
+      }
+      case "invite": {
+        if (room.owner !== user) return reject(Code.PermissionDenied, "not the owner");
+        const inv = k.value.invitation!;
+        room.invitations.set(inv.invitee, inv);
+        room.removals = room.removals.filter((r) => r.member !== inv.invitee);
+        return this.frame(rid, { case: "ack", value: { seq: 0n } });
+      }
+      case "kick": {
+        if (room.owner !== user) return reject(Code.PermissionDenied, "not the owner");
+        const removal = k.value.removal!;
+        room.invitations.delete(removal.member);
+        room.removals.push(removal);
+        if (room.members.has(removal.member)) {
+          room.seq++;
+          for (const m of room.members) {
+            this.deliver(m, roomName, this.frame(0n, { case: "memberLeft", value: { room: roomName, user: removal.member, reason: 4, removal } }));
+          }
+          room.members.delete(removal.member);
+          this.sessions.get(removal.member)?.joined.delete(roomName);
+        }
         return this.frame(rid, { case: "ack", value: { seq: 0n } });
       }
       case "history": {
