@@ -556,7 +556,7 @@ export class ChatClient {
       const p = this.pending.find((x) => x.pid === o.pid);
       this.pending = this.pending.filter((x) => x.pid !== o.pid);
       await this.savePending();
-      if (p?.localId) this.emit({ type: "messageState", room: o.room, localId: p.localId, state: "failed", reason });
+      if (p?.localId) this.emit({ type: "messageState", room: o.room, localId: p.localId, state: "failed", reason, text: p.text });
       else this.warn(`the relay refused a ${p?.receipt ? "receipt" : "key distribution"} in ${o.room}: ${reason}`, o.room);
       return;
     }
@@ -573,7 +573,7 @@ export class ChatClient {
     if (p.kind === "send") {
       const sealed = fromBinary(SendMessageSchema, p.payload).sealed;
       if (room?.state && sealed) await room.state.acknowledged(sealed.keyId, sealed.iteration);
-      if (p.localId) this.emit({ type: "messageState", room: p.room, localId: p.localId, state: "stored", seq: Number(seq) });
+      if (p.localId) this.emit({ type: "messageState", room: p.room, localId: p.localId, state: "stored", seq: Number(seq), text: p.text });
     }
   }
 
@@ -695,6 +695,13 @@ export class ChatClient {
     r.readThrough = BigInt(seq);
     r.receiptWanted = true;
     this.scheduleReceipt(r);
+  }
+
+  /** Our texts not acknowledged yet (kept across page loads; they go again on the next join). */
+  pendingMessages(room: string): { localId: string; text: string }[] {
+    return this.pending
+      .filter((p) => p.room === room && p.localId !== undefined)
+      .map((p) => ({ localId: p.localId!, text: p.text ?? "" }));
   }
 
   /** What each member's receipts said last: how far it got in the room. */
