@@ -91,6 +91,12 @@ test("two browser clients chat over a real relay", async (t) => {
     await alice2.send(room, "back again");
     await b.waitFor((e) => e.type === "message" && e.text === "back again", "alice's message after coming back");
     assert.ok(!b.events.some((e) => e.type === "refusedMessage"), JSON.stringify(b.events.filter((e) => e.type === "refusedMessage")));
+    if (process.env.CHAT_DEBUG) {
+      for (const [who, events] of [["alice", a.events], ["alice2", a2.events], ["bob", b.events]] as const) {
+        for (const e of events) if (e.type === "warning" || e.type === "error" || e.type === "disconnected") console.log(who, JSON.stringify(e));
+      }
+    }
+    assert.ok(![...a.events, ...a2.events, ...b.events].some((e) => e.type === "error"));
     alice2.close();
     bob.close();
   } finally {
