@@ -3,7 +3,7 @@
  * Node. The server comes from CHAT_SERVER_URL (already running), or CHAT_SERVER_BIN (a
  * chat-server binary started here on a free loopback port); without either, skipped.
  */
-import { test } from "node:test";
+import { after, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync } from "node:fs";
@@ -50,15 +50,18 @@ function recorder(client: ChatClient) {
   return { events, waitFor };
 }
 
+let serverPromise: ReturnType<typeof startServer> | null = null;
+function server() {
+  serverPromise ??= startServer();
+  return serverPromise;
+}
+after(async () => (await serverPromise)?.child?.kill());
+
 test("two browser clients chat over a real relay", async (t) => {
-  const server = await startServer();
-  if (!server) {
-    t.skip("set CHAT_SERVER_URL or CHAT_SERVER_BIN to run against a real chat-server");
-    return;
-  }
-  try {
-    const transport = createGrpcWebTransport({ baseUrl: server.url, httpVersion: "1.1", useBinaryFormat: true });
-    const opts = (vault: MemoryVault) => ({ serverUrl: server.url, vault, transport, keyBits: KEY_BITS });
+  const server = await serverOr(t);
+  if (!server) return;
+  {
+    const opts = (vault: MemoryVault) => options(server.url, vault);
     const suffix = Math.random().toString(36).slice(2, 8);
     const room = `web-${suffix}`;
     const aliceVault = new MemoryVault();
@@ -99,7 +102,60 @@ test("two browser clients chat over a real relay", async (t) => {
     assert.ok(![...a.events, ...a2.events, ...b.events].some((e) => e.type === "error"));
     alice2.close();
     bob.close();
-  } finally {
-    server.child?.kill();
   }
+});
+
+async function serverOr(t: { skip: (why: string) => void }) {
+  const s = await server();
+  if (!s) t.skip("set CHAT_SERVER_URL or CHAT_SERVER_BIN to run against a real chat-server");
+  return s;
+}
+
+function options(url: string, vault = new MemoryVault()) {
+  const transport = createGrpcWebTransport({ baseUrl: url, httpVersion: "1.1", useBinaryFormat: true });
+  return { serverUrl: url, vault, transport, keyBits: KEY_BITS };
+}
+
+test("a private room over a real relay: invite, kick, and a stranger refused", async (t) => {
+  const s = await serverOr(t);
+  if (!s) return;
+  const suffix = Math.random().toString(36).slice(2, 8);
+  const room = `club-${suffix}`;
+  const alice = await ChatClient.createIdentity(options(s.url), `alice-${suffix}`);
+  const bob = await ChatClient.createIdentity(options(s.url), `bob-${suffix}`);
+  const carol = await ChatClient.createIdentity(options(s.url), `carol-${suffix}`);
+  const [a, b, c] = [recorder(alice), recorder(bob), recorder(carol)];
+  for (const client of [alice, bob, carol]) await client.connect();
+  await alice.join(room, { createPrivate: true });
+  await assert.rejects(carol.join(room), /PermissionDenied/);
+  await c.waitFor((e) => e.type === "joinRefused", "carol refused");
+  await alice.invite(room, bob.user);
+  await bob.join(room);
+  await a.waitFor((e) => e.type === "memberJoined" && e.user === bob.user, "bob joined");
+  assert.deepEqual(bob.rooms().map((r) => [r.private, r.owner]), [[true, alice.user]]);
+  await alice.send(room, "welcome");
+  await b.waitFor((e) => e.type === "message" && e.text === "welcome", "bob reads the owner");
+  await alice.kick(room, bob.user);
+  await b.waitFor((e) => e.type === "memberLeft" && e.user === bob.user, "bob removed");
+  await a.waitFor((e) => e.type === "memberLeft" && e.user === bob.user, "alice sees bob go");
+  assert.deepEqual(bob.rooms(), []);
+  assert.ok(![...a.events, ...b.events, ...c.events].some((e) => e.type === "error" || e.type === "refusedMessage"));
+  for (const client of [alice, bob, carol]) client.close();
+});
+
+test("a second session of the same user ends the first, which does not reconnect", async (t) => {
+  const s = await serverOr(t);
+  if (!s) return;
+  const suffix = Math.random().toString(36).slice(2, 8);
+  const vault = new MemoryVault();
+  const first = await ChatClient.createIdentity(options(s.url, vault), `dave-${suffix}`);
+  const r = recorder(first);
+  await first.connect();
+  await first.join(`solo-${suffix}`);
+  const second = await ChatClient.login(options(s.url, vault), first.user);
+  await second.connect();
+  const ended = await r.waitFor((e) => e.type === "disconnected", "the first session ending");
+  assert.equal((ended as { willRetry: boolean }).willRetry, false);
+  first.close();
+  second.close();
 });
