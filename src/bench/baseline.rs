@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::proto::chat_service_server::{ChatService, ChatServiceServer};
@@ -43,12 +44,10 @@ impl ChatService for PlainRelay {
         Err(Status::unimplemented("the baseline relay keeps no keys"))
     }
 
-    type ChatStream = UnboundedReceiverStream<Result<ServerFrame, Status>>;
-
     async fn chat(
         &self,
         request: Request<Streaming<ClientFrame>>,
-    ) -> Result<Response<Self::ChatStream>, Status> {
+    ) -> Result<Response<BoxStream<ServerFrame>>, Status> {
         let user = request
             .metadata()
             .get(AUTHORIZATION_METADATA_KEY)
@@ -105,6 +104,8 @@ impl ChatService for PlainRelay {
                 members.retain(|(member, _)| *member != user);
             }
         });
-        Ok(Response::new(UnboundedReceiverStream::new(frames)))
+        Ok(Response::new(Box::pin(UnboundedReceiverStream::new(
+            frames,
+        ))))
     }
 }

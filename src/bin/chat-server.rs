@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use e2ee_chat::protocol::utc_time;
-use e2ee_chat::server::{self, Limits};
+use e2ee_chat::server::{self, Limits, WebOptions};
 use e2ee_chat::store::{SqliteStore, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -23,7 +23,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// of each room and never sees a key or a plaintext.
 ///
 /// Serves chat.v2.AuthService (login), chat.v2.ChatService (which needs a session token),
-/// gRPC reflection (v1 and v1alpha) and grpc.health.v1.Health.
+/// gRPC reflection (v1 and v1alpha) and grpc.health.v1.Health, over gRPC and, for
+/// browsers, gRPC-Web (HTTP/1.1 or HTTP/2) on the same port; and the web client at /.
 /// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) to change how much.
 /// Stops gracefully on Ctrl-C or SIGTERM.
 ///
@@ -62,6 +63,8 @@ struct Args {
     /// disk before it is acknowledged. Back it up with: sqlite3 chat.sqlite3 ".backup FILE"
     #[arg(long, global = true, env = "CHAT_DATA_DIR", default_value_os_t = default_data_dir())]
     data_dir: PathBuf,
+    #[command(flatten)]
+    web: WebOptions,
     #[command(flatten)]
     limits: Limits,
 }
@@ -163,6 +166,7 @@ async fn run(args: Args) -> Result<(), String> {
         limits: args.limits,
         tls,
         store,
+        web: args.web,
     };
     let serve = server::serve(listener, config, signal);
     let deadline = async {

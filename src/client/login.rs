@@ -58,8 +58,8 @@ impl Credentials {
         ChatServiceClient::new(self.authorize(channel)).max_decoding_message_size(MAX_INBOUND_FRAME)
     }
 
-    /// `channel`, with this user's token on every request.
-    pub fn authorize(&self, channel: Channel) -> InterceptedService<Channel, BearerToken> {
+    /// `channel` (or any other gRPC transport), with this user's token on every request.
+    pub fn authorize<T>(&self, channel: T) -> InterceptedService<T, BearerToken> {
         InterceptedService::new(channel, self.bearer.clone())
     }
 }

@@ -727,7 +727,8 @@ impl ChatSession {
             Kind::SenderKey(key) => &key.room,
             Kind::CaughtUp(caught_up) => &caught_up.room,
             Kind::History(history) => &history.room,
-            Kind::Joined(_) => return None,
+            // A `Chat` stream never carries `SessionOpened`.
+            Kind::Joined(_) | Kind::SessionOpened(_) => return None,
         };
         self.rooms.contains_key(room).then(|| room.clone())
     }

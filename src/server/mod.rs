@@ -11,6 +11,9 @@
 //! - `writer`: the thread that commits the hub's changes to the store in batches.
 //! - `catch_up`: a returning member's missed entries, and history, read from the store.
 //! - `session`: reads one client's frames and carries them out on the hub.
+//! - `web`: gRPC-Web, CORS and the web client's files, for browsers ([`WebOptions`]).
+//! - `web_session`: sessions for browsers, opened with `OpenSession` and fed by
+//!   `SendFrame`.
 //! - [`frame`]: the relay's checks of one client frame, which need nothing but the frame
 //!   (public so that the fuzz targets drive the same code).
 //! - `outbound`: the bounded queue of frames to one client.
@@ -32,6 +35,8 @@ mod service;
 mod session;
 mod signed_membership;
 pub mod tls;
+mod web;
+mod web_session;
 mod writer;
 
 use std::future::Future;
@@ -40,6 +45,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
+use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
@@ -47,6 +53,7 @@ use tonic::transport::{Server, ServerTlsConfig};
 pub use network::NetworkLimits;
 pub use outbound::Outbound;
 pub use registration::{RegistrationMode, RegistrationPolicy};
+pub use web::WebOptions;
 
 use crate::proto::FILE_DESCRIPTOR_SET;
 use crate::proto::auth_service_server::AuthServiceServer;
@@ -223,6 +230,7 @@ pub struct Config {
     /// `None` serves plaintext.
     pub tls: Option<ServerTlsConfig>,
     pub store: Arc<dyn Store>,
+    pub web: WebOptions,
 }
 
 impl Config {
@@ -232,6 +240,7 @@ impl Config {
             limits,
             tls: None,
             store: Arc::new(SqliteStore::in_memory().expect("an in-memory SQLite database opens")),
+            web: WebOptions::default(),
         }
     }
 }
@@ -300,7 +309,12 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let Config { limits, tls, store } = config;
+    let Config {
+        limits,
+        tls,
+        store,
+        web,
+    } = config;
     let accounts = Arc::new(Accounts::new(&limits, store.clone())?);
     let keys = Arc::new(KeyDirectory::new(store.clone())?);
     let (commands, received) = std::sync::mpsc::channel();
@@ -409,20 +423,37 @@ pub async fn serve(
     // tonic wraps each connection from `incoming` in its TLS acceptor, so a connection
     // still counts against the limits, and its handshake deadline runs, while it
     // handshakes.
-    let mut builder = Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
+    let client_dir = web.client_dir();
+    match &client_dir {
+        Some(dir) => tracing::info!(dir = %dir.display(), "serving the web client at /"),
+        None => tracing::info!(
+            "no web client to serve at / (build it with scripts/build-web.sh, or give \
+             --web-dir); native and gRPC-Web clients are served"
+        ),
     }
-    builder
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        .layer(network::BoundsLayer::new(&limits.network))
+    let mut routes = Routes::builder();
+    routes
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(login)
-        .add_service(chat)
+        .add_service(chat);
+    let mut builder = Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    // Browsers speak gRPC-Web, over HTTP/1.1 as well as HTTP/2; tonic-web translates it
+    // before the relay's bounds see the request, so both kinds are bounded alike.
+    builder
+        .accept_http1(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .layer(web::cors(&web))
+        .layer(web::FilesLayer::new(client_dir.as_deref()))
+        .layer(tonic_web::GrpcWebLayer::new())
+        .layer(network::BoundsLayer::new(&limits.network))
+        .add_routes(routes.routes())
         .serve_with_incoming_shutdown(incoming, stop)
         .await?;
     // Everything acknowledged is committed already; this commits what is in flight.

@@ -1,28 +1,46 @@
 //! The `chat.v2.ChatService` implementation: the key directory's `KeyExchange`, and the
-//! `Chat` stream, whose frames become [`Hub`](super::hub::Hub) operations on behalf of
-//! the logged-in user.
+//! session, whose frames become [`Hub`](super::hub::Hub) operations on behalf of the
+//! logged-in user: on one `Chat` stream, or on `OpenSession` and `SendFrame` for
+//! browsers.
 
 use std::sync::Arc;
 
+use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::AuthenticatedUser;
 use super::network::connection::connection_of;
-use super::outbound::Outbound;
 use super::relay::Relay;
 use super::session;
+use super::web_session::WebSessions;
 use crate::proto::chat_service_server::ChatService;
-use crate::proto::{ClientFrame, KeyExchangeRequest, KeyExchangeResponse};
+use crate::proto::{
+    ClientFrame, KeyExchangeRequest, KeyExchangeResponse, OpenSessionRequest, SendFrameRequest,
+    SendFrameResponse, ServerFrame,
+};
 use crate::protocol::{MAX_BUNDLE_USERS, validate_room, validate_user};
 
 /// The relay's gRPC service.
 pub(crate) struct ChatRelay {
     relay: Arc<Relay>,
+    web_sessions: Arc<WebSessions>,
 }
 
 impl ChatRelay {
     pub(crate) fn new(relay: Arc<Relay>) -> Self {
-        Self { relay }
+        Self {
+            relay,
+            web_sessions: Arc::default(),
+        }
+    }
+
+    /// The caller's registered identity, for opening a session.
+    fn identity_of<T>(&self, request: &Request<T>) -> Result<crate::proto::PublicIdentity, Status> {
+        let user = caller(request)?;
+        self.relay
+            .accounts
+            .identity(&user)
+            .ok_or_else(|| Status::unauthenticated("the token's user is not registered"))
     }
 }
 
@@ -80,22 +98,54 @@ impl ChatService for ChatRelay {
         Ok(Response::new(KeyExchangeResponse { bundles }))
     }
 
-    type ChatStream = Outbound;
-
     async fn chat(
         &self,
         request: Request<Streaming<ClientFrame>>,
-    ) -> Result<Response<Outbound>, Status> {
-        let user = caller(&request)?;
-        let identity = self
-            .relay
-            .accounts
-            .identity(&user)
-            .ok_or_else(|| Status::unauthenticated("the token's user is not registered"))?;
+    ) -> Result<Response<BoxStream<ServerFrame>>, Status> {
+        let identity = self.identity_of(&request)?;
         let connection = connection_of(&request);
         let (id, outbound) = self.relay.hub.open_session(identity, connection)?;
         let reader = tokio::spawn(session::run(self.relay.clone(), id, request.into_inner()));
         self.relay.hub.set_reader(id, reader.abort_handle());
-        Ok(Response::new(outbound))
+        Ok(Response::new(Box::pin(outbound)))
+    }
+
+    async fn open_session(
+        &self,
+        request: Request<OpenSessionRequest>,
+    ) -> Result<Response<BoxStream<ServerFrame>>, Status> {
+        let identity = self.identity_of(&request)?;
+        let user = identity.user.clone();
+        let connection = connection_of(&request);
+        let (id, outbound) = self.relay.hub.open_session(identity, connection)?;
+        let (stream, frames) = match self.web_sessions.open(user, outbound) {
+            Ok(opened) => opened,
+            Err(status) => {
+                self.relay.hub.close_session(id);
+                return Err(status);
+            }
+        };
+        let reader = tokio::spawn(session::run(self.relay.clone(), id, frames));
+        self.relay.hub.set_reader(id, reader.abort_handle());
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn send_frame(
+        &self,
+        request: Request<SendFrameRequest>,
+    ) -> Result<Response<SendFrameResponse>, Status> {
+        let user = caller(&request)?;
+        let SendFrameRequest {
+            session_id,
+            frame_number,
+            frame,
+        } = request.into_inner();
+        let frame = frame.ok_or_else(|| {
+            Status::invalid_argument("SendFrameRequest.frame is missing: send one ClientFrame")
+        })?;
+        self.web_sessions
+            .send(&user, &session_id, frame_number, frame)
+            .await?;
+        Ok(Response::new(SendFrameResponse {}))
     }
 }

@@ -1,5 +1,7 @@
-//! One client's `Chat` stream, read frame by frame: each frame is checked by
-//! [`frame::check`], carried out on the [`Hub`], and answered.
+//! One client's session, read frame by frame: each frame is checked by
+//! [`frame::check`], carried out on the [`Hub`], and answered. The frames come from a
+//! `Chat` stream, or from `SendFrame` calls for a session opened with `OpenSession`
+//! (see `web_session`).
 //!
 //! A session may have [`MAX_IN_FLIGHT`] frames waiting for the store; beyond that its
 //! stream is not read until some are committed, so a fast sender is slowed down rather
@@ -8,7 +10,8 @@
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::{Code, Status, Streaming};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Code, Status};
 
 use super::catch_up;
 use super::frame::{self, ValidFrame};
@@ -22,7 +25,11 @@ use crate::proto::{ClientFrame, Rejection, server_frame};
 const MAX_IN_FLIGHT: usize = 64;
 
 /// Reads the session's frames until the client ends the stream or breaks the protocol.
-pub(crate) async fn run(relay: Arc<Relay>, id: SessionId, mut frames: Streaming<ClientFrame>) {
+pub(crate) async fn run(
+    relay: Arc<Relay>,
+    id: SessionId,
+    mut frames: impl Stream<Item = Result<ClientFrame, Status>> + Unpin,
+) {
     let hub = &relay.hub;
     let _close = CloseOnDrop { hub, id };
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -30,10 +37,10 @@ pub(crate) async fn run(relay: Arc<Relay>, id: SessionId, mut frames: Streaming<
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        match frames.message().await {
-            Ok(Some(frame)) => handle(&relay, id, frame, permit),
-            Ok(None) => return,
-            Err(status) => {
+        match frames.next().await {
+            Some(Ok(frame)) => handle(&relay, id, frame, permit),
+            None => return,
+            Some(Err(status)) => {
                 if let Some(status) = protocol_violation(&status) {
                     hub.end_session(id, status);
                 }

@@ -134,8 +134,6 @@ impl ChatService for Forward {
         Ok(Response::new(answer))
     }
 
-    type ChatStream = Frames;
-
     async fn chat(
         &self,
         request: Request<Streaming<ClientFrame>>,

@@ -4,6 +4,7 @@ use std::sync::OnceLock;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::Response;
+use tonic::codegen::BoxStream;
 use tonic::transport::Server;
 
 use super::*;
@@ -122,19 +123,17 @@ impl ChatService for ScriptedRelay {
         Ok(Response::new(KeyExchangeResponse { bundles }))
     }
 
-    type ChatStream = ReceiverStream<Result<ServerFrame, Status>>;
-
     async fn chat(
         &self,
         request: Request<Streaming<ClientFrame>>,
-    ) -> Result<Response<Self::ChatStream>, Status> {
+    ) -> Result<Response<BoxStream<ServerFrame>>, Status> {
         let (replies, outbound) = mpsc::channel(64);
         let stream = RelayStream {
             frames: request.into_inner(),
             replies,
         };
         let _ = self.streams.send(stream).await;
-        Ok(Response::new(ReceiverStream::new(outbound)))
+        Ok(Response::new(Box::pin(ReceiverStream::new(outbound))))
     }
 }
 

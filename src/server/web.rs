@@ -1,0 +1,220 @@
+//! What browsers need besides the gRPC services: gRPC-Web on the same port (tonic-web
+//! turns it into gRPC before the relay's own layers see it), CORS for the origins the
+//! operator names, and the web client's files at `/` for every request that is not
+//! gRPC.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use tonic::body::Body;
+use tower::{Layer, Service, ServiceExt};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::services::ServeDir;
+use tower_http::set_header::SetResponseHeaderLayer;
+
+/// Where the web client comes from, and which other origins may use the relay.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct WebOptions {
+    /// Directory of the built web client, served at / (build it with
+    /// scripts/build-web.sh). Default: the web/dist of the source tree chat-server was
+    /// built from, when it is there.
+    #[arg(long, env = "CHAT_WEB_DIR", value_name = "DIR")]
+    pub web_dir: Option<PathBuf>,
+    /// An origin (scheme://host[:port]) whose pages may call the relay from a browser,
+    /// for a web client served from elsewhere; repeat it or separate origins with
+    /// commas. Default: none, so only the pages the relay serves itself.
+    #[arg(
+        long = "web-origin",
+        env = "CHAT_WEB_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ',',
+        value_parser = origin
+    )]
+    pub web_origins: Vec<HeaderValue>,
+}
+
+/// The source tree's built client, the default of `--web-dir`.
+const BUILT_IN_TREE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist");
+
+impl WebOptions {
+    /// The directory to serve the client from, if it holds a built client.
+    pub fn client_dir(&self) -> Option<PathBuf> {
+        let dir = self
+            .web_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(BUILT_IN_TREE));
+        dir.join("index.html").is_file().then_some(dir)
+    }
+}
+
+fn origin(text: &str) -> Result<HeaderValue, String> {
+    let text = text.trim().trim_end_matches('/');
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .ok_or("an origin starts with https:// or http://")?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', '*', ' ']) {
+        return Err("an origin is scheme://host[:port], with no path".to_owned());
+    }
+    HeaderValue::from_str(text).map_err(|error| error.to_string())
+}
+
+/// CORS for the named origins; with none, no header allows another origin, so only
+/// the relay's own pages can read its answers.
+pub(crate) fn cors(options: &WebOptions) -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::list(options.web_origins.iter().cloned()))
+        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("x-grpc-web"),
+            HeaderName::from_static("x-user-agent"),
+            HeaderName::from_static("grpc-timeout"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("grpc-status"),
+            HeaderName::from_static("grpc-message"),
+            HeaderName::from_static("grpc-status-details-bin"),
+        ])
+        .max_age(Duration::from_secs(24 * 60 * 60))
+}
+
+/// The pages' policy: everything from the relay itself, nothing inline, no framing.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+    style-src 'self'; img-src 'self' data:; connect-src 'self'; manifest-src 'self'; \
+    base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// Answers the requests that are not gRPC (nor gRPC-Web) with [`files`], before
+/// tonic-web, which would refuse them, sees them.
+#[derive(Clone)]
+pub(crate) struct FilesLayer {
+    files: axum::Router,
+}
+
+impl FilesLayer {
+    pub(crate) fn new(dir: Option<&Path>) -> Self {
+        Self { files: files(dir) }
+    }
+}
+
+impl<S> Layer<S> for FilesLayer {
+    type Service = WithFiles<S>;
+
+    fn layer(&self, inner: S) -> WithFiles<S> {
+        WithFiles {
+            inner,
+            files: self.files.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct WithFiles<S> {
+    inner: S,
+    files: axum::Router,
+}
+
+type HttpResponse = http::Response<Body>;
+
+impl<S> Service<http::Request<Body>> for WithFiles<S>
+where
+    S: Service<http::Request<Body>, Response = HttpResponse> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let grpc = request
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| value.starts_with("application/grpc"));
+        if grpc {
+            return Box::pin(self.inner.call(request));
+        }
+        let files = self.files.clone();
+        Box::pin(async move {
+            let request = request.map(axum::body::Body::new);
+            let response = match files.oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            Ok(response.map(Body::new))
+        })
+    }
+}
+
+/// The client's files from `dir`, or, without a built client, a page that says how to
+/// get one.
+fn files(dir: Option<&Path>) -> axum::Router {
+    let router = match dir {
+        Some(dir) => axum::Router::new().fallback_service(ServeDir::new(dir)),
+        None => axum::Router::new().fallback(not_built),
+    };
+    let headers = [
+        (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        // A new build must reach the browser at once: every file is checked each time.
+        (header::CACHE_CONTROL, "no-cache"),
+    ];
+    headers.into_iter().fold(router, |router, (name, value)| {
+        router.layer(SetResponseHeaderLayer::overriding(
+            name,
+            HeaderValue::from_static(value),
+        ))
+    })
+}
+
+async fn not_built() -> (StatusCode, [(HeaderName, &'static str); 1], &'static str) {
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        NOT_BUILT_PAGE,
+    )
+}
+
+const NOT_BUILT_PAGE: &str = "<!doctype html><meta charset=utf-8><title>chat</title>\
+<h1>The web client is not built here</h1>\
+<p>This relay serves native gRPC clients (chat-client) and gRPC-Web. To chat from a browser, \
+build the web client with <code>scripts/build-web.sh</code> (it needs Node.js 20 and npm), \
+then restart chat-server, or start it with <code>--web-dir DIR</code>.</p>";
+
+#[cfg(test)]
+mod tests {
+    use super::origin;
+
+    #[test]
+    fn an_origin_is_a_scheme_and_a_host() {
+        assert_eq!(
+            origin("https://chat.example.org/").unwrap(),
+            "https://chat.example.org"
+        );
+        assert_eq!(
+            origin("http://127.0.0.1:8080").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        for bad in [
+            "chat.example.org",
+            "https://",
+            "https://a/b",
+            "*",
+            "https://*.a",
+        ] {
+            assert!(origin(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Sessions for clients without bidirectional streams (browsers, on gRPC-Web):
+//! `OpenSession` opens one and carries its server frames; `SendFrame` hands it client
+//! frames, one at a time and numbered, which [`session::run`](super::session::run)
+//! reads exactly as it reads a `Chat` stream.
+//!
+//! A session lives as long as its `OpenSession` stream: when the stream goes (the page
+//! closed, the network dropped, or the relay ended the session), the session's entry
+//! goes with it, its frame queue closes, and the reader closes the session.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use super::outbound::Outbound;
+use crate::proto::{ClientFrame, ServerFrame, SessionOpened, server_frame};
+
+/// Frames queued for one session's reader, beyond which `SendFrame` waits: the reader
+/// itself stops reading while it has many frames waiting for the store.
+const QUEUED_FRAMES: usize = 16;
+
+/// What identifies a session to `SendFrame`: random, so that one user's session ids
+/// tell nothing about another's (the caller's token is checked as well).
+pub(crate) type WebSessionId = [u8; 16];
+
+/// The open `OpenSession` sessions, by id.
+#[derive(Default)]
+pub(crate) struct WebSessions {
+    open: Mutex<HashMap<WebSessionId, Arc<Entry>>>,
+}
+
+struct Entry {
+    user: String,
+    /// The number of the last frame queued, and the queue; one `SendFrame` at a time
+    /// holds it, so that frames are queued in their numbers' order.
+    inbox: tokio::sync::Mutex<Inbox>,
+}
+
+struct Inbox {
+    last_number: u64,
+    frames: mpsc::Sender<Result<ClientFrame, Status>>,
+}
+
+/// The reading end of a session's frames, for [`session::run`](super::session::run).
+pub(crate) type WebFrames = ReceiverStream<Result<ClientFrame, Status>>;
+
+impl WebSessions {
+    /// Registers a session of `user` whose server frames are `outbound`. Returns the
+    /// stream to answer `OpenSession` with, and the frames `SendFrame` will queue.
+    pub(crate) fn open(
+        self: &Arc<Self>,
+        user: String,
+        outbound: Outbound,
+    ) -> Result<(WebOutbound, WebFrames), Status> {
+        let mut id = WebSessionId::default();
+        getrandom::fill(&mut id).map_err(|error| {
+            Status::internal(format!(
+                "the relay's random number generator failed: {error}"
+            ))
+        })?;
+        let (frames, received) = mpsc::channel(QUEUED_FRAMES);
+        let entry = Entry {
+            user,
+            inbox: tokio::sync::Mutex::new(Inbox {
+                last_number: 0,
+                frames,
+            }),
+        };
+        self.lock().insert(id, Arc::new(entry));
+        let opened = ServerFrame {
+            request_id: 0,
+            kind: Some(server_frame::Kind::SessionOpened(SessionOpened {
+                session_id: id.to_vec().into(),
+            })),
+        };
+        let stream = WebOutbound {
+            opened: Some(opened),
+            frames: outbound,
+            _registration: Registration {
+                sessions: self.clone(),
+                id,
+            },
+        };
+        Ok((stream, ReceiverStream::new(received)))
+    }
+
+    /// Queues frame number `number` of session `id`, which `user` must have opened.
+    pub(crate) async fn send(
+        &self,
+        user: &str,
+        id: &[u8],
+        number: u64,
+        frame: ClientFrame,
+    ) -> Result<(), Status> {
+        let not_found = || {
+            Status::not_found(
+                "no open session has this session_id: it ended (open a new one with \
+                 OpenSession) or it is not yours",
+            )
+        };
+        let entry = WebSessionId::try_from(id)
+            .ok()
+            .and_then(|id| self.lock().get(&id).cloned())
+            .filter(|entry| entry.user == user)
+            .ok_or_else(not_found)?;
+        let mut inbox = entry.inbox.lock().await;
+        let expected = inbox.last_number + 1;
+        if number == inbox.last_number && number != 0 {
+            // A retry of a frame whose answer was lost: it is queued already.
+            return Ok(());
+        }
+        if number != expected {
+            return Err(Status::failed_precondition(format!(
+                "frame_number {number} is out of order: the session expects {expected} \
+                 (send frames one at a time, numbered from 1)"
+            )));
+        }
+        inbox
+            .frames
+            .send(Ok(frame))
+            .await
+            .map_err(|_| not_found())?;
+        inbox.last_number = number;
+        Ok(())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<WebSessionId, Arc<Entry>>> {
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Forgets its session when dropped: the `OpenSession` stream is gone.
+struct Registration {
+    sessions: Arc<WebSessions>,
+    id: WebSessionId,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        // Dropping the entry drops the queue's sender: the reader sees the frames end
+        // and closes the session.
+        self.sessions.lock().remove(&self.id);
+    }
+}
+
+/// The response stream of `OpenSession`: [`SessionOpened`], then the session's frames.
+pub struct WebOutbound {
+    opened: Option<ServerFrame>,
+    frames: Outbound,
+    _registration: Registration,
+}
+
+impl Stream for WebOutbound {
+    type Item = Result<ServerFrame, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(opened) = self.opened.take() {
+            return Poll::Ready(Some(Ok(opened)));
+        }
+        Pin::new(&mut self.frames).poll_next(cx)
+    }
+}
