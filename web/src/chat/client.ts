@@ -451,7 +451,6 @@ export class ChatClient {
       return;
     }
     if (!made) return;
-    await this.keyExchange("to publish your new prekey", {});
     try {
       await this.rpc.keyExchange({ publish: await this.prekeys.signedCurrent() });
     } catch (e) {
