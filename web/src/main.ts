@@ -1,11 +1,5 @@
-/** Placeholder entry point: the UI (src/ui/) replaces it. */
-import { ChatClient, IndexedDbVault } from "./chat/index.js";
+/** Entry point of the browser client (bundled to dist/app.js). */
+import { startApp } from "./ui/app.js";
 
-async function main(): Promise<void> {
-  const status = document.getElementById("status");
-  const vault = await IndexedDbVault.open();
-  const users = await ChatClient.knownUsers(vault);
-  if (status) status.textContent = users.length ? `identities in this browser: ${users.join(", ")}` : "no identity in this browser yet";
-}
-
-void main();
+const root = document.getElementById("app");
+if (root) void startApp(root);
