@@ -3,10 +3,11 @@
 // screenshots. Run by tests/web.rs with CHAT_SERVER_URL, CHAT_CLIENT_BIN, SCREENSHOT_DIR.
 import { chromium } from "playwright-core";
 import { spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
+import { fileURLToPath, pathToFileURL } from "node:url";
 
 export const SERVER = requireEnv("CHAT_SERVER_URL").replace(/\/+$/, "");
 export const SCREENSHOT_DIR = process.env.SCREENSHOT_DIR ?? mkdtempSync(join(tmpdir(), "web-screenshots-"));
@@ -54,6 +55,13 @@ export async function scenario(name, body) {
       const c = new CliUser(...args);
       cleanups.push(() => c.kill());
       return c;
+    },
+    /** A rewriting proxy in front of the relay (see proxy.ts); a user opened with `{ url: proxy.url }` goes through it. */
+    async proxy() {
+      const { startProxy } = await loadProxyModule();
+      const p = await startProxy(SERVER);
+      cleanups.push(() => p.close());
+      return p;
     },
     onCleanup(fn) {
       cleanups.push(fn);
@@ -236,4 +244,20 @@ export class CliUser {
 
 export function assert(cond, message) {
   if (!cond) throw new Error(`assertion failed: ${message}`);
+}
+
+/** Bundles proxy.ts (it uses the generated stubs and the library's crypto) and loads it. */
+async function loadProxyModule() {
+  const { build } = await import("esbuild");
+  const here = fileURLToPath(new URL(".", import.meta.url));
+  const outfile = join(here, "..", ".build", "e2e", `proxy-${process.pid}.mjs`);
+  await build({
+    entryPoints: [join(here, "proxy.ts")], bundle: true, platform: "node", format: "esm", target: "node20",
+    outfile, packages: "external", logLevel: "warning",
+  });
+  try {
+    return await import(pathToFileURL(outfile).href);
+  } finally {
+    rmSync(outfile, { force: true });
+  }
 }
