@@ -64,7 +64,9 @@ fn target_dir() -> PathBuf {
 fn run_scenario(name: &str) {
     static ONE_BROWSER: Mutex<()> = Mutex::new(());
     let dist = prepared();
-    let _one = ONE_BROWSER.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _one = ONE_BROWSER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let data = tempfile::tempdir().unwrap();
     let server = ServerProcess::start_with_args(
         &data.path().join("data"),
@@ -89,10 +91,7 @@ fn run_scenario(name: &str) {
         output.status,
         started.elapsed()
     );
-    println!(
-        "{name}: passed in {:.1?}\n{stdout}",
-        started.elapsed()
-    );
+    println!("{name}: passed in {:.1?}\n{stdout}", started.elapsed());
 }
 
 #[test]

@@ -26,6 +26,7 @@ interface NoticeItem {
   kind: "notice";
   level: "info" | "warning" | "error";
   text: string;
+  detail: string;
   time: Date;
   order: number;
   after: number;
@@ -64,6 +65,10 @@ export class ChatScreen {
   private connected = false;
   private globalNotices: NoticeItem[] = [];
   private off: (() => void) | null = null;
+  /** Rooms the relay refused: their join() rejects too, with the same reason, shown once. */
+  private readonly refused = new Set<string>();
+  /** Rooms left, refused or removed from (the library may still list them for a moment). */
+  private readonly gone = new Set<string>();
 
   constructor(
     private readonly root: HTMLElement,
@@ -228,6 +233,7 @@ export class ChatScreen {
         this.renderHead();
         break;
       case "joined": {
+        this.gone.delete(e.room);
         const v = this.view(e.room);
         if (!v.pendingLoaded) {
           v.pendingLoaded = true;
@@ -240,6 +246,7 @@ export class ChatScreen {
         break;
       }
       case "joinRefused":
+        this.refused.add(e.room);
         this.globalNotice("error", `cannot join ${e.room}: ${e.reason}`);
         this.dropView(e.room);
         break;
@@ -250,7 +257,7 @@ export class ChatScreen {
         this.onMessageState(e);
         break;
       case "refusedMessage":
-        this.notice(e.room, "warning", `a message from ${e.sender} could not be verified and was dropped (${e.reason})`);
+        this.notice(e.room, "warning", `a message from ${e.sender} could not be verified and was dropped`, shortReason(e.reason));
         break;
       case "keyChanged":
         this.changedKeys.add(e.user);
@@ -341,14 +348,14 @@ export class ChatScreen {
     this.afterChange(e.room);
   }
 
-  private notice(room: string, level: NoticeItem["level"], text: string): void {
+  private notice(room: string, level: NoticeItem["level"], text: string, detail = ""): void {
     const v = this.view(room);
-    this.insert(v, { kind: "notice", level, text, time: new Date(), order: this.nextOrder(), after: v.maxSeq + 0.5 });
+    this.insert(v, { kind: "notice", level, text, detail, time: new Date(), order: this.nextOrder(), after: v.maxSeq + 0.5 });
     this.afterChange(room);
   }
 
   private globalNotice(level: NoticeItem["level"], text: string): void {
-    this.globalNotices.push({ kind: "notice", level, text, time: new Date(), order: this.nextOrder(), after: 0 });
+    this.globalNotices.push({ kind: "notice", level, text, detail: "", time: new Date(), order: this.nextOrder(), after: 0 });
     this.globalNotices = this.globalNotices.slice(-5);
     this.renderGlobalNotices();
   }
@@ -363,7 +370,8 @@ export class ChatScreen {
 
   private dropView(room: string): void {
     this.views.delete(room);
-    if (this.active === room) this.active = this.client.rooms().find((r) => r.name !== room)?.name ?? null;
+    this.gone.add(room);
+    if (this.active === room) this.active = this.listedRooms().find((r) => r !== room) ?? null;
     this.renderAll();
   }
 
@@ -384,6 +392,8 @@ export class ChatScreen {
     if (!room) return;
     input.value = "";
     const existing = this.client.rooms().some((r) => r.name === room);
+    this.refused.delete(room);
+    this.gone.delete(room);
     this.view(room);
     this.active = room;
     this.roomsOpen = false;
@@ -393,7 +403,7 @@ export class ChatScreen {
       priv.checked = false;
       byId("composer").focus();
     } catch (e) {
-      this.globalNotice("error", errorText(e));
+      if (!this.refused.has(room)) this.globalNotice("error", errorText(e));
       input.value = room;
       if (!this.client.rooms().some((r) => r.name === room)) this.dropView(room);
       input.focus();
@@ -542,12 +552,18 @@ export class ChatScreen {
     return this.client.rooms().find((r) => r.name === room);
   }
 
+  /** The rooms to list: the library's, and those being joined. */
+  private listedRooms(): string[] {
+    const names = new Set(this.client.rooms().map((r) => r.name));
+    for (const name of this.views.keys()) names.add(name);
+    return [...names].filter((n) => !this.gone.has(n)).sort();
+  }
+
   private renderRooms(): void {
     const list = byId("room-list");
     const rooms = this.client.rooms();
-    const names = new Set(rooms.map((r) => r.name));
-    for (const name of this.views.keys()) names.add(name);
-    fill(list, ...[...names].sort().map((name) => {
+    const names = this.listedRooms();
+    fill(list, ...names.map((name) => {
       const info = rooms.find((r) => r.name === name);
       const v = this.view(name);
       const state = !info ? "joining…" : !info.joined ? "offline" : v.caughtUp ? "caught up" : "catching up…";
@@ -564,7 +580,7 @@ export class ChatScreen {
     panel.classList.toggle("open", this.roomsOpen || this.active === null);
     const toggle = byId("rooms-toggle");
     toggle.setAttribute("aria-expanded", String(this.roomsOpen));
-    toggle.textContent = this.active ? `Rooms (${names.size}) · ${this.active}` : `Rooms (${names.size})`;
+    toggle.textContent = this.active ? `Rooms (${names.length}) · ${this.active}` : `Rooms (${names.length})`;
   }
 
   private renderHead(): void {
@@ -733,5 +749,11 @@ function compareItems(a: Item, b: Item): number {
 
 function renderNotice(n: NoticeItem): HTMLElement {
   return h("li", { class: `notice ${n.level}`, role: n.level === "info" ? undefined : "note" },
-    h("time", { datetime: n.time.toISOString() }, localTime(n.time)), " ", n.level === "warning" ? "⚠ " : "", n.text);
+    h("time", { datetime: n.time.toISOString() }, localTime(n.time)), " ", n.level === "warning" ? "⚠ " : "", n.text,
+    n.detail ? h("span", { class: "detail" }, ` (${n.detail})`) : null);
+}
+
+/** The library's reason without its "dropped a message from X in ROOM:" lead (the line says that). */
+function shortReason(reason: string): string {
+  return reason.replace(/^dropped a message from \S+ in \S+: /, "");
 }
