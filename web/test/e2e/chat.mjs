@@ -7,10 +7,22 @@ await scenario("chat", async (t) => {
   const room = `lobby-${s}`;
   const alice = await t.user("alice");
   const bob = await t.user("bob");
-  await Promise.all([alice.createIdentity(`alice-${s}`), bob.createIdentity(`bob-${s}`)]);
+  // Bob uses the keyboard alone: the name box has the focus, Enter submits, and the
+  // focus moves on to the room box, then to the message box.
+  const keyboard = bob.page.keyboard;
+  await bob.page.locator("#new-user:focus").waitFor();
+  await keyboard.type(`bob-${s}`);
+  await keyboard.press("Enter");
+  bob.name = `bob-${s}`;
+  await alice.createIdentity(`alice-${s}`);
+  await bob.page.locator("#conn-status[data-state='online']").waitFor({ timeout: 60_000 });
   log("identities made");
   await alice.join(room);
-  await bob.join(room);
+  await bob.page.locator("#room-name:focus").waitFor();
+  await keyboard.type(room);
+  await keyboard.press("Enter");
+  await bob.waitCaughtUp(room);
+  await bob.page.locator("#composer:focus").waitFor();
   const carol = t.cli(`carol-${s}`, room);
   await carol.waitJoined();
   log("everyone joined");
@@ -24,7 +36,8 @@ await scenario("chat", async (t) => {
   await carol.waitLine(`[${room}] ${alice.name}: hello from alice's browser`);
   log("browser → browser and CLI");
 
-  await bob.send("bob here, in Chromium too");
+  await keyboard.type("bob here, in Chromium too");
+  await keyboard.press("Enter");
   await alice.waitMessage("bob here, in Chromium too", bob.name);
   await carol.waitLine(`[${room}] ${bob.name}: bob here, in Chromium too`);
   await bob.waitStored("bob here, in Chromium too");
@@ -43,4 +56,35 @@ await scenario("chat", async (t) => {
   assert(mark.includes("✓"), `alice's own message is marked stored: ${mark}`);
   await alice.screenshot("alice");
   await bob.screenshot("bob");
+
+  // Safety numbers: alice and bob see the same one; alice marks bob verified.
+  await alice.page.getByRole("button", { name: `Safety number with ${bob.name}` }).click();
+  await bob.page.getByRole("button", { name: `Safety number with ${alice.name}` }).click();
+  const number = await alice.page.locator(`li.member[data-user="${bob.name}"] .safety-number`).textContent();
+  const theirs = await bob.page.locator(`li.member[data-user="${alice.name}"] .safety-number`).textContent();
+  assert(/^\d{5}( \d{5}){11}$/.test(number) && number === theirs, `safety numbers: ${number} / ${theirs}`);
+  await alice.page.getByRole("button", { name: `Mark ${bob.name} verified` }).click();
+  await alice.page.locator(`li.member.trust-verified[data-user="${bob.name}"]`).waitFor();
+
+  // A 360-pixel-wide window: nothing wider than the window, the room list folded above the messages.
+  await alice.page.setViewportSize({ width: 360, height: 740 });
+  const layout = await alice.page.evaluate(() => ({
+    scrollWidth: document.documentElement.scrollWidth,
+    roomsBottom: document.getElementById("rooms").getBoundingClientRect().bottom,
+    roomTop: document.getElementById("room").getBoundingClientRect().top,
+    listShown: document.getElementById("room-list").getClientRects().length > 0,
+  }));
+  assert(layout.scrollWidth <= 360, `the page is ${layout.scrollWidth} px wide at 360`);
+  assert(layout.roomsBottom <= layout.roomTop + 1 && !layout.listShown, `narrow layout: ${JSON.stringify(layout)}`);
+  await alice.page.getByRole("button", { name: /^Rooms \(1\)/ }).click();
+  await alice.page.locator("#room-list").waitFor();
+  await alice.screenshot("alice-360px");
+  await alice.page.getByRole("button", { name: /^Rooms \(1\)/ }).click();
+  await alice.page.setViewportSize({ width: 1000, height: 700 });
+
+  // Bob leaves: alice is told, bob's list is empty.
+  await bob.page.getByRole("button", { name: "Leave room" }).click();
+  await alice.page.locator("#messages li.notice", { hasText: `${bob.name} left` }).waitFor();
+  assert(await bob.page.locator("#room-list li").count() === 0, "bob lists no room after leaving");
+  await carol.kill();
 });

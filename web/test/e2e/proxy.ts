@@ -5,6 +5,7 @@
  * frame, the way a compromised relay or network could:
  * - `tamperFrom`: flips one byte of the ciphertext of every message delivered from
  *   these senders;
+ * - `offline`: cuts every connection, as a network going away would;
  * - `swap`: presents another identity (made here, genuinely signed, under the same
  *   user name) for a user, in Joined/MemberJoined/History and in KeyExchange answers.
  * The browser loads the page from the proxy, so its origin (and the CSP's 'self') is the
@@ -28,6 +29,10 @@ export interface Proxy {
   /** Replaces `user`'s identity (and prekey) with a freshly made one under the same name. */
   swapIdentityOf(user: string): Promise<void>;
   swapped: number;
+  /** While true, every connection is cut at once: the browser is offline. */
+  offline: boolean;
+  /** Cuts every open connection (the session stream included). */
+  dropConnections(): void;
   close(): Promise<void>;
 }
 
@@ -81,6 +86,10 @@ export async function startProxy(target: string): Promise<Proxy> {
   };
 
   const server = http.createServer((req, res) => {
+    if (state.offline) {
+      req.socket.destroy();
+      return;
+    }
     const path = (req.url ?? "/").split("?")[0];
     const rewrite = path === SESSION ? rewriteFrame : path === KEY_EXCHANGE ? rewriteKeyExchange : null;
     const up = http.request({
@@ -132,6 +141,8 @@ export async function startProxy(target: string): Promise<Proxy> {
     tamperFrom: new Set(),
     tampered: 0,
     swapped: 0,
+    offline: false,
+    dropConnections: () => server.closeAllConnections(),
     async swapIdentityOf(user: string) {
       const identity = await Identity.generate(user, 2048);
       const prekeys = await PrekeyStore.open(new MemoryVault(), identity, 2048);

@@ -1,6 +1,8 @@
 // A message tampered with on its way to a browser (one flipped ciphertext byte, by a
 // proxy between that browser and the relay) is refused: the victim sees a warning line,
-// never the text, and the next good messages still show.
+// never the text, and the next good messages still show. Then the same proxy takes the
+// victim offline for a while: the status line says reconnecting, and the catch-up after
+// it shows what was missed, once.
 import { assert, log, scenario, suffix } from "./lib.mjs";
 
 await scenario("tamper", async (t) => {
@@ -35,4 +37,21 @@ await scenario("tamper", async (t) => {
   assert(JSON.stringify(texts) === JSON.stringify(["a first, untouched message", "and a good one after it"]),
     `the victim shows ${JSON.stringify(texts)}`);
   await victim.screenshot("victim");
+
+  // Then the victim's network goes away for a while: the status line says so, and on
+  // the way back the room catches up on what it missed, once.
+  proxy.offline = true;
+  proxy.dropConnections();
+  await victim.page.locator("#conn-status[data-state='reconnecting']").waitFor();
+  await victim.page.locator("#room-sync[data-state='syncing']").waitFor();
+  await bob.send("sent while alice was offline");
+  await bob.waitStored("sent while alice was offline");
+  await victim.screenshot("offline");
+  proxy.offline = false;
+  await victim.page.locator("#conn-status[data-state='online']").waitFor({ timeout: 20_000 });
+  await victim.waitCaughtUp(room);
+  await victim.waitMessage("sent while alice was offline", bob.name);
+  await victim.page.waitForTimeout(300);
+  const after = await victim.texts();
+  assert(JSON.stringify(after) === JSON.stringify([...texts, "sent while alice was offline"]), `after the time offline: ${JSON.stringify(after)}`);
 });
