@@ -40,6 +40,8 @@ interface RoomView {
   bySeq: Map<number, MessageItem>;
   byLocal: Map<string, MessageItem>;
   maxSeq: number;
+  /** The latest seq of someone else's message: what a read receipt is about. */
+  maxOtherSeq: number;
   caughtUp: boolean;
   unread: number;
   historyLimit: number;
@@ -89,6 +91,7 @@ export class ChatScreen {
       await this.client.connect();
     } catch (e) {
       this.setStatus(`cannot connect: ${errorText(e)}`, "offline");
+      byId("reconnect").hidden = false;
     }
     (this.active ? byId("composer") : byId("room-name")).focus();
   }
@@ -97,6 +100,7 @@ export class ChatScreen {
     const me = this.client.user;
     const logout = h("button", { type: "button", id: "logout", class: "secondary" }, "Switch identity");
     logout.addEventListener("click", () => {
+      document.removeEventListener("visibilitychange", this.onVisibility);
       this.off?.();
       this.client.close();
       this.onLogout();
@@ -105,7 +109,10 @@ export class ChatScreen {
     reconnect.addEventListener("click", () => {
       reconnect.hidden = true;
       this.setStatus("connecting…", "connecting");
-      this.client.connect().catch((e) => this.setStatus(`cannot connect: ${errorText(e)}`, "offline"));
+      this.client.connect().catch((e) => {
+        this.setStatus(`cannot connect: ${errorText(e)}`, "offline");
+        reconnect.hidden = false;
+      });
     });
 
     const roomsToggle = h("button", {
@@ -194,8 +201,10 @@ export class ChatScreen {
         ),
       ),
     );
-    document.addEventListener("visibilitychange", () => this.markRead());
+    document.addEventListener("visibilitychange", this.onVisibility);
   }
+
+  private readonly onVisibility = (): void => this.markRead();
 
   // -- events --------------------------------------------------------------------------
 
@@ -203,7 +212,7 @@ export class ChatScreen {
     let v = this.views.get(room);
     if (!v) {
       v = {
-        name: room, items: [], bySeq: new Map(), byLocal: new Map(), maxSeq: 0, caughtUp: false, unread: 0,
+        name: room, items: [], bySeq: new Map(), byLocal: new Map(), maxSeq: 0, maxOtherSeq: 0, caughtUp: false, unread: 0,
         historyLimit: 0, pendingLoaded: false,
       };
       this.views.set(room, v);
@@ -314,6 +323,7 @@ export class ChatScreen {
     };
     v.bySeq.set(seq, item);
     v.maxSeq = Math.max(v.maxSeq, seq);
+    if (!own) v.maxOtherSeq = Math.max(v.maxOtherSeq, seq);
     this.insert(v, item);
     if (!own && (room !== this.active || document.hidden)) v.unread++;
     this.afterChange(room);
@@ -380,7 +390,7 @@ export class ChatScreen {
     const v = this.views.get(this.active);
     if (!v) return;
     v.unread = 0;
-    if (v.maxSeq > 0) this.client.markRead(v.name, v.maxSeq);
+    if (v.maxOtherSeq > 0) this.client.markRead(v.name, v.maxOtherSeq);
   }
 
   // -- actions -------------------------------------------------------------------------

@@ -47,9 +47,16 @@ await scenario("chat", async (t) => {
   await bob.waitMessage("and carol from the terminal", carol.name);
   log("CLI → browsers");
 
+  // Markup from others is shown as text, never made into elements.
+  const markup = `<b>bold?</b> <img src="x"> & "quotes"`;
+  carol.say(markup);
+  await alice.waitMessage(markup, carol.name);
+  assert(await alice.page.locator("#messages b, #messages img").count() === 0, "markup in a message made no elements");
+  await bob.waitMessage(markup, carol.name);
+
   // Nothing was refused, and the texts show once each, in order.
   const texts = await bob.texts();
-  assert(JSON.stringify(texts) === JSON.stringify(["hello from alice's browser", "bob here, in Chromium too", "and carol from the terminal"]),
+  assert(JSON.stringify(texts) === JSON.stringify(["hello from alice's browser", "bob here, in Chromium too", "and carol from the terminal", markup]),
     `bob's messages: ${JSON.stringify(texts)}`);
   assert(await alice.page.locator("#messages li.notice.warning").count() === 0, "no warnings in alice's room");
   const mark = await alice.message("hello from alice's browser").locator(".state").textContent();
