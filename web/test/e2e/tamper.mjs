@@ -46,12 +46,19 @@ await scenario("tamper", async (t) => {
   await victim.page.locator("#room-sync[data-state='syncing']").waitFor();
   await bob.send("sent while alice was offline");
   await bob.waitStored("sent while alice was offline");
+  // What the victim writes meanwhile waits, marked as not stored yet, and goes on the way back.
+  await victim.send("written while offline");
+  await victim.page.locator("#messages li.msg.own.pending", { hasText: "written while offline" }).waitFor();
   await victim.screenshot("offline");
   proxy.offline = false;
   await victim.page.locator("#conn-status[data-state='online']").waitFor({ timeout: 20_000 });
   await victim.waitCaughtUp(room);
   await victim.waitMessage("sent while alice was offline", bob.name);
+  await victim.waitStored("written while offline");
+  await bob.waitMessage("written while offline", victim.name);
   await victim.page.waitForTimeout(300);
   const after = await victim.texts();
-  assert(JSON.stringify(after) === JSON.stringify([...texts, "sent while alice was offline"]), `after the time offline: ${JSON.stringify(after)}`);
+  assert(JSON.stringify(after) === JSON.stringify([...texts, "sent while alice was offline", "written while offline"]),
+    `after the time offline: ${JSON.stringify(after)}`);
+  assert(await bob.message("written while offline").count() === 1, "bob got the message written offline once");
 });
