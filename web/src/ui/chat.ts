@@ -453,17 +453,20 @@ export class ChatScreen {
     const room = this.active;
     if (!room) return;
     const v = this.view(room);
-    const shown = [...v.items].filter((i) => i.kind === "message").length;
+    const shown = v.items.filter((i) => i.kind === "message").length;
     v.historyLimit = Math.min(100, Math.max(v.historyLimit, shown) + 50);
     const button = byId<HTMLButtonElement>("load-older");
     button.disabled = true;
+    let label = "Load older messages";
     try {
       await this.client.history(room, v.historyLimit);
+      const now = v.items.filter((i) => i.kind === "message").length;
+      if (now === shown) label = v.historyLimit >= 100 ? "No older messages (the relay gives the latest 100)" : "No older messages";
     } catch (e) {
       this.notice(room, "error", `cannot load older messages: ${errorText(e)}`);
     } finally {
       button.disabled = false;
-      button.textContent = v.historyLimit >= 100 ? "Load older messages (up to the latest 100)" : "Load older messages";
+      button.textContent = label;
     }
   }
 
@@ -535,6 +538,7 @@ export class ChatScreen {
 
   private selectRoom(room: string): void {
     this.active = room;
+    byId("load-older").textContent = "Load older messages";
     this.roomsOpen = false;
     byId("send-error").textContent = "";
     this.renderAll();
