@@ -94,6 +94,48 @@ fn run_scenario(name: &str) {
     println!("{name}: passed in {:.1?}\n{stdout}", started.elapsed());
 }
 
+/// Runs `npm run <script>` in web/, with `env`, and fails with its output.
+fn npm(script: &str, env: &[(&str, &OsStr)]) {
+    prepared();
+    let started = Instant::now();
+    let output = Command::new("npm")
+        .args(["run", "--silent", script])
+        .current_dir(root().join("web"))
+        .envs(env.iter().copied())
+        .output()
+        .expect("cannot run npm (Node 20 or later is needed)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "npm run {script} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        output.status
+    );
+    // node --test's summary: a run that found no test, or skipped one, is no pass.
+    assert!(stdout.contains("# fail 0"), "{stdout}");
+    assert!(stdout.contains("# skipped 0"), "{stdout}");
+    println!(
+        "npm run {script}: passed in {:.1?}\n{stdout}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn the_typescript_library_matches_the_protocol_vectors_and_its_unit_tests() {
+    npm("test:unit", &[]);
+}
+
+#[test]
+fn the_typescript_library_chats_through_a_real_relay_from_node() {
+    npm(
+        "test:integration",
+        &[(
+            "CHAT_SERVER_BIN",
+            OsStr::new(env!("CARGO_BIN_EXE_chat-server")),
+        )],
+    );
+}
+
 #[test]
 fn browsers_and_the_command_line_client_chat_in_one_room() {
     run_scenario("chat");
