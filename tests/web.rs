@@ -74,50 +74,44 @@ fn run_scenario(name: &str) {
     );
     let screenshots = target_dir().join("web-screenshots").join(name);
     std::fs::create_dir_all(&screenshots).unwrap();
-    let started = Instant::now();
-    let output = Command::new("node")
+    let mut scenario = Command::new("node");
+    scenario
         .arg(format!("test/e2e/{name}.mjs"))
-        .current_dir(root().join("web"))
         .env("CHAT_SERVER_URL", &server.url)
         .env("CHAT_CLIENT_BIN", env!("CARGO_BIN_EXE_chat-client"))
-        .env("SCREENSHOT_DIR", &screenshots)
+        .env("SCREENSHOT_DIR", &screenshots);
+    run_in_web(&mut scenario, &format!("browser scenario {name}"));
+}
+
+/// Runs `command` in web/ and fails with its output unless it succeeds; its stdout.
+fn run_in_web(command: &mut Command, what: &str) -> String {
+    let started = Instant::now();
+    let output = command
+        .current_dir(root().join("web"))
         .output()
-        .expect("cannot run node (Node 20 or later is needed)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+        .unwrap_or_else(|e| panic!("cannot start {what} (Node 20 or later is needed): {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "browser scenario {name} failed ({}, after {:.1?}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        "{what} failed ({}, after {:.1?}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
         output.status,
         started.elapsed()
     );
-    println!("{name}: passed in {:.1?}\n{stdout}", started.elapsed());
+    println!("{what}: passed in {:.1?}\n{stdout}", started.elapsed());
+    stdout
 }
 
 /// Runs `npm run <script>` in web/, with `env`, and fails with its output.
 fn npm(script: &str, env: &[(&str, &OsStr)]) {
     prepared();
-    let started = Instant::now();
-    let output = Command::new("npm")
-        .args(["run", "--silent", script])
-        .current_dir(root().join("web"))
-        .envs(env.iter().copied())
-        .output()
-        .expect("cannot run npm (Node 20 or later is needed)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "npm run {script} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        output.status
-    );
+    let mut npm = Command::new("npm");
+    npm.args(["run", "--silent", script])
+        .envs(env.iter().copied());
+    let stdout = run_in_web(&mut npm, &format!("npm run {script}"));
     // node --test's summary: a run that found no test, or skipped one, is no pass.
     assert!(stdout.contains("# fail 0"), "{stdout}");
     assert!(stdout.contains("# skipped 0"), "{stdout}");
-    println!(
-        "npm run {script}: passed in {:.1?}\n{stdout}",
-        started.elapsed()
-    );
 }
 
 #[test]

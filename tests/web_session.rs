@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{RawClient, TestServer, log_in};
+use common::{RawClient, TestServer, final_status, log_in};
 use e2ee_chat::client::{BearerToken, Credentials};
 use e2ee_chat::proto::chat_service_client::ChatServiceClient;
 use e2ee_chat::proto::{
@@ -232,17 +232,7 @@ async fn a_new_session_ends_the_browsers_with_aborted() {
     let server = TestServer::start().await;
     let mut alice = WebSession::open(web_client(&server, "alice").await).await;
     let _native = RawClient::open(&server, "alice").await;
-    let status = tokio::time::timeout(PATIENCE, async {
-        loop {
-            match alice.frames.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("ended without a status"),
-                Err(status) => return status,
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let status = final_status(&mut alice.frames).await;
     assert_eq!(status.code(), Code::Aborted, "{status:?}");
     let late = alice.send_numbered(1, join(1, "lobby")).await.unwrap_err();
     assert_eq!(late.code(), Code::NotFound, "{late:?}");
@@ -290,23 +280,26 @@ async fn http(server: &TestServer, request: &str) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+const GET_PAGE: &str = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+
+/// A relay serving the web client in `web_dir` and answering CORS for `web_origins`.
+async fn serving_web(web_dir: &std::path::Path, web_origins: &[&str]) -> TestServer {
+    TestServer::serving_config(e2ee_chat::server::Config {
+        web: e2ee_chat::server::WebOptions {
+            web_dir: Some(web_dir.to_owned()),
+            web_origins: web_origins.iter().map(|o| o.parse().unwrap()).collect(),
+        },
+        ..e2ee_chat::server::Config::ephemeral(Default::default())
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_browser_that_asks_for_a_page_gets_one_with_a_strict_policy() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("index.html"), "<title>chat</title>").unwrap();
-    let server = TestServer::serving_config(e2ee_chat::server::Config {
-        web: e2ee_chat::server::WebOptions {
-            web_dir: Some(dir.path().to_owned()),
-            web_origins: vec!["https://chat.example.org".parse().unwrap()],
-        },
-        ..e2ee_chat::server::Config::ephemeral(Default::default())
-    })
-    .await;
-    let page = http(
-        &server,
-        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let server = serving_web(dir.path(), &["https://chat.example.org"]).await;
+    let page = http(&server, GET_PAGE).await;
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
     assert!(page.contains("<title>chat</title>"), "{page}");
     assert!(
@@ -339,19 +332,9 @@ async fn a_browser_that_asks_for_a_page_gets_one_with_a_strict_policy() {
 
 #[tokio::test]
 async fn without_a_built_client_the_page_says_how_to_build_it() {
-    let server = TestServer::serving_config(e2ee_chat::server::Config {
-        web: e2ee_chat::server::WebOptions {
-            web_dir: Some(tempfile::tempdir().unwrap().path().to_owned()),
-            web_origins: Vec::new(),
-        },
-        ..e2ee_chat::server::Config::ephemeral(Default::default())
-    })
-    .await;
-    let page = http(
-        &server,
-        "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let empty = tempfile::tempdir().unwrap();
+    let server = serving_web(empty.path(), &[]).await;
+    let page = http(&server, GET_PAGE).await;
     assert!(page.starts_with("HTTP/1.1 404"), "{page}");
     assert!(page.contains("scripts/build-web.sh"), "{page}");
 }

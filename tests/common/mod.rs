@@ -509,18 +509,23 @@ impl RawClient {
 
     /// Reads until the relay ends the stream, and returns the status it ended with.
     pub async fn final_status(&mut self) -> tonic::Status {
-        tokio::time::timeout(PATIENCE, async {
-            loop {
-                match self.incoming.message().await {
-                    Ok(Some(_)) => continue,
-                    Ok(None) => panic!("the stream ended without an error status"),
-                    Err(status) => return status,
-                }
-            }
-        })
-        .await
-        .expect("the stream did not end")
+        final_status(&mut self.incoming).await
     }
+}
+
+/// Reads `incoming` until the relay ends it, and returns the status it ended with.
+pub async fn final_status(incoming: &mut Streaming<ServerFrame>) -> tonic::Status {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match incoming.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the stream ended without an error status"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the stream did not end")
 }
 
 /// `user` presenting the keys of `key_owner`'s test identity, self-signed by them.
