@@ -31,12 +31,22 @@ type WebClient =
 /// A browser's view of the relay: gRPC-Web over HTTP/1.1, as `user`.
 async fn web_client(server: &TestServer, user: &str) -> WebClient {
     let (_, credentials) = log_in(&server.url, user).await.unwrap();
-    web_client_with(server, &credentials)
+    web_client_with(server, &credentials, Http::One)
 }
 
-fn web_client_with(server: &TestServer, credentials: &Credentials) -> WebClient {
-    let http1: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let grpc_web = GrpcWebClientLayer::new().layer(http1);
+/// The HTTP version a browser speaks to the relay: 1.1 over plaintext, 2 (here without
+/// TLS, as a proxy in front may) where it negotiated it.
+#[derive(Clone, Copy)]
+enum Http {
+    One,
+    Two,
+}
+
+fn web_client_with(server: &TestServer, credentials: &Credentials, http: Http) -> WebClient {
+    let http: HttpClient = Client::builder(TokioExecutor::new())
+        .http2_only(matches!(http, Http::Two))
+        .build_http();
+    let grpc_web = GrpcWebClientLayer::new().layer(http);
     ChatServiceClient::with_origin(credentials.authorize(grpc_web), server.url.parse().unwrap())
 }
 
@@ -172,6 +182,19 @@ async fn a_browser_session_over_grpc_web_meets_a_chat_stream() {
     assert!(matches!(
         answers[&3],
         Some(server_frame::Kind::Rejection(_))
+    ));
+}
+
+#[tokio::test]
+async fn grpc_web_over_http2_opens_a_session_too() {
+    let server = TestServer::start().await;
+    let (_, credentials) = log_in(&server.url, "alice").await.unwrap();
+    let client = web_client_with(&server, &credentials, Http::Two);
+    let mut alice = WebSession::open(client).await;
+    alice.send(join(1, "lobby")).await;
+    assert!(matches!(
+        alice.answer(1).await.kind,
+        Some(server_frame::Kind::Joined(_))
     ));
 }
 
