@@ -276,16 +276,18 @@ async fn health_watchers_beyond_their_bound_are_refused_while_logins_go_on() {
         ..NetworkLimits::DEFAULT
     }))
     .await;
-    let mut health = HealthClient::new(server.channel().await);
     let watch = || HealthCheckRequest {
         service: String::new(),
     };
+    // From two addresses: one address may only hold a quarter of the places.
     let mut watchers = Vec::new();
-    for _ in 0..2 {
+    for from in ["127.0.0.11", "127.0.0.12"] {
+        let mut health = HealthClient::new(channel_from(&server, from).await.unwrap());
         let mut stream = health.watch(watch()).await.unwrap().into_inner();
         stream.message().await.unwrap().expect("a first status");
         watchers.push(stream);
     }
+    let mut health = HealthClient::new(server.channel().await);
     let refused = health
         .watch(watch())
         .await
@@ -307,6 +309,44 @@ async fn health_watchers_beyond_their_bound_are_refused_while_logins_go_on() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn health_watchers_never_take_the_places_of_logins_from_their_address() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+
+    let server = TestServer::with_limits(with_network(NetworkLimits {
+        max_unauthenticated_per_ip: 4,
+        max_unauthenticated_streams: 32,
+        ..NetworkLimits::DEFAULT
+    }))
+    .await;
+    let watch = || HealthCheckRequest {
+        service: String::new(),
+    };
+    // A quarter of the streams' places, over two connections from one address: twice
+    // what that address may have logins in progress.
+    let mut watchers = Vec::new();
+    for _ in 0..2 {
+        let mut health = HealthClient::new(channel_from(&server, "127.0.0.9").await.unwrap());
+        for _ in 0..4 {
+            let mut stream = health.watch(watch()).await.unwrap().into_inner();
+            stream.message().await.unwrap().expect("a first status");
+            watchers.push(stream);
+        }
+    }
+    let mut health = HealthClient::new(channel_from(&server, "127.0.0.9").await.unwrap());
+    let refused = health.watch(watch()).await.expect_err("a ninth watcher");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused.message().contains("from this address"),
+        "{refused:?}"
+    );
+    // Other addresses still get theirs, and the watchers' own address still logs in.
+    let mut elsewhere = HealthClient::new(channel_from(&server, "127.0.0.10").await.unwrap());
+    elsewhere.watch(watch()).await.unwrap();
+    log_in_from(&server, "127.0.0.9", "alice").await.unwrap();
 }
 
 #[tokio::test]

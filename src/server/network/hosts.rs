@@ -41,6 +41,9 @@ pub(super) struct Host {
     address: IpAddr,
     /// RPCs that need no login in progress from this address.
     pub(super) unauthenticated: Arc<Semaphore>,
+    /// Health Watch and reflection streams open from this address: apart from the
+    /// above, so that they never take the place of a login.
+    pub(super) streams: Arc<Semaphore>,
 }
 
 /// The addresses with connections open, and how many each has.
@@ -59,6 +62,7 @@ impl Hosts {
             let host = Host {
                 address,
                 unauthenticated: Arc::new(Semaphore::new(limits.max_unauthenticated_per_ip)),
+                streams: Arc::new(Semaphore::new(limits.max_unauthenticated_streams_per_ip())),
             };
             (0, Arc::new(host))
         });

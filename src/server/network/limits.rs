@@ -39,9 +39,10 @@ pub struct NetworkLimits {
     /// together; one more gets RESOURCE_EXHAUSTED.
     #[arg(long, env = "CHAT_MAX_UNAUTHENTICATED", value_parser = positive, default_value_t = NetworkLimits::DEFAULT.max_unauthenticated)]
     pub max_unauthenticated: usize,
-    /// Health Watch and reflection streams open at once from all clients together; one
-    /// more gets RESOURCE_EXHAUSTED. They last as long as the client likes, so they
-    /// have their own bound and never take the place of a login.
+    /// Health Watch and reflection streams open at once from all clients together, a
+    /// quarter of them at most from one address; one more gets RESOURCE_EXHAUSTED. They
+    /// last as long as the client likes, so they have their own bound and never take
+    /// the place of a login.
     #[arg(long, env = "CHAT_MAX_UNAUTHENTICATED_STREAMS", value_parser = positive, default_value_t = NetworkLimits::DEFAULT.max_unauthenticated_streams)]
     pub max_unauthenticated_streams: usize,
     /// chat.v2.ChatService RPCs one logged-in user may have in progress at once, over
@@ -86,6 +87,12 @@ impl NetworkLimits {
 
     pub(crate) fn request_timeout(&self) -> Duration {
         Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// Health Watch and reflection streams one address may hold: a quarter of all, so
+    /// that one address cannot take every place either.
+    pub(crate) fn max_unauthenticated_streams_per_ip(&self) -> usize {
+        self.max_unauthenticated_streams.div_ceil(4)
     }
 }
 

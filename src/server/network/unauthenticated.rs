@@ -74,7 +74,7 @@ pub(super) struct Held {
     _permits: [OwnedSemaphorePermit; 3],
 }
 
-static REFUSED: [Throttled; 4] = [const { Throttled::new() }; 4];
+static REFUSED: [Throttled; 5] = [const { Throttled::new() }; 5];
 
 impl Places {
     pub(super) fn new(limits: &NetworkLimits) -> Self {
@@ -89,9 +89,19 @@ impl Places {
     /// reached.
     pub(super) fn take(&self, kind: Kind, connection: &ConnectionHandle) -> Result<Held, Status> {
         let state = connection.state();
-        let (all, all_bound) = match kind {
-            Kind::Brief => (&self.brief, Bound::All),
-            Kind::Lasting => (&self.lasting, Bound::Streams),
+        let (host, host_bound, all, all_bound) = match kind {
+            Kind::Brief => (
+                &state.host.unauthenticated,
+                Bound::Host,
+                &self.brief,
+                Bound::All,
+            ),
+            Kind::Lasting => (
+                &state.host.streams,
+                Bound::HostStreams,
+                &self.lasting,
+                Bound::Streams,
+            ),
         };
         let place = |semaphore: &Arc<Semaphore>, bound: Bound| {
             semaphore
@@ -102,7 +112,7 @@ impl Places {
         Ok(Held {
             _permits: [
                 place(&state.unauthenticated, Bound::Connection)?,
-                place(&state.host.unauthenticated, Bound::Host)?,
+                place(host, host_bound)?,
                 place(all, all_bound)?,
             ],
         })
@@ -124,6 +134,7 @@ enum Bound {
     Host,
     All,
     Streams,
+    HostStreams,
 }
 
 impl Bound {
@@ -143,6 +154,12 @@ impl Bound {
                 "the server is busy: {} requests without a login are in progress \
                  (--max-unauthenticated); try again shortly",
                 limits.max_unauthenticated
+            ),
+            Self::HostStreams => format!(
+                "{} health Watch and reflection streams are open from this address \
+                 (a quarter of --max-unauthenticated-streams); close one, or poll with \
+                 grpc.health.v1.Health/Check",
+                limits.max_unauthenticated_streams_per_ip()
             ),
             Self::Streams => format!(
                 "{} health Watch and reflection streams are open \
