@@ -211,20 +211,34 @@ async fn frames_are_numbered_and_a_retry_is_queued_once() {
         .unwrap_err();
     assert_eq!(skipped.code(), Code::FailedPrecondition, "{skipped:?}");
     assert!(skipped.message().contains("expects 2"), "{skipped:?}");
+    // The same number for another frame is a client's mistake, not a retry.
+    let reused = alice
+        .send_numbered(1, history(7, "lobby"))
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), Code::FailedPrecondition, "{reused:?}");
+    assert!(reused.message().contains("already used"), "{reused:?}");
     alice.send_numbered(2, history(2, "lobby")).await.unwrap();
 
-    // Had the retry been queued, a second answer to request 1 would come before 2's.
-    assert!(matches!(
-        alice.answer(1).await.kind,
-        Some(server_frame::Kind::Joined(_))
-    ));
-    let after = loop {
+    // Once 1 and 2 are answered (in either order: 2 may be refused while the join is
+    // stored), a third frame; every answer until its own is counted. Had the retry been
+    // queued, request 1 would have a second answer among them.
+    let mut answered = Vec::new();
+    while !(answered.contains(&1) && answered.contains(&2)) {
         let frame = next(&mut alice.frames).await;
         if frame.request_id != 0 {
-            break frame;
+            answered.push(frame.request_id);
         }
-    };
-    assert_eq!(after.request_id, 2, "{after:?}");
+    }
+    alice.send_numbered(3, history(3, "lobby")).await.unwrap();
+    while !answered.contains(&3) {
+        let frame = next(&mut alice.frames).await;
+        if frame.request_id != 0 {
+            answered.push(frame.request_id);
+        }
+    }
+    answered.sort();
+    assert_eq!(answered, [1, 2, 3]);
 }
 
 #[tokio::test]

@@ -12,6 +12,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
+use prost::Message;
+use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -43,7 +45,14 @@ struct Entry {
 
 struct Inbox {
     last_number: u64,
+    /// What the last frame was, so that a retry is told from a different frame sent
+    /// under the same number (which would otherwise be dropped without a word).
+    last_digest: [u8; 32],
     frames: mpsc::Sender<Result<ClientFrame, Status>>,
+}
+
+fn digest(frame: &ClientFrame) -> [u8; 32] {
+    Sha256::digest(frame.encode_to_vec()).into()
 }
 
 /// The reading end of a session's frames, for [`session::run`](super::session::run).
@@ -68,6 +77,7 @@ impl WebSessions {
             user,
             inbox: tokio::sync::Mutex::new(Inbox {
                 last_number: 0,
+                last_digest: [0; 32],
                 frames,
             }),
         };
@@ -110,7 +120,14 @@ impl WebSessions {
             .ok_or_else(not_found)?;
         let mut inbox = entry.inbox.lock().await;
         let expected = inbox.last_number + 1;
+        let digest = digest(&frame);
         if number == inbox.last_number && number != 0 {
+            if digest != inbox.last_digest {
+                return Err(Status::failed_precondition(format!(
+                    "frame_number {number} was already used for another frame; number \
+                     this one {expected}"
+                )));
+            }
             // A retry of a frame whose answer was lost: it is queued already.
             return Ok(());
         }
@@ -126,6 +143,7 @@ impl WebSessions {
             .await
             .map_err(|_| not_found())?;
         inbox.last_number = number;
+        inbox.last_digest = digest;
         Ok(())
     }
 
