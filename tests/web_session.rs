@@ -335,6 +335,16 @@ async fn serving_web(web_dir: &std::path::Path, web_origins: &[&str]) -> TestSer
 async fn a_browser_that_asks_for_a_page_gets_one_with_a_strict_policy() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("index.html"), "<title>chat</title>").unwrap();
+    std::fs::write(dir.path().join(".env"), "SECRET=1").unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("hostname"), "elsewhere").unwrap();
+    std::fs::write(outside.path().join("page.html"), "elsewhere").unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("etc")).unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("page.html"),
+        dir.path().join("linked.html"),
+    )
+    .unwrap();
     let server = serving_web(dir.path(), &["https://chat.example.org"]).await;
     let page = http(&server, GET_PAGE).await;
     assert!(page.starts_with("HTTP/1.1 200"), "{page}");
@@ -349,6 +359,18 @@ async fn a_browser_that_asks_for_a_page_gets_one_with_a_strict_policy() {
     )
     .await;
     assert!(outside.starts_with("HTTP/1.1 404"), "{outside}");
+    // Only the client's own files: no dotfile, nothing behind a symbolic link, no
+    // error for a name the file system would refuse.
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    for path in [
+        "/.env",
+        "/etc/hostname",
+        "/linked.html",
+        &format!("/{}", "a".repeat(6000)),
+    ] {
+        let answer = http(&server, &get(path)).await;
+        assert!(answer.starts_with("HTTP/1.1 404"), "{path}: {answer}");
+    }
 
     let preflight = |origin: &str| {
         format!(

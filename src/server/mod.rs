@@ -197,10 +197,17 @@ pub async fn serve(
     let client_dir = web.client_dir();
     match &client_dir {
         Some(dir) => tracing::info!(dir = %dir.display(), "serving the web client at /"),
-        None => tracing::info!(
-            "no web client to serve at / (build it with scripts/build-web.sh, or give \
-             --web-dir); native and gRPC-Web clients are served"
-        ),
+        None => match &web.web_dir {
+            Some(dir) => tracing::warn!(
+                dir = %dir.display(),
+                "--web-dir holds no index.html (build the client with \
+                 scripts/build-web.sh); / says so; native and gRPC-Web clients are served"
+            ),
+            None => tracing::info!(
+                "no web client to serve at / (build it with scripts/build-web.sh, or give \
+                 --web-dir); native and gRPC-Web clients are served"
+            ),
+        },
     }
     let mut routes = Routes::builder();
     routes

@@ -3,9 +3,11 @@
 //! operator names, and the web client's files at `/` for every request that is not
 //! gRPC.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,8 +23,9 @@ use tower_http::set_header::SetResponseHeaderLayer;
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct WebOptions {
     /// Directory of the built web client, served at / (build it with
-    /// scripts/build-web.sh). Default: the web/dist of the source tree chat-server was
-    /// built from, when it is there.
+    /// scripts/build-web.sh). Only the files it holds at start-up are served (no
+    /// dotfiles, nothing behind a symbolic link): restart after a new build. Default:
+    /// the web/dist of the source tree chat-server was built from, when it is there.
     #[arg(long, env = "CHAT_WEB_DIR", value_name = "DIR")]
     pub web_dir: Option<PathBuf>,
     /// An origin, such as https://chat.example.org or http://localhost:8080, whose pages
@@ -160,7 +163,10 @@ where
 /// get one.
 fn files(dir: Option<&Path>) -> axum::Router {
     let router = match dir {
-        Some(dir) => axum::Router::new().fallback_service(ServeDir::new(dir)),
+        Some(dir) => {
+            let client = Arc::new(ClientFiles::scan(dir));
+            axum::Router::new().fallback(move |request| client.clone().answer(request))
+        }
         None => axum::Router::new().fallback(not_built),
     };
     let headers = [
@@ -177,6 +183,72 @@ fn files(dir: Option<&Path>) -> axum::Router {
             HeaderValue::from_static(value),
         ))
     })
+}
+
+/// The files of the built client, as they were at start-up: only these are served, so
+/// that a dotfile, a symbolic link out of the directory or a file added later never is.
+struct ClientFiles {
+    serve: ServeDir,
+    /// Their paths in URLs: `/index.html`, `/app.js`...
+    paths: HashSet<String>,
+}
+
+/// Bounds on what a scan of the client's directory reads, against a `--web-dir` given
+/// by mistake (`/`, say).
+const MAX_CLIENT_FILES: usize = 1_000;
+const MAX_CLIENT_DEPTH: usize = 8;
+
+impl ClientFiles {
+    fn scan(dir: &Path) -> Self {
+        let mut paths = HashSet::new();
+        let mut pending = vec![(dir.to_owned(), String::new(), 0)];
+        while let Some((folder, prefix, depth)) = pending.pop() {
+            let Ok(entries) = std::fs::read_dir(&folder) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(name) = name.to_str().filter(|name| !name.starts_with('.')) else {
+                    continue;
+                };
+                // `file_type` does not follow symbolic links: they are neither.
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                let path = format!("{prefix}/{name}");
+                if kind.is_file() && paths.len() < MAX_CLIENT_FILES {
+                    paths.insert(path);
+                } else if kind.is_dir() && depth < MAX_CLIENT_DEPTH {
+                    pending.push((entry.path(), path, depth + 1));
+                }
+            }
+        }
+        Self {
+            serve: ServeDir::new(dir),
+            paths,
+        }
+    }
+
+    async fn answer(self: Arc<Self>, request: axum::extract::Request) -> axum::response::Response {
+        use axum::response::IntoResponse;
+
+        let path = match request.uri().path() {
+            "/" => "/index.html",
+            path => path,
+        };
+        if !self.paths.contains(path) {
+            return (
+                StatusCode::NOT_FOUND,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                "no such file",
+            )
+                .into_response();
+        }
+        match self.serve.clone().oneshot(request).await {
+            Ok(response) => response.into_response(),
+            Err(never) => match never {},
+        }
+    }
 }
 
 async fn not_built() -> (StatusCode, [(HeaderName, &'static str); 1], &'static str) {
