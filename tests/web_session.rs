@@ -10,11 +10,13 @@ use common::{RawClient, TestServer, final_status, log_in};
 use e2ee_chat::client::{BearerToken, Credentials};
 use e2ee_chat::proto::chat_service_client::ChatServiceClient;
 use e2ee_chat::proto::{
-    ClientFrame, GetHistory, JoinRoom, OpenSessionRequest, SendFrameRequest, ServerFrame,
-    client_frame, server_frame,
+    ClientFrame, GetHistory, JoinRoom, OpenSessionRequest, SealedMessage, SendFrameRequest,
+    SendMessage, ServerFrame, client_frame, server_frame,
 };
+use e2ee_chat::server::Limits;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Code, Streaming};
@@ -315,6 +317,51 @@ async fn http(server: &TestServer, request: &str) -> String {
         .unwrap()
         .unwrap();
     String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A `SendMessage` frame whose encoding is exactly `len` bytes.
+fn frame_of_len(len: usize) -> ClientFrame {
+    (0..len)
+        .map(|n| ClientFrame {
+            request_id: 5,
+            kind: Some(client_frame::Kind::Send(SendMessage {
+                room: "lobby".into(),
+                sealed: Some(SealedMessage {
+                    key_id: 1,
+                    iteration: 0,
+                    device: 1,
+                    ciphertext: vec![0; n].into(),
+                    signature: vec![0; 64].into(),
+                }),
+            })),
+        })
+        .find(|frame| frame.encoded_len() == len)
+        .expect("a length every frame size reaches")
+}
+
+#[tokio::test]
+async fn send_frame_takes_frames_up_to_the_limit_chat_does() {
+    let limit = 4096;
+    let server = TestServer::with_limits(Limits {
+        max_frame_bytes: limit,
+        ..Limits::default()
+    })
+    .await;
+    let mut alice = WebSession::open(web_client(&server, "alice").await).await;
+    alice.send(frame_of_len(limit)).await;
+    let over = alice
+        .send_numbered(2, frame_of_len(limit + 1))
+        .await
+        .unwrap_err();
+    assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
+    assert!(over.message().contains("--max-frame-bytes"), "{over:?}");
+
+    let mut bob = RawClient::open(&server, "bob").await;
+    bob.send_frame(frame_of_len(limit)).await;
+    bob.answer(5).await;
+    bob.send_frame(frame_of_len(limit + 1)).await;
+    let ended = final_status(&mut bob.incoming).await;
+    assert_eq!(ended.code(), Code::ResourceExhausted, "{ended:?}");
 }
 
 const GET_PAGE: &str = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";

@@ -146,6 +146,7 @@ pub async fn serve(
         accounts: accounts.clone(),
         keys,
         store,
+        max_frame_bytes: limits.max_frame_bytes,
     });
     let stopping_hub = hub.clone();
 
@@ -166,7 +167,9 @@ pub async fn serve(
         health_service.max_decoding_message_size(network::MAX_HEALTH_REQUEST_BYTES);
     let chat = InterceptedService::new(
         ChatServiceServer::new(ChatRelay::new(relay))
-            .max_decoding_message_size(limits.max_frame_bytes),
+            // A `SendFrameRequest` wraps a frame of the limit; the frame itself is
+            // checked against it (`Relay::check_frame_size`).
+            .max_decoding_message_size(limits.max_frame_bytes + web_session::SEND_FRAME_OVERHEAD),
         require_token(
             accounts.clone(),
             network::UserRequests::new(limits.network.max_requests_per_user),

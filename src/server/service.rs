@@ -143,6 +143,7 @@ impl ChatService for ChatRelay {
         let frame = frame.ok_or_else(|| {
             Status::invalid_argument("SendFrameRequest.frame is missing: send one ClientFrame")
         })?;
+        self.relay.check_frame_size(&frame)?;
         self.web_sessions
             .send(&user, &session_id, frame_number, frame)
             .await?;

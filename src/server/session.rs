@@ -38,7 +38,14 @@ pub(crate) async fn run(
             return;
         };
         match frames.next().await {
-            Some(Ok(frame)) => handle(&relay, id, frame, permit),
+            Some(Ok(frame)) => {
+                // The decoder allows a `SendFrameRequest`'s few bytes more.
+                if let Err(status) = relay.check_frame_size(&frame) {
+                    hub.end_session(id, status);
+                    return;
+                }
+                handle(&relay, id, frame, permit)
+            }
             None => return,
             Some(Err(status)) => {
                 if let Some(status) = protocol_violation(&status) {

@@ -26,6 +26,11 @@ use crate::proto::{ClientFrame, ServerFrame, SessionOpened, server_frame};
 /// itself stops reading while it has many frames waiting for the store.
 const QUEUED_FRAMES: usize = 16;
 
+/// What a `SendFrameRequest` adds to its frame: the session id (2 + 16 bytes), the frame
+/// number (at most 1 + 10) and the frame's own tag and length (at most 1 + 5), rounded
+/// up.
+pub(crate) const SEND_FRAME_OVERHEAD: usize = 64;
+
 /// What identifies a session to `SendFrame`: random, so that one user's session ids
 /// tell nothing about another's (the caller's token is checked as well).
 pub(crate) type WebSessionId = [u8; 16];
