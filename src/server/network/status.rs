@@ -6,13 +6,17 @@
 use tonic::{Code, Status};
 
 /// How tonic's INTERNAL statuses for a request it could not decode begin (tonic's
-/// codec, tonic-prost's decoder and tonic's unary handler); other INTERNAL statuses are
-/// the server's own faults and stay as they are.
-const UNDECODABLE: [&str; 4] = [
+/// codec, tonic-prost's decoder and tonic's unary handler, and tonic-web's for a
+/// gRPC-Web body that is not base64 or not framed); other INTERNAL statuses are the
+/// server's own faults and stay as they are.
+const UNDECODABLE: [&str; 7] = [
     "failed to decode Protobuf message",
     "Unexpected EOF decoding stream",
     "protocol error: received message with",
     "Missing request message",
+    "tonic-web: malformed base64 request",
+    "tonic-web: Invalid ",
+    "tonic-web: unexpected frame type",
 ];
 
 /// The status for a request that could not be decoded, naming `what` (say "the
@@ -58,6 +62,12 @@ mod tests {
         .unwrap();
         assert_eq!(large.code(), Code::ResourceExhausted);
         assert!(large.message().contains("too large"), "{large:?}");
+        let not_base64 = decode_fault(
+            &Status::internal("tonic-web: Invalid symbol 33, offset 0."),
+            what,
+        )
+        .unwrap();
+        assert_eq!(not_base64.code(), Code::InvalidArgument);
         assert!(decode_fault(&Status::internal("the server's RNG failed"), what).is_none());
         assert!(decode_fault(&Status::resource_exhausted("full"), what).is_none());
     }
