@@ -13,7 +13,6 @@
  * - keys: sender-key handouts and our prekey; trust: members' keys and safety numbers;
  * - receipts: theirs and ours; private-rooms: an owner's invitations and removals.
  */
-import type { Transport } from "@connectrpc/connect";
 import { Identity, type StoredIdentity } from "./crypto/identity.js";
 import { PrekeyStore } from "./crypto/prekeys.js";
 import { DEFAULT_KEY_BITS } from "./crypto/rsa.js";
@@ -23,7 +22,7 @@ import { isValidUserName } from "./protocol.js";
 import { browserTransport, login as rpcLogin } from "./transport.js";
 import { vaultKeys, type Vault } from "./vault.js";
 import { Connection } from "./client/connection.js";
-import { ClientCore } from "./client/core.js";
+import { ClientCore, type ChatClientOptions } from "./client/core.js";
 import { Incoming } from "./client/incoming.js";
 import { KeyHandouts } from "./client/keys.js";
 import { Messages } from "./client/messages.js";
@@ -33,18 +32,6 @@ import { PrivateRooms } from "./client/private-rooms.js";
 import { Receipts } from "./client/receipts.js";
 import { Rooms } from "./client/rooms.js";
 import { Trust } from "./client/trust.js";
-
-export interface ChatClientOptions {
-  serverUrl: string;
-  vault: Vault;
-  /** Defaults to gRPC-Web over fetch; Node tests pass connect-node's. */
-  transport?: Transport;
-  /** RSA size of a new identity and its prekeys (default 3072). */
-  keyBits?: number;
-  registrationToken?: string;
-  /** Send receipts (default true). */
-  receipts?: boolean;
-}
 
 export class ChatClient {
   private readonly core: ClientCore;

@@ -6,11 +6,26 @@
 import { toHex } from "../crypto/bytes.js";
 import type { Identity } from "../crypto/identity.js";
 import type { PrekeyStore } from "../crypto/prekeys.js";
-import type { ChatClientOptions } from "../client.js";
 import type { ContactBook } from "../contacts.js";
 import type { ChatEvent, ReceiptMarks } from "../events.js";
 import type { RoomState } from "../room.js";
+import type { Transport } from "@connectrpc/connect";
 import { browserTransport, ChatRpc, type Session } from "../transport.js";
+import type { Vault } from "../vault.js";
+
+/** How a ChatClient is set up; here, beside the state it configures, so that the
+ * façade and its parts do not import each other. */
+export interface ChatClientOptions {
+  serverUrl: string;
+  vault: Vault;
+  /** Defaults to gRPC-Web over fetch; Node tests pass connect-node's. */
+  transport?: Transport;
+  /** RSA size of a new identity and its prekeys (default 3072). */
+  keyBits?: number;
+  registrationToken?: string;
+  /** Send receipts (default true). */
+  receipts?: boolean;
+}
 
 export interface JoinedRoom {
   name: string;
