@@ -2,7 +2,10 @@
 
 mod common;
 
-use common::{Member, PATIENCE, RawClient, RecordingProxy, TestServer, contains, room_keys};
+use common::{
+    Member, PATIENCE, RawClient, RecordingProxy, TestServer, contains, room_keys,
+    unknown_key_message,
+};
 use e2ee_chat::client::Event;
 use e2ee_chat::proto::{
     ClientFrame, LeaveReason, MessageDelivery, SealedMessage, SendMessage, ServerFrame,
@@ -10,17 +13,6 @@ use e2ee_chat::proto::{
 };
 use e2ee_chat::server::Limits;
 use tonic::Code;
-
-/// A well-formed sealed message under a key nobody holds.
-fn unknown_key_message() -> SealedMessage {
-    SealedMessage {
-        key_id: 1,
-        iteration: 0,
-        device: 1,
-        ciphertext: vec![0; 32].into(),
-        signature: vec![0; 64].into(),
-    }
-}
 
 fn texts(messages: &[(String, String)]) -> Vec<(&str, &str)> {
     let mut pairs: Vec<(&str, &str)> = messages

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{RawClient, TestServer, final_status, log_in};
+use common::{RawClient, TestServer, final_status, log_in, unknown_key_message};
 use e2ee_chat::client::{BearerToken, Credentials};
 use e2ee_chat::proto::chat_service_client::ChatServiceClient;
 use e2ee_chat::proto::{
@@ -327,11 +327,8 @@ fn frame_of_len(len: usize) -> ClientFrame {
             kind: Some(client_frame::Kind::Send(SendMessage {
                 room: "lobby".into(),
                 sealed: Some(SealedMessage {
-                    key_id: 1,
-                    iteration: 0,
-                    device: 1,
                     ciphertext: vec![0; n].into(),
-                    signature: vec![0; 64].into(),
+                    ..unknown_key_message()
                 }),
             })),
         })

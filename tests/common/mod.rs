@@ -13,7 +13,7 @@ use e2ee_chat::client::{
 };
 use e2ee_chat::crypto::{Identity, SafetyNumber, VerifiedIdentity};
 use e2ee_chat::proto::{
-    ClientFrame, JoinRoom, PublicIdentity, ServerFrame, client_frame, server_frame,
+    ClientFrame, JoinRoom, PublicIdentity, SealedMessage, ServerFrame, client_frame, server_frame,
 };
 use e2ee_chat::server::{self, Limits, ServerError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -678,3 +678,14 @@ pub mod process;
 pub mod pty;
 pub mod raw_h2;
 pub mod restarted;
+
+/// A well-formed sealed message under a key nobody holds.
+pub fn unknown_key_message() -> SealedMessage {
+    SealedMessage {
+        key_id: 1,
+        iteration: 0,
+        device: 1,
+        ciphertext: vec![0; 32].into(),
+        signature: vec![0; 64].into(),
+    }
+}

@@ -31,6 +31,19 @@ async function newClient(relay: FakeRelay, user: string, vault = new MemoryVault
   return { client, vault, ...recorder(client) };
 }
 
+/** alice and bob, connected to one relay and both in "lobby", alice having seen bob join. */
+async function aliceAndBobInLobby() {
+  const relay = new FakeRelay();
+  const alice = await newClient(relay, "alice");
+  const bob = await newClient(relay, "bob");
+  await alice.client.connect();
+  await bob.client.connect();
+  await alice.client.join("lobby");
+  await bob.client.join("lobby");
+  await alice.waitFor((e): e is ChatEvent => e.type === "memberJoined");
+  return { relay, alice, bob };
+}
+
 test("two clients chat in a room, both ways, and receipts are never texts", async () => {
   const relay = new FakeRelay();
   const alice = await newClient(relay, "alice");
@@ -83,14 +96,7 @@ test("a member who leaves no longer reads; the rest rotate and go on", async () 
 });
 
 test("a message whose answer was lost is resent after the reconnect and arrives once", async () => {
-  const relay = new FakeRelay();
-  const alice = await newClient(relay, "alice");
-  const bob = await newClient(relay, "bob");
-  await alice.client.connect();
-  await bob.client.connect();
-  await alice.client.join("lobby");
-  await bob.client.join("lobby");
-  await alice.waitFor((e): e is ChatEvent => e.type === "memberJoined");
+  const { relay, alice, bob } = await aliceAndBobInLobby();
   let lost = false;
   relay.loseAnswer = (user, frame) => {
     if (user !== "alice" || frame.kind.case !== "send" || lost) return false;
@@ -109,14 +115,7 @@ test("a message whose answer was lost is resent after the reconnect and arrives 
 });
 
 test("a client that comes back catches up on what it missed", async () => {
-  const relay = new FakeRelay();
-  const alice = await newClient(relay, "alice");
-  const bob = await newClient(relay, "bob");
-  await alice.client.connect();
-  await bob.client.connect();
-  await alice.client.join("lobby");
-  await bob.client.join("lobby");
-  await alice.waitFor((e): e is ChatEvent => e.type === "memberJoined");
+  const { relay, alice, bob } = await aliceAndBobInLobby();
   bob.client.close();
   await alice.client.send("lobby", "while you were away");
   await alice.waitFor((e): e is ChatEvent => e.type === "messageState" && e.state === "stored");
@@ -131,14 +130,7 @@ test("a client that comes back catches up on what it missed", async () => {
 });
 
 test("changed keys hold sending until trusted; tampered messages are refused, never shown", async () => {
-  const relay = new FakeRelay();
-  const alice = await newClient(relay, "alice");
-  const bob = await newClient(relay, "bob");
-  await alice.client.connect();
-  await bob.client.connect();
-  await alice.client.join("lobby");
-  await bob.client.join("lobby");
-  await alice.waitFor((e): e is ChatEvent => e.type === "memberJoined");
+  const { relay, alice, bob } = await aliceAndBobInLobby();
   // Tampering: flip a ciphertext byte of every message to alice.
   relay.tamper = (to, frame) => {
     if (to !== "alice" || frame.kind.case !== "message") return frame;
