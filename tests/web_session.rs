@@ -264,6 +264,14 @@ async fn a_session_is_only_its_users() {
     };
     let status = alice.client.clone().send_frame(no_frame).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let short_id = SendFrameRequest {
+        session_id: alice.id[..5].to_vec().into(),
+        frame_number: 1,
+        frame: Some(join(1, "lobby")),
+    };
+    let status = alice.client.clone().send_frame(short_id).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("16"), "{status:?}");
 }
 
 #[tokio::test]

@@ -166,7 +166,9 @@ pub async fn serve(
     let health_service =
         health_service.max_decoding_message_size(network::MAX_HEALTH_REQUEST_BYTES);
     let chat = InterceptedService::new(
-        ChatServiceServer::new(ChatRelay::new(relay))
+        // Half the request deadline: a `SendFrame` that waits longer is told to retry
+        // before the deadline cuts it off with a message that blames the client.
+        ChatServiceServer::new(ChatRelay::new(relay, limits.network.request_timeout() / 2))
             // A `SendFrameRequest` wraps a frame of the limit; the frame itself is
             // checked against it (`Relay::check_frame_size`).
             .max_decoding_message_size(limits.max_frame_bytes + web_session::SEND_FRAME_OVERHEAD),

@@ -4,11 +4,13 @@
 //! browsers.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::auth::AuthenticatedUser;
+use super::network::RequestPlace;
 use super::network::connection::connection_of;
 use super::relay::Relay;
 use super::session;
@@ -27,10 +29,11 @@ pub(crate) struct ChatRelay {
 }
 
 impl ChatRelay {
-    pub(crate) fn new(relay: Arc<Relay>) -> Self {
+    /// `queue_wait`: how long a `SendFrame` may wait for room in its session's queue.
+    pub(crate) fn new(relay: Arc<Relay>, queue_wait: Duration) -> Self {
         Self {
             relay,
-            web_sessions: Arc::default(),
+            web_sessions: Arc::new(WebSessions::new(queue_wait)),
         }
     }
 
@@ -118,7 +121,8 @@ impl ChatService for ChatRelay {
         let user = identity.user.clone();
         let connection = connection_of(&request);
         let (id, outbound) = self.relay.hub.open_session(identity, connection)?;
-        let (stream, frames) = match self.web_sessions.open(user, outbound) {
+        let hub = self.relay.hub.clone();
+        let (stream, frames) = match self.web_sessions.open(hub, id, user, outbound) {
             Ok(opened) => opened,
             Err(status) => {
                 self.relay.hub.close_session(id);
@@ -132,9 +136,12 @@ impl ChatService for ChatRelay {
 
     async fn send_frame(
         &self,
-        request: Request<SendFrameRequest>,
+        mut request: Request<SendFrameRequest>,
     ) -> Result<Response<SendFrameResponse>, Status> {
         let user = caller(&request)?;
+        // The frame may wait for room in its session's queue: it keeps its place among
+        // the user's requests in progress until then.
+        let _place = request.extensions_mut().remove::<RequestPlace>();
         let SendFrameRequest {
             session_id,
             frame_number,

@@ -24,7 +24,7 @@ use tower_http::set_header::SetResponseHeaderLayer;
 pub struct WebOptions {
     /// Directory of the built web client, served at / (build it with
     /// scripts/build-web.sh). Only the files it holds at start-up are served (no
-    /// dotfiles, nothing behind a symbolic link): restart after a new build. Default:
+    /// dotfiles, no symbolic links): restart after a new build. Default:
     /// the web/dist of the source tree chat-server was built from, when it is there.
     #[arg(long, env = "CHAT_WEB_DIR", value_name = "DIR")]
     pub web_dir: Option<PathBuf>,
@@ -55,8 +55,18 @@ impl WebOptions {
     }
 }
 
+/// An origin as browsers send it (RFC 6454): scheme and host in lower case, no default
+/// port; so that `https://Chat.example.org:443/` matches what the browser says.
 fn origin(text: &str) -> Result<HeaderValue, String> {
-    let text = text.trim().trim_end_matches('/');
+    let text = text.trim().trim_end_matches('/').to_ascii_lowercase();
+    let text = text
+        .strip_suffix(":443")
+        .filter(|_| text.starts_with("https://"))
+        .or_else(|| {
+            text.strip_suffix(":80")
+                .filter(|_| text.starts_with("http://"))
+        })
+        .unwrap_or(&text);
     let rest = text
         .strip_prefix("https://")
         .or_else(|| text.strip_prefix("http://"))
@@ -278,6 +288,15 @@ mod tests {
         assert_eq!(
             origin("http://127.0.0.1:8080").unwrap(),
             "http://127.0.0.1:8080"
+        );
+        assert_eq!(
+            origin("HTTPS://Chat.Example.org:443").unwrap(),
+            "https://chat.example.org"
+        );
+        assert_eq!(origin("http://localhost:80").unwrap(), "http://localhost");
+        assert_eq!(
+            origin("http://localhost:443").unwrap(),
+            "http://localhost:443"
         );
         for bad in [
             "chat.example.org",

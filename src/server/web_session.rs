@@ -4,21 +4,23 @@
 //! reads exactly as it reads a `Chat` stream.
 //!
 //! A session lives as long as its `OpenSession` stream: when the stream goes (the page
-//! closed, the network dropped, or the relay ended the session), the session's entry
-//! goes with it, its frame queue closes, and the reader closes the session.
+//! closed, the network dropped, or the relay ended the session), the session is closed
+//! on the hub and its entry goes; a `SendFrame` still waiting then finds it gone.
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use prost::Message;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
-use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
 
+use super::hub::{Hub, SessionId};
 use super::outbound::Outbound;
 use crate::proto::{ClientFrame, ServerFrame, SessionOpened, server_frame};
 
@@ -36,9 +38,11 @@ pub(crate) const SEND_FRAME_OVERHEAD: usize = 64;
 pub(crate) type WebSessionId = [u8; 16];
 
 /// The open `OpenSession` sessions, by id.
-#[derive(Default)]
 pub(crate) struct WebSessions {
     open: Mutex<HashMap<WebSessionId, Arc<Entry>>>,
+    /// How long a `SendFrame` waits for room in its session's queue before it asks the
+    /// client to send the frame again.
+    queue_wait: Duration,
 }
 
 struct Entry {
@@ -53,7 +57,7 @@ struct Inbox {
     /// What the last frame was, so that a retry is told from a different frame sent
     /// under the same number (which would otherwise be dropped without a word).
     last_digest: [u8; 32],
-    frames: mpsc::Sender<Result<ClientFrame, Status>>,
+    frames: mpsc::Sender<ClientFrame>,
 }
 
 fn digest(frame: &ClientFrame) -> [u8; 32] {
@@ -61,13 +65,26 @@ fn digest(frame: &ClientFrame) -> [u8; 32] {
 }
 
 /// The reading end of a session's frames, for [`session::run`](super::session::run).
-pub(crate) type WebFrames = ReceiverStream<Result<ClientFrame, Status>>;
+pub(crate) type WebFrames = tokio_stream::adapters::Map<
+    ReceiverStream<ClientFrame>,
+    fn(ClientFrame) -> Result<ClientFrame, Status>,
+>;
 
 impl WebSessions {
-    /// Registers a session of `user` whose server frames are `outbound`. Returns the
-    /// stream to answer `OpenSession` with, and the frames `SendFrame` will queue.
+    pub(crate) fn new(queue_wait: Duration) -> Self {
+        Self {
+            open: Mutex::default(),
+            queue_wait,
+        }
+    }
+
+    /// Registers the hub's session `session` of `user`, whose server frames are
+    /// `outbound`. Returns the stream to answer `OpenSession` with, and the frames
+    /// `SendFrame` will queue.
     pub(crate) fn open(
         self: &Arc<Self>,
+        hub: Arc<Hub>,
+        session: SessionId,
         user: String,
         outbound: Outbound,
     ) -> Result<(WebOutbound, WebFrames), Status> {
@@ -99,9 +116,12 @@ impl WebSessions {
             _registration: Registration {
                 sessions: self.clone(),
                 id,
+                hub,
+                session,
             },
         };
-        Ok((stream, ReceiverStream::new(received)))
+        let frames = ReceiverStream::new(received).map(Ok as fn(ClientFrame) -> _);
+        Ok((stream, frames))
     }
 
     /// Queues frame number `number` of session `id`, which `user` must have opened.
@@ -118,12 +138,22 @@ impl WebSessions {
                  OpenSession) or it is not yours",
             )
         };
-        let entry = WebSessionId::try_from(id)
-            .ok()
-            .and_then(|id| self.lock().get(&id).cloned())
+        let id = WebSessionId::try_from(id).map_err(|_| {
+            Status::invalid_argument(format!(
+                "session_id is {} bytes; it is the 16 of SessionOpened.session_id",
+                id.len()
+            ))
+        })?;
+        let entry = self
+            .lock()
+            .get(&id)
+            .cloned()
             .filter(|entry| entry.user == user)
             .ok_or_else(not_found)?;
         let mut inbox = entry.inbox.lock().await;
+        if inbox.frames.is_closed() {
+            return Err(not_found());
+        }
         let expected = inbox.last_number + 1;
         let digest = digest(&frame);
         if number == inbox.last_number && number != 0 {
@@ -142,11 +172,16 @@ impl WebSessions {
                  (send frames one at a time, numbered from 1)"
             )));
         }
-        inbox
-            .frames
-            .send(Ok(frame))
-            .await
-            .map_err(|_| not_found())?;
+        match tokio::time::timeout(self.queue_wait, inbox.frames.send(frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(not_found()),
+            Err(_) => {
+                return Err(Status::unavailable(format!(
+                    "the session has many frames waiting to be stored; send frame \
+                     {number} again (the same frame_number and frame)"
+                )));
+            }
+        }
         inbox.last_number = number;
         inbox.last_digest = digest;
         Ok(())
@@ -157,16 +192,19 @@ impl WebSessions {
     }
 }
 
-/// Forgets its session when dropped: the `OpenSession` stream is gone.
+/// Closes its session when dropped: the `OpenSession` stream is gone.
 struct Registration {
     sessions: Arc<WebSessions>,
     id: WebSessionId,
+    hub: Arc<Hub>,
+    session: SessionId,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        // Dropping the entry drops the queue's sender: the reader sees the frames end
-        // and closes the session.
+        // At once, even while a `SendFrame` still holds the entry (and so the queue
+        // open): a frame for a page that is gone must not be carried out.
+        self.hub.close_session(self.session);
         self.sessions.lock().remove(&self.id);
     }
 }

@@ -31,7 +31,7 @@ mod unauthenticated;
 pub(crate) use admission::admit;
 pub(crate) use bounds::BoundsLayer;
 pub use limits::NetworkLimits;
-pub(crate) use per_user::UserRequests;
+pub(crate) use per_user::{RequestPlace, UserRequests};
 pub(crate) use status::decode_fault;
 pub(crate) use unauthenticated::{
     MAX_AUTH_REQUEST_BYTES, MAX_HEALTH_REQUEST_BYTES, MAX_REFLECTION_REQUEST_BYTES,

@@ -6,7 +6,7 @@
 //! and among all clients; one beyond any of these bounds is refused with
 //! RESOURCE_EXHAUSTED before it is read. Health Watch and reflection streams last as
 //! long as their client likes, so they are counted apart from logins and cannot take
-//! their places.
+//! their places, except on their own connection.
 
 use std::sync::Arc;
 

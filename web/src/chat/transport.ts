@@ -123,8 +123,11 @@ export class Session {
       } catch (e) {
         lastError = e;
         const code = codeOf(e);
-        // Only a lost answer is worth the same number again; anything else ends the session.
-        if (code !== Code.Unavailable && code !== Code.DeadlineExceeded && code !== Code.Unknown && code !== Code.Internal) break;
+        // A lost answer, a busy session (UNAVAILABLE) or the user's requests at their
+        // bound (RESOURCE_EXHAUSTED) are worth the same number again; anything else ends
+        // the session.
+        const retry = [Code.Unavailable, Code.DeadlineExceeded, Code.Unknown, Code.Internal, Code.ResourceExhausted];
+        if (!retry.includes(code as Code)) break;
         await new Promise((r) => setTimeout(r, 200 * (attempt + 1)));
       }
     }
