@@ -78,13 +78,7 @@ test("two clients chat in a room, both ways, and receipts are never texts", asyn
 });
 
 test("a member who leaves no longer reads; the rest rotate and go on", async () => {
-  const relay = new FakeRelay();
-  const alice = await newClient(relay, "alice");
-  const bob = await newClient(relay, "bob");
-  await alice.client.connect();
-  await bob.client.connect();
-  await alice.client.join("lobby");
-  await bob.client.join("lobby");
+  const { alice, bob } = await aliceAndBobInLobby();
   await bob.client.leave("lobby");
   await alice.waitFor((e): e is ChatEvent => e.type === "memberLeft" && e.user === "bob");
   assert.deepEqual(bob.client.rooms(), []);
