@@ -14,7 +14,7 @@ use prost::Message;
 use tokio::sync::OwnedSemaphorePermit;
 use tonic::Status;
 
-use super::hub::{CatchUp, SessionId};
+use super::hub::{CatchUp, SessionId, rejection};
 use super::outbound::Refusal;
 use super::relay::Relay;
 use crate::proto::{
@@ -186,10 +186,7 @@ pub(crate) async fn history(
                 former_members,
             })
         }
-        Err(status) => Kind::Rejection(crate::proto::Rejection {
-            code: status.code() as i32,
-            message: status.message().to_owned(),
-        }),
+        Err(status) => Kind::Rejection(rejection(&status)),
     };
     relay.hub.reply(id, request_id, kind);
 }

@@ -71,6 +71,7 @@ use hub::Hub;
 use key_directory::KeyDirectory;
 use relay::Relay;
 use service::ChatRelay;
+use writer::Writer;
 
 /// Serves the relay on `listener` until `shutdown` completes, then ends every session
 /// with UNAVAILABLE and returns once the connections have closed. With `tls` (see
@@ -93,7 +94,7 @@ pub async fn serve(
         limits.clone(),
         store.rooms()?,
         |user| accounts.identity(user),
-        commands,
+        commands.clone(),
     ));
     let reclaim_after = days(limits.reclaim_after_days);
     let reclaim = {
@@ -131,15 +132,24 @@ pub async fn serve(
             hub.reclaimed(&users);
         })
     };
-    let writer = writer::spawn(
-        store.clone(),
-        hub.clone(),
-        received,
-        limits.max_commit_batch,
-        limits.storage(),
-        reclaim,
-    )
-    .map_err(ServerError::Writer)?;
+    let committed = {
+        let hub = Arc::downgrade(&hub);
+        Box::new(
+            move |batch: Vec<_>, failure: Option<&crate::store::StoreError>| {
+                if let Some(hub) = hub.upgrade() {
+                    hub.committed(batch, failure);
+                }
+            },
+        )
+    };
+    let setup = writer::WriterSetup {
+        store: store.clone(),
+        max_batch: limits.max_commit_batch,
+        policy: limits.storage(),
+        committed,
+        housekeeping: reclaim,
+    };
+    let writer = Writer::spawn(setup, commands, received).map_err(ServerError::Writer)?;
     tokio::spawn(end_stalled_sessions(Arc::downgrade(&hub)));
     let relay = Arc::new(Relay {
         hub: hub.clone(),
@@ -240,8 +250,7 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, stop)
         .await?;
     // Everything acknowledged is committed already; this commits what is in flight.
-    hub.stop_writer();
-    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    writer.stop().await;
     Ok(())
 }
 

@@ -15,11 +15,11 @@ use tonic::{Code, Status};
 
 use super::catch_up;
 use super::frame::{self, ValidFrame};
-use super::hub::{Hub, JoinRequest, SessionId};
+use super::hub::{Hub, JoinRequest, SessionId, rejection};
 use super::network::decode_fault;
 use super::relay::Relay;
 use super::signed_membership;
-use crate::proto::{ClientFrame, Rejection, server_frame};
+use crate::proto::{ClientFrame, server_frame};
 
 /// Frames of one session that may wait for the store at once.
 const MAX_IN_FLIGHT: usize = 64;
@@ -91,13 +91,8 @@ fn handle(relay: &Arc<Relay>, id: SessionId, frame: ClientFrame, permit: OwnedSe
     let request_id = frame.request_id;
     if let Err(status) = carry_out(relay, id, frame, permit) {
         tracing::debug!(session = id, request_id, code = ?status.code(), "frame rejected");
-        let rejection = Rejection {
-            code: status.code() as i32,
-            message: status.message().to_owned(),
-        };
-        relay
-            .hub
-            .reply(id, request_id, server_frame::Kind::Rejection(rejection));
+        let rejection = server_frame::Kind::Rejection(rejection(&status));
+        relay.hub.reply(id, request_id, rejection);
     }
 }
 
@@ -142,17 +137,20 @@ fn carry_out(
         ValidFrame::Invite { room, invitation } => {
             let caller = hub.user(id)?;
             signed_membership::check_invitation(&relay.accounts, &caller, &invitation)?;
-            hub.invite(id, request_id, &room, invitation, permit)
+            hub.invite(id, request_id, &room, invitation, permit)?;
+            Ok(())
         }
         ValidFrame::Kick { room, removal } => {
             let caller = hub.user(id)?;
             signed_membership::check_removal(&relay.accounts, &caller, &removal)?;
-            hub.kick(id, request_id, &room, removal, permit)
+            hub.kick(id, request_id, &room, removal, permit)?;
+            Ok(())
         }
-        ValidFrame::Leave { room } => hub.leave(id, request_id, &room, permit),
-        ValidFrame::Send { room, sealed } => hub.send(id, request_id, &room, sealed, permit),
+        ValidFrame::Leave { room } => Ok(hub.leave(id, request_id, &room, permit)?),
+        ValidFrame::Send { room, sealed } => Ok(hub.send(id, request_id, &room, sealed, permit)?),
         ValidFrame::DistributeKey { room, key_id, keys } => {
-            hub.distribute(id, request_id, &room, key_id, keys, permit)
+            hub.distribute(id, request_id, &room, key_id, keys, permit)?;
+            Ok(())
         }
     }
 }

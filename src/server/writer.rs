@@ -2,20 +2,25 @@
 //!
 //! Group commit: while one transaction waits for its fsync, the ops that arrive queue up,
 //! and the next transaction takes them all (up to `max_batch`), so a busy relay pays one
-//! fsync per batch rather than per message. Once a batch is durable the hub answers and
-//! fans it out ([`Hub::committed`]); if the commit fails, nothing of it is acknowledged.
+//! fsync per batch rather than per message. Once a batch is durable its outcome goes to
+//! the [`Committed`] callback (the hub answers and fans it out); if the commit fails,
+//! nothing of it is acknowledged.
 //!
 //! The writer also prunes what the retention policy no longer keeps, and runs the
 //! relay's other housekeeping (reclaiming what nobody uses), at start-up and every
 //! minute.
+//!
+//! It knows the hub only through `hub::op` and the callback, and the [`Writer`] guard
+//! that owns the thread stops it when dropped, so it never outlives the server that
+//! started it, however that server ends.
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::hub::{Command, Hub, Op};
-use crate::store::{StoragePolicy, Store};
+use super::hub::{Batch, Command, Op};
+use crate::store::{StoragePolicy, Store, StoreError};
 
 /// How often the retention policy is applied.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -23,32 +28,81 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// What the writer runs after each pruning, with the store.
 pub(crate) type Housekeeping = Box<dyn FnMut(&dyn Store) + Send>;
 
-/// Starts the writer thread.
-pub(crate) fn spawn(
-    store: Arc<dyn Store>,
-    hub: Arc<Hub>,
-    commands: Receiver<Command>,
-    max_batch: usize,
-    policy: StoragePolicy,
-    mut housekeeping: Housekeeping,
-) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("store-writer".to_owned())
-        .spawn(move || {
-            run(
-                &*store,
-                &hub,
-                &commands,
-                max_batch.max(1),
-                &policy,
-                &mut *housekeeping,
-            )
+/// Where each batch's outcome goes, in commit order: every op with what its changes did,
+/// or, when the transaction failed, every op with the failure.
+pub(crate) type Committed = Box<dyn Fn(Batch, Option<&StoreError>) + Send>;
+
+/// What the writer thread works with.
+pub(crate) struct WriterSetup {
+    pub store: Arc<dyn Store>,
+    pub max_batch: usize,
+    pub policy: StoragePolicy,
+    pub committed: Committed,
+    pub housekeeping: Housekeeping,
+}
+
+/// Owns the writer thread: [`Writer::stop`] commits what is in flight and waits for it;
+/// dropping the guard without stopping (an early return, a panic) still tells the
+/// thread to commit what it has and end.
+pub(crate) struct Writer {
+    commands: Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts the writer thread on `commands`; `sender` is a sender of the same channel.
+    pub(crate) fn spawn(
+        setup: WriterSetup,
+        sender: Sender<Command>,
+        commands: Receiver<Command>,
+    ) -> std::io::Result<Self> {
+        let thread = std::thread::Builder::new()
+            .name("store-writer".to_owned())
+            .spawn(move || {
+                let WriterSetup {
+                    store,
+                    max_batch,
+                    policy,
+                    committed,
+                    mut housekeeping,
+                } = setup;
+                run(
+                    &*store,
+                    &*committed,
+                    &commands,
+                    max_batch.max(1),
+                    &policy,
+                    &mut *housekeeping,
+                )
+            })?;
+        Ok(Self {
+            commands: sender,
+            thread: Some(thread),
         })
+    }
+
+    /// Commits what has been handed over, then waits for the thread to end.
+    pub(crate) async fn stop(mut self) {
+        let _ = self.commands.send(Command::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Not joined here: a drop may run on a runtime thread, which must not block on
+        // a transaction.
+        if self.thread.is_some() {
+            let _ = self.commands.send(Command::Stop);
+        }
+    }
 }
 
 fn run(
     store: &dyn Store,
-    hub: &Hub,
+    committed: &dyn Fn(Batch, Option<&StoreError>),
     commands: &Receiver<Command>,
     max_batch: usize,
     policy: &StoragePolicy,
@@ -79,15 +133,20 @@ fn run(
                 Err(_) => break,
             }
         }
-        commit(store, hub, batch, policy);
+        commit(store, committed, batch, policy);
         if stop {
             return;
         }
     }
 }
 
-/// Commits a batch in one transaction and hands the outcome to the hub.
-fn commit(store: &dyn Store, hub: &Hub, mut batch: Vec<Op>, policy: &StoragePolicy) {
+/// Commits a batch in one transaction and hands the outcome on.
+fn commit(
+    store: &dyn Store,
+    committed: &dyn Fn(Batch, Option<&StoreError>),
+    mut batch: Vec<Op>,
+    policy: &StoragePolicy,
+) {
     let started = Instant::now();
     let mut changes = Vec::new();
     let mut counts = Vec::with_capacity(batch.len());
@@ -109,11 +168,11 @@ fn commit(store: &dyn Store, hub: &Hub, mut batch: Vec<Op>, policy: &StoragePoli
                 .zip(counts)
                 .map(|(op, count)| (op, applied.by_ref().take(count).collect()))
                 .collect();
-            hub.committed(done, None);
+            committed(done, None);
         }
         Err(error) => {
             let failed = batch.into_iter().map(|op| (op, Vec::new())).collect();
-            hub.committed(failed, Some(&error));
+            committed(failed, Some(&error));
         }
     }
 }
@@ -132,5 +191,54 @@ fn prune(store: &dyn Store, policy: &StoragePolicy) {
         }
         Ok(_) => {}
         Err(error) => tracing::warn!(%error, "pruning failed; will try again"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc::{self, RecvTimeoutError};
+
+    use super::*;
+    use crate::server::hub::Effect;
+    use crate::store::{Change, SqliteStore};
+
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn dropping_the_guard_commits_what_is_in_flight_and_ends_the_thread() {
+        let store = Arc::new(SqliteStore::in_memory().unwrap());
+        let (outcomes, outcome) = mpsc::channel();
+        let setup = WriterSetup {
+            store: store.clone(),
+            max_batch: 16,
+            policy: StoragePolicy::UNLIMITED,
+            // The callback goes with the thread: once it ends, `outcome` disconnects.
+            committed: Box::new(move |batch, failure| {
+                let _ = outcomes.send((batch.len(), failure.is_none()));
+            }),
+            housekeeping: Box::new(|_| {}),
+        };
+        let (sender, commands) = mpsc::channel();
+        let writer = Writer::spawn(setup, sender.clone(), commands).unwrap();
+        let op = Op {
+            changes: vec![Change::CreateRoom {
+                room: "lobby".to_owned(),
+                owner: None,
+            }],
+            effect: Effect::Nothing,
+            _permit: None,
+        };
+        sender.send(Command::Commit(Box::new(op))).unwrap();
+
+        // Whoever else holds a sender (the hub does) no longer keeps the thread alive.
+        drop(writer);
+        assert_eq!(outcome.recv_timeout(PATIENCE), Ok((1, true)));
+        assert_eq!(
+            outcome.recv_timeout(PATIENCE),
+            Err(RecvTimeoutError::Disconnected)
+        );
+        let rooms = store.rooms().unwrap();
+        assert_eq!(rooms.len(), 1, "the op in flight was committed");
+        assert_eq!(rooms[0].name, "lobby");
     }
 }

@@ -5,12 +5,12 @@
 
 use std::sync::mpsc::Sender;
 
-use super::{Attachment, Command, Effect, Op, SessionId, State};
+use super::{Attachment, Command, Effect, HubError, Op, SessionId, State, rejection};
 use crate::proto::{
-    Ack, CaughtUp, Joined, MemberJoined, MemberLeft, MessageDelivery, Rejection, ServerFrame,
+    Ack, CaughtUp, Joined, MemberJoined, MemberLeft, MessageDelivery, ServerFrame,
     server_frame::Kind,
 };
-use crate::store::{Applied, Change, Quota, StoreError, copy};
+use crate::store::{Applied, Change, StoreError, copy};
 
 impl State {
     /// Carries out what a committed op calls for.
@@ -56,13 +56,8 @@ impl State {
                     });
                     self.deliver(session, 0, caught_up);
                 } else {
-                    let rejection = Rejection {
-                        code: tonic::Code::FailedPrecondition as i32,
-                        message: format!(
-                            "you left or were removed from room {room:?} before your joining \
-                             was complete"
-                        ),
-                    };
+                    let left = HubError::LeftWhileJoining { room: room.clone() };
+                    let rejection = rejection(&left.into());
                     self.deliver(session, request_id, Kind::Rejection(rejection));
                 }
                 let announcement = Kind::MemberJoined(MemberJoined {
@@ -133,10 +128,7 @@ impl State {
                     // Resent after a lost acknowledgement: the members have it.
                     Some(Applied::Duplicate { seq: first }) => *first,
                     Some(Applied::OverQuota(quota)) => {
-                        let rejection = Rejection {
-                            code: tonic::Code::ResourceExhausted as i32,
-                            message: over_quota(quota),
-                        };
+                        let rejection = rejection(&HubError::over_quota(*quota).into());
                         tracing::info!(user = sender, room, ?quota, "message over a quota");
                         self.deliver(session, request_id, Kind::Rejection(rejection));
                         return;
@@ -219,13 +211,7 @@ impl State {
             Effect::Nothing => None,
         };
         if let Some((session, request_id)) = reply {
-            let rejection = Rejection {
-                code: tonic::Code::Unavailable as i32,
-                message: format!(
-                    "the server could not store this ({error}); nothing was stored; try again \
-                     later"
-                ),
-            };
+            let rejection = rejection(&HubError::not_stored(error).into());
             self.deliver(session, request_id, Kind::Rejection(rejection));
         }
     }
@@ -304,33 +290,5 @@ impl State {
             }),
             _ => self.deliver(id, request_id, kind),
         }
-    }
-}
-
-/// What a sender is told when its message would exceed a storage quota.
-fn over_quota(quota: &Quota) -> String {
-    match quota {
-        Quota::User { limit } => format!(
-            "not stored: the server keeps at most {} of one user's messages and keys, and \
-             yours would take more; space comes back as your older messages expire or \
-             their rooms fill up; try again later",
-            bytes(*limit)
-        ),
-    }
-}
-
-/// A size for people: "64 MiB".
-fn bytes(size: u64) -> String {
-    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = size as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 || value.fract() == 0.0 {
-        format!("{value:.0} {}", UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
     }
 }

@@ -13,7 +13,7 @@ impl Hub {
         room: &str,
         sealed: SealedMessage,
         permit: OwnedSemaphorePermit,
-    ) -> Result<(), Status> {
+    ) -> Result<(), HubError> {
         self.operate(|state| {
             let sender = state.attached_member(id, room)?;
             state.writable()?;
@@ -48,7 +48,7 @@ impl Hub {
         key_id: u64,
         keys: Vec<WrappedKey>,
         permit: OwnedSemaphorePermit,
-    ) -> Result<(), Status> {
+    ) -> Result<(), HubError> {
         self.operate(|state| {
             let sender = state.attached_member(id, room)?;
             state.writable()?;

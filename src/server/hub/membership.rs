@@ -13,16 +13,16 @@ impl Hub {
         request_id: u64,
         request: JoinRequest<'_>,
         permit: OwnedSemaphorePermit,
-    ) -> Result<Option<CatchUp>, Status> {
+    ) -> Result<Option<CatchUp>, HubError> {
         let room = request.room;
         self.operate(|state| {
             let session = state.session(id)?;
             let user = session.user.clone();
             let newcomer = session.identity.clone();
             if session.rooms.contains_key(room) {
-                return Err(Status::already_exists(format!(
-                    "you are already in room {room:?} on this stream"
-                )));
+                return Err(HubError::AlreadyOnStream {
+                    room: room.to_owned(),
+                });
             }
             if let Some(existing) = state.rooms.get(room)
                 && existing.is_active_member(&user)
@@ -32,28 +32,21 @@ impl Hub {
             state.writable()?;
             let memberships = state.memberships.get(&user).map_or(0, BTreeSet::len);
             if memberships >= self.limits.max_rooms_per_user {
-                return Err(Status::resource_exhausted(format!(
-                    "you are a member of {memberships} rooms, the most a user may; leave one \
-                     first"
-                )));
+                return Err(HubError::TooManyMemberships { count: memberships });
             }
             let mut changes = Vec::new();
             match state.rooms.get(room) {
                 None if state.rooms.len() >= self.limits.max_rooms => {
-                    return Err(Status::resource_exhausted(format!(
-                        "the server holds its maximum of {} rooms; try again later",
-                        self.limits.max_rooms
-                    )));
+                    return Err(HubError::TooManyRooms {
+                        max: self.limits.max_rooms,
+                    });
                 }
                 None => {
                     let owner = request.create_private.then(|| user.clone());
                     if owner.is_some() {
                         let owned = state.owned.get(&user).map_or(0, BTreeSet::len);
                         if owned >= self.limits.max_owned_rooms {
-                            return Err(Status::resource_exhausted(format!(
-                                "you own {owned} private rooms, the most a user may; a room is \
-                                 freed when its last member leaves"
-                            )));
+                            return Err(HubError::TooManyOwned { count: owned });
                         }
                         state
                             .owned
@@ -74,21 +67,20 @@ impl Hub {
                     );
                 }
                 Some(existing) if !existing.may_join(&user) => {
-                    return Err(Status::permission_denied(format!(
-                        "room {room:?} is private; ask its owner to invite you"
-                    )));
+                    return Err(HubError::Private {
+                        room: room.to_owned(),
+                    });
                 }
                 Some(existing) if existing.owner.is_none() && request.create_private => {
-                    return Err(Status::already_exists(format!(
-                        "room {room:?} already exists and is open to anyone; choose another \
-                         name for a private room"
-                    )));
+                    return Err(HubError::OpenRoomExists {
+                        room: room.to_owned(),
+                    });
                 }
                 Some(existing) if existing.active_members() >= self.limits.max_room_members => {
-                    return Err(Status::resource_exhausted(format!(
-                        "room {room:?} is full ({} members)",
-                        self.limits.max_room_members
-                    )));
+                    return Err(HubError::RoomFull {
+                        room: room.to_owned(),
+                        max: self.limits.max_room_members,
+                    });
                 }
                 Some(_) => {}
             }
@@ -160,7 +152,7 @@ impl Hub {
         request_id: u64,
         room: &str,
         permit: OwnedSemaphorePermit,
-    ) -> Result<(), Status> {
+    ) -> Result<(), HubError> {
         self.operate(|state| {
             let user = state.attached_member(id, room)?;
             state.writable()?;
@@ -194,7 +186,7 @@ impl Hub {
         room: &str,
         invitation: Invitation,
         permit: OwnedSemaphorePermit,
-    ) -> Result<(), Status> {
+    ) -> Result<(), HubError> {
         self.operate(|state| {
             let owner = state.session(id)?.user.clone();
             state.writable()?;
@@ -203,10 +195,10 @@ impl Hub {
             if !room_state.invited.contains_key(&user)
                 && room_state.invited.len() >= self.limits.max_room_members
             {
-                return Err(Status::resource_exhausted(format!(
-                    "room {room:?} has its maximum of {} invitations; kick someone first",
-                    self.limits.max_room_members
-                )));
+                return Err(HubError::TooManyInvitations {
+                    room: room.to_owned(),
+                    max: self.limits.max_room_members,
+                });
             }
             let mut changes = Vec::new();
             if user != owner {
@@ -236,23 +228,22 @@ impl Hub {
         room: &str,
         removal: Removal,
         permit: OwnedSemaphorePermit,
-    ) -> Result<(), Status> {
+    ) -> Result<(), HubError> {
         self.operate(|state| {
             let owner = state.session(id)?.user.clone();
             state.writable()?;
             let room_state = state.owned_room(room, &owner)?;
             let user = removal.member.as_str();
             if user == owner {
-                return Err(Status::invalid_argument(
-                    "you own this room and cannot kick yourself; leave it instead",
-                ));
+                return Err(HubError::KickSelf);
             }
             let was_invited = room_state.invited.remove(user).is_some();
             let is_member = room_state.is_active_member(user);
             if !was_invited && !is_member {
-                return Err(Status::not_found(format!(
-                    "{user:?} is neither a member of nor invited to room {room:?}"
-                )));
+                return Err(HubError::NeitherMemberNorInvited {
+                    user: user.to_owned(),
+                    room: room.to_owned(),
+                });
             }
             tracing::info!(owner, room, user, "kicked");
             room_state.removals.insert(user.to_owned(), removal.clone());
@@ -283,9 +274,10 @@ impl Hub {
             if let (true, Some(kicked)) = (catching_up, removed) {
                 // Its catch-up is still sending what came before: rather than tell it
                 // out of order, end the session; it learns when it joins again.
-                let status =
-                    Status::permission_denied(format!("the owner removed you from room {room:?}"));
-                state.remove_session(kicked, Some(status));
+                let removed = HubError::Removed {
+                    room: room.to_owned(),
+                };
+                state.remove_session(kicked, Some(removed.into()));
             }
             let user = user.to_owned();
             let effect = state.start_leaving(
@@ -306,16 +298,15 @@ impl Hub {
     }
 
     /// The other active members of `room`, sorted, for `user`, who must be one.
-    pub(crate) fn other_members(&self, room: &str, user: &str) -> Result<Vec<String>, Status> {
+    pub(crate) fn other_members(&self, room: &str, user: &str) -> Result<Vec<String>, HubError> {
         let state = self.lock();
-        let found = state
-            .rooms
-            .get(room)
-            .ok_or_else(|| Status::not_found(format!("there is no room {room:?}")))?;
+        let found = state.rooms.get(room).ok_or_else(|| HubError::NoRoom {
+            room: room.to_owned(),
+        })?;
         if !found.is_active_member(user) {
-            return Err(Status::permission_denied(format!(
-                "you are not a member of room {room:?}"
-            )));
+            return Err(HubError::NotMember {
+                room: room.to_owned(),
+            });
         }
         Ok(found
             .members
@@ -327,13 +318,17 @@ impl Hub {
 
     /// The session's user and the sequence number it joined `room` at, for a history
     /// request.
-    pub(crate) fn history_scope(&self, id: SessionId, room: &str) -> Result<(String, u64), Status> {
+    pub(crate) fn history_scope(
+        &self,
+        id: SessionId,
+        room: &str,
+    ) -> Result<(String, u64), HubError> {
         let state = self.lock();
         let user = state.attached_member(id, room)?;
         if let Some(Attachment::Joining) = state.sessions[&id].rooms.get(room) {
-            return Err(Status::failed_precondition(format!(
-                "you are still joining room {room:?}; ask for its history once joined"
-            )));
+            return Err(HubError::StillJoining {
+                room: room.to_owned(),
+            });
         }
         let joined_seq = state.rooms[room].members[&user].joined_seq;
         Ok((user, joined_seq))
@@ -365,7 +360,7 @@ impl Hub {
 
 impl State {
     /// The session's user, if this stream joined `room` and the user is still a member.
-    pub(super) fn attached_member(&self, id: SessionId, room: &str) -> Result<String, Status> {
+    pub(super) fn attached_member(&self, id: SessionId, room: &str) -> Result<String, HubError> {
         let session = self.session(id)?;
         let member = self
             .rooms
@@ -374,9 +369,9 @@ impl State {
         if session.rooms.contains_key(room) && member {
             Ok(session.user.clone())
         } else {
-            Err(Status::permission_denied(format!(
-                "you are not a member of room {room:?} on this stream; join it first"
-            )))
+            Err(HubError::NotJoinedHere {
+                room: room.to_owned(),
+            })
         }
     }
 
@@ -461,17 +456,20 @@ impl State {
     }
 
     /// The private `room`, if `owner` owns it.
-    pub(super) fn owned_room(&mut self, room: &str, owner: &str) -> Result<&mut Room, Status> {
+    pub(super) fn owned_room(&mut self, room: &str, owner: &str) -> Result<&mut Room, HubError> {
         let Some(found) = self.rooms.get_mut(room) else {
-            return Err(Status::not_found(format!("there is no room {room:?}")));
+            return Err(HubError::NoRoom {
+                room: room.to_owned(),
+            });
         };
         match &found.owner {
-            None => Err(Status::failed_precondition(format!(
-                "room {room:?} is open to anyone: there is nobody to invite or kick"
-            ))),
-            Some(actual) if actual != owner => Err(Status::permission_denied(format!(
-                "only the owner of room {room:?} ({actual}) can invite or kick"
-            ))),
+            None => Err(HubError::NotPrivate {
+                room: room.to_owned(),
+            }),
+            Some(actual) if actual != owner => Err(HubError::NotOwner {
+                room: room.to_owned(),
+                owner: actual.clone(),
+            }),
             Some(_) => Ok(found),
         }
     }

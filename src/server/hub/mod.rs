@@ -19,7 +19,8 @@
 //! The hub's operations, by family: `sessions` (open, close, end, queue frames),
 //! `membership` (join, leave, invite, kick, what a session may read), `log` (messages
 //! and sender keys), `committed` (what happens once the store has them), `reclaim`
-//! (what nobody uses).
+//! (what nobody uses); `op` is what goes to the writer, and `error` the hub's refusals
+//! ([`HubError`]), which become gRPC codes there and nowhere else.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::mpsc::Sender;
@@ -28,13 +29,17 @@ use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::AbortHandle;
-use tonic::Status;
 
 mod committed;
+mod error;
 mod log;
 mod membership;
+mod op;
 mod reclaim;
 mod sessions;
+
+pub(crate) use error::{HubError, rejection};
+pub(crate) use op::{Batch, Command, Effect, Op};
 
 use super::Limits;
 use super::network::connection::ConnectionHandle;
@@ -46,7 +51,7 @@ use crate::proto::{
     Ack, CaughtUp, Invitation, Joined, LeaveReason, PublicIdentity, Removal, SealedMessage,
     ServerFrame, server_frame::Kind,
 };
-use crate::store::{Applied, Change, StoreError, StoredRoom, WrappedKey};
+use crate::store::{Change, StoreError, StoredRoom, WrappedKey};
 
 /// What a `JoinRoom` asks for.
 pub(crate) struct JoinRequest<'a> {
@@ -57,67 +62,6 @@ pub(crate) struct JoinRequest<'a> {
 
 /// Identifies one `Chat` stream for the life of the server.
 pub(crate) type SessionId = u64;
-
-/// What the hub sends its writer thread (`server::writer`), which owns the store's
-/// transactions. Defined here, beside the [`Op`] it carries, so that the writer imports
-/// the hub and not the other way round.
-pub(crate) enum Command {
-    Commit(Box<Op>),
-    /// Commit what has arrived, then stop.
-    Stop,
-}
-
-/// A change to a room on its way to the store, and what to do once it is committed.
-pub(crate) struct Op {
-    pub changes: Vec<Change>,
-    pub effect: Effect,
-    /// Held until the op is committed: bounds what one session has in flight.
-    pub _permit: Option<OwnedSemaphorePermit>,
-}
-
-/// What to tell whom once an [`Op`] is committed.
-pub(crate) enum Effect {
-    /// A first join: answer the newcomer, tell the others.
-    Joined {
-        session: SessionId,
-        request_id: u64,
-        room: String,
-        user: String,
-        seq: u64,
-    },
-    /// A member left or was removed.
-    Left {
-        reply: Option<(SessionId, u64)>,
-        /// The session of a member removed by the owner, told with `MemberLeft` too.
-        removed: Option<SessionId>,
-        room: String,
-        user: String,
-        seq: u64,
-        reason: LeaveReason,
-        /// The owner's signed removal, when the owner removed the member.
-        removal: Option<Removal>,
-    },
-    Message {
-        session: SessionId,
-        request_id: u64,
-        room: String,
-        seq: u64,
-        sender: String,
-        sealed: SealedMessage,
-    },
-    SenderKeys {
-        session: SessionId,
-        request_id: u64,
-        room: String,
-        seq: u64,
-        sender: String,
-        keys: Vec<WrappedKey>,
-    },
-    /// Only an acknowledgement (an invitation, the removal of an invitation).
-    Ack { session: SessionId, request_id: u64 },
-    /// Housekeeping nobody waits for.
-    Nothing,
-}
 
 /// A member coming back to a room: what its catch-up needs.
 pub(crate) struct CatchUp {
@@ -291,7 +235,7 @@ impl Hub {
 
     /// Applies what the writer committed (or failed to), in commit order: answers the
     /// clients and fans each entry out to the members that receive it.
-    pub(crate) fn committed(&self, batch: Vec<(Op, Vec<Applied>)>, failure: Option<&StoreError>) {
+    pub(crate) fn committed(&self, batch: Batch, failure: Option<&StoreError>) {
         self.operate(|state| {
             if let Some(error) = failure
                 && state.store_failed.is_none()
@@ -308,11 +252,6 @@ impl Hub {
         });
     }
 
-    /// Tells the writer to commit what it has and stop.
-    pub(crate) fn stop_writer(&self) {
-        let _ = self.writer.send(Command::Stop);
-    }
-
     /// Hands `op` to the writer.
     fn submit(
         &self,
@@ -320,7 +259,7 @@ impl Hub {
         changes: Vec<Change>,
         effect: Effect,
         permit: Option<OwnedSemaphorePermit>,
-    ) -> Result<(), Status> {
+    ) -> Result<(), HubError> {
         let op = Op {
             changes,
             effect,
@@ -330,7 +269,7 @@ impl Hub {
             .send(Command::Commit(Box::new(op)))
             .map_err(|_| {
                 state.store_failed = Some("the writer stopped".to_owned());
-                Status::unavailable("the server is not storing anything any more; try again later")
+                HubError::WriterStopped
             })
     }
 
@@ -359,24 +298,13 @@ impl Hub {
     }
 }
 
-impl Effect {
-    /// The sequence number of a leaving (0 for other effects).
-    fn seq(&self) -> u64 {
-        match self {
-            Self::Left { seq, .. } => *seq,
-            _ => 0,
-        }
-    }
-}
-
 impl State {
-    fn writable(&self) -> Result<(), Status> {
+    fn writable(&self) -> Result<(), HubError> {
         match &self.store_failed {
             None => Ok(()),
-            Some(error) => Err(Status::unavailable(format!(
-                "the server cannot store anything ({error}); nothing was stored; try again \
-                 after the server has been restarted"
-            ))),
+            Some(reason) => Err(HubError::StoreFailed {
+                reason: reason.clone(),
+            }),
         }
     }
 }

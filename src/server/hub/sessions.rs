@@ -1,6 +1,8 @@
 //! Sessions: opening and closing `Chat` streams, queuing frames for them, and ending
 //! the ones whose client broke the rules, stopped reading, or must go (shutdown).
 
+use tonic::Status;
+
 use super::*;
 
 /// How long a client whose session the relay ended has to take the status that says
@@ -13,31 +15,24 @@ impl Hub {
         &self,
         identity: PublicIdentity,
         connection: Option<ConnectionHandle>,
-    ) -> Result<(SessionId, Outbound), Status> {
+    ) -> Result<(SessionId, Outbound), HubError> {
         let user = identity.user.as_str();
         let mut state = self.lock();
         if state.shutting_down {
-            return Err(Status::unavailable("the server is shutting down"));
+            return Err(HubError::ShuttingDown);
         }
         if state.reclaiming.contains(user) {
-            return Err(Status::unavailable(
-                "the server is deleting this identity, unused for too long; log in again",
-            ));
+            return Err(HubError::Reclaiming);
         }
         if let Some(&previous) = state.online.get(user) {
             // The newer one wins: the older is most likely a connection that died without
             // the relay noticing yet, and its user should not wait for it to time out.
-            let status = Status::aborted(
-                "you opened another session elsewhere; this one is closed (only one session \
-                 per user at a time)",
-            );
-            state.remove_session(previous, Some(status));
+            state.remove_session(previous, Some(HubError::Replaced.into()));
         }
         if state.sessions.len() >= self.limits.max_sessions {
-            return Err(Status::resource_exhausted(format!(
-                "the server is full ({} sessions); try again later",
-                self.limits.max_sessions
-            )));
+            return Err(HubError::Full {
+                max: self.limits.max_sessions,
+            });
         }
         state.next_session_id += 1;
         let id = state.next_session_id;
@@ -77,7 +72,7 @@ impl Hub {
     }
 
     /// The user of an open session.
-    pub(crate) fn user(&self, id: SessionId) -> Result<String, Status> {
+    pub(crate) fn user(&self, id: SessionId) -> Result<String, HubError> {
         Ok(self.lock().session(id)?.user.clone())
     }
 
@@ -108,12 +103,10 @@ impl Hub {
                 .map(|(&id, _)| id)
                 .collect();
             for id in stalled {
-                let status = Status::resource_exhausted(format!(
-                    "disconnected: your client read nothing for {} s while frames waited for \
-                     it; reconnect to catch up",
-                    timeout.as_secs()
-                ));
-                state.remove_session(id, Some(status));
+                let stalled = HubError::Stalled {
+                    secs: timeout.as_secs(),
+                };
+                state.remove_session(id, Some(stalled.into()));
             }
         });
     }
@@ -125,18 +118,15 @@ impl Hub {
             state.shutting_down = true;
             let ids: Vec<SessionId> = state.sessions.keys().copied().collect();
             for id in ids {
-                let status = Status::unavailable("the server is shutting down; reconnect later");
-                state.remove_session(id, Some(status));
+                state.remove_session(id, Some(HubError::ShutDown.into()));
             }
         });
     }
 }
 
 impl State {
-    pub(super) fn session(&self, id: SessionId) -> Result<&Session, Status> {
-        self.sessions
-            .get(&id)
-            .ok_or_else(|| Status::unavailable("the session was closed"))
+    pub(super) fn session(&self, id: SessionId) -> Result<&Session, HubError> {
+        self.sessions.get(&id).ok_or(HubError::SessionClosed)
     }
 
     /// Queues a frame for one session without waiting; a full queue marks it for
@@ -203,11 +193,7 @@ impl State {
 
     pub(super) fn evict_overflowed(&mut self) {
         while let Some(id) = self.overflowed.pop() {
-            let status = Status::resource_exhausted(
-                "disconnected: your client did not read its messages fast enough and its queue \
-                 on the server filled up; reconnect to catch up",
-            );
-            self.remove_session(id, Some(status));
+            self.remove_session(id, Some(HubError::Overflowed.into()));
         }
     }
 }

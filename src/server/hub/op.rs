@@ -1,0 +1,83 @@
+//! What the hub hands the store's writer ([`Command`], [`Op`]) and what to do once an
+//! op is committed ([`Effect`]). The writer imports only this, so the writer and the
+//! hub never import each other.
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::SessionId;
+use crate::proto::{LeaveReason, Removal, SealedMessage};
+use crate::store::{Applied, Change, WrappedKey};
+
+/// What the hub sends its writer thread (`server::writer`), which owns the store's
+/// transactions.
+pub(crate) enum Command {
+    Commit(Box<Op>),
+    /// Commit what has arrived, then stop.
+    Stop,
+}
+
+/// A change to a room on its way to the store, and what to do once it is committed.
+pub(crate) struct Op {
+    pub changes: Vec<Change>,
+    pub effect: Effect,
+    /// Held until the op is committed: bounds what one session has in flight.
+    pub _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// A batch the writer carried out, in commit order: each op with what its changes did
+/// (nothing, when the batch failed).
+pub(crate) type Batch = Vec<(Op, Vec<Applied>)>;
+
+/// What to tell whom once an [`Op`] is committed.
+pub(crate) enum Effect {
+    /// A first join: answer the newcomer, tell the others.
+    Joined {
+        session: SessionId,
+        request_id: u64,
+        room: String,
+        user: String,
+        seq: u64,
+    },
+    /// A member left or was removed.
+    Left {
+        reply: Option<(SessionId, u64)>,
+        /// The session of a member removed by the owner, told with `MemberLeft` too.
+        removed: Option<SessionId>,
+        room: String,
+        user: String,
+        seq: u64,
+        reason: LeaveReason,
+        /// The owner's signed removal, when the owner removed the member.
+        removal: Option<Removal>,
+    },
+    Message {
+        session: SessionId,
+        request_id: u64,
+        room: String,
+        seq: u64,
+        sender: String,
+        sealed: SealedMessage,
+    },
+    SenderKeys {
+        session: SessionId,
+        request_id: u64,
+        room: String,
+        seq: u64,
+        sender: String,
+        keys: Vec<WrappedKey>,
+    },
+    /// Only an acknowledgement (an invitation, the removal of an invitation).
+    Ack { session: SessionId, request_id: u64 },
+    /// Housekeeping nobody waits for.
+    Nothing,
+}
+
+impl Effect {
+    /// The sequence number of a leaving (0 for other effects).
+    pub(super) fn seq(&self) -> u64 {
+        match self {
+            Self::Left { seq, .. } => *seq,
+            _ => 0,
+        }
+    }
+}
