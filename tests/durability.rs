@@ -528,7 +528,7 @@ impl Store for FailingStore {
 }
 
 #[tokio::test]
-async fn a_message_the_store_cannot_take_is_refused_never_acknowledged() {
+async fn a_message_the_store_cannot_take_is_refused_never_acknowledged_and_the_relay_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(FailingStore {
         inner: SqliteStore::open(dir.path()).unwrap(),
@@ -571,6 +571,34 @@ async fn a_message_the_store_cannot_take_is_refused_never_acknowledged() {
     assert!(refusals[0].1.contains("disk is full"), "{refusals:?}");
     bob.pump(Duration::from_millis(200)).await;
     assert_eq!(bob.texts(), ["stored"], "nothing unstored is delivered");
+
+    // Once the store takes writes again the relay recovers by itself: what it had in
+    // memory may hold what was never stored, so every session ends with UNAVAILABLE
+    // and comes back to what is stored.
+    store.failing.store(false, Ordering::SeqCst);
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match alice.session.next_frame().await {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("the stream ended without a status"),
+                Err(ClientError::Ended(status)) => return status,
+                Err(other) => panic!("{other}"),
+            }
+        }
+    })
+    .await
+    .expect("the relay never recovered");
+    assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
+    assert!(ended.message().contains("reconnect"), "{ended:?}");
+    bob.pump_until(|bob| !bob.connected).await;
+    alice.reconnect().await;
+    bob.reconnect().await;
+    alice.say("after the disk was freed").await;
+    bob.pump_until(|bob| bob.shown.len() == 2).await;
+    assert_eq!(bob.texts(), ["stored", "after the disk was freed"]);
+    bob.assert_once_in_order();
+    let seqs: Vec<u64> = bob.shown.iter().map(|(seq, _, _)| *seq).collect();
+    assert!(seqs[0] < seqs[1], "{seqs:?}");
 }
 
 #[test]

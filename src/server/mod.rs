@@ -93,7 +93,7 @@ pub async fn serve(
     let hub = Arc::new(Hub::new(
         limits.clone(),
         store.rooms()?,
-        |user| accounts.identity(user),
+        &|user| accounts.identity(user),
         commands.clone(),
     ));
     let reclaim_after = days(limits.reclaim_after_days);
@@ -142,11 +142,20 @@ pub async fn serve(
             },
         )
     };
+    let recovered = {
+        let (hub, accounts) = (Arc::downgrade(&hub), accounts.clone());
+        Box::new(move |rooms| {
+            if let Some(hub) = hub.upgrade() {
+                hub.recovered(rooms, &|user| accounts.identity(user));
+            }
+        })
+    };
     let setup = writer::WriterSetup {
         store: store.clone(),
         max_batch: limits.max_commit_batch,
         policy: limits.storage(),
         committed,
+        recovered,
         housekeeping: reclaim,
     };
     let writer = Writer::spawn(setup, commands, received).map_err(ServerError::Writer)?;

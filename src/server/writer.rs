@@ -20,7 +20,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::hub::{Batch, Command, Op};
-use crate::store::{StoragePolicy, Store, StoreError};
+use crate::store::{StoragePolicy, Store, StoreError, StoredRoom};
 
 /// How often the retention policy is applied.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -32,12 +32,21 @@ pub(crate) type Housekeeping = Box<dyn FnMut(&dyn Store) + Send>;
 /// or, when the transaction failed, every op with the failure.
 pub(crate) type Committed = Box<dyn Fn(Batch, Option<&StoreError>) + Send>;
 
+/// What the writer calls once the store answers again after a failure, with the rooms
+/// as stored (see [`Hub::recovered`](super::hub::Hub::recovered)).
+pub(crate) type Recovered = Box<dyn Fn(Vec<StoredRoom>) + Send>;
+
+/// The first wait before asking a failed store again, doubled while it keeps failing.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const LAST_RETRY: Duration = Duration::from_secs(30);
+
 /// What the writer thread works with.
 pub(crate) struct WriterSetup {
     pub store: Arc<dyn Store>,
     pub max_batch: usize,
     pub policy: StoragePolicy,
     pub committed: Committed,
+    pub recovered: Recovered,
     pub housekeeping: Housekeeping,
 }
 
@@ -59,21 +68,9 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("store-writer".to_owned())
             .spawn(move || {
-                let WriterSetup {
-                    store,
-                    max_batch,
-                    policy,
-                    committed,
-                    mut housekeeping,
-                } = setup;
-                run(
-                    &*store,
-                    &*committed,
-                    &commands,
-                    max_batch.max(1),
-                    &policy,
-                    &mut *housekeeping,
-                )
+                let mut setup = setup;
+                setup.max_batch = setup.max_batch.max(1);
+                run(&mut setup, &commands)
             })?;
         Ok(Self {
             commands: sender,
@@ -100,20 +97,23 @@ impl Drop for Writer {
     }
 }
 
-fn run(
-    store: &dyn Store,
-    committed: &dyn Fn(Batch, Option<&StoreError>),
-    commands: &Receiver<Command>,
-    max_batch: usize,
-    policy: &StoragePolicy,
-    housekeeping: &mut dyn FnMut(&dyn Store),
-) {
+/// Whether the writer goes on after a step.
+enum Next {
+    Continue,
+    Stop,
+}
+
+fn run(setup: &mut WriterSetup, commands: &Receiver<Command>) {
     let mut next_prune = Instant::now();
+    // How long to wait before asking the store again, after a failure: grows while the
+    // store keeps failing right after it answered, so that a disk that is still full
+    // does not end every session every half second.
+    let mut retry = FIRST_RETRY;
     loop {
         let now = Instant::now();
         if now >= next_prune {
-            prune(store, policy);
-            housekeeping(store);
+            prune(&*setup.store, &setup.policy);
+            (setup.housekeeping)(&*setup.store);
             next_prune = now + PRUNE_EVERY;
         }
         let first = match commands.recv_timeout(next_prune.saturating_duration_since(now)) {
@@ -123,7 +123,7 @@ fn run(
         };
         let mut batch = vec![first];
         let mut stop = false;
-        while batch.len() < max_batch {
+        while batch.len() < setup.max_batch {
             match commands.try_recv() {
                 Ok(Command::Commit(op)) => batch.push(*op),
                 Ok(Command::Stop) => {
@@ -133,7 +133,16 @@ fn run(
                 Err(_) => break,
             }
         }
-        commit(store, committed, batch, policy);
+        match commit(setup, batch) {
+            Ok(()) => retry = FIRST_RETRY,
+            Err(_) if stop => return,
+            Err(error) => {
+                if let Next::Stop = recover(setup, commands, error, retry) {
+                    return;
+                }
+                retry = (retry * 2).min(LAST_RETRY);
+            }
+        }
         if stop {
             return;
         }
@@ -141,12 +150,7 @@ fn run(
 }
 
 /// Commits a batch in one transaction and hands the outcome on.
-fn commit(
-    store: &dyn Store,
-    committed: &dyn Fn(Batch, Option<&StoreError>),
-    mut batch: Vec<Op>,
-    policy: &StoragePolicy,
-) {
+fn commit(setup: &WriterSetup, mut batch: Vec<Op>) -> Result<(), StoreError> {
     let started = Instant::now();
     let mut changes = Vec::new();
     let mut counts = Vec::with_capacity(batch.len());
@@ -157,7 +161,7 @@ fn commit(
     let result = if changes.is_empty() {
         Ok(Vec::new())
     } else {
-        store.commit(&changes, policy)
+        setup.store.commit(&changes, &setup.policy)
     };
     tracing::debug!(ops = batch.len(), changes = changes.len(), elapsed = ?started.elapsed(), "committed");
     match result {
@@ -168,11 +172,61 @@ fn commit(
                 .zip(counts)
                 .map(|(op, count)| (op, applied.by_ref().take(count).collect()))
                 .collect();
-            committed(done, None);
+            (setup.committed)(done, None);
+            Ok(())
         }
         Err(error) => {
             let failed = batch.into_iter().map(|op| (op, Vec::new())).collect();
-            committed(failed, Some(&error));
+            (setup.committed)(failed, Some(&error));
+            Err(error)
+        }
+    }
+}
+
+/// After a failed commit: refuses what still arrives (it was numbered before the hub
+/// knew of the failure, against a state the store does not have) until the store
+/// answers again, then hands the stored rooms to the hub.
+fn recover(
+    setup: &WriterSetup,
+    commands: &Receiver<Command>,
+    mut error: StoreError,
+    first_wait: Duration,
+) -> Next {
+    let mut wait = first_wait;
+    loop {
+        let until = Instant::now() + wait;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            match commands.recv_timeout(left) {
+                Ok(Command::Commit(op)) => (setup.committed)(vec![(*op, Vec::new())], Some(&error)),
+                Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return Next::Stop,
+                Err(RecvTimeoutError::Timeout) => break,
+            }
+        }
+        // An empty commit asks the store for a transaction: a database that went away
+        // fails it, as a disk that is still full fails the next real one.
+        let answer = setup
+            .store
+            .commit(&[], &setup.policy)
+            .and_then(|_| setup.store.rooms());
+        match answer {
+            Ok(rooms) => {
+                // Whatever arrived meanwhile goes the way of the failed batch.
+                while let Ok(command) = commands.try_recv() {
+                    match command {
+                        Command::Commit(op) => {
+                            (setup.committed)(vec![(*op, Vec::new())], Some(&error))
+                        }
+                        Command::Stop => return Next::Stop,
+                    }
+                }
+                (setup.recovered)(rooms);
+                return Next::Continue;
+            }
+            Err(again) => {
+                tracing::warn!(error = %again, retry_in = ?wait, "the store still fails");
+                error = again;
+                wait = (wait * 2).min(LAST_RETRY);
+            }
         }
     }
 }
@@ -216,6 +270,7 @@ mod tests {
             committed: Box::new(move |batch, failure| {
                 let _ = outcomes.send((batch.len(), failure.is_none()));
             }),
+            recovered: Box::new(|_| {}),
             housekeeping: Box::new(|_| {}),
         };
         let (sender, commands) = mpsc::channel();

@@ -22,10 +22,15 @@ pub(crate) enum HubError {
     #[error("the server is full ({max} sessions); try again later")]
     Full { max: usize },
     #[error(
-        "the server cannot store anything ({reason}); nothing was stored; try again after the \
-         server has been restarted"
+        "the server cannot store anything now ({reason}); nothing was stored; try again in a \
+         few seconds"
     )]
     StoreFailed { reason: String },
+    #[error(
+        "the server lost its database for a while and has it back; reconnect to catch up on \
+         what is stored"
+    )]
+    StoreRecovered,
     #[error("the server is not storing anything any more; try again later")]
     WriterStopped,
     #[error("the server could not store this ({reason}); nothing was stored; try again later")]
@@ -116,6 +121,7 @@ impl HubError {
             ShuttingDown
             | ShutDown
             | StoreFailed { .. }
+            | StoreRecovered
             | WriterStopped
             | NotStored { .. }
             | Reclaiming

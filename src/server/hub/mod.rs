@@ -149,7 +149,7 @@ impl Hub {
     pub(crate) fn new(
         limits: Limits,
         rooms: Vec<StoredRoom>,
-        identity: impl Fn(&str) -> Option<PublicIdentity>,
+        identity: &dyn Fn(&str) -> Option<PublicIdentity>,
         writer: Sender<Command>,
     ) -> Self {
         // Half the outbound queue: catch-up leaves that much free (see
@@ -161,70 +161,8 @@ impl Hub {
             runtime: tokio::runtime::Handle::try_current().ok(),
             ..State::default()
         };
-        for stored in rooms {
-            let mut room = Room {
-                owner: stored.owner.clone(),
-                // An entry that does not decode (it cannot: the relay encoded it) counts
-                // as unsigned, which members ask the owner to sign anew.
-                invited: stored
-                    .invited
-                    .into_iter()
-                    .map(|(user, invitation)| {
-                        let invitation =
-                            invitation.and_then(|bytes| Invitation::decode(bytes).ok());
-                        (user, invitation)
-                    })
-                    .collect(),
-                removals: stored
-                    .removals
-                    .into_iter()
-                    .filter_map(|(user, removal)| Some((user, Removal::decode(removal).ok()?)))
-                    .collect(),
-                assigned_seq: stored.last_seq,
-                committed_seq: stored.last_seq,
-                ..Room::default()
-            };
-            for (user, joined_seq) in stored.members {
-                let Some(identity) = identity(&user) else {
-                    tracing::warn!(
-                        user,
-                        room = stored.name,
-                        "a stored member is not registered; dropped"
-                    );
-                    continue;
-                };
-                state
-                    .memberships
-                    .entry(user.clone())
-                    .or_default()
-                    .insert(stored.name.clone());
-                room.members.insert(
-                    user,
-                    Member {
-                        identity,
-                        joined_seq,
-                        left_seq: None,
-                    },
-                );
-            }
-            if room.members.is_empty() {
-                // Left empty by a shutdown before its deletion was committed.
-                let op = Op {
-                    changes: vec![Change::DeleteRoom { room: stored.name }],
-                    effect: Effect::Nothing,
-                    _permit: None,
-                };
-                let _ = writer.send(Command::Commit(Box::new(op)));
-                continue;
-            }
-            if let Some(owner) = &stored.owner {
-                state
-                    .owned
-                    .entry(owner.clone())
-                    .or_default()
-                    .insert(stored.name.clone());
-            }
-            state.rooms.insert(stored.name, room);
+        for deletion in state.load(rooms, identity) {
+            let _ = writer.send(Command::Commit(Box::new(deletion)));
         }
         Self {
             state: Mutex::new(state),
@@ -240,7 +178,7 @@ impl Hub {
             if let Some(error) = failure
                 && state.store_failed.is_none()
             {
-                tracing::error!(%error, "the store failed; refusing changes until restarted");
+                tracing::error!(%error, "the store failed; refusing changes until it answers again");
                 state.store_failed = Some(error.to_string());
             }
             for (op, applied) in batch {
@@ -248,6 +186,29 @@ impl Hub {
                     None => state.apply(op.effect, &applied, &self.writer),
                     Some(error) => state.fail(op.effect, error),
                 }
+            }
+        });
+    }
+
+    /// The store answers again after a failure: what the relay had in memory of its
+    /// rooms may hold changes that were never stored, so it is read anew, and every
+    /// session ends with UNAVAILABLE; its client reconnects and catches up from what is
+    /// stored. Changes are accepted again.
+    pub(crate) fn recovered(
+        &self,
+        rooms: Vec<StoredRoom>,
+        identity: &dyn Fn(&str) -> Option<PublicIdentity>,
+    ) {
+        self.operate(|state| {
+            let ids: Vec<SessionId> = state.sessions.keys().copied().collect();
+            for id in ids {
+                state.remove_session(id, Some(HubError::StoreRecovered.into()));
+            }
+            for deletion in state.load(rooms, identity) {
+                let _ = self.writer.send(Command::Commit(Box::new(deletion)));
+            }
+            if let Some(reason) = state.store_failed.take() {
+                tracing::info!(reason, "the store answers again; accepting changes");
             }
         });
     }
@@ -299,6 +260,82 @@ impl Hub {
 }
 
 impl State {
+    /// Takes the rooms as stored, replacing what the state knew of rooms; returns the
+    /// deletions of rooms left empty, for the writer.
+    fn load(
+        &mut self,
+        rooms: Vec<StoredRoom>,
+        identity: &dyn Fn(&str) -> Option<PublicIdentity>,
+    ) -> Vec<Op> {
+        self.rooms.clear();
+        self.memberships.clear();
+        self.owned.clear();
+        let mut deletions = Vec::new();
+        for stored in rooms {
+            let mut room = Room {
+                owner: stored.owner.clone(),
+                // An entry that does not decode (it cannot: the relay encoded it) counts
+                // as unsigned, which members ask the owner to sign anew.
+                invited: stored
+                    .invited
+                    .into_iter()
+                    .map(|(user, invitation)| {
+                        let invitation =
+                            invitation.and_then(|bytes| Invitation::decode(bytes).ok());
+                        (user, invitation)
+                    })
+                    .collect(),
+                removals: stored
+                    .removals
+                    .into_iter()
+                    .filter_map(|(user, removal)| Some((user, Removal::decode(removal).ok()?)))
+                    .collect(),
+                assigned_seq: stored.last_seq,
+                committed_seq: stored.last_seq,
+                ..Room::default()
+            };
+            for (user, joined_seq) in stored.members {
+                let Some(identity) = identity(&user) else {
+                    tracing::warn!(
+                        user,
+                        room = stored.name,
+                        "a stored member is not registered; dropped"
+                    );
+                    continue;
+                };
+                self.memberships
+                    .entry(user.clone())
+                    .or_default()
+                    .insert(stored.name.clone());
+                room.members.insert(
+                    user,
+                    Member {
+                        identity,
+                        joined_seq,
+                        left_seq: None,
+                    },
+                );
+            }
+            if room.members.is_empty() {
+                // Left empty by a shutdown before its deletion was committed.
+                deletions.push(Op {
+                    changes: vec![Change::DeleteRoom { room: stored.name }],
+                    effect: Effect::Nothing,
+                    _permit: None,
+                });
+                continue;
+            }
+            if let Some(owner) = &stored.owner {
+                self.owned
+                    .entry(owner.clone())
+                    .or_default()
+                    .insert(stored.name.clone());
+            }
+            self.rooms.insert(stored.name, room);
+        }
+        deletions
+    }
+
     fn writable(&self) -> Result<(), HubError> {
         match &self.store_failed {
             None => Ok(()),
