@@ -13,6 +13,16 @@ use std::time::{Duration, Instant};
 /// How long a process test waits for a line or an exit.
 pub const PROCESS_PATIENCE: Duration = Duration::from_secs(20);
 
+/// A relay URL nobody listens on: listening on port 1 takes root, and no test does.
+pub const NOBODY_LISTENS: &str = "http://127.0.0.1:1";
+
+/// An address on loopback that nothing listens on now, for a relay started later: its
+/// clients can be given its URL before it exists.
+pub fn free_loopback_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
 /// Reads a pipe line by line on a thread.
 pub fn lines_of(pipe: impl std::io::Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = channel();
@@ -203,15 +213,22 @@ impl ServerProcess {
     /// Starts a killed server again on the same address, with the same data directory,
     /// arguments and environment; waits until it listens.
     pub fn restart(&mut self) {
+        let restarted = self.another_on(&self.addr.to_string());
+        // Drops the old child, already reaped: killing it again does nothing.
+        *self = restarted;
+    }
+
+    /// Another relay on `listen`, with this one's data directory, arguments and
+    /// environment; waits until it listens. Started on the data directory of a killed
+    /// relay, it stands for the other relays of a deployment that share one database.
+    pub fn another_on(&self, listen: &str) -> Self {
         let extra: Vec<&OsStr> = self.extra.iter().map(OsString::as_os_str).collect();
         let env: Vec<(&str, &str)> = self
             .env
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_str()))
             .collect();
-        let restarted = Self::listening(&self.data_dir, &self.addr.to_string(), &extra, &env);
-        // Drops the old child, already reaped: killing it again does nothing.
-        *self = restarted;
+        Self::listening(&self.data_dir, listen, &extra, &env)
     }
 
     /// Kills the server with SIGKILL: no chance to finish anything.
