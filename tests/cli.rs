@@ -5,9 +5,9 @@ mod common;
 use std::process::Command;
 
 use common::process::{
-    ClientProcess, NOBODY_LISTENS, ServerProcess, assert_one_line_error, catch_up,
-    free_loopback_addr, join_and_go_away, message_line, next_lines, run_client, rust_client,
-    sequence_faults, wait_for_line,
+    ClientProcess, NOBODY_LISTENS, ServerProcess,
+    a_relay_killed_mid_conversation_the_clients_fail_over, assert_one_line_error, run_client,
+    rust_client, the_first_relay_down_the_client_chats_through_the_next, wait_for_line,
 };
 
 #[test]
@@ -507,37 +507,7 @@ fn removed_from_the_current_room_a_line_is_sent_nowhere_until_a_switch() {
 #[test]
 fn the_first_relay_down_the_client_chats_through_the_next_and_keeps_its_progress() {
     let dir = tempfile::tempdir().unwrap();
-    let server = ServerProcess::start(&dir.path().join("data"));
-    let home = dir.path().join("home");
-    // bob's progress is saved under the only URL he knew: a list that starts with it
-    // goes on from there.
-    join_and_go_away(rust_client(&server.url, "bob", "lobby", &home));
-
-    let relays = format!("{NOBODY_LISTENS},{}", server.url);
-    let mut alice = ClientProcess::start(rust_client(&relays, "alice", "lobby", &home));
-    let said = wait_for_line(&alice.stderr, "joined lobby");
-    let connected: Vec<&String> = said
-        .iter()
-        .filter(|line| line.starts_with("connected to "))
-        .collect();
-    assert_eq!(
-        connected,
-        [&format!("connected to {}", server.url)],
-        "{said:?}"
-    );
-    assert!(
-        said.iter().any(|line| line.contains(NOBODY_LISTENS)),
-        "{said:?}"
-    );
-    alice.say("through the second relay");
-    let (status, _, stderr) = alice.finish();
-    assert!(status.success(), "{stderr:?}");
-
-    let relays = format!("{},{NOBODY_LISTENS}", server.url);
-    assert_eq!(
-        catch_up(rust_client(&relays, "bob", "lobby", &home), "lobby"),
-        [message_line("lobby", "alice", "through the second relay")]
-    );
+    let server = the_first_relay_down_the_client_chats_through_the_next(dir.path(), rust_client);
 
     // Every command that talks to a relay takes the list.
     let (status, stdout, stderr) = run_client(
@@ -549,7 +519,7 @@ fn the_first_relay_down_the_client_chats_through_the_next_and_keeps_its_progress
             "--user",
             "alice",
             "--home",
-            home.to_str().unwrap(),
+            dir.path().join("home").to_str().unwrap(),
             "trust",
             "bob",
         ]),
@@ -561,50 +531,7 @@ fn the_first_relay_down_the_client_chats_through_the_next_and_keeps_its_progress
 
 #[test]
 fn a_relay_killed_mid_conversation_the_clients_fail_over_and_lose_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut first = ServerProcess::start(&data);
-    // The second relay does not exist yet; its clients know its URL all the same.
-    let second_addr = free_loopback_addr();
-    let second_url = format!("http://{second_addr}");
-    let relays = format!("{},{second_url}", first.url);
-    let home = dir.path().join("home");
-    let bob = ClientProcess::joined(rust_client(&relays, "bob", "lobby", &home), "lobby");
-    let mut alice = ClientProcess::joined(rust_client(&relays, "alice", "lobby", &home), "lobby");
-    let text = |n: usize| format!("message {n}");
-    let expected: Vec<String> = (0..15)
-        .map(|n| message_line("lobby", "alice", &text(n)))
-        .collect();
-
-    for n in 0..5 {
-        alice.say(&text(n));
-    }
-    let mut shown = next_lines(&bob.stdout, 5);
-    // Some of these are in flight when the relay dies: they are sent again, once.
-    for n in 5..10 {
-        alice.say(&text(n));
-    }
-    first.kill();
-    // Relays of one deployment share their database: here, the killed one's.
-    let _second = first.another_on(&second_addr);
-    for n in 10..15 {
-        alice.say(&text(n));
-    }
-    let reconnected = format!("reconnected to {second_url}");
-    wait_for_line(&alice.stderr, &reconnected);
-    wait_for_line(&bob.stderr, &reconnected);
-    shown.extend(wait_for_line(&bob.stdout, expected.last().unwrap()));
-    let (status, _, stderr) = alice.finish();
-    assert!(status.success(), "{stderr:?}");
-    let (status, rest, stderr) = bob.finish();
-    assert!(status.success(), "{stderr:?}");
-    shown.extend(rest);
-    assert_eq!(sequence_faults(&shown, &expected), None);
-
-    // Where bob got to is kept under the deployment's first URL, whichever relay served.
-    let progress = std::fs::read_to_string(home.join("bob").join("progress.json")).unwrap();
-    assert!(progress.contains(&first.url), "{progress}");
-    assert!(!progress.contains(&second_url), "{progress}");
+    a_relay_killed_mid_conversation_the_clients_fail_over(rust_client);
 }
 
 #[test]
