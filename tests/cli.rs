@@ -240,6 +240,8 @@ fn help_documents_the_flags() {
         "fingerprint",
         "CHAT_USER",
         "[ROOM] SENDER: TEXT",
+        "--server <URL[,URL...]>",
+        "The first URL names the deployment",
     ] {
         assert!(help.contains(flag), "chat-client --help lacks {flag}");
     }
