@@ -405,8 +405,9 @@ class ChatClient:
         self.outbound.put(_CLOSE)
         self.outbound = queue.Queue()
         self.next_request_id = 1
-        self.call = stub_call = self.stub.Chat(self._requests(self.outbound), metadata=auth_metadata(self.token))
-        threading.Thread(target=self._read_responses, args=(stub_call,), name="responses", daemon=True).start()
+        self.call = self.stub.Chat(self._requests(self.outbound), metadata=auth_metadata(self.token))
+        # Each stream has its reader: the last one's ends with its stream.
+        threading.Thread(target=self._read_responses, args=(self.call,), name="responses", daemon=True).start()
 
     def _send_join(self, room: JoinedRoom) -> None:
         join = pb.JoinRoom(room=room.name, create_private=room.create_private)
@@ -429,7 +430,7 @@ class ChatClient:
         except grpc.RpcError as exc:
             if fatal:
                 error = RelayDown if is_relay_down(exc) else ClientError
-                raise error(f"cannot {what}: {describe_rpc_error(exc)}") from exc
+                raise error(f"the key directory refused {what}: {describe_rpc_error(exc)}") from exc
             self.warn(f"the key directory refused {what}: {describe_rpc_error(exc)}")
             return None
 
@@ -437,7 +438,7 @@ class ChatClient:
         """Publishes the current prekey (the same signed message until it changes);
         ``fatal`` at the start of a stream: without it nobody could hand us a key."""
         assert self.prekeys is not None
-        self._key_exchange("publish your prekey", publish=self.prekeys.signed_current(), fatal=fatal)
+        self._key_exchange("to publish your prekey", publish=self.prekeys.signed_current(), fatal=fatal)
 
     def _fetch_prekeys(self, room: JoinedRoom, names: list[str]) -> None:
         """Fetches the bundles of ``names`` for ``room``, at most 256 per call."""
