@@ -655,7 +655,7 @@ class ChatClient:
     def _undelivered(self) -> str:
         """Lists the messages not acknowledged on stderr; returns the end of the error
         line that counts them."""
-        texts = [r for r in self.requests.values() if r.what == "message"]
+        texts = self._pending_messages()
         for request in texts:
             self.info(f'not delivered: "{escape_text(request.text)}"{self._in(request.room)}')
         return f"; {len(texts)} message(s) not delivered" if texts else ""
@@ -696,7 +696,7 @@ class ChatClient:
         self.relays.move_on()
         delay = FIRST_RETRY_SECONDS
         self.info(
-            f"lost the connection to {lost}: {reason}; {self._pending_messages()} message(s) pending; "
+            f"lost the connection to {lost}: {reason}; {len(self._pending_messages())} message(s) pending; "
             f"reconnecting to {self.relays.current} in {delay:g} s"
         )
         while True:
@@ -714,18 +714,28 @@ class ChatClient:
                 self.relays.move_on()
                 delay = min(delay * 2, MAX_RETRY_SECONDS)
                 self.info(f"could not reconnect to {failed}: {exc}; trying {self.relays.current} in {delay:g} s")
-        pending = self._pending_messages()
+        pending = len(self._pending_messages())
         self._rejoin()
         self.info(f"reconnected to {self.relays.current}; sending {pending} pending message(s) again")
 
-    def _pending_messages(self) -> int:
-        return sum(1 for r in self.requests.values() if r.what == "message")
+    def _pending_messages(self) -> list[Request]:
+        """Our messages the relay has not acknowledged yet, those waiting to go again
+        first."""
+        return [r for r in self._unanswered() if r.what == "message"]
+
+    def _unanswered(self) -> list[Request]:
+        """What the relay has not answered: what waits to be sent again (it went first),
+        then what went on this stream, each in the order sent."""
+        waiting = [r for requests in self.resend.values() for r in requests]
+        return waiting + [self.requests[i] for i in sorted(self.requests)]
 
     def _rejoin(self) -> None:
         """Joins every room again on the new stream, each as a client started afresh
         would, from the last seq processed there (the relay hands back the keys in force
         then); keeps for each what the last stream left unanswered, to send again."""
-        unanswered = [self.requests[i] for i in sorted(self.requests)]
+        # What waits from an earlier stream still goes first: this one may have ended
+        # before its room was joined again.
+        unanswered = self._unanswered()
         self.requests = {}
         self.resend = {}
         for request in unanswered:
@@ -1191,7 +1201,7 @@ class ChatClient:
         if args:
             self.info("usage: /pending")
             return
-        texts = [r for r in self.requests.values() if r.what == "message"]
+        texts = self._pending_messages()
         rooms = [r.room for r in texts] if self.several_rooms else None
         for line in pending_lines([r.text for r in texts], rooms):
             self.info(line)
