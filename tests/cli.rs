@@ -5,7 +5,9 @@ mod common;
 use std::process::Command;
 
 use common::process::{
-    ClientProcess, ServerProcess, assert_one_line_error, run_client, rust_client, wait_for_line,
+    ClientProcess, NOBODY_LISTENS, ServerProcess,
+    a_relay_killed_mid_conversation_the_clients_fail_over, assert_one_line_error, run_client,
+    rust_client, the_first_relay_down_the_client_chats_through_the_next, wait_for_line,
 };
 
 #[test]
@@ -238,6 +240,8 @@ fn help_documents_the_flags() {
         "fingerprint",
         "CHAT_USER",
         "[ROOM] SENDER: TEXT",
+        "--server <URL[,URL...]>",
+        "The first URL names the deployment",
     ] {
         assert!(help.contains(flag), "chat-client --help lacks {flag}");
     }
@@ -500,4 +504,57 @@ fn removed_from_the_current_room_a_line_is_sent_nowhere_until_a_switch() {
         "bob never saw the team's line: {stdout:?}"
     );
     assert!(alice.finish().0.success());
+}
+
+#[test]
+fn the_first_relay_down_the_client_chats_through_the_next_and_keeps_its_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = the_first_relay_down_the_client_chats_through_the_next(dir.path(), rust_client);
+
+    // Every command that talks to a relay takes the list.
+    let (status, stdout, stderr) = run_client(
+        Command::new(env!("CARGO_BIN_EXE_chat-client")).args([
+            "--server",
+            NOBODY_LISTENS,
+            "--server",
+            &server.url,
+            "--user",
+            "alice",
+            "--home",
+            dir.path().join("home").to_str().unwrap(),
+            "trust",
+            "bob",
+        ]),
+        "",
+    );
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.starts_with("now trusting bob"), "{stdout}");
+}
+
+#[test]
+fn a_relay_killed_mid_conversation_the_clients_fail_over_and_lose_nothing() {
+    a_relay_killed_mid_conversation_the_clients_fail_over(rust_client);
+}
+
+#[test]
+fn a_bad_url_anywhere_in_the_list_is_one_error_line_before_any_relay_is_tried() {
+    let dir = tempfile::tempdir().unwrap();
+    for (relays, named) in [
+        (
+            format!("{NOBODY_LISTENS},ftp://127.0.0.1:5555"),
+            "\"ftp://127.0.0.1:5555\"",
+        ),
+        (format!("{NOBODY_LISTENS},,{NOBODY_LISTENS}"), "\"\""),
+    ] {
+        let (status, _, stderr) =
+            run_client(&mut rust_client(&relays, "alice", "lobby", dir.path()), "");
+        assert_one_line_error(
+            "chat-client",
+            status,
+            &stderr,
+            &format!("invalid server URL {named}"),
+        );
+        assert!(!stderr.contains("cannot use"), "{stderr}");
+        assert!(!stderr.contains("generating"), "no key was made: {stderr}");
+    }
 }

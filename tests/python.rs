@@ -10,8 +10,10 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 use common::process::{
-    ClientProcess, ServerProcess, assert_one_line_error, burst_to_a_busy_reader_and_an_away_one,
-    chat_client, join_and_go_away, run_client, rust_client, wait_for_line,
+    ClientProcess, NOBODY_LISTENS, ServerProcess,
+    a_relay_killed_mid_conversation_the_clients_fail_over, assert_one_line_error,
+    burst_to_a_busy_reader_and_an_away_one, chat_client, join_and_go_away, run_client, rust_client,
+    the_first_relay_down_the_client_chats_through_the_next, wait_for_line,
 };
 
 fn python_dir() -> PathBuf {
@@ -566,4 +568,32 @@ fn reads_out_of_order_and_drops_one_too_far_ahead(reader: fn(&str, &str, &str, &
     let (status, stdout, _) = carol.finish();
     assert!(status.success());
     assert!(stdout.is_empty(), "{stdout:?}");
+}
+
+#[test]
+fn the_first_relay_down_a_python_client_chats_through_the_next_and_keeps_its_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    the_first_relay_down_the_client_chats_through_the_next(dir.path(), python_client);
+}
+
+#[test]
+fn a_relay_killed_mid_conversation_python_clients_fail_over_and_lose_nothing() {
+    a_relay_killed_mid_conversation_the_clients_fail_over(python_client);
+}
+
+#[test]
+fn a_bad_url_anywhere_in_a_python_clients_list_is_one_error_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let relays = format!("{NOBODY_LISTENS},ftp://127.0.0.1:5555");
+    let (status, _, stderr) = run_client(
+        &mut python_client(&relays, "alice", "lobby", dir.path()),
+        "",
+    );
+    assert_one_line_error(
+        "chat_client",
+        status,
+        &stderr,
+        "invalid server URL \"ftp://127.0.0.1:5555\"",
+    );
+    assert!(!stderr.contains("cannot use"), "{stderr}");
 }

@@ -21,6 +21,7 @@ import unittest
 from pathlib import Path
 from unittest import mock
 
+import grpc
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -98,7 +99,7 @@ from e2ee_chat.room import MemoryOwnerPins, RoomState, history_line, starting_se
 from e2ee_chat.receipts import ReceiptBook, ReceiptSchedule
 from e2ee_chat.rooms import JoinedRoom, room_list
 from e2ee_chat.session import ChatClient, Request, history_arguments, history_limit, pending_lines
-from e2ee_chat.transport import is_loopback_host, parse_server_url
+from e2ee_chat.transport import Relays, is_loopback_host, is_relay_down, parse_server_url, server_list
 
 _KEYS: list[rsa.RSAPrivateKey] = []
 
@@ -981,6 +982,66 @@ class Urls(unittest.TestCase):
             self.assertFalse(is_loopback_host(host), host)
 
 
+class Failover(unittest.TestCase):
+    """Several relays of one deployment (PROTOCOL.md, "Several relays, one deployment")."""
+
+    def test_relays_go_round_in_order_and_the_first_names_the_deployment(self) -> None:
+        urls = server_list(["http://127.0.0.1:1,http://127.0.0.1:2", "http://127.0.0.1:3"])
+        self.assertEqual(urls, ["http://127.0.0.1:1", "http://127.0.0.1:2", "http://127.0.0.1:3"])
+        relays = Relays(urls)
+        used = [relays.current]
+        for _ in range(3):
+            relays.move_on()
+            used.append(relays.current)
+            self.assertEqual(relays.deployment, urls[0])
+        self.assertEqual(used, urls + urls[:1])
+
+    def test_a_bad_url_anywhere_in_the_list_is_named(self) -> None:
+        for values, bad in ((["http://127.0.0.1:1,ftp://x:1"], '"ftp://x:1"'), (["http://127.0.0.1:1,,"], '""')):
+            with self.subTest(bad), self.assertRaises(ClientError) as caught:
+                Relays(server_list(values)).check()
+            self.assertIn(f"invalid server URL {bad}", str(caught.exception))
+
+    def test_only_a_relay_that_is_gone_is_a_reason_to_try_another(self) -> None:
+        class Ended(grpc.RpcError):
+            def __init__(self, code: grpc.StatusCode) -> None:
+                self._code = code
+
+            def code(self) -> grpc.StatusCode:
+                return self._code
+
+        self.assertTrue(is_relay_down(None), "a stream that just ended")
+        self.assertTrue(is_relay_down(Ended(grpc.StatusCode.UNAVAILABLE)))
+        self.assertTrue(is_relay_down(OSError("reset")))
+        for code in (grpc.StatusCode.ABORTED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
+            self.assertFalse(is_relay_down(Ended(code)), code)
+        self.assertFalse(is_relay_down(ClientError("refused")))
+
+    def test_on_the_next_stream_what_was_unanswered_goes_again_once_before_the_new_key(self) -> None:
+        client = offline_client("lobby")
+        client._on_input(("line", "hello"))
+        [first] = sent_frames(client)
+        client._rejoin()
+        sent_frames(client)
+        client._rejoin()  # that stream too ended before the room was joined again
+        [join] = sent_frames(client)
+        self.assertEqual([r.text for r in client._pending_messages()], ["hello"])
+        self.assertEqual((join.join.room, join.join.after_seq), ("lobby", 0))
+        self.assertTrue(join.join.HasField("after_seq"), "back from where it was")
+        client._on_frame(pb.ServerFrame(request_id=join.request_id, joined=pb.Joined(room="lobby", resumed=True)))
+        frames = sent_frames(client)
+        kinds = [frame.WhichOneof("kind") for frame in frames]
+        self.assertEqual(kinds, ["send", "distribute_key"], "the message first, as sealed, then the new key")
+        self.assertEqual(frames[0].send, first.send)
+        self.assertEqual(len({join.request_id, frames[0].request_id, frames[1].request_id}), 3)
+        client._on_frame(pb.ServerFrame(request_id=frames[0].request_id, ack=pb.Ack(seq=3)))
+        self.assertEqual([r.what for r in client.requests.values()], ["key distribution"])
+        client._rejoin()
+        client._on_frame(pb.ServerFrame(request_id=sent_frames(client)[0].request_id, joined=pb.Joined(room="lobby")))
+        self.assertEqual([f.WhichOneof("kind") for f in sent_frames(client)], ["distribute_key", "distribute_key"],
+                         "the unanswered key again, then a new one; the message was answered")
+
+
 class Identities(unittest.TestCase):
     def test_sign_and_verify(self) -> None:
         me = identity("alice", 0)
@@ -1383,7 +1444,7 @@ class SeveralRooms(unittest.TestCase):
     def test_a_removal_takes_the_room_out_and_the_last_one_ends_the_session(self) -> None:
         client = offline_client("a", "b")
         client.progress = Path(tempfile.mkdtemp()) / "progress.json"
-        save_last_seq(client.progress, client.server, "a", 4)
+        save_last_seq(client.progress, client.relays.deployment, "a", 4)
         kicked = pb.MemberLeft(room="a", user="alice", reason=pb.LEAVE_REASON_KICKED)
         with contextlib.redirect_stderr(io.StringIO()) as err:
             client._on_frame(pb.ServerFrame(member_left=kicked))
@@ -1397,7 +1458,7 @@ class SeveralRooms(unittest.TestCase):
         with contextlib.redirect_stderr(io.StringIO()) as err:
             client._on_input(("line", "meant for a"))
         self.assertEqual(err.getvalue(), "you have no current room: choose one with /switch ROOM\n")
-        self.assertIsNone(load_last_seq(client.progress, client.server, "a"), "a later join is a first join")
+        self.assertIsNone(load_last_seq(client.progress, client.relays.deployment, "a"), "a later join is a first join")
         kicked.room = "b"
         with contextlib.redirect_stderr(io.StringIO()):
             client._on_frame(pb.ServerFrame(member_left=kicked))

@@ -38,6 +38,27 @@ pub fn is_plaintext_beyond_loopback(url: &str) -> bool {
 /// server's certificate checked against the PEM certificates in `ca_cert` if given, else
 /// against the web PKI roots built into the client.
 pub async fn connect(url: &str, ca_cert: Option<&Path>) -> Result<Channel, ClientError> {
+    endpoint(url, ca_cert)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .map_err(|error| {
+            let mut reason = error_chain(&error);
+            if let Some(hint) = tls_hint(&error) {
+                reason.push_str("; ");
+                reason.push_str(hint);
+            }
+            ClientError::Unreachable {
+                url: url.to_owned(),
+                reason,
+            }
+        })
+}
+
+/// The endpoint `url` names, checked without touching the network, so that a bad URL
+/// anywhere in a list is reported before the first one is tried.
+fn endpoint(url: &str, ca_cert: Option<&Path>) -> Result<Endpoint, ClientError> {
     let bad_url = |reason: &str| ClientError::BadUrl {
         url: url.to_owned(),
         reason: reason.to_owned(),
@@ -64,36 +85,69 @@ pub async fn connect(url: &str, ca_cert: Option<&Path>) -> Result<Channel, Clien
             "missing host; use https://HOST:PORT or http://HOST:PORT",
         ));
     };
-    let endpoint = if use_tls {
+    if use_tls {
         // The URI keeps an IPv6 host in brackets; a certificate names it without.
         let host = host.trim_start_matches('[').trim_end_matches(']');
         endpoint
             .tls_config(tls_config(host, ca_cert)?)
-            .map_err(|error| bad_url(&error_chain(&error)))?
+            .map_err(|error| bad_url(&error_chain(&error)))
     } else if ca_cert.is_some() {
-        return Err(bad_url(
+        Err(bad_url(
             "a CA certificate (--ca-cert) only applies to TLS, and http:// is plaintext; \
              use https://",
-        ));
+        ))
     } else {
-        endpoint
-    };
-    endpoint
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .map_err(|error| {
-            let mut reason = error_chain(&error);
-            if let Some(hint) = tls_hint(&error) {
-                reason.push_str("; ");
-                reason.push_str(hint);
-            }
-            ClientError::Unreachable {
-                url: url.to_owned(),
-                reason,
-            }
-        })
+        Ok(endpoint)
+    }
+}
+
+/// The relays of one deployment (they share its database, so any of them serves any
+/// user), in the order the user gave them, and the one in use.
+///
+/// The first URL names the deployment: what the client saves per server (its progress)
+/// is saved under it whichever relay is in use, so that a client that failed over, or
+/// that is started with more relays than before, finds where it was.
+#[derive(Debug, Clone)]
+pub struct Relays {
+    urls: Vec<String>,
+    current: usize,
+}
+
+impl Relays {
+    /// The relays at `urls`, each checked as [`connect`] would (scheme, host, CA file)
+    /// without connecting; the first bad one is the error.
+    pub fn new(urls: Vec<String>, ca_cert: Option<&Path>) -> Result<Self, ClientError> {
+        if urls.is_empty() {
+            return Err(ClientError::BadUrl {
+                url: String::new(),
+                reason: "no server URL given".to_owned(),
+            });
+        }
+        for url in &urls {
+            endpoint(url, ca_cert)?;
+        }
+        Ok(Self { urls, current: 0 })
+    }
+
+    /// Every relay, in order.
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// The name the deployment's saved state is kept under: its first URL.
+    pub fn deployment(&self) -> &str {
+        &self.urls[0]
+    }
+
+    /// The relay to use now.
+    pub fn current(&self) -> &str {
+        &self.urls[self.current]
+    }
+
+    /// The next relay in the list takes the current one's place, after the last the first.
+    pub fn move_on(&mut self) {
+        self.current = (self.current + 1) % self.urls.len();
+    }
 }
 
 /// What to do about a refused handshake whose own text does not say it.
@@ -160,7 +214,46 @@ fn read_ca(path: &Path) -> Result<Certificate, ClientError> {
 
 #[cfg(test)]
 mod tests {
-    use super::is_plaintext_beyond_loopback;
+    use super::{ClientError, Relays, is_plaintext_beyond_loopback};
+
+    #[test]
+    fn relays_go_round_in_order_and_the_first_names_the_deployment() {
+        let urls = [
+            "http://127.0.0.1:1",
+            "https://b.example:5555",
+            "http://[::1]:2",
+        ];
+        let mut relays = Relays::new(urls.map(String::from).to_vec(), None).unwrap();
+        let mut used = vec![relays.current().to_owned()];
+        for _ in 0..3 {
+            relays.move_on();
+            assert_eq!(relays.deployment(), urls[0]);
+            used.push(relays.current().to_owned());
+        }
+        assert_eq!(used, [urls[0], urls[1], urls[2], urls[0]]);
+    }
+
+    #[test]
+    fn a_bad_url_anywhere_in_the_list_is_named() {
+        for (urls, bad) in [
+            (
+                vec!["http://127.0.0.1:1", "ftp://127.0.0.1:2"],
+                "ftp://127.0.0.1:2",
+            ),
+            (vec!["127.0.0.1:3", "http://127.0.0.1:1"], "127.0.0.1:3"),
+            (vec!["http://127.0.0.1:1", ""], ""),
+        ] {
+            let urls = urls.into_iter().map(String::from).collect();
+            match Relays::new(urls, None) {
+                Err(ClientError::BadUrl { url, .. }) => assert_eq!(url, bad),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            Relays::new(Vec::new(), None),
+            Err(ClientError::BadUrl { .. })
+        ));
+    }
 
     #[test]
     fn plaintext_is_flagged_only_beyond_this_machine() {

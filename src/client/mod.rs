@@ -1,6 +1,7 @@
 //! The client side: everything a chat program needs to talk through the relay.
 //!
-//! - [`connect`]: the channel to the relay, plaintext or TLS.
+//! - [`connect`]: the channel to the relay, plaintext or TLS; [`Relays`], the relays of
+//!   one deployment a client fails over between.
 //! - [`home`]: the identity key files in the client's home directory (PKCS#8, 0600).
 //! - [`Contacts`]: contacts' pinned fingerprints (trust on first use).
 //! - [`login`]: challenge-response login, and the clients that carry the token.
@@ -33,7 +34,7 @@ mod room;
 mod session;
 mod state;
 
-pub use connect::{connect, is_plaintext_beyond_loopback};
+pub use connect::{Relays, connect, is_plaintext_beyond_loopback};
 pub use contacts::{Contacts, Pin};
 pub use login::{
     AuthorizedClient, BearerToken, Credentials, VerifiedBundle, fetch_identity, key_exchange,
@@ -122,6 +123,28 @@ pub enum ClientError {
     Crypto(#[from] CryptoError),
 }
 
+impl ClientError {
+    /// Whether the relay could not be reached, or dropped us without a reason of ours
+    /// (a transport error, UNAVAILABLE): another relay of the deployment may serve us
+    /// where this one cannot. A refusal, or a limit of ours, would be the same there.
+    pub fn relay_down(&self) -> bool {
+        match self {
+            Self::Unreachable { .. }
+            | Self::ClosedAtOnce { .. }
+            | Self::Disconnected
+            | Self::NoAnswer { .. } => true,
+            Self::Refused(status) | Self::Ended(status) => matches!(
+                status.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::Internal
+                    | tonic::Code::Cancelled
+            ),
+            _ => false,
+        }
+    }
+}
+
 /// The canonical name of a gRPC status code, as in `ALREADY_EXISTS`.
 pub fn code_name(code: tonic::Code) -> String {
     let mut name = String::new();
@@ -152,6 +175,26 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_relay_that_is_gone_is_a_reason_to_try_another() {
+        let ended = |code| ClientError::Ended(tonic::Status::new(code, "bye"));
+        assert!(ClientError::Disconnected.relay_down());
+        assert!(ended(tonic::Code::Unavailable).relay_down());
+        assert!(ended(tonic::Code::Unknown).relay_down());
+        assert!(
+            ClientError::Unreachable {
+                url: "http://127.0.0.1:1".into(),
+                reason: "refused".into()
+            }
+            .relay_down()
+        );
+        // Another session of ours, or a refusal: every relay of the deployment says the same.
+        assert!(!ended(tonic::Code::Aborted).relay_down());
+        assert!(!ended(tonic::Code::PermissionDenied).relay_down());
+        assert!(!ClientError::Refused(tonic::Status::unauthenticated("no")).relay_down());
+        assert!(!ClientError::NoRoom.relay_down());
+    }
 
     #[test]
     fn code_names_are_canonical() {

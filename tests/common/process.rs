@@ -13,6 +13,16 @@ use std::time::{Duration, Instant};
 /// How long a process test waits for a line or an exit.
 pub const PROCESS_PATIENCE: Duration = Duration::from_secs(20);
 
+/// A relay URL nobody listens on: listening on port 1 takes root, and no test does.
+pub const NOBODY_LISTENS: &str = "http://127.0.0.1:1";
+
+/// An address on loopback that nothing listens on now, for a relay started later: its
+/// clients can be given its URL before it exists.
+pub fn free_loopback_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
 /// Reads a pipe line by line on a thread.
 pub fn lines_of(pipe: impl std::io::Read + Send + 'static) -> Receiver<String> {
     let (tx, rx) = channel();
@@ -203,15 +213,22 @@ impl ServerProcess {
     /// Starts a killed server again on the same address, with the same data directory,
     /// arguments and environment; waits until it listens.
     pub fn restart(&mut self) {
+        let restarted = self.another_on(&self.addr.to_string());
+        // Drops the old child, already reaped: killing it again does nothing.
+        *self = restarted;
+    }
+
+    /// Another relay on `listen`, with this one's data directory, arguments and
+    /// environment; waits until it listens. Started on the data directory of a killed
+    /// relay, it stands for the other relays of a deployment that share one database.
+    pub fn another_on(&self, listen: &str) -> Self {
         let extra: Vec<&OsStr> = self.extra.iter().map(OsString::as_os_str).collect();
         let env: Vec<(&str, &str)> = self
             .env
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_str()))
             .collect();
-        let restarted = Self::listening(&self.data_dir, &self.addr.to_string(), &extra, &env);
-        // Drops the old child, already reaped: killing it again does nothing.
-        *self = restarted;
+        Self::listening(&self.data_dir, listen, &extra, &env)
     }
 
     /// Kills the server with SIGKILL: no chance to finish anything.
@@ -590,4 +607,97 @@ pub fn assert_one_line_error(program: &str, status: ExitStatus, stderr: &str, ex
     let last = stderr.lines().last().unwrap();
     assert!(last.starts_with(&format!("{program}: error: ")), "{stderr}");
     assert!(last.contains(expected), "{last:?} lacks {expected:?}");
+}
+
+/// `client` (Rust or another language), given a relay nobody listens on before a live
+/// one, chats through the live one; a home that knew only the live relay's URL, given
+/// it first in a list, goes on from its saved progress. Returns the live relay, whose
+/// data is in `dir`/data (homes in `dir`/home).
+pub fn the_first_relay_down_the_client_chats_through_the_next(
+    dir: &Path,
+    client: fn(&str, &str, &str, &Path) -> Command,
+) -> ServerProcess {
+    let server = ServerProcess::start(&dir.join("data"));
+    let home = dir.join("home");
+    // bob's progress is saved under the only URL he knew.
+    join_and_go_away(client(&server.url, "bob", "lobby", &home));
+
+    let relays = format!("{NOBODY_LISTENS},{}", server.url);
+    let mut alice = ClientProcess::start(client(&relays, "alice", "lobby", &home));
+    let said = wait_for_line(&alice.stderr, "joined lobby");
+    let connected: Vec<&String> = said
+        .iter()
+        .filter(|line| line.starts_with("connected to "))
+        .collect();
+    assert_eq!(
+        connected,
+        [&format!("connected to {}", server.url)],
+        "{said:?}"
+    );
+    assert!(
+        said.iter().any(|line| line.contains(NOBODY_LISTENS)),
+        "{said:?}"
+    );
+    alice.say("through the second relay");
+    let (status, _, stderr) = alice.finish();
+    assert!(status.success(), "{stderr:?}");
+
+    let relays = format!("{},{NOBODY_LISTENS}", server.url);
+    assert_eq!(
+        catch_up(client(&relays, "bob", "lobby", &home), "lobby"),
+        [message_line("lobby", "alice", "through the second relay")]
+    );
+    server
+}
+
+/// alice and bob, both `client`s given two relays of one deployment, chat through the
+/// first; it is killed (SIGKILL) with messages in flight, and the second, on the same
+/// data, comes up: both fail over to it, and bob shows every message of alice's once,
+/// in order; his progress stays under the first relay's URL.
+pub fn a_relay_killed_mid_conversation_the_clients_fail_over(
+    client: fn(&str, &str, &str, &Path) -> Command,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = ServerProcess::start(&dir.path().join("data"));
+    // The second relay does not exist yet; the clients know its URL all the same.
+    let second_addr = free_loopback_addr();
+    let second_url = format!("http://{second_addr}");
+    let relays = format!("{},{second_url}", first.url);
+    let home = dir.path().join("home");
+    let bob = ClientProcess::joined(client(&relays, "bob", "lobby", &home), "lobby");
+    let mut alice = ClientProcess::joined(client(&relays, "alice", "lobby", &home), "lobby");
+    let text = |n: usize| format!("message {n}");
+    let expected: Vec<String> = (0..15)
+        .map(|n| message_line("lobby", "alice", &text(n)))
+        .collect();
+
+    for n in 0..5 {
+        alice.say(&text(n));
+    }
+    let mut shown = next_lines(&bob.stdout, 5);
+    // Some of these are in flight when the relay dies: they are sent again, once.
+    for n in 5..10 {
+        alice.say(&text(n));
+    }
+    first.kill();
+    // Relays of one deployment share their database: here, the killed one's.
+    let _second = first.another_on(&second_addr);
+    for n in 10..15 {
+        alice.say(&text(n));
+    }
+    let reconnected = format!("reconnected to {second_url}");
+    wait_for_line(&alice.stderr, &reconnected);
+    wait_for_line(&bob.stderr, &reconnected);
+    shown.extend(wait_for_line(&bob.stdout, expected.last().unwrap()));
+    let (status, _, stderr) = alice.finish();
+    assert!(status.success(), "{stderr:?}");
+    let (status, rest, stderr) = bob.finish();
+    assert!(status.success(), "{stderr:?}");
+    shown.extend(rest);
+    assert_eq!(sequence_faults(&shown, &expected), None);
+
+    // Where bob got to is kept under the deployment's first URL, whichever relay served.
+    let progress = std::fs::read_to_string(home.join("bob").join("progress.json")).unwrap();
+    assert!(progress.contains(&first.url), "{progress}");
+    assert!(!progress.contains(&second_url), "{progress}");
 }

@@ -15,6 +15,7 @@ from .errors import ClientError
 from .protocol import DEFAULT_KEY_BITS, KEY_BITS_ALLOWED
 from .rooms import room_list
 from .session import ChatClient
+from .transport import server_list
 
 PROG = "chat_client"
 
@@ -62,8 +63,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
         description="Chat in one or several rooms of an end-to-end encrypted relay.",
         epilog=EPILOG,
     )
-    parser.add_argument("--server", default=env.get("CHAT_SERVER", "http://127.0.0.1:5555"),
-                        help="the relay's URL, http:// or https:// [env CHAT_SERVER]")
+    parser.add_argument("--server", action="append", metavar="URL[,URL...]",
+                        help="the relay's URL, http:// or https:// (default: http://127.0.0.1:5555); "
+                        "several relays of one deployment: a comma list, or the option repeated: "
+                        "the client starts with the first and fails over to the next when one "
+                        "cannot be reached or drops the connection; progress is saved under the "
+                        "first URL whichever relay serves [env CHAT_SERVER, a comma list too]")
     parser.add_argument("--user", default=env.get("CHAT_USER"), help="your user name [env CHAT_USER]")
     parser.add_argument("--room", action="append", metavar="ROOM[,ROOM...]",
                         help="a room to join, or a comma list of them; may be given more than once, "
@@ -71,7 +76,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "(default: lobby) [env CHAT_ROOM, a comma list too]")
     parser.add_argument("--home", default=env.get("CHAT_HOME") or default_home(),
                         help="where your keys, pinned contacts and progress (the last message "
-                        "seen per server and room) are kept [env CHAT_HOME]")
+                        "seen per server, the first --server URL, and room) are kept [env CHAT_HOME]")
     parser.add_argument("--key-bits", default=env.get("CHAT_KEY_BITS", str(DEFAULT_KEY_BITS)),
                         help="size of new identity keys: 2048, 3072 or 4096 [env CHAT_KEY_BITS]")
     parser.add_argument("--private", action="store_true",
@@ -88,6 +93,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         "[env CHAT_REGISTRATION_TOKEN]")
     args = parser.parse_args(argv)
     args.rooms = room_list(args.room if args.room else [env.get("CHAT_ROOM") or "lobby"])
+    args.servers = server_list(args.server if args.server else [env.get("CHAT_SERVER") or "http://127.0.0.1:5555"])
     if not args.user:
         parser.error("--user is required (or set CHAT_USER)")
     bits = str(args.key_bits).strip()
@@ -102,7 +108,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(encoding="utf-8", errors="replace")  # type: ignore[union-attr]
     client = ChatClient(
-        args.server,
+        args.servers,
         args.user,
         args.rooms,
         Path(args.home).expanduser(),

@@ -4,3 +4,8 @@ session, reported by cli."""
 
 class ClientError(Exception):
     """A fatal error: printed as one ``chat_client: error: ...`` line, exit status 1."""
+
+
+class RelayDown(ClientError):
+    """The relay could not be reached, or went away: fatal only if no other relay of the
+    deployment serves either."""

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import grpc
 
 from .envelope import escape_text
-from .errors import ClientError
+from .errors import ClientError, RelayDown
 from .home import (
     ContactBook,
     ContactsError,
@@ -44,12 +44,13 @@ from .protocol import (
 from .room import Member, MessageTooLong, ReceivedMessage, RoomState
 from .rooms import JoinedRoom
 from .transport import (
+    Relays,
     auth_metadata,
     describe_rpc_error,
     is_loopback_host,
+    is_relay_down,
     login,
     open_channel,
-    parse_server_url,
     status_name,
 )
 
@@ -87,6 +88,14 @@ DEFAULT_HISTORY = 20
 MAX_HISTORY = 100
 #: Seconds to wait, at the end, for the relay to answer what was sent.
 CLOSING_TIMEOUT_SECONDS = 15
+#: The wait before the first attempt to reconnect, doubling after each failed one up to
+#: the second (as the Rust client).
+FIRST_RETRY_SECONDS = 0.5
+MAX_RETRY_SECONDS = 10.0
+#: What is sent again, once, on the next stream when the last one ended before the relay
+#: answered it (PROTOCOL.md, "Resending is safe"); joins, leaves and history are asked
+#: afresh instead.
+_RESENT = ("message", "key distribution", "receipt", "/invite", "/kick")
 
 
 def history_limit(argument: Optional[str]) -> int:
@@ -138,6 +147,8 @@ class Request:
     sealed: Optional[tuple[int, int]] = None
     #: Who held our key when a text was sealed: its receipts count against them.
     sealed_for: tuple[str, ...] = ()
+    #: The frame as sent: after a reconnection the very same frame goes again.
+    frame: Optional[pb.ClientFrame] = None
 
 
 _CLOSE = object()  # ends the request iterator (half-closes the stream)
@@ -161,7 +172,7 @@ class ChatClient:
 
     def __init__(
         self,
-        server: str,
+        server: str | Sequence[str],
         user: str,
         rooms: str | Sequence[str],
         home: Path,
@@ -171,7 +182,8 @@ class ChatClient:
         registration_token: str = "",
         receipts: bool = True,
     ) -> None:
-        self.server = server
+        #: The relays of ``--server``; checked in :meth:`run`, before any key is made.
+        self.relays = Relays([server] if isinstance(server, str) else list(server))
         self.private = private
         self.registration_token = registration_token
         self.user = user
@@ -182,6 +194,7 @@ class ChatClient:
         self.ca_cert = ca_cert
         self.send_receipts = receipts
         self.events: queue.Queue[tuple] = queue.Queue()
+        #: What goes on the current stream; each stream has its own.
         self.outbound: queue.Queue[object] = queue.Queue()
         self.next_request_id = 1
         #: request_id -> the frame, for every frame not answered yet, in the order sent.
@@ -220,6 +233,9 @@ class ChatClient:
         self.removed_from: Optional[str] = None
         #: Where the last sequence number processed per room is saved.
         self.progress: Optional[Path] = None
+        #: Per room, what the last stream left unanswered, sent again once the room is
+        #: joined on the next one (before our new key).
+        self.resend: dict[str, list[Request]] = {}
 
     # -- output -----------------------------------------------------------------------
 
@@ -257,13 +273,13 @@ class ChatClient:
     def run(self) -> int:
         """Connects, logs in, joins, chats until stdin ends, a command ends it or no
         room is left; returns the exit status."""
-        target, tls = parse_server_url(self.server)  # a bad URL is reported before any key is made
-        if not tls and not is_loopback_host(target.rsplit(":", 1)[0]):
-            self.warn(
-                f"{self.server} is plaintext to another machine: user and room names, what you "
-                f"send when, and your session token cross the network in clear (messages stay "
-                f"end-to-end encrypted); use https:// unless a TLS proxy is on the path"
-            )
+        for url, target, tls in self.relays.check():  # a bad URL is reported before any key is made
+            if not tls and not is_loopback_host(target.rsplit(":", 1)[0]):
+                self.warn(
+                    f"{url} is plaintext to another machine: user and room names, what you "
+                    f"send when, and your session token cross the network in clear (messages stay "
+                    f"end-to-end encrypted); use https:// unless a TLS proxy is on the path"
+                )
         if not is_valid_user_name(self.user):
             raise ClientError(
                 f'user name "{self.user}" is invalid; use 1 to 32 of letters, digits and _ . -'
@@ -285,14 +301,14 @@ class ChatClient:
             self.rooms[name] = self._new_room(name, saved[name], at_start=True)
         self.current = self.room_names[0]
         self.stdout_is_terminal = sys.stdout.isatty()
-        self.channel = open_channel(self.server, self.ca_cert)
         try:
             return self._session()
         finally:
             self._save_progress()
             for room in self.rooms.values():
                 self._warn_undecrypted(room)
-            self.channel.close()
+            if self.channel is not None:
+                self.channel.close()
 
     @staticmethod
     def _check_room_name(name: str) -> None:
@@ -306,7 +322,7 @@ class ChatClient:
         file cannot be read."""
         assert self.progress is not None
         try:
-            return load_last_seq(self.progress, self.server, name)
+            return load_last_seq(self.progress, self._deployment(), name)
         except ProgressError as exc:
             raise ClientError(str(exc)) from exc
 
@@ -330,8 +346,13 @@ class ChatClient:
                 f"their sender key never arrived"
             )
 
+    def _deployment(self) -> str:
+        """What the progress is saved under, whichever relay is in use."""
+        return self.relays.deployment
+
     def _login(self) -> str:
         assert self.identity is not None and self.channel is not None
+        server = self.relays.current
         try:
             response = login(self.channel, self.identity, registration_token=self.registration_token)
         except grpc.RpcError as exc:
@@ -341,11 +362,11 @@ class ChatClient:
                 if "CERTIFICATE_VERIFY_FAILED" in details:
                     hint = "" if self.ca_cert else " (for a self-signed certificate or a private CA, pass --ca-cert FILE)"
                     raise ClientError(
-                        f"cannot connect to {self.server}: the server's certificate is not trusted{hint}: {details}"
+                        f"cannot connect to {server}: the server's certificate is not trusted{hint}: {details}"
                     ) from exc
-                if self.server.lower().startswith("http://") and "Socket closed" in details:
+                if server.lower().startswith("http://") and "Socket closed" in details:
                     details += " (if the relay serves TLS, use https://)"
-                raise ClientError(f"cannot connect to {self.server}: {details}") from exc
+                raise RelayDown(f"cannot connect to {server}: {details}") from exc
             if code == grpc.StatusCode.ALREADY_EXISTS:
                 raise ClientError(f"cannot log in as {self.user}: {describe_rpc_error(exc)}") from exc
             raise ClientError(f"the relay refused the login of {self.user}: {describe_rpc_error(exc)}") from exc
@@ -354,17 +375,39 @@ class ChatClient:
         return response.session_token
 
     def _session(self) -> int:
-        token = self._login()
-        self.token = token
-        stub = pb_grpc.ChatServiceStub(self.channel)
-        self.stub = stub
-        self._publish_prekey(fatal=True)
-        self.call = stub.Chat(self._requests(), metadata=auth_metadata(token))
-        threading.Thread(target=self._read_responses, name="responses", daemon=True).start()
+        for untried in reversed(range(len(self.relays.urls))):
+            try:
+                self._connect()
+                break
+            except RelayDown as exc:
+                if not untried:
+                    raise
+                down = self.relays.current
+                self.relays.move_on()
+                self.info(f"cannot use {down}: {exc}; trying {self.relays.current}")
+        self.info(f"connected to {self.relays.current}")
         for room in list(self.rooms.values()):  # all on this one stream
             self._send_join(room)
         threading.Thread(target=self._read_stdin, name="stdin", daemon=True).start()
         return self._event_loop()
+
+    def _connect(self) -> None:
+        """Logs in at the current relay, publishes our prekey and opens the Chat stream,
+        on a stream of its own; :class:`RelayDown` if the relay is not there."""
+        if self.channel is not None:
+            self.channel.close()
+        self.channel = open_channel(self.relays.current, self.ca_cert)
+        self.token = self._login()
+        self.stub = pb_grpc.ChatServiceStub(self.channel)
+        self._publish_prekey(fatal=True)
+        # A fresh queue: the last stream's request iterator, told to end, may still be
+        # waiting on its own.
+        self.outbound.put(_CLOSE)
+        self.outbound = queue.Queue()
+        self.next_request_id = 1
+        self.call = self.stub.Chat(self._requests(self.outbound), metadata=auth_metadata(self.token))
+        # Each stream has its reader: the last one's ends with its stream.
+        threading.Thread(target=self._read_responses, args=(self.call,), name="responses", daemon=True).start()
 
     def _send_join(self, room: JoinedRoom) -> None:
         join = pb.JoinRoom(room=room.name, create_private=room.create_private)
@@ -375,8 +418,9 @@ class ChatClient:
     # -- the key directory ------------------------------------------------------------
 
     def _key_exchange(self, what: str, publish: Optional[pb.SignedPrekey] = None, room: str = "",
-                      users: tuple[str, ...] | list[str] = ()) -> Optional[pb.KeyExchangeResponse]:
-        """One ``KeyExchange``; None (with a warning) if it fails: the client goes on."""
+                      users: tuple[str, ...] | list[str] = (), fatal: bool = False) -> Optional[pb.KeyExchangeResponse]:
+        """One ``KeyExchange``; None (with a warning) if it fails: the client goes on.
+        ``fatal``: a :class:`ClientError` instead (:class:`RelayDown` if the relay went)."""
         assert self.stub is not None and self.token is not None
         request = pb.KeyExchangeRequest(room=room, users=list(users))
         if publish is not None:
@@ -384,14 +428,17 @@ class ChatClient:
         try:
             return self.stub.KeyExchange(request, metadata=auth_metadata(self.token), timeout=RPC_TIMEOUT_SECONDS)
         except grpc.RpcError as exc:
+            if fatal:
+                error = RelayDown if is_relay_down(exc) else ClientError
+                raise error(f"the key directory refused {what}: {describe_rpc_error(exc)}") from exc
             self.warn(f"the key directory refused {what}: {describe_rpc_error(exc)}")
             return None
 
     def _publish_prekey(self, fatal: bool = False) -> None:
-        """Publishes the current prekey (the same signed message until it changes)."""
+        """Publishes the current prekey (the same signed message until it changes);
+        ``fatal`` at the start of a stream: without it nobody could hand us a key."""
         assert self.prekeys is not None
-        if self._key_exchange("to publish your prekey", publish=self.prekeys.signed_current()) is None and fatal:
-            raise ClientError("cannot publish your prekey: nobody could hand you a key")
+        self._key_exchange("to publish your prekey", publish=self.prekeys.signed_current(), fatal=fatal)
 
     def _fetch_prekeys(self, room: JoinedRoom, names: list[str]) -> None:
         """Fetches the bundles of ``names`` for ``room``, at most 256 per call."""
@@ -461,17 +508,18 @@ class ChatClient:
 
     # -- the two feeder threads -------------------------------------------------------
 
-    def _requests(self) -> Iterator[pb.ClientFrame]:
-        """The request side of the stream: whatever the main thread queues, in order."""
+    @staticmethod
+    def _requests(outbound: queue.Queue[object]) -> Iterator[pb.ClientFrame]:
+        """The request side of one stream: whatever the main thread queues, in order."""
         while True:
-            frame = self.outbound.get()
+            frame = outbound.get()
             if frame is _CLOSE:
                 return
             yield frame
 
-    def _read_responses(self) -> None:
+    def _read_responses(self, call: object) -> None:
         try:
-            for frame in self.call:
+            for frame in call:  # type: ignore[attr-defined]
                 self.events.put(("frame", frame))
             self.events.put(("stream_end", None))
         except grpc.RpcError as exc:
@@ -498,8 +546,9 @@ class ChatClient:
     def _send_frame(self, request: Request, **kind: object) -> int:
         request_id = self.next_request_id  # unique within the stream, whatever the room
         self.next_request_id += 1
+        request.frame = pb.ClientFrame(request_id=request_id, **kind)
         self.requests[request_id] = request
-        self.outbound.put(pb.ClientFrame(request_id=request_id, **kind))
+        self.outbound.put(request.frame)
         return request_id
 
     def _send_distributions(self, room: JoinedRoom, frames: list[pb.DistributeSenderKey]) -> list[int]:
@@ -551,7 +600,9 @@ class ChatClient:
             if kind == "frame":
                 self._on_frame(event[1])
             elif kind == "stream_end":
-                return self._on_stream_end(event[1])
+                ended = self._on_stream_end(event[1])
+                if ended is not None:
+                    return ended
             elif kind == "timer":
                 if time.monotonic() >= self.next_maintenance:
                     self._maintain_prekeys()
@@ -604,12 +655,13 @@ class ChatClient:
     def _undelivered(self) -> str:
         """Lists the messages not acknowledged on stderr; returns the end of the error
         line that counts them."""
-        texts = [r for r in self.requests.values() if r.what == "message"]
+        texts = self._pending_messages()
         for request in texts:
             self.info(f'not delivered: "{escape_text(request.text)}"{self._in(request.room)}')
         return f"; {len(texts)} message(s) not delivered" if texts else ""
 
-    def _on_stream_end(self, error: Optional[BaseException]) -> int:
+    def _on_stream_end(self, error: Optional[BaseException]) -> Optional[int]:
+        """The exit status once the stream ended, or None once on another stream."""
         if self.closing:
             return self._exit_status()
         code = error.code() if isinstance(error, grpc.RpcError) and hasattr(error, "code") else None
@@ -627,7 +679,88 @@ class ChatClient:
             reason = str(error)
         else:
             reason = "the stream ended"
-        raise ClientError(f"lost the connection to the relay: {reason}{self._undelivered()}")
+        if not is_relay_down(error):
+            raise ClientError(f"lost the connection to the relay: {reason}{self._undelivered()}")
+        self._reconnect(reason)
+        return None
+
+    # -- failing over -------------------------------------------------------------------
+
+    def _reconnect(self, reason: str) -> None:
+        """The relay went: on to the next one of the deployment (the same one if there is
+        only one), waiting 0.5 s, doubling up to 10 s, between attempts; there, every room
+        is joined again from where it was, and what was not answered is sent again once.
+        Past the closing deadline, gives up."""
+        self._save_progress()
+        lost = self.relays.current
+        self.relays.move_on()
+        delay = FIRST_RETRY_SECONDS
+        self.info(
+            f"lost the connection to {lost}: {reason}; {len(self._pending_messages())} message(s) pending; "
+            f"reconnecting to {self.relays.current} in {delay:g} s"
+        )
+        while True:
+            if self.closing_deadline is not None and time.monotonic() + delay >= self.closing_deadline:
+                raise ClientError(
+                    f"gave up: could not reconnect to the relay within {CLOSING_TIMEOUT_SECONDS} s after the "
+                    f"end of input{self._undelivered()}"
+                )
+            time.sleep(delay)
+            try:
+                self._connect()
+                break
+            except RelayDown as exc:
+                failed = self.relays.current
+                self.relays.move_on()
+                delay = min(delay * 2, MAX_RETRY_SECONDS)
+                self.info(f"could not reconnect to {failed}: {exc}; trying {self.relays.current} in {delay:g} s")
+        pending = len(self._pending_messages())
+        self._rejoin()
+        self.info(f"reconnected to {self.relays.current}; sending {pending} pending message(s) again")
+
+    def _pending_messages(self) -> list[Request]:
+        """Our messages the relay has not acknowledged yet, those waiting to go again
+        first."""
+        return [r for r in self._unanswered() if r.what == "message"]
+
+    def _unanswered(self) -> list[Request]:
+        """What the relay has not answered: what waits to be sent again (it went first),
+        then what went on this stream, each in the order sent."""
+        waiting = [r for requests in self.resend.values() for r in requests]
+        return waiting + [self.requests[i] for i in sorted(self.requests)]
+
+    def _rejoin(self) -> None:
+        """Joins every room again on the new stream, each as a client started afresh
+        would, from the last seq processed there (the relay hands back the keys in force
+        then); keeps for each what the last stream left unanswered, to send again."""
+        # What waits from an earlier stream still goes first: this one may have ended
+        # before its room was joined again.
+        unanswered = self._unanswered()
+        self.requests = {}
+        self.resend = {}
+        for request in unanswered:
+            if request.what in _RESENT and request.room in self.rooms:
+                # Sealed under a sender key the new room state does not hold: its ack
+                # moves no hand-out point.
+                request.sealed = None
+                self.resend.setdefault(request.room, []).append(request)
+        for name, old in list(self.rooms.items()):
+            after_seq = old.state.last_seq if old.joined else old.after_seq
+            room = self._new_room(name, after_seq, at_start=old.at_start)
+            room.create_private = old.create_private
+            room.saved_seq = old.saved_seq
+            room.leaving = old.leaving
+            room.receipts, room.schedule = old.receipts, old.schedule
+            self.rooms[name] = room
+            self._send_join(room)
+
+    def _send_again(self, room: JoinedRoom) -> None:
+        """What the last stream left unanswered in ``room``, the very same frames in the
+        order first sent, before anything new (PROTOCOL.md, "Resending is safe")."""
+        for request in self.resend.pop(room.name, []):
+            assert request.frame is not None
+            kind = request.frame.WhichOneof("kind")
+            self._send_frame(request, **{kind: getattr(request.frame, kind)})
 
     # -- saved progress -----------------------------------------------------------------
 
@@ -644,7 +777,7 @@ class ChatClient:
         if not moved:
             return
         try:
-            save_last_seqs(self.progress, self.server, moved)
+            save_last_seqs(self.progress, self._deployment(), moved)
         except (ProgressError, OSError) as exc:
             self.warn(f"cannot save progress {self.progress}: {exc}")
             return
@@ -655,7 +788,7 @@ class ChatClient:
         """Out of ``name`` for good: its next join is a first join."""
         assert self.progress is not None
         try:
-            forget_room(self.progress, self.server, name)
+            forget_room(self.progress, self._deployment(), name)
         except (ProgressError, OSError) as exc:
             self.warn(f"cannot update progress {self.progress}: {exc}")
 
@@ -825,6 +958,7 @@ class ChatClient:
         elif room.create_private:
             self.warn(f"{room.name} is an open room: anyone can join it")
         room.state.on_joined(joined, room.after_seq)
+        self._send_again(room)
         if room.on_joined(self._handout_new_key(room)):
             self._become_ready(room)
 
@@ -1067,7 +1201,7 @@ class ChatClient:
         if args:
             self.info("usage: /pending")
             return
-        texts = [r for r in self.requests.values() if r.what == "message"]
+        texts = self._pending_messages()
         rooms = [r.room for r in texts] if self.several_rooms else None
         for line in pending_lines([r.text for r in texts], rooms):
             self.info(line)

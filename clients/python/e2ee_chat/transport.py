@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 import urllib.parse
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional, Sequence
 
 import grpc
 
@@ -43,6 +43,61 @@ def parse_server_url(url: str) -> tuple[str, bool]:
         port = 443 if scheme == "https" else 80
     host_part = f"[{host}]" if ":" in host else host
     return f"{host_part}:{port}", scheme == "https"
+
+
+def server_list(values: Iterable[str]) -> list[str]:
+    """The URLs of ``--server`` values, each a comma list (``a,b``), in order. An empty
+    item stays, to be reported as a bad URL rather than skipped silently."""
+    return [url for value in values for url in value.split(",")]
+
+
+class Relays:
+    """The relays of one deployment (they share its database, so any of them serves any
+    user), in the order given, and the one in use.
+
+    The first URL names the deployment: the progress is saved under it whichever relay
+    is in use, so that a client that failed over, or one started with more relays than
+    before, finds where it was (as the Rust client does)."""
+
+    def __init__(self, urls: Sequence[str]) -> None:
+        if not urls:
+            raise ClientError("no server URL given")
+        self.urls = list(urls)
+        self._current = 0
+
+    def check(self) -> list[tuple[str, str, bool]]:
+        """Each URL with its gRPC target and whether it is TLS; :class:`ClientError` for
+        the first bad one, so that all are checked before the first is tried."""
+        return [(url, *parse_server_url(url)) for url in self.urls]
+
+    @property
+    def deployment(self) -> str:
+        return self.urls[0]
+
+    @property
+    def current(self) -> str:
+        return self.urls[self._current]
+
+    def move_on(self) -> None:
+        """The next relay takes the current one's place; after the last, the first."""
+        self._current = (self._current + 1) % len(self.urls)
+
+
+#: How a call ends when the relay itself is down or going away (not a refusal of ours):
+#: another relay of the deployment may serve where this one cannot.
+RELAY_DOWN_CODES = frozenset(
+    [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.CANCELLED]
+)
+
+
+def is_relay_down(error: Optional[BaseException]) -> bool:
+    """Whether a call or stream ended because of the relay, not because of us: a
+    transport error, UNAVAILABLE, or a stream that just ended (``None``)."""
+    if error is None:
+        return True
+    if isinstance(error, grpc.RpcError):
+        return hasattr(error, "code") and error.code() in RELAY_DOWN_CODES
+    return not isinstance(error, ClientError)
 
 
 def is_loopback_host(host: str) -> bool:

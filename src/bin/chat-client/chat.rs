@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2ee_chat::client::{ChatSession, ClientError, Contacts, Event, progress};
+use e2ee_chat::client::{ChatSession, ClientError, Contacts, Event, Relays, progress};
 use e2ee_chat::crypto::Identity;
 use e2ee_chat::proto::{JoinRoom, ServerFrame};
 use e2ee_chat::protocol::{now_ms, validate_room};
@@ -19,7 +19,7 @@ use tonic::Code;
 use crate::commands::{self, Command};
 use crate::render::{self, members_line};
 use crate::ui::{Input, KeyOutcome, Link, Ui};
-use crate::{Args, HELP_AFTER, describe, load_prekeys, log_in};
+use crate::{Args, HELP_AFTER, describe, load_prekeys, log_in, log_in_anywhere};
 
 /// How long the client waits, at the end, for the server to acknowledge what it sent
 /// (reconnecting if need be).
@@ -48,6 +48,7 @@ const RECEIPTS_SHOWN: usize = 10;
 /// Logs in, joins the rooms of `--room` and chats until the input ends.
 pub async fn chat(
     args: &Args,
+    mut relays: Relays,
     user: &str,
     identity: Arc<Identity>,
     contacts: Contacts,
@@ -63,7 +64,8 @@ pub async fn chat(
     let mut joins = Vec::new();
     let mut saved = BTreeMap::new();
     for room in &rooms {
-        let after_seq = progress::last_seq(&progress, &args.server, room).map_err(describe)?;
+        let after_seq =
+            progress::last_seq(&progress, relays.deployment(), room).map_err(describe)?;
         if let Some(seq) = after_seq {
             saved.insert(room.clone(), seq);
         }
@@ -73,7 +75,9 @@ pub async fn chat(
             after_seq,
         });
     }
-    let (channel, credentials) = log_in(args, &identity, user).await.map_err(describe)?;
+    let (channel, credentials) = log_in_anywhere(args, &mut relays, &identity, user)
+        .await
+        .map_err(describe)?;
     if credentials.registered {
         eprintln!(
             "registered {user} on the server with fingerprint {}",
@@ -112,6 +116,7 @@ pub async fn chat(
         session,
         ui,
         args,
+        relays,
         identity,
         user,
         progress,
@@ -147,6 +152,8 @@ struct Chat<'a> {
     /// `/switch` to the room, a line for it) finds the room there.
     awaiting_join: bool,
     args: &'a Args,
+    /// The relay in use, and those to fail over to.
+    relays: Relays,
     identity: Arc<Identity>,
     user: &'a str,
     /// Where the last sequence number processed per room is saved.
@@ -228,14 +235,19 @@ impl Chat<'_> {
                                 describe(error)
                             ));
                         }
+                        let lost = self.relays.current().to_owned();
+                        if error.relay_down() {
+                            self.relays.move_on();
+                        }
                         let delay = backoff.next_delay();
                         attempt += 1;
                         self.ui.link(Link::Reconnecting { attempt });
                         self.ui.info(&format!(
-                            "lost the connection to the server: {}; {} message(s) pending; \
-                             reconnecting in {delay:?}",
+                            "lost the connection to {lost}: {}; {} message(s) pending; \
+                             reconnecting to {} in {delay:?}",
                             describe(error),
-                            self.session.pending().len()
+                            self.session.pending().len(),
+                            self.relays.current()
                         ));
                         retry.as_mut().reset(Instant::now() + delay);
                     }
@@ -307,12 +319,18 @@ impl Chat<'_> {
                             return Err(format!("cannot reconnect: {error}"));
                         }
                         Err(error) => {
+                            let error = error.into_inner();
+                            let failed = self.relays.current().to_owned();
+                            if error.relay_down() {
+                                self.relays.move_on();
+                            }
                             let delay = backoff.next_delay();
                             attempt += 1;
                             self.ui.link(Link::Reconnecting { attempt });
                             self.ui.info(&format!(
-                                "could not reconnect: {}; trying again in {delay:?}",
-                                describe(error.into_inner())
+                                "could not reconnect to {failed}: {}; trying {} in {delay:?}",
+                                describe(error),
+                                self.relays.current()
                             ));
                             retry.as_mut().reset(Instant::now() + delay);
                         }
@@ -459,7 +477,7 @@ impl Chat<'_> {
     /// We are out of `room`: nothing to catch up on there next time.
     fn room_ended(&mut self, room: &str, by_us: bool) {
         self.saved.remove(room);
-        if let Err(error) = progress::forget_room(&self.progress, &self.args.server, room) {
+        if let Err(error) = progress::forget_room(&self.progress, self.relays.deployment(), room) {
             self.ui.warn(&describe(error));
         }
         self.drop_room(room, by_us);
@@ -559,7 +577,7 @@ impl Chat<'_> {
             }
             Command::Join(room) => {
                 validate_room(&room).map_err(|error| CommandError::Failed(error.to_string()))?;
-                let after_seq = progress::last_seq(&self.progress, &self.args.server, &room)
+                let after_seq = progress::last_seq(&self.progress, self.relays.deployment(), &room)
                     .map_err(|error| CommandError::Failed(describe(error)))?;
                 let join = JoinRoom {
                     room,
@@ -650,9 +668,10 @@ impl Chat<'_> {
 
     /// Logs in again and takes the session to a new stream.
     async fn reconnect(&mut self) -> Result<(), Attempt> {
-        let (channel, credentials) = log_in(self.args, &self.identity, self.user)
-            .await
-            .map_err(Attempt::Login)?;
+        let (channel, credentials) =
+            log_in(self.args, self.relays.current(), &self.identity, self.user)
+                .await
+                .map_err(Attempt::Login)?;
         let events = self
             .session
             .reconnect(channel, &credentials)
@@ -669,7 +688,8 @@ impl Chat<'_> {
             }
         }
         self.ui.info(&format!(
-            "reconnected; resent {} pending message(s)",
+            "reconnected to {}; resent {} pending message(s)",
+            self.relays.current(),
             self.session.pending().len()
         ));
         Ok(())
@@ -682,7 +702,7 @@ impl Chat<'_> {
             if self.saved.get(&room) == Some(&seq) {
                 continue;
             }
-            match progress::save_last_seq(&self.progress, &self.args.server, &room, seq) {
+            match progress::save_last_seq(&self.progress, self.relays.deployment(), &room, seq) {
                 Ok(()) => {
                     self.saved.insert(room, seq);
                 }

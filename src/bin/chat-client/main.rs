@@ -25,7 +25,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use e2ee_chat::client::prekeys::{PrekeyPolicy, PrekeyRing};
 use e2ee_chat::client::{
-    self, ClientError, Contacts, Credentials, RotationPolicy, SharedPrekeys, home,
+    self, ClientError, Contacts, Credentials, Relays, RotationPolicy, SharedPrekeys, home,
 };
 use e2ee_chat::crypto::{ALLOWED_KEY_BITS, DEFAULT_KEY_BITS, Identity};
 use e2ee_chat::protocol::{now_ms, validate_user};
@@ -90,6 +90,16 @@ reported as: failed to send \"TEXT\": CODE: reason. One session per user: starti
 client again elsewhere as the same user ends this one (it exits, and does not fight
 back).
 
+Several relays: --server a,b (or --server twice) names relays of one deployment (they
+share its database). The client starts with the first; if a relay cannot be reached, or
+drops the connection (a transport error, UNAVAILABLE), it goes on to the next in the
+list (after the last, the first again), with the same waits, logs in there, rejoins
+every room from where it was and sends again what was not acknowledged. Each
+(re)connection says \"connected to URL\" or \"reconnected to URL\" on stderr. The first
+URL names the deployment: progress is saved under it whichever relay is in use, so list
+a deployment's relays first-URL-first everywhere (a home used with --server a alone goes
+on with --server a,b).
+
 At end of input the client exits 0 once the server has acknowledged every message;
 otherwise (a message refused or not sent, or not acknowledged within 15 s) it lists the
 messages not acknowledged and exits non-zero with a one-line error. A line typed after
@@ -108,14 +118,19 @@ pub(crate) struct Args {
     #[command(subcommand)]
     command: Option<Command>,
     /// The relay's URL: https://HOST:PORT for TLS, or http://HOST:PORT for plaintext
-    /// (only safe to a relay on this machine).
+    /// (only safe to a relay on this machine). Several relays of one deployment: repeat
+    /// it or give a comma list; the client starts with the first and fails over to the
+    /// next when one cannot be reached or drops the connection. The first URL names the
+    /// deployment: progress is saved under it whichever relay is in use.
     #[arg(
         long,
         global = true,
         env = "CHAT_SERVER",
-        default_value = "http://127.0.0.1:5555"
+        value_name = "URL[,URL...]",
+        default_value = "http://127.0.0.1:5555",
+        value_delimiter = ','
     )]
-    server: String,
+    server: Vec<String>,
     /// Trust the CA certificate(s) in this PEM file for an https:// server, instead of
     /// the public web roots built in; for a self-signed or private-CA server certificate.
     #[arg(long, global = true, env = "CHAT_CA_CERT", value_name = "FILE")]
@@ -149,7 +164,7 @@ pub(crate) struct Args {
     /// Where your keys, pinned contacts and progress are kept: HOME/USER/signing.pem and
     /// encryption.pem (PKCS#8 PEM, mode 0600), HOME/USER/prekeys.json and
     /// prekey-ID.pem (your prekeys, mode 0600), HOME/USER/contacts.json, and HOME/USER/progress.json (the last message seen
-    /// per server and room).
+    /// per server and room, the server being the first --server URL).
     #[arg(long, global = true, env = "CHAT_HOME", default_value_os_t = home::default_home())]
     home: PathBuf,
     /// A registration token from the server's operator, for the first login of --user
@@ -258,13 +273,9 @@ pub(crate) fn describe(error: ClientError) -> String {
 
 async fn run(args: Args) -> Result<(), String> {
     let connects = matches!(args.command, None | Some(Command::Trust { .. }));
-    if connects && client::is_plaintext_beyond_loopback(&args.server) {
-        eprintln!(
-            "warning: {} is plaintext: your session token and who you talk to cross the \
-             network in clear (messages stay end-to-end encrypted); use https://",
-            args.server
-        );
-    }
+    // Every URL is checked before keys are made or any relay is tried: a typo in the
+    // last one would otherwise show only the day the others are down.
+    let relays = connects.then(|| relays(&args)).transpose()?;
     let user = args
         .user
         .clone()
@@ -283,17 +294,39 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let identity = load_or_create_identity(&args, &user)?;
     let contacts = Contacts::open(&home::contacts_path(&args.home, &user)).map_err(describe)?;
-    match &args.command {
-        None => chat::chat(&args, &user, Arc::new(identity), contacts).await,
-        Some(Command::Fingerprint) => {
+    match (&args.command, relays) {
+        (None, Some(relays)) => {
+            chat::chat(&args, relays, &user, Arc::new(identity), contacts).await
+        }
+        (Some(Command::Fingerprint), _) => {
             println!("{user}: {}", identity.fingerprint());
             Ok(())
         }
-        Some(Command::Verify { name, confirm }) => {
+        (Some(Command::Verify { name, confirm }), _) => {
             verify(&identity, &user, contacts, name, *confirm)
         }
-        Some(Command::Trust { name }) => trust(&args, &user, &identity, contacts, name).await,
+        (Some(Command::Trust { name }), Some(mut relays)) => {
+            trust(&args, &mut relays, &user, &identity, contacts, name).await
+        }
+        (None | Some(Command::Trust { .. }), None) => {
+            unreachable!("the relays are checked for every command that connects")
+        }
     }
+}
+
+/// The relays of `--server`, each URL checked, with a warning for each that is
+/// plaintext beyond this machine.
+fn relays(args: &Args) -> Result<Relays, String> {
+    let relays = Relays::new(args.server.clone(), args.ca_cert.as_deref()).map_err(describe)?;
+    for url in relays.urls() {
+        if client::is_plaintext_beyond_loopback(url) {
+            eprintln!(
+                "warning: {url} is plaintext: your session token and who you talk to cross the \
+                 network in clear (messages stay end-to-end encrypted); use https://"
+            );
+        }
+    }
+    Ok(relays)
 }
 
 fn verify(
@@ -319,19 +352,16 @@ fn verify(
 
 async fn trust(
     args: &Args,
+    relays: &mut Relays,
     user: &str,
     identity: &Identity,
     mut contacts: Contacts,
     name: &str,
 ) -> Result<(), String> {
     validate_user(name).map_err(|error| error.to_string())?;
-    let channel = client::connect(&args.server, args.ca_cert.as_deref())
+    let (channel, credentials) = log_in_anywhere(args, relays, identity, user)
         .await
         .map_err(describe)?;
-    let credentials =
-        client::login_with_token(channel.clone(), identity, user, registration_token(args))
-            .await
-            .map_err(describe)?;
     let mut chat = credentials.chat_client(channel);
     let presented = client::fetch_identity(&mut chat, name)
         .await
@@ -369,13 +399,44 @@ pub(crate) fn load_prekeys(
     Ok(Arc::new(RwLock::new(ring)))
 }
 
-/// Connects to the server and logs in.
-pub(crate) async fn log_in(
+/// Logs in at the current relay or, if it is down, at the next ones in turn, each tried
+/// once; says on stderr which one it is.
+pub(crate) async fn log_in_anywhere(
     args: &Args,
+    relays: &mut Relays,
     identity: &Identity,
     user: &str,
 ) -> Result<(Channel, Credentials), ClientError> {
-    let channel = client::connect(&args.server, args.ca_cert.as_deref()).await?;
+    let mut untried = relays.urls().len() - 1;
+    loop {
+        match log_in(args, relays.current(), identity, user).await {
+            Ok(session) => {
+                eprintln!("connected to {}", relays.current());
+                return Ok(session);
+            }
+            Err(error) if error.relay_down() && untried > 0 => {
+                let down = relays.current().to_owned();
+                relays.move_on();
+                untried -= 1;
+                eprintln!(
+                    "cannot use {down}: {}; trying {}",
+                    describe(error),
+                    relays.current()
+                );
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// Connects to the relay at `url` and logs in.
+pub(crate) async fn log_in(
+    args: &Args,
+    url: &str,
+    identity: &Identity,
+    user: &str,
+) -> Result<(Channel, Credentials), ClientError> {
+    let channel = client::connect(url, args.ca_cert.as_deref()).await?;
     let credentials = tokio::time::timeout(
         LOGIN_TIMEOUT,
         client::login_with_token(channel.clone(), identity, user, registration_token(args)),
