@@ -9,9 +9,16 @@
 //! stored bytes back into what they were; a corrupt entry is an error, never a panic.
 
 pub mod copy;
+mod postgres;
+mod shared;
 mod sqlite;
 
-pub use sqlite::{DATABASE_FILE, SqliteStore, decode_identity, decode_message};
+pub use postgres::PostgresStore;
+pub use shared::{decode_identity, decode_message};
+pub use sqlite::{DATABASE_FILE, SqliteStore};
+
+#[cfg(test)]
+mod tests;
 
 use std::time::Duration;
 
