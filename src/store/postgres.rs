@@ -229,9 +229,13 @@ fn target(config: &tokio_postgres::Config) -> String {
 
 /// A pooled connection; none to be had (the server is down) is a database error.
 async fn connection(pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
-    pool.get()
-        .await
-        .map_err(|error| StoreError::Database(format!("cannot connect to PostgreSQL: {error}")))
+    pool.get().await.map_err(|error| {
+        let why = match &error {
+            deadpool_postgres::PoolError::Backend(error) => describe(error),
+            other => causes(other),
+        };
+        StoreError::Database(format!("cannot connect to PostgreSQL: {why}"))
+    })
 }
 
 /// Applies the migrations the database has not had yet, all in one transaction, and
@@ -289,8 +293,23 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
 fn describe(error: &tokio_postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => error.to_string(),
+        None => causes(error),
     }
+}
+
+/// `error` and what caused it, on one line: the driver's own message ("error connecting
+/// to server") says nothing of why.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let text = error.to_string();
+        if !line.ends_with(&text) {
+            line = format!("{line}: {text}");
+        }
+        cause = error.source();
+    }
+    line.replace('\n', " ")
 }
 
 /// The error of `operation`, named so that a log line says what did not happen.
@@ -816,3 +835,6 @@ impl PostgresStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;
