@@ -3,7 +3,9 @@
 //! Group commit: while one transaction waits for its fsync, the ops that arrive queue up,
 //! and the next transaction takes them all (up to `max_batch`), so a busy relay pays one
 //! fsync per batch rather than per message. Once a batch is durable the hub answers and
-//! fans it out ([`Hub::committed`]); if the commit fails, nothing of it is acknowledged.
+//! fans it out ([`Hub::committed`]); if the commit fails, nothing of it is acknowledged,
+//! and a batch of entries alone is simply sent again by the clients once the store
+//! works again.
 //!
 //! The writer also prunes what the retention policy no longer keeps, and runs the
 //! relay's other housekeeping (reclaiming what nobody uses), at start-up and every
@@ -14,8 +16,8 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::hub::{Command, Hub, Op};
-use crate::store::{StoragePolicy, Store};
+use super::hub::{Command, Failure, Hub, Op};
+use crate::store::{Change, StoragePolicy, Store};
 
 /// How often the retention policy is applied.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -113,9 +115,28 @@ fn commit(store: &dyn Store, hub: &Hub, mut batch: Vec<Op>, policy: &StoragePoli
         }
         Err(error) => {
             let failed = batch.into_iter().map(|op| (op, Vec::new())).collect();
-            hub.committed(failed, Some(&error));
+            let lasting = changes.iter().any(|change| !is_entry(change));
+            hub.committed(
+                failed,
+                Some(Failure {
+                    error: &error,
+                    lasting,
+                }),
+            );
         }
     }
+}
+
+/// Whether `change` is an entry of a room's log or a note of use. The hub keeps nothing
+/// of one that failed but a used-up sequence number: its sender is told UNAVAILABLE and
+/// sends it again once the store is back (a PostgreSQL server restarting, say). A room,
+/// member or invitation that failed is in the hub's memory already, which then no
+/// longer matches the store.
+fn is_entry(change: &Change) -> bool {
+    matches!(
+        change,
+        Change::AppendMessage { .. } | Change::AppendSenderKeys { .. } | Change::Seen { .. }
+    )
 }
 
 fn prune(store: &dyn Store, policy: &StoragePolicy) {

@@ -75,6 +75,15 @@ pub(crate) struct Op {
     pub _permit: Option<OwnedSemaphorePermit>,
 }
 
+/// Why a batch was not committed.
+#[derive(Clone, Copy)]
+pub(crate) struct Failure<'a> {
+    pub error: &'a StoreError,
+    /// The batch held more than entries of rooms' logs (a room, a member, an
+    /// invitation), which this memory already holds: it no longer matches the store.
+    pub lasting: bool,
+}
+
 /// What to tell whom once an [`Op`] is committed.
 pub(crate) enum Effect {
     /// A first join: answer the newcomer, tell the others.
@@ -156,7 +165,8 @@ struct State {
     owned: HashMap<String, BTreeSet<String>>,
     next_session_id: SessionId,
     shutting_down: bool,
-    /// Why the store failed, once it has: nothing more is accepted that would need it.
+    /// Why the store failed, once a failure left this memory ahead of it: nothing more
+    /// is accepted that would need it.
     store_failed: Option<String>,
     /// Sessions whose queue overflowed during the current operation.
     overflowed: Vec<SessionId>,
@@ -291,18 +301,28 @@ impl Hub {
 
     /// Applies what the writer committed (or failed to), in commit order: answers the
     /// clients and fans each entry out to the members that receive it.
-    pub(crate) fn committed(&self, batch: Vec<(Op, Vec<Applied>)>, failure: Option<&StoreError>) {
+    pub(crate) fn committed(&self, batch: Vec<(Op, Vec<Applied>)>, failure: Option<Failure<'_>>) {
         self.operate(|state| {
-            if let Some(error) = failure
-                && state.store_failed.is_none()
-            {
-                tracing::error!(%error, "the store failed; refusing changes until restarted");
-                state.store_failed = Some(error.to_string());
+            match failure {
+                Some(Failure {
+                    error,
+                    lasting: true,
+                }) if state.store_failed.is_none() => {
+                    tracing::error!(%error, "the store failed; refusing changes until restarted");
+                    state.store_failed = Some(error.to_string());
+                }
+                Some(Failure {
+                    error,
+                    lasting: false,
+                }) => {
+                    tracing::warn!(%error, "the store failed; the senders are told to send again");
+                }
+                _ => {}
             }
             for (op, applied) in batch {
                 match failure {
                     None => state.apply(op.effect, &applied, &self.writer),
-                    Some(error) => state.fail(op.effect, error),
+                    Some(Failure { error, .. }) => state.fail(op.effect, error),
                 }
             }
         });
