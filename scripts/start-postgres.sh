@@ -32,6 +32,10 @@ if [ -z "$bin" ]; then
         exit 1
     fi
     echo "start-postgres: installing PostgreSQL (apt-get install postgresql)" >&2
+    # Only the programs: the package would otherwise make and start a cluster of its own
+    # on port 5432, left running after the tests (the official images do the same).
+    mkdir -p /etc/postgresql-common/createcluster.d
+    echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.d/no-main-cluster.conf
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq >&2
     apt-get install -y -qq postgresql >&2
@@ -42,9 +46,12 @@ if [ -z "$bin" ]; then
     fi
 fi
 
-dir=$(mktemp -d "${TMPDIR:-/tmp}/chat-postgres.XXXXXX")
 as_server=()
-if [ "$(id -u)" -eq 0 ]; then
+if [ "$(id -u)" -ne 0 ]; then
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/chat-postgres.XXXXXX")
+else
+    # In /tmp, which the server's user can reach whatever root's TMPDIR is.
+    dir=$(mktemp -d /tmp/chat-postgres.XXXXXX)
     user=postgres
     id "$user" >/dev/null 2>&1 || user=nobody
     chown "$user" "$dir"
