@@ -110,7 +110,7 @@ impl PostgresStore {
     /// (never its password).
     pub fn open(url: &str) -> Result<Self, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|error| StoreError::Open {
-            path: "the --database URL".to_owned(),
+            path: "given by --database".to_owned(),
             reason: format!("{error}"),
         })?;
         let target = target(&config);
@@ -246,10 +246,12 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
         .transaction()
         .await
         .map_err(failed("begin the migrations"))?;
-    // Two relays started at once on one database take turns.
+    // Two relays started at once on one database take turns. The notice that the table
+    // exists, at every start, is no news.
     transaction
         .batch_execute(
             "SELECT pg_advisory_xact_lock(2026112901); \
+             SET LOCAL client_min_messages = warning; \
              CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)",
         )
         .await
