@@ -127,3 +127,41 @@ async fn a_database_gone_away_is_unavailable_to_clients_and_the_relay_recovers()
         .unwrap();
     assert_eq!(rooms[0].messages, 2, "{rooms:?}");
 }
+
+#[test]
+fn a_database_it_cannot_use_stops_the_relay_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |database: &str| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--database",
+                database,
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        stderr
+    };
+    // Nothing listens on port 1 of the loopback: refused at once.
+    let unreachable = run("postgres://relay:s3cret@127.0.0.1:1/chat");
+    assert!(
+        unreachable.contains("cannot open the database postgres://127.0.0.1:1/chat"),
+        "{unreachable}"
+    );
+    assert!(unreachable.contains("refused"), "{unreachable}");
+    let other = run("mysql://relay:s3cret@127.0.0.1/chat");
+    assert!(
+        other.contains("postgres://") && other.contains("postgresql://"),
+        "{other}"
+    );
+    for stderr in [unreachable, other] {
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
