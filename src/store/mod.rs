@@ -19,9 +19,6 @@ pub use postgres::PostgresStore;
 pub use shared::{decode_identity, decode_message};
 pub use sqlite::{DATABASE_FILE, SqliteStore};
 
-#[cfg(test)]
-mod tests;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -375,3 +372,6 @@ pub trait Store: Send + Sync {
     /// the relay may reclaim.
     fn dormant(&self, since: Duration) -> Result<Dormant, StoreError>;
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,11 +2,12 @@
 //!
 //! WAL journal, `synchronous = FULL`: a change is on disk when `register`, `commit` or
 //! `prune` returns. The schema is created and upgraded by the numbered migrations in
-//! `migrations/`, run at start-up; `PRAGMA user_version` records how far a database has
-//! come.
+//! `migrations/sqlite/`, run at start-up; `PRAGMA user_version` records how far a
+//! database has come.
 //!
-//! What rooms and users store is counted as it changes (`usage`), so quotas cost no
-//! scan; reclaiming finds what nobody used from when each room and user was last used.
+//! What rooms and users store is counted as it changes (`usage`, with the arithmetic in
+//! `shared`), so quotas cost no scan; reclaiming finds what nobody used from when each
+//! room and user was last used.
 //!
 //! Two connections: a writer (`register`, `commit`, `prune`, the registration tokens)
 //! and a reader (everything else), each behind its own lock. With WAL a reader sees the last committed state
