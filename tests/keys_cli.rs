@@ -350,9 +350,9 @@ fn a_chat_v1_database_is_upgraded_with_one_line_saying_what_it_forgot() {
     std::fs::create_dir(&data).unwrap();
     let database = rusqlite::Connection::open(data.join("chat.sqlite3")).unwrap();
     for migration in [
-        include_str!("../migrations/0001_identities.sql"),
-        include_str!("../migrations/0002_rooms.sql"),
-        include_str!("../migrations/0003_usage.sql"),
+        include_str!("../migrations/sqlite/0001_identities.sql"),
+        include_str!("../migrations/sqlite/0002_rooms.sql"),
+        include_str!("../migrations/sqlite/0003_usage.sql"),
     ] {
         database.execute_batch(migration).unwrap();
     }

@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::{Parser, Subcommand};
 use e2ee_chat::protocol::utc_time;
 use e2ee_chat::server::{self, Limits, WebOptions};
-use e2ee_chat::store::{SqliteStore, Store};
+use e2ee_chat::store::{self, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::ServerTlsConfig;
@@ -61,8 +61,16 @@ struct Args {
     /// database chat.sqlite3 of registered identities (public keys), rooms, members and
     /// each room's stored messages and wrapped keys (ciphertext only). Everything is on
     /// disk before it is acknowledged. Back it up with: sqlite3 chat.sqlite3 ".backup FILE"
+    /// (Not used with --database.)
     #[arg(long, global = true, env = "CHAT_DATA_DIR", default_value_os_t = default_data_dir())]
     data_dir: PathBuf,
+    /// Keep the data in this PostgreSQL database instead of SQLite in --data-dir:
+    /// postgres://USER:PASSWORD@HOST:PORT/DATABASE (or postgresql://...; no TLS to the
+    /// database, so keep it on the same host or a private network). The schema is
+    /// created and upgraded at start-up. Left out: the SQLite database in --data-dir,
+    /// nothing to install.
+    #[arg(long, global = true, env = "CHAT_DATABASE", value_name = "URL")]
+    database: Option<String>,
     #[command(flatten)]
     web: WebOptions,
     #[command(flatten)]
@@ -73,7 +81,7 @@ struct Args {
 enum Command {
     /// Manage registration tokens, for --registration token: a new user name can only
     /// be registered with one (the client's --registration-token). Works while the
-    /// server runs, on the same --data-dir.
+    /// server runs, on the same --data-dir or --database.
     #[command(subcommand)]
     RegistrationToken(TokenCommand),
 }
@@ -115,7 +123,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     if let Some(Command::RegistrationToken(command)) = &args.command {
-        return match registration_token(&args.data_dir, command) {
+        return match registration_token(args.database.as_deref(), &args.data_dir, command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => fail(message),
         };
@@ -147,15 +155,29 @@ async fn run(args: Args) -> Result<(), String> {
             args.listen
         );
     }
-    server::prepare_data_dir(&args.data_dir).map_err(|error| error.to_string())?;
+    if args.database.is_none() {
+        server::prepare_data_dir(&args.data_dir).map_err(|error| error.to_string())?;
+    }
+    // Opening blocks (migrations, PostgreSQL's first connection): not on a worker.
+    let (database, data_dir) = (args.database.clone(), args.data_dir.clone());
     let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&args.data_dir).map_err(|error| error.to_string())?);
+        tokio::task::spawn_blocking(move || store::open(database.as_deref(), &data_dir))
+            .await
+            .map_err(|error| format!("cannot open the store: {error}"))?
+            .map_err(|error| error.to_string())?;
     let tls = load_tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?;
     let listener = TcpListener::bind(args.listen)
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
     let address = listener.local_addr().map_err(|error| error.to_string())?;
-    tracing::info!(%address, tls = !plaintext, data_dir = %args.data_dir.display(), "listening on {address}");
+    match &args.database {
+        None => {
+            tracing::info!(%address, tls = !plaintext, data_dir = %args.data_dir.display(), "listening on {address}")
+        }
+        Some(_) => {
+            tracing::info!(%address, tls = !plaintext, database = "postgres", "listening on {address}")
+        }
+    }
 
     let (stopping_tx, mut stopping) = watch::channel(false);
     let signal = async move {
@@ -181,17 +203,22 @@ async fn run(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Carries out a `registration-token` command on the database in `data_dir`.
-fn registration_token(data_dir: &Path, command: &TokenCommand) -> Result<(), String> {
+/// Carries out a `registration-token` command on the server's database: `database`, or
+/// the SQLite database in `data_dir`.
+fn registration_token(
+    database: Option<&str>,
+    data_dir: &Path,
+    command: &TokenCommand,
+) -> Result<(), String> {
     // Not a new database: a mistyped --data-dir would hold tokens the server never sees.
-    if !data_dir.join(e2ee_chat::store::DATABASE_FILE).exists() {
+    if database.is_none() && !data_dir.join(store::DATABASE_FILE).exists() {
         return Err(format!(
             "there is no server database in {}: give the --data-dir the server runs with (start \
              the server once to make it)",
             data_dir.display()
         ));
     }
-    let store = SqliteStore::open(data_dir).map_err(|error| error.to_string())?;
+    let store = store::open(database, data_dir).map_err(|error| error.to_string())?;
     match command {
         TokenCommand::Create {
             uses,

@@ -59,7 +59,7 @@ pub struct Limits {
     #[arg(long, env = "CHAT_MAX_USER_BYTES", value_parser = positive_u64, default_value_t = Limits::DEFAULT.max_user_bytes)]
     pub max_user_bytes: u64,
     /// Bytes of messages and sender keys the server stores in all; beyond, the oldest
-    /// messages of the whole server are deleted (SQLite's own overhead comes on top).
+    /// messages of the whole server are deleted (the database's own overhead comes on top).
     #[arg(long, env = "CHAT_MAX_STORE_BYTES", value_parser = positive_u64, default_value_t = Limits::DEFAULT.max_store_bytes)]
     pub max_store_bytes: u64,
     /// Days a message is kept; older ones are deleted (checked every minute). Members

@@ -134,13 +134,11 @@ pub async fn serve(
     };
     let committed = {
         let hub = Arc::downgrade(&hub);
-        Box::new(
-            move |batch: Vec<_>, failure: Option<&crate::store::StoreError>| {
-                if let Some(hub) = hub.upgrade() {
-                    hub.committed(batch, failure);
-                }
-            },
-        )
+        Box::new(move |batch: Vec<_>, failure: Option<hub::Failure<'_>>| {
+            if let Some(hub) = hub.upgrade() {
+                hub.committed(batch, failure);
+            }
+        })
     };
     let recovered = {
         let (hub, accounts) = (Arc::downgrade(&hub), accounts.clone());

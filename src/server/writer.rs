@@ -4,7 +4,11 @@
 //! and the next transaction takes them all (up to `max_batch`), so a busy relay pays one
 //! fsync per batch rather than per message. Once a batch is durable its outcome goes to
 //! the [`Committed`] callback (the hub answers and fans it out); if the commit fails,
-//! nothing of it is acknowledged.
+//! nothing of it is acknowledged. A failed batch of messages and sender keys alone
+//! leaves the hub as it was: its senders send again once the store works. One that
+//! held a room, member or invitation leaves the hub ahead of the store, so the writer
+//! refuses everything until the store answers again, then has the hub read it anew
+//! ([`Recovered`]).
 //!
 //! The writer also prunes what the retention policy no longer keeps, and runs the
 //! relay's other housekeeping (reclaiming what nobody uses), at start-up and every
@@ -19,7 +23,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::hub::{Batch, Command, Op};
+use super::hub::{Batch, Command, Failure, Op};
 use crate::store::{StoragePolicy, Store, StoreError, StoredRoom};
 
 /// How often the retention policy is applied.
@@ -30,7 +34,7 @@ pub(crate) type Housekeeping = Box<dyn FnMut(&dyn Store) + Send>;
 
 /// Where each batch's outcome goes, in commit order: every op with what its changes did,
 /// or, when the transaction failed, every op with the failure.
-pub(crate) type Committed = Box<dyn Fn(Batch, Option<&StoreError>) + Send>;
+pub(crate) type Committed = Box<dyn Fn(Batch, Option<Failure<'_>>) + Send>;
 
 /// What the writer calls once the store answers again after a failure, with the rooms
 /// as stored (see [`Hub::recovered`](super::hub::Hub::recovered)).
@@ -135,8 +139,8 @@ fn run(setup: &mut WriterSetup, commands: &Receiver<Command>) {
         }
         match commit(setup, batch) {
             Ok(()) => retry = FIRST_RETRY,
-            Err(_) if stop => return,
-            Err(error) => {
+            Err((_, lasting)) if stop || !lasting => {}
+            Err((error, _)) => {
                 if let Next::Stop = recover(setup, commands, error, retry) {
                     return;
                 }
@@ -149,8 +153,9 @@ fn run(setup: &mut WriterSetup, commands: &Receiver<Command>) {
     }
 }
 
-/// Commits a batch in one transaction and hands the outcome on.
-fn commit(setup: &WriterSetup, mut batch: Vec<Op>) -> Result<(), StoreError> {
+/// Commits a batch in one transaction and hands the outcome on; a failure comes back
+/// with whether it was lasting ([`Failure::lasting`]).
+fn commit(setup: &WriterSetup, mut batch: Vec<Op>) -> Result<(), (StoreError, bool)> {
     let started = Instant::now();
     let mut changes = Vec::new();
     let mut counts = Vec::with_capacity(batch.len());
@@ -177,8 +182,13 @@ fn commit(setup: &WriterSetup, mut batch: Vec<Op>) -> Result<(), StoreError> {
         }
         Err(error) => {
             let failed = batch.into_iter().map(|op| (op, Vec::new())).collect();
-            (setup.committed)(failed, Some(&error));
-            Err(error)
+            let lasting = Failure::is_lasting(&changes);
+            let failure = Failure {
+                error: &error,
+                lasting,
+            };
+            (setup.committed)(failed, Some(failure));
+            Err((error, lasting))
         }
     }
 }
@@ -197,7 +207,7 @@ fn recover(
         let until = Instant::now() + wait;
         while let Some(left) = until.checked_duration_since(Instant::now()) {
             match commands.recv_timeout(left) {
-                Ok(Command::Commit(op)) => (setup.committed)(vec![(*op, Vec::new())], Some(&error)),
+                Ok(Command::Commit(op)) => refuse(setup, *op, &error),
                 Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return Next::Stop,
                 Err(RecvTimeoutError::Timeout) => break,
             }
@@ -213,9 +223,7 @@ fn recover(
                 // Whatever arrived meanwhile goes the way of the failed batch.
                 while let Ok(command) = commands.try_recv() {
                     match command {
-                        Command::Commit(op) => {
-                            (setup.committed)(vec![(*op, Vec::new())], Some(&error))
-                        }
+                        Command::Commit(op) => refuse(setup, *op, &error),
                         Command::Stop => return Next::Stop,
                     }
                 }
@@ -229,6 +237,15 @@ fn recover(
             }
         }
     }
+}
+
+/// Answers an op that arrived while the store was failing as if its commit had failed.
+fn refuse(setup: &WriterSetup, op: Op, error: &StoreError) {
+    let failure = Failure {
+        error,
+        lasting: true,
+    };
+    (setup.committed)(vec![(op, Vec::new())], Some(failure));
 }
 
 fn prune(store: &dyn Store, policy: &StoragePolicy) {

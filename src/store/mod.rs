@@ -3,27 +3,62 @@
 //! The registered identities, the rooms with their members and invitations, and each
 //! room's log: the sealed messages and the wrapped sender keys, each under the room's
 //! sequence number. [`SqliteStore`] keeps them in an embedded SQLite database under the
-//! data directory, or in memory for tests and benchmarks. Nothing outside this module
-//! knows it is SQLite. Only ciphertext, public keys and metadata are stored, never a
+//! data directory (the default), or in memory for tests and benchmarks;
+//! [`PostgresStore`] in a PostgreSQL database (`--database postgres://...`). Both behave
+//! alike, down to the tests they pass (`tests.rs`); nothing outside this module knows
+//! which one it has. Only ciphertext, public keys and metadata are stored, never a
 //! plaintext or an unwrapped key. [`decode_message`] and [`decode_identity`] turn the
 //! stored bytes back into what they were; a corrupt entry is an error, never a panic.
 
 pub mod copy;
+mod postgres;
+mod shared;
 mod sqlite;
 
-pub use sqlite::{DATABASE_FILE, SqliteStore, decode_identity, decode_message};
+pub use postgres::PostgresStore;
+pub use shared::{decode_identity, decode_message};
+pub use sqlite::{DATABASE_FILE, SqliteStore};
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::proto::{
     MessageDelivery, PublicIdentity, SealedMessage, SenderKeyDelivery, SignedPrekey,
 };
 
+/// Opens the relay's store: the PostgreSQL database at `database` (a `postgres://` or
+/// `postgresql://` URL), or without one the SQLite database in `data_dir`. It blocks
+/// until the schema is up to date: call it outside async tasks.
+pub fn open(database: Option<&str>, data_dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
+    match database {
+        None => Ok(Arc::new(SqliteStore::open(data_dir)?)),
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Ok(Arc::new(PostgresStore::open(url)?))
+        }
+        // Only what precedes the first colon: the rest may hold a password.
+        Some(other) => Err(StoreError::UnknownDatabase {
+            scheme: other
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .take(32)
+                .collect(),
+        }),
+    }
+}
+
 /// Why the store could not do what it was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the database {path}: {reason}")]
     Open { path: String, reason: String },
+    #[error(
+        "--database must be a PostgreSQL URL, postgres://USER:PASSWORD@HOST:PORT/DATABASE or \
+         postgresql://..., or left out for the SQLite database in --data-dir; it starts with {scheme:?}"
+    )]
+    UnknownDatabase { scheme: String },
     #[error(
         "the database needs schema version {found}, newer than this server knows ({known}); run a newer chat-server"
     )]
@@ -337,3 +372,6 @@ pub trait Store: Send + Sync {
     /// the relay may reclaim.
     fn dormant(&self, since: Duration) -> Result<Dormant, StoreError>;
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,11 +2,12 @@
 //!
 //! WAL journal, `synchronous = FULL`: a change is on disk when `register`, `commit` or
 //! `prune` returns. The schema is created and upgraded by the numbered migrations in
-//! `migrations/`, run at start-up; `PRAGMA user_version` records how far a database has
-//! come.
+//! `migrations/sqlite/`, run at start-up; `PRAGMA user_version` records how far a
+//! database has come.
 //!
-//! What rooms and users store is counted as it changes (`usage`), so quotas cost no
-//! scan; reclaiming finds what nobody used from when each room and user was last used.
+//! What rooms and users store is counted as it changes (`usage`, with the arithmetic in
+//! `shared`), so quotas cost no scan; reclaiming finds what nobody used from when each
+//! room and user was last used.
 //!
 //! Two connections: a writer (`register`, `commit`, `prune`, the registration tokens)
 //! and a reader (everything else), each behind its own lock. With WAL a reader sees the last committed state
@@ -21,15 +22,18 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt::Display;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use prost::Message;
 use rusqlite::{
     Connection, OptionalExtension, Params, Row, Transaction, TransactionBehavior, params,
 };
-use sha2::{Digest, Sha256};
 
 use super::copy;
+use super::shared::{
+    bits, decode_identity, decode_message, from_bits, in_sequence, millis, new_token, now_ms,
+    pending, saturating, stored_seq, token_id, tokens_named,
+};
 use super::{
     Applied, Change, Dormant, Entry, Pruned, RegistrationToken, StoragePolicy, Store, StoreError,
     StoredRoom,
@@ -43,10 +47,10 @@ pub const DATABASE_FILE: &str = "chat.sqlite3";
 
 /// The migrations, in order: the schema version after each is its position + 1.
 const MIGRATIONS: &[&str] = &[
-    include_str!("../../migrations/0001_identities.sql"),
-    include_str!("../../migrations/0002_rooms.sql"),
-    include_str!("../../migrations/0003_usage.sql"),
-    include_str!("../../migrations/0004_protocol_v2.sql"),
+    include_str!("../../migrations/sqlite/0001_identities.sql"),
+    include_str!("../../migrations/sqlite/0002_rooms.sql"),
+    include_str!("../../migrations/sqlite/0003_usage.sql"),
+    include_str!("../../migrations/sqlite/0004_protocol_v2.sql"),
 ];
 
 /// How many prepared statements each connection keeps: more than the store has, so
@@ -177,18 +181,14 @@ fn lock(connection: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
 const PROTOCOL_V2_MIGRATION: usize = 3;
 
 /// Runs the migrations the database has not had yet, each in its own transaction.
+/// `PRAGMA user_version`, in the database's header, is the schema-version record: it is
+/// where every database made so far keeps it.
 fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
-    let known = MIGRATIONS.len() as i64;
     let version: i64 = connection
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .map_err(database)?;
-    if version > known {
-        return Err(StoreError::TooNew {
-            found: version,
-            known,
-        });
-    }
-    for (index, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    for index in pending(version, MIGRATIONS)? {
+        let migration = MIGRATIONS[index];
         let transaction = connection.transaction().map_err(database)?;
         if index == PROTOCOL_V2_MIGRATION {
             let count = |table: &str| -> Result<i64, StoreError> {
@@ -223,66 +223,6 @@ fn database(error: rusqlite::Error) -> StoreError {
 /// The error of `operation`, named so that a log line says what did not happen.
 fn failed(operation: impl Display) -> impl Fn(rusqlite::Error) -> StoreError {
     move |error| StoreError::Database(format!("{operation}: {error}"))
-}
-
-/// A key id, in an INTEGER column. Key ids are only compared for
-/// equality, so the cast keeps every bit and nothing else: a random key id above
-/// `i64::MAX` is stored negative and read back as it was.
-fn bits(value: u64) -> i64 {
-    value as i64
-}
-
-/// The inverse of [`bits`], also for the sequence numbers read back.
-fn from_bits(value: i64) -> u64 {
-    value as u64
-}
-
-/// A sequence number to store. Sequence numbers are ordered in SQL, where one above
-/// `i64::MAX` stored as its bits would sort before 0, so it is refused.
-fn stored_seq(seq: u64) -> Result<i64, StoreError> {
-    i64::try_from(seq).map_err(|_| {
-        StoreError::Database(format!(
-            "sequence number {seq} is beyond the highest the store can order, {}",
-            i64::MAX
-        ))
-    })
-}
-
-/// A sequence number bound or a count in a query. No stored sequence number is above
-/// `i64::MAX`, so a larger bound (a caller may ask for everything up to `u64::MAX`)
-/// means the same as `i64::MAX`.
-fn saturating(value: impl TryInto<i64>) -> i64 {
-    value.try_into().unwrap_or(i64::MAX)
-}
-
-/// Bytes of randomness in a registration token.
-const TOKEN_LEN: usize = 16;
-
-/// What is kept of a registration token: its SHA-256.
-fn token_digest(token: &str) -> Vec<u8> {
-    Sha256::digest(token.trim().as_bytes()).to_vec()
-}
-
-/// How a registration token is named in listings: the start of its digest, which says
-/// nothing of the token itself.
-fn token_id(digest: &[u8]) -> String {
-    digest
-        .iter()
-        .take(4)
-        .map(|byte| format!("{byte:02x}"))
-        .collect()
-}
-
-/// Milliseconds since the Unix epoch.
-fn millis(since_epoch: Duration) -> i64 {
-    saturating(since_epoch.as_millis())
-}
-
-/// The wall clock, in milliseconds since the Unix epoch (0 for a clock before it).
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, millis)
 }
 
 /// Runs one statement (prepared once per connection) and says how many rows it changed.
@@ -338,48 +278,6 @@ fn message(room: &str, row: &Row<'_>) -> Result<MessageDelivery, RowError> {
     decode_message(room, from_bits(row.get(0)?), row.get(1)?, row.get(2)?).map_err(RowError::Store)
 }
 
-/// The message `sender` sent to `room` under `seq`, from the `sealed` BLOB it is stored
-/// as: how the store reads every message it hands out. A BLOB that does not decode is a
-/// [`StoreError::CorruptEntry`] naming the entry.
-pub fn decode_message(
-    room: &str,
-    seq: u64,
-    sender: String,
-    sealed: Vec<u8>,
-) -> Result<MessageDelivery, StoreError> {
-    // From `Bytes`, the ciphertext and signature are slices of it, not copies.
-    let sealed = SealedMessage::decode(bytes::Bytes::from(sealed)).map_err(|error| {
-        StoreError::CorruptEntry {
-            room: room.to_owned(),
-            seq,
-            reason: format!("the sealed message of {sender:?} does not decode: {error}"),
-        }
-    })?;
-    Ok(MessageDelivery {
-        room: room.to_owned(),
-        sender,
-        sealed: Some(sealed),
-        seq,
-    })
-}
-
-/// The identity registered under `user`, from the BLOB it is stored as: how the store
-/// reads every identity. One that does not decode, or names another user, is a
-/// [`StoreError::Corrupt`].
-pub fn decode_identity(user: String, stored: &[u8]) -> Result<PublicIdentity, StoreError> {
-    let identity = PublicIdentity::decode(stored).map_err(|error| StoreError::Corrupt {
-        user: user.clone(),
-        reason: error.to_string(),
-    })?;
-    if identity.user != user {
-        return Err(StoreError::Corrupt {
-            user,
-            reason: format!("it names {:?}", identity.user),
-        });
-    }
-    Ok(identity)
-}
-
 /// A row of [`key_columns`] as the sender key it is.
 fn sender_key(room: &str, row: &Row<'_>) -> Result<SenderKeyDelivery, RowError> {
     copy::delivery(
@@ -390,17 +288,6 @@ fn sender_key(room: &str, row: &Row<'_>) -> Result<SenderKeyDelivery, RowError> 
         row.get::<_, Vec<u8>>(4)?.into(),
     )
     .map_err(RowError::Store)
-}
-
-/// `keys` and `messages` (each in sequence order) merged in sequence order, at most
-/// `limit`. A key comes before a message under the same number, as a key is needed
-/// before the messages sealed with it.
-fn in_sequence(mut keys: Vec<Entry>, messages: Vec<Entry>, limit: usize) -> Vec<Entry> {
-    keys.extend(messages);
-    // Stable: the keys stay before the messages under equal numbers.
-    keys.sort_by_key(Entry::seq);
-    keys.truncate(limit);
-    keys
 }
 
 /// One read transaction, for the several queries of one read to see one state.
@@ -793,7 +680,7 @@ impl Store for SqliteStore {
                 "UPDATE registration_tokens SET uses_left = uses_left - 1, used = used + 1 \
                  WHERE token_sha256 = ?1 AND (uses_left IS NULL OR uses_left > 0) \
                  AND (expires_ms IS NULL OR expires_ms > ?2)",
-                params![token_digest(token), now_ms],
+                params![super::shared::token_digest(token), now_ms],
                 "use a registration token",
             )?;
             if used == 0 {
@@ -817,18 +704,14 @@ impl Store for SqliteStore {
         uses: Option<u64>,
         expires_ms: Option<u64>,
     ) -> Result<String, StoreError> {
-        let mut secret = [0u8; TOKEN_LEN];
-        getrandom::fill(&mut secret).map_err(|error| {
-            StoreError::Database(format!("the operating system's RNG failed: {error}"))
-        })?;
-        let token: String = secret.iter().map(|byte| format!("{byte:02x}")).collect();
+        let (token, digest) = new_token()?;
         let connection = self.writer();
         execute(
             &connection,
             "INSERT INTO registration_tokens (token_sha256, uses_left, expires_ms, created_ms) \
              VALUES (?1, ?2, ?3, ?4)",
             params![
-                token_digest(&token),
+                digest,
                 uses.map(saturating),
                 expires_ms.map(saturating),
                 now_ms()
@@ -869,10 +752,7 @@ impl Store for SqliteStore {
             |row| Ok(row.get::<_, Vec<u8>>(0)?),
         )?;
         let mut revoked = 0;
-        for digest in digests
-            .iter()
-            .filter(|digest| !id_prefix.is_empty() && token_id(digest).starts_with(id_prefix))
-        {
+        for digest in tokens_named(&digests, id_prefix) {
             revoked += execute(
                 &transaction,
                 "DELETE FROM registration_tokens WHERE token_sha256 = ?1",
@@ -1191,3 +1071,28 @@ fn create_private(path: &Path) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+impl SqliteStore {
+    /// Every row `sql` returns, each column as text (tests check the store's figures
+    /// against the rows).
+    pub(crate) fn test_query(&self, sql: &str) -> Vec<Vec<String>> {
+        let reader = self.reader();
+        let mut statement = reader.prepare(sql).unwrap();
+        let columns = statement.column_count();
+        statement
+            .query_map([], |row| {
+                (0..columns)
+                    .map(|index| Ok(row.get::<_, Option<String>>(index)?.unwrap_or_default()))
+                    .collect()
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// Runs `sql` as it is (tests that damage what is stored).
+    pub(crate) fn test_execute(&self, sql: &str) {
+        self.writer().execute_batch(sql).unwrap();
+    }
+}

@@ -674,6 +674,9 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         .any(|window| window == needle)
 }
 pub mod malicious;
+/// The test PostgreSQL server: the same harness as the store's own tests.
+#[path = "../../src/store/tests/postgres_server.rs"]
+pub mod postgres;
 pub mod process;
 pub mod pty;
 pub mod raw_h2;

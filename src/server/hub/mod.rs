@@ -39,7 +39,7 @@ mod reclaim;
 mod sessions;
 
 pub(crate) use error::{HubError, rejection};
-pub(crate) use op::{Batch, Command, Effect, Op};
+pub(crate) use op::{Batch, Command, Effect, Failure, Op};
 
 use super::Limits;
 use super::network::connection::ConnectionHandle;
@@ -51,7 +51,7 @@ use crate::proto::{
     Ack, CaughtUp, Invitation, Joined, LeaveReason, PublicIdentity, Removal, SealedMessage,
     ServerFrame, server_frame::Kind,
 };
-use crate::store::{Change, StoreError, StoredRoom, WrappedKey};
+use crate::store::{Change, StoredRoom, WrappedKey};
 
 /// What a `JoinRoom` asks for.
 pub(crate) struct JoinRequest<'a> {
@@ -173,18 +173,28 @@ impl Hub {
 
     /// Applies what the writer committed (or failed to), in commit order: answers the
     /// clients and fans each entry out to the members that receive it.
-    pub(crate) fn committed(&self, batch: Batch, failure: Option<&StoreError>) {
+    pub(crate) fn committed(&self, batch: Batch, failure: Option<Failure<'_>>) {
         self.operate(|state| {
-            if let Some(error) = failure
-                && state.store_failed.is_none()
-            {
-                tracing::error!(%error, "the store failed; refusing changes until it answers again");
-                state.store_failed = Some(error.to_string());
+            match failure {
+                Some(Failure {
+                    error,
+                    lasting: true,
+                }) if state.store_failed.is_none() => {
+                    tracing::error!(%error, "the store failed; refusing changes until it answers again");
+                    state.store_failed = Some(error.to_string());
+                }
+                Some(Failure {
+                    error,
+                    lasting: false,
+                }) => {
+                    tracing::warn!(%error, "the store failed; the senders are told to send again");
+                }
+                _ => {}
             }
             for (op, applied) in batch {
                 match failure {
                     None => state.apply(op.effect, &applied, &self.writer),
-                    Some(error) => state.fail(op.effect, error),
+                    Some(Failure { error, .. }) => state.fail(op.effect, error),
                 }
             }
         });

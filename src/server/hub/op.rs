@@ -6,7 +6,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::SessionId;
 use crate::proto::{LeaveReason, Removal, SealedMessage};
-use crate::store::{Applied, Change, WrappedKey};
+use crate::store::{Applied, Change, StoreError, WrappedKey};
 
 /// What the hub sends its writer thread (`server::writer`), which owns the store's
 /// transactions.
@@ -27,6 +27,33 @@ pub(crate) struct Op {
 /// A batch the writer carried out, in commit order: each op with what its changes did
 /// (nothing, when the batch failed).
 pub(crate) type Batch = Vec<(Op, Vec<Applied>)>;
+
+/// Why a batch was not committed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Failure<'a> {
+    pub error: &'a StoreError,
+    /// The batch held more than entries of rooms' logs and notes of use (a room, a
+    /// member, an invitation), which the hub's memory already holds: it no longer
+    /// matches the store until it is read anew.
+    pub lasting: bool,
+}
+
+impl Failure<'_> {
+    /// Whether a batch of `changes` that failed leaves the hub's memory ahead of the
+    /// store. Of a failed message or sender key the hub keeps nothing but a used-up
+    /// sequence number (a gap, which clients expect): its sender is told UNAVAILABLE and
+    /// sends it again once the store is back.
+    pub(crate) fn is_lasting(changes: &[Change]) -> bool {
+        changes.iter().any(|change| {
+            !matches!(
+                change,
+                Change::AppendMessage { .. }
+                    | Change::AppendSenderKeys { .. }
+                    | Change::Seen { .. }
+            )
+        })
+    }
+}
 
 /// What to tell whom once an [`Op`] is committed.
 pub(crate) enum Effect {

@@ -6,12 +6,12 @@
 //! Every statement that deletes messages or sender keys returns what it deleted
 //! (`RETURNING`), and the counters are brought down by exactly that.
 
-use std::collections::HashMap;
 use std::fmt::Display;
 
 use rusqlite::{Params, Transaction, params};
 
 use super::{execute, saturating, select};
+use crate::store::shared::{self, Trim, Usage};
 use crate::store::{Quota, StoragePolicy, StoreError};
 
 /// The oldest messages of room `?1` after `?2` and before `?3`, a page at a time: it
@@ -24,64 +24,35 @@ pub(super) const OLDEST_MESSAGES: &str = "SELECT seq, length(sealed) FROM messag
 pub(super) const DELETE_OLDEST: &str = "DELETE FROM messages WHERE room = ?1 AND seq <= ?2 \
      RETURNING room, sender, length(sealed)";
 
-/// How the counters change: messages and bytes per room and per user, bytes in all.
-#[derive(Debug, Default)]
-pub(super) struct Usage {
-    /// Room → (messages, bytes of messages).
-    rooms: HashMap<String, (i64, i64)>,
-    /// User → (messages, bytes of messages and sender keys).
-    users: HashMap<String, (i64, i64)>,
-    total: i64,
-}
-
-impl Usage {
-    /// A message of `bytes` stored (`sign` 1) or forgotten (`sign` -1).
-    fn message(&mut self, sign: i64, room: &str, sender: &str, bytes: i64) {
-        let room = self.rooms.entry(room.to_owned()).or_default();
-        room.0 += sign;
-        room.1 += sign * bytes;
-        let user = self.users.entry(sender.to_owned()).or_default();
-        user.0 += sign;
-        user.1 += sign * bytes;
-        self.total += sign * bytes;
+/// Writes the changes to the counters.
+fn apply(usage: Usage, transaction: &Transaction<'_>) -> Result<(), StoreError> {
+    for (room, (messages, bytes)) in usage.rooms {
+        execute(
+            transaction,
+            "UPDATE rooms SET message_count = message_count + ?2, \
+             message_bytes = message_bytes + ?3 WHERE name = ?1",
+            params![room, messages, bytes],
+            format_args!("count the messages of room {room:?}"),
+        )?;
     }
-
-    /// A sender key (wrapped key and signature) of `bytes` stored or forgotten.
-    fn key(&mut self, sign: i64, sender: &str, bytes: i64) {
-        self.users.entry(sender.to_owned()).or_default().1 += sign * bytes;
-        self.total += sign * bytes;
+    for (user, (messages, bytes)) in usage.users {
+        execute(
+            transaction,
+            "UPDATE identities SET message_count = message_count + ?2, \
+             stored_bytes = stored_bytes + ?3 WHERE user = ?1",
+            params![user, messages, bytes],
+            format_args!("count what {user:?} stores"),
+        )?;
     }
-
-    /// Writes the changes to the counters.
-    fn apply(self, transaction: &Transaction<'_>) -> Result<(), StoreError> {
-        for (room, (messages, bytes)) in self.rooms {
-            execute(
-                transaction,
-                "UPDATE rooms SET message_count = message_count + ?2, \
-                 message_bytes = message_bytes + ?3 WHERE name = ?1",
-                params![room, messages, bytes],
-                format_args!("count the messages of room {room:?}"),
-            )?;
-        }
-        for (user, (messages, bytes)) in self.users {
-            execute(
-                transaction,
-                "UPDATE identities SET message_count = message_count + ?2, \
-                 stored_bytes = stored_bytes + ?3 WHERE user = ?1",
-                params![user, messages, bytes],
-                format_args!("count what {user:?} stores"),
-            )?;
-        }
-        if self.total != 0 {
-            execute(
-                transaction,
-                "UPDATE usage SET stored_bytes = stored_bytes + ?1 WHERE id = 1",
-                [self.total],
-                "count what the store holds",
-            )?;
-        }
-        Ok(())
+    if usage.total != 0 {
+        execute(
+            transaction,
+            "UPDATE usage SET stored_bytes = stored_bytes + ?1 WHERE id = 1",
+            [usage.total],
+            "count what the store holds",
+        )?;
     }
+    Ok(())
 }
 
 /// Counts a message just stored.
@@ -93,7 +64,7 @@ pub(super) fn stored_message(
 ) -> Result<(), StoreError> {
     let mut usage = Usage::default();
     usage.message(1, room, sender, saturating(bytes));
-    usage.apply(transaction)
+    apply(usage, transaction)
 }
 
 /// Counts a sender key just stored, `bytes` for all its recipients.
@@ -104,7 +75,7 @@ pub(super) fn stored_keys(
 ) -> Result<(), StoreError> {
     let mut usage = Usage::default();
     usage.key(1, sender, saturating(bytes));
-    usage.apply(transaction)
+    apply(usage, transaction)
 }
 
 /// Runs a `DELETE FROM messages ... RETURNING room, sender, length(sealed)` and counts
@@ -126,7 +97,7 @@ pub(super) fn delete_messages(
     for (room, sender, bytes) in &deleted {
         usage.message(-1, room, sender, *bytes);
     }
-    usage.apply(transaction)?;
+    apply(usage, transaction)?;
     Ok(deleted.len() as u64)
 }
 
@@ -145,7 +116,7 @@ pub(super) fn delete_keys(
     for (sender, bytes) in &deleted {
         usage.key(-1, sender, *bytes);
     }
-    usage.apply(transaction)?;
+    apply(usage, transaction)?;
     Ok(deleted.len() as u64)
 }
 
@@ -162,11 +133,7 @@ pub(super) fn exceeded_quota(
         format_args!("read what {sender:?} stores"),
         |row| Ok(row.get::<_, i64>(0)?),
     )?;
-    // A sender without an identity row (only in tests of the store alone) has no quota.
-    let stored = stored.first().map_or(0, |&stored| stored.max(0) as u64);
-    Ok((stored > policy.max_user_bytes).then_some(Quota::User {
-        limit: policy.max_user_bytes,
-    }))
+    Ok(shared::exceeded_quota(stored.first().copied(), policy))
 }
 
 /// The oldest messages of the whole store, a page at a time: the age index.
@@ -190,9 +157,7 @@ pub(super) fn evict_oldest(
         operation,
         |row| Ok(row.get::<_, i64>(0)?),
     )?;
-    let mut excess = total.first().map_or(0, |&total| {
-        (total.max(0) as u64).saturating_sub(policy.max_store_bytes)
-    });
+    let mut excess = shared::store_excess(total.first().copied(), policy);
     let mut evicted = 0;
     while excess > 0 {
         let page = select(
@@ -241,14 +206,11 @@ pub(super) fn trim_room(
     let Some(&(count, bytes)) = counts.first() else {
         return Ok(0);
     };
-    let excess_count = (count.max(0) as u64).saturating_sub(policy.max_messages_per_room);
-    let excess_bytes = (bytes.max(0) as u64).saturating_sub(policy.max_room_bytes);
-    if excess_count == 0 && excess_bytes == 0 {
+    let Some(mut trim) = Trim::new(count, bytes, policy) else {
         return Ok(0);
-    }
+    };
     // The oldest messages, one page at a time, until enough are found.
     let mut last = None;
-    let (mut found, mut freed) = (0u64, 0u64);
     let mut after = -1i64;
     'pages: loop {
         let page = select(
@@ -264,9 +226,7 @@ pub(super) fn trim_room(
         for (seq, size) in page {
             last = Some(seq);
             after = seq;
-            found += 1;
-            freed += size.max(0) as u64;
-            if found >= excess_count && freed >= excess_bytes {
+            if trim.take(size) {
                 break 'pages;
             }
         }

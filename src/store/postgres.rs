@@ -1,0 +1,842 @@
+//! A [`Store`] in a PostgreSQL database (`chat-server --database postgres://...`).
+//!
+//! The schema is `migrations/postgres/`, applied at start-up in one transaction and
+//! recorded in the `schema_version` table. It mirrors the SQLite schema table for table,
+//! and every method does what [`super::SqliteStore`]'s does (the shared decisions are in
+//! `shared`); `apply` owns a commit's changes and the usage counters.
+//!
+//! The bridge: the trait is synchronous and the driver (`tokio-postgres`, pooled by
+//! `deadpool-postgres`) is async, so the store owns a small tokio runtime of its own
+//! (one worker, which drives the pooled connections) and each method blocks its caller
+//! on its future there ([`Bridge::run`]). The callers are the writer's std thread and
+//! `spawn_blocking` threads, where blocking is what they are for. A call made from a
+//! task of the relay's multi-thread runtime (start-up's reads in `serve`, a
+//! registration, a prekey) first leaves the async context with `block_in_place`, which
+//! hands the worker's other tasks to the other workers: so no call ever blocks inside an
+//! async task, nor inside the runtime that drives the connections.
+//!
+//! Writes (`commit`, `register`, `prune`, the tokens, prekeys) take one lock, as SQLite's
+//! single writer does, so they apply in the order the relay made them; reads run in
+//! read-only REPEATABLE READ transactions, one snapshot per call, beside them. A lost
+//! connection fails the call that used it (the writer answers UNAVAILABLE, nothing
+//! acknowledged) and the pool opens a new one for the next.
+
+mod apply;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use prost::Message;
+use tokio::runtime::RuntimeFlavor;
+use tokio_postgres::types::{FromSql, ToSql};
+use tokio_postgres::{IsolationLevel, NoTls, Row};
+
+use super::copy;
+use super::shared::{
+    bits, decode_identity, decode_message, from_bits, in_sequence, millis, new_token, now_ms,
+    pending, saturating, token_digest, token_id, tokens_named,
+};
+use super::{
+    Change, Dormant, Entry, Pruned, RegistrationToken, StoragePolicy, Store, StoreError, StoredRoom,
+};
+use crate::proto::{MessageDelivery, PublicIdentity, SenderKeyDelivery, SignedPrekey};
+
+/// The migrations, in order: the schema version after each is its position + 1.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_schema.sql")];
+
+/// Connections the pool keeps: the writer, and catch-ups reading beside it.
+const POOL_SIZE: usize = 8;
+
+/// How long opening a connection may take before the call fails (the database is
+/// down or unreachable): a commit waits no longer than this to be told UNAVAILABLE.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The relay's database on a PostgreSQL server.
+pub struct PostgresStore {
+    pool: Pool,
+    /// Held by every write: one writer at a time, as with SQLite.
+    writes: Mutex<()>,
+    /// Last, so the pool's connections are dropped before their runtime is.
+    bridge: Bridge,
+}
+
+/// The store's own runtime, on which the synchronous methods run their queries.
+struct Bridge(Option<tokio::runtime::Runtime>);
+
+impl Bridge {
+    /// Runs `future` to completion on the store's runtime, blocking the calling thread.
+    fn run<F: Future>(&self, future: F) -> F::Output {
+        let runtime = self
+            .0
+            .as_ref()
+            .expect("the runtime lives as long as the store");
+        match tokio::runtime::Handle::try_current().map(|handle| handle.runtime_flavor()) {
+            // A multi-thread runtime's worker hands its other tasks to the rest first;
+            // on one of its spawn_blocking threads this just runs the closure.
+            Ok(RuntimeFlavor::MultiThread) => {
+                tokio::task::block_in_place(|| runtime.block_on(future))
+            }
+            // No runtime (the writer's thread, a test), or a current-thread runtime's
+            // spawn_blocking thread: block right away. (A current-thread runtime's own
+            // task cannot hand its thread away: the relay never runs on one.)
+            _ => runtime.block_on(future),
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which panics inside another runtime (the store may
+        // go with the server's last task).
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The parameters of one statement.
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// A transaction, for writes or for a read's one snapshot.
+type Transaction<'a> = deadpool_postgres::Transaction<'a>;
+
+impl PostgresStore {
+    /// Connects to the database at `url` (`postgres://` or `postgresql://`) and brings
+    /// its schema up to date. An unreachable server is a [`StoreError::Open`] naming it
+    /// (never its password).
+    pub fn open(url: &str) -> Result<Self, StoreError> {
+        let mut config: tokio_postgres::Config = url.parse().map_err(|error| StoreError::Open {
+            path: "given by --database".to_owned(),
+            reason: format!("{error}"),
+        })?;
+        let target = target(&config);
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("postgres")
+            .enable_all()
+            .build()
+            .map_err(|error| StoreError::Open {
+                path: target.clone(),
+                reason: format!("cannot start its runtime: {error}"),
+            })?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = {
+            let _runtime = runtime.enter();
+            Pool::builder(manager)
+                .max_size(POOL_SIZE)
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .create_timeout(Some(CONNECT_TIMEOUT))
+                .wait_timeout(Some(CONNECT_TIMEOUT * 6))
+                .build()
+                .map_err(|error| StoreError::Open {
+                    path: target.clone(),
+                    reason: error.to_string(),
+                })?
+        };
+        let store = Self {
+            pool,
+            writes: Mutex::new(()),
+            bridge: Bridge(Some(runtime)),
+        };
+        store
+            .bridge
+            .run(migrate(&store.pool))
+            .map_err(|error| match error {
+                StoreError::Database(reason) => StoreError::Open {
+                    path: target,
+                    reason,
+                },
+                other => other,
+            })?;
+        Ok(store)
+    }
+
+    /// Runs `write` in a transaction of its own, committed if it succeeds, with the
+    /// write lock held.
+    fn write<T>(
+        &self,
+        operation: &str,
+        write: impl for<'t> AsyncFnOnce(&'t Transaction<'t>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let _writer = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        self.bridge.run(async {
+            let mut client = connection(&self.pool).await?;
+            let transaction = client
+                .transaction()
+                .await
+                .map_err(failed(format_args!("begin to {operation}")))?;
+            // On an error the transaction is dropped, which rolls it all back.
+            let done = write(&transaction).await?;
+            transaction
+                .commit()
+                .await
+                .map_err(failed(format_args!("commit: {operation}")))?;
+            Ok(done)
+        })
+    }
+
+    /// Runs `read` in a read-only transaction: its queries see one state.
+    fn read<T>(
+        &self,
+        read: impl for<'t> AsyncFnOnce(&'t Transaction<'t>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.bridge.run(async {
+            let mut client = connection(&self.pool).await?;
+            let transaction = client
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(failed("begin a read"))?;
+            let done = read(&transaction).await?;
+            // Read only: ending it any way releases the snapshot.
+            transaction.commit().await.map_err(failed("end a read"))?;
+            Ok(done)
+        })
+    }
+}
+
+/// The server and database `config` names, for errors: never the password.
+fn target(config: &tokio_postgres::Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map_or("localhost".to_owned(), |host| match host {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        });
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let database = config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or_default();
+    format!("postgres://{host}:{port}/{database}")
+}
+
+/// A pooled connection; none to be had (the server is down) is a database error.
+async fn connection(pool: &Pool) -> Result<deadpool_postgres::Object, StoreError> {
+    pool.get().await.map_err(|error| {
+        let why = match &error {
+            deadpool_postgres::PoolError::Backend(error) => describe(error),
+            other => causes(other),
+        };
+        StoreError::Database(format!("cannot connect to PostgreSQL: {why}"))
+    })
+}
+
+/// Applies the migrations the database has not had yet, all in one transaction, and
+/// records the version reached.
+async fn migrate(pool: &Pool) -> Result<(), StoreError> {
+    let mut client = connection(pool).await?;
+    let transaction = client
+        .transaction()
+        .await
+        .map_err(failed("begin the migrations"))?;
+    // Two relays started at once on one database take turns. The notice that the table
+    // exists, at every start, is no news.
+    transaction
+        .batch_execute(
+            "SELECT pg_advisory_xact_lock(2026112901); \
+             SET LOCAL client_min_messages = warning; \
+             CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)",
+        )
+        .await
+        .map_err(failed("read the schema version"))?;
+    let version: Option<i64> = transaction
+        .query_one("SELECT MAX(version) FROM schema_version", &[])
+        .await
+        .map_err(failed("read the schema version"))?
+        .get(0);
+    let pending = pending(version.unwrap_or(0), MIGRATIONS)?;
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let reached = pending.end as i64;
+    for index in pending {
+        transaction
+            .batch_execute(MIGRATIONS[index])
+            .await
+            .map_err(failed(format_args!("apply migration {}", index + 1)))?;
+    }
+    transaction
+        .execute("DELETE FROM schema_version", &[])
+        .await
+        .and(
+            transaction
+                .execute(
+                    "INSERT INTO schema_version (version) VALUES ($1)",
+                    &[&reached],
+                )
+                .await,
+        )
+        .map_err(failed("record the schema version"))?;
+    transaction
+        .commit()
+        .await
+        .map_err(failed("commit the migrations"))
+}
+
+/// What PostgreSQL said, on one line: the server's own message for an error it
+/// reported, the driver's otherwise.
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => causes(error),
+    }
+}
+
+/// `error` and what caused it, on one line: the driver's own message ("error connecting
+/// to server") says nothing of why.
+fn causes(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let text = error.to_string();
+        if !line.ends_with(&text) {
+            line = format!("{line}: {text}");
+        }
+        cause = error.source();
+    }
+    line.replace('\n', " ")
+}
+
+/// The error of `operation`, named so that a log line says what did not happen.
+fn failed(operation: impl Display) -> impl Fn(tokio_postgres::Error) -> StoreError {
+    move |error| StoreError::Database(format!("{operation}: {}", describe(&error)))
+}
+
+/// Runs one statement (prepared once per connection) and says how many rows it changed.
+async fn execute(
+    transaction: &Transaction<'_>,
+    sql: &str,
+    params: Params<'_>,
+    operation: impl Display,
+) -> Result<u64, StoreError> {
+    let fail = failed(operation);
+    let statement = transaction.prepare_cached(sql).await.map_err(&fail)?;
+    transaction.execute(&statement, params).await.map_err(&fail)
+}
+
+/// Runs one query (prepared once per connection) and returns its rows.
+async fn select(
+    transaction: &Transaction<'_>,
+    sql: &str,
+    params: Params<'_>,
+    operation: impl Display,
+) -> Result<Vec<Row>, StoreError> {
+    let fail = failed(operation);
+    let statement = transaction.prepare_cached(sql).await.map_err(&fail)?;
+    transaction.query(&statement, params).await.map_err(&fail)
+}
+
+/// Column `index` of `row`.
+fn get<'r, T: FromSql<'r>>(row: &'r Row, index: usize) -> Result<T, StoreError> {
+    row.try_get(index).map_err(|error| {
+        StoreError::Database(format!("an unexpected value in column {index}: {error}"))
+    })
+}
+
+/// The columns [`message`] reads, in its order.
+const MESSAGE_COLUMNS: &str = "seq, sender, sealed";
+
+/// The columns [`sender_key`] reads, in its order.
+const KEY_COLUMNS: &str = "seq, sender, key_id, wrapped_key, signature";
+
+/// A row of [`MESSAGE_COLUMNS`] as the message it is.
+fn message(room: &str, row: &Row) -> Result<MessageDelivery, StoreError> {
+    decode_message(room, from_bits(get(row, 0)?), get(row, 1)?, get(row, 2)?)
+}
+
+/// A row of [`KEY_COLUMNS`] as the sender key it is.
+fn sender_key(room: &str, row: &Row) -> Result<SenderKeyDelivery, StoreError> {
+    copy::delivery(
+        room,
+        get(row, 1)?,
+        from_bits(get(row, 0)?),
+        get::<&[u8]>(row, 3)?,
+        get::<Vec<u8>>(row, 4)?.into(),
+    )
+}
+
+impl Store for PostgresStore {
+    fn identities(&self) -> Result<Vec<PublicIdentity>, StoreError> {
+        self.read(async |transaction| {
+            select(
+                transaction,
+                "SELECT \"user\", identity FROM identities ORDER BY \"user\"",
+                &[],
+                "read the identities",
+            )
+            .await?
+            .iter()
+            .map(|row| decode_identity(get(row, 0)?, get(row, 1)?))
+            .collect()
+        })
+    }
+
+    fn prekeys(&self) -> Result<Vec<(String, SignedPrekey)>, StoreError> {
+        self.read(async |transaction| {
+            select(
+                transaction,
+                "SELECT \"user\", device, prekey_id, created_at_ms, public_key, signature \
+                 FROM prekeys ORDER BY \"user\", device",
+                &[],
+                "read the prekeys",
+            )
+            .await?
+            .iter()
+            .map(|row| {
+                let prekey = SignedPrekey {
+                    device: u32::try_from(get::<i64>(row, 1)?).unwrap_or(u32::MAX),
+                    prekey_id: from_bits(get(row, 2)?),
+                    created_at_ms: from_bits(get(row, 3)?),
+                    public_key: get::<Vec<u8>>(row, 4)?.into(),
+                    signature: get::<Vec<u8>>(row, 5)?.into(),
+                };
+                Ok((get(row, 0)?, prekey))
+            })
+            .collect()
+        })
+    }
+
+    fn save_prekey(&self, user: &str, prekey: &SignedPrekey) -> Result<(), StoreError> {
+        let operation = format!("save the prekey of {user:?}");
+        self.write(&operation, async |transaction| {
+            execute(
+                transaction,
+                "INSERT INTO prekeys \
+                 (\"user\", device, prekey_id, created_at_ms, public_key, signature) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (\"user\", device) DO UPDATE SET \
+                 prekey_id = excluded.prekey_id, created_at_ms = excluded.created_at_ms, \
+                 public_key = excluded.public_key, signature = excluded.signature",
+                &[
+                    &user,
+                    &i64::from(prekey.device),
+                    &bits(prekey.prekey_id),
+                    &bits(prekey.created_at_ms),
+                    &prekey.public_key.as_ref(),
+                    &prekey.signature.as_ref(),
+                ],
+                &operation,
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    fn register(&self, identity: &PublicIdentity, token: Option<&str>) -> Result<(), StoreError> {
+        let now_ms = now_ms();
+        let encoded = identity.encode_to_vec();
+        self.write("commit a registration", async |transaction| {
+            if let Some(token) = token {
+                let used = execute(
+                    transaction,
+                    "UPDATE registration_tokens SET uses_left = uses_left - 1, used = used + 1 \
+                     WHERE token_sha256 = $1 AND (uses_left IS NULL OR uses_left > 0) \
+                     AND (expires_ms IS NULL OR expires_ms > $2)",
+                    &[&token_digest(token), &now_ms],
+                    "use a registration token",
+                )
+                .await?;
+                if used == 0 {
+                    return Err(StoreError::RegistrationToken);
+                }
+            }
+            execute(
+                transaction,
+                "INSERT INTO identities (\"user\", identity, registered_at_ms, seen_ms) \
+                 VALUES ($1, $2, $3, $3)",
+                &[&identity.user, &encoded, &now_ms],
+                format_args!("register {:?}", identity.user),
+            )
+            .await
+            .map(drop)
+        })
+    }
+
+    fn create_registration_token(
+        &self,
+        uses: Option<u64>,
+        expires_ms: Option<u64>,
+    ) -> Result<String, StoreError> {
+        let (token, digest) = new_token()?;
+        let (uses, expires_ms) = (uses.map(saturating), expires_ms.map(saturating));
+        self.write("create a registration token", async |transaction| {
+            execute(
+                transaction,
+                "INSERT INTO registration_tokens \
+                 (token_sha256, uses_left, expires_ms, created_ms) VALUES ($1, $2, $3, $4)",
+                &[&digest, &uses, &expires_ms, &now_ms()],
+                "create a registration token",
+            )
+            .await
+        })?;
+        Ok(token)
+    }
+
+    fn registration_tokens(&self) -> Result<Vec<RegistrationToken>, StoreError> {
+        self.read(async |transaction| {
+            select(
+                transaction,
+                "SELECT token_sha256, uses_left, used, expires_ms, created_ms \
+                 FROM registration_tokens ORDER BY created_ms, token_sha256",
+                &[],
+                "read the registration tokens",
+            )
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(RegistrationToken {
+                    id: token_id(get(row, 0)?),
+                    uses_left: get::<Option<i64>>(row, 1)?.map(|n| n.max(0) as u64),
+                    used: get::<i64>(row, 2)?.max(0) as u64,
+                    expires_ms: get::<Option<i64>>(row, 3)?.map(|n| n.max(0) as u64),
+                    created_ms: get::<i64>(row, 4)?.max(0) as u64,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn revoke_registration_tokens(&self, id_prefix: &str) -> Result<u64, StoreError> {
+        self.write(
+            "commit the revocation of registration tokens",
+            async |transaction| {
+                let digests = select(
+                    transaction,
+                    "SELECT token_sha256 FROM registration_tokens",
+                    &[],
+                    "read the registration tokens",
+                )
+                .await?
+                .iter()
+                .map(|row| get::<Vec<u8>>(row, 0))
+                .collect::<Result<Vec<_>, _>>()?;
+                let mut revoked = 0;
+                for digest in tokens_named(&digests, id_prefix) {
+                    revoked += execute(
+                        transaction,
+                        "DELETE FROM registration_tokens WHERE token_sha256 = $1",
+                        &[digest],
+                        "revoke a registration token",
+                    )
+                    .await?;
+                }
+                Ok(revoked)
+            },
+        )
+    }
+
+    fn rooms(&self) -> Result<Vec<StoredRoom>, StoreError> {
+        self.read(async |transaction| {
+            let mut rooms = select(
+                transaction,
+                "SELECT name, owner, last_seq, message_count, message_bytes FROM rooms \
+                 ORDER BY name",
+                &[],
+                "read the rooms",
+            )
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(StoredRoom {
+                    name: get(row, 0)?,
+                    owner: get(row, 1)?,
+                    last_seq: from_bits(get(row, 2)?),
+                    messages: from_bits(get(row, 3)?),
+                    message_bytes: from_bits(get(row, 4)?),
+                    ..StoredRoom::default()
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+            let index: HashMap<String, usize> = rooms
+                .iter()
+                .enumerate()
+                .map(|(index, room)| (room.name.clone(), index))
+                .collect();
+            // The foreign keys make every row below belong to a room read above.
+            for row in select(
+                transaction,
+                "SELECT room, \"user\", joined_seq FROM members ORDER BY room, \"user\"",
+                &[],
+                "read the members of the rooms",
+            )
+            .await?
+            {
+                if let Some(&at) = index.get(get::<&str>(&row, 0)?) {
+                    rooms[at]
+                        .members
+                        .push((get(&row, 1)?, from_bits(get(&row, 2)?)));
+                }
+            }
+            for row in select(
+                transaction,
+                "SELECT room, \"user\", invitation FROM invitations ORDER BY room, \"user\"",
+                &[],
+                "read the invitations to the rooms",
+            )
+            .await?
+            {
+                if let Some(&at) = index.get(get::<&str>(&row, 0)?) {
+                    let invitation = get::<Option<Vec<u8>>>(&row, 2)?;
+                    rooms[at]
+                        .invited
+                        .push((get(&row, 1)?, invitation.map(bytes::Bytes::from)));
+                }
+            }
+            for row in select(
+                transaction,
+                "SELECT room, \"user\", removal FROM removals ORDER BY room, \"user\"",
+                &[],
+                "read the removals from the rooms",
+            )
+            .await?
+            {
+                if let Some(&at) = index.get(get::<&str>(&row, 0)?) {
+                    let removal = get::<Vec<u8>>(&row, 2)?;
+                    rooms[at].removals.push((get(&row, 1)?, removal.into()));
+                }
+            }
+            Ok(rooms)
+        })
+    }
+
+    fn commit(
+        &self,
+        changes: &[Change],
+        policy: &StoragePolicy,
+    ) -> Result<Vec<super::Applied>, StoreError> {
+        if changes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now_ms = now_ms();
+        self.write("commit", async |transaction| {
+            let mut applied = Vec::with_capacity(changes.len());
+            for change in changes {
+                applied.push(apply::change(transaction, change, policy, now_ms).await?);
+            }
+            Ok(applied)
+        })
+    }
+
+    fn entries_after(
+        &self,
+        room: &str,
+        member: &str,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let (after, up_to, count) = (saturating(after), saturating(up_to), saturating(limit));
+        let operation = format!("read the entries of room {room:?} for {member:?}");
+        self.read(async |transaction| {
+            let range: Params<'_> = &[&room, &member, &after, &up_to, &count];
+            let messages = select(
+                transaction,
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages \
+                     WHERE room = $1 AND sender != $2 AND seq > $3 AND seq <= $4 \
+                     ORDER BY seq LIMIT $5"
+                ),
+                range,
+                &operation,
+            )
+            .await?
+            .iter()
+            .map(|row| Ok(Entry::Message(message(room, row)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+            let keys = select(
+                transaction,
+                &format!(
+                    "SELECT {KEY_COLUMNS} FROM sender_keys \
+                     WHERE room = $1 AND recipient = $2 AND sender != $2 AND seq > $3 \
+                     AND seq <= $4 ORDER BY seq LIMIT $5"
+                ),
+                range,
+                &operation,
+            )
+            .await?
+            .iter()
+            .map(|row| Ok(Entry::SenderKey(sender_key(room, row)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+            Ok(in_sequence(keys, messages, limit))
+        })
+    }
+
+    fn keys_in_force(&self, room: &str, member: &str, at: u64) -> Result<Vec<Entry>, StoreError> {
+        let operation = format!("read the keys in force in room {room:?} for {member:?} at {at}");
+        let at = saturating(at);
+        self.read(async |transaction| {
+            select(
+                transaction,
+                &format!(
+                    "SELECT {KEY_COLUMNS} FROM sender_keys AS k \
+                     WHERE room = $1 AND recipient = $2 AND sender != $2 AND seq <= $3 \
+                     AND (superseded_seq IS NULL OR superseded_seq > $3 \
+                      OR EXISTS (SELECT 1 FROM messages AS m WHERE m.room = $1 \
+                       AND m.sender = k.sender AND m.key_id = k.key_id AND m.seq > $3)) \
+                     ORDER BY seq"
+                ),
+                &[&room, &member, &at],
+                &operation,
+            )
+            .await?
+            .iter()
+            .map(|row| Ok(Entry::SenderKey(sender_key(room, row)?)))
+            .collect()
+        })
+    }
+
+    fn senders_between(
+        &self,
+        room: &str,
+        after: u64,
+        up_to: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        let (after, up_to) = (saturating(after), saturating(up_to));
+        self.read(async |transaction| {
+            select(
+                transaction,
+                "SELECT DISTINCT sender FROM messages \
+                 WHERE room = $1 AND seq > $2 AND seq <= $3 ORDER BY sender",
+                &[&room, &after, &up_to],
+                format_args!("read the senders of room {room:?}"),
+            )
+            .await?
+            .iter()
+            .map(|row| get(row, 0))
+            .collect()
+        })
+    }
+
+    fn history(
+        &self,
+        room: &str,
+        member: &str,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<Entry>, StoreError> {
+        let operation = format!("read the history of room {room:?} for {member:?}");
+        let (since, count) = (saturating(since), saturating(limit));
+        self.read(async |transaction| {
+            let mut messages = select(
+                transaction,
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = $1 AND seq > $2 \
+                     ORDER BY seq DESC LIMIT $3"
+                ),
+                &[&room, &since, &count],
+                &operation,
+            )
+            .await?
+            .iter()
+            .map(|row| message(room, row))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+            messages.reverse();
+            let sealed_with: BTreeSet<(&str, u64)> = messages
+                .iter()
+                .filter_map(|message| {
+                    Some((message.sender.as_str(), message.sealed.as_ref()?.key_id))
+                })
+                .collect();
+            let mut keys = Vec::with_capacity(sealed_with.len());
+            for (sender, key_id) in sealed_with {
+                for row in select(
+                    transaction,
+                    &format!(
+                        "SELECT {KEY_COLUMNS} FROM sender_keys \
+                         WHERE room = $1 AND recipient = $2 AND sender = $3 AND key_id = $4 \
+                         ORDER BY seq DESC LIMIT 1"
+                    ),
+                    &[&room, &member, &sender, &bits(key_id)],
+                    &operation,
+                )
+                .await?
+                {
+                    keys.push(Entry::SenderKey(sender_key(room, &row)?));
+                }
+            }
+            let messages = messages.into_iter().map(Entry::Message).collect();
+            Ok(in_sequence(keys, messages, usize::MAX))
+        })
+    }
+
+    fn prune(&self, policy: &StoragePolicy, now: Duration) -> Result<Pruned, StoreError> {
+        self.write("commit the pruning", async |transaction| {
+            apply::prune(transaction, policy, now).await
+        })
+    }
+
+    fn dormant(&self, since: Duration) -> Result<Dormant, StoreError> {
+        let since = millis(since);
+        self.read(async |transaction| {
+            let users = select(
+                transaction,
+                "SELECT \"user\" FROM identities WHERE seen_ms < $1 AND message_count = 0 \
+                 AND NOT EXISTS (SELECT 1 FROM rooms WHERE owner = identities.\"user\") \
+                 ORDER BY \"user\"",
+                &[&since],
+                "find the users nobody has used",
+            )
+            .await?
+            .iter()
+            .map(|row| get(row, 0))
+            .collect::<Result<_, _>>()?;
+            let rooms = select(
+                transaction,
+                "SELECT name FROM rooms WHERE used_ms < $1 ORDER BY name",
+                &[&since],
+                "find the rooms nobody has used",
+            )
+            .await?
+            .iter()
+            .map(|row| get(row, 0))
+            .collect::<Result<_, _>>()?;
+            Ok(Dormant { users, rooms })
+        })
+    }
+}
+
+#[cfg(test)]
+impl PostgresStore {
+    /// Every row `sql` returns, each column as text (tests check the store's figures
+    /// against the rows).
+    pub(crate) fn test_query(&self, sql: &str) -> Vec<Vec<String>> {
+        self.bridge.run(async {
+            let client = connection(&self.pool).await.unwrap();
+            let rows = client.query(sql, &[]).await.unwrap();
+            rows.iter()
+                .map(|row| {
+                    (0..row.len())
+                        .map(|index| row.get::<_, Option<String>>(index).unwrap_or_default())
+                        .collect()
+                })
+                .collect()
+        })
+    }
+
+    /// Runs `sql` as it is (tests that damage what is stored).
+    pub(crate) fn test_execute(&self, sql: &str) {
+        self.bridge.run(async {
+            let client = connection(&self.pool).await.unwrap();
+            client.batch_execute(sql).await.unwrap();
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,557 @@
+//! The changes of a commit, and pruning, on PostgreSQL: the same statements as SQLite's
+//! (`sqlite.rs` and `sqlite/usage.rs` say why each is as it is), in PostgreSQL's SQL.
+//! The usage counters move by exactly what each `DELETE ... RETURNING` forgot; the
+//! quota, trim and eviction decisions are `shared`'s.
+
+use std::fmt::Display;
+use std::time::Duration;
+
+use prost::Message;
+
+use super::{Params, Transaction, execute, get, select};
+use crate::proto::SealedMessage;
+use crate::store::shared::{self, Trim, Usage, bits, from_bits, millis, saturating, stored_seq};
+use crate::store::{Applied, Change, Pruned, StoragePolicy, StoreError};
+
+/// What a `DELETE FROM messages` returns, for the counters.
+const DELETED_MESSAGE: &str = "RETURNING room, sender, length(sealed)::BIGINT";
+
+/// What a `DELETE FROM sender_keys` returns, for the counters.
+const DELETED_KEY: &str = "RETURNING sender, (length(wrapped_key) + length(signature))::BIGINT";
+
+/// Applies one change of a commit within `policy`; `now_ms` is the commit's time.
+pub(super) async fn change(
+    transaction: &Transaction<'_>,
+    change: &Change,
+    policy: &StoragePolicy,
+    now_ms: i64,
+) -> Result<Applied, StoreError> {
+    match change {
+        Change::CreateRoom { room, owner } => {
+            execute(
+                transaction,
+                "INSERT INTO rooms (name, owner, last_seq, created_ms, used_ms) \
+                 VALUES ($1, $2, 0, $3, $3)",
+                &[room, owner, &now_ms],
+                format_args!("create room {room:?}"),
+            )
+            .await?;
+        }
+        Change::DeleteRoom { room } => {
+            let operation = format!("delete room {room:?}");
+            delete_keys(
+                transaction,
+                &format!("DELETE FROM sender_keys WHERE room = $1 {DELETED_KEY}"),
+                &[room],
+                &operation,
+            )
+            .await?;
+            delete_messages(
+                transaction,
+                &format!("DELETE FROM messages WHERE room = $1 {DELETED_MESSAGE}"),
+                &[room],
+                &operation,
+            )
+            .await?;
+            for sql in [
+                "DELETE FROM members WHERE room = $1",
+                "DELETE FROM invitations WHERE room = $1",
+                "DELETE FROM removals WHERE room = $1",
+                "DELETE FROM rooms WHERE name = $1",
+            ] {
+                execute(transaction, sql, &[room], &operation).await?;
+            }
+        }
+        Change::Invite {
+            room,
+            user,
+            invitation,
+        } => {
+            execute(
+                transaction,
+                "INSERT INTO invitations (room, \"user\", invitation) VALUES ($1, $2, $3) \
+                 ON CONFLICT (room, \"user\") DO UPDATE SET invitation = excluded.invitation",
+                &[room, user, &invitation.as_ref()],
+                format_args!("invite {user:?} to room {room:?}"),
+            )
+            .await?;
+            execute(
+                transaction,
+                "DELETE FROM removals WHERE room = $1 AND \"user\" = $2",
+                &[room, user],
+                format_args!("lift the removal of {user:?} from room {room:?}"),
+            )
+            .await?;
+        }
+        Change::RecordRemoval {
+            room,
+            user,
+            removal,
+        } => {
+            execute(
+                transaction,
+                "INSERT INTO removals (room, \"user\", removal) VALUES ($1, $2, $3) \
+                 ON CONFLICT (room, \"user\") DO UPDATE SET removal = excluded.removal",
+                &[room, user, &removal.as_ref()],
+                format_args!("record the removal of {user:?} from room {room:?}"),
+            )
+            .await?;
+        }
+        Change::Uninvite { room, user } => {
+            execute(
+                transaction,
+                "DELETE FROM invitations WHERE room = $1 AND \"user\" = $2",
+                &[room, user],
+                format_args!("withdraw the invitation of {user:?} to room {room:?}"),
+            )
+            .await?;
+        }
+        Change::AddMember { room, user, seq } => {
+            let seq = use_seq(transaction, room, *seq, now_ms).await?;
+            execute(
+                transaction,
+                "INSERT INTO members (room, \"user\", joined_seq) VALUES ($1, $2, $3)",
+                &[room, user, &seq],
+                format_args!("add member {user:?} to room {room:?}"),
+            )
+            .await?;
+        }
+        Change::RemoveMember { room, user, seq } => {
+            use_seq(transaction, room, *seq, now_ms).await?;
+            let operation = format!("remove member {user:?} from room {room:?}");
+            execute(
+                transaction,
+                "DELETE FROM members WHERE room = $1 AND \"user\" = $2",
+                &[room, user],
+                &operation,
+            )
+            .await?;
+            delete_keys(
+                transaction,
+                &format!(
+                    "DELETE FROM sender_keys WHERE room = $1 AND recipient = $2 {DELETED_KEY}"
+                ),
+                &[room, user],
+                &operation,
+            )
+            .await?;
+        }
+        Change::AppendMessage {
+            room,
+            seq,
+            sender,
+            sealed,
+        } => {
+            return append_message(transaction, room, *seq, sender, sealed, policy, now_ms).await;
+        }
+        Change::AppendSenderKeys {
+            room,
+            seq,
+            sender,
+            key_id,
+            keys,
+        } => {
+            let seq = use_seq(transaction, room, *seq, now_ms).await?;
+            let key_id = bits(*key_id);
+            let mut bytes = 0;
+            for key in keys {
+                let what = format!(
+                    "the sender key {seq} of {sender:?} for {:?} in room {room:?}",
+                    key.recipient
+                );
+                execute(
+                    transaction,
+                    "INSERT INTO sender_keys \
+                     (room, seq, sender, recipient, key_id, wrapped_key, signature, stored_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    &[
+                        room,
+                        &seq,
+                        sender,
+                        &key.recipient,
+                        &key_id,
+                        &key.wrapped_key.as_ref(),
+                        &key.signature.as_ref(),
+                        &now_ms,
+                    ],
+                    format_args!("append {what}"),
+                )
+                .await?;
+                bytes += key.wrapped_key.len() + key.signature.len();
+                let earlier: Params<'_> = &[room, sender, &key.recipient, &seq];
+                execute(
+                    transaction,
+                    "UPDATE sender_keys SET superseded_seq = $4 \
+                     WHERE room = $1 AND sender = $2 AND recipient = $3 AND seq < $4 \
+                     AND superseded_seq IS NULL",
+                    earlier,
+                    format_args!("mark the keys before {what} superseded"),
+                )
+                .await?;
+                delete_keys(
+                    transaction,
+                    &format!(
+                        "DELETE FROM sender_keys AS old \
+                         WHERE room = $1 AND sender = $2 AND recipient = $3 AND seq < $4 \
+                         AND NOT EXISTS (SELECT 1 FROM messages AS m \
+                          WHERE m.room = $1 AND m.sender = $2 AND m.key_id = old.key_id) \
+                         {DELETED_KEY}"
+                    ),
+                    earlier,
+                    format_args!("drop the keys {what} supersedes"),
+                )
+                .await?;
+            }
+            let mut usage = Usage::default();
+            usage.key(1, sender, saturating(bytes));
+            count(transaction, usage).await?;
+        }
+        Change::Seen { user } => {
+            execute(
+                transaction,
+                "UPDATE identities SET seen_ms = GREATEST(seen_ms, $2) WHERE \"user\" = $1",
+                &[user, &now_ms],
+                format_args!("note that {user:?} was seen"),
+            )
+            .await?;
+        }
+        Change::DeleteIdentity { user } => {
+            let operation = format!("delete the identity of {user:?}");
+            delete_keys(
+                transaction,
+                &format!("DELETE FROM sender_keys WHERE sender = $1 {DELETED_KEY}"),
+                &[user],
+                &operation,
+            )
+            .await?;
+            for sql in [
+                "DELETE FROM invitations WHERE \"user\" = $1",
+                "DELETE FROM removals WHERE \"user\" = $1",
+                "DELETE FROM prekeys WHERE \"user\" = $1",
+                "DELETE FROM members WHERE \"user\" = $1",
+                "DELETE FROM identities WHERE \"user\" = $1",
+            ] {
+                execute(transaction, sql, &[user], &operation).await?;
+            }
+        }
+    }
+    Ok(Applied::Done)
+}
+
+/// Raises the room's last sequence number to `seq`, and notes that the room was used
+/// at `now_ms`; an unknown room is an error.
+async fn use_seq(
+    transaction: &Transaction<'_>,
+    room: &str,
+    seq: u64,
+    now_ms: i64,
+) -> Result<i64, StoreError> {
+    let seq = stored_seq(seq)?;
+    let changed = execute(
+        transaction,
+        "UPDATE rooms SET last_seq = GREATEST(last_seq, $2), used_ms = GREATEST(used_ms, $3) \
+         WHERE name = $1",
+        &[&room, &seq, &now_ms],
+        format_args!("use sequence number {seq} in room {room:?}"),
+    )
+    .await?;
+    if changed == 0 {
+        return Err(StoreError::Database(format!(
+            "sequence number {seq} is for room {room:?}, which does not exist"
+        )));
+    }
+    Ok(seq)
+}
+
+/// Stores a message unless it is a resend or beyond its sender's quota, as SQLite's
+/// `append_message` does.
+async fn append_message(
+    transaction: &Transaction<'_>,
+    room: &str,
+    seq: u64,
+    sender: &str,
+    sealed: &SealedMessage,
+    policy: &StoragePolicy,
+    now_ms: i64,
+) -> Result<Applied, StoreError> {
+    let stored = use_seq(transaction, room, seq, now_ms).await?;
+    let (key_id, iteration) = (bits(sealed.key_id), i64::from(sealed.iteration));
+    let operation = format!("append message {seq} of {sender:?} to room {room:?}");
+    let first = select(
+        transaction,
+        "SELECT seq FROM messages \
+         WHERE room = $1 AND sender = $2 AND key_id = $3 AND iteration = $4",
+        &[&room, &sender, &key_id, &iteration],
+        &operation,
+    )
+    .await?;
+    if let Some(row) = first.first() {
+        return Ok(Applied::Duplicate {
+            seq: from_bits(get(row, 0)?),
+        });
+    }
+    let encoded = sealed.encode_to_vec();
+    execute(transaction, "SAVEPOINT message", &[], &operation).await?;
+    execute(
+        transaction,
+        "INSERT INTO messages (room, seq, sender, key_id, iteration, sealed, stored_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            &room, &stored, &sender, &key_id, &iteration, &encoded, &now_ms,
+        ],
+        &operation,
+    )
+    .await?;
+    let mut usage = Usage::default();
+    usage.message(1, room, sender, saturating(encoded.len()));
+    count(transaction, usage).await?;
+    trim_room(transaction, room, policy, seq).await?;
+    let stored_bytes = select(
+        transaction,
+        "SELECT stored_bytes FROM identities WHERE \"user\" = $1",
+        &[&sender],
+        format_args!("read what {sender:?} stores"),
+    )
+    .await?
+    .first()
+    .map(|row| get::<i64>(row, 0))
+    .transpose()?;
+    if let Some(quota) = shared::exceeded_quota(stored_bytes, policy) {
+        execute(
+            transaction,
+            "ROLLBACK TO SAVEPOINT message",
+            &[],
+            &operation,
+        )
+        .await?;
+        execute(transaction, "RELEASE SAVEPOINT message", &[], &operation).await?;
+        return Ok(Applied::OverQuota(quota));
+    }
+    execute(transaction, "RELEASE SAVEPOINT message", &[], &operation).await?;
+    evict_oldest(transaction, policy, room, seq).await?;
+    Ok(Applied::Done)
+}
+
+/// Forgets what `policy` no longer keeps as of `now`: old messages, each room's excess,
+/// and the sender keys no remaining message needs.
+pub(super) async fn prune(
+    transaction: &Transaction<'_>,
+    policy: &StoragePolicy,
+    now: Duration,
+) -> Result<Pruned, StoreError> {
+    let mut pruned = Pruned::default();
+    if let Some(max_age) = policy.max_age {
+        pruned.messages += delete_messages(
+            transaction,
+            &format!("DELETE FROM messages WHERE stored_ms < $1 {DELETED_MESSAGE}"),
+            &[&millis(now.saturating_sub(max_age))],
+            "prune the messages older than the retention",
+        )
+        .await?;
+    }
+    let rooms = select(
+        transaction,
+        "SELECT name FROM rooms",
+        &[],
+        "read the rooms to prune",
+    )
+    .await?
+    .iter()
+    .map(|row| get::<String>(row, 0))
+    .collect::<Result<Vec<_>, _>>()?;
+    for room in rooms {
+        pruned.messages += trim_room(transaction, &room, policy, u64::MAX).await?;
+        pruned.sender_keys += delete_keys(
+            transaction,
+            &format!(
+                "DELETE FROM sender_keys AS old \
+                 WHERE room = $1 AND superseded_seq IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM messages AS m \
+                  WHERE m.room = $1 AND m.sender = old.sender AND m.key_id = old.key_id) \
+                 {DELETED_KEY}"
+            ),
+            &[&room],
+            format_args!("prune the sender keys of room {room:?}"),
+        )
+        .await?;
+    }
+    Ok(pruned)
+}
+
+/// Makes `room` forget its oldest messages beyond what `policy` lets a room keep, never
+/// one at or after `keep_from`; reads them only as far as it deletes.
+async fn trim_room(
+    transaction: &Transaction<'_>,
+    room: &str,
+    policy: &StoragePolicy,
+    keep_from: u64,
+) -> Result<u64, StoreError> {
+    let operation = format!("trim room {room:?}");
+    let counts = select(
+        transaction,
+        "SELECT message_count, message_bytes FROM rooms WHERE name = $1",
+        &[&room],
+        &operation,
+    )
+    .await?;
+    let Some(row) = counts.first() else {
+        return Ok(0);
+    };
+    let Some(mut trim) = Trim::new(get(row, 0)?, get(row, 1)?, policy) else {
+        return Ok(0);
+    };
+    let keep_from = saturating(keep_from);
+    let mut last = None;
+    let mut after = -1i64;
+    'pages: loop {
+        let page = select(
+            transaction,
+            "SELECT seq, length(sealed)::BIGINT FROM messages \
+             WHERE room = $1 AND seq > $2 AND seq < $3 ORDER BY seq LIMIT 64",
+            &[&room, &after, &keep_from],
+            &operation,
+        )
+        .await?;
+        if page.is_empty() {
+            break;
+        }
+        for row in &page {
+            let seq: i64 = get(row, 0)?;
+            last = Some(seq);
+            after = seq;
+            if trim.take(get(row, 1)?) {
+                break 'pages;
+            }
+        }
+    }
+    let Some(last) = last else {
+        return Ok(0);
+    };
+    delete_messages(
+        transaction,
+        &format!("DELETE FROM messages WHERE room = $1 AND seq <= $2 {DELETED_MESSAGE}"),
+        &[&room, &last],
+        &operation,
+    )
+    .await
+}
+
+/// While the store holds more than `policy` lets it, forgets its oldest messages in the
+/// order they were stored, never message `seq` of `room`.
+async fn evict_oldest(
+    transaction: &Transaction<'_>,
+    policy: &StoragePolicy,
+    room: &str,
+    seq: u64,
+) -> Result<u64, StoreError> {
+    let operation = "make room in the store";
+    let total = select(
+        transaction,
+        "SELECT stored_bytes FROM usage WHERE id = 1",
+        &[],
+        operation,
+    )
+    .await?
+    .first()
+    .map(|row| get::<i64>(row, 0))
+    .transpose()?;
+    let mut excess = shared::store_excess(total, policy);
+    let seq = saturating(seq);
+    let mut evicted = 0;
+    while excess > 0 {
+        let page = select(
+            transaction,
+            "SELECT id, length(sealed)::BIGINT FROM messages \
+             WHERE NOT (room = $1 AND seq = $2) ORDER BY stored_ms, id LIMIT 64",
+            &[&room, &seq],
+            operation,
+        )
+        .await?;
+        if page.is_empty() {
+            break;
+        }
+        for row in &page {
+            let (id, size): (i64, i64) = (get(row, 0)?, get(row, 1)?);
+            evicted += delete_messages(
+                transaction,
+                &format!("DELETE FROM messages WHERE id = $1 {DELETED_MESSAGE}"),
+                &[&id],
+                operation,
+            )
+            .await?;
+            excess = excess.saturating_sub(size.max(0) as u64);
+            if excess == 0 {
+                break;
+            }
+        }
+    }
+    Ok(evicted)
+}
+
+/// Runs a `DELETE FROM messages ... RETURNING room, sender, bytes` and counts what it
+/// forgot; returns how many messages.
+async fn delete_messages(
+    transaction: &Transaction<'_>,
+    sql: &str,
+    params: Params<'_>,
+    operation: impl Display,
+) -> Result<u64, StoreError> {
+    let deleted = select(transaction, sql, params, operation).await?;
+    let mut usage = Usage::default();
+    for row in &deleted {
+        usage.message(-1, get(row, 0)?, get(row, 1)?, get(row, 2)?);
+    }
+    count(transaction, usage).await?;
+    Ok(deleted.len() as u64)
+}
+
+/// Runs a `DELETE FROM sender_keys ... RETURNING sender, bytes` and counts what it
+/// forgot; returns how many rows.
+async fn delete_keys(
+    transaction: &Transaction<'_>,
+    sql: &str,
+    params: Params<'_>,
+    operation: impl Display,
+) -> Result<u64, StoreError> {
+    let deleted = select(transaction, sql, params, operation).await?;
+    let mut usage = Usage::default();
+    for row in &deleted {
+        usage.key(-1, get(row, 0)?, get(row, 1)?);
+    }
+    count(transaction, usage).await?;
+    Ok(deleted.len() as u64)
+}
+
+/// Writes `usage` to the counters.
+async fn count(transaction: &Transaction<'_>, usage: Usage) -> Result<(), StoreError> {
+    for (room, (messages, bytes)) in usage.rooms {
+        execute(
+            transaction,
+            "UPDATE rooms SET message_count = message_count + $2, \
+             message_bytes = message_bytes + $3 WHERE name = $1",
+            &[&room, &messages, &bytes],
+            format_args!("count the messages of room {room:?}"),
+        )
+        .await?;
+    }
+    for (user, (messages, bytes)) in usage.users {
+        execute(
+            transaction,
+            "UPDATE identities SET message_count = message_count + $2, \
+             stored_bytes = stored_bytes + $3 WHERE \"user\" = $1",
+            &[&user, &messages, &bytes],
+            format_args!("count what {user:?} stores"),
+        )
+        .await?;
+    }
+    if usage.total != 0 {
+        execute(
+            transaction,
+            "UPDATE usage SET stored_bytes = stored_bytes + $1 WHERE id = 1",
+            &[&usage.total],
+            "count what the store holds",
+        )
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! The PostgreSQL server the store's tests run against: started once per test process
+//! by `scripts/start-postgres.sh` (which stops it when the process exits), with one
+//! fresh database per test. A server that cannot be started fails the tests: they must
+//! run wherever `cargo test` does.
+
+use std::process::Command;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The server's URL (its `postgres` database), or why it could not be started.
+fn server() -> &'static str {
+    static SERVER: OnceLock<Result<String, String>> = OnceLock::new();
+    let started = SERVER.get_or_init(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/start-postgres.sh");
+        let output = Command::new("bash")
+            .arg(script)
+            .arg(std::process::id().to_string())
+            .output()
+            .map_err(|error| format!("cannot run {script}: {error}"))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        match stdout.lines().last() {
+            Some(url) if output.status.success() && url.starts_with("postgres://") => {
+                Ok(url.to_owned())
+            }
+            _ => Err(format!(
+                "{script} failed ({}): {}{}",
+                output.status,
+                stdout,
+                String::from_utf8_lossy(&output.stderr)
+            )),
+        }
+    });
+    match started {
+        Ok(url) => url,
+        Err(error) => panic!("the tests need PostgreSQL: {error}"),
+    }
+}
+
+/// The URL of a new, empty database on the test server.
+pub(crate) fn fresh_database() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let name = format!("case_{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    as_superuser(&format!("CREATE DATABASE {name}"));
+    let server = server();
+    let base = server.rsplit_once('/').expect("a URL with a database").0;
+    format!("{base}/{name}")
+}
+
+/// Runs `sql` on the test server as its superuser, outside any transaction.
+pub(crate) fn as_superuser(sql: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(server(), tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|error| panic!("cannot connect to the test PostgreSQL: {error}"));
+        let connection = tokio::spawn(connection);
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|error| panic!("{sql}: {error}"));
+        drop(client);
+        let _ = connection.await;
+    });
+}

@@ -1,0 +1,167 @@
+//! The relay on PostgreSQL (`chat-server --database postgres://...`), end to end: the
+//! real binary and real clients, against the throwaway server `scripts/start-postgres.sh`
+//! starts (one database per test). What it stores survives a restart of the relay, and
+//! a database that goes away costs clients an UNAVAILABLE, not the relay.
+mod common;
+
+use std::ffi::OsStr;
+
+use common::postgres::{as_superuser, fresh_database};
+use common::process::{
+    ClientProcess, ServerProcess, catch_up, join_and_go_away, message_line, rust_client,
+};
+use common::{RawClient, unknown_key_message};
+use e2ee_chat::proto::{SealedMessage, SendMessage, client_frame, server_frame};
+use e2ee_chat::store::{PostgresStore, Store};
+
+/// `chat-server --database URL`, with a data directory it must not need.
+fn relay_on(url: &str, dir: &tempfile::TempDir) -> ServerProcess {
+    ServerProcess::start_with_args(
+        &dir.path().join("data"),
+        &[OsStr::new("--database"), OsStr::new(url)],
+    )
+}
+
+#[test]
+fn a_chat_on_postgres_survives_a_restart_of_the_relay() {
+    let url = fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    let mut server = relay_on(&url, &dir);
+    let room = "lobby";
+    // carol joins and goes away; alice and bob chat.
+    join_and_go_away(rust_client(&server.url, "carol", room, &home));
+    let mut bob = ClientProcess::joined(rust_client(&server.url, "bob", room, &home), room);
+    let mut alice = ClientProcess::joined(rust_client(&server.url, "alice", room, &home), room);
+    alice.say("hello bob");
+    bob.expect_stdout(&message_line(room, "alice", "hello bob"));
+    bob.say("hello alice");
+    alice.expect_stdout(&message_line(room, "bob", "hello alice"));
+    // A client exits 0 only once the relay acknowledged (stored) all it sent.
+    for client in [alice, bob] {
+        let (status, _, stderr) = client.finish();
+        assert!(status.success(), "{stderr:?}");
+    }
+
+    // Killed outright: what was acknowledged is in PostgreSQL, not in the relay.
+    server.kill_and_restart();
+    assert!(!dir.path().join("data").exists(), "SQLite was used");
+    let away = catch_up(rust_client(&server.url, "carol", room, &home), room);
+    assert_eq!(
+        away,
+        [
+            message_line(room, "alice", "hello bob"),
+            message_line(room, "bob", "hello alice")
+        ]
+    );
+    // The relay goes on where it was: a new message reaches a member catching up.
+    let mut alice = ClientProcess::joined(rust_client(&server.url, "alice", room, &home), room);
+    alice.say("still here");
+    let (status, _, stderr) = alice.finish();
+    assert!(status.success(), "{stderr:?}");
+    let later = catch_up(rust_client(&server.url, "carol", room, &home), room);
+    assert_eq!(later, [message_line(room, "alice", "still here")]);
+}
+
+/// A message of alice's under a key nobody holds, the `iteration`th of its chain.
+fn message(iteration: u32) -> client_frame::Kind {
+    client_frame::Kind::Send(SendMessage {
+        room: "lobby".into(),
+        sealed: Some(SealedMessage {
+            iteration,
+            ..unknown_key_message()
+        }),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_gone_away_is_unavailable_to_clients_and_the_relay_recovers() {
+    // The harness blocks: never on one of the runtime's workers.
+    let url = tokio::task::spawn_blocking(fresh_database).await.unwrap();
+    let database = url.rsplit_once('/').unwrap().1.to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let server = relay_on(&url, &dir);
+    let mut alice = RawClient::open_url(&server.url, "alice").await;
+    alice.join("lobby").await;
+    alice.send(2, message(0)).await;
+    assert!(matches!(
+        alice.answer(2).await.kind,
+        Some(server_frame::Kind::Ack(_))
+    ));
+
+    // Every connection cut and none let in: to the relay, a database that stopped.
+    let cut = format!(
+        "ALTER DATABASE {database} ALLOW_CONNECTIONS false; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
+    );
+    tokio::task::spawn_blocking(move || as_superuser(&cut))
+        .await
+        .unwrap();
+    alice.send(3, message(1)).await;
+    match alice.answer(3).await.kind {
+        Some(server_frame::Kind::Rejection(rejection)) => {
+            assert_eq!(rejection.code, tonic::Code::Unavailable as i32);
+            assert!(
+                rejection.message.contains("nothing was stored"),
+                "{rejection:?}"
+            );
+        }
+        other => panic!("expected UNAVAILABLE, got {other:?}"),
+    }
+
+    // Back: the same message, sent again, is stored; the relay never stopped.
+    let back = format!("ALTER DATABASE {database} ALLOW_CONNECTIONS true");
+    tokio::task::spawn_blocking(move || as_superuser(&back))
+        .await
+        .unwrap();
+    alice.send(4, message(1)).await;
+    let answer = alice.answer(4).await.kind;
+    assert!(
+        matches!(answer, Some(server_frame::Kind::Ack(_))),
+        "{answer:?}"
+    );
+    // Stored are the two acknowledged messages, nothing of the refused attempt.
+    let rooms = tokio::task::spawn_blocking(move || PostgresStore::open(&url)?.rooms())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rooms[0].messages, 2, "{rooms:?}");
+}
+
+#[test]
+fn a_database_it_cannot_use_stops_the_relay_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |database: &str| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--database",
+                database,
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        stderr
+    };
+    // Nothing listens on port 1 of the loopback: refused at once.
+    let unreachable = run("postgres://relay:s3cret@127.0.0.1:1/chat");
+    assert!(
+        unreachable.contains("cannot open the database postgres://127.0.0.1:1/chat"),
+        "{unreachable}"
+    );
+    assert!(unreachable.contains("refused"), "{unreachable}");
+    let other = run("mysql://relay:s3cret@127.0.0.1/chat");
+    assert!(
+        other.contains("postgres://") && other.contains("postgresql://"),
+        "{other}"
+    );
+    for stderr in [unreachable, other] {
+        assert!(!stderr.contains("s3cret"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
