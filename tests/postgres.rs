@@ -165,3 +165,37 @@ fn a_database_it_cannot_use_stops_the_relay_with_one_line() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+#[test]
+fn a_second_relay_on_one_database_stops_with_one_line_and_starts_once_the_first_is_gone() {
+    let url = fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite_dir = dir.path().join("sqlite");
+    let second = |args: &[&OsStr]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(
+            stderr.contains("another chat-server is serving"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    };
+    let on_postgres = [OsStr::new("--database"), OsStr::new(&url)];
+    let on_sqlite = [OsStr::new("--data-dir"), sqlite_dir.as_os_str()];
+
+    let mut first = relay_on(&url, &dir);
+    let mut first_on_sqlite = ServerProcess::start_with_args(&sqlite_dir, &[]);
+    second(&on_postgres);
+    second(&on_sqlite);
+    // The claim goes with the process, however it ends.
+    first.kill_and_restart();
+    first_on_sqlite.kill_and_restart();
+    second(&on_postgres);
+    second(&on_sqlite);
+}

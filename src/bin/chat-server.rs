@@ -158,6 +158,10 @@ async fn run(args: Args) -> Result<(), String> {
     if args.database.is_none() {
         server::prepare_data_dir(&args.data_dir).map_err(|error| error.to_string())?;
     }
+    // Before anything is opened: a second relay on the same database stops here.
+    let _claim = store::claim::claim(args.database.as_deref(), &args.data_dir)
+        .await
+        .map_err(|error| error.to_string())?;
     // Opening blocks (migrations, PostgreSQL's first connection): not on a worker.
     let (database, data_dir) = (args.database.clone(), args.data_dir.clone());
     let store: Arc<dyn Store> =

@@ -10,6 +10,7 @@
 //! plaintext or an unwrapped key. [`decode_message`] and [`decode_identity`] turn the
 //! stored bytes back into what they were; a corrupt entry is an error, never a panic.
 
+pub mod claim;
 pub mod copy;
 mod postgres;
 mod shared;
@@ -33,20 +34,25 @@ use crate::proto::{
 pub fn open(database: Option<&str>, data_dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
     match database {
         None => Ok(Arc::new(SqliteStore::open(data_dir)?)),
-        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-            Ok(Arc::new(PostgresStore::open(url)?))
-        }
-        // Only what precedes the first colon: the rest may hold a password.
-        Some(other) => Err(StoreError::UnknownDatabase {
-            scheme: other
-                .split(':')
-                .next()
-                .unwrap_or_default()
-                .chars()
-                .take(32)
-                .collect(),
-        }),
+        Some(url) => Ok(Arc::new(PostgresStore::open(postgres_url(url)?)?)),
     }
+}
+
+/// `database` if it is a PostgreSQL URL, the only kind `--database` takes.
+fn postgres_url(database: &str) -> Result<&str, StoreError> {
+    if database.starts_with("postgres://") || database.starts_with("postgresql://") {
+        return Ok(database);
+    }
+    // Only what precedes the first colon: the rest may hold a password.
+    Err(StoreError::UnknownDatabase {
+        scheme: database
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .take(32)
+            .collect(),
+    })
 }
 
 /// Why the store could not do what it was asked.
@@ -59,6 +65,11 @@ pub enum StoreError {
          postgresql://..., or left out for the SQLite database in --data-dir; it starts with {scheme:?}"
     )]
     UnknownDatabase { scheme: String },
+    #[error(
+        "another chat-server is serving {database}: one relay per database (stop it first, or \
+         give this one its own --data-dir or --database)"
+    )]
+    InUse { database: String },
     #[error(
         "the database needs schema version {found}, newer than this server knows ({known}); run a newer chat-server"
     )]

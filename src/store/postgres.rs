@@ -211,6 +211,53 @@ impl PostgresStore {
 }
 
 /// The server and database `config` names, for errors: never the password.
+/// The key of the advisory lock a serving relay holds on its database
+/// ([`claim`](super::claim)); the migrations take another.
+const RELAY_LOCK: i64 = 2026112902;
+
+/// How long a relay waits for the claim of one that just went.
+const CLAIM_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Connects to the database at `url` on a connection of its own, driven by the calling
+/// runtime, and takes the relay's advisory lock on it: held until the client (and so
+/// the connection) is dropped, or the process ends.
+pub(super) async fn claim(url: &str) -> Result<tokio_postgres::Client, StoreError> {
+    let mut config: tokio_postgres::Config = url.parse().map_err(|error| StoreError::Open {
+        path: "given by --database".to_owned(),
+        reason: format!("{error}"),
+    })?;
+    let target = target(&config);
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    let failed = |error: tokio_postgres::Error| StoreError::Open {
+        path: target.clone(),
+        reason: describe(&error),
+    };
+    let (client, connection) = config.connect(NoTls).await.map_err(failed)?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "the connection holding this relay's claim on its database ended");
+        }
+    });
+    // A relay killed a moment ago holds the lock until PostgreSQL notices its
+    // connection is gone: a restart waits that long before calling it in use.
+    let deadline = tokio::time::Instant::now() + CLAIM_PATIENCE;
+    loop {
+        let row = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&RELAY_LOCK])
+            .await
+            .map_err(failed)?;
+        if row.get::<_, bool>(0) {
+            return Ok(client);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StoreError::InUse { database: target });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn target(config: &tokio_postgres::Config) -> String {
     let host = config
         .get_hosts()

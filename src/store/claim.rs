@@ -1,0 +1,83 @@
+//! One serving relay per database: the claim `chat-server` holds on its database for as
+//! long as it runs. Without it a second relay started on the same database would number
+//! the same rooms from its own memory, and the two would store entries under each
+//! other's sequence numbers. The second one stops at start-up with one line instead.
+//!
+//! The claim is taken by the serving process only: the `registration-token` commands
+//! work beside a running relay. It goes with the process however that ends (a lock on a
+//! file for SQLite, an advisory lock held by a connection of its own for PostgreSQL), so
+//! a relay killed with SIGKILL can be started again at once.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::Path;
+
+use super::{StoreError, postgres, postgres_url};
+
+/// The name of the file an SQLite relay locks in its `--data-dir`.
+pub const LOCK_FILE: &str = "relay.lock";
+
+/// Held for as long as the relay serves; dropping it lets another relay start.
+#[must_use = "the claim ends when it is dropped"]
+pub struct Claim {
+    _held: Held,
+}
+
+/// What holds the lock; only ever dropped.
+enum Held {
+    File(#[expect(dead_code, reason = "held for its lock")] File),
+    Postgres(
+        #[expect(dead_code, reason = "held for its connection's lock")] tokio_postgres::Client,
+    ),
+}
+
+/// Claims the database `chat-server` serves: PostgreSQL at `database`, or the SQLite
+/// database in `data_dir`. Fails with [`StoreError::InUse`] when another relay has it.
+/// For PostgreSQL this must run inside a tokio runtime, which drives the connection
+/// that holds the lock.
+pub async fn claim(database: Option<&str>, data_dir: &Path) -> Result<Claim, StoreError> {
+    let held = match database {
+        Some(url) => Held::Postgres(postgres::claim(postgres_url(url)?).await?),
+        None => Held::File(lock_file(data_dir)?),
+    };
+    Ok(Claim { _held: held })
+}
+
+fn lock_file(data_dir: &Path) -> Result<File, StoreError> {
+    let path = data_dir.join(LOCK_FILE);
+    let failed = |reason: String| StoreError::Open {
+        path: path.display().to_string(),
+        reason,
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|error| failed(error.to_string()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(StoreError::InUse {
+            database: data_dir.display().to_string(),
+        }),
+        Err(TryLockError::Error(error)) => Err(failed(error.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_second_relay_on_one_data_dir_is_refused_until_the_first_goes() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = claim(None, dir.path()).await.unwrap();
+        let refused = claim(None, dir.path()).await.err().unwrap();
+        assert!(matches!(refused, StoreError::InUse { .. }), "{refused}");
+        assert!(
+            refused.to_string().contains("another chat-server"),
+            "{refused}"
+        );
+        drop(first);
+        let _second = claim(None, dir.path()).await.unwrap();
+    }
+}
