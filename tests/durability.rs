@@ -470,6 +470,21 @@ struct FailingStore {
     failing: AtomicBool,
 }
 
+impl FailingStore {
+    /// A relay on a store in `dir` that works until it is told to fail.
+    async fn serving(dir: &std::path::Path) -> (Arc<Self>, common::TestServer) {
+        let store = Arc::new(Self {
+            inner: SqliteStore::open(dir).unwrap(),
+            failing: AtomicBool::new(false),
+        });
+        let config = e2ee_chat::server::Config {
+            store: store.clone(),
+            ..e2ee_chat::server::Config::ephemeral(Limits::default())
+        };
+        (store, common::TestServer::serving_config(config).await)
+    }
+}
+
 impl Store for FailingStore {
     fn identities(&self) -> Result<Vec<PublicIdentity>, StoreError> {
         self.inner.identities()
@@ -550,15 +565,7 @@ impl Store for FailingStore {
 #[tokio::test]
 async fn a_message_the_store_cannot_take_is_refused_never_acknowledged_and_the_relay_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FailingStore {
-        inner: SqliteStore::open(dir.path()).unwrap(),
-        failing: AtomicBool::new(false),
-    });
-    let config = e2ee_chat::server::Config {
-        store: store.clone(),
-        ..e2ee_chat::server::Config::ephemeral(Limits::default())
-    };
-    let server = common::TestServer::serving_config(config).await;
+    let (store, server) = FailingStore::serving(dir.path()).await;
     let mut alice = Chatter::join(&server.url, "alice", "lobby", None).await;
     let mut bob = Chatter::join(&server.url, "bob", "lobby", None).await;
     alice.sees_member("bob").await;
@@ -592,15 +599,7 @@ async fn a_message_the_store_cannot_take_is_refused_never_acknowledged_and_the_r
 #[tokio::test]
 async fn a_join_the_store_cannot_take_is_undone_once_the_store_is_back() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(FailingStore {
-        inner: SqliteStore::open(dir.path()).unwrap(),
-        failing: AtomicBool::new(false),
-    });
-    let config = e2ee_chat::server::Config {
-        store: store.clone(),
-        ..e2ee_chat::server::Config::ephemeral(Limits::default())
-    };
-    let server = common::TestServer::serving_config(config).await;
+    let (store, server) = FailingStore::serving(dir.path()).await;
     let mut alice = Chatter::join(&server.url, "alice", "lobby", None).await;
 
     // The relay's memory holds bob as a member already; the store does not.
