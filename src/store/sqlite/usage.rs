@@ -16,13 +16,24 @@ use crate::store::{Quota, StoragePolicy, StoreError};
 
 /// The oldest messages of room `?1` after `?2` and before `?3`, a page at a time: it
 /// walks the (room, seq) primary key from the oldest.
-pub(super) const OLDEST_MESSAGES: &str = "SELECT seq, length(sealed) FROM messages \
+pub(super) const OLDEST_MESSAGES: &str = "SELECT seq, sender, length(sealed) FROM messages \
      WHERE room = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq LIMIT 64";
 
 /// Forgets the messages of room `?1` up to `?2`, looking them up by the primary key: the
 /// work grows with what is deleted, not with the room.
 pub(super) const DELETE_OLDEST: &str = "DELETE FROM messages WHERE room = ?1 AND seq <= ?2 \
      RETURNING room, sender, length(sealed)";
+
+/// Adds `?2` messages and `?3` bytes to room `?1`'s counters.
+const COUNT_ROOM: &str = "UPDATE rooms SET message_count = message_count + ?2, \
+     message_bytes = message_bytes + ?3 WHERE name = ?1";
+
+/// Adds `?2` messages and `?3` bytes to what user `?1` stores.
+const COUNT_USER: &str = "UPDATE identities SET message_count = message_count + ?2, \
+     stored_bytes = stored_bytes + ?3 WHERE user = ?1";
+
+/// Adds `?1` bytes to what the store holds.
+const COUNT_STORE: &str = "UPDATE usage SET stored_bytes = stored_bytes + ?1 WHERE id = 1";
 
 /// How the counters change: messages and bytes per room and per user, bytes in all.
 #[derive(Debug, Default)]
@@ -57,8 +68,7 @@ impl Usage {
         for (room, (messages, bytes)) in self.rooms {
             execute(
                 transaction,
-                "UPDATE rooms SET message_count = message_count + ?2, \
-                 message_bytes = message_bytes + ?3 WHERE name = ?1",
+                COUNT_ROOM,
                 params![room, messages, bytes],
                 format_args!("count the messages of room {room:?}"),
             )?;
@@ -66,8 +76,7 @@ impl Usage {
         for (user, (messages, bytes)) in self.users {
             execute(
                 transaction,
-                "UPDATE identities SET message_count = message_count + ?2, \
-                 stored_bytes = stored_bytes + ?3 WHERE user = ?1",
+                COUNT_USER,
                 params![user, messages, bytes],
                 format_args!("count what {user:?} stores"),
             )?;
@@ -75,7 +84,7 @@ impl Usage {
         if self.total != 0 {
             execute(
                 transaction,
-                "UPDATE usage SET stored_bytes = stored_bytes + ?1 WHERE id = 1",
+                COUNT_STORE,
                 [self.total],
                 "count what the store holds",
             )?;
@@ -84,16 +93,34 @@ impl Usage {
     }
 }
 
-/// Counts a message just stored.
+/// Counts a message just stored: the same three statements as [`Usage::apply`], without
+/// its maps (this runs for every message).
 pub(super) fn stored_message(
     transaction: &Transaction<'_>,
     room: &str,
     sender: &str,
     bytes: usize,
 ) -> Result<(), StoreError> {
-    let mut usage = Usage::default();
-    usage.message(1, room, sender, saturating(bytes));
-    usage.apply(transaction)
+    let bytes = saturating(bytes);
+    execute(
+        transaction,
+        COUNT_ROOM,
+        params![room, 1, bytes],
+        format_args!("count the messages of room {room:?}"),
+    )?;
+    execute(
+        transaction,
+        COUNT_USER,
+        params![sender, 1, bytes],
+        format_args!("count what {sender:?} stores"),
+    )?;
+    execute(
+        transaction,
+        COUNT_STORE,
+        [bytes],
+        "count what the store holds",
+    )?;
+    Ok(())
 }
 
 /// Counts a sender key just stored, `bytes` for all its recipients.
@@ -149,10 +176,11 @@ pub(super) fn delete_keys(
     Ok(deleted.len() as u64)
 }
 
-/// The quota the sender of a message just stored exceeds with it, if any.
+/// The quota `sender` would exceed if what it stores changed by `change` bytes, if any.
 pub(super) fn exceeded_quota(
     transaction: &Transaction<'_>,
     sender: &str,
+    change: i64,
     policy: &StoragePolicy,
 ) -> Result<Option<Quota>, StoreError> {
     let stored = select(
@@ -163,7 +191,10 @@ pub(super) fn exceeded_quota(
         |row| Ok(row.get::<_, i64>(0)?),
     )?;
     // A sender without an identity row (only in tests of the store alone) has no quota.
-    let stored = stored.first().map_or(0, |&stored| stored.max(0) as u64);
+    let Some(&stored) = stored.first() else {
+        return Ok(None);
+    };
+    let stored = stored.saturating_add(change).max(0) as u64;
     Ok((stored > policy.max_user_bytes).then_some(Quota::User {
         limit: policy.max_user_bytes,
     }))
@@ -221,33 +252,68 @@ pub(super) fn evict_oldest(
     Ok(evicted)
 }
 
-/// Makes `room` forget its oldest messages until it holds no more than `policy` lets
-/// a room keep, never a message at or after `keep_from`; returns how many it forgot.
-/// It reads the room's oldest messages only as far as it deletes.
-pub(super) fn trim_room(
+/// Names a trimming in an error message; formatted only if there is one.
+#[derive(Clone, Copy)]
+struct Trimming<'a>(&'a str);
+
+impl Display for Trimming<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "trim room {:?}", self.0)
+    }
+}
+
+/// The oldest messages a room must forget to stay within its limits: every one up to
+/// `last`, by the senders and of the sizes in `sizes`.
+pub(super) struct Trim {
+    last: i64,
+    sizes: Vec<(String, i64)>,
+}
+
+impl Trim {
+    /// The bytes of `sender`'s messages among them.
+    pub(super) fn bytes_of(&self, sender: &str) -> i64 {
+        self.sizes
+            .iter()
+            .filter(|(of, _)| of == sender)
+            .map(|(_, size)| *size)
+            .sum()
+    }
+}
+
+/// What `room` must forget, were it to hold `adding` more messages and bytes, to hold no
+/// more than `policy` lets a room keep, never a message at or after `keep_from`; `None`
+/// when it is within its limits. Changes nothing: it reads the room's oldest messages
+/// only as far as they would be deleted.
+pub(super) fn plan_trim(
     transaction: &Transaction<'_>,
     room: &str,
     policy: &StoragePolicy,
     keep_from: u64,
-) -> Result<u64, StoreError> {
-    let operation = format!("trim room {room:?}");
+    adding: (i64, i64),
+) -> Result<Option<Trim>, StoreError> {
+    let operation = Trimming(room);
     let counts = select(
         transaction,
         "SELECT message_count, message_bytes FROM rooms WHERE name = ?1",
         [room],
-        &operation,
+        operation,
         |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
     )?;
     let Some(&(count, bytes)) = counts.first() else {
-        return Ok(0);
+        return Ok(None);
     };
+    let (count, bytes) = (
+        count.saturating_add(adding.0),
+        bytes.saturating_add(adding.1),
+    );
     let excess_count = (count.max(0) as u64).saturating_sub(policy.max_messages_per_room);
     let excess_bytes = (bytes.max(0) as u64).saturating_sub(policy.max_room_bytes);
     if excess_count == 0 && excess_bytes == 0 {
-        return Ok(0);
+        return Ok(None);
     }
     // The oldest messages, one page at a time, until enough are found.
     let mut last = None;
+    let mut sizes = Vec::new();
     let (mut found, mut freed) = (0u64, 0u64);
     let mut after = -1i64;
     'pages: loop {
@@ -255,24 +321,56 @@ pub(super) fn trim_room(
             transaction,
             OLDEST_MESSAGES,
             params![room, after, saturating(keep_from)],
-            &operation,
-            |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
+            operation,
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            },
         )?;
         if page.is_empty() {
             break;
         }
-        for (seq, size) in page {
+        for (seq, sender, size) in page {
             last = Some(seq);
             after = seq;
             found += 1;
             freed += size.max(0) as u64;
+            sizes.push((sender, size));
             if found >= excess_count && freed >= excess_bytes {
                 break 'pages;
             }
         }
     }
-    let Some(last) = last else {
-        return Ok(0);
-    };
-    delete_messages(transaction, DELETE_OLDEST, params![room, last], &operation)
+    Ok(last.map(|last| Trim { last, sizes }))
+}
+
+/// Makes `room` forget the messages `trim` found; returns how many it forgot.
+pub(super) fn trim(
+    transaction: &Transaction<'_>,
+    room: &str,
+    trim: &Trim,
+) -> Result<u64, StoreError> {
+    delete_messages(
+        transaction,
+        DELETE_OLDEST,
+        params![room, trim.last],
+        Trimming(room),
+    )
+}
+
+/// Makes `room` forget its oldest messages until it holds no more than `policy` lets
+/// a room keep, never a message at or after `keep_from`; returns how many it forgot.
+pub(super) fn trim_room(
+    transaction: &Transaction<'_>,
+    room: &str,
+    policy: &StoragePolicy,
+    keep_from: u64,
+) -> Result<u64, StoreError> {
+    match plan_trim(transaction, room, policy, keep_from, (0, 0))? {
+        Some(found) => trim(transaction, room, &found),
+        None => Ok(0),
+    }
 }
