@@ -721,10 +721,7 @@ fn append_message(
         params![room, stored, sender, key_id, iteration, encoded, now_ms],
         operation,
     )?;
-    usage::stored_message(transaction, room, sender, encoded.len())?;
-    if let Some(trim) = trim {
-        usage::trim(transaction, room, &trim)?;
-    }
+    usage::stored_message(transaction, room, sender, size, trim.as_ref())?;
     usage::evict_oldest(transaction, policy, room, seq)?;
     Ok(Applied::Done)
 }

@@ -792,7 +792,9 @@ fn trimming_reads_only_what_it_deletes() {
             .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
             .unwrap()
             .query_map(
-                rusqlite::params_from_iter(["r", "2", "3"].iter().take(sql.matches('?').count())),
+                rusqlite::params_from_iter(
+                    ["r", "2", "3", "4"].iter().take(sql.matches('?').count()),
+                ),
                 |row| row.get::<_, String>(3),
             )
             .unwrap()
