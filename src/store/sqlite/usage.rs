@@ -14,13 +14,16 @@ use rusqlite::{Params, Transaction, params};
 use super::{execute, saturating, select};
 use crate::store::{Quota, StoragePolicy, StoreError};
 
-/// The oldest messages of room `?1` after `?2` and before `?3`, `?4` at a time: it
+/// The oldest messages of room `?1` after `?2` and before `?3`, a page at a time: it
 /// walks the (room, seq) primary key from the oldest.
 pub(super) const OLDEST_MESSAGES: &str = "SELECT seq, sender, length(sealed) FROM messages \
-     WHERE room = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq LIMIT ?4";
+     WHERE room = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq LIMIT 64";
 
-/// The most of [`OLDEST_MESSAGES`] read at a time.
-const OLDEST_PAGE: u64 = 64;
+/// [`OLDEST_MESSAGES`], the oldest only: what a full room forgets for each message it
+/// stores. (Not `LIMIT ?4`: SQLite plans with a bound LIMIT's value, so it prepares
+/// such a statement again each time the value is bound.)
+pub(super) const OLDEST_MESSAGE: &str = "SELECT seq, sender, length(sealed) FROM messages \
+     WHERE room = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq LIMIT 1";
 
 /// Forgets the messages of room `?1` up to `?2`, looking them up by the primary key: the
 /// work grows with what is deleted, not with the room.
@@ -343,22 +346,22 @@ pub(super) fn plan_trim(
     }
     // The oldest messages, one page at a time, until enough are found. A full room
     // forgets one message for each it stores: a page of 64 read for every message was
-    // half the writer's time (perf, chat-bench --plaintext), so a page holds only as
-    // many as are known to be needed while the count alone decides.
+    // half the writer's time (perf, chat-bench --plaintext), so when the count alone
+    // decides and one more is needed, one is read.
     let mut last = None;
     let mut sizes = Vec::new();
     let (mut found, mut freed) = (0u64, 0u64);
     let mut after = -1i64;
     'pages: loop {
-        let page_size = if freed < excess_bytes {
-            OLDEST_PAGE
-        } else {
-            excess_count.saturating_sub(found).clamp(1, OLDEST_PAGE)
-        };
+        let one_more = freed >= excess_bytes && excess_count.saturating_sub(found) <= 1;
         let page = select(
             transaction,
-            OLDEST_MESSAGES,
-            params![room, after, saturating(keep_from), saturating(page_size)],
+            if one_more {
+                OLDEST_MESSAGE
+            } else {
+                OLDEST_MESSAGES
+            },
+            params![room, after, saturating(keep_from)],
             operation,
             |row| {
                 Ok((
