@@ -1,7 +1,8 @@
 //! A [`Store`] in an embedded SQLite database, `chat.sqlite3` in the data directory.
 //!
 //! WAL journal, `synchronous = FULL`: a change is on disk when `register`, `commit` or
-//! `prune` returns. The schema is created and upgraded by the numbered migrations in
+//! `prune` returns. The WAL is copied back into the database by a thread of its own
+//! (`checkpoint`), not by the commit that fills it. The schema is created and upgraded by the numbered migrations in
 //! `migrations/`, run at start-up; `PRAGMA user_version` records how far a database has
 //! come.
 //!

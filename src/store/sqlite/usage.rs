@@ -4,7 +4,8 @@
 //! write.
 //!
 //! Every statement that deletes messages or sender keys returns what it deleted
-//! (`RETURNING`), and the counters are brought down by exactly that.
+//! (`RETURNING`), and the counters are brought down by exactly that; a room's trim for a
+//! new message is counted from what the same transaction read of them just before.
 
 use std::collections::HashMap;
 use std::fmt::Display;
