@@ -15,6 +15,8 @@ use e2ee_chat::server::Limits;
 ///
 /// The last line on stdout is the summary:
 /// delivered=D msgs_per_sec=R p50_ms=A p99_ms=B baseline_msgs_per_sec=S ratio=R/S
+///
+/// With --plaintext, only the relay's own cost is measured (see that option).
 #[derive(Debug, Parser)]
 #[command(name = "chat-bench", version)]
 struct Args {
@@ -24,13 +26,14 @@ struct Args {
     /// Rooms; client i joins room i mod ROOMS.
     #[arg(long, default_value_t = 5)]
     rooms: usize,
-    /// Messages each client sends.
-    #[arg(long, default_value_t = 200)]
-    messages: u64,
+    /// Messages each client sends [default: 200; with --plaintext, 4000].
+    #[arg(long)]
+    messages: Option<u64>,
     /// Bytes of text per message.
     #[arg(long, default_value_t = 256)]
     size: usize,
-    /// Messages per second across all clients (default: as fast as they go).
+    /// Messages per second across all clients [default: as fast as they go; with
+    /// --plaintext, 1000 for its fixed-rate part].
     #[arg(long)]
     rate: Option<f64>,
     /// The end-to-end encrypted clients replace their sender keys after this many
@@ -50,6 +53,18 @@ struct Args {
     /// group_msgs_per_sec=G single_msgs_per_sec=S ratio=G/S
     #[arg(long, conflicts_with_all = ["server", "idle"])]
     group_commit: bool,
+    /// Instead of the usual comparison: the relay's own cost, long enough to measure.
+    /// The same plaintext clients (no sealing, no opening) through our relay and through
+    /// the baseline relay, first as fast as they go (--messages each, 4000 by default:
+    /// several seconds), then at a fixed --rate (1000 msgs/s by default) for
+    /// --rate-seconds, for latency. The summary line is then:
+    /// relay_msgs_per_sec=R baseline_msgs_per_sec=S ratio=R/S relay_p50_ms=A
+    /// relay_p99_ms=B baseline_p50_ms=C baseline_p99_ms=D p99_ratio=B/D
+    #[arg(long, conflicts_with_all = ["server", "idle", "group_commit"])]
+    plaintext: bool,
+    /// With --plaintext: how long the fixed-rate part lasts.
+    #[arg(long, default_value_t = 10.0, requires = "plaintext")]
+    rate_seconds: f64,
 }
 
 fn main() -> ExitCode {
@@ -68,6 +83,7 @@ fn main() -> ExitCode {
     let result = match args.idle {
         Some(clients) => runtime.block_on(run_idle(clients)),
         None if args.group_commit => runtime.block_on(run_group_commit(&load(&args))),
+        None if args.plaintext => runtime.block_on(run_plaintext(&args)),
         None => runtime.block_on(run(&args)),
     };
     match result {
@@ -83,7 +99,7 @@ fn load(args: &Args) -> Load {
     Load {
         clients: args.clients,
         rooms: args.rooms,
-        messages: args.messages,
+        messages: args.messages.unwrap_or(200),
         size: args.size,
         rate: args.rate,
         rotation: RotationPolicy {
@@ -148,6 +164,58 @@ async fn run_group_commit(load: &Load) -> Result<(), BenchError> {
         group.msgs_per_sec(),
         single.msgs_per_sec(),
         group.msgs_per_sec() / single.msgs_per_sec()
+    );
+    Ok(())
+}
+
+async fn run_plaintext(args: &Args) -> Result<(), BenchError> {
+    let positive = |value: f64| value.is_finite() && value > 0.0;
+    if !positive(args.rate_seconds) || args.rate.is_some_and(|rate| !positive(rate)) {
+        return Err(BenchError::Unexpected(
+            "--rate and --rate-seconds must be positive".into(),
+        ));
+    }
+    let fast = Load {
+        messages: args.messages.unwrap_or(4000),
+        rate: None,
+        ..load(args)
+    };
+    let rate = args.rate.unwrap_or(1000.0);
+    // At least one message each: every client sends, so every pair is checked.
+    let paced = Load {
+        messages: ((rate * args.rate_seconds / args.clients as f64).round() as u64).max(1),
+        rate: Some(rate),
+        ..load(args)
+    };
+    eprintln!("as fast as they go: {fast:?}");
+    eprintln!("at a fixed rate: {paced:?}");
+    // A fresh relay for each part: user names are bound to keys, and a part must not
+    // start with the previous one's messages in the store.
+    let mut measured = Vec::new();
+    for load in [&fast, &paced] {
+        let relay = bench::start_relay(Limits::default()).await?;
+        let ours = bench::measure_plain(&relay.url, load, bench::Login::Required).await?;
+        drop(relay);
+        report("relay, plaintext clients", &ours);
+        let plain_relay = bench::start_plain_relay().await?;
+        let baseline = bench::measure_plain(&plain_relay.url, load, bench::Login::None).await?;
+        drop(plain_relay);
+        report("baseline relay, plaintext clients", &baseline);
+        measured.push((ours, baseline));
+    }
+    let (fast_ours, fast_baseline) = &measured[0];
+    let (paced_ours, paced_baseline) = &measured[1];
+    println!(
+        "relay_msgs_per_sec={:.0} baseline_msgs_per_sec={:.0} ratio={:.3} relay_p50_ms={:.2} \
+         relay_p99_ms={:.2} baseline_p50_ms={:.2} baseline_p99_ms={:.2} p99_ratio={:.2}",
+        fast_ours.msgs_per_sec(),
+        fast_baseline.msgs_per_sec(),
+        fast_ours.msgs_per_sec() / fast_baseline.msgs_per_sec(),
+        paced_ours.p50_ms,
+        paced_ours.p99_ms,
+        paced_baseline.p50_ms,
+        paced_baseline.p99_ms,
+        paced_ours.p99_ms / paced_baseline.p99_ms
     );
     Ok(())
 }

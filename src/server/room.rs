@@ -108,12 +108,11 @@ impl Room {
     }
 
     /// The members other than `except` that receive the entry numbered `seq`.
-    pub fn recipients(&self, seq: u64, except: &str) -> Vec<String> {
+    pub fn recipients<'a>(&'a self, seq: u64, except: &'a str) -> impl Iterator<Item = &'a str> {
         self.members
             .iter()
-            .filter(|(user, member)| *user != except && member.receives(seq))
-            .map(|(user, _)| user.clone())
-            .collect()
+            .filter(move |(user, member)| *user != except && member.receives(seq))
+            .map(|(user, _)| user.as_str())
     }
 }
 
@@ -147,8 +146,9 @@ mod tests {
         room.members.insert("alice".into(), member(1, None));
         room.members.insert("bob".into(), member(3, Some(7)));
         room.members.insert("carol".into(), member(6, None));
-        assert_eq!(room.recipients(4, "alice"), ["bob"]);
-        assert_eq!(room.recipients(7, "nobody"), ["alice", "carol"]);
+        let recipients = |seq, except| room.recipients(seq, except).collect::<Vec<_>>();
+        assert_eq!(recipients(4, "alice"), ["bob"]);
+        assert_eq!(recipients(7, "nobody"), ["alice", "carol"]);
         assert_eq!(room.members_at(2, "alice").len(), 0);
         assert_eq!(room.active_members(), 2);
         assert!(!room.is_active_member("bob"));

@@ -1,9 +1,10 @@
 //! A [`Store`] in an embedded SQLite database, `chat.sqlite3` in the data directory.
 //!
 //! WAL journal, `synchronous = FULL`: a change is on disk when `register`, `commit` or
-//! `prune` returns. The schema is created and upgraded by the numbered migrations in
-//! `migrations/sqlite/`, run at start-up; `PRAGMA user_version` records how far a
-//! database has come.
+//! `prune` returns. The WAL is copied back into the database by a thread of its own
+//! (`checkpoint`), not by the commit that fills it. The schema is created and upgraded
+//! by the numbered migrations in `migrations/sqlite/`, run at start-up;
+//! `PRAGMA user_version` records how far a database has come.
 //!
 //! What rooms and users store is counted as it changes (`usage`, with the arithmetic in
 //! `shared`), so quotas cost no scan; reclaiming finds what nobody used from when each
@@ -16,6 +17,7 @@
 //! queries of one call see one state. An in-memory database is private to its
 //! connection, so there the two roles share a single connection.
 
+mod checkpoint;
 mod usage;
 
 use std::collections::{BTreeSet, HashMap};
@@ -32,7 +34,7 @@ use rusqlite::{
 use super::copy;
 use super::shared::{
     bits, decode_identity, decode_message, from_bits, in_sequence, millis, new_token, now_ms,
-    pending, saturating, stored_seq, token_id, tokens_named,
+    pending, saturating, stored_change, stored_seq, token_id, tokens_named,
 };
 use super::{
     Applied, Change, Dormant, Entry, Pruned, RegistrationToken, StoragePolicy, Store, StoreError,
@@ -56,6 +58,9 @@ const MIGRATIONS: &[&str] = &[
 /// How many prepared statements each connection keeps: more than the store has, so
 /// none is ever prepared twice (the default, 16, is fewer).
 const STATEMENT_CACHE: usize = 64;
+
+/// The writer's page cache, in KiB (negative, as `PRAGMA cache_size` takes KiB).
+const WRITER_CACHE_KIB: i64 = -32 * 1024;
 
 /// Forgets the sender keys of room `?1` that are superseded (their sender gave the
 /// same recipient a later one) and that no stored message was sealed with: the key in
@@ -103,6 +108,8 @@ pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
     /// For the reads; the writer itself for a database in memory.
     reader: Arc<Mutex<Connection>>,
+    /// Told of each commit, to checkpoint off the commit path; none in memory.
+    checkpoints: Option<checkpoint::Checkpoints>,
 }
 
 impl SqliteStore {
@@ -121,6 +128,13 @@ impl SqliteStore {
         writer
             .pragma_update(None, "journal_mode", "WAL")
             .and_then(|()| writer.pragma_update(None, "synchronous", "FULL"))
+            // A batch of 1024 messages dirties more pages than the default 2 MiB of
+            // cache holds: SQLite then spills them to the WAL before the commit, and
+            // reads back what it evicted. Taken only as the database grows.
+            .and_then(|()| writer.pragma_update(None, "cache_size", WRITER_CACHE_KIB))
+            .and_then(|()| {
+                writer.pragma_update(None, "wal_autocheckpoint", checkpoint::BACKSTOP_PAGES)
+            })
             .and_then(|()| configure(&writer))
             .map_err(fail)?;
         migrate(&mut writer).map_err(|error| match error {
@@ -136,9 +150,15 @@ impl SqliteStore {
         configure(&reader)
             .and_then(|()| reader.pragma_update(None, "query_only", true))
             .map_err(fail)?;
+        let checkpoints =
+            checkpoint::Checkpoints::start(&path).map_err(|reason| StoreError::Open {
+                path: path.display().to_string(),
+                reason,
+            })?;
         Ok(Self {
             writer: Arc::new(Mutex::new(writer)),
             reader: Arc::new(Mutex::new(reader)),
+            checkpoints: Some(checkpoints),
         })
     }
 
@@ -152,6 +172,7 @@ impl SqliteStore {
         Ok(Self {
             writer: Arc::clone(&connection),
             reader: connection,
+            checkpoints: None,
         })
     }
 
@@ -168,6 +189,12 @@ impl SqliteStore {
 fn configure(connection: &Connection) -> rusqlite::Result<()> {
     connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     connection.pragma_update(None, "foreign_keys", "ON")?;
+    // Statement journals (the pages as a statement or savepoint found them) spilled to
+    // a temporary file beyond 64 KiB: about 30 writes per message in a batch of 1024
+    // while each message had a savepoint. One is never read after its transaction
+    // ends, so memory is as durable (the WAL and its fsync are what a crash recovers
+    // from).
+    connection.pragma_update(None, "temp_store", "MEMORY")?;
     connection.busy_timeout(Duration::from_secs(5))
 }
 
@@ -543,7 +570,7 @@ fn append_message(
 ) -> Result<Applied, StoreError> {
     let stored = use_seq(transaction, room, seq, now_ms)?;
     let (key_id, iteration) = (bits(sealed.key_id), i64::from(sealed.iteration));
-    let operation = format!("append message {seq} of {sender:?} to room {room:?}");
+    let operation = Appending { room, seq, sender };
     // Recognised before any quota: a resend of what is stored is acknowledged.
     let first = transaction
         .prepare_cached(
@@ -557,35 +584,51 @@ fn append_message(
                 })
                 .optional()
         })
-        .map_err(failed(&operation))?;
+        .map_err(failed(operation))?;
     if let Some(first) = first {
         return Ok(Applied::Duplicate {
             seq: from_bits(first),
         });
     }
     let encoded = sealed.encode_to_vec();
-    // The sender's quota is checked once its room has made room: a member posting alone
-    // in a room is trimmed like anyone else, not refused.
-    execute(transaction, "SAVEPOINT message", [], &operation)?;
+    let size = saturating(encoded.len());
+    // Everything is decided before anything changes, so a refusal has nothing to undo
+    // (a savepoint did that before, at the cost of copying every page a message touched
+    // into its statement journal: a fifth of the commit). The sender's quota is checked
+    // once its room has made room: a member posting alone in a room is trimmed like
+    // anyone else, not refused.
+    let trim = usage::plan_trim(transaction, room, policy, seq, Some(size))?;
+    let change = stored_change(size, trim.as_ref(), sender);
+    if let Some(quota) = usage::exceeded_quota(transaction, sender, change, policy)? {
+        return Ok(Applied::OverQuota(quota));
+    }
     // A sequence number used twice is still an error (the primary key).
     execute(
         transaction,
         "INSERT INTO messages (room, seq, sender, key_id, iteration, sealed, stored_ms) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![room, stored, sender, key_id, iteration, encoded, now_ms],
-        &operation,
+        operation,
     )?;
-    usage::stored_message(transaction, room, sender, encoded.len())?;
-    usage::trim_room(transaction, room, policy, seq)?;
-    if let Some(quota) = usage::exceeded_quota(transaction, sender, policy)? {
-        transaction
-            .execute_batch("ROLLBACK TO message; RELEASE message")
-            .map_err(failed(&operation))?;
-        return Ok(Applied::OverQuota(quota));
-    }
-    execute(transaction, "RELEASE message", [], &operation)?;
+    usage::stored_message(transaction, room, sender, size, trim.as_ref())?;
     usage::evict_oldest(transaction, policy, room, seq)?;
     Ok(Applied::Done)
+}
+
+/// Names the appending of a message in an error message; formatted only if there is
+/// one (this is per message).
+#[derive(Clone, Copy)]
+struct Appending<'a> {
+    room: &'a str,
+    seq: u64,
+    sender: &'a str,
+}
+
+impl Display for Appending<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self { room, seq, sender } = self;
+        write!(f, "append message {seq} of {sender:?} to room {room:?}")
+    }
 }
 
 /// Forgets the messages of `room` beyond what `policy` lets a room keep, then the
@@ -866,6 +909,10 @@ impl Store for SqliteStore {
             .map(|change| apply(&transaction, change, policy, now_ms))
             .collect::<Result<Vec<_>, _>>()?;
         transaction.commit().map_err(failed("commit"))?;
+        drop(connection);
+        if let Some(checkpoints) = &self.checkpoints {
+            checkpoints.committed();
+        }
         Ok(applied)
     }
 

@@ -229,8 +229,15 @@ impl State {
         let Some(found) = self.rooms.get(room) else {
             return;
         };
-        for user in found.recipients(seq, except) {
-            self.deliver_entry(room, seq, &user, kind.clone());
+        // The recipients' sessions in one pass, rather than each recipient's name copied
+        // and looked up again: this runs for every message, under the lock.
+        let online = &self.online;
+        let sessions: Vec<SessionId> = found
+            .recipients(seq, except)
+            .filter_map(|user| online.get(user).copied())
+            .collect();
+        for id in sessions {
+            self.deliver_to(id, room, kind.clone());
         }
     }
 
@@ -248,6 +255,11 @@ impl State {
         if !receives {
             return;
         }
+        self.deliver_to(id, room, kind);
+    }
+
+    /// Delivers an entry of `room` to the session `id` of a member that receives it.
+    fn deliver_to(&mut self, id: SessionId, room: &str, kind: Kind) {
         let frame = ServerFrame {
             request_id: 0,
             kind: Some(kind),

@@ -1,7 +1,8 @@
 //! The changes of a commit, and pruning, on PostgreSQL: the same statements as SQLite's
 //! (`sqlite.rs` and `sqlite/usage.rs` say why each is as it is), in PostgreSQL's SQL.
-//! The usage counters move by exactly what each `DELETE ... RETURNING` forgot; the
-//! quota, trim and eviction decisions are `shared`'s.
+//! The usage counters move by exactly what each `DELETE ... RETURNING` forgot, or, for
+//! a room's trim for a new message, by what the same transaction read of the messages
+//! just before; the quota, trim and eviction decisions are `shared`'s.
 
 use std::fmt::Display;
 use std::time::Duration;
@@ -291,21 +292,9 @@ async fn append_message(
         });
     }
     let encoded = sealed.encode_to_vec();
-    execute(transaction, "SAVEPOINT message", &[], &operation).await?;
-    execute(
-        transaction,
-        "INSERT INTO messages (room, seq, sender, key_id, iteration, sealed, stored_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        &[
-            &room, &stored, &sender, &key_id, &iteration, &encoded, &now_ms,
-        ],
-        &operation,
-    )
-    .await?;
-    let mut usage = Usage::default();
-    usage.message(1, room, sender, saturating(encoded.len()));
-    count(transaction, usage).await?;
-    trim_room(transaction, room, policy, seq).await?;
+    let size = saturating(encoded.len());
+    // Decided before anything is written, as on SQLite: nothing to roll back.
+    let trim = plan_trim(transaction, room, policy, seq, Some(size)).await?;
     let stored_bytes = select(
         transaction,
         "SELECT stored_bytes FROM identities WHERE \"user\" = $1",
@@ -316,18 +305,41 @@ async fn append_message(
     .first()
     .map(|row| get::<i64>(row, 0))
     .transpose()?;
-    if let Some(quota) = shared::exceeded_quota(stored_bytes, policy) {
-        execute(
-            transaction,
-            "ROLLBACK TO SAVEPOINT message",
-            &[],
-            &operation,
-        )
-        .await?;
-        execute(transaction, "RELEASE SAVEPOINT message", &[], &operation).await?;
+    let change = shared::stored_change(size, trim.as_ref(), sender);
+    if let Some(quota) = shared::exceeded_quota(stored_bytes, change, policy) {
         return Ok(Applied::OverQuota(quota));
     }
-    execute(transaction, "RELEASE SAVEPOINT message", &[], &operation).await?;
+    execute(
+        transaction,
+        "INSERT INTO messages (room, seq, sender, key_id, iteration, sealed, stored_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        &[
+            &room, &stored, &sender, &key_id, &iteration, &encoded, &now_ms,
+        ],
+        &operation,
+    )
+    .await?;
+    let usage = match &trim {
+        None => {
+            let mut usage = Usage::default();
+            usage.message(1, room, sender, size);
+            usage
+        }
+        Some(trim) => {
+            // The plan read every message of the room up to its last, in this
+            // transaction: those are the ones deleted, and its sizes what they took.
+            let deleted = execute(
+                transaction,
+                "DELETE FROM messages WHERE room = $1 AND seq <= $2",
+                &[&room, &trim.last()],
+                format_args!("trim room {room:?}"),
+            )
+            .await?;
+            trim.check_deleted(room, deleted)?;
+            trim.usage(room, sender, size)
+        }
+    };
+    count(transaction, usage).await?;
     evict_oldest(transaction, policy, room, seq).await?;
     Ok(Applied::Done)
 }
@@ -378,14 +390,17 @@ pub(super) async fn prune(
     Ok(pruned)
 }
 
-/// Makes `room` forget its oldest messages beyond what `policy` lets a room keep, never
-/// one at or after `keep_from`; reads them only as far as it deletes.
-async fn trim_room(
+/// What `room` must forget to hold no more than `policy` lets a room keep, were it to
+/// hold a new message of `adding` bytes as well (`None`: as it is), never a message at
+/// or after `keep_from`; as SQLite's `plan_trim`, it changes nothing and reads the
+/// room's oldest messages only as far as they would be deleted.
+async fn plan_trim(
     transaction: &Transaction<'_>,
     room: &str,
     policy: &StoragePolicy,
     keep_from: u64,
-) -> Result<u64, StoreError> {
+    adding: Option<i64>,
+) -> Result<Option<Trim>, StoreError> {
     let operation = format!("trim room {room:?}");
     let counts = select(
         transaction,
@@ -395,19 +410,28 @@ async fn trim_room(
     )
     .await?;
     let Some(row) = counts.first() else {
-        return Ok(0);
+        return Ok(None);
     };
-    let Some(mut trim) = Trim::new(get(row, 0)?, get(row, 1)?, policy) else {
-        return Ok(0);
+    let (count, bytes) = (get(row, 0)?, get(row, 1)?);
+    let trim = match adding {
+        Some(size) => Trim::for_message(count, bytes, size, policy),
+        None => Trim::new(count, bytes, policy),
+    };
+    let Some(mut trim) = trim else {
+        return Ok(None);
     };
     let keep_from = saturating(keep_from);
-    let mut last = None;
     let mut after = -1i64;
     'pages: loop {
         let page = select(
             transaction,
-            "SELECT seq, length(sealed)::BIGINT FROM messages \
-             WHERE room = $1 AND seq > $2 AND seq < $3 ORDER BY seq LIMIT 64",
+            if trim.wants_one() {
+                "SELECT seq, sender, length(sealed)::BIGINT FROM messages \
+                 WHERE room = $1 AND seq > $2 AND seq < $3 ORDER BY seq LIMIT 1"
+            } else {
+                "SELECT seq, sender, length(sealed)::BIGINT FROM messages \
+                 WHERE room = $1 AND seq > $2 AND seq < $3 ORDER BY seq LIMIT 64"
+            },
             &[&room, &after, &keep_from],
             &operation,
         )
@@ -417,21 +441,31 @@ async fn trim_room(
         }
         for row in &page {
             let seq: i64 = get(row, 0)?;
-            last = Some(seq);
             after = seq;
-            if trim.take(get(row, 1)?) {
+            if trim.take(seq, get(row, 1)?, get(row, 2)?) {
                 break 'pages;
             }
         }
     }
-    let Some(last) = last else {
+    Ok(trim.found())
+}
+
+/// Makes `room` forget its oldest messages beyond what `policy` lets a room keep, never
+/// one at or after `keep_from`; returns how many it forgot.
+async fn trim_room(
+    transaction: &Transaction<'_>,
+    room: &str,
+    policy: &StoragePolicy,
+    keep_from: u64,
+) -> Result<u64, StoreError> {
+    let Some(trim) = plan_trim(transaction, room, policy, keep_from, None).await? else {
         return Ok(0);
     };
     delete_messages(
         transaction,
         &format!("DELETE FROM messages WHERE room = $1 AND seq <= $2 {DELETED_MESSAGE}"),
-        &[&room, &last],
-        &operation,
+        &[&room, &trim.last()],
+        format_args!("trim room {room:?}"),
     )
     .await
 }

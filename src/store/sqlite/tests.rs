@@ -65,7 +65,11 @@ fn a_database_of_the_first_schema_is_upgraded_keeping_its_identities() {
 #[test]
 fn trimming_reads_only_what_it_deletes() {
     let store = SqliteStore::in_memory().unwrap();
-    for sql in [usage::OLDEST_MESSAGES, usage::DELETE_OLDEST] {
+    for sql in [
+        usage::OLDEST_MESSAGES,
+        usage::OLDEST_MESSAGE,
+        usage::DELETE_OLDEST,
+    ] {
         let plan = store
             .reader()
             .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))

@@ -4,7 +4,8 @@
 //! write.
 //!
 //! Every statement that deletes messages or sender keys returns what it deleted
-//! (`RETURNING`), and the counters are brought down by exactly that.
+//! (`RETURNING`), and the counters are brought down by exactly that; a room's trim for a
+//! new message is counted from what the same transaction read of them just before.
 
 use std::fmt::Display;
 
@@ -16,21 +17,40 @@ use crate::store::{Quota, StoragePolicy, StoreError};
 
 /// The oldest messages of room `?1` after `?2` and before `?3`, a page at a time: it
 /// walks the (room, seq) primary key from the oldest.
-pub(super) const OLDEST_MESSAGES: &str = "SELECT seq, length(sealed) FROM messages \
+pub(super) const OLDEST_MESSAGES: &str = "SELECT seq, sender, length(sealed) FROM messages \
      WHERE room = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq LIMIT 64";
+
+/// [`OLDEST_MESSAGES`], the oldest only: what a full room forgets for each message it
+/// stores. (Not `LIMIT ?4`: SQLite plans with a bound LIMIT's value, so it prepares
+/// such a statement again each time the value is bound.)
+pub(super) const OLDEST_MESSAGE: &str = "SELECT seq, sender, length(sealed) FROM messages \
+     WHERE room = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq LIMIT 1";
 
 /// Forgets the messages of room `?1` up to `?2`, looking them up by the primary key: the
 /// work grows with what is deleted, not with the room.
 pub(super) const DELETE_OLDEST: &str = "DELETE FROM messages WHERE room = ?1 AND seq <= ?2 \
      RETURNING room, sender, length(sealed)";
 
+/// Adds `?2` messages and `?3` bytes to room `?1`'s counters.
+const COUNT_ROOM: &str = "UPDATE rooms SET message_count = message_count + ?2, \
+     message_bytes = message_bytes + ?3 WHERE name = ?1";
+
+/// Adds `?2` messages and `?3` bytes to what user `?1` stores.
+const COUNT_USER: &str = "UPDATE identities SET message_count = message_count + ?2, \
+     stored_bytes = stored_bytes + ?3 WHERE user = ?1";
+
+/// Adds `?1` bytes to what the store holds.
+const COUNT_STORE: &str = "UPDATE usage SET stored_bytes = stored_bytes + ?1 WHERE id = 1";
+
+/// [`DELETE_OLDEST`] for a caller that knows already what it deletes.
+const FORGET_OLDEST: &str = "DELETE FROM messages WHERE room = ?1 AND seq <= ?2";
+
 /// Writes the changes to the counters.
 fn apply(usage: Usage, transaction: &Transaction<'_>) -> Result<(), StoreError> {
     for (room, (messages, bytes)) in usage.rooms {
         execute(
             transaction,
-            "UPDATE rooms SET message_count = message_count + ?2, \
-             message_bytes = message_bytes + ?3 WHERE name = ?1",
+            COUNT_ROOM,
             params![room, messages, bytes],
             format_args!("count the messages of room {room:?}"),
         )?;
@@ -38,8 +58,7 @@ fn apply(usage: Usage, transaction: &Transaction<'_>) -> Result<(), StoreError> 
     for (user, (messages, bytes)) in usage.users {
         execute(
             transaction,
-            "UPDATE identities SET message_count = message_count + ?2, \
-             stored_bytes = stored_bytes + ?3 WHERE user = ?1",
+            COUNT_USER,
             params![user, messages, bytes],
             format_args!("count what {user:?} stores"),
         )?;
@@ -47,7 +66,7 @@ fn apply(usage: Usage, transaction: &Transaction<'_>) -> Result<(), StoreError> 
     if usage.total != 0 {
         execute(
             transaction,
-            "UPDATE usage SET stored_bytes = stored_bytes + ?1 WHERE id = 1",
+            COUNT_STORE,
             [usage.total],
             "count what the store holds",
         )?;
@@ -55,16 +74,48 @@ fn apply(usage: Usage, transaction: &Transaction<'_>) -> Result<(), StoreError> 
     Ok(())
 }
 
-/// Counts a message just stored.
+/// Counts a message of `bytes` just stored in `room`, and forgets what `trim` found to
+/// make room for it (see [`plan_trim`]), with one update of each counter.
 pub(super) fn stored_message(
     transaction: &Transaction<'_>,
     room: &str,
     sender: &str,
-    bytes: usize,
+    bytes: i64,
+    trim: Option<&Trim>,
 ) -> Result<(), StoreError> {
-    let mut usage = Usage::default();
-    usage.message(1, room, sender, saturating(bytes));
-    apply(usage, transaction)
+    let Some(trim) = trim else {
+        // The same three statements as [`apply`], without its maps: this runs for
+        // every message.
+        execute(
+            transaction,
+            COUNT_ROOM,
+            params![room, 1, bytes],
+            format_args!("count the messages of room {room:?}"),
+        )?;
+        execute(
+            transaction,
+            COUNT_USER,
+            params![sender, 1, bytes],
+            format_args!("count what {sender:?} stores"),
+        )?;
+        execute(
+            transaction,
+            COUNT_STORE,
+            [bytes],
+            "count what the store holds",
+        )?;
+        return Ok(());
+    };
+    // The plan read every message of the room up to its last, in this transaction:
+    // those are the ones deleted, and its sizes are what they took.
+    let deleted = execute(
+        transaction,
+        FORGET_OLDEST,
+        params![room, trim.last()],
+        Trimming(room),
+    )?;
+    trim.check_deleted(room, deleted)?;
+    apply(trim.usage(room, sender, bytes), transaction)
 }
 
 /// Counts a sender key just stored, `bytes` for all its recipients.
@@ -120,10 +171,11 @@ pub(super) fn delete_keys(
     Ok(deleted.len() as u64)
 }
 
-/// The quota the sender of a message just stored exceeds with it, if any.
+/// The quota `sender` would exceed if what it stores changed by `change` bytes, if any.
 pub(super) fn exceeded_quota(
     transaction: &Transaction<'_>,
     sender: &str,
+    change: i64,
     policy: &StoragePolicy,
 ) -> Result<Option<Quota>, StoreError> {
     let stored = select(
@@ -133,7 +185,11 @@ pub(super) fn exceeded_quota(
         format_args!("read what {sender:?} stores"),
         |row| Ok(row.get::<_, i64>(0)?),
     )?;
-    Ok(shared::exceeded_quota(stored.first().copied(), policy))
+    Ok(shared::exceeded_quota(
+        stored.first().copied(),
+        change,
+        policy,
+    ))
 }
 
 /// The oldest messages of the whole store, a page at a time: the age index.
@@ -186,53 +242,95 @@ pub(super) fn evict_oldest(
     Ok(evicted)
 }
 
+/// Names a trimming in an error message; formatted only if there is one.
+#[derive(Clone, Copy)]
+struct Trimming<'a>(&'a str);
+
+impl Display for Trimming<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "trim room {:?}", self.0)
+    }
+}
+
+/// What `room` must forget to hold no more than `policy` lets a room keep, were it to
+/// hold a new message of `adding` bytes as well (`None`: as it is), never a message at
+/// or after `keep_from`; `None` when it is within its limits or holds nothing it may
+/// forget. Changes nothing: it reads the room's oldest messages only as far as they
+/// would be deleted.
+pub(super) fn plan_trim(
+    transaction: &Transaction<'_>,
+    room: &str,
+    policy: &StoragePolicy,
+    keep_from: u64,
+    adding: Option<i64>,
+) -> Result<Option<Trim>, StoreError> {
+    let operation = Trimming(room);
+    let counts = select(
+        transaction,
+        "SELECT message_count, message_bytes FROM rooms WHERE name = ?1",
+        [room],
+        operation,
+        |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
+    )?;
+    let Some(&(count, bytes)) = counts.first() else {
+        return Ok(None);
+    };
+    let trim = match adding {
+        Some(size) => Trim::for_message(count, bytes, size, policy),
+        None => Trim::new(count, bytes, policy),
+    };
+    let Some(mut trim) = trim else {
+        return Ok(None);
+    };
+    // The oldest messages, one page at a time, until enough are found; one alone when
+    // it may be enough, as for a full room that forgets one message for each it stores.
+    let mut after = -1i64;
+    'pages: loop {
+        let page = select(
+            transaction,
+            if trim.wants_one() {
+                OLDEST_MESSAGE
+            } else {
+                OLDEST_MESSAGES
+            },
+            params![room, after, saturating(keep_from)],
+            operation,
+            |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
+            },
+        )?;
+        if page.is_empty() {
+            break;
+        }
+        for (seq, sender, size) in page {
+            after = seq;
+            if trim.take(seq, sender, size) {
+                break 'pages;
+            }
+        }
+    }
+    Ok(trim.found())
+}
+
 /// Makes `room` forget its oldest messages until it holds no more than `policy` lets
 /// a room keep, never a message at or after `keep_from`; returns how many it forgot.
-/// It reads the room's oldest messages only as far as it deletes.
 pub(super) fn trim_room(
     transaction: &Transaction<'_>,
     room: &str,
     policy: &StoragePolicy,
     keep_from: u64,
 ) -> Result<u64, StoreError> {
-    let operation = format!("trim room {room:?}");
-    let counts = select(
-        transaction,
-        "SELECT message_count, message_bytes FROM rooms WHERE name = ?1",
-        [room],
-        &operation,
-        |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
-    )?;
-    let Some(&(count, bytes)) = counts.first() else {
-        return Ok(0);
-    };
-    let Some(mut trim) = Trim::new(count, bytes, policy) else {
-        return Ok(0);
-    };
-    // The oldest messages, one page at a time, until enough are found.
-    let mut last = None;
-    let mut after = -1i64;
-    'pages: loop {
-        let page = select(
+    match plan_trim(transaction, room, policy, keep_from, None)? {
+        Some(trim) => delete_messages(
             transaction,
-            OLDEST_MESSAGES,
-            params![room, after, saturating(keep_from)],
-            &operation,
-            |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
-        )?;
-        if page.is_empty() {
-            break;
-        }
-        for (seq, size) in page {
-            last = Some(seq);
-            after = seq;
-            if trim.take(size) {
-                break 'pages;
-            }
-        }
+            DELETE_OLDEST,
+            params![room, trim.last()],
+            Trimming(room),
+        ),
+        None => Ok(0),
     }
-    let Some(last) = last else {
-        return Ok(0);
-    };
-    delete_messages(transaction, DELETE_OLDEST, params![room, last], &operation)
 }
