@@ -63,7 +63,7 @@ cleanup_on_error() {
 }
 trap cleanup_on_error ERR
 
-# No fsync anywhere: the data is thrown away with the directory.
+# initdb need not sync: the data is thrown away with the directory.
 if ! "${as_server[@]}" "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8 \
     --locale=C --no-sync >"$dir/initdb.log" 2>&1; then
     cat "$dir/initdb.log" >&2
@@ -71,6 +71,12 @@ if ! "${as_server[@]}" "$bin/initdb" -D "$dir/data" -U postgres -A trust -E UTF8
     exit 1
 fi
 
+# No fsync for the tests, whose data is thrown away; CHAT_POSTGRES_DURABLE=1 keeps
+# PostgreSQL's defaults (every commit on disk), for benchmarks.
+durability="-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+if [ "${CHAT_POSTGRES_DURABLE:-}" = 1 ]; then
+    durability=
+fi
 started=
 for _ in $(seq 1 20); do
     port=$((20000 + RANDOM % 40000))
@@ -80,8 +86,7 @@ for _ in $(seq 1 20); do
     fi
     if "${as_server[@]}" "$bin/pg_ctl" start -w -t 30 -D "$dir/data" -l "$dir/server.log" \
         -o "-c listen_addresses=127.0.0.1 -c port=$port -c unix_socket_directories='' \
-            -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-            -c max_connections=200" \
+            $durability -c max_connections=200" \
         </dev/null >/dev/null 2>&1; then
         started=yes
         break
