@@ -160,7 +160,10 @@ fn a_database_it_cannot_use_stops_the_relay_with_one_line() {
         other.contains("postgres://") && other.contains("postgresql://"),
         "{other}"
     );
-    for stderr in [unreachable, other] {
+    // PostgreSQL's own key=value form is not taken, and its password not repeated.
+    let key_value = run("password=s3cret host=127.0.0.1 dbname=chat");
+    assert!(key_value.contains("not a URL"), "{key_value}");
+    for stderr in [unreachable, other, key_value] {
         assert!(!stderr.contains("s3cret"), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
@@ -198,4 +201,14 @@ fn a_second_relay_on_one_database_stops_with_one_line_and_starts_once_the_first_
     first_on_sqlite.kill_and_restart();
     second(&on_postgres);
     second(&on_sqlite);
+
+    // PostgreSQL ends the session holding the lock (as a restart of PostgreSQL would):
+    // the relay takes it again, and a relay started after that is still refused.
+    let database = url.rsplit_once('/').unwrap().1;
+    as_superuser(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks JOIN pg_database d ON d.oid = \
+         pg_locks.database WHERE locktype = 'advisory' AND d.datname = '{database}'"
+    ));
+    common::process::wait_for_line(&first.stderr, "holding the claim on the database again");
+    second(&on_postgres);
 }

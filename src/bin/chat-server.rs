@@ -159,7 +159,7 @@ async fn run(args: Args) -> Result<(), String> {
         server::prepare_data_dir(&args.data_dir).map_err(|error| error.to_string())?;
     }
     // Before anything is opened: a second relay on the same database stops here.
-    let _claim = store::claim::claim(args.database.as_deref(), &args.data_dir)
+    let mut claim = store::claim::claim(args.database.as_deref(), &args.data_dir)
         .await
         .map_err(|error| error.to_string())?;
     // Opening blocks (migrations, PostgreSQL's first connection): not on a worker.
@@ -202,6 +202,7 @@ async fn run(args: Args) -> Result<(), String> {
     tokio::select! {
         result = serve => result.map_err(|error| error.to_string())?,
         () = deadline => tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway"),
+        why = claim.lost() => return Err(why),
     }
     tracing::info!("stopped");
     Ok(())

@@ -6,7 +6,9 @@
 //! The claim is taken by the serving process only: the `registration-token` commands
 //! work beside a running relay. It goes with the process however that ends (a lock on a
 //! file for SQLite, an advisory lock held by a connection of its own for PostgreSQL), so
-//! a relay killed with SIGKILL can be started again at once.
+//! a relay killed with SIGKILL can be started again at once. PostgreSQL's lock goes with
+//! its connection too (a restart of PostgreSQL): the relay takes it again as soon as it
+//! can, and stops ([`Claim::lost`]) if another relay has it by then.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::Path;
@@ -19,15 +21,14 @@ pub const LOCK_FILE: &str = "relay.lock";
 /// Held for as long as the relay serves; dropping it lets another relay start.
 #[must_use = "the claim ends when it is dropped"]
 pub struct Claim {
-    _held: Held,
+    held: Held,
 }
 
-/// What holds the lock; only ever dropped.
+/// What holds the lock.
 enum Held {
     File(#[expect(dead_code, reason = "held for its lock")] File),
-    Postgres(
-        #[expect(dead_code, reason = "held for its connection's lock")] tokio_postgres::Client,
-    ),
+    /// The task that holds the lock, and takes it again; it ends only when it is lost.
+    Postgres(tokio::task::JoinHandle<String>),
 }
 
 /// Claims the database `chat-server` serves: PostgreSQL at `database`, or the SQLite
@@ -39,7 +40,30 @@ pub async fn claim(database: Option<&str>, data_dir: &Path) -> Result<Claim, Sto
         Some(url) => Held::Postgres(postgres::claim(postgres_url(url)?).await?),
         None => Held::File(lock_file(data_dir)?),
     };
-    Ok(Claim { _held: held })
+    Ok(Claim { held })
+}
+
+impl Claim {
+    /// Completes, with why, if the claim is lost to another relay; never for SQLite,
+    /// whose lock goes only with the process.
+    pub async fn lost(&mut self) -> String {
+        match &mut self.held {
+            Held::File(_) => std::future::pending().await,
+            Held::Postgres(task) => match task.await {
+                Ok(why) => why,
+                Err(error) => format!("the task holding the claim on the database failed: {error}"),
+            },
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Held::Postgres(task) = &self.held {
+            // Its connection, and so the lock, goes with it.
+            task.abort();
+        }
+    }
 }
 
 fn lock_file(data_dir: &Path) -> Result<File, StoreError> {

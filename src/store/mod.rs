@@ -43,15 +43,23 @@ fn postgres_url(database: &str) -> Result<&str, StoreError> {
     if database.starts_with("postgres://") || database.starts_with("postgresql://") {
         return Ok(database);
     }
-    // Only what precedes the first colon: the rest may hold a password.
+    // Only a URL's scheme is named: the rest, or a value that is not a URL at all
+    // (PostgreSQL's own `key=value` form), may hold a password.
+    let scheme = database
+        .split_once("://")
+        .map(|(scheme, _)| scheme)
+        .filter(|scheme| {
+            !scheme.is_empty()
+                && scheme.len() <= 32
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        });
     Err(StoreError::UnknownDatabase {
-        scheme: database
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .chars()
-            .take(32)
-            .collect(),
+        scheme: match scheme {
+            Some(scheme) => format!("{scheme}://"),
+            None => "something that is not a URL".to_owned(),
+        },
     })
 }
 
@@ -62,7 +70,7 @@ pub enum StoreError {
     Open { path: String, reason: String },
     #[error(
         "--database must be a PostgreSQL URL, postgres://USER:PASSWORD@HOST:PORT/DATABASE or \
-         postgresql://..., or left out for the SQLite database in --data-dir; it starts with {scheme:?}"
+         postgresql://..., or left out for the SQLite database in --data-dir; it is {scheme}"
     )]
     UnknownDatabase { scheme: String },
     #[error(

@@ -218,10 +218,16 @@ const RELAY_LOCK: i64 = 2026112902;
 /// How long a relay waits for the claim of one that just went.
 const CLAIM_PATIENCE: Duration = Duration::from_secs(2);
 
+/// How long a relay whose claim's connection ended waits for the lock to be free again
+/// (PostgreSQL may not have noticed yet that its old session is gone), before it takes
+/// the lock as another relay's.
+const RECLAIM_PATIENCE: Duration = Duration::from_secs(15);
+
 /// Connects to the database at `url` on a connection of its own, driven by the calling
-/// runtime, and takes the relay's advisory lock on it: held until the client (and so
-/// the connection) is dropped, or the process ends.
-pub(super) async fn claim(url: &str) -> Result<tokio_postgres::Client, StoreError> {
+/// runtime, and takes the relay's advisory lock on it. The returned task holds it, and
+/// takes it again whenever the connection ends (PostgreSQL restarted, the session was
+/// terminated); it ends, with why, only if the lock is another relay's by then.
+pub(super) async fn claim(url: &str) -> Result<tokio::task::JoinHandle<String>, StoreError> {
     let mut config: tokio_postgres::Config = url.parse().map_err(|error| StoreError::Open {
         path: "given by --database".to_owned(),
         reason: format!("{error}"),
@@ -230,31 +236,74 @@ pub(super) async fn claim(url: &str) -> Result<tokio_postgres::Client, StoreErro
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
-    let failed = |error: tokio_postgres::Error| StoreError::Open {
-        path: target.clone(),
-        reason: describe(&error),
+    let held = match lock(&config, CLAIM_PATIENCE).await {
+        Ok(Some(held)) => held,
+        Ok(None) => return Err(StoreError::InUse { database: target }),
+        Err(error) => {
+            return Err(StoreError::Open {
+                path: target,
+                reason: describe(&error),
+            });
+        }
     };
-    let (client, connection) = config.connect(NoTls).await.map_err(failed)?;
-    tokio::spawn(async move {
+    Ok(tokio::spawn(hold(config, target, held)))
+}
+
+/// A connection holding the relay's lock, and the task driving it (which ends with it).
+type Held = (tokio_postgres::Client, tokio::task::JoinHandle<()>);
+
+/// Connects and takes the lock, trying again for `patience` while another session has
+/// it; `None` if it still has it then.
+async fn lock(
+    config: &tokio_postgres::Config,
+    patience: Duration,
+) -> Result<Option<Held>, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    let driver = tokio::spawn(async move {
         if let Err(error) = connection.await {
-            tracing::warn!(%error, "the connection holding this relay's claim on its database ended");
+            tracing::debug!(%error, "the claim's connection failed");
         }
     });
-    // A relay killed a moment ago holds the lock until PostgreSQL notices its
-    // connection is gone: a restart waits that long before calling it in use.
-    let deadline = tokio::time::Instant::now() + CLAIM_PATIENCE;
+    let deadline = tokio::time::Instant::now() + patience;
     loop {
         let row = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&RELAY_LOCK])
-            .await
-            .map_err(failed)?;
+            .await?;
         if row.get::<_, bool>(0) {
-            return Ok(client);
+            return Ok(Some((client, driver)));
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(StoreError::InUse { database: target });
+            return Ok(None);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Holds the claim for as long as the relay runs; returns why it was lost.
+async fn hold(config: tokio_postgres::Config, target: String, mut held: Held) -> String {
+    loop {
+        let (client, driver) = held;
+        let _ = driver.await;
+        drop(client);
+        tracing::warn!(
+            database = target,
+            "the connection holding this relay's claim on its database ended; taking it again"
+        );
+        held = loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            match lock(&config, RECLAIM_PATIENCE).await {
+                Ok(Some(held)) => break held,
+                Ok(None) => {
+                    return format!(
+                        "another chat-server took {target} while this one's claim on it was \
+                         lost; one relay per database, so this one stops"
+                    );
+                }
+                // PostgreSQL is still away: so are the writes, which fail meanwhile.
+                Err(_) => {}
+            }
+        };
+        tracing::info!(database = target, "holding the claim on the database again");
     }
 }
 
