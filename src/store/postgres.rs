@@ -55,6 +55,9 @@ const POOL_SIZE: usize = 8;
 /// down or unreachable): a commit waits no longer than this to be told UNAVAILABLE.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The longest one read or one commit may take (a full batch takes well under a second).
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The relay's database on a PostgreSQL server.
 pub struct PostgresStore {
     pool: Pool,
@@ -85,6 +88,26 @@ impl Bridge {
             // task cannot hand its thread away: the relay never runs on one.)
             _ => runtime.block_on(future),
         }
+    }
+}
+
+impl Bridge {
+    /// [`run`](Self::run), but a database that does not answer within
+    /// [`OPERATION_TIMEOUT`] (a PostgreSQL server that hangs rather than refuses) is an
+    /// error, as one that went away is, rather than a relay that hangs with it.
+    fn run_within<T>(
+        &self,
+        operation: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        self.run(async {
+            match tokio::time::timeout(OPERATION_TIMEOUT, operation).await {
+                Ok(done) => done,
+                Err(_) => Err(StoreError::Database(format!(
+                    "PostgreSQL did not answer within {} s",
+                    OPERATION_TIMEOUT.as_secs()
+                ))),
+            }
+        })
     }
 }
 
@@ -153,7 +176,7 @@ impl PostgresStore {
         };
         store
             .bridge
-            .run(migrate(&store.pool))
+            .run_within(migrate(&store.pool))
             .map_err(|error| match error {
                 StoreError::Database(reason) => StoreError::Open {
                     path: target,
@@ -172,7 +195,7 @@ impl PostgresStore {
         write: impl for<'t> AsyncFnOnce(&'t Transaction<'t>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let _writer = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
-        self.bridge.run(async {
+        self.bridge.run_within(async {
             let mut client = connection(&self.pool).await?;
             let transaction = client
                 .transaction()
@@ -193,7 +216,7 @@ impl PostgresStore {
         &self,
         read: impl for<'t> AsyncFnOnce(&'t Transaction<'t>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.bridge.run(async {
+        self.bridge.run_within(async {
             let mut client = connection(&self.pool).await?;
             let transaction = client
                 .build_transaction()
@@ -210,7 +233,6 @@ impl PostgresStore {
     }
 }
 
-/// The server and database `config` names, for errors: never the password.
 /// The key of the advisory lock a serving relay holds on its database
 /// ([`claim`](super::claim)); the migrations take another.
 const RELAY_LOCK: i64 = 2026112902;
@@ -236,13 +258,25 @@ pub(super) async fn claim(url: &str) -> Result<tokio::task::JoinHandle<String>, 
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
-    let held = match lock(&config, CLAIM_PATIENCE).await {
-        Ok(Some(held)) => held,
-        Ok(None) => return Err(StoreError::InUse { database: target }),
-        Err(error) => {
+    // A server that accepts the connection and then says nothing is no better than one
+    // that refuses it.
+    let answer = tokio::time::timeout(OPERATION_TIMEOUT, lock(&config, CLAIM_PATIENCE)).await;
+    let held = match answer {
+        Ok(Ok(Some(held))) => held,
+        Ok(Ok(None)) => return Err(StoreError::InUse { database: target }),
+        Ok(Err(error)) => {
             return Err(StoreError::Open {
                 path: target,
                 reason: describe(&error),
+            });
+        }
+        Err(_) => {
+            return Err(StoreError::Open {
+                path: target,
+                reason: format!(
+                    "PostgreSQL did not answer within {} s",
+                    OPERATION_TIMEOUT.as_secs()
+                ),
             });
         }
     };
@@ -291,22 +325,23 @@ async fn hold(config: tokio_postgres::Config, target: String, mut held: Held) ->
         );
         held = loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            match lock(&config, RECLAIM_PATIENCE).await {
-                Ok(Some(held)) => break held,
-                Ok(None) => {
+            match tokio::time::timeout(OPERATION_TIMEOUT, lock(&config, RECLAIM_PATIENCE)).await {
+                Ok(Ok(Some(held))) => break held,
+                Ok(Ok(None)) => {
                     return format!(
                         "another chat-server took {target} while this one's claim on it was \
                          lost; one relay per database, so this one stops"
                     );
                 }
                 // PostgreSQL is still away: so are the writes, which fail meanwhile.
-                Err(_) => {}
+                Ok(Err(_)) | Err(_) => {}
             }
         };
         tracing::info!(database = target, "holding the claim on the database again");
     }
 }
 
+/// The server and database `config` names, for errors: never the password.
 fn target(config: &tokio_postgres::Config) -> String {
     let host = config
         .get_hosts()
