@@ -59,6 +59,19 @@ pub async fn connect(url: &str, ca_cert: Option<&Path>) -> Result<Channel, Clien
 /// The endpoint `url` names, checked without touching the network, so that a bad URL
 /// anywhere in a list is reported before the first one is tried.
 fn endpoint(url: &str, ca_cert: Option<&Path>) -> Result<Endpoint, ClientError> {
+    // A password in the URL would be repeated in every error that names it: refused,
+    // and named without it.
+    if let Some((scheme, rest)) = url.split_once("://") {
+        let authority = rest.split('/').next().unwrap_or_default();
+        if let Some((_, host)) = authority.rsplit_once('@') {
+            return Err(ClientError::BadUrl {
+                url: format!("{scheme}://…@{host}"),
+                reason: "a relay's URL holds no user name or password (you log in with your \
+                         keys); use https://HOST:PORT"
+                    .to_owned(),
+            });
+        }
+    }
     let bad_url = |reason: &str| ClientError::BadUrl {
         url: url.to_owned(),
         reason: reason.to_owned(),
@@ -231,6 +244,20 @@ mod tests {
             used.push(relays.current().to_owned());
         }
         assert_eq!(used, [urls[0], urls[1], urls[2], urls[0]]);
+    }
+
+    #[test]
+    fn a_url_with_a_password_is_refused_without_repeating_it() {
+        let error = Relays::new(vec!["http://alice:s3cret@127.0.0.1:5555".to_owned()], None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("no user name or password"), "{error}");
+        assert!(error.contains("127.0.0.1:5555"), "{error}");
+        assert!(
+            !error.contains("s3cret") && !error.contains("alice"),
+            "{error}"
+        );
     }
 
     #[test]
