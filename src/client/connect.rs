@@ -161,6 +161,11 @@ impl Relays {
     pub fn move_on(&mut self) {
         self.current = (self.current + 1) % self.urls.len();
     }
+
+    /// Whether the relay in use is the first of the list: a round through them starts.
+    pub fn at_first(&self) -> bool {
+        self.current == 0
+    }
 }
 
 /// What to do about a refused handshake whose own text does not say it.

@@ -236,10 +236,7 @@ impl Chat<'_> {
                             ));
                         }
                         let lost = self.relays.current().to_owned();
-                        if error.relay_down() {
-                            self.relays.move_on();
-                        }
-                        let delay = backoff.next_delay();
+                        let delay = self.next_relay(&error, &mut backoff);
                         attempt += 1;
                         self.ui.link(Link::Reconnecting { attempt });
                         self.ui.info(&format!(
@@ -321,10 +318,7 @@ impl Chat<'_> {
                         Err(error) => {
                             let error = error.into_inner();
                             let failed = self.relays.current().to_owned();
-                            if error.relay_down() {
-                                self.relays.move_on();
-                            }
-                            let delay = backoff.next_delay();
+                            let delay = self.next_relay(&error, &mut backoff);
                             attempt += 1;
                             self.ui.link(Link::Reconnecting { attempt });
                             self.ui.info(&format!(
@@ -696,6 +690,20 @@ impl Chat<'_> {
     }
 
     /// Saves the last sequence number processed in each room, where it moved.
+    /// After the relay in use failed with `error`: moves on to the next relay if this
+    /// one is down, and says how long to wait first.
+    fn next_relay(&mut self, error: &ClientError, backoff: &mut Backoff) -> Duration {
+        if !error.relay_down() {
+            return backoff.next_delay();
+        }
+        self.relays.move_on();
+        if self.relays.at_first() {
+            backoff.next_delay()
+        } else {
+            backoff.within_round()
+        }
+    }
+
     fn save_progress(&mut self) {
         for room in self.session.rooms() {
             let seq = self.session.last_seq(&room);
@@ -800,7 +808,9 @@ fn is_permanent(attempt: &Attempt) -> bool {
     }
 }
 
-/// The waits between reconnection attempts: 0.5 s, doubling up to 10 s.
+/// The waits between reconnection attempts: 0.5 s, doubling up to 10 s, per round
+/// through the deployment's relays: the next relay of a round is tried after the
+/// first wait, so that one already back is not missed behind a long one.
 struct Backoff {
     next: Duration,
 }
@@ -812,6 +822,11 @@ impl Default for Backoff {
 }
 
 impl Backoff {
+    /// The wait before the next relay of the same round.
+    fn within_round(&self) -> Duration {
+        FIRST_RETRY
+    }
+
     fn next_delay(&mut self) -> Duration {
         let delay = self.next;
         self.next = (delay * 2).min(MAX_RETRY);

@@ -84,7 +84,8 @@ Delivery: the server keeps what is said in the room for its members. End of inpu
 /quit only disconnect: you stay a member until /leave (or the owner removes you), and
 the next run in the room first shows, on stdout, what was said meanwhile. Where you
 were is saved per server and room in HOME/USER/progress.json. If the connection is
-lost, the client reconnects by itself (waiting 0.5 s, doubling up to 10 s) and sends
+lost, the client reconnects by itself (waiting 0.5 s, doubling up to 10 s after each
+round through the --server list; the next relay of a round after 0.5 s) and sends
 again the messages the server had not acknowledged; a message the server refused is
 reported as: failed to send \"TEXT\": CODE: reason. One session per user: starting the
 client again elsewhere as the same user ends this one (it exits, and does not fight
