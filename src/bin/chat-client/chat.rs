@@ -21,8 +21,9 @@ use crate::render::{self, members_line};
 use crate::ui::{Input, KeyOutcome, Link, Ui};
 use crate::{Args, HELP_AFTER, describe, load_prekeys, log_in, log_in_anywhere};
 
-/// How long the client waits, at the end, for the server to acknowledge what it sent
-/// (reconnecting if need be).
+/// How long the client waits, at the end, for the server to acknowledge something more
+/// of what it sent (reconnecting if need be): a busy server that keeps acknowledging is
+/// waited for, a silent one is not.
 const CLOSING_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How often a running client checks whether its prekey is due for renewal, and
@@ -177,8 +178,10 @@ impl Chat<'_> {
     /// answered.
     async fn run(&mut self, mut input: tokio::sync::mpsc::Receiver<Input>) -> Result<(), String> {
         let mut ending = false;
-        // The closing deadline is set (once: more input while closing does not move it).
+        // The closing deadline is set once; only an acknowledgement moves it (more input
+        // while closing does not).
         let mut closing = false;
+        let mut pending_while_closing = usize::MAX;
         let mut input_open = true;
         let mut connected = true;
         let mut backoff = Backoff::default();
@@ -203,6 +206,13 @@ impl Chat<'_> {
                     .reset(Instant::now() + CLOSING_TIMEOUT);
             }
             if ending {
+                let pending = self.session.pending().len();
+                if closing && pending < pending_while_closing {
+                    pending_while_closing = pending;
+                    closing_deadline
+                        .as_mut()
+                        .reset(Instant::now() + CLOSING_TIMEOUT);
+                }
                 if self.is_settled(connected) {
                     return match self.removed_from.take() {
                         Some(room) => Err(format!("the owner of {room} removed you from it")),

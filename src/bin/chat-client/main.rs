@@ -102,7 +102,7 @@ a deployment's relays first-URL-first everywhere (a home used with --server a al
 on with --server a,b).
 
 At end of input the client exits 0 once the server has acknowledged every message;
-otherwise (a message refused or not sent, or not acknowledged within 15 s) it lists the
+otherwise (a message refused or not sent, or 15 s without a further acknowledgement) it lists the
 messages not acknowledged and exits non-zero with a one-line error. A line typed after
 /join waits for the join; after /part (or /leave) the room is gone at once. If the owner
 removes you from your current room, there is no current room until you /switch: no
