@@ -44,8 +44,21 @@ impl Chatter {
 
     /// Logs in and joins all of `rooms` on one stream.
     async fn join_all(url: &str, user: &str, rooms: &[&str], after_seq: Option<u64>) -> Self {
+        Self::join_rotating(url, user, rooms, after_seq, RotationPolicy::default()).await
+    }
+
+    /// Logs in and joins all of `rooms`, rotating our sender key as `rotation` says.
+    async fn join_rotating(
+        url: &str,
+        user: &str,
+        rooms: &[&str],
+        after_seq: Option<u64>,
+        rotation: RotationPolicy,
+    ) -> Self {
         let room = rooms[0];
-        let session = Self::open(url, user, rooms, after_seq).await.unwrap();
+        let session = Self::open_rotating(url, user, rooms, after_seq, rotation)
+            .await
+            .unwrap();
         Self {
             user: user.to_owned(),
             room: room.to_owned(),
@@ -64,6 +77,16 @@ impl Chatter {
         rooms: &[&str],
         after_seq: Option<u64>,
     ) -> Result<ChatSession, ClientError> {
+        Self::open_rotating(url, user, rooms, after_seq, RotationPolicy::default()).await
+    }
+
+    async fn open_rotating(
+        url: &str,
+        user: &str,
+        rooms: &[&str],
+        after_seq: Option<u64>,
+        rotation: RotationPolicy,
+    ) -> Result<ChatSession, ClientError> {
         let (channel, credentials) = common::log_in(url, user).await?;
         let joins = rooms
             .iter()
@@ -81,7 +104,7 @@ impl Chatter {
             joins,
             Contacts::in_memory(),
             common::prekeys(user),
-            e2ee_chat::client::RotationPolicy::default(),
+            rotation,
         )
         .await?;
         Ok(session)
@@ -402,6 +425,8 @@ async fn a_server_killed_mid_load_loses_nothing_acknowledged_and_repeats_nothing
         for member in &mut members {
             member.pump(Duration::from_millis(20)).await;
         }
+        // What alice and bob said after coming back counts too: it goes out once
+        // their new key is acknowledged, which takes them a read of the relay's answer.
         let complete = members.iter().enumerate().all(|(me, member)| {
             member.session.pending().is_empty()
                 && acknowledged
@@ -409,6 +434,11 @@ async fn a_server_killed_mid_load_loses_nothing_acknowledged_and_repeats_nothing
                     .enumerate()
                     .filter(|(other, _)| *other != me)
                     .flat_map(|(_, texts)| texts)
+                    .all(|text| member.texts().contains(&text.as_str()))
+                && ["alice", "bob"]
+                    .iter()
+                    .filter(|sender| **sender != member.user)
+                    .flat_map(|sender| (40..45).map(move |n| format!("{sender} {n}")))
                     .all(|text| member.texts().contains(&text.as_str()))
         });
         if complete {
@@ -464,10 +494,52 @@ impl Chatter {
     }
 }
 
+/// What alice's session reported of her messages.
+#[derive(Default)]
+struct Log {
+    /// The sequence numbers of those acknowledged.
+    delivered: Vec<u64>,
+    /// The texts of those refused.
+    refused: Vec<String>,
+    warnings: Vec<String>,
+}
+
+impl Log {
+    /// Applies alice's frames until all her messages are answered.
+    async fn settle(&mut self, alice: &mut Chatter) {
+        let deadline = Instant::now() + PATIENCE;
+        while !alice.session.pending().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "alice waited in vain: {:?}",
+                self.warnings
+            );
+            let Ok(frame) =
+                tokio::time::timeout(Duration::from_millis(20), alice.session.next_frame()).await
+            else {
+                continue;
+            };
+            for event in alice.session.handle(frame.unwrap().unwrap()).await.unwrap() {
+                match event {
+                    Event::Delivered { seq, .. } => self.delivered.push(seq),
+                    // Refused with the batch that held the key: not stored, and the
+                    // user is told so (the relay could not store anything just then).
+                    Event::Refused { text, .. } => self.refused.push(text),
+                    Event::Warning(warning) => self.warnings.push(warning),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
 /// A store whose commits can be made to fail, as a full disk would make them.
 struct FailingStore {
     inner: SqliteStore,
     failing: AtomicBool,
+    /// Fails the next commit that stores a sender key distribution, once: a database
+    /// down just while a key is handed out, and back for the messages that follow.
+    fail_next_sender_keys: AtomicBool,
 }
 
 impl FailingStore {
@@ -476,6 +548,7 @@ impl FailingStore {
         let store = Arc::new(Self {
             inner: SqliteStore::open(dir).unwrap(),
             failing: AtomicBool::new(false),
+            fail_next_sender_keys: AtomicBool::new(false),
         });
         let config = e2ee_chat::server::Config {
             store: store.clone(),
@@ -521,6 +594,13 @@ impl Store for FailingStore {
     ) -> Result<Vec<Applied>, StoreError> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(StoreError::Database("database or disk is full".into()));
+        }
+        if changes
+            .iter()
+            .any(|change| matches!(change, Change::AppendSenderKeys { .. }))
+            && self.fail_next_sender_keys.swap(false, Ordering::SeqCst)
+        {
+            return Err(StoreError::Database("the database is down".into()));
         }
         self.inner.commit(changes, policy)
     }
@@ -594,6 +674,101 @@ async fn a_message_the_store_cannot_take_is_refused_never_acknowledged_and_the_r
     bob.pump_until(|bob| bob.shown.len() == 2).await;
     assert_eq!(bob.texts(), ["stored", "stored again"]);
     assert!(alice.connected && bob.connected);
+}
+
+/// The relay refused a sender key distribution of alice's (its database was down just
+/// then) but took the messages that followed: had alice gone on sealing under that key,
+/// bob, who never got it, would have dropped messages the relay acknowledged. Every
+/// message acknowledged to alice reaches bob, once and in order.
+#[tokio::test]
+async fn a_sender_key_the_store_cannot_take_is_replaced_and_no_acknowledged_message_is_unreadable()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let (store, server) = FailingStore::serving(dir.path()).await;
+    let rotation = RotationPolicy {
+        messages: 4,
+        age_ms: u64::MAX,
+    };
+    let mut alice = Chatter::join_rotating(&server.url, "alice", &["lobby"], None, rotation).await;
+    let mut bob = Chatter::join(&server.url, "bob", "lobby", None).await;
+    alice.sees_member("bob").await;
+    alice.say("first").await;
+    // Held until the relay took alice's key for bob: she reads its answer.
+    alice
+        .pump_until(|alice| alice.session.pending().is_empty())
+        .await;
+    bob.pump_until(|bob| bob.texts() == ["first"]).await;
+
+    // The key is used up within a few messages (receipts count too), so a rotation
+    // comes soon, and its distribution is refused. First one message at a time, each
+    // answered before the next: the messages after the refused key would be stored.
+    // Then a burst, refused again: its messages are in flight or waiting when the
+    // refusal comes back.
+    let mut log = Log::default();
+    store.fail_next_sender_keys.store(true, Ordering::SeqCst);
+    let mut texts: Vec<String> = (1..=8).map(|n| format!("one by one {n}")).collect();
+    for text in &texts {
+        alice.say(text).await;
+        log.settle(&mut alice).await;
+    }
+    assert!(!store.fail_next_sender_keys.load(Ordering::SeqCst));
+    store.fail_next_sender_keys.store(true, Ordering::SeqCst);
+    let burst: Vec<String> = (1..=12).map(|n| format!("burst {n}")).collect();
+    for text in &burst {
+        alice.say(text).await;
+    }
+    log.settle(&mut alice).await;
+    assert!(!store.fail_next_sender_keys.load(Ordering::SeqCst));
+    texts.extend(burst);
+    let Log {
+        mut delivered,
+        refused,
+        warnings,
+    } = log;
+    assert!(
+        warnings
+            .iter()
+            .any(|warning| warning.contains("refused our sender key")),
+        "no distribution was refused: {warnings:?}"
+    );
+    assert_eq!(delivered.len() + refused.len(), texts.len(), "{refused:?}");
+
+    // Bob shows every message the relay acknowledged, once, in order, and nothing is
+    // dropped as sealed under a key he never got.
+    let mut dropped = Vec::new();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let Ok(frame) =
+            tokio::time::timeout(Duration::from_millis(200), bob.session.next_frame()).await
+        else {
+            if bob.shown.len() > delivered.len() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bob waited in vain: shown {:?}, dropped {dropped:?}",
+                bob.shown
+            );
+            continue;
+        };
+        for event in bob.session.handle(frame.unwrap().unwrap()).await.unwrap() {
+            match event {
+                Event::Warning(warning) => dropped.push(warning),
+                other => bob.record(other),
+            }
+        }
+    }
+    assert_eq!(dropped, Vec::<String>::new(), "bob shown {:?}", bob.shown);
+    let shown_seqs: Vec<u64> = bob.shown[1..].iter().map(|(seq, _, _)| *seq).collect();
+    delivered.sort_unstable();
+    assert_eq!(shown_seqs, delivered);
+    let expected: Vec<&str> = texts
+        .iter()
+        .map(String::as_str)
+        .filter(|text| !refused.iter().any(|refused| refused == text))
+        .collect();
+    assert_eq!(bob.texts()[1..], expected[..]);
+    bob.assert_once_in_order();
 }
 
 #[tokio::test]

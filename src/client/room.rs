@@ -142,6 +142,9 @@ pub struct RoomKeys {
     /// When `outbound` was made (Unix milliseconds), for the rotation schedule.
     outbound_made_ms: u64,
     rotation: RotationPolicy,
+    /// The relay refused a distribution of `outbound`: some members never got it, so
+    /// nothing more is sealed under it (the next message rotates).
+    outbound_refused: bool,
     waiting: VecDeque<MessageDelivery>,
 }
 
@@ -164,6 +167,7 @@ impl RoomKeys {
             outbound: OwnSenderKey::generate()?,
             outbound_made_ms: crate::protocol::now_ms(),
             rotation,
+            outbound_refused: false,
             waiting: VecDeque::new(),
         })
     }
@@ -365,10 +369,20 @@ impl RoomKeys {
         }
     }
 
+    /// The relay refused a distribution of our key `key_id`: if it is the current one,
+    /// it is not used again (the next message rotates), since a message sealed under it
+    /// would be stored for members who cannot open it.
+    pub fn refused(&mut self, key_id: u64) {
+        if key_id == self.outbound.id() {
+            self.outbound_refused = true;
+        }
+    }
+
     /// Makes a fresh sender key, owed to every trusted member.
     pub fn rotate(&mut self) -> Result<KeyHandout, ClientError> {
         self.outbound = OwnSenderKey::generate()?;
         self.outbound_made_ms = crate::protocol::now_ms();
+        self.outbound_refused = false;
         Ok(KeyHandout::Everyone)
     }
 
@@ -406,11 +420,13 @@ impl RoomKeys {
         Ok((self.rotate()?, events))
     }
 
-    /// Whether our sender key is due for replacement on schedule: the next message
-    /// rotates it.
+    /// Whether our sender key is due for replacement (on schedule, or because the relay
+    /// refused its distribution): the next message rotates it.
     pub fn rotation_due(&self) -> bool {
         let age = crate::protocol::now_ms().saturating_sub(self.outbound_made_ms);
-        self.outbound.iteration() >= self.rotation.messages || age >= self.rotation.age_ms
+        self.outbound_refused
+            || self.outbound.iteration() >= self.rotation.messages
+            || age >= self.rotation.age_ms
     }
 
     /// Seals and signs a text message. If our key is due for replacement (the rotation

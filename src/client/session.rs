@@ -496,8 +496,7 @@ impl ChatSession {
             // (one kept from earlier may have been retired and be erased soon).
             self.learn_prekeys(room, &KeyHandout::Everyone).await;
         }
-        let frames = self.state_mut(room)?.send_text(text)?;
-        let request_id = frames.last().map_or(0, |frame| frame.request_id);
+        let (request_id, frames) = self.state_mut(room)?.send_text(text)?;
         self.send_all(room, frames).await?;
         Ok(request_id)
     }
@@ -742,10 +741,20 @@ impl ChatSession {
         }
     }
 
-    /// Hands out our key in `room` as `applied` says; returns its events.
+    /// Hands out our key in `room` as `applied` says, and sends again, under a fresh
+    /// key, the messages a refused distribution of ours left unreadable; returns its
+    /// events.
     async fn carry_out(&mut self, room: &str, applied: Applied) -> Result<Vec<Event>, ClientError> {
         if let Some(handout) = applied.handout {
             self.hand_out(room, &handout).await?;
+        }
+        self.send_all(room, applied.send).await?;
+        if self.state(room)?.resealing() {
+            if self.state(room)?.rotation_due() {
+                self.learn_prekeys(room, &KeyHandout::Everyone).await;
+            }
+            let frames = self.state_mut(room)?.reseal()?;
+            self.send_all(room, frames).await?;
         }
         let mut events = applied.events;
         events.append(&mut self.warnings);

@@ -10,7 +10,7 @@
 //!
 //! [`ChatSession`]: super::ChatSession
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -142,7 +142,8 @@ pub enum Event {
     /// The relay stored one of our messages under `seq`. `request_id` is the one
     /// [`ChatSession::send_text`](super::ChatSession::send_text) returned, or the one
     /// the message got when [`ChatSession::reconnect`](super::ChatSession::reconnect)
-    /// sent it again.
+    /// sent it again, or when it was sealed again under a fresh key because the relay
+    /// refused the distribution of the key it was first sealed under.
     Delivered {
         room: String,
         request_id: u64,
@@ -200,7 +201,16 @@ enum Pending {
     History,
     /// Not sent again after a reconnect: the next receipt says it all.
     Receipt(SendMessage),
+    /// A message sealed under a key whose distribution the relay refused: its members
+    /// cannot open it, so its answer is ignored, and it is never sent again. A copy
+    /// sealed under a fresh key was sent after it (or it was reported refused).
+    Superseded,
 }
+
+/// How many distributions of our key in a row the relay may refuse while our messages
+/// are in flight under it: each refusal seals those messages again under a fresh key
+/// and sends them again; past this, they are reported refused instead.
+const MAX_REFUSED_DISTRIBUTIONS: u32 = 3;
 
 /// A message the relay has not acknowledged: its text, to report on it, and its frame,
 /// sealed and signed, to send again as it is on a new stream.
@@ -219,6 +229,9 @@ struct Unacked {
 pub struct Applied {
     pub events: Vec<Event>,
     pub handout: Option<KeyHandout>,
+    /// Our messages held until the relay acknowledged the distribution of their key,
+    /// now released: to send, in order.
+    pub send: Vec<ClientFrame>,
 }
 
 /// What a rejoin calls for, beyond what to show: the frames of the dead stream to send
@@ -255,6 +268,18 @@ pub struct SessionState {
     /// The relay has sent everything we missed: what comes now is live.
     caught_up: bool,
     receipts: Receipts,
+    /// The texts of messages in flight under a key whose distribution the relay
+    /// refused, to seal again under a fresh key and send, in order, before anything
+    /// else ([`reseal`](Self::reseal)).
+    resealing: Vec<String>,
+    /// Distributions of our key refused in a row (reset by one acknowledged).
+    refused_distributions: u32,
+    /// Our messages (and receipts) sealed while a distribution of ours was unanswered,
+    /// not sent yet: a message must not reach the relay before the relay took the key
+    /// it is sealed under, or it may be stored for members who never get that key.
+    /// Sent once no distribution of ours is unanswered; sealed again under a fresh key
+    /// if one is refused.
+    held: VecDeque<ClientFrame>,
 }
 
 impl SessionState {
@@ -285,6 +310,9 @@ impl SessionState {
             leaving: false,
             caught_up: false,
             receipts: Receipts::default(),
+            resealing: Vec::new(),
+            refused_distributions: 0,
+            held: VecDeque::new(),
         })
     }
 
@@ -309,6 +337,7 @@ impl SessionState {
         Ok(Applied {
             events,
             handout: Some(KeyHandout::Everyone),
+            send: Vec::new(),
         })
     }
 
@@ -426,7 +455,8 @@ impl SessionState {
         if self.leaving {
             return Ok(Vec::new());
         }
-        Ok(self.distribution_frames(self.keys.distribute(handout)?))
+        let frames = self.distribution_frames(self.keys.distribute(handout)?);
+        Ok(self.queue(frames))
     }
 
     /// A fresh sender key for everyone, in frames ready to send: after a rejoin, so that
@@ -436,9 +466,10 @@ impl SessionState {
         self.distribute(&handout)
     }
 
-    /// Seals a text message: the frames to send, in order (a rotation of our key first
-    /// if it has sealed all it may, then the message).
-    pub(super) fn send_text(&mut self, text: &str) -> Result<Vec<ClientFrame>, ClientError> {
+    /// Seals a text message: its request id, and the frames to send, in order (a
+    /// rotation of our key first if it has sealed all it may, then the message, unless
+    /// it is held until the relay acknowledged its key's distribution).
+    pub(super) fn send_text(&mut self, text: &str) -> Result<(u64, Vec<ClientFrame>), ClientError> {
         let (rotation, send) = self.keys.seal_text(text)?;
         let mut frames = self.distribution_frames(rotation);
         let recipients = self
@@ -452,8 +483,42 @@ impl SessionState {
             send: send.clone(),
             recipients,
         };
-        frames.push(self.frame(client_frame::Kind::Send(send), Pending::Message(unacked)));
-        Ok(frames)
+        let message = self.frame(client_frame::Kind::Send(send), Pending::Message(unacked));
+        let request_id = message.request_id;
+        frames.push(message);
+        Ok((request_id, self.queue(frames)))
+    }
+
+    /// Queues our `frames` behind those held, and returns what may be sent now, in
+    /// order (see [`release_held`](Self::release_held)).
+    fn queue(&mut self, frames: Vec<ClientFrame>) -> Vec<ClientFrame> {
+        self.held.extend(frames);
+        self.release_held()
+    }
+
+    /// The held frames that may be sent now, in order: a distribution of our key always
+    /// may, a message (or receipt) only while no distribution of ours is sent and
+    /// unanswered. So no message reaches the relay before the relay took the key it is
+    /// sealed under for every member (a refused key would leave it stored and
+    /// acknowledged, yet unreadable to them), nor after a newer key of ours.
+    fn release_held(&mut self) -> Vec<ClientFrame> {
+        let mut ready = Vec::new();
+        while let Some(front) = self.held.front() {
+            let distribution = matches!(front.kind, Some(client_frame::Kind::DistributeKey(_)));
+            if !distribution && self.distributing() {
+                break;
+            }
+            ready.extend(self.held.pop_front());
+        }
+        ready
+    }
+
+    /// Whether a distribution of our key was sent and is not answered yet.
+    fn distributing(&self) -> bool {
+        self.unanswered.iter().any(|(request_id, pending)| {
+            matches!(pending, Pending::KeyDistribution(_))
+                && !self.held.iter().any(|held| held.request_id == *request_id)
+        })
     }
 
     /// Our receipt for the room, sealed, if one is due at `now` (see [`Receipts`]):
@@ -474,7 +539,7 @@ impl SessionState {
             client_frame::Kind::Send(send.clone()),
             Pending::Receipt(send),
         ));
-        Ok(Some(frames))
+        Ok(Some(self.queue(frames)))
     }
 
     /// Whether [`send_receipt`](Self::send_receipt) would send one at `now`.
@@ -521,6 +586,8 @@ impl SessionState {
     /// are out of it): each message still waiting for the relay is reported refused with
     /// `code` and `message`.
     pub(super) fn abandon(&mut self, code: Code, message: &str) -> Vec<Event> {
+        self.held.clear();
+        self.resealing.clear();
         let mut waiting = std::mem::take(&mut self.stale);
         waiting.extend(std::mem::take(&mut self.unanswered).into_values());
         waiting
@@ -540,6 +607,8 @@ impl SessionState {
     /// The stream was lost: what it left unanswered waits, in order, for the room to be
     /// joined again on a new stream (which numbers its frames afresh).
     pub(super) fn detach(&mut self) {
+        // Held messages are unanswered too: a reconnect sends them again in order.
+        self.held.clear();
         let unanswered = std::mem::take(&mut self.unanswered);
         self.stale.extend(unanswered.into_values());
     }
@@ -629,6 +698,7 @@ impl SessionState {
                 identity.fingerprint
             ))],
             handout: None,
+            send: Vec::new(),
         };
         if !self.keys.is_trusted(user)
             && let Some((handout, opened)) = self.keys.trust(user)?
@@ -691,10 +761,13 @@ impl SessionState {
         let mut applied = Applied::default();
         let events = &mut applied.events;
         match frame.kind {
-            Some(Kind::Ack(ack)) => events.extend(self.on_ack(frame.request_id, ack.seq)),
+            Some(Kind::Ack(ack)) => {
+                events.extend(self.on_ack(frame.request_id, ack.seq));
+                applied.send = self.release_held();
+            }
             Some(Kind::Rejection(rejection)) => {
                 let code = Code::from_i32(rejection.code);
-                events.push(self.on_rejection(frame.request_id, code, rejection.message));
+                events.extend(self.on_rejection(frame.request_id, code, rejection.message));
             }
             Some(Kind::MemberJoined(joined)) if joined.room == room => {
                 if let (Some(signed), Some(invitation)) = (&mut self.signed, &joined.invitation) {
@@ -814,21 +887,28 @@ impl SessionState {
                 "invited {user} to {room}: they can join it now"
             ))),
             Pending::Kick(user) => Some(Event::Notice(format!("removed {user} from {room}"))),
-            Pending::KeyDistribution(_) | Pending::History => None,
+            Pending::KeyDistribution(_) => {
+                self.refused_distributions = 0;
+                None
+            }
+            Pending::History | Pending::Superseded => None,
         }
     }
 
-    fn on_rejection(&mut self, request_id: u64, code: Code, message: String) -> Event {
+    fn on_rejection(&mut self, request_id: u64, code: Code, message: String) -> Vec<Event> {
         let what = match self.unanswered.remove(&request_id) {
             Some(Pending::Message(unacked)) => {
-                return Event::Refused {
+                return vec![Event::Refused {
                     request_id,
                     code,
                     message,
                     text: unacked.text,
-                };
+                }];
             }
-            Some(Pending::KeyDistribution(_)) => "our sender key".to_owned(),
+            Some(Pending::KeyDistribution(distribution)) => {
+                return self.on_refused_distribution(&distribution, code, &message);
+            }
+            Some(Pending::Superseded) => return Vec::new(),
             Some(Pending::Leave) => "to let us leave".to_owned(),
             Some(Pending::Invite(user)) => format!("to invite {user}"),
             Some(Pending::Kick(user)) => format!("to remove {user}"),
@@ -836,10 +916,106 @@ impl SessionState {
             Some(Pending::Receipt(_)) => "our receipt".to_owned(),
             None => "a frame".to_owned(),
         };
-        Event::Warning(format!(
+        vec![Event::Warning(format!(
             "the server refused {what}: {}: {message}",
             super::code_name(code)
-        ))
+        ))]
+    }
+
+    /// The relay refused a distribution of our key: some members never got it, so a
+    /// message sealed under it would be stored (once the relay takes messages again) and
+    /// acknowledged, yet unreadable to them. The key is not used again. Our messages
+    /// held behind the distribution (never sent), and any in flight under the refused
+    /// key (sent again after a reconnect), are superseded: their answers are ignored,
+    /// and they are sealed again under a fresh key, distributed first
+    /// ([`reseal`](Self::reseal)), in the order sent. Past [`MAX_REFUSED_DISTRIBUTIONS`] refusals in a row they are
+    /// reported refused instead, so that a relay refusing every key cannot keep us
+    /// busy; the key is still replaced with the next message.
+    fn on_refused_distribution(
+        &mut self,
+        distribution: &DistributeSenderKey,
+        code: Code,
+        message: &str,
+    ) -> Vec<Event> {
+        let key_id = distribution
+            .header
+            .as_ref()
+            .map_or(0, |header| header.key_id);
+        // Our current key is replaced whichever was refused: its own distribution may
+        // be among the held frames dropped below.
+        self.keys.refused(self.keys.key_id());
+        self.refused_distributions += 1;
+        let retry = self.refused_distributions <= MAX_REFUSED_DISTRIBUTIONS;
+        let mut refused = Vec::new();
+        let mut receipt = false;
+        // Held frames were never sent: distributions are dropped, messages are sealed
+        // again whatever their key, in order, after those in flight under the refused
+        // key (sent before them).
+        let held: BTreeSet<u64> = std::mem::take(&mut self.held)
+            .iter()
+            .map(|frame| frame.request_id)
+            .collect();
+        for (request_id, pending) in &mut self.unanswered {
+            let under_key = |send: &SendMessage| {
+                held.contains(request_id)
+                    || send
+                        .sealed
+                        .as_ref()
+                        .is_some_and(|sealed| sealed.key_id == key_id)
+            };
+            match pending {
+                Pending::Message(unacked) if under_key(&unacked.send) => {
+                    if retry {
+                        self.resealing.push(unacked.text.clone());
+                    } else {
+                        refused.push(Event::Refused {
+                            request_id: *request_id,
+                            code,
+                            message: format!("our sender key was refused: {message}"),
+                            text: unacked.text.clone(),
+                        });
+                    }
+                    *pending = Pending::Superseded;
+                }
+                Pending::Receipt(send) if under_key(send) => {
+                    receipt = true;
+                    *pending = Pending::Superseded;
+                }
+                _ => {}
+            }
+        }
+        if receipt {
+            self.receipts.resend();
+        }
+        // Held ones are dropped for good: nothing waits for their answer.
+        self.unanswered
+            .retain(|request_id, _| !held.contains(request_id));
+        let mut events = vec![Event::Warning(format!(
+            "the server refused our sender key: {}: {message}; {}",
+            super::code_name(code),
+            match self.resealing.len() {
+                0 => "a new one goes with the next message".to_owned(),
+                count => format!("sending {count} message(s) again under a new one"),
+            }
+        ))];
+        events.extend(refused);
+        events
+    }
+
+    /// Whether messages a refused distribution left in flight wait to be sealed again.
+    pub(super) fn resealing(&self) -> bool {
+        !self.resealing.is_empty()
+    }
+
+    /// The messages a refused distribution left in flight ([`Pending::Superseded`]),
+    /// sealed again under a fresh key: the frames to send, in order, the new key's
+    /// distribution first. To send before any newer message.
+    pub(super) fn reseal(&mut self) -> Result<Vec<ClientFrame>, ClientError> {
+        let mut frames = Vec::new();
+        for text in std::mem::take(&mut self.resealing) {
+            frames.extend(self.send_text(&text)?.1);
+        }
+        Ok(frames)
     }
 
     fn on_member_joined(
@@ -1102,6 +1278,7 @@ impl SessionState {
                     self.receipts.resend();
                     continue;
                 }
+                Pending::Superseded => continue,
                 Pending::Invite(user) => format!("inviting {user}"),
                 Pending::Kick(user) => format!("removing {user}"),
                 Pending::History => "the history asked for".to_owned(),
