@@ -4,9 +4,9 @@
 //! and the next transaction takes them all (up to `max_batch`), so a busy relay pays one
 //! fsync per batch rather than per message. Once a batch is durable its outcome goes to
 //! the [`Committed`] callback (the hub answers and fans it out); if the commit fails,
-//! nothing of it is acknowledged. A failed batch of messages alone leaves the hub as it
-//! was: its senders send again once the store works. One that held a sender key, room,
-//! member or invitation leaves the hub (or the members) behind, so the writer
+//! nothing of it is acknowledged. A failed batch of messages and sender keys alone
+//! leaves the hub as it was: its senders send again once the store works. One that
+//! held a room, member or invitation leaves the hub ahead of the store, so the writer
 //! refuses everything until the store answers again, then has the hub read it anew
 //! ([`Recovered`]).
 //!

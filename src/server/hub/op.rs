@@ -40,16 +40,18 @@ pub(crate) struct Failure<'a> {
 
 impl Failure<'_> {
     /// Whether a batch of `changes` that failed leaves the hub's memory ahead of the
-    /// store, or the room's members behind its senders. Of a failed message the hub
-    /// keeps nothing but a used-up sequence number (a gap, which clients expect): its
-    /// sender is told UNAVAILABLE and sends it again once the store is back. A failed
-    /// sender key is lasting: its sender may already be sealing messages with it, which
-    /// the members, who never got it, could not open; so nothing is stored until every
-    /// session has come back (and its client made a new key).
+    /// store. Of a failed message or sender key the hub keeps nothing but a used-up
+    /// sequence number (a gap, which clients expect): its sender is told UNAVAILABLE and
+    /// sends it again once the store is back.
     pub(crate) fn is_lasting(changes: &[Change]) -> bool {
-        changes
-            .iter()
-            .any(|change| !matches!(change, Change::AppendMessage { .. } | Change::Seen { .. }))
+        changes.iter().any(|change| {
+            !matches!(
+                change,
+                Change::AppendMessage { .. }
+                    | Change::AppendSenderKeys { .. }
+                    | Change::Seen { .. }
+            )
+        })
     }
 }
 
