@@ -581,8 +581,9 @@ impl ChatSession {
 
     /// Leaves `room` for good; its `Left` event follows once the relay has answered.
     pub async fn leave(&mut self, room: &str) -> Result<u64, ClientError> {
-        let frame = self.member_state_mut(room)?.leave();
-        self.send(room, frame).await
+        let (request_id, frames) = self.member_state_mut(room)?.leave();
+        self.send_all(room, frames).await?;
+        Ok(request_id)
     }
 
     /// Lets `user` join the private `room` (owner only; the relay decides).

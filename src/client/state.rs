@@ -622,13 +622,16 @@ impl SessionState {
         self.frame(client_frame::Kind::History(request), Pending::History)
     }
 
-    /// The frame leaving the room for good.
-    pub fn leave(&mut self) -> ClientFrame {
+    /// The frame leaving the room for good, with its request id, queued behind our
+    /// held messages (a message said before leaving is sent before it): what may be
+    /// sent now, in order.
+    pub fn leave(&mut self) -> (u64, Vec<ClientFrame>) {
         self.leaving = true;
         let leave = LeaveRoom {
             room: self.room().to_owned(),
         };
-        self.frame(client_frame::Kind::Leave(leave), Pending::Leave)
+        let frame = self.frame(client_frame::Kind::Leave(leave), Pending::Leave);
+        (frame.request_id, self.queue(vec![frame]))
     }
 
     /// The frame letting `invitee` (the keys we checked for it) join this private room,
