@@ -1157,7 +1157,7 @@ fuzz_target!(|data: &[u8]| {
         let applied = match Step::read(&mut input) {
             Step::Ask(ask) => {
                 let _ = match ask {
-                    Ask::Leave => Ok(state.leave()),
+                    Ask::Leave => Ok(state.leave().1.into_iter().next().unwrap_or_default()),
                     Ask::Invite(who) => match who.index() {
                         Some(index) => state.invite(&CAST.verified[index]),
                         None => continue,
