@@ -12,6 +12,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use super::{StoreError, postgres, postgres_url};
 
@@ -38,7 +39,7 @@ enum Held {
 pub async fn claim(database: Option<&str>, data_dir: &Path) -> Result<Claim, StoreError> {
     let held = match database {
         Some(url) => Held::Postgres(postgres::claim(postgres_url(url)?).await?),
-        None => Held::File(lock_file(data_dir)?),
+        None => Held::File(lock_file(data_dir).await?),
     };
     Ok(Claim { held })
 }
@@ -66,7 +67,11 @@ impl Drop for Claim {
     }
 }
 
-fn lock_file(data_dir: &Path) -> Result<File, StoreError> {
+/// How long a relay waits for the lock of one that is going: a process's locks go a
+/// moment after it does (and a process forked from this one holds them until it execs).
+const PATIENCE: Duration = Duration::from_secs(2);
+
+async fn lock_file(data_dir: &Path) -> Result<File, StoreError> {
     let path = data_dir.join(LOCK_FILE);
     let failed = |reason: String| StoreError::Open {
         path: path.display().to_string(),
@@ -78,12 +83,20 @@ fn lock_file(data_dir: &Path) -> Result<File, StoreError> {
         .write(true)
         .open(&path)
         .map_err(|error| failed(error.to_string()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(StoreError::InUse {
-            database: data_dir.display().to_string(),
-        }),
-        Err(TryLockError::Error(error)) => Err(failed(error.to_string())),
+    let started = Instant::now();
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(TryLockError::WouldBlock) if started.elapsed() < PATIENCE => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(StoreError::InUse {
+                    database: data_dir.display().to_string(),
+                });
+            }
+            Err(TryLockError::Error(error)) => return Err(failed(error.to_string())),
+        }
     }
 }
 

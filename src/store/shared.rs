@@ -285,6 +285,11 @@ impl Trim {
         self.last
     }
 
+    /// The sender and size of each message to forget, oldest first.
+    pub fn taken(&self) -> &[(String, i64)] {
+        &self.taken
+    }
+
     /// The bytes of `sender`'s messages among those to forget.
     pub fn bytes_of(&self, sender: &str) -> i64 {
         self.taken

@@ -18,6 +18,7 @@
 //! connection, so there the two roles share a single connection.
 
 mod checkpoint;
+mod tally;
 mod usage;
 
 use std::collections::{BTreeSet, HashMap};
@@ -27,13 +28,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use prost::Message;
-use rusqlite::{
-    Connection, OptionalExtension, Params, Row, Transaction, TransactionBehavior, params,
-};
+use rusqlite::{Connection, Params, Row, Transaction, TransactionBehavior, params};
 
 use super::copy;
 use super::shared::{
-    bits, decode_identity, decode_message, from_bits, in_sequence, millis, new_token, now_ms,
+    self, bits, decode_identity, decode_message, from_bits, in_sequence, millis, new_token, now_ms,
     pending, saturating, stored_change, stored_seq, token_id, tokens_named,
 };
 use super::{
@@ -43,6 +42,7 @@ use super::{
 use crate::proto::{
     MessageDelivery, PublicIdentity, SealedMessage, SenderKeyDelivery, SignedPrekey,
 };
+use tally::Tally;
 
 /// The database's file name in the data directory.
 pub const DATABASE_FILE: &str = "chat.sqlite3";
@@ -357,12 +357,11 @@ fn use_seq(
     Ok(seq)
 }
 
-/// Applies one change of a [`Store::commit`] within `policy`; `now_ms` is the commit's
-/// time.
+/// Applies one change of a [`Store::commit`] other than a message (`append_message`);
+/// `now_ms` is the commit's time.
 fn apply(
     transaction: &Transaction<'_>,
     change: &Change,
-    policy: &StoragePolicy,
     now_ms: i64,
 ) -> Result<Applied, StoreError> {
     match change {
@@ -469,12 +468,8 @@ fn apply(
                 &operation,
             )?;
         }
-        Change::AppendMessage {
-            room,
-            seq,
-            sender,
-            sealed,
-        } => return append_message(transaction, room, *seq, sender, sealed, policy, now_ms),
+        // Messages are counted by a tally, in `commit`.
+        Change::AppendMessage { .. } => unreachable!("commit appends messages itself"),
         Change::AppendSenderKeys {
             room,
             seq,
@@ -558,60 +553,86 @@ fn apply(
 /// Stores a message unless it is a resend of one stored before or it would exceed a
 /// quota; the room then forgets its oldest messages beyond its limits. Either way its
 /// sequence number is used up: it was handed out, and a client catching up may have
-/// seen it as the room's head.
+/// seen it as the room's head. The counters are kept in `tally`, written at the end of
+/// the run of messages.
 fn append_message(
     transaction: &Transaction<'_>,
-    room: &str,
-    seq: u64,
-    sender: &str,
+    tally: &mut Tally,
+    message: Appending<'_>,
     sealed: &SealedMessage,
     policy: &StoragePolicy,
-    now_ms: i64,
 ) -> Result<Applied, StoreError> {
-    let stored = use_seq(transaction, room, seq, now_ms)?;
+    let Appending { room, seq, sender } = message;
+    let stored = stored_seq(seq)?;
     let (key_id, iteration) = (bits(sealed.key_id), i64::from(sealed.iteration));
-    let operation = Appending { room, seq, sender };
-    // Recognised before any quota: a resend of what is stored is acknowledged.
-    let first = transaction
-        .prepare_cached(
-            "SELECT seq FROM messages \
-             WHERE room = ?1 AND sender = ?2 AND key_id = ?3 AND iteration = ?4",
-        )
-        .and_then(|mut statement| {
-            statement
-                .query_row(params![room, sender, key_id, iteration], |row| {
-                    row.get::<_, i64>(0)
-                })
-                .optional()
-        })
-        .map_err(failed(operation))?;
-    if let Some(first) = first {
-        return Ok(Applied::Duplicate {
-            seq: from_bits(first),
-        });
-    }
+    let counters = tally.room(transaction, room, stored)?;
     let encoded = sealed.encode_to_vec();
     let size = saturating(encoded.len());
-    // Everything is decided before anything changes, so a refusal has nothing to undo
-    // (a savepoint did that before, at the cost of copying every page a message touched
-    // into its statement journal: a fifth of the commit). The sender's quota is checked
-    // once its room has made room: a member posting alone in a room is trimmed like
-    // anyone else, not refused.
-    let trim = usage::plan_trim(transaction, room, policy, seq, Some(size))?;
+    // Everything is decided before anything changes, so a refusal has nothing to undo.
+    // The sender's quota is checked once its room has made room: a member posting alone
+    // in a room is trimmed like anyone else, not refused.
+    let trim = counters.plan_trim(transaction, room, policy, seq, size)?;
     let change = stored_change(size, trim.as_ref(), sender);
-    if let Some(quota) = usage::exceeded_quota(transaction, sender, change, policy)? {
-        return Ok(Applied::OverQuota(quota));
+    let stored_bytes = tally.user(transaction, sender)?.map(|(_, bytes)| bytes);
+    let stored_before = || -> Result<Applied, StoreError> {
+        let first = select(
+            transaction,
+            "SELECT seq FROM messages \
+             WHERE room = ?1 AND sender = ?2 AND key_id = ?3 AND iteration = ?4",
+            params![room, sender, key_id, iteration],
+            message,
+            |row| Ok(row.get::<_, i64>(0)?),
+        )?;
+        Ok(match first.first() {
+            Some(&first) => Applied::Duplicate {
+                seq: from_bits(first),
+            },
+            None => Applied::Done,
+        })
+    };
+    if let Some(quota) = shared::exceeded_quota(stored_bytes, change, policy) {
+        // A resend of what is stored is acknowledged, whatever the quota says now.
+        return Ok(match stored_before()? {
+            Applied::Done => Applied::OverQuota(quota),
+            duplicate => duplicate,
+        });
     }
-    // A sequence number used twice is still an error (the primary key).
-    execute(
+    // A resend of what is stored is not stored again (the unique index finds it, with
+    // no read of its own for every message); a sequence number used twice is still an
+    // error (the primary key).
+    let inserted = execute(
         transaction,
         "INSERT INTO messages (room, seq, sender, key_id, iteration, sealed, stored_ms) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![room, stored, sender, key_id, iteration, encoded, now_ms],
-        operation,
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+         ON CONFLICT (room, sender, key_id, iteration) DO NOTHING",
+        params![
+            room,
+            stored,
+            sender,
+            key_id,
+            iteration,
+            encoded,
+            tally.now_ms()
+        ],
+        message,
     )?;
-    usage::stored_message(transaction, room, sender, size, trim.as_ref())?;
-    usage::evict_oldest(transaction, policy, room, seq)?;
+    if inserted == 0 {
+        return match stored_before()? {
+            Applied::Done => Err(StoreError::Database(format!(
+                "{message}: refused as a resend of a message that is not stored"
+            ))),
+            // Rare: a resend of a message this run forgets, which a store that forgot it
+            // at once would store anew. So it is forgotten now, and the message stored.
+            Applied::Duplicate { seq: first }
+                if !tally.room(transaction, room, stored)?.keeps(bits(first)) =>
+            {
+                tally.write_and_restart(transaction)?;
+                append_message(transaction, tally, message, sealed, policy)
+            }
+            duplicate => Ok(duplicate),
+        };
+    }
+    tally.stored_message(transaction, room, sender, size, trim.as_ref())?;
     Ok(Applied::Done)
 }
 
@@ -904,10 +925,39 @@ impl Store for SqliteStore {
         let mut connection = self.writer();
         let transaction = write(&mut connection)?;
         // On an error the transaction is dropped, which rolls it all back.
-        let applied = changes
-            .iter()
-            .map(|change| apply(&transaction, change, policy, now_ms))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut applied = Vec::with_capacity(changes.len());
+        let mut tally = Tally::new(now_ms);
+        for change in changes {
+            applied.push(match change {
+                Change::AppendMessage {
+                    room,
+                    seq,
+                    sender,
+                    sealed,
+                } => {
+                    let message = Appending {
+                        room,
+                        seq: *seq,
+                        sender,
+                    };
+                    let applied =
+                        append_message(&transaction, &mut tally, message, sealed, policy)?;
+                    // Rare: only a store beyond its size reads (and writes) across rooms.
+                    if shared::store_excess(tally.total(&transaction)?, policy) > 0 {
+                        tally.write_and_restart(&transaction)?;
+                        usage::evict_oldest(&transaction, policy, room, *seq)?;
+                    }
+                    applied
+                }
+                // Anything else reads or writes the counters itself: the tally is
+                // written first, and a new one started after.
+                change => {
+                    tally.write_and_restart(&transaction)?;
+                    apply(&transaction, change, now_ms)?
+                }
+            });
+        }
+        tally.write(&transaction)?;
         transaction.commit().map_err(failed("commit"))?;
         drop(connection);
         if let Some(checkpoints) = &self.checkpoints {

@@ -770,6 +770,84 @@ fn a_room_beyond_its_limits_forgets_exactly_its_oldest_messages(store: &dyn Test
     }
 }
 
+fn one_batch_of_many_messages_trims_counts_and_recognises_resends_as_one_at_a_time(
+    store: &dyn TestStore,
+) {
+    {
+        store.register(&identity("alice"), None).unwrap();
+        store.register(&identity("bob"), None).unwrap();
+        store
+            .commit_unlimited(&[create("r", None), create("s", None)])
+            .unwrap();
+        let policy = room_limits(3, u64::MAX);
+        // Two rooms, two senders, a join in the middle (which writes what the batch
+        // counted so far, forgetting message 1), a resend of a message still kept, one
+        // of a message the batch has yet to forget (2), and one of a message it forgot (1).
+        let applied = store
+            .commit(
+                &[
+                    send("r", 1, "alice", K1, 0),
+                    send("s", 1, "bob", K2, 0),
+                    send("r", 2, "bob", K2, 1),
+                    send("r", 3, "alice", K1, 1),
+                    send("r", 4, "alice", K1, 2),
+                    join("r", "carol", 5),
+                    send("r", 6, "bob", K2, 2),
+                    send("r", 7, "alice", K1, 2),
+                    send("s", 2, "alice", K1, 3),
+                    send("r", 8, "alice", K1, 4),
+                    send("r", 9, "bob", K2, 1),
+                    send("r", 10, "alice", K1, 0),
+                ],
+                &policy,
+            )
+            .unwrap();
+        assert_eq!(
+            applied,
+            [
+                Applied::Done,
+                Applied::Done,
+                Applied::Done,
+                Applied::Done,
+                Applied::Done,
+                Applied::Done,
+                Applied::Done,
+                Applied::Duplicate { seq: 4 },
+                Applied::Done,
+                Applied::Done,
+                // Forgotten by this batch: stored anew, as one batch a message.
+                Applied::Done,
+                Applied::Done,
+            ]
+        );
+        assert_eq!(
+            lines("r", &store.entries_after("r", "dave", 0, 10, 100).unwrap()),
+            [
+                format!("8 message alice {K1}/4"),
+                format!("9 message bob {K2}/1"),
+                format!("10 message alice {K1}/0"),
+            ]
+        );
+        let rooms = store.rooms().unwrap();
+        assert_eq!((rooms[0].messages, rooms[0].last_seq), (3, 10));
+        assert_eq!((rooms[1].messages, rooms[1].last_seq), (2, 2));
+        assert_usage_is_exact(store);
+        // The next batch goes on from what this one wrote.
+        store
+            .commit(&[send("r", 11, "bob", K2, 3)], &policy)
+            .unwrap();
+        assert_eq!(
+            lines("r", &store.entries_after("r", "dave", 0, 11, 100).unwrap()),
+            [
+                format!("9 message bob {K2}/1"),
+                format!("10 message alice {K1}/0"),
+                format!("11 message bob {K2}/3"),
+            ]
+        );
+        assert_usage_is_exact(store);
+    }
+}
+
 fn a_resent_message_at_a_full_room_deletes_nothing(store: &dyn TestStore) {
     {
         store.commit_unlimited(&[create("r", None)]).unwrap();
@@ -1264,6 +1342,7 @@ on_every_backend! {
         a_deleted_room_is_forgotten_entirely,
         a_room_beyond_its_limits_forgets_exactly_its_oldest_messages,
         a_resent_message_at_a_full_room_deletes_nothing,
+        one_batch_of_many_messages_trims_counts_and_recognises_resends_as_one_at_a_time,
         pruning_by_age_forgets_old_messages_and_keeps_the_keys_in_force,
         pruning_by_count_keeps_the_latest_messages_and_the_keys_they_need,
         an_unreadable_stored_message_is_an_error_naming_it,

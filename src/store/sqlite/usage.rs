@@ -13,7 +13,7 @@ use rusqlite::{Params, Transaction, params};
 
 use super::{execute, saturating, select};
 use crate::store::shared::{self, Trim, Usage};
-use crate::store::{Quota, StoragePolicy, StoreError};
+use crate::store::{StoragePolicy, StoreError};
 
 /// The oldest messages of room `?1` after `?2` and before `?3`, a page at a time: it
 /// walks the (room, seq) primary key from the oldest.
@@ -43,7 +43,7 @@ const COUNT_USER: &str = "UPDATE identities SET message_count = message_count + 
 const COUNT_STORE: &str = "UPDATE usage SET stored_bytes = stored_bytes + ?1 WHERE id = 1";
 
 /// [`DELETE_OLDEST`] for a caller that knows already what it deletes.
-const FORGET_OLDEST: &str = "DELETE FROM messages WHERE room = ?1 AND seq <= ?2";
+pub(super) const FORGET_OLDEST: &str = "DELETE FROM messages WHERE room = ?1 AND seq <= ?2";
 
 /// Writes the changes to the counters.
 fn apply(usage: Usage, transaction: &Transaction<'_>) -> Result<(), StoreError> {
@@ -72,50 +72,6 @@ fn apply(usage: Usage, transaction: &Transaction<'_>) -> Result<(), StoreError> 
         )?;
     }
     Ok(())
-}
-
-/// Counts a message of `bytes` just stored in `room`, and forgets what `trim` found to
-/// make room for it (see [`plan_trim`]), with one update of each counter.
-pub(super) fn stored_message(
-    transaction: &Transaction<'_>,
-    room: &str,
-    sender: &str,
-    bytes: i64,
-    trim: Option<&Trim>,
-) -> Result<(), StoreError> {
-    let Some(trim) = trim else {
-        // The same three statements as [`apply`], without its maps: this runs for
-        // every message.
-        execute(
-            transaction,
-            COUNT_ROOM,
-            params![room, 1, bytes],
-            format_args!("count the messages of room {room:?}"),
-        )?;
-        execute(
-            transaction,
-            COUNT_USER,
-            params![sender, 1, bytes],
-            format_args!("count what {sender:?} stores"),
-        )?;
-        execute(
-            transaction,
-            COUNT_STORE,
-            [bytes],
-            "count what the store holds",
-        )?;
-        return Ok(());
-    };
-    // The plan read every message of the room up to its last, in this transaction:
-    // those are the ones deleted, and its sizes are what they took.
-    let deleted = execute(
-        transaction,
-        FORGET_OLDEST,
-        params![room, trim.last()],
-        Trimming(room),
-    )?;
-    trim.check_deleted(room, deleted)?;
-    apply(trim.usage(room, sender, bytes), transaction)
 }
 
 /// Counts a sender key just stored, `bytes` for all its recipients.
@@ -169,27 +125,6 @@ pub(super) fn delete_keys(
     }
     apply(usage, transaction)?;
     Ok(deleted.len() as u64)
-}
-
-/// The quota `sender` would exceed if what it stores changed by `change` bytes, if any.
-pub(super) fn exceeded_quota(
-    transaction: &Transaction<'_>,
-    sender: &str,
-    change: i64,
-    policy: &StoragePolicy,
-) -> Result<Option<Quota>, StoreError> {
-    let stored = select(
-        transaction,
-        "SELECT stored_bytes FROM identities WHERE user = ?1",
-        [sender],
-        format_args!("read what {sender:?} stores"),
-        |row| Ok(row.get::<_, i64>(0)?),
-    )?;
-    Ok(shared::exceeded_quota(
-        stored.first().copied(),
-        change,
-        policy,
-    ))
 }
 
 /// The oldest messages of the whole store, a page at a time: the age index.
@@ -252,17 +187,15 @@ impl Display for Trimming<'_> {
     }
 }
 
-/// What `room` must forget to hold no more than `policy` lets a room keep, were it to
-/// hold a new message of `adding` bytes as well (`None`: as it is), never a message at
-/// or after `keep_from`; `None` when it is within its limits or holds nothing it may
-/// forget. Changes nothing: it reads the room's oldest messages only as far as they
+/// What `room` must forget to hold no more than `policy` lets a room keep, never a
+/// message at or after `keep_from`; `None` when it is within its limits or holds nothing
+/// it may forget. Changes nothing: it reads the room's oldest messages only as far as they
 /// would be deleted.
 pub(super) fn plan_trim(
     transaction: &Transaction<'_>,
     room: &str,
     policy: &StoragePolicy,
     keep_from: u64,
-    adding: Option<i64>,
 ) -> Result<Option<Trim>, StoreError> {
     let operation = Trimming(room);
     let counts = select(
@@ -275,16 +208,23 @@ pub(super) fn plan_trim(
     let Some(&(count, bytes)) = counts.first() else {
         return Ok(None);
     };
-    let trim = match adding {
-        Some(size) => Trim::for_message(count, bytes, size, policy),
-        None => Trim::new(count, bytes, policy),
-    };
-    let Some(mut trim) = trim else {
-        return Ok(None);
-    };
+    match Trim::new(count, bytes, policy) {
+        Some(trim) => read_trim(transaction, room, trim, -1, keep_from),
+        None => Ok(None),
+    }
+}
+
+/// Feeds `trim` the oldest messages of `room` after `after` and before `keep_from`, as
+/// far as it needs; the trim, if it found anything to forget.
+pub(super) fn read_trim(
+    transaction: &Transaction<'_>,
+    room: &str,
+    mut trim: Trim,
+    mut after: i64,
+    keep_from: u64,
+) -> Result<Option<Trim>, StoreError> {
     // The oldest messages, one page at a time, until enough are found; one alone when
     // it may be enough, as for a full room that forgets one message for each it stores.
-    let mut after = -1i64;
     'pages: loop {
         let page = select(
             transaction,
@@ -294,7 +234,7 @@ pub(super) fn plan_trim(
                 OLDEST_MESSAGES
             },
             params![room, after, saturating(keep_from)],
-            operation,
+            Trimming(room),
             |row| {
                 Ok((
                     row.get::<_, i64>(0)?,
@@ -324,7 +264,7 @@ pub(super) fn trim_room(
     policy: &StoragePolicy,
     keep_from: u64,
 ) -> Result<u64, StoreError> {
-    match plan_trim(transaction, room, policy, keep_from, None)? {
+    match plan_trim(transaction, room, policy, keep_from)? {
         Some(trim) => delete_messages(
             transaction,
             DELETE_OLDEST,
