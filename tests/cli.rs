@@ -5,9 +5,9 @@ mod common;
 use std::process::Command;
 
 use common::process::{
-    ClientProcess, NOBODY_LISTENS, ServerProcess,
-    a_relay_killed_mid_conversation_the_clients_fail_over, assert_one_line_error, run_client,
-    rust_client, the_first_relay_down_the_client_chats_through_the_next, wait_for_line,
+    ClientProcess, NOBODY_LISTENS, ServerProcess, Takeover,
+    a_relay_killed_mid_conversation_the_clients_fail_over, assert_one_line_error, fail_over,
+    run_client, rust_client, the_first_relay_down_the_client_chats_through_the_next, wait_for_line,
 };
 
 #[test]
@@ -534,6 +534,13 @@ fn the_first_relay_down_the_client_chats_through_the_next_and_keeps_its_progress
 #[test]
 fn a_relay_killed_mid_conversation_the_clients_fail_over_and_lose_nothing() {
     a_relay_killed_mid_conversation_the_clients_fail_over(rust_client);
+}
+
+#[test]
+fn a_relay_standing_by_takes_over_from_a_killed_one_and_the_clients_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = ServerProcess::start(&dir.path().join("data"));
+    fail_over(first, dir.path(), rust_client, Takeover::StandingBy);
 }
 
 #[test]

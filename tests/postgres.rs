@@ -8,7 +8,8 @@ use std::ffi::OsStr;
 
 use common::postgres::{as_superuser, fresh_database};
 use common::process::{
-    ClientProcess, ServerProcess, catch_up, join_and_go_away, message_line, rust_client,
+    ClientProcess, ServerProcess, Takeover, catch_up, fail_over, join_and_go_away, message_line,
+    rust_client, wait_for_line,
 };
 use common::{RawClient, unknown_key_message};
 use e2ee_chat::proto::{SealedMessage, SendMessage, client_frame, server_frame};
@@ -109,11 +110,15 @@ async fn a_database_gone_away_is_unavailable_to_clients_and_the_relay_recovers()
         other => panic!("expected UNAVAILABLE, got {other:?}"),
     }
 
-    // Back: the same message, sent again, is stored; the relay never stopped.
+    // Back: once the relay holds its claim on the database again (it writes nothing
+    // before), the same message, sent again, is stored; the relay never stopped.
     let back = format!("ALTER DATABASE {database} ALLOW_CONNECTIONS true");
     tokio::task::spawn_blocking(move || as_superuser(&back))
         .await
         .unwrap();
+    tokio::task::block_in_place(|| {
+        wait_for_line(&server.stderr, "holding the claim on the database again")
+    });
     alice.send(4, message(1)).await;
     let answer = alice.answer(4).await.kind;
     assert!(
@@ -121,7 +126,7 @@ async fn a_database_gone_away_is_unavailable_to_clients_and_the_relay_recovers()
         "{answer:?}"
     );
     // Stored are the two acknowledged messages, nothing of the refused attempt.
-    let rooms = tokio::task::spawn_blocking(move || PostgresStore::open(&url)?.rooms())
+    let rooms = tokio::task::spawn_blocking(move || PostgresStore::open(&url, None)?.rooms())
         .await
         .unwrap()
         .unwrap();
@@ -211,4 +216,75 @@ fn a_second_relay_on_one_database_stops_with_one_line_and_starts_once_the_first_
     ));
     common::process::wait_for_line(&first.stderr, "holding the claim on the database again");
     second(&on_postgres);
+}
+
+#[test]
+fn a_relay_standing_by_on_postgres_takes_over_from_a_killed_one_and_the_clients_lose_nothing() {
+    let url = fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    fail_over(
+        relay_on(&url, &dir),
+        dir.path(),
+        rust_client,
+        Takeover::StandingBy,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_whose_claim_a_standby_took_writes_nothing_more_and_stops() {
+    let url = tokio::task::spawn_blocking(fresh_database).await.unwrap();
+    let database = url.rsplit_once('/').unwrap().1.to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = relay_on(&url, &dir);
+    let standby = first.standby_on(&common::process::free_loopback_addr());
+    let mut alice = RawClient::open_url(&first.url, "alice").await;
+    alice.join("lobby").await;
+    alice.send(2, message(0)).await;
+    assert!(matches!(
+        alice.answer(2).await.kind,
+        Some(server_frame::Kind::Ack(_))
+    ));
+
+    // PostgreSQL ends the session holding the first relay's claim, and only that one:
+    // its other connections, which write, live on. The relay standing by takes the
+    // claim while the first is still waiting to take it back.
+    let cut = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks JOIN pg_database d ON d.oid = \
+         pg_locks.database WHERE locktype = 'advisory' AND granted AND d.datname = '{database}'"
+    );
+    tokio::task::spawn_blocking(move || as_superuser(&cut))
+        .await
+        .unwrap();
+    let second = tokio::task::spawn_blocking(move || standby.listening())
+        .await
+        .unwrap();
+
+    // The first relay may still take frames, but it stores nothing behind the back of
+    // the relay that now serves the database.
+    alice.send(3, message(1)).await;
+    match alice.answer(3).await.kind {
+        Some(server_frame::Kind::Rejection(rejection)) => {
+            assert_eq!(rejection.code, tonic::Code::Unavailable as i32);
+        }
+        other => panic!("expected UNAVAILABLE, got {other:?}"),
+    }
+    let status = tokio::task::spawn_blocking(move || {
+        let status = first.wait_for_exit();
+        (
+            status,
+            wait_for_line(&first.stderr, "another chat-server took"),
+        )
+    })
+    .await
+    .unwrap();
+    assert!(!status.0.success(), "{:?}", status.1);
+
+    // The one that serves has the acknowledged message, and only that one.
+    let mut bob = RawClient::open_url(&second.url, "bob").await;
+    bob.join("lobby").await;
+    let rooms = tokio::task::spawn_blocking(move || PostgresStore::open(&url, None)?.rooms())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rooms[0].messages, 1, "{rooms:?}");
 }

@@ -71,6 +71,15 @@ struct Args {
     /// nothing to install.
     #[arg(long, global = true, env = "CHAT_DATABASE", value_name = "URL")]
     database: Option<String>,
+    /// When another chat-server serves the same --database (or --data-dir), wait and
+    /// take over when it goes, instead of stopping: a stand-by relay. It listens only
+    /// once it serves; give clients both relays (--server A,B) and they fail over.
+    #[arg(
+        long,
+        env = "CHAT_STANDBY",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    standby: bool,
     #[command(flatten)]
     web: WebOptions,
     #[command(flatten)]
@@ -158,14 +167,15 @@ async fn run(args: Args) -> Result<(), String> {
     if args.database.is_none() {
         server::prepare_data_dir(&args.data_dir).map_err(|error| error.to_string())?;
     }
-    // Before anything is opened: a second relay on the same database stops here.
-    let mut claim = store::claim::claim(args.database.as_deref(), &args.data_dir)
+    // Before anything is opened: a second relay on the same database stops here, or
+    // stands by until the first goes.
+    let mut claim = store::claim::claim(args.database.as_deref(), &args.data_dir, args.standby)
         .await
         .map_err(|error| error.to_string())?;
     // Opening blocks (migrations, PostgreSQL's first connection): not on a worker.
-    let (database, data_dir) = (args.database.clone(), args.data_dir.clone());
+    let (database, data_dir, fence) = (args.database.clone(), args.data_dir.clone(), claim.fence());
     let store: Arc<dyn Store> =
-        tokio::task::spawn_blocking(move || store::open(database.as_deref(), &data_dir))
+        tokio::task::spawn_blocking(move || store::open(database.as_deref(), &data_dir, fence))
             .await
             .map_err(|error| format!("cannot open the store: {error}"))?
             .map_err(|error| error.to_string())?;
@@ -223,7 +233,7 @@ fn registration_token(
             data_dir.display()
         ));
     }
-    let store = store::open(database, data_dir).map_err(|error| error.to_string())?;
+    let store = store::open(database, data_dir, None).map_err(|error| error.to_string())?;
     match command {
         TokenCommand::Create {
             uses,

@@ -8,12 +8,18 @@
 //! file for SQLite, an advisory lock held by a connection of its own for PostgreSQL), so
 //! a relay killed with SIGKILL can be started again at once. PostgreSQL's lock goes with
 //! its connection too (a restart of PostgreSQL): the relay takes it again as soon as it
-//! can, and stops ([`Claim::lost`]) if another relay has it by then.
+//! can, and stops ([`Claim::lost`]) if another relay has it by then; meanwhile its writes
+//! are fenced off ([`Fence`]), so that none lands behind the back of a relay that took
+//! the claim.
+//!
+//! A relay started with `--standby` waits for the claim instead of stopping: it takes
+//! over, reading the database afresh, as soon as the serving relay goes.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+pub use super::postgres::Fence;
 use super::{StoreError, postgres, postgres_url};
 
 /// The name of the file an SQLite relay locks in its `--data-dir`.
@@ -23,6 +29,7 @@ pub const LOCK_FILE: &str = "relay.lock";
 #[must_use = "the claim ends when it is dropped"]
 pub struct Claim {
     held: Held,
+    fence: Fence,
 }
 
 /// What holds the lock.
@@ -33,18 +40,34 @@ enum Held {
 }
 
 /// Claims the database `chat-server` serves: PostgreSQL at `database`, or the SQLite
-/// database in `data_dir`. Fails with [`StoreError::InUse`] when another relay has it.
-/// For PostgreSQL this must run inside a tokio runtime, which drives the connection
-/// that holds the lock.
-pub async fn claim(database: Option<&str>, data_dir: &Path) -> Result<Claim, StoreError> {
+/// database in `data_dir`. Fails with [`StoreError::InUse`] when another relay has it,
+/// or with `standby` waits until it has gone. For PostgreSQL this must run inside a
+/// tokio runtime, which drives the connection that holds the lock.
+pub async fn claim(
+    database: Option<&str>,
+    data_dir: &Path,
+    standby: bool,
+) -> Result<Claim, StoreError> {
+    let fence = Fence::default();
     let held = match database {
-        Some(url) => Held::Postgres(postgres::claim(postgres_url(url)?).await?),
-        None => Held::File(lock_file(data_dir).await?),
+        Some(url) => {
+            Held::Postgres(postgres::claim(postgres_url(url)?, standby, fence.clone()).await?)
+        }
+        None => Held::File(lock_file(data_dir, standby).await?),
     };
-    Ok(Claim { held })
+    Ok(Claim { held, fence })
 }
 
 impl Claim {
+    /// What the store's writes check, for PostgreSQL (see [`Fence`]); `None` for
+    /// SQLite, whose lock cannot be lost while the process lives.
+    pub fn fence(&self) -> Option<Fence> {
+        match self.held {
+            Held::File(_) => None,
+            Held::Postgres(_) => Some(self.fence.clone()),
+        }
+    }
+
     /// Completes, with why, if the claim is lost to another relay; never for SQLite,
     /// whose lock goes only with the process.
     pub async fn lost(&mut self) -> String {
@@ -71,7 +94,7 @@ impl Drop for Claim {
 /// moment after it does (and a process forked from this one holds them until it execs).
 const PATIENCE: Duration = Duration::from_secs(2);
 
-async fn lock_file(data_dir: &Path) -> Result<File, StoreError> {
+async fn lock_file(data_dir: &Path, standby: bool) -> Result<File, StoreError> {
     let path = data_dir.join(LOCK_FILE);
     let failed = |reason: String| StoreError::Open {
         path: path.display().to_string(),
@@ -84,10 +107,17 @@ async fn lock_file(data_dir: &Path) -> Result<File, StoreError> {
         .open(&path)
         .map_err(|error| failed(error.to_string()))?;
     let started = Instant::now();
+    let mut waiting = false;
     loop {
         match file.try_lock() {
             Ok(()) => return Ok(file),
-            Err(TryLockError::WouldBlock) if started.elapsed() < PATIENCE => {
+            Err(TryLockError::WouldBlock) if standby || started.elapsed() < PATIENCE => {
+                if standby && !std::mem::replace(&mut waiting, true) {
+                    tracing::info!(
+                        data_dir = %data_dir.display(),
+                        "standing by: another chat-server serves this database; this one takes over when it goes"
+                    );
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(TryLockError::WouldBlock) => {
@@ -107,14 +137,14 @@ mod tests {
     #[tokio::test]
     async fn a_second_relay_on_one_data_dir_is_refused_until_the_first_goes() {
         let dir = tempfile::tempdir().unwrap();
-        let first = claim(None, dir.path()).await.unwrap();
-        let refused = claim(None, dir.path()).await.err().unwrap();
+        let first = claim(None, dir.path(), false).await.unwrap();
+        let refused = claim(None, dir.path(), false).await.err().unwrap();
         assert!(matches!(refused, StoreError::InUse { .. }), "{refused}");
         assert!(
             refused.to_string().contains("another chat-server"),
             "{refused}"
         );
         drop(first);
-        let _second = claim(None, dir.path()).await.unwrap();
+        let _second = claim(None, dir.path(), false).await.unwrap();
     }
 }

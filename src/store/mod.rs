@@ -29,12 +29,17 @@ use crate::proto::{
 };
 
 /// Opens the relay's store: the PostgreSQL database at `database` (a `postgres://` or
-/// `postgresql://` URL), or without one the SQLite database in `data_dir`. It blocks
-/// until the schema is up to date: call it outside async tasks.
-pub fn open(database: Option<&str>, data_dir: &Path) -> Result<Arc<dyn Store>, StoreError> {
+/// `postgresql://` URL), or without one the SQLite database in `data_dir`. A serving
+/// relay passes the `fence` of its claim. It blocks until the schema is up to date:
+/// call it outside async tasks.
+pub fn open(
+    database: Option<&str>,
+    data_dir: &Path,
+    fence: Option<claim::Fence>,
+) -> Result<Arc<dyn Store>, StoreError> {
     match database {
         None => Ok(Arc::new(SqliteStore::open(data_dir)?)),
-        Some(url) => Ok(Arc::new(PostgresStore::open(postgres_url(url)?)?)),
+        Some(url) => Ok(Arc::new(PostgresStore::open(postgres_url(url)?, fence)?)),
     }
 }
 

@@ -26,7 +26,8 @@ mod apply;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Display;
 use std::future::Future;
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -61,6 +62,8 @@ const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// The relay's database on a PostgreSQL server.
 pub struct PostgresStore {
     pool: Pool,
+    /// The claim this store's writes are fenced by, for a serving relay.
+    fence: Option<Fence>,
     /// Held by every write: one writer at a time, as with SQLite.
     writes: Mutex<()>,
     /// Last, so the pool's connections are dropped before their runtime is.
@@ -130,8 +133,9 @@ type Transaction<'a> = deadpool_postgres::Transaction<'a>;
 impl PostgresStore {
     /// Connects to the database at `url` (`postgres://` or `postgresql://`) and brings
     /// its schema up to date. An unreachable server is a [`StoreError::Open`] naming it
-    /// (never its password).
-    pub fn open(url: &str) -> Result<Self, StoreError> {
+    /// (never its password). With a `fence` (a serving relay's claim), every write
+    /// first checks that the claim is still this relay's.
+    pub fn open(url: &str, fence: Option<Fence>) -> Result<Self, StoreError> {
         let mut config: tokio_postgres::Config = url.parse().map_err(|error| StoreError::Open {
             path: "given by --database".to_owned(),
             reason: format!("{error}"),
@@ -171,6 +175,7 @@ impl PostgresStore {
         };
         let store = Self {
             pool,
+            fence,
             writes: Mutex::new(()),
             bridge: Bridge(Some(runtime)),
         };
@@ -201,6 +206,9 @@ impl PostgresStore {
                 .transaction()
                 .await
                 .map_err(failed(format_args!("begin to {operation}")))?;
+            if let Some(fence) = &self.fence {
+                fence.check(&transaction).await?;
+            }
             // On an error the transaction is dropped, which rolls it all back.
             let done = write(&transaction).await?;
             transaction
@@ -237,6 +245,19 @@ impl PostgresStore {
 /// ([`claim`](super::claim)); the migrations take another.
 const RELAY_LOCK: i64 = 2026112902;
 
+/// The key of the advisory lock every fenced write holds, shared, for its transaction:
+/// a relay that takes the claim takes this one exclusively for a moment, so that it
+/// waits for the writes its predecessor had under way (see [`Fence`]).
+const WRITES_LOCK: i64 = 2026112903;
+
+/// The backend process id of the session holding the claim ([`RELAY_LOCK`], `$1`), if
+/// one does. (A bigint advisory lock shows its high half as `classid`, its low half as
+/// `objid`.)
+const CLAIM_HOLDER: &str = "SELECT pid FROM pg_locks \
+     WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+     AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+     AND classid::bigint = ($1::bigint >> 32) AND objid::bigint = ($1::bigint & 4294967295) LIMIT 1";
+
 /// How long a relay waits for the claim of one that just went.
 const CLAIM_PATIENCE: Duration = Duration::from_secs(2);
 
@@ -245,11 +266,68 @@ const CLAIM_PATIENCE: Duration = Duration::from_secs(2);
 /// the lock as another relay's.
 const RECLAIM_PATIENCE: Duration = Duration::from_secs(15);
 
+/// How long a relay standing by waits for the claim on one connection before it
+/// connects again (within [`OPERATION_TIMEOUT`]); it asks every 100 ms meanwhile.
+const STANDBY_PATIENCE: Duration = Duration::from_secs(20);
+
+/// How long a relay standing by waits before it asks again, after a failure.
+const STANDBY_POLL: Duration = Duration::from_millis(250);
+
+/// Which server session holds a relay's claim, for its writes to check: the claim is
+/// held by one connection, and the writes run on others. A relay whose claim's
+/// connection ended (PostgreSQL restarted, the session was terminated, the network
+/// failed) may find another relay holding it when it comes back: until then its writes
+/// could land behind the other relay's back, in rooms the other numbers from what it
+/// read. So every write first takes [`WRITES_LOCK`] shared and checks that the claim
+/// is held by this relay's session; the relay that takes the claim waits for those
+/// locks to go before it reads anything.
+#[derive(Clone, Default)]
+pub struct Fence {
+    /// The backend process id of the session holding the claim; 0 while none does.
+    holder: Arc<AtomicI32>,
+}
+
+impl Fence {
+    async fn check(&self, transaction: &Transaction<'_>) -> Result<(), StoreError> {
+        let lost = || {
+            StoreError::Database(
+                "this relay does not hold its claim on the database right now (its connection \
+                 holding it ended); nothing is written until it holds it again"
+                    .to_owned(),
+            )
+        };
+        let holder = self.holder.load(Ordering::SeqCst);
+        if holder == 0 {
+            return Err(lost());
+        }
+        let row = transaction
+            .query_one(
+                &format!(
+                    "SELECT ({CLAIM_HOLDER}) FROM (SELECT pg_advisory_xact_lock_shared($2)) AS writing"
+                ),
+                &[&RELAY_LOCK, &WRITES_LOCK],
+            )
+            .await
+            .map_err(failed("check the claim on the database"))?;
+        if row.get::<_, Option<i32>>(0) == Some(holder) {
+            Ok(())
+        } else {
+            Err(lost())
+        }
+    }
+}
+
 /// Connects to the database at `url` on a connection of its own, driven by the calling
-/// runtime, and takes the relay's advisory lock on it. The returned task holds it, and
-/// takes it again whenever the connection ends (PostgreSQL restarted, the session was
-/// terminated); it ends, with why, only if the lock is another relay's by then.
-pub(super) async fn claim(url: &str) -> Result<tokio::task::JoinHandle<String>, StoreError> {
+/// runtime, and takes the relay's advisory lock on it, waiting for as long as another
+/// relay has it if `standby`. The returned task holds it, and takes it again whenever
+/// the connection ends (PostgreSQL restarted, the session was terminated); it ends,
+/// with why, only if the lock is another relay's by then. `fence` says, while it is
+/// held, which session holds it.
+pub(super) async fn claim(
+    url: &str,
+    standby: bool,
+    fence: Fence,
+) -> Result<tokio::task::JoinHandle<String>, StoreError> {
     let mut config: tokio_postgres::Config = url.parse().map_err(|error| StoreError::Open {
         path: "given by --database".to_owned(),
         reason: format!("{error}"),
@@ -258,39 +336,64 @@ pub(super) async fn claim(url: &str) -> Result<tokio::task::JoinHandle<String>, 
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
-    // A server that accepts the connection and then says nothing is no better than one
-    // that refuses it.
-    let answer = tokio::time::timeout(OPERATION_TIMEOUT, lock(&config, CLAIM_PATIENCE)).await;
-    let held = match answer {
-        Ok(Ok(Some(held))) => held,
-        Ok(Ok(None)) => return Err(StoreError::InUse { database: target }),
-        Ok(Err(error)) => {
-            return Err(StoreError::Open {
-                path: target,
-                reason: describe(&error),
-            });
+    let mut waiting = false;
+    let held = loop {
+        // A server that accepts the connection and then says nothing is no better than
+        // one that refuses it.
+        let patience = if waiting {
+            STANDBY_PATIENCE
+        } else {
+            CLAIM_PATIENCE
+        };
+        let answer =
+            tokio::time::timeout(OPERATION_TIMEOUT, lock(&config, patience, None, &fence)).await;
+        match answer {
+            Ok(Ok(Some(held))) => break held,
+            Ok(Ok(None)) if standby => {}
+            Ok(Ok(None)) => return Err(StoreError::InUse { database: target }),
+            // Standing by, the database may come and go: it is asked again.
+            Ok(Err(_)) | Err(_) if standby && waiting => {}
+            Ok(Err(error)) => {
+                return Err(StoreError::Open {
+                    path: target,
+                    reason: describe(&error),
+                });
+            }
+            Err(_) => {
+                return Err(StoreError::Open {
+                    path: target,
+                    reason: format!(
+                        "PostgreSQL did not answer within {} s",
+                        OPERATION_TIMEOUT.as_secs()
+                    ),
+                });
+            }
         }
-        Err(_) => {
-            return Err(StoreError::Open {
-                path: target,
-                reason: format!(
-                    "PostgreSQL did not answer within {} s",
-                    OPERATION_TIMEOUT.as_secs()
-                ),
-            });
+        if !waiting {
+            tracing::info!(
+                database = target,
+                "standing by: another chat-server serves this database; this one takes over when it goes"
+            );
+            waiting = true;
         }
+        tokio::time::sleep(STANDBY_POLL).await;
     };
-    Ok(tokio::spawn(hold(config, target, held)))
+    Ok(tokio::spawn(hold(config, target, held, fence)))
 }
 
 /// A connection holding the relay's lock, and the task driving it (which ends with it).
 type Held = (tokio_postgres::Client, tokio::task::JoinHandle<()>);
 
 /// Connects and takes the lock, trying again for `patience` while another session has
-/// it; `None` if it still has it then.
+/// it; `None` if it still has it then, or at once if a session other than `previous`
+/// (this relay's own, ended, which PostgreSQL may not have noticed yet) has it. Once it
+/// has it, it waits for the writes under way of the relay that had it before, and sets
+/// `fence` to its session.
 async fn lock(
     config: &tokio_postgres::Config,
     patience: Duration,
+    previous: Option<i32>,
+    fence: &Fence,
 ) -> Result<Option<Held>, tokio_postgres::Error> {
     let (client, connection) = config.connect(NoTls).await?;
     let driver = tokio::spawn(async move {
@@ -304,20 +407,44 @@ async fn lock(
             .query_one("SELECT pg_try_advisory_lock($1)", &[&RELAY_LOCK])
             .await?;
         if row.get::<_, bool>(0) {
-            return Ok(Some((client, driver)));
+            break;
+        }
+        if let Some(previous) = previous {
+            let holder = client.query_opt(CLAIM_HOLDER, &[&RELAY_LOCK]).await?;
+            if holder.is_some_and(|row| row.get::<_, i32>(0) != previous) {
+                return Ok(None);
+            }
         }
         if tokio::time::Instant::now() >= deadline {
             return Ok(None);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The writes its predecessor began before it lost the claim end (or fail) first.
+    client
+        .batch_execute(&format!(
+            "SELECT pg_advisory_lock({WRITES_LOCK}); SELECT pg_advisory_unlock({WRITES_LOCK})"
+        ))
+        .await?;
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await?
+        .get(0);
+    fence.holder.store(pid, Ordering::SeqCst);
+    Ok(Some((client, driver)))
 }
 
 /// Holds the claim for as long as the relay runs; returns why it was lost.
-async fn hold(config: tokio_postgres::Config, target: String, mut held: Held) -> String {
+async fn hold(
+    config: tokio_postgres::Config,
+    target: String,
+    mut held: Held,
+    fence: Fence,
+) -> String {
     loop {
         let (client, driver) = held;
         let _ = driver.await;
+        let previous = fence.holder.swap(0, Ordering::SeqCst);
         drop(client);
         tracing::warn!(
             database = target,
@@ -325,7 +452,8 @@ async fn hold(config: tokio_postgres::Config, target: String, mut held: Held) ->
         );
         held = loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            match tokio::time::timeout(OPERATION_TIMEOUT, lock(&config, RECLAIM_PATIENCE)).await {
+            let lock = lock(&config, RECLAIM_PATIENCE, Some(previous), &fence);
+            match tokio::time::timeout(OPERATION_TIMEOUT, lock).await {
                 Ok(Ok(Some(held))) => break held,
                 Ok(Ok(None)) => {
                     return format!(

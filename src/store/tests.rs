@@ -70,7 +70,7 @@ struct Postgres(String);
 
 impl Backend for Postgres {
     fn open(&self) -> Arc<dyn TestStore> {
-        Arc::new(PostgresStore::open(&self.0).unwrap())
+        Arc::new(PostgresStore::open(&self.0, None).unwrap())
     }
 }
 

@@ -168,40 +168,27 @@ impl ServerProcess {
         extra: &[&OsStr],
         env: &[(&str, &str)],
     ) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
-            .args(["--listen", listen, "--data-dir"])
-            .arg(data_dir)
-            .args(extra)
-            .envs(env.iter().copied())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = lines_of(child.stderr.take().unwrap());
-        let lines = wait_for_line(&stderr, "listening on ");
-        let addr: SocketAddr = lines
-            .last()
-            .unwrap()
-            .split("listening on ")
-            .nth(1)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        Self {
-            child,
-            addr,
-            url: format!("http://{addr}"),
-            started: lines,
-            stderr,
-            data_dir: data_dir.to_owned(),
-            extra: extra.iter().map(|arg| arg.to_os_string()).collect(),
-            env: env
-                .iter()
-                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
-                .collect(),
-        }
+        Starting::spawn(data_dir, listen, extra, env).listening()
+    }
+
+    /// Starts `chat-server --standby` on `listen` beside this one, on the same data
+    /// directory (or database), arguments and environment; waits until it says it
+    /// stands by.
+    pub fn standby_on(&self, listen: &str) -> Starting {
+        let mut extra: Vec<&OsStr> = self.extra.iter().map(OsString::as_os_str).collect();
+        extra.push(OsStr::new("--standby"));
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        let standby = Starting::spawn(&self.data_dir, listen, &extra, &env);
+        let said = wait_for_line(&standby.stderr, "standing by");
+        assert!(
+            std::net::TcpStream::connect(listen).is_err(),
+            "a relay standing by listens: {said:?}"
+        );
+        standby
     }
 
     /// Kills the server with SIGKILL and starts it again: see [`restart`](Self::restart).
@@ -237,11 +224,83 @@ impl ServerProcess {
         self.child.wait().unwrap();
     }
 
+    /// Waits for the server to exit by itself.
+    pub fn wait_for_exit(&mut self) -> ExitStatus {
+        wait_for_exit(&mut self.child)
+    }
+
     pub fn terminate(&mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
         let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         assert!(killed.success());
         wait_for_exit(&mut self.child)
+    }
+}
+
+/// A `chat-server` process that does not listen yet (one standing by, above all).
+pub struct Starting {
+    child: Option<Child>,
+    pub stderr: Receiver<String>,
+    data_dir: PathBuf,
+    extra: Vec<OsString>,
+    env: Vec<(String, String)>,
+}
+
+impl Starting {
+    fn spawn(data_dir: &Path, listen: &str, extra: &[&OsStr], env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
+            .args(["--listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Self {
+            stderr: lines_of(child.stderr.take().unwrap()),
+            child: Some(child),
+            data_dir: data_dir.to_owned(),
+            extra: extra.iter().map(|arg| arg.to_os_string()).collect(),
+            env: env
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect(),
+        }
+    }
+
+    /// Waits until it listens.
+    pub fn listening(mut self) -> ServerProcess {
+        let lines = wait_for_line(&self.stderr, "listening on ");
+        let addr: SocketAddr = lines
+            .last()
+            .unwrap()
+            .split("listening on ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        ServerProcess {
+            child: self.child.take().unwrap(),
+            addr,
+            url: format!("http://{addr}"),
+            started: lines,
+            stderr: std::mem::replace(&mut self.stderr, std::sync::mpsc::channel().1),
+            data_dir: std::mem::take(&mut self.data_dir),
+            extra: std::mem::take(&mut self.extra),
+            env: std::mem::take(&mut self.env),
+        }
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -650,20 +709,42 @@ pub fn the_first_relay_down_the_client_chats_through_the_next(
     server
 }
 
-/// alice and bob, both `client`s given two relays of one deployment, chat through the
-/// first; it is killed (SIGKILL) with messages in flight, and the second, on the same
-/// data, comes up: both fail over to it, and bob shows every message of alice's once,
-/// in order; his progress stays under the first relay's URL.
+/// [`fail_over`] to a relay started once the first is killed, on SQLite.
 pub fn a_relay_killed_mid_conversation_the_clients_fail_over(
     client: fn(&str, &str, &str, &Path) -> Command,
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let mut first = ServerProcess::start(&dir.path().join("data"));
+    let first = ServerProcess::start(&dir.path().join("data"));
+    fail_over(first, dir.path(), client, Takeover::StartedAfter);
+}
+
+/// How the second relay of [`fail_over`] comes to serve.
+pub enum Takeover {
+    /// It is started once the first is killed, as an operator would.
+    StartedAfter,
+    /// It stands by from the start (`--standby`), and takes over by itself.
+    StandingBy,
+}
+
+/// alice and bob, `client`s given two relays of one deployment, chat through `first`;
+/// it is killed (SIGKILL) with messages in flight, and the second, on the same data,
+/// serves ([`Takeover`]): both fail over to it, and bob shows every message of alice's
+/// once, in order; his progress stays under the first relay's URL. Homes in `dir`.
+pub fn fail_over(
+    mut first: ServerProcess,
+    dir: &Path,
+    client: fn(&str, &str, &str, &Path) -> Command,
+    takeover: Takeover,
+) {
     // The second relay does not exist yet; the clients know its URL all the same.
     let second_addr = free_loopback_addr();
     let second_url = format!("http://{second_addr}");
+    let standby = match takeover {
+        Takeover::StartedAfter => None,
+        Takeover::StandingBy => Some(first.standby_on(&second_addr)),
+    };
     let relays = format!("{},{second_url}", first.url);
-    let home = dir.path().join("home");
+    let home = dir.join("home");
     let bob = ClientProcess::joined(client(&relays, "bob", "lobby", &home), "lobby");
     let mut alice = ClientProcess::joined(client(&relays, "alice", "lobby", &home), "lobby");
     let text = |n: usize| format!("message {n}");
@@ -681,7 +762,10 @@ pub fn a_relay_killed_mid_conversation_the_clients_fail_over(
     }
     first.kill();
     // Relays of one deployment share their database: here, the killed one's.
-    let _second = first.another_on(&second_addr);
+    let _second = match standby {
+        None => first.another_on(&second_addr),
+        Some(standby) => standby.listening(),
+    };
     for n in 10..15 {
         alice.say(&text(n));
     }

@@ -14,17 +14,17 @@ fn name(url: &str) -> &str {
 #[test]
 fn the_schema_version_is_recorded_and_a_newer_one_refused() {
     let url = fresh_database();
-    let store = PostgresStore::open(&url).unwrap();
+    let store = PostgresStore::open(&url, None).unwrap();
     assert_eq!(
         store.test_query("SELECT CAST(version AS TEXT) FROM schema_version"),
         [[MIGRATIONS.len().to_string()]]
     );
     drop(store);
     // Opening again applies nothing: the schema is recognised as it is.
-    let store = PostgresStore::open(&url).unwrap();
+    let store = PostgresStore::open(&url, None).unwrap();
     store.test_execute("UPDATE schema_version SET version = 99");
     drop(store);
-    let error = PostgresStore::open(&url).err().unwrap();
+    let error = PostgresStore::open(&url, None).err().unwrap();
     assert!(
         matches!(error, StoreError::TooNew { found: 99, known } if known == MIGRATIONS.len() as i64),
         "{error}"
@@ -35,7 +35,7 @@ fn the_schema_version_is_recorded_and_a_newer_one_refused() {
 #[test]
 fn an_unreachable_server_is_one_clear_line_without_the_password() {
     // Port 1 on the loopback: nothing listens there, so the connection is refused at once.
-    let error = PostgresStore::open("postgres://relay:s3cret@127.0.0.1:1/chat")
+    let error = PostgresStore::open("postgres://relay:s3cret@127.0.0.1:1/chat", None)
         .err()
         .unwrap();
     let message = error.to_string();
@@ -49,7 +49,7 @@ fn an_unreachable_server_is_one_clear_line_without_the_password() {
 fn a_commit_while_the_database_is_away_fails_whole_and_the_store_recovers() {
     let url = fresh_database();
     let database = name(&url);
-    let store = PostgresStore::open(&url).unwrap();
+    let store = PostgresStore::open(&url, None).unwrap();
     store.commit_unlimited(&[create("lobby", None)]).unwrap();
     // Every connection to the database cut, and no new one let in: to the store, the
     // same as a server that stopped.
