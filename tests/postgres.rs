@@ -5,8 +5,12 @@
 mod common;
 
 use std::ffi::OsStr;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
-use common::postgres::{as_superuser, fresh_database};
+use common::postgres::{as_superuser, fresh_database, superuser_value};
 use common::process::{
     ClientProcess, ServerProcess, Takeover, catch_up, fail_over, join_and_go_away, message_line,
     rust_client, wait_for_line,
@@ -287,4 +291,106 @@ async fn a_relay_whose_claim_a_standby_took_writes_nothing_more_and_stops() {
         .unwrap()
         .unwrap();
     assert_eq!(rooms[0].messages, 1, "{rooms:?}");
+}
+
+/// Makes the test server serve TLS as well (once per test process), with a new
+/// self-signed certificate for 127.0.0.1; returns that certificate's PEM file, the one
+/// CA a relay must trust to reach it.
+fn tls_on_the_test_server() -> &'static Path {
+    static CERTIFICATE: OnceLock<PathBuf> = OnceLock::new();
+    CERTIFICATE.get_or_init(|| {
+        let data = PathBuf::from(superuser_value("SHOW data_directory"));
+        let certified = rcgen::generate_simple_self_signed(vec![
+            "127.0.0.1".to_owned(),
+            "localhost".to_owned(),
+        ])
+        .unwrap();
+        let (cert, key) = (data.join("test-tls.crt"), data.join("test-tls.key"));
+        std::fs::write(&cert, certified.cert.pem()).unwrap();
+        std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+        // The server runs as the owner of its data (`postgres` when the tests run as
+        // root) and reads its key only if nobody else can.
+        let owner = std::fs::metadata(&data).unwrap();
+        for file in [&cert, &key] {
+            std::os::unix::fs::chown(file, Some(owner.uid()), Some(owner.gid())).unwrap();
+        }
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        for setting in [
+            format!("ALTER SYSTEM SET ssl_cert_file = '{}'", cert.display()),
+            format!("ALTER SYSTEM SET ssl_key_file = '{}'", key.display()),
+            "ALTER SYSTEM SET ssl = on".to_owned(),
+            "SELECT pg_reload_conf()".to_owned(),
+        ] {
+            as_superuser(&setting);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while superuser_value("SHOW ssl") != "on" {
+            assert!(
+                Instant::now() < deadline,
+                "the test server did not turn TLS on"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cert
+    })
+}
+
+#[test]
+fn a_relay_reaches_postgres_over_tls_only_with_its_certificate_checked() {
+    let certificate = tls_on_the_test_server();
+    let url = fresh_database();
+    let database = url.rsplit_once('/').unwrap().1.to_owned();
+    let dir = tempfile::tempdir().unwrap();
+
+    // Checked against the CA it was given: the relay serves, every connection encrypted.
+    let encrypted = format!(
+        "{url}?sslmode=require&sslrootcert={}",
+        certificate.display()
+    );
+    let server = relay_on(&encrypted, &dir);
+    let home = dir.path().join("home");
+    join_and_go_away(rust_client(&server.url, "bob", "lobby", &home));
+    let connections = |ssl: &str| -> u64 {
+        superuser_value(&format!(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE datname = '{database}' AND {ssl}"
+        ))
+        .parse()
+        .unwrap()
+    };
+    // The claim's connection and at least one of the pool's.
+    assert!(connections("ssl") >= 2, "{}", connections("ssl"));
+    assert_eq!(connections("NOT ssl"), 0);
+    drop(server);
+
+    // Not checked, not used: without the CA (against the web's roots), or with a CA
+    // file that is not there, the relay stops with one line.
+    for (database, expected) in [
+        (format!("{url}?sslmode=require"), "certificate"),
+        (
+            format!("{url}?sslmode=require&sslrootcert=/nonexistent/ca.pem"),
+            "/nonexistent/ca.pem",
+        ),
+        (
+            format!("{url}?sslrootcert={}", certificate.display()),
+            "sslmode=require",
+        ),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--database",
+                &database,
+                "--data-dir",
+            ])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.to_lowercase().contains(expected), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }

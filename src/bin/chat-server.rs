@@ -65,10 +65,12 @@ struct Args {
     #[arg(long, global = true, env = "CHAT_DATA_DIR", default_value_os_t = default_data_dir())]
     data_dir: PathBuf,
     /// Keep the data in this PostgreSQL database instead of SQLite in --data-dir:
-    /// postgres://USER:PASSWORD@HOST:PORT/DATABASE (or postgresql://...; no TLS to the
-    /// database, so keep it on the same host or a private network). The schema is
-    /// created and upgraded at start-up. Left out: the SQLite database in --data-dir,
-    /// nothing to install.
+    /// postgres://USER:PASSWORD@HOST:PORT/DATABASE (or postgresql://...). Add
+    /// ?sslmode=require for TLS, its certificate checked against the CAs of
+    /// &sslrootcert=PEM-FILE (or the web's roots); without it, in clear: keep the
+    /// database on the same host or a private network. The schema is created and
+    /// upgraded at start-up. Left out: the SQLite database in --data-dir, nothing to
+    /// install.
     #[arg(long, global = true, env = "CHAT_DATABASE", value_name = "URL")]
     database: Option<String>,
     /// When another chat-server serves the same --database (or --data-dir), wait and

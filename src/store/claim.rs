@@ -51,7 +51,7 @@ pub async fn claim(
     let fence = Fence::default();
     let held = match database {
         Some(url) => {
-            Held::Postgres(postgres::claim(postgres_url(url)?, standby, fence.clone()).await?)
+            Held::Postgres(postgres::claim(&postgres_url(url)?, standby, fence.clone()).await?)
         }
         None => Held::File(lock_file(data_dir, standby).await?),
     };

@@ -39,14 +39,17 @@ pub fn open(
 ) -> Result<Arc<dyn Store>, StoreError> {
     match database {
         None => Ok(Arc::new(SqliteStore::open(data_dir)?)),
-        Some(url) => Ok(Arc::new(PostgresStore::open(postgres_url(url)?, fence)?)),
+        Some(url) => Ok(Arc::new(PostgresStore::open(&postgres_url(url)?, fence)?)),
     }
 }
 
-/// `database` if it is a PostgreSQL URL, the only kind `--database` takes.
-fn postgres_url(database: &str) -> Result<&str, StoreError> {
-    if database.starts_with("postgres://") || database.starts_with("postgresql://") {
-        return Ok(database);
+/// `database` if it is a PostgreSQL URL, the only kind `--database` takes, with its
+/// scheme in lower case (a URL's scheme is case-insensitive; the driver's parser is not).
+fn postgres_url(database: &str) -> Result<String, StoreError> {
+    if let Some((scheme, rest)) = database.split_once("://")
+        && ["postgres", "postgresql"].contains(&scheme.to_ascii_lowercase().as_str())
+    {
+        return Ok(format!("{}://{rest}", scheme.to_ascii_lowercase()));
     }
     // Only a URL's scheme is named: the rest, or a value that is not a URL at all
     // (PostgreSQL's own `key=value` form), may hold a password.

@@ -22,6 +22,7 @@
 //! acknowledged) and the pool opens a new one for the next.
 
 mod apply;
+mod reach;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Display;
@@ -34,7 +35,10 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use prost::Message;
 use tokio::runtime::RuntimeFlavor;
 use tokio_postgres::types::{FromSql, ToSql};
-use tokio_postgres::{IsolationLevel, NoTls, Row};
+use tokio_postgres::{IsolationLevel, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use reach::{Reach, reach};
 
 use super::copy;
 use super::shared::{
@@ -54,7 +58,7 @@ const POOL_SIZE: usize = 8;
 
 /// How long opening a connection may take before the call fails (the database is
 /// down or unreachable): a commit waits no longer than this to be told UNAVAILABLE.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The longest one read or one commit may take (a full batch takes well under a second).
 const OPERATION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -136,14 +140,11 @@ impl PostgresStore {
     /// (never its password). With a `fence` (a serving relay's claim), every write
     /// first checks that the claim is still this relay's.
     pub fn open(url: &str, fence: Option<Fence>) -> Result<Self, StoreError> {
-        let mut config: tokio_postgres::Config = url.parse().map_err(|error| StoreError::Open {
-            path: "given by --database".to_owned(),
-            reason: format!("{error}"),
-        })?;
-        let target = target(&config);
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
+        let Reach {
+            config,
+            tls,
+            target,
+        } = reach(url)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("postgres")
@@ -155,7 +156,7 @@ impl PostgresStore {
             })?;
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -328,14 +329,11 @@ pub(super) async fn claim(
     standby: bool,
     fence: Fence,
 ) -> Result<tokio::task::JoinHandle<String>, StoreError> {
-    let mut config: tokio_postgres::Config = url.parse().map_err(|error| StoreError::Open {
-        path: "given by --database".to_owned(),
-        reason: format!("{error}"),
-    })?;
-    let target = target(&config);
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(CONNECT_TIMEOUT);
-    }
+    let Reach {
+        config,
+        tls,
+        target,
+    } = reach(url)?;
     let mut waiting = false;
     let held = loop {
         // A server that accepts the connection and then says nothing is no better than
@@ -345,8 +343,11 @@ pub(super) async fn claim(
         } else {
             CLAIM_PATIENCE
         };
-        let answer =
-            tokio::time::timeout(OPERATION_TIMEOUT, lock(&config, patience, None, &fence)).await;
+        let answer = tokio::time::timeout(
+            OPERATION_TIMEOUT,
+            lock(&config, &tls, patience, None, &fence),
+        )
+        .await;
         match answer {
             Ok(Ok(Some(held))) => break held,
             Ok(Ok(None)) if standby => {}
@@ -378,7 +379,7 @@ pub(super) async fn claim(
         }
         tokio::time::sleep(STANDBY_POLL).await;
     };
-    Ok(tokio::spawn(hold(config, target, held, fence)))
+    Ok(tokio::spawn(hold(config, tls, target, held, fence)))
 }
 
 /// A connection holding the relay's lock, and the task driving it (which ends with it).
@@ -391,11 +392,12 @@ type Held = (tokio_postgres::Client, tokio::task::JoinHandle<()>);
 /// `fence` to its session.
 async fn lock(
     config: &tokio_postgres::Config,
+    tls: &MakeRustlsConnect,
     patience: Duration,
     previous: Option<i32>,
     fence: &Fence,
 ) -> Result<Option<Held>, tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
+    let (client, connection) = config.connect(tls.clone()).await?;
     let driver = tokio::spawn(async move {
         if let Err(error) = connection.await {
             tracing::debug!(%error, "the claim's connection failed");
@@ -437,6 +439,7 @@ async fn lock(
 /// Holds the claim for as long as the relay runs; returns why it was lost.
 async fn hold(
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     target: String,
     mut held: Held,
     fence: Fence,
@@ -452,7 +455,7 @@ async fn hold(
         );
         held = loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let lock = lock(&config, RECLAIM_PATIENCE, Some(previous), &fence);
+            let lock = lock(&config, &tls, RECLAIM_PATIENCE, Some(previous), &fence);
             match tokio::time::timeout(OPERATION_TIMEOUT, lock).await {
                 Ok(Ok(Some(held))) => break held,
                 Ok(Ok(None)) => {
@@ -467,23 +470,6 @@ async fn hold(
         };
         tracing::info!(database = target, "holding the claim on the database again");
     }
-}
-
-/// The server and database `config` names, for errors: never the password.
-fn target(config: &tokio_postgres::Config) -> String {
-    let host = config
-        .get_hosts()
-        .first()
-        .map_or("localhost".to_owned(), |host| match host {
-            tokio_postgres::config::Host::Tcp(name) => name.clone(),
-            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
-        });
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    let database = config
-        .get_dbname()
-        .or(config.get_user())
-        .unwrap_or_default();
-    format!("postgres://{host}:{port}/{database}")
 }
 
 /// A pooled connection; none to be had (the server is down) is a database error.

@@ -1356,3 +1356,19 @@ on_every_backend! {
         registration_tokens_are_used_up_expire_and_can_be_revoked,
     ],
 }
+
+#[test]
+fn a_postgres_url_is_taken_whatever_the_case_of_its_scheme_and_nothing_else_is() {
+    assert_eq!(
+        super::postgres_url("POSTGRES://u:pw@h/db").unwrap(),
+        "postgres://u:pw@h/db"
+    );
+    assert_eq!(
+        super::postgres_url("PostgreSQL://h/db").unwrap(),
+        "postgresql://h/db"
+    );
+    for other in ["mysql://u:pw@h/db", "postgres:/h", "host=h password=pw"] {
+        let error = super::postgres_url(other).err().unwrap().to_string();
+        assert!(!error.contains("pw"), "{error}");
+    }
+}

@@ -65,3 +65,36 @@ pub(crate) fn as_superuser(sql: &str) {
         let _ = connection.await;
     });
 }
+
+/// The first column of the first row `sql` returns, as text, run as the test server's
+/// superuser.
+#[allow(
+    dead_code,
+    reason = "tests/postgres.rs uses it, the store's tests do not"
+)]
+pub(crate) fn superuser_value(sql: &str) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(server(), tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|error| panic!("cannot connect to the test PostgreSQL: {error}"));
+        let connection = tokio::spawn(connection);
+        let rows = client
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|error| panic!("{sql}: {error}"));
+        drop(client);
+        let _ = connection.await;
+        rows.iter()
+            .find_map(|message| match message {
+                tokio_postgres::SimpleQueryMessage::Row(row) => {
+                    Some(row.get(0).unwrap_or_default().to_owned())
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("{sql}: no row"))
+    })
+}
