@@ -15,6 +15,7 @@ pub mod copy;
 mod postgres;
 mod shared;
 mod sqlite;
+mod tally;
 
 pub use postgres::PostgresStore;
 pub use shared::{decode_identity, decode_message};

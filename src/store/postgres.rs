@@ -23,6 +23,7 @@
 
 mod apply;
 mod reach;
+mod tally;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Display;
@@ -42,9 +43,10 @@ use reach::{Reach, reach};
 
 use super::copy;
 use super::shared::{
-    bits, decode_identity, decode_message, from_bits, in_sequence, millis, new_token, now_ms,
+    self, bits, decode_identity, decode_message, from_bits, in_sequence, millis, new_token, now_ms,
     pending, saturating, token_digest, token_id, tokens_named,
 };
+use super::tally::Tally;
 use super::{
     Change, Dormant, Entry, Pruned, RegistrationToken, StoragePolicy, Store, StoreError, StoredRoom,
 };
@@ -871,9 +873,43 @@ impl Store for PostgresStore {
         let now_ms = now_ms();
         self.write("commit", async |transaction| {
             let mut applied = Vec::with_capacity(changes.len());
+            let mut tally = Tally::new(now_ms);
             for change in changes {
-                applied.push(apply::change(transaction, change, policy, now_ms).await?);
+                applied.push(match change {
+                    Change::AppendMessage {
+                        room,
+                        seq,
+                        sender,
+                        sealed,
+                    } => {
+                        let applied = apply::append_message(
+                            transaction,
+                            &mut tally,
+                            room,
+                            *seq,
+                            sender,
+                            sealed,
+                            policy,
+                        )
+                        .await?;
+                        // Rare: only a store beyond its size reads (and writes) across
+                        // rooms.
+                        tally::read_total(transaction, &mut tally).await?;
+                        if shared::store_excess(tally.total(), policy) > 0 {
+                            tally::write_and_restart(transaction, &mut tally).await?;
+                            apply::evict_oldest(transaction, policy, room, *seq).await?;
+                        }
+                        applied
+                    }
+                    // Anything else reads or writes the counters itself: the tally is
+                    // written first, and a new one started after.
+                    change => {
+                        tally::write_and_restart(transaction, &mut tally).await?;
+                        apply::change(transaction, change, now_ms).await?
+                    }
+                });
             }
+            tally::write_and_restart(transaction, &mut tally).await?;
             Ok(applied)
         })
     }

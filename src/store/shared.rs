@@ -298,29 +298,6 @@ impl Trim {
             .map(|(_, size)| *size)
             .sum()
     }
-
-    /// How the counters change when `sender` stores a message of `bytes` in `room` and
-    /// the room forgets what this trim found: one update of each counter for both.
-    pub fn usage(&self, room: &str, sender: &str, bytes: i64) -> Usage {
-        let mut usage = Usage::default();
-        usage.message(1, room, sender, bytes);
-        for (of, size) in &self.taken {
-            usage.message(-1, room, of, *size);
-        }
-        usage
-    }
-
-    /// An error unless `deleted`, the messages of `room` up to [`Trim::last`] just
-    /// deleted, are the ones counted.
-    pub fn check_deleted(&self, room: &str, deleted: u64) -> Result<(), StoreError> {
-        if deleted == self.taken.len() as u64 {
-            return Ok(());
-        }
-        Err(StoreError::Database(format!(
-            "trimming room {room:?} deleted {deleted} messages where {} were counted",
-            self.taken.len()
-        )))
-    }
 }
 
 #[cfg(test)]
@@ -346,13 +323,7 @@ mod tests {
         assert_eq!(trim.last(), Some(7));
         assert_eq!(trim.bytes_of("bob"), 12);
         assert_eq!(trim.bytes_of("alice"), 0);
-        assert!(trim.check_deleted("r", 1).is_ok());
-        assert!(trim.check_deleted("r", 2).is_err());
-        let usage = trim.usage("r", "alice", 10);
-        assert_eq!(usage.rooms["r"], (0, -2));
-        assert_eq!(usage.users["alice"], (1, 10));
-        assert_eq!(usage.users["bob"], (-1, -12));
-        assert_eq!(usage.total, -2);
+        assert_eq!(trim.taken(), [("bob".to_owned(), 12)]);
     }
 
     #[test]

@@ -35,6 +35,7 @@ use super::shared::{
     self, bits, decode_identity, decode_message, from_bits, in_sequence, millis, new_token, now_ms,
     pending, saturating, stored_change, stored_seq, token_id, tokens_named,
 };
+use super::tally::Tally;
 use super::{
     Applied, Change, Dormant, Entry, Pruned, RegistrationToken, StoragePolicy, Store, StoreError,
     StoredRoom,
@@ -42,7 +43,6 @@ use super::{
 use crate::proto::{
     MessageDelivery, PublicIdentity, SealedMessage, SenderKeyDelivery, SignedPrekey,
 };
-use tally::Tally;
 
 /// The database's file name in the data directory.
 pub const DATABASE_FILE: &str = "chat.sqlite3";
@@ -565,15 +565,19 @@ fn append_message(
     let Appending { room, seq, sender } = message;
     let stored = stored_seq(seq)?;
     let (key_id, iteration) = (bits(sealed.key_id), i64::from(sealed.iteration));
-    let counters = tally.room(transaction, room, stored)?;
+    tally::read_room(transaction, tally, room, stored)?;
+    tally::read_user(transaction, tally, sender)?;
     let encoded = sealed.encode_to_vec();
     let size = saturating(encoded.len());
     // Everything is decided before anything changes, so a refusal has nothing to undo.
     // The sender's quota is checked once its room has made room: a member posting alone
     // in a room is trimmed like anyone else, not refused.
-    let trim = counters.plan_trim(transaction, room, policy, seq, size)?;
+    let trim = match tally.room(room, stored).trim_for(size, policy) {
+        Some((trim, after)) => usage::read_trim(transaction, room, trim, after, seq)?,
+        None => None,
+    };
     let change = stored_change(size, trim.as_ref(), sender);
-    let stored_bytes = tally.user(transaction, sender)?.map(|(_, bytes)| bytes);
+    let stored_bytes = tally.stored_bytes(sender);
     let stored_before = || -> Result<Applied, StoreError> {
         let first = select(
             transaction,
@@ -623,16 +627,14 @@ fn append_message(
             ))),
             // Rare: a resend of a message this run forgets, which a store that forgot it
             // at once would store anew. So it is forgotten now, and the message stored.
-            Applied::Duplicate { seq: first }
-                if !tally.room(transaction, room, stored)?.keeps(bits(first)) =>
-            {
-                tally.write_and_restart(transaction)?;
+            Applied::Duplicate { seq: first } if !tally.room(room, stored).keeps(bits(first)) => {
+                tally::write_and_restart(transaction, tally)?;
                 append_message(transaction, tally, message, sealed, policy)
             }
             duplicate => Ok(duplicate),
         };
     }
-    tally.stored_message(transaction, room, sender, size, trim.as_ref())?;
+    tally.stored_message(room, sender, size, trim.as_ref());
     Ok(Applied::Done)
 }
 
@@ -943,8 +945,9 @@ impl Store for SqliteStore {
                     let applied =
                         append_message(&transaction, &mut tally, message, sealed, policy)?;
                     // Rare: only a store beyond its size reads (and writes) across rooms.
-                    if shared::store_excess(tally.total(&transaction)?, policy) > 0 {
-                        tally.write_and_restart(&transaction)?;
+                    tally::read_total(&transaction, &mut tally)?;
+                    if shared::store_excess(tally.total(), policy) > 0 {
+                        tally::write_and_restart(&transaction, &mut tally)?;
                         usage::evict_oldest(&transaction, policy, room, *seq)?;
                     }
                     applied
@@ -952,12 +955,12 @@ impl Store for SqliteStore {
                 // Anything else reads or writes the counters itself: the tally is
                 // written first, and a new one started after.
                 change => {
-                    tally.write_and_restart(&transaction)?;
+                    tally::write_and_restart(&transaction, &mut tally)?;
                     apply(&transaction, change, now_ms)?
                 }
             });
         }
-        tally.write(&transaction)?;
+        tally::write_and_restart(&transaction, &mut tally)?;
         transaction.commit().map_err(failed("commit"))?;
         drop(connection);
         if let Some(checkpoints) = &self.checkpoints {

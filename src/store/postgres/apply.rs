@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use prost::Message;
 
-use super::{Params, Transaction, execute, get, select};
+use super::{Params, Transaction, execute, get, select, tally};
 use crate::proto::SealedMessage;
 use crate::store::shared::{self, Trim, Usage, bits, from_bits, millis, saturating, stored_seq};
+use crate::store::tally::Tally;
 use crate::store::{Applied, Change, Pruned, StoragePolicy, StoreError};
 
 /// What a `DELETE FROM messages` returns, for the counters.
@@ -20,11 +21,11 @@ const DELETED_MESSAGE: &str = "RETURNING room, sender, length(sealed)::BIGINT";
 /// What a `DELETE FROM sender_keys` returns, for the counters.
 const DELETED_KEY: &str = "RETURNING sender, (length(wrapped_key) + length(signature))::BIGINT";
 
-/// Applies one change of a commit within `policy`; `now_ms` is the commit's time.
+/// Applies one change of a commit other than a message (`append_message`); `now_ms` is
+/// the commit's time.
 pub(super) async fn change(
     transaction: &Transaction<'_>,
     change: &Change,
-    policy: &StoragePolicy,
     now_ms: i64,
 ) -> Result<Applied, StoreError> {
     match change {
@@ -137,14 +138,8 @@ pub(super) async fn change(
             )
             .await?;
         }
-        Change::AppendMessage {
-            room,
-            seq,
-            sender,
-            sealed,
-        } => {
-            return append_message(transaction, room, *seq, sender, sealed, policy, now_ms).await;
-        }
+        // Messages are counted by a tally, in `commit`.
+        Change::AppendMessage { .. } => unreachable!("commit appends messages itself"),
         Change::AppendSenderKeys {
             room,
             seq,
@@ -265,82 +260,90 @@ async fn use_seq(
 }
 
 /// Stores a message unless it is a resend or beyond its sender's quota, as SQLite's
-/// `append_message` does.
-async fn append_message(
+/// `append_message` does, counted in `tally`.
+pub(super) async fn append_message(
     transaction: &Transaction<'_>,
+    tally: &mut Tally,
     room: &str,
     seq: u64,
     sender: &str,
     sealed: &SealedMessage,
     policy: &StoragePolicy,
-    now_ms: i64,
 ) -> Result<Applied, StoreError> {
-    let stored = use_seq(transaction, room, seq, now_ms).await?;
+    let stored = stored_seq(seq)?;
     let (key_id, iteration) = (bits(sealed.key_id), i64::from(sealed.iteration));
     let operation = format!("append message {seq} of {sender:?} to room {room:?}");
-    let first = select(
-        transaction,
-        "SELECT seq FROM messages \
-         WHERE room = $1 AND sender = $2 AND key_id = $3 AND iteration = $4",
-        &[&room, &sender, &key_id, &iteration],
-        &operation,
-    )
-    .await?;
-    if let Some(row) = first.first() {
-        return Ok(Applied::Duplicate {
-            seq: from_bits(get(row, 0)?),
-        });
-    }
+    tally::read_room(transaction, tally, room, stored).await?;
+    tally::read_user(transaction, tally, sender).await?;
     let encoded = sealed.encode_to_vec();
     let size = saturating(encoded.len());
     // Decided before anything is written, as on SQLite: nothing to roll back.
-    let trim = plan_trim(transaction, room, policy, seq, Some(size)).await?;
-    let stored_bytes = select(
-        transaction,
-        "SELECT stored_bytes FROM identities WHERE \"user\" = $1",
-        &[&sender],
-        format_args!("read what {sender:?} stores"),
-    )
-    .await?
-    .first()
-    .map(|row| get::<i64>(row, 0))
-    .transpose()?;
+    let trim = match tally.room(room, stored).trim_for(size, policy) {
+        Some((trim, after)) => read_trim(transaction, room, trim, after, seq).await?,
+        None => None,
+    };
     let change = shared::stored_change(size, trim.as_ref(), sender);
-    if let Some(quota) = shared::exceeded_quota(stored_bytes, change, policy) {
-        return Ok(Applied::OverQuota(quota));
+    let stored_before = async || -> Result<Option<u64>, StoreError> {
+        let first = select(
+            transaction,
+            "SELECT seq FROM messages \
+             WHERE room = $1 AND sender = $2 AND key_id = $3 AND iteration = $4",
+            &[&room, &sender, &key_id, &iteration],
+            &operation,
+        )
+        .await?;
+        first
+            .first()
+            .map(|row| get::<i64>(row, 0).map(from_bits))
+            .transpose()
+    };
+    if let Some(quota) = shared::exceeded_quota(tally.stored_bytes(sender), change, policy) {
+        // A resend of what is stored is acknowledged, whatever the quota says now.
+        return Ok(match stored_before().await? {
+            Some(first) => Applied::Duplicate { seq: first },
+            None => Applied::OverQuota(quota),
+        });
     }
-    execute(
+    let inserted = execute(
         transaction,
         "INSERT INTO messages (room, seq, sender, key_id, iteration, sealed, stored_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
+         ON CONFLICT (room, sender, key_id, iteration) DO NOTHING",
         &[
-            &room, &stored, &sender, &key_id, &iteration, &encoded, &now_ms,
+            &room,
+            &stored,
+            &sender,
+            &key_id,
+            &iteration,
+            &encoded,
+            &tally.now_ms(),
         ],
         &operation,
     )
     .await?;
-    let usage = match &trim {
-        None => {
-            let mut usage = Usage::default();
-            usage.message(1, room, sender, size);
-            usage
-        }
-        Some(trim) => {
-            // The plan read every message of the room up to its last, in this
-            // transaction: those are the ones deleted, and its sizes what they took.
-            let deleted = execute(
-                transaction,
-                "DELETE FROM messages WHERE room = $1 AND seq <= $2",
-                &[&room, &trim.last()],
-                format_args!("trim room {room:?}"),
-            )
-            .await?;
-            trim.check_deleted(room, deleted)?;
-            trim.usage(room, sender, size)
-        }
-    };
-    count(transaction, usage).await?;
-    evict_oldest(transaction, policy, room, seq).await?;
+    if inserted == 0 {
+        return match stored_before().await? {
+            None => Err(StoreError::Database(format!(
+                "{operation}: refused as a resend of a message that is not stored"
+            ))),
+            // A resend of a message this run forgets: forgotten now, and stored anew.
+            Some(first) if !tally.room(room, stored).keeps(bits(first)) => {
+                tally::write_and_restart(transaction, tally).await?;
+                Box::pin(append_message(
+                    transaction,
+                    tally,
+                    room,
+                    seq,
+                    sender,
+                    sealed,
+                    policy,
+                ))
+                .await
+            }
+            Some(first) => Ok(Applied::Duplicate { seq: first }),
+        };
+    }
+    tally.stored_message(room, sender, size, trim.as_ref());
     Ok(Applied::Done)
 }
 
@@ -390,16 +393,14 @@ pub(super) async fn prune(
     Ok(pruned)
 }
 
-/// What `room` must forget to hold no more than `policy` lets a room keep, were it to
-/// hold a new message of `adding` bytes as well (`None`: as it is), never a message at
-/// or after `keep_from`; as SQLite's `plan_trim`, it changes nothing and reads the
-/// room's oldest messages only as far as they would be deleted.
+/// What `room` must forget to hold no more than `policy` lets a room keep, never a
+/// message at or after `keep_from`; as SQLite's `plan_trim`, it changes nothing and
+/// reads the room's oldest messages only as far as they would be deleted.
 async fn plan_trim(
     transaction: &Transaction<'_>,
     room: &str,
     policy: &StoragePolicy,
     keep_from: u64,
-    adding: Option<i64>,
 ) -> Result<Option<Trim>, StoreError> {
     let operation = format!("trim room {room:?}");
     let counts = select(
@@ -413,15 +414,23 @@ async fn plan_trim(
         return Ok(None);
     };
     let (count, bytes) = (get(row, 0)?, get(row, 1)?);
-    let trim = match adding {
-        Some(size) => Trim::for_message(count, bytes, size, policy),
-        None => Trim::new(count, bytes, policy),
-    };
-    let Some(mut trim) = trim else {
-        return Ok(None);
-    };
+    match Trim::new(count, bytes, policy) {
+        Some(trim) => read_trim(transaction, room, trim, -1, keep_from).await,
+        None => Ok(None),
+    }
+}
+
+/// Feeds `trim` the oldest messages of `room` after `after` and before `keep_from`, as
+/// far as it needs; the trim, if it found anything to forget.
+async fn read_trim(
+    transaction: &Transaction<'_>,
+    room: &str,
+    mut trim: Trim,
+    mut after: i64,
+    keep_from: u64,
+) -> Result<Option<Trim>, StoreError> {
+    let operation = format!("trim room {room:?}");
     let keep_from = saturating(keep_from);
-    let mut after = -1i64;
     'pages: loop {
         let page = select(
             transaction,
@@ -458,7 +467,7 @@ async fn trim_room(
     policy: &StoragePolicy,
     keep_from: u64,
 ) -> Result<u64, StoreError> {
-    let Some(trim) = plan_trim(transaction, room, policy, keep_from, None).await? else {
+    let Some(trim) = plan_trim(transaction, room, policy, keep_from).await? else {
         return Ok(0);
     };
     delete_messages(
@@ -472,7 +481,7 @@ async fn trim_room(
 
 /// While the store holds more than `policy` lets it, forgets its oldest messages in the
 /// order they were stored, never message `seq` of `room`.
-async fn evict_oldest(
+pub(super) async fn evict_oldest(
     transaction: &Transaction<'_>,
     policy: &StoragePolicy,
     room: &str,
