@@ -99,7 +99,7 @@ from e2ee_chat.room import MemoryOwnerPins, RoomState, history_line, starting_se
 from e2ee_chat.receipts import ReceiptBook, ReceiptSchedule
 from e2ee_chat.rooms import JoinedRoom, room_list
 from e2ee_chat.session import ChatClient, Request, history_arguments, history_limit, pending_lines
-from e2ee_chat.transport import Relays, is_loopback_host, is_relay_down, parse_server_url, server_list
+from e2ee_chat.transport import Backoff, Relays, is_loopback_host, is_relay_down, parse_server_url, server_list
 
 _KEYS: list[rsa.RSAPrivateKey] = []
 
@@ -995,6 +995,20 @@ class Failover(unittest.TestCase):
             used.append(relays.current)
             self.assertEqual(relays.deployment, urls[0])
         self.assertEqual(used, urls + urls[:1])
+
+    def test_the_wait_doubles_per_round_through_the_relays_not_per_relay(self) -> None:
+        def waits(count: int, attempts: int) -> list[float]:
+            relays, backoff = Relays([f"http://127.0.0.1:{n}" for n in range(1, count + 1)]), Backoff()
+            out = []
+            for _ in range(attempts):
+                relays.move_on()
+                out.append(backoff.before(relays))
+            return out
+
+        # Two relays: half a second before each, and the wait before a new round doubles.
+        self.assertEqual(waits(2, 6), [0.5, 0.5, 0.5, 1.0, 0.5, 2.0])
+        # One relay: every attempt is a round.
+        self.assertEqual(waits(1, 7), [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0])
 
     def test_a_bad_url_anywhere_in_the_list_is_named(self) -> None:
         for values, bad in ((["http://127.0.0.1:1,ftp://x:1"], '"ftp://x:1"'), (["http://127.0.0.1:1,,"], '""')):

@@ -44,6 +44,7 @@ from .protocol import (
 from .room import Member, MessageTooLong, ReceivedMessage, RoomState
 from .rooms import JoinedRoom
 from .transport import (
+    Backoff,
     Relays,
     auth_metadata,
     describe_rpc_error,
@@ -90,8 +91,6 @@ MAX_HISTORY = 100
 CLOSING_TIMEOUT_SECONDS = 15
 #: The wait before the first attempt to reconnect, doubling after each failed one up to
 #: the second (as the Rust client).
-FIRST_RETRY_SECONDS = 0.5
-MAX_RETRY_SECONDS = 10.0
 #: What is sent again, once, on the next stream when the last one ended before the relay
 #: answered it (PROTOCOL.md, "Resending is safe"); joins, leaves and history are asked
 #: afresh instead.
@@ -688,13 +687,14 @@ class ChatClient:
 
     def _reconnect(self, reason: str) -> None:
         """The relay went: on to the next one of the deployment (the same one if there is
-        only one), waiting 0.5 s, doubling up to 10 s, between attempts; there, every room
-        is joined again from where it was, and what was not answered is sent again once.
+        only one), waiting as :class:`Backoff` says between attempts; there, every room is
+        joined again from where it was, and what was not answered is sent again once.
         Past the closing deadline, gives up."""
         self._save_progress()
         lost = self.relays.current
         self.relays.move_on()
-        delay = FIRST_RETRY_SECONDS
+        backoff = Backoff()
+        delay = backoff.before(self.relays)
         self.info(
             f"lost the connection to {lost}: {reason}; {len(self._pending_messages())} message(s) pending; "
             f"reconnecting to {self.relays.current} in {delay:g} s"
@@ -712,7 +712,7 @@ class ChatClient:
             except RelayDown as exc:
                 failed = self.relays.current
                 self.relays.move_on()
-                delay = min(delay * 2, MAX_RETRY_SECONDS)
+                delay = backoff.before(self.relays)
                 self.info(f"could not reconnect to {failed}: {exc}; trying {self.relays.current} in {delay:g} s")
         pending = len(self._pending_messages())
         self._rejoin()

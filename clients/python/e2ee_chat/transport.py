@@ -82,6 +82,34 @@ class Relays:
         """The next relay takes the current one's place; after the last, the first."""
         self._current = (self._current + 1) % len(self.urls)
 
+    @property
+    def at_first(self) -> bool:
+        """Whether the relay in use is the first: a new round through the list."""
+        return self._current == 0
+
+
+#: The wait before trying a relay again, and its most after doubling.
+FIRST_RETRY_SECONDS = 0.5
+MAX_RETRY_SECONDS = 10.0
+
+
+class Backoff:
+    """How long to wait before trying the relay just moved on to, as the Rust client
+    does: 0.5 s before each relay of a round through the list, and before each new round
+    (back at the first) 0.5 s, doubling up to 10 s. With one relay every attempt is a
+    round. So one relay down costs its members half a second, not a wait that grew while
+    the others were tried."""
+
+    def __init__(self) -> None:
+        self._next_round = FIRST_RETRY_SECONDS
+
+    def before(self, relays: Relays) -> float:
+        if not relays.at_first:
+            return FIRST_RETRY_SECONDS
+        delay = self._next_round
+        self._next_round = min(delay * 2, MAX_RETRY_SECONDS)
+        return delay
+
 
 #: How a call ends when the relay itself is down or going away (not a refusal of ours):
 #: another relay of the deployment may serve where this one cannot.
