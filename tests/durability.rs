@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::PATIENCE;
 use common::process::{
     BURST, ClientProcess, ServerProcess, burst_lines, burst_to_a_busy_reader_and_an_away_one,
-    catch_up, join_and_go_away, rust_client, send_burst, sequence_faults,
+    catch_up, join_and_go_away, rust_client, send_burst, sequence_faults, wait_for_line,
 };
 use e2ee_chat::bench::{self, Load};
 use e2ee_chat::client::{ChatSession, ClientError, Contacts, Event, RotationPolicy};
@@ -815,6 +815,31 @@ async fn a_join_the_store_cannot_take_is_undone_once_the_store_is_back() {
     alice.say("after the store came back").await;
     bob.pump_until(|bob| bob.shown.len() == 1).await;
     assert_eq!(bob.texts(), ["after the store came back"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leave_the_store_cannot_take_is_said_and_fails_the_exit_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, server) = FailingStore::serving(dir.path()).await;
+    let (url, home) = (server.url.clone(), dir.path().join("home"));
+    // The client process blocks its caller: never on one of the runtime's workers.
+    let alice = tokio::task::block_in_place(|| {
+        ClientProcess::joined(rust_client(&url, "alice", "lobby", &home), "lobby")
+    });
+    store.failing.store(true, Ordering::SeqCst);
+    let (status, stderr) = tokio::task::block_in_place(move || {
+        let mut alice = alice;
+        alice.say("/part lobby");
+        wait_for_line(&alice.stderr, "not left lobby");
+        let (status, _, stderr) = alice.finish();
+        (status, stderr)
+    });
+    assert!(!status.success(), "{stderr:?}");
+    let last = stderr.last().unwrap();
+    assert!(
+        last.contains("did not let you leave lobby") && last.contains("still a member"),
+        "{stderr:?}"
+    );
 }
 
 #[test]

@@ -176,6 +176,13 @@ pub enum Event {
     },
     /// We left the room.
     Left { room: String },
+    /// The relay refused to let us leave the room (its database may be away): we are
+    /// still a member, and may try again.
+    LeaveRefused {
+        room: String,
+        code: Code,
+        message: String,
+    },
     /// The relay has sent everything we missed up to `seq`; what follows is live.
     CaughtUp { room: String, seq: u64 },
     /// The answer to a history request: messages in sequence order, ours included.
@@ -912,7 +919,15 @@ impl SessionState {
                 return self.on_refused_distribution(&distribution, code, &message);
             }
             Some(Pending::Superseded) => return Vec::new(),
-            Some(Pending::Leave) => "to let us leave".to_owned(),
+            Some(Pending::Leave) => {
+                // Still a member: the room is ours again, to use or to leave again.
+                self.leaving = false;
+                return vec![Event::LeaveRefused {
+                    room: self.keys.room().to_owned(),
+                    code,
+                    message,
+                }];
+            }
             Some(Pending::Invite(user)) => format!("to invite {user}"),
             Some(Pending::Kick(user)) => format!("to remove {user}"),
             Some(Pending::History) => "to send the history".to_owned(),

@@ -3,7 +3,7 @@
 //! progress per room, and ends once what was sent is acknowledged. The interface (lines
 //! or full screen) is behind [`Ui`]; this loop is the same for both.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -123,6 +123,7 @@ pub async fn chat(
         progress,
         saved,
         refused: 0,
+        not_left: BTreeSet::new(),
         removed_from: None,
         awaiting_join: false,
     };
@@ -163,6 +164,8 @@ struct Chat<'a> {
     saved: BTreeMap<String, u64>,
     /// Messages the server refused, or that could not be sent.
     refused: usize,
+    /// Rooms the server did not let us leave (we are still members), for the exit status.
+    not_left: BTreeSet<String>,
     /// The room whose owner removed us from it, if that was our last room.
     removed_from: Option<String>,
 }
@@ -467,7 +470,18 @@ impl Chat<'_> {
                 self.show_rooms();
             }
             Event::JoinRefused { .. } => self.awaiting_join = false,
-            Event::Left { room } => self.room_ended(&room, true),
+            Event::Left { room } => {
+                self.not_left.remove(&room);
+                self.room_ended(&room, true);
+            }
+            Event::LeaveRefused { room, .. } => {
+                // Dropped from view when asked to leave; still ours.
+                if !self.rooms.contains(&room) {
+                    self.rooms.push(room.clone());
+                    self.show_rooms();
+                }
+                self.not_left.insert(room);
+            }
             Event::Removed { room } => {
                 self.room_ended(&room, false);
                 if self.rooms.is_empty() {
@@ -746,6 +760,13 @@ impl Chat<'_> {
             ));
         }
         result?;
+        if !self.not_left.is_empty() {
+            let rooms: Vec<&str> = self.not_left.iter().map(String::as_str).collect();
+            return Err(format!(
+                "the server did not let you leave {} (said above): you are still a member",
+                rooms.join(", ")
+            ));
+        }
         if self.refused > 0 {
             return Err(format!(
                 "{} message(s) were not delivered: refused by the server, or not sent (said above)",

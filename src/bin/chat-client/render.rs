@@ -74,6 +74,17 @@ pub fn shown(event: &Event, session: &ChatSession, user: &str) -> Vec<Shown> {
                 client::code_name(*code)
             ),
         }],
+        Event::LeaveRefused {
+            room,
+            code,
+            message,
+        } => vec![Shown::Warning {
+            room: None,
+            text: format!(
+                "not left {room}: {}: {message}; you are still a member (/part {room} again)",
+                client::code_name(*code)
+            ),
+        }],
         Event::MemberJoined { room, user } => line(room, format!("* {user} joined {room}")),
         Event::MemberLeft { room, user, reason } => {
             let how = match reason {
