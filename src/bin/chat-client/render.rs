@@ -33,6 +33,14 @@ fn info(room: Option<&str>, text: String) -> Shown {
     }
 }
 
+/// A warning that the relay refused `what`, with its code, its reason, and `then`.
+fn refusal(what: String, code: tonic::Code, message: &str, then: &str) -> Vec<Shown> {
+    vec![Shown::Warning {
+        room: None,
+        text: format!("{what}: {}: {message}{then}", client::code_name(code)),
+    }]
+}
+
 /// What `event` shows, if anything; `session` says what the room looks like now.
 pub fn shown(event: &Event, session: &ChatSession, user: &str) -> Vec<Shown> {
     let line = |room: &str, text: String| vec![info(Some(room), text)];
@@ -67,24 +75,17 @@ pub fn shown(event: &Event, session: &ChatSession, user: &str) -> Vec<Shown> {
             room,
             code,
             message,
-        } => vec![Shown::Warning {
-            room: None,
-            text: format!(
-                "cannot join {room}: {}: {message}",
-                client::code_name(*code)
-            ),
-        }],
+        } => refusal(format!("cannot join {room}"), *code, message, ""),
         Event::LeaveRefused {
             room,
             code,
             message,
-        } => vec![Shown::Warning {
-            room: None,
-            text: format!(
-                "not left {room}: {}: {message}; you are still a member (/part {room} again)",
-                client::code_name(*code)
-            ),
-        }],
+        } => refusal(
+            format!("not left {room}"),
+            *code,
+            message,
+            &format!("; you are still a member (/part {room} again)"),
+        ),
         Event::MemberJoined { room, user } => line(room, format!("* {user} joined {room}")),
         Event::MemberLeft { room, user, reason } => {
             let how = match reason {

@@ -46,8 +46,8 @@ pub(crate) fn fresh_database() -> String {
     format!("{base}/{name}")
 }
 
-/// Runs `sql` on the test server as its superuser, outside any transaction.
-pub(crate) fn as_superuser(sql: &str) {
+/// Runs `work` on a connection to the test server as its superuser.
+fn as_superuser_on<T>(work: impl AsyncFnOnce(&tokio_postgres::Client) -> T) -> T {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -57,12 +57,20 @@ pub(crate) fn as_superuser(sql: &str) {
             .await
             .unwrap_or_else(|error| panic!("cannot connect to the test PostgreSQL: {error}"));
         let connection = tokio::spawn(connection);
+        let done = work(&client).await;
+        drop(client);
+        let _ = connection.await;
+        done
+    })
+}
+
+/// Runs `sql` on the test server as its superuser, outside any transaction.
+pub(crate) fn as_superuser(sql: &str) {
+    as_superuser_on(async |client| {
         client
             .batch_execute(sql)
             .await
             .unwrap_or_else(|error| panic!("{sql}: {error}"));
-        drop(client);
-        let _ = connection.await;
     });
 }
 
@@ -73,21 +81,11 @@ pub(crate) fn as_superuser(sql: &str) {
     reason = "tests/postgres.rs uses it, the store's tests do not"
 )]
 pub(crate) fn superuser_value(sql: &str) -> String {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(server(), tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|error| panic!("cannot connect to the test PostgreSQL: {error}"));
-        let connection = tokio::spawn(connection);
+    as_superuser_on(async |client| {
         let rows = client
             .simple_query(sql)
             .await
             .unwrap_or_else(|error| panic!("{sql}: {error}"));
-        drop(client);
-        let _ = connection.await;
         rows.iter()
             .find_map(|message| match message {
                 tokio_postgres::SimpleQueryMessage::Row(row) => {
