@@ -34,7 +34,7 @@ pub struct Claim {
 
 /// What holds the lock.
 enum Held {
-    File(#[expect(dead_code, reason = "held for its lock")] File),
+    Files(#[expect(dead_code, reason = "held for their locks")] Vec<File>),
     /// The task that holds the lock, and takes it again; it ends only when it is lost.
     Postgres(tokio::task::JoinHandle<String>),
 }
@@ -53,7 +53,7 @@ pub async fn claim(
         Some(url) => {
             Held::Postgres(postgres::claim(&postgres_url(url)?, standby, fence.clone()).await?)
         }
-        None => Held::File(lock_file(data_dir, standby).await?),
+        None => Held::Files(lock_file(data_dir, standby).await?),
     };
     Ok(Claim { held, fence })
 }
@@ -63,7 +63,7 @@ impl Claim {
     /// SQLite, whose lock cannot be lost while the process lives.
     pub fn fence(&self) -> Option<Fence> {
         match self.held {
-            Held::File(_) => None,
+            Held::Files(_) => None,
             Held::Postgres(_) => Some(self.fence.clone()),
         }
     }
@@ -72,7 +72,7 @@ impl Claim {
     /// whose lock goes only with the process.
     pub async fn lost(&mut self) -> String {
         match &mut self.held {
-            Held::File(_) => std::future::pending().await,
+            Held::Files(_) => std::future::pending().await,
             Held::Postgres(task) => match task.await {
                 Ok(why) => why,
                 Err(error) => format!("the task holding the claim on the database failed: {error}"),
@@ -94,23 +94,29 @@ impl Drop for Claim {
 /// moment after it does (and a process forked from this one holds them until it execs).
 const PATIENCE: Duration = Duration::from_secs(2);
 
-async fn lock_file(data_dir: &Path, standby: bool) -> Result<File, StoreError> {
+/// Locks the data directory itself and `relay.lock` in it (which relays before this one
+/// lock): a lock file alone can be deleted, by a clean-up or by hand, and then a second
+/// relay would lock a new one beside a first still serving; the directory, holding the
+/// database, cannot go while it is in use.
+async fn lock_file(data_dir: &Path, standby: bool) -> Result<Vec<File>, StoreError> {
     let path = data_dir.join(LOCK_FILE);
-    let failed = |reason: String| StoreError::Open {
+    let failed = |path: &Path, error: std::io::Error| StoreError::Open {
         path: path.display().to_string(),
-        reason,
+        reason: error.to_string(),
     };
+    let directory = File::open(data_dir).map_err(|error| failed(data_dir, error))?;
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|error| failed(error.to_string()))?;
+        .map_err(|error| failed(&path, error))?;
+    let files = vec![directory, file];
     let started = Instant::now();
     let mut waiting = false;
     loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(file),
+        match lock_all(&files) {
+            Ok(()) => return Ok(files),
             Err(TryLockError::WouldBlock) if standby || started.elapsed() < PATIENCE => {
                 if standby && !std::mem::replace(&mut waiting, true) {
                     tracing::info!(
@@ -125,9 +131,22 @@ async fn lock_file(data_dir: &Path, standby: bool) -> Result<File, StoreError> {
                     database: data_dir.display().to_string(),
                 });
             }
-            Err(TryLockError::Error(error)) => return Err(failed(error.to_string())),
+            Err(TryLockError::Error(error)) => return Err(failed(data_dir, error)),
         }
     }
+}
+
+/// Locks every one of `files`, or none.
+fn lock_all(files: &[File]) -> Result<(), TryLockError> {
+    for (taken, file) in files.iter().enumerate() {
+        if let Err(error) = file.try_lock() {
+            for file in &files[..taken] {
+                let _ = file.unlock();
+            }
+            return Err(error);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -145,6 +164,12 @@ mod tests {
             "{refused}"
         );
         drop(first);
-        let _second = claim(None, dir.path(), false).await.unwrap();
+        let second = claim(None, dir.path(), false).await.unwrap();
+        // A lock file deleted (by a clean-up, by hand) does not let another relay in.
+        std::fs::remove_file(dir.path().join(LOCK_FILE)).unwrap();
+        let refused = claim(None, dir.path(), false).await.err().unwrap();
+        assert!(matches!(refused, StoreError::InUse { .. }), "{refused}");
+        drop(second);
+        let _third = claim(None, dir.path(), false).await.unwrap();
     }
 }
