@@ -268,14 +268,12 @@ async fn a_relay_whose_claim_a_standby_took_writes_nothing_more_and_stops() {
         .unwrap();
 
     // The first relay may still take frames, but it stores nothing behind the back of
-    // the relay that now serves the database.
+    // the relay that now serves the database: it ends the session, so that the client
+    // moves on and sends there what was not acknowledged.
     alice.send(3, message(1)).await;
-    match alice.answer(3).await.kind {
-        Some(server_frame::Kind::Rejection(rejection)) => {
-            assert_eq!(rejection.code, tonic::Code::Unavailable as i32);
-        }
-        other => panic!("expected UNAVAILABLE, got {other:?}"),
-    }
+    let ended = alice.final_status().await;
+    assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
+    assert!(ended.message().contains("no longer serves"), "{ended:?}");
     let status = tokio::task::spawn_blocking(move || {
         let status = first.wait_for_exit();
         (
@@ -295,6 +293,24 @@ async fn a_relay_whose_claim_a_standby_took_writes_nothing_more_and_stops() {
         .unwrap()
         .unwrap();
     assert_eq!(rooms[0].messages, 1, "{rooms:?}");
+}
+
+#[test]
+fn a_relay_that_hangs_loses_its_claim_to_the_stand_by_and_stops_when_it_wakes() {
+    let url = fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = relay_on(&url, &dir);
+    let standby = first.standby_on(&common::process::free_loopback_addr());
+    // Frozen, the relay still holds its session, and so the claim, but says nothing:
+    // PostgreSQL ends the silent session, and the stand-by takes over.
+    first.freeze();
+    let second = standby.listening();
+    first.resume();
+    let said = wait_for_line(&first.stderr, "another chat-server took");
+    assert!(!first.wait_for_exit().success(), "{said:?}");
+    // The one that serves does.
+    let home = dir.path().join("home");
+    join_and_go_away(rust_client(&second.url, "bob", "lobby", &home));
 }
 
 /// Makes the test server serve TLS as well (once per test process), with a new

@@ -16,6 +16,11 @@ use super::{ClientError, error_chain};
 /// but never answers would otherwise hold the client forever.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often the client pings the relay, and how long it waits for the answer before it
+/// takes the connection for dead.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Whether `url` is plaintext `http://` to a host that is not this machine: the login,
 /// the session token and all metadata would then cross the network in clear.
 pub fn is_plaintext_beyond_loopback(url: &str) -> bool {
@@ -41,6 +46,12 @@ pub async fn connect(url: &str, ca_cert: Option<&Path>) -> Result<Channel, Clien
     endpoint(url, ca_cert)?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
+        // A relay that hangs (frozen, or its machine gone without closing the
+        // connection) answers no ping: the connection is dropped, and the client moves on
+        // to another relay, instead of waiting on a stream that will never speak again.
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .connect()
         .await
         .map_err(|error| {

@@ -182,7 +182,8 @@ fn commit(setup: &WriterSetup, mut batch: Vec<Op>) -> Result<(), (StoreError, bo
         }
         Err(error) => {
             let failed = batch.into_iter().map(|op| (op, Vec::new())).collect();
-            let lasting = Failure::is_lasting(&changes);
+            // A relay that lost its claim may be behind another relay's writes.
+            let lasting = Failure::is_lasting(&changes) || matches!(error, StoreError::ClaimLost);
             let failure = Failure {
                 error: &error,
                 lasting,

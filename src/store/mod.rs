@@ -93,6 +93,11 @@ pub enum StoreError {
     TooNew { found: i64, known: i64 },
     #[error("the database failed: {0}")]
     Database(String),
+    #[error(
+        "this relay does not hold its claim on the database now (its connection holding it \
+         ended, or another relay took it): it writes nothing until it holds it again"
+    )]
+    ClaimLost,
     #[error("the stored identity of {user:?} is unreadable: {reason}")]
     Corrupt { user: String, reason: String },
     #[error("the registration token is not valid: unknown, used up or expired")]

@@ -273,6 +273,11 @@ const RECLAIM_PATIENCE: Duration = Duration::from_secs(15);
 /// connects again (within [`OPERATION_TIMEOUT`]); it asks every 100 ms meanwhile.
 const STANDBY_PATIENCE: Duration = Duration::from_secs(20);
 
+/// How often the connection holding the claim speaks, and how long PostgreSQL lets it
+/// be silent before it ends the session (and so the claim) as a relay that stopped.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+const SILENCE_ENDS_CLAIM: &str = "10s";
+
 /// How long a relay standing by waits before it asks again, after a failure.
 const STANDBY_POLL: Duration = Duration::from_millis(250);
 
@@ -292,16 +297,9 @@ pub struct Fence {
 
 impl Fence {
     async fn check(&self, transaction: &Transaction<'_>) -> Result<(), StoreError> {
-        let lost = || {
-            StoreError::Database(
-                "this relay does not hold its claim on the database right now (its connection \
-                 holding it ended); nothing is written until it holds it again"
-                    .to_owned(),
-            )
-        };
         let holder = self.holder.load(Ordering::SeqCst);
         if holder == 0 {
-            return Err(lost());
+            return Err(StoreError::ClaimLost);
         }
         let row = transaction
             .query_one(
@@ -315,7 +313,7 @@ impl Fence {
         if row.get::<_, Option<i32>>(0) == Some(holder) {
             Ok(())
         } else {
-            Err(lost())
+            Err(StoreError::ClaimLost)
         }
     }
 }
@@ -424,6 +422,19 @@ async fn lock(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Silence ends the session (see `hold`); PostgreSQL before 14 does not know the
+    // setting, and a stopped relay then keeps its claim until it is killed.
+    if let Err(error) = client
+        .batch_execute(&format!(
+            "SET idle_session_timeout = '{SILENCE_ENDS_CLAIM}'"
+        ))
+        .await
+    {
+        tracing::warn!(
+            error = describe(&error),
+            "a relay that hangs keeps its claim (PostgreSQL 14 or later ends it)"
+        );
+    }
     // The writes its predecessor began before it lost the claim end (or fail) first.
     client
         .batch_execute(&format!(
@@ -447,8 +458,19 @@ async fn hold(
     fence: Fence,
 ) -> String {
     loop {
-        let (client, driver) = held;
-        let _ = driver.await;
+        let (client, mut driver) = held;
+        // The heartbeat keeps the session's idle time under `idle_session_timeout`
+        // (see `lock`): a relay that stops (frozen, or its machine gone) stops it, and
+        // PostgreSQL ends the session, so that a stand-by can take the claim.
+        loop {
+            tokio::select! {
+                _ = &mut driver => break,
+                () = tokio::time::sleep(HEARTBEAT) => {
+                    // A failure ends the connection, and so `driver`.
+                    let _ = tokio::time::timeout(HEARTBEAT, client.simple_query("")).await;
+                }
+            }
+        }
         let previous = fence.holder.swap(0, Ordering::SeqCst);
         drop(client);
         tracing::warn!(
@@ -467,7 +489,14 @@ async fn hold(
                     );
                 }
                 // PostgreSQL is still away: so are the writes, which fail meanwhile.
-                Ok(Err(_)) | Err(_) => {}
+                Ok(Err(error)) => {
+                    tracing::debug!(
+                        database = target,
+                        error = describe(&error),
+                        "cannot take the claim yet"
+                    );
+                }
+                Err(_) => tracing::debug!(database = target, "PostgreSQL did not answer"),
             }
         };
         tracing::info!(database = target, "holding the claim on the database again");

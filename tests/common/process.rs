@@ -224,6 +224,17 @@ impl ServerProcess {
         self.child.wait().unwrap();
     }
 
+    /// Freezes the server (SIGSTOP), as a hung process or machine: it answers nothing
+    /// and closes nothing until [`resume`](Self::resume).
+    pub fn freeze(&self) {
+        send_signal(self.child.id(), "STOP");
+    }
+
+    /// Lets a frozen server run again (SIGCONT).
+    pub fn resume(&self) {
+        send_signal(self.child.id(), "CONT");
+    }
+
     /// Waits for the server to exit by itself.
     pub fn wait_for_exit(&mut self) -> ExitStatus {
         wait_for_exit(&mut self.child)

@@ -142,6 +142,11 @@ def is_loopback_host(host: str) -> bool:
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_INBOUND_FRAME_BYTES),
     ("grpc.max_send_message_length", MAX_INBOUND_FRAME_BYTES),
+    # A relay that hangs answers no ping: the connection is dropped and the client moves
+    # on to another relay (as the Rust client: a ping every 15 s, 10 s to answer).
+    ("grpc.keepalive_time_ms", 15_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
 ]
 
 

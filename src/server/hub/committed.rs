@@ -10,7 +10,7 @@ use crate::proto::{
     Ack, CaughtUp, Joined, MemberJoined, MemberLeft, MessageDelivery, ServerFrame,
     server_frame::Kind,
 };
-use crate::store::{Applied, Change, StoreError, copy};
+use crate::store::{Applied, Change, copy};
 
 impl State {
     /// Carries out what a committed op calls for.
@@ -180,7 +180,7 @@ impl State {
     }
 
     /// Tells the client whose op could not be committed; nothing of it happened.
-    pub(super) fn fail(&mut self, effect: Effect, error: &StoreError) {
+    pub(super) fn fail(&mut self, effect: Effect) {
         let reply = match effect {
             Effect::Joined {
                 session,
@@ -211,7 +211,9 @@ impl State {
             Effect::Nothing => None,
         };
         if let Some((session, request_id)) = reply {
-            let rejection = rejection(&HubError::not_stored(error).into());
+            // What failed is in the relay's log; the client learns only that nothing was
+            // stored (the database's own words name its tables and state).
+            let rejection = rejection(&HubError::NotStored.into());
             self.deliver(session, request_id, Kind::Rejection(rejection));
         }
     }

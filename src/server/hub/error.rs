@@ -9,7 +9,7 @@
 use tonic::{Code, Status};
 
 use crate::proto::Rejection;
-use crate::store::{Quota, StoreError};
+use crate::store::Quota;
 
 /// Why the hub did not do what a session asked, or ended it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,10 +22,10 @@ pub(crate) enum HubError {
     #[error("the server is full ({max} sessions); try again later")]
     Full { max: usize },
     #[error(
-        "the server cannot store anything now ({reason}); nothing was stored; try again in a \
-         few seconds"
+        "the server cannot store anything now (its database failed); nothing was stored; try \
+         again in a few seconds"
     )]
-    StoreFailed { reason: String },
+    StoreFailed,
     #[error(
         "the server lost its database for a while and has it back; reconnect to catch up on \
          what is stored"
@@ -33,8 +33,16 @@ pub(crate) enum HubError {
     StoreRecovered,
     #[error("the server is not storing anything any more; try again later")]
     WriterStopped,
-    #[error("the server could not store this ({reason}); nothing was stored; try again later")]
-    NotStored { reason: String },
+    #[error(
+        "the server could not store this (its database failed); nothing was stored; try again \
+         later"
+    )]
+    NotStored,
+    #[error(
+        "this relay no longer serves its database (another relay may have taken it over); \
+         reconnect, to another relay of the deployment if there is one"
+    )]
+    ClaimLost,
 
     // Sessions.
     #[error("the server is deleting this identity, unused for too long; log in again")]
@@ -118,14 +126,8 @@ impl HubError {
     pub(crate) fn code(&self) -> Code {
         use HubError::*;
         match self {
-            ShuttingDown
-            | ShutDown
-            | StoreFailed { .. }
-            | StoreRecovered
-            | WriterStopped
-            | NotStored { .. }
-            | Reclaiming
-            | SessionClosed => Code::Unavailable,
+            ShuttingDown | ShutDown | StoreFailed | StoreRecovered | WriterStopped | NotStored
+            | ClaimLost | Reclaiming | SessionClosed => Code::Unavailable,
             Replaced => Code::Aborted,
             Full { .. }
             | Stalled { .. }
@@ -147,12 +149,6 @@ impl HubError {
                 Code::FailedPrecondition
             }
             KickSelf => Code::InvalidArgument,
-        }
-    }
-
-    pub(crate) fn not_stored(error: &StoreError) -> Self {
-        Self::NotStored {
-            reason: error.to_string(),
         }
     }
 

@@ -51,7 +51,7 @@ use crate::proto::{
     Ack, CaughtUp, Invitation, Joined, LeaveReason, PublicIdentity, Removal, SealedMessage,
     ServerFrame, server_frame::Kind,
 };
-use crate::store::{Change, StoredRoom, WrappedKey};
+use crate::store::{Change, StoreError, StoredRoom, WrappedKey};
 
 /// What a `JoinRoom` asks for.
 pub(crate) struct JoinRequest<'a> {
@@ -191,10 +191,23 @@ impl Hub {
                 }
                 _ => {}
             }
+            if let Some(Failure {
+                error: StoreError::ClaimLost,
+                ..
+            }) = failure
+            {
+                // Another relay may serve the database now: every session ends, before
+                // any refusal, so that each client moves on and sends again what was not
+                // acknowledged.
+                let ids: Vec<SessionId> = state.sessions.keys().copied().collect();
+                for id in ids {
+                    state.remove_session(id, Some(HubError::ClaimLost.into()));
+                }
+            }
             for (op, applied) in batch {
                 match failure {
                     None => state.apply(op.effect, &applied, &self.writer),
-                    Some(Failure { error, .. }) => state.fail(op.effect, error),
+                    Some(_) => state.fail(op.effect),
                 }
             }
         });
@@ -349,9 +362,7 @@ impl State {
     fn writable(&self) -> Result<(), HubError> {
         match &self.store_failed {
             None => Ok(()),
-            Some(reason) => Err(HubError::StoreFailed {
-                reason: reason.clone(),
-            }),
+            Some(_) => Err(HubError::StoreFailed),
         }
     }
 }

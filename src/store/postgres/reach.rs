@@ -1,13 +1,14 @@
 //! How the relay reaches its PostgreSQL database: the driver's settings from the
 //! `--database` URL, and TLS.
 //!
-//! TLS is asked for as libpq asks for it, in the URL: `sslmode=require` encrypts the
-//! connection, and then the server's certificate is always checked, chain and host name
-//! (what libpq calls `verify-full`): against the CA certificates in the PEM file
-//! `sslrootcert=PATH` names, or, without one, the public web roots. An encrypted
-//! connection to a server nobody checked would stop only a passive eavesdropper, so it is
-//! not offered: `sslmode=prefer` (the driver's default) and `disable` connect in clear,
-//! as before, and `sslrootcert` without `sslmode=require` is refused rather than ignored.
+//! TLS is asked for as libpq asks for it, in the URL: `sslmode=require` (or `verify-ca`,
+//! `verify-full`) encrypts the connection, and then the server's certificate is always
+//! checked, chain and host name (what libpq calls `verify-full`): against the CA
+//! certificates in the PEM file `sslrootcert=PATH` names, or, without one, the public web
+//! roots. An encrypted connection to a server nobody checked would stop only a passive
+//! eavesdropper, so it is not offered: no `sslmode`, or `disable`, connects in clear, as
+//! before; `prefer` and `allow`, which libpq users take for encryption, are refused, and
+//! so are `sslrootcert` without `sslmode=require` and a parameter given twice.
 
 use std::sync::Arc;
 
@@ -17,6 +18,11 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::CONNECT_TIMEOUT;
 use crate::store::StoreError;
+
+/// How long one of the relay's transactions may wait on the relay before PostgreSQL ends
+/// it: each runs its statements back to back, so only a relay that stopped waits this
+/// long.
+const STALLED_TRANSACTION: &str = "-c idle_in_transaction_session_timeout=10000";
 
 /// The database a URL names, and how to connect to it.
 pub(in crate::store) struct Reach {
@@ -29,29 +35,53 @@ pub(in crate::store) struct Reach {
 /// Reads `url` (a `postgres://` or `postgresql://` URL, which [`super::super::open`]
 /// checked); an error names neither the password nor more of the URL than it must.
 pub(in crate::store) fn reach(url: &str) -> Result<Reach, StoreError> {
-    let (url, root_cert) = split_root_cert(url);
     let given = |reason: String| StoreError::Open {
         path: "given by --database".to_owned(),
         reason,
     };
+    let (
+        url,
+        Tls {
+            required,
+            root_cert,
+        },
+    ) = split_tls(url).map_err(given)?;
+    // The driver takes the first `@` as the end of the user and password, and what
+    // follows another `@` as the host: part of a password would show in every error.
+    let authority = url
+        .split_once("://")
+        .map_or("", |(_, rest)| rest.split(['/', '?']).next().unwrap_or(""));
+    if authority.matches('@').count() > 1 {
+        return Err(given(
+            "its user name or password holds an '@': write it as %40".to_owned(),
+        ));
+    }
     let mut config: tokio_postgres::Config =
         url.parse().map_err(|error| given(format!("{error}")))?;
     let target = target(&config);
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
-    let encrypted = config.get_ssl_mode() == SslMode::Require;
-    if !encrypted {
-        if root_cert.is_some() {
-            return Err(given(
-                "sslrootcert is only used with sslmode=require: add it, or the connection is \
-                 not encrypted"
-                    .to_owned(),
-            ));
-        }
-        // Not `prefer`: a server offering TLS would get it unchecked (see above).
-        config.ssl_mode(SslMode::Disable);
+    // A transaction left open by a relay that stopped (frozen, its machine gone) would
+    // hold its locks, and a stand-by waiting for them, for ever: PostgreSQL ends it.
+    let options = match config.get_options() {
+        Some(given) => format!("{given} {STALLED_TRANSACTION}"),
+        None => STALLED_TRANSACTION.to_owned(),
+    };
+    config.options(&options);
+    if !required && root_cert.is_some() {
+        return Err(given(
+            "sslrootcert is only used with sslmode=require: add it, or the connection is not \
+             encrypted"
+                .to_owned(),
+        ));
     }
+    // Not the driver's default, `prefer`: a server offering TLS would get it unchecked.
+    config.ssl_mode(if required {
+        SslMode::Require
+    } else {
+        SslMode::Disable
+    });
     let roots = match &root_cert {
         Some(path) => roots_in(path).map_err(|reason| StoreError::Open {
             path: target.clone(),
@@ -77,37 +107,92 @@ pub(in crate::store) fn reach(url: &str) -> Result<Reach, StoreError> {
     })
 }
 
-/// `url` without its `sslrootcert` parameter, which the driver does not know, and that
-/// parameter's value (percent-decoded).
-fn split_root_cert(url: &str) -> (String, Option<String>) {
-    let Some((base, query)) = url.split_once('?') else {
-        return (url.to_owned(), None);
+/// What the URL's query says of TLS, which the relay reads itself.
+#[derive(Debug, PartialEq, Eq)]
+struct Tls {
+    /// `sslmode=require` (or `verify-ca`, `verify-full`: the certificate is always checked).
+    required: bool,
+    /// `sslrootcert`, percent-decoded.
+    root_cert: Option<String>,
+}
+
+/// `url` without its `sslmode` and `sslrootcert` parameters, and what they say. A
+/// parameter given twice is refused (the driver would silently take the last), and so
+/// is an `sslmode` that would connect in clear to a server offering TLS (`prefer`,
+/// `allow`) or that the relay does not know.
+fn split_tls(url: &str) -> Result<(String, Tls), String> {
+    let mut tls = Tls {
+        required: false,
+        root_cert: None,
     };
-    let mut root_cert = None;
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| match pair.split_once('=') {
-            Some(("sslrootcert", value)) => {
-                root_cert = Some(percent_decode_str(value).decode_utf8_lossy().into_owned());
-                false
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), tls));
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut kept = Vec::new();
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !seen.insert(key) {
+            return Err(format!("its parameter {key:?} is given twice"));
+        }
+        match key {
+            "sslrootcert" => {
+                tls.root_cert = Some(percent_decode_str(value).decode_utf8_lossy().into_owned());
             }
-            _ => true,
-        })
-        .collect();
+            "sslmode" => {
+                tls.required = match value {
+                    "disable" => false,
+                    "require" | "verify-ca" | "verify-full" => true,
+                    "prefer" | "allow" => {
+                        return Err(format!(
+                            "sslmode={value} would connect in clear, or with TLS nobody checked: \
+                             use sslmode=require (TLS, the certificate always checked) or \
+                             sslmode=disable"
+                        ));
+                    }
+                    _ => {
+                        return Err(
+                            "sslmode must be disable, require, verify-ca or verify-full".to_owned()
+                        );
+                    }
+                };
+            }
+            _ => kept.push(pair),
+        }
+    }
     let url = if kept.is_empty() {
         base.to_owned()
     } else {
         format!("{base}?{}", kept.join("&"))
     };
-    (url, root_cert)
+    Ok((url, tls))
 }
 
-/// The CA certificates of a PEM file.
+/// The most bytes a CA file may hold: a few hundred certificates.
+const MAX_ROOT_CERT_BYTES: u64 = 1024 * 1024;
+
+/// The CA certificates of a PEM file: a regular file of at most [`MAX_ROOT_CERT_BYTES`]
+/// (not a device or a pipe, which could hold the relay for ever or fill its memory).
 fn roots_in(path: &str) -> Result<rustls::RootCertStore, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
-    let certificates = CertificateDer::pem_file_iter(path)
-        .map_err(|error| error.to_string())?
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|error| error.to_string())?;
+    let metadata = file.metadata().map_err(|error| error.to_string())?;
+    if !metadata.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    if metadata.len() > MAX_ROOT_CERT_BYTES {
+        return Err(format!(
+            "larger than {} KiB: not a CA file",
+            MAX_ROOT_CERT_BYTES / 1024
+        ));
+    }
+    let mut pem = Vec::new();
+    file.take(MAX_ROOT_CERT_BYTES)
+        .read_to_end(&mut pem)
+        .map_err(|error| error.to_string())?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|error| error.to_string())?;
     if certificates.is_empty() {
@@ -144,30 +229,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sslrootcert_is_taken_out_of_the_url_and_decoded() {
+    fn sslmode_and_sslrootcert_are_taken_out_of_the_url() {
         assert_eq!(
-            split_root_cert("postgres://u@h/db?sslmode=require&sslrootcert=%2Fetc%2Fca.pem"),
-            (
-                "postgres://u@h/db?sslmode=require".to_owned(),
-                Some("/etc/ca.pem".to_owned())
-            )
+            split_tls("postgres://u@h/db?sslmode=require&sslrootcert=%2Fetc%2Fca.pem&x=1"),
+            Ok((
+                "postgres://u@h/db?x=1".to_owned(),
+                Tls {
+                    required: true,
+                    root_cert: Some("/etc/ca.pem".to_owned())
+                }
+            ))
         );
-        assert_eq!(
-            split_root_cert("postgres://u@h/db?sslrootcert=/ca.pem"),
-            ("postgres://u@h/db".to_owned(), Some("/ca.pem".to_owned()))
-        );
-        assert_eq!(
-            split_root_cert("postgres://u@h/db"),
-            ("postgres://u@h/db".to_owned(), None)
-        );
+        for mode in ["verify-full", "verify-ca"] {
+            let (url, tls) = split_tls(&format!("postgres://u@h/db?sslmode={mode}")).unwrap();
+            assert_eq!((url.as_str(), tls.required), ("postgres://u@h/db", true));
+        }
+        let (url, tls) = split_tls("postgres://u@h/db").unwrap();
+        assert_eq!((url.as_str(), tls.required), ("postgres://u@h/db", false));
+        for (url, expected) in [
+            ("postgres://u@h/db?sslmode=require&sslmode=disable", "twice"),
+            ("postgres://u@h/db?sslrootcert=/a&sslrootcert=/b", "twice"),
+            ("postgres://u@h/db?sslmode=prefer", "in clear"),
+            ("postgres://u@h/db?sslmode=allow", "in clear"),
+            ("postgres://u@h/db?sslmode=REQUIRE", "must be"),
+        ] {
+            let error = split_tls(url).err().unwrap();
+            assert!(error.contains(expected), "{url}: {error}");
+        }
     }
 
     #[test]
     fn only_sslmode_require_encrypts_and_a_root_cert_without_it_is_refused() {
         let plain = reach("postgres://u:pw@127.0.0.1:1/db").unwrap();
         assert_eq!(plain.config.get_ssl_mode(), SslMode::Disable);
-        let preferred = reach("postgres://u:pw@127.0.0.1:1/db?sslmode=prefer").unwrap();
-        assert_eq!(preferred.config.get_ssl_mode(), SslMode::Disable);
+        let disabled = reach("postgres://u:pw@127.0.0.1:1/db?sslmode=disable").unwrap();
+        assert_eq!(disabled.config.get_ssl_mode(), SslMode::Disable);
         let required = reach("postgres://u:pw@127.0.0.1:1/db?sslmode=require").unwrap();
         assert_eq!(required.config.get_ssl_mode(), SslMode::Require);
         assert_eq!(required.target, "postgres://127.0.0.1:1/db");
@@ -177,10 +273,41 @@ mod tests {
             .to_string();
         assert!(error.contains("sslmode=require"), "{error}");
         assert!(!error.contains("pw"), "{error}");
-        let error = reach("postgres://u:pw@h/db?sslmode=require&sslrootcert=/nonexistent.pem")
+        for (root_cert, expected) in [
+            ("/nonexistent.pem", "No such file"),
+            ("/dev/zero", "not a regular file"),
+            ("/tmp", "not a regular file"),
+        ] {
+            let error = reach(&format!(
+                "postgres://u:pw@h/db?sslmode=require&sslrootcert={root_cert}"
+            ))
             .err()
             .unwrap()
             .to_string();
-        assert!(error.contains("/nonexistent.pem"), "{error}");
+            assert!(
+                error.contains(root_cert) && error.contains(expected),
+                "{error}"
+            );
+        }
+        let big = tempfile::NamedTempFile::new().unwrap();
+        big.as_file().set_len(MAX_ROOT_CERT_BYTES + 1).unwrap();
+        let error = reach(&format!(
+            "postgres://u:pw@h/db?sslmode=require&sslrootcert={}",
+            big.path().display()
+        ))
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(error.contains("larger than"), "{error}");
+        // An '@' in the password, not encoded: refused without a word of it.
+        let error = reach("postgres://u:SECRET@TAIL@127.0.0.1/db")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("%40"), "{error}");
+        assert!(
+            !error.contains("SECRET") && !error.contains("TAIL"),
+            "{error}"
+        );
     }
 }
