@@ -4,8 +4,9 @@
 //! other's sequence numbers. The second one stops at start-up with one line instead.
 //!
 //! The claim is taken by the serving process only: the `registration-token` commands
-//! work beside a running relay. It goes with the process however that ends (a lock on a
-//! file for SQLite, an advisory lock held by a connection of its own for PostgreSQL), so
+//! work beside a running relay. It goes with the process however that ends (locks on the
+//! data directory and a file in it for SQLite, an advisory lock held by a connection of
+//! its own for PostgreSQL, which a relay that hangs loses after 10 s of silence), so
 //! a relay killed with SIGKILL can be started again at once. PostgreSQL's lock goes with
 //! its connection too (a restart of PostgreSQL): the relay takes it again as soon as it
 //! can, and stops ([`Claim::lost`]) if another relay has it by then; meanwhile its writes
