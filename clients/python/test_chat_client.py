@@ -1031,6 +1031,36 @@ class Failover(unittest.TestCase):
             self.assertFalse(is_relay_down(Ended(code)), code)
         self.assertFalse(is_relay_down(ClientError("refused")))
 
+    def test_messages_wait_for_the_relay_to_take_our_key_and_are_never_sealed_under_a_refused_one(self) -> None:
+        def handing_out() -> tuple[ChatClient, JoinedRoom, int]:
+            client = offline_client("lobby")
+            room = client.rooms["lobby"]
+            bob = User("bob", 1)
+            room.state.on_joined(pb.Joined(room="lobby", members=[bob.public()]))
+            room.state.take_bundles([bob.bundle()])
+            [distribution] = client._send_distributions(room, room.state.rotate())
+            return client, room, distribution
+
+        client, room, distribution = handing_out()
+        client._on_input(("line", "while the key is out"))
+        client._on_input(("line", "and this"))
+        self.assertEqual([f.WhichOneof("kind") for f in sent_frames(client)], ["distribute_key"])
+        self.assertEqual([r.text for r in client._pending_messages()], ["while the key is out", "and this"])
+        client._on_frame(pb.ServerFrame(request_id=distribution, ack=pb.Ack(seq=4)))
+        sent = sent_frames(client)
+        self.assertEqual([f.WhichOneof("kind") for f in sent], ["send", "send"], "in the order typed")
+        self.assertEqual(room.held, [])
+
+        # Refused (the relay could not store it): nothing was sealed under that key, and
+        # the messages are reported not delivered.
+        client, room, distribution = handing_out()
+        client._on_input(("line", "never under the refused key"))
+        refusal = pb.ServerFrame(request_id=distribution, rejection=pb.Rejection(code=14, message="no"))
+        with contextlib.redirect_stderr(io.StringIO()), self.assertRaises(ClientError) as caught:
+            client._on_frame(refusal)
+        self.assertIn("1 message(s) not delivered", str(caught.exception))
+        self.assertEqual([f.WhichOneof("kind") for f in sent_frames(client)], ["distribute_key"])
+
     def test_on_the_next_stream_what_was_unanswered_goes_again_once_before_the_new_key(self) -> None:
         client = offline_client("lobby")
         client._on_input(("line", "hello"))

@@ -44,6 +44,11 @@ class JoinedRoom:
         self.ready = False
         #: Request ids of the first handout of our key, not acknowledged yet.
         self.initial_distributions: set[int] = set()
+        #: Request ids of every handout of our key not acknowledged yet: while there is
+        #: one, our messages and receipts wait in ``held`` (a message sealed under a key
+        #: the relay refused to store would be stored, acknowledged, and unreadable).
+        self.unanswered_distributions: set[int] = set()
+        self.held: list = []
         self.caught_up = False
         #: (key_id, iteration) of our messages acknowledged before CaughtUp: applied to
         #: the hand-out point only then (PROTOCOL.md's note under "From which iteration").
@@ -65,6 +70,7 @@ class JoinedRoom:
     def distribution_answered(self, request_id: int) -> bool:
         """A handout was acknowledged; True if the room just became ready."""
         self.initial_distributions.discard(request_id)
+        self.unanswered_distributions.discard(request_id)
         return self.joined and not self.ready and not self.initial_distributions
 
     def acknowledged(self, sealed: tuple[int, int]) -> None:

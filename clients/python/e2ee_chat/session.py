@@ -551,12 +551,20 @@ class ChatClient:
         return request_id
 
     def _send_distributions(self, room: JoinedRoom, frames: list[pb.DistributeSenderKey]) -> list[int]:
-        return [self._send_frame(Request("key distribution", room.name), distribute_key=f) for f in frames]
+        sent = [self._send_frame(Request("key distribution", room.name), distribute_key=f) for f in frames]
+        room.unanswered_distributions.update(sent)
+        return sent
 
     def _send_sealed(self, room: JoinedRoom, seal: Callable[[], pb.SendMessage], request: Request) -> Optional[int]:
-        """Seals with ``seal`` (after a new key, when the schedule says so) and sends."""
+        """Seals with ``seal`` (after a new key, when the schedule says so) and sends; or,
+        while a handout of our key is unanswered, holds the message (``request``) until
+        the relay took the key (:meth:`_release_held`)."""
         if room.state.rotation_due():  # the schedule: a new key, sent before the message
             self._handout_new_key(room)
+        if room.unanswered_distributions:
+            if request.what == "message":  # a receipt held would be stale: a new one comes
+                room.held.append(request)
+            return None
         try:
             message = seal()
         except MessageTooLong as exc:
@@ -565,6 +573,12 @@ class ChatClient:
         request.sealed = (message.sealed.key_id, message.sealed.iteration)
         request.sealed_for = room.state.sealed_for()  # after any new key: who holds this one
         return self._send_frame(request, send=message)
+
+    def _release_held(self, room: JoinedRoom) -> None:
+        """Once the relay took every handout of our key: the messages held meanwhile,
+        sealed now, in the order typed."""
+        while room.held and not room.unanswered_distributions:
+            self._send_text(room, room.held.pop(0).text)
 
     def _send_text(self, room: JoinedRoom, text: str) -> None:
         self._send_sealed(room, lambda: room.state.seal_text(text), Request("message", room.name, text=text))
@@ -720,8 +734,9 @@ class ChatClient:
 
     def _pending_messages(self) -> list[Request]:
         """Our messages the relay has not acknowledged yet, those waiting to go again
-        first."""
-        return [r for r in self._unanswered() if r.what == "message"]
+        first, and those held behind a handout of our key last."""
+        held = [r for room in self.rooms.values() for r in room.held]
+        return [r for r in self._unanswered() if r.what == "message"] + held
 
     def _unanswered(self) -> list[Request]:
         """What the relay has not answered: what waits to be sent again (it went first),
@@ -750,6 +765,7 @@ class ChatClient:
             room.create_private = old.create_private
             room.saved_seq = old.saved_seq
             room.leaving = old.leaving
+            room.held = old.held  # sent once the new stream took our key
             room.receipts, room.schedule = old.receipts, old.schedule
             self.rooms[name] = room
             self._send_join(room)
@@ -921,7 +937,9 @@ class ChatClient:
         elif request.what == "history":
             self.warn(f"the relay refused to send the history{self._in(request.room)}: {reason}")
         else:
-            raise ClientError(f"the relay refused a {request.what}{self._in(request.room)}: {reason}")
+            raise ClientError(
+                f"the relay refused a {request.what}{self._in(request.room)}: {reason}{self._undelivered()}"
+            )
 
     def _on_ack(self, request: Request, room: JoinedRoom, request_id: int, ack: pb.Ack) -> None:
         # Our own entries never move last_seq: only deliveries do.
@@ -932,6 +950,7 @@ class ChatClient:
         elif request.what == "key distribution":
             if room.distribution_answered(request_id):
                 self._become_ready(room)
+            self._release_held(room)
         elif request.what == "leave":
             self.info(f"left {room.name}")
             self._drop_room(room.name, membership_ended=True)
@@ -967,6 +986,7 @@ class ChatClient:
         handle what was typed meanwhile."""
         room.ready = True
         self.info(f"joined {room.name} as {self.user} ({self._members_text(room, joined=True)})")
+        self._release_held(room)
         self._drain_backlog()
 
     def _drain_backlog(self) -> None:
