@@ -537,6 +537,20 @@ fn a_relay_killed_mid_conversation_the_clients_fail_over_and_lose_nothing() {
 }
 
 #[test]
+fn a_relay_standing_by_stops_cleanly_when_asked_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = ServerProcess::start(&dir.path().join("data"));
+    let standby = first.standby_on(&common::process::free_loopback_addr());
+    let (status, said) = standby.terminate();
+    assert!(status.success(), "{said:?}");
+    assert!(
+        said.iter()
+            .any(|line| line.contains("stopped while standing by")),
+        "{said:?}"
+    );
+}
+
+#[test]
 fn a_relay_standing_by_takes_over_from_a_killed_one_and_the_clients_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let first = ServerProcess::start(&dir.path().join("data"));

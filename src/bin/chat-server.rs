@@ -170,10 +170,15 @@ async fn run(args: Args) -> Result<(), String> {
         server::prepare_data_dir(&args.data_dir).map_err(|error| error.to_string())?;
     }
     // Before anything is opened: a second relay on the same database stops here, or
-    // stands by until the first goes.
-    let mut claim = store::claim::claim(args.database.as_deref(), &args.data_dir, args.standby)
-        .await
-        .map_err(|error| error.to_string())?;
+    // stands by until the first goes (and a stand-by asked to stop meanwhile just stops).
+    let claimed = store::claim::claim(args.database.as_deref(), &args.data_dir, args.standby);
+    let mut claim = tokio::select! {
+        claim = claimed => claim.map_err(|error| error.to_string())?,
+        () = wait_for_signal() => {
+            tracing::info!("stopped while standing by");
+            return Ok(());
+        }
+    };
     // Opening blocks (migrations, PostgreSQL's first connection): not on a worker.
     let (database, data_dir, fence) = (args.database.clone(), args.data_dir.clone(), claim.fence());
     let store: Arc<dyn Store> =

@@ -279,6 +279,14 @@ impl Starting {
         }
     }
 
+    /// Stops it with SIGTERM, waits for its exit, and returns what else it said.
+    pub fn terminate(mut self) -> (ExitStatus, Vec<String>) {
+        let mut child = self.child.take().unwrap();
+        send_signal(child.id(), "TERM");
+        let status = wait_for_exit(&mut child);
+        (status, remaining_lines(&self.stderr))
+    }
+
     /// Waits until it listens.
     pub fn listening(mut self) -> ServerProcess {
         let lines = wait_for_line(&self.stderr, "listening on ");
