@@ -130,10 +130,30 @@ fn split_tls(url: &str) -> Result<(String, Tls), String> {
     };
     let mut seen = std::collections::HashSet::new();
     let mut kept = Vec::new();
-    for pair in query.split('&') {
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        // The driver decodes names too: `ssl%6Dode` would be an `sslmode` nobody checked.
+        if key.contains('%') {
+            return Err(format!(
+                "its parameter names must be written plainly, not percent-encoded ({key:?})"
+            ));
+        }
         if !seen.insert(key) {
             return Err(format!("its parameter {key:?} is given twice"));
+        }
+        // What the URL says before its query is what the relay names in its messages.
+        let before_query = base.split_once("://").map_or("", |(_, rest)| rest);
+        let (authority, path) = before_query.split_once('/').unwrap_or((before_query, ""));
+        let in_url = match key {
+            "user" | "password" => authority.contains('@'),
+            "dbname" => !path.is_empty(),
+            "host" | "hostaddr" | "port" => !authority.rsplit('@').next().unwrap_or("").is_empty(),
+            _ => false,
+        };
+        if in_url {
+            return Err(format!(
+                "its parameter {key:?} says again what the URL before it says"
+            ));
         }
         match key {
             "sslrootcert" => {
@@ -177,11 +197,17 @@ fn roots_in(path: &str) -> Result<rustls::RootCertStore, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     use std::io::Read;
+    // Looked at before it is opened: opening a FIFO waits for a writer, for ever.
+    let regular = |metadata: std::fs::Metadata| {
+        if metadata.is_file() {
+            Ok(metadata)
+        } else {
+            Err("not a regular file".to_owned())
+        }
+    };
+    regular(std::fs::metadata(path).map_err(|error| error.to_string())?)?;
     let file = std::fs::File::open(path).map_err(|error| error.to_string())?;
-    let metadata = file.metadata().map_err(|error| error.to_string())?;
-    if !metadata.is_file() {
-        return Err("not a regular file".to_owned());
-    }
+    let metadata = regular(file.metadata().map_err(|error| error.to_string())?)?;
     if metadata.len() > MAX_ROOT_CERT_BYTES {
         return Err(format!(
             "larger than {} KiB: not a CA file",
@@ -252,6 +278,14 @@ mod tests {
             ("postgres://u@h/db?sslmode=prefer", "in clear"),
             ("postgres://u@h/db?sslmode=allow", "in clear"),
             ("postgres://u@h/db?sslmode=REQUIRE", "must be"),
+            ("postgres://u@h/db?ssl%6Dode=prefer", "percent-encoded"),
+            (
+                "postgres://u@h/db?sslmode=disable&ssl%6Dode=require",
+                "percent-encoded",
+            ),
+            ("postgres://u@h/t2?dbname=postgres", "says again"),
+            ("postgres://u:pw@h/db?password=other", "says again"),
+            ("postgres://u@h:5432/db?port=1", "says again"),
         ] {
             let error = split_tls(url).err().unwrap();
             assert!(error.contains(expected), "{url}: {error}");
@@ -289,6 +323,24 @@ mod tests {
                 "{error}"
             );
         }
+        // A FIFO is refused, not opened (which would wait for a writer for ever).
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("ca.pem");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let error = reach(&format!(
+            "postgres://u:pw@h/db?sslmode=require&sslrootcert={}",
+            fifo.display()
+        ))
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(error.contains("not a regular file"), "{error}");
         let big = tempfile::NamedTempFile::new().unwrap();
         big.as_file().set_len(MAX_ROOT_CERT_BYTES + 1).unwrap();
         let error = reach(&format!(
