@@ -95,12 +95,11 @@ impl Drop for Claim {
 /// moment after it does (and a process forked from this one holds them until it execs).
 const PATIENCE: Duration = Duration::from_secs(2);
 
-/// Locks the data directory itself, `relay.lock` in it (which relays before this one
-/// lock) and the database file: a lock file alone can be deleted, by a clean-up or by
-/// hand, and then a second relay would lock a new one beside a first still serving, and
-/// a database reached through another directory (a link to it, or the file moved) is the
-/// same database. A database file that is a symbolic link, or has other hard links, is
-/// refused: another directory could hold it too.
+/// Locks the data directory itself and `relay.lock` in it (which relays before this one
+/// lock): a lock file alone can be deleted, by a clean-up or by hand, and then a second
+/// relay would lock a new one beside a first still serving. A database file that is a
+/// symbolic link, or has other hard links, is refused: another directory could hold it
+/// too. (A database moved out of its directory while its relay runs is not detected.)
 async fn lock_file(data_dir: &Path, standby: bool) -> Result<Vec<File>, StoreError> {
     let path = data_dir.join(LOCK_FILE);
     let failed = |path: &Path, error: std::io::Error| StoreError::Open {
@@ -114,10 +113,8 @@ async fn lock_file(data_dir: &Path, standby: bool) -> Result<Vec<File>, StoreErr
         .write(true)
         .open(&path)
         .map_err(|error| failed(&path, error))?;
-    let database = database_file(data_dir)?;
-    // Held open until the relay ends, after its store closed: closing it earlier would
-    // drop SQLite's own (POSIX) locks on the file, which go with any descriptor of it.
-    let files = vec![directory, file, database];
+    check_database_file(data_dir)?;
+    let files = vec![directory, file];
     let started = Instant::now();
     let mut waiting = false;
     loop {
@@ -142,41 +139,34 @@ async fn lock_file(data_dir: &Path, standby: bool) -> Result<Vec<File>, StoreErr
     }
 }
 
-/// The database file of `data_dir`, opened (made, empty, on a first start), unless it
-/// is a symbolic link or has other hard links.
-fn database_file(data_dir: &Path) -> Result<File, StoreError> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+/// Refuses a database file in `data_dir` that is a symbolic link or has other hard
+/// links: another data directory could hold the same database, and its relay would lock
+/// that other directory. (The file itself is not locked: a descriptor of it closed by the
+/// relay would drop SQLite's own POSIX locks on it, which go with any descriptor.)
+fn check_database_file(data_dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt;
     let path = data_dir.join(super::DATABASE_FILE);
     let refused = |reason: String| StoreError::Open {
         path: path.display().to_string(),
         reason,
     };
-    if std::fs::symlink_metadata(&path).is_ok_and(|metadata| metadata.file_type().is_symlink()) {
+    let Ok(metadata) = std::fs::symlink_metadata(&path) else {
+        return Ok(()); // none yet: the store makes it
+    };
+    if metadata.file_type().is_symlink() {
         return Err(refused(
             "it is a symbolic link: the relay locks its data directory, so the database must be \
              a plain file in it"
                 .to_owned(),
         ));
     }
-    // Made as the store makes it (see `sqlite::create_private`): the server's alone.
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|error| refused(error.to_string()))?;
-    let links = file
-        .metadata()
-        .map_err(|error| refused(error.to_string()))?
-        .nlink();
-    if links > 1 {
+    if metadata.nlink() > 1 {
         return Err(refused(format!(
-            "it has {links} hard links: another data directory could serve it too; keep one"
+            "it has {} hard links: another data directory could serve it too; keep one",
+            metadata.nlink()
         )));
     }
-    Ok(file)
+    Ok(())
 }
 
 /// Locks every one of `files`, or none.
@@ -212,8 +202,9 @@ mod tests {
         std::fs::remove_file(dir.path().join(LOCK_FILE)).unwrap();
         let refused = claim(None, dir.path(), false).await.err().unwrap();
         assert!(matches!(refused, StoreError::InUse { .. }), "{refused}");
-        // Nor does another directory holding the same database, linked or moved.
+        // Nor does another directory holding the same database through a link.
         let database = dir.path().join(crate::store::DATABASE_FILE);
+        std::fs::write(&database, b"").unwrap();
         let linked = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(&database, linked.path().join(crate::store::DATABASE_FILE))
             .unwrap();
@@ -223,12 +214,11 @@ mod tests {
         std::fs::hard_link(&database, hard.path().join(crate::store::DATABASE_FILE)).unwrap();
         let refused = claim(None, hard.path(), false).await.err().unwrap();
         assert!(refused.to_string().contains("hard links"), "{refused}");
-        std::fs::remove_file(hard.path().join(crate::store::DATABASE_FILE)).unwrap();
-        let moved = tempfile::tempdir().unwrap();
-        std::fs::rename(&database, moved.path().join(crate::store::DATABASE_FILE)).unwrap();
-        let refused = claim(None, moved.path(), false).await.err().unwrap();
-        assert!(matches!(refused, StoreError::InUse { .. }), "{refused}");
+        // And the first directory's own database, linked from elsewhere, is refused too.
         drop(second);
-        let _third = claim(None, moved.path(), false).await.unwrap();
+        let refused = claim(None, dir.path(), false).await.err().unwrap();
+        assert!(refused.to_string().contains("hard links"), "{refused}");
+        std::fs::remove_file(hard.path().join(crate::store::DATABASE_FILE)).unwrap();
+        let _third = claim(None, dir.path(), false).await.unwrap();
     }
 }
