@@ -200,10 +200,20 @@ async fn run(args: Args) -> Result<(), String> {
         }
     }
 
+    // A signal, or a claim lost to another relay, stops the relay the same way: every
+    // session ends with UNAVAILABLE (its client moves on) and what is in flight is
+    // committed, while the claim is still held.
     let (stopping_tx, mut stopping) = watch::channel(false);
-    let signal = async move {
-        wait_for_signal().await;
-        let _ = stopping_tx.send(true);
+    let stopping_tx = Arc::new(stopping_tx);
+    let signal = {
+        let (stopping_tx, mut asked) = (stopping_tx.clone(), stopping_tx.subscribe());
+        async move {
+            tokio::select! {
+                () = wait_for_signal() => {}
+                _ = asked.wait_for(|stopping| *stopping) => {}
+            }
+            let _ = stopping_tx.send(true);
+        }
     };
     let config = server::Config {
         limits: args.limits,
@@ -212,17 +222,36 @@ async fn run(args: Args) -> Result<(), String> {
         web: args.web,
     };
     let serve = server::serve(listener, config, signal);
+    tokio::pin!(serve);
     let deadline = async {
         let _ = stopping.wait_for(|stopping| *stopping).await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
-    tokio::select! {
-        result = serve => result.map_err(|error| error.to_string())?,
-        () = deadline => tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway"),
-        why = claim.lost() => return Err(why),
+    tokio::pin!(deadline);
+    let mut lost = None;
+    loop {
+        tokio::select! {
+            result = &mut serve => {
+                result.map_err(|error| error.to_string())?;
+                break;
+            }
+            () = &mut deadline => {
+                tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; exiting anyway");
+                break;
+            }
+            why = claim.lost(), if lost.is_none() => {
+                lost = Some(why);
+                let _ = stopping_tx.send(true);
+            }
+        }
     }
-    tracing::info!("stopped");
-    Ok(())
+    match lost {
+        Some(why) => Err(why),
+        None => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+    }
 }
 
 /// Carries out a `registration-token` command on the server's database: `database`, or

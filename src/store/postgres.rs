@@ -897,6 +897,11 @@ impl Store for PostgresStore {
         policy: &StoragePolicy,
     ) -> Result<Vec<super::Applied>, StoreError> {
         if changes.is_empty() {
+            // The writer's probe after a failure: a relay that lost its claim must not
+            // take itself for recovered.
+            if self.fence.is_some() {
+                return self.write("check the claim", async |_| Ok(Vec::new()));
+            }
             return Ok(Vec::new());
         }
         let now_ms = now_ms();
