@@ -279,6 +279,9 @@ pub struct SessionState {
     /// refused, to seal again under a fresh key and send, in order, before anything
     /// else ([`reseal`](Self::reseal)).
     resealing: Vec<String>,
+    /// Frames that were held behind a refused distribution and are not sealed (a
+    /// leave): they go after the messages sealed again, in the order asked.
+    after_reseal: Vec<ClientFrame>,
     /// Distributions of our key refused in a row (reset by one acknowledged).
     refused_distributions: u32,
     /// Our messages (and receipts) sealed while a distribution of ours was unanswered,
@@ -318,6 +321,7 @@ impl SessionState {
             caught_up: false,
             receipts: Receipts::default(),
             resealing: Vec::new(),
+            after_reseal: Vec::new(),
             refused_distributions: 0,
             held: VecDeque::new(),
         })
@@ -595,6 +599,7 @@ impl SessionState {
     pub(super) fn abandon(&mut self, code: Code, message: &str) -> Vec<Event> {
         self.held.clear();
         self.resealing.clear();
+        self.after_reseal.clear();
         let mut waiting = std::mem::take(&mut self.stale);
         waiting.extend(std::mem::take(&mut self.unanswered).into_values());
         waiting
@@ -968,11 +973,18 @@ impl SessionState {
         let mut receipt = false;
         // Held frames were never sent: distributions are dropped, messages are sealed
         // again whatever their key, in order, after those in flight under the refused
-        // key (sent before them).
-        let held: BTreeSet<u64> = std::mem::take(&mut self.held)
-            .iter()
-            .map(|frame| frame.request_id)
-            .collect();
+        // key (sent before them); what is not sealed (a leave) goes after them.
+        let (sealed, unsealed): (Vec<ClientFrame>, Vec<ClientFrame>) =
+            std::mem::take(&mut self.held)
+                .into_iter()
+                .partition(|frame| {
+                    matches!(
+                        frame.kind,
+                        Some(client_frame::Kind::Send(_) | client_frame::Kind::DistributeKey(_))
+                    )
+                });
+        self.after_reseal.extend(unsealed);
+        let held: BTreeSet<u64> = sealed.iter().map(|frame| frame.request_id).collect();
         for (request_id, pending) in &mut self.unanswered {
             let under_key = |send: &SendMessage| {
                 held.contains(request_id)
@@ -1020,9 +1032,10 @@ impl SessionState {
         events
     }
 
-    /// Whether messages a refused distribution left in flight wait to be sealed again.
+    /// Whether messages a refused distribution left in flight wait to be sealed again,
+    /// or frames held behind them to be sent.
     pub(super) fn resealing(&self) -> bool {
-        !self.resealing.is_empty()
+        !self.resealing.is_empty() || !self.after_reseal.is_empty()
     }
 
     /// The messages a refused distribution left in flight ([`Pending::Superseded`]),
@@ -1033,6 +1046,8 @@ impl SessionState {
         for text in std::mem::take(&mut self.resealing) {
             frames.extend(self.send_text(&text)?.1);
         }
+        let after = std::mem::take(&mut self.after_reseal);
+        frames.extend(self.queue(after));
         Ok(frames)
     }
 

@@ -633,3 +633,66 @@ async fn history_comes_as_one_event_with_our_own_messages() {
     assert_eq!(alice.last_seq("lobby"), 0, "history is not progress");
     assert_eq!(alice.pending(), ["mine"]);
 }
+
+#[tokio::test]
+async fn a_leave_held_behind_a_refused_key_goes_after_the_messages_sealed_again() {
+    let (channel, mut accepted) = start_relay().await;
+    let first = joined(vec![public("bob", 1)], 5, false);
+    let (mut alice, _, mut stream, _) = join_alice(channel, &mut accepted, None, first).await;
+    let first_key = stream.frame().await;
+    // Said, then left, while the relay has not taken the key yet: both wait.
+    alice.send_text("lobby", "bye for now").await.unwrap();
+    alice.leave("lobby").await.unwrap();
+    let refusal = Rejection {
+        code: Code::Unavailable as i32,
+        message: "the database is away".into(),
+    };
+    stream
+        .send(first_key.request_id, Kind::Rejection(refusal))
+        .await;
+    let warned = events(&mut alice).await;
+    assert!(
+        matches!(&warned[..], [Event::Warning(warning)] if warning.contains("refused our sender key")),
+        "{warned:?}"
+    );
+    // A new key, then the message sealed under it, then the leave: it was not dropped
+    // with the frames sealed under the refused key.
+    let second_key = stream.frame().await;
+    assert_ne!(
+        key_id(distribution(&second_key)),
+        key_id(distribution(&first_key))
+    );
+    stream
+        .send(second_key.request_id, Kind::Ack(Ack { seq: 6 }))
+        .await;
+    assert_eq!(events(&mut alice).await, []);
+    let message = stream.frame().await;
+    assert_eq!(
+        sent(&message).sealed.as_ref().unwrap().key_id,
+        key_id(distribution(&second_key))
+    );
+    let leave = stream.frame().await;
+    assert!(
+        matches!(leave.kind, Some(client_frame::Kind::Leave(_))),
+        "{leave:?}"
+    );
+    // Refused too (the database still away): still a member, and told so.
+    let refusal = Rejection {
+        code: Code::Unavailable as i32,
+        message: "the database is away".into(),
+    };
+    stream
+        .send(message.request_id, Kind::Ack(Ack { seq: 7 }))
+        .await;
+    stream
+        .send(leave.request_id, Kind::Rejection(refusal))
+        .await;
+    let mut told = Vec::new();
+    while !told
+        .iter()
+        .any(|event| matches!(event, Event::LeaveRefused { .. }))
+    {
+        told.extend(events(&mut alice).await);
+    }
+    assert!(!alice.state("lobby").unwrap().is_leaving(), "{told:?}");
+}
