@@ -28,7 +28,7 @@ mod tally;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt::Display;
 use std::future::Future;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -289,16 +289,29 @@ const STANDBY_POLL: Duration = Duration::from_millis(250);
 /// read. So every write first takes [`WRITES_LOCK`] shared and checks that the claim
 /// is held by this relay's session; the relay that takes the claim waits for those
 /// locks to go before it reads anything.
+///
+/// A claim taken *again* (its connection had ended) may have been another relay's
+/// meanwhile, which wrote what this relay's memory does not hold: the first write after
+/// it fails as if the claim were lost, so that the relay reads its rooms anew from the
+/// database (the store's recovery) before it writes anything.
 #[derive(Clone, Default)]
 pub struct Fence {
     /// The backend process id of the session holding the claim; 0 while none does.
     holder: Arc<AtomicI32>,
+    /// How many times the claim was taken again after its connection ended, and how
+    /// many of those the writes have seen (each seen once, by a refused write).
+    retaken: Arc<AtomicU64>,
+    seen: Arc<AtomicU64>,
 }
 
 impl Fence {
     async fn check(&self, transaction: &Transaction<'_>) -> Result<(), StoreError> {
         let holder = self.holder.load(Ordering::SeqCst);
         if holder == 0 {
+            return Err(StoreError::ClaimLost);
+        }
+        let retaken = self.retaken.load(Ordering::SeqCst);
+        if self.seen.swap(retaken, Ordering::SeqCst) != retaken {
             return Err(StoreError::ClaimLost);
         }
         let row = transaction
@@ -466,12 +479,17 @@ async fn hold(
             tokio::select! {
                 _ = &mut driver => break,
                 () = tokio::time::sleep(HEARTBEAT) => {
-                    // A failure ends the connection, and so `driver`.
-                    let _ = tokio::time::timeout(HEARTBEAT, client.simple_query("")).await;
+                    // Unanswered (a network cut off): taken for ended, as a failure
+                    // ends the connection, and so `driver`.
+                    if tokio::time::timeout(HEARTBEAT, client.simple_query("")).await.is_err() {
+                        break;
+                    }
                 }
             }
         }
         let previous = fence.holder.swap(0, Ordering::SeqCst);
+        // Counted before the claim can be held again, so that no write slips between.
+        fence.retaken.fetch_add(1, Ordering::SeqCst);
         drop(client);
         tracing::warn!(
             database = target,

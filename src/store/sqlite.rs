@@ -595,10 +595,13 @@ fn append_message(
         })
     };
     if let Some(quota) = shared::exceeded_quota(stored_bytes, change, policy) {
-        // A resend of what is stored is acknowledged, whatever the quota says now.
+        // A resend of what is stored (and stays so) is acknowledged, whatever the quota
+        // says now.
         return Ok(match stored_before()? {
-            Applied::Done => Applied::OverQuota(quota),
-            duplicate => duplicate,
+            Applied::Duplicate { seq: first } if tally.room(room, stored).keeps(bits(first)) => {
+                Applied::Duplicate { seq: first }
+            }
+            _ => Applied::OverQuota(quota),
         });
     }
     // A resend of what is stored is not stored again (the unique index finds it, with

@@ -39,8 +39,8 @@ pub(crate) enum HubError {
     )]
     NotStored,
     #[error(
-        "this relay no longer serves its database (another relay may have taken it over); \
-         reconnect, to another relay of the deployment if there is one"
+        "this relay lost its claim on the database for a while (another relay may serve it \
+         now): reconnect, to another relay of the deployment if there is one, and catch up"
     )]
     ClaimLost,
 

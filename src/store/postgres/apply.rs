@@ -298,10 +298,13 @@ pub(super) async fn append_message(
             .transpose()
     };
     if let Some(quota) = shared::exceeded_quota(tally.stored_bytes(sender), change, policy) {
-        // A resend of what is stored is acknowledged, whatever the quota says now.
+        // A resend of what is stored (and stays so) is acknowledged, whatever the quota
+        // says now.
         return Ok(match stored_before().await? {
-            Some(first) => Applied::Duplicate { seq: first },
-            None => Applied::OverQuota(quota),
+            Some(first) if tally.room(room, stored).keeps(bits(first)) => {
+                Applied::Duplicate { seq: first }
+            }
+            _ => Applied::OverQuota(quota),
         });
     }
     let inserted = execute(
