@@ -17,8 +17,8 @@ use e2ee_chat::client::{ChatSession, ClientError, Contacts, Event, RotationPolic
 use e2ee_chat::proto::{JoinRoom, PublicIdentity, SignedPrekey};
 use e2ee_chat::server::Limits;
 use e2ee_chat::store::{
-    Applied, Change, Dormant, Entry, Pruned, RegistrationToken, SqliteStore, StoragePolicy, Store,
-    StoreError, StoredRoom,
+    Applied, Change, Dormant, Entry, LogEntry, Pruned, RegistrationToken, SqliteStore,
+    StoragePolicy, Store, StoreError, StoredRoom,
 };
 use tokio::time::Instant;
 
@@ -613,6 +613,12 @@ impl Store for FailingStore {
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError> {
         self.inner.entries_after(room, member, after, up_to, limit)
+    }
+    fn log_between(&self, room: &str, after: u64, up_to: u64) -> Result<Vec<LogEntry>, StoreError> {
+        self.inner.log_between(room, after, up_to)
+    }
+    fn heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.heads()
     }
     fn keys_in_force(&self, room: &str, member: &str, at: u64) -> Result<Vec<Entry>, StoreError> {
         self.inner.keys_in_force(room, member, at)

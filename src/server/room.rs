@@ -3,7 +3,10 @@
 //!
 //! Membership is numbered like the log: joining and leaving take a sequence number, so
 //! that "who receives entry `seq`" has one answer however commits and sessions
-//! interleave — the members that joined before `seq` and had not left by it.
+//! interleave — the members that joined before `seq` and had not left by it. The store
+//! gives the numbers as it commits, and the relay takes commits in order: a member
+//! whose joining is not committed yet receives nothing, and one whose leaving is not
+//! committed yet still receives what is committed before it.
 
 use std::collections::BTreeMap;
 
@@ -13,27 +16,40 @@ use crate::proto::{Invitation, PublicIdentity, Removal};
 pub(crate) struct Member {
     /// The member's registered identity, handed to the others.
     pub identity: PublicIdentity,
-    /// The sequence number of its joining: it receives the entries after it.
+    /// The sequence number of its joining ([`Member::JOINING`] until it is
+    /// committed): it receives the entries after it.
     pub joined_seq: u64,
-    /// The sequence number of its leaving, once asked for; it is removed when that is
-    /// committed, and receives the entries before it until then.
-    pub left_seq: Option<u64>,
+    /// Whether it asked to leave: it is removed once that is committed, and receives
+    /// what is committed before.
+    pub leaving: bool,
 }
 
 impl Member {
+    /// The `joined_seq` of a member whose joining is not committed yet.
+    pub const JOINING: u64 = u64::MAX;
+
+    /// A member whose joining is on its way to the store.
+    pub fn joining(identity: PublicIdentity) -> Self {
+        Self {
+            identity,
+            joined_seq: Self::JOINING,
+            leaving: false,
+        }
+    }
+
     /// Whether the member receives the entry numbered `seq`.
     pub fn receives(&self, seq: u64) -> bool {
-        self.joined_seq < seq && self.left_seq.is_none_or(|left| seq < left)
+        self.joined_seq < seq
     }
 
     /// Whether the member was one when `seq` was committed (its own joining included).
     pub fn was_member_at(&self, seq: u64) -> bool {
-        self.joined_seq <= seq && self.left_seq.is_none_or(|left| seq < left)
+        self.joined_seq <= seq
     }
 
     /// Whether the member has not asked to leave.
     pub fn is_active(&self) -> bool {
-        self.left_seq.is_none()
+        !self.leaving
     }
 }
 
@@ -50,9 +66,10 @@ pub(crate) struct Room {
     pub removals: BTreeMap<String, Removal>,
     /// User name → member, sorted so member lists come out sorted.
     pub members: BTreeMap<String, Member>,
-    /// The last sequence number handed out.
-    pub assigned_seq: u64,
-    /// The last sequence number committed to the store: catch-up reads up to it.
+    /// How many changes to the room are on their way to the store.
+    pub in_flight: usize,
+    /// The last sequence number committed to the store and delivered: catch-up reads
+    /// up to it.
     pub committed_seq: u64,
 }
 
@@ -62,12 +79,6 @@ impl Room {
             None => true,
             Some(owner) => owner == user || self.invited.contains_key(user),
         }
-    }
-
-    /// Takes the next sequence number.
-    pub fn next_seq(&mut self) -> u64 {
-        self.assigned_seq += 1;
-        self.assigned_seq
     }
 
     /// Whether `user` is a member that has not asked to leave.
@@ -120,37 +131,42 @@ impl Room {
 mod tests {
     use super::*;
 
-    fn member(joined_seq: u64, left_seq: Option<u64>) -> Member {
+    fn member(joined_seq: u64, leaving: bool) -> Member {
         Member {
             identity: PublicIdentity::default(),
             joined_seq,
-            left_seq,
+            leaving,
         }
     }
 
     #[test]
-    fn a_member_receives_what_falls_between_its_joining_and_its_leaving() {
-        let m = member(5, Some(9));
+    fn a_member_receives_what_is_committed_after_its_joining_until_it_is_removed() {
+        let m = member(5, false);
         assert!(!m.receives(5), "its own joining");
         assert!(m.receives(6));
-        assert!(m.receives(8));
-        assert!(!m.receives(9), "its own leaving");
         assert!(m.was_member_at(5));
         assert!(!m.was_member_at(4));
-        assert!(member(5, None).receives(1_000));
+        let joining = Member::joining(PublicIdentity::default());
+        assert!(!joining.receives(1_000) && !joining.was_member_at(1_000));
+        assert!(
+            member(5, true).receives(6),
+            "until its leaving is committed"
+        );
     }
 
     #[test]
     fn recipients_and_member_lists_follow_the_numbering() {
         let mut room = Room::default();
-        room.members.insert("alice".into(), member(1, None));
-        room.members.insert("bob".into(), member(3, Some(7)));
-        room.members.insert("carol".into(), member(6, None));
+        room.members.insert("alice".into(), member(1, false));
+        room.members.insert("bob".into(), member(3, true));
+        room.members.insert("carol".into(), member(6, false));
+        room.members
+            .insert("dave".into(), Member::joining(PublicIdentity::default()));
         let recipients = |seq, except| room.recipients(seq, except).collect::<Vec<_>>();
         assert_eq!(recipients(4, "alice"), ["bob"]);
-        assert_eq!(recipients(7, "nobody"), ["alice", "carol"]);
+        assert_eq!(recipients(7, "nobody"), ["alice", "bob", "carol"]);
         assert_eq!(room.members_at(2, "alice").len(), 0);
-        assert_eq!(room.active_members(), 2);
+        assert_eq!(room.active_members(), 3);
         assert!(!room.is_active_member("bob"));
     }
 }

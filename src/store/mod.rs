@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::proto::{
-    MessageDelivery, PublicIdentity, SealedMessage, SenderKeyDelivery, SignedPrekey,
+    LeaveReason, MessageDelivery, PublicIdentity, SealedMessage, SenderKeyDelivery, SignedPrekey,
 };
 
 /// Opens the relay's store: the PostgreSQL database at `database` (a `postgres://` or
@@ -93,6 +93,10 @@ pub enum StoreError {
     TooNew { found: i64, known: i64 },
     #[error("the database failed: {0}")]
     Database(String),
+    /// The database aborted a transaction for another's (a deadlock between relays
+    /// sharing it): trying it again may well succeed.
+    #[error("the database aborted a write for another's: {0}")]
+    Contended(String),
     #[error(
         "this relay does not hold its claim on the database now (its connection holding it \
          ended, or another relay took it): it writes nothing until it holds it again"
@@ -142,12 +146,13 @@ pub enum Change {
         user: String,
         seq: u64,
     },
-    /// `user` left or was removed from `room` at `seq`; the sender keys wrapped for it
-    /// there are forgotten.
+    /// `user` left or was removed from `room` at `seq`, for `reason`; the sender keys
+    /// wrapped for it there are forgotten.
     RemoveMember {
         room: String,
         user: String,
         seq: u64,
+        reason: LeaveReason,
     },
     /// A sealed message `sender` sent to `room`, stored under `seq`. A message with the
     /// same sender, key id and chain iteration as one already stored is not stored again
@@ -191,6 +196,11 @@ pub struct WrappedKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     Done,
+    /// The entry was stored under this sequence number, which the store gave it: the
+    /// change said `seq: 0`, "the room's next".
+    Stored {
+        seq: u64,
+    },
     /// The message was stored before, under this sequence number; nothing changed.
     Duplicate {
         seq: u64,
@@ -246,6 +256,43 @@ impl Entry {
         match self {
             Self::Message(message) => &message.sender,
             Self::SenderKey(key) => &key.sender,
+        }
+    }
+}
+
+/// One entry of a room's log as a relay replays it: what another relay sharing the
+/// database committed ([`Store::log_between`]), for its own members.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogEntry {
+    Message(MessageDelivery),
+    /// Sender keys `sender` wrapped for members of the room, all under `seq`, the
+    /// sender's own copy included.
+    SenderKeys {
+        seq: u64,
+        sender: String,
+        keys: Vec<WrappedKey>,
+    },
+    Joined {
+        seq: u64,
+        user: String,
+    },
+    Left {
+        seq: u64,
+        user: String,
+        reason: LeaveReason,
+        /// The owner's signed removal (an encoded `chat.v2.Removal`) of a member it
+        /// removed, if it is still kept.
+        removal: Option<bytes::Bytes>,
+    },
+}
+
+impl LogEntry {
+    pub fn seq(&self) -> u64 {
+        match self {
+            Self::Message(message) => message.seq,
+            Self::SenderKeys { seq, .. } | Self::Joined { seq, .. } | Self::Left { seq, .. } => {
+                *seq
+            }
         }
     }
 }
@@ -312,8 +359,11 @@ pub struct Pruned {
 /// The relay's durable state.
 ///
 /// Every method returns once its effect is durable (or, for reads, reflects every
-/// commit that returned before it was called). Sequence numbers are given by the
-/// caller; the store keeps the highest used per room.
+/// commit that returned before it was called). A change that numbers an entry of a
+/// room's log (a message, sender keys, a joining or a leaving) either gives its
+/// sequence number, or gives 0 and the store numbers it, the room's next, in the
+/// transaction that stores it: so relays sharing a database never use a number twice
+/// or leave one out. The store keeps the highest used per room.
 pub trait Store: Send + Sync {
     /// Every registered identity.
     fn identities(&self) -> Result<Vec<PublicIdentity>, StoreError>;
@@ -369,6 +419,14 @@ pub trait Store: Send + Sync {
         up_to: u64,
         limit: usize,
     ) -> Result<Vec<Entry>, StoreError>;
+
+    /// Every entry of `room`'s log with `after < seq <= up_to`, in sequence order: the
+    /// messages, the sender keys with all their recipients, the joinings and the
+    /// leavings. What a relay sharing the database with others replays of theirs.
+    fn log_between(&self, room: &str, after: u64, up_to: u64) -> Result<Vec<LogEntry>, StoreError>;
+
+    /// Every room with the highest sequence number used in it.
+    fn heads(&self) -> Result<Vec<(String, u64)>, StoreError>;
 
     /// The sender keys the others wrapped for `member` in `room` with `seq <= at` that
     /// it may need after `at`, in sequence order: for each other sender, the key in

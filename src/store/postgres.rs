@@ -48,12 +48,16 @@ use super::shared::{
 };
 use super::tally::Tally;
 use super::{
-    Change, Dormant, Entry, Pruned, RegistrationToken, StoragePolicy, Store, StoreError, StoredRoom,
+    Change, Dormant, Entry, LogEntry, Pruned, RegistrationToken, StoragePolicy, Store, StoreError,
+    StoredRoom, WrappedKey,
 };
 use crate::proto::{MessageDelivery, PublicIdentity, SenderKeyDelivery, SignedPrekey};
 
 /// The migrations, in order: the schema version after each is its position + 1.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_schema.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_schema.sql"),
+    include_str!("../../migrations/postgres/0002_room_events.sql"),
+];
 
 /// Connections the pool keeps: the writer, and catch-ups reading beside it.
 const POOL_SIZE: usize = 8;
@@ -200,9 +204,34 @@ impl PostgresStore {
     fn write<T>(
         &self,
         operation: &str,
-        write: impl for<'t> AsyncFnOnce(&'t Transaction<'t>) -> Result<T, StoreError>,
+        write: impl for<'t> AsyncFn(&'t Transaction<'t>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let _writer = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
+        // Relays sharing the database lock rows in one order (rooms, then users, each
+        // sorted), but a batch is several runs: PostgreSQL may still break a deadlock
+        // between two of them by aborting one, which is then run again.
+        let mut attempt = 1;
+        loop {
+            match self.write_once(operation, &write) {
+                Err(StoreError::Contended(reason)) if attempt < WRITE_ATTEMPTS => {
+                    tracing::debug!(
+                        reason,
+                        attempt,
+                        "a write contended with another relay's; again"
+                    );
+                    attempt += 1;
+                }
+                Err(StoreError::Contended(reason)) => return Err(StoreError::Database(reason)),
+                done => return done,
+            }
+        }
+    }
+
+    fn write_once<T>(
+        &self,
+        operation: &str,
+        write: &impl for<'t> AsyncFn(&'t Transaction<'t>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         self.bridge.run_within(async {
             let mut client = connection(&self.pool).await?;
             let transaction = client
@@ -243,6 +272,9 @@ impl PostgresStore {
         })
     }
 }
+
+/// How many times a write PostgreSQL aborted for another's is tried.
+const WRITE_ATTEMPTS: u32 = 5;
 
 /// The key of the advisory lock a serving relay holds on its database
 /// ([`claim`](super::claim)); the migrations take another.
@@ -610,7 +642,17 @@ fn causes(error: &dyn std::error::Error) -> String {
 
 /// The error of `operation`, named so that a log line says what did not happen.
 fn failed(operation: impl Display) -> impl Fn(tokio_postgres::Error) -> StoreError {
-    move |error| StoreError::Database(format!("{operation}: {}", describe(&error)))
+    move |error| {
+        let message = format!("{operation}: {}", describe(&error));
+        let code = error.code();
+        if code == Some(&tokio_postgres::error::SqlState::T_R_DEADLOCK_DETECTED)
+            || code == Some(&tokio_postgres::error::SqlState::T_R_SERIALIZATION_FAILURE)
+        {
+            StoreError::Contended(message)
+        } else {
+            StoreError::Database(message)
+        }
+    }
 }
 
 /// Runs one statement (prepared once per connection) and says how many rows it changed.
@@ -949,7 +991,8 @@ impl Store for PostgresStore {
                         tally::read_total(transaction, &mut tally).await?;
                         if shared::store_excess(tally.total(), policy) > 0 {
                             tally::write_and_restart(transaction, &mut tally).await?;
-                            apply::evict_oldest(transaction, policy, room, *seq).await?;
+                            let seq = shared::stored_as(applied, *seq);
+                            apply::evict_oldest(transaction, policy, room, seq).await?;
                         }
                         applied
                     }
@@ -963,6 +1006,82 @@ impl Store for PostgresStore {
             }
             tally::write_and_restart(transaction, &mut tally).await?;
             Ok(applied)
+        })
+    }
+
+    fn log_between(&self, room: &str, after: u64, up_to: u64) -> Result<Vec<LogEntry>, StoreError> {
+        let (after, up_to) = (saturating(after), saturating(up_to));
+        let operation = format!("read the log of room {room:?}");
+        self.read(async |transaction| {
+            let range: Params<'_> = &[&room, &after, &up_to];
+            let messages = select(
+                transaction,
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages \
+                     WHERE room = $1 AND seq > $2 AND seq <= $3 ORDER BY seq"
+                ),
+                range,
+                &operation,
+            )
+            .await?
+            .iter()
+            .map(|row| message(room, row))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+            let keys = select(
+                transaction,
+                "SELECT seq, sender, recipient, wrapped_key, signature FROM sender_keys \
+                 WHERE room = $1 AND seq > $2 AND seq <= $3 ORDER BY seq, recipient",
+                range,
+                &operation,
+            )
+            .await?
+            .iter()
+            .map(|row| {
+                let key = WrappedKey {
+                    recipient: get(row, 2)?,
+                    wrapped_key: get::<Vec<u8>>(row, 3)?.into(),
+                    signature: get::<Vec<u8>>(row, 4)?.into(),
+                };
+                Ok((from_bits(get(row, 0)?), get(row, 1)?, key))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+            let events = select(
+                transaction,
+                "SELECT e.seq, e.\"user\", e.reason, r.removal FROM room_events AS e \
+                 LEFT JOIN removals AS r \
+                  ON r.room = e.room AND r.\"user\" = e.\"user\" AND e.reason != 0 \
+                 WHERE e.room = $1 AND e.seq > $2 AND e.seq <= $3 ORDER BY e.seq",
+                range,
+                &operation,
+            )
+            .await?
+            .iter()
+            .map(|row| {
+                let removal: Option<Vec<u8>> = get(row, 3)?;
+                Ok((
+                    from_bits(get(row, 0)?),
+                    get(row, 1)?,
+                    get(row, 2)?,
+                    removal.map(Into::into),
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+            Ok(shared::room_log(messages, keys, events))
+        })
+    }
+
+    fn heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(async |transaction| {
+            select(
+                transaction,
+                "SELECT name, last_seq FROM rooms ORDER BY name",
+                &[],
+                "read the rooms' last sequence numbers",
+            )
+            .await?
+            .iter()
+            .map(|row| Ok((get(row, 0)?, from_bits(get(row, 1)?))))
+            .collect()
         })
     }
 

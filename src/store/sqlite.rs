@@ -37,8 +37,8 @@ use super::shared::{
 };
 use super::tally::Tally;
 use super::{
-    Applied, Change, Dormant, Entry, Pruned, RegistrationToken, StoragePolicy, Store, StoreError,
-    StoredRoom,
+    Applied, Change, Dormant, Entry, LogEntry, Pruned, RegistrationToken, StoragePolicy, Store,
+    StoreError, StoredRoom, WrappedKey,
 };
 use crate::proto::{
     MessageDelivery, PublicIdentity, SealedMessage, SenderKeyDelivery, SignedPrekey,
@@ -53,6 +53,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0002_rooms.sql"),
     include_str!("../../migrations/sqlite/0003_usage.sql"),
     include_str!("../../migrations/sqlite/0004_protocol_v2.sql"),
+    include_str!("../../migrations/sqlite/0005_room_events.sql"),
 ];
 
 /// How many prepared statements each connection keeps: more than the store has, so
@@ -333,8 +334,9 @@ fn write(connection: &mut Connection) -> Result<Transaction<'_>, StoreError> {
         .map_err(failed("begin a write"))
 }
 
-/// Raises the room's last sequence number to `seq`, and notes that the room was used
-/// at `now_ms`; an unknown room is an error.
+/// Raises the room's last sequence number to `seq`, or for 0 takes the room's next,
+/// and notes that the room was used at `now_ms`; an unknown room is an error. Returns
+/// the number used.
 fn use_seq(
     transaction: &Transaction<'_>,
     room: &str,
@@ -342,6 +344,21 @@ fn use_seq(
     now_ms: i64,
 ) -> Result<i64, StoreError> {
     let seq = stored_seq(seq)?;
+    if seq == 0 {
+        let next = select(
+            transaction,
+            "UPDATE rooms SET last_seq = last_seq + 1, used_ms = max(used_ms, ?2) \
+             WHERE name = ?1 RETURNING last_seq",
+            params![room, now_ms],
+            format_args!("number an entry of room {room:?}"),
+            |row| Ok(row.get::<_, i64>(0)?),
+        )?;
+        return next.first().copied().ok_or_else(|| {
+            StoreError::Database(format!(
+                "an entry is for room {room:?}, which does not exist"
+            ))
+        });
+    }
     let changed = execute(
         transaction,
         "UPDATE rooms SET last_seq = max(last_seq, ?2), used_ms = max(used_ms, ?3) \
@@ -394,6 +411,7 @@ fn apply(
                 "DELETE FROM members WHERE room = ?1",
                 "DELETE FROM invitations WHERE room = ?1",
                 "DELETE FROM removals WHERE room = ?1",
+                "DELETE FROM room_events WHERE room = ?1",
                 "DELETE FROM rooms WHERE name = ?1",
             ] {
                 execute(transaction, sql, [room], &operation)?;
@@ -440,8 +458,12 @@ fn apply(
                 format_args!("withdraw the invitation of {user:?} to room {room:?}"),
             )?;
         }
-        Change::AddMember { room, user, seq } => {
-            let seq = use_seq(transaction, room, *seq, now_ms)?;
+        Change::AddMember {
+            room,
+            user,
+            seq: given,
+        } => {
+            let seq = use_seq(transaction, room, *given, now_ms)?;
             // A member added twice is an error, not a move of its joined_seq: that
             // would hide from it what it may read.
             execute(
@@ -450,9 +472,27 @@ fn apply(
                 params![room, user, seq],
                 format_args!("add member {user:?} to room {room:?}"),
             )?;
+            execute(
+                transaction,
+                "INSERT INTO room_events (room, seq, user, reason) VALUES (?1, ?2, ?3, 0)",
+                params![room, seq, user],
+                format_args!("note that {user:?} joined room {room:?}"),
+            )?;
+            return Ok(shared::numbered(stored_seq(*given)?, from_bits(seq)));
         }
-        Change::RemoveMember { room, user, seq } => {
-            use_seq(transaction, room, *seq, now_ms)?;
+        Change::RemoveMember {
+            room,
+            user,
+            seq: given,
+            reason,
+        } => {
+            let seq = use_seq(transaction, room, *given, now_ms)?;
+            execute(
+                transaction,
+                "INSERT INTO room_events (room, seq, user, reason) VALUES (?1, ?2, ?3, ?4)",
+                params![room, seq, user, *reason as i32],
+                format_args!("note that {user:?} left room {room:?}"),
+            )?;
             let operation = format!("remove member {user:?} from room {room:?}");
             execute(
                 transaction,
@@ -467,17 +507,18 @@ fn apply(
                 [room, user],
                 &operation,
             )?;
+            return Ok(shared::numbered(stored_seq(*given)?, from_bits(seq)));
         }
         // Messages are counted by a tally, in `commit`.
         Change::AppendMessage { .. } => unreachable!("commit appends messages itself"),
         Change::AppendSenderKeys {
             room,
-            seq,
+            seq: given,
             sender,
             key_id,
             keys,
         } => {
-            let seq = use_seq(transaction, room, *seq, now_ms)?;
+            let seq = use_seq(transaction, room, *given, now_ms)?;
             let mut bytes = 0;
             for key in keys {
                 let what = format!(
@@ -517,6 +558,7 @@ fn apply(
                 )?;
             }
             usage::stored_keys(transaction, sender, bytes)?;
+            return Ok(shared::numbered(stored_seq(*given)?, from_bits(seq)));
         }
         Change::Seen { user } => {
             execute(
@@ -563,16 +605,18 @@ fn append_message(
     policy: &StoragePolicy,
 ) -> Result<Applied, StoreError> {
     let Appending { room, seq, sender } = message;
-    let stored = stored_seq(seq)?;
+    let given = stored_seq(seq)?;
     let (key_id, iteration) = (bits(sealed.key_id), i64::from(sealed.iteration));
-    tally::read_room(transaction, tally, room, stored)?;
+    tally::read_room(transaction, tally, room, given)?;
     tally::read_user(transaction, tally, sender)?;
+    let stored = tally.number(room, given);
+    let seq = from_bits(stored);
     let encoded = sealed.encode_to_vec();
     let size = saturating(encoded.len());
     // Everything is decided before anything changes, so a refusal has nothing to undo.
     // The sender's quota is checked once its room has made room: a member posting alone
     // in a room is trimmed like anyone else, not refused.
-    let trim = match tally.room(room, stored).trim_for(size, policy) {
+    let trim = match tally.room(room).trim_for(size, policy) {
         Some((trim, after)) => usage::read_trim(transaction, room, trim, after, seq)?,
         None => None,
     };
@@ -598,7 +642,7 @@ fn append_message(
         // A resend of what is stored (and stays so) is acknowledged, whatever the quota
         // says now.
         return Ok(match stored_before()? {
-            Applied::Duplicate { seq: first } if tally.room(room, stored).keeps(bits(first)) => {
+            Applied::Duplicate { seq: first } if tally.room(room).keeps(bits(first)) => {
                 Applied::Duplicate { seq: first }
             }
             _ => Applied::OverQuota(quota),
@@ -630,15 +674,15 @@ fn append_message(
             ))),
             // Rare: a resend of a message this run forgets, which a store that forgot it
             // at once would store anew. So it is forgotten now, and the message stored.
-            Applied::Duplicate { seq: first } if !tally.room(room, stored).keeps(bits(first)) => {
+            Applied::Duplicate { seq: first } if !tally.room(room).keeps(bits(first)) => {
                 tally::write_and_restart(transaction, tally)?;
                 append_message(transaction, tally, message, sealed, policy)
             }
             duplicate => Ok(duplicate),
         };
     }
-    tally.stored_message(room, sender, size, trim.as_ref());
-    Ok(Applied::Done)
+    tally.stored_message(room, stored, sender, size, trim.as_ref());
+    Ok(shared::numbered(given, seq))
 }
 
 /// Names the appending of a message in an error message; formatted only if there is
@@ -951,7 +995,12 @@ impl Store for SqliteStore {
                     tally::read_total(&transaction, &mut tally)?;
                     if shared::store_excess(tally.total(), policy) > 0 {
                         tally::write_and_restart(&transaction, &mut tally)?;
-                        usage::evict_oldest(&transaction, policy, room, *seq)?;
+                        usage::evict_oldest(
+                            &transaction,
+                            policy,
+                            room,
+                            shared::stored_as(applied, *seq),
+                        )?;
                     }
                     applied
                 }
@@ -1016,6 +1065,69 @@ impl Store for SqliteStore {
             |row| Ok(Entry::SenderKey(sender_key(room, row)?)),
         )?;
         Ok(in_sequence(keys, messages, limit))
+    }
+
+    fn log_between(&self, room: &str, after: u64, up_to: u64) -> Result<Vec<LogEntry>, StoreError> {
+        let mut connection = self.reader();
+        let transaction = read(&mut connection)?;
+        let range = params![room, saturating(after), saturating(up_to)];
+        let operation = format!("read the log of room {room:?}");
+        let messages = select(
+            &transaction,
+            concat!(
+                "SELECT ",
+                message_columns!(),
+                " FROM messages WHERE room = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq"
+            ),
+            range,
+            &operation,
+            |row| message(room, row),
+        )?;
+        let keys = select(
+            &transaction,
+            "SELECT seq, sender, recipient, wrapped_key, signature FROM sender_keys \
+             WHERE room = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq, recipient",
+            range,
+            &operation,
+            |row| {
+                let key = WrappedKey {
+                    recipient: row.get(2)?,
+                    wrapped_key: row.get::<_, Vec<u8>>(3)?.into(),
+                    signature: row.get::<_, Vec<u8>>(4)?.into(),
+                };
+                Ok((from_bits(row.get(0)?), row.get(1)?, key))
+            },
+        )?;
+        let events = select(
+            &transaction,
+            "SELECT e.seq, e.user, e.reason, r.removal FROM room_events AS e \
+             LEFT JOIN removals AS r ON r.room = e.room AND r.user = e.user AND e.reason != 0 \
+             WHERE e.room = ?1 AND e.seq > ?2 AND e.seq <= ?3 ORDER BY e.seq",
+            range,
+            &operation,
+            |row| {
+                let removal: Option<Vec<u8>> = row.get(3)?;
+                Ok((
+                    from_bits(row.get(0)?),
+                    row.get(1)?,
+                    row.get(2)?,
+                    removal.map(Into::into),
+                ))
+            },
+        )?;
+        Ok(shared::room_log(messages, keys, events))
+    }
+
+    fn heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut connection = self.reader();
+        let transaction = read(&mut connection)?;
+        select(
+            &transaction,
+            "SELECT name, last_seq FROM rooms ORDER BY name",
+            [],
+            "read the rooms' last sequence numbers",
+            |row| Ok((row.get(0)?, from_bits(row.get(1)?))),
+        )
     }
 
     fn keys_in_force(&self, room: &str, member: &str, at: u64) -> Result<Vec<Entry>, StoreError> {

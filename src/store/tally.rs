@@ -126,11 +126,21 @@ impl Tally {
         );
     }
 
-    /// The read counters of `room`, its last sequence number raised to `seq`.
-    pub fn room(&mut self, room: &str, seq: i64) -> &RoomTally {
+    /// The read counters of `room`.
+    pub fn room(&self, room: &str) -> &RoomTally {
+        &self.rooms[room]
+    }
+
+    /// The sequence number of a message to `room` (read first): `given`, which it uses
+    /// up whether or not the message is stored, or for 0 the room's next, used only
+    /// once a message is stored under it (`stored_message`).
+    pub fn number(&mut self, room: &str, given: i64) -> i64 {
         let tally = self.rooms.get_mut(room).expect("read first");
-        tally.last_seq = tally.last_seq.max(seq);
-        tally
+        if given == 0 {
+            return tally.last_seq + 1;
+        }
+        tally.last_seq = tally.last_seq.max(given);
+        given
     }
 
     /// Whether what `user` stores is read.
@@ -170,9 +180,18 @@ impl Tally {
             .map(|total| total.saturating_add(self.total_change))
     }
 
-    /// Counts a message of `bytes` that `sender` stored in `room` (read first), and
+    /// Counts a message of `bytes` that `sender` stored in `room` (read first) under `seq`, and
     /// forgets what `trim` found to make room for it.
-    pub fn stored_message(&mut self, room: &str, sender: &str, bytes: i64, trim: Option<&Trim>) {
+    pub fn stored_message(
+        &mut self,
+        room: &str,
+        seq: i64,
+        sender: &str,
+        bytes: i64,
+        trim: Option<&Trim>,
+    ) {
+        let tally = self.rooms.get_mut(room).expect("read first");
+        tally.last_seq = tally.last_seq.max(seq);
         self.count(room, sender, 1, bytes);
         if let Some(trim) = trim {
             for (of, size) in trim.taken() {
@@ -200,9 +219,13 @@ impl Tally {
     /// what each room forgot.
     pub fn into_writes(self) -> Writes {
         let used_ms = self.now_ms;
+        // Sorted, so that relays sharing a database lock rows in one order.
+        let mut rooms: Vec<_> = self.rooms.into_iter().collect();
+        rooms.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut users: Vec<_> = self.users.into_iter().collect();
+        users.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         Writes {
-            rooms: self
-                .rooms
+            rooms: rooms
                 .into_iter()
                 .map(|(room, tally)| RoomWrite {
                     room,
@@ -215,8 +238,7 @@ impl Tally {
                         .map(|through| (through, tally.forgetting)),
                 })
                 .collect(),
-            users: self
-                .users
+            users: users
                 .into_iter()
                 .filter(|(_, tally)| tally.message_change != 0 || tally.byte_change != 0)
                 .map(|(user, tally)| (user, tally.message_change, tally.byte_change))
@@ -252,18 +274,24 @@ mod tests {
         let mut tally = Tally::new(7);
         tally.read_room("r", 3, 2, 20);
         tally.read_user("alice", Some(100));
-        assert_eq!(tally.room("r", 5).last_seq, 5);
-        let (mut trim, after) = tally.room("r", 5).trim_for(10, &policy).unwrap();
+        assert_eq!(tally.number("r", 5), 5);
+        assert_eq!(
+            tally.room("r").last_seq,
+            5,
+            "a given number is used up at once"
+        );
+        let (mut trim, after) = tally.room("r").trim_for(10, &policy).unwrap();
         assert_eq!(after, -1);
         assert!(trim.take(1, "bob".to_owned(), 12));
         let trim = trim.found();
-        tally.stored_message("r", "alice", 10, trim.as_ref());
+        tally.stored_message("r", 5, "alice", 10, trim.as_ref());
         assert_eq!(tally.stored_bytes("alice"), Some(110));
-        assert!(!tally.room("r", 5).keeps(1));
-        assert!(tally.room("r", 5).keeps(2));
+        assert!(!tally.room("r").keeps(1));
+        assert!(tally.room("r").keeps(2));
         // The next message's trim starts after what this run forgets.
-        assert_eq!(tally.room("r", 6).trim_for(10, &policy).unwrap().1, 1);
-        let mut writes = tally.into_writes();
+        assert_eq!(tally.number("r", 6), 6);
+        assert_eq!(tally.room("r").trim_for(10, &policy).unwrap().1, 1);
+        let writes = tally.into_writes();
         assert_eq!(writes.total_change, -2);
         let room = &writes.rooms[0];
         assert_eq!(
@@ -278,10 +306,21 @@ mod tests {
         assert_eq!(room.forget, Some((1, 1)));
         assert!(room.check_forgotten(1).is_ok());
         assert!(room.check_forgotten(2).is_err());
-        writes.users.sort();
         assert_eq!(
             writes.users,
             [("alice".to_owned(), 1, 10), ("bob".to_owned(), -1, -12)]
         );
+    }
+
+    #[test]
+    fn a_number_the_store_gives_is_used_only_by_a_message_stored_under_it() {
+        let mut tally = Tally::new(7);
+        tally.read_room("r", 3, 0, 0);
+        assert_eq!(tally.number("r", 0), 4);
+        // Refused or a resend: the next message gets the same number.
+        assert_eq!(tally.number("r", 0), 4);
+        tally.stored_message("r", 4, "alice", 10, None);
+        assert_eq!(tally.number("r", 0), 5);
+        assert_eq!(tally.into_writes().rooms[0].last_seq, 4);
     }
 }

@@ -652,6 +652,7 @@ fn a_removed_member_loses_the_keys_wrapped_for_it_and_only_those(store: &dyn Tes
                 room: "r".into(),
                 user: "bob".into(),
                 seq: 11,
+                reason: LeaveReason::Left,
             }])
             .unwrap();
         assert_eq!(store.keys_in_force("r", "bob", 11).unwrap(), []);
@@ -1256,6 +1257,7 @@ fn a_deleted_identity_takes_its_keys_invitations_and_name_with_it(store: &dyn Te
                     room: "r".into(),
                     user: "alice".into(),
                     seq: 5,
+                    reason: LeaveReason::Reclaimed,
                 },
                 Change::DeleteIdentity {
                     user: "alice".into(),

@@ -674,6 +674,7 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
         .any(|window| window == needle)
 }
 pub mod malicious;
+pub mod nats;
 /// The test PostgreSQL server: the same harness as the store's own tests.
 #[path = "../../src/store/tests/postgres_server.rs"]
 pub mod postgres;

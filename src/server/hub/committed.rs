@@ -5,11 +5,13 @@
 
 use std::sync::mpsc::Sender;
 
+use super::op::numbered;
 use super::{Attachment, Command, Effect, HubError, Op, SessionId, State, rejection};
 use crate::proto::{
     Ack, CaughtUp, Joined, MemberJoined, MemberLeft, MessageDelivery, ServerFrame,
     server_frame::Kind,
 };
+use crate::server::room::Member;
 use crate::store::{Applied, Change, copy};
 
 impl State {
@@ -21,12 +23,19 @@ impl State {
                 request_id,
                 room,
                 user,
-                seq,
             } => {
-                self.advance(&room, seq);
-                let Some(found) = self.rooms.get(&room) else {
+                let Some(seq) = numbered(applied) else {
                     return;
                 };
+                self.advance(&room, seq);
+                let Some(found) = self.rooms.get_mut(&room) else {
+                    return;
+                };
+                if let Some(member) = found.members.get_mut(&user)
+                    && member.joined_seq == Member::JOINING
+                {
+                    member.joined_seq = seq;
+                }
                 let members = found.members_at(seq, &user);
                 let (invitations, removals) = found.signed_membership(&members);
                 let joined = Joined {
@@ -73,10 +82,12 @@ impl State {
                 removed,
                 room,
                 user,
-                seq,
                 reason,
                 removal,
             } => {
+                let Some(seq) = numbered(applied) else {
+                    return;
+                };
                 self.advance(&room, seq);
                 let left = Kind::MemberLeft(MemberLeft {
                     room: room.clone(),
@@ -94,11 +105,7 @@ impl State {
                 tracing::info!(user, room, reason = reason.as_str_name(), "left");
                 let empty = self.rooms.get_mut(&room).is_some_and(|found| {
                     // Unless the user joined again since: that is a new membership.
-                    if found
-                        .members
-                        .get(&user)
-                        .is_some_and(|m| m.left_seq == Some(seq))
-                    {
+                    if found.members.get(&user).is_some_and(|m| m.leaving) {
                         found.members.remove(&user);
                     }
                     found.members.is_empty()
@@ -119,11 +126,9 @@ impl State {
                 session,
                 request_id,
                 room,
-                seq,
                 sender,
                 sealed,
             } => {
-                self.advance(&room, seq);
                 let stored_seq = match applied.first() {
                     // Resent after a lost acknowledgement: the members have it.
                     Some(Applied::Duplicate { seq: first }) => *first,
@@ -133,7 +138,9 @@ impl State {
                         self.deliver(session, request_id, Kind::Rejection(rejection));
                         return;
                     }
-                    _ => {
+                    Some(Applied::Stored { seq }) => {
+                        let seq = *seq;
+                        self.advance(&room, seq);
                         let delivery = Kind::Message(MessageDelivery {
                             room: room.clone(),
                             sender: sender.clone(),
@@ -143,6 +150,7 @@ impl State {
                         self.fan_out(&room, seq, &sender, &delivery);
                         seq
                     }
+                    Some(Applied::Done) | None => return,
                 };
                 self.acknowledge(session, &room, request_id, stored_seq);
             }
@@ -150,10 +158,12 @@ impl State {
                 session,
                 request_id,
                 room,
-                seq,
                 sender,
                 keys,
             } => {
+                let Some(seq) = numbered(applied) else {
+                    return;
+                };
                 self.advance(&room, seq);
                 for key in keys {
                     // The sender's own copy is for its history only.

@@ -17,12 +17,11 @@ impl Hub {
         self.operate(|state| {
             let sender = state.attached_member(id, room)?;
             state.writable()?;
-            let room_state = state.rooms.get_mut(room).expect("a member's room exists");
-            let seq = room_state.next_seq();
-            // The store trims the room, once it knows whether this is a resend.
+            // The store numbers it, and trims the room, once it knows whether this is a
+            // resend.
             let changes = vec![Change::AppendMessage {
                 room: room.to_owned(),
-                seq,
+                seq: 0,
                 sender: sender.clone(),
                 sealed: sealed.clone(),
             }];
@@ -30,7 +29,6 @@ impl Hub {
                 session: id,
                 request_id,
                 room: room.to_owned(),
-                seq,
                 sender,
                 sealed,
             };
@@ -61,10 +59,9 @@ impl Hub {
                 state.deliver(id, request_id, Kind::Ack(Ack::default()));
                 return Ok(());
             }
-            let seq = room_state.next_seq();
             let changes = vec![Change::AppendSenderKeys {
                 room: room.to_owned(),
-                seq,
+                seq: 0,
                 sender: sender.clone(),
                 key_id,
                 keys: keys.clone(),
@@ -73,7 +70,6 @@ impl Hub {
                 session: id,
                 request_id,
                 room: room.to_owned(),
-                seq,
                 sender,
                 keys,
             };

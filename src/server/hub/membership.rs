@@ -85,15 +85,9 @@ impl Hub {
                 Some(_) => {}
             }
             let joined = state.rooms.get_mut(room).expect("present or just created");
-            let seq = joined.next_seq();
-            joined.members.insert(
-                user.clone(),
-                Member {
-                    identity: newcomer,
-                    joined_seq: seq,
-                    left_seq: None,
-                },
-            );
+            joined
+                .members
+                .insert(user.clone(), Member::joining(newcomer));
             state
                 .memberships
                 .entry(user.clone())
@@ -105,14 +99,13 @@ impl Hub {
             changes.push(Change::AddMember {
                 room: room.to_owned(),
                 user: user.clone(),
-                seq,
+                seq: 0,
             });
             let effect = Effect::Joined {
                 session: id,
                 request_id,
                 room: room.to_owned(),
                 user,
-                seq,
             };
             self.submit(state, changes, effect, Some(permit))?;
             Ok(None)
@@ -170,7 +163,8 @@ impl Hub {
             let changes = vec![Change::RemoveMember {
                 room: room.to_owned(),
                 user,
-                seq: effect.seq(),
+                seq: 0,
+                reason: LeaveReason::Left,
             }];
             self.submit(state, changes, effect, Some(permit))
         })
@@ -291,7 +285,8 @@ impl Hub {
             changes.push(Change::RemoveMember {
                 room: room.to_owned(),
                 user: user.to_owned(),
-                seq: effect.seq(),
+                seq: 0,
+                reason: LeaveReason::Kicked,
             });
             self.submit(state, changes, effect, Some(permit))
         })
@@ -394,7 +389,10 @@ impl State {
         let head = found.committed_seq;
         let patience = self.stall_timeout;
         // Never before the member joined, whatever the client asks.
-        let joined_seq = found.members.get(&user).map_or(head, |m| m.joined_seq);
+        let joined_seq = found
+            .members
+            .get(&user)
+            .map_or(head, |m| m.joined_seq.min(head));
         let members = found.members_at(head, &user);
         let (invitations, removals) = found.signed_membership(&members);
         let joined = Joined {
@@ -422,7 +420,7 @@ impl State {
         }
     }
 
-    /// Numbers the leaving of `user` from `room`; it stops being an active member now
+    /// Starts the leaving of `user` from `room`; it stops being an active member now
     /// and is removed once that is committed.
     pub(super) fn start_leaving(
         &mut self,
@@ -434,9 +432,8 @@ impl State {
         removal: Option<Removal>,
     ) -> Effect {
         let found = self.rooms.get_mut(room).expect("a member's room exists");
-        let seq = found.next_seq();
         if let Some(member) = found.members.get_mut(user) {
-            member.left_seq = Some(seq);
+            member.leaving = true;
         }
         if let Some(rooms) = self.memberships.get_mut(user) {
             rooms.remove(room);
@@ -449,7 +446,6 @@ impl State {
             removed,
             room: room.to_owned(),
             user: user.to_owned(),
-            seq,
             reason,
             removal,
         }

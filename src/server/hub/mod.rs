@@ -205,6 +205,9 @@ impl Hub {
                 }
             }
             for (op, applied) in batch {
+                if let Some(room) = op.effect.numbered_room().and_then(|room| state.rooms.get_mut(room)) {
+                    room.in_flight = room.in_flight.saturating_sub(1);
+                }
                 match failure {
                     None => state.apply(op.effect, &applied, &self.writer),
                     Some(_) => state.fail(op.effect),
@@ -244,6 +247,12 @@ impl Hub {
         effect: Effect,
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<(), HubError> {
+        if let Some(room) = effect
+            .numbered_room()
+            .and_then(|room| state.rooms.get_mut(room))
+        {
+            room.in_flight += 1;
+        }
         let op = Op {
             changes,
             effect,
@@ -313,7 +322,6 @@ impl State {
                     .into_iter()
                     .filter_map(|(user, removal)| Some((user, Removal::decode(removal).ok()?)))
                     .collect(),
-                assigned_seq: stored.last_seq,
                 committed_seq: stored.last_seq,
                 ..Room::default()
             };
@@ -335,7 +343,7 @@ impl State {
                     Member {
                         identity,
                         joined_seq,
-                        left_seq: None,
+                        leaving: false,
                     },
                 );
             }

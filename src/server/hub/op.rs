@@ -55,7 +55,8 @@ impl Failure<'_> {
     }
 }
 
-/// What to tell whom once an [`Op`] is committed.
+/// What to tell whom once an [`Op`] is committed. An entry's sequence number is not
+/// here: the store gives it as it commits ([`numbered`]).
 pub(crate) enum Effect {
     /// A first join: answer the newcomer, tell the others.
     Joined {
@@ -63,7 +64,6 @@ pub(crate) enum Effect {
         request_id: u64,
         room: String,
         user: String,
-        seq: u64,
     },
     /// A member left or was removed.
     Left {
@@ -72,7 +72,6 @@ pub(crate) enum Effect {
         removed: Option<SessionId>,
         room: String,
         user: String,
-        seq: u64,
         reason: LeaveReason,
         /// The owner's signed removal, when the owner removed the member.
         removal: Option<Removal>,
@@ -81,7 +80,6 @@ pub(crate) enum Effect {
         session: SessionId,
         request_id: u64,
         room: String,
-        seq: u64,
         sender: String,
         sealed: SealedMessage,
     },
@@ -89,7 +87,6 @@ pub(crate) enum Effect {
         session: SessionId,
         request_id: u64,
         room: String,
-        seq: u64,
         sender: String,
         keys: Vec<WrappedKey>,
     },
@@ -100,11 +97,22 @@ pub(crate) enum Effect {
 }
 
 impl Effect {
-    /// The sequence number of a leaving (0 for other effects).
-    pub(super) fn seq(&self) -> u64 {
+    /// The room whose log the op adds an entry to, numbered by the store.
+    pub(super) fn numbered_room(&self) -> Option<&str> {
         match self {
-            Self::Left { seq, .. } => *seq,
-            _ => 0,
+            Self::Joined { room, .. }
+            | Self::Left { room, .. }
+            | Self::Message { room, .. }
+            | Self::SenderKeys { room, .. } => Some(room),
+            Self::Ack { .. } | Self::Nothing => None,
         }
     }
+}
+
+/// The sequence number the store gave the entry an op's changes added, if they did.
+pub(crate) fn numbered(applied: &[Applied]) -> Option<u64> {
+    applied.iter().find_map(|applied| match applied {
+        Applied::Stored { seq } => Some(*seq),
+        _ => None,
+    })
 }

@@ -77,7 +77,8 @@ impl Hub {
             let changes = vec![Change::RemoveMember {
                 room,
                 user: user.to_owned(),
-                seq: effect.seq(),
+                seq: 0,
+                reason: LeaveReason::Reclaimed,
             }];
             let _ = self.submit(state, changes, effect, None);
         }
@@ -115,7 +116,7 @@ impl State {
         let Some(found) = self.rooms.get(room) else {
             return false;
         };
-        found.assigned_seq == found.committed_seq
+        found.in_flight == 0
             && !self
                 .sessions
                 .values()

@@ -59,6 +59,7 @@ pub(super) async fn change(
                 "DELETE FROM members WHERE room = $1",
                 "DELETE FROM invitations WHERE room = $1",
                 "DELETE FROM removals WHERE room = $1",
+                "DELETE FROM room_events WHERE room = $1",
                 "DELETE FROM rooms WHERE name = $1",
             ] {
                 execute(transaction, sql, &[room], &operation).await?;
@@ -108,8 +109,12 @@ pub(super) async fn change(
             )
             .await?;
         }
-        Change::AddMember { room, user, seq } => {
-            let seq = use_seq(transaction, room, *seq, now_ms).await?;
+        Change::AddMember {
+            room,
+            user,
+            seq: given,
+        } => {
+            let seq = use_seq(transaction, room, *given, now_ms).await?;
             execute(
                 transaction,
                 "INSERT INTO members (room, \"user\", joined_seq) VALUES ($1, $2, $3)",
@@ -117,9 +122,29 @@ pub(super) async fn change(
                 format_args!("add member {user:?} to room {room:?}"),
             )
             .await?;
+            execute(
+                transaction,
+                "INSERT INTO room_events (room, seq, \"user\", reason) VALUES ($1, $2, $3, 0)",
+                &[room, &seq, user],
+                format_args!("note that {user:?} joined room {room:?}"),
+            )
+            .await?;
+            return Ok(shared::numbered(stored_seq(*given)?, from_bits(seq)));
         }
-        Change::RemoveMember { room, user, seq } => {
-            use_seq(transaction, room, *seq, now_ms).await?;
+        Change::RemoveMember {
+            room,
+            user,
+            seq: given,
+            reason,
+        } => {
+            let seq = use_seq(transaction, room, *given, now_ms).await?;
+            execute(
+                transaction,
+                "INSERT INTO room_events (room, seq, \"user\", reason) VALUES ($1, $2, $3, $4)",
+                &[room, &seq, user, &(*reason as i32)],
+                format_args!("note that {user:?} left room {room:?}"),
+            )
+            .await?;
             let operation = format!("remove member {user:?} from room {room:?}");
             execute(
                 transaction,
@@ -137,17 +162,18 @@ pub(super) async fn change(
                 &operation,
             )
             .await?;
+            return Ok(shared::numbered(stored_seq(*given)?, from_bits(seq)));
         }
         // Messages are counted by a tally, in `commit`.
         Change::AppendMessage { .. } => unreachable!("commit appends messages itself"),
         Change::AppendSenderKeys {
             room,
-            seq,
+            seq: given,
             sender,
             key_id,
             keys,
         } => {
-            let seq = use_seq(transaction, room, *seq, now_ms).await?;
+            let seq = use_seq(transaction, room, *given, now_ms).await?;
             let key_id = bits(*key_id);
             let mut bytes = 0;
             for key in keys {
@@ -201,6 +227,7 @@ pub(super) async fn change(
             let mut usage = Usage::default();
             usage.key(1, sender, saturating(bytes));
             count(transaction, usage).await?;
+            return Ok(shared::numbered(stored_seq(*given)?, from_bits(seq)));
         }
         Change::Seen { user } => {
             execute(
@@ -234,8 +261,10 @@ pub(super) async fn change(
     Ok(Applied::Done)
 }
 
-/// Raises the room's last sequence number to `seq`, and notes that the room was used
-/// at `now_ms`; an unknown room is an error.
+/// Raises the room's last sequence number to `seq`, or for 0 takes the room's next
+/// (the row locked until the commit, so relays sharing the database number one at a
+/// time), and notes that the room was used at `now_ms`; an unknown room is an error.
+/// Returns the number used.
 async fn use_seq(
     transaction: &Transaction<'_>,
     room: &str,
@@ -243,6 +272,22 @@ async fn use_seq(
     now_ms: i64,
 ) -> Result<i64, StoreError> {
     let seq = stored_seq(seq)?;
+    if seq == 0 {
+        let next = select(
+            transaction,
+            "UPDATE rooms SET last_seq = last_seq + 1, used_ms = GREATEST(used_ms, $2) \
+             WHERE name = $1 RETURNING last_seq",
+            &[&room, &now_ms],
+            format_args!("number an entry of room {room:?}"),
+        )
+        .await?;
+        return match next.first() {
+            Some(row) => get(row, 0),
+            None => Err(StoreError::Database(format!(
+                "an entry is for room {room:?}, which does not exist"
+            ))),
+        };
+    }
     let changed = execute(
         transaction,
         "UPDATE rooms SET last_seq = GREATEST(last_seq, $2), used_ms = GREATEST(used_ms, $3) \
@@ -270,16 +315,17 @@ pub(super) async fn append_message(
     sealed: &SealedMessage,
     policy: &StoragePolicy,
 ) -> Result<Applied, StoreError> {
-    let stored = stored_seq(seq)?;
+    let given = stored_seq(seq)?;
     let (key_id, iteration) = (bits(sealed.key_id), i64::from(sealed.iteration));
-    let operation = format!("append message {seq} of {sender:?} to room {room:?}");
-    tally::read_room(transaction, tally, room, stored).await?;
+    tally::read_room(transaction, tally, room, given).await?;
     tally::read_user(transaction, tally, sender).await?;
+    let stored = tally.number(room, given);
+    let operation = format!("append message {stored} of {sender:?} to room {room:?}");
     let encoded = sealed.encode_to_vec();
     let size = saturating(encoded.len());
     // Decided before anything is written, as on SQLite: nothing to roll back.
-    let trim = match tally.room(room, stored).trim_for(size, policy) {
-        Some((trim, after)) => read_trim(transaction, room, trim, after, seq).await?,
+    let trim = match tally.room(room).trim_for(size, policy) {
+        Some((trim, after)) => read_trim(transaction, room, trim, after, from_bits(stored)).await?,
         None => None,
     };
     let change = shared::stored_change(size, trim.as_ref(), sender);
@@ -301,9 +347,7 @@ pub(super) async fn append_message(
         // A resend of what is stored (and stays so) is acknowledged, whatever the quota
         // says now.
         return Ok(match stored_before().await? {
-            Some(first) if tally.room(room, stored).keeps(bits(first)) => {
-                Applied::Duplicate { seq: first }
-            }
+            Some(first) if tally.room(room).keeps(bits(first)) => Applied::Duplicate { seq: first },
             _ => Applied::OverQuota(quota),
         });
     }
@@ -330,7 +374,7 @@ pub(super) async fn append_message(
                 "{operation}: refused as a resend of a message that is not stored"
             ))),
             // A resend of a message this run forgets: forgotten now, and stored anew.
-            Some(first) if !tally.room(room, stored).keeps(bits(first)) => {
+            Some(first) if !tally.room(room).keeps(bits(first)) => {
                 tally::write_and_restart(transaction, tally).await?;
                 Box::pin(append_message(
                     transaction,
@@ -346,8 +390,8 @@ pub(super) async fn append_message(
             Some(first) => Ok(Applied::Duplicate { seq: first }),
         };
     }
-    tally.stored_message(room, sender, size, trim.as_ref());
-    Ok(Applied::Done)
+    tally.stored_message(room, stored, sender, size, trim.as_ref());
+    Ok(shared::numbered(given, from_bits(stored)))
 }
 
 /// Forgets what `policy` no longer keeps as of `now`: old messages, each room's excess,

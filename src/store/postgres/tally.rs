@@ -5,8 +5,9 @@ use super::{Transaction, execute, get, select};
 use crate::store::StoreError;
 use crate::store::tally::Tally;
 
-/// Reads `room`'s counters into `tally` unless it has them; an unknown room is an
-/// error, as it is for any change that numbers an entry (`seq`).
+/// Reads `room`'s counters into `tally` unless it has them, and locks its row until the
+/// commit: relays sharing the database number its entries one at a time. An unknown
+/// room is an error, as it is for any change that numbers an entry (`seq`).
 pub(super) async fn read_room(
     transaction: &Transaction<'_>,
     tally: &mut Tally,
@@ -18,7 +19,7 @@ pub(super) async fn read_room(
     }
     let rows = select(
         transaction,
-        "SELECT last_seq, message_count, message_bytes FROM rooms WHERE name = $1",
+        "SELECT last_seq, message_count, message_bytes FROM rooms WHERE name = $1 FOR UPDATE",
         &[&room],
         format_args!("read the counters of room {room:?}"),
     )
