@@ -131,13 +131,13 @@ fn run_script(port: Option<u16>) -> (u32, String, u16) {
     (pid, url, port)
 }
 
-/// Sends `pid` the signal named `name` (TERM, KILL) with kill(1): std has no signals,
-/// and the crate depends on neither libc nor nix.
+/// Sends `pid` the signal named `name` (TERM, KILL) with bash's `kill`: std has no
+/// signals, the crate depends on neither libc nor nix, and bash is there for the script
+/// (unlike kill(1), which slim images lack).
 fn signal(pid: u32, name: &str) {
     // A process already gone is not an error here.
-    let _ = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
+    let _ = Command::new("bash")
+        .args(["-c", r#"kill -s "$0" "$1""#, name, &pid.to_string()])
         .stderr(std::process::Stdio::null())
         .status();
 }
