@@ -565,6 +565,12 @@ impl Store for FailingStore {
     fn prekeys(&self) -> Result<Vec<(String, SignedPrekey)>, StoreError> {
         self.inner.prekeys()
     }
+    fn identity(&self, user: &str) -> Result<Option<PublicIdentity>, StoreError> {
+        self.inner.identity(user)
+    }
+    fn prekey(&self, user: &str) -> Result<Option<SignedPrekey>, StoreError> {
+        self.inner.prekey(user)
+    }
     fn save_prekey(&self, user: &str, prekey: &SignedPrekey) -> Result<(), StoreError> {
         self.inner.save_prekey(user, prekey)
     }
@@ -586,6 +592,9 @@ impl Store for FailingStore {
     }
     fn rooms(&self) -> Result<Vec<StoredRoom>, StoreError> {
         self.inner.rooms()
+    }
+    fn room(&self, name: &str) -> Result<Option<StoredRoom>, StoreError> {
+        self.inner.room(name)
     }
     fn commit(
         &self,

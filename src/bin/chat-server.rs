@@ -82,6 +82,14 @@ struct Args {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     standby: bool,
+    /// Serve the --database together with other relays (a cluster): they tell each
+    /// other what they commit through the NATS server at this URL
+    /// (nats://HOST:PORT, tls://... for TLS; credentials as nats://USER:PASSWORD@...),
+    /// and each delivers to the members connected to it. Needs a PostgreSQL
+    /// --database; every relay of the cluster names the same database and NATS. See
+    /// docs/DEPLOY.md, "Several relays".
+    #[arg(long, env = "CHAT_NATS", value_name = "URL")]
+    nats: Option<String>,
     #[command(flatten)]
     web: WebOptions,
     #[command(flatten)]
@@ -166,12 +174,24 @@ async fn run(args: Args) -> Result<(), String> {
             args.listen
         );
     }
+    if args.nats.is_some() && args.database.is_none() {
+        return Err(
+            "--nats needs a PostgreSQL --database that every relay of the cluster shares; \
+             the SQLite database in --data-dir serves one relay"
+                .to_owned(),
+        );
+    }
     if args.database.is_none() {
         server::prepare_data_dir(&args.data_dir).map_err(|error| error.to_string())?;
     }
     // Before anything is opened: a second relay on the same database stops here, or
     // stands by until the first goes (and a stand-by asked to stop meanwhile just stops).
-    let claimed = store::claim::claim(args.database.as_deref(), &args.data_dir, args.standby);
+    let claimed = store::claim::claim(
+        args.database.as_deref(),
+        &args.data_dir,
+        args.standby,
+        args.nats.is_some(),
+    );
     let mut claim = tokio::select! {
         claim = claimed => claim.map_err(|error| error.to_string())?,
         () = wait_for_signal() => {
@@ -220,6 +240,7 @@ async fn run(args: Args) -> Result<(), String> {
         tls,
         store,
         web: args.web,
+        nats: args.nats,
     };
     let serve = server::serve(listener, config, signal);
     tokio::pin!(serve);

@@ -15,6 +15,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -53,6 +54,9 @@ pub(crate) struct Accounts {
     max_identities: usize,
     token_ttl: Duration,
     registration: RegistrationMode,
+    /// Other relays register users in the same store (`--nats`): a name unknown here
+    /// is looked for there.
+    shared_store: AtomicBool,
 }
 
 struct State {
@@ -135,6 +139,7 @@ impl Accounts {
             max_identities: limits.max_identities,
             token_ttl: Duration::from_secs(limits.token_ttl_secs),
             registration: limits.registration.registration,
+            shared_store: AtomicBool::new(false),
         })
     }
 
@@ -174,6 +179,8 @@ impl Accounts {
             Status::unauthenticated("the login signature does not verify for this identity")
         })?;
 
+        // Registered on another relay sharing the store, perhaps: known here first.
+        let _ = self.identity(&user);
         let mut state = self.lock();
         state.use_challenge(challenge, expires)?;
         let registered = match state.identities.get(&user) {
@@ -345,10 +352,40 @@ impl Accounts {
 
     /// The identity registered under `user`.
     pub(crate) fn identity(&self, user: &str) -> Option<PublicIdentity> {
-        self.lock()
+        let known = self
+            .lock()
             .identities
             .get(user)
-            .map(|registered| registered.published.clone())
+            .map(|registered| registered.published.clone());
+        known.or_else(|| self.registered_elsewhere(user))
+    }
+
+    /// From now on, other relays register users in the same store.
+    pub(crate) fn share_the_store(&self) {
+        self.shared_store.store(true, Ordering::Relaxed);
+    }
+
+    /// The identity another relay sharing the store registered under `user`, now known
+    /// here too.
+    fn registered_elsewhere(&self, user: &str) -> Option<PublicIdentity> {
+        if !self.shared_store.load(Ordering::Relaxed) {
+            return None;
+        }
+        let published = match self.store.identity(user) {
+            Ok(found) => found?,
+            Err(error) => {
+                tracing::warn!(user, %error, "cannot look for a registration in the store");
+                return None;
+            }
+        };
+        let identity = VerifiedIdentity::verify(&published)
+            .inspect_err(|error| tracing::warn!(user, %error, "a stored identity does not verify"))
+            .ok()?;
+        let mut state = self.lock();
+        if !state.identities.contains_key(user) {
+            state.add(&identity, published.clone());
+        }
+        Some(published)
     }
 
     /// Checks that this relay issued `challenge` for `user` and that it has not expired;

@@ -178,6 +178,9 @@ pub struct Config {
     pub tls: Option<ServerTlsConfig>,
     pub store: Arc<dyn Store>,
     pub web: WebOptions,
+    /// The NATS server through which relays sharing the store tell each other what
+    /// they commit (`--nats`); `None` for a relay serving its store alone.
+    pub nats: Option<String>,
 }
 
 impl Config {
@@ -188,6 +191,7 @@ impl Config {
             tls: None,
             store: Arc::new(SqliteStore::in_memory().expect("an in-memory SQLite database opens")),
             web: WebOptions::default(),
+            nats: None,
         }
     }
 }

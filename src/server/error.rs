@@ -29,6 +29,8 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("cannot start the store's writer thread: {0}")]
     Writer(std::io::Error),
+    #[error("cannot use NATS (--nats): {0}")]
+    Nats(String),
     #[error("the gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
 }

@@ -6,6 +6,7 @@
 //! clients check it again against the identity they pinned.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tonic::Status;
@@ -21,6 +22,9 @@ pub(crate) struct KeyDirectory {
     /// User → its device's current signed prekey (one device per user for now).
     prekeys: Mutex<HashMap<String, SignedPrekey>>,
     store: Arc<dyn Store>,
+    /// Other relays keep prekeys in the same store (`--nats`): it is read for each
+    /// bundle.
+    shared_store: AtomicBool,
 }
 
 impl KeyDirectory {
@@ -30,6 +34,7 @@ impl KeyDirectory {
         Ok(Self {
             prekeys: Mutex::new(prekeys),
             store,
+            shared_store: AtomicBool::new(false),
         })
     }
 
@@ -86,12 +91,23 @@ impl KeyDirectory {
 
     /// The bundle of the user whose registered identity is `identity`.
     pub(crate) fn bundle(&self, identity: PublicIdentity) -> KeyBundle {
-        let prekey = self.lock().get(&identity.user).cloned();
+        let mut prekey = self.lock().get(&identity.user).cloned();
+        if self.shared_store.load(Ordering::Relaxed) {
+            match self.store.prekey(&identity.user) {
+                Ok(stored) => prekey = stored,
+                Err(error) => tracing::warn!(user = identity.user, %error, "cannot read a prekey"),
+            }
+        }
         KeyBundle {
             identity: Some(identity),
             device: DEVICE,
             prekey,
         }
+    }
+
+    /// From now on, other relays keep prekeys in the same store.
+    pub(crate) fn share_the_store(&self) {
+        self.shared_store.store(true, Ordering::Relaxed);
     }
 
     /// Forgets the prekeys of a user whose identity was reclaimed.

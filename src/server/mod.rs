@@ -7,10 +7,13 @@
 //! - `config`: [`Limits`], [`Config`] and the data directory; `error`: [`ServerError`].
 //! - `accounts`: registered identities, login challenges and session tokens.
 //! - `auth`: the login RPCs, and the interceptor that requires a token for the rest.
-//! - `hub`: the shared state (sessions, rooms) and sequence numbers; `hub::committed`
-//!   answers and fans out what the writer committed.
+//! - `hub`: the shared state (sessions, rooms); `hub::committed` answers and fans out
+//!   what the writer committed, `hub::replay` what other relays committed.
 //! - `room`: one room's members, numbered like its log.
-//! - `writer`: the thread that commits the hub's changes to the store in batches.
+//! - `writer`: the thread that commits the hub's changes to the store in batches, and
+//!   (`writer::follow`) delivers what other relays sharing the store committed.
+//! - `cluster`: relays serving one PostgreSQL database together (`--nats`): the
+//!   doorbells and sessions they tell each other through NATS.
 //! - `catch_up`: a returning member's missed entries, and history, read from the store.
 //! - `session`: reads one client's frames and carries them out on the hub.
 //! - `web`: gRPC-Web, CORS and the web client's files, for browsers ([`WebOptions`]).
@@ -25,6 +28,7 @@
 mod accounts;
 mod auth;
 mod catch_up;
+mod cluster;
 mod config;
 mod error;
 pub mod frame;
@@ -86,6 +90,7 @@ pub async fn serve(
         tls,
         store,
         web,
+        nats,
     } = config;
     let accounts = Arc::new(Accounts::new(&limits, store.clone())?);
     let keys = Arc::new(KeyDirectory::new(store.clone())?);
@@ -100,7 +105,9 @@ pub async fn serve(
     let reclaim = {
         let (hub, accounts, keys) = (hub.clone(), accounts.clone(), keys.clone());
         let policy = limits.storage();
-        let never = limits.reclaim_after_days == 0;
+        // Relays sharing the store would reclaim beside each other's sessions: not
+        // yet in a cluster (docs/DEPLOY.md).
+        let never = limits.reclaim_after_days == 0 || nats.is_some();
         Box::new(move |store: &dyn Store| {
             if never {
                 return;
@@ -148,6 +155,16 @@ pub async fn serve(
             }
         })
     };
+    let (follow, _link) = match &nats {
+        Some(url) => {
+            accounts.share_the_store();
+            keys.share_the_store();
+            let (follow, link) =
+                cluster::join(url, &hub, accounts.clone(), commands.clone()).await?;
+            (Some(follow), Some(link))
+        }
+        None => (None, None),
+    };
     let setup = writer::WriterSetup {
         store: store.clone(),
         max_batch: limits.max_commit_batch,
@@ -155,6 +172,7 @@ pub async fn serve(
         committed,
         recovered,
         housekeeping: reclaim,
+        follow,
     };
     let writer = Writer::spawn(setup, commands, received).map_err(ServerError::Writer)?;
     tokio::spawn(end_stalled_sessions(Arc::downgrade(&hub)));

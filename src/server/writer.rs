@@ -14,7 +14,10 @@
 //! relay's other housekeeping (reclaiming what nobody uses), at start-up and every
 //! minute.
 //!
-//! It knows the hub only through `hub::op` and the callback, and the [`Writer`] guard
+//! With relays sharing one database (`follow`), it also delivers what the others
+//! committed, in order with its own commits.
+//!
+//! It knows the hub only through `hub::op` and the callbacks, and the [`Writer`] guard
 //! that owns the thread stops it when dropped, so it never outlives the server that
 //! started it, however that server ends.
 
@@ -23,7 +26,13 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::hub::{Batch, Command, Failure, Op};
+mod follow;
+
+pub(crate) use follow::Follow;
+
+use std::collections::BTreeMap;
+
+use super::hub::{Batch, Command, Doorbell, Failure, Op, numbered};
 use crate::store::{StoragePolicy, Store, StoreError, StoredRoom};
 
 /// How often the retention policy is applied.
@@ -52,6 +61,8 @@ pub(crate) struct WriterSetup {
     pub committed: Committed,
     pub recovered: Recovered,
     pub housekeeping: Housekeeping,
+    /// With relays sharing the database: how to follow the others.
+    pub follow: Option<Follow>,
 }
 
 /// Owns the writer thread: [`Writer::stop`] commits what is in flight and waits for it;
@@ -109,6 +120,7 @@ enum Next {
 
 fn run(setup: &mut WriterSetup, commands: &Receiver<Command>) {
     let mut next_prune = Instant::now();
+    let mut next_check = Instant::now() + follow::HEAD_CHECK;
     // How long to wait before asking the store again, after a failure: grows while the
     // store keeps failing right after it answered, so that a disk that is still full
     // does not end every session every half second.
@@ -120,18 +132,39 @@ fn run(setup: &mut WriterSetup, commands: &Receiver<Command>) {
             (setup.housekeeping)(&*setup.store);
             next_prune = now + PRUNE_EVERY;
         }
-        let first = match commands.recv_timeout(next_prune.saturating_duration_since(now)) {
+        let mut wake = next_prune;
+        if setup.follow.is_some() {
+            if now >= next_check {
+                follow_others(setup, Heed::Heads);
+                next_check = now + follow::HEAD_CHECK;
+            }
+            wake = wake.min(next_check);
+        }
+        let first = match commands.recv_timeout(wake.saturating_duration_since(now)) {
             Ok(Command::Commit(op)) => *op,
+            Ok(Command::Doorbell(bell)) => {
+                follow_others(setup, Heed::Bell(&bell));
+                continue;
+            }
+            Ok(Command::Resync) => {
+                follow_others(setup, Heed::Everything);
+                continue;
+            }
             Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return,
             Err(RecvTimeoutError::Timeout) => continue,
         };
         let mut batch = vec![first];
         let mut stop = false;
+        let mut then = None;
         while batch.len() < setup.max_batch {
             match commands.try_recv() {
                 Ok(Command::Commit(op)) => batch.push(*op),
                 Ok(Command::Stop) => {
                     stop = true;
+                    break;
+                }
+                Ok(other) => {
+                    then = Some(other);
                     break;
                 }
                 Err(_) => break,
@@ -145,11 +178,42 @@ fn run(setup: &mut WriterSetup, commands: &Receiver<Command>) {
                     return;
                 }
                 retry = (retry * 2).min(LAST_RETRY);
+                // Recovery read every room anew.
+                then = None;
             }
         }
         if stop {
             return;
         }
+        match then {
+            Some(Command::Doorbell(bell)) => follow_others(setup, Heed::Bell(&bell)),
+            Some(Command::Resync) => follow_others(setup, Heed::Everything),
+            _ => {}
+        }
+    }
+}
+
+/// What another relay's commits call for.
+enum Heed<'a> {
+    Bell(&'a Doorbell),
+    Heads,
+    Everything,
+}
+
+/// Delivers what other relays committed that `heed` points at; a store that cannot be
+/// read now is asked again at the next doorbell or head check.
+fn follow_others(setup: &WriterSetup, heed: Heed<'_>) {
+    let Some(follow) = &setup.follow else {
+        return;
+    };
+    let store = &*setup.store;
+    let done = match heed {
+        Heed::Bell(bell) => follow.answer(store, bell),
+        Heed::Heads => follow.check(store, false),
+        Heed::Everything => follow.check(store, true),
+    };
+    if let Err(error) = done {
+        tracing::warn!(%error, "cannot read what the other relays committed; trying again shortly");
     }
 }
 
@@ -172,13 +236,40 @@ fn commit(setup: &WriterSetup, mut batch: Vec<Op>) -> Result<(), (StoreError, bo
     match result {
         Ok(applied) => {
             let mut applied = applied.into_iter();
-            let done = batch
+            let done: Batch = batch
                 .into_iter()
                 .zip(counts)
                 .map(|(op, count)| (op, applied.by_ref().take(count).collect()))
                 .collect();
+            let Some(follow) = &setup.follow else {
+                (setup.committed)(done, None);
+                return Ok(());
+            };
+            // Each room's first and last own entry.
+            let mut spans: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+            for (op, applied) in &done {
+                if let (Some(room), Some(seq)) = (op.effect.numbered_room(), numbered(applied)) {
+                    let span = spans.entry(room.to_owned()).or_insert((seq, seq));
+                    span.0 = span.0.min(seq);
+                    span.1 = span.1.max(seq);
+                }
+            }
+            let firsts = spans
+                .iter()
+                .map(|(room, span)| (room.clone(), span.0))
+                .collect();
+            let replayed = follow.before_own(&*setup.store, &firsts);
             (setup.committed)(done, None);
-            Ok(())
+            follow.ring(
+                &changes,
+                spans
+                    .into_iter()
+                    .map(|(room, span)| (room, span.1))
+                    .collect(),
+            );
+            // Had what came before not been delivered, the members would miss it: they
+            // are sent away to catch up from the store, as after a failure.
+            replayed.map_err(|error| (error, true))
         }
         Err(error) => {
             let failed = batch.into_iter().map(|op| (op, Vec::new())).collect();
@@ -209,6 +300,8 @@ fn recover(
         while let Some(left) = until.checked_duration_since(Instant::now()) {
             match commands.recv_timeout(left) {
                 Ok(Command::Commit(op)) => refuse(setup, *op, &error),
+                // The rooms are read anew once the store answers.
+                Ok(Command::Doorbell(_) | Command::Resync) => {}
                 Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return Next::Stop,
                 Err(RecvTimeoutError::Timeout) => break,
             }
@@ -225,6 +318,7 @@ fn recover(
                 while let Ok(command) = commands.try_recv() {
                     match command {
                         Command::Commit(op) => refuse(setup, *op, &error),
+                        Command::Doorbell(_) | Command::Resync => {}
                         Command::Stop => return Next::Stop,
                     }
                 }
@@ -290,6 +384,7 @@ mod tests {
             }),
             recovered: Box::new(|_| {}),
             housekeeping: Box::new(|_| {}),
+            follow: None,
         };
         let (sender, commands) = mpsc::channel();
         let writer = Writer::spawn(setup, sender.clone(), commands).unwrap();

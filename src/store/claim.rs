@@ -42,14 +42,17 @@ enum Held {
 
 /// Claims the database `chat-server` serves: PostgreSQL at `database`, or the SQLite
 /// database in `data_dir`. Fails with [`StoreError::InUse`] when another relay has it,
-/// or with `standby` waits until it has gone. For PostgreSQL this must run inside a
+/// or with `standby` waits until it has gone. A `shared` claim (PostgreSQL only: relays
+/// serving one database together, `--nats`) is held beside the other relays' shared
+/// claims, and keeps out only a relay serving alone, as that one keeps them out. For PostgreSQL this must run inside a
 /// tokio runtime, which drives the connection that holds the lock.
 pub async fn claim(
     database: Option<&str>,
     data_dir: &Path,
     standby: bool,
+    shared: bool,
 ) -> Result<Claim, StoreError> {
-    let fence = Fence::default();
+    let fence = Fence::new(shared);
     let held = match database {
         Some(url) => {
             Held::Postgres(postgres::claim(&postgres_url(url)?, standby, fence.clone()).await?)
@@ -189,18 +192,18 @@ mod tests {
     #[tokio::test]
     async fn a_second_relay_on_one_data_dir_is_refused_until_the_first_goes() {
         let dir = tempfile::tempdir().unwrap();
-        let first = claim(None, dir.path(), false).await.unwrap();
-        let refused = claim(None, dir.path(), false).await.err().unwrap();
+        let first = claim(None, dir.path(), false, false).await.unwrap();
+        let refused = claim(None, dir.path(), false, false).await.err().unwrap();
         assert!(matches!(refused, StoreError::InUse { .. }), "{refused}");
         assert!(
             refused.to_string().contains("another chat-server"),
             "{refused}"
         );
         drop(first);
-        let second = claim(None, dir.path(), false).await.unwrap();
+        let second = claim(None, dir.path(), false, false).await.unwrap();
         // A lock file deleted (by a clean-up, by hand) does not let another relay in.
         std::fs::remove_file(dir.path().join(LOCK_FILE)).unwrap();
-        let refused = claim(None, dir.path(), false).await.err().unwrap();
+        let refused = claim(None, dir.path(), false, false).await.err().unwrap();
         assert!(matches!(refused, StoreError::InUse { .. }), "{refused}");
         // Nor does another directory holding the same database through a link.
         let database = dir.path().join(crate::store::DATABASE_FILE);
@@ -208,17 +211,20 @@ mod tests {
         let linked = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink(&database, linked.path().join(crate::store::DATABASE_FILE))
             .unwrap();
-        let refused = claim(None, linked.path(), false).await.err().unwrap();
+        let refused = claim(None, linked.path(), false, false)
+            .await
+            .err()
+            .unwrap();
         assert!(refused.to_string().contains("symbolic link"), "{refused}");
         let hard = tempfile::tempdir().unwrap();
         std::fs::hard_link(&database, hard.path().join(crate::store::DATABASE_FILE)).unwrap();
-        let refused = claim(None, hard.path(), false).await.err().unwrap();
+        let refused = claim(None, hard.path(), false, false).await.err().unwrap();
         assert!(refused.to_string().contains("hard links"), "{refused}");
         // And the first directory's own database, linked from elsewhere, is refused too.
         drop(second);
-        let refused = claim(None, dir.path(), false).await.err().unwrap();
+        let refused = claim(None, dir.path(), false, false).await.err().unwrap();
         assert!(refused.to_string().contains("hard links"), "{refused}");
         std::fs::remove_file(hard.path().join(crate::store::DATABASE_FILE)).unwrap();
-        let _third = claim(None, dir.path(), false).await.unwrap();
+        let _third = claim(None, dir.path(), false, false).await.unwrap();
     }
 }

@@ -368,8 +368,14 @@ pub trait Store: Send + Sync {
     /// Every registered identity.
     fn identities(&self) -> Result<Vec<PublicIdentity>, StoreError>;
 
+    /// The identity registered under `user`, if any.
+    fn identity(&self, user: &str) -> Result<Option<PublicIdentity>, StoreError>;
+
     /// Every device's current signed prekey, with its user.
     fn prekeys(&self) -> Result<Vec<(String, SignedPrekey)>, StoreError>;
+
+    /// `user`'s device's current signed prekey, if it has one.
+    fn prekey(&self, user: &str) -> Result<Option<SignedPrekey>, StoreError>;
 
     /// Keeps `prekey` as the current one of `user`'s device (replacing the one it had);
     /// returns once it is durable.
@@ -399,6 +405,9 @@ pub trait Store: Send + Sync {
 
     /// Every room, with its members and invitations.
     fn rooms(&self) -> Result<Vec<StoredRoom>, StoreError>;
+
+    /// The room `name`, with its members and invitations, if there is one.
+    fn room(&self, name: &str) -> Result<Option<StoredRoom>, StoreError>;
 
     /// Applies `changes` in order, all or none, in one durable transaction (one fsync
     /// for the lot), within `policy`, and says what each did.

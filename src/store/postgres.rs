@@ -206,13 +206,24 @@ impl PostgresStore {
         operation: &str,
         write: impl for<'t> AsyncFn(&'t Transaction<'t>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.write_as(Writer::Other, operation, write)
+    }
+
+    /// Runs `write` as `writer`: only the relay's writer of rooms learns that the claim
+    /// was taken again ([`Fence`]), for only it has rooms in memory to read anew.
+    fn write_as<T>(
+        &self,
+        writer: Writer,
+        operation: &str,
+        write: impl for<'t> AsyncFn(&'t Transaction<'t>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let _writer = self.writes.lock().unwrap_or_else(PoisonError::into_inner);
         // Relays sharing the database lock rows in one order (rooms, then users, each
         // sorted), but a batch is several runs: PostgreSQL may still break a deadlock
         // between two of them by aborting one, which is then run again.
         let mut attempt = 1;
         loop {
-            match self.write_once(operation, &write) {
+            match self.write_once(writer, operation, &write) {
                 Err(StoreError::Contended(reason)) if attempt < WRITE_ATTEMPTS => {
                     tracing::debug!(
                         reason,
@@ -229,6 +240,7 @@ impl PostgresStore {
 
     fn write_once<T>(
         &self,
+        writer: Writer,
         operation: &str,
         write: &impl for<'t> AsyncFn(&'t Transaction<'t>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
@@ -239,7 +251,7 @@ impl PostgresStore {
                 .await
                 .map_err(failed(format_args!("begin to {operation}")))?;
             if let Some(fence) = &self.fence {
-                fence.check(&transaction).await?;
+                fence.check(&transaction, writer).await?;
             }
             // On an error the transaction is dropped, which rolls it all back.
             let done = write(&transaction).await?;
@@ -273,6 +285,15 @@ impl PostgresStore {
     }
 }
 
+/// Who writes: the relay's writer of rooms (`Store::commit`), or anything else (a
+/// registration, a prekey, a token, the pruning), which has nothing in memory that a
+/// claim taken again could have left stale.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    Rooms,
+    Other,
+}
+
 /// How many times a write PostgreSQL aborted for another's is tried.
 const WRITE_ATTEMPTS: u32 = 5;
 
@@ -288,10 +309,10 @@ const WRITES_LOCK: i64 = 2026112903;
 /// The backend process id of the session holding the claim ([`RELAY_LOCK`], `$1`), if
 /// one does. (A bigint advisory lock shows its high half as `classid`, its low half as
 /// `objid`.)
-const CLAIM_HOLDER: &str = "SELECT pid FROM pg_locks \
+const CLAIM_HOLDERS: &str = "SELECT pid FROM pg_locks \
      WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
      AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
-     AND classid::bigint = ($1::bigint >> 32) AND objid::bigint = ($1::bigint & 4294967295) LIMIT 1";
+     AND classid::bigint = ($1::bigint >> 32) AND objid::bigint = ($1::bigint & 4294967295)";
 
 /// How long a relay waits for the claim of one that just went.
 const CLAIM_PATIENCE: Duration = Duration::from_secs(2);
@@ -334,28 +355,40 @@ pub struct Fence {
     /// many of those the writes have seen (each seen once, by a refused write).
     retaken: Arc<AtomicU64>,
     seen: Arc<AtomicU64>,
+    /// The claim of one of several relays serving the database together (`--nats`):
+    /// they share it, and only keep out a relay that would serve it alone.
+    shared: bool,
 }
 
 impl Fence {
-    async fn check(&self, transaction: &Transaction<'_>) -> Result<(), StoreError> {
+    /// The fence of a claim held alone, or `shared` with other relays.
+    pub fn new(shared: bool) -> Self {
+        Self {
+            shared,
+            ..Self::default()
+        }
+    }
+
+    async fn check(&self, transaction: &Transaction<'_>, writer: Writer) -> Result<(), StoreError> {
         let holder = self.holder.load(Ordering::SeqCst);
         if holder == 0 {
             return Err(StoreError::ClaimLost);
         }
         let retaken = self.retaken.load(Ordering::SeqCst);
-        if self.seen.swap(retaken, Ordering::SeqCst) != retaken {
+        if writer == Writer::Rooms && self.seen.swap(retaken, Ordering::SeqCst) != retaken {
             return Err(StoreError::ClaimLost);
         }
         let row = transaction
             .query_one(
                 &format!(
-                    "SELECT ({CLAIM_HOLDER}) FROM (SELECT pg_advisory_xact_lock_shared($2)) AS writing"
+                    "SELECT EXISTS ({CLAIM_HOLDERS} AND pid = $3) \
+                     FROM (SELECT pg_advisory_xact_lock_shared($2)) AS writing"
                 ),
-                &[&RELAY_LOCK, &WRITES_LOCK],
+                &[&RELAY_LOCK, &WRITES_LOCK, &holder],
             )
             .await
             .map_err(failed("check the claim on the database"))?;
-        if row.get::<_, Option<i32>>(0) == Some(holder) {
+        if row.get::<_, bool>(0) {
             Ok(())
         } else {
             Err(StoreError::ClaimLost)
@@ -450,14 +483,20 @@ async fn lock(
     });
     let deadline = tokio::time::Instant::now() + patience;
     loop {
-        let row = client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&RELAY_LOCK])
-            .await?;
+        let take = if fence.shared {
+            "SELECT pg_try_advisory_lock_shared($1)"
+        } else {
+            "SELECT pg_try_advisory_lock($1)"
+        };
+        let row = client.query_one(take, &[&RELAY_LOCK]).await?;
         if row.get::<_, bool>(0) {
             break;
         }
-        if let Some(previous) = previous {
-            let holder = client.query_opt(CLAIM_HOLDER, &[&RELAY_LOCK]).await?;
+        // Relays sharing the claim are kept out only by one holding it alone.
+        if let Some(previous) = previous.filter(|_| !fence.shared) {
+            let holder = client
+                .query_opt(&format!("{CLAIM_HOLDERS} LIMIT 1"), &[&RELAY_LOCK])
+                .await?;
             if holder.is_some_and(|row| row.get::<_, i32>(0) != previous) {
                 return Ok(None);
             }
@@ -481,11 +520,14 @@ async fn lock(
         );
     }
     // The writes its predecessor began before it lost the claim end (or fail) first.
-    client
-        .batch_execute(&format!(
-            "SELECT pg_advisory_lock({WRITES_LOCK}); SELECT pg_advisory_unlock({WRITES_LOCK})"
-        ))
-        .await?;
+    // Relays sharing the claim have no predecessor to wait for.
+    if !fence.shared {
+        client
+            .batch_execute(&format!(
+                "SELECT pg_advisory_lock({WRITES_LOCK}); SELECT pg_advisory_unlock({WRITES_LOCK})"
+            ))
+            .await?;
+    }
     let pid: i32 = client
         .query_one("SELECT pg_backend_pid()", &[])
         .await?
@@ -708,13 +750,15 @@ fn sender_key(room: &str, row: &Row) -> Result<SenderKeyDelivery, StoreError> {
     )
 }
 
-impl Store for PostgresStore {
-    fn identities(&self) -> Result<Vec<PublicIdentity>, StoreError> {
+impl PostgresStore {
+    /// Every registered identity, or only `user`'s.
+    fn identities_named(&self, user: Option<&str>) -> Result<Vec<PublicIdentity>, StoreError> {
         self.read(async |transaction| {
             select(
                 transaction,
-                "SELECT \"user\", identity FROM identities ORDER BY \"user\"",
-                &[],
+                "SELECT \"user\", identity FROM identities \
+                 WHERE $1::text IS NULL OR \"user\" = $1 ORDER BY \"user\"",
+                &[&user],
                 "read the identities",
             )
             .await?
@@ -724,13 +768,14 @@ impl Store for PostgresStore {
         })
     }
 
-    fn prekeys(&self) -> Result<Vec<(String, SignedPrekey)>, StoreError> {
+    /// Every device's current signed prekey, or only `user`'s.
+    fn prekeys_of(&self, user: Option<&str>) -> Result<Vec<(String, SignedPrekey)>, StoreError> {
         self.read(async |transaction| {
             select(
                 transaction,
                 "SELECT \"user\", device, prekey_id, created_at_ms, public_key, signature \
-                 FROM prekeys ORDER BY \"user\", device",
-                &[],
+                 FROM prekeys WHERE $1::text IS NULL OR \"user\" = $1 ORDER BY \"user\", device",
+                &[&user],
                 "read the prekeys",
             )
             .await?
@@ -747,6 +792,108 @@ impl Store for PostgresStore {
             })
             .collect()
         })
+    }
+}
+
+impl PostgresStore {
+    /// Every room, or only `name`, with its members and invitations.
+    fn rooms_named(&self, name: Option<&str>) -> Result<Vec<StoredRoom>, StoreError> {
+        self.read(async |transaction| {
+            let mut rooms = select(
+                transaction,
+                "SELECT name, owner, last_seq, message_count, message_bytes FROM rooms \
+                 WHERE $1::text IS NULL OR name = $1 ORDER BY name",
+                &[&name],
+                "read the rooms",
+            )
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(StoredRoom {
+                    name: get(row, 0)?,
+                    owner: get(row, 1)?,
+                    last_seq: from_bits(get(row, 2)?),
+                    messages: from_bits(get(row, 3)?),
+                    message_bytes: from_bits(get(row, 4)?),
+                    ..StoredRoom::default()
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+            let index: HashMap<String, usize> = rooms
+                .iter()
+                .enumerate()
+                .map(|(index, room)| (room.name.clone(), index))
+                .collect();
+            // The foreign keys make every row below belong to a room read above.
+            for row in select(
+                transaction,
+                "SELECT room, \"user\", joined_seq FROM members \
+                 WHERE $1::text IS NULL OR room = $1 ORDER BY room, \"user\"",
+                &[&name],
+                "read the members of the rooms",
+            )
+            .await?
+            {
+                if let Some(&at) = index.get(get::<&str>(&row, 0)?) {
+                    rooms[at]
+                        .members
+                        .push((get(&row, 1)?, from_bits(get(&row, 2)?)));
+                }
+            }
+            for row in select(
+                transaction,
+                "SELECT room, \"user\", invitation FROM invitations \
+                 WHERE $1::text IS NULL OR room = $1 ORDER BY room, \"user\"",
+                &[&name],
+                "read the invitations to the rooms",
+            )
+            .await?
+            {
+                if let Some(&at) = index.get(get::<&str>(&row, 0)?) {
+                    let invitation = get::<Option<Vec<u8>>>(&row, 2)?;
+                    rooms[at]
+                        .invited
+                        .push((get(&row, 1)?, invitation.map(bytes::Bytes::from)));
+                }
+            }
+            for row in select(
+                transaction,
+                "SELECT room, \"user\", removal FROM removals \
+                 WHERE $1::text IS NULL OR room = $1 ORDER BY room, \"user\"",
+                &[&name],
+                "read the removals from the rooms",
+            )
+            .await?
+            {
+                if let Some(&at) = index.get(get::<&str>(&row, 0)?) {
+                    let removal = get::<Vec<u8>>(&row, 2)?;
+                    rooms[at].removals.push((get(&row, 1)?, removal.into()));
+                }
+            }
+            Ok(rooms)
+        })
+    }
+}
+
+impl Store for PostgresStore {
+    fn identities(&self) -> Result<Vec<PublicIdentity>, StoreError> {
+        self.identities_named(None)
+    }
+
+    fn identity(&self, user: &str) -> Result<Option<PublicIdentity>, StoreError> {
+        Ok(self.identities_named(Some(user))?.into_iter().next())
+    }
+
+    fn prekeys(&self) -> Result<Vec<(String, SignedPrekey)>, StoreError> {
+        self.prekeys_of(None)
+    }
+
+    fn prekey(&self, user: &str) -> Result<Option<SignedPrekey>, StoreError> {
+        Ok(self
+            .prekeys_of(Some(user))?
+            .into_iter()
+            .next()
+            .map(|(_, prekey)| prekey))
     }
 
     fn save_prekey(&self, user: &str, prekey: &SignedPrekey) -> Result<(), StoreError> {
@@ -878,77 +1025,11 @@ impl Store for PostgresStore {
     }
 
     fn rooms(&self) -> Result<Vec<StoredRoom>, StoreError> {
-        self.read(async |transaction| {
-            let mut rooms = select(
-                transaction,
-                "SELECT name, owner, last_seq, message_count, message_bytes FROM rooms \
-                 ORDER BY name",
-                &[],
-                "read the rooms",
-            )
-            .await?
-            .iter()
-            .map(|row| {
-                Ok(StoredRoom {
-                    name: get(row, 0)?,
-                    owner: get(row, 1)?,
-                    last_seq: from_bits(get(row, 2)?),
-                    messages: from_bits(get(row, 3)?),
-                    message_bytes: from_bits(get(row, 4)?),
-                    ..StoredRoom::default()
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-            let index: HashMap<String, usize> = rooms
-                .iter()
-                .enumerate()
-                .map(|(index, room)| (room.name.clone(), index))
-                .collect();
-            // The foreign keys make every row below belong to a room read above.
-            for row in select(
-                transaction,
-                "SELECT room, \"user\", joined_seq FROM members ORDER BY room, \"user\"",
-                &[],
-                "read the members of the rooms",
-            )
-            .await?
-            {
-                if let Some(&at) = index.get(get::<&str>(&row, 0)?) {
-                    rooms[at]
-                        .members
-                        .push((get(&row, 1)?, from_bits(get(&row, 2)?)));
-                }
-            }
-            for row in select(
-                transaction,
-                "SELECT room, \"user\", invitation FROM invitations ORDER BY room, \"user\"",
-                &[],
-                "read the invitations to the rooms",
-            )
-            .await?
-            {
-                if let Some(&at) = index.get(get::<&str>(&row, 0)?) {
-                    let invitation = get::<Option<Vec<u8>>>(&row, 2)?;
-                    rooms[at]
-                        .invited
-                        .push((get(&row, 1)?, invitation.map(bytes::Bytes::from)));
-                }
-            }
-            for row in select(
-                transaction,
-                "SELECT room, \"user\", removal FROM removals ORDER BY room, \"user\"",
-                &[],
-                "read the removals from the rooms",
-            )
-            .await?
-            {
-                if let Some(&at) = index.get(get::<&str>(&row, 0)?) {
-                    let removal = get::<Vec<u8>>(&row, 2)?;
-                    rooms[at].removals.push((get(&row, 1)?, removal.into()));
-                }
-            }
-            Ok(rooms)
-        })
+        self.rooms_named(None)
+    }
+
+    fn room(&self, name: &str) -> Result<Option<StoredRoom>, StoreError> {
+        Ok(self.rooms_named(Some(name))?.into_iter().next())
     }
 
     fn commit(
@@ -960,12 +1041,12 @@ impl Store for PostgresStore {
             // The writer's probe after a failure: a relay that lost its claim must not
             // take itself for recovered.
             if self.fence.is_some() {
-                return self.write("check the claim", async |_| Ok(Vec::new()));
+                return self.write_as(Writer::Rooms, "check the claim", async |_| Ok(Vec::new()));
             }
             return Ok(Vec::new());
         }
         let now_ms = now_ms();
-        self.write("commit", async |transaction| {
+        self.write_as(Writer::Rooms, "commit", async |transaction| {
             let mut applied = Vec::with_capacity(changes.len());
             let mut tally = Tally::new(now_ms);
             for change in changes {

@@ -317,6 +317,45 @@ impl Trim {
     }
 }
 
+/// A room's log from its rows, as both backends read them: messages, sender key rows
+/// (sequence number, sender, key) and events (sequence number, user, reason, removal),
+/// each in sequence order. Rows of one distribution become one entry.
+pub(super) fn room_log(
+    messages: Vec<crate::proto::MessageDelivery>,
+    keys: Vec<(u64, String, super::WrappedKey)>,
+    events: Vec<(u64, String, i32, Option<bytes::Bytes>)>,
+) -> Vec<super::LogEntry> {
+    use super::LogEntry;
+    let mut log: Vec<LogEntry> = messages.into_iter().map(LogEntry::Message).collect();
+    for (seq, sender, key) in keys {
+        match log.last_mut() {
+            Some(LogEntry::SenderKeys {
+                seq: last, keys, ..
+            }) if *last == seq => keys.push(key),
+            _ => log.push(LogEntry::SenderKeys {
+                seq,
+                sender,
+                keys: vec![key],
+            }),
+        }
+    }
+    for (seq, user, reason, removal) in events {
+        log.push(match reason {
+            0 => LogEntry::Joined { seq, user },
+            reason => LogEntry::Left {
+                seq,
+                user,
+                reason: crate::proto::LeaveReason::try_from(reason)
+                    .unwrap_or(crate::proto::LeaveReason::Left),
+                removal,
+            },
+        });
+    }
+    // Stable: one entry per sequence number anyway.
+    log.sort_by_key(super::LogEntry::seq);
+    log
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,43 +412,4 @@ mod tests {
         assert_eq!(exceeded_quota(Some(120), -20, &policy), None);
         assert_eq!(exceeded_quota(None, 1000, &policy), None);
     }
-}
-
-/// A room's log from its rows, as both backends read them: messages, sender key rows
-/// (sequence number, sender, key) and events (sequence number, user, reason, removal),
-/// each in sequence order. Rows of one distribution become one entry.
-pub(super) fn room_log(
-    messages: Vec<crate::proto::MessageDelivery>,
-    keys: Vec<(u64, String, super::WrappedKey)>,
-    events: Vec<(u64, String, i32, Option<bytes::Bytes>)>,
-) -> Vec<super::LogEntry> {
-    use super::LogEntry;
-    let mut log: Vec<LogEntry> = messages.into_iter().map(LogEntry::Message).collect();
-    for (seq, sender, key) in keys {
-        match log.last_mut() {
-            Some(LogEntry::SenderKeys {
-                seq: last, keys, ..
-            }) if *last == seq => keys.push(key),
-            _ => log.push(LogEntry::SenderKeys {
-                seq,
-                sender,
-                keys: vec![key],
-            }),
-        }
-    }
-    for (seq, user, reason, removal) in events {
-        log.push(match reason {
-            0 => LogEntry::Joined { seq, user },
-            reason => LogEntry::Left {
-                seq,
-                user,
-                reason: crate::proto::LeaveReason::try_from(reason)
-                    .unwrap_or(crate::proto::LeaveReason::Left),
-                removal,
-            },
-        });
-    }
-    // Stable: one entry per sequence number anyway.
-    log.sort_by_key(super::LogEntry::seq);
-    log
 }

@@ -719,14 +719,17 @@ fn prune_room(
     Ok(())
 }
 
-impl Store for SqliteStore {
-    fn identities(&self) -> Result<Vec<PublicIdentity>, StoreError> {
+impl SqliteStore {
+    /// Every registered identity, or only `user`'s.
+    fn identities_named(&self, user: Option<&str>) -> Result<Vec<PublicIdentity>, StoreError> {
         let connection = self.reader();
         let mut statement = connection
-            .prepare("SELECT user, identity FROM identities ORDER BY user")
+            .prepare_cached(
+                "SELECT user, identity FROM identities WHERE ?1 IS NULL OR user = ?1 ORDER BY user",
+            )
             .map_err(database)?;
         let rows = statement
-            .query_map([], |row| {
+            .query_map([user], |row| {
                 Ok((row.get::<_, String>(0)?, row.get::<_, Vec<u8>>(1)?))
             })
             .map_err(database)?;
@@ -738,13 +741,14 @@ impl Store for SqliteStore {
         Ok(identities)
     }
 
-    fn prekeys(&self) -> Result<Vec<(String, SignedPrekey)>, StoreError> {
+    /// Every device's current signed prekey, or only `user`'s.
+    fn prekeys_of(&self, user: Option<&str>) -> Result<Vec<(String, SignedPrekey)>, StoreError> {
         let connection = self.reader();
         select(
             &connection,
             "SELECT user, device, prekey_id, created_at_ms, public_key, signature FROM prekeys \
-             ORDER BY user, device",
-            [],
+             WHERE ?1 IS NULL OR user = ?1 ORDER BY user, device",
+            [user],
             "read the prekeys",
             |row| {
                 let prekey = SignedPrekey {
@@ -757,6 +761,117 @@ impl Store for SqliteStore {
                 Ok((row.get(0)?, prekey))
             },
         )
+    }
+}
+
+impl SqliteStore {
+    /// Every room, or only `name`, with its members and invitations.
+    fn rooms_named(&self, name: Option<&str>) -> Result<Vec<StoredRoom>, StoreError> {
+        let mut connection = self.reader();
+        let transaction = read(&mut connection)?;
+        let mut rooms = select(
+            &transaction,
+            "SELECT name, owner, last_seq, message_count, message_bytes FROM rooms \
+             WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
+            [name],
+            "read the rooms",
+            |row| {
+                Ok(StoredRoom {
+                    name: row.get(0)?,
+                    owner: row.get(1)?,
+                    last_seq: from_bits(row.get(2)?),
+                    messages: from_bits(row.get(3)?),
+                    message_bytes: from_bits(row.get(4)?),
+                    ..StoredRoom::default()
+                })
+            },
+        )?;
+        let index: HashMap<String, usize> = rooms
+            .iter()
+            .enumerate()
+            .map(|(index, room)| (room.name.clone(), index))
+            .collect();
+        // The foreign keys make every row below belong to a room read above.
+        let room = |name: &str| index.get(name).copied();
+        for (name, user, joined) in select(
+            &transaction,
+            "SELECT room, user, joined_seq FROM members WHERE ?1 IS NULL OR room = ?1 \
+             ORDER BY room, user",
+            [name],
+            "read the members of the rooms",
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get(1)?,
+                    from_bits(row.get(2)?),
+                ))
+            },
+        )? {
+            if let Some(at) = room(&name) {
+                rooms[at].members.push((user, joined));
+            }
+        }
+        for (name, user, invitation) in select(
+            &transaction,
+            "SELECT room, user, invitation FROM invitations WHERE ?1 IS NULL OR room = ?1 \
+             ORDER BY room, user",
+            [name],
+            "read the invitations to the rooms",
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get(1)?,
+                    row.get::<_, Option<Vec<u8>>>(2)?,
+                ))
+            },
+        )? {
+            if let Some(at) = room(&name) {
+                rooms[at]
+                    .invited
+                    .push((user, invitation.map(bytes::Bytes::from)));
+            }
+        }
+        for (name, user, removal) in select(
+            &transaction,
+            "SELECT room, user, removal FROM removals WHERE ?1 IS NULL OR room = ?1 \
+             ORDER BY room, user",
+            [name],
+            "read the removals from the rooms",
+            |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get(1)?,
+                    row.get::<_, Vec<u8>>(2)?,
+                ))
+            },
+        )? {
+            if let Some(at) = room(&name) {
+                rooms[at].removals.push((user, removal.into()));
+            }
+        }
+        Ok(rooms)
+    }
+}
+
+impl Store for SqliteStore {
+    fn identities(&self) -> Result<Vec<PublicIdentity>, StoreError> {
+        self.identities_named(None)
+    }
+
+    fn identity(&self, user: &str) -> Result<Option<PublicIdentity>, StoreError> {
+        Ok(self.identities_named(Some(user))?.into_iter().next())
+    }
+
+    fn prekeys(&self) -> Result<Vec<(String, SignedPrekey)>, StoreError> {
+        self.prekeys_of(None)
+    }
+
+    fn prekey(&self, user: &str) -> Result<Option<SignedPrekey>, StoreError> {
+        Ok(self
+            .prekeys_of(Some(user))?
+            .into_iter()
+            .next()
+            .map(|(_, prekey)| prekey))
     }
 
     fn save_prekey(&self, user: &str, prekey: &SignedPrekey) -> Result<(), StoreError> {
@@ -880,86 +995,11 @@ impl Store for SqliteStore {
     }
 
     fn rooms(&self) -> Result<Vec<StoredRoom>, StoreError> {
-        let mut connection = self.reader();
-        let transaction = read(&mut connection)?;
-        let mut rooms = select(
-            &transaction,
-            "SELECT name, owner, last_seq, message_count, message_bytes FROM rooms \
-             ORDER BY name",
-            [],
-            "read the rooms",
-            |row| {
-                Ok(StoredRoom {
-                    name: row.get(0)?,
-                    owner: row.get(1)?,
-                    last_seq: from_bits(row.get(2)?),
-                    messages: from_bits(row.get(3)?),
-                    message_bytes: from_bits(row.get(4)?),
-                    ..StoredRoom::default()
-                })
-            },
-        )?;
-        let index: HashMap<String, usize> = rooms
-            .iter()
-            .enumerate()
-            .map(|(index, room)| (room.name.clone(), index))
-            .collect();
-        // The foreign keys make every row below belong to a room read above.
-        let room = |name: &str| index.get(name).copied();
-        for (name, user, joined) in select(
-            &transaction,
-            "SELECT room, user, joined_seq FROM members ORDER BY room, user",
-            [],
-            "read the members of the rooms",
-            |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get(1)?,
-                    from_bits(row.get(2)?),
-                ))
-            },
-        )? {
-            if let Some(at) = room(&name) {
-                rooms[at].members.push((user, joined));
-            }
-        }
-        for (name, user, invitation) in select(
-            &transaction,
-            "SELECT room, user, invitation FROM invitations ORDER BY room, user",
-            [],
-            "read the invitations to the rooms",
-            |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get(1)?,
-                    row.get::<_, Option<Vec<u8>>>(2)?,
-                ))
-            },
-        )? {
-            if let Some(at) = room(&name) {
-                rooms[at]
-                    .invited
-                    .push((user, invitation.map(bytes::Bytes::from)));
-            }
-        }
-        for (name, user, removal) in select(
-            &transaction,
-            "SELECT room, user, removal FROM removals ORDER BY room, user",
-            [],
-            "read the removals from the rooms",
-            |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get(1)?,
-                    row.get::<_, Vec<u8>>(2)?,
-                ))
-            },
-        )? {
-            if let Some(at) = room(&name) {
-                rooms[at].removals.push((user, removal.into()));
-            }
-        }
-        Ok(rooms)
+        self.rooms_named(None)
+    }
+
+    fn room(&self, name: &str) -> Result<Option<StoredRoom>, StoreError> {
+        Ok(self.rooms_named(Some(name))?.into_iter().next())
     }
 
     fn commit(

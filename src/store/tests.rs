@@ -1325,8 +1325,155 @@ fn registration_tokens_are_used_up_expire_and_can_be_revoked(store: &dyn TestSto
     }
 }
 
+/// A change the store numbers (`seq: 0`).
+fn numbered(change: Change) -> Change {
+    match change {
+        Change::AddMember { room, user, .. } => Change::AddMember { room, user, seq: 0 },
+        Change::AppendMessage {
+            room,
+            sender,
+            sealed,
+            ..
+        } => Change::AppendMessage {
+            room,
+            seq: 0,
+            sender,
+            sealed,
+        },
+        Change::AppendSenderKeys {
+            room,
+            sender,
+            key_id,
+            keys,
+            ..
+        } => Change::AppendSenderKeys {
+            room,
+            seq: 0,
+            sender,
+            key_id,
+            keys,
+        },
+        other => other,
+    }
+}
+
+fn stores_sharing_a_database_number_a_rooms_log_once_and_replay_it_in_order(backend: &dyn Backend) {
+    let (a, b) = (backend.open(), backend.open());
+    let applied = a
+        .commit_unlimited(&[create("r", Some("alice")), numbered(join("r", "alice", 0))])
+        .unwrap();
+    assert_eq!(applied, [Applied::Done, Applied::Stored { seq: 1 }]);
+    let joined = b
+        .commit_unlimited(&[numbered(join("r", "bob", 0))])
+        .unwrap();
+    assert_eq!(joined, [Applied::Stored { seq: 2 }]);
+    // Two writers at once, each numbering its own: every number once, none left out.
+    let write = |store: Arc<dyn TestStore>, sender: &'static str, key_id: u64| {
+        std::thread::spawn(move || {
+            let mut seqs = Vec::new();
+            for iteration in 0..25 {
+                let mut changes = vec![numbered(send("r", 0, sender, key_id, iteration * 2))];
+                changes.push(numbered(send("r", 0, sender, key_id, iteration * 2 + 1)));
+                for applied in store.commit_unlimited(&changes).unwrap() {
+                    match applied {
+                        Applied::Stored { seq } => seqs.push(seq),
+                        other => panic!("expected a number, got {other:?}"),
+                    }
+                }
+            }
+            seqs
+        })
+    };
+    let (from_a, from_b) = (write(a.clone(), "alice", K1), write(b.clone(), "bob", K2));
+    let (from_a, from_b) = (from_a.join().unwrap(), from_b.join().unwrap());
+    assert!(
+        from_a.is_sorted() && from_b.is_sorted(),
+        "{from_a:?} {from_b:?}"
+    );
+    let mut all: Vec<u64> = from_a.into_iter().chain(from_b).collect();
+    all.sort_unstable();
+    assert_eq!(all, (3..=102).collect::<Vec<_>>());
+    // A resend takes no number.
+    let resent = a
+        .commit_unlimited(&[numbered(send("r", 0, "alice", K1, 0))])
+        .unwrap();
+    assert!(
+        matches!(resent[..], [Applied::Duplicate { .. }]),
+        "{resent:?}"
+    );
+    let keys = b
+        .commit_unlimited(&[numbered(wrap("r", 0, "bob", K2, &["alice", "bob"]))])
+        .unwrap();
+    assert_eq!(keys, [Applied::Stored { seq: 103 }]);
+    let removal = bytes::Bytes::from_static(b"signed removal");
+    let kicked = a
+        .commit_unlimited(&[
+            Change::RecordRemoval {
+                room: "r".into(),
+                user: "bob".into(),
+                removal: removal.clone(),
+            },
+            Change::RemoveMember {
+                room: "r".into(),
+                user: "bob".into(),
+                seq: 0,
+                reason: LeaveReason::Kicked,
+            },
+        ])
+        .unwrap();
+    assert_eq!(kicked, [Applied::Done, Applied::Stored { seq: 104 }]);
+    assert_eq!(b.heads().unwrap(), [("r".to_owned(), 104)]);
+
+    // What another relay replays: every entry, in order, whoever committed it.
+    let log = b.log_between("r", 0, 104).unwrap();
+    assert_eq!(
+        log.iter().map(LogEntry::seq).collect::<Vec<_>>(),
+        (1..=104).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        log[..2],
+        [
+            LogEntry::Joined {
+                seq: 1,
+                user: "alice".into()
+            },
+            LogEntry::Joined {
+                seq: 2,
+                user: "bob".into()
+            }
+        ]
+    );
+    match &log[102] {
+        LogEntry::SenderKeys { seq, sender, keys } => {
+            assert_eq!((*seq, sender.as_str()), (103, "bob"));
+            let recipients: Vec<&str> = keys.iter().map(|key| key.recipient.as_str()).collect();
+            // bob's own copy went with his membership.
+            assert_eq!(recipients, ["alice"]);
+        }
+        other => panic!("expected bob's keys, got {other:?}"),
+    }
+    assert_eq!(
+        log[103],
+        LogEntry::Left {
+            seq: 104,
+            user: "bob".into(),
+            reason: LeaveReason::Kicked,
+            removal: Some(removal),
+        }
+    );
+    // Bounded at both ends, as `entries_after`.
+    assert_eq!(a.log_between("r", 100, 102).unwrap(), log[100..102]);
+    assert_eq!(a.log_between("r", 104, 200).unwrap(), []);
+    assert_eq!(
+        a.room("r").unwrap().map(|room| room.members),
+        Some(vec![("alice".to_owned(), 1)])
+    );
+    assert_eq!(a.room("nowhere").unwrap(), None);
+}
+
 on_every_backend! {
     reopening: [
+        stores_sharing_a_database_number_a_rooms_log_once_and_replay_it_in_order,
         registrations_survive_reopening_and_are_not_duplicated,
         rooms_and_their_logs_survive_reopening,
     ],

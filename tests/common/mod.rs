@@ -507,6 +507,26 @@ impl RawClient {
         .expect("no answer")
     }
 
+    /// The next frame of `kind` (a `server_frame::Kind` pattern tested by `wanted`),
+    /// skipping others.
+    pub async fn next_of(&mut self, wanted: impl Fn(&server_frame::Kind) -> bool) -> ServerFrame {
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                let frame = self
+                    .incoming
+                    .message()
+                    .await
+                    .unwrap()
+                    .expect("stream ended");
+                if frame.kind.as_ref().is_some_and(&wanted) {
+                    return frame;
+                }
+            }
+        })
+        .await
+        .expect("no such frame")
+    }
+
     /// Reads until the relay ends the stream, and returns the status it ended with.
     pub async fn final_status(&mut self) -> tonic::Status {
         final_status(&mut self.incoming).await

@@ -12,7 +12,7 @@ use crate::proto::{
     server_frame::Kind,
 };
 use crate::server::room::Member;
-use crate::store::{Applied, Change, copy};
+use crate::store::{Applied, Change, WrappedKey, copy};
 
 impl State {
     /// Carries out what a committed op calls for.
@@ -165,20 +165,7 @@ impl State {
                     return;
                 };
                 self.advance(&room, seq);
-                for key in keys {
-                    // The sender's own copy is for its history only.
-                    if key.recipient == sender {
-                        continue;
-                    }
-                    // The relay encoded the copy itself, a moment ago.
-                    let Ok(delivery) =
-                        copy::delivery(&room, sender.clone(), seq, &key.wrapped_key, key.signature)
-                    else {
-                        continue;
-                    };
-                    let delivery = Kind::SenderKey(delivery);
-                    self.deliver_entry(&room, seq, &key.recipient, delivery);
-                }
+                self.deliver_keys(&room, seq, &sender, keys);
                 self.acknowledge(session, &room, request_id, seq);
             }
             Effect::Ack {
@@ -237,7 +224,7 @@ impl State {
 
     /// Delivers the entry numbered `seq` to every member of `room` that receives it but
     /// `except`.
-    fn fan_out(&mut self, room: &str, seq: u64, except: &str, kind: &Kind) {
+    pub(super) fn fan_out(&mut self, room: &str, seq: u64, except: &str, kind: &Kind) {
         let Some(found) = self.rooms.get(room) else {
             return;
         };
@@ -250,6 +237,34 @@ impl State {
             .collect();
         for id in sessions {
             self.deliver_to(id, room, kind.clone());
+        }
+    }
+
+    /// Delivers the sender keys `sender` distributed in `room` under `seq`, each to its
+    /// recipient.
+    pub(super) fn deliver_keys(
+        &mut self,
+        room: &str,
+        seq: u64,
+        sender: &str,
+        keys: Vec<WrappedKey>,
+    ) {
+        for key in keys {
+            // The sender's own copy is for its history only.
+            if key.recipient == sender {
+                continue;
+            }
+            // A relay encoded the copy itself.
+            let Ok(delivery) = copy::delivery(
+                room,
+                sender.to_owned(),
+                seq,
+                &key.wrapped_key,
+                key.signature,
+            ) else {
+                continue;
+            };
+            self.deliver_entry(room, seq, &key.recipient, Kind::SenderKey(delivery));
         }
     }
 

@@ -24,10 +24,11 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::mpsc::Sender;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio::task::AbortHandle;
 
 mod committed;
@@ -36,10 +37,11 @@ mod log;
 mod membership;
 mod op;
 mod reclaim;
+mod replay;
 mod sessions;
 
 pub(crate) use error::{HubError, rejection};
-pub(crate) use op::{Batch, Command, Effect, Failure, Op};
+pub(crate) use op::{Batch, Command, Doorbell, Effect, Failure, Follower, Op, numbered};
 
 use super::Limits;
 use super::network::connection::ConnectionHandle;
@@ -86,6 +88,9 @@ pub(crate) struct Hub {
     state: Mutex<State>,
     limits: Limits,
     writer: Sender<Command>,
+    /// Where the sessions this relay opens are announced to relays sharing its
+    /// database (user, when it opened in µs since the Unix epoch), if any.
+    peers: OnceLock<UnboundedSender<(String, u64)>>,
 }
 
 #[derive(Default)]
@@ -123,6 +128,9 @@ struct State {
 
 struct Session {
     user: String,
+    /// When it opened, in µs since the Unix epoch: of two sessions of one user on
+    /// relays sharing a database, the newer stays.
+    opened_us: u64,
     /// The user's registered identity, handed to the members of its rooms.
     identity: PublicIdentity,
     frames: OutboundHandle,
@@ -168,6 +176,7 @@ impl Hub {
             state: Mutex::new(state),
             limits,
             writer,
+            peers: OnceLock::new(),
         }
     }
 
@@ -302,69 +311,64 @@ impl State {
         self.rooms.clear();
         self.memberships.clear();
         self.owned.clear();
-        let mut deletions = Vec::new();
-        for stored in rooms {
-            let mut room = Room {
-                owner: stored.owner.clone(),
-                // An entry that does not decode (it cannot: the relay encoded it) counts
-                // as unsigned, which members ask the owner to sign anew.
-                invited: stored
-                    .invited
-                    .into_iter()
-                    .map(|(user, invitation)| {
-                        let invitation =
-                            invitation.and_then(|bytes| Invitation::decode(bytes).ok());
-                        (user, invitation)
-                    })
-                    .collect(),
-                removals: stored
-                    .removals
-                    .into_iter()
-                    .filter_map(|(user, removal)| Some((user, Removal::decode(removal).ok()?)))
-                    .collect(),
-                committed_seq: stored.last_seq,
-                ..Room::default()
-            };
-            for (user, joined_seq) in stored.members {
-                let Some(identity) = identity(&user) else {
-                    tracing::warn!(
-                        user,
-                        room = stored.name,
-                        "a stored member is not registered; dropped"
-                    );
-                    continue;
-                };
-                self.memberships
-                    .entry(user.clone())
-                    .or_default()
-                    .insert(stored.name.clone());
-                room.members.insert(
+        rooms
+            .into_iter()
+            .filter_map(|stored| self.insert_room(stored, identity))
+            .collect()
+    }
+
+    /// Takes one room as stored; returns its deletion if it has no member left.
+    fn insert_room(
+        &mut self,
+        stored: StoredRoom,
+        identity: &dyn Fn(&str) -> Option<PublicIdentity>,
+    ) -> Option<Op> {
+        let (invited, removals) = replay::decoded_membership(stored.invited, stored.removals);
+        let mut room = Room {
+            owner: stored.owner.clone(),
+            invited,
+            removals,
+            committed_seq: stored.last_seq,
+            ..Room::default()
+        };
+        for (user, joined_seq) in stored.members {
+            let Some(identity) = identity(&user) else {
+                tracing::warn!(
                     user,
-                    Member {
-                        identity,
-                        joined_seq,
-                        leaving: false,
-                    },
+                    room = stored.name,
+                    "a stored member is not registered; dropped"
                 );
-            }
-            if room.members.is_empty() {
-                // Left empty by a shutdown before its deletion was committed.
-                deletions.push(Op {
-                    changes: vec![Change::DeleteRoom { room: stored.name }],
-                    effect: Effect::Nothing,
-                    _permit: None,
-                });
                 continue;
-            }
-            if let Some(owner) = &stored.owner {
-                self.owned
-                    .entry(owner.clone())
-                    .or_default()
-                    .insert(stored.name.clone());
-            }
-            self.rooms.insert(stored.name, room);
+            };
+            self.memberships
+                .entry(user.clone())
+                .or_default()
+                .insert(stored.name.clone());
+            room.members.insert(
+                user,
+                Member {
+                    identity,
+                    joined_seq,
+                    leaving: false,
+                },
+            );
         }
-        deletions
+        if room.members.is_empty() {
+            // Left empty by a shutdown before its deletion was committed.
+            return Some(Op {
+                changes: vec![Change::DeleteRoom { room: stored.name }],
+                effect: Effect::Nothing,
+                _permit: None,
+            });
+        }
+        if let Some(owner) = &stored.owner {
+            self.owned
+                .entry(owner.clone())
+                .or_default()
+                .insert(stored.name.clone());
+        }
+        self.rooms.insert(stored.name, room);
+        None
     }
 
     fn writable(&self) -> Result<(), HubError> {

@@ -6,14 +6,46 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::SessionId;
 use crate::proto::{LeaveReason, Removal, SealedMessage};
-use crate::store::{Applied, Change, StoreError, WrappedKey};
+use crate::store::{Applied, Change, LogEntry, StoreError, StoredRoom, WrappedKey};
 
 /// What the hub sends its writer thread (`server::writer`), which owns the store's
 /// transactions.
 pub(crate) enum Command {
     Commit(Box<Op>),
+    /// Another relay sharing the database committed to a room.
+    Doorbell(Doorbell),
+    /// Doorbells may have been missed (the link to the other relays was down): every
+    /// room is compared with the store.
+    Resync,
     /// Commit what has arrived, then stop.
     Stop,
+}
+
+/// What a relay sharing its database with others tells them after each commit, for
+/// each room it changed: they read the rest from the store.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Doorbell {
+    pub room: String,
+    /// The room's log has entries up to this sequence number (0: none new).
+    pub up_to: u64,
+    /// What of the room is not numbered changed too: its creation or deletion, an
+    /// invitation or a removal.
+    pub changed: bool,
+}
+
+/// What the writer of a relay sharing its database asks of its hub to replay what the
+/// other relays committed (`writer::follow`).
+pub(crate) trait Follower: Send {
+    /// How far `room`'s log is delivered here; `None` for a room the hub does not hold.
+    fn delivered_through(&self, room: &str) -> Option<u64>;
+    /// The rooms the hub holds.
+    fn room_names(&self) -> Vec<String>;
+    /// Delivers entries another relay committed, all after what is delivered, in
+    /// order; the room is then delivered up to `through` (numbers with nothing stored
+    /// under them, such as trimmed messages, included).
+    fn replay(&self, room: &str, entries: Vec<LogEntry>, through: u64);
+    /// Takes what is stored of a room that is not numbered, or forgets it (`None`).
+    fn refresh_room(&self, room: &str, stored: Option<StoredRoom>);
 }
 
 /// A change to a room on its way to the store, and what to do once it is committed.
@@ -98,7 +130,7 @@ pub(crate) enum Effect {
 
 impl Effect {
     /// The room whose log the op adds an entry to, numbered by the store.
-    pub(super) fn numbered_room(&self) -> Option<&str> {
+    pub(crate) fn numbered_room(&self) -> Option<&str> {
         match self {
             Self::Joined { room, .. }
             | Self::Left { room, .. }

@@ -36,12 +36,18 @@ impl Hub {
         }
         state.next_session_id += 1;
         let id = state.next_session_id;
+        let opened_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+            });
         let (frames, close, stream) =
             outbound(self.limits.outbound_queue, self.limits.outbound_queue_bytes);
         state.sessions.insert(
             id,
             Session {
                 user: user.to_owned(),
+                opened_us,
                 identity: identity.clone(),
                 frames,
                 close: Some(close),
@@ -53,8 +59,17 @@ impl Hub {
         state.online.insert(user.to_owned(), id);
         state.seen_lately.insert(user.to_owned());
         tracing::info!(user, session = id, "session opened");
+        if let Some(peers) = self.peers.get() {
+            let _ = peers.send((user.to_owned(), opened_us));
+        }
         self.note_seen(&mut state, user.to_owned());
         Ok((id, stream))
+    }
+
+    /// Announces every session opened from now on to `peers`, the relays sharing the
+    /// database, which end their own session of the same user.
+    pub(crate) fn announce_sessions_to(&self, peers: UnboundedSender<(String, u64)>) {
+        let _ = self.peers.set(peers);
     }
 
     /// Remembers the task reading the session's frames, to stop it if the session is

@@ -1,0 +1,267 @@
+//! Three relays serving one chat (`chat-server --database postgres://... --nats URL`),
+//! end to end: the real binary and real clients, against the throwaway PostgreSQL of
+//! `scripts/start-postgres.sh` and NATS of `scripts/start-nats.sh`. The members of a
+//! room are spread over the relays; under load, a relay killed, NATS restarted or
+//! PostgreSQL gone away cost them a reconnect or a delay, never a message, and every
+//! member shows every message once, in order.
+mod common;
+
+use std::ffi::OsStr;
+use std::path::Path;
+
+use common::nats::Nats;
+use common::postgres::{as_superuser, fresh_database};
+use common::process::{
+    ClientProcess, ServerProcess, message_line, next_lines, rust_client, sequence_faults,
+    wait_for_line,
+};
+use common::{RawClient, unknown_key_message};
+use e2ee_chat::proto::{SealedMessage, SendMessage, client_frame, server_frame};
+use e2ee_chat::store::Store;
+
+/// Three relays on one database and one NATS.
+struct Cluster {
+    relays: Vec<ServerProcess>,
+    _nats_url: String,
+}
+
+impl Cluster {
+    fn start(database: &str, nats: &Nats, dir: &Path) -> Self {
+        let relays = ["a", "b", "c"]
+            .iter()
+            .map(|name| {
+                ServerProcess::start_with_args(
+                    &dir.join(name),
+                    &[
+                        OsStr::new("--database"),
+                        OsStr::new(database),
+                        OsStr::new("--nats"),
+                        OsStr::new(nats.url()),
+                    ],
+                )
+            })
+            .collect();
+        Self {
+            relays,
+            _nats_url: nats.url().to_owned(),
+        }
+    }
+
+    /// The relays' URLs for a client, starting with relay `first`'s.
+    fn urls_from(&self, first: usize) -> String {
+        (0..self.relays.len())
+            .map(|n| self.relays[(first + n) % self.relays.len()].url.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+/// What happens to the deployment half-way through alice's messages.
+enum Fault {
+    /// Her relay is killed with SIGKILL.
+    KillRelay,
+    /// NATS stops, and comes back after a few messages.
+    RestartNats,
+}
+
+/// carol on relay c, bob on b and alice on a join one room; alice says 30 messages,
+/// `fault` strikes after the 10th, and bob and carol show all 30 once, in order.
+fn chat_through(fault: Fault) {
+    let database = fresh_database();
+    let mut nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::start(&database, &nats, dir.path());
+    let home = dir.path().join("home");
+    let room = "lobby";
+    let carol = ClientProcess::joined(
+        rust_client(&cluster.urls_from(2), "carol", room, &home),
+        room,
+    );
+    let bob = ClientProcess::joined(rust_client(&cluster.urls_from(1), "bob", room, &home), room);
+    let mut alice = ClientProcess::joined(
+        rust_client(&cluster.urls_from(0), "alice", room, &home),
+        room,
+    );
+    let text = |n: usize| format!("message {n}");
+    let expected: Vec<String> = (0..30)
+        .map(|n| message_line(room, "alice", &text(n)))
+        .collect();
+    for n in 0..10 {
+        alice.say(&text(n));
+    }
+    // Through the other relays: bob's and carol's see alice's messages in order.
+    let mut bob_shown = next_lines(&bob.stdout, 10);
+    let mut carol_shown = next_lines(&carol.stdout, 10);
+    assert_eq!(bob_shown, expected[..10], "bob");
+    assert_eq!(carol_shown, expected[..10], "carol");
+
+    for n in 10..20 {
+        alice.say(&text(n));
+    }
+    match fault {
+        Fault::KillRelay => {
+            cluster.relays[0].kill();
+            for n in 20..30 {
+                alice.say(&text(n));
+            }
+            let reconnected = format!("reconnected to {}", cluster.relays[1].url);
+            wait_for_line(&alice.stderr, &reconnected);
+        }
+        Fault::RestartNats => {
+            nats.stop();
+            for n in 20..25 {
+                alice.say(&text(n));
+            }
+            nats.restart();
+            for n in 25..30 {
+                alice.say(&text(n));
+            }
+        }
+    }
+    bob_shown.extend(wait_for_line(&bob.stdout, expected.last().unwrap()));
+    carol_shown.extend(wait_for_line(&carol.stdout, expected.last().unwrap()));
+    let (status, _, stderr) = alice.finish();
+    assert!(status.success(), "{stderr:?}");
+    for (client, mut shown, name) in [(bob, bob_shown, "bob"), (carol, carol_shown, "carol")] {
+        let (status, rest, stderr) = client.finish();
+        assert!(status.success(), "{name}: {stderr:?}");
+        shown.extend(rest);
+        assert_eq!(
+            sequence_faults(&shown, &expected),
+            None,
+            "{name}: {shown:?}"
+        );
+    }
+}
+
+#[test]
+fn members_on_three_relays_see_every_message_once_in_order_when_one_relay_is_killed() {
+    chat_through(Fault::KillRelay);
+}
+
+#[test]
+fn members_on_three_relays_see_every_message_once_in_order_when_nats_restarts() {
+    chat_through(Fault::RestartNats);
+}
+
+#[test]
+fn a_second_session_of_a_user_on_another_relay_ends_the_first_with_aborted() {
+    let database = fresh_database();
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(&database, &nats, dir.path());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut first = RawClient::open_url(&cluster.relays[0].url, "alice").await;
+        first.join("lobby").await;
+        let _second = RawClient::open_url(&cluster.relays[1].url, "alice").await;
+        let ended = first.final_status().await;
+        assert_eq!(ended.code(), tonic::Code::Aborted, "{ended:?}");
+    });
+}
+
+/// A message of `user`'s under a key nobody holds, the `iteration`th of its chain.
+fn message(iteration: u32) -> client_frame::Kind {
+    client_frame::Kind::Send(SendMessage {
+        room: "lobby".into(),
+        sealed: Some(SealedMessage {
+            iteration,
+            ..unknown_key_message()
+        }),
+    })
+}
+
+#[test]
+fn with_postgres_gone_senders_get_unavailable_and_the_relays_recover_by_themselves() {
+    let url = fresh_database();
+    let database = url.rsplit_once('/').unwrap().1.to_owned();
+    let nats = Nats::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = Cluster::start(&url, &nats, dir.path());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (a, b) = (&cluster.relays[0], &cluster.relays[1]);
+    runtime.block_on(async {
+        let mut alice = RawClient::open_url(&a.url, "alice").await;
+        alice.join("lobby").await;
+        let mut bob = RawClient::open_url(&b.url, "bob").await;
+        bob.join("lobby").await;
+        alice.send(2, message(0)).await;
+        assert!(matches!(
+            alice.answer(2).await.kind,
+            Some(server_frame::Kind::Ack(_))
+        ));
+        let delivered = bob
+            .next_of(|kind| matches!(kind, server_frame::Kind::Message(_)))
+            .await;
+        assert!(
+            matches!(delivered.kind, Some(server_frame::Kind::Message(_))),
+            "{delivered:?}"
+        );
+
+        let cut = format!(
+            "ALTER DATABASE {database} ALLOW_CONNECTIONS false; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
+        );
+        tokio::task::spawn_blocking(move || as_superuser(&cut))
+            .await
+            .unwrap();
+        alice.send(3, message(1)).await;
+        match alice.answer(3).await.kind {
+            Some(server_frame::Kind::Rejection(rejection)) => {
+                assert_eq!(
+                    rejection.code,
+                    tonic::Code::Unavailable as i32,
+                    "{rejection:?}"
+                );
+            }
+            other => panic!("expected UNAVAILABLE, never an acknowledgement: got {other:?}"),
+        }
+        let back = format!("ALTER DATABASE {database} ALLOW_CONNECTIONS true");
+        tokio::task::spawn_blocking(move || as_superuser(&back))
+            .await
+            .unwrap();
+    });
+    // Nobody restarts them: each takes its claim again, and at its first write (a
+    // session opened is one) ends its sessions once and reads its rooms anew, so that
+    // its clients catch up from what is stored.
+    for relay in &cluster.relays {
+        wait_for_line(&relay.stderr, "holding the claim on the database again");
+        let url = relay.url.clone();
+        runtime.block_on(async {
+            // A relay whose writes failed while the database was away recovered
+            // already, and keeps this session.
+            let mut probe = RawClient::open_url(&url, "dave").await;
+            let patience = std::time::Duration::from_secs(3);
+            if let Ok(ended) = tokio::time::timeout(patience, probe.final_status()).await {
+                assert_eq!(ended.code(), tonic::Code::Unavailable, "{ended:?}");
+            }
+        });
+        wait_for_line(&relay.stderr, "the store answers again; accepting changes");
+    }
+    runtime.block_on(async {
+        let mut alice = RawClient::open_url(&a.url, "alice").await;
+        alice.join("lobby").await;
+        let mut bob = RawClient::open_url(&b.url, "bob").await;
+        bob.join("lobby").await;
+        alice.send(3, message(1)).await;
+        let answer = alice.answer(3).await.kind;
+        assert!(
+            matches!(answer, Some(server_frame::Kind::Ack(_))),
+            "{answer:?}"
+        );
+        // Across relays again, through the database and NATS.
+        let delivered = bob
+            .next_of(|kind| matches!(kind, server_frame::Kind::Message(_)))
+            .await;
+        assert!(
+            matches!(delivered.kind, Some(server_frame::Kind::Message(ref m)) if m.sender == "alice"),
+            "{delivered:?}"
+        );
+    });
+    // Stored are the two acknowledged messages, nothing of the refused attempt.
+    let rooms = e2ee_chat::store::PostgresStore::open(&url, None)
+        .unwrap()
+        .rooms()
+        .unwrap();
+    assert_eq!(rooms[0].messages, 2, "{rooms:?}");
+}
