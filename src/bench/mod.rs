@@ -167,13 +167,21 @@ pub async fn start_plain_relay() -> Result<LocalRelay, BenchError> {
     })
 }
 
-/// Runs `load` with real clients through the relay at `url`.
+/// The relay client `index` uses of the comma-separated relays in `urls`: clients are
+/// spread over the relays of a cluster in turn, so that each room has members on each.
+fn relay_of(urls: &str, index: usize) -> &str {
+    let relays: Vec<&str> = urls.split(',').collect();
+    relays[index % relays.len()]
+}
+
+/// Runs `load` with real clients through the relay at `url` (or the relays, separated
+/// by commas, in turn).
 pub async fn measure_e2ee(url: &str, load: &Load) -> Result<Measurement, BenchError> {
     let identities = bench_identities(load.clients).await?;
     let mut clients = Vec::with_capacity(load.clients);
     for (index, identity) in identities.into_iter().enumerate() {
         let session = join_room(
-            url,
+            relay_of(url, index),
             identity,
             &user_name(index),
             &room_name(index, load),
@@ -194,7 +202,8 @@ pub enum Login {
     None,
 }
 
-/// Runs `load` with plaintext clients (no sealing, no opening) through the relay at `url`:
+/// Runs `load` with plaintext clients (no sealing, no opening) through the relay at `url`
+/// (or the relays, separated by commas, in turn):
 /// the baseline relay, or the real one to tell its cost from the clients'.
 pub async fn measure_plain(
     url: &str,
@@ -211,7 +220,7 @@ pub async fn measure_plain(
     };
     let mut clients = Vec::with_capacity(load.clients);
     for (index, identity) in identities.into_iter().enumerate() {
-        let channel = client::connect(url, None).await?;
+        let channel = client::connect(relay_of(url, index), None).await?;
         let (user, room) = (user_name(index), room_name(index, load));
         let chat = match identity {
             Some(identity) => self::login(channel.clone(), &identity, &user)

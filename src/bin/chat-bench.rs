@@ -40,8 +40,9 @@ struct Args {
     /// messages (as chat-client's option of the same name; Megolm uses 100).
     #[arg(long, default_value_t = RotationPolicy::default().messages)]
     rotate_after_messages: u32,
-    /// Load a running relay instead of one started in this process.
-    #[arg(long)]
+    /// Load a running relay instead of one started in this process; several relays
+    /// of a cluster separated by commas: client i uses the (i mod N)th.
+    #[arg(long, value_name = "URL[,URL...]")]
     server: Option<String>,
     /// Instead of a load: start chat-server (the binary next to this one) as a child,
     /// connect this many idle clients, and report the server's memory (Linux).

@@ -285,6 +285,62 @@ impl PostgresStore {
     }
 }
 
+/// Locks the rows a batch of `changes` writes, each kind in one order (its rooms by
+/// name, its senders by name, then the store's total), before it writes any: relays
+/// sharing the database then wait for each other's batches instead of deadlocking,
+/// which their batches, each taking rows in the order of its own changes, would.
+async fn lock_in_order(
+    transaction: &Transaction<'_>,
+    changes: &[Change],
+) -> Result<(), StoreError> {
+    let mut rooms = std::collections::BTreeSet::new();
+    let mut senders = std::collections::BTreeSet::new();
+    for change in changes {
+        match change {
+            Change::AppendMessage { room, sender, .. }
+            | Change::AppendSenderKeys { room, sender, .. } => {
+                rooms.insert(room.as_str());
+                senders.insert(sender.as_str());
+            }
+            Change::AddMember { room, .. }
+            | Change::RemoveMember { room, .. }
+            | Change::DeleteRoom { room }
+            | Change::Invite { room, .. }
+            | Change::Uninvite { room, .. }
+            | Change::RecordRemoval { room, .. } => {
+                rooms.insert(room.as_str());
+            }
+            Change::CreateRoom { .. } | Change::Seen { .. } | Change::DeleteIdentity { .. } => {}
+        }
+    }
+    let (rooms, senders): (Vec<&str>, Vec<&str>) =
+        (rooms.into_iter().collect(), senders.into_iter().collect());
+    for (sql, names) in [
+        (
+            "SELECT 1 FROM rooms WHERE name = ANY($1) ORDER BY name FOR UPDATE",
+            &rooms,
+        ),
+        (
+            "SELECT 1 FROM identities WHERE \"user\" = ANY($1) ORDER BY \"user\" FOR UPDATE",
+            &senders,
+        ),
+    ] {
+        if !names.is_empty() {
+            select(transaction, sql, &[names], "lock what the commit writes").await?;
+        }
+    }
+    if !senders.is_empty() {
+        select(
+            transaction,
+            "SELECT 1 FROM usage WHERE id = 1 FOR UPDATE",
+            &[],
+            "lock what the commit writes",
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Who writes: the relay's writer of rooms (`Store::commit`), or anything else (a
 /// registration, a prekey, a token, the pruning), which has nothing in memory that a
 /// claim taken again could have left stale.
@@ -1046,7 +1102,11 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         }
         let now_ms = now_ms();
+        let shared = self.fence.as_ref().is_some_and(|fence| fence.shared);
         self.write_as(Writer::Rooms, "commit", async |transaction| {
+            if shared {
+                lock_in_order(transaction, changes).await?;
+            }
             let mut applied = Vec::with_capacity(changes.len());
             let mut tally = Tally::new(now_ms);
             for change in changes {
