@@ -270,9 +270,9 @@ impl Follower for HubFollower {
             .map_or_else(Vec::new, |hub| hub.room_names())
     }
 
-    fn replay(&self, room: &str, entries: Vec<LogEntry>, through: u64) {
+    fn peers_committed(&self, room: &str, entries: Vec<LogEntry>, through: u64) {
         if let Some(hub) = self.hub.upgrade() {
-            hub.replay(room, entries, through, &|user| self.accounts.identity(user));
+            hub.peers_committed(room, entries, through, &|user| self.accounts.identity(user));
         }
     }
 

@@ -8,7 +8,7 @@
 //! - `accounts`: registered identities, login challenges and session tokens.
 //! - `auth`: the login RPCs, and the interceptor that requires a token for the rest.
 //! - `hub`: the shared state (sessions, rooms); `hub::committed` answers and fans out
-//!   what the writer committed, `hub::replay` what other relays committed.
+//!   what the writer committed, `hub::peers` what other relays committed.
 //! - `room`: one room's members, numbered like its log.
 //! - `writer`: the thread that commits the hub's changes to the store in batches, and
 //!   (`writer::follow`) delivers what other relays sharing the store committed.

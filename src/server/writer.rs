@@ -258,7 +258,7 @@ fn commit(setup: &WriterSetup, mut batch: Vec<Op>) -> Result<(), (StoreError, bo
                 .iter()
                 .map(|(room, span)| (room.clone(), span.0))
                 .collect();
-            let replayed = follow.before_own(&*setup.store, &firsts);
+            let before = follow.before_own(&*setup.store, &firsts);
             (setup.committed)(done, None);
             follow.ring(
                 &changes,
@@ -269,7 +269,7 @@ fn commit(setup: &WriterSetup, mut batch: Vec<Op>) -> Result<(), (StoreError, bo
             );
             // Had what came before not been delivered, the members would miss it: they
             // are sent away to catch up from the store, as after a failure.
-            replayed.map_err(|error| (error, true))
+            before.map_err(|error| (error, true))
         }
         Err(error) => {
             let failed = batch.into_iter().map(|op| (op, Vec::new())).collect();

@@ -260,7 +260,7 @@ impl Entry {
     }
 }
 
-/// One entry of a room's log as a relay replays it: what another relay sharing the
+/// One entry of a room's log as a relay reads it, to deliver what another relay sharing the
 /// database committed ([`Store::log_between`]), for its own members.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LogEntry {
@@ -431,7 +431,7 @@ pub trait Store: Send + Sync {
 
     /// Every entry of `room`'s log with `after < seq <= up_to`, in sequence order: the
     /// messages, the sender keys with all their recipients, the joinings and the
-    /// leavings. What a relay sharing the database with others replays of theirs.
+    /// leavings: what a relay sharing the database with others delivers of theirs.
     fn log_between(&self, room: &str, after: u64, up_to: u64) -> Result<Vec<LogEntry>, StoreError>;
 
     /// Every room with the highest sequence number used in it.

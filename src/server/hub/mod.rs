@@ -36,8 +36,8 @@ mod error;
 mod log;
 mod membership;
 mod op;
+mod peers;
 mod reclaim;
-mod replay;
 mod sessions;
 
 pub(crate) use error::{HubError, rejection};
@@ -323,7 +323,7 @@ impl State {
         stored: StoredRoom,
         identity: &dyn Fn(&str) -> Option<PublicIdentity>,
     ) -> Option<Op> {
-        let (invited, removals) = replay::decoded_membership(stored.invited, stored.removals);
+        let (invited, removals) = peers::decoded_membership(stored.invited, stored.removals);
         let mut room = Room {
             owner: stored.owner.clone(),
             invited,

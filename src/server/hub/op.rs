@@ -33,7 +33,7 @@ pub(crate) struct Doorbell {
     pub changed: bool,
 }
 
-/// What the writer of a relay sharing its database asks of its hub to replay what the
+/// What the writer of a relay sharing its database asks of its hub to deliver what the
 /// other relays committed (`writer::follow`).
 pub(crate) trait Follower: Send {
     /// How far `room`'s log is delivered here; `None` for a room the hub does not hold.
@@ -43,7 +43,7 @@ pub(crate) trait Follower: Send {
     /// Delivers entries another relay committed, all after what is delivered, in
     /// order; the room is then delivered up to `through` (numbers with nothing stored
     /// under them, such as trimmed messages, included).
-    fn replay(&self, room: &str, entries: Vec<LogEntry>, through: u64);
+    fn peers_committed(&self, room: &str, entries: Vec<LogEntry>, through: u64);
     /// Takes what is stored of a room that is not numbered, or forgets it (`None`).
     fn refresh_room(&self, room: &str, stored: Option<StoredRoom>);
 }

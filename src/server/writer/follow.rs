@@ -4,12 +4,12 @@
 //! Every relay numbers what it commits in the database (the store takes the room's
 //! next number under the room's row lock), then rings a [`Doorbell`] for each room it
 //! changed. A relay delivers a room's log strictly in sequence order: before its own
-//! entries of a batch it replays what the others committed to the room before them,
-//! and a doorbell, or the store's head seen every [`HEAD_CHECK`], makes it replay what
-//! it has not delivered yet. A doorbell is only a hint: one that is lost (the broker
+//! entries of a batch it delivers what the others committed to the room before them,
+//! and a doorbell, or the store's head seen every [`HEAD_CHECK`], makes it read and
+//! deliver what it has not delivered yet. A doorbell is only a hint: one that is lost (the broker
 //! restarted, this relay was cut off) costs a delay until the next head check, never an
 //! entry. All of it runs on the writer's thread, which is the only one that delivers,
-//! so a replay never interleaves with a commit.
+//! so delivering the others' entries never interleaves with a commit.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -43,7 +43,7 @@ impl Follow {
         firsts: &BTreeMap<String, u64>,
     ) -> Result<(), StoreError> {
         for (room, first) in firsts {
-            self.catch_up(store, room, first - 1)?;
+            self.read_up_to(store, room, first - 1)?;
         }
         Ok(())
     }
@@ -88,7 +88,7 @@ impl Follow {
                     self.hub.refresh_room(&bell.room, store.room(&bell.room)?);
                 }
                 if bell.up_to > through {
-                    self.catch_up(store, &bell.room, bell.up_to)?;
+                    self.read_up_to(store, &bell.room, bell.up_to)?;
                 }
             }
         }
@@ -113,7 +113,7 @@ impl Follow {
                         self.hub.refresh_room(&room, store.room(&room)?);
                     }
                     if head > through {
-                        self.catch_up(store, &room, head)?;
+                        self.read_up_to(store, &room, head)?;
                     }
                 }
             }
@@ -121,15 +121,21 @@ impl Follow {
         Ok(())
     }
 
-    /// Replays what is not delivered of `room` up to `up_to`.
-    fn catch_up(&self, store: &dyn Store, room: &str, up_to: u64) -> Result<(), StoreError> {
+    /// Delivers what is not delivered of `room` up to `up_to`, read from the store.
+    fn read_up_to(&self, store: &dyn Store, room: &str, up_to: u64) -> Result<(), StoreError> {
         while let Some(through) = self.hub.delivered_through(room)
             && through < up_to
         {
             let until = up_to.min(through.saturating_add(WINDOW));
             let entries = store.log_between(room, through, until)?;
-            tracing::debug!(room, through, until, entries = entries.len(), "replaying");
-            self.hub.replay(room, entries, until);
+            tracing::debug!(
+                room,
+                through,
+                until,
+                entries = entries.len(),
+                "delivering what other relays committed"
+            );
+            self.hub.peers_committed(room, entries, until);
         }
         Ok(())
     }

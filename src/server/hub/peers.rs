@@ -1,9 +1,9 @@
 //! What other relays sharing the database did: the entries they committed to a room's
-//! log, replayed here in sequence order for this relay's members, the rooms they made,
+//! log, delivered here in sequence order for this relay's members, the rooms they made,
 //! changed (an owner's invitations and removals) or deleted, and the sessions they
 //! opened, which end this relay's session of the same user.
 //!
-//! The store's writer (`writer::follow`) reads what to replay and calls these in commit
+//! The store's writer (`writer::follow`) reads what they committed and calls these in commit
 //! order, so a member receives every entry of its rooms once and in order, whichever
 //! relay committed it.
 
@@ -25,7 +25,7 @@ impl Hub {
 
     /// Delivers the entries another relay committed to `room`, all after what is
     /// delivered here, in order; `room` is then delivered up to `through`.
-    pub(crate) fn replay(
+    pub(crate) fn peers_committed(
         &self,
         room: &str,
         entries: Vec<LogEntry>,
@@ -34,7 +34,7 @@ impl Hub {
     ) {
         self.operate(|state| {
             for entry in entries {
-                state.replay(room, entry, identity);
+                state.deliver_peers_entry(room, entry, identity);
             }
             if let Some(found) = state.rooms.get_mut(room) {
                 found.committed_seq = found.committed_seq.max(through);
@@ -92,7 +92,7 @@ impl Hub {
 }
 
 impl State {
-    fn replay(
+    fn deliver_peers_entry(
         &mut self,
         room: &str,
         entry: LogEntry,
