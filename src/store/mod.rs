@@ -209,6 +209,10 @@ pub enum Applied {
     /// once its room forgot what the room's limits let go. Its sequence number is used
     /// up.
     OverQuota(Quota),
+    /// Nothing was stored: its sender is not a member of the room (any more). Checked
+    /// in the store only where relays share it: another may have removed the sender
+    /// since this relay took the message.
+    NotMember,
 }
 
 /// A storage quota a message would have exceeded.

@@ -23,6 +23,7 @@
 
 mod apply;
 mod reach;
+mod shared_commit;
 mod tally;
 
 use std::collections::{BTreeSet, HashMap};
@@ -52,6 +53,7 @@ use super::{
     StoredRoom, WrappedKey,
 };
 use crate::proto::{MessageDelivery, PublicIdentity, SenderKeyDelivery, SignedPrekey};
+use shared_commit::Checked;
 
 /// The migrations, in order: the schema version after each is its position + 1.
 const MIGRATIONS: &[&str] = &[
@@ -283,62 +285,6 @@ impl PostgresStore {
             Ok(done)
         })
     }
-}
-
-/// Locks the rows a batch of `changes` writes, each kind in one order (its rooms by
-/// name, its senders by name, then the store's total), before it writes any: relays
-/// sharing the database then wait for each other's batches instead of deadlocking,
-/// which their batches, each taking rows in the order of its own changes, would.
-async fn lock_in_order(
-    transaction: &Transaction<'_>,
-    changes: &[Change],
-) -> Result<(), StoreError> {
-    let mut rooms = std::collections::BTreeSet::new();
-    let mut senders = std::collections::BTreeSet::new();
-    for change in changes {
-        match change {
-            Change::AppendMessage { room, sender, .. }
-            | Change::AppendSenderKeys { room, sender, .. } => {
-                rooms.insert(room.as_str());
-                senders.insert(sender.as_str());
-            }
-            Change::AddMember { room, .. }
-            | Change::RemoveMember { room, .. }
-            | Change::DeleteRoom { room }
-            | Change::Invite { room, .. }
-            | Change::Uninvite { room, .. }
-            | Change::RecordRemoval { room, .. } => {
-                rooms.insert(room.as_str());
-            }
-            Change::CreateRoom { .. } | Change::Seen { .. } | Change::DeleteIdentity { .. } => {}
-        }
-    }
-    let (rooms, senders): (Vec<&str>, Vec<&str>) =
-        (rooms.into_iter().collect(), senders.into_iter().collect());
-    for (sql, names) in [
-        (
-            "SELECT 1 FROM rooms WHERE name = ANY($1) ORDER BY name FOR UPDATE",
-            &rooms,
-        ),
-        (
-            "SELECT 1 FROM identities WHERE \"user\" = ANY($1) ORDER BY \"user\" FOR UPDATE",
-            &senders,
-        ),
-    ] {
-        if !names.is_empty() {
-            select(transaction, sql, &[names], "lock what the commit writes").await?;
-        }
-    }
-    if !senders.is_empty() {
-        select(
-            transaction,
-            "SELECT 1 FROM usage WHERE id = 1 FOR UPDATE",
-            &[],
-            "lock what the commit writes",
-        )
-        .await?;
-    }
-    Ok(())
 }
 
 /// Who writes: the relay's writer of rooms (`Store::commit`), or anything else (a
@@ -1104,12 +1050,27 @@ impl Store for PostgresStore {
         let now_ms = now_ms();
         let shared = self.fence.as_ref().is_some_and(|fence| fence.shared);
         self.write_as(Writer::Rooms, "commit", async |transaction| {
-            if shared {
-                lock_in_order(transaction, changes).await?;
-            }
+            let mut members = match shared {
+                true => Some(shared_commit::lock_in_order(transaction, changes).await?),
+                false => None,
+            };
             let mut applied = Vec::with_capacity(changes.len());
             let mut tally = Tally::new(now_ms);
             for change in changes {
+                // Relays sharing the database check membership here too: another may
+                // have removed the sender, or a recipient, since this relay decided.
+                let checked = match &mut members {
+                    Some(members) => match members.check(change) {
+                        Checked::Refused => {
+                            applied.push(super::Applied::NotMember);
+                            continue;
+                        }
+                        Checked::Narrowed(narrowed) => Some(narrowed),
+                        Checked::AsIs => None,
+                    },
+                    None => None,
+                };
+                let change = checked.as_ref().unwrap_or(change);
                 applied.push(match change {
                     Change::AppendMessage {
                         room,

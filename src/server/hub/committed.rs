@@ -150,6 +150,15 @@ impl State {
                         self.fan_out(&room, seq, &sender, &delivery);
                         seq
                     }
+                    Some(Applied::NotMember) => {
+                        let refused = HubError::NotMember { room };
+                        self.deliver(
+                            session,
+                            request_id,
+                            Kind::Rejection(rejection(&refused.into())),
+                        );
+                        return;
+                    }
                     Some(Applied::Done) | None => return,
                 };
                 self.acknowledge(session, &room, request_id, stored_seq);
@@ -162,6 +171,13 @@ impl State {
                 keys,
             } => {
                 let Some(seq) = numbered(applied) else {
+                    // Removed on another relay meanwhile (the store found it).
+                    let refused = HubError::NotMember { room };
+                    self.deliver(
+                        session,
+                        request_id,
+                        Kind::Rejection(rejection(&refused.into())),
+                    );
                     return;
                 };
                 self.advance(&room, seq);

@@ -3,6 +3,7 @@
 //! does alike is tested in `store/tests.rs`.
 
 use super::*;
+use crate::store::Applied;
 use crate::store::tests::postgres_server::{as_superuser, fresh_database};
 use crate::store::tests::{CommitUnlimited, K1, create, send};
 
@@ -70,4 +71,90 @@ fn a_commit_while_the_database_is_away_fails_whole_and_the_store_recovers() {
         .unwrap();
     let room = &store.rooms().unwrap()[0];
     assert_eq!((room.last_seq, room.messages), (2, 1));
+}
+
+#[test]
+fn relays_sharing_the_database_store_nothing_from_a_sender_another_removed() {
+    let url = fresh_database();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Two relays' shared claims, as `chat-server --nats` takes them.
+    let claims: Vec<_> = (0..2)
+        .map(|_| {
+            runtime
+                .block_on(crate::store::claim::claim(
+                    Some(&url),
+                    dir.path(),
+                    false,
+                    true,
+                ))
+                .unwrap()
+        })
+        .collect();
+    let store = |claim: &crate::store::claim::Claim| {
+        let (url, fence) = (url.clone(), claim.fence());
+        std::thread::spawn(move || PostgresStore::open(&url, fence).unwrap())
+            .join()
+            .unwrap()
+    };
+    let (a, b) = (store(&claims[0]), store(&claims[1]));
+    let join = |user: &str| Change::AddMember {
+        room: "r".into(),
+        user: user.into(),
+        seq: 0,
+    };
+    a.commit_unlimited(&[create("r", None), join("alice"), join("bob")])
+        .unwrap();
+    // Relay a removes bob; relay b, not told yet, takes a message of bob's, and alice's
+    // sender keys for both of them.
+    a.commit_unlimited(&[Change::RemoveMember {
+        room: "r".into(),
+        user: "bob".into(),
+        seq: 0,
+        reason: crate::proto::LeaveReason::Kicked,
+    }])
+    .unwrap();
+    // Numbered by the store: `send` with seq 0.
+    let from_bob = send("r", 0, "bob", K1, 0);
+    let keys = |recipients: &[&str]| Change::AppendSenderKeys {
+        room: "r".into(),
+        seq: 0,
+        sender: "alice".into(),
+        key_id: 7,
+        keys: recipients
+            .iter()
+            .map(|recipient| WrappedKey {
+                recipient: (*recipient).to_owned(),
+                wrapped_key: bytes::Bytes::from_static(b"wrapped"),
+                signature: bytes::Bytes::from_static(b"signed"),
+            })
+            .collect(),
+    };
+    let applied = b
+        .commit_unlimited(&[
+            from_bob,
+            keys(&["alice", "bob"]),
+            join("bob"),
+            keys(&["bob"]),
+        ])
+        .unwrap();
+    // bob's message is refused; alice's first keys go to alice only; once bob joins
+    // again (in the same batch), a key for him is kept.
+    assert_eq!(
+        applied,
+        [
+            Applied::NotMember,
+            Applied::Stored { seq: 4 },
+            Applied::Stored { seq: 5 },
+            Applied::Stored { seq: 6 },
+        ]
+    );
+    assert_eq!(
+        b.test_query("SELECT CAST(seq AS TEXT), recipient FROM sender_keys ORDER BY seq"),
+        [["4", "alice"], ["6", "bob"]]
+    );
+    assert_eq!(
+        b.test_query("SELECT seq FROM messages"),
+        Vec::<Vec<String>>::new()
+    );
 }

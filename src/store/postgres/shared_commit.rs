@@ -1,0 +1,146 @@
+//! What a commit does when several relays serve the database together (`--nats`):
+//! it locks what it writes in one order, so that their commits wait for each other
+//! rather than deadlock, and it checks again who may send, since another relay may
+//! have removed a member since this relay's hub took the message.
+
+use std::collections::{BTreeSet, HashSet};
+
+use super::{Transaction, get, select};
+use crate::store::{Change, StoreError, WrappedKey};
+
+/// The members of a commit's rooms that it touches, kept up to date as its changes
+/// join and remove them.
+pub(super) struct Members {
+    /// (room, user).
+    pairs: HashSet<(String, String)>,
+}
+
+/// What a change may do, once membership is checked.
+pub(super) enum Checked {
+    AsIs,
+    /// Sender keys, without those for users who are no longer members.
+    Narrowed(Change),
+    /// The sender is not a member of the room: nothing of it is stored.
+    Refused,
+}
+
+impl Members {
+    /// Checks `change` against the members, and notes what it changes of them.
+    pub(super) fn check(&mut self, change: &Change) -> Checked {
+        let member = |pairs: &HashSet<(String, String)>, room: &str, user: &str| {
+            pairs.contains(&(room.to_owned(), user.to_owned()))
+        };
+        match change {
+            Change::AppendMessage { room, sender, .. } if !member(&self.pairs, room, sender) => {
+                Checked::Refused
+            }
+            Change::AppendSenderKeys {
+                room,
+                seq,
+                sender,
+                key_id,
+                keys,
+            } => {
+                if !member(&self.pairs, room, sender) {
+                    return Checked::Refused;
+                }
+                let kept: Vec<WrappedKey> = keys
+                    .iter()
+                    .filter(|key| member(&self.pairs, room, &key.recipient))
+                    .cloned()
+                    .collect();
+                if kept.len() == keys.len() {
+                    return Checked::AsIs;
+                }
+                Checked::Narrowed(Change::AppendSenderKeys {
+                    room: room.clone(),
+                    seq: *seq,
+                    sender: sender.clone(),
+                    key_id: *key_id,
+                    keys: kept,
+                })
+            }
+            Change::AddMember { room, user, .. } => {
+                self.pairs.insert((room.clone(), user.clone()));
+                Checked::AsIs
+            }
+            Change::RemoveMember { room, user, .. } => {
+                self.pairs.remove(&(room.clone(), user.clone()));
+                Checked::AsIs
+            }
+            Change::DeleteRoom { room } => {
+                self.pairs.retain(|(of, _)| of != room);
+                Checked::AsIs
+            }
+            _ => Checked::AsIs,
+        }
+    }
+}
+
+/// Locks the rows a batch of `changes` writes, each kind in one order (its rooms by
+/// name, its senders by name, then the store's total), before it writes any: relays
+/// sharing the database then wait for each other's batches instead of deadlocking,
+/// which their batches, each taking rows in the order of its own changes, would. Then
+/// reads who of the users the batch names is a member of its rooms: with the rooms
+/// locked, no other relay changes that until the commit.
+pub(super) async fn lock_in_order(
+    transaction: &Transaction<'_>,
+    changes: &[Change],
+) -> Result<Members, StoreError> {
+    let mut rooms = BTreeSet::new();
+    let mut senders = BTreeSet::new();
+    let mut users = BTreeSet::new();
+    for change in changes {
+        match change {
+            Change::AppendMessage { room, sender, .. } => {
+                rooms.insert(room.as_str());
+                senders.insert(sender.as_str());
+            }
+            Change::AppendSenderKeys {
+                room, sender, keys, ..
+            } => {
+                rooms.insert(room.as_str());
+                senders.insert(sender.as_str());
+                users.extend(keys.iter().map(|key| key.recipient.as_str()));
+            }
+            Change::AddMember { room, .. }
+            | Change::RemoveMember { room, .. }
+            | Change::DeleteRoom { room }
+            | Change::Invite { room, .. }
+            | Change::Uninvite { room, .. }
+            | Change::RecordRemoval { room, .. } => {
+                rooms.insert(room.as_str());
+            }
+            Change::CreateRoom { .. } | Change::Seen { .. } | Change::DeleteIdentity { .. } => {}
+        }
+    }
+    users.extend(senders.iter().copied());
+    let rooms: Vec<&str> = rooms.into_iter().collect();
+    let senders: Vec<&str> = senders.into_iter().collect();
+    let users: Vec<&str> = users.into_iter().collect();
+    let operation = "lock what the commit writes";
+    if !rooms.is_empty() {
+        let sql = "SELECT 1 FROM rooms WHERE name = ANY($1) ORDER BY name FOR UPDATE";
+        select(transaction, sql, &[&rooms], operation).await?;
+    }
+    if !senders.is_empty() {
+        let sql = "SELECT 1 FROM identities WHERE \"user\" = ANY($1) ORDER BY \"user\" FOR UPDATE";
+        select(transaction, sql, &[&senders], operation).await?;
+        let sql = "SELECT 1 FROM usage WHERE id = 1 FOR UPDATE";
+        select(transaction, sql, &[], operation).await?;
+    }
+    let mut pairs = HashSet::new();
+    if !users.is_empty() {
+        for row in select(
+            transaction,
+            "SELECT room, \"user\" FROM members WHERE room = ANY($1) AND \"user\" = ANY($2)",
+            &[&rooms, &users],
+            "read who may send",
+        )
+        .await?
+        {
+            pairs.insert((get(&row, 0)?, get(&row, 1)?));
+        }
+    }
+    Ok(Members { pairs })
+}
