@@ -64,8 +64,9 @@ enum Fault {
     RestartNats,
 }
 
-/// carol on relay c, bob on b and alice on a join one room; alice says 30 messages,
-/// `fault` strikes after the 10th, and bob and carol show all 30 once, in order.
+/// carol on relay c, bob on b and alice on a join one room, and all three talk at
+/// once: 30 messages each, `fault` striking after the 10th of each. Every one shows
+/// every message of the two others once, each sender's in order.
 fn chat_through(fault: Fault) {
     let database = fresh_database();
     let mut nats = Nats::start();
@@ -73,64 +74,79 @@ fn chat_through(fault: Fault) {
     let mut cluster = Cluster::start(&database, &nats, dir.path());
     let home = dir.path().join("home");
     let room = "lobby";
-    let carol = ClientProcess::joined(
-        rust_client(&cluster.urls_from(2), "carol", room, &home),
-        room,
-    );
-    let bob = ClientProcess::joined(rust_client(&cluster.urls_from(1), "bob", room, &home), room);
-    let mut alice = ClientProcess::joined(
-        rust_client(&cluster.urls_from(0), "alice", room, &home),
-        room,
-    );
-    let text = |n: usize| format!("message {n}");
-    let expected: Vec<String> = (0..30)
-        .map(|n| message_line(room, "alice", &text(n)))
+    let names = ["alice", "bob", "carol"];
+    let mut members: Vec<ClientProcess> = names
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(relay, name)| {
+            ClientProcess::joined(
+                rust_client(&cluster.urls_from(relay), name, room, &home),
+                room,
+            )
+        })
         .collect();
-    for n in 0..10 {
-        alice.say(&text(n));
-    }
-    // Through the other relays: bob's and carol's see alice's messages in order.
-    let mut bob_shown = next_lines(&bob.stdout, 10);
-    let mut carol_shown = next_lines(&carol.stdout, 10);
-    assert_eq!(bob_shown, expected[..10], "bob");
-    assert_eq!(carol_shown, expected[..10], "carol");
-
-    for n in 10..20 {
-        alice.say(&text(n));
-    }
+    members.reverse();
+    let text = |name: &str, n: usize| format!("{name} says {n}");
+    let said = |name: &str| -> Vec<String> {
+        (0..30)
+            .map(|n| message_line(room, name, &text(name, n)))
+            .collect()
+    };
+    let say = |members: &mut Vec<ClientProcess>, range: std::ops::Range<usize>| {
+        for n in range {
+            for (member, name) in members.iter_mut().zip(names) {
+                member.say(&text(name, n));
+            }
+        }
+    };
+    say(&mut members, 0..10);
+    // Through the other relays, as through one.
+    let mut shown: Vec<Vec<String>> = members.iter().map(|m| next_lines(&m.stdout, 20)).collect();
+    say(&mut members, 10..20);
     match fault {
         Fault::KillRelay => {
             cluster.relays[0].kill();
-            for n in 20..30 {
-                alice.say(&text(n));
-            }
+            say(&mut members, 20..30);
             let reconnected = format!("reconnected to {}", cluster.relays[1].url);
-            wait_for_line(&alice.stderr, &reconnected);
+            wait_for_line(&members[0].stderr, &reconnected);
         }
         Fault::RestartNats => {
             nats.stop();
-            for n in 20..25 {
-                alice.say(&text(n));
-            }
+            say(&mut members, 20..25);
             nats.restart();
-            for n in 25..30 {
-                alice.say(&text(n));
-            }
+            say(&mut members, 25..30);
         }
     }
-    bob_shown.extend(wait_for_line(&bob.stdout, expected.last().unwrap()));
-    carol_shown.extend(wait_for_line(&carol.stdout, expected.last().unwrap()));
-    let (status, _, stderr) = alice.finish();
-    assert!(status.success(), "{stderr:?}");
-    for (client, mut shown, name) in [(bob, bob_shown, "bob"), (carol, carol_shown, "carol")] {
-        let (status, rest, stderr) = client.finish();
+    for (at, member) in members.iter().enumerate() {
+        // Until the last line of each of the others, in whichever order they come.
+        let mut awaited: Vec<String> = (0..names.len())
+            .filter(|other| *other != at)
+            .map(|other| said(names[other]).pop().unwrap())
+            .collect();
+        while !awaited.is_empty() {
+            let line = next_lines(&member.stdout, 1).remove(0);
+            awaited.retain(|last| *last != line);
+            shown[at].push(line);
+        }
+    }
+    for ((member, mut shown), name) in members.into_iter().zip(shown).zip(names) {
+        let (status, rest, stderr) = member.finish();
         assert!(status.success(), "{name}: {stderr:?}");
         shown.extend(rest);
-        assert_eq!(
-            sequence_faults(&shown, &expected),
-            None,
-            "{name}: {shown:?}"
-        );
+        for other in names.iter().filter(|other| **other != name) {
+            let prefix = message_line(room, other, "");
+            let from_other: Vec<String> = shown
+                .iter()
+                .filter(|line| line.starts_with(&prefix))
+                .cloned()
+                .collect();
+            assert_eq!(
+                sequence_faults(&from_other, &said(other)),
+                None,
+                "{name} of {other}: {from_other:?}"
+            );
+        }
     }
 }
 

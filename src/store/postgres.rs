@@ -1098,6 +1098,12 @@ impl Store for PostgresStore {
                         }
                         applied
                     }
+                    Change::CreateRoom { room, owner } if members.is_some() => {
+                        tally::write_and_restart(transaction, &mut tally).await?;
+                        let owner = owner.as_deref();
+                        shared_commit::create_room(transaction, room, owner, now_ms).await?;
+                        super::Applied::Done
+                    }
                     // Anything else reads or writes the counters itself: the tally is
                     // written first, and a new one started after.
                     change => {

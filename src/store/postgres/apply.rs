@@ -30,37 +30,14 @@ pub(super) async fn change(
 ) -> Result<Applied, StoreError> {
     match change {
         Change::CreateRoom { room, owner } => {
-            let operation = format!("create room {room:?}");
-            // Relays sharing the database may create one room at once, each for a user
-            // joining it: the second joins the first's, if it is the same kind of room.
-            let created = execute(
+            execute(
                 transaction,
                 "INSERT INTO rooms (name, owner, last_seq, created_ms, used_ms) \
-                 VALUES ($1, $2, 0, $3, $3) ON CONFLICT (name) DO NOTHING",
+                 VALUES ($1, $2, 0, $3, $3)",
                 &[room, owner, &now_ms],
-                &operation,
+                format_args!("create room {room:?}"),
             )
             .await?;
-            if created == 0 {
-                let existing = select(
-                    transaction,
-                    "SELECT owner FROM rooms WHERE name = $1",
-                    &[room],
-                    &operation,
-                )
-                .await?;
-                let same = existing
-                    .first()
-                    .map(|row| get::<Option<String>>(row, 0))
-                    .transpose()?
-                    .is_some_and(|existing| existing == *owner);
-                if !same {
-                    return Err(StoreError::Database(format!(
-                        "{operation}: another relay created it at the same moment, with \
-                         another owner"
-                    )));
-                }
-            }
         }
         Change::DeleteRoom { room } => {
             let operation = format!("delete room {room:?}");

@@ -144,3 +144,43 @@ pub(super) async fn lock_in_order(
     }
     Ok(Members { pairs })
 }
+
+/// Creates `room`, or takes the one another relay created at the same moment for a user
+/// joining it there, if it is the same kind of room (open, or private to the same
+/// owner).
+pub(super) async fn create_room(
+    transaction: &Transaction<'_>,
+    room: &str,
+    owner: Option<&str>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let operation = format!("create room {room:?}");
+    let created = super::execute(
+        transaction,
+        "INSERT INTO rooms (name, owner, last_seq, created_ms, used_ms) \
+         VALUES ($1, $2, 0, $3, $3) ON CONFLICT (name) DO NOTHING",
+        &[&room, &owner, &now_ms],
+        &operation,
+    )
+    .await?;
+    if created == 1 {
+        return Ok(());
+    }
+    let existing = select(
+        transaction,
+        "SELECT owner FROM rooms WHERE name = $1",
+        &[&room],
+        &operation,
+    )
+    .await?;
+    match existing
+        .first()
+        .map(|row| get::<Option<String>>(row, 0))
+        .transpose()?
+    {
+        Some(existing) if existing.as_deref() == owner => Ok(()),
+        _ => Err(StoreError::Database(format!(
+            "{operation}: another relay created it at the same moment, as another kind of room"
+        ))),
+    }
+}

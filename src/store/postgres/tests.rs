@@ -157,4 +157,15 @@ fn relays_sharing_the_database_store_nothing_from_a_sender_another_removed() {
         b.test_query("SELECT seq FROM messages"),
         Vec::<Vec<String>>::new()
     );
+    // Two relays creating one room at once, each for a user joining it: the same kind
+    // of room is one room; another kind is refused.
+    b.commit_unlimited(&[create("r", None), join("carol")])
+        .unwrap();
+    let error = b
+        .commit_unlimited(&[create("r", Some("carol"))])
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("another kind of room"),
+        "{error}"
+    );
 }
