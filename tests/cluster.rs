@@ -62,6 +62,31 @@ enum Fault {
     KillRelay,
     /// NATS stops, and comes back after a few messages.
     RestartNats,
+    /// Someone on NATS rings forged doorbells: one that says the room goes far beyond
+    /// what is stored, and thousands for rooms that do not exist.
+    ForgedDoorbells,
+}
+
+/// Publishes `payloads` on `subject` of the NATS server at `url`, as any client of it
+/// can, and waits until the server has them all.
+fn publish_on_nats(url: &str, subject: &str, payloads: &[String]) {
+    use std::io::{BufRead, BufReader, Write};
+    let address = url.trim_start_matches("nats://");
+    let stream = std::net::TcpStream::connect(address).unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("INFO"), "{line}");
+    let mut out = std::io::BufWriter::new(stream);
+    out.write_all(b"CONNECT {\"verbose\":false}\r\n").unwrap();
+    for payload in payloads {
+        write!(out, "PUB {subject} {}\r\n{payload}\r\n", payload.len()).unwrap();
+    }
+    out.write_all(b"PING\r\n").unwrap();
+    out.flush().unwrap();
+    line.clear();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "PONG");
 }
 
 /// carol on relay c, bob on b and alice on a join one room, and all three talk at
@@ -117,6 +142,20 @@ fn chat_through(fault: Fault) {
             nats.restart();
             say(&mut members, 25..30);
         }
+        Fault::ForgedDoorbells => {
+            let mut forged = vec![
+                r#"{"relay":"forger","room":"lobby","up_to":18446744073709551615,"changed":true}"#
+                    .to_owned(),
+            ];
+            forged.extend(
+                (0..5000).map(|n| {
+                    format!(r#"{{"relay":"forger","room":"no room {n}","changed":false}}"#)
+                }),
+            );
+            forged.push("not even json".to_owned());
+            publish_on_nats(nats.url(), "chat.v2.relays.doorbells", &forged);
+            say(&mut members, 20..30);
+        }
     }
     for (at, member) in members.iter().enumerate() {
         // Until the last line of each of the others, in whichever order they come.
@@ -158,6 +197,11 @@ fn members_on_three_relays_see_every_message_once_in_order_when_one_relay_is_kil
 #[test]
 fn members_on_three_relays_see_every_message_once_in_order_when_nats_restarts() {
     chat_through(Fault::RestartNats);
+}
+
+#[test]
+fn members_on_three_relays_see_every_message_once_in_order_whatever_doorbells_are_forged() {
+    chat_through(Fault::ForgedDoorbells);
 }
 
 #[test]

@@ -626,8 +626,8 @@ impl Store for FailingStore {
     fn log_between(&self, room: &str, after: u64, up_to: u64) -> Result<Vec<LogEntry>, StoreError> {
         self.inner.log_between(room, after, up_to)
     }
-    fn heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        self.inner.heads()
+    fn heads(&self, room: Option<&str>) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.heads(room)
     }
     fn keys_in_force(&self, room: &str, member: &str, at: u64) -> Result<Vec<Entry>, StoreError> {
         self.inner.keys_in_force(room, member, at)

@@ -181,6 +181,9 @@ async fn run(args: Args) -> Result<(), String> {
                 .to_owned(),
         );
     }
+    if let Some(nats) = &args.nats {
+        server::nats_servers(nats)?;
+    }
     if args.database.is_none() {
         server::prepare_data_dir(&args.data_dir).map_err(|error| error.to_string())?;
     }

@@ -5,17 +5,18 @@
 //! committed (one room at a time under its row lock), and holds everything a relay
 //! needs to deliver them. NATS only carries hints, on two subjects:
 //!
-//! - [`DOORBELLS`]: after each commit, for each room it changed, a relay says how far
-//!   the room's log goes now ([`Doorbell`]); the others read what they have not
-//!   delivered from the database (`writer::follow`). A lost doorbell costs a delay
-//!   until the next head check, never an entry.
+//! - [`DOORBELLS`]: after each commit, for each room it changed, a relay says so
+//!   ([`Doorbell`]); the others read the room's head and what they have not delivered
+//!   from the database (`writer::follow`), never trusting the doorbell for more than
+//!   "look at this room". A lost doorbell costs a delay until the next head check,
+//!   never an entry.
 //! - [`SESSIONS`]: a relay says whenever a session opens; the others end their
 //!   session of the same user if it is older (one session per user, as on one relay).
 //!
 //! Each message carries the id of the relay that sent it, which ignores its own. NATS
-//! is trusted: anyone who can publish on it can end sessions (never read or forge a
-//! message, which stay end-to-end encrypted, nor deliver what is not stored). Keep it
-//! on a private network, with credentials (docs/DEPLOY.md).
+//! is trusted to end sessions: anyone who can publish on it can (never read or forge a
+//! message, which stay end-to-end encrypted, nor deliver what is not stored, nor skip
+//! what is). Keep it on a private network, with credentials (docs/DEPLOY.md).
 
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Weak};
@@ -28,7 +29,7 @@ use tokio_stream::StreamExt;
 use super::ServerError;
 use super::accounts::Accounts;
 use super::hub::{Command, Doorbell, Follower, Hub};
-use super::writer::Follow;
+use super::writer::{Bells, Follow};
 use crate::store::{LogEntry, StoredRoom};
 
 /// The subject of doorbells.
@@ -69,7 +70,7 @@ impl Drop for Link {
 }
 
 /// Connects to the NATS server at `url` and starts following the other relays: the
-/// returned [`Follow`] goes to the writer, which hands doorbells to `commands`. The
+/// returned [`Follow`] goes to the writer, which `commands` wake for doorbells. The
 /// hub's sessions are announced from now on.
 pub(crate) async fn join(
     url: &str,
@@ -78,19 +79,35 @@ pub(crate) async fn join(
     commands: Sender<Command>,
 ) -> Result<(Follow, Link), ServerError> {
     let relay = relay_id()?;
-    let resync = commands.clone();
+    let servers = describe_servers(url).map_err(ServerError::Nats)?;
+    // Serving goes on without NATS (the relays follow each other through the database
+    // every 2 s), but an operator should know at once that it is not there.
+    let probe = async_nats::ConnectOptions::new().connection_timeout(NATS_PATIENCE);
+    if let Err(error) = probe.connect(url).await {
+        tracing::warn!(
+            servers,
+            %error,
+            "cannot reach NATS yet; serving, and following the other relays through the \
+             database every 2 s until it answers"
+        );
+    }
+    let (resync, announcing) = (commands.clone(), Arc::downgrade(hub));
     let options = async_nats::ConnectOptions::new()
         .name(format!("chat-server {relay}"))
         // Started before NATS, or while it is away, a relay serves anyway and follows
         // the others through the database's heads until NATS is there.
         .retry_on_initial_connect()
         .event_callback(move |event| {
-            let resync = resync.clone();
+            let (resync, announcing) = (resync.clone(), announcing.clone());
             async move {
                 match event {
                     async_nats::Event::Connected => {
                         tracing::info!("connected to NATS; comparing every room with the database");
                         let _ = resync.send(Command::Resync);
+                        // What was announced while it was away is announced again.
+                        if let Some(hub) = announcing.upgrade() {
+                            hub.announce_sessions_again();
+                        }
                     }
                     async_nats::Event::Disconnected => tracing::warn!(
                         "disconnected from NATS; following the other relays through the \
@@ -100,25 +117,23 @@ pub(crate) async fn join(
                 }
             }
         });
-    let client = options
-        .connect(url)
-        .await
-        .map_err(|error| ServerError::Nats(error.to_string()))?;
-    let doorbells = client
-        .subscribe(DOORBELLS)
-        .await
-        .map_err(|error| ServerError::Nats(error.to_string()))?;
-    let sessions = client
-        .subscribe(SESSIONS)
-        .await
-        .map_err(|error| ServerError::Nats(error.to_string()))?;
+    let nats = |error: &dyn std::fmt::Display| ServerError::Nats(error.to_string());
+    let client = options.connect(url).await.map_err(|e| nats(&e))?;
+    let doorbells = client.subscribe(DOORBELLS).await.map_err(|e| nats(&e))?;
+    let sessions = client.subscribe(SESSIONS).await.map_err(|e| nats(&e))?;
     let (ring, rung) = unbounded_channel();
     let (opened, announced) = unbounded_channel();
     hub.announce_sessions_to(opened);
+    let bells = Arc::new(Bells::default());
     let tasks = vec![
         tokio::spawn(ring_doorbells(client.clone(), relay.clone(), rung)),
         tokio::spawn(announce_sessions(client.clone(), relay.clone(), announced)),
-        tokio::spawn(answer_doorbells(doorbells, relay.clone(), commands)),
+        tokio::spawn(answer_doorbells(
+            doorbells,
+            relay.clone(),
+            bells.clone(),
+            commands,
+        )),
         tokio::spawn(end_sessions_elsewhere(
             sessions,
             relay.clone(),
@@ -127,6 +142,7 @@ pub(crate) async fn join(
     ];
     tracing::info!(
         relay,
+        servers,
         "serving the database together with the relays on NATS"
     );
     let follow = Follow {
@@ -135,8 +151,30 @@ pub(crate) async fn join(
             accounts,
         }),
         ring,
+        bells,
     };
     Ok((follow, Link { tasks }))
+}
+
+/// How long the first connection to NATS may take before the relay says it is away.
+const NATS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The NATS servers of `--nats` (a URL, or several separated by commas), as a log line
+/// may name them (host and port, no credentials); or what is wrong with them.
+pub(crate) fn describe_servers(url: &str) -> Result<String, String> {
+    let mut servers = Vec::new();
+    for server in url.split(',') {
+        let server = server.trim();
+        if server.is_empty() {
+            return Err("--nats needs a URL, nats://HOST:PORT (or tls://...)".to_owned());
+        }
+        let address: async_nats::ServerAddr = server.parse().map_err(|error| {
+            // What is wrong, never the URL: it may hold a password.
+            format!("--nats is not a NATS URL (nats://HOST:PORT or tls://...): {error}")
+        })?;
+        servers.push(format!("{}:{}", address.host(), address.port()));
+    }
+    Ok(servers.join(","))
 }
 
 /// A random id for this relay's messages.
@@ -159,7 +197,6 @@ async fn ring_doorbells(
             let merged = bells
                 .entry(bell.room.clone())
                 .or_insert_with(|| bell.clone());
-            merged.up_to = merged.up_to.max(bell.up_to);
             merged.changed |= bell.changed;
             next = rung.try_recv().ok();
         }
@@ -199,17 +236,20 @@ async fn publish(client: &async_nats::Client, subject: &'static str, message: &i
     }
 }
 
-/// Hands the other relays' doorbells to the writer.
+/// Hands the other relays' doorbells to the writer: they wait in `bells`, one per room,
+/// and the writer is woken when the first comes.
 async fn answer_doorbells(
     mut doorbells: async_nats::Subscriber,
     relay: String,
+    bells: Arc<Bells>,
     commands: Sender<Command>,
 ) {
     while let Some(message) = doorbells.next().await {
         let Some(rung) = parse::<RungDoorbell>(&message.payload) else {
             continue;
         };
-        if rung.relay != relay && commands.send(Command::Doorbell(rung.bell)).is_err() {
+        let wake = rung.relay != relay && bells.ring(rung.bell);
+        if wake && commands.send(Command::Doorbells).is_err() {
             return;
         }
     }
@@ -231,7 +271,10 @@ async fn end_sessions_elsewhere(
         let Some(hub) = hub.upgrade() else {
             return;
         };
-        hub.opened_elsewhere(&opened.user, opened.opened_us);
+        // Of two sessions opened in the same microsecond, the one on the relay with the
+        // greater id stays, on both relays.
+        let theirs_wins_a_tie = opened.relay > relay;
+        hub.opened_elsewhere(&opened.user, opened.opened_us, theirs_wins_a_tie);
     }
 }
 
@@ -280,5 +323,24 @@ impl Follower for HubFollower {
         if let Some(hub) = self.hub.upgrade() {
             hub.refresh_room(room, stored, &|user| self.accounts.identity(user));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nats_urls_are_named_without_their_credentials_and_bad_ones_refused() {
+        assert_eq!(
+            describe_servers("nats://chat:s3cret@nats.internal:4223,tls://b.internal").unwrap(),
+            "nats.internal:4223,b.internal:4222"
+        );
+        for bad in ["", " , ", "http://nats.internal", "nats://[::1"] {
+            let error = describe_servers(bad).unwrap_err();
+            assert!(error.starts_with("--nats"), "{bad:?}: {error}");
+        }
+        let error = describe_servers("http://chat:s3cret@host").unwrap_err();
+        assert!(!error.contains("s3cret"), "{error}");
     }
 }

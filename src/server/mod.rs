@@ -279,6 +279,12 @@ pub async fn serve(
     Ok(())
 }
 
+/// The NATS servers of a `--nats` value as a log line may name them (hosts and ports,
+/// no credentials), or a one-line error saying what is wrong with it.
+pub fn nats_servers(url: &str) -> Result<String, String> {
+    cluster::describe_servers(url)
+}
+
 /// Looks every second for sessions whose client stopped taking its frames, for as long
 /// as the hub lives.
 async fn end_stalled_sessions(hub: std::sync::Weak<Hub>) {

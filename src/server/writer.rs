@@ -22,17 +22,17 @@
 //! started it, however that server ends.
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 mod follow;
 
-pub(crate) use follow::Follow;
+pub(crate) use follow::{Bells, Follow};
 
 use std::collections::BTreeMap;
 
-use super::hub::{Batch, Command, Doorbell, Failure, Op, numbered};
+use super::hub::{Batch, Command, Failure, Op, numbered};
 use crate::store::{StoragePolicy, Store, StoreError, StoredRoom};
 
 /// How often the retention policy is applied.
@@ -140,10 +140,26 @@ fn run(setup: &mut WriterSetup, commands: &Receiver<Command>) {
             }
             wake = wake.min(next_check);
         }
-        let first = match commands.recv_timeout(wake.saturating_duration_since(now)) {
+        // Doorbells that wait are answered a few at a time, between batches.
+        let bells = setup
+            .follow
+            .as_ref()
+            .is_some_and(|follow| follow.bells.any());
+        let received = match bells {
+            true => commands.try_recv().map_err(|error| match error {
+                TryRecvError::Empty => RecvTimeoutError::Timeout,
+                TryRecvError::Disconnected => RecvTimeoutError::Disconnected,
+            }),
+            false => commands.recv_timeout(wake.saturating_duration_since(now)),
+        };
+        let first = match received {
             Ok(Command::Commit(op)) => *op,
-            Ok(Command::Doorbell(bell)) => {
-                follow_others(setup, Heed::Bell(&bell));
+            Ok(Command::Doorbells) => {
+                follow_others(setup, Heed::Bells);
+                continue;
+            }
+            Err(RecvTimeoutError::Timeout) if bells => {
+                follow_others(setup, Heed::Bells);
                 continue;
             }
             Ok(Command::Resync) => {
@@ -186,7 +202,7 @@ fn run(setup: &mut WriterSetup, commands: &Receiver<Command>) {
             return;
         }
         match then {
-            Some(Command::Doorbell(bell)) => follow_others(setup, Heed::Bell(&bell)),
+            Some(Command::Doorbells) => follow_others(setup, Heed::Bells),
             Some(Command::Resync) => follow_others(setup, Heed::Everything),
             _ => {}
         }
@@ -194,21 +210,21 @@ fn run(setup: &mut WriterSetup, commands: &Receiver<Command>) {
 }
 
 /// What another relay's commits call for.
-enum Heed<'a> {
-    Bell(&'a Doorbell),
+enum Heed {
+    Bells,
     Heads,
     Everything,
 }
 
 /// Delivers what other relays committed that `heed` points at; a store that cannot be
 /// read now is asked again at the next doorbell or head check.
-fn follow_others(setup: &WriterSetup, heed: Heed<'_>) {
+fn follow_others(setup: &WriterSetup, heed: Heed) {
     let Some(follow) = &setup.follow else {
         return;
     };
     let store = &*setup.store;
     let done = match heed {
-        Heed::Bell(bell) => follow.answer(store, bell),
+        Heed::Bells => follow.answer_bells(store),
         Heed::Heads => follow.check(store, false),
         Heed::Everything => follow.check(store, true),
     };
@@ -245,28 +261,17 @@ fn commit(setup: &WriterSetup, mut batch: Vec<Op>) -> Result<(), (StoreError, bo
                 (setup.committed)(done, None);
                 return Ok(());
             };
-            // Each room's first and last own entry.
-            let mut spans: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+            // Each room's first own entry.
+            let mut firsts: BTreeMap<String, u64> = BTreeMap::new();
             for (op, applied) in &done {
                 if let (Some(room), Some(seq)) = (op.effect.numbered_room(), numbered(applied)) {
-                    let span = spans.entry(room.to_owned()).or_insert((seq, seq));
-                    span.0 = span.0.min(seq);
-                    span.1 = span.1.max(seq);
+                    let first = firsts.entry(room.to_owned()).or_insert(seq);
+                    *first = (*first).min(seq);
                 }
             }
-            let firsts = spans
-                .iter()
-                .map(|(room, span)| (room.clone(), span.0))
-                .collect();
             let before = follow.before_own(&*setup.store, &firsts);
             (setup.committed)(done, None);
-            follow.ring(
-                &changes,
-                spans
-                    .into_iter()
-                    .map(|(room, span)| (room, span.1))
-                    .collect(),
-            );
+            follow.ring(&changes, firsts.into_keys());
             // Had what came before not been delivered, the members would miss it: they
             // are sent away to catch up from the store, as after a failure.
             before.map_err(|error| (error, true))
@@ -301,7 +306,7 @@ fn recover(
             match commands.recv_timeout(left) {
                 Ok(Command::Commit(op)) => refuse(setup, *op, &error),
                 // The rooms are read anew once the store answers.
-                Ok(Command::Doorbell(_) | Command::Resync) => {}
+                Ok(Command::Doorbells | Command::Resync) => {}
                 Ok(Command::Stop) | Err(RecvTimeoutError::Disconnected) => return Next::Stop,
                 Err(RecvTimeoutError::Timeout) => break,
             }
@@ -318,7 +323,7 @@ fn recover(
                 while let Ok(command) = commands.try_recv() {
                     match command {
                         Command::Commit(op) => refuse(setup, *op, &error),
-                        Command::Doorbell(_) | Command::Resync => {}
+                        Command::Doorbells | Command::Resync => {}
                         Command::Stop => return Next::Stop,
                     }
                 }

@@ -213,6 +213,9 @@ pub enum Applied {
     /// in the store only where relays share it: another may have removed the sender
     /// since this relay took the message.
     NotMember,
+    /// Nothing was done: another relay sharing the store changed the room first
+    /// (created it as another kind of room, or deleted it).
+    Conflict,
 }
 
 /// A storage quota a message would have exceeded.
@@ -438,8 +441,9 @@ pub trait Store: Send + Sync {
     /// leavings: what a relay sharing the database with others delivers of theirs.
     fn log_between(&self, room: &str, after: u64, up_to: u64) -> Result<Vec<LogEntry>, StoreError>;
 
-    /// Every room with the highest sequence number used in it.
-    fn heads(&self) -> Result<Vec<(String, u64)>, StoreError>;
+    /// Every room (or only `room`, if it exists) with the highest sequence number used
+    /// in it.
+    fn heads(&self, room: Option<&str>) -> Result<Vec<(String, u64)>, StoreError>;
 
     /// The sender keys the others wrapped for `member` in `room` with `seq <= at` that
     /// it may need after `at`, in sequence order: for each other sender, the key in

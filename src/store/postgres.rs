@@ -1065,6 +1065,10 @@ impl Store for PostgresStore {
                             applied.push(super::Applied::NotMember);
                             continue;
                         }
+                        Checked::Conflict => {
+                            applied.push(super::Applied::Conflict);
+                            continue;
+                        }
                         Checked::Narrowed(narrowed) => Some(narrowed),
                         Checked::AsIs => None,
                     },
@@ -1100,8 +1104,22 @@ impl Store for PostgresStore {
                     }
                     Change::CreateRoom { room, owner } if members.is_some() => {
                         tally::write_and_restart(transaction, &mut tally).await?;
+                        let members = members.as_mut().expect("checked");
                         let owner = owner.as_deref();
-                        shared_commit::create_room(transaction, room, owner, now_ms).await?;
+                        match members
+                            .create_room(transaction, room, owner, now_ms)
+                            .await?
+                        {
+                            true => super::Applied::Done,
+                            false => super::Applied::Conflict,
+                        }
+                    }
+                    Change::DeleteRoom { room } if members.is_some() => {
+                        tally::write_and_restart(transaction, &mut tally).await?;
+                        let members = members.as_mut().expect("checked");
+                        if members.delete_room(transaction, room).await? {
+                            apply::change(transaction, change, now_ms).await?;
+                        }
                         super::Applied::Done
                     }
                     // Anything else reads or writes the counters itself: the tally is
@@ -1178,12 +1196,13 @@ impl Store for PostgresStore {
         })
     }
 
-    fn heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    fn heads(&self, room: Option<&str>) -> Result<Vec<(String, u64)>, StoreError> {
         self.read(async |transaction| {
             select(
                 transaction,
-                "SELECT name, last_seq FROM rooms ORDER BY name",
-                &[],
+                "SELECT name, last_seq FROM rooms WHERE $1::text IS NULL OR name = $1 \
+                 ORDER BY name",
+                &[&room],
                 "read the rooms' last sequence numbers",
             )
             .await?

@@ -1158,13 +1158,13 @@ impl Store for SqliteStore {
         Ok(shared::room_log(messages, keys, events))
     }
 
-    fn heads(&self) -> Result<Vec<(String, u64)>, StoreError> {
+    fn heads(&self, room: Option<&str>) -> Result<Vec<(String, u64)>, StoreError> {
         let mut connection = self.reader();
         let transaction = read(&mut connection)?;
         select(
             &transaction,
-            "SELECT name, last_seq FROM rooms ORDER BY name",
-            [],
+            "SELECT name, last_seq FROM rooms WHERE ?1 IS NULL OR name = ?1 ORDER BY name",
+            [room],
             "read the rooms' last sequence numbers",
             |row| Ok((row.get(0)?, from_bits(row.get(1)?))),
         )

@@ -1422,7 +1422,9 @@ fn stores_sharing_a_database_number_a_rooms_log_once_and_replay_it_in_order(back
         ])
         .unwrap();
     assert_eq!(kicked, [Applied::Done, Applied::Stored { seq: 104 }]);
-    assert_eq!(b.heads().unwrap(), [("r".to_owned(), 104)]);
+    assert_eq!(b.heads(None).unwrap(), [("r".to_owned(), 104)]);
+    assert_eq!(b.heads(Some("r")).unwrap(), [("r".to_owned(), 104)]);
+    assert_eq!(b.heads(Some("nowhere")).unwrap(), []);
 
     // What another relay replays: every entry, in order, whoever committed it.
     let log = b.log_between("r", 0, 104).unwrap();

@@ -25,6 +25,15 @@ impl State {
                 user,
             } => {
                 let Some(seq) = numbered(applied) else {
+                    // Another relay changed the room first: the joining is undone here,
+                    // and the room read anew when that relay's doorbell comes.
+                    self.undo_joining(session, &room, &user);
+                    let changed = HubError::RoomChanged { room };
+                    self.deliver(
+                        session,
+                        request_id,
+                        Kind::Rejection(rejection(&changed.into())),
+                    );
                     return;
                 };
                 self.advance(&room, seq);
@@ -150,7 +159,7 @@ impl State {
                         self.fan_out(&room, seq, &sender, &delivery);
                         seq
                     }
-                    Some(Applied::NotMember) => {
+                    Some(Applied::NotMember | Applied::Conflict) => {
                         let refused = HubError::NotMember { room };
                         self.deliver(
                             session,
@@ -228,6 +237,34 @@ impl State {
             // stored (the database's own words name its tables and state).
             let rejection = rejection(&HubError::NotStored.into());
             self.deliver(session, request_id, Kind::Rejection(rejection));
+        }
+    }
+
+    /// Forgets a joining that was not stored: `user`'s membership of `room` while it
+    /// is not committed, the session's attachment, and the room itself if nobody else
+    /// is in it.
+    fn undo_joining(&mut self, session: SessionId, room: &str, user: &str) {
+        if let Some(found) = self.sessions.get_mut(&session) {
+            found.rooms.remove(room);
+        }
+        let Some(found) = self.rooms.get_mut(room) else {
+            return;
+        };
+        if found
+            .members
+            .get(user)
+            .is_some_and(|member| member.joined_seq == Member::JOINING)
+        {
+            found.members.remove(user);
+            if let Some(rooms) = self.memberships.get_mut(user) {
+                rooms.remove(room);
+                if rooms.is_empty() {
+                    self.memberships.remove(user);
+                }
+            }
+        }
+        if found.members.is_empty() && found.in_flight == 0 {
+            self.remove_room(room);
         }
     }
 

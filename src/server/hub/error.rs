@@ -90,6 +90,11 @@ pub(crate) enum HubError {
     RoomFull { room: String, max: usize },
     #[error("you are not a member of room {room:?}")]
     NotMember { room: String },
+    #[error(
+        "another relay changed room {room:?} at the same moment (created it as another kind \
+         of room, or deleted it); join again"
+    )]
+    RoomChanged { room: String },
     #[error("you are not a member of room {room:?} on this stream; join it first")]
     NotJoinedHere { room: String },
     #[error("you are still joining room {room:?}; ask for its history once joined")]
@@ -128,7 +133,7 @@ impl HubError {
         match self {
             ShuttingDown | ShutDown | StoreFailed | StoreRecovered | WriterStopped | NotStored
             | ClaimLost | Reclaiming | SessionClosed => Code::Unavailable,
-            Replaced => Code::Aborted,
+            Replaced | RoomChanged { .. } => Code::Aborted,
             Full { .. }
             | Stalled { .. }
             | Overflowed

@@ -12,8 +12,9 @@ use crate::store::{Applied, Change, LogEntry, StoreError, StoredRoom, WrappedKey
 /// transactions.
 pub(crate) enum Command {
     Commit(Box<Op>),
-    /// Another relay sharing the database committed to a room.
-    Doorbell(Doorbell),
+    /// Other relays sharing the database rang doorbells: they wait in the writer's
+    /// `Follow`, which reads what they point at.
+    Doorbells,
     /// Doorbells may have been missed (the link to the other relays was down): every
     /// room is compared with the store.
     Resync,
@@ -22,12 +23,12 @@ pub(crate) enum Command {
 }
 
 /// What a relay sharing its database with others tells them after each commit, for
-/// each room it changed: they read the rest from the store.
+/// each room it changed: they read what changed from the store. A hint, trusted for
+/// nothing: a relay reads the room's last sequence number from the store, never from
+/// a doorbell.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Doorbell {
     pub room: String,
-    /// The room's log has entries up to this sequence number (0: none new).
-    pub up_to: u64,
     /// What of the room is not numbered changed too: its creation or deletion, an
     /// invitation or a removal.
     pub changed: bool,

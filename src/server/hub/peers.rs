@@ -76,14 +76,14 @@ impl Hub {
     }
 
     /// A session of `user` opened on another relay at `opened_us`: one session per
-    /// user, the newer one wins, as on one relay.
-    pub(crate) fn opened_elsewhere(&self, user: &str, opened_us: u64) {
+    /// user, the newer one wins, as on one relay (of two opened at once, this one if
+    /// not `theirs_wins_a_tie`).
+    pub(crate) fn opened_elsewhere(&self, user: &str, opened_us: u64, theirs_wins_a_tie: bool) {
         self.operate(|state| {
-            let older = state
-                .online
-                .get(user)
-                .copied()
-                .filter(|id| state.sessions[id].opened_us <= opened_us);
+            let older = state.online.get(user).copied().filter(|id| {
+                let ours = state.sessions[id].opened_us;
+                ours < opened_us || (ours == opened_us && theirs_wins_a_tie)
+            });
             if let Some(id) = older {
                 state.remove_session(id, Some(HubError::Replaced.into()));
             }

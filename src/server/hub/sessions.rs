@@ -72,6 +72,18 @@ impl Hub {
         let _ = self.peers.set(peers);
     }
 
+    /// Announces every open session again (the relays sharing the database may have
+    /// missed the announcements while their link was down).
+    pub(crate) fn announce_sessions_again(&self) {
+        let Some(peers) = self.peers.get() else {
+            return;
+        };
+        let state = self.lock();
+        for session in state.sessions.values() {
+            let _ = peers.send((session.user.clone(), session.opened_us));
+        }
+    }
+
     /// Remembers the task reading the session's frames, to stop it if the session is
     /// closed by the server.
     pub(crate) fn set_reader(&self, id: SessionId, reader: AbortHandle) {

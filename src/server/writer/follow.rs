@@ -11,7 +11,9 @@
 //! entry. All of it runs on the writer's thread, which is the only one that delivers,
 //! so delivering the others' entries never interleaves with a commit.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
@@ -26,11 +28,68 @@ pub(crate) const HEAD_CHECK: Duration = Duration::from_secs(2);
 /// How many sequence numbers one read of a room's log spans.
 const WINDOW: u64 = 1_000;
 
+/// How many rooms' doorbells wait at most; beyond, they are dropped for a comparison of
+/// every room with the store, which finds what they pointed at anyway.
+const MAX_WAITING_BELLS: usize = 4_096;
+
+/// How many doorbells the writer answers between two batches of its own: a flood of
+/// them delays its commits by that much at most.
+const BELLS_AT_ONCE: usize = 64;
+
+/// The doorbells other relays rang, waiting for the writer: one per room, however often
+/// it rang.
+#[derive(Default)]
+pub(crate) struct Bells {
+    waiting: Mutex<BTreeMap<String, bool>>,
+    /// Some were dropped: every room is compared with the store.
+    overflowed: AtomicBool,
+}
+
+impl Bells {
+    /// Takes `bell`; returns whether the writer must be woken (nothing waited before).
+    pub(crate) fn ring(&self, bell: Doorbell) -> bool {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let was_empty = waiting.is_empty() && !self.overflowed.load(Ordering::Relaxed);
+        if let Some(changed) = waiting.get_mut(&bell.room) {
+            *changed |= bell.changed;
+        } else if waiting.len() < MAX_WAITING_BELLS {
+            waiting.insert(bell.room, bell.changed);
+        } else {
+            self.overflowed.store(true, Ordering::Relaxed);
+        }
+        was_empty
+    }
+
+    /// Whether any wait.
+    pub(super) fn any(&self) -> bool {
+        self.overflowed.load(Ordering::Relaxed)
+            || !self
+                .waiting
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_empty()
+    }
+
+    /// Up to `count` waiting doorbells, and whether some were dropped.
+    fn take(&self, count: usize) -> (Vec<(String, bool)>, bool) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut taken = Vec::new();
+        while taken.len() < count
+            && let Some(bell) = waiting.pop_first()
+        {
+            taken.push(bell);
+        }
+        (taken, self.overflowed.swap(false, Ordering::Relaxed))
+    }
+}
+
 /// What the writer of a relay in a cluster works with.
 pub(crate) struct Follow {
     pub hub: Box<dyn Follower>,
     /// Where this relay's doorbells go (to the other relays, through NATS).
     pub ring: UnboundedSender<Doorbell>,
+    /// The other relays' doorbells, waiting.
+    pub bells: Arc<Bells>,
 }
 
 impl Follow {
@@ -48,47 +107,45 @@ impl Follow {
         Ok(())
     }
 
-    /// Rings the doorbells of a committed batch: its `changes`, and the last sequence
-    /// number it used in each room (`lasts`).
-    pub(super) fn ring(&self, changes: &[Change], lasts: BTreeMap<String, u64>) {
-        let changed: BTreeSet<&str> = changes.iter().filter_map(unnumbered_change).collect();
-        let mut bells: BTreeMap<&str, Doorbell> = BTreeMap::new();
-        for (room, up_to) in &lasts {
-            bells.insert(
-                room,
-                Doorbell {
-                    room: room.clone(),
-                    up_to: *up_to,
-                    changed: false,
-                },
-            );
+    /// Rings the doorbells of a committed batch: its `changes`, and the rooms it
+    /// numbered entries of.
+    pub(super) fn ring(&self, changes: &[Change], numbered: impl Iterator<Item = String>) {
+        let mut bells: BTreeMap<String, bool> = numbered.map(|room| (room, false)).collect();
+        for room in changes.iter().filter_map(unnumbered_change) {
+            bells.insert(room.to_owned(), true);
         }
-        for room in changed {
-            bells
-                .entry(room)
-                .or_insert_with(|| Doorbell {
-                    room: room.to_owned(),
-                    up_to: 0,
-                    changed: true,
-                })
-                .changed = true;
-        }
-        for bell in bells.into_values() {
-            let _ = self.ring.send(bell);
+        for (room, changed) in bells {
+            let _ = self.ring.send(Doorbell { room, changed });
         }
     }
 
-    /// Another relay rang: the room is read as far as it says.
-    pub(super) fn answer(&self, store: &dyn Store, bell: &Doorbell) -> Result<(), StoreError> {
-        match self.hub.delivered_through(&bell.room) {
+    /// Answers some of the doorbells that wait (see [`BELLS_AT_ONCE`]).
+    pub(super) fn answer_bells(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let (bells, overflowed) = self.bells.take(BELLS_AT_ONCE);
+        if overflowed {
+            self.check(store, false)?;
+        }
+        for (room, changed) in bells {
+            self.answer(store, &room, changed)?;
+        }
+        Ok(())
+    }
+
+    /// Another relay rang for `room`: it is read as far as the store has it (never as
+    /// far as the doorbell says: anyone who can publish on NATS can ring).
+    fn answer(&self, store: &dyn Store, room: &str, changed: bool) -> Result<(), StoreError> {
+        let head = store.heads(Some(room))?.first().map(|(_, head)| *head);
+        match (self.hub.delivered_through(room), head) {
+            (None, None) => {}
+            (Some(_), None) => self.hub.refresh_room(room, None),
             // New here: taken as stored, its log included.
-            None => self.hub.refresh_room(&bell.room, store.room(&bell.room)?),
-            Some(through) => {
-                if bell.changed {
-                    self.hub.refresh_room(&bell.room, store.room(&bell.room)?);
+            (None, Some(_)) => self.hub.refresh_room(room, store.room(room)?),
+            (Some(through), Some(head)) => {
+                if changed {
+                    self.hub.refresh_room(room, store.room(room)?);
                 }
-                if bell.up_to > through {
-                    self.read_up_to(store, &bell.room, bell.up_to)?;
+                if head > through {
+                    self.read_up_to(store, room, head)?;
                 }
             }
         }
@@ -99,7 +156,7 @@ impl Follow {
     /// with `everything`, also takes anew what is not numbered of every room (after
     /// doorbells may have been lost).
     pub(super) fn check(&self, store: &dyn Store, everything: bool) -> Result<(), StoreError> {
-        let heads: BTreeMap<String, u64> = store.heads()?.into_iter().collect();
+        let heads: BTreeMap<String, u64> = store.heads(None)?.into_iter().collect();
         for room in self.hub.room_names() {
             if !heads.contains_key(&room) {
                 self.hub.refresh_room(&room, None);
@@ -121,7 +178,8 @@ impl Follow {
         Ok(())
     }
 
-    /// Delivers what is not delivered of `room` up to `up_to`, read from the store.
+    /// Delivers what is not delivered of `room` up to `up_to` (at most the store's
+    /// head), read from the store.
     fn read_up_to(&self, store: &dyn Store, room: &str, up_to: u64) -> Result<(), StoreError> {
         while let Some(through) = self.hub.delivered_through(room)
             && through < up_to
@@ -150,5 +208,41 @@ fn unnumbered_change(change: &Change) -> Option<&str> {
         | Change::RecordRemoval { room, .. }
         | Change::Uninvite { room, .. } => Some(room),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bell(room: &str, changed: bool) -> Doorbell {
+        Doorbell {
+            room: room.to_owned(),
+            changed,
+        }
+    }
+
+    #[test]
+    fn doorbells_wait_once_per_room_and_a_flood_becomes_one_comparison_of_everything() {
+        let bells = Bells::default();
+        assert!(bells.ring(bell("a", false)), "the first wakes the writer");
+        assert!(!bells.ring(bell("a", true)));
+        assert!(!bells.ring(bell("b", false)));
+        assert_eq!(
+            bells.take(10),
+            (vec![("a".to_owned(), true), ("b".to_owned(), false)], false)
+        );
+        assert!(!bells.any());
+        for n in 0..MAX_WAITING_BELLS + 10 {
+            bells.ring(bell(&format!("room {n}"), false));
+        }
+        let (first, overflowed) = bells.take(BELLS_AT_ONCE);
+        assert_eq!((first.len(), overflowed), (BELLS_AT_ONCE, true));
+        let (rest, overflowed) = bells.take(usize::MAX);
+        assert_eq!(
+            (rest.len(), overflowed),
+            (MAX_WAITING_BELLS - BELLS_AT_ONCE, false)
+        );
+        assert!(!bells.any());
     }
 }

@@ -13,6 +13,11 @@ use crate::store::{Change, StoreError, WrappedKey};
 pub(super) struct Members {
     /// (room, user).
     pairs: HashSet<(String, String)>,
+    /// The batch's rooms that exist, as its changes create and delete them.
+    rooms: HashSet<String>,
+    /// Rooms another relay created as another kind of room: what the batch does in
+    /// them is refused.
+    conflicted: HashSet<String>,
 }
 
 /// What a change may do, once membership is checked.
@@ -22,6 +27,8 @@ pub(super) enum Checked {
     Narrowed(Change),
     /// The sender is not a member of the room: nothing of it is stored.
     Refused,
+    /// Another relay changed the room first: nothing of it is done.
+    Conflict,
 }
 
 impl Members {
@@ -60,6 +67,11 @@ impl Members {
                     keys: kept,
                 })
             }
+            Change::AddMember { room, .. }
+                if self.conflicted.contains(room) || !self.rooms.contains(room) =>
+            {
+                Checked::Conflict
+            }
             Change::AddMember { room, user, .. } => {
                 self.pairs.insert((room.clone(), user.clone()));
                 Checked::AsIs
@@ -70,6 +82,7 @@ impl Members {
             }
             Change::DeleteRoom { room } => {
                 self.pairs.retain(|(of, _)| of != room);
+                self.rooms.remove(room);
                 Checked::AsIs
             }
             _ => Checked::AsIs,
@@ -119,9 +132,12 @@ pub(super) async fn lock_in_order(
     let senders: Vec<&str> = senders.into_iter().collect();
     let users: Vec<&str> = users.into_iter().collect();
     let operation = "lock what the commit writes";
+    let mut existing = HashSet::new();
     if !rooms.is_empty() {
-        let sql = "SELECT 1 FROM rooms WHERE name = ANY($1) ORDER BY name FOR UPDATE";
-        select(transaction, sql, &[&rooms], operation).await?;
+        let sql = "SELECT name FROM rooms WHERE name = ANY($1) ORDER BY name FOR UPDATE";
+        for row in select(transaction, sql, &[&rooms], operation).await? {
+            existing.insert(get(&row, 0)?);
+        }
     }
     if !senders.is_empty() {
         let sql = "SELECT 1 FROM identities WHERE \"user\" = ANY($1) ORDER BY \"user\" FOR UPDATE";
@@ -142,18 +158,63 @@ pub(super) async fn lock_in_order(
             pairs.insert((get(&row, 0)?, get(&row, 1)?));
         }
     }
-    Ok(Members { pairs })
+    Ok(Members {
+        pairs,
+        rooms: existing,
+        conflicted: HashSet::new(),
+    })
+}
+
+impl Members {
+    /// Creates `room` (see [`create_room`]); `false` if another relay created it as
+    /// another kind of room, which the rest of the batch then leaves alone.
+    pub(super) async fn create_room(
+        &mut self,
+        transaction: &Transaction<'_>,
+        room: &str,
+        owner: Option<&str>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        if create_room(transaction, room, owner, now_ms).await? {
+            self.rooms.insert(room.to_owned());
+            return Ok(true);
+        }
+        self.conflicted.insert(room.to_owned());
+        Ok(false)
+    }
+
+    /// Whether `room` may be deleted: not if another relay let a member join it since
+    /// this relay saw it empty.
+    pub(super) async fn delete_room(
+        &mut self,
+        transaction: &Transaction<'_>,
+        room: &str,
+    ) -> Result<bool, StoreError> {
+        let occupied = select(
+            transaction,
+            "SELECT 1 FROM members WHERE room = $1 LIMIT 1",
+            &[&room],
+            format_args!("delete room {room:?}"),
+        )
+        .await?;
+        if !occupied.is_empty() {
+            return Ok(false);
+        }
+        self.pairs.retain(|(of, _)| of != room);
+        self.rooms.remove(room);
+        Ok(true)
+    }
 }
 
 /// Creates `room`, or takes the one another relay created at the same moment for a user
 /// joining it there, if it is the same kind of room (open, or private to the same
-/// owner).
-pub(super) async fn create_room(
+/// owner); `false` if it is another kind.
+async fn create_room(
     transaction: &Transaction<'_>,
     room: &str,
     owner: Option<&str>,
     now_ms: i64,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let operation = format!("create room {room:?}");
     let created = super::execute(
         transaction,
@@ -164,7 +225,7 @@ pub(super) async fn create_room(
     )
     .await?;
     if created == 1 {
-        return Ok(());
+        return Ok(true);
     }
     let existing = select(
         transaction,
@@ -173,14 +234,6 @@ pub(super) async fn create_room(
         &operation,
     )
     .await?;
-    match existing
-        .first()
-        .map(|row| get::<Option<String>>(row, 0))
-        .transpose()?
-    {
-        Some(existing) if existing.as_deref() == owner => Ok(()),
-        _ => Err(StoreError::Database(format!(
-            "{operation}: another relay created it at the same moment, as another kind of room"
-        ))),
-    }
+    let existing = existing.first().map(|row| get::<Option<String>>(row, 0));
+    Ok(matches!(existing.transpose()?, Some(existing) if existing.as_deref() == owner))
 }
