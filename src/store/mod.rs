@@ -214,7 +214,8 @@ pub enum Applied {
     /// since this relay took the message.
     NotMember,
     /// Nothing was done: another relay sharing the store changed the room first
-    /// (created it as another kind of room, or deleted it).
+    /// (created it as another kind of room, or deleted it), or the same membership
+    /// (the user joined, or left, through it at the same moment).
     Conflict,
 }
 

@@ -95,6 +95,15 @@ impl State {
                 removal,
             } => {
                 let Some(seq) = numbered(applied) else {
+                    // Left through another relay at the same moment: gone all the same.
+                    if let Some(found) = self.rooms.get_mut(&room)
+                        && found.members.get(&user).is_some_and(|m| m.leaving)
+                    {
+                        found.members.remove(&user);
+                    }
+                    if let Some((session, request_id)) = reply {
+                        self.deliver(session, request_id, Kind::Ack(Ack::default()));
+                    }
                     return;
                 };
                 self.advance(&room, seq);

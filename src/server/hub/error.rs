@@ -91,8 +91,8 @@ pub(crate) enum HubError {
     #[error("you are not a member of room {room:?}")]
     NotMember { room: String },
     #[error(
-        "another relay changed room {room:?} at the same moment (created it as another kind \
-         of room, or deleted it); join again"
+        "room {room:?} changed through another relay at the same moment (created as another \
+         kind of room, deleted, or joined by you there); join again"
     )]
     RoomChanged { room: String },
     #[error("you are not a member of room {room:?} on this stream; join it first")]

@@ -72,13 +72,19 @@ impl Members {
             {
                 Checked::Conflict
             }
+            // Joined, or left, through another relay at the same moment (a user with a
+            // session on each, for an instant).
             Change::AddMember { room, user, .. } => {
-                self.pairs.insert((room.clone(), user.clone()));
-                Checked::AsIs
+                match self.pairs.insert((room.clone(), user.clone())) {
+                    true => Checked::AsIs,
+                    false => Checked::Conflict,
+                }
             }
             Change::RemoveMember { room, user, .. } => {
-                self.pairs.remove(&(room.clone(), user.clone()));
-                Checked::AsIs
+                match self.pairs.remove(&(room.clone(), user.clone())) {
+                    true => Checked::AsIs,
+                    false => Checked::Conflict,
+                }
             }
             Change::DeleteRoom { room } => {
                 self.pairs.retain(|(of, _)| of != room);
@@ -116,9 +122,11 @@ pub(super) async fn lock_in_order(
                 senders.insert(sender.as_str());
                 users.extend(keys.iter().map(|key| key.recipient.as_str()));
             }
-            Change::AddMember { room, .. }
-            | Change::RemoveMember { room, .. }
-            | Change::DeleteRoom { room }
+            Change::AddMember { room, user, .. } | Change::RemoveMember { room, user, .. } => {
+                rooms.insert(room.as_str());
+                users.insert(user.as_str());
+            }
+            Change::DeleteRoom { room }
             | Change::Invite { room, .. }
             | Change::Uninvite { room, .. }
             | Change::RecordRemoval { room, .. } => {

@@ -179,4 +179,17 @@ fn relays_sharing_the_database_store_nothing_from_a_sender_another_removed() {
         }])
         .unwrap();
     assert_eq!(gone, [Applied::Conflict]);
+    // A user joining, or leaving, through two relays at once: the second is not done.
+    let twice = b.commit_unlimited(&[join("carol")]).unwrap();
+    assert_eq!(twice, [Applied::Conflict]);
+    let leave = |user: &str| Change::RemoveMember {
+        room: "r".into(),
+        user: user.into(),
+        seq: 0,
+        reason: crate::proto::LeaveReason::Left,
+    };
+    let left = b
+        .commit_unlimited(&[leave("carol"), leave("carol")])
+        .unwrap();
+    assert_eq!(left, [Applied::Stored { seq: 8 }, Applied::Conflict]);
 }
