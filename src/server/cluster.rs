@@ -82,11 +82,21 @@ pub(crate) async fn join(
     let servers = describe_servers(url).map_err(ServerError::Nats)?;
     // Serving goes on without NATS (the relays follow each other through the database
     // every 2 s), but an operator should know at once that it is not there.
+    // Bounded as a whole: a server that accepts the connection and never speaks NATS
+    // (another service's port) must not hold the relay up.
     let probe = async_nats::ConnectOptions::new().connection_timeout(NATS_PATIENCE);
-    if let Err(error) = probe.connect(url).await {
+    let why = match tokio::time::timeout(NATS_PATIENCE, probe.connect(url)).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(error)) => Some(error.to_string()),
+        Err(_) => Some(format!(
+            "no NATS answer within {} s (is it a NATS server?)",
+            NATS_PATIENCE.as_secs()
+        )),
+    };
+    if let Some(error) = why {
         tracing::warn!(
             servers,
-            %error,
+            error,
             "cannot reach NATS yet; serving, and following the other relays through the \
              database every 2 s until it answers"
         );
