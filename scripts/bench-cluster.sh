@@ -10,7 +10,9 @@ cd "$(dirname "$0")/.."
 cargo build --release --bin chat-server --bin chat-bench >&2
 bin=${CARGO_TARGET_DIR:-target}/release
 sleep 100000 & holder=$!
-trap 'kill $holder 2>/dev/null || true' EXIT
+pids=()
+# The relays go with the script however it ends; PostgreSQL and NATS with $holder.
+trap 'kill "${pids[@]}" $holder 2>/dev/null || true' EXIT
 url=$(CHAT_POSTGRES_DURABLE=1 bash scripts/start-postgres.sh $holder | tail -1)
 nats=$(bash scripts/start-nats.sh $holder | tail -1)
 transactions() {
