@@ -10,7 +10,7 @@ use std::ffi::OsStr;
 use std::path::Path;
 
 use common::nats::Nats;
-use common::postgres::{as_superuser, fresh_database};
+use common::postgres::{cut_off, fresh_database, let_back};
 use common::process::{
     ClientProcess, ServerProcess, message_line, next_lines, rust_client, sequence_faults,
     wait_for_line,
@@ -258,11 +258,8 @@ fn with_postgres_gone_senders_get_unavailable_and_the_relays_recover_by_themselv
             "{delivered:?}"
         );
 
-        let cut = format!(
-            "ALTER DATABASE {database} ALLOW_CONNECTIONS false; \
-             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
-        );
-        tokio::task::spawn_blocking(move || as_superuser(&cut))
+        let cutting = database.clone();
+        tokio::task::spawn_blocking(move || cut_off(&cutting))
             .await
             .unwrap();
         alice.send(3, message(1)).await;
@@ -276,8 +273,8 @@ fn with_postgres_gone_senders_get_unavailable_and_the_relays_recover_by_themselv
             }
             other => panic!("expected UNAVAILABLE, never an acknowledgement: got {other:?}"),
         }
-        let back = format!("ALTER DATABASE {database} ALLOW_CONNECTIONS true");
-        tokio::task::spawn_blocking(move || as_superuser(&back))
+        let back = database.clone();
+        tokio::task::spawn_blocking(move || let_back(&back))
             .await
             .unwrap();
     });

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::postgres::{as_superuser, fresh_database, superuser_value};
+use common::postgres::{as_superuser, cut_off, fresh_database, let_back, superuser_value};
 use common::process::{
     ClientProcess, ServerProcess, Takeover, catch_up, fail_over, join_and_go_away, message_line,
     rust_client, wait_for_line,
@@ -95,11 +95,8 @@ async fn a_database_gone_away_is_unavailable_to_clients_and_the_relay_recovers()
     ));
 
     // Every connection cut and none let in: to the relay, a database that stopped.
-    let cut = format!(
-        "ALTER DATABASE {database} ALLOW_CONNECTIONS false; \
-         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
-    );
-    tokio::task::spawn_blocking(move || as_superuser(&cut))
+    let cutting = database.clone();
+    tokio::task::spawn_blocking(move || cut_off(&cutting))
         .await
         .unwrap();
     alice.send(3, message(1)).await;
@@ -116,8 +113,8 @@ async fn a_database_gone_away_is_unavailable_to_clients_and_the_relay_recovers()
 
     // Back: once the relay holds its claim on the database again (it writes nothing
     // before), the same message, sent again, is stored; the relay never stopped.
-    let back = format!("ALTER DATABASE {database} ALLOW_CONNECTIONS true");
-    tokio::task::spawn_blocking(move || as_superuser(&back))
+    let back = database.clone();
+    tokio::task::spawn_blocking(move || let_back(&back))
         .await
         .unwrap();
     tokio::task::block_in_place(|| {

@@ -490,26 +490,18 @@ impl RawClient {
 
     /// The next frame answering `request_id`, skipping events.
     pub async fn answer(&mut self, request_id: u64) -> ServerFrame {
-        tokio::time::timeout(PATIENCE, async {
-            loop {
-                let frame = self
-                    .incoming
-                    .message()
-                    .await
-                    .unwrap()
-                    .expect("stream ended");
-                if frame.request_id == request_id {
-                    return frame;
-                }
-            }
-        })
-        .await
-        .expect("no answer")
+        self.next_where(|frame| frame.request_id == request_id)
+            .await
     }
 
-    /// The next frame of `kind` (a `server_frame::Kind` pattern tested by `wanted`),
-    /// skipping others.
+    /// The next frame whose kind `wanted` takes, skipping others.
     pub async fn next_of(&mut self, wanted: impl Fn(&server_frame::Kind) -> bool) -> ServerFrame {
+        self.next_where(|frame| frame.kind.as_ref().is_some_and(&wanted))
+            .await
+    }
+
+    /// The next frame `wanted` takes, skipping others.
+    async fn next_where(&mut self, wanted: impl Fn(&ServerFrame) -> bool) -> ServerFrame {
         tokio::time::timeout(PATIENCE, async {
             loop {
                 let frame = self
@@ -518,7 +510,7 @@ impl RawClient {
                     .await
                     .unwrap()
                     .expect("stream ended");
-                if frame.kind.as_ref().is_some_and(&wanted) {
+                if wanted(&frame) {
                     return frame;
                 }
             }

@@ -29,11 +29,7 @@ impl State {
                     // and the room read anew when that relay's doorbell comes.
                     self.undo_joining(session, &room, &user);
                     let changed = HubError::RoomChanged { room };
-                    self.deliver(
-                        session,
-                        request_id,
-                        Kind::Rejection(rejection(&changed.into())),
-                    );
+                    self.refuse(session, request_id, changed);
                     return;
                 };
                 self.advance(&room, seq);
@@ -75,8 +71,7 @@ impl State {
                     self.deliver(session, 0, caught_up);
                 } else {
                     let left = HubError::LeftWhileJoining { room: room.clone() };
-                    let rejection = rejection(&left.into());
-                    self.deliver(session, request_id, Kind::Rejection(rejection));
+                    self.refuse(session, request_id, left);
                 }
                 let announcement = Kind::MemberJoined(MemberJoined {
                     room: room.clone(),
@@ -151,9 +146,8 @@ impl State {
                     // Resent after a lost acknowledgement: the members have it.
                     Some(Applied::Duplicate { seq: first }) => *first,
                     Some(Applied::OverQuota(quota)) => {
-                        let rejection = rejection(&HubError::over_quota(*quota).into());
                         tracing::info!(user = sender, room, ?quota, "message over a quota");
-                        self.deliver(session, request_id, Kind::Rejection(rejection));
+                        self.refuse(session, request_id, HubError::over_quota(*quota));
                         return;
                     }
                     Some(Applied::Stored { seq }) => {
@@ -170,11 +164,7 @@ impl State {
                     }
                     Some(Applied::NotMember | Applied::Conflict) => {
                         let refused = HubError::NotMember { room };
-                        self.deliver(
-                            session,
-                            request_id,
-                            Kind::Rejection(rejection(&refused.into())),
-                        );
+                        self.refuse(session, request_id, refused);
                         return;
                     }
                     Some(Applied::Done) | None => return,
@@ -191,11 +181,7 @@ impl State {
                 let Some(seq) = numbered(applied) else {
                     // Removed on another relay meanwhile (the store found it).
                     let refused = HubError::NotMember { room };
-                    self.deliver(
-                        session,
-                        request_id,
-                        Kind::Rejection(rejection(&refused.into())),
-                    );
+                    self.refuse(session, request_id, refused);
                     return;
                 };
                 self.advance(&room, seq);
@@ -244,9 +230,17 @@ impl State {
         if let Some((session, request_id)) = reply {
             // What failed is in the relay's log; the client learns only that nothing was
             // stored (the database's own words name its tables and state).
-            let rejection = rejection(&HubError::NotStored.into());
-            self.deliver(session, request_id, Kind::Rejection(rejection));
+            self.refuse(session, request_id, HubError::NotStored);
         }
+    }
+
+    /// Tells the client that its frame `request_id` was refused, and why.
+    fn refuse(&mut self, session: SessionId, request_id: u64, error: HubError) {
+        self.deliver(
+            session,
+            request_id,
+            Kind::Rejection(rejection(&error.into())),
+        );
     }
 
     /// Forgets a joining that was not stored: `user`'s membership of `room` while it

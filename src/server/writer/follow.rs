@@ -135,21 +135,7 @@ impl Follow {
     /// far as the doorbell says: anyone who can publish on NATS can ring).
     fn answer(&self, store: &dyn Store, room: &str, changed: bool) -> Result<(), StoreError> {
         let head = store.heads(Some(room))?.first().map(|(_, head)| *head);
-        match (self.hub.delivered_through(room), head) {
-            (None, None) => {}
-            (Some(_), None) => self.hub.refresh_room(room, None),
-            // New here: taken as stored, its log included.
-            (None, Some(_)) => self.hub.refresh_room(room, store.room(room)?),
-            (Some(through), Some(head)) => {
-                if changed {
-                    self.hub.refresh_room(room, store.room(room)?);
-                }
-                if head > through {
-                    self.read_up_to(store, room, head)?;
-                }
-            }
-        }
-        Ok(())
+        self.follow_room(store, room, head, changed)
     }
 
     /// Compares every room's head in the store with what is delivered, and catches up;
@@ -163,15 +149,31 @@ impl Follow {
             }
         }
         for (room, head) in heads {
-            match self.hub.delivered_through(&room) {
-                None => self.hub.refresh_room(&room, store.room(&room)?),
-                Some(through) => {
-                    if everything {
-                        self.hub.refresh_room(&room, store.room(&room)?);
-                    }
-                    if head > through {
-                        self.read_up_to(store, &room, head)?;
-                    }
+            self.follow_room(store, &room, Some(head), everything)?;
+        }
+        Ok(())
+    }
+
+    /// Brings `room` here up to its `head` in the store (`None`: the store has no such
+    /// room), taking anew what is not numbered of it if `changed`.
+    fn follow_room(
+        &self,
+        store: &dyn Store,
+        room: &str,
+        head: Option<u64>,
+        changed: bool,
+    ) -> Result<(), StoreError> {
+        match (self.hub.delivered_through(room), head) {
+            (None, None) => {}
+            (Some(_), None) => self.hub.refresh_room(room, None),
+            // New here: taken as stored, its log included.
+            (None, Some(_)) => self.hub.refresh_room(room, store.room(room)?),
+            (Some(through), Some(head)) => {
+                if changed {
+                    self.hub.refresh_room(room, store.room(room)?);
+                }
+                if head > through {
+                    self.read_up_to(store, room, head)?;
                 }
             }
         }

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::store::Applied;
-use crate::store::tests::postgres_server::{as_superuser, fresh_database};
+use crate::store::tests::postgres_server::{cut_off, fresh_database, let_back};
 use crate::store::tests::{CommitUnlimited, K1, create, send};
 
 /// The name of the database at `url`.
@@ -54,16 +54,13 @@ fn a_commit_while_the_database_is_away_fails_whole_and_the_store_recovers() {
     store.commit_unlimited(&[create("lobby", None)]).unwrap();
     // Every connection to the database cut, and no new one let in: to the store, the
     // same as a server that stopped.
-    as_superuser(&format!(
-        "ALTER DATABASE {database} ALLOW_CONNECTIONS false; \
-         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
-    ));
+    cut_off(database);
     let error = store
         .commit_unlimited(&[send("lobby", 1, "alice", K1, 0)])
         .unwrap_err();
     assert!(matches!(error, StoreError::Database(_)), "{error}");
     assert!(store.rooms().is_err());
-    as_superuser(&format!("ALTER DATABASE {database} ALLOW_CONNECTIONS true"));
+    let_back(database);
     // The pool connects again by itself; the failed commit left nothing.
     assert_eq!(store.rooms().unwrap()[0].last_seq, 0);
     store

@@ -74,6 +74,20 @@ pub(crate) fn as_superuser(sql: &str) {
     });
 }
 
+/// Cuts every connection to `database` and lets no new one in: to whoever uses it, a
+/// server that stopped, until [`let_back`].
+pub(crate) fn cut_off(database: &str) {
+    as_superuser(&format!(
+        "ALTER DATABASE {database} ALLOW_CONNECTIONS false; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{database}'"
+    ));
+}
+
+/// Lets connections to `database` in again after [`cut_off`].
+pub(crate) fn let_back(database: &str) {
+    as_superuser(&format!("ALTER DATABASE {database} ALLOW_CONNECTIONS true"));
+}
+
 /// The first column of the first row `sql` returns, as text, run as the test server's
 /// superuser.
 #[allow(
